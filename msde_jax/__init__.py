@@ -1,0 +1,42 @@
+"""msde_jax: one-class anomaly detection with Mean Shift Density Enhancement, in JAX.
+
+The functional core: pure, jit-able functions on arrays with NamedTuple states.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from msde_jax.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
+from msde_jax.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
+from msde_jax.mean_shift import MeanShiftResult, mean_shift
+from msde_jax.metrics import average_precision, roc_auc
+from msde_jax.neighbors import Neighbors, knn
+from msde_jax.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
+from msde_jax.weights import density_weights
+
+try:
+    __version__ = version("msde-jax")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "FuzzyGraph",
+    "GaussianState",
+    "MeanShiftResult",
+    "Neighbors",
+    "PCAState",
+    "__version__",
+    "average_precision",
+    "density_weights",
+    "fuzzy_degree",
+    "fuzzy_simplicial_set",
+    "fuzzy_union",
+    "gaussian_fit",
+    "gaussian_logpdf",
+    "knn",
+    "mahalanobis",
+    "mean_shift",
+    "pca_fit",
+    "pca_inverse_transform",
+    "pca_transform",
+    "roc_auc",
+]

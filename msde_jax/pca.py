@@ -1,0 +1,163 @@
+"""Principal component analysis by a thin SVD of the centred data.
+
+Mirrors ``sklearn.decomposition.PCA(svd_solver="full")`` (scikit-learn >= 1.5): same mean,
+components (including their signs), explained variance and explained-variance ratio.
+"""
+
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+__all__ = ["PCAState", "pca_fit", "pca_inverse_transform", "pca_transform"]
+
+
+class PCAState(NamedTuple):
+    """A fitted PCA, a pytree of arrays (c = number of kept components, d = features).
+
+    Attributes:
+        mean: (d,) per-feature mean of the training data (sklearn ``mean_``).
+        components: (c, d) principal axes as orthonormal rows, sorted by decreasing variance
+            (sklearn ``components_``).
+        explained_variance: (c,) variance along each axis, ``S**2 / (n - 1)``
+            (sklearn ``explained_variance_``).
+        explained_variance_ratio: (c,) ``explained_variance`` divided by the total variance of
+            *all* ``min(n, d)`` components, so it sums to < 1 when components were dropped
+            (sklearn ``explained_variance_ratio_``).
+    """
+
+    mean: jax.Array
+    components: jax.Array
+    explained_variance: jax.Array
+    explained_variance_ratio: jax.Array
+
+
+@jax.jit
+def _full_pca(x: jax.Array) -> PCAState:
+    """All ``min(n, d)`` components; the only place the SVD is computed."""
+    n = x.shape[0]
+    mean = jnp.mean(x, axis=0)
+    _, s, vt = jnp.linalg.svd(x - mean[None, :], full_matrices=False)
+    # sklearn >= 1.5 ``svd_flip(U, Vt, u_based_decision=False)``: the entry of largest magnitude
+    # in each row of Vt is made positive. Deciding on Vt (not U) keeps the signs independent of
+    # which rows were used to fit. A unit row never has sign 0, the guard only protects NaNs.
+    pivot = jnp.take_along_axis(vt, jnp.argmax(jnp.abs(vt), axis=1)[:, None], axis=1)
+    signs = jnp.where(pivot < 0, -1, 1).astype(vt.dtype)
+    variance = s**2 / (n - 1)
+    return PCAState(mean, vt * signs, variance, variance / jnp.sum(variance))
+
+
+def _truncate(state: PCAState, n_components: int) -> PCAState:
+    return PCAState(
+        state.mean,
+        state.components[:n_components],
+        state.explained_variance[:n_components],
+        state.explained_variance_ratio[:n_components],
+    )
+
+
+def pca_fit(x: ArrayLike, n_components: int | float) -> PCAState:
+    """Fit a PCA to ``x`` by a thin SVD of the centred data.
+
+    With ``x - mean = U diag(S) Vt`` (``jnp.linalg.svd(..., full_matrices=False)``), the
+    components are the first ``n_components`` rows of ``Vt`` with the sign convention of
+    scikit-learn's ``svd_flip(U, Vt, u_based_decision=False)`` (largest-magnitude entry of each
+    row positive), ``explained_variance = S**2 / (n - 1)`` and
+    ``explained_variance_ratio = explained_variance / sum(S**2 / (n - 1))`` over all
+    ``min(n, d)`` components. Mirrors ``sklearn.decomposition.PCA(svd_solver="full")``.
+
+    Args:
+        x: (n, d) data, n >= 2.
+        n_components: either an int in ``1..min(n, d)``, the number of components to keep
+            (static: under ``jax.jit`` pass it via ``static_argnames="n_components"``), or a float
+            in (0, 1), the fraction of variance to explain: the smallest count whose cumulative
+            ratio exceeds it, ``searchsorted(cumsum(ratio), frac, side="right") + 1`` capped at
+            ``min(n, d)``, exactly as scikit-learn resolves it.
+
+    Returns:
+        A :class:`PCAState` with c = the resolved number of components.
+
+    Raises:
+        ValueError: if ``n_components`` is out of range (checked on shapes, so also under jit).
+        TypeError: if a float ``n_components`` is used under a JAX transformation.
+
+    Note:
+        The float form is *not* traceable: it runs the jitted full SVD and then reads the
+        variance ratios back to the host to pick the count (the output shape depends on the
+        data). Resolve the count once and pass the int to traced code.
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be a 2-D (n, d) array, got shape {x.shape}.")
+    n, d = x.shape
+    max_components = min(n, d)
+    if isinstance(n_components, numbers.Integral) and not isinstance(n_components, bool):
+        if not 1 <= n_components <= max_components:
+            raise ValueError(
+                f"n_components={n_components} must be in 1..min(n, d)={max_components} "
+                f"for data of shape {x.shape}, or a float in (0, 1)."
+            )
+        return _truncate(_full_pca(x), int(n_components))
+    if isinstance(n_components, numbers.Real) and not isinstance(n_components, bool):
+        if not 0.0 < n_components < 1.0:
+            raise ValueError(
+                f"A float n_components={n_components} is a fraction of explained variance and "
+                "must lie strictly between 0 and 1; pass an int to fix the count."
+            )
+        full = _full_pca(x)
+        if isinstance(full.explained_variance_ratio, jax.core.Tracer):
+            raise TypeError(
+                "A float n_components picks the number of components from the data and cannot "
+                "be traced; resolve it eagerly with pca_fit and pass the int count instead."
+            )
+        # Same dtype and summation order as sklearn (cumulative sum of the ratios).
+        cumulative = np.cumsum(np.asarray(full.explained_variance_ratio))
+        count = int(np.searchsorted(cumulative, n_components, side="right")) + 1
+        return _truncate(full, min(count, max_components))
+    raise ValueError(
+        f"n_components must be an int in 1..{max_components} or a float in (0, 1), "
+        f"got {n_components!r}."
+    )
+
+
+@jax.jit
+def pca_transform(state: PCAState, x: ArrayLike) -> jax.Array:
+    """Project data onto the principal axes: ``(x - mean) @ components.T``.
+
+    Mirrors ``sklearn.decomposition.PCA.transform`` (without whitening).
+
+    Args:
+        state: a fitted :class:`PCAState` with c components over d features.
+        x: (n, d) data.
+
+    Returns:
+        (n, c) coordinates in the principal subspace.
+    """
+    return jnp.matmul(
+        jnp.asarray(x) - state.mean[None, :], state.components.T, precision=lax.Precision.HIGHEST
+    )
+
+
+@jax.jit
+def pca_inverse_transform(state: PCAState, z: ArrayLike) -> jax.Array:
+    """Map principal-subspace coordinates back to feature space: ``z @ components + mean``.
+
+    Mirrors ``sklearn.decomposition.PCA.inverse_transform`` (without whitening). With all
+    ``d`` components kept (and n > d) it inverts :func:`pca_transform`; otherwise it returns
+    the orthogonal projection of the data onto the affine principal subspace.
+
+    Args:
+        state: a fitted :class:`PCAState` with c components over d features.
+        z: (n, c) coordinates.
+
+    Returns:
+        (n, d) reconstructed data.
+    """
+    return (
+        jnp.matmul(jnp.asarray(z), state.components, precision=lax.Precision.HIGHEST)
+        + state.mean[None, :]
+    )

@@ -1,0 +1,24 @@
+"""Strict test configuration: rank promotion raises, warnings are errors, fixed seeds."""
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import settings
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Shapes are kept small and bucketed in property tests: every new shape recompiles.
+settings.register_profile("msde", deadline=None, max_examples=25, derandomize=True)
+settings.load_profile("msde")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def x64():
+    """Run a test in float64 (restored afterwards)."""
+    with jax.enable_x64(True):
+        yield

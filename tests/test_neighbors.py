@@ -1,0 +1,90 @@
+"""knn against scikit-learn, plus chunking, permutation and jit invariances."""
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sklearn.neighbors import NearestNeighbors
+
+from msde_jax import knn
+
+N, D = 37, 4
+
+
+def _data(seed, n=N, d=D):
+    return np.random.default_rng(seed).normal(size=(n, d))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matches_sklearn(x64, dtype):
+    x = _data(1, 120, 6).astype(dtype)
+    queries = _data(2, 30, 6).astype(dtype)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    nn = NearestNeighbors(n_neighbors=7).fit(x)
+    d_ref, i_ref = nn.kneighbors(queries)
+    got = knn(queries, x, k=7)
+    np.testing.assert_array_equal(got.indices, i_ref)
+    np.testing.assert_allclose(got.distances, d_ref, rtol=tol, atol=tol)
+    d_self, i_self = nn.kneighbors(x)
+    got = knn(x, k=7)
+    np.testing.assert_array_equal(got.indices, i_self)
+    np.testing.assert_allclose(got.distances, d_self, rtol=tol, atol=tol)
+    assert got.indices.dtype == np.int32
+    assert got.distances.dtype == np.dtype(dtype)
+
+
+def test_self_first_with_duplicates():
+    x = _data(3, 10, 3)
+    x = np.concatenate([x, x])  # every point has an exact twin
+    got = knn(x, k=3)
+    np.testing.assert_array_equal(got.indices[:, 0], np.arange(20))
+    np.testing.assert_array_equal(got.distances[:, :2], 0.0)
+    twins = np.concatenate([np.arange(10, 20), np.arange(10)])
+    np.testing.assert_array_equal(got.indices[:, 1], twins)
+
+
+def test_distances_are_accurate_far_from_origin():
+    # ‖x‖² + ‖y‖² − 2xᵀy alone loses all digits here in float32; the recomputed distances do not.
+    base = np.full((1, 8), 1e3, np.float32)
+    x = base + np.random.default_rng(4).normal(scale=1e-2, size=(50, 8)).astype(np.float32)
+    got = knn(x, k=4)
+    exact = np.linalg.norm(x[:, None] - x[got.indices], axis=-1)
+    np.testing.assert_allclose(got.distances, exact, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [0, N + 1])
+def test_bad_k_raises(k):
+    with pytest.raises(ValueError, match="k must be between 1"):
+        knn(_data(0), k=k)
+
+
+@given(batch_size=st.integers(1, N + 3), seed=st.integers(0, 3))
+def test_chunked_equals_unchunked(batch_size, seed):
+    x = _data(seed)
+    full = knn(x, k=5)
+    for reference in (None, x[::2]):
+        full = knn(x, reference, k=5)
+        chunked = knn(x, reference, k=5, batch_size=batch_size)
+        np.testing.assert_array_equal(chunked.indices, full.indices)
+        np.testing.assert_allclose(chunked.distances, full.distances, rtol=1e-6)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_permuting_queries_permutes_output(seed):
+    x = _data(seed % 7)
+    perm = np.random.default_rng(seed).permutation(N)
+    full = knn(x, k=5)
+    permuted = knn(x[perm], k=5)
+    # Reference rows move too, so indices are relabelled through the permutation.
+    np.testing.assert_array_equal(perm[permuted.indices], full.indices[perm])
+    np.testing.assert_allclose(permuted.distances, full.distances[perm], rtol=1e-6)
+
+
+def test_jit_equals_eager():
+    x = _data(5)
+    jitted = knn(x, k=6, batch_size=8)
+    with jax.disable_jit():
+        eager = knn(x, k=6, batch_size=8)
+    np.testing.assert_array_equal(eager.indices, jitted.indices)
+    np.testing.assert_allclose(eager.distances, jitted.distances, rtol=1e-6)
