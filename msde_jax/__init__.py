@@ -5,6 +5,7 @@ The functional core: pure, jit-able functions on arrays with NamedTuple states.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from msde_jax.detector import DetectorState, MSDEDetector, NotFittedError
 from msde_jax.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
 from msde_jax.mean_shift import MeanShiftResult, mean_shift
@@ -19,6 +20,9 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "DetectorState",
+    "MSDEDetector",
+    "NotFittedError",
     "FuzzyGraph",
     "GaussianState",
     "MeanShiftResult",
