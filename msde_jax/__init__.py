@@ -14,6 +14,16 @@ from msde_jax.neighbors import Neighbors, knn
 from msde_jax.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
 from msde_jax.weights import density_weights
 
+
+def __getattr__(name: str):
+    # The backbones (Flax, Pillow) load on first use, so `import msde_jax` stays light.
+    if name == "Embedder":
+        from msde_jax.backbones import Embedder
+
+        return Embedder
+    raise AttributeError(f"module 'msde_jax' has no attribute {name!r}")
+
+
 try:
     __version__ = version("msde-jax")
 except PackageNotFoundError:  # running from a source tree that was not installed
@@ -21,6 +31,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "DetectorState",
+    "Embedder",
     "MSDEDetector",
     "NotFittedError",
     "FuzzyGraph",

@@ -1,5 +1,12 @@
 """Strict test configuration: rank promotion raises, warnings are errors, fixed seeds."""
 
+import os
+
+# Two host devices, so data-parallel code paths run on CPU too (must precede importing jax).
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+).strip()
+
 import jax
 import numpy as np
 import pytest

@@ -1,0 +1,40 @@
+"""A dependency-free progress line for long loops (embedding, scoring many images)."""
+
+import sys
+import time
+
+
+class Progress:
+    """Prints ``label: done/total (rate/s, eta)`` on stderr.
+
+    On a terminal the line is redrawn in place at most every 0.2 s; elsewhere (logs, CI) a line
+    is printed at most every 10 s, and always at the end. ``enabled=False`` prints nothing.
+    """
+
+    def __init__(self, total: int, label: str, *, unit: str = "images", enabled: bool = True):
+        self.total, self.label, self.unit, self.enabled = total, label, unit, enabled
+        self.done = 0
+        self._start = self._last = time.perf_counter()
+        self._tty = sys.stderr.isatty()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if not self.enabled or now - self._last < (0.2 if self._tty else 10.0):
+            return
+        self._last = now
+        self._write(end="\r" if self._tty else "\n")
+
+    def close(self) -> None:
+        if self.enabled:
+            self._write(end="\n")
+
+    def _write(self, end: str) -> None:
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        tail = f", {eta:.0f} s left" if self.done < self.total and eta != float("inf") else ""
+        sys.stderr.write(
+            f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.1f}/s{tail})" + end
+        )
+        sys.stderr.flush()

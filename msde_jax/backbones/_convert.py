@@ -1,0 +1,88 @@
+"""Shared pieces for mapping PyTorch state dicts onto Flax variables.
+
+Every converter reads keys through a :class:`StateDict`, which remembers what it handed out,
+so a mismatch is reported once, with the missing and the unexpected keys named.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+class WeightMappingError(KeyError):
+    """A state dict does not match the network: names the missing and unexpected keys."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class StateDict:
+    """Read-once view of a ``{name: array}`` state dict that reports what did not match."""
+
+    def __init__(self, arrays: Mapping[str, Any], *, network: str):
+        self._arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        self._used: set[str] = set()
+        self._missing: list[str] = []
+        self.network = network
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._arrays
+
+    def take(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The array stored under ``key`` (float32), checked against ``shape`` when given."""
+        if key not in self._arrays:
+            self._missing.append(key)
+            return np.zeros(shape or (), np.float32)
+        self._used.add(key)
+        value = self._arrays[key]
+        if shape is not None and tuple(value.shape) != tuple(shape):
+            raise WeightMappingError(
+                f"{self.network}: {key} has shape {tuple(value.shape)}, expected {tuple(shape)}."
+            )
+        return value.astype(np.float32)
+
+    def skip(self, *keys: str) -> None:
+        """Mark keys as deliberately unused (e.g. ``num_batches_tracked``)."""
+        self._used.update(k for k in keys if k in self._arrays)
+
+    def finish(self, *, ignore_suffixes: tuple[str, ...] = ("num_batches_tracked",)) -> None:
+        """Raise :class:`WeightMappingError` unless every key matched exactly once."""
+        unexpected = sorted(
+            k for k in self._arrays if k not in self._used and not k.endswith(ignore_suffixes)
+        )
+        if self._missing or unexpected:
+            parts = []
+            if self._missing:
+                parts.append(f"missing keys ({len(self._missing)}): {_short(self._missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+            raise WeightMappingError(
+                f"{self.network}: the state dict does not match the network; "
+                + "; ".join(parts)
+                + ". Is this the right architecture and layout for these weights?"
+            )
+
+
+def _short(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def conv_kernel(weight: np.ndarray) -> np.ndarray:
+    """torch Conv2d weight (O, I/groups, kH, kW) → Flax ``nn.Conv`` kernel (kH, kW, I/groups, O)."""
+    return np.transpose(weight, (2, 3, 1, 0))
+
+
+def linear_kernel(weight: np.ndarray) -> np.ndarray:
+    """torch Linear weight (out, in) → Flax ``nn.Dense`` kernel (in, out)."""
+    return np.transpose(weight)
+
+
+def batch_norm(sd: StateDict, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """torch BatchNorm2d ``prefix.{weight,bias,running_mean,running_var}`` → Flax
+    ``nn.BatchNorm`` (params ``scale``/``bias``, batch_stats ``mean``/``var``)."""
+    params = {"scale": sd.take(f"{prefix}.weight"), "bias": sd.take(f"{prefix}.bias")}
+    stats = {"mean": sd.take(f"{prefix}.running_mean"), "var": sd.take(f"{prefix}.running_var")}
+    sd.skip(f"{prefix}.num_batches_tracked")
+    return params, stats

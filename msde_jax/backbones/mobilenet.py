@@ -1,0 +1,247 @@
+"""torchvision's MobileNetV2 (Sandler et al., 2018) in Flax linen, with a converter from
+torchvision state dicts (``mobilenet_v2-b0353104.pth``, width multiplier 1.0).
+
+It mirrors ``torchvision.models.mobilenet_v2``: a 3×3 stride-2 stem, seventeen inverted
+residual blocks, a 1×1 head to 1280 channels, ReLU6 throughout (none after the linear
+bottleneck projections), PyTorch's symmetric ``k // 2`` padding and batch norm with
+epsilon 1e-5 and PyTorch momentum 0.1 (Flax 0.9). Inputs are RGB in [0, 1] normalised with the
+ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+
+Why linen: a network's variables are plain nested dicts, so a converted state dict *is* the
+variables (no object to build and mutate), and ``module.apply(variables, x)`` is a pure
+function that goes through ``jit``, ``vmap`` and ``pmap``/sharding with no state objects.
+"""
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msde_jax.backbones._base import BackboneOutput
+from msde_jax.backbones._convert import (
+    StateDict,
+    WeightMappingError,
+    batch_norm,
+    conv_kernel,
+    linear_kernel,
+)
+
+# (expansion t, output channels c, repeats n, stride of the first repeat s): torchvision's
+# inverted_residual_setting.
+_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+_STEM = 32
+_HEAD = 1280
+_BN_EPS = 1e-5
+_BN_MOMENTUM = 0.9  # Flax's momentum is PyTorch's 1 − 0.1
+_DROPOUT = 0.2
+
+
+def _block_configs() -> list[tuple[int, int, int, int]]:
+    """The 17 blocks as (in_channels, out_channels, stride, expansion)."""
+    configs, c_in = [], _STEM
+    for expand, c_out, repeats, stride in _SETTING:
+        for r in range(repeats):
+            configs.append((c_in, c_out, stride if r == 0 else 1, expand))
+            c_in = c_out
+    return configs
+
+
+class _InvertedResidual(nn.Module):
+    """torchvision's ``InvertedResidual``: [1×1 expand + ReLU6] → 3×3 depthwise + ReLU6 → 1×1
+    linear projection, with an identity shortcut when stride is 1 and channels are kept."""
+
+    in_channels: int
+    out_channels: int
+    stride: int
+    expand: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=_BN_MOMENTUM,
+            epsilon=_BN_EPS,
+            dtype=self.dtype,
+        )
+        hidden = self.in_channels * self.expand
+        y = x
+        if self.expand != 1:
+            y = nn.Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, name="expand_conv")(y)
+            y = jax.nn.relu6(bn(name="expand_bn")(y))
+        y = nn.Conv(
+            hidden,
+            (3, 3),
+            strides=self.stride,
+            padding=((1, 1), (1, 1)),
+            feature_group_count=hidden,
+            use_bias=False,
+            dtype=self.dtype,
+            name="dw_conv",
+        )(y)
+        y = jax.nn.relu6(bn(name="dw_bn")(y))
+        y = nn.Conv(
+            self.out_channels, (1, 1), use_bias=False, dtype=self.dtype, name="project_conv"
+        )(y)
+        y = bn(name="project_bn")(y)
+        if self.stride == 1 and self.in_channels == self.out_channels:
+            y = y + x
+        return y
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 (width 1.0) on NHWC images.
+
+    Args:
+        num_classes: size of the ImageNet classifier (1000 for the released weights); 0 drops
+            the classifier (``logits`` is then ``None``).
+        dtype: computation dtype (parameters stay float32).
+
+    Call ``module.apply(variables, x, train=False)`` with ``x`` of shape (n, h, w, 3), RGB in
+    [0, 1] normalised with the ImageNet mean/std; 224×224 is the training resolution.
+    ``train=True`` uses batch statistics (pass ``mutable=["batch_stats"]``) and dropout before
+    the classifier (pass ``rngs={"dropout": key}``).
+
+    Returns:
+        :class:`BackboneOutput` with ``pooled`` (n, 1280), the global average of the head's
+        ReLU6 output; ``stages`` five maps at strides 2, 4, 8, 16, 32 — the outputs of
+        torchvision's ``features[1]``, ``[3]``, ``[6]``, ``[13]`` (16, 24, 32 and 96 channels)
+        and ``[18]`` (the 1×1 head, 1280 channels, the map ``pooled`` averages); and ``logits``
+        (n, num_classes) or ``None``.
+    """
+
+    num_classes: int = 1000
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> BackboneOutput:
+        bn = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=_BN_MOMENTUM,
+            epsilon=_BN_EPS,
+            dtype=self.dtype,
+        )
+        x = nn.Conv(
+            _STEM,
+            (3, 3),
+            strides=2,
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            dtype=self.dtype,
+            name="stem_conv",
+        )(x)
+        x = jax.nn.relu6(bn(name="stem_bn")(x))
+
+        configs = _block_configs()
+        stages = []
+        for i, (c_in, c_out, stride, expand) in enumerate(configs):
+            x = _InvertedResidual(c_in, c_out, stride, expand, dtype=self.dtype, name=f"block_{i}")(
+                x, train
+            )
+            if i + 1 < len(configs) and configs[i + 1][2] != 1:
+                stages.append(x)  # the last map before the next downsampling
+
+        x = nn.Conv(_HEAD, (1, 1), use_bias=False, dtype=self.dtype, name="head_conv")(x)
+        x = jax.nn.relu6(bn(name="head_bn")(x))
+        stages.append(x)
+        pooled = jnp.mean(x, axis=(1, 2))
+
+        logits = None
+        if self.num_classes > 0:
+            h = nn.Dropout(_DROPOUT, deterministic=not train)(pooled)
+            logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
+        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits)
+
+
+def _bn(sd: StateDict, prefix: str, channels: int) -> tuple[dict, dict]:
+    """:func:`batch_norm` plus a shape check that names the offending key."""
+    params, stats = batch_norm(sd, prefix)
+    for name, value in (
+        ("weight", params["scale"]),
+        ("bias", params["bias"]),
+        ("running_mean", stats["mean"]),
+        ("running_var", stats["var"]),
+    ):
+        key = f"{prefix}.{name}"
+        if key in sd and value.shape != (channels,):
+            raise WeightMappingError(
+                f"{sd.network}: {key} has shape {value.shape}, expected ({channels},)."
+            )
+    return params, stats
+
+
+def convert_mobilenet_v2(
+    state_dict: Mapping[str, np.ndarray], *, num_classes: int = 1000
+) -> dict[str, dict]:
+    """Flax variables of :class:`MobileNetV2` from a torchvision ``mobilenet_v2`` state dict.
+
+    Mapping (torch → flax): ``features.0.{0,1}`` → ``stem_conv``/``stem_bn``;
+    ``features.{i+1}.conv`` → ``block_{i}``: with expansion ``conv.0.{0,1}`` →
+    ``expand_conv``/``expand_bn``, ``conv.1.{0,1}`` → ``dw_conv``/``dw_bn``, ``conv.2``/``conv.3``
+    → ``project_conv``/``project_bn``; without (block 0) ``conv.0.{0,1}`` → ``dw_*`` and
+    ``conv.1``/``conv.2`` → ``project_*``; ``features.18.{0,1}`` → ``head_conv``/``head_bn``;
+    ``classifier.1`` → ``classifier``.
+
+    Args:
+        state_dict: ``{name: array}`` as read from ``mobilenet_v2-b0353104.pth`` (e.g. by
+            :func:`msde_jax.backbones.weights_io.load_torch_state_dict`).
+        num_classes: as given to :class:`MobileNetV2`; 0 skips ``classifier.1.*``.
+
+    Returns:
+        ``{"params": ..., "batch_stats": ...}`` with the tree and shapes of
+        ``MobileNetV2(num_classes).init(...)``, as float32 NumPy arrays.
+
+    Raises:
+        WeightMappingError: a key is missing, left over, or has the wrong shape.
+    """
+    sd = StateDict(state_dict, network="mobilenet_v2")
+    params: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+
+    def conv(key: str, c_out: int, c_in: int, k: int) -> dict:
+        return {"kernel": conv_kernel(sd.take(key, (c_out, c_in, k, k)))}
+
+    params["stem_conv"] = conv("features.0.0.weight", _STEM, 3, 3)
+    params["stem_bn"], stats["stem_bn"] = _bn(sd, "features.0.1", _STEM)
+    configs = _block_configs()
+    for i, (c_in, c_out, _, expand) in enumerate(configs):
+        t = f"features.{i + 1}.conv"
+        hidden = c_in * expand
+        p: dict[str, Any] = {}
+        s: dict[str, Any] = {}
+        j = 0
+        if expand != 1:
+            p["expand_conv"] = conv(f"{t}.0.0.weight", hidden, c_in, 1)
+            p["expand_bn"], s["expand_bn"] = _bn(sd, f"{t}.0.1", hidden)
+            j = 1
+        p["dw_conv"] = conv(f"{t}.{j}.0.weight", hidden, 1, 3)
+        p["dw_bn"], s["dw_bn"] = _bn(sd, f"{t}.{j}.1", hidden)
+        p["project_conv"] = conv(f"{t}.{j + 1}.weight", c_out, hidden, 1)
+        p["project_bn"], s["project_bn"] = _bn(sd, f"{t}.{j + 2}", c_out)
+        params[f"block_{i}"], stats[f"block_{i}"] = p, s
+    head = f"features.{len(configs) + 1}"
+    params["head_conv"] = conv(f"{head}.0.weight", _HEAD, configs[-1][1], 1)
+    params["head_bn"], stats["head_bn"] = _bn(sd, f"{head}.1", _HEAD)
+    if num_classes > 0:
+        params["classifier"] = {
+            "kernel": linear_kernel(sd.take("classifier.1.weight", (num_classes, _HEAD))),
+            "bias": sd.take("classifier.1.bias", (num_classes,)),
+        }
+    else:
+        sd.skip("classifier.1.weight", "classifier.1.bias")
+    sd.finish()
+    return {"params": params, "batch_stats": stats}

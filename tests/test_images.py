@@ -1,0 +1,90 @@
+"""Image reading and preparation: every accepted input becomes (S, S, 3) float RGB in [0, 1]."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msde_jax.backbones.images import ImageReadError, prepare, resize, to_float
+
+RNG = np.random.default_rng(0)
+GRAY8 = (RNG.random((30, 40)) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        GRAY8,
+        GRAY8[..., None],
+        np.repeat(GRAY8[..., None], 3, axis=-1),
+        np.concatenate(
+            [np.repeat(GRAY8[..., None], 3, axis=-1), np.zeros((30, 40, 1), np.uint8)], axis=-1
+        ),
+        GRAY8.astype(np.uint16) * 257,
+        GRAY8.astype(np.float32) / 255,
+        Image.fromarray(GRAY8),
+        Image.fromarray(GRAY8).convert("RGB"),
+        Image.fromarray(GRAY8).convert("RGBA"),
+        Image.fromarray(GRAY8).convert("P"),
+    ],
+    ids=["hw", "hw1", "hw3", "hw4", "uint16", "float", "pil-L", "pil-RGB", "pil-RGBA", "pil-P"],
+)
+def test_every_form_gives_the_same_gray_image(image):
+    out = prepare(image, 32)
+    assert out.shape == (32, 32, 3)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])  # grayscale replicated
+    np.testing.assert_allclose(out, prepare(GRAY8, 32), atol=2 / 255)
+
+
+def test_files_png_jpeg_16bit(tmp_path):
+    Image.fromarray(GRAY8).save(tmp_path / "a.png")
+    Image.fromarray(GRAY8).save(tmp_path / "a.jpg", quality=100)
+    deep = (RNG.random((30, 40)) * 65535).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    np.testing.assert_allclose(prepare(tmp_path / "a.png", 32), prepare(GRAY8, 32), atol=1e-6)
+    np.testing.assert_allclose(prepare(str(tmp_path / "a.jpg"), 32), prepare(GRAY8, 32), atol=0.03)
+    # 16-bit precision is kept, not truncated to 8 bits.
+    np.testing.assert_allclose(to_float(tmp_path / "deep.png")[..., 0], deep / 65535, atol=1e-6)
+
+
+def test_direct_resize_matches_pillow_bilinear():
+    want = np.asarray(Image.fromarray(GRAY8).resize((224, 224), Image.BILINEAR)) / 255
+    np.testing.assert_allclose(prepare(GRAY8, 224)[..., 0], want, atol=1 / 255 + 1e-6)
+
+
+def test_center_crop_keeps_aspect():
+    wide = np.zeros((100, 200), np.float32)
+    wide[:, 90:110] = 1.0  # a vertical bar in the middle survives the crop, centred
+    out = resize(wide[..., None], 64, mode="center_crop")
+    assert out.shape == (64, 64, 1)
+    assert out[:, 32, 0].min() > 0.9
+    assert out[:, 0, 0].max() < 0.1
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (np.zeros((4, 4, 2), np.uint8), "expected an array of shape"),
+        (np.zeros((2, 4, 4, 3), np.uint8), "expected an array of shape"),
+        (np.full((4, 4), 2.0), r"must lie in \[0, 1\]"),
+        (np.full((4, 4), np.nan), "NaN"),
+        (np.zeros((4, 4), np.int64), "unsupported pixel dtype"),
+        (np.zeros((0, 4), np.uint8), "empty image"),
+    ],
+)
+def test_bad_arrays(image, match):
+    with pytest.raises(ImageReadError, match=match):
+        prepare(image, 8)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ImageReadError, match="no such file"):
+        prepare(tmp_path / "missing.png", 8)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        prepare(tmp_path / "bad.png", 8)
+    Image.fromarray(GRAY8).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        prepare(tmp_path / "cut.png", 8)

@@ -1,0 +1,409 @@
+"""Torch-free weight loading: torch checkpoints, safetensors, refusal of unsafe pickles, downloads.
+
+torch is a test-only reference here: it writes the checkpoints the reader must understand.
+"""
+
+import builtins
+import collections
+import hashlib
+import os
+import pickle
+import subprocess
+import zipfile
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from msde_jax.backbones.weights_io import (
+    DownloadError,
+    UnsafeCheckpointError,
+    default_cache_dir,
+    download,
+    hf_hub_download,
+    hf_hub_url,
+    load_safetensors,
+    load_state_dict,
+    load_state_dict_from_url,
+    load_torch_state_dict,
+    torch_hub_url,
+)
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _reference_state_dict():
+    """Tensors of every dtype a backbone uses, laid out in all the ways torch stores them."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=gen)
+    shared = torch.arange(12, dtype=torch.float32)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    sd = collections.OrderedDict(
+        f32=torch.randn(2, 3, generator=gen),
+        f64=torch.randn(3, generator=gen, dtype=torch.float64),
+        f16=torch.randn(4, 2, generator=gen).half(),
+        bf16=torch.randn(3, 2, generator=gen).to(torch.bfloat16),
+        i64=torch.arange(-3, 4),
+        i32=torch.arange(5, dtype=torch.int32),
+        i8=torch.arange(-4, 4, dtype=torch.int8),
+        u8=torch.arange(250, 256, dtype=torch.uint8),
+        u16=torch.arange(60000, 60004).to(torch.uint16),  # untyped storage, _rebuild_v3
+        boolean=torch.tensor([True, False, True]),
+        scalar=torch.tensor(7),
+        empty=torch.zeros(0, 3),
+        transposed=base.t(),  # non-contiguous
+        view_with_offset=base[2:, 1:4],  # storage offset 11, row stride 5
+        shared_a=shared[:6],
+        shared_b=shared.view(3, 4)[1:],  # same storage as shared_a
+        param=torch.nn.Parameter(torch.randn(2, 2, generator=gen)),
+    )
+    sd.update({f"net.{k}": v for k, v in net.state_dict().items()})  # incl. _metadata users
+    return sd
+
+
+def _expected(tensor):
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.float().numpy()
+    if tensor.dtype == torch.uint16:
+        return tensor.to(torch.int32).numpy().astype(np.uint16)
+    return tensor.numpy()
+
+
+def _assert_same(loaded, reference):
+    assert list(loaded) == list(reference)
+    for key, tensor in reference.items():
+        expected = _expected(tensor)
+        assert loaded[key].dtype == expected.dtype, key
+        assert loaded[key].shape == expected.shape, key
+        np.testing.assert_array_equal(loaded[key], expected, err_msg=key)
+
+
+@pytest.fixture(params=["zip", "legacy"])
+def save(request):
+    """``save(obj, path)`` in the zip format or the legacy (torch < 1.6) format."""
+
+    def _save(obj, path):
+        torch.save(obj, path, _use_new_zipfile_serialization=request.param == "zip")
+        assert zipfile.is_zipfile(path) == (request.param == "zip")
+        return path
+
+    return _save
+
+
+# ------------------------------------------------------------------------------ torch files
+
+
+def test_round_trip(save, tmp_path):
+    sd = _reference_state_dict()
+    path = save(sd, tmp_path / "weights.pth")
+    loaded = load_torch_state_dict(path)
+    _assert_same(loaded, sd)
+    assert type(loaded) is dict
+    assert loaded["scalar"].shape == ()
+    assert loaded["bf16"].dtype == np.float32
+    assert all(v.flags.writeable and v.flags.c_contiguous for v in loaded.values())
+    _assert_same(load_state_dict(path), sd)
+
+
+def test_shared_storage_arrays_are_independent(save, tmp_path):
+    shared = torch.arange(6, dtype=torch.float32)
+    path = save({"a": shared[:4], "b": shared[2:]}, tmp_path / "w.pth")
+    loaded = load_torch_state_dict(path)
+    loaded["a"][2] = -1.0
+    np.testing.assert_array_equal(loaded["b"], [2.0, 3.0, 4.0, 5.0])
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {"model": sd, "optimizer": {"lr": 0.1, "state": {}}},
+        lambda sd: {"meta": {"epoch": 1}, "checkpoint": {"ema": sd}},
+    ],
+    ids=["state_dict", "model", "nested"],
+)
+def test_wrapped_state_dict(save, tmp_path, wrap):
+    sd = collections.OrderedDict(w=torch.ones(2, 2), b=torch.zeros(2))
+    loaded = load_torch_state_dict(save(wrap(sd), tmp_path / "ckpt.pth"))
+    _assert_same(loaded, sd)
+
+
+def test_no_state_dict(save, tmp_path):
+    path = save({"epoch": 3, "names": ["a", "b"]}, tmp_path / "ckpt.pth")
+    with pytest.raises(ValueError, match="no state dict"):
+        load_torch_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool]
+)
+def test_big_endian_zip(tmp_path, dtype):
+    # Not uint16 & co.: torch stores those as untyped byte storages and does not swap them.
+    tensor = (torch.arange(6) * 37 - 50).to(dtype).reshape(2, 3)
+    path = tmp_path / "big.pth"
+    torch.save({"w": tensor.t()}, path)  # transposed: strides must survive the byte swap
+    with zipfile.ZipFile(path) as archive:
+        records = {n: archive.read(n) for n in archive.namelist()}
+    (storage,) = [n for n in records if n.endswith("/data/0")]
+    (byteorder,) = [n for n in records if n.endswith("/byteorder")]
+    item = tensor.element_size()
+    raw = np.frombuffer(records[storage], np.uint8)
+    records[storage] = raw.reshape(-1, item)[:, ::-1].tobytes()
+    records[byteorder] = b"big"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in records.items():
+            archive.writestr(name, data)
+    reference = torch.load(path, weights_only=True)  # torch reads it back: the file is valid
+    assert torch.equal(reference["w"], tensor.t())
+    _assert_same(load_torch_state_dict(path), reference)
+
+
+def test_module_state_dict_matches_torch_load(save, tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    path = save(net.state_dict(), tmp_path / "net.pth")
+    reference = torch.load(path, weights_only=True)
+    _assert_same(load_state_dict(path), reference)
+
+
+# ------------------------------------------------------------------------------ safetensors
+
+
+def test_safetensors_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f32": rng.standard_normal((3, 4)).astype(np.float32),
+        "f16": rng.standard_normal(5).astype(np.float16),
+        "i64": np.arange(-2, 3, dtype=np.int64),
+        "flag": np.array([True, False]),
+        "bf16": rng.standard_normal((2, 2)).astype(ml_dtypes.bfloat16),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(arrays, str(path))
+    for loaded in (load_safetensors(path), load_state_dict(path)):
+        assert set(loaded) == set(arrays)
+        for key, value in arrays.items():
+            expected = value.astype(np.float32) if key == "bf16" else value
+            assert loaded[key].dtype == expected.dtype, key
+            np.testing.assert_array_equal(loaded[key], expected)
+    # Recognised by content too, whatever the suffix.
+    os.replace(path, tmp_path / "model.bin")
+    assert set(load_state_dict(tmp_path / "model.bin")) == set(arrays)
+
+
+# ------------------------------------------------------------------------------ unsafe pickles
+
+
+class _Payload:
+    """Pickles as a call of ``fn(*args)``: what a malicious checkpoint does on load."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _payloads(marker):
+    return {
+        "os.system": _Payload(os.system, f"touch {marker}"),
+        "builtins.exec": _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+        "subprocess.Popen": _Payload(subprocess.Popen, ["touch", str(marker)]),
+    }
+
+
+def _write_zip_checkpoint(path, payload):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(payload, protocol=2))
+        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/version", "3\n")
+
+
+def _write_legacy_checkpoint(path, payload, *, in_header=False):
+    sys_info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {}}
+    parts = [_LEGACY_MAGIC, 1001, sys_info, payload, []]
+    if in_header:
+        parts = [payload]
+    path.write_bytes(b"".join(pickle.dumps(p, protocol=2) for p in parts))
+
+
+@pytest.mark.parametrize("name", ["os.system", "builtins.exec", "subprocess.Popen"])
+@pytest.mark.parametrize("layout", ["zip", "legacy", "legacy-header", "inside-state-dict"])
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, name, layout):
+    marker = tmp_path / "pwned"
+    payload = _payloads(marker)[name]
+    path = tmp_path / "evil.pth"
+    if layout == "zip":
+        _write_zip_checkpoint(path, payload)
+    elif layout == "inside-state-dict":
+        _write_zip_checkpoint(path, collections.OrderedDict(w=[1.0], evil=payload))
+    else:
+        _write_legacy_checkpoint(path, payload, in_header=layout == "legacy-header")
+    # Protocol 2 (torch's) spells builtins as __builtin__ and subprocess as commands.
+    refused = rf"refusing to load global '\w+\.{name.split('.')[1]}'"
+    with pytest.raises(pickle.UnpicklingError, match=refused):
+        load_state_dict(path)
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_sanity_plain_pickle_would_run(tmp_path):
+    """The payloads above are live: an unrestricted unpickler executes them."""
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(_payloads(marker)["builtins.exec"], protocol=2))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # BUILD on an allowed stand-in would let a file patch the loader's own functions.
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}X\x04\x00\x00\x00evilK\x01sb.",
+        # An allowlisted module with a name outside the allowlist.
+        b"\x80\x02ctorch\nload\nX\x01\x00\x00\x00x\x85R.",
+        # INST/OBJ opcodes go through the same allowlist.
+        b"(X\x04\x00\x00\x00trueios\nsystem\n.",
+    ],
+    ids=["build", "torch.load", "inst"],
+)
+def test_raw_unsafe_opcodes_are_refused(tmp_path, data):
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", data)
+    with pytest.raises(UnsafeCheckpointError, match="refusing"):
+        load_torch_state_dict(path)
+
+
+def test_out_of_bounds_strides_are_rejected(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.zeros(4)}, path)
+    with zipfile.ZipFile(path) as archive:
+        records = {n: archive.read(n) for n in archive.namelist()}
+    pkl = next(n for n in records if n.endswith("data.pkl"))
+    records[pkl] = records[pkl].replace(b"K\x04\x85", b"K\x09\x85")  # size (4,) -> (9,)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in records.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match="reads past its storage"):
+        load_torch_state_dict(path)
+
+
+# ------------------------------------------------------------------------------ bad files
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"this is not a checkpoint\n", bytes(range(256)) * 4], ids=str
+)
+def test_garbage_file_raises_value_error(tmp_path, content):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="garbage.pth"):
+        load_state_dict(path)
+
+
+def test_garbage_safetensors_raises_value_error(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        load_state_dict(path)
+
+
+def test_zip_without_pickle(tmp_path):
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    with pytest.raises(ValueError, match="not a torch checkpoint"):
+        load_state_dict(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_state_dict(tmp_path / "nope.pth")
+
+
+# ------------------------------------------------------------------------------ downloads
+
+
+def _torchvision_style_file(directory, sd):
+    """Save ``sd`` as ``tiny-<sha256[:8]>.pth``, like torchvision's hub file names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "tiny.pth"
+    torch.save(sd, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    return tmp.rename(directory / f"tiny-{digest[:8]}.pth")
+
+
+def test_download_file_url_and_cache(tmp_path, capsys):
+    source = _torchvision_style_file(tmp_path / "src", {"w": torch.ones(3)})
+    cache = tmp_path / "cache"
+    first = download(source.as_uri(), cache_dir=cache)
+    assert first == cache / source.name
+    assert first.read_bytes() == source.read_bytes()
+    assert "downloading" in capsys.readouterr().err
+    source.unlink()  # a second download would now fail: the cache must answer
+    assert download(source.as_uri(), cache_dir=cache, progress=False) == first
+    assert sorted(p.name for p in cache.iterdir()) == [source.name]  # no temp files left
+
+
+def test_download_hash_mismatch_leaves_nothing(tmp_path):
+    source = tmp_path / "src" / "tiny-deadbeef.pth"
+    source.parent.mkdir()
+    torch.save({"w": torch.ones(3)}, source)
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match="does not match the expected prefix deadbeef"):
+        download(source.as_uri(), cache_dir=cache, progress=False)
+    assert list(cache.iterdir()) == []
+    with pytest.raises(DownloadError, match="sha256"):
+        download(source.as_uri(), cache_dir=cache, sha256_prefix="0000", progress=False)
+    # Opting out of the name check, like torch.hub's check_hash=False.
+    path = download(source.as_uri(), cache_dir=cache, check_hash=False, progress=False)
+    assert path.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/resnet18-f37072fd.pth", "file:///nonexistent/dir/x.pth"]
+)
+def test_download_unreachable(tmp_path, url):
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match="could not download .*pass the local path"):
+        download(url, cache_dir=cache, progress=False)
+    assert list(cache.iterdir()) == []
+
+
+def test_load_state_dict_from_url(tmp_path, monkeypatch):
+    source = _torchvision_style_file(tmp_path / "src", {"w": torch.arange(4.0)})
+    monkeypatch.setenv("MSDE_JAX_CACHE", str(tmp_path / "env-cache"))
+    assert default_cache_dir() == tmp_path / "env-cache"
+    loaded = load_state_dict_from_url(source.as_uri(), progress=False)
+    np.testing.assert_array_equal(loaded["w"], np.arange(4.0, dtype=np.float32))
+    assert (tmp_path / "env-cache" / source.name).is_file()
+
+
+def test_hub_urls(monkeypatch):
+    monkeypatch.delenv("MSDE_JAX_HF_ENDPOINT", raising=False)
+    assert torch_hub_url("resnet18-f37072fd.pth") == (
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    )
+    assert hf_hub_url("timm/resnet18.a1_in1k", "model.safetensors") == (
+        "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors"
+    )
+    monkeypatch.setenv("MSDE_JAX_HF_ENDPOINT", "https://mirror.example/")
+    assert (
+        hf_hub_url("a/b", "f.bin", revision="v1") == "https://mirror.example/a/b/resolve/v1/f.bin"
+    )
+
+
+def test_hf_hub_download_from_local_mirror(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    target = mirror / "org" / "net" / "resolve" / "main" / "weights" / "model.safetensors"
+    target.parent.mkdir(parents=True)
+    save_file({"w": np.ones((2, 2), np.float32)}, str(target))
+    monkeypatch.setenv("MSDE_JAX_HF_ENDPOINT", mirror.as_uri())
+    path = hf_hub_download(
+        "org/net", "weights/model.safetensors", cache_dir=tmp_path / "cache", progress=False
+    )
+    assert path == tmp_path / "cache" / "huggingface" / "org--net" / "main" / "weights" / (
+        "model.safetensors"
+    )
+    np.testing.assert_array_equal(load_state_dict(path)["w"], np.ones((2, 2), np.float32))
