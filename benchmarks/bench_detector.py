@@ -1,7 +1,7 @@
 """MSDEDetector on the real datasets: accuracy, speed, threshold and batch dependence.
 
     python benchmarks/bench_detector.py            # both datasets, ~6-7 min on 2 CPU cores
-    python benchmarks/bench_detector.py --quick    # smoke run: 2 seeds, 40 single images, ~4 min
+    python benchmarks/bench_detector.py --quick    # smoke run: 2 seeds, 40 single images
     python benchmarks/bench_detector.py --features emb/brain_tumor_mri.npz  # embeddings
 
 Run from the repository root after ``pip install -e .`` (or with ``PYTHONPATH=.``).

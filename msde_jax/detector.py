@@ -544,13 +544,19 @@ class MSDEDetector:
         return self.fit(X, y).labels_
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> None:
         """Save the configuration and every fitted array to ``path`` (an ``.npz`` file).
 
         Plain arrays and a JSON string: loading executes no code (no pickle).
+
+        Args:
+            path: the file to write (written as given, no suffix added).
+            metadata: JSON-serialisable extras stored alongside (e.g. the embedder that produced
+                the features); :meth:`load` returns them as ``metadata_``.
         """
         self._check_fitted()
         meta = {
+            "metadata": metadata or {},
             "format_version": FORMAT_VERSION,
             "params": self.get_params(),
             "n_features_in_": self.n_features_in_,
@@ -590,6 +596,7 @@ class MSDEDetector:
         det.n_components_ = meta["n_components_"]
         det.n_iter_ = meta["n_iter_"]
         det.threshold_ = meta["threshold_"]
+        det.metadata_ = meta.get("metadata", {})
         det.decision_scores_ = files["decision_scores_"]
         det.train_keys_ = files.get("train_keys_")
         det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)

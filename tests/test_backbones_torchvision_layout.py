@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch  # noqa: E402  (the test extra pins the local CPU build)
 
 from msde_jax.backbones._convert import WeightMappingError
 from msde_jax.backbones.resnet import (
@@ -29,7 +30,6 @@ from msde_jax.backbones.vit import (
     dinov2_vits14,
 )
 
-torch = pytest.importorskip("torch")
 tnn = torch.nn
 F = torch.nn.functional
 

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+import umap.umap_ as umap_  # noqa: E402  (test dependency)
 from sklearn.neighbors import NearestNeighbors
 
 from msde_jax import Neighbors, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
-
-umap_ = pytest.importorskip("umap.umap_", reason="umap-learn is a test dependency")
 
 
 def _umap_reference(x, k, local_connectivity=1.0):

@@ -36,6 +36,7 @@ from msde_jax.backbones._convert import (
     conv_kernel,
     linear_kernel,
 )
+from msde_jax.backbones._layers import DepthwiseConv
 
 # (repeats, kernel, stride of the first repeat, expansion, output channels): the Lite0 table of
 # efficientnet_lite_builder.py (width and depth multipliers 1.0, so no rounding applies).
@@ -98,13 +99,11 @@ class _MBConv(nn.Module):
             y = nn.Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, name="expand_conv")(y)
             y = jax.nn.relu6(bn(name="expand_bn")(y))
         pad = tuple(_same_padding(s, self.kernel, self.stride) for s in y.shape[1:3])
-        y = nn.Conv(
+        y = DepthwiseConv(
             hidden,
-            (self.kernel, self.kernel),
-            strides=self.stride,
+            self.kernel,
+            stride=self.stride,
             padding=pad,
-            feature_group_count=hidden,
-            use_bias=False,
             dtype=self.dtype,
             name="dw_conv",
         )(y)

@@ -72,6 +72,10 @@ def to_float(image: Any, *, name: str = "image") -> np.ndarray:
 def _read_file(path: Path) -> np.ndarray:
     if not path.exists():
         raise ImageReadError(f"{path}: no such file.")
+    from .dicom import is_dicom, read_dicom  # pydicom itself is imported only when needed
+
+    if path.suffix.lower() == ".dcm" or is_dicom(path):
+        return to_float(read_dicom(path), name=str(path))
     try:
         with Image.open(path) as img:
             img.load()

@@ -29,6 +29,7 @@ from msde_jax.backbones._convert import (
     conv_kernel,
     linear_kernel,
 )
+from msde_jax.backbones._layers import DepthwiseConv
 
 # (expansion t, output channels c, repeats n, stride of the first repeat s): torchvision's
 # inverted_residual_setting.
@@ -82,13 +83,11 @@ class _InvertedResidual(nn.Module):
         if self.expand != 1:
             y = nn.Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, name="expand_conv")(y)
             y = jax.nn.relu6(bn(name="expand_bn")(y))
-        y = nn.Conv(
+        y = DepthwiseConv(
             hidden,
-            (3, 3),
-            strides=self.stride,
+            3,
+            stride=self.stride,
             padding=((1, 1), (1, 1)),
-            feature_group_count=hidden,
-            use_bias=False,
             dtype=self.dtype,
             name="dw_conv",
         )(y)

@@ -1,0 +1,128 @@
+"""Reading DICOM files with pydicom (optional extra: ``pip install 'msde-jax[dicom]'``).
+
+:func:`read_dicom` turns one 2-D DICOM image into float32 pixels in [0, 1]: the modality
+rescale (RescaleSlope / RescaleIntercept) is applied, MONOCHROME1 is inverted so that higher is
+brighter, and grayscale is windowed with the file's first WindowCenter / WindowWidth (the DICOM
+linear VOI function) or, without a window, scaled by its minimum and maximum. RGB (and YBR,
+which pydicom converts to RGB) and PALETTE COLOR images become (H, W, 3).
+"""
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .images import ImageReadError
+
+INSTALL_HINT = "pip install 'msde-jax[dicom]'"
+
+
+def _pydicom() -> Any:
+    try:
+        import pydicom
+    except ImportError as err:
+        raise ImportError(
+            f"reading DICOM files needs pydicom>=3.0, which is not installed: {INSTALL_HINT}"
+        ) from err
+    return pydicom
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """Whether a file has the DICOM magic ``DICM`` at byte 128 (files with a preamble)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom(path: str | os.PathLike) -> np.ndarray:
+    """Read a 2-D DICOM image as float32 pixels in [0, 1].
+
+    Args:
+        path: the DICOM file.
+
+    Returns:
+        (H, W) float32 for grayscale (MONOCHROME1 / MONOCHROME2), (H, W, 3) for colour images.
+
+    Raises:
+        ImportError: pydicom is not installed (``pip install 'msde-jax[dicom]'``).
+        ImageReadError: the file is not readable DICOM, has no pixel data, holds several frames
+            or a volume, or has an unsupported photometric interpretation.
+    """
+    pydicom = _pydicom()
+    name = os.fspath(path)
+    try:
+        ds = pydicom.dcmread(name, force=True)
+        if "PixelData" not in ds and "FloatPixelData" not in ds:
+            raise ImageReadError(f"{name}: DICOM file without pixel data.")
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise ImageReadError(
+                f"{name}: multi-frame DICOM ({frames} frames); only 2-D images are supported — "
+                "export the frames / slices you want as separate 2-D images."
+            )
+        arr = np.asarray(ds.pixel_array)
+    except ImageReadError:
+        raise
+    except Exception as err:  # pydicom raises many kinds (InvalidDicomError, decoder errors…)
+        raise ImageReadError(f"{name}: not a readable DICOM image ({err}).") from err
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        rgb = np.asarray(apply_color_lut(arr, ds), np.float64)
+        return np.clip(rgb / _max_value(rgb.dtype, 16, apply_lut=True), 0, 1).astype(np.float32)
+    if samples == 3 or (arr.ndim == 3 and arr.shape[-1] == 3):
+        if arr.ndim != 3:
+            raise ImageReadError(f"{name}: colour DICOM with unexpected shape {arr.shape}.")
+        bits = int(ds.get("BitsStored", 8) or 8)
+        out = arr.astype(np.float64) / _max_value(arr.dtype, bits)
+        return np.clip(out, 0, 1).astype(np.float32)
+    if arr.ndim != 2:
+        raise ImageReadError(
+            f"{name}: pixel data of shape {arr.shape}; only 2-D images are supported."
+        )
+    if not photometric.startswith("MONOCHROME"):
+        raise ImageReadError(f"{name}: unsupported photometric interpretation {photometric!r}.")
+    x = arr.astype(np.float64)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    x = x * slope + intercept
+    window = _window(ds)
+    if window is not None:
+        centre, width = window
+        # DICOM PS3.3 C.11.2.1.2.1 linear VOI function, to [0, 1].
+        x = np.clip((x - (centre - 0.5)) / max(width - 1.0, 1e-12) + 0.5, 0.0, 1.0)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+        x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    if photometric == "MONOCHROME1":
+        x = 1.0 - x
+    return x.astype(np.float32)
+
+
+def _max_value(dtype: np.dtype, bits: int, *, apply_lut: bool = False) -> float:
+    if apply_lut:  # palette LUT output: 8- or 16-bit entries
+        return 255.0 if dtype == np.uint8 else 65535.0
+    if np.issubdtype(dtype, np.floating):
+        return 1.0
+    return float(2 ** min(bits, 8 * np.dtype(dtype).itemsize) - 1)
+
+
+def _window(ds: Any) -> tuple[float, float] | None:
+    centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if centre is None or width is None:
+        return None
+    try:
+        c = float(centre[0] if _is_multi(centre) else centre)
+        w = float(width[0] if _is_multi(width) else width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (c, w) if w > 0 else None
+
+
+def _is_multi(value: Any) -> bool:
+    return not isinstance(value, str | bytes) and hasattr(value, "__getitem__")

@@ -1,0 +1,161 @@
+"""A content-addressed on-disk cache of image embeddings, so repeated experiments skip the backbone.
+
+Each embedding is stored as one ``.npy`` file at ``cache_dir/<config-hash>/<image-hash>.npy``:
+
+- the *config hash* is the SHA-256 of the embedder's :meth:`~msde_jax.backbones.Embedder.config`
+  (backbone, weights, image size, resize mode, features, dtype) as canonical JSON; each config
+  folder also holds a human-readable ``config.json``;
+- the *image hash* is the SHA-256 of the config JSON and the image content: a file's bytes for
+  a path (so renaming or moving a file keeps its cache entry, editing it does not), or the dtype,
+  shape and bytes of an array.
+
+Writes are atomic (a temporary file renamed into place), so concurrent runs sharing a cache
+never see a half-written entry.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+_CHUNK = 1 << 20
+
+
+class SupportsEmbed(Protocol):
+    """What :func:`embed_cached` needs from an embedder."""
+
+    def config(self) -> dict[str, Any]: ...
+
+    def embed(self, images: Sequence[Any]) -> np.ndarray: ...
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """The canonical JSON of an embedder config (sorted keys, compact separators)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def image_hash(item: Any, config_json: str = "") -> str:
+    """SHA-256 hex digest of ``config_json`` and an image's content.
+
+    Args:
+        item: a file path (its bytes are hashed), a ``PIL.Image.Image`` (mode, size and pixel
+            bytes) or anything :func:`numpy.asarray` turns into an array (dtype, shape, bytes).
+        config_json: the embedder config as canonical JSON (see :func:`config_key`).
+    """
+    h = hashlib.sha256()
+    h.update(config_json.encode())
+    h.update(b"\0")
+    if isinstance(item, str | os.PathLike):
+        h.update(b"file\0")
+        with open(item, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+    try:
+        from PIL import Image
+
+        if isinstance(item, Image.Image):
+            h.update(f"pil\0{item.mode}\0{item.size}\0".encode())
+            h.update(item.tobytes())
+            return h.hexdigest()
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        pass
+    arr = np.ascontiguousarray(np.asarray(item))
+    h.update(f"array\0{arr.dtype.str}\0{arr.shape}\0".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def embed_cached(
+    embedder: SupportsEmbed,
+    items: Iterable[Any] | np.ndarray,
+    cache_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed images, reusing embeddings cached on disk and caching the new ones.
+
+    Only images without a cache entry are embedded, in one ``embedder.embed`` call and in their
+    input order.
+
+    Args:
+        embedder: an :class:`~msde_jax.backbones.Embedder` (or any object with ``config()`` and
+            ``embed(items)``).
+        items: file paths, PIL images or arrays; or one stacked (n, H, W[, C]) array.
+        cache_dir: the cache root (created if needed).
+        progress: print a one-line summary (cached / to embed) on stderr.
+
+    Returns:
+        (n, d) float32 embeddings in the input order.
+    """
+    items = list(items)
+    config = embedder.config()
+    cfg_json = config_key(config)
+    folder = Path(cache_dir) / hashlib.sha256(cfg_json.encode()).hexdigest()[:32]
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_file = folder / "config.json"
+    if not cfg_file.exists():
+        _atomic_write(
+            cfg_file, (json.dumps(config, indent=2, sort_keys=True, default=str) + "\n").encode()
+        )
+
+    paths = [folder / f"{image_hash(item, cfg_json)}.npy" for item in items]
+    found: dict[int, np.ndarray] = {}
+    for i, path in enumerate(paths):
+        if path.exists():
+            try:
+                found[i] = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):  # a damaged entry: embed again and overwrite it
+                pass
+    missing = [i for i in range(len(items)) if i not in found]
+    if progress and items:
+        print(
+            f"embedding cache {folder}: {len(found)}/{len(items)} cached, {len(missing)} to embed",
+            file=sys.stderr,
+        )
+    if missing:
+        new = np.asarray(embedder.embed([items[i] for i in missing]), np.float32)
+        if new.ndim != 2 or len(new) != len(missing):
+            raise ValueError(
+                f"embedder returned shape {new.shape} for {len(missing)} images; expected (n, d)."
+            )
+        written: set[Path] = set()
+        for row, i in zip(new, missing, strict=True):
+            found[i] = row
+            if paths[i] not in written:  # the same image twice in one call
+                _save_npy(paths[i], row)
+                written.add(paths[i])
+    if not items:
+        return np.zeros((0, int(getattr(embedder, "dim", 0))), np.float32)
+    dims = {found[i].shape for i in range(len(items))}
+    if len(dims) != 1:
+        raise ValueError(f"{folder}: cached embeddings of different shapes {sorted(dims)}.")
+    return np.stack([found[i] for i in range(len(items))]).astype(np.float32, copy=False)
+
+
+def _save_npy(path: Path, row: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.asarray(row, np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

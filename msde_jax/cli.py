@@ -1,0 +1,445 @@
+"""The ``msde-jax`` command line: images → embeddings → MSDE detector → scores and reports.
+
+Every command prints a one-line ``error: …`` and exits with status 2 for a user mistake (a
+missing path, an unreadable image, an empty class, an incompatible model file) instead of a
+traceback.
+"""
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXAMPLES = {
+    "demo": """examples:
+  msde-jax demo                         # built-in PneumoniaMNIST, default backbone
+  msde-jax demo --backbone mobilenet_v2 --out demo_mobilenet""",
+    "embed": """examples:
+  msde-jax embed scans/ --out embeddings.npz
+  msde-jax embed a.png b.png --backbone resnet18 --weights resnet18-f37072fd.pth --out e.npz""",
+    "fit": """examples:
+  msde-jax fit normals/ --out model.npz
+  msde-jax fit train_normal.npz --out model.npz --paper
+  msde-jax fit embeddings.npz --embeddings --out model.npz   # features already computed""",
+    "score": """examples:
+  msde-jax score model.npz new_scans/ --out scores.csv
+  msde-jax score model.npz scan.dcm""",
+    "evaluate": """examples:
+  msde-jax evaluate ../shared/data/brain_tumor_mri/brain_tumor_mri.npz --out report_brain
+  msde-jax evaluate my_dataset/ --backbone mobilenet_v2 --paper --out report
+  (a dataset is an .npz with train_normal/test_normal/test_abnormal image stacks, a folder
+   with train/normal, test/normal, test/abnormal, a MedIAnomaly folder with data.json, or
+   'pneumoniamnist' for the built-in copy)""",
+}
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+# ---------------------------------------------------------------------------- arguments
+def _add_embedder_args(p: argparse.ArgumentParser) -> None:
+    from msde_jax.backbones.embedder import BACKBONES
+
+    g = p.add_argument_group("backbone")
+    g.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=BACKBONES,
+        help="pretrained network that embeds the images (default: %(default)s)",
+    )
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="a .pth / .safetensors file instead of the default ImageNet weights",
+    )
+    g.add_argument("--image-size", type=int, default=224, help="resize side (default: 224)")
+    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    g.add_argument(
+        "--multiscale", action="store_true", help="concatenate pooled features of every stage"
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache embeddings here, keyed by backbone, weights and image content",
+    )
+
+
+def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("detector")
+    g.add_argument(
+        "--paper",
+        action="store_true",
+        help="the published transductive pipeline (scores depend on the test batch)",
+    )
+    g.add_argument(
+        "--mode",
+        choices=("inductive", "transductive", "none"),
+        default=None,
+        help="MSDE mode (default: inductive; --paper implies transductive)",
+    )
+    g.add_argument("--k", type=int, default=None, help="mean-shift neighbours (default 50)")
+    g.add_argument(
+        "--weights-method",
+        choices=("msde", "fuzzy_degree", "uniform"),
+        default=None,
+        help="density weights (default msde)",
+    )
+    g.add_argument(
+        "--contamination",
+        type=float,
+        default=0.05,
+        help="share of normals above the threshold (default: %(default)s)",
+    )
+    g.add_argument("--threshold", choices=("cross_fit", "chi2"), default="cross_fit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msde-jax",
+        description="One-class anomaly detection for medical images with Mean Shift Density "
+        "Enhancement (MSDE), in JAX. Learn 'normal' from normal images only, then rank new "
+        "images by how abnormal they look.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command(
+        "demo", "Run the whole pipeline on the built-in PneumoniaMNIST split and write a report."
+    )
+    p.add_argument("--out", default="msde_demo_report", help="report folder")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use at most this many images per class (quick runs)",
+    )
+    _add_embedder_args(p)
+    _add_detector_args(p)
+
+    p = command("embed", "Compute (and cache) embeddings of images.")
+    p.add_argument("sources", nargs="+", help="image files, folders, or an .npz image stack")
+    p.add_argument("--out", required=True, help="output .npz (embeddings, paths, config)")
+    _add_embedder_args(p)
+
+    p = command(
+        "fit",
+        "Fit a detector on normal images and save it (with its backbone "
+        "configuration) for `score`.",
+    )
+    p.add_argument("sources", nargs="+", help="normal images: files, folders or an .npz")
+    p.add_argument("--out", required=True, help="model file to write (.npz)")
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="the .npz holds (n, d) embeddings (key 'embeddings'), not images",
+    )
+    _add_embedder_args(p)
+    _add_detector_args(p)
+
+    p = command("score", "Score images with a saved model; write path, score, label as CSV.")
+    p.add_argument("model", help="a model written by `msde-jax fit`")
+    p.add_argument("sources", nargs="+", help="images: files, folders or an .npz")
+    p.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+
+    p = command(
+        "evaluate",
+        "Fit on a labelled dataset's normal training images, score its "
+        "test images, report AUROC, AP and F1 with plots.",
+    )
+    p.add_argument("dataset", help="dataset: .npz, folder, MedIAnomaly folder, or 'pneumoniamnist'")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use at most this many images per class (quick runs)",
+    )
+    _add_embedder_args(p)
+    _add_detector_args(p)
+    return parser
+
+
+# ---------------------------------------------------------------------------- helpers
+def _embedder(args: argparse.Namespace):
+    from msde_jax.backbones.embedder import Embedder
+
+    return Embedder(
+        args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        features="multiscale" if args.multiscale else "pooled",
+    )
+
+
+def _embed(embedder, items: list, cache_dir: str | None, what: str) -> np.ndarray:
+    if not items:
+        raise UserError(f"no images in {what}.")
+    start = time.perf_counter()
+    if cache_dir:
+        from msde_jax.cache import embed_cached
+
+        out = embed_cached(embedder, items, cache_dir)
+    else:
+        out = embedder.embed(items)
+    print(
+        f"embedded {len(items)} {what} images in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
+    return out
+
+
+def _detector(args: argparse.Namespace):
+    from msde_jax.detector import MSDEDetector
+
+    params: dict[str, Any] = {"contamination": args.contamination, "threshold": args.threshold}
+    if args.mode is not None:
+        params["mode"] = args.mode
+    if args.k is not None:
+        params["k"] = args.k
+    if args.weights_method is not None:
+        params["weights"] = args.weights_method
+    return MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
+
+
+def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
+    """Images from files/folders (as paths) or from one .npz stack; with display names."""
+    from msde_jax.datasets import list_images, load_images_npz
+
+    if len(sources) == 1 and sources[0].lower().endswith(".npz"):
+        if not Path(sources[0]).exists():
+            raise FileNotFoundError(sources[0])
+        images = load_images_npz(sources[0])
+        return list(images), [f"{sources[0]}[{i}]" for i in range(len(images))]
+    paths = list_images(list(sources))
+    return paths, [str(p) for p in paths]
+
+
+def _limit(items: list, limit: int | None) -> list:
+    return items if limit is None else items[:limit]
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_embed(args: argparse.Namespace) -> None:
+    items, names = _items(args.sources)
+    embedder = _embedder(args)
+    emb = _embed(embedder, items, args.cache_dir, "input")
+    np.savez(
+        args.out,
+        embeddings=emb,
+        names=np.array(names),
+        config=np.array(json.dumps(embedder.config())),
+    )
+    print(f"wrote {emb.shape[0]} × {emb.shape[1]} embeddings to {args.out}")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    if args.embeddings:
+        if len(args.sources) != 1 or not args.sources[0].endswith(".npz"):
+            raise UserError("--embeddings expects one .npz file with an 'embeddings' array.")
+        with np.load(args.sources[0], allow_pickle=False) as z:
+            if "embeddings" not in z.files:
+                raise UserError(f"{args.sources[0]} has no 'embeddings' array ({z.files}).")
+            features = z["embeddings"]
+            config = json.loads(str(z["config"])) if "config" in z.files else None
+    else:
+        items, _ = _items(args.sources)
+        embedder = _embedder(args)
+        features = _embed(embedder, items, args.cache_dir, "normal")
+        config = embedder.config()
+    detector = _detector(args).fit(features)
+    detector.save(args.out, metadata={"embedder": config})
+    print(
+        f"fitted {detector!r} on {features.shape[0]} normal images "
+        f"({features.shape[1]} features); threshold {detector.threshold_:.4g}; "
+        f"saved to {args.out}"
+    )
+
+
+def _load_model(path: str):
+    from msde_jax.detector import MSDEDetector
+
+    if not Path(path).exists():
+        raise FileNotFoundError(path)
+    detector = MSDEDetector.load(path)
+    config = detector.metadata_.get("embedder")
+    if not config:
+        raise UserError(
+            f"{path} was fitted on precomputed embeddings: it has no backbone to "
+            "embed images with. Score embeddings from Python instead."
+        )
+    return detector, config
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from msde_jax.backbones.embedder import Embedder
+
+    detector, config = _load_model(args.model)
+    embedder = Embedder(
+        config["backbone"],
+        weights=None if config["weights"] == "imagenet" else config["weights"],
+        image_size=config["image_size"],
+        resize=config["resize"],
+        features=config["features"],
+        batch_size=args.batch_size,
+    )
+    items, names = _items(args.sources)
+    scores = detector.score_samples(_embed(embedder, items, args.cache_dir, "input"))
+    labels = (scores > detector.threshold_).astype(int)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["path", "score", "label"])
+        for name, s, lab in zip(names, scores, labels, strict=True):
+            writer.writerow([name, f"{float(s):.6g}", int(lab)])
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(
+            f"scored {len(names)} images ({labels.sum()} above the threshold "
+            f"{detector.threshold_:.4g}); wrote {args.out}"
+        )
+
+
+def _evaluate(dataset, args: argparse.Namespace) -> dict:
+    from msde_jax.report import write_report
+
+    train = _limit(dataset.train_normal, args.limit)
+    normal, abnormal = (
+        _limit(dataset.test_normal, args.limit),
+        _limit(dataset.test_abnormal, args.limit),
+    )
+    for what, items in (
+        ("train normal", train),
+        ("test normal", normal),
+        ("test abnormal", abnormal),
+    ):
+        if not items:
+            raise UserError(f"{dataset.name}: the {what} class is empty.")
+    embedder = _embedder(args)
+    timings = {}
+    start = time.perf_counter()
+    train_x = _embed(embedder, train, args.cache_dir, "train normal")
+    test_x = _embed(embedder, normal + abnormal, args.cache_dir, "test")
+    timings["embed_s"] = time.perf_counter() - start
+    labels = np.r_[np.zeros(len(normal), int), np.ones(len(abnormal), int)]
+
+    start = time.perf_counter()
+    detector = _detector(args).fit(train_x)
+    timings["fit_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = detector.score_samples(test_x)
+    timings["score_s"] = time.perf_counter() - start
+
+    mode = "paper preset (transductive)" if args.paper else f"{detector.mode}"
+    config = {
+        "dataset": dataset.source,
+        "train_normal": len(train),
+        "test_normal": len(normal),
+        "test_abnormal": len(abnormal),
+        "embedder": embedder.config(),
+        "detector": {k: v for k, v in detector.get_params().items()},
+        "mode": mode,
+        "test_mix": f"{len(abnormal) / len(labels):.0%} abnormal, scored as one batch",
+    }
+    metrics = write_report(
+        args.out,
+        labels=labels,
+        scores=scores,
+        threshold=detector.threshold_,
+        images=normal + abnormal,
+        title=f"MSDE evaluation — {dataset.name}, {embedder.backbone}, {mode}",
+        config=config,
+        timings=timings,
+    )
+    print(
+        f"{dataset.name}: AUROC {metrics['auroc']:.3f}  AP {metrics['average_precision']:.3f}"
+        f"  F1 {metrics['f1']:.3f} at threshold {detector.threshold_:.4g}  "
+        f"[{mode}; {config['test_mix']}]"
+    )
+    print(
+        f"report written to {args.out}/report.md  "
+        f"(embed {timings['embed_s']:.1f} s, fit {timings['fit_s']:.1f} s, "
+        f"score {timings['score_s']:.1f} s)"
+    )
+    return metrics
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from msde_jax.datasets import load_dataset
+
+    _evaluate(load_dataset(args.dataset), args)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from msde_jax.datasets import load_dataset
+
+    print(
+        "msde-jax demo: built-in PneumoniaMNIST (MedMNIST v2, CC BY 4.0), normal chest X-rays "
+        "vs pneumonia",
+        file=sys.stderr,
+    )
+    _evaluate(load_dataset("pneumoniamnist"), args)
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "embed": cmd_embed,
+    "fit": cmd_fit,
+    "score": cmd_score,
+    "evaluate": cmd_evaluate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``msde-jax`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    import os
+    import pickle
+
+    from msde_jax.backbones._convert import WeightMappingError
+
+    try:
+        COMMANDS[args.command](args)
+    except FileNotFoundError as err:
+        if os.environ.get("MSDE_JAX_DEBUG"):
+            raise
+        print(f"error: no such file or folder: {err.filename or err}", file=sys.stderr)
+        return 2
+    except (
+        UserError,
+        ValueError,
+        ImportError,
+        WeightMappingError,
+        pickle.UnpicklingError,
+        OSError,
+    ) as err:
+        # ImageReadError is a ValueError; download failures are OSErrors. MSDE_JAX_DEBUG=1
+        # shows the traceback instead.
+        if os.environ.get("MSDE_JAX_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

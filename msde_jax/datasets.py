@@ -1,0 +1,263 @@
+"""Dataset readers: the built-in PneumoniaMNIST split, npz stacks, image folders, MedIAnomaly.
+
+A :class:`Dataset` holds the training normals and the labelled test images of a one-class
+problem. Its items are file paths (``str``) or NumPy image arrays: anything
+:meth:`msde_jax.backbones.Embedder.embed` accepts. :func:`load_dataset` accepts four layouts:
+
+- ``"pneumoniamnist"`` (or ``"builtin:pneumoniamnist"``): the MedMNIST v2 PneumoniaMNIST copy
+  shipped with the package (28×28; CC BY 4.0, see ``msde_jax/data/PNEUMONIAMNIST_LICENSE.md``);
+- an ``.npz`` file with ``train_normal``, ``test_normal`` and ``test_abnormal`` image stacks;
+- a folder with ``train/normal``, ``test/normal`` and ``test/abnormal`` image sub-folders;
+- a MedIAnomaly benchmark folder: ``images/`` plus ``data.json`` whose ``train["0"]``,
+  ``test["0"]`` and ``test["1"]`` list file names relative to ``images/``.
+"""
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+SPLIT_KEYS = ("train_normal", "test_normal", "test_abnormal")
+BUILTIN = ("pneumoniamnist",)
+
+_LAYOUTS = (
+    "accepted datasets: 'pneumoniamnist' (built in); an .npz file with arrays "
+    "'train_normal', 'test_normal' and 'test_abnormal'; a folder with sub-folders "
+    "train/normal, test/normal and test/abnormal; or a MedIAnomaly folder with images/ and "
+    "data.json"
+)
+
+
+@dataclass
+class Dataset:
+    """A one-class anomaly detection dataset.
+
+    Attributes:
+        name: a short name (the built-in name, or the file / folder name).
+        train_normal: training images, all normal (paths or arrays).
+        test_normal: normal test images (label 0).
+        test_abnormal: abnormal test images (label 1).
+        source: where it was read from.
+    """
+
+    name: str
+    train_normal: list
+    test_normal: list
+    test_abnormal: list
+    source: str
+
+    def test_items(self) -> list:
+        """The test images: the normals, then the abnormals."""
+        return list(self.test_normal) + list(self.test_abnormal)
+
+    def test_labels(self) -> np.ndarray:
+        """Labels of :meth:`test_items`: 0 for normal, 1 for abnormal (int64)."""
+        return np.concatenate(
+            [np.zeros(len(self.test_normal), np.int64), np.ones(len(self.test_abnormal), np.int64)]
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, train_normal={len(self.train_normal)}, "
+            f"test_normal={len(self.test_normal)}, test_abnormal={len(self.test_abnormal)}, "
+            f"source={self.source!r})"
+        )
+
+
+def load_dataset(spec: str | os.PathLike) -> Dataset:
+    """Read a dataset from a built-in name, an ``.npz`` file or a folder.
+
+    Args:
+        spec: ``"pneumoniamnist"`` / ``"builtin:pneumoniamnist"``, a path to an ``.npz`` file,
+            a folder with ``train/normal``, ``test/normal`` and ``test/abnormal``, or a
+            MedIAnomaly folder (``images/`` and ``data.json``).
+
+    Returns:
+        The :class:`Dataset`; folder layouts give sorted lists of file paths, npz files give
+        lists of arrays.
+
+    Raises:
+        FileNotFoundError: ``spec`` is neither a built-in name nor an existing path.
+        ValueError: the layout is not recognised, a split is missing, or a split is empty.
+    """
+    if isinstance(spec, str):
+        name = spec.removeprefix("builtin:")
+        if name.lower() in BUILTIN and (spec.startswith("builtin:") or not os.path.exists(spec)):
+            return _builtin(name.lower())
+        if spec.startswith("builtin:"):
+            raise ValueError(f"unknown built-in dataset {name!r}; built in: {', '.join(BUILTIN)}.")
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder ({_LAYOUTS}).")
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise ValueError(f"{path}: not an .npz file or a dataset folder; {_LAYOUTS}.")
+        return _from_npz(path, name=path.stem, source=str(path))
+    if (path / "data.json").is_file():
+        return _from_medianomaly(path)
+    if (path / "train").is_dir() or (path / "test").is_dir():
+        return _from_folders(path)
+    raise ValueError(f"{path}: no train/ and test/ sub-folders and no data.json; {_LAYOUTS}.")
+
+
+def _builtin(name: str) -> Dataset:
+    ref = resources.files("msde_jax") / "data" / f"{name}.npz"
+    with resources.as_file(ref) as file:
+        return _from_npz(Path(file), name=name, source=f"builtin:{name}")
+
+
+def _from_npz(path: Path, *, name: str, source: str) -> Dataset:
+    with np.load(path, allow_pickle=False) as data:
+        keys = list(data.files)
+        missing = [k for k in SPLIT_KEYS if k not in keys]
+        if missing:
+            raise ValueError(
+                f"{path}: missing array(s) {', '.join(missing)}; a dataset .npz needs "
+                f"{', '.join(SPLIT_KEYS)}; found {', '.join(keys) or 'no arrays'}."
+            )
+        splits = {k: data[k] for k in SPLIT_KEYS}
+    for key, arr in splits.items():
+        if arr.ndim not in (3, 4):
+            raise ValueError(
+                f"{path}: array {key!r} has shape {arr.shape}; expected an image stack "
+                "(n, H, W) or (n, H, W, C)."
+            )
+        if len(arr) == 0:
+            raise ValueError(f"{path}: array {key!r} holds no images.")
+    return Dataset(name, *(list(splits[k]) for k in SPLIT_KEYS), source=source)
+
+
+def _from_folders(root: Path) -> Dataset:
+    splits = []
+    for sub in ("train/normal", "test/normal", "test/abnormal"):
+        folder = root / sub
+        if not folder.is_dir():
+            raise ValueError(
+                f"{root}: missing sub-folder {sub}; an image-folder dataset needs train/normal, "
+                "test/normal and test/abnormal."
+            )
+        files = list_images(folder)
+        if not files:
+            raise ValueError(
+                f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)}); every class "
+                "folder needs at least one."
+            )
+        splits.append(files)
+    return Dataset(root.name, *splits, source=str(root))
+
+
+def _from_medianomaly(root: Path) -> Dataset:
+    meta_path = root / "data.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path}: not valid JSON ({err}).") from err
+    images = root / "images"
+    if not images.is_dir():
+        raise ValueError(f"{root}: a MedIAnomaly folder needs images/ next to data.json.")
+    splits = []
+    for split, label, what in (
+        ("train", "0", "normal"),
+        ("test", "0", "normal"),
+        ("test", "1", "abnormal"),
+    ):
+        try:
+            names = meta[split][label]
+        except (KeyError, TypeError) as err:
+            found = ", ".join(meta) if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(
+                f"{meta_path}: no {split}[{label!r}] list (the {split} {what} file names); "
+                f"top-level keys: {found}."
+            ) from err
+        if not isinstance(names, list) or not names:
+            raise ValueError(
+                f"{meta_path}: {split}[{label!r}] is empty or not a list of file names."
+            )
+        paths = [images / str(n) for n in names]
+        absent = [p for p in paths if not p.is_file()]
+        if absent:
+            raise FileNotFoundError(
+                f"{meta_path}: {len(absent)} file(s) listed in {split}[{label!r}] are not under "
+                f"{images}, e.g. {absent[0]}."
+            )
+        splits.append([str(p) for p in paths])
+    return Dataset(root.name, *splits, source=str(root))
+
+
+def list_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Image file paths from a folder (searched recursively), a file, or a list of them.
+
+    Args:
+        sources: a folder (every file with an image suffix — .png, .jpg, .jpeg, .tif, .tiff,
+            .bmp, .dcm, any case — below it, sorted), a single image file, or a sequence of
+            files and folders (concatenated in the given order).
+
+    Returns:
+        The file paths as strings.
+
+    Raises:
+        FileNotFoundError: a source does not exist.
+        ValueError: a source is an ``.npz`` file (use :func:`load_images_npz`).
+    """
+    if isinstance(sources, str | os.PathLike):
+        sources = [sources]
+    out: list[str] = []
+    for src in sources:
+        path = Path(src)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder.")
+        if path.is_dir():
+            out.extend(
+                str(p)
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif path.suffix.lower() == ".npz":
+            raise ValueError(
+                f"{path}: an .npz file is an array stack, not an image file; read it with "
+                "msde_jax.datasets.load_images_npz (or load_dataset for a train/test split)."
+            )
+        else:
+            out.append(str(path))
+    return out
+
+
+def load_images_npz(path: str | os.PathLike, key: str | None = None) -> list[np.ndarray]:
+    """The images of one array in an ``.npz`` file, as a list of (H, W) or (H, W, C) arrays.
+
+    Args:
+        path: the ``.npz`` file.
+        key: the array to read; ``None`` takes the only array, or ``train_normal`` if present.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the key is missing or ambiguous, or the array is not an image stack.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file.")
+    with np.load(path, allow_pickle=False) as data:
+        keys = list(data.files)
+        if key is None:
+            if len(keys) == 1:
+                key = keys[0]
+            elif "train_normal" in keys:
+                key = "train_normal"
+            else:
+                raise ValueError(
+                    f"{path}: holds several arrays ({', '.join(keys)}); say which one to read."
+                )
+        if key not in keys:
+            raise ValueError(f"{path}: no array {key!r}; found {', '.join(keys) or 'none'}.")
+        arr = data[key]
+    if arr.ndim not in (3, 4):
+        raise ValueError(
+            f"{path}: array {key!r} has shape {arr.shape}; expected an image stack (n, H, W) or "
+            "(n, H, W, C)."
+        )
+    return list(arr)

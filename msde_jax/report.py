@@ -1,0 +1,586 @@
+"""Evaluation report: metrics, ROC / precision-recall curves, score histograms and an image grid.
+
+:func:`write_report` turns test labels and anomaly scores (and optionally the test images) into
+a folder that can be read on its own::
+
+    out_dir/
+        metrics.json    metrics at the threshold, AUROC, AP, plus the config and timings
+        roc.png         ROC curve with the AUROC and the operating point at the threshold
+        pr.png          precision-recall curve with the AP and the prevalence baseline
+        histogram.png   normal vs abnormal score histograms, threshold as a vertical line
+        grid.png        the 8 most and 8 least anomalous test images (only with ``images``)
+        report.md       all of the above in one page, figures embedded with relative links
+
+The numbers (:func:`evaluation_metrics`, :func:`roc_curve`, :func:`precision_recall_curve`) need
+only NumPy and JAX; the figures need matplotlib, an optional dependency
+(``pip install 'msde-jax[report]'``), imported when :func:`write_report` runs. Figures are
+drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas, without pyplot, so no global
+state is touched and nothing is left open.
+
+Labels follow :mod:`msde_jax.metrics`: non-zero = abnormal (the positive class), and a higher
+score means more anomalous; a test image is predicted abnormal when ``score > threshold``.
+"""
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.typing import ArrayLike
+
+from msde_jax.backbones.images import to_float
+from msde_jax.metrics import average_precision, roc_auc
+
+__all__ = ["evaluation_metrics", "precision_recall_curve", "roc_curve", "write_report"]
+
+MATPLOTLIB_MISSING = "the report needs matplotlib: pip install 'msde-jax[report]'"
+
+FILES = ("metrics.json", "roc.png", "pr.png", "histogram.png", "grid.png", "report.md")
+
+# Shared colours: the histogram bars and the grid titles use the same ones for the two classes.
+_NORMAL_COLOR = "tab:blue"
+_ABNORMAL_COLOR = "tab:red"
+_THRESHOLD_COLOR = "black"
+_DPI = 120
+_GRID_PER_ROW = 8
+# Grid tiles larger than this (pixels per side) are subsampled before drawing.
+_GRID_MAX_SIDE = 512
+
+
+def _check(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as a bool vector (non-zero = abnormal) and scores as float64, validated."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    if labels.ndim != 1 or scores.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(
+            f"labels and scores must be 1-D of the same length, got shapes {labels.shape} and "
+            f"{scores.shape}."
+        )
+    if scores.size == 0:
+        raise ValueError("labels and scores are empty.")
+    scores = scores.astype(np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinite values.")
+    return labels != 0, scores
+
+
+def _counts_at_thresholds(
+    labels: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False / true positive counts at every distinct score, in decreasing score order.
+
+    Entry k counts the samples with ``score >= thresholds[k]`` (scikit-learn's
+    ``confusion_matrix_at_thresholds``); tied scores form one threshold.
+    """
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    scores = scores[order]
+    labels = labels[order]
+    distinct = np.flatnonzero(np.diff(scores))
+    idx = np.r_[distinct, scores.size - 1]
+    tps = np.cumsum(labels, dtype=np.float64)[idx]
+    fps = 1.0 + idx - tps
+    return fps, tps, scores[idx]
+
+
+def roc_curve(
+    labels: ArrayLike, scores: ArrayLike, *, drop_intermediate: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Receiver operating characteristic, the same points as ``sklearn.metrics.roc_curve``.
+
+    Args:
+        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
+        scores: (n,) anomaly scores, higher = more anomalous.
+        drop_intermediate: drop collinear points that do not change the plotted curve (as
+            scikit-learn does by default).
+
+    Returns:
+        ``(fpr, tpr, thresholds)``, float64 arrays in increasing FPR order; point k is the
+        rate at ``score >= thresholds[k]``, and the first point (0, 0) has threshold ``inf``.
+        FPR (TPR) is NaN throughout when there are no normal (abnormal) samples.
+    """
+    labels, scores = _check(labels, scores)
+    fps, tps, thresholds = _counts_at_thresholds(labels, scores)
+    if drop_intermediate and fps.size > 2:
+        corners = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        fps, tps, thresholds = fps[corners], tps[corners], thresholds[corners]
+    fps = np.r_[0.0, fps]
+    tps = np.r_[0.0, tps]
+    thresholds = np.r_[np.inf, thresholds]
+    fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
+    tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+    return fpr, tpr, thresholds
+
+
+def precision_recall_curve(
+    labels: ArrayLike, scores: ArrayLike, *, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision-recall curve, the same points as ``sklearn.metrics.precision_recall_curve``.
+
+    Args:
+        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
+        scores: (n,) anomaly scores, higher = more anomalous.
+        drop_intermediate: keep only the first and last point of each run of equal recall
+            (scikit-learn's option, off by default there too).
+
+    Returns:
+        ``(precision, recall, thresholds)`` in decreasing recall order: precision and recall
+        have one more entry than thresholds, the final point (recall 0, precision 1) having no
+        threshold; point k is at ``score >= thresholds[k]``. Recall is 1 throughout when there
+        are no abnormal samples (as in scikit-learn).
+    """
+    labels, scores = _check(labels, scores)
+    fps, tps, thresholds = _counts_at_thresholds(labels, scores)
+    if drop_intermediate and fps.size > 2:
+        keep = np.r_[True, np.logical_or(np.diff(tps[:-1]), np.diff(tps[1:])), True]
+        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
+    predicted = tps + fps
+    precision = np.divide(tps, predicted, out=np.zeros_like(tps), where=predicted != 0)
+    recall = tps / tps[-1] if tps[-1] > 0 else np.ones_like(tps)
+    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
+
+
+def _ratio(num: int, den: int) -> float:
+    """``num / den``, 0.0 when the denominator is 0 (scikit-learn's ``zero_division`` value)."""
+    return num / den if den else 0.0
+
+
+def evaluation_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, Any]:
+    """Threshold-free ranking metrics and the confusion matrix at one threshold.
+
+    Args:
+        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
+        scores: (n,) anomaly scores, higher = more anomalous.
+        threshold: a sample is predicted abnormal when ``score > threshold``.
+
+    Returns:
+        A JSON-serialisable dict of plain Python numbers: ``auroc`` and ``average_precision``
+        (from :mod:`msde_jax.metrics`; NaN when only one class is present), and at the threshold
+        ``f1``, ``precision``, ``recall`` (= ``sensitivity``), ``specificity``,
+        ``false_positive_rate``, ``accuracy``, the counts ``tp`` / ``fp`` / ``tn`` / ``fn``,
+        ``n_normal``, ``n_abnormal`` and ``threshold``. Ratios with a zero denominator are 0.0,
+        like scikit-learn's default ``zero_division``.
+    """
+    positive, scores = _check(labels, scores)
+    threshold = float(threshold)
+    if math.isnan(threshold):
+        raise ValueError("threshold is NaN.")
+    # In float64, so that rounding to float32 neither creates nor breaks ties and the values
+    # equal scikit-learn's to the last digits.
+    with jax.enable_x64(True):
+        auroc = float(roc_auc(positive, scores))
+        ap = float(average_precision(positive, scores))
+
+    predicted = scores > threshold
+    tp = int(np.sum(predicted & positive))
+    fp = int(np.sum(predicted & ~positive))
+    fn = int(np.sum(~predicted & positive))
+    tn = int(np.sum(~predicted & ~positive))
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    return {
+        "auroc": auroc,
+        "average_precision": ap,
+        "threshold": threshold,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": precision,
+        "recall": recall,
+        "sensitivity": recall,
+        "specificity": _ratio(tn, tn + fp),
+        "false_positive_rate": _ratio(fp, tn + fp),
+        "accuracy": _ratio(tp + tn, scores.size),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n_normal": tn + fp,
+        "n_abnormal": tp + fn,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def _require_matplotlib():
+    """``(Figure, FigureCanvasAgg)``, or an ImportError that says how to install matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(MATPLOTLIB_MISSING) from err
+    return Figure, FigureCanvasAgg
+
+
+def _new_figure(size: tuple[float, float]):
+    """A matplotlib Figure on an Agg canvas (no pyplot, no global state)."""
+    Figure, FigureCanvasAgg = _require_matplotlib()
+    fig = Figure(figsize=size, dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=_DPI, facecolor="white")
+    fig.clear()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _plot_roc(path: Path, labels, scores, metrics, title: str) -> None:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig = _new_figure((5.2, 5.0))
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, color="tab:purple", lw=2, label=f"ROC (AUROC = {metrics['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="chance (AUROC = 0.5)")
+    ax.plot(
+        metrics["false_positive_rate"],
+        metrics["recall"],
+        "o",
+        color=_THRESHOLD_COLOR,
+        ms=8,
+        label=(
+            f"threshold {_fmt(metrics['threshold'])}: "
+            f"FPR {metrics['false_positive_rate']:.2f}, TPR {metrics['recall']:.2f}"
+        ),
+    )
+    ax.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+        xlabel="false positive rate (1 - specificity)",
+        ylabel="true positive rate (sensitivity)",
+        title=f"{title}: ROC curve",
+    )
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    _save(fig, path)
+
+
+def _plot_pr(path: Path, labels, scores, metrics, title: str) -> None:
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    prevalence = metrics["n_abnormal"] / (metrics["n_abnormal"] + metrics["n_normal"])
+    fig = _new_figure((5.2, 5.0))
+    ax = fig.add_subplot()
+    ax.plot(
+        recall,
+        precision,
+        drawstyle="steps-post",
+        color="tab:green",
+        lw=2,
+        label=f"PR (AP = {metrics['average_precision']:.3f})",
+    )
+    ax.axhline(
+        prevalence, color="gray", ls="--", lw=1, label=f"prevalence baseline = {prevalence:.2f}"
+    )
+    ax.plot(
+        metrics["recall"],
+        metrics["precision"],
+        "o",
+        color=_THRESHOLD_COLOR,
+        ms=8,
+        label=(
+            f"threshold {_fmt(metrics['threshold'])}: "
+            f"recall {metrics['recall']:.2f}, precision {metrics['precision']:.2f}"
+        ),
+    )
+    ax.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.05),
+        xlabel="recall (sensitivity)",
+        ylabel="precision",
+        title=f"{title}: precision-recall curve",
+    )
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    _save(fig, path)
+
+
+def _plot_histogram(path: Path, labels, scores, metrics, title: str) -> None:
+    threshold = metrics["threshold"]
+    span = np.r_[scores, threshold] if np.isfinite(threshold) else scores
+    # Distances are often heavy-tailed: a few far outliers would squeeze every other image into
+    # one or two linear bins, so such scores get logarithmic bins and axis.
+    log_axis = bool(span.min() > 0 and span.max() > 20 * np.median(span))
+    if log_axis:
+        bins = np.geomspace(span.min(), span.max(), 41)
+    else:
+        bins = np.histogram_bin_edges(span, bins="auto")
+        if bins.size > 61:  # "auto" can give hundreds of bins for large sets
+            bins = np.histogram_bin_edges(span, bins=60)
+    fig = _new_figure((7.0, 4.2))
+    ax = fig.add_subplot()
+    if log_axis:
+        ax.set_xscale("log")
+    for mask, name, color in (
+        (~labels, "normal", _NORMAL_COLOR),
+        (labels, "abnormal", _ABNORMAL_COLOR),
+    ):
+        ax.hist(
+            scores[mask], bins=bins, color=color, alpha=0.45, label=f"{name} (n = {mask.sum()})"
+        )
+        ax.hist(scores[mask], bins=bins, color=color, histtype="step", lw=1.5)
+    if np.isfinite(threshold):
+        ax.axvline(
+            threshold,
+            color=_THRESHOLD_COLOR,
+            ls="--",
+            lw=1.8,
+            label=f"threshold = {_fmt(threshold)} (score > threshold: abnormal)",
+        )
+    xlabel = "anomaly score (log scale)" if log_axis else "anomaly score"
+    ax.set(xlabel=xlabel, ylabel="number of test images", title=f"{title}: scores")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="best", fontsize=9)
+    _save(fig, path)
+
+
+def _display_name(item: Any, index: int, names: Sequence[str] | None) -> str:
+    if names is not None:
+        name = str(names[index])
+    elif isinstance(item, str | os.PathLike):
+        name = Path(item).name
+    else:
+        name = f"#{index}"
+    width = 22  # characters per title line at the tile's width
+    if len(name) > 2 * width:
+        name = name[: width - 2] + "..." + name[-(width - 1) :]
+    return "\n".join(name[i : i + width] for i in range(0, len(name), width))
+
+
+def _plot_grid(path: Path, labels, scores, images, names, metrics, title: str) -> None:
+    n = scores.size
+    k = min(_GRID_PER_ROW, n // 2)  # the two rows never show the same image
+    order = np.argsort(scores, kind="mergesort")
+    rows = (("most anomalous (highest scores)", order[::-1][:k]),)
+    rows += (("least anomalous (lowest scores)", order[:k]),)
+    fig = _new_figure((1.7 * _GRID_PER_ROW, 2 * 2.45 + 0.5))
+    fig.suptitle(
+        f"{title}: test images by score (threshold {_fmt(metrics['threshold'])}; title colour = "
+        "true label, blue normal, red abnormal)",
+        fontsize=11,
+    )
+    subfigs = fig.subfigures(2, 1)
+    for subfig, (row_title, indices) in zip(subfigs, rows, strict=True):
+        subfig.suptitle(row_title, fontsize=11, fontweight="bold")
+        axes = subfig.subplots(1, _GRID_PER_ROW)
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, i in zip(axes, indices, strict=False):
+            name = _display_name(images[i], int(i), names)
+            img = to_float(images[i], name=f"image {i}" if names is None else str(names[i]))
+            step = max(1, math.ceil(max(img.shape[:2]) / _GRID_MAX_SIDE))
+            img = img[::step, ::step]
+            if img.shape[-1] == 1:
+                ax.imshow(img[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(img, interpolation="nearest")
+            truth = "abnormal" if labels[i] else "normal"
+            predicted = scores[i] > metrics["threshold"]
+            flag = " (missed)" if labels[i] and not predicted else ""
+            flag = " (false alarm)" if predicted and not labels[i] else flag
+            ax.set_title(
+                f"{name}\nscore {_fmt(scores[i])}\n{truth}{flag}",
+                fontsize=8,
+                color=_ABNORMAL_COLOR if labels[i] else _NORMAL_COLOR,
+            )
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: NumPy / JAX numbers and arrays unwrapped, paths as strings, NaN null."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | bool) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # NumPy / JAX arrays and scalars
+        return _jsonable(np.asarray(value).tolist())
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    return str(value)
+
+
+def _md_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        text = json.dumps(value)
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.4f}" if math.isfinite(value) else str(value)
+    elif isinstance(value, str | os.PathLike):
+        text = os.fspath(value)
+    else:
+        text = json.dumps(_jsonable(value))
+    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+
+
+_METRIC_ROWS = (
+    ("AUROC", "auroc"),
+    ("Average precision", "average_precision"),
+    ("Threshold (score > threshold = abnormal)", "threshold"),
+    ("F1", "f1"),
+    ("Precision", "precision"),
+    ("Recall (sensitivity)", "recall"),
+    ("Specificity", "specificity"),
+    ("False positive rate", "false_positive_rate"),
+    ("Accuracy", "accuracy"),
+    ("True positives", "tp"),
+    ("False positives", "fp"),
+    ("True negatives", "tn"),
+    ("False negatives", "fn"),
+    ("Normal test images", "n_normal"),
+    ("Abnormal test images", "n_abnormal"),
+)
+
+
+def _markdown(
+    title: str,
+    metrics: dict[str, Any],
+    config: Mapping[str, Any] | None,
+    timings: Mapping[str, Any] | None,
+    with_grid: bool,
+) -> str:
+    lines = [f"# {title}", ""]
+    lines += [
+        f"{metrics['n_normal'] + metrics['n_abnormal']} test images ({metrics['n_normal']} "
+        f"normal, {metrics['n_abnormal']} abnormal). Higher scores are more anomalous; an image "
+        f"is predicted abnormal when its score exceeds {_fmt(metrics['threshold'])}. All numbers "
+        "are also in [`metrics.json`](metrics.json).",
+        "",
+        "## Metrics",
+        "",
+        "| Metric | Value |",
+        "| --- | ---: |",
+    ]
+    for label, key in _METRIC_ROWS:
+        value = metrics[key]
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if key == "threshold":
+            text = _fmt(value)
+        lines.append(f"| {label} | {text} |")
+    lines.append("")
+    if config:
+        lines += ["## Configuration", "", "| Setting | Value |", "| --- | --- |"]
+        lines += [f"| {key} | {_md_value(value)} |" for key, value in config.items()]
+        lines.append("")
+    if timings:
+        lines += ["## Timings", "", "| Step | Seconds |", "| --- | ---: |"]
+        for key, value in timings.items():
+            text = f"{float(value):.3f}" if isinstance(value, int | float) else _md_value(value)
+            lines.append(f"| {key} | {text} |")
+        lines.append("")
+    lines += [
+        "## Figures",
+        "",
+        "### ROC curve",
+        "",
+        "The dot marks the operating point at the threshold.",
+        "",
+        "![ROC curve](roc.png)",
+        "",
+        "### Precision-recall curve",
+        "",
+        "The dashed line is the prevalence of abnormal images (a random ranking's precision).",
+        "",
+        "![Precision-recall curve](pr.png)",
+        "",
+        "### Score histograms",
+        "",
+        "![Score histograms of normal and abnormal test images](histogram.png)",
+        "",
+    ]
+    if with_grid:
+        lines += [
+            "### Most and least anomalous test images",
+            "",
+            "![The 8 most and 8 least anomalous test images](grid.png)",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    *,
+    labels: ArrayLike,
+    scores: ArrayLike,
+    threshold: float,
+    images: Sequence[Any] | None = None,
+    names: Sequence[str] | None = None,
+    title: str = "MSDE evaluation",
+    config: Mapping[str, Any] | None = None,
+    timings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write an evaluation report folder: metrics, curves, histograms, image grid and Markdown.
+
+    Creates ``out_dir`` (and its parents) and writes ``metrics.json``, ``roc.png``, ``pr.png``,
+    ``histogram.png``, ``grid.png`` (only when ``images`` are given) and ``report.md``, which
+    shows the metrics, config and timings and embeds the figures with relative links. Existing
+    files of those names are overwritten.
+
+    Args:
+        out_dir: the folder to write.
+        labels: (n,) bool or 0/1 labels of the test images; non-zero = abnormal.
+        scores: (n,) anomaly scores, higher = more anomalous. Both classes must be present.
+        threshold: a test image is predicted abnormal when ``score > threshold``.
+        images: optional, the n test images in the order of ``scores``, anything
+            :func:`msde_jax.backbones.images.to_float` reads (paths, PIL images, arrays); only
+            the 16 shown in the grid are read.
+        names: optional, n display names for the grid (default: file names for paths, else
+            the index).
+        title: the report's title, also used in the figure titles.
+        config: optional settings to record (JSON-serialisable after NumPy values and paths
+            are converted; anything else is written as its ``str``).
+        timings: optional ``{step: seconds}``.
+
+    Returns:
+        The metrics dict of :func:`evaluation_metrics`.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install 'msde-jax[report]'``).
+        ValueError: mismatched lengths, non-finite scores, or only one class present.
+    """
+    positive, score_arr = _check(labels, scores)
+    if positive.all() or not positive.any():
+        raise ValueError(
+            "the report needs both normal and abnormal test images, got "
+            f"{int((~positive).sum())} normal and {int(positive.sum())} abnormal."
+        )
+    if images is not None and len(images) != score_arr.size:
+        raise ValueError(f"got {len(images)} images for {score_arr.size} scores.")
+    if names is not None and len(names) != score_arr.size:
+        raise ValueError(f"got {len(names)} names for {score_arr.size} scores.")
+    _require_matplotlib()  # fail early, before writing anything, when matplotlib is missing
+
+    metrics = evaluation_metrics(positive, score_arr, threshold)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"title": title, "metrics": metrics, "config": config, "timings": timings}
+    with open(out / "metrics.json", "w", encoding="utf-8") as f:
+        json.dump(_jsonable(record), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+    _plot_roc(out / "roc.png", positive, score_arr, metrics, title)
+    _plot_pr(out / "pr.png", positive, score_arr, metrics, title)
+    _plot_histogram(out / "histogram.png", positive, score_arr, metrics, title)
+    if images is not None:
+        _plot_grid(out / "grid.png", positive, score_arr, images, names, metrics, title)
+    text = _markdown(title, metrics, config, timings, with_grid=images is not None)
+    (out / "report.md").write_text(text + "\n", encoding="utf-8")
+    return metrics

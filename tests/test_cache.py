@@ -1,0 +1,123 @@
+"""The on-disk embedding cache: hits skip the backbone, changes re-embed only what changed."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msde_jax.cache import embed_cached, image_hash
+
+
+class StubEmbedder:
+    """Embeds an image as [mean, max, n_pixels] and records every call."""
+
+    def __init__(self, tag: str = "stub"):
+        self.tag = tag
+        self.calls: list[int] = []
+
+    def config(self):
+        return {"backbone": self.tag, "weights": "none"}
+
+    def embed(self, items):
+        items = list(items)
+        self.calls.append(len(items))
+        out = []
+        for item in items:
+            arr = np.asarray(Image.open(item)) if isinstance(item, str) else np.asarray(item)
+            arr = arr.astype(np.float32)
+            out.append([arr.mean(), arr.max(), arr.size])
+        return np.asarray(out, np.float32)
+
+
+@pytest.fixture
+def arrays(rng):
+    return [rng.integers(0, 255, (6, 6), dtype=np.uint8) for _ in range(5)]
+
+
+def test_second_call_embeds_nothing(tmp_path, arrays):
+    stub = StubEmbedder()
+    first = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
+    assert first.shape == (5, 3)
+    assert first.dtype == np.float32
+    assert stub.calls == [5]
+    second = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
+    assert stub.calls == [5]
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, StubEmbedder().embed(arrays))
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert json.loads((folder / "config.json").read_text()) == stub.config()
+    assert len(list(folder.glob("*.npy"))) == 5
+    assert not list(folder.glob(".tmp-*"))
+
+
+def test_changed_image_and_order(tmp_path, arrays, capsys):
+    stub = StubEmbedder()
+    embed_cached(stub, arrays[:3], tmp_path, progress=False)
+    changed = [arrays[4], arrays[0].copy(), arrays[1], arrays[2]]
+    changed[1][0, 0] ^= 1  # one pixel differs: a new cache entry
+    out = embed_cached(stub, changed, tmp_path, progress=True)
+    assert stub.calls == [3, 2]  # only arrays[4] and the edited image
+    np.testing.assert_array_equal(out, StubEmbedder().embed(changed))
+    assert "2/4 cached, 2 to embed" in capsys.readouterr().err
+
+
+def test_config_change_reembeds(tmp_path, arrays):
+    a, b = StubEmbedder("a"), StubEmbedder("b")
+    embed_cached(a, arrays, tmp_path, progress=False)
+    embed_cached(b, arrays, tmp_path, progress=False)
+    embed_cached(a, arrays, tmp_path, progress=False)
+    assert a.calls == [5]
+    assert b.calls == [5]
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+
+
+def test_files_keyed_by_content(tmp_path):
+    stub = StubEmbedder()
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((4, 4), 10 * i, np.uint8)).save(p)
+        paths.append(str(p))
+    embed_cached(stub, paths, tmp_path / "cache", progress=False)
+    moved = tmp_path / "renamed.png"
+    (tmp_path / "img0.png").rename(moved)
+    paths[0] = str(moved)
+    embed_cached(stub, paths, tmp_path / "cache", progress=False)
+    assert stub.calls == [3]  # renaming keeps the entry
+    Image.fromarray(np.full((4, 4), 99, np.uint8)).save(paths[2])
+    out = embed_cached(stub, paths, tmp_path / "cache", progress=False)
+    assert stub.calls == [3, 1]
+    assert out[2, 0] == pytest.approx(99.0)
+
+
+def test_hash_depends_on_dtype_and_shape():
+    x = np.zeros((4, 4), np.uint8)
+    assert image_hash(x) != image_hash(x.astype(np.uint16))
+    assert image_hash(x) != image_hash(x.reshape(2, 8))
+    assert image_hash(x, "cfg1") != image_hash(x, "cfg2")
+    assert image_hash(x) == image_hash(np.zeros((4, 4), np.uint8))
+
+
+def test_empty_and_duplicates(tmp_path, arrays):
+    stub = StubEmbedder()
+    assert embed_cached(stub, [], tmp_path, progress=False).shape[0] == 0
+    out = embed_cached(stub, [arrays[0], arrays[0]], tmp_path, progress=False)
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_real_embedder(tmp_path, arrays):
+    from msde_jax.backbones import Embedder
+
+    emb = Embedder("resnet18", weights="random", image_size=32, batch_size=4, progress=False)
+    direct = emb.embed(arrays[:3])
+    cached = embed_cached(emb, arrays[:3], tmp_path, progress=False)
+    np.testing.assert_allclose(cached, direct, rtol=1e-5, atol=1e-6)
+    calls = []
+    original = emb.embed
+    emb.embed = lambda items: calls.append(len(items)) or original(items)
+    again = embed_cached(emb, arrays[:3] + arrays[3:4], tmp_path, progress=False)
+    assert calls == [1]
+    np.testing.assert_array_equal(again[:3], cached)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert json.loads((folder / "config.json").read_text())["backbone"] == "resnet18"

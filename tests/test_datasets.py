@@ -1,0 +1,216 @@
+"""Dataset readers: built-in PneumoniaMNIST, npz stacks, image folders, MedIAnomaly layout."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msde_jax.backbones.images import to_float
+from msde_jax.datasets import Dataset, list_images, load_dataset, load_images_npz
+
+
+def _png(path: Path, value: int = 100, size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+    return path
+
+
+def _jpeg(path: Path, value: int = 150) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path, quality=95)
+    return path
+
+
+def _png16(path: Path, value: int = 40000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, np.uint16)).save(path)
+    return path
+
+
+def _folder_dataset(root: Path) -> Path:
+    _png(root / "train/normal/b.png")
+    _png(root / "train/normal/a.png")
+    _jpeg(root / "train/normal/c.JPG")
+    _png16(root / "test/normal/n1.png")
+    _png(root / "test/abnormal/x1.png", 200)
+    _jpeg(root / "test/abnormal/x2.jpeg")
+    (root / "train/normal/notes.txt").write_text("not an image")
+    return root
+
+
+def test_builtin_pneumoniamnist():
+    ds = load_dataset("pneumoniamnist")
+    assert ds.name == "pneumoniamnist"
+    assert ds.source == "builtin:pneumoniamnist"
+    assert (len(ds.train_normal), len(ds.test_normal), len(ds.test_abnormal)) == (1214, 234, 390)
+    assert all(x.shape == (28, 28) and x.dtype == np.uint8 for x in ds.train_normal[:5])
+    labels = ds.test_labels()
+    assert labels.dtype.kind == "i"
+    assert labels.tolist() == [0] * 234 + [1] * 390
+    assert len(ds.test_items()) == 624
+    assert load_dataset("builtin:pneumoniamnist").test_abnormal[0].shape == (28, 28)
+
+
+def test_builtin_license_shipped():
+    from importlib import resources
+
+    text = (resources.files("msde_jax") / "data" / "PNEUMONIAMNIST_LICENSE.md").read_text()
+    assert "CC BY 4.0" in text
+    assert "Kermany" in text
+    assert "Yang" in text
+
+
+def test_unknown_builtin():
+    with pytest.raises(ValueError, match="unknown built-in dataset"):
+        load_dataset("builtin:nosuch")
+
+
+def test_npz_layout(tmp_path):
+    path = tmp_path / "tiny.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        train_normal=rng.integers(0, 255, (4, 6, 6), dtype=np.uint8),
+        test_normal=rng.integers(0, 255, (2, 6, 6), dtype=np.uint8),
+        test_abnormal=rng.random((3, 6, 6, 3)).astype(np.float32),
+    )
+    ds = load_dataset(path)
+    assert isinstance(ds, Dataset)
+    assert ds.name == "tiny"
+    assert (len(ds.train_normal), len(ds.test_normal), len(ds.test_abnormal)) == (4, 2, 3)
+    assert ds.test_abnormal[0].shape == (6, 6, 3)
+    assert ds.test_labels().tolist() == [0, 0, 1, 1, 1]
+    items = ds.test_items()
+    assert np.array_equal(items[0], ds.test_normal[0])
+    assert np.array_equal(items[2], ds.test_abnormal[0])
+
+
+def test_npz_missing_key(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, train_normal=np.zeros((2, 4, 4)), images=np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="test_normal, test_abnormal") as err:
+        load_dataset(path)
+    assert "found train_normal, images" in str(err.value)
+
+
+def test_npz_empty_split(tmp_path):
+    path = tmp_path / "empty.npz"
+    z = np.zeros((2, 4, 4), np.uint8)
+    np.savez(path, train_normal=z, test_normal=z, test_abnormal=np.zeros((0, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="'test_abnormal' holds no images"):
+        load_dataset(path)
+
+
+def test_folder_layout(tmp_path):
+    root = _folder_dataset(tmp_path / "folders")
+    ds = load_dataset(root)
+    assert ds.name == "folders"
+    assert [Path(p).name for p in ds.train_normal] == ["a.png", "b.png", "c.JPG"]
+    assert [Path(p).name for p in ds.test_normal] == ["n1.png"]
+    assert [Path(p).name for p in ds.test_abnormal] == ["x1.png", "x2.jpeg"]
+    assert ds.test_labels().tolist() == [0, 1, 1]
+    # Every item is readable, including the 16-bit PNG (40000 / 65535) and the RGB JPEG.
+    assert to_float(ds.test_normal[0])[0, 0, 0] == pytest.approx(40000 / 65535, abs=1e-6)
+    assert to_float(ds.train_normal[2]).shape == (8, 8, 3)
+    assert to_float(ds.test_abnormal[0])[0, 0, 0] == pytest.approx(200 / 255)
+
+
+def test_folder_empty_class(tmp_path):
+    root = _folder_dataset(tmp_path / "folders")
+    for p in (root / "test/abnormal").iterdir():
+        p.unlink()
+    with pytest.raises(ValueError, match=r"test/abnormal: no images"):
+        load_dataset(root)
+
+
+def test_folder_missing_class(tmp_path):
+    root = tmp_path / "folders"
+    _png(root / "train/normal/a.png")
+    _png(root / "test/normal/a.png")
+    with pytest.raises(ValueError, match="missing sub-folder test/abnormal"):
+        load_dataset(root)
+
+
+def test_medianomaly_layout(tmp_path):
+    root = tmp_path / "RSNA"
+    for name in ("t0.png", "t1.png", "n0.png", "a0.png", "a1.png"):
+        _png(root / "images" / name)
+    meta = {
+        "train": {"0": ["t1.png", "t0.png"]},
+        "test": {"0": ["n0.png"], "1": ["a0.png", "a1.png"]},
+    }
+    (root / "data.json").write_text(json.dumps(meta))
+    ds = load_dataset(str(root))
+    assert ds.name == "RSNA"
+    assert ds.train_normal == [str(root / "images/t1.png"), str(root / "images/t0.png")]
+    assert ds.test_normal == [str(root / "images/n0.png")]
+    assert [Path(p).name for p in ds.test_abnormal] == ["a0.png", "a1.png"]
+
+
+def test_medianomaly_errors(tmp_path):
+    root = tmp_path / "bench"
+    _png(root / "images/t0.png")
+    (root / "data.json").write_text(json.dumps({"train": {"0": ["t0.png"]}, "test": {"0": []}}))
+    with pytest.raises(ValueError, match=r"test\['0'\] is empty"):
+        load_dataset(root)
+    (root / "data.json").write_text(
+        json.dumps({"train": {"0": ["t0.png"]}, "test": {"0": ["t0.png"]}})
+    )
+    with pytest.raises(ValueError, match=r"no test\['1'\] list"):
+        load_dataset(root)
+    (root / "data.json").write_text(
+        json.dumps({"train": {"0": ["t0.png"]}, "test": {"0": ["t0.png"], "1": ["gone.png"]}})
+    )
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        load_dataset(root)
+
+
+def test_missing_path_and_unknown_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_dataset(tmp_path / "nowhere")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="train/normal, test/normal and test/abnormal"):
+        load_dataset(tmp_path / "plain")
+    img = _png(tmp_path / "one.png")
+    with pytest.raises(ValueError, match="accepted datasets"):
+        load_dataset(img)
+
+
+def test_list_images(tmp_path):
+    root = _folder_dataset(tmp_path / "folders")
+    _png(root / "extra/deep/z.PNG")
+    (root / "extra/deep/scan.DCM").write_bytes(b"")
+    (root / "extra/deep/skip.npy").write_bytes(b"")
+    found = list_images(root)
+    names = [Path(p).relative_to(root).as_posix() for p in found]
+    assert names == sorted(names)
+    assert "extra/deep/z.PNG" in names
+    assert "extra/deep/scan.DCM" in names
+    assert not any(n.endswith((".txt", ".npy")) for n in names)
+    assert len(names) == 8
+    single = list_images(str(root / "test/normal/n1.png"))
+    assert single == [str(root / "test/normal/n1.png")]
+    mixed = list_images([root / "test/abnormal", root / "test/normal/n1.png"])
+    assert [Path(p).name for p in mixed] == ["x1.png", "x2.jpeg", "n1.png"]
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        list_images([root / "missing.png"])
+
+
+def test_list_images_npz_and_load_images_npz(tmp_path):
+    one = tmp_path / "one.npz"
+    np.savez(one, x=np.zeros((3, 5, 5), np.uint8))
+    with pytest.raises(ValueError, match="load_images_npz"):
+        list_images(one)
+    assert [a.shape for a in load_images_npz(one)] == [(5, 5)] * 3
+    many = tmp_path / "many.npz"
+    np.savez(many, train_normal=np.ones((2, 4, 4)), test_normal=np.zeros((1, 4, 4)))
+    assert len(load_images_npz(many)) == 2
+    assert len(load_images_npz(many, "test_normal")) == 1
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros((1, 4, 4)), b=np.zeros((1, 4, 4)))
+    with pytest.raises(ValueError, match=r"several arrays \(a, b\)"):
+        load_images_npz(other)
+    with pytest.raises(ValueError, match="no array 'c'; found a, b"):
+        load_images_npz(other, "c")

@@ -1,0 +1,127 @@
+"""DICOM reading through pydicom (the optional ``dicom`` extra)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom  # noqa: E402  (the test extra installs msde-jax[dicom])
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+
+from msde_jax.backbones.dicom import read_dicom  # noqa: E402
+from msde_jax.backbones.images import ImageReadError, prepare, to_float  # noqa: E402
+from msde_jax.datasets import list_images  # noqa: E402
+
+
+def _bundled(name: str) -> str:
+    """A test file that ships inside the pydicom wheel (never downloaded)."""
+    path = pydicom.data.get_testdata_file(name, download=False)
+    assert path is not None, f"{name} is not bundled with pydicom {pydicom.__version__}"
+    assert Path(path).is_relative_to(Path(pydicom.__file__).parent)
+    return path
+
+
+def _write(path: Path, pixels: np.ndarray, **attrs) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_bundled_ct():
+    path = _bundled("CT_small.dcm")
+    img = read_dicom(path)
+    assert img.shape == (128, 128)
+    assert img.dtype == np.float32
+    assert img.min() == 0.0
+    assert img.max() == 1.0
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    expected = (hu - hu.min()) / (hu.max() - hu.min())  # no window in this file: min-max
+    np.testing.assert_allclose(img, expected, atol=1e-6)
+
+
+def test_bundled_mr_window_and_prepare():
+    path = _bundled("MR_small.dcm")
+    ds = pydicom.dcmread(path)
+    c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+    expected = np.clip((ds.pixel_array - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
+    np.testing.assert_allclose(read_dicom(path), expected, atol=1e-6)
+    out = prepare(path, 32)
+    assert out.shape == (32, 32, 3)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    assert list_images(Path(path).parent / "MR_small.dcm") == [
+        str(Path(path).parent / "MR_small.dcm")
+    ]
+
+
+def test_written_monochrome1_with_rescale(tmp_path):
+    stored = np.array([[0, 10], [20, 40]], np.uint16)
+    path = _write(
+        tmp_path / "inv.dcm",
+        stored,
+        PhotometricInterpretation="MONOCHROME1",
+        RescaleSlope=2,
+        RescaleIntercept=-100,
+    )
+    # Rescaled: [[-100, -80], [-60, -20]] → min-max → [[0, .25], [.5, 1]] → inverted.
+    np.testing.assert_allclose(read_dicom(path), [[1.0, 0.75], [0.5, 0.0]], atol=1e-6)
+    # The same through the generic reader, with a file name that says nothing (DICM magic).
+    renamed = path.rename(tmp_path / "image_without_suffix")
+    np.testing.assert_allclose(to_float(renamed)[..., 0], [[1.0, 0.75], [0.5, 0.0]], atol=1e-6)
+    assert prepare(str(renamed), 32).shape == (32, 32, 3)
+
+
+def test_written_window(tmp_path):
+    stored = np.array([[0, 100], [200, 300]], np.uint16)
+    path = _write(
+        tmp_path / "win.dcm",
+        stored,
+        RescaleSlope=1,
+        RescaleIntercept=-100,
+        WindowCenter=50,
+        WindowWidth=101,
+    )
+    # Values [-100, 0, 100, 200] with the linear window [0, 100]: clipped outside.
+    np.testing.assert_allclose(read_dicom(path), [[0.0, 0.005], [1.0, 1.0]], atol=1e-6)
+
+
+def test_rgb_bundled():
+    img = read_dicom(_bundled("SC_rgb_small_odd.dcm"))
+    assert img.shape == (3, 3, 3)
+    assert 0.0 <= img.min() <= img.max() <= 1.0
+
+
+def test_multiframe_rejected():
+    with pytest.raises(ImageReadError, match="multi-frame DICOM"):
+        read_dicom(_bundled("examples_ybr_color.dcm"))
+
+
+def test_not_dicom(tmp_path):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"definitely not dicom")
+    with pytest.raises(ImageReadError, match="bad.dcm"):
+        to_float(bad)
+
+
+def test_missing_pydicom(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(ImportError, match=r"pip install 'msde-jax\[dicom\]'"):
+        read_dicom(tmp_path / "x.dcm")

@@ -1,0 +1,37 @@
+"""Every example runs, at small sizes (each in its own interpreter, as a user would run it)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = {
+    "00_quickstart.py": ["--limit", "40", "--image-size", "64"],
+    "01_functional_core.py": ["--n-train", "200", "--dim", "16"],
+    "02_brain_mri.py": ["--limit", "40", "--image-size", "64"],
+    "03_custom_backbone_and_embeddings.py": ["--limit", "30", "--image-size", "64"],
+    "04_tabular_displacement.py": [],
+}
+
+
+def test_every_example_is_covered():
+    assert {p.name for p in (ROOT / "examples").glob("*.py")} == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_example_runs(name):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *CASES[name]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip()
