@@ -356,7 +356,7 @@ def _evaluate(dataset, args: argparse.Namespace) -> dict:
         "test_normal": len(normal),
         "test_abnormal": len(abnormal),
         "embedder": embedder.config(),
-        "detector": {k: v for k, v in detector.get_params().items()},
+        "detector": detector.get_params(),
         "mode": mode,
         "test_mix": f"{len(abnormal) / len(labels):.0%} abnormal, scored as one batch",
     }

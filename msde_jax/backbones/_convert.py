@@ -79,10 +79,23 @@ def linear_kernel(weight: np.ndarray) -> np.ndarray:
     return np.transpose(weight)
 
 
-def batch_norm(sd: StateDict, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def batch_norm(
+    sd: StateDict, prefix: str, channels: int | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """torch BatchNorm2d ``prefix.{weight,bias,running_mean,running_var}`` → Flax
-    ``nn.BatchNorm`` (params ``scale``/``bias``, batch_stats ``mean``/``var``)."""
-    params = {"scale": sd.take(f"{prefix}.weight"), "bias": sd.take(f"{prefix}.bias")}
-    stats = {"mean": sd.take(f"{prefix}.running_mean"), "var": sd.take(f"{prefix}.running_var")}
+    ``nn.BatchNorm`` (params ``scale``/``bias``, batch_stats ``mean``/``var``), each checked to
+    be ``(channels,)`` when given."""
+    shape = None if channels is None else (channels,)
+
+    def take(name: str) -> np.ndarray:
+        return sd.take(f"{prefix}.{name}", shape)
+
+    params = {"scale": take("weight"), "bias": take("bias")}
+    stats = {"mean": take("running_mean"), "var": take("running_var")}
     sd.skip(f"{prefix}.num_batches_tracked")
     return params, stats
+
+
+def conv_param(sd: StateDict, key: str, c_out: int, c_in: int, k: int) -> dict[str, np.ndarray]:
+    """A bias-free torch Conv2d weight (checked to be (c_out, c_in, k, k)) as Flax params."""
+    return {"kernel": conv_kernel(sd.take(key, (c_out, c_in, k, k)))}

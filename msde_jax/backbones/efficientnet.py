@@ -31,9 +31,8 @@ import numpy as np
 from msde_jax.backbones._base import BackboneOutput
 from msde_jax.backbones._convert import (
     StateDict,
-    WeightMappingError,
     batch_norm,
-    conv_kernel,
+    conv_param,
     linear_kernel,
 )
 from msde_jax.backbones._layers import DepthwiseConv
@@ -183,23 +182,6 @@ class EfficientNetLite0(nn.Module):
         return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits)
 
 
-def _bn(sd: StateDict, prefix: str, channels: int) -> tuple[dict, dict]:
-    """:func:`batch_norm` plus a shape check that names the offending key."""
-    params, stats = batch_norm(sd, prefix)
-    for name, value in (
-        ("weight", params["scale"]),
-        ("bias", params["bias"]),
-        ("running_mean", stats["mean"]),
-        ("running_var", stats["var"]),
-    ):
-        key = f"{prefix}.{name}"
-        if key in sd and value.shape != (channels,):
-            raise WeightMappingError(
-                f"{sd.network}: {key} has shape {value.shape}, expected ({channels},)."
-            )
-    return params, stats
-
-
 def convert_efficientnet_lite0(
     state_dict: Mapping[str, np.ndarray], *, num_classes: int = 1000
 ) -> dict[str, dict]:
@@ -228,10 +210,10 @@ def convert_efficientnet_lite0(
     stats: dict[str, Any] = {}
 
     def conv(key: str, c_out: int, c_in: int, k: int) -> dict:
-        return {"kernel": conv_kernel(sd.take(key, (c_out, c_in, k, k)))}
+        return conv_param(sd, key, c_out, c_in, k)
 
     params["stem_conv"] = conv("_conv_stem.weight", _STEM, 3, 3)
-    params["stem_bn"], stats["stem_bn"] = _bn(sd, "_bn0", _STEM)
+    params["stem_bn"], stats["stem_bn"] = batch_norm(sd, "_bn0", _STEM)
     for i, (c_in, c_out, kernel, _, expand) in enumerate(_block_configs()):
         t = f"_blocks.{i}"
         hidden = c_in * expand
@@ -239,14 +221,14 @@ def convert_efficientnet_lite0(
         s: dict[str, Any] = {}
         if expand != 1:
             p["expand_conv"] = conv(f"{t}._expand_conv.weight", hidden, c_in, 1)
-            p["expand_bn"], s["expand_bn"] = _bn(sd, f"{t}._bn0", hidden)
+            p["expand_bn"], s["expand_bn"] = batch_norm(sd, f"{t}._bn0", hidden)
         p["dw_conv"] = conv(f"{t}._depthwise_conv.weight", hidden, 1, kernel)
-        p["dw_bn"], s["dw_bn"] = _bn(sd, f"{t}._bn1", hidden)
+        p["dw_bn"], s["dw_bn"] = batch_norm(sd, f"{t}._bn1", hidden)
         p["project_conv"] = conv(f"{t}._project_conv.weight", c_out, hidden, 1)
-        p["project_bn"], s["project_bn"] = _bn(sd, f"{t}._bn2", c_out)
+        p["project_bn"], s["project_bn"] = batch_norm(sd, f"{t}._bn2", c_out)
         params[f"block_{i}"], stats[f"block_{i}"] = p, s
     params["head_conv"] = conv("_conv_head.weight", _HEAD, _STAGES[-1][-1], 1)
-    params["head_bn"], stats["head_bn"] = _bn(sd, "_bn1", _HEAD)
+    params["head_bn"], stats["head_bn"] = batch_norm(sd, "_bn1", _HEAD)
     if num_classes > 0:
         params["classifier"] = {
             "kernel": linear_kernel(sd.take("_fc.weight", (num_classes, _HEAD))),

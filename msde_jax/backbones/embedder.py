@@ -5,6 +5,7 @@ backbone's own normalisation and runs the network in fixed-size batches (the las
 so the forward pass compiles once), optionally in bfloat16 and data-parallel over devices.
 """
 
+import hashlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -234,6 +235,7 @@ class Embedder:
         self._module = spec.build(0)
         if isinstance(weights, str) and weights == "random":
             variables = random_variables(self._module, image_size)
+            self.weights_sha256 = "random-seed-0"
         else:
             if weights is None:
                 weights = spec.default_weights(cache_dir)
@@ -242,6 +244,7 @@ class Embedder:
                 if isinstance(weights, Mapping)
                 else weights_io.load_state_dict(os.fspath(weights))
             )
+            self.weights_sha256 = _fingerprint(state_dict)
             variables = spec.convert(state_dict, 0)
         variables = jax.tree.map(lambda a: jnp.asarray(a, self.dtype), variables)
 
@@ -272,10 +275,13 @@ class Embedder:
         return self._dim
 
     def config(self) -> dict[str, Any]:
-        """What produced these embeddings (to store next to a fitted model)."""
+        """What produced these embeddings (stored with a fitted model; keys the embedding
+        cache): ``weights_sha256`` fingerprints the exact weights, so two different state
+        dicts never share cached embeddings."""
         return {
             "backbone": self.backbone,
             "weights": self.weights_source,
+            "weights_sha256": self.weights_sha256,
             "image_size": self.image_size,
             "resize": self.resize,
             "features": self.features,
@@ -295,7 +301,7 @@ class Embedder:
         Returns:
             (n, d) float32 embeddings, in the input order.
         """
-        items = list(images) if not isinstance(images, np.ndarray) else list(images)
+        items = list(images)
         n = len(items)
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
@@ -354,6 +360,16 @@ def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
 
 def variables_dtype(variables: Any) -> Any:
     return jax.tree.leaves(variables)[0].dtype
+
+
+def _fingerprint(state_dict: Mapping[str, Any]) -> str:
+    """sha256 of a state dict's names, shapes, dtypes and values (which weights, exactly)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        arr = np.ascontiguousarray(state_dict[name])
+        digest.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _describe(weights: Any) -> str:

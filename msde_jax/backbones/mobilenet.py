@@ -24,9 +24,8 @@ import numpy as np
 from msde_jax.backbones._base import BackboneOutput
 from msde_jax.backbones._convert import (
     StateDict,
-    WeightMappingError,
     batch_norm,
-    conv_kernel,
+    conv_param,
     linear_kernel,
 )
 from msde_jax.backbones._layers import DepthwiseConv
@@ -166,23 +165,6 @@ class MobileNetV2(nn.Module):
         return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits)
 
 
-def _bn(sd: StateDict, prefix: str, channels: int) -> tuple[dict, dict]:
-    """:func:`batch_norm` plus a shape check that names the offending key."""
-    params, stats = batch_norm(sd, prefix)
-    for name, value in (
-        ("weight", params["scale"]),
-        ("bias", params["bias"]),
-        ("running_mean", stats["mean"]),
-        ("running_var", stats["var"]),
-    ):
-        key = f"{prefix}.{name}"
-        if key in sd and value.shape != (channels,):
-            raise WeightMappingError(
-                f"{sd.network}: {key} has shape {value.shape}, expected ({channels},)."
-            )
-    return params, stats
-
-
 def convert_mobilenet_v2(
     state_dict: Mapping[str, np.ndarray], *, num_classes: int = 1000
 ) -> dict[str, dict]:
@@ -212,10 +194,10 @@ def convert_mobilenet_v2(
     stats: dict[str, Any] = {}
 
     def conv(key: str, c_out: int, c_in: int, k: int) -> dict:
-        return {"kernel": conv_kernel(sd.take(key, (c_out, c_in, k, k)))}
+        return conv_param(sd, key, c_out, c_in, k)
 
     params["stem_conv"] = conv("features.0.0.weight", _STEM, 3, 3)
-    params["stem_bn"], stats["stem_bn"] = _bn(sd, "features.0.1", _STEM)
+    params["stem_bn"], stats["stem_bn"] = batch_norm(sd, "features.0.1", _STEM)
     configs = _block_configs()
     for i, (c_in, c_out, _, expand) in enumerate(configs):
         t = f"features.{i + 1}.conv"
@@ -225,16 +207,16 @@ def convert_mobilenet_v2(
         j = 0
         if expand != 1:
             p["expand_conv"] = conv(f"{t}.0.0.weight", hidden, c_in, 1)
-            p["expand_bn"], s["expand_bn"] = _bn(sd, f"{t}.0.1", hidden)
+            p["expand_bn"], s["expand_bn"] = batch_norm(sd, f"{t}.0.1", hidden)
             j = 1
         p["dw_conv"] = conv(f"{t}.{j}.0.weight", hidden, 1, 3)
-        p["dw_bn"], s["dw_bn"] = _bn(sd, f"{t}.{j}.1", hidden)
+        p["dw_bn"], s["dw_bn"] = batch_norm(sd, f"{t}.{j}.1", hidden)
         p["project_conv"] = conv(f"{t}.{j + 1}.weight", c_out, hidden, 1)
-        p["project_bn"], s["project_bn"] = _bn(sd, f"{t}.{j + 2}", c_out)
+        p["project_bn"], s["project_bn"] = batch_norm(sd, f"{t}.{j + 2}", c_out)
         params[f"block_{i}"], stats[f"block_{i}"] = p, s
     head = f"features.{len(configs) + 1}"
     params["head_conv"] = conv(f"{head}.0.weight", _HEAD, configs[-1][1], 1)
-    params["head_bn"], stats["head_bn"] = _bn(sd, f"{head}.1", _HEAD)
+    params["head_bn"], stats["head_bn"] = batch_norm(sd, f"{head}.1", _HEAD)
     if num_classes > 0:
         params["classifier"] = {
             "kernel": linear_kernel(sd.take("classifier.1.weight", (num_classes, _HEAD))),
