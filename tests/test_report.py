@@ -112,7 +112,6 @@ def _images(rng, n):
 
 
 def test_write_report(tmp_path, rng):
-    pytest.importorskip("matplotlib")
     labels, scores = _data(rng, n=40)
     threshold = float(np.quantile(scores[~labels], 0.9))
     images = _images(rng, 40)
@@ -165,7 +164,6 @@ def test_write_report(tmp_path, rng):
 
 
 def test_write_report_without_images(tmp_path, rng):
-    pytest.importorskip("matplotlib")
     labels, scores = _data(rng, n=30)
     write_report(tmp_path, labels=labels, scores=scores, threshold=2.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
