@@ -111,8 +111,9 @@ class MSDEDetector:
     * ``"inductive"`` (default, for deployment): each test sample moves toward the fixed,
       already-shifted training normals; samples never influence each other, so a score does not
       depend on which other images are scored with it, and one image at a time gives the same
-      score as a batch. On the published features it ranks almost exactly like the plain
-      Gaussian (``mode="none"``).
+      score as a batch. It pulls a far-away sample most of the way to its nearest normals,
+      which discards part of how far away it was: on the data we measured it does not beat
+      the plain Gaussian (``mode="none"``; benchmarks/RESULTS.md).
     * ``"transductive"`` (the published pipeline, :meth:`paper`): the training normals and the
       *whole test batch* are shifted jointly, then the test rows are scored. A test batch with
       many abnormal images lets them form their own dense cluster and drift away from the
