@@ -24,6 +24,7 @@ score means more anomalous; a test image is predicted abnormal when ``score > th
 import json
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -254,7 +255,7 @@ def _plot_roc(path: Path, labels, scores, metrics, title: str) -> None:
         ylim=(-0.02, 1.02),
         xlabel="false positive rate (1 - specificity)",
         ylabel="true positive rate (sensitivity)",
-        title=f"{title}: ROC curve",
+        title=textwrap.fill(f"{title}: ROC curve", 55),
     )
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
@@ -294,7 +295,7 @@ def _plot_pr(path: Path, labels, scores, metrics, title: str) -> None:
         ylim=(-0.02, 1.05),
         xlabel="recall (sensitivity)",
         ylabel="precision",
-        title=f"{title}: precision-recall curve",
+        title=textwrap.fill(f"{title}: precision-recall curve", 55),
     )
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
@@ -335,7 +336,9 @@ def _plot_histogram(path: Path, labels, scores, metrics, title: str) -> None:
             label=f"threshold = {_fmt(threshold)} (score > threshold: abnormal)",
         )
     xlabel = "anomaly score (log scale)" if log_axis else "anomaly score"
-    ax.set(xlabel=xlabel, ylabel="number of test images", title=f"{title}: scores")
+    ax.set(
+        xlabel=xlabel, ylabel="number of test images", title=textwrap.fill(f"{title}: scores", 75)
+    )
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="best", fontsize=9)
     _save(fig, path)
