@@ -9,10 +9,12 @@ Run from the repository root after ``pip install -e .`` (or with ``PYTHONPATH=.`
 Data: ``../shared/data`` next to the repository (or ``--data-dir``):
 ``brain_tumor_mri/brain_tumor_mri.npz`` (476 / 300 / 300 images, 224×224) and
 ``pneumoniamnist/pneumoniamnist.npz`` (1214 / 234 / 390, 28×28), arrays ``train_normal``,
-``test_normal``, ``test_abnormal``. Until the package has pretrained backbones the features are
-pixels: each image average-pooled (brain: 14×14 blocks → 16×16 = 256 features; PneumoniaMNIST:
+``test_normal``, ``test_abnormal``. By default the features are pixels, so the benchmark needs
+no backbone: each image average-pooled (brain: 14×14 blocks → 16×16 = 256 features; PneumoniaMNIST:
 2×2 blocks → 14×14 = 196 features), scaled to [0, 1], float32. ``--features [NAME=]FILE.npz``
-(repeatable) benchmarks precomputed embeddings under the same three keys instead.
+(repeatable) benchmarks precomputed embeddings under the same three keys instead (e.g. from
+``Embedder(...).embed`` of each split; ``msde-jax evaluate`` reports the backbone-feature
+numbers end to end).
 
 What it measures, per dataset (test rows: all test normals, then all test abnormals, as the
 paper; the detector is fitted on ``train_normal`` only):
