@@ -100,6 +100,17 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", choices=("cross_fit", "chi2"), default="cross_fit")
 
 
+def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use at most this many images per class (quick runs)",
+    )
+    _add_embedder_args(p)
+    _add_detector_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msde-jax",
@@ -122,14 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", "Run the whole pipeline on the built-in PneumoniaMNIST split and write a report."
     )
     p.add_argument("--out", default="msde_demo_report", help="report folder")
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="use at most this many images per class (quick runs)",
-    )
-    _add_embedder_args(p)
-    _add_detector_args(p)
+    _add_evaluation_args(p)
 
     p = command("embed", "Compute (and cache) embeddings of images.")
     p.add_argument("sources", nargs="+", help="image files, folders, or an .npz image stack")
@@ -165,14 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dataset", help="dataset: .npz, folder, MedIAnomaly folder, or 'pneumoniamnist'")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="use at most this many images per class (quick runs)",
-    )
-    _add_embedder_args(p)
-    _add_detector_args(p)
+    _add_evaluation_args(p)
     return parser
 
 
