@@ -99,3 +99,22 @@ def batch_norm(
 def conv_param(sd: StateDict, key: str, c_out: int, c_in: int, k: int) -> dict[str, np.ndarray]:
     """A bias-free torch Conv2d weight (checked to be (c_out, c_in, k, k)) as Flax params."""
     return {"kernel": conv_kernel(sd.take(key, (c_out, c_in, k, k)))}
+
+
+def linear_param(sd: StateDict, prefix: str, n_out: int, n_in: int) -> dict[str, np.ndarray]:
+    """A torch Linear ``prefix.{weight,bias}`` (checked to be (n_out, n_in)) as Flax params."""
+    return {
+        "kernel": linear_kernel(sd.take(f"{prefix}.weight", (n_out, n_in))),
+        "bias": sd.take(f"{prefix}.bias", (n_out,)),
+    }
+
+
+def classifier_head(
+    sd: StateDict, prefix: str, num_classes: int, n_in: int
+) -> dict[str, np.ndarray] | None:
+    """The ImageNet head ``prefix`` as Flax params, or ``None`` (its keys skipped) when the
+    network is built without one (``num_classes=0``)."""
+    if num_classes > 0:
+        return linear_param(sd, prefix, num_classes, n_in)
+    sd.skip(f"{prefix}.weight", f"{prefix}.bias")
+    return None

@@ -1,5 +1,6 @@
 """Layers shared by the backbones."""
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -41,6 +42,18 @@ def depthwise_conv(
             ]
             out = out + window * kernel[dy, dx, 0][None, None, None, :]
     return out
+
+
+def batch_norm_layer(train: bool, *, momentum: float, epsilon: float, dtype: Any) -> Any:
+    """``nn.BatchNorm`` with running statistics unless training (Flax's momentum is
+    1 − PyTorch's)."""
+    return partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+    )
 
 
 class DepthwiseConv(nn.Module):

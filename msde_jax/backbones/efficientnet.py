@@ -20,7 +20,6 @@ function that goes through ``jit``, ``vmap`` and ``pmap``/sharding with no state
 """
 
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -32,10 +31,10 @@ from msde_jax.backbones._base import BackboneOutput
 from msde_jax.backbones._convert import (
     StateDict,
     batch_norm,
+    classifier_head,
     conv_param,
-    linear_kernel,
 )
-from msde_jax.backbones._layers import DepthwiseConv
+from msde_jax.backbones._layers import DepthwiseConv, batch_norm_layer
 
 # (repeats, kernel, stride of the first repeat, expansion, output channels): the Lite0 table of
 # efficientnet_lite_builder.py (width and depth multipliers 1.0, so no rounding applies).
@@ -85,13 +84,7 @@ class _MBConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        bn = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=_BN_MOMENTUM,
-            epsilon=_BN_EPS,
-            dtype=self.dtype,
-        )
+        bn = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)
         hidden = self.in_channels * self.expand
         y = x
         if self.expand != 1:
@@ -142,13 +135,7 @@ class EfficientNetLite0(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> BackboneOutput:
-        bn = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=_BN_MOMENTUM,
-            epsilon=_BN_EPS,
-            dtype=self.dtype,
-        )
+        bn = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)
         pad = tuple(_same_padding(s, 3, 2) for s in x.shape[1:3])
         x = nn.Conv(
             _STEM,
@@ -229,12 +216,8 @@ def convert_efficientnet_lite0(
         params[f"block_{i}"], stats[f"block_{i}"] = p, s
     params["head_conv"] = conv("_conv_head.weight", _HEAD, _STAGES[-1][-1], 1)
     params["head_bn"], stats["head_bn"] = batch_norm(sd, "_bn1", _HEAD)
-    if num_classes > 0:
-        params["classifier"] = {
-            "kernel": linear_kernel(sd.take("_fc.weight", (num_classes, _HEAD))),
-            "bias": sd.take("_fc.bias", (num_classes,)),
-        }
-    else:
-        sd.skip("_fc.weight", "_fc.bias")
+    head = classifier_head(sd, "_fc", num_classes, _HEAD)
+    if head is not None:
+        params["classifier"] = head
     sd.finish()
     return {"params": params, "batch_stats": stats}

@@ -13,7 +13,6 @@ function that goes through ``jit``, ``vmap`` and ``pmap``/sharding with no state
 """
 
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -25,10 +24,10 @@ from msde_jax.backbones._base import BackboneOutput
 from msde_jax.backbones._convert import (
     StateDict,
     batch_norm,
+    classifier_head,
     conv_param,
-    linear_kernel,
 )
-from msde_jax.backbones._layers import DepthwiseConv
+from msde_jax.backbones._layers import DepthwiseConv, batch_norm_layer
 
 # (expansion t, output channels c, repeats n, stride of the first repeat s): torchvision's
 # inverted_residual_setting.
@@ -70,13 +69,7 @@ class _InvertedResidual(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        bn = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=_BN_MOMENTUM,
-            epsilon=_BN_EPS,
-            dtype=self.dtype,
-        )
+        bn = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)
         hidden = self.in_channels * self.expand
         y = x
         if self.expand != 1:
@@ -126,13 +119,7 @@ class MobileNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> BackboneOutput:
-        bn = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=_BN_MOMENTUM,
-            epsilon=_BN_EPS,
-            dtype=self.dtype,
-        )
+        bn = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)
         x = nn.Conv(
             _STEM,
             (3, 3),
@@ -217,12 +204,8 @@ def convert_mobilenet_v2(
     head = f"features.{len(configs) + 1}"
     params["head_conv"] = conv(f"{head}.0.weight", _HEAD, configs[-1][1], 1)
     params["head_bn"], stats["head_bn"] = batch_norm(sd, f"{head}.1", _HEAD)
-    if num_classes > 0:
-        params["classifier"] = {
-            "kernel": linear_kernel(sd.take("classifier.1.weight", (num_classes, _HEAD))),
-            "bias": sd.take("classifier.1.bias", (num_classes,)),
-        }
-    else:
-        sd.skip("classifier.1.weight", "classifier.1.bias")
+    head = classifier_head(sd, "classifier.1", num_classes, _HEAD)
+    if head is not None:
+        params["classifier"] = head
     sd.finish()
     return {"params": params, "batch_stats": stats}

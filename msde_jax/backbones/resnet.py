@@ -27,7 +27,11 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ._base import BackboneOutput
-from ._convert import StateDict, WeightMappingError, batch_norm, conv_kernel, linear_kernel
+from ._convert import StateDict, batch_norm, classifier_head, conv_kernel
+from ._layers import batch_norm_layer
+
+_BN_EPS = 1e-5
+_BN_MOMENTUM = 0.9  # Flax's momentum is PyTorch's 1 − 0.1
 
 BlockKind = Literal["basic", "bottleneck"]
 
@@ -86,13 +90,7 @@ class _Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)
         s = (self.stride, self.stride)
         if self.kind == "basic":
             y = conv(self.planes, (3, 3), strides=s, padding=_pad(3), name="conv1")(x)
@@ -161,8 +159,8 @@ class ResNet(nn.Module):
             kernel_init=_conv_init,
             name="conv1",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1"
+        x = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)(
+            name="bn1"
         )(x)
         x = nn.relu(x)
         # flax pools pad with the reduction's identity (−inf for max), like torch's MaxPool2d.
@@ -204,24 +202,6 @@ def resnet50(*, num_classes: int = 1000, dtype: Any = jnp.float32) -> ResNet:
     return ResNet("bottleneck", _DEPTHS[50][1], num_classes=num_classes, dtype=dtype)
 
 
-def _bn(sd: StateDict, prefix: str, channels: int) -> tuple[dict, dict]:
-    """:func:`batch_norm`, with the four vectors checked against the channel count."""
-    params, stats = batch_norm(sd, prefix)
-    taken = {
-        "weight": params["scale"],
-        "bias": params["bias"],
-        "running_mean": stats["mean"],
-        "running_var": stats["var"],
-    }
-    for name, value in taken.items():
-        key = f"{prefix}.{name}"
-        if key in sd and value.shape != (channels,):
-            raise WeightMappingError(
-                f"{sd.network}: {key} has shape {value.shape}, expected {(channels,)}."
-            )
-    return params, stats
-
-
 def _conv(sd: StateDict, key: str, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     return {"kernel": conv_kernel(sd.take(key, shape))}
 
@@ -255,7 +235,7 @@ def convert_resnet(
     sd = StateDict(state_dict, network=f"resnet{depth}")
     params: dict[str, Any] = {"conv1": _conv(sd, "conv1.weight", (_STEM, 3, 7, 7))}
     stats: dict[str, Any] = {}
-    params["bn1"], stats["bn1"] = _bn(sd, "bn1", _STEM)
+    params["bn1"], stats["bn1"] = batch_norm(sd, "bn1", _STEM)
 
     for spec in _block_specs(kind, layers):
         p, s, t = {}, {}, spec.torch
@@ -269,22 +249,18 @@ def convert_resnet(
             ]
         for k, (out_c, in_c, size) in enumerate(convs, start=1):
             p[f"conv{k}"] = _conv(sd, f"{t}.conv{k}.weight", (out_c, in_c, size, size))
-            p[f"bn{k}"], s[f"bn{k}"] = _bn(sd, f"{t}.bn{k}", out_c)
+            p[f"bn{k}"], s[f"bn{k}"] = batch_norm(sd, f"{t}.bn{k}", out_c)
         if spec.downsample:
             out_c = spec.planes * expansion
             p["downsample_conv"] = _conv(
                 sd, f"{t}.downsample.0.weight", (out_c, spec.in_channels, 1, 1)
             )
-            p["downsample_bn"], s["downsample_bn"] = _bn(sd, f"{t}.downsample.1", out_c)
+            p["downsample_bn"], s["downsample_bn"] = batch_norm(sd, f"{t}.downsample.1", out_c)
         params[spec.name], stats[spec.name] = p, s
 
     features = _STEM * 2 ** (len(layers) - 1) * expansion
-    if num_classes > 0:
-        params["fc"] = {
-            "kernel": linear_kernel(sd.take("fc.weight", (num_classes, features))),
-            "bias": sd.take("fc.bias", (num_classes,)),
-        }
-    else:
-        sd.skip("fc.weight", "fc.bias")
+    head = classifier_head(sd, "fc", num_classes, features)
+    if head is not None:
+        params["fc"] = head
     sd.finish()
     return jax.device_put({"params": params, "batch_stats": stats})

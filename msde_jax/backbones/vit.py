@@ -28,7 +28,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ._base import BackboneOutput
-from ._convert import StateDict, conv_kernel, linear_kernel
+from ._convert import StateDict, conv_kernel, linear_param
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -242,13 +242,6 @@ def dinov2_vitb14(*, num_classes: int = 0, dtype: Any = jnp.float32) -> ViT:
     return ViT(dim, depth, heads, num_classes=num_classes, dtype=dtype)
 
 
-def _linear(sd: StateDict, prefix: str, n_out: int, n_in: int) -> dict[str, np.ndarray]:
-    return {
-        "kernel": linear_kernel(sd.take(f"{prefix}.weight", (n_out, n_in))),
-        "bias": sd.take(f"{prefix}.bias", (n_out,)),
-    }
-
-
 def _layer_norm(sd: StateDict, prefix: str, dim: int) -> dict[str, np.ndarray]:
     return {"scale": sd.take(f"{prefix}.weight", (dim,)), "bias": sd.take(f"{prefix}.bias", (dim,))}
 
@@ -295,15 +288,15 @@ def convert_vit(
         params[f"layer_{i}"] = {
             "norm1": _layer_norm(sd, f"{t}.norm1", d),
             "attention": {
-                "query": _linear(sd, f"{t}.attention.attention.query", d, d),
-                "key": _linear(sd, f"{t}.attention.attention.key", d, d),
-                "value": _linear(sd, f"{t}.attention.attention.value", d, d),
-                "output": _linear(sd, f"{t}.attention.output.dense", d, d),
+                "query": linear_param(sd, f"{t}.attention.attention.query", d, d),
+                "key": linear_param(sd, f"{t}.attention.attention.key", d, d),
+                "value": linear_param(sd, f"{t}.attention.attention.value", d, d),
+                "output": linear_param(sd, f"{t}.attention.output.dense", d, d),
             },
             "layer_scale1": sd.take(f"{t}.layer_scale1.lambda1", (d,)),
             "norm2": _layer_norm(sd, f"{t}.norm2", d),
-            "fc1": _linear(sd, f"{t}.mlp.fc1", hidden, d),
-            "fc2": _linear(sd, f"{t}.mlp.fc2", d, hidden),
+            "fc1": linear_param(sd, f"{t}.mlp.fc1", hidden, d),
+            "fc2": linear_param(sd, f"{t}.mlp.fc2", d, hidden),
             "layer_scale2": sd.take(f"{t}.layer_scale2.lambda1", (d,)),
         }
     params["layernorm"] = _layer_norm(sd, "layernorm", d)
