@@ -14,11 +14,15 @@ class Progress:
     def __init__(self, total: int, label: str, *, unit: str = "images", enabled: bool = True):
         self.total, self.label, self.unit, self.enabled = total, label, unit, enabled
         self.done = 0
+        self.status = ""
         self._start = self._last = time.perf_counter()
         self._tty = sys.stderr.isatty()
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, status: str | None = None) -> None:
+        """Count ``n`` more units; ``status`` (e.g. the current loss) is shown after the rate."""
         self.done += n
+        if status is not None:
+            self.status = status
         now = time.perf_counter()
         if not self.enabled or now - self._last < (0.2 if self._tty else 10.0):
             return
@@ -34,6 +38,7 @@ class Progress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         tail = f", {eta:.0f} s left" if self.done < self.total and eta != float("inf") else ""
+        tail += f", {self.status}" if self.status else ""
         sys.stderr.write(
             f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.1f}/s{tail})" + end
         )

@@ -36,6 +36,14 @@ EXAMPLES = {
   (a dataset is an .npz with train_normal/test_normal/test_abnormal image stacks, a folder
    with train/normal, test/normal, test/abnormal, a MedIAnomaly folder with data.json, or
    'pneumoniamnist' for the built-in copy)""",
+    "train-backbone": """examples:
+  msde-jax train-backbone pneumoniamnist --backbone mobilenet_v2 --out adapted
+  msde-jax evaluate pneumoniamnist --backbone mobilenet_v2 \\
+      --weights adapted/backbone.safetensors --out report_adapted
+  msde-jax train-backbone normals/ --backbone resnet18 --init scratch --task cutpaste \\
+      --steps 5000 --out run1            # add --resume to continue an interrupted run
+  (a dataset spec uses its train/normal images only; folders and .npz stacks are read as
+   normal images)""",
 }
 
 
@@ -69,6 +77,51 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="cache embeddings here, keyed by backbone, weights and image content",
     )
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from msde_jax.backbones.embedder import BACKBONES
+    from msde_jax.ssl.augment import TASKS
+    from msde_jax.ssl.train import OPTIMIZERS, SCHEDULES, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="normal images: a dataset ('pneumoniamnist', a dataset .npz or folder: its "
+        "train/normal split), image files, folders, or an .npz image stack",
+    )
+    p.add_argument("--out", required=True, help="run folder: checkpoint, log, backbone")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    g = p.add_argument_group("training")
+    g.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="(%(default)s)")
+    g.add_argument("--task", default=d.task, choices=tuple(TASKS), help="(%(default)s)")
+    g.add_argument(
+        "--init", default=d.init, help="imagenet, scratch, or a weights file (%(default)s)"
+    )
+    for name, type_, help_ in (
+        ("image-size", int, "training resolution"),
+        ("batch-size", int, "clean images per step"),
+        ("steps", int, "optimisation steps"),
+        ("lr", float, "peak learning rate"),
+        ("weight-decay", float, "weight decay"),
+        ("warmup-steps", int, "linear warm-up steps"),
+        ("head-hidden", int, "hidden width of the proxy head (0: linear)"),
+        ("seed", int, "seed of head, augmentations and image order"),
+        ("checkpoint-every", int, "steps between checkpoints"),
+        ("log-every", int, "steps between log records"),
+    ):
+        field = "learning_rate" if name == "lr" else name.replace("-", "_")
+        g.add_argument(
+            f"--{name}",
+            type=type_,
+            default=getattr(d, field),
+            help=f"{help_} (%(default)s)",
+            dest=field,
+        )
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="(%(default)s)")
+    g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="(%(default)s)")
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
@@ -170,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="dataset: .npz, folder, MedIAnomaly folder, or 'pneumoniamnist'")
     p.add_argument("--out", required=True, help="report folder")
     _add_evaluation_args(p)
+
+    p = command(
+        "train-backbone",
+        "Adapt a backbone to normal images with a self-supervised proxy task (AnatPaste or "
+        "CutPaste) and save it for --weights.",
+    )
+    _add_training_args(p)
     return parser
 
 
@@ -397,12 +457,56 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _evaluate(load_dataset("pneumoniamnist"), args)
 
 
+def cmd_train_backbone(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from msde_jax.ssl.train import BACKBONE, TrainConfig, train_backbone
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    items = _normal_images(args.sources)
+    items = _limit(items, args.limit)
+    print(f"training on {len(items)} normal images: {config}", file=sys.stderr)
+    start = time.perf_counter()
+    result = train_backbone(items, config, out_dir=args.out, resume=args.resume)
+    last = result.history[-1] if result.history else {}
+    out = Path(args.out)
+    if int(result.state.step) < config.steps:
+        print(f"stopped at step {int(result.state.step)}; continue with --resume")
+        return
+    print(
+        f"trained {config.backbone} for {config.steps} steps in "
+        f"{time.perf_counter() - start:.0f} s; final loss {last.get('loss', float('nan')):.4f},"
+        f" proxy accuracy {last.get('accuracy', float('nan')):.3f}\n"
+        f"adapted backbone: {out / BACKBONE}\n"
+        f"use it with: --backbone {config.backbone} --weights {out / BACKBONE} "
+        f"--image-size {config.image_size}"
+    )
+
+
+def _normal_images(sources: Sequence[str]) -> list:
+    """A dataset's train/normal split when given one dataset spec, else the images named."""
+    from msde_jax.datasets import load_dataset
+
+    if len(sources) == 1:
+        try:
+            dataset = load_dataset(sources[0])
+        except (ValueError, FileNotFoundError):
+            pass
+        else:
+            print(f"{dataset.name}: using its train/normal split", file=sys.stderr)
+            return list(dataset.train_normal)
+    items, _ = _items(sources)
+    return items
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "embed": cmd_embed,
     "fit": cmd_fit,
     "score": cmd_score,
     "evaluate": cmd_evaluate,
+    "train-backbone": cmd_train_backbone,
 }
 
 

@@ -36,7 +36,7 @@ def folder(tmp_path, pneumonia):
 
 
 def test_help_has_examples(capsys):
-    for command in ("demo", "embed", "fit", "score", "evaluate"):
+    for command in ("demo", "embed", "fit", "score", "evaluate", "train-backbone"):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0

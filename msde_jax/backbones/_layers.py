@@ -46,10 +46,13 @@ def depthwise_conv(
 
 def batch_norm_layer(train: bool, *, momentum: float, epsilon: float, dtype: Any) -> Any:
     """``nn.BatchNorm`` with running statistics unless training (Flax's momentum is
-    1 − PyTorch's)."""
+    1 − PyTorch's). In training the batch variance is computed in two passes, as PyTorch does:
+    the one-pass E[x²] − E[x]² cancels catastrophically in float32 for channels whose mean is
+    large next to their spread, and then depends on how the batch is split over devices."""
     return partial(
         nn.BatchNorm,
         use_running_average=not train,
+        use_fast_variance=False,
         momentum=momentum,
         epsilon=epsilon,
         dtype=dtype,

