@@ -520,6 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except FileNotFoundError as err:
         if os.environ.get("MSDE_JAX_DEBUG"):
             raise

@@ -15,6 +15,8 @@ CASES = {
     "02_brain_mri.py": ["--limit", "40", "--image-size", "64"],
     "03_custom_backbone_and_embeddings.py": ["--limit", "30", "--image-size", "64"],
     "04_tabular_displacement.py": [],
+    "05_adapt_backbone.py": ["--steps", "3", "--limit", "30", "--image-size", "32"]
+    + ["--backbone", "resnet18", "--init", "scratch"],
 }
 
 

@@ -230,3 +230,21 @@ def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_
         assert json.loads(str(z["config"]))["weights"] == weights
     assert main(["embed", str(stack), "--backbone", "resnet34", "--weights", weights, *common]) == 2
     assert "holds resnet18 weights" in capsys.readouterr().err
+
+
+def test_interrupted_run_says_where_to_resume_from(normals, tmp_path, capsys):
+    config = dataclasses.replace(TINY, steps=6, checkpoint_every=2, log_every=1)
+
+    def interrupt(step, record):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(normals, config, out_dir=tmp_path, progress=False, callback=interrupt)
+    assert "holds step 2" in capsys.readouterr().err
+    state, _ = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert int(state.step) == 2
+    resumed = train_backbone(normals, config, out_dir=tmp_path, resume=True, progress=False)
+    assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
+    log = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5, 6]

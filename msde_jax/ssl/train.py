@@ -29,6 +29,7 @@ shows progress, logs the loss and exports the result.
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -486,7 +487,10 @@ def train_backbone(
         if (out / LOG).exists():
             with open(out / LOG) as f:
                 history = [json.loads(line) for line in f if line.strip()]
+            # Records after the checkpoint belong to steps that will be taken again.
             history = [h for h in history if h["step"] <= int(state.step)]
+            with open(out / LOG, "w") as f:
+                f.writelines(json.dumps(h) + "\n" for h in history)
     else:
         init = None if config.init == "imagenet" else config.init
         if config.init == "scratch":
@@ -515,38 +519,50 @@ def train_backbone(
     pending: list[tuple[int, StepMetrics]] = []
     started = time.perf_counter()
     stop = False
-    for step in range(start_step, config.steps):
-        batch = data[batch_indices(len(data), config.batch_size, seed=config.seed, step=step)]
-        state, metrics = train_step(state, batch)
-        pending.append((step + 1, metrics))
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            losses = np.array([float(m.loss) for _, m in pending])
-            accs = np.array([float(m.accuracy) for _, m in pending])
-            if not np.all(np.isfinite(losses)):
-                raise FloatingPointError(
-                    f"the loss became {losses[-1]} at step {done}: lower the learning rate."
-                )
-            record = {
-                "step": done,
-                "loss": float(losses.mean()),
-                "accuracy": float(accs.mean()),
-                "learning_rate": float(lr(done - 1)),
-                "seconds": round(time.perf_counter() - started, 3),
-            }
-            pending.clear()
-            history.append(record)
-            if out is not None:
-                with open(out / LOG, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            bar.update(0, status=f"loss {record['loss']:.4f}, acc {record['accuracy']:.3f}")
-            if callback is not None and callback(done, record) is False:
-                stop = True
-        bar.update(1)
-        if ckpt is not None and (done % config.checkpoint_every == 0 or stop):
-            save_checkpoint(ckpt, state, config)
-        if stop:
-            break
+    saved_step = start_step
+    try:
+        for step in range(start_step, config.steps):
+            batch = data[batch_indices(len(data), config.batch_size, seed=config.seed, step=step)]
+            state, metrics = train_step(state, batch)
+            pending.append((step + 1, metrics))
+            done, status = step + 1, None
+            if done % config.log_every == 0 or done == config.steps:
+                losses = np.array([float(m.loss) for _, m in pending])
+                accs = np.array([float(m.accuracy) for _, m in pending])
+                if not np.all(np.isfinite(losses)):
+                    raise FloatingPointError(
+                        f"the loss became {losses[-1]} at step {done}: lower the learning rate."
+                    )
+                record = {
+                    "step": done,
+                    "loss": float(losses.mean()),
+                    "accuracy": float(accs.mean()),
+                    "learning_rate": float(lr(done - 1)),
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+                pending.clear()
+                history.append(record)
+                if out is not None:
+                    with open(out / LOG, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                status = f"loss {record['loss']:.4f}, acc {record['accuracy']:.3f}"
+                if callback is not None and callback(done, record) is False:
+                    stop = True
+            bar.update(1, status)
+            if ckpt is not None and (done % config.checkpoint_every == 0 or stop):
+                save_checkpoint(ckpt, state, config)
+                saved_step = done
+            if stop:
+                break
+    except KeyboardInterrupt:
+        bar.close()
+        if ckpt is not None:
+            print(
+                f"interrupted: {ckpt} holds step {saved_step}; continue with resume=True "
+                "(command line: --resume).",
+                file=sys.stderr,
+            )
+        raise
     bar.close()
     if ckpt is not None:
         save_checkpoint(ckpt, state, config)
