@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--task", default="anatpaste")
+    parser.add_argument("--anatomy", default="bright", choices=("bright", "dark"))
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=200)
@@ -76,6 +77,7 @@ def main() -> None:
         config = TrainConfig(
             backbone=args.backbone,
             task=args.task,
+            anatomy=args.anatomy,
             image_size=args.image_size,
             batch_size=args.batch_size,
             steps=args.steps,
@@ -96,7 +98,7 @@ def main() -> None:
         }
         print(
             f"\n{name} ({args.backbone}, {args.image_size} px, {args.steps} steps × "
-            f"{args.batch_size}, {args.task}; training {train_s:.0f} s)"
+            f"{args.batch_size}, {args.task}/{args.anatomy}; training {train_s:.0f} s)"
         )
         print("| weights | inductive AUROC / AP | paper preset AUROC / AP |")
         print("|---|---|---|")

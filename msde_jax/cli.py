@@ -81,7 +81,7 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     from msde_jax.backbones.embedder import BACKBONES
-    from msde_jax.ssl.augment import TASKS
+    from msde_jax.ssl.augment import ANATOMY, TASKS
     from msde_jax.ssl.train import OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
@@ -97,6 +97,13 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="(%(default)s)")
     g.add_argument("--task", default=d.task, choices=tuple(TASKS), help="(%(default)s)")
+    g.add_argument(
+        "--anatomy",
+        default=d.anatomy,
+        choices=ANATOMY,
+        help="where AnatPaste pastes: bright tissue (MRI) or dark lung fields (chest X-ray) "
+        "(%(default)s)",
+    )
     g.add_argument(
         "--init", default=d.init, help="imagenet, scratch, or a weights file (%(default)s)"
     )

@@ -316,3 +316,21 @@ def test_color_jitter(seed, strength, value):
     assert np.all((out >= low) & (out <= high))
     image = _image(seed, 28, 3)
     np.testing.assert_allclose(COLOR_JITTER(jax.random.key(seed), image, strength=0.0), image)
+
+
+def test_dark_anatomy_is_the_other_side_and_anatpaste_stays_in_it():
+    yy, xx = np.mgrid[:64, :64]
+    lungs = ((yy - 32) ** 2 + (xx - 18) ** 2 <= 12**2) | ((yy - 32) ** 2 + (xx - 46) ** 2 <= 12**2)
+    gray = np.where(lungs, 0.2, 0.8).astype(np.float32)
+    image = np.repeat(gray[..., None], 3, axis=2)
+    dark = np.asarray(anatomy_mask(image, anatomy="dark"))
+    assert (dark & lungs).sum() / (dark | lungs).sum() > 0.9
+    paste = jax.jit(partial(anatpaste, anatomy="dark"))
+    for seed in range(4):
+        out = paste(jax.random.key(seed), image, np.zeros_like(image))
+        assert np.asarray(out.mask)[~dark].max() == 0
+        assert np.asarray(out.mask).max() > 0
+    views, _ = make_views(jax.random.key(0), image[None].repeat(2, 0), "anatpaste", anatomy="dark")
+    assert np.all(np.asarray(views)[2:][:, ~dark] == image[~dark])
+    with pytest.raises(ValueError, match="anatomy must be one of"):
+        anatomy_mask(image, anatomy="lungs")

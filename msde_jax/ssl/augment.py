@@ -28,6 +28,7 @@ Choices that differ from the papers' reference code:
 """
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -38,6 +39,7 @@ from jax.typing import ArrayLike
 __all__ = [
     "TASKS",
     "Augmented",
+    "ANATOMY",
     "anatomy_mask",
     "anatpaste",
     "color_jitter",
@@ -109,20 +111,30 @@ def _opening3x3(mask: jax.Array) -> jax.Array:
     return lax.reduce_window(eroded, zero, lax.max, *window) > 0
 
 
-def anatomy_mask(image: ArrayLike) -> jax.Array:
-    """The anatomy (foreground) of an image, AnatPaste's Otsu mask.
+ANATOMY = ("bright", "dark")
 
-    Foreground is the bright side. On chest radiographs the lung fields are on the dark side,
-    so this is the mediastinum, bones and soft tissue rather than the lungs.
+
+def anatomy_mask(image: ArrayLike, *, anatomy: str = "bright") -> jax.Array:
+    """The anatomy of an image, AnatPaste's Otsu mask.
+
+    ``"bright"`` takes the side above the threshold: tissue against a dark background (brain
+    MRI, CT). ``"dark"`` takes the side below: the lung fields of a chest radiograph, where the
+    AnatPaste reference code pastes (it also removes dark regions touching the image border,
+    which needs connected components and is left out here).
 
     Args:
         image: (H, W, C) in [0, 1].
+        anatomy: ``"bright"`` or ``"dark"`` (static).
 
     Returns:
-        (H, W) bool: ``opening3x3(gray > otsu_threshold(gray))`` with ``gray`` the channel mean.
+        (H, W) bool: ``opening3x3(gray > t)`` (or ``gray <= t``) with ``t`` the Otsu threshold of
+        ``gray``, the channel mean.
     """
+    if anatomy not in ANATOMY:
+        raise ValueError(f"anatomy must be one of {ANATOMY}, got {anatomy!r}.")
     gray = jnp.mean(jnp.asarray(image, jnp.float32), axis=-1)
-    return _opening3x3(gray > otsu_threshold(gray))
+    above = gray > otsu_threshold(gray)
+    return _opening3x3(above if anatomy == "bright" else ~above)
 
 
 def _lerp(u: jax.Array, bounds: tuple[float, float]) -> jax.Array:
@@ -320,6 +332,7 @@ def anatpaste(
     blur: tuple[float, float] = (0.0, 15 / 256),
     margin: float = 10 / 256,
     jitter: float = 0.1,
+    anatomy: str = "bright",
 ) -> Augmented:
     """AnatPaste (Sato et al., 2023): a patch of ``other`` blended into the image's anatomy.
 
@@ -341,6 +354,7 @@ def anatpaste(
         blur: range of the blur's sigma as a fraction of the short image side.
         margin: shrinkage of the shape on each side, as a fraction of the short image side.
         jitter: ``color_jitter`` strength.
+        anatomy: which side of the Otsu threshold is anatomy (see :func:`anatomy_mask`).
 
     Returns:
         ``Augmented`` with a soft mask in [0, alpha[1]], zero outside a non-empty anatomy.
@@ -351,10 +365,10 @@ def anatpaste(
     side = min(h, w)
     u = jax.random.uniform(key, (10,), jnp.float32)
     size = _box_size(u[0:2], (h, w), area_ratio, aspect_ratio)
-    anatomy = anatomy_mask(image)
-    anatomy = jnp.where(jnp.any(anatomy), anatomy, True).astype(jnp.float32)
+    inside = anatomy_mask(image, anatomy=anatomy)
+    inside = jnp.where(jnp.any(inside), inside, True).astype(jnp.float32)
     # Inverse-CDF sampling of an anatomy pixel (a categorical would draw H * W Gumbels).
-    cdf = jnp.cumsum(anatomy.reshape(-1))
+    cdf = jnp.cumsum(inside.reshape(-1))
     index = jnp.minimum(jnp.sum(cdf <= u[2] * cdf[-1]), h * w - 1)
     centre = jnp.stack(jnp.divmod(index, w))
     src = _corner(u[3:5], size, (h, w))
@@ -372,12 +386,15 @@ def anatpaste(
 
     radius = min(math.ceil(3 * blur[1] * side), max(h, w) - 1)
     soft = jnp.clip(_gaussian_blur(shape, _lerp(u[6], blur) * side, radius), 0.0, 1.0)
-    mask = _lerp(u[7], alpha) * soft * anatomy
+    mask = _lerp(u[7], alpha) * soft * inside
     return _blend(u[8:10], image, content, mask, jitter)
 
 
-def make_views(key: jax.Array, images: ArrayLike, task: str) -> tuple[jax.Array, jax.Array]:
-    """A batch of proxy-task views and their class labels (jit with ``task`` static).
+def make_views(
+    key: jax.Array, images: ArrayLike, task: str, *, anatomy: str = "bright"
+) -> tuple[jax.Array, jax.Array]:
+    """A batch of proxy-task views and their class labels (jit with ``task``, ``anatomy``
+    static).
 
     ``"cutpaste"``: clean, CutPaste and CutPaste-scar views, labels 0, 1, 2. ``"anatpaste"``:
     clean views and AnatPaste views that paste image ``(i + 1) mod B`` into image ``i``, labels
@@ -388,6 +405,8 @@ def make_views(key: jax.Array, images: ArrayLike, task: str) -> tuple[jax.Array,
         key: PRNG key.
         images: (B, H, W, C) in [0, 1].
         task: a key of ``TASKS``.
+        anatomy: AnatPaste's anatomy side, ``"bright"`` or ``"dark"`` (see
+            :func:`anatomy_mask`).
 
     Returns:
         ``(views, labels)``: (TASKS[task] * B, H, W, C) float32 and (TASKS[task] * B,) int32,
@@ -407,6 +426,7 @@ def make_views(key: jax.Array, images: ArrayLike, task: str) -> tuple[jax.Array,
         views = [images, pasted, scarred]
     else:
         others = jnp.roll(images, -1, axis=0)
-        views = [images, jax.vmap(anatpaste)(keys[0], images, others).image]
+        paste = partial(anatpaste, anatomy=anatomy)
+        views = [images, jax.vmap(paste)(keys[0], images, others).image]
     labels = jnp.repeat(jnp.arange(len(views), dtype=jnp.int32), b)
     return jnp.concatenate(views), labels

@@ -48,7 +48,7 @@ from msde_jax._progress import Progress
 from msde_jax.backbones import images as _images
 from msde_jax.backbones import weights_io
 from msde_jax.backbones.embedder import BACKBONES, backbone_spec, load_backbone_variables
-from msde_jax.ssl.augment import TASKS, make_views
+from msde_jax.ssl.augment import ANATOMY, TASKS, make_views
 
 CHECKPOINT = "checkpoint.safetensors"
 BACKBONE = "backbone.safetensors"
@@ -70,6 +70,9 @@ class TrainConfig:
         backbone: one of ``msde_jax.backbones.BACKBONES``.
         task: proxy task, ``"anatpaste"`` (clean vs anatomy-masked paste from another image) or
             ``"cutpaste"`` (clean vs patch vs scar).
+        anatomy: where AnatPaste pastes: ``"bright"`` (above the Otsu threshold: tissue on a
+            dark background, e.g. brain MRI) or ``"dark"`` (below it: the lung fields of chest
+            radiographs, as the AnatPaste reference code does).
         init: ``"imagenet"`` (the backbone's pretrained weights), ``"scratch"`` (seeded He
             initialisation), or a path to weights :class:`~msde_jax.Embedder` can read.
         image_size: training resolution (images are resized to image_size²).
@@ -89,6 +92,7 @@ class TrainConfig:
 
     backbone: str = "resnet18"
     task: str = "anatpaste"
+    anatomy: str = "bright"
     init: str = "imagenet"
     image_size: int = 224
     batch_size: int = 32
@@ -110,6 +114,7 @@ class TrainConfig:
 
         check(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}.")
         check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        check(self.anatomy in ANATOMY, f"anatomy must be one of {', '.join(ANATOMY)}.")
         check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}.")
         check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}.")
         patch = backbone_spec(self.backbone).patch
@@ -279,7 +284,9 @@ class TrainStep:
 
         def step(state: TrainState, images: jax.Array) -> tuple[TrainState, StepMetrics]:
             view_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state.step))
-            views, labels = make_views(view_key, images.astype(jnp.float32) / 255.0, config.task)
+            views, labels = make_views(
+                view_key, images.astype(jnp.float32) / 255.0, config.task, anatomy=config.anatomy
+            )
             (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 state.params, state.batch_stats, views, labels, dropout_key
             )
