@@ -330,7 +330,8 @@ def test_dark_anatomy_is_the_other_side_and_anatpaste_stays_in_it():
         out = paste(jax.random.key(seed), image, np.zeros_like(image))
         assert np.asarray(out.mask)[~dark].max() == 0
         assert np.asarray(out.mask).max() > 0
-    views, _ = make_views(jax.random.key(0), image[None].repeat(2, 0), "anatpaste", anatomy="dark")
+    views_fn = jax.jit(make_views, static_argnames=("task", "anatomy"))
+    views, _ = views_fn(jax.random.key(0), image[None].repeat(2, 0), "anatpaste", anatomy="dark")
     assert np.all(np.asarray(views)[2:][:, ~dark] == image[~dark])
     with pytest.raises(ValueError, match="anatomy must be one of"):
         anatomy_mask(image, anatomy="lungs")

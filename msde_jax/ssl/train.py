@@ -27,6 +27,7 @@ shows progress, logs the loss and exports the result.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -357,10 +358,22 @@ def _flat_state(state: TrainState) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.atleast_1d(np.asarray(leaf)) for path, leaf in leaves}
 
 
-def save_checkpoint(path: str | os.PathLike, state: TrainState, config: TrainConfig) -> Path:
-    """Write ``state`` and ``config`` to a ``.safetensors`` checkpoint (atomically)."""
-    meta = {"kind": "checkpoint", "backbone": config.backbone, "config": config.to_json()}
+def save_checkpoint(
+    path: str | os.PathLike, state: TrainState, config: TrainConfig, *, data: str = ""
+) -> Path:
+    """Write ``state`` and ``config`` to a ``.safetensors`` checkpoint (atomically); ``data``
+    fingerprints the training images, so a resume on other images is refused."""
+    meta = {
+        "kind": "checkpoint",
+        "backbone": config.backbone,
+        "config": config.to_json(),
+        "data": data,
+    }
     return weights_io.save_variables(path, _flat_state(state), meta)
+
+
+def _data_fingerprint(data: np.ndarray) -> str:
+    return f"{len(data)} images, sha256 {hashlib.sha256(data.tobytes()).hexdigest()[:16]}"
 
 
 def abstract_state(config: TrainConfig) -> TrainState:
@@ -488,9 +501,16 @@ def train_backbone(
 
     train_step = make_train_step(config, devices=devices)
     history: list[dict] = []
+    fingerprint = _data_fingerprint(data)
     if ckpt is not None and resume and ckpt.exists():
         state, saved = load_checkpoint(ckpt)
         _check_resume(saved, config, ckpt)
+        trained_on = weights_io.read_safetensors_metadata(ckpt).get("data", "")
+        if trained_on and trained_on != fingerprint:
+            raise ValueError(
+                f"{ckpt} was trained on other images ({trained_on}; now {fingerprint}): "
+                "resume with the same images, or train into a new folder."
+            )
         if (out / LOG).exists():
             with open(out / LOG) as f:
                 history = [json.loads(line) for line in f if line.strip()]
@@ -557,7 +577,7 @@ def train_backbone(
                     stop = True
             bar.update(1, status)
             if ckpt is not None and (done % config.checkpoint_every == 0 or stop):
-                save_checkpoint(ckpt, state, config)
+                save_checkpoint(ckpt, state, config, data=fingerprint)
                 saved_step = done
             if stop:
                 break
@@ -572,7 +592,7 @@ def train_backbone(
         raise
     bar.close()
     if ckpt is not None:
-        save_checkpoint(ckpt, state, config)
+        save_checkpoint(ckpt, state, config, data=fingerprint)
         if int(state.step) == config.steps:
             final = history[-1] if history else {}
             save_backbone(out / BACKBONE, state, config, final=final)
