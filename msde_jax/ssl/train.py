@@ -48,7 +48,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from msde_jax._progress import Progress
 from msde_jax.backbones import images as _images
 from msde_jax.backbones import weights_io
-from msde_jax.backbones.embedder import BACKBONES, backbone_spec, load_backbone_variables
+from msde_jax.backbones.embedder import (
+    BACKBONES,
+    abstract_variables,
+    backbone_spec,
+    load_backbone_variables,
+)
 from msde_jax.ssl.augment import ANATOMY, TASKS, make_views
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -379,8 +384,7 @@ def _data_fingerprint(data: np.ndarray) -> str:
 def abstract_state(config: TrainConfig) -> TrainState:
     """Shapes and dtypes of ``config``'s :class:`TrainState` (nothing computed)."""
     module = backbone_spec(config.backbone).build(0)
-    dummy = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
-    variables = jax.eval_shape(module.init, jax.random.key(0), dummy)
+    variables = abstract_variables(module, config.image_size)
     return jax.eval_shape(lambda v: init_state(config, v), variables)
 
 
@@ -519,12 +523,9 @@ def train_backbone(
             with open(out / LOG, "w") as f:
                 f.writelines(json.dumps(h) + "\n" for h in history)
     else:
-        init = None if config.init == "imagenet" else config.init
-        if config.init == "scratch":
-            init = "random"
         variables, _ = load_backbone_variables(
             config.backbone,
-            init,
+            {"imagenet": None, "scratch": "random"}.get(config.init, config.init),
             image_size=config.image_size,
             cache_dir=cache_dir,
             seed=config.seed,
@@ -543,7 +544,7 @@ def train_backbone(
         enabled=progress,
     )
     bar.done = start_step
-    pending: list[tuple[int, StepMetrics]] = []
+    pending: list[StepMetrics] = []  # fetched from the device only when logged
     started = time.perf_counter()
     stop = False
     saved_step = start_step
@@ -551,11 +552,11 @@ def train_backbone(
         for step in range(start_step, config.steps):
             batch = data[batch_indices(len(data), config.batch_size, seed=config.seed, step=step)]
             state, metrics = train_step(state, batch)
-            pending.append((step + 1, metrics))
+            pending.append(metrics)
             done, status = step + 1, None
             if done % config.log_every == 0 or done == config.steps:
-                losses = np.array([float(m.loss) for _, m in pending])
-                accs = np.array([float(m.accuracy) for _, m in pending])
+                losses = np.array([float(m.loss) for m in pending])
+                accs = np.array([float(m.accuracy) for m in pending])
                 if not np.all(np.isfinite(losses)):
                     raise FloatingPointError(
                         f"the loss became {losses[-1]} at step {done}: lower the learning rate."
