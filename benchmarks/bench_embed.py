@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msde_jax.backbones.embedder import BACKBONES, Embedder
+from msde_jax.embedder import BACKBONES, Embedder
 
 OFFLINE_WEIGHTS = {"efficientnet_lite0", "mobilenet_v2"}
 

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 
 from msde_jax import MSDEDetector
-from msde_jax.backbones.embedder import Embedder
-from msde_jax.datasets import load_dataset
+from msde_jax.embedder import Embedder
+from msde_jax.io.datasets import load_dataset
 from msde_jax.metrics import average_precision, roc_auc
 from msde_jax.ssl import TrainConfig, train_backbone
 

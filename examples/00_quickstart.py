@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 
 from msde_jax import Embedder, MSDEDetector, average_precision, roc_auc
-from msde_jax.datasets import load_dataset
+from msde_jax.io.datasets import load_dataset
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from msde_jax import Embedder, MSDEDetector
-from msde_jax.datasets import load_dataset
+from msde_jax.io.datasets import load_dataset
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ The functional core: pure, jit-able functions on arrays with NamedTuple states.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from msde_jax.density import density_weights
 from msde_jax.detector import DetectorState, MSDEDetector, NotFittedError
 from msde_jax.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
@@ -12,13 +13,12 @@ from msde_jax.mean_shift import MeanShiftResult, mean_shift
 from msde_jax.metrics import average_precision, roc_auc
 from msde_jax.neighbors import Neighbors, knn
 from msde_jax.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
-from msde_jax.weights import density_weights
 
 
 def __getattr__(name: str):
     # The backbones (Flax, Pillow) load on first use, so `import msde_jax` stays light.
     if name == "Embedder":
-        from msde_jax.backbones import Embedder
+        from msde_jax.embedder import Embedder
 
         return Embedder
     raise AttributeError(f"module 'msde_jax' has no attribute {name!r}")

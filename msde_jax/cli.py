@@ -53,7 +53,7 @@ class UserError(Exception):
 
 # ---------------------------------------------------------------------------- arguments
 def _add_embedder_args(p: argparse.ArgumentParser) -> None:
-    from msde_jax.backbones.embedder import BACKBONES
+    from msde_jax.embedder import BACKBONES
 
     g = p.add_argument_group("backbone")
     g.add_argument(
@@ -80,7 +80,7 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    from msde_jax.backbones.embedder import BACKBONES
+    from msde_jax.embedder import BACKBONES
     from msde_jax.ssl.augment import ANATOMY, TASKS
     from msde_jax.ssl.train import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------- helpers
 def _embedder(args: argparse.Namespace):
-    from msde_jax.backbones.embedder import Embedder
+    from msde_jax.embedder import Embedder
 
     return Embedder(
         args.backbone,
@@ -258,7 +258,7 @@ def _embed(embedder, items: list, cache_dir: str | None, what: str) -> np.ndarra
         raise UserError(f"no images in {what}.")
     start = time.perf_counter()
     if cache_dir:
-        from msde_jax.cache import embed_cached
+        from msde_jax.io.cache import embed_cached
 
         out = embed_cached(embedder, items, cache_dir)
     else:
@@ -285,7 +285,7 @@ def _detector(args: argparse.Namespace):
 
 def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
     """Images from files/folders (as paths) or from one .npz stack; with display names."""
-    from msde_jax.datasets import list_images, load_images_npz
+    from msde_jax.io.datasets import list_images, load_images_npz
 
     if len(sources) == 1 and sources[0].lower().endswith(".npz"):
         if not Path(sources[0]).exists():
@@ -353,7 +353,7 @@ def _load_model(path: str):
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from msde_jax.backbones.embedder import Embedder
+    from msde_jax.embedder import Embedder
 
     detector, config = _load_model(args.model)
     embedder = Embedder(
@@ -448,13 +448,13 @@ def _evaluate(dataset, args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from msde_jax.datasets import load_dataset
+    from msde_jax.io.datasets import load_dataset
 
     _evaluate(load_dataset(args.dataset), args)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from msde_jax.datasets import load_dataset
+    from msde_jax.io.datasets import load_dataset
 
     print(
         "msde-jax demo: built-in PneumoniaMNIST (MedMNIST v2, CC BY 4.0), normal chest X-rays "
@@ -493,7 +493,7 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
 
 def _normal_images(sources: Sequence[str]) -> list:
     """A dataset's train/normal split when given one dataset spec, else the images named."""
-    from msde_jax.datasets import load_dataset
+    from msde_jax.io.datasets import load_dataset
 
     if len(sources) == 1:
         try:

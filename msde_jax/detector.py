@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from msde_jax.density import METHODS as WEIGHT_METHODS
+from msde_jax.density import density_weights
 from msde_jax.gaussian import COVARIANCE_ESTIMATORS, GaussianState, gaussian_fit, mahalanobis
 from msde_jax.mean_shift import mean_shift
 from msde_jax.pca import PCAState, pca_fit, pca_transform
-from msde_jax.weights import METHODS as WEIGHT_METHODS
-from msde_jax.weights import density_weights
 
 FORMAT_VERSION = 1
 

@@ -2,7 +2,7 @@
 
 Mirrors ``umap.umap_.smooth_knn_dist``, ``compute_membership_strengths`` and the fuzzy union of
 ``umap.umap_.fuzzy_simplicial_set`` (McInnes, Healy & Melville, arXiv 1802.03426), given the
-same kNN graph. MSDE uses the graph to estimate density weights (:mod:`msde_jax.weights`).
+same kNN graph. MSDE uses the graph to estimate density weights (:mod:`msde_jax.density`).
 """
 
 from functools import partial

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax.backbones.images import to_float
+from msde_jax.io.images import to_float
 from msde_jax.metrics import average_precision, roc_auc
 
 __all__ = ["evaluation_metrics", "precision_recall_curve", "roc_curve", "write_report"]
@@ -543,7 +543,7 @@ def write_report(
         scores: (n,) anomaly scores, higher = more anomalous. Both classes must be present.
         threshold: a test image is predicted abnormal when ``score > threshold``.
         images: optional, the n test images in the order of ``scores``, anything
-            :func:`msde_jax.backbones.images.to_float` reads (paths, PIL images, arrays); only
+            :func:`msde_jax.io.images.to_float` reads (paths, PIL images, arrays); only
             the 16 shown in the grid are read.
         names: optional, n display names for the grid (default: file names for paths, else
             the index).

@@ -5,17 +5,13 @@ import math
 
 import numpy as np
 import pytest
+import reference_msde as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2
 
 from msde_jax import MSDEDetector, NotFittedError, roc_auc
 from msde_jax.detector import content_order
-
-try:
-    from tests import reference_msde as ref
-except ImportError:
-    import reference_msde as ref
 
 D = 5
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msde_jax.backbones.embedder import BACKBONES, Embedder, backbone_spec
+from msde_jax.embedder import BACKBONES, Embedder, backbone_spec
 
 IMAGES = [(np.random.default_rng(i).random((20 + i, 30)) * 255).astype(np.uint8) for i in range(5)]
 

@@ -46,14 +46,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from msde_jax._progress import Progress
-from msde_jax.backbones import images as _images
 from msde_jax.backbones import weights_io
-from msde_jax.backbones.embedder import (
+from msde_jax.embedder import (
     BACKBONES,
     abstract_variables,
     backbone_spec,
     load_backbone_variables,
 )
+from msde_jax.io import images as _images
 from msde_jax.ssl.augment import ANATOMY, TASKS, make_views
 
 CHECKPOINT = "checkpoint.safetensors"

@@ -19,9 +19,9 @@ from skimage import data
 from msde_jax.backbones._base import BackboneOutput
 from msde_jax.backbones._convert import WeightMappingError
 from msde_jax.backbones.efficientnet import EfficientNetLite0, convert_efficientnet_lite0
-from msde_jax.backbones.embedder import _efficientnet_lite0_file, _mobilenet_v2_file
 from msde_jax.backbones.mobilenet import MobileNetV2, convert_mobilenet_v2
 from msde_jax.backbones.weights_io import load_torch_state_dict
+from msde_jax.embedder import _efficientnet_lite0_file, _mobilenet_v2_file
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

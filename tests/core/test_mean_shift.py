@@ -3,15 +3,11 @@
 import jax
 import numpy as np
 import pytest
+import reference_msde as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from msde_jax import mean_shift
-
-try:
-    from tests import reference_msde as ref
-except ImportError:
-    import reference_msde as ref
 
 N, D = 48, 3
 

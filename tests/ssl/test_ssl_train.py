@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from msde_jax.backbones import weights_io
-from msde_jax.backbones.embedder import Embedder, backbone_spec
 from msde_jax.cli import main
+from msde_jax.embedder import Embedder, backbone_spec
 from msde_jax.ssl import (
     TrainConfig,
     load_checkpoint,
@@ -166,7 +166,7 @@ def test_saved_checkpoint_round_trips_and_gives_the_same_next_step(trained, norm
 def test_data_parallel_step_matches_one_device(normals):
     devices = jax.local_devices()
     assert len(devices) == 2  # conftest forces two host devices
-    from msde_jax.backbones.embedder import load_backbone_variables
+    from msde_jax.embedder import load_backbone_variables
 
     variables, _ = load_backbone_variables("resnet18", "random", image_size=32)
     batch = prepare_images(normals[:8], 32, progress=False)

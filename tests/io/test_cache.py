@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msde_jax.cache import embed_cached, image_hash
+from msde_jax.io.cache import embed_cached, image_hash
 
 
 class StubEmbedder:
@@ -107,7 +107,7 @@ def test_empty_and_duplicates(tmp_path, arrays):
 
 
 def test_real_embedder(tmp_path, arrays):
-    from msde_jax.backbones import Embedder
+    from msde_jax.embedder import Embedder
 
     emb = Embedder("resnet18", weights="random", image_size=32, batch_size=4, progress=False)
     direct = emb.embed(arrays[:3])

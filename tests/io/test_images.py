@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msde_jax.backbones.images import ImageReadError, prepare, resize, to_float
+from msde_jax.io.images import ImageReadError, prepare, resize, to_float
 
 RNG = np.random.default_rng(0)
 GRAY8 = (RNG.random((30, 40)) * 255).astype(np.uint8)

@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from .images import ImageReadError
+from msde_jax.io.images import ImageReadError
+
+__all__ = [
+    "INSTALL_HINT",
+    "is_dicom",
+    "read_dicom",
+]
 
 INSTALL_HINT = "pip install 'msde-jax[dicom]'"
 

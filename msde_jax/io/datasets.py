@@ -21,7 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+from msde_jax.io.images import IMAGE_SUFFIXES
+
+__all__ = [
+    "BUILTIN",
+    "SPLIT_KEYS",
+    "Dataset",
+    "list_images",
+    "load_dataset",
+    "load_images_npz",
+]
+
 SPLIT_KEYS = ("train_normal", "test_normal", "test_abnormal")
 BUILTIN = ("pneumoniamnist",)
 
@@ -220,7 +230,7 @@ def list_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
         elif path.suffix.lower() == ".npz":
             raise ValueError(
                 f"{path}: an .npz file is an array stack, not an image file; read it with "
-                "msde_jax.datasets.load_images_npz (or load_dataset for a train/test split)."
+                "msde_jax.io.datasets.load_images_npz (or load_dataset for a train/test split)."
             )
         else:
             out.append(str(path))

@@ -13,7 +13,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "RESIZE_MODES",
+    "ImageReadError",
+    "prepare",
+    "resize",
+    "to_float",
+]
+
 RESIZE_MODES = ("direct", "center_crop")
+# Every file suffix the readers accept (DICOM needs the ``dicom`` extra); folders are listed by it.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
 # ImageNet evaluation crops 224 out of 256: the shorter side is resized to size / 0.875.
 _CROP_RATIO = 0.875
@@ -72,7 +83,10 @@ def to_float(image: Any, *, name: str = "image") -> np.ndarray:
 def _read_file(path: Path) -> np.ndarray:
     if not path.exists():
         raise ImageReadError(f"{path}: no such file.")
-    from .dicom import is_dicom, read_dicom  # pydicom itself is imported only when needed
+    from msde_jax.io.dicom import (  # pydicom itself is imported only when needed
+        is_dicom,
+        read_dicom,
+    )
 
     if path.suffix.lower() == ".dcm" or is_dicom(path):
         return to_float(read_dicom(path), name=str(path))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msde_jax.backbones.images import to_float
-from msde_jax.datasets import Dataset, list_images, load_dataset, load_images_npz
+from msde_jax.io.datasets import Dataset, list_images, load_dataset, load_images_npz
+from msde_jax.io.images import to_float
 
 
 def _png(path: Path, value: int = 100, size: int = 8) -> Path:

@@ -2,11 +2,7 @@
 
 import numpy as np
 import pytest
-
-try:  # tests/ as a package or as a rootdir on sys.path
-    from tests import reference_msde as ref
-except ImportError:
-    import reference_msde as ref
+import reference_msde as ref
 
 UMAP_IMPORT = pytest.mark.filterwarnings(
     "ignore:Tensorflow not installed; ParametricUMAP will be unavailable:ImportWarning"

@@ -2,13 +2,9 @@
 
 import numpy as np
 import pytest
+import reference_msde as ref
 
 from msde_jax import density_weights
-
-try:
-    from tests import reference_msde as ref
-except ImportError:
-    import reference_msde as ref
 
 UMAP_IMPORT = pytest.mark.filterwarnings(
     "ignore:Tensorflow not installed; ParametricUMAP will be unavailable:ImportWarning"

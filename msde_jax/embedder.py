@@ -19,8 +19,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from msde_jax._progress import Progress
-from msde_jax.backbones import images as _images
 from msde_jax.backbones import weights_io
+from msde_jax.io import images as _images
 
 FEATURES = ("pooled", "multiscale")
 

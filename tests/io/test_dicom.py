@@ -9,9 +9,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
 
-from msde_jax.backbones.dicom import read_dicom  # noqa: E402
-from msde_jax.backbones.images import ImageReadError, prepare, to_float  # noqa: E402
-from msde_jax.datasets import list_images  # noqa: E402
+from msde_jax.io.datasets import list_images  # noqa: E402
+from msde_jax.io.dicom import read_dicom  # noqa: E402
+from msde_jax.io.images import ImageReadError, prepare, to_float  # noqa: E402
 
 
 def _bundled(name: str) -> str:

@@ -17,12 +17,20 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from msde_jax._files import atomic_write
+
+__all__ = [
+    "SupportsEmbed",
+    "config_key",
+    "embed_cached",
+    "image_hash",
+]
 
 _CHUNK = 1 << 20
 
@@ -101,7 +109,7 @@ def embed_cached(
     folder.mkdir(parents=True, exist_ok=True)
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
-        _atomic_write(
+        atomic_write(
             cfg_file, (json.dumps(config, indent=2, sort_keys=True, default=str) + "\n").encode()
         )
 
@@ -129,7 +137,8 @@ def embed_cached(
         for row, i in zip(new, missing, strict=True):
             found[i] = row
             if paths[i] not in written:  # the same image twice in one call
-                _save_npy(paths[i], row)
+                row32 = np.asarray(row, np.float32)
+                atomic_write(paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False))
                 written.add(paths[i])
     if not items:
         return np.zeros((0, int(getattr(embedder, "dim", 0))), np.float32)
@@ -137,25 +146,3 @@ def embed_cached(
     if len(dims) != 1:
         raise ValueError(f"{folder}: cached embeddings of different shapes {sorted(dims)}.")
     return np.stack([found[i] for i in range(len(items))]).astype(np.float32, copy=False)
-
-
-def _save_npy(path: Path, row: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.asarray(row, np.float32), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,44 @@
+"""Atomic file writes, shared by everything that saves a file (models, caches, weights, reports)."""
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["atomic_write"]
+
+
+def atomic_write(
+    path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object], *, suffix: str = ".tmp"
+) -> Path:
+    """Write a file so that readers see either the old file or the whole new one, never half.
+
+    The content goes to a temporary file in the same folder, is flushed to disk (``fsync``) and
+    renamed over ``path`` (``os.replace``, atomic on POSIX and Windows). On any error, Ctrl-C
+    included, the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: the file to write; its folder must exist.
+        data: the bytes to write, or a function that writes into the open binary file
+            (e.g. ``lambda f: np.save(f, array)``).
+        suffix: suffix of the temporary file (some writers, like ``np.save``, look at it).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes | bytearray | memoryview):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
