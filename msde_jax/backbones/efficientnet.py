@@ -36,6 +36,8 @@ from msde_jax.backbones._convert import (
 )
 from msde_jax.backbones._layers import DepthwiseConv, batch_norm_layer
 
+__all__ = ["EfficientNetLite0", "convert_efficientnet_lite0"]
+
 # (repeats, kernel, stride of the first repeat, expansion, output channels): the Lite0 table of
 # efficientnet_lite_builder.py (width and depth multipliers 1.0, so no rounding applies).
 _STAGES = (
@@ -182,7 +184,7 @@ def convert_efficientnet_lite0(
 
     Args:
         state_dict: ``{name: array}`` as read from ``efficientnet-lite0-57934424.pth`` (e.g. by
-            :func:`msde_jax.backbones.weights_io.load_torch_state_dict`).
+            :func:`msde_jax.backbones.torch_pickle.load_torch_state_dict`).
         num_classes: as given to :class:`EfficientNetLite0`; 0 skips ``_fc.*``.
 
     Returns:

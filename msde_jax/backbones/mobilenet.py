@@ -29,6 +29,8 @@ from msde_jax.backbones._convert import (
 )
 from msde_jax.backbones._layers import DepthwiseConv, batch_norm_layer
 
+__all__ = ["MobileNetV2", "convert_mobilenet_v2"]
+
 # (expansion t, output channels c, repeats n, stride of the first repeat s): torchvision's
 # inverted_residual_setting.
 _SETTING = (
@@ -166,7 +168,7 @@ def convert_mobilenet_v2(
 
     Args:
         state_dict: ``{name: array}`` as read from ``mobilenet_v2-b0353104.pth`` (e.g. by
-            :func:`msde_jax.backbones.weights_io.load_torch_state_dict`).
+            :func:`msde_jax.backbones.torch_pickle.load_torch_state_dict`).
         num_classes: as given to :class:`MobileNetV2`; 0 skips ``classifier.1.*``.
 
     Returns:

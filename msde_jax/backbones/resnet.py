@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from ._base import BackboneOutput
-from ._convert import StateDict, batch_norm, classifier_head, conv_kernel
-from ._layers import batch_norm_layer
+from msde_jax.backbones._base import BackboneOutput
+from msde_jax.backbones._convert import StateDict, batch_norm, classifier_head, conv_kernel
+from msde_jax.backbones._layers import batch_norm_layer
+
+__all__ = ["BlockKind", "ResNet", "convert_resnet", "resnet18", "resnet34", "resnet50"]
 
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.9  # Flax's momentum is PyTorch's 1 − 0.1

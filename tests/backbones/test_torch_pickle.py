@@ -1,35 +1,21 @@
-"""Torch-free weight loading: torch checkpoints, safetensors, refusal of unsafe pickles, downloads.
+"""Torch-free reading of torch checkpoints: both layouts, every dtype, refusal of unsafe pickles.
 
 torch is a test-only reference here: it writes the checkpoints the reader must understand.
 """
 
 import builtins
 import collections
-import hashlib
 import os
 import pickle
 import subprocess
 import zipfile
 
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save_file
 
-from msde_jax.backbones.weights_io import (
-    DownloadError,
-    UnsafeCheckpointError,
-    default_cache_dir,
-    download,
-    hf_hub_download,
-    hf_hub_url,
-    load_safetensors,
-    load_state_dict,
-    load_state_dict_from_url,
-    load_torch_state_dict,
-    torch_hub_url,
-)
+from msde_jax.backbones.torch_pickle import UnsafeCheckpointError, load_torch_state_dict
+from msde_jax.backbones.weight_files import load_state_dict
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -168,31 +154,6 @@ def test_module_state_dict_matches_torch_load(save, tmp_path):
     _assert_same(load_state_dict(path), reference)
 
 
-# ------------------------------------------------------------------------------ safetensors
-
-
-def test_safetensors_round_trip(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "f32": rng.standard_normal((3, 4)).astype(np.float32),
-        "f16": rng.standard_normal(5).astype(np.float16),
-        "i64": np.arange(-2, 3, dtype=np.int64),
-        "flag": np.array([True, False]),
-        "bf16": rng.standard_normal((2, 2)).astype(ml_dtypes.bfloat16),
-    }
-    path = tmp_path / "model.safetensors"
-    save_file(arrays, str(path))
-    for loaded in (load_safetensors(path), load_state_dict(path)):
-        assert set(loaded) == set(arrays)
-        for key, value in arrays.items():
-            expected = value.astype(np.float32) if key == "bf16" else value
-            assert loaded[key].dtype == expected.dtype, key
-            np.testing.assert_array_equal(loaded[key], expected)
-    # Recognised by content too, whatever the suffix.
-    os.replace(path, tmp_path / "model.bin")
-    assert set(load_state_dict(tmp_path / "model.bin")) == set(arrays)
-
-
 # ------------------------------------------------------------------------------ unsafe pickles
 
 
@@ -302,108 +263,9 @@ def test_garbage_file_raises_value_error(tmp_path, content):
         load_state_dict(path)
 
 
-def test_garbage_safetensors_raises_value_error(tmp_path):
-    path = tmp_path / "broken.safetensors"
-    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(ValueError, match="broken.safetensors"):
-        load_state_dict(path)
-
-
 def test_zip_without_pickle(tmp_path):
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("readme.txt", "hello")
     with pytest.raises(ValueError, match="not a torch checkpoint"):
         load_state_dict(path)
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_state_dict(tmp_path / "nope.pth")
-
-
-# ------------------------------------------------------------------------------ downloads
-
-
-def _torchvision_style_file(directory, sd):
-    """Save ``sd`` as ``tiny-<sha256[:8]>.pth``, like torchvision's hub file names."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "tiny.pth"
-    torch.save(sd, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    return tmp.rename(directory / f"tiny-{digest[:8]}.pth")
-
-
-def test_download_file_url_and_cache(tmp_path, capsys):
-    source = _torchvision_style_file(tmp_path / "src", {"w": torch.ones(3)})
-    cache = tmp_path / "cache"
-    first = download(source.as_uri(), cache_dir=cache)
-    assert first == cache / source.name
-    assert first.read_bytes() == source.read_bytes()
-    assert "downloading" in capsys.readouterr().err
-    source.unlink()  # a second download would now fail: the cache must answer
-    assert download(source.as_uri(), cache_dir=cache, progress=False) == first
-    assert sorted(p.name for p in cache.iterdir()) == [source.name]  # no temp files left
-
-
-def test_download_hash_mismatch_leaves_nothing(tmp_path):
-    source = tmp_path / "src" / "tiny-deadbeef.pth"
-    source.parent.mkdir()
-    torch.save({"w": torch.ones(3)}, source)
-    cache = tmp_path / "cache"
-    with pytest.raises(DownloadError, match="does not match the expected prefix deadbeef"):
-        download(source.as_uri(), cache_dir=cache, progress=False)
-    assert list(cache.iterdir()) == []
-    with pytest.raises(DownloadError, match="sha256"):
-        download(source.as_uri(), cache_dir=cache, sha256_prefix="0000", progress=False)
-    # Opting out of the name check, like torch.hub's check_hash=False.
-    path = download(source.as_uri(), cache_dir=cache, check_hash=False, progress=False)
-    assert path.read_bytes() == source.read_bytes()
-
-
-@pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:9/resnet18-f37072fd.pth", "file:///nonexistent/dir/x.pth"]
-)
-def test_download_unreachable(tmp_path, url):
-    cache = tmp_path / "cache"
-    with pytest.raises(DownloadError, match="could not download .*pass the local path"):
-        download(url, cache_dir=cache, progress=False)
-    assert list(cache.iterdir()) == []
-
-
-def test_load_state_dict_from_url(tmp_path, monkeypatch):
-    source = _torchvision_style_file(tmp_path / "src", {"w": torch.arange(4.0)})
-    monkeypatch.setenv("MSDE_JAX_CACHE", str(tmp_path / "env-cache"))
-    assert default_cache_dir() == tmp_path / "env-cache"
-    loaded = load_state_dict_from_url(source.as_uri(), progress=False)
-    np.testing.assert_array_equal(loaded["w"], np.arange(4.0, dtype=np.float32))
-    assert (tmp_path / "env-cache" / source.name).is_file()
-
-
-def test_hub_urls(monkeypatch):
-    monkeypatch.delenv("MSDE_JAX_HF_ENDPOINT", raising=False)
-    assert torch_hub_url("resnet18-f37072fd.pth") == (
-        "https://download.pytorch.org/models/resnet18-f37072fd.pth"
-    )
-    assert hf_hub_url("timm/resnet18.a1_in1k", "model.safetensors") == (
-        "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors"
-    )
-    monkeypatch.setenv("MSDE_JAX_HF_ENDPOINT", "https://mirror.example/")
-    assert (
-        hf_hub_url("a/b", "f.bin", revision="v1") == "https://mirror.example/a/b/resolve/v1/f.bin"
-    )
-
-
-def test_hf_hub_download_from_local_mirror(tmp_path, monkeypatch):
-    mirror = tmp_path / "mirror"
-    target = mirror / "org" / "net" / "resolve" / "main" / "weights" / "model.safetensors"
-    target.parent.mkdir(parents=True)
-    save_file({"w": np.ones((2, 2), np.float32)}, str(target))
-    monkeypatch.setenv("MSDE_JAX_HF_ENDPOINT", mirror.as_uri())
-    path = hf_hub_download(
-        "org/net", "weights/model.safetensors", cache_dir=tmp_path / "cache", progress=False
-    )
-    assert path == tmp_path / "cache" / "huggingface" / "org--net" / "main" / "weights" / (
-        "model.safetensors"
-    )
-    np.testing.assert_array_equal(load_state_dict(path)["w"], np.ones((2, 2), np.float32))

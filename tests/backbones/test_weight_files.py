@@ -1,0 +1,98 @@
+"""Safetensors files, format sniffing in load_state_dict, and the Flax variables file format."""
+
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from msde_jax.backbones.weight_files import (
+    VARIABLES_FORMAT,
+    flatten_variables,
+    load_safetensors,
+    load_state_dict,
+    load_variables,
+    read_safetensors_metadata,
+    save_variables,
+)
+
+# ------------------------------------------------------------------------------ safetensors
+
+
+def test_safetensors_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f32": rng.standard_normal((3, 4)).astype(np.float32),
+        "f16": rng.standard_normal(5).astype(np.float16),
+        "i64": np.arange(-2, 3, dtype=np.int64),
+        "flag": np.array([True, False]),
+        "bf16": rng.standard_normal((2, 2)).astype(ml_dtypes.bfloat16),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(arrays, str(path))
+    for loaded in (load_safetensors(path), load_state_dict(path)):
+        assert set(loaded) == set(arrays)
+        for key, value in arrays.items():
+            expected = value.astype(np.float32) if key == "bf16" else value
+            assert loaded[key].dtype == expected.dtype, key
+            np.testing.assert_array_equal(loaded[key], expected)
+    # Recognised by content too, whatever the suffix.
+    os.replace(path, tmp_path / "model.bin")
+    assert set(load_state_dict(tmp_path / "model.bin")) == set(arrays)
+
+
+# ------------------------------------------------------------------------------ bad files
+
+
+def test_garbage_safetensors_raises_value_error(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        load_state_dict(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_state_dict(tmp_path / "nope.pth")
+
+
+# ------------------------------------------------------------------------------ variables files
+
+
+def test_variables_file_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    variables = {
+        "params": {"conv": {"kernel": rng.standard_normal((3, 3, 2, 4)).astype(np.float32)}},
+        "batch_stats": {"bn": {"mean": np.zeros(4, np.float32), "var": np.ones(4, np.float32)}},
+    }
+    path = save_variables(tmp_path / "sub" / "v.safetensors", variables, {"backbone": "x", "n": 3})
+    assert path == tmp_path / "sub" / "v.safetensors"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["v.safetensors"]  # no temp file
+    assert read_safetensors_metadata(path) == {
+        "backbone": "x",
+        "n": "3",
+        "format": VARIABLES_FORMAT,
+    }
+    tree, meta = load_variables(path)
+    assert meta["backbone"] == "x"
+    flat, expected = flatten_variables(tree), flatten_variables(variables)
+    assert (
+        sorted(flat)
+        == sorted(expected)
+        == ["batch_stats/bn/mean", "batch_stats/bn/var"] + ["params/conv/kernel"]
+    )
+    for name, value in expected.items():
+        np.testing.assert_array_equal(flat[name], value, err_msg=name)
+
+
+def test_variables_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="contains '/'"):
+        flatten_variables({"params": {"a/b": np.zeros(1)}})
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": np.zeros(2, np.float32)}, str(plain))
+    with pytest.raises(ValueError, match="not a msde_jax variables file"):
+        load_variables(plain)
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_variables(tmp_path / "nope.safetensors")
+    assert read_safetensors_metadata(tmp_path / "nope.safetensors") == {}
