@@ -132,7 +132,7 @@ def scorers():
         ),
         (
             "paper preset, uniform weights",
-            lambda: MSDEDetector.paper(weights="uniform", threshold="chi2"),
+            lambda: MSDEDetector.paper(density="uniform", threshold="chi2"),
             None,
         ),
         ("inductive (default)", lambda: MSDEDetector(threshold="chi2"), None),

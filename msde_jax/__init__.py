@@ -6,7 +6,15 @@ The functional core: pure, jit-able functions on arrays with NamedTuple states.
 from importlib.metadata import PackageNotFoundError, version
 
 from msde_jax.density import density_weights
-from msde_jax.detector import DetectorState, MSDEDetector, NotFittedError
+from msde_jax.detector import (
+    DetectorConfig,
+    DetectorFit,
+    DetectorState,
+    MSDEDetector,
+    NotFittedError,
+    fit_detector,
+    score_detector,
+)
 from msde_jax.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
 from msde_jax.mean_shift import MeanShiftResult, mean_shift
@@ -30,6 +38,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "DetectorConfig",
+    "DetectorFit",
     "DetectorState",
     "Embedder",
     "MSDEDetector",
@@ -42,6 +52,7 @@ __all__ = [
     "__version__",
     "average_precision",
     "density_weights",
+    "fit_detector",
     "fuzzy_degree",
     "fuzzy_simplicial_set",
     "fuzzy_union",
@@ -54,4 +65,5 @@ __all__ = [
     "pca_inverse_transform",
     "pca_transform",
     "roc_auc",
+    "score_detector",
 ]

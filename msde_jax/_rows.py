@@ -1,11 +1,21 @@
-"""Row-block evaluation shared by every n×m computation in the package."""
+"""Row helpers: row-block evaluation shared by every n×m computation in the package, and
+content keys that identify rows by their values (for order-free blocks and folds)."""
 
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+__all__ = [
+    "content_order",
+    "map_rows",
+    "rank_distances",
+    "row_keys",
+    "sq_norms",
+]
 
 
 def map_rows(fn: Callable[..., Any], xs: Any, batch_size: int | None) -> Any:
@@ -35,3 +45,30 @@ def rank_distances(q: jax.Array, reference: jax.Array, reference_sqnorm: jax.Arr
 def sq_norms(x: jax.Array) -> jax.Array:
     """Row-wise squared norms, (n, d) -> (n,)."""
     return jnp.sum(x * x, axis=-1)
+
+
+def row_keys(x: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's bytes, (n,) uint64: a key that ignores where the row is.
+
+    Sorting rows by it scatters them pseudo-randomly (unlike sorting by a coordinate, which
+    would put similar rows in the same weight block) and depends only on their values.
+    """
+    words = np.ascontiguousarray(x).view(np.uint8).reshape(x.shape[0], -1).astype(np.uint64)
+    # Polynomial rolling hash with wrap-around arithmetic, then a final avalanche mix.
+    multipliers = np.cumprod(
+        np.full(words.shape[1], 0x100000001B3, dtype=np.uint64), dtype=np.uint64
+    )
+    with np.errstate(over="ignore"):
+        keys = (words * multipliers[None, :]).sum(axis=1, dtype=np.uint64)
+        keys ^= keys >> np.uint64(33)
+        keys *= np.uint64(0xFF51AFD7ED558CCD)
+        keys ^= keys >> np.uint64(33)
+    return keys
+
+
+def content_order(x: np.ndarray) -> np.ndarray:
+    """A permutation of the rows of ``x`` that depends only on their values, not their order.
+
+    Identical rows tie, and their order does not matter.
+    """
+    return np.argsort(row_keys(x), kind="stable")

@@ -11,6 +11,12 @@ from msde_jax._rows import map_rows, sq_norms
 from msde_jax.fuzzy import fuzzy_degree, fuzzy_graph, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.neighbors import knn, nearest_one
 
+__all__ = [
+    "METHODS",
+    "default_block_size",
+    "density_weights",
+]
+
 METHODS = ("msde", "fuzzy_degree", "uniform")
 
 _BISECT_TOL = 1e-4

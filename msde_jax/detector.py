@@ -1,37 +1,55 @@
-"""MSDEDetector: the one-class estimator composing the functional core.
+"""The one-class detector: a pure functional core and the MSDEDetector estimator over it.
 
-Learns "normal" from normal embeddings alone and scores new ones by how abnormal they look.
-scikit-learn style (keyword-only constructor, ``fit`` returns ``self``, fitted attributes end
-in ``_``) with PyOD's conventions for anomaly detectors (``decision_function`` higher = more
-anomalous, ``decision_scores_``, ``threshold_``, ``labels_``, ``predict`` → 0/1).
+:func:`fit_detector` fits a :class:`DetectorState` (a pytree) and a threshold from normal
+embeddings for a :class:`DetectorConfig`; :func:`score_detector` scores new embeddings under
+that state and is ``jax.jit``-able (see its docstring for the one exception). :class:`MSDEDetector`
+is a thin scikit-learn-style facade over the two (keyword-only constructor, ``fit`` returns
+``self``, fitted attributes end in ``_``) with PyOD's conventions for anomaly detectors
+(``decision_function`` higher = more anomalous, ``decision_scores_``, ``threshold_``,
+``labels_``, ``predict`` → 0/1), as scikit-learn wraps its functional cores.
 """
 
 import inspect
-import json
 import math
 import os
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax.density import METHODS as WEIGHT_METHODS
+from msde_jax._detector_config import (
+    BLOCK_ORDERS,
+    MODES,
+    PAPER_PARAMS,
+    SCORES,
+    THRESHOLDS,
+    DetectorConfig,
+    check_samples,
+)
+from msde_jax._detector_io import FORMAT_VERSION, read_detector, write_detector
+from msde_jax._rows import content_order, row_keys
 from msde_jax.density import density_weights
-from msde_jax.gaussian import COVARIANCE_ESTIMATORS, GaussianState, gaussian_fit, mahalanobis
+from msde_jax.gaussian import GaussianState, gaussian_fit, mahalanobis
 from msde_jax.mean_shift import mean_shift
 from msde_jax.pca import PCAState, pca_fit, pca_transform
 
-FORMAT_VERSION = 1
-
-MODES = ("inductive", "transductive", "none")
-SCORES = ("mahalanobis", "displacement")
-THRESHOLDS = ("cross_fit", "chi2")
-BLOCK_ORDERS = ("content", "given")
-
-# Above this many rows the kNN searches run in blocks (memory O(block · n), and faster on CPU).
-_AUTO_BATCH_ROWS = 1024
-_AUTO_BATCH = 256
+__all__ = [
+    "BLOCK_ORDERS",
+    "FORMAT_VERSION",
+    "MODES",
+    "SCORES",
+    "THRESHOLDS",
+    "DetectorConfig",
+    "DetectorFit",
+    "DetectorState",
+    "MSDEDetector",
+    "NotFittedError",
+    "check_samples",
+    "fit_detector",
+    "score_detector",
+]
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -39,7 +57,7 @@ class NotFittedError(ValueError, AttributeError):
 
 
 class DetectorState(NamedTuple):
-    """Everything a fitted detector needs to score, as a pytree of arrays.
+    """Everything a fitted detector needs to score, as a pytree of arrays and its config.
 
     Attributes:
         center: (d,) per-feature mean of the training normals (0 without standardising).
@@ -47,55 +65,234 @@ class DetectorState(NamedTuple):
             standardising).
         train: (n, d) standardised training normals, before any shift (the transductive mode
             shifts them again together with each test batch).
-        weights: (n,) density weights of the training normals.
+        density: (n,) density weights of the training normals (:func:`~msde_jax.density_weights`).
         reference: (n, d) the training normals after MSDE (the inductive mode's fixed reference).
         pca: :class:`~msde_jax.PCAState` fitted on ``reference``.
         gaussian: :class:`~msde_jax.GaussianState` of ``reference`` in PCA space.
+        train_keys: (n, 2) uint32, the 64-bit content hash of each raw training row as two
+            32-bit words (JAX has no uint64 without x64), with content-ordered weight blocks;
+            else ``None``. The transductive mode orders the joint blocks by it.
+        config: the :class:`DetectorConfig` it was fitted with (a static pytree node).
     """
 
-    center: jnp.ndarray
-    scale: jnp.ndarray
-    train: jnp.ndarray
-    weights: jnp.ndarray
-    reference: jnp.ndarray
+    center: jax.Array
+    scale: jax.Array
+    train: jax.Array
+    density: jax.Array
+    reference: jax.Array
     pca: PCAState
     gaussian: GaussianState
+    train_keys: jax.Array | None
+    config: DetectorConfig
 
 
-def row_keys(x: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row's bytes, (n,) uint64: a key that ignores where the row is.
+class DetectorFit(NamedTuple):
+    """Outcome of :func:`fit_detector`.
 
-    Sorting rows by it scatters them pseudo-randomly (unlike sorting by a coordinate, which
-    would put similar rows in the same weight block) and depends only on their values.
+    Attributes:
+        state: the fitted :class:`DetectorState`.
+        decision_scores: (n,) scores of the training normals: out-of-fold with
+            ``threshold="cross_fit"``, in-sample with ``"chi2"``.
+        threshold: the anomaly threshold on the score (a Python float).
+        n_iter: MSDE iterations run on the training normals (0 with ``mode="none"``).
     """
-    words = np.ascontiguousarray(x).view(np.uint8).reshape(x.shape[0], -1).astype(np.uint64)
-    # Polynomial rolling hash with wrap-around arithmetic, then a final avalanche mix.
-    multipliers = np.cumprod(
-        np.full(words.shape[1], 0x100000001B3, dtype=np.uint64), dtype=np.uint64
+
+    state: DetectorState
+    decision_scores: np.ndarray
+    threshold: float
+    n_iter: int
+
+
+# ---------------------------------------------------------------------- the pipeline
+def _density(z: ArrayLike, keys: np.ndarray | None, config: DetectorConfig) -> jax.Array:
+    """Density weights of ``z``; with content order, blocks follow the raw rows' ``keys``."""
+    batch = config.batch(z.shape[0])
+    if not config.content_ordered:
+        return density_weights(
+            z,
+            method=config.density,
+            n_neighbors=config.n_neighbors,
+            index_sum_quirk=config.index_sum_quirk,
+            batch_size=batch,
+        )
+    order = np.argsort(keys, kind="stable")
+    w = density_weights(
+        z[order],
+        n_neighbors=config.n_neighbors,
+        index_sum_quirk=config.index_sum_quirk,
+        batch_size=batch,
     )
-    with np.errstate(over="ignore"):
-        keys = (words * multipliers[None, :]).sum(axis=1, dtype=np.uint64)
-        keys ^= keys >> np.uint64(33)
-        keys *= np.uint64(0xFF51AFD7ED558CCD)
-        keys ^= keys >> np.uint64(33)
-    return keys
+    return jnp.zeros_like(w).at[order].set(w)
 
 
-def content_order(x: np.ndarray) -> np.ndarray:
-    """A permutation of the rows of ``x`` that depends only on their values, not their order.
+def _shift_kwargs(config: DetectorConfig, n_rows: int) -> dict[str, Any]:
+    return dict(
+        k=config.k,
+        step_size=config.step_size,
+        max_iter=config.max_iter,
+        tol=config.tol,
+        batch_size=config.batch(n_rows),
+    )
 
-    Identical rows tie, and their order does not matter.
+
+def _fit_state(x: np.ndarray, config: DetectorConfig) -> tuple[DetectorState, int]:
+    """Fit on checked raw rows ``x``: the state and the MSDE iterations run."""
+    n, d = x.shape
+    keys = row_keys(x) if config.content_ordered else None
+    if config.standardize:
+        # float64 sums, so that reordering the rows does not change the rounded result.
+        center = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
+        scale = x.std(axis=0, dtype=np.float64).astype(x.dtype)
+        scale[scale == 0] = 1.0  # constant features, as sklearn's StandardScaler
+    else:
+        center, scale = np.zeros(d, x.dtype), np.ones(d, x.dtype)
+    z = (x - center) / scale
+    if config.mode == "none":
+        w = jnp.ones(n, z.dtype)
+        reference, n_iter = jnp.asarray(z), 0
+    else:
+        w = _density(z, keys, config)
+        shifted = mean_shift(z, w, **_shift_kwargs(config, n))
+        reference, n_iter = shifted.points, int(shifted.n_iter)
+    nc = config.n_components
+    if isinstance(nc, int | np.integer):
+        nc = int(min(nc, d, n - 1))
+    pca = pca_fit(reference, nc)
+    gaussian = gaussian_fit(
+        pca_transform(pca, reference), covariance=config.covariance, ridge=config.ridge
+    )
+    state = DetectorState(
+        center=jnp.asarray(center),
+        scale=jnp.asarray(scale),
+        train=jnp.asarray(z),
+        density=w,
+        reference=reference,
+        pca=pca,
+        gaussian=gaussian,
+        train_keys=None if keys is None else jnp.asarray(keys.view(np.uint32).reshape(n, 2)),
+        config=config,
+    )
+    return state, n_iter
+
+
+def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
+    """Anomaly scores of raw embeddings ``x`` under a fitted ``state``; higher = more anomalous.
+
+    Standardises ``x`` with the training statistics, shifts it as ``state.config.mode`` says
+    (``"inductive"``: toward the fixed shifted training normals; ``"transductive"``: jointly
+    with the training normals; ``"none"``: not at all), and returns the Mahalanobis distance
+    (not squared) in the training PCA space under the training Gaussian, or the total MSDE
+    displacement with ``score="displacement"``.
+
+    Pure, and ``jax.jit``-able as ``jax.jit(score_detector)(state, x)`` (the config is a
+    static part of the state): it recompiles only for a new input shape or config. The
+    exception is ``mode="transductive"`` with content-ordered weight blocks (``density="msde"``,
+    ``block_order="content"``): it orders the joint rows by a NumPy hash of their values and
+    must run eagerly. No input checks run here; :func:`check_samples` is the boundary
+    (``check_samples(x, dtype=..., n_features=state.center.shape[0])``).
+
+    Args:
+        state: a fitted :class:`DetectorState` (from :func:`fit_detector`).
+        x: (m, d) embeddings, same features as at fit time, finite.
+
+    Returns:
+        (m,) scores.
     """
-    return np.argsort(row_keys(x), kind="stable")
+    config = state.config
+    z = (jnp.asarray(x, state.center.dtype) - state.center[None, :]) / state.scale[None, :]
+    if config.mode == "none":
+        points = z
+    elif config.mode == "inductive":
+        res = mean_shift(
+            z,
+            reference=state.reference,
+            reference_weights=state.density,
+            **_shift_kwargs(config, state.reference.shape[0]),
+        )
+        points, displacement = res.points, res.displacement
+    else:
+        n_train = state.train.shape[0]
+        joint = jnp.concatenate([state.train, z])
+        joint_keys = None
+        if config.content_ordered:
+            train_keys = np.asarray(state.train_keys).view(np.uint64).reshape(-1)
+            test_keys = row_keys(np.asarray(x, dtype=state.center.dtype))
+            joint_keys = np.concatenate([train_keys, test_keys])
+        res = mean_shift(
+            joint, _density(joint, joint_keys, config), **_shift_kwargs(config, joint.shape[0])
+        )
+        points, displacement = res.points[n_train:], res.displacement[n_train:]
+    if config.score == "displacement":
+        return displacement
+    return mahalanobis(state.gaussian, pca_transform(state.pca, points))
 
 
+def _cross_fit(x: np.ndarray, config: DetectorConfig) -> np.ndarray:
+    """Out-of-fold scores: each fold (by content order) scored by a fit on the others."""
+    order = content_order(x)
+    scores = np.empty(x.shape[0], np.float64)
+    for fold in range(config.n_folds):
+        held = np.sort(order[fold :: config.n_folds])
+        rest = np.setdiff1d(np.arange(x.shape[0]), held)  # keeps the given row order
+        state, _ = _fit_state(x[rest], config)
+        scores[held] = np.asarray(score_detector(state, x[held]))
+    return scores
+
+
+def fit_detector(x: ArrayLike, config: DetectorConfig) -> DetectorFit:
+    """Fit the detector on normal embeddings only, and its threshold.
+
+    1. standardise each feature with the training mean and standard deviation;
+    2. density weights (``config.density``) and the blurring weighted mean shift of the
+       training normals toward their dense regions (MSDE, :func:`~msde_jax.mean_shift`);
+    3. PCA to ``min(n_components, d, n − 1)`` components of the shifted normals;
+    4. a Gaussian in PCA space (``config.covariance``).
+
+    The threshold needs no abnormal images: with ``threshold="cross_fit"`` each training normal
+    is scored by a model fitted on the other ``n_folds − 1`` folds (folds by content order, so
+    they do not depend on the row order) and the threshold is the ``1 − contamination``
+    quantile of those out-of-fold scores; with ``"chi2"`` it is the square root of the
+    ``1 − contamination`` quantile of χ²(n_components), the law of a squared Mahalanobis
+    distance under the Gaussian, and the decision scores are in-sample.
+
+    Runs eagerly (NumPy statistics and hashing, a Python loop over folds); its parts are jitted.
+
+    Args:
+        x: (n, d) embeddings of normal images; checked with :func:`check_samples`.
+        config: the :class:`DetectorConfig`.
+
+    Returns:
+        :class:`DetectorFit` ``(state, decision_scores, threshold, n_iter)``.
+    """
+    if config.threshold == "chi2" and config.score != "mahalanobis":
+        raise ValueError("threshold='chi2' applies to score='mahalanobis' only.")
+    x = check_samples(x, dtype=config.dtype)
+    config.check_n_samples(x.shape[0])
+    state, n_iter = _fit_state(x, config)
+    if config.threshold == "cross_fit":
+        scores = _cross_fit(x, config)
+        threshold = float(np.quantile(scores, 1 - config.contamination))
+    else:
+        from scipy.stats import chi2  # scipy ships with jax
+
+        scores = np.asarray(score_detector(state, x))
+        df = int(state.pca.components.shape[0])
+        threshold = float(math.sqrt(chi2.ppf(1 - config.contamination, df=df)))
+    return DetectorFit(state, scores, threshold, n_iter)
+
+
+# ---------------------------------------------------------------------- the estimator
 class MSDEDetector:
     """One-class anomaly detector: MSDE → PCA → Gaussian → Mahalanobis distance.
+
+    A scikit-learn-style facade over :func:`fit_detector` and :func:`score_detector`: the
+    constructor parameters make a :class:`DetectorConfig`, ``fit`` stores the fitted
+    :class:`DetectorState` as ``state_``.
 
     ``fit`` learns from normal samples only (embeddings, one row each):
 
     1. standardise each feature with the training mean and standard deviation;
-    2. density weights (``weights``) and the blurring weighted mean shift of the training
+    2. density weights (``density``) and the blurring weighted mean shift of the training
        normals toward their dense regions (MSDE, :func:`~msde_jax.mean_shift`);
     3. PCA to ``min(n_components, d, n − 1)`` components of the shifted normals;
     4. a Gaussian in PCA space (``covariance``; the paper's is the unbiased covariance +
@@ -132,15 +329,18 @@ class MSDEDetector:
     ``1 − contamination`` quantile of χ²(n_components), the law of a squared Mahalanobis
     distance under the Gaussian model.
 
+    Scoring uses the current parameters with the fitted state, so e.g.
+    ``set_params(score="displacement")`` after ``fit`` switches the score without refitting.
+
     Args:
         mode: ``"inductive"``, ``"transductive"`` or ``"none"``.
         k: neighbours in the mean-shift window (50 in the paper).
         step_size: η, fraction of the mean-shift vector applied per iteration (0.33).
         max_iter: T, at most this many mean-shift iterations (8).
         tol: θ, stop once the mean shift length falls below it (0.01).
-        weights: ``"msde"`` (the paper's block-wise fuzzy-graph weights), ``"fuzzy_degree"`` or
-            ``"uniform"``.
-        n_neighbors: q, neighbours of the fuzzy graph behind the weights (15).
+        density: the density-weight scheme (:func:`~msde_jax.density_weights`): ``"msde"``
+            (the paper's block-wise fuzzy-graph weights), ``"fuzzy_degree"`` or ``"uniform"``.
+        n_neighbors: q, neighbours of the fuzzy graph behind the density weights (15).
         block_order: ``"content"`` assigns rows to the published weight blocks by a hash of
             their values, so results do not depend on the row order; ``"given"`` uses
             consecutive rows as the published code does (the :meth:`paper` preset).
@@ -170,7 +370,7 @@ class MSDEDetector:
         step_size: float = 0.33,
         max_iter: int = 8,
         tol: float = 0.01,
-        weights: str = "msde",
+        density: str = "msde",
         n_neighbors: int = 15,
         block_order: str = "content",
         index_sum_quirk: bool = False,
@@ -190,7 +390,7 @@ class MSDEDetector:
         self.step_size = step_size
         self.max_iter = max_iter
         self.tol = tol
-        self.weights = weights
+        self.density = density
         self.n_neighbors = n_neighbors
         self.block_order = block_order
         self.index_sum_quirk = index_sum_quirk
@@ -210,30 +410,14 @@ class MSDEDetector:
     def paper(cls, **overrides: Any) -> "MSDEDetector":
         """The published medical pipeline (Kar et al., arXiv 2604.19191), exactly.
 
-        Standardise; MSDE of the training normals with the paper's weights (k = 50, η = 0.33,
-        T = 8, θ = 0.01, blocks of consecutive rows); PCA to min(256, d, n − 1); unbiased
-        covariance + 1e-4·I; at scoring time the joint (transductive) shift of train + test and
-        the Mahalanobis distance of the shifted test rows. Its scores depend on the test batch
-        (see the class docstring). ``overrides`` change any parameter, e.g.
+        Standardise; MSDE of the training normals with the paper's density weights (k = 50,
+        η = 0.33, T = 8, θ = 0.01, blocks of consecutive rows); PCA to min(256, d, n − 1);
+        unbiased covariance + 1e-4·I; at scoring time the joint (transductive) shift of
+        train + test and the Mahalanobis distance of the shifted test rows. Its scores depend
+        on the test batch (see the class docstring). ``overrides`` change any parameter, e.g.
         ``index_sum_quirk=True`` for parity with the authors' code.
         """
-        params = dict(
-            mode="transductive",
-            k=50,
-            step_size=0.33,
-            max_iter=8,
-            tol=0.01,
-            weights="msde",
-            n_neighbors=15,
-            block_order="given",
-            n_components=256,
-            covariance="ridge",
-            ridge=1e-4,
-            standardize=True,
-            score="mahalanobis",
-        )
-        params.update(overrides)
-        return cls(**params)
+        return cls(**{**PAPER_PARAMS, **overrides})
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -266,82 +450,8 @@ class MSDEDetector:
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
         return f"MSDEDetector({', '.join(changed)})"
 
-    def _validate_params(self) -> None:
-        def choice(name, options):
-            value = getattr(self, name)
-            if value not in options:
-                raise ValueError(
-                    f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, options))}."
-                )
-
-        choice("mode", MODES)
-        choice("weights", WEIGHT_METHODS)
-        choice("block_order", BLOCK_ORDERS)
-        choice("covariance", COVARIANCE_ESTIMATORS)
-        choice("score", SCORES)
-        choice("threshold", THRESHOLDS)
-        choice("dtype", ("float32", "float64"))
-        for name in ("k", "max_iter", "n_neighbors", "n_folds"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if self.n_folds < 2 and self.threshold == "cross_fit":
-            raise ValueError("threshold='cross_fit' needs n_folds >= 2.")
-        if self.batch_size is not None and (
-            not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}.")
-        if not 0 < self.step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1], got {self.step_size!r}.")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol!r}.")
-        if not self.ridge >= 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge!r}.")
-        if not 0 < self.contamination <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
-        nc = self.n_components
-        if isinstance(nc, bool) or not (
-            (isinstance(nc, int | np.integer) and nc >= 1) or (isinstance(nc, float) and 0 < nc < 1)
-        ):
-            raise ValueError(
-                f"n_components must be a positive int or a float in (0, 1), got {nc!r}."
-            )
-        if self.score == "displacement" and self.mode == "none":
-            raise ValueError(
-                "score='displacement' needs a mean shift: use a mode other than 'none'."
-            )
-        if self.threshold == "chi2" and self.score != "mahalanobis":
-            raise ValueError("threshold='chi2' applies to score='mahalanobis' only.")
-
-    # ------------------------------------------------------------------ input checks
-    def _min_samples(self) -> int:
-        return 2 if self.mode == "none" else max(self.k, 2)
-
-    def _check_array(self, x: ArrayLike, what: str) -> np.ndarray:
-        try:
-            arr = np.asarray(x)
-        except Exception as err:  # ragged lists and the like
-            raise ValueError(f"{what} must be a 2-D array of numbers: {err}") from err
-        if arr.dtype == object or not (
-            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
-        ):
-            raise ValueError(f"{what} must hold numbers, got dtype {arr.dtype}.")
-        if arr.ndim != 2:
-            hint = " (one sample: reshape it to (1, d))" if arr.ndim == 1 else ""
-            raise ValueError(
-                f"{what} must be a 2-D array (n_samples, n_features), got shape {arr.shape}{hint}."
-            )
-        if arr.shape[0] == 0:
-            raise ValueError(f"{what} has no samples.")
-        arr = arr.astype(self.dtype)
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            rows = np.unique(np.nonzero(bad)[0])
-            raise ValueError(
-                f"{what} contains NaN or infinite values in {rows.size} row(s) "
-                f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
-            )
-        return arr
+    def _config(self) -> DetectorConfig:
+        return DetectorConfig(**self.get_params())
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "state_"):
@@ -349,135 +459,9 @@ class MSDEDetector:
                 "This MSDEDetector is not fitted yet; call fit(X_normal) first (or load one)."
             )
 
-    # ------------------------------------------------------------------ the pipeline
-    def _batch(self, n_rows: int) -> int | None:
-        if self.batch_size is not None:
-            return int(self.batch_size)
-        return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
-
-    def _content_ordered(self) -> bool:
-        return self.weights == "msde" and self.block_order == "content"
-
-    def _weights(self, z: np.ndarray, keys: np.ndarray | None) -> jnp.ndarray:
-        """Density weights of ``z``; with content order, blocks follow the raw rows' ``keys``."""
-        batch = self._batch(z.shape[0])
-        if not self._content_ordered():
-            return density_weights(
-                z,
-                method=self.weights,
-                n_neighbors=self.n_neighbors,
-                index_sum_quirk=self.index_sum_quirk,
-                batch_size=batch,
-            )
-        order = np.argsort(keys, kind="stable")
-        w = density_weights(
-            z[order],
-            n_neighbors=self.n_neighbors,
-            index_sum_quirk=self.index_sum_quirk,
-            batch_size=batch,
-        )
-        return jnp.zeros_like(w).at[order].set(w)
-
-    def _shift_kwargs(self, n_rows: int) -> dict[str, Any]:
-        return dict(
-            k=self.k,
-            step_size=self.step_size,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            batch_size=self._batch(n_rows),
-        )
-
-    def _fit_state(self, x: np.ndarray) -> tuple[DetectorState, np.ndarray | None, int]:
-        """Fit on raw rows ``x``: the state, the rows' content keys (or None), MSDE iterations."""
-        n, d = x.shape
-        keys = row_keys(x) if self._content_ordered() else None
-        if self.standardize:
-            # float64 sums, so that reordering the rows does not change the rounded result.
-            center = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
-            scale = x.std(axis=0, dtype=np.float64).astype(x.dtype)
-            scale[scale == 0] = 1.0  # constant features, as sklearn's StandardScaler
-        else:
-            center, scale = np.zeros(d, x.dtype), np.ones(d, x.dtype)
-        z = (x - center) / scale
-        if self.mode == "none":
-            w = jnp.ones(n, z.dtype)
-            reference, n_iter = jnp.asarray(z), 0
-        else:
-            w = self._weights(z, keys)
-            shifted = mean_shift(z, w, **self._shift_kwargs(n))
-            reference, n_iter = shifted.points, int(shifted.n_iter)
-        nc = self.n_components
-        if isinstance(nc, int | np.integer):
-            nc = int(min(nc, d, n - 1))
-        pca = pca_fit(reference, nc)
-        gaussian = gaussian_fit(
-            pca_transform(pca, reference), covariance=self.covariance, ridge=self.ridge
-        )
-        state = DetectorState(
-            jnp.asarray(center), jnp.asarray(scale), jnp.asarray(z), w, reference, pca, gaussian
-        )
-        return state, keys, n_iter
-
-    def _score_state(
-        self, state: DetectorState, keys: np.ndarray | None, x: np.ndarray
-    ) -> np.ndarray:
-        """Scores of raw rows ``x`` under a fitted ``state`` (``keys``: its training rows')."""
-        z = (jnp.asarray(x) - state.center[None, :]) / state.scale[None, :]
-        if self.mode == "none":
-            points = z
-        elif self.mode == "inductive":
-            res = mean_shift(
-                z,
-                reference=state.reference,
-                reference_weights=state.weights,
-                **self._shift_kwargs(state.reference.shape[0]),
-            )
-            points, displacement = res.points, res.displacement
-        else:
-            n_train = state.train.shape[0]
-            joint = np.concatenate([np.asarray(state.train), np.asarray(z)])
-            joint_keys = None if keys is None else np.concatenate([keys, row_keys(x)])
-            res = mean_shift(
-                joint, self._weights(joint, joint_keys), **self._shift_kwargs(joint.shape[0])
-            )
-            points, displacement = res.points[n_train:], res.displacement[n_train:]
-        if self.score == "displacement":
-            return np.asarray(displacement)
-        return np.asarray(mahalanobis(state.gaussian, pca_transform(state.pca, points)))
-
-    def _check_sizes(self, n: int) -> None:
-        need = self._min_samples()
-        if n < need:
-            reason = f"k={self.k} neighbours" if self.mode != "none" else "a covariance"
-            raise ValueError(
-                f"Fitting needs at least {need} training samples for {reason}, got {n}; "
-                "pass more normal samples or a smaller k."
-            )
-        if self.covariance == "empirical":
-            nc = self.n_components
-            if isinstance(nc, int | np.integer) and n <= min(nc, n - 1):
-                raise ValueError("covariance='empirical' needs more samples than components.")
-        if self.threshold == "cross_fit":
-            smallest = n - math.ceil(n / self.n_folds)
-            if smallest < need:
-                raise ValueError(
-                    f"threshold='cross_fit' fits on {smallest} of the {n} samples per fold, fewer "
-                    f"than the {need} needed; lower n_folds or k, or use threshold='chi2'."
-                )
-
-    def _cross_fit(self, x: np.ndarray) -> np.ndarray:
-        order = content_order(x)
-        scores = np.empty(x.shape[0], np.float64)
-        for fold in range(self.n_folds):
-            held = np.sort(order[fold :: self.n_folds])
-            rest = np.setdiff1d(np.arange(x.shape[0]), held)  # keeps the given row order
-            state, keys, _ = self._fit_state(x[rest])
-            scores[held] = self._score_state(state, keys, x[held])
-        return scores
-
     # ------------------------------------------------------------------ public API
     def fit(self, X: ArrayLike, y: Any = None) -> "MSDEDetector":
-        """Fit on normal samples only.
+        """Fit on normal samples only (:func:`fit_detector`).
 
         Args:
             X: (n, d) embeddings of normal images; float, no NaN or inf.
@@ -488,25 +472,13 @@ class MSDEDetector:
             ``decision_scores_``, ``threshold_`` and ``labels_`` set.
         """
         del y
-        self._validate_params()
-        x = self._check_array(X, "X")
-        self._check_sizes(x.shape[0])
-        state, keys, n_iter = self._fit_state(x)
-        self.state_ = state
-        self.train_keys_ = keys
-        self.n_features_in_ = x.shape[1]
-        self.n_components_ = int(state.pca.components.shape[0])
-        self.n_iter_ = n_iter
-        if self.threshold == "cross_fit":
-            self.decision_scores_ = self._cross_fit(x)
-            self.threshold_ = float(np.quantile(self.decision_scores_, 1 - self.contamination))
-        else:
-            from scipy.stats import chi2  # scipy ships with jax
-
-            self.decision_scores_ = self._score_state(state, keys, x)
-            self.threshold_ = float(
-                math.sqrt(chi2.ppf(1 - self.contamination, df=self.n_components_))
-            )
+        result = fit_detector(X, self._config())
+        self.state_ = result.state
+        self.n_features_in_ = int(result.state.center.shape[0])
+        self.n_components_ = int(result.state.pca.components.shape[0])
+        self.n_iter_ = result.n_iter
+        self.decision_scores_ = result.decision_scores
+        self.threshold_ = result.threshold
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
         return self
 
@@ -514,8 +486,9 @@ class MSDEDetector:
         """Anomaly score of each sample; **higher = more anomalous** (PyOD's convention).
 
         The Mahalanobis distance (not squared) in the training PCA space after the ``mode``'s
-        shift, or the total displacement with ``score="displacement"``. scikit-learn's outlier
-        detectors return the opposite sign from their ``score_samples``.
+        shift, or the total displacement with ``score="displacement"``
+        (:func:`score_detector`). scikit-learn's outlier detectors return the opposite sign
+        from their ``score_samples``.
 
         Args:
             X: (m, d) embeddings, same features as at fit time.
@@ -524,13 +497,8 @@ class MSDEDetector:
             (m,) float scores.
         """
         self._check_fitted()
-        x = self._check_array(X, "X")
-        if x.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {x.shape[1]} features but the detector was fitted on "
-                f"{self.n_features_in_}; embed with the same backbone."
-            )
-        return self._score_state(self.state_, self.train_keys_, x)
+        x = check_samples(X, dtype=self.dtype, n_features=self.n_features_in_)
+        return np.asarray(score_detector(self.state_._replace(config=self._config()), x))
 
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         """Same as :meth:`score_samples` (higher = more anomalous), as in PyOD."""
@@ -548,7 +516,8 @@ class MSDEDetector:
     def save(self, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> None:
         """Save the configuration and every fitted array to ``path`` (an ``.npz`` file).
 
-        Plain arrays and a JSON string: loading executes no code (no pickle).
+        Plain arrays and a JSON string: loading executes no code (no pickle). Written
+        atomically: a reader sees the old file or the whole new one.
 
         Args:
             path: the file to write (written as given, no suffix added).
@@ -558,68 +527,25 @@ class MSDEDetector:
         self._check_fitted()
         meta = {
             "metadata": metadata or {},
-            "format_version": FORMAT_VERSION,
             "params": self.get_params(),
             "n_features_in_": self.n_features_in_,
             "n_components_": self.n_components_,
             "n_iter_": self.n_iter_,
             "threshold_": self.threshold_,
         }
-        arrays = {f"state.{name}": np.asarray(value) for name, value in _flatten(self.state_)}
-        arrays["decision_scores_"] = np.asarray(self.decision_scores_)
-        if self.train_keys_ is not None:
-            arrays["train_keys_"] = self.train_keys_
-        with open(path, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        write_detector(path, self.state_, meta, decision_scores=self.decision_scores_)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MSDEDetector":
         """Load a detector written by :meth:`save`; it gives identical scores."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                files = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a saved MSDEDetector (.npz): {err}") from err
-        if "meta" not in files:
-            raise ValueError(f"{path} is not a saved MSDEDetector: no 'meta' entry.")
-        meta = json.loads(str(files["meta"]))
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has format version {version}; this msde_jax reads version "
-                f"{FORMAT_VERSION}. Refit the detector with this version."
-            )
+        meta, arrays, decision_scores = read_detector(path)
         det = cls(**meta["params"])
-        det.state_ = _unflatten(
-            {k.removeprefix("state."): v for k, v in files.items() if k.startswith("state.")}
-        )
+        det.state_ = DetectorState(**arrays, config=det._config())
         det.n_features_in_ = meta["n_features_in_"]
         det.n_components_ = meta["n_components_"]
         det.n_iter_ = meta["n_iter_"]
         det.threshold_ = meta["threshold_"]
         det.metadata_ = meta.get("metadata", {})
-        det.decision_scores_ = files["decision_scores_"]
-        det.train_keys_ = files.get("train_keys_")
+        det.decision_scores_ = decision_scores
         det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
         return det
-
-
-def _flatten(state: DetectorState):
-    for name, value in state._asdict().items():
-        if isinstance(value, tuple):
-            for sub, arr in value._asdict().items():
-                yield f"{name}.{sub}", arr
-        else:
-            yield name, value
-
-
-def _unflatten(arrays: dict[str, np.ndarray]) -> DetectorState:
-    def part(cls, prefix):
-        return cls(**{f: jnp.asarray(arrays[f"{prefix}.{f}"]) for f in cls._fields})
-
-    plain = {
-        f: jnp.asarray(arrays[f]) for f in DetectorState._fields if f not in ("pca", "gaussian")
-    }
-    return DetectorState(
-        **plain, pca=part(PCAState, "pca"), gaussian=part(GaussianState, "gaussian")
-    )

@@ -1,8 +1,11 @@
-"""MSDEDetector: API, modes, thresholds, persistence, bad input, and the published pipeline."""
+"""MSDEDetector and its functional core (fit_detector / score_detector): API, modes, thresholds,
+persistence, bad input, jit, and the published pipeline."""
 
+import dataclasses
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 import reference_msde as ref
@@ -10,8 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2
 
-from msde_jax import MSDEDetector, NotFittedError, roc_auc
-from msde_jax.detector import content_order
+from msde_jax import (
+    DetectorConfig,
+    MSDEDetector,
+    NotFittedError,
+    fit_detector,
+    roc_auc,
+    score_detector,
+)
+from msde_jax._rows import content_order
 
 D = 5
 
@@ -172,7 +182,7 @@ def test_displacement_score(data):
     det = MSDEDetector(k=10, score="displacement", threshold="cross_fit").fit(train)
     state = det.state_
     z = (test - np.asarray(state.center)) / np.asarray(state.scale)
-    want = mean_shift(z, reference=state.reference, reference_weights=state.weights, k=10)
+    want = mean_shift(z, reference=state.reference, reference_weights=state.density, k=10)
     want = want.displacement
     np.testing.assert_allclose(det.score_samples(test), want, rtol=1e-6)
 
@@ -205,13 +215,13 @@ def test_fit_predict(data):
 @given(
     mode=st.sampled_from(["inductive", "transductive", "none"]),
     score=st.sampled_from(["mahalanobis", "displacement"]),
-    weights=st.sampled_from(["msde", "uniform"]),
+    density=st.sampled_from(["msde", "uniform"]),
 )
-def test_save_load_round_trip(tmp_path_factory, data, mode, score, weights):
+def test_save_load_round_trip(tmp_path_factory, data, mode, score, density):
     if mode == "none" and score == "displacement":
         return
     train, test, _ = data
-    det = MSDEDetector(mode=mode, score=score, weights=weights, k=10, n_folds=2).fit(train)
+    det = MSDEDetector(mode=mode, score=score, density=density, k=10, n_folds=2).fit(train)
     path = tmp_path_factory.mktemp("model") / "detector.npz"
     det.save(path, metadata={"backbone": "resnet18", "image_size": 224})
     loaded = MSDEDetector.load(path)
@@ -243,6 +253,21 @@ def test_load_refuses_pickles_and_other_versions(tmp_path, fitted):
         MSDEDetector.load(tmp_path / "junk.npz")
 
 
+def test_load_refuses_version_1_files(tmp_path, fitted):
+    # Version 1 named the density option `weights`; such a file must be refitted.
+    path = tmp_path / "v1.npz"
+    fitted.save(path)
+    with np.load(path) as z:
+        files = dict(z)
+    meta = json.loads(str(files["meta"]))
+    meta["format_version"] = 1
+    meta["params"]["weights"] = meta["params"].pop("density")
+    files["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **files)
+    with pytest.raises(ValueError, match=r"format version 1; .* version 2\. Refit the detector"):
+        MSDEDetector.load(path)
+
+
 def test_params():
     det = MSDEDetector(k=7)
     params = det.get_params()
@@ -262,7 +287,7 @@ def test_params():
     ("params", "match"),
     [
         ({"mode": "joint"}, "mode='joint' is not valid"),
-        ({"weights": "knn"}, "weights='knn' is not valid"),
+        ({"density": "knn"}, "density='knn' is not valid"),
         ({"covariance": "diag"}, "covariance='diag' is not valid"),
         ({"k": 0}, "k must be a positive int"),
         ({"step_size": 1.5}, "step_size"),
@@ -303,6 +328,88 @@ def test_bad_input(fitted, data):
         MSDEDetector(k=40).fit(train[:45])
     # No silent truncation: a small training set is fine with a small k.
     assert MSDEDetector(k=5, n_folds=2).fit(train[:12]).n_components_ == D
+
+
+def test_weights_is_not_a_detector_parameter():
+    # "weights" means network weight files only; the density scheme is `density`.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'weights'"):
+        MSDEDetector(weights="uniform")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'weights'"):
+        MSDEDetector.paper(weights="uniform")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'weights'"):
+        DetectorConfig(weights="uniform")
+    with pytest.raises(ValueError, match="Unknown parameter 'weights'"):
+        MSDEDetector().set_params(weights="uniform")
+    assert MSDEDetector(density="uniform").get_params()["density"] == "uniform"
+
+
+def test_config_mirrors_the_constructor():
+    assert MSDEDetector().get_params() == dataclasses.asdict(DetectorConfig())
+    assert MSDEDetector.paper(k=7).get_params() == dataclasses.asdict(DetectorConfig.paper(k=7))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DetectorConfig().k = 3  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------- functional core
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MSDEDetector(k=10, n_folds=3),
+        lambda: MSDEDetector(mode="transductive", k=10, n_folds=3),  # content keys in the state
+        lambda: MSDEDetector.paper(k=10, n_folds=3),
+        lambda: MSDEDetector(mode="none", n_folds=3),
+        lambda: MSDEDetector(k=10, threshold="chi2"),
+    ],
+    ids=["inductive", "transductive", "paper", "none", "inductive-chi2"],
+)
+def test_functional_core_equals_the_estimator(data, make):
+    train, test, _ = data
+    det = make().fit(train)
+    config = DetectorConfig(**det.get_params())
+    fit = fit_detector(train, config)
+    assert fit.state.config == det.state_.config == config
+    jax.tree.map(np.testing.assert_array_equal, fit.state, det.state_)
+    np.testing.assert_array_equal(fit.decision_scores, det.decision_scores_)
+    assert fit.threshold == det.threshold_
+    assert fit.n_iter == det.n_iter_
+    got = np.asarray(score_detector(fit.state, test))
+    np.testing.assert_array_equal(got, det.score_samples(test))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        DetectorConfig(k=10, threshold="chi2"),
+        DetectorConfig(mode="none", threshold="chi2"),
+        DetectorConfig.paper(k=10, threshold="chi2"),  # transductive, blocks in the given order
+    ],
+    ids=["inductive", "none", "paper"],
+)
+def test_score_detector_jits_without_retracing(data, config):
+    train, test, _ = data
+    state = fit_detector(train, config).state
+    traces = []
+
+    @jax.jit
+    def score(state, x):
+        traces.append(None)  # runs once per trace
+        return score_detector(state, x)
+
+    np.testing.assert_allclose(score(state, test), score_detector(state, test), rtol=1e-6)
+    other = test[::-1] + np.float32(0.5)  # new data, same shape
+    np.testing.assert_allclose(score(state, other), score_detector(state, other), rtol=1e-6)
+    refitted = fit_detector(train[::-1] * np.float32(1.1), config).state  # new state, same shapes
+    np.testing.assert_allclose(score(refitted, test), score_detector(refitted, test), rtol=1e-6)
+    assert len(traces) == 1
+
+
+def test_scoring_follows_the_current_parameters(data):
+    # Fitting does not depend on `score`: switching it after fit scores the fitted state anew.
+    train, test, _ = data
+    det = MSDEDetector(k=10, threshold="chi2").fit(train)
+    det.set_params(score="displacement")
+    want = MSDEDetector(k=10, score="displacement", n_folds=2).fit(train).score_samples(test)
+    np.testing.assert_array_equal(det.score_samples(test), want)
 
 
 # ---------------------------------------------------------------------------- real data

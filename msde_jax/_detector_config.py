@@ -1,0 +1,216 @@
+"""The detector's configuration and the checks at its boundary.
+
+The option lists, :class:`DetectorConfig` (every hyperparameter, validated on construction)
+and :func:`check_samples` (user embeddings). Public through :mod:`msde_jax.detector`.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+from jax.typing import ArrayLike
+
+from msde_jax.density import METHODS
+from msde_jax.gaussian import COVARIANCE_ESTIMATORS
+
+__all__ = [
+    "BLOCK_ORDERS",
+    "MODES",
+    "SCORES",
+    "THRESHOLDS",
+    "DetectorConfig",
+    "check_samples",
+]
+
+MODES = ("inductive", "transductive", "none")
+SCORES = ("mahalanobis", "displacement")
+THRESHOLDS = ("cross_fit", "chi2")
+BLOCK_ORDERS = ("content", "given")
+
+# Above this many rows the kNN searches run in blocks (memory O(block · n), and faster on CPU).
+_AUTO_BATCH_ROWS = 1024
+_AUTO_BATCH = 256
+
+# The published medical pipeline (Kar et al., arXiv 2604.19191).
+PAPER_PARAMS = dict(
+    mode="transductive",
+    k=50,
+    step_size=0.33,
+    max_iter=8,
+    tol=0.01,
+    density="msde",
+    n_neighbors=15,
+    block_order="given",
+    n_components=256,
+    covariance="ridge",
+    ridge=1e-4,
+    standardize=True,
+    score="mahalanobis",
+)
+
+
+# A static pytree node: under ``jax.jit`` the config is part of the state's tree structure
+# (hashed, compared, never traced), so the mode, k and batch size stay Python values.
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DetectorConfig:
+    """Every hyperparameter of the detector, validated on construction.
+
+    The fields are :class:`~msde_jax.MSDEDetector`'s constructor parameters (documented there),
+    with the same defaults: the inductive detector's. :meth:`paper` is the published preset.
+
+    Frozen and hashable. It travels inside :class:`~msde_jax.DetectorState` as a static pytree
+    node: ``jax.jit(score_detector)(state, x)`` specialises on it (a different config compiles
+    anew) and traces only the arrays. The one pairing it does not refuse,
+    ``threshold="chi2"`` with ``score="displacement"``, is refused by
+    :func:`~msde_jax.fit_detector`, which computes the threshold; a fitted state can be
+    scored with either score.
+    """
+
+    mode: str = "inductive"
+    k: int = 50
+    step_size: float = 0.33
+    max_iter: int = 8
+    tol: float = 0.01
+    density: str = "msde"
+    n_neighbors: int = 15
+    block_order: str = "content"
+    index_sum_quirk: bool = False
+    n_components: int | float = 256
+    covariance: str = "ridge"
+    ridge: float = 1e-4
+    standardize: bool = True
+    score: str = "mahalanobis"
+    contamination: float = 0.05
+    threshold: str = "cross_fit"
+    n_folds: int = 5
+    batch_size: int | None = None
+    dtype: str = "float32"
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "DetectorConfig":
+        """The published medical pipeline, as :meth:`msde_jax.MSDEDetector.paper`."""
+        return cls(**{**PAPER_PARAMS, **overrides})
+
+    def __post_init__(self) -> None:
+        def choice(name, options):
+            value = getattr(self, name)
+            if value not in options:
+                raise ValueError(
+                    f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, options))}."
+                )
+
+        choice("mode", MODES)
+        choice("density", METHODS)
+        choice("block_order", BLOCK_ORDERS)
+        choice("covariance", COVARIANCE_ESTIMATORS)
+        choice("score", SCORES)
+        choice("threshold", THRESHOLDS)
+        choice("dtype", ("float32", "float64"))
+        for name in ("k", "max_iter", "n_neighbors", "n_folds"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if self.n_folds < 2 and self.threshold == "cross_fit":
+            raise ValueError("threshold='cross_fit' needs n_folds >= 2.")
+        if self.batch_size is not None and (
+            not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}.")
+        if not 0 < self.step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1], got {self.step_size!r}.")
+        if not self.tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol!r}.")
+        if not self.ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge!r}.")
+        if not 0 < self.contamination <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
+        nc = self.n_components
+        if isinstance(nc, bool) or not (
+            (isinstance(nc, int | np.integer) and nc >= 1) or (isinstance(nc, float) and 0 < nc < 1)
+        ):
+            raise ValueError(
+                f"n_components must be a positive int or a float in (0, 1), got {nc!r}."
+            )
+        if self.score == "displacement" and self.mode == "none":
+            raise ValueError(
+                "score='displacement' needs a mean shift: use a mode other than 'none'."
+            )
+
+    @property
+    def min_samples(self) -> int:
+        """The fewest training rows a fit needs: k neighbours, or 2 for a covariance."""
+        return 2 if self.mode == "none" else max(self.k, 2)
+
+    @property
+    def content_ordered(self) -> bool:
+        """Whether the published weight blocks follow a hash of the rows, not their order."""
+        return self.density == "msde" and self.block_order == "content"
+
+    def batch(self, n_rows: int) -> int | None:
+        """Rows per kNN block against ``n_rows`` rows: ``batch_size``, else all rows up to
+        1024 and blocks of 256 beyond."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
+
+    def check_n_samples(self, n: int) -> None:
+        """Refuse ``n`` training rows if too few to fit (k neighbours, components, folds)."""
+        need = self.min_samples
+        if n < need:
+            reason = f"k={self.k} neighbours" if self.mode != "none" else "a covariance"
+            raise ValueError(
+                f"Fitting needs at least {need} training samples for {reason}, got {n}; "
+                "pass more normal samples or a smaller k."
+            )
+        if self.covariance == "empirical":
+            nc = self.n_components
+            if isinstance(nc, int | np.integer) and n <= min(nc, n - 1):
+                raise ValueError("covariance='empirical' needs more samples than components.")
+        if self.threshold == "cross_fit":
+            smallest = n - math.ceil(n / self.n_folds)
+            if smallest < need:
+                raise ValueError(
+                    f"threshold='cross_fit' fits on {smallest} of the {n} samples per fold, fewer "
+                    f"than the {need} needed; lower n_folds or k, or use threshold='chi2'."
+                )
+
+
+# ---------------------------------------------------------------------- boundary checks
+def check_samples(
+    x: ArrayLike, *, dtype: str = "float32", n_features: int | None = None, what: str = "X"
+) -> np.ndarray:
+    """Check user embeddings and return them as an (n, d) NumPy array of ``dtype``.
+
+    Refuses, with a message naming the fix: non-numeric or ragged input, anything but 2-D,
+    no rows, NaN or infinite values, and (when ``n_features`` is given) another feature count.
+    """
+    try:
+        arr = np.asarray(x)
+    except Exception as err:  # ragged lists and the like
+        raise ValueError(f"{what} must be a 2-D array of numbers: {err}") from err
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{what} must hold numbers, got dtype {arr.dtype}.")
+    if arr.ndim != 2:
+        hint = " (one sample: reshape it to (1, d))" if arr.ndim == 1 else ""
+        raise ValueError(
+            f"{what} must be a 2-D array (n_samples, n_features), got shape {arr.shape}{hint}."
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what} has no samples.")
+    arr = arr.astype(dtype)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"{what} contains NaN or infinite values in {rows.size} row(s) "
+            f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
+        )
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"{what} has {arr.shape[1]} features but the detector was fitted on "
+            f"{n_features}; embed with the same backbone."
+        )
+    return arr
