@@ -19,12 +19,11 @@ import platform
 import time
 
 import jax
-import numpy as np
 
 from msde_jax import MSDEDetector
 from msde_jax.embedder import Embedder
+from msde_jax.evaluation import embed_dataset, evaluate_embeddings
 from msde_jax.io.datasets import load_dataset
-from msde_jax.metrics import average_precision, roc_auc
 from msde_jax.ssl import TrainConfig, train_backbone
 
 DATASETS = {
@@ -33,17 +32,15 @@ DATASETS = {
 }
 
 
-def evaluate(embedder: Embedder, dataset) -> dict:
-    start = time.perf_counter()
-    train = embedder.embed(dataset.train_normal)
-    test = embedder.embed(list(dataset.test_normal) + list(dataset.test_abnormal))
-    labels = np.r_[np.zeros(len(dataset.test_normal)), np.ones(len(dataset.test_abnormal))]
-    out = {"embed_s": round(time.perf_counter() - start, 1)}
+def measure(embedder: Embedder, dataset) -> dict:
+    """AUROC / AP of both detectors on one embedding of the dataset (the library's pipeline)."""
+    embedded = embed_dataset(dataset, embedder, progress=False)
+    out = {"embed_s": round(embedded.embed_s, 1)}
     for name, detector in (("inductive", MSDEDetector()), ("paper", MSDEDetector.paper())):
-        scores = detector.fit(train).score_samples(test)
+        metrics = evaluate_embeddings(embedded, detector).metrics
         out[name] = {
-            "auroc": round(float(roc_auc(labels, scores)), 4),
-            "ap": round(float(average_precision(labels, scores)), 4),
+            "auroc": round(metrics["auroc"], 4),
+            "ap": round(metrics["average_precision"], 4),
         }
     return out
 
@@ -73,7 +70,7 @@ def main() -> None:
         path = os.path.join(here, "..", spec) if spec.endswith(".npz") else spec
         dataset = load_dataset(path)
         embed = dict(image_size=args.image_size, batch_size=64, progress=False)
-        imagenet = evaluate(Embedder(args.backbone, **embed), dataset)
+        imagenet = measure(Embedder(args.backbone, **embed), dataset)
         config = TrainConfig(
             backbone=args.backbone,
             task=args.task,
@@ -89,7 +86,7 @@ def main() -> None:
         start = time.perf_counter()
         trained = train_backbone(dataset.train_normal, config)
         train_s = time.perf_counter() - start
-        adapted = evaluate(Embedder(args.backbone, weights=trained.variables, **embed), dataset)
+        adapted = measure(Embedder(args.backbone, weights=trained.variables, **embed), dataset)
         results["runs"][name] = {
             "imagenet": imagenet,
             "adapted": adapted,

@@ -9,9 +9,8 @@ resumably into --out, then compares the detector with the ImageNet and the adapt
 
 import argparse
 
-import numpy as np
-
-from msde_jax import Embedder, MSDEDetector, roc_auc
+from msde_jax import Embedder, MSDEDetector
+from msde_jax.evaluation import evaluate
 from msde_jax.io.datasets import load_dataset
 from msde_jax.ssl import TrainConfig, train_backbone
 
@@ -27,12 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = load_dataset("pneumoniamnist")
-    train, normal, abnormal = (
-        data.train_normal[: args.limit],
-        data.test_normal[: args.limit],
-        data.test_abnormal[: args.limit],
-    )
-    labels = np.r_[np.zeros(len(normal)), np.ones(len(abnormal))]
+    train = data.train_normal[: args.limit]
 
     config = TrainConfig(
         backbone=args.backbone,
@@ -53,11 +47,11 @@ def main() -> None:
         before = "random"
     for name, weights in (("before", before), ("adapted", result.variables)):
         embedder = Embedder(args.backbone, weights=weights, image_size=args.image_size)
-        x_train = embedder.embed(train)
-        x_test = embedder.embed(list(normal) + list(abnormal))
         k = min(50, len(train) // 2)  # the paper's k, or fewer for quick runs on few images
-        scores = MSDEDetector.paper(k=k).fit(x_train).score_samples(x_test)
-        print(f"{name:8s} weights: paper-preset AUROC {float(roc_auc(labels, scores)):.3f}")
+        evaluation = evaluate(
+            data, embedder, MSDEDetector.paper(k=k), limit=args.limit, progress=False
+        )
+        print(f"{name:8s} weights: paper-preset AUROC {evaluation.metrics['auroc']:.3f}")
 
 
 if __name__ == "__main__":

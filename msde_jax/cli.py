@@ -3,10 +3,16 @@
 Every command prints a one-line ``error: …`` and exits with status 2 for a user mistake (a
 missing path, an unreadable image, an empty class, an incompatible model file) instead of a
 traceback.
+
+Only argparse and the commands live here: option lists and defaults come from the library
+(:mod:`msde_jax.detector`, :mod:`msde_jax.density`, :mod:`msde_jax.backbones.registry`), and
+``evaluate`` / ``demo`` run :func:`msde_jax.evaluation.evaluate` and
+:func:`msde_jax.report.write_report`.
 """
 
 import argparse
 import csv
+import inspect
 import json
 import sys
 import time
@@ -15,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+__all__ = ["build_parser", "main"]
 
 EXAMPLES = {
     "demo": """examples:
@@ -53,12 +61,14 @@ class UserError(Exception):
 
 # ---------------------------------------------------------------------------- arguments
 def _add_embedder_args(p: argparse.ArgumentParser) -> None:
-    from msde_jax.embedder import BACKBONES
+    from msde_jax.backbones.registry import BACKBONES
+    from msde_jax.embedder import Embedder
 
+    d = {name: param.default for name, param in inspect.signature(Embedder).parameters.items()}
     g = p.add_argument_group("backbone")
     g.add_argument(
         "--backbone",
-        default="efficientnet_lite0",
+        default=d["backbone"],
         choices=BACKBONES,
         help="pretrained network that embeds the images (default: %(default)s)",
     )
@@ -67,7 +77,9 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a .pth / .safetensors file instead of the default ImageNet weights",
     )
-    g.add_argument("--image-size", type=int, default=224, help="resize side (default: 224)")
+    g.add_argument(
+        "--image-size", type=int, default=d["image_size"], help="resize side (default: %(default)s)"
+    )
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     g.add_argument(
         "--multiscale", action="store_true", help="concatenate pooled features of every stage"
@@ -80,9 +92,9 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    from msde_jax.embedder import BACKBONES
+    from msde_jax.backbones.registry import BACKBONES
     from msde_jax.ssl.augment import ANATOMY, TASKS
-    from msde_jax.ssl.train import OPTIMIZERS, SCHEDULES, TrainConfig
+    from msde_jax.ssl.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     p.add_argument(
@@ -132,6 +144,12 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    from msde_jax.density import METHODS
+    from msde_jax.detector import MODES, THRESHOLDS, MSDEDetector
+
+    # --mode, --k and --density default to None so that --paper can tell them apart from
+    # values given on the command line; the help shows the detector's own defaults.
+    d = MSDEDetector().get_params()
     g = p.add_argument_group("detector")
     g.add_argument(
         "--paper",
@@ -140,24 +158,24 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--mode",
-        choices=("inductive", "transductive", "none"),
+        choices=MODES,
         default=None,
-        help="MSDE mode (default: inductive; --paper implies transductive)",
+        help=f"MSDE mode (default: {d['mode']}; --paper implies transductive)",
     )
-    g.add_argument("--k", type=int, default=None, help="mean-shift neighbours (default 50)")
+    g.add_argument("--k", type=int, default=None, help=f"mean-shift neighbours (default {d['k']})")
     g.add_argument(
-        "--weights-method",
-        choices=("msde", "fuzzy_degree", "uniform"),
+        "--density",
+        choices=METHODS,
         default=None,
-        help="density weights (default msde)",
+        help=f"density weights (default {d['density']})",
     )
     g.add_argument(
         "--contamination",
         type=float,
-        default=0.05,
+        default=d["contamination"],
         help="share of normals above the threshold (default: %(default)s)",
     )
-    g.add_argument("--threshold", choices=("cross_fit", "chi2"), default="cross_fit")
+    g.add_argument("--threshold", choices=THRESHOLDS, default=d["threshold"])
 
 
 def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
@@ -253,23 +271,6 @@ def _embedder(args: argparse.Namespace):
     )
 
 
-def _embed(embedder, items: list, cache_dir: str | None, what: str) -> np.ndarray:
-    if not items:
-        raise UserError(f"no images in {what}.")
-    start = time.perf_counter()
-    if cache_dir:
-        from msde_jax.io.cache import embed_cached
-
-        out = embed_cached(embedder, items, cache_dir)
-    else:
-        out = embedder.embed(items)
-    print(
-        f"embedded {len(items)} {what} images in {time.perf_counter() - start:.1f} s",
-        file=sys.stderr,
-    )
-    return out
-
-
 def _detector(args: argparse.Namespace):
     from msde_jax.detector import MSDEDetector
 
@@ -278,8 +279,8 @@ def _detector(args: argparse.Namespace):
         params["mode"] = args.mode
     if args.k is not None:
         params["k"] = args.k
-    if args.weights_method is not None:
-        params["weights"] = args.weights_method
+    if args.density is not None:
+        params["density"] = args.density
     return MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
 
 
@@ -296,15 +297,13 @@ def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
     return paths, [str(p) for p in paths]
 
 
-def _limit(items: list, limit: int | None) -> list:
-    return items if limit is None else items[:limit]
-
-
 # ---------------------------------------------------------------------------- commands
 def cmd_embed(args: argparse.Namespace) -> None:
+    from msde_jax.evaluation import embed
+
     items, names = _items(args.sources)
     embedder = _embedder(args)
-    emb = _embed(embedder, items, args.cache_dir, "input")
+    emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     np.savez(
         args.out,
         embeddings=emb,
@@ -324,9 +323,11 @@ def cmd_fit(args: argparse.Namespace) -> None:
             features = z["embeddings"]
             config = json.loads(str(z["config"])) if "config" in z.files else None
     else:
+        from msde_jax.evaluation import embed
+
         items, _ = _items(args.sources)
         embedder = _embedder(args)
-        features = _embed(embedder, items, args.cache_dir, "normal")
+        features = embed(embedder, items, cache_dir=args.cache_dir, what="normal")
         config = embedder.config()
     detector = _detector(args).fit(features)
     detector.save(args.out, metadata={"embedder": config})
@@ -354,18 +355,12 @@ def _load_model(path: str):
 
 def cmd_score(args: argparse.Namespace) -> None:
     from msde_jax.embedder import Embedder
+    from msde_jax.evaluation import embed
 
     detector, config = _load_model(args.model)
-    embedder = Embedder(
-        config["backbone"],
-        weights=None if config["weights"] == "imagenet" else config["weights"],
-        image_size=config["image_size"],
-        resize=config["resize"],
-        features=config["features"],
-        batch_size=args.batch_size,
-    )
+    embedder = Embedder.from_config(config, batch_size=args.batch_size)
     items, names = _items(args.sources)
-    scores = detector.score_samples(_embed(embedder, items, args.cache_dir, "input"))
+    scores = detector.score_samples(embed(embedder, items, cache_dir=args.cache_dir, what="input"))
     labels = (scores > detector.threshold_).astype(int)
     out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
     try:
@@ -383,96 +378,68 @@ def cmd_score(args: argparse.Namespace) -> None:
         )
 
 
-def _evaluate(dataset, args: argparse.Namespace) -> dict:
-    from msde_jax.report import write_report
+def _evaluate(spec: str, args: argparse.Namespace) -> None:
+    """``evaluate`` and ``demo``: the library's evaluation pipeline, then the report folder."""
+    from msde_jax.evaluation import evaluate, limit_dataset
+    from msde_jax.io.datasets import load_dataset
+    from msde_jax.report import require_matplotlib, write_report
 
-    train = _limit(dataset.train_normal, args.limit)
-    normal, abnormal = (
-        _limit(dataset.test_normal, args.limit),
-        _limit(dataset.test_abnormal, args.limit),
-    )
-    for what, items in (
-        ("train normal", train),
-        ("test normal", normal),
-        ("test abnormal", abnormal),
-    ):
-        if not items:
-            raise UserError(f"{dataset.name}: the {what} class is empty.")
+    require_matplotlib()  # a broken install refuses before minutes of embedding
+    # An empty class is reported before the backbone loads.
+    dataset = limit_dataset(load_dataset(spec), limit=args.limit)
     embedder = _embedder(args)
-    timings = {}
-    start = time.perf_counter()
-    train_x = _embed(embedder, train, args.cache_dir, "train normal")
-    test_x = _embed(embedder, normal + abnormal, args.cache_dir, "test")
-    timings["embed_s"] = time.perf_counter() - start
-    labels = np.r_[np.zeros(len(normal), int), np.ones(len(abnormal), int)]
-
-    start = time.perf_counter()
-    detector = _detector(args).fit(train_x)
-    timings["fit_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    scores = detector.score_samples(test_x)
-    timings["score_s"] = time.perf_counter() - start
-
-    mode = "paper preset (transductive)" if args.paper else f"{detector.mode}"
-    config = {
-        "dataset": dataset.source,
-        "train_normal": len(train),
-        "test_normal": len(normal),
-        "test_abnormal": len(abnormal),
-        "embedder": embedder.config(),
-        "detector": detector.get_params(),
-        "mode": mode,
-        "test_mix": f"{len(abnormal) / len(labels):.0%} abnormal, scored as one batch",
-    }
-    metrics = write_report(
+    result = evaluate(
+        dataset,
+        embedder,
+        _detector(args),
+        cache_dir=args.cache_dir,
+        mode_label="paper preset (transductive)" if args.paper else None,
+    )
+    metrics, timings, mode = result.metrics, result.timings, result.config["mode"]
+    write_report(
         args.out,
-        labels=labels,
-        scores=scores,
-        threshold=detector.threshold_,
-        images=normal + abnormal,
+        labels=result.labels,
+        scores=result.scores,
+        threshold=result.threshold,
+        images=result.dataset.test_items(),
         title=f"MSDE evaluation — {dataset.name}, {embedder.backbone}, {mode}",
-        config=config,
+        config=result.config,
         timings=timings,
     )
     print(
         f"{dataset.name}: AUROC {metrics['auroc']:.3f}  AP {metrics['average_precision']:.3f}"
-        f"  F1 {metrics['f1']:.3f} at threshold {detector.threshold_:.4g}  "
-        f"[{mode}; {config['test_mix']}]"
+        f"  F1 {metrics['f1']:.3f} at threshold {result.threshold:.4g}  "
+        f"[{mode}; {result.config['test_mix']}]"
     )
     print(
         f"report written to {args.out}/report.md  "
         f"(embed {timings['embed_s']:.1f} s, fit {timings['fit_s']:.1f} s, "
         f"score {timings['score_s']:.1f} s)"
     )
-    return metrics
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from msde_jax.io.datasets import load_dataset
-
-    _evaluate(load_dataset(args.dataset), args)
+    _evaluate(args.dataset, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from msde_jax.io.datasets import load_dataset
-
     print(
         "msde-jax demo: built-in PneumoniaMNIST (MedMNIST v2, CC BY 4.0), normal chest X-rays "
         "vs pneumonia",
         file=sys.stderr,
     )
-    _evaluate(load_dataset("pneumoniamnist"), args)
+    _evaluate("pneumoniamnist", args)
 
 
 def cmd_train_backbone(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from msde_jax.ssl.train import BACKBONE, TrainConfig, train_backbone
+    from msde_jax.ssl.config import TrainConfig
+    from msde_jax.ssl.train import BACKBONE, train_backbone
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    items = _normal_images(args.sources)
-    items = _limit(items, args.limit)
+    items = _normal_images(args.sources)[: args.limit]
     print(f"training on {len(items)} normal images: {config}", file=sys.stderr)
     start = time.perf_counter()
     result = train_backbone(items, config, out_dir=args.out, resume=args.resume)

@@ -1,15 +1,31 @@
-"""Ranking metrics for anomaly scores: area under the ROC curve and average precision.
+"""Metrics for anomaly scores: AUROC, average precision, their curves, and counts at a threshold.
 
-Both are jit-able (no data-dependent shapes), O(n log n), and equal to scikit-learn's
-``roc_auc_score`` / ``average_precision_score`` including tied scores.
+:func:`roc_auc` and :func:`average_precision` are jitted (no data-dependent shapes),
+O(n log n), and equal scikit-learn's ``roc_auc_score`` / ``average_precision_score`` including
+tied scores. The curves (:func:`roc_curve`, :func:`precision_recall_curve`) have one point per
+distinct score, a size known only from the data, so they are NumPy functions run on the host,
+as is :func:`evaluation_metrics` (everything a report shows at one threshold, as plain Python
+numbers); all three give scikit-learn's values.
+
+Labels: non-zero = abnormal (the positive class); a higher score means more anomalous.
 """
+
+import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-__all__ = ["average_precision", "roc_auc"]
+__all__ = [
+    "average_precision",
+    "evaluation_metrics",
+    "precision_recall_curve",
+    "roc_auc",
+    "roc_curve",
+]
 
 
 def _ranked(labels: ArrayLike, scores: ArrayLike):
@@ -107,3 +123,157 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
         returns 0.0 for all-negative ones).
     """
     return _auc_and_ap(labels, scores)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Curves and threshold metrics (NumPy, host-side)
+
+
+def _check(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as a bool vector (non-zero = abnormal) and scores as float64, validated."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    if labels.ndim != 1 or scores.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(
+            f"labels and scores must be 1-D of the same length, got shapes {labels.shape} and "
+            f"{scores.shape}."
+        )
+    if scores.size == 0:
+        raise ValueError("labels and scores are empty.")
+    scores = scores.astype(np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinite values.")
+    return labels != 0, scores
+
+
+def _counts_at_thresholds(
+    labels: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False / true positive counts at every distinct score, in decreasing score order.
+
+    Entry k counts the samples with ``score >= thresholds[k]`` (scikit-learn's
+    ``confusion_matrix_at_thresholds``); tied scores form one threshold.
+    """
+    order = np.argsort(scores, kind="mergesort")[::-1]
+    scores = scores[order]
+    labels = labels[order]
+    distinct = np.flatnonzero(np.diff(scores))
+    idx = np.r_[distinct, scores.size - 1]
+    tps = np.cumsum(labels, dtype=np.float64)[idx]
+    fps = 1.0 + idx - tps
+    return fps, tps, scores[idx]
+
+
+def roc_curve(
+    labels: ArrayLike, scores: ArrayLike, *, drop_intermediate: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Receiver operating characteristic, the same points as ``sklearn.metrics.roc_curve``.
+
+    Args:
+        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
+        scores: (n,) anomaly scores, higher = more anomalous.
+        drop_intermediate: drop collinear points that do not change the plotted curve (as
+            scikit-learn does by default).
+
+    Returns:
+        ``(fpr, tpr, thresholds)``, float64 arrays in increasing FPR order; point k is the
+        rate at ``score >= thresholds[k]``, and the first point (0, 0) has threshold ``inf``.
+        FPR (TPR) is NaN throughout when there are no normal (abnormal) samples.
+    """
+    labels, scores = _check(labels, scores)
+    fps, tps, thresholds = _counts_at_thresholds(labels, scores)
+    if drop_intermediate and fps.size > 2:
+        corners = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        fps, tps, thresholds = fps[corners], tps[corners], thresholds[corners]
+    fps = np.r_[0.0, fps]
+    tps = np.r_[0.0, tps]
+    thresholds = np.r_[np.inf, thresholds]
+    fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
+    tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+    return fpr, tpr, thresholds
+
+
+def precision_recall_curve(
+    labels: ArrayLike, scores: ArrayLike, *, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision-recall curve, the same points as ``sklearn.metrics.precision_recall_curve``.
+
+    Args:
+        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
+        scores: (n,) anomaly scores, higher = more anomalous.
+        drop_intermediate: keep only the first and last point of each run of equal recall
+            (scikit-learn's option, off by default there too).
+
+    Returns:
+        ``(precision, recall, thresholds)`` in decreasing recall order: precision and recall
+        have one more entry than thresholds, the final point (recall 0, precision 1) having no
+        threshold; point k is at ``score >= thresholds[k]``. Recall is 1 throughout when there
+        are no abnormal samples (as in scikit-learn).
+    """
+    labels, scores = _check(labels, scores)
+    fps, tps, thresholds = _counts_at_thresholds(labels, scores)
+    if drop_intermediate and fps.size > 2:
+        keep = np.r_[True, np.logical_or(np.diff(tps[:-1]), np.diff(tps[1:])), True]
+        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
+    predicted = tps + fps
+    precision = np.divide(tps, predicted, out=np.zeros_like(tps), where=predicted != 0)
+    recall = tps / tps[-1] if tps[-1] > 0 else np.ones_like(tps)
+    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
+
+
+def _ratio(num: int, den: int) -> float:
+    """``num / den``, 0.0 when the denominator is 0 (scikit-learn's ``zero_division`` value)."""
+    return num / den if den else 0.0
+
+
+def evaluation_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, Any]:
+    """Threshold-free ranking metrics and the confusion matrix at one threshold.
+
+    Args:
+        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
+        scores: (n,) anomaly scores, higher = more anomalous.
+        threshold: a sample is predicted abnormal when ``score > threshold``.
+
+    Returns:
+        A JSON-serialisable dict of plain Python numbers: ``auroc`` and ``average_precision``
+        (:func:`roc_auc`, :func:`average_precision`; NaN when only one class is present), and at
+        the threshold ``f1``, ``precision``, ``recall`` (= ``sensitivity``), ``specificity``,
+        ``false_positive_rate``, ``accuracy``, the counts ``tp`` / ``fp`` / ``tn`` / ``fn``,
+        ``n_normal``, ``n_abnormal`` and ``threshold``. Ratios with a zero denominator are 0.0,
+        like scikit-learn's default ``zero_division``.
+    """
+    positive, scores = _check(labels, scores)
+    threshold = float(threshold)
+    if math.isnan(threshold):
+        raise ValueError("threshold is NaN.")
+    # In float64, so that rounding to float32 neither creates nor breaks ties and the values
+    # equal scikit-learn's to the last digits.
+    with jax.enable_x64(True):
+        auroc = float(roc_auc(positive, scores))
+        ap = float(average_precision(positive, scores))
+
+    predicted = scores > threshold
+    tp = int(np.sum(predicted & positive))
+    fp = int(np.sum(predicted & ~positive))
+    fn = int(np.sum(~predicted & positive))
+    tn = int(np.sum(~predicted & ~positive))
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    return {
+        "auroc": auroc,
+        "average_precision": ap,
+        "threshold": threshold,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": precision,
+        "recall": recall,
+        "sensitivity": recall,
+        "specificity": _ratio(tn, tn + fp),
+        "false_positive_rate": _ratio(fp, tn + fp),
+        "accuracy": _ratio(tp + tn, scores.size),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n_normal": tn + fp,
+        "n_abnormal": tp + fn,
+    }

@@ -1,4 +1,4 @@
-"""Evaluation report: metrics, ROC / precision-recall curves, score histograms and an image grid.
+"""Evaluation report: ROC / precision-recall curves, score histograms, an image grid, Markdown.
 
 :func:`write_report` turns test labels and anomaly scores (and optionally the test images) into
 a folder that can be read on its own::
@@ -11,11 +11,12 @@ a folder that can be read on its own::
         grid.png        the 8 most and 8 least anomalous test images (only with ``images``)
         report.md       all of the above in one page, figures embedded with relative links
 
-The numbers (:func:`evaluation_metrics`, :func:`roc_curve`, :func:`precision_recall_curve`) need
-only NumPy and JAX; the figures need matplotlib, an optional dependency
-(``pip install 'msde-jax[report]'``), imported when :func:`write_report` runs. Figures are
-drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas, without pyplot, so no global
-state is touched and nothing is left open.
+The numbers come from :mod:`msde_jax.metrics` (:func:`~msde_jax.metrics.evaluation_metrics`,
+:func:`~msde_jax.metrics.roc_curve`, :func:`~msde_jax.metrics.precision_recall_curve`); this
+module only draws and writes them. The figures need matplotlib (a dependency of msde-jax),
+imported when :func:`write_report` or :func:`require_matplotlib` runs. Figures are drawn on
+``matplotlib.figure.Figure`` objects with the Agg canvas, without pyplot, so no global state is
+touched and nothing is left open.
 
 Labels follow :mod:`msde_jax.metrics`: non-zero = abnormal (the positive class), and a higher
 score means more anomalous; a test image is predicted abnormal when ``score > threshold``.
@@ -29,16 +30,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax.io.images import to_float
-from msde_jax.metrics import average_precision, roc_auc
+from msde_jax.metrics import _check, evaluation_metrics, precision_recall_curve, roc_curve
 
-__all__ = ["evaluation_metrics", "precision_recall_curve", "roc_curve", "write_report"]
+__all__ = ["FILES", "MATPLOTLIB_MISSING", "require_matplotlib", "write_report"]
 
-MATPLOTLIB_MISSING = "the report needs matplotlib: pip install 'msde-jax[report]'"
+MATPLOTLIB_MISSING = (
+    "the report needs matplotlib, a dependency of msde-jax that is missing or broken here: "
+    "pip install matplotlib"
+)
 
 FILES = ("metrics.json", "roc.png", "pr.png", "histogram.png", "grid.png", "report.md")
 
@@ -52,162 +55,16 @@ _GRID_PER_ROW = 8
 _GRID_MAX_SIDE = 512
 
 
-def _check(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Labels as a bool vector (non-zero = abnormal) and scores as float64, validated."""
-    labels = np.asarray(labels)
-    scores = np.asarray(scores)
-    if labels.ndim != 1 or scores.ndim != 1 or labels.shape != scores.shape:
-        raise ValueError(
-            f"labels and scores must be 1-D of the same length, got shapes {labels.shape} and "
-            f"{scores.shape}."
-        )
-    if scores.size == 0:
-        raise ValueError("labels and scores are empty.")
-    scores = scores.astype(np.float64)
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("scores contain NaN or infinite values.")
-    return labels != 0, scores
-
-
-def _counts_at_thresholds(
-    labels: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False / true positive counts at every distinct score, in decreasing score order.
-
-    Entry k counts the samples with ``score >= thresholds[k]`` (scikit-learn's
-    ``confusion_matrix_at_thresholds``); tied scores form one threshold.
-    """
-    order = np.argsort(scores, kind="mergesort")[::-1]
-    scores = scores[order]
-    labels = labels[order]
-    distinct = np.flatnonzero(np.diff(scores))
-    idx = np.r_[distinct, scores.size - 1]
-    tps = np.cumsum(labels, dtype=np.float64)[idx]
-    fps = 1.0 + idx - tps
-    return fps, tps, scores[idx]
-
-
-def roc_curve(
-    labels: ArrayLike, scores: ArrayLike, *, drop_intermediate: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Receiver operating characteristic, the same points as ``sklearn.metrics.roc_curve``.
-
-    Args:
-        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
-        scores: (n,) anomaly scores, higher = more anomalous.
-        drop_intermediate: drop collinear points that do not change the plotted curve (as
-            scikit-learn does by default).
-
-    Returns:
-        ``(fpr, tpr, thresholds)``, float64 arrays in increasing FPR order; point k is the
-        rate at ``score >= thresholds[k]``, and the first point (0, 0) has threshold ``inf``.
-        FPR (TPR) is NaN throughout when there are no normal (abnormal) samples.
-    """
-    labels, scores = _check(labels, scores)
-    fps, tps, thresholds = _counts_at_thresholds(labels, scores)
-    if drop_intermediate and fps.size > 2:
-        corners = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
-        fps, tps, thresholds = fps[corners], tps[corners], thresholds[corners]
-    fps = np.r_[0.0, fps]
-    tps = np.r_[0.0, tps]
-    thresholds = np.r_[np.inf, thresholds]
-    fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
-    tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
-    return fpr, tpr, thresholds
-
-
-def precision_recall_curve(
-    labels: ArrayLike, scores: ArrayLike, *, drop_intermediate: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision-recall curve, the same points as ``sklearn.metrics.precision_recall_curve``.
-
-    Args:
-        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
-        scores: (n,) anomaly scores, higher = more anomalous.
-        drop_intermediate: keep only the first and last point of each run of equal recall
-            (scikit-learn's option, off by default there too).
-
-    Returns:
-        ``(precision, recall, thresholds)`` in decreasing recall order: precision and recall
-        have one more entry than thresholds, the final point (recall 0, precision 1) having no
-        threshold; point k is at ``score >= thresholds[k]``. Recall is 1 throughout when there
-        are no abnormal samples (as in scikit-learn).
-    """
-    labels, scores = _check(labels, scores)
-    fps, tps, thresholds = _counts_at_thresholds(labels, scores)
-    if drop_intermediate and fps.size > 2:
-        keep = np.r_[True, np.logical_or(np.diff(tps[:-1]), np.diff(tps[1:])), True]
-        fps, tps, thresholds = fps[keep], tps[keep], thresholds[keep]
-    predicted = tps + fps
-    precision = np.divide(tps, predicted, out=np.zeros_like(tps), where=predicted != 0)
-    recall = tps / tps[-1] if tps[-1] > 0 else np.ones_like(tps)
-    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
-
-
-def _ratio(num: int, den: int) -> float:
-    """``num / den``, 0.0 when the denominator is 0 (scikit-learn's ``zero_division`` value)."""
-    return num / den if den else 0.0
-
-
-def evaluation_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, Any]:
-    """Threshold-free ranking metrics and the confusion matrix at one threshold.
-
-    Args:
-        labels: (n,) bool or 0/1 labels; non-zero = abnormal (positive).
-        scores: (n,) anomaly scores, higher = more anomalous.
-        threshold: a sample is predicted abnormal when ``score > threshold``.
-
-    Returns:
-        A JSON-serialisable dict of plain Python numbers: ``auroc`` and ``average_precision``
-        (from :mod:`msde_jax.metrics`; NaN when only one class is present), and at the threshold
-        ``f1``, ``precision``, ``recall`` (= ``sensitivity``), ``specificity``,
-        ``false_positive_rate``, ``accuracy``, the counts ``tp`` / ``fp`` / ``tn`` / ``fn``,
-        ``n_normal``, ``n_abnormal`` and ``threshold``. Ratios with a zero denominator are 0.0,
-        like scikit-learn's default ``zero_division``.
-    """
-    positive, scores = _check(labels, scores)
-    threshold = float(threshold)
-    if math.isnan(threshold):
-        raise ValueError("threshold is NaN.")
-    # In float64, so that rounding to float32 neither creates nor breaks ties and the values
-    # equal scikit-learn's to the last digits.
-    with jax.enable_x64(True):
-        auroc = float(roc_auc(positive, scores))
-        ap = float(average_precision(positive, scores))
-
-    predicted = scores > threshold
-    tp = int(np.sum(predicted & positive))
-    fp = int(np.sum(predicted & ~positive))
-    fn = int(np.sum(~predicted & positive))
-    tn = int(np.sum(~predicted & ~positive))
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
-    return {
-        "auroc": auroc,
-        "average_precision": ap,
-        "threshold": threshold,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "precision": precision,
-        "recall": recall,
-        "sensitivity": recall,
-        "specificity": _ratio(tn, tn + fp),
-        "false_positive_rate": _ratio(fp, tn + fp),
-        "accuracy": _ratio(tp + tn, scores.size),
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-        "n_normal": tn + fp,
-        "n_abnormal": tp + fn,
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # Figures
 
 
-def _require_matplotlib():
-    """``(Figure, FigureCanvasAgg)``, or an ImportError that says how to install matplotlib."""
+def require_matplotlib():
+    """``(Figure, FigureCanvasAgg)``, or an ImportError that says how to install matplotlib.
+
+    Callers that compute for a while before writing a report (``msde-jax evaluate``) call it
+    first, so that a broken install refuses up front.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -218,7 +75,7 @@ def _require_matplotlib():
 
 def _new_figure(size: tuple[float, float]):
     """A matplotlib Figure on an Agg canvas (no pyplot, no global state)."""
-    Figure, FigureCanvasAgg = _require_matplotlib()
+    Figure, FigureCanvasAgg = require_matplotlib()
     fig = Figure(figsize=size, dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -553,10 +410,10 @@ def write_report(
         timings: optional ``{step: seconds}``.
 
     Returns:
-        The metrics dict of :func:`evaluation_metrics`.
+        The metrics dict of :func:`msde_jax.metrics.evaluation_metrics`.
 
     Raises:
-        ImportError: matplotlib is not installed (``pip install 'msde-jax[report]'``).
+        ImportError: matplotlib cannot be imported (:data:`MATPLOTLIB_MISSING`).
         ValueError: mismatched lengths, non-finite scores, or only one class present.
     """
     positive, score_arr = _check(labels, scores)
@@ -569,7 +426,7 @@ def write_report(
         raise ValueError(f"got {len(images)} images for {score_arr.size} scores.")
     if names is not None and len(names) != score_arr.size:
         raise ValueError(f"got {len(names)} names for {score_arr.size} scores.")
-    _require_matplotlib()  # fail early, before writing anything, when matplotlib is missing
+    require_matplotlib()  # fail early, before writing anything, when matplotlib is missing
 
     metrics = evaluation_metrics(positive, score_arr, threshold)
     out = Path(out_dir)

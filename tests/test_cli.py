@@ -129,3 +129,55 @@ def test_parser_defaults():
     args = build_parser().parse_args(["fit", "x", "--out", "m.npz"])
     assert args.backbone == "efficientnet_lite0"
     assert args.image_size == 224
+
+
+def test_parser_options_come_from_the_library():
+    from msde_jax.backbones.registry import BACKBONES
+    from msde_jax.density import METHODS
+    from msde_jax.detector import MODES, THRESHOLDS, MSDEDetector
+
+    parser = build_parser()
+    fit = next(a for a in parser._actions if a.dest == "command").choices["fit"]
+    options = {a.dest: a for a in fit._actions}
+    assert tuple(options["mode"].choices) == MODES
+    assert tuple(options["threshold"].choices) == THRESHOLDS
+    assert tuple(options["density"].choices) == METHODS
+    assert tuple(options["backbone"].choices) == BACKBONES
+    defaults = MSDEDetector().get_params()
+    assert options["threshold"].default == defaults["threshold"]
+    assert options["contamination"].default == defaults["contamination"]
+    assert f"default {defaults['k']}" in options["k"].help
+    args = parser.parse_args(["fit", "x", "--out", "m.npz", "--density", "uniform", "--k", "7"])
+    assert (args.density, args.k) == ("uniform", 7)
+    assert "weights_method" not in vars(args)
+
+
+def test_report_commands_check_matplotlib_before_embedding(tmp_path, capsys, monkeypatch):
+    import builtins
+    import functools
+
+    from msde_jax.embedder import Embedder
+    from msde_jax.report import MATPLOTLIB_MISSING
+
+    for method in ("__init__", "embed"):
+
+        @functools.wraps(getattr(Embedder, method))  # keeps the signature the parser reads
+        def no_backbone(*args, **kwargs):
+            raise AssertionError("a backbone was loaded before the matplotlib check")
+
+        monkeypatch.setattr(Embedder, method, no_backbone)
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    out = tmp_path / "r"
+    for command in (["demo"], ["evaluate", "pneumoniamnist"]):
+        assert main([*command, "--out", str(out), "--limit", "40", *FAST]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"error: {MATPLOTLIB_MISSING}\n")
+        assert "Traceback" not in err
+    assert not out.exists()

@@ -1,4 +1,6 @@
-"""AUROC and average precision against sklearn.metrics, ties included."""
+"""AUROC, AP, ROC / PR curves and threshold metrics against sklearn.metrics, ties included."""
+
+import json
 
 import hypothesis.strategies as st
 import jax
@@ -6,9 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given
+from sklearn import metrics as skm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from msde_jax.metrics import average_precision, roc_auc
+from msde_jax.metrics import (
+    average_precision,
+    evaluation_metrics,
+    precision_recall_curve,
+    roc_auc,
+    roc_curve,
+)
 
 METRICS = [(roc_auc, roc_auc_score), (average_precision, average_precision_score)]
 # Every new (length, dtype) recompiles, so the tests share a few: float32 scores of length 8, 32
@@ -112,3 +121,88 @@ def test_property_matches_sklearn(problem):
         np.testing.assert_allclose(
             ours(labels, scores), reference(labels, scores), rtol=1e-5, atol=1e-6
         )
+
+
+# ------------------------------------------------------------------- curves and threshold metrics
+def _data(rng, n=120, rate=0.4, ties=False):
+    labels = rng.random(n) < rate
+    labels[:2] = [True, False]
+    scores = rng.gamma(2.0, 1.0, n) + 1.5 * labels
+    if ties:
+        scores = np.round(scores * 2) / 2  # many tied scores, across both classes
+    return labels, scores
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_metrics_match_sklearn(rng, ties):
+    labels, scores = _data(rng, ties=ties)
+    threshold = float(np.median(scores))  # with ties, some scores equal the threshold
+    m = evaluation_metrics(labels.astype(int), scores, threshold)
+    predicted = scores > threshold
+    np.testing.assert_allclose(m["auroc"], skm.roc_auc_score(labels, scores), rtol=1e-12)
+    np.testing.assert_allclose(
+        m["average_precision"], skm.average_precision_score(labels, scores), rtol=1e-12
+    )
+    assert m["f1"] == pytest.approx(skm.f1_score(labels, predicted))
+    assert m["precision"] == pytest.approx(skm.precision_score(labels, predicted))
+    assert m["recall"] == pytest.approx(skm.recall_score(labels, predicted))
+    assert m["sensitivity"] == m["recall"]
+    tn, fp, fn, tp = skm.confusion_matrix(labels, predicted).ravel()
+    assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (tn, fp, fn, tp)
+    assert m["specificity"] == pytest.approx(tn / (tn + fp))
+    assert m["false_positive_rate"] == pytest.approx(fp / (tn + fp))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+    assert (m["n_normal"], m["n_abnormal"]) == ((~labels).sum(), labels.sum())
+    assert m["threshold"] == threshold
+    for value in m.values():  # plain Python numbers, JSON-serialisable
+        assert type(value) in (int, float)
+    assert json.loads(json.dumps(m)) == m
+
+
+def test_metrics_edge_thresholds(rng):
+    labels, scores = _data(rng, n=40)
+    above = evaluation_metrics(labels, scores, scores.max())  # nothing predicted abnormal
+    assert (above["tp"], above["fp"]) == (0, 0)
+    assert above["precision"] == above["f1"] == above["recall"] == 0.0
+    assert above["specificity"] == 1.0
+    below = evaluation_metrics(labels, scores, -np.inf)  # everything predicted abnormal
+    assert below["recall"] == 1.0
+    assert below["false_positive_rate"] == 1.0
+    one_class = evaluation_metrics(np.zeros(5), np.arange(5.0), 2.0)
+    assert np.isnan(one_class["auroc"])
+    assert np.isnan(one_class["average_precision"])
+    with pytest.raises(ValueError, match="same length"):
+        evaluation_metrics(labels[:-1], scores, 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluation_metrics(labels, np.r_[scores[:-1], np.nan], 1.0)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("drop_intermediate", [True, False])
+def test_roc_curve_matches_sklearn(rng, ties, drop_intermediate):
+    labels, scores = _data(rng, ties=ties)
+    ours = roc_curve(labels, scores, drop_intermediate=drop_intermediate)
+    reference = skm.roc_curve(labels, scores, drop_intermediate=drop_intermediate)
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("drop_intermediate", [True, False])
+def test_precision_recall_curve_matches_sklearn(rng, ties, drop_intermediate):
+    labels, scores = _data(rng, ties=ties)
+    ours = precision_recall_curve(labels, scores, drop_intermediate=drop_intermediate)
+    reference = skm.precision_recall_curve(labels, scores, drop_intermediate=drop_intermediate)
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_curves_tiny_and_all_tied():
+    labels = np.array([0, 1, 0, 1])
+    scores = np.full(4, 0.3)
+    for ours, reference in (
+        (roc_curve, skm.roc_curve),
+        (precision_recall_curve, skm.precision_recall_curve),
+    ):
+        for a, b in zip(ours(labels, scores), reference(labels, scores), strict=True):
+            np.testing.assert_allclose(a, b)
