@@ -3,6 +3,10 @@
 import sys
 import time
 
+__all__ = [
+    "Progress",
+]
+
 
 class Progress:
     """Prints ``label: done/total (rate/s, eta)`` on stderr.

@@ -15,6 +15,13 @@ from jax.typing import ArrayLike
 
 from msde_jax.neighbors import Neighbors
 
+__all__ = [
+    "FuzzyGraph",
+    "fuzzy_degree",
+    "fuzzy_simplicial_set",
+    "fuzzy_union",
+]
+
 # Constants of umap-learn's smooth_knn_dist.
 _SMOOTH_K_TOLERANCE = 1e-5
 _MIN_K_DIST_SCALE = 1e-3

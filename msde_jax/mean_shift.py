@@ -11,6 +11,11 @@ from jax.typing import ArrayLike
 from msde_jax._rows import map_rows, sq_norms
 from msde_jax.neighbors import nearest_indices
 
+__all__ = [
+    "MeanShiftResult",
+    "mean_shift",
+]
+
 # Below this a point does not move, and a window's total weight is floored (published values).
 _MIN_MOVE = 1e-6
 _MIN_WEIGHT = 1e-6

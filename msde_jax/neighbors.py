@@ -10,6 +10,11 @@ from jax.typing import ArrayLike
 
 from msde_jax._rows import map_rows, rank_distances, sq_norms
 
+__all__ = [
+    "Neighbors",
+    "knn",
+]
+
 
 class Neighbors(NamedTuple):
     """k nearest neighbours of each query, nearest first.

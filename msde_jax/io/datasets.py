@@ -2,7 +2,7 @@
 
 A :class:`Dataset` holds the training normals and the labelled test images of a one-class
 problem. Its items are file paths (``str``) or NumPy image arrays: anything
-:meth:`msde_jax.backbones.Embedder.embed` accepts. :func:`load_dataset` accepts four layouts:
+:meth:`msde_jax.Embedder.embed` accepts. :func:`load_dataset` accepts four layouts:
 
 - ``"pneumoniamnist"`` (or ``"builtin:pneumoniamnist"``): the MedMNIST v2 PneumoniaMNIST copy
   shipped with the package (28×28; CC BY 4.0, see ``msde_jax/data/PNEUMONIAMNIST_LICENSE.md``);

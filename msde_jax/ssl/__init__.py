@@ -14,8 +14,8 @@ from msde_jax.ssl.augment import (
     cutpaste_scar,
     make_views,
 )
+from msde_jax.ssl.config import TrainConfig
 from msde_jax.ssl.train import (
-    TrainConfig,
     TrainResult,
     TrainState,
     TrainStep,

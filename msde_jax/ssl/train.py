@@ -33,7 +33,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,104 +45,41 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from msde_jax._progress import Progress
-from msde_jax.backbones import weights_io
-from msde_jax.embedder import (
-    BACKBONES,
-    abstract_variables,
-    backbone_spec,
-    load_backbone_variables,
-)
+from msde_jax.backbones import weight_files
+from msde_jax.backbones.registry import backbone_spec
+from msde_jax.backbones.variables import abstract_variables, load_backbone_variables
 from msde_jax.io import images as _images
-from msde_jax.ssl.augment import ANATOMY, TASKS, make_views
+from msde_jax.ssl.augment import make_views
+from msde_jax.ssl.config import TrainConfig
+
+__all__ = [
+    "BACKBONE",
+    "CHECKPOINT",
+    "LOG",
+    "ProxyHead",
+    "StepMetrics",
+    "TrainResult",
+    "TrainState",
+    "TrainStep",
+    "abstract_state",
+    "backbone_variables",
+    "batch_indices",
+    "init_state",
+    "learning_rate_schedule",
+    "load_checkpoint",
+    "make_optimizer",
+    "make_train_step",
+    "prepare_images",
+    "save_backbone",
+    "save_checkpoint",
+    "train_backbone",
+]
 
 CHECKPOINT = "checkpoint.safetensors"
 BACKBONE = "backbone.safetensors"
 LOG = "train_log.jsonl"
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
 # Fields that may change when a run is resumed: they do not affect the steps taken.
 _RESUMABLE = ("checkpoint_every", "log_every")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run (stored in checkpoints and the exported file).
-
-    The defaults suit hundreds to thousands of normal images on one accelerator: fine-tune the
-    ImageNet weights with AdamW at a small learning rate, linear warm-up then cosine decay.
-
-    Attributes:
-        backbone: one of ``msde_jax.backbones.BACKBONES``.
-        task: proxy task, ``"anatpaste"`` (clean vs anatomy-masked paste from another image) or
-            ``"cutpaste"`` (clean vs patch vs scar).
-        anatomy: where AnatPaste pastes: ``"bright"`` (above the Otsu threshold: tissue on a
-            dark background, e.g. brain MRI) or ``"dark"`` (below it: the lung fields of chest
-            radiographs, as the AnatPaste reference code does).
-        init: ``"imagenet"`` (the backbone's pretrained weights), ``"scratch"`` (seeded He
-            initialisation), or a path to weights :class:`~msde_jax.Embedder` can read.
-        image_size: training resolution (images are resized to image_size²).
-        batch_size: clean images per step (each step sees ``batch_size × classes`` views);
-            must be a multiple of the number of devices.
-        steps: optimisation steps.
-        learning_rate: peak learning rate.
-        optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9, as CutPaste trained).
-        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
-        warmup_steps: linear warm-up from 0 to ``learning_rate``.
-        schedule: ``"cosine"`` (decay to 0 at ``steps``) or ``"constant"``.
-        head_hidden: width of the head's hidden layer (0: a linear head).
-        seed: seeds the head, the augmentations and the image order.
-        checkpoint_every: write a checkpoint every this many steps (and at the end).
-        log_every: record loss and accuracy every this many steps.
-    """
-
-    backbone: str = "resnet18"
-    task: str = "anatpaste"
-    anatomy: str = "bright"
-    init: str = "imagenet"
-    image_size: int = 224
-    batch_size: int = 32
-    steps: int = 1000
-    learning_rate: float = 1e-4
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    schedule: str = "cosine"
-    head_hidden: int = 512
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-
-    def __post_init__(self):
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        check(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}.")
-        check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
-        check(self.anatomy in ANATOMY, f"anatomy must be one of {', '.join(ANATOMY)}.")
-        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}.")
-        check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}.")
-        patch = backbone_spec(self.backbone).patch
-        check(
-            self.image_size >= 16 and self.image_size % patch == 0,
-            f"image_size={self.image_size} does not fit {self.backbone}: use at least 16"
-            + (f" and a multiple of {patch}." if patch > 1 else "."),
-        )
-        for name in ("batch_size", "steps", "checkpoint_every", "log_every"):
-            check(getattr(self, name) >= 1, f"{name} must be at least 1.")
-        check(self.warmup_steps >= 0 and self.head_hidden >= 0, "sizes must not be negative.")
-        check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0.")
-
-    @property
-    def num_classes(self) -> int:
-        return TASKS[self.task]
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        return cls(**json.loads(text))
 
 
 class TrainState(NamedTuple):
@@ -374,7 +310,7 @@ def save_checkpoint(
         "config": config.to_json(),
         "data": data,
     }
-    return weights_io.save_variables(path, _flat_state(state), meta)
+    return weight_files.save_variables(path, _flat_state(state), meta)
 
 
 def _data_fingerprint(data: np.ndarray) -> str:
@@ -394,7 +330,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[TrainState, TrainConfig]:
     Raises:
         ValueError: not a checkpoint, or its arrays do not match its configuration.
     """
-    flat, meta = weights_io.load_variables(path)
+    flat, meta = weight_files.load_variables(path)
     if meta.get("kind") != "checkpoint":
         raise ValueError(f"{path}: not a training checkpoint (kind={meta.get('kind')!r}).")
     config = TrainConfig.from_json(meta["config"])
@@ -428,7 +364,7 @@ def save_backbone(
         "image_size": str(config.image_size),
         "training": json.dumps({"config": dataclasses.asdict(config), **info}, sort_keys=True),
     }
-    return weights_io.save_variables(path, backbone_variables(state), meta)
+    return weight_files.save_variables(path, backbone_variables(state), meta)
 
 
 # ------------------------------------------------------------------------------- the loop
@@ -509,7 +445,7 @@ def train_backbone(
     if ckpt is not None and resume and ckpt.exists():
         state, saved = load_checkpoint(ckpt)
         _check_resume(saved, config, ckpt)
-        trained_on = weights_io.read_safetensors_metadata(ckpt).get("data", "")
+        trained_on = weight_files.read_safetensors_metadata(ckpt).get("data", "")
         if trained_on and trained_on != fingerprint:
             raise ValueError(
                 f"{ckpt} was trained on other images ({trained_on}; now {fingerprint}): "

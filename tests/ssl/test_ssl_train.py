@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from msde_jax.backbones import weights_io
+from msde_jax.backbones.registry import backbone_spec
+from msde_jax.backbones.weight_files import read_safetensors_metadata
 from msde_jax.cli import main
-from msde_jax.embedder import Embedder, backbone_spec
+from msde_jax.embedder import Embedder
 from msde_jax.ssl import (
     TrainConfig,
     load_checkpoint,
@@ -85,7 +86,7 @@ def test_batch_norm_statistics_are_updated_by_training(trained):
 
 def test_adapted_backbone_loads_into_embedder_with_frozen_statistics(trained, normals, tmp_path):
     path = save_backbone(tmp_path / "adapted.safetensors", trained.state, TINY, note="test")
-    meta = weights_io.read_safetensors_metadata(path)
+    meta = read_safetensors_metadata(path)
     assert meta["backbone"] == "resnet18"
     assert meta["kind"] == "backbone"
     assert json.loads(meta["training"])["config"]["task"] == "cutpaste"
@@ -166,7 +167,7 @@ def test_saved_checkpoint_round_trips_and_gives_the_same_next_step(trained, norm
 def test_data_parallel_step_matches_one_device(normals):
     devices = jax.local_devices()
     assert len(devices) == 2  # conftest forces two host devices
-    from msde_jax.embedder import load_backbone_variables
+    from msde_jax.backbones.variables import load_backbone_variables
 
     variables, _ = load_backbone_variables("resnet18", "random", image_size=32)
     batch = prepare_images(normals[:8], 32, progress=False)

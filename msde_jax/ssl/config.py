@@ -1,0 +1,94 @@
+"""The configuration of a self-supervised adaptation run: :class:`TrainConfig`."""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from msde_jax.backbones.registry import BACKBONES, backbone_spec
+from msde_jax.ssl.augment import ANATOMY, TASKS
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (stored in checkpoints and the exported file).
+
+    The defaults suit hundreds to thousands of normal images on one accelerator: fine-tune the
+    ImageNet weights with AdamW at a small learning rate, linear warm-up then cosine decay.
+
+    Attributes:
+        backbone: one of ``msde_jax.backbones.BACKBONES``.
+        task: proxy task, ``"anatpaste"`` (clean vs anatomy-masked paste from another image) or
+            ``"cutpaste"`` (clean vs patch vs scar).
+        anatomy: where AnatPaste pastes: ``"bright"`` (above the Otsu threshold: tissue on a
+            dark background, e.g. brain MRI) or ``"dark"`` (below it: the lung fields of chest
+            radiographs, as the AnatPaste reference code does).
+        init: ``"imagenet"`` (the backbone's pretrained weights), ``"scratch"`` (seeded He
+            initialisation), or a path to weights :class:`~msde_jax.Embedder` can read.
+        image_size: training resolution (images are resized to image_size²).
+        batch_size: clean images per step (each step sees ``batch_size × classes`` views);
+            must be a multiple of the number of devices.
+        steps: optimisation steps.
+        learning_rate: peak learning rate.
+        optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9, as CutPaste trained).
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        warmup_steps: linear warm-up from 0 to ``learning_rate``.
+        schedule: ``"cosine"`` (decay to 0 at ``steps``) or ``"constant"``.
+        head_hidden: width of the head's hidden layer (0: a linear head).
+        seed: seeds the head, the augmentations and the image order.
+        checkpoint_every: write a checkpoint every this many steps (and at the end).
+        log_every: record loss and accuracy every this many steps.
+    """
+
+    backbone: str = "resnet18"
+    task: str = "anatpaste"
+    anatomy: str = "bright"
+    init: str = "imagenet"
+    image_size: int = 224
+    batch_size: int = 32
+    steps: int = 1000
+    learning_rate: float = 1e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    head_hidden: int = 512
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self):
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        check(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}.")
+        check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        check(self.anatomy in ANATOMY, f"anatomy must be one of {', '.join(ANATOMY)}.")
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}.")
+        check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}.")
+        patch = backbone_spec(self.backbone).patch
+        check(
+            self.image_size >= 16 and self.image_size % patch == 0,
+            f"image_size={self.image_size} does not fit {self.backbone}: use at least 16"
+            + (f" and a multiple of {patch}." if patch > 1 else "."),
+        )
+        for name in ("batch_size", "steps", "checkpoint_every", "log_every"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1.")
+        check(self.warmup_steps >= 0 and self.head_hidden >= 0, "sizes must not be negative.")
+        check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0.")
+
+    @property
+    def num_classes(self) -> int:
+        return TASKS[self.task]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls(**json.loads(text))
