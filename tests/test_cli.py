@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from testing import hide_matplotlib
 
 from msde_jax.cli import build_parser, main
 
@@ -153,7 +154,6 @@ def test_parser_options_come_from_the_library():
 
 
 def test_report_commands_check_matplotlib_before_embedding(tmp_path, capsys, monkeypatch):
-    import builtins
     import functools
 
     from msde_jax.embedder import Embedder
@@ -166,14 +166,7 @@ def test_report_commands_check_matplotlib_before_embedding(tmp_path, capsys, mon
             raise AssertionError("a backbone was loaded before the matplotlib check")
 
         monkeypatch.setattr(Embedder, method, no_backbone)
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.split(".")[0] == "matplotlib":
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    hide_matplotlib(monkeypatch)
     out = tmp_path / "r"
     for command in (["demo"], ["evaluate", "pneumoniamnist"]):
         assert main([*command, "--out", str(out), "--limit", "40", *FAST]) == 2

@@ -233,6 +233,16 @@ def test_save_load_round_trip(tmp_path_factory, data, mode, score, density):
     np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
 
 
+def _edit_meta(path, edit):
+    """Rewrite the JSON metadata of a saved detector in place with ``edit(meta)``."""
+    with np.load(path) as z:
+        files = dict(z)
+    meta = json.loads(str(files["meta"]))
+    edit(meta)
+    files["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **files)
+
+
 def test_load_refuses_pickles_and_other_versions(tmp_path, fitted):
     evil = tmp_path / "evil.npz"
     np.savez(evil, meta=np.array([object()], dtype=object))
@@ -240,12 +250,7 @@ def test_load_refuses_pickles_and_other_versions(tmp_path, fitted):
         MSDEDetector.load(evil)
     path = tmp_path / "det.npz"
     fitted.save(path)
-    with np.load(path) as z:
-        files = dict(z)
-    meta = json.loads(str(files["meta"]))
-    meta["format_version"] = 99
-    files["meta"] = np.array(json.dumps(meta))
-    np.savez(path, **files)
+    _edit_meta(path, lambda meta: meta.update(format_version=99))
     with pytest.raises(ValueError, match="format version 99"):
         MSDEDetector.load(path)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -257,13 +262,12 @@ def test_load_refuses_version_1_files(tmp_path, fitted):
     # Version 1 named the density option `weights`; such a file must be refitted.
     path = tmp_path / "v1.npz"
     fitted.save(path)
-    with np.load(path) as z:
-        files = dict(z)
-    meta = json.loads(str(files["meta"]))
-    meta["format_version"] = 1
-    meta["params"]["weights"] = meta["params"].pop("density")
-    files["meta"] = np.array(json.dumps(meta))
-    np.savez(path, **files)
+
+    def as_version_1(meta):
+        meta["format_version"] = 1
+        meta["params"]["weights"] = meta["params"].pop("density")
+
+    _edit_meta(path, as_version_1)
     with pytest.raises(ValueError, match=r"format version 1; .* version 2\. Refit the detector"):
         MSDEDetector.load(path)
 

@@ -5,20 +5,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from testing import hide_matplotlib, labelled_scores
 
 from msde_jax.metrics import evaluation_metrics
 from msde_jax.report import MATPLOTLIB_MISSING, write_report
 
 PNGS = ("roc.png", "pr.png", "histogram.png", "grid.png")
-
-
-def _data(rng, n=120, rate=0.4, ties=False):
-    labels = rng.random(n) < rate
-    labels[:2] = [True, False]
-    scores = rng.gamma(2.0, 1.0, n) + 1.5 * labels
-    if ties:
-        scores = np.round(scores * 2) / 2  # many tied scores, across both classes
-    return labels, scores
 
 
 def _images(rng, n):
@@ -31,7 +23,7 @@ def _images(rng, n):
 
 
 def test_write_report(tmp_path, rng):
-    labels, scores = _data(rng, n=40)
+    labels, scores = labelled_scores(rng, n=40)
     threshold = float(np.quantile(scores[~labels], 0.9))
     images = _images(rng, 40)
     path = tmp_path / "case_0.png"
@@ -83,7 +75,7 @@ def test_write_report(tmp_path, rng):
 
 
 def test_write_report_without_images(tmp_path, rng):
-    labels, scores = _data(rng, n=30)
+    labels, scores = labelled_scores(rng, n=30)
     write_report(tmp_path, labels=labels, scores=scores, threshold=2.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ("metrics.json", "report.md", "roc.png", "pr.png", "histogram.png")
@@ -94,7 +86,7 @@ def test_write_report_without_images(tmp_path, rng):
 
 
 def test_write_report_rejects_bad_input(tmp_path, rng):
-    labels, scores = _data(rng, n=10)
+    labels, scores = labelled_scores(rng, n=10)
     with pytest.raises(ValueError, match="both normal and abnormal"):
         write_report(tmp_path, labels=np.ones(10), scores=scores, threshold=1.0)
     with pytest.raises(ValueError, match="images"):
@@ -103,17 +95,9 @@ def test_write_report_rejects_bad_input(tmp_path, rng):
 
 
 def test_missing_matplotlib_message(tmp_path, rng, monkeypatch):
-    import builtins
 
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.split(".")[0] == "matplotlib":
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    labels, scores = _data(rng, n=10)
+    hide_matplotlib(monkeypatch)
+    labels, scores = labelled_scores(rng, n=10)
     with pytest.raises(ImportError, match="pip install matplotlib") as info:
         write_report(tmp_path / "r", labels=labels, scores=scores, threshold=1.0)
     assert str(info.value) == MATPLOTLIB_MISSING

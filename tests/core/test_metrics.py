@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from sklearn import metrics as skm
 from sklearn.metrics import average_precision_score, roc_auc_score
+from testing import labelled_scores
 
 from msde_jax.metrics import (
     average_precision,
@@ -124,18 +125,9 @@ def test_property_matches_sklearn(problem):
 
 
 # ------------------------------------------------------------------- curves and threshold metrics
-def _data(rng, n=120, rate=0.4, ties=False):
-    labels = rng.random(n) < rate
-    labels[:2] = [True, False]
-    scores = rng.gamma(2.0, 1.0, n) + 1.5 * labels
-    if ties:
-        scores = np.round(scores * 2) / 2  # many tied scores, across both classes
-    return labels, scores
-
-
 @pytest.mark.parametrize("ties", [False, True])
 def test_metrics_match_sklearn(rng, ties):
-    labels, scores = _data(rng, ties=ties)
+    labels, scores = labelled_scores(rng, ties=ties)
     threshold = float(np.median(scores))  # with ties, some scores equal the threshold
     m = evaluation_metrics(labels.astype(int), scores, threshold)
     predicted = scores > threshold
@@ -160,7 +152,7 @@ def test_metrics_match_sklearn(rng, ties):
 
 
 def test_metrics_edge_thresholds(rng):
-    labels, scores = _data(rng, n=40)
+    labels, scores = labelled_scores(rng, n=40)
     above = evaluation_metrics(labels, scores, scores.max())  # nothing predicted abnormal
     assert (above["tp"], above["fp"]) == (0, 0)
     assert above["precision"] == above["f1"] == above["recall"] == 0.0
@@ -180,7 +172,7 @@ def test_metrics_edge_thresholds(rng):
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("drop_intermediate", [True, False])
 def test_roc_curve_matches_sklearn(rng, ties, drop_intermediate):
-    labels, scores = _data(rng, ties=ties)
+    labels, scores = labelled_scores(rng, ties=ties)
     ours = roc_curve(labels, scores, drop_intermediate=drop_intermediate)
     reference = skm.roc_curve(labels, scores, drop_intermediate=drop_intermediate)
     for a, b in zip(ours, reference, strict=True):
@@ -190,7 +182,7 @@ def test_roc_curve_matches_sklearn(rng, ties, drop_intermediate):
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("drop_intermediate", [True, False])
 def test_precision_recall_curve_matches_sklearn(rng, ties, drop_intermediate):
-    labels, scores = _data(rng, ties=ties)
+    labels, scores = labelled_scores(rng, ties=ties)
     ours = precision_recall_curve(labels, scores, drop_intermediate=drop_intermediate)
     reference = skm.precision_recall_curve(labels, scores, drop_intermediate=drop_intermediate)
     for a, b in zip(ours, reference, strict=True):
