@@ -62,7 +62,7 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------- arguments
 def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     from msde_jax.backbones.registry import BACKBONES
-    from msde_jax.embedder import Embedder
+    from msde_jax.embedder import FEATURES, Embedder
 
     d = {name: param.default for name, param in inspect.signature(Embedder).parameters.items()}
     g = p.add_argument_group("backbone")
@@ -82,7 +82,21 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     g.add_argument(
-        "--multiscale", action="store_true", help="concatenate pooled features of every stage"
+        "--features",
+        default=d["features"],
+        choices=FEATURES,
+        help="pooled: the last stage's (or each --layers map's) global average; multiscale: "
+        "every stage's, concatenated; patches: PatchCore's (grid, grid, c) patch features of "
+        "--layers, for `embed` (default: %(default)s)",
+    )
+    g.add_argument(
+        "--layers",
+        action="append",
+        default=None,
+        metavar="NAMES",
+        help="named backbone layers to read, comma-separated or repeated, e.g. "
+        "features.13,features.16 (mobilenet_v2) or layer2,layer3 (resnet); "
+        "see the README's backbone table",
     )
     g.add_argument(
         "--cache-dir",
@@ -262,12 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _embedder(args: argparse.Namespace):
     from msde_jax.embedder import Embedder
 
+    if args.features == "patches" and args.command != "embed":
+        raise UserError(
+            f"--features patches gives (grid, grid, c) features per image, which `{args.command}`"
+            " cannot use: write them with `msde-jax embed`, or use --features pooled."
+        )
+    layers = [n.strip() for value in args.layers or () for n in value.split(",") if n.strip()]
     return Embedder(
         args.backbone,
         weights=args.weights,
         image_size=args.image_size,
         batch_size=args.batch_size,
-        features="multiscale" if args.multiscale else "pooled",
+        features=args.features,
+        layers=layers or None,
     )
 
 
@@ -310,7 +331,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
         names=np.array(names),
         config=np.array(json.dumps(embedder.config())),
     )
-    print(f"wrote {emb.shape[0]} × {emb.shape[1]} embeddings to {args.out}")
+    print(f"wrote {emb.shape[0]} × {' × '.join(map(str, emb.shape[1:]))} embeddings to {args.out}")
 
 
 def cmd_fit(args: argparse.Namespace) -> None:

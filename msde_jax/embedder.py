@@ -3,8 +3,11 @@
 Reads paths, PIL images or arrays with Pillow, resizes them as the paper does, applies the
 backbone's own normalisation and runs the network in fixed-size batches (the last one padded,
 so the forward pass compiles once), optionally in bfloat16 and data-parallel over devices.
+Besides the final pooled vector it reads named layers (``layers=``): their pooled vectors, or
+PatchCore's (n, grid, grid, c) patch features (:mod:`msde_jax.backbones.taps`).
 """
 
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,17 +19,24 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from msde_jax._progress import Progress
-from msde_jax.backbones.registry import backbone_spec
+from msde_jax.backbones import taps as _taps
+from msde_jax.backbones.registry import BackboneSpec, backbone_spec
 from msde_jax.backbones.variables import describe_weights, load_backbone_variables, variables_dtype
 from msde_jax.io import images as _images
 
 __all__ = ["FEATURES", "Embedder"]
 
-FEATURES = ("pooled", "multiscale")
+FEATURES = ("pooled", "multiscale", "patches")
 
 
 class Embedder:
     """Embeds images with a frozen pretrained backbone: ``Embedder().embed(images) -> (n, d)``.
+
+    ``Embedder("mobilenet_v2", layers=("features.13", "features.16"))`` embeds an image as the
+    pooled vectors of two named layers (96 + 160 = 256-d); ``features="patches"`` gives
+    PatchCore's patch features instead, (n, grid, grid, Σc) (default layers per backbone:
+    ``BackboneSpec.patch_layers``, e.g. ``features.6`` + ``features.13``, or ResNet's ``layer2``
+    + ``layer3``).
 
     Args:
         backbone: one of :data:`~msde_jax.backbones.BACKBONES`; the default EfficientNet-Lite0
@@ -47,8 +57,20 @@ class Embedder:
             once. Rounded up to a multiple of the device count.
         dtype: computation dtype; ``jnp.bfloat16`` halves memory and speeds up accelerators
             (embeddings are returned as float32 either way).
-        features: ``"pooled"`` (global-average-pooled last stage, the paper's) or
-            ``"multiscale"`` (pooled features of every stage, concatenated).
+        features: ``"pooled"`` (global-average-pooled last stage, the paper's; with ``layers``,
+            the global average of each named layer, concatenated: (n, Σc)),
+            ``"multiscale"`` (pooled features of every stage, concatenated; not with
+            ``layers``) or ``"patches"`` (PatchCore's patch features of ``layers``: each map
+            averaged over aggregate × aggregate neighbourhoods, resized bilinearly to
+            grid × grid, concatenated over channels: (n, grid, grid, Σc); see
+            :func:`msde_jax.backbones.taps.patch_features`).
+        layers: names of the backbone's layers to read (``BackboneSpec.layers``; e.g.
+            ``("features.13", "features.16")`` for MobileNetV2, ``("layer2", "layer3")`` for a
+            ResNet, ``("blocks.11",)`` for DINOv2), shallow or deep in any order; their features
+            are concatenated in the order given. ``None``: the last stage (``"pooled"``), every
+            stage (``"multiscale"``) or the backbone's ``patch_layers`` (``"patches"``).
+        grid: side of the patch grid every map is resized to (``"patches"`` only).
+        aggregate: odd side of PatchCore's neighbourhood average (``"patches"`` only; 1: none).
         progress: show a progress line on stderr for long inputs.
         devices: devices to run data-parallel on (default: all local devices of the default
             backend).
@@ -67,6 +89,9 @@ class Embedder:
         batch_size: int = 64,
         dtype: Any = jnp.float32,
         features: str = "pooled",
+        layers: Sequence[str] | None = None,
+        grid: int = 14,
+        aggregate: int = 3,
         progress: bool = True,
         devices: Sequence[jax.Device] | None = None,
         cache_dir: str | None = None,
@@ -83,8 +108,10 @@ class Embedder:
                 + (f" and a multiple of {spec.patch}" if spec.patch > 1 else "")
                 + "."
             )
+        layers = _check_layers(backbone, spec, features, layers, grid, aggregate)
         self.backbone, self.image_size, self.resize = backbone, image_size, resize
         self.features, self.progress, self.num_workers = features, progress, num_workers
+        self.layers, self.grid, self.aggregate = layers, int(grid), int(aggregate)
         self.dtype = jnp.dtype(dtype)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         n_dev = len(self.devices)
@@ -101,10 +128,15 @@ class Embedder:
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("data"))
         self._variables = jax.device_put(variables, replicated)
         normalize, module = spec.normalize, spec.build(0)
-        multiscale = features == "multiscale"
+        multiscale, grid, aggregate = features == "multiscale", self.grid, self.aggregate
 
         def forward(variables, x):
             out = module.apply(variables, normalize(x).astype(variables_dtype(variables)))
+            if layers is not None:
+                maps = [out.taps[name] for name in layers]
+                if features == "patches":
+                    return _taps.patch_features(maps, grid=grid, aggregate=aggregate)
+                return _taps.pooled_layers(maps)
             if multiscale:
                 feats = jnp.concatenate([jnp.mean(s, axis=(1, 2)) for s in out.stages], axis=-1)
             else:
@@ -118,10 +150,11 @@ class Embedder:
         """The embedder that :meth:`config` describes, e.g. the one stored with a fitted model.
 
         Args:
-            config: a dict returned by :meth:`config`. ``"weights"`` is reloaded from where it
-                came from (``"imagenet"``: the default weights; a path: that file); weights
-                given in memory (``"state_dict"``, ``"variables"``) must be passed again as
-                ``weights=``.
+            config: a dict returned by :meth:`config` (older ones without ``"layers"``,
+                ``"grid"`` or ``"aggregate"`` get the defaults). ``"weights"`` is reloaded from
+                where it came from (``"imagenet"``: the default weights; a path: that file);
+                weights given in memory (``"state_dict"``, ``"variables"``) must be passed
+                again as ``weights=``.
             **overrides: any other :class:`Embedder` argument (``batch_size``, ``devices``,
                 ``progress``, ...), or one of the config's to replace it.
 
@@ -135,22 +168,31 @@ class Embedder:
             "features": config["features"],
             "dtype": config["dtype"],
         }
+        kwargs.update({k: config[k] for k in ("layers", "grid", "aggregate") if k in config})
         return cls(config["backbone"], **{**kwargs, **overrides})
 
     @property
-    def dim(self) -> int:
-        """Size of one embedding."""
-        if not hasattr(self, "_dim"):
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one image's embedding: ``(d,)``, or ``(grid, grid, d)`` for patches."""
+        if not hasattr(self, "_output_shape"):
             shape = (self.batch_size, self.image_size, self.image_size, 3)
             probe = jax.ShapeDtypeStruct(shape, jnp.float32)
-            self._dim = int(jax.eval_shape(self._forward, self._variables, probe).shape[-1])
-        return self._dim
+            out = jax.eval_shape(self._forward, self._variables, probe)
+            self._output_shape = tuple(int(s) for s in out.shape[1:])
+        return self._output_shape
+
+    @property
+    def dim(self) -> int:
+        """Size of one embedding (of one patch's features for ``features="patches"``)."""
+        return self.output_shape[-1]
 
     def config(self) -> dict[str, Any]:
         """What produced these embeddings (stored with a fitted model; keys the embedding
         cache): ``weights_sha256`` fingerprints the exact weights, so two different state
-        dicts never share cached embeddings."""
-        return {
+        dicts never share cached embeddings. ``"layers"`` is recorded when layers are read (the
+        patch defaults included) and ``"grid"``, ``"aggregate"`` for patches only, so configs
+        and caches of the final pooled and multiscale embeddings stay as they were."""
+        config = {
             "backbone": self.backbone,
             "weights": self.weights_source,
             "weights_sha256": self.weights_sha256,
@@ -159,6 +201,11 @@ class Embedder:
             "features": self.features,
             "dtype": self.dtype.name,
         }
+        if self.layers is not None:
+            config["layers"] = list(self.layers)
+        if self.features == "patches":
+            config["grid"], config["aggregate"] = self.grid, self.aggregate
+        return config
 
     def preprocess(self, image: Any, *, name: str = "image") -> np.ndarray:
         """One image → (image_size, image_size, 3) float32 RGB in [0, 1] (before normalising)."""
@@ -171,16 +218,17 @@ class Embedder:
         and resized in background threads while the network runs.
 
         Returns:
-            (n, d) float32 embeddings, in the input order.
+            (n, *output_shape) float32 embeddings, in the input order: (n, d), or
+            (n, grid, grid, d) for ``features="patches"``.
         """
         items = list(images)
         n = len(items)
         if n == 0:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, *self.output_shape), np.float32)
         bs = self.batch_size
         batches = [items[i : i + bs] for i in range(0, n, bs)]
         names = [_name(items[i], i) for i in range(n)]
-        out = np.empty((n, self.dim), np.float32)
+        out = np.empty((n, *self.output_shape), np.float32)
         progress = Progress(n, f"embedding ({self.backbone})", enabled=self.progress and n > bs)
 
         def load(start: int, batch: list[Any]) -> np.ndarray:
@@ -202,10 +250,48 @@ class Embedder:
         return out
 
     def __repr__(self) -> str:
+        layers = "" if self.layers is None else f", layers={self.layers!r}"
+        if self.features == "patches":
+            layers += f", grid={self.grid}, aggregate={self.aggregate}"
         return (
             f"Embedder({self.backbone!r}, weights={self.weights_source!r}, "
-            f"image_size={self.image_size}, features={self.features!r}, dtype={self.dtype.name})"
+            f"image_size={self.image_size}, features={self.features!r}{layers}, "
+            f"dtype={self.dtype.name})"
         )
+
+
+def _check_layers(
+    backbone: str,
+    spec: BackboneSpec,
+    features: str,
+    layers: Sequence[str] | None,
+    grid: int,
+    aggregate: int,
+) -> tuple[str, ...] | None:
+    """The layers to read (``None``: the final pooled or multiscale features), validated."""
+    if not _is_int(grid) or grid < 1:
+        raise ValueError(f"grid must be a positive integer, got {grid!r}.")
+    if not _is_int(aggregate) or aggregate < 1 or aggregate % 2 == 0:
+        raise ValueError(f"aggregate must be an odd positive integer, got {aggregate!r}.")
+    if layers is None:
+        return spec.patch_layers if features == "patches" else None
+    if features == "multiscale":
+        raise ValueError(
+            "features='multiscale' pools every stage and takes no layers=; "
+            "use features='pooled' for the pooled features of the named layers."
+        )
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    unknown = [name for name in layers if name not in spec.layers]
+    if unknown or not layers or len(set(layers)) != len(layers):
+        what = f"unknown layers {unknown}" if unknown else f"layers={list(layers)}"
+        raise ValueError(
+            f"{what} for {backbone}: give one or more distinct names of {', '.join(spec.layers)}."
+        )
+    return layers
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _name(item: Any, index: int) -> str:

@@ -128,7 +128,7 @@ def embed(
     what: str = "input",
     progress: bool = True,
 ) -> np.ndarray:
-    """(n, d) embeddings of ``items``, through the on-disk cache when ``cache_dir`` is given.
+    """Embeddings of ``items`` ((n, d), or (n, grid, grid, c) patch features), through the on-disk cache when ``cache_dir`` is given.
 
     Args:
         embedder: an :class:`~msde_jax.embedder.Embedder` or any object with ``config()`` and

@@ -174,3 +174,38 @@ def test_report_commands_check_matplotlib_before_embedding(tmp_path, capsys, mon
         assert err.endswith(f"error: {MATPLOTLIB_MISSING}\n")
         assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_features_and_layers_options(tmp_path, folder, capsys):
+    from msde_jax.cli import _embedder
+    from msde_jax.embedder import FEATURES
+
+    parser = build_parser()
+    for command in ("embed", "fit", "evaluate", "demo"):
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+        options = {a.dest: a for a in sub._actions}
+        assert tuple(options["features"].choices) == FEATURES
+        assert options["features"].default == "pooled"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["embed", "x", "--out", "e.npz", "--multiscale"])
+    capsys.readouterr()
+    args = parser.parse_args(
+        ["embed", "x", "--out", "e.npz", "--backbone", "mobilenet_v2", *EMBED]
+        + ["--layers", "features.13, features.16", "--layers", "features.6"]
+    )
+    assert _embedder(args).layers == ("features.13", "features.16", "features.6")
+    # Patch features are (grid, grid, c) per image: only `embed` writes them.
+    emb = tmp_path / "patches.npz"
+    args = ["embed", str(folder / "train"), "--out", str(emb), *EMBED, "--features", "patches"]
+    assert main([*args, "--layers", "_blocks.4"]) == 0
+    with np.load(emb) as z:
+        assert z["embeddings"].shape == (30, 14, 14, 40)
+        config = json.loads(str(z["config"]))
+    assert (config["layers"], config["grid"], config["aggregate"]) == (["_blocks.4"], 14, 3)
+    fit = ["fit", str(folder / "train"), "--out", str(tmp_path / "m.npz"), *FAST]
+    assert main([*fit, "--features", "patches"]) == 2
+    assert "msde-jax embed" in capsys.readouterr().err
+    assert main([*fit, "--layers", "layer2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown layers ['layer2'] for efficientnet_lite0" in err
+    assert "_blocks.4" in err

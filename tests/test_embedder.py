@@ -155,3 +155,193 @@ def test_from_config_unknown_backbone():
     config = Embedder("resnet18", weights="random", image_size=32, progress=False).config()
     with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
         Embedder.from_config({**config, "backbone": "vgg"})
+
+
+# --------------------------------------------------------------------------- named layers
+# One compiled embedder per configuration, shared by the tests below (compiling dominates).
+SIZE = 64  # MobileNetV2 at 64 px: features.6 is 8×8 (stride 8), features.13 4×4 (stride 16)
+PATCH_LAYERS = ("features.6", "features.13")
+
+
+def _mobilenet(**kwargs):
+    kwargs = {"image_size": SIZE, "batch_size": 4, "progress": False, **kwargs}
+    return Embedder("mobilenet_v2", weights="random", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def patches():
+    """PatchCore's measured setting: blocks 6 + 13, 3×3-aggregated, on a 14×14 grid."""
+    emb = _mobilenet(features="patches")
+    return emb, emb.embed(IMAGES)
+
+
+@pytest.fixture(scope="module")
+def raw_maps(patches):
+    """The backbone's own maps of the two layers (no aggregation, no resize), as NumPy."""
+    emb, _ = patches
+    spec = backbone_spec("mobilenet_v2")
+    module = spec.build(0)
+    x = np.stack([emb.preprocess(img) for img in IMAGES])
+
+    @jax.jit
+    def forward(variables, x):
+        return [module.apply(variables, spec.normalize(x)).taps[name] for name in PATCH_LAYERS]
+
+    return [np.asarray(m) for m in forward(emb._variables, jnp.asarray(x))]
+
+
+def _local_average(x, size=3):
+    p = size // 2
+    padded = np.pad(x.astype(np.float64), ((0, 0), (p, p), (p, p), (0, 0)))
+    out = sum(
+        padded[:, dy : dy + x.shape[1], dx : dx + x.shape[2]]
+        for dy in range(size)
+        for dx in range(size)
+    )
+    return out / size**2  # zeros beyond the border count, as anomalib's AvgPool2d(3, 1, 1)
+
+
+def _resize(x, size):
+    def matrix(n_in):
+        m = np.zeros((size, n_in))
+        for i in range(size):
+            src = max((i + 0.5) * n_in / size - 0.5, 0.0)
+            lo = min(int(src), n_in - 1)
+            m[i, lo] += 1 - (src - lo)
+            m[i, min(lo + 1, n_in - 1)] += src - lo
+        return m
+
+    return np.einsum("ia,jb,nabc->nijc", matrix(x.shape[1]), matrix(x.shape[2]), x)
+
+
+def test_patch_features_shape_config_and_default_layers(patches):
+    emb, out = patches
+    assert emb.layers == PATCH_LAYERS == backbone_spec("mobilenet_v2").patch_layers
+    assert out.shape == (5, 14, 14, 32 + 96)
+    assert out.dtype == np.float32
+    assert emb.output_shape == (14, 14, 128)
+    assert emb.dim == 128
+    assert np.all(np.isfinite(out))
+    config = emb.config()
+    assert (config["layers"], config["grid"], config["aggregate"]) == (list(PATCH_LAYERS), 14, 3)
+    assert emb.embed([]).shape == (0, 14, 14, 128)
+
+
+def test_patch_features_match_a_numpy_reference(patches, raw_maps):
+    _, out = patches
+    assert [m.shape[1:3] for m in raw_maps] == [(8, 8), (4, 4)]
+    want = np.concatenate([_resize(_local_average(m), 14) for m in raw_maps], axis=-1)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+
+
+def test_one_image_alone_equals_it_in_a_batch_and_compiles_once(patches):
+    emb, out = patches
+    np.testing.assert_allclose(emb.embed(IMAGES[3:4])[0], out[3], rtol=2e-4, atol=2e-4)
+    emb.embed(IMAGES[:1] * 9)
+    assert emb._forward._cache_size() == 1
+
+
+def test_pooled_layers_are_the_mean_of_the_unaggregated_patch_map(raw_maps):
+    pooled = _mobilenet(layers=PATCH_LAYERS)
+    got = pooled.embed(IMAGES)
+    assert got.shape == (5, 32 + 96)
+    assert pooled.dim == 128
+    want = np.concatenate([m.mean(axis=(1, 2)) for m in raw_maps], axis=-1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # On a 4×4 grid, features.13 keeps its size and features.6 is halved (2×2 block means),
+    # so the mean of the un-aggregated patch map is the pooled vector.
+    flat = _mobilenet(features="patches", aggregate=1, grid=4)
+    patch_map = flat.embed(IMAGES)
+    assert patch_map.shape == (5, 4, 4, 128)
+    np.testing.assert_allclose(patch_map[..., 32:], raw_maps[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(patch_map.mean(axis=(1, 2)), got, rtol=1e-4, atol=1e-5)
+    assert pooled.config()["layers"] == list(PATCH_LAYERS)
+    assert "grid" not in pooled.config()
+    assert "aggregate" not in pooled.config()
+
+
+def test_patch_features_cache_round_trip(patches, tmp_path):
+    from msde_jax.io.cache import embed_cached
+
+    emb, out = patches
+    first = embed_cached(emb, IMAGES, tmp_path, progress=False)
+    assert first.shape == (5, 14, 14, 128)
+    np.testing.assert_allclose(first, out, rtol=2e-4, atol=2e-4)
+    calls = []
+
+    class Counting:
+        def config(self):
+            return emb.config()
+
+        def embed(self, items):
+            calls.append(len(items))
+            return emb.embed(items)
+
+    again = embed_cached(Counting(), IMAGES[::-1], tmp_path, progress=False)
+    assert calls == []
+    np.testing.assert_array_equal(again, first[::-1])
+    # Other layers, grid or aggregation are other cache entries.
+    other = _mobilenet(features="patches", grid=7)
+    assert other.config() != emb.config()
+
+
+def test_from_config_round_trip_with_layers():
+    emb = _mobilenet(features="patches", layers=("features.13", "features.16"), grid=7)
+    again = Embedder.from_config(emb.config(), progress=False)
+    assert again.config() == emb.config()
+    assert (again.layers, again.grid, again.aggregate) == (("features.13", "features.16"), 7, 3)
+    pooled = _mobilenet(layers=["features.13", "features.16"])
+    assert Embedder.from_config(pooled.config(), progress=False).layers == (
+        "features.13",
+        "features.16",
+    )
+    # Configs written before layers existed (and today's final pooled / multiscale ones, which
+    # keep the same keys, so their caches stay valid) read back as before.
+    old = _mobilenet().config()
+    keys = ("backbone", "weights", "weights_sha256", "image_size", "resize", "features", "dtype")
+    assert set(old) == set(keys)
+    back = Embedder.from_config(old, progress=False)
+    assert back.layers is None
+    assert back.config() == old
+    assert _mobilenet(features="multiscale").layers is None
+
+
+def test_bad_layer_arguments():
+    with pytest.raises(ValueError, match=r"unknown layers \['layer9'\].*features\.0, features\.1"):
+        _mobilenet(layers=("features.13", "layer9"))
+    with pytest.raises(ValueError, match="layer1, layer2, layer3, layer4"):
+        Embedder("resnet18", weights="random", layers=["features.13"])
+    with pytest.raises(ValueError, match="distinct"):
+        _mobilenet(layers=("features.13", "features.13"))
+    with pytest.raises(ValueError, match="distinct"):
+        _mobilenet(layers=())
+    with pytest.raises(ValueError, match="multiscale"):
+        _mobilenet(features="multiscale", layers=("features.13",))
+    with pytest.raises(ValueError, match="aggregate must be an odd"):
+        _mobilenet(features="patches", aggregate=2)
+    with pytest.raises(ValueError, match="grid must be a positive"):
+        _mobilenet(features="patches", grid=0)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [("efficientnet_lite0", 64), ("resnet18", 64), ("dinov2_vits14", 56)],
+)
+def test_default_patch_layers_of_each_backbone(backbone, size):
+    spec = backbone_spec(backbone)
+    kwargs = dict(image_size=size, features="patches", batch_size=4, progress=False)
+    emb = Embedder(backbone, weights="random", **kwargs)
+    out = emb.embed(IMAGES)
+    channels = sum(spec.layers[name][1] for name in spec.patch_layers)
+    assert emb.layers == spec.patch_layers
+    assert out.shape == (5, 14, 14, channels)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(emb.embed(IMAGES[3:4])[0], out[3], rtol=2e-4, atol=2e-4)
+
+
+def test_patch_features_data_parallel_equal_one_device():
+    devices = jax.devices("cpu")
+    kwargs = dict(weights="random", image_size=32, features="patches", progress=False)
+    two = Embedder("resnet18", batch_size=4, devices=devices[:2], **kwargs)
+    one = Embedder("resnet18", batch_size=4, devices=devices[:1], **kwargs)
+    np.testing.assert_allclose(two.embed(IMAGES), one.embed(IMAGES), rtol=1e-3, atol=1e-4)

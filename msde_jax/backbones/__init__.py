@@ -2,6 +2,8 @@
 
 - :mod:`~msde_jax.backbones.registry`: the backbones by name (:data:`BACKBONES`,
   :func:`backbone_spec`) and where their ImageNet weights come from;
+- :mod:`~msde_jax.backbones.taps`: features from a backbone's named layers (pooled per layer,
+  PatchCore's aggregated patch features on a fixed grid);
 - :mod:`~msde_jax.backbones.variables`: a backbone's Flax variables from any weights;
 - :mod:`~msde_jax.backbones.torch_pickle`: ``torch.save`` files read without torch or pickle's
   arbitrary code;

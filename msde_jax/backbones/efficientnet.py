@@ -36,7 +36,7 @@ from msde_jax.backbones._convert import (
 )
 from msde_jax.backbones._layers import DepthwiseConv, batch_norm_layer
 
-__all__ = ["EfficientNetLite0", "convert_efficientnet_lite0"]
+__all__ = ["EfficientNetLite0", "convert_efficientnet_lite0", "tap_layers"]
 
 # (repeats, kernel, stride of the first repeat, expansion, output channels): the Lite0 table of
 # efficientnet_lite_builder.py (width and depth multipliers 1.0, so no rounding applies).
@@ -64,6 +64,18 @@ def _block_configs() -> list[tuple[int, int, int, int, int]]:
             configs.append((c_in, c_out, kernel, stride if r == 0 else 1, expand))
             c_in = c_out
     return configs
+
+
+def tap_layers() -> dict[str, tuple[int, int]]:
+    """``{name: (stride, channels)}`` of :class:`EfficientNetLite0`'s taps, named as the
+    checkpoint's modules: ``_conv_stem`` (after ``_bn0`` and ReLU6), ``_blocks.{i}`` (0–15) and
+    ``_conv_head`` (after ``_bn1`` and ReLU6)."""
+    table, stride = {"_conv_stem": (2, _STEM)}, 2
+    for i, (_, c_out, _, s, _) in enumerate(_block_configs()):
+        stride *= s
+        table[f"_blocks.{i}"] = (stride, c_out)
+    table["_conv_head"] = (stride, _HEAD)
+    return table
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -129,7 +141,23 @@ class EfficientNetLite0(nn.Module):
         :class:`BackboneOutput` with ``pooled`` (n, 1280), the global average of the head's
         ReLU6 output; ``stages`` five maps at strides 2, 4, 8, 16, 32 — the outputs of blocks
         0, 2, 4 and 10 (16, 24, 40 and 112 channels) and of the 1×1 head (1280 channels, the
-        map ``pooled`` averages); and ``logits`` (n, num_classes) or ``None``.
+        map ``pooled`` averages); ``logits`` (n, num_classes) or ``None``; and ``taps`` the
+        stem, every block and the head by their checkpoint names (:func:`tap_layers`), each
+        (n, ⌈h/stride⌉, ⌈w/stride⌉, channels):
+
+        ==============================  ======  ========
+        tap                             stride  channels
+        ==============================  ======  ========
+        ``_conv_stem`` (stem)           2       32
+        ``_blocks.0``                   2       16
+        ``_blocks.1``–``.2``            4       24
+        ``_blocks.3``–``.4``            8       40
+        ``_blocks.5``–``.7``            16      80
+        ``_blocks.8``–``.10``           16      112
+        ``_blocks.11``–``.14``          32      192
+        ``_blocks.15``                  32      320
+        ``_conv_head`` (1×1 head)       32      1280
+        ==============================  ======  ========
     """
 
     num_classes: int = 1000
@@ -149,6 +177,7 @@ class EfficientNetLite0(nn.Module):
             name="stem_conv",
         )(x)
         x = jax.nn.relu6(bn(name="stem_bn")(x))
+        taps = {"_conv_stem": x}
 
         configs = _block_configs()
         stages = []
@@ -156,11 +185,13 @@ class EfficientNetLite0(nn.Module):
             x = _MBConv(c_in, c_out, kernel, stride, expand, dtype=self.dtype, name=f"block_{i}")(
                 x, train
             )
+            taps[f"_blocks.{i}"] = x
             if i + 1 < len(configs) and configs[i + 1][3] != 1:
                 stages.append(x)  # the last map before the next downsampling
 
         x = nn.Conv(_HEAD, (1, 1), use_bias=False, dtype=self.dtype, name="head_conv")(x)
         x = jax.nn.relu6(bn(name="head_bn")(x))
+        taps["_conv_head"] = x
         stages.append(x)
         pooled = jnp.mean(x, axis=(1, 2))
 
@@ -168,7 +199,7 @@ class EfficientNetLite0(nn.Module):
         if self.num_classes > 0:
             h = nn.Dropout(_DROPOUT, deterministic=not train)(pooled)
             logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
-        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits)
+        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits, taps=taps)
 
 
 def convert_efficientnet_lite0(

@@ -29,7 +29,7 @@ from msde_jax.backbones._convert import (
 )
 from msde_jax.backbones._layers import DepthwiseConv, batch_norm_layer
 
-__all__ = ["MobileNetV2", "convert_mobilenet_v2"]
+__all__ = ["MobileNetV2", "convert_mobilenet_v2", "tap_layers"]
 
 # (expansion t, output channels c, repeats n, stride of the first repeat s): torchvision's
 # inverted_residual_setting.
@@ -57,6 +57,18 @@ def _block_configs() -> list[tuple[int, int, int, int]]:
             configs.append((c_in, c_out, stride if r == 0 else 1, expand))
             c_in = c_out
     return configs
+
+
+def tap_layers() -> dict[str, tuple[int, int]]:
+    """``{name: (stride, channels)}`` of :class:`MobileNetV2`'s taps, named as torchvision's
+    ``features`` children: ``features.0`` the stem, ``features.{i}`` (1–17) the inverted
+    residual blocks, ``features.18`` the 1×1 head (after batch norm and ReLU6)."""
+    table, stride = {"features.0": (2, _STEM)}, 2
+    for i, (_, c_out, s, _) in enumerate(_block_configs()):
+        stride *= s
+        table[f"features.{i + 1}"] = (stride, c_out)
+    table[f"features.{len(table)}"] = (stride, _HEAD)
+    return table
 
 
 class _InvertedResidual(nn.Module):
@@ -113,7 +125,22 @@ class MobileNetV2(nn.Module):
         ReLU6 output; ``stages`` five maps at strides 2, 4, 8, 16, 32 — the outputs of
         torchvision's ``features[1]``, ``[3]``, ``[6]``, ``[13]`` (16, 24, 32 and 96 channels)
         and ``[18]`` (the 1×1 head, 1280 channels, the map ``pooled`` averages); and ``logits``
-        (n, num_classes) or ``None``.
+        (n, num_classes) or ``None``; ``taps`` every child of torchvision's ``features`` by its
+        name (:func:`tap_layers`), each (n, h/stride, w/stride, channels):
+
+        ============================  ======  ========
+        tap                           stride  channels
+        ============================  ======  ========
+        ``features.0`` (stem)         2       32
+        ``features.1``                2       16
+        ``features.2``–``.3``         4       24
+        ``features.4``–``.6``         8       32
+        ``features.7``–``.10``        16      64
+        ``features.11``–``.13``       16      96
+        ``features.14``–``.16``       32      160
+        ``features.17``               32      320
+        ``features.18`` (1×1 head)    32      1280
+        ============================  ======  ========
     """
 
     num_classes: int = 1000
@@ -132,6 +159,7 @@ class MobileNetV2(nn.Module):
             name="stem_conv",
         )(x)
         x = jax.nn.relu6(bn(name="stem_bn")(x))
+        taps = {"features.0": x}
 
         configs = _block_configs()
         stages = []
@@ -139,11 +167,13 @@ class MobileNetV2(nn.Module):
             x = _InvertedResidual(c_in, c_out, stride, expand, dtype=self.dtype, name=f"block_{i}")(
                 x, train
             )
+            taps[f"features.{i + 1}"] = x
             if i + 1 < len(configs) and configs[i + 1][2] != 1:
                 stages.append(x)  # the last map before the next downsampling
 
         x = nn.Conv(_HEAD, (1, 1), use_bias=False, dtype=self.dtype, name="head_conv")(x)
         x = jax.nn.relu6(bn(name="head_bn")(x))
+        taps[f"features.{len(configs) + 1}"] = x
         stages.append(x)
         pooled = jnp.mean(x, axis=(1, 2))
 
@@ -151,7 +181,7 @@ class MobileNetV2(nn.Module):
         if self.num_classes > 0:
             h = nn.Dropout(_DROPOUT, deterministic=not train)(pooled)
             logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
-        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits)
+        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits, taps=taps)
 
 
 def convert_mobilenet_v2(

@@ -47,7 +47,29 @@ class BackboneSpec:
         normalize: maps RGB in [0, 1] (NHWC) to the network's input.
         default_weights: ``cache_dir -> path`` of the ImageNet weights (may download).
         dim: size of the pooled embedding.
+        layers: ``{name: (stride, channels)}`` of the network's taps
+            (:attr:`BackboneOutput.taps`), shallow to deep, named as in its torch checkpoint;
+            a tap of an image of side s is ⌈s/stride⌉ on a side.
+        patch_layers: the taps ``Embedder(features="patches")`` reads by default: a stride-8
+            and a stride-16 map for the CNNs, as PatchCore's ``layer2`` + ``layer3``; the last
+            block's patch tokens for the ViTs, as AnomalyDINO.
         patch: image sizes must be a multiple of this (ViTs), else 1.
+
+    The taps, with (stride, channels):
+
+    - ``mobilenet_v2``: ``features.0`` (2, 32) stem; ``features.1`` (2, 16); ``features.2``–``3``
+      (4, 24); ``features.4``–``6`` (8, 32); ``features.7``–``10`` (16, 64); ``features.11``–``13``
+      (16, 96); ``features.14``–``16`` (32, 160); ``features.17`` (32, 320); ``features.18``
+      (32, 1280) head. Patches: ``features.6`` + ``features.13``.
+    - ``efficientnet_lite0``: ``_conv_stem`` (2, 32); ``_blocks.0`` (2, 16); ``_blocks.1``–``2``
+      (4, 24); ``_blocks.3``–``4`` (8, 40); ``_blocks.5``–``7`` (16, 80); ``_blocks.8``–``10``
+      (16, 112); ``_blocks.11``–``14`` (32, 192); ``_blocks.15`` (32, 320); ``_conv_head``
+      (32, 1280). Patches: ``_blocks.4`` + ``_blocks.10``.
+    - ``resnet18``/``resnet34``: ``layer1`` (4, 64), ``layer2`` (8, 128), ``layer3`` (16, 256),
+      ``layer4`` (32, 512); ``resnet50``: the same strides with 256, 512, 1024, 2048 channels.
+      Patches: ``layer2`` + ``layer3``.
+    - ``dinov2_vits14``/``dinov2_vitb14``: ``blocks.0`` … ``blocks.11`` (14, 384 / 768), the
+      patch tokens after each block through the final LayerNorm. Patches: ``blocks.11``.
     """
 
     build: Callable[[int], Any]
@@ -55,6 +77,8 @@ class BackboneSpec:
     normalize: Callable[[jax.Array], jax.Array]
     default_weights: Callable[[str | None], str]
     dim: int
+    layers: Mapping[str, tuple[int, int]]
+    patch_layers: tuple[str, ...]
     patch: int = 1
 
 
@@ -111,16 +135,21 @@ def _registry() -> dict[str, BackboneSpec]:
             normalize=imagenet_normalize,
             default_weights=_torch_hub(filename),
             dim=dim,
+            layers=resnet.tap_layers(depth),
+            patch_layers=("layer2", "layer3"),
         )
 
     def vit_spec(size: str, repo: str, dim: int) -> BackboneSpec:
         ctor = vit.dinov2_vits14 if size == "small" else vit.dinov2_vitb14
+        depth = 12
         return BackboneSpec(
             build=lambda nc: ctor(num_classes=nc),
             convert=lambda sd, nc: vit.convert_dinov2(sd, size=size),
             normalize=imagenet_normalize,
             default_weights=_hf_hub(repo),
             dim=dim,
+            layers=vit.tap_layers(depth, dim, 14),
+            patch_layers=(f"blocks.{depth - 1}",),
             patch=14,
         )
 
@@ -131,6 +160,8 @@ def _registry() -> dict[str, BackboneSpec]:
             normalize=lite_normalize,
             default_weights=_efficientnet_lite0_file,
             dim=1280,
+            layers=efficientnet.tap_layers(),
+            patch_layers=("_blocks.4", "_blocks.10"),
         ),
         "mobilenet_v2": BackboneSpec(
             build=lambda nc: mobilenet.MobileNetV2(num_classes=nc),
@@ -138,6 +169,8 @@ def _registry() -> dict[str, BackboneSpec]:
             normalize=imagenet_normalize,
             default_weights=_mobilenet_v2_file,
             dim=1280,
+            layers=mobilenet.tap_layers(),
+            patch_layers=("features.6", "features.13"),
         ),
         "resnet18": resnet_spec(18, "resnet18-f37072fd.pth", 512),
         "resnet34": resnet_spec(34, "resnet34-b627a593.pth", 512),

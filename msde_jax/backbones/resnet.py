@@ -30,7 +30,15 @@ from msde_jax.backbones._base import BackboneOutput
 from msde_jax.backbones._convert import StateDict, batch_norm, classifier_head, conv_kernel
 from msde_jax.backbones._layers import batch_norm_layer
 
-__all__ = ["BlockKind", "ResNet", "convert_resnet", "resnet18", "resnet34", "resnet50"]
+__all__ = [
+    "BlockKind",
+    "ResNet",
+    "convert_resnet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "tap_layers",
+]
 
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.9  # Flax's momentum is PyTorch's 1 − 0.1
@@ -74,6 +82,16 @@ def _block_specs(block: BlockKind, layers: tuple[int, ...]) -> Iterator[_BlockSp
                 i, f"layer{i + 1}_{j}", f"layer{i + 1}.{j}", in_channels, planes, stride, downsample
             )
             in_channels = planes * expansion
+
+
+def tap_layers(depth: int) -> dict[str, tuple[int, int]]:
+    """``{name: (stride, channels)}`` of ResNet-``depth``'s taps, torchvision's ``layer1`` …
+    ``layer4``: strides 4, 8, 16, 32 and 64e, 128e, 256e, 512e channels (e = 1 for ResNet-18/34,
+    4 for ResNet-50)."""
+    if depth not in _DEPTHS:
+        raise ValueError(f"depth must be one of {sorted(_DEPTHS)}, got {depth}.")
+    e = _EXPANSION[_DEPTHS[depth][0]]
+    return {f"layer{i + 1}": (4 * 2**i, _STEM * 2**i * e) for i in range(4)}
 
 
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -148,7 +166,9 @@ class ResNet(nn.Module):
             (n, h/4, w/4, 64e), (n, h/8, w/8, 128e), (n, h/16, w/16, 256e), (n, h/32, w/32, 512e)
             with e = 1 (basic) or 4 (bottleneck), up to torch's rounding of odd sizes;
             ``pooled`` (n, 512e) the global average of layer4; ``logits`` (n, num_classes) or
-            ``None``.
+            ``None``; ``taps`` the same four maps by torchvision's names, ``{"layer1": …,
+            "layer2": …, "layer3": …, "layer4": …}`` (strides 4, 8, 16, 32; see
+            :func:`tap_layers`). PatchCore reads ``layer2`` and ``layer3``.
         """
         x = jnp.asarray(x)
         x = nn.Conv(
@@ -181,26 +201,30 @@ class ResNet(nn.Module):
                 name=spec.name,
             )(x, train)
         stages.append(x)
+        taps = {f"layer{i + 1}": stage for i, stage in enumerate(stages)}
 
         pooled = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
         logits = None
         if self.num_classes > 0:
             logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled)
-        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits)
+        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits, taps=taps)
 
 
 def resnet18(*, num_classes: int = 1000, dtype: Any = jnp.float32) -> ResNet:
-    """ResNet-18: basic blocks (2, 2, 2, 2), 512-d pooled features."""
+    """ResNet-18: basic blocks (2, 2, 2, 2), 512-d pooled features; taps ``layer1`` …
+    ``layer4`` at strides 4, 8, 16, 32 with 64, 128, 256, 512 channels."""
     return ResNet("basic", _DEPTHS[18][1], num_classes=num_classes, dtype=dtype)
 
 
 def resnet34(*, num_classes: int = 1000, dtype: Any = jnp.float32) -> ResNet:
-    """ResNet-34: basic blocks (3, 4, 6, 3), 512-d pooled features."""
+    """ResNet-34: basic blocks (3, 4, 6, 3), 512-d pooled features; taps ``layer1`` …
+    ``layer4`` at strides 4, 8, 16, 32 with 64, 128, 256, 512 channels."""
     return ResNet("basic", _DEPTHS[34][1], num_classes=num_classes, dtype=dtype)
 
 
 def resnet50(*, num_classes: int = 1000, dtype: Any = jnp.float32) -> ResNet:
-    """ResNet-50 (v1.5): bottleneck blocks (3, 4, 6, 3), 2048-d pooled features."""
+    """ResNet-50 (v1.5): bottleneck blocks (3, 4, 6, 3), 2048-d pooled features; taps
+    ``layer1`` … ``layer4`` at strides 4, 8, 16, 32 with 256, 512, 1024, 2048 channels."""
     return ResNet("bottleneck", _DEPTHS[50][1], num_classes=num_classes, dtype=dtype)
 
 

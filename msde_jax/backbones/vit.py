@@ -38,6 +38,7 @@ __all__ = [
     "dinov2_vitb14",
     "dinov2_vits14",
     "interpolate_positions",
+    "tap_layers",
 ]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -137,6 +138,14 @@ class _Block(nn.Module):
         return x + y * scale2[None, None, :]
 
 
+def tap_layers(depth: int, dim: int, patch_size: int = 14) -> dict[str, tuple[int, int]]:
+    """``{name: (stride, channels)}`` of a :class:`ViT`'s taps: the patch tokens after each
+    block, ``blocks.0`` … ``blocks.{depth − 1}`` as DINOv2's own code names its blocks (the
+    Hugging Face checkpoint's ``encoder.layer.{i}``), all at stride ``patch_size`` with ``dim``
+    channels."""
+    return {f"blocks.{i}": (patch_size, dim) for i in range(depth)}
+
+
 def _default_stage_blocks(depth: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(depth * k / 4)) for k in (1, 2, 3, 4)}))
 
@@ -188,7 +197,10 @@ class ViT(nn.Module):
             final LayerNorm (as DINOv2's ``get_intermediate_layers(norm=True)`` and
             ``Dinov2Backbone`` do) and reshaped to (n, H/p, W/p, D); ``stages[-1]`` is the
             last layer's patch tokens when ``stage_blocks`` ends at ``depth``; ``logits``
-            (n, num_classes) from ``head`` on ``pooled``, or ``None``.
+            (n, num_classes) from ``head`` on ``pooled``, or ``None``; ``taps`` the patch tokens
+            after every block, normed and reshaped the same way, as ``{"blocks.0": …,
+            "blocks.{depth − 1}": …}`` (0-based, DINOv2's names; ``stages`` are the taps
+            ``blocks.{b − 1}`` for b in ``stage_blocks``; see :func:`tap_layers`).
 
         Raises:
             ValueError: H or W is not a multiple of ``patch_size`` (checked while tracing).
@@ -223,31 +235,34 @@ class ViT(nn.Module):
         tokens = jnp.concatenate([cls, tokens], axis=1) + positions[None].astype(tokens.dtype)
 
         final_norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="layernorm")
-        stages = []
+        taps = {}
         for i in range(self.depth):
             tokens = _Block(
                 self.dim, self.heads, self.mlp_ratio, dtype=self.dtype, name=f"layer_{i}"
             )(tokens)
-            if i + 1 in stage_blocks:
-                stages.append(final_norm(tokens[:, 1:]).reshape(n, h, w, self.dim))
+            # One LayerNorm per block; under jit those of unused taps are dropped.
+            taps[f"blocks.{i}"] = final_norm(tokens[:, 1:]).reshape(n, h, w, self.dim)
+        stages = [taps[f"blocks.{b - 1}"] for b in sorted(set(stage_blocks))]
         pooled = final_norm(tokens[:, 0]).astype(jnp.float32)
         logits = None
         if self.num_classes > 0:
             logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pooled)
-        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits)
+        return BackboneOutput(pooled=pooled, stages=tuple(stages), logits=logits, taps=taps)
 
 
 _SIZES = {"small": (384, 12, 6), "base": (768, 12, 12)}
 
 
 def dinov2_vits14(*, num_classes: int = 0, dtype: Any = jnp.float32) -> ViT:
-    """DINOv2 ViT-S/14 (``facebook/dinov2-small``): D = 384, 12 blocks, 6 heads."""
+    """DINOv2 ViT-S/14 (``facebook/dinov2-small``): D = 384, 12 blocks, 6 heads; taps
+    ``blocks.0`` … ``blocks.11``, stride 14, 384 channels."""
     dim, depth, heads = _SIZES["small"]
     return ViT(dim, depth, heads, num_classes=num_classes, dtype=dtype)
 
 
 def dinov2_vitb14(*, num_classes: int = 0, dtype: Any = jnp.float32) -> ViT:
-    """DINOv2 ViT-B/14 (``facebook/dinov2-base``): D = 768, 12 blocks, 12 heads."""
+    """DINOv2 ViT-B/14 (``facebook/dinov2-base``): D = 768, 12 blocks, 12 heads; taps
+    ``blocks.0`` … ``blocks.11``, stride 14, 768 channels."""
     dim, depth, heads = _SIZES["base"]
     return ViT(dim, depth, heads, num_classes=num_classes, dtype=dtype)
 

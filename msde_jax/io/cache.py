@@ -1,10 +1,11 @@
 """A content-addressed on-disk cache of image embeddings, so repeated experiments skip the backbone.
 
-Each embedding is stored as one ``.npy`` file at ``cache_dir/<config-hash>/<image-hash>.npy``:
+Each embedding (any shape: a (d,) vector, or (grid, grid, c) patch features) is stored as one
+``.npy`` file at ``cache_dir/<config-hash>/<image-hash>.npy``:
 
 - the *config hash* is the SHA-256 of the embedder's :meth:`~msde_jax.embedder.Embedder.config`
-  (backbone, weights, image size, resize mode, features, dtype) as canonical JSON; each config
-  folder also holds a human-readable ``config.json``;
+  (backbone, weights, image size, resize mode, features and their layers, dtype) as canonical
+  JSON; each config folder also holds a human-readable ``config.json``;
 - the *image hash* is the SHA-256 of the config JSON and the image content: a file's bytes for
   a path (so renaming or moving a file keeps its cache entry, editing it does not), or the dtype,
   shape and bytes of an array.
@@ -90,7 +91,8 @@ def embed_cached(
     """Embed images, reusing embeddings cached on disk and caching the new ones.
 
     Only images without a cache entry are embedded, in one ``embedder.embed`` call and in their
-    input order.
+    input order. Each image's embedding may have any shape ((d,), or (grid, grid, c) patch
+    features), the same for every image of a call.
 
     Args:
         embedder: an :class:`~msde_jax.embedder.Embedder` (or any object with ``config()`` and
@@ -100,7 +102,11 @@ def embed_cached(
         progress: print a one-line summary (cached / to embed) on stderr.
 
     Returns:
-        (n, d) float32 embeddings in the input order.
+        (n, ...) float32 embeddings in the input order, e.g. (n, d) or (n, grid, grid, c).
+
+    Raises:
+        ValueError: the embedder returned no row per image, or embeddings (cached or new) of
+            different shapes.
     """
     items = list(items)
     config = embedder.config()
@@ -129,9 +135,10 @@ def embed_cached(
         )
     if missing:
         new = np.asarray(embedder.embed([items[i] for i in missing]), np.float32)
-        if new.ndim != 2 or len(new) != len(missing):
+        if new.ndim < 1 or len(new) != len(missing):
             raise ValueError(
-                f"embedder returned shape {new.shape} for {len(missing)} images; expected (n, d)."
+                f"embedder returned shape {new.shape} for {len(missing)} images; expected one "
+                "embedding per image, (n, ...)."
             )
         written: set[Path] = set()
         for row, i in zip(new, missing, strict=True):
@@ -141,7 +148,8 @@ def embed_cached(
                 atomic_write(paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False))
                 written.add(paths[i])
     if not items:
-        return np.zeros((0, int(getattr(embedder, "dim", 0))), np.float32)
+        shape = getattr(embedder, "output_shape", None) or (int(getattr(embedder, "dim", 0)),)
+        return np.zeros((0, *shape), np.float32)
     dims = {found[i].shape for i in range(len(items))}
     if len(dims) != 1:
         raise ValueError(f"{folder}: cached embeddings of different shapes {sorted(dims)}.")

@@ -121,3 +121,60 @@ def test_real_embedder(tmp_path, arrays):
     np.testing.assert_array_equal(again[:3], cached)
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert json.loads((folder / "config.json").read_text())["backbone"] == "resnet18"
+
+
+class PatchStub:
+    """Embeds an image as a (g, g, c) map (patch features) and records every call."""
+
+    def __init__(self, grid: int = 3, channels: int = 2, tag: str = "patches"):
+        self.grid, self.channels, self.tag = grid, channels, tag
+        self.calls: list[int] = []
+
+    @property
+    def output_shape(self):
+        return (self.grid, self.grid, self.channels)
+
+    def config(self):
+        return {"backbone": self.tag, "grid": self.grid}
+
+    def embed(self, items):
+        items = list(items)
+        self.calls.append(len(items))
+        out = [
+            np.full(self.output_shape, np.asarray(item, np.float32).mean(), np.float32)
+            + np.arange(self.channels, dtype=np.float32)
+            for item in items
+        ]
+        return np.stack(out) if out else np.zeros((0, *self.output_shape), np.float32)
+
+
+def test_patch_shaped_embeddings_round_trip(tmp_path, arrays):
+    stub = PatchStub()
+    first = embed_cached(stub, arrays[:3], tmp_path, progress=False)
+    assert first.shape == (3, 3, 3, 2)
+    assert first.dtype == np.float32
+    out = embed_cached(stub, arrays[::-1], tmp_path, progress=False)
+    assert stub.calls == [3, 2]  # only the two new images
+    assert out.shape == (5, 3, 3, 2)
+    np.testing.assert_array_equal(out, PatchStub().embed(arrays[::-1]))
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert {np.load(p).shape for p in folder.glob("*.npy")} == {(3, 3, 2)}
+    assert embed_cached(stub, [], tmp_path, progress=False).shape == (0, 3, 3, 2)
+
+
+def test_embeddings_of_different_shapes_in_one_call_raise(tmp_path, arrays):
+    stub = PatchStub()
+    embed_cached(stub, arrays[:2], tmp_path, progress=False)
+    stub.grid = 4  # same config, different shapes: a broken embedder
+    stub.config = lambda: {"backbone": "patches", "grid": 3}
+    with pytest.raises(ValueError, match="different shapes"):
+        embed_cached(stub, arrays[:3], tmp_path, progress=False)
+
+
+def test_embedder_returning_too_few_rows_raises(tmp_path, arrays):
+    class Short(PatchStub):
+        def embed(self, items):
+            return super().embed(items)[:-1]
+
+    with pytest.raises(ValueError, match="one embedding per image"):
+        embed_cached(Short(), arrays[:3], tmp_path, progress=False)
