@@ -5,6 +5,7 @@ The functional core: pure, jit-able functions on arrays with NamedTuple states.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from msde_jax.coreset import kcenter_greedy, random_projection
 from msde_jax.density import density_weights
 from msde_jax.detector import (
     DetectorConfig,
@@ -18,6 +19,7 @@ from msde_jax.detector import (
 from msde_jax.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
 from msde_jax.mean_shift import MeanShiftResult, mean_shift
+from msde_jax.memory_bank import MemoryBank, bank_fit, image_scores, patch_scores
 from msde_jax.metrics import average_precision, roc_auc
 from msde_jax.neighbors import Neighbors, knn
 from msde_jax.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
@@ -47,10 +49,12 @@ __all__ = [
     "FuzzyGraph",
     "GaussianState",
     "MeanShiftResult",
+    "MemoryBank",
     "Neighbors",
     "PCAState",
     "__version__",
     "average_precision",
+    "bank_fit",
     "density_weights",
     "fit_detector",
     "fuzzy_degree",
@@ -58,12 +62,16 @@ __all__ = [
     "fuzzy_union",
     "gaussian_fit",
     "gaussian_logpdf",
+    "image_scores",
+    "kcenter_greedy",
     "knn",
     "mahalanobis",
     "mean_shift",
+    "patch_scores",
     "pca_fit",
     "pca_inverse_transform",
     "pca_transform",
+    "random_projection",
     "roc_auc",
     "score_detector",
 ]

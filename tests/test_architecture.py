@@ -17,7 +17,17 @@ import msde_jax
 
 PACKAGE = Path(msde_jax.__file__).parent
 
-CORE = ("neighbors", "fuzzy", "density", "mean_shift", "pca", "gaussian", "metrics")
+CORE = (
+    "neighbors",
+    "fuzzy",
+    "density",
+    "mean_shift",
+    "coreset",
+    "memory_bank",
+    "pca",
+    "gaussian",
+    "metrics",
+)
 
 
 def layer(module: str) -> tuple[int, str]:

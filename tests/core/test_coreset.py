@@ -1,0 +1,150 @@
+"""kcenter_greedy against a plain NumPy greedy loop, its 2-approximation guarantee, chunking,
+projection, jit and retracing."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from msde_jax import kcenter_greedy, random_projection
+
+N, D = 41, 5
+
+
+def _data(seed, n=N, d=D):
+    return np.random.default_rng(seed).normal(size=(n, d))
+
+
+def numpy_greedy(x, n_select, start=0):
+    """Farthest-point sampling, written out: the textbook loop the JAX version must match."""
+    x = np.asarray(x, np.float64)
+    dist = np.full(len(x), np.inf)
+    chosen = [start]
+    for _ in range(n_select - 1):
+        dist = np.minimum(dist, ((x - x[chosen[-1]]) ** 2).sum(axis=1))
+        dist[chosen] = -1.0
+        chosen.append(int(np.argmax(dist)))
+    return np.array(chosen)
+
+
+def radius(x, centres):
+    """The k-center objective: the largest distance from a row to its nearest chosen row."""
+    d = np.linalg.norm(x[:, None, :] - x[None, centres, :], axis=-1)
+    return d.min(axis=1).max()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("start", [0, 17])
+def test_matches_numpy_greedy(x64, dtype, start):
+    x = _data(1, 300, 8).astype(dtype)
+    got = kcenter_greedy(x, 60, start=start)
+    assert got.dtype == np.int32
+    assert got.shape == (60,)
+    np.testing.assert_array_equal(got, numpy_greedy(x, 60, start))
+
+
+def test_far_from_origin():
+    # A large common offset: ‖x‖² + ‖y‖² − 2xᵀy alone would drown the distances in float32.
+    x = _data(2, 200, 6)
+    shifted = (x + 1e3).astype(np.float32)
+    np.testing.assert_array_equal(kcenter_greedy(shifted, 30), numpy_greedy(x, 30))
+
+
+@given(batch_size=st.integers(1, N + 3), seed=st.integers(0, 3))
+def test_chunked_equals_unchunked(batch_size, seed):
+    x = _data(seed).astype(np.float32)
+    for projection_dim in (None, 3):
+        full = kcenter_greedy(x, 12, projection_dim=projection_dim)
+        chunked = kcenter_greedy(x, 12, projection_dim=projection_dim, batch_size=batch_size)
+        np.testing.assert_array_equal(chunked, full)
+
+
+def test_selecting_all_rows_is_a_permutation():
+    x = _data(3).astype(np.float32)
+    np.testing.assert_array_equal(np.sort(kcenter_greedy(x, N)), np.arange(N))
+    # Exact duplicates: still distinct indices; of each pair the lower index first, the twins
+    # of chosen rows (distance 0 up to rounding) last.
+    twins = np.concatenate([x[:10], x[:10]])
+    got = np.asarray(kcenter_greedy(twins, 20))
+    np.testing.assert_array_equal(np.sort(got[:10]), np.arange(10))
+    np.testing.assert_array_equal(np.sort(got[10:]), np.arange(10, 20))
+
+
+def test_ties_go_to_the_lowest_index():
+    # Rows 1 and 2 are equally far from row 0 (exactly, in binary), whichever side they are on.
+    x = np.array([[0.0], [-2.0], [2.0], [0.5]], np.float32)
+    np.testing.assert_array_equal(kcenter_greedy(x, 4), [0, 1, 2, 3])
+    np.testing.assert_array_equal(kcenter_greedy(x[[0, 2, 1, 3]], 4), [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_within_twice_the_optimal_radius(seed):
+    x = _data(seed, 12, 2)
+    for n_select in (2, 3, 4):
+        best = min(radius(x, list(c)) for c in itertools.combinations(range(12), n_select))
+        greedy = radius(x, np.asarray(kcenter_greedy(x.astype(np.float32), n_select)))
+        assert best <= greedy <= 2 * best + 1e-6
+
+
+def test_one_row():
+    np.testing.assert_array_equal(kcenter_greedy(_data(0), 1, start=5), [5])
+
+
+@pytest.mark.parametrize("n_select", [0, N + 1])
+def test_bad_n_select_raises(n_select):
+    with pytest.raises(ValueError, match="n_select must be between 1"):
+        kcenter_greedy(_data(0), n_select)
+
+
+def test_projection():
+    x = _data(4, 200, 40).astype(np.float32)
+    key = jax.random.key(7)
+    z = random_projection(x, 16, key=key)
+    assert z.shape == (200, 16)
+    np.testing.assert_array_equal(
+        kcenter_greedy(x, 20, projection_dim=16, key=key), kcenter_greedy(z, 20)
+    )
+    np.testing.assert_array_equal(
+        kcenter_greedy(x, 20, projection_dim=16), kcenter_greedy(x, 20, projection_dim=16, key=None)
+    )
+    # Johnson-Lindenstrauss: with many dimensions the pairwise distances barely change.
+    wide = np.asarray(random_projection(x, 4000, key=key, batch_size=64))
+    ratio = np.linalg.norm(wide[:50, None] - wide[None, :50], axis=-1)[np.triu_indices(50, 1)]
+    ratio /= np.linalg.norm(x[:50, None] - x[None, :50], axis=-1)[np.triu_indices(50, 1)]
+    assert 0.9 < ratio.min()
+    assert ratio.max() < 1.1
+
+
+def test_projected_selection_still_covers_well():
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=10.0, size=(8, 64))
+    x = (centres[rng.integers(0, 8, 400)] + rng.normal(size=(400, 64))).astype(np.float32)
+    exact = radius(x, np.asarray(kcenter_greedy(x, 8)))
+    projected = radius(x, np.asarray(kcenter_greedy(x, 8, projection_dim=16)))
+    assert projected < 1.5 * exact  # every cluster is still hit once
+
+
+def test_jit_equals_eager():
+    x = _data(6).astype(np.float32)
+    jitted = kcenter_greedy(x, 10, start=3, projection_dim=4, batch_size=7)
+    with jax.disable_jit():
+        eager = kcenter_greedy(x, 10, start=3, projection_dim=4, batch_size=7)
+    np.testing.assert_array_equal(jitted, eager)
+
+
+def test_new_data_and_start_do_not_retrace():
+    traces = 0
+
+    def select(x, start):
+        nonlocal traces
+        traces += 1
+        return kcenter_greedy(x, 9, start=start)
+
+    select = jax.jit(select)
+    for seed, start in ((0, 0), (1, 4), (2, 11)):
+        x = _data(seed, 43, 3).astype(np.float32)  # a shape no other test uses
+        np.testing.assert_array_equal(select(x, start), numpy_greedy(x, 9, start))
+    assert traces == 1

@@ -1,0 +1,196 @@
+"""The patch memory bank: patch scores against scikit-learn, the coreset and MSDE steps against
+the core functions, image scores, chunking, batch independence, and an easy detection case."""
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sklearn.neighbors import NearestNeighbors
+
+from msde_jax import (
+    MemoryBank,
+    bank_fit,
+    density_weights,
+    image_scores,
+    kcenter_greedy,
+    mean_shift,
+    patch_scores,
+    roc_auc,
+)
+
+P, C = 9, 4  # patches per image (a 3 × 3 grid), channels
+
+
+def _patches(seed, n_images, p=P, c=C):
+    return np.random.default_rng(seed).normal(size=(n_images, p, c)).astype(np.float32)
+
+
+def _bank(x):
+    return MemoryBank(x, np.ones(len(x), x.dtype), np.arange(len(x), dtype=np.int32))
+
+
+def clustered(seed, n_images, n_abnormal=0, n_odd=2, p=16, c=8):
+    """Images whose patches lie on 3 tight clusters; abnormal ones have ``n_odd`` patches far
+    from all of them."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(3, c) * 5.0
+    x = centres[rng.integers(0, 3, (n_images, p))] + rng.normal(scale=0.3, size=(n_images, p, c))
+    odd = rng.normal(size=(n_abnormal, n_odd, c))
+    odd = 4.0 * odd / np.linalg.norm(odd, axis=-1, keepdims=True) - 2.5  # away from the centres
+    x[n_images - n_abnormal :, :n_odd] = odd
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_patch_scores_match_sklearn(x64, dtype, k):
+    train = _patches(0, 20).reshape(-1, C).astype(dtype)
+    test = _patches(1, 6).astype(dtype)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    ref = NearestNeighbors(n_neighbors=k).fit(train).kneighbors(test.reshape(-1, C))[0]
+    got = patch_scores(_bank(train), test, k=k)
+    assert got.shape == (6, P)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got, ref.mean(axis=1).reshape(6, P), rtol=tol, atol=tol)
+
+
+@given(batch_size=st.integers(1, 6 * P + 3))
+def test_patch_scores_chunked_equal_unchunked(batch_size):
+    bank = _bank(_patches(0, 20).reshape(-1, C))
+    test = _patches(1, 6)
+    for k in (1, 4):
+        np.testing.assert_allclose(
+            patch_scores(bank, test, k=k, batch_size=batch_size),
+            patch_scores(bank, test, k=k),
+            rtol=1e-6,
+        )
+
+
+def test_bank_is_the_coreset():
+    train = _patches(2, 30)
+    flat = train.reshape(-1, C)
+    fitted = bank_fit(train, size=40)  # (n_images, P, c) is flattened
+    indices = kcenter_greedy(flat, 40)
+    np.testing.assert_array_equal(fitted.indices, indices)
+    np.testing.assert_array_equal(fitted.bank, flat[np.asarray(indices)])
+    np.testing.assert_array_equal(fitted.weights, np.ones(40))
+    np.testing.assert_array_equal(bank_fit(flat, size=40).bank, fitted.bank)
+    projected = bank_fit(train, size=40, projection_dim=2, key=jax.random.key(3))
+    np.testing.assert_array_equal(
+        projected.indices, kcenter_greedy(flat, 40, projection_dim=2, key=jax.random.key(3))
+    )
+
+
+def test_bank_larger_than_data_keeps_every_row():
+    flat = _patches(3, 4).reshape(-1, C)
+    for size in (len(flat), len(flat) + 10):
+        fitted = bank_fit(flat, size=size)
+        np.testing.assert_array_equal(fitted.bank, flat)
+        np.testing.assert_array_equal(fitted.indices, np.arange(len(flat)))
+
+
+@pytest.mark.parametrize("density", ["msde", "uniform", "fuzzy_degree"])
+def test_shifted_bank_is_mean_shift_of_the_coreset(density):
+    train = _patches(4, 40)
+    plain = bank_fit(train, size=150)
+    fitted = bank_fit(train, size=150, shift=True, density=density, k=20, step_size=0.4)
+    w = density_weights(plain.bank, method=density)
+    want = mean_shift(plain.bank, w, k=20, step_size=0.4)
+    np.testing.assert_array_equal(fitted.indices, plain.indices)
+    np.testing.assert_array_equal(fitted.weights, w)
+    np.testing.assert_array_equal(fitted.bank, want.points)
+
+
+def test_shifted_bank_chunked_equals_unchunked():
+    train = _patches(5, 40)
+    full = bank_fit(train, size=120, shift=True, k=15)
+    chunked = bank_fit(train, size=120, shift=True, k=15, batch_size=37)
+    np.testing.assert_array_equal(chunked.indices, full.indices)
+    np.testing.assert_allclose(chunked.bank, full.bank, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked.weights, full.weights, rtol=1e-6)
+
+
+def test_image_scores():
+    s = np.random.default_rng(6).uniform(size=(5, 10))
+    desc = -np.sort(-s, axis=1)
+    np.testing.assert_allclose(image_scores(s), s.max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(image_scores(s, reduce="mean"), s.mean(axis=1), rtol=1e-6)
+    for q, n_top in ((0.25, 3), (0.7, 7), (0.1, 1), (1e-9, 1), (1.0, 10), (2.0, 10)):
+        np.testing.assert_allclose(
+            image_scores(s, reduce="top", q=q), desc[:, :n_top].mean(axis=1), rtol=1e-6
+        )
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        image_scores(s, reduce="median")
+
+
+def test_top_q_is_exact_in_float64(x64):
+    s = np.random.default_rng(7).uniform(size=(3, 10))
+    desc = -np.sort(-s, axis=1)
+    # 0.7 · 10 is 7.000000000000001 in float64: still the top 7, not 8.
+    np.testing.assert_allclose(
+        image_scores(s, reduce="top", q=0.7), desc[:, :7].mean(axis=1), rtol=1e-12
+    )
+
+
+def test_sweeping_q_does_not_retrace():
+    traces = 0
+
+    def score(s, q):
+        nonlocal traces
+        traces += 1
+        return image_scores(s, reduce="top", q=q)
+
+    score = jax.jit(score)
+    s = np.random.default_rng(8).uniform(size=(4, 11)).astype(np.float32)
+    got = [score(s, q) for q in (0.1, 0.3, 0.5, 1.0)]
+    assert traces == 1
+    np.testing.assert_allclose(got[-1], s.mean(axis=1), rtol=1e-6)
+
+
+@given(seed=st.integers(0, 2**16), size=st.sampled_from([1, 3]))
+def test_image_score_does_not_depend_on_the_batch(seed, size):
+    bank = bank_fit(_patches(9, 30), size=100, shift=True, k=10)
+    test = _patches(10, 8)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(test), size=size, replace=False)
+    others = rng.normal(scale=4.0, size=(5, P, C)).astype(np.float32)
+
+    def score(images):
+        return image_scores(patch_scores(bank, images, batch_size=16), reduce="top", q=0.3)
+
+    full = score(test)
+    np.testing.assert_allclose(score(test[rows]), full[rows], rtol=1e-6)
+    np.testing.assert_allclose(
+        score(np.concatenate([others, test[rows]]))[5:], full[rows], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_off_cluster_patches_rank_abnormal_images_first(shift):
+    train = clustered(11, 40)
+    test = clustered(12, 20, n_abnormal=10)
+    labels = np.r_[np.zeros(10), np.ones(10)]
+    bank = bank_fit(train, size=120, shift=shift, density="uniform")
+    scores = image_scores(patch_scores(bank, test), reduce="max")
+    assert roc_auc(labels, scores) == 1.0
+
+
+def test_shift_stops_rare_training_patches_from_counting_as_normal():
+    # Three training images each carry one rare patch; the abnormal test images carry patches
+    # close to those. The coreset keeps the rare patches (k-center favours outliers), so the
+    # plain bank scores the abnormal images as normal; after MSDE they have moved to the modes.
+    rng = np.random.default_rng(13)
+    rare = rng.normal(size=(3, 8))
+    rare = 4.0 * rare / np.linalg.norm(rare, axis=-1, keepdims=True) - 2.5
+    train = clustered(14, 40)
+    train[:3, 0] = rare
+    test = clustered(15, 20)
+    test[10:, 0] = rare[np.arange(10) % 3] + rng.normal(scale=0.1, size=(10, 8))
+    labels = np.r_[np.zeros(10), np.ones(10)]
+    auroc = {}
+    for shift in (False, True):
+        bank = bank_fit(train, size=150, shift=shift)
+        auroc[shift] = roc_auc(labels, image_scores(patch_scores(bank, test), reduce="max"))
+    assert auroc[True] == 1.0
+    assert auroc[False] < 0.8
