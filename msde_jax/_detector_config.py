@@ -21,11 +21,12 @@ __all__ = [
     "SCORES",
     "THRESHOLDS",
     "DetectorConfig",
+    "auto_batch",
     "check_samples",
 ]
 
 MODES = ("inductive", "transductive", "none")
-SCORES = ("mahalanobis", "displacement")
+SCORES = ("mahalanobis", "displacement", "knn")
 THRESHOLDS = ("cross_fit", "chi2")
 BLOCK_ORDERS = ("content", "given")
 
@@ -64,9 +65,9 @@ class DetectorConfig:
     Frozen and hashable. It travels inside :class:`~msde_jax.DetectorState` as a static pytree
     node: ``jax.jit(score_detector)(state, x)`` specialises on it (a different config compiles
     anew) and traces only the arrays. The one pairing it does not refuse,
-    ``threshold="chi2"`` with ``score="displacement"``, is refused by
+    ``threshold="chi2"`` with a score other than ``"mahalanobis"``, is refused by
     :func:`~msde_jax.fit_detector`, which computes the threshold; a fitted state can be
-    scored with either score.
+    scored with any score.
     """
 
     mode: str = "inductive"
@@ -83,6 +84,7 @@ class DetectorConfig:
     ridge: float = 1e-4
     standardize: bool = True
     score: str = "mahalanobis"
+    score_neighbors: int = 1
     contamination: float = 0.05
     threshold: str = "cross_fit"
     n_folds: int = 5
@@ -109,7 +111,7 @@ class DetectorConfig:
         choice("score", SCORES)
         choice("threshold", THRESHOLDS)
         choice("dtype", ("float32", "float64"))
-        for name in ("k", "max_iter", "n_neighbors", "n_folds"):
+        for name in ("k", "max_iter", "n_neighbors", "score_neighbors", "n_folds"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -138,11 +140,29 @@ class DetectorConfig:
             raise ValueError(
                 "score='displacement' needs a mean shift: use a mode other than 'none'."
             )
+        if self.score == "knn" and self.mode == "transductive":
+            raise ValueError(
+                "score='knn' measures the distance to fixed training normals, which the "
+                "transductive mode shifts anew with every test batch; use mode='inductive' "
+                "(the density-enhanced normals) or mode='none'."
+            )
 
     @property
     def min_samples(self) -> int:
-        """The fewest training rows a fit needs: k neighbours, or 2 for a covariance."""
+        """The fewest training rows a fit needs: k neighbours, or 2 for a covariance, and
+        ``score_neighbors`` for ``score="knn"``."""
+        need = self._min_fit_samples
+        return max(need, self.score_neighbors) if self.score == "knn" else need
+
+    @property
+    def _min_fit_samples(self) -> int:
         return 2 if self.mode == "none" else max(self.k, 2)
+
+    def _min_samples_reason(self) -> tuple[str, str]:
+        """Why ``min_samples`` rows are needed, and the parameter that lowers it."""
+        if self.score == "knn" and self.score_neighbors > self._min_fit_samples:
+            return f"score_neighbors={self.score_neighbors} neighbours", "score_neighbors"
+        return (f"k={self.k} neighbours" if self.mode != "none" else "a covariance"), "k"
 
     @property
     def content_ordered(self) -> bool:
@@ -152,18 +172,16 @@ class DetectorConfig:
     def batch(self, n_rows: int) -> int | None:
         """Rows per kNN block against ``n_rows`` rows: ``batch_size``, else all rows up to
         1024 and blocks of 256 beyond."""
-        if self.batch_size is not None:
-            return int(self.batch_size)
-        return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
+        return auto_batch(self.batch_size, n_rows)
 
     def check_n_samples(self, n: int) -> None:
         """Refuse ``n`` training rows if too few to fit (k neighbours, components, folds)."""
         need = self.min_samples
         if n < need:
-            reason = f"k={self.k} neighbours" if self.mode != "none" else "a covariance"
+            reason, fix = self._min_samples_reason()
             raise ValueError(
                 f"Fitting needs at least {need} training samples for {reason}, got {n}; "
-                "pass more normal samples or a smaller k."
+                f"pass more normal samples or a smaller {fix}."
             )
         if self.covariance == "empirical":
             nc = self.n_components
@@ -172,10 +190,23 @@ class DetectorConfig:
         if self.threshold == "cross_fit":
             smallest = n - math.ceil(n / self.n_folds)
             if smallest < need:
+                fix = (
+                    "lower n_folds or score_neighbors"
+                    if self._min_samples_reason()[1] == "score_neighbors"
+                    else "lower n_folds or k, or use threshold='chi2'"
+                )
                 raise ValueError(
                     f"threshold='cross_fit' fits on {smallest} of the {n} samples per fold, fewer "
-                    f"than the {need} needed; lower n_folds or k, or use threshold='chi2'."
+                    f"than the {need} needed; {fix}."
                 )
+
+
+def auto_batch(batch_size: int | None, n_rows: int) -> int | None:
+    """Rows per kNN block against ``n_rows`` rows: ``batch_size`` if given, else all rows up
+    to 1024 and blocks of 256 beyond."""
+    if batch_size is not None:
+        return int(batch_size)
+    return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
 
 
 # ---------------------------------------------------------------------- boundary checks

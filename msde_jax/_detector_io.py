@@ -1,76 +1,119 @@
-"""The saved-detector file: a fitted state as flat named arrays plus a JSON string, in an .npz.
+"""The saved-detector file: JSON metadata plus flat named arrays, in an .npz.
 
-No pickle, so loading executes no code. Version 2 names the density-weight option ``density``
-(version 1 called it ``weights``) and stores the training rows' content keys in the state.
+No pickle, so loading executes no code. The metadata names the detector class
+(``"detector"``) and the file format version. Version 2 names the density-weight option
+``density`` (version 1 called it ``weights``) and stores the training rows' content keys in the
+state; version-2 files written before the class name was stored hold an ``MSDEDetector``.
+
+A fitted state (a ``NamedTuple`` whose fields are arrays, ``None`` or ``NamedTuple`` parts, and
+a static ``config``) is stored as one array per leaf, named by its path: ``state.center``,
+``state.pca.mean``, … (:func:`state_arrays`, :func:`state_from_arrays`).
 """
 
 import json
 import os
-from collections.abc import Iterator
+import typing
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from msde_jax._files import atomic_write
-from msde_jax.gaussian import GaussianState
-from msde_jax.pca import PCAState
 
 FORMAT_VERSION = 2
 
-# The state's NamedTuple parts, and its fields that may be None (not stored then).
-_PARTS = {"pca": PCAState, "gaussian": GaussianState}
-_OPTIONAL = ("train_keys",)
+# Files of version 2 written before the class name was stored.
+_LEGACY_CLASS = "MSDEDetector"
 
 
-def _flatten(state: NamedTuple) -> Iterator[tuple[str, Any]]:
+def _is_namedtuple(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
+def state_arrays(state: NamedTuple, prefix: str = "state") -> dict[str, np.ndarray]:
+    """``state``'s arrays by dotted path; the config (saved as params) and ``None`` left out."""
+    arrays = {}
     for name, value in state._asdict().items():
-        if name == "config" or value is None:  # the config goes to the JSON as params
+        if name == "config" or value is None:
             continue
-        if name in _PARTS:
-            for sub, arr in value._asdict().items():
-                yield f"{name}.{sub}", arr
+        if _is_namedtuple(type(value)):
+            arrays.update(state_arrays(value, f"{prefix}.{name}"))
         else:
-            yield name, value
+            arrays[f"{prefix}.{name}"] = np.asarray(value)
+    return arrays
 
 
-def write_detector(
-    path: str | os.PathLike, state: NamedTuple, meta: dict[str, Any], *, decision_scores: np.ndarray
+def state_from_arrays(
+    cls: type, arrays: dict[str, Any], *, config: Any = None, prefix: str = "state", what: str
+) -> Any:
+    """Rebuild a ``cls`` state from :func:`state_arrays`, with ``config`` as its config field.
+
+    Raises:
+        ValueError: an array the state needs is missing (``what`` names the detector class).
+    """
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for name in cls._fields:
+        key, hint = f"{prefix}.{name}", hints.get(name)
+        if name == "config":
+            fields[name] = config
+        elif _is_namedtuple(hint):
+            fields[name] = state_from_arrays(hint, arrays, prefix=key, what=what)
+        elif key in arrays:
+            fields[name] = jnp.asarray(arrays[key])
+        elif type(None) in typing.get_args(hint):
+            fields[name] = None
+        else:
+            raise ValueError(f"not a saved {what}: the array {key!r} is missing.")
+    return cls(**fields)
+
+
+def write_detector_file(
+    path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.ndarray]
 ) -> None:
-    """Write ``state``'s arrays, ``decision_scores`` and ``meta`` (+ the format version)."""
+    """Write ``meta`` (+ the format version) as JSON and ``arrays`` by name, atomically."""
     meta = {**meta, "format_version": FORMAT_VERSION}
-    arrays = {f"state.{name}": np.asarray(value) for name, value in _flatten(state)}
-    arrays["decision_scores_"] = np.asarray(decision_scores)
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
     atomic_write(
         path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays), suffix=".npz"
     )
 
 
-def read_detector(
-    path: str | os.PathLike,
-) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
-    """Read a file of :func:`write_detector`: ``(meta, state fields but config, decision scores)``.
+def read_npz(
+    path: str | os.PathLike, *, what: str = "detector"
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(meta, arrays)`` of a saved detector, without checking its version or class.
 
     Raises:
-        ValueError: for anything that is not such a file, or one of another format version.
+        ValueError: for anything that is not an .npz with a JSON ``meta`` entry (``what``
+            names the expected class in the message).
     """
     try:
         with np.load(path, allow_pickle=False) as data:
             files = {name: data[name] for name in data.files}
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a saved MSDEDetector (.npz): {err}") from err
+        raise ValueError(f"{path} is not a saved {what} (.npz): {err}") from err
     if "meta" not in files:
-        raise ValueError(f"{path} is not a saved MSDEDetector: no 'meta' entry.")
-    meta = json.loads(str(files["meta"]))
+        raise ValueError(f"{path} is not a saved {what}: no 'meta' entry.")
+    try:
+        meta = json.loads(str(files.pop("meta")))
+    except ValueError as err:
+        raise ValueError(f"{path} is not a saved {what}: its 'meta' is not JSON.") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a saved {what}: its 'meta' is not a JSON object.")
+    return meta, files
+
+
+def stored_class(meta: dict[str, Any]) -> str:
+    """The class name a saved detector's metadata gives (``"detector"``, else ``"class"``)."""
+    return meta.get("detector") or meta.get("class") or _LEGACY_CLASS
+
+
+def check_version(meta: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a file of another format version, saying to refit."""
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
             f"{path} has format version {version}; this msde_jax reads version "
             f"{FORMAT_VERSION}. Refit the detector with this version."
         )
-    stored = {k.removeprefix("state."): v for k, v in files.items() if k.startswith("state.")}
-    fields: dict[str, Any] = dict.fromkeys(_OPTIONAL)
-    for name, cls in _PARTS.items():
-        fields[name] = cls(**{f: jnp.asarray(stored.pop(f"{name}.{f}")) for f in cls._fields})
-    fields.update({name: jnp.asarray(value) for name, value in stored.items()})
-    return meta, fields, files["decision_scores_"]

@@ -9,9 +9,7 @@ is a thin scikit-learn-style facade over the two (keyword-only constructor, ``fi
 ``labels_``, ``predict`` → 0/1), as scikit-learn wraps its functional cores.
 """
 
-import inspect
 import math
-import os
 from typing import Any, NamedTuple
 
 import jax
@@ -28,11 +26,18 @@ from msde_jax._detector_config import (
     DetectorConfig,
     check_samples,
 )
-from msde_jax._detector_io import FORMAT_VERSION, read_detector, write_detector
+from msde_jax._detector_io import FORMAT_VERSION, state_from_arrays
+from msde_jax._estimator import (
+    Detector,
+    NotFittedError,
+    out_of_fold_scores,
+    quantile_threshold,
+)
 from msde_jax._rows import content_order, row_keys
 from msde_jax.density import density_weights
 from msde_jax.gaussian import GaussianState, gaussian_fit, mahalanobis
 from msde_jax.mean_shift import mean_shift
+from msde_jax.neighbors import knn
 from msde_jax.pca import PCAState, pca_fit, pca_transform
 
 __all__ = [
@@ -50,10 +55,6 @@ __all__ = [
     "fit_detector",
     "score_detector",
 ]
-
-
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a detector is used before ``fit`` (as scikit-learn's ``NotFittedError``)."""
 
 
 class DetectorState(NamedTuple):
@@ -182,7 +183,10 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     (``"inductive"``: toward the fixed shifted training normals; ``"transductive"``: jointly
     with the training normals; ``"none"``: not at all), and returns the Mahalanobis distance
     (not squared) in the training PCA space under the training Gaussian, or the total MSDE
-    displacement with ``score="displacement"``.
+    displacement with ``score="displacement"``. With ``score="knn"`` the standardised query is
+    not shifted: the score is its mean Euclidean distance to its ``score_neighbors`` nearest
+    rows of ``state.reference`` (the density-enhanced training normals, or the standardised
+    normals with ``mode="none"``), by :func:`~msde_jax.knn` in row blocks.
 
     Pure, and ``jax.jit``-able as ``jax.jit(score_detector)(state, x)`` (the config is a
     static part of the state): it recompiles only for a new input shape or config. The
@@ -200,6 +204,12 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     """
     config = state.config
     z = (jnp.asarray(x, state.center.dtype) - state.center[None, :]) / state.scale[None, :]
+    if config.score == "knn":
+        # Measured from the query as it is: shifting it toward the normals first would
+        # discard part of how far away it was.
+        n_ref = state.reference.shape[0]
+        near = knn(z, state.reference, k=config.score_neighbors, batch_size=config.batch(n_ref))
+        return jnp.mean(near.distances, axis=-1)
     if config.mode == "none":
         points = z
     elif config.mode == "inductive":
@@ -229,14 +239,11 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
 
 def _cross_fit(x: np.ndarray, config: DetectorConfig) -> np.ndarray:
     """Out-of-fold scores: each fold (by content order) scored by a fit on the others."""
-    order = content_order(x)
-    scores = np.empty(x.shape[0], np.float64)
-    for fold in range(config.n_folds):
-        held = np.sort(order[fold :: config.n_folds])
-        rest = np.setdiff1d(np.arange(x.shape[0]), held)  # keeps the given row order
-        state, _ = _fit_state(x[rest], config)
-        scores[held] = np.asarray(score_detector(state, x[held]))
-    return scores
+
+    def fit_score(rest: np.ndarray, held: np.ndarray) -> jax.Array:
+        return score_detector(_fit_state(x[rest], config)[0], x[held])
+
+    return out_of_fold_scores(content_order(x), config.n_folds, fit_score)
 
 
 def fit_detector(x: ArrayLike, config: DetectorConfig) -> DetectorFit:
@@ -265,13 +272,16 @@ def fit_detector(x: ArrayLike, config: DetectorConfig) -> DetectorFit:
         :class:`DetectorFit` ``(state, decision_scores, threshold, n_iter)``.
     """
     if config.threshold == "chi2" and config.score != "mahalanobis":
-        raise ValueError("threshold='chi2' applies to score='mahalanobis' only.")
+        raise ValueError(
+            "threshold='chi2' applies to score='mahalanobis' only (the χ² law is that of a "
+            "squared Mahalanobis distance); use threshold='cross_fit'."
+        )
     x = check_samples(x, dtype=config.dtype)
     config.check_n_samples(x.shape[0])
     state, n_iter = _fit_state(x, config)
     if config.threshold == "cross_fit":
         scores = _cross_fit(x, config)
-        threshold = float(np.quantile(scores, 1 - config.contamination))
+        threshold = quantile_threshold(scores, config.contamination)
     else:
         from scipy.stats import chi2  # scipy ships with jax
 
@@ -282,7 +292,7 @@ def fit_detector(x: ArrayLike, config: DetectorConfig) -> DetectorFit:
 
 
 # ---------------------------------------------------------------------- the estimator
-class MSDEDetector:
+class MSDEDetector(Detector):
     """One-class anomaly detector: MSDE → PCA → Gaussian → Mahalanobis distance.
 
     A scikit-learn-style facade over :func:`fit_detector` and :func:`score_detector`: the
@@ -320,7 +330,10 @@ class MSDEDetector:
     * ``"none"``: no mean shift; standardise → PCA → Gaussian, a baseline.
 
     ``score="displacement"`` returns instead the total MSDE displacement of each sample (the
-    tabular MSDE paper's score).
+    tabular MSDE paper's score); ``score="knn"`` the mean Euclidean distance from the
+    standardised, unshifted sample to its ``score_neighbors`` nearest training normals after
+    MSDE (the density-enhanced normals; with ``mode="none"`` the standardised normals
+    themselves), an inductive score that keeps how far away a sample is.
 
     The threshold needs no abnormal images: with ``threshold="cross_fit"`` each training
     normal is scored by a model fitted on the other ``n_folds − 1`` folds, and ``threshold_``
@@ -351,7 +364,9 @@ class MSDEDetector:
         covariance: ``"ridge"``, ``"empirical"``, ``"ledoit_wolf"`` or ``"oas"``.
         ridge: added to the covariance diagonal with ``covariance="ridge"`` (1e-4).
         standardize: standardise features with the training mean and standard deviation.
-        score: ``"mahalanobis"`` or ``"displacement"``.
+        score: ``"mahalanobis"``, ``"displacement"`` or ``"knn"`` (not with
+            ``mode="transductive"``).
+        score_neighbors: neighbours averaged by ``score="knn"`` (1: the nearest one).
         contamination: expected share of anomalies among normals-like data, in (0, 0.5]; sets
             the threshold quantile.
         threshold: ``"cross_fit"`` or ``"chi2"``.
@@ -379,6 +394,7 @@ class MSDEDetector:
         ridge: float = 1e-4,
         standardize: bool = True,
         score: str = "mahalanobis",
+        score_neighbors: int = 1,
         contamination: float = 0.05,
         threshold: str = "cross_fit",
         n_folds: int = 5,
@@ -399,6 +415,7 @@ class MSDEDetector:
         self.ridge = ridge
         self.standardize = standardize
         self.score = score
+        self.score_neighbors = score_neighbors
         self.contamination = contamination
         self.threshold = threshold
         self.n_folds = n_folds
@@ -419,45 +436,8 @@ class MSDEDetector:
         """
         return cls(**{**PAPER_PARAMS, **overrides})
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [
-            p.name
-            for p in inspect.signature(cls.__init__).parameters.values()
-            if p.kind is p.KEYWORD_ONLY
-        ]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor parameters, as scikit-learn's ``get_params``."""
-        del deep  # no nested estimators
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> "MSDEDetector":
-        """Set constructor parameters (as scikit-learn's ``set_params``); returns ``self``."""
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(
-                    f"Unknown parameter {name!r} for MSDEDetector; valid ones: {', '.join(valid)}."
-                )
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {
-            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
-        }
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
-        return f"MSDEDetector({', '.join(changed)})"
-
     def _config(self) -> DetectorConfig:
         return DetectorConfig(**self.get_params())
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "state_"):
-            raise NotFittedError(
-                "This MSDEDetector is not fitted yet; call fit(X_normal) first (or load one)."
-            )
 
     # ------------------------------------------------------------------ public API
     def fit(self, X: ArrayLike, y: Any = None) -> "MSDEDetector":
@@ -477,16 +457,15 @@ class MSDEDetector:
         self.n_features_in_ = int(result.state.center.shape[0])
         self.n_components_ = int(result.state.pca.components.shape[0])
         self.n_iter_ = result.n_iter
-        self.decision_scores_ = result.decision_scores
-        self.threshold_ = result.threshold
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        self._set_scores(result.decision_scores, result.threshold)
         return self
 
     def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Anomaly score of each sample; **higher = more anomalous** (PyOD's convention).
 
         The Mahalanobis distance (not squared) in the training PCA space after the ``mode``'s
-        shift, or the total displacement with ``score="displacement"``
+        shift, the total displacement with ``score="displacement"``, or the mean distance to
+        the ``score_neighbors`` nearest (shifted) training normals with ``score="knn"``
         (:func:`score_detector`). scikit-learn's outlier detectors return the opposite sign
         from their ``score_samples``.
 
@@ -500,52 +479,18 @@ class MSDEDetector:
         x = check_samples(X, dtype=self.dtype, n_features=self.n_features_in_)
         return np.asarray(score_detector(self.state_._replace(config=self._config()), x))
 
-    def decision_function(self, X: ArrayLike) -> np.ndarray:
-        """Same as :meth:`score_samples` (higher = more anomalous), as in PyOD."""
-        return self.score_samples(X)
-
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """1 for samples scoring above ``threshold_`` (anomalous), else 0."""
-        return (self.score_samples(X) > self.threshold_).astype(int)
-
-    def fit_predict(self, X: ArrayLike, y: Any = None) -> np.ndarray:
-        """Fit on ``X`` and return ``labels_``: its out-of-fold (or in-sample) 0/1 labels."""
-        return self.fit(X, y).labels_
-
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> None:
-        """Save the configuration and every fitted array to ``path`` (an ``.npz`` file).
-
-        Plain arrays and a JSON string: loading executes no code (no pickle). Written
-        atomically: a reader sees the old file or the whole new one.
-
-        Args:
-            path: the file to write (written as given, no suffix added).
-            metadata: JSON-serialisable extras stored alongside (e.g. the embedder that produced
-                the features); :meth:`load` returns them as ``metadata_``.
-        """
-        self._check_fitted()
-        meta = {
-            "metadata": metadata or {},
-            "params": self.get_params(),
+    def _fitted_meta(self) -> dict[str, Any]:
+        return {
             "n_features_in_": self.n_features_in_,
             "n_components_": self.n_components_,
             "n_iter_": self.n_iter_,
-            "threshold_": self.threshold_,
         }
-        write_detector(path, self.state_, meta, decision_scores=self.decision_scores_)
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "MSDEDetector":
-        """Load a detector written by :meth:`save`; it gives identical scores."""
-        meta, arrays, decision_scores = read_detector(path)
-        det = cls(**meta["params"])
-        det.state_ = DetectorState(**arrays, config=det._config())
-        det.n_features_in_ = meta["n_features_in_"]
-        det.n_components_ = meta["n_components_"]
-        det.n_iter_ = meta["n_iter_"]
-        det.threshold_ = meta["threshold_"]
-        det.metadata_ = meta.get("metadata", {})
-        det.decision_scores_ = decision_scores
-        det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
-        return det
+    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.state_ = state_from_arrays(
+            DetectorState, arrays, config=self._config(), what="MSDEDetector"
+        )
+        self.n_features_in_ = meta["n_features_in_"]
+        self.n_components_ = meta["n_components_"]
+        self.n_iter_ = meta["n_iter_"]

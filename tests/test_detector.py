@@ -272,6 +272,18 @@ def test_load_refuses_version_1_files(tmp_path, fitted):
         MSDEDetector.load(path)
 
 
+def test_load_reads_files_without_a_class_name(tmp_path, fitted, data):
+    # Version-2 files written before the class name was stored hold an MSDEDetector.
+    from msde_jax import load_detector
+
+    path = tmp_path / "old.npz"
+    fitted.save(path)
+    _edit_meta(path, lambda meta: meta.pop("detector"))
+    for loaded in (MSDEDetector.load(path), load_detector(path)):
+        assert type(loaded) is MSDEDetector
+        np.testing.assert_array_equal(loaded.score_samples(data[1]), fitted.score_samples(data[1]))
+
+
 def test_params():
     det = MSDEDetector(k=7)
     params = det.get_params()
@@ -299,6 +311,9 @@ def test_params():
         ({"n_components": 1.5}, "n_components"),
         ({"threshold": "chi2", "score": "displacement"}, "chi2"),
         ({"mode": "none", "score": "displacement"}, "needs a mean shift"),
+        ({"mode": "transductive", "score": "knn"}, "score='knn' measures the distance"),
+        ({"threshold": "chi2", "score": "knn"}, "applies to score='mahalanobis' only"),
+        ({"score": "knn", "score_neighbors": 0}, "score_neighbors must be a positive int"),
     ],
 )
 def test_bad_parameters(data, params, match):
@@ -386,8 +401,9 @@ def test_functional_core_equals_the_estimator(data, make):
         DetectorConfig(k=10, threshold="chi2"),
         DetectorConfig(mode="none", threshold="chi2"),
         DetectorConfig.paper(k=10, threshold="chi2"),  # transductive, blocks in the given order
+        DetectorConfig(k=10, score="knn", score_neighbors=3, n_folds=2),
     ],
-    ids=["inductive", "none", "paper"],
+    ids=["inductive", "none", "paper", "knn"],
 )
 def test_score_detector_jits_without_retracing(data, config):
     train, test, _ = data
@@ -414,6 +430,91 @@ def test_scoring_follows_the_current_parameters(data):
     det.set_params(score="displacement")
     want = MSDEDetector(k=10, score="displacement", n_folds=2).fit(train).score_samples(test)
     np.testing.assert_array_equal(det.score_samples(test), want)
+
+
+# ---------------------------------------------------------------------------- kNN score
+@pytest.fixture(scope="module")
+def knn_fitted(data):
+    return MSDEDetector(k=10, score="knn", score_neighbors=2, n_folds=3).fit(data[0])
+
+
+def _standardise(train, *rows):
+    mean, std = train.mean(0, dtype=np.float64), train.std(0, dtype=np.float64)
+    return [((r - mean) / std).astype(np.float32) for r in (train, *rows)]
+
+
+def test_knn_score_mode_none_equals_sklearn(data):
+    from sklearn.neighbors import NearestNeighbors
+
+    train, test, labels = data
+    det = MSDEDetector(mode="none", score="knn", score_neighbors=3, n_folds=3).fit(train)
+    z, zt = _standardise(train, test)
+    want = NearestNeighbors(n_neighbors=3).fit(z).kneighbors(zt)[0].mean(axis=1)
+    np.testing.assert_allclose(det.score_samples(test), want, rtol=1e-5, atol=1e-6)
+    assert float(roc_auc(labels, want)) > 0.9
+    # The out-of-fold scores: each fold against the standardised other folds.
+    order = content_order(train)
+    for fold in range(3):
+        held = np.sort(order[fold::3])
+        rest = np.setdiff1d(np.arange(len(train)), held)
+        z_rest, z_held = _standardise(train[rest], train[held])
+        oof = NearestNeighbors(n_neighbors=3).fit(z_rest).kneighbors(z_held)[0].mean(axis=1)
+        np.testing.assert_allclose(det.decision_scores_[held], oof, rtol=1e-5, atol=1e-6)
+    assert det.threshold_ == pytest.approx(np.quantile(det.decision_scores_, 0.95))
+
+
+def test_knn_score_inductive_is_distance_to_the_shifted_normals(data):
+    from sklearn.neighbors import NearestNeighbors
+
+    from msde_jax import density_weights, mean_shift
+
+    train, test, _ = data
+    # Blocks of consecutive rows, so the weights are density_weights(z) of the rows as given.
+    det = MSDEDetector(k=10, block_order="given", score="knn", score_neighbors=2).fit(train)
+    z, zt = _standardise(train, test)
+    shifted = np.asarray(mean_shift(z, density_weights(z), k=10).points)
+    np.testing.assert_allclose(det.state_.reference, shifted, rtol=1e-5, atol=1e-5)
+    want = NearestNeighbors(n_neighbors=2).fit(shifted).kneighbors(zt)[0].mean(axis=1)
+    np.testing.assert_allclose(det.score_samples(test), want, rtol=1e-4, atol=1e-5)
+    # The query itself is not shifted: the score differs from the shifted query's distance.
+    moved = mean_shift(zt, reference=shifted, reference_weights=det.state_.density, k=10)
+    nn = NearestNeighbors(n_neighbors=2).fit(shifted)
+    assert not np.allclose(want, nn.kneighbors(np.asarray(moved.points))[0].mean(1), rtol=1e-3)
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**16), size=st.sampled_from([1, 3, 8]))
+def test_knn_score_does_not_depend_on_the_batch(knn_fitted, data, seed, size):
+    _, test, _ = data
+    det = knn_fitted
+    full = det.score_samples(test)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(test), size=size, replace=False)
+    others = rng.normal(scale=4.0, size=(5, D)).astype(np.float32)
+    mixed = det.score_samples(np.concatenate([others, test[rows]]))[5:]
+    np.testing.assert_allclose(det.score_samples(test[rows]), full[rows], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mixed, full[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_knn_score_save_load_round_trip(tmp_path, knn_fitted, data):
+    train, test, _ = data
+    for det in (knn_fitted, MSDEDetector(mode="none", score="knn").fit(train)):
+        path = tmp_path / "knn.npz"
+        det.save(path)
+        loaded = MSDEDetector.load(path)
+        assert loaded.get_params() == det.get_params()
+        np.testing.assert_array_equal(loaded.decision_scores_, det.decision_scores_)
+        np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
+
+
+def test_knn_score_needs_score_neighbors_rows(data):
+    train = data[0]
+    with pytest.raises(
+        ValueError, match="score_neighbors=20 neighbours, got 12; .* smaller score_neighbors"
+    ):
+        MSDEDetector(mode="none", score="knn", score_neighbors=20).fit(train[:12])
+    with pytest.raises(ValueError, match="lower n_folds or score_neighbors"):
+        MSDEDetector(mode="none", score="knn", score_neighbors=20, n_folds=2).fit(train[:30])
 
 
 # ---------------------------------------------------------------------------- real data

@@ -1,0 +1,261 @@
+"""What every detector facade shares: parameters, fitted checks, out-of-fold thresholds,
+predictions and persistence.
+
+:class:`Detector` is the private base of :class:`~msde_jax.MSDEDetector` and
+:class:`~msde_jax.PatchBankDetector`. A subclass declares its hyperparameters as keyword-only
+constructor arguments (stored under the same names, as scikit-learn expects), fits in ``fit``
+(setting ``state_`` and calling :meth:`Detector._set_scores`), scores in ``score_samples``, and
+describes its fitted attributes by three hooks (``_fitted_meta``, ``_fitted_arrays``,
+``_restore``); the base turns those into ``to_arrays`` / ``from_arrays`` and ``save`` /
+``load``. Every subclass is registered by its class name, which the saved metadata stores as
+``"detector"``, so :func:`load_detector` returns the right class for any saved file.
+"""
+
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any, Self
+
+import numpy as np
+from jax.typing import ArrayLike
+
+from msde_jax._detector_io import (
+    check_version,
+    read_npz,
+    state_arrays,
+    stored_class,
+    write_detector_file,
+)
+
+__all__ = [
+    "Detector",
+    "NotFittedError",
+    "load_detector",
+    "out_of_fold_scores",
+    "quantile_threshold",
+]
+
+# Detector classes by name, filled by Detector.__init_subclass__.
+_DETECTORS: dict[str, type["Detector"]] = {}
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a detector is used before ``fit`` (as scikit-learn's ``NotFittedError``)."""
+
+
+# ---------------------------------------------------------------------- thresholds
+def out_of_fold_scores(
+    order: np.ndarray, n_folds: int, fit_score: Callable[[np.ndarray, np.ndarray], ArrayLike]
+) -> np.ndarray:
+    """Out-of-fold scores of n samples: each fold scored by a model fitted on the others.
+
+    Fold f holds ``order[f::n_folds]`` (``order`` a permutation of the n samples, e.g. their
+    content order, so that the folds do not depend on the row order), both index sets sorted.
+
+    Args:
+        order: (n,) permutation of ``range(n)``.
+        n_folds: number of folds, at most n.
+        fit_score: ``fit_score(train_indices, held_indices)`` fits on the first and returns the
+            scores of the second.
+
+    Returns:
+        (n,) float64 scores.
+    """
+    n = order.shape[0]
+    scores = np.empty(n, np.float64)
+    for fold in range(n_folds):
+        held = np.sort(order[fold::n_folds])
+        rest = np.setdiff1d(np.arange(n), held)  # keeps the given row order
+        scores[held] = np.asarray(fit_score(rest, held))
+    return scores
+
+
+def quantile_threshold(scores: np.ndarray, contamination: float) -> float:
+    """The ``1 − contamination`` quantile of (out-of-fold) scores of normals."""
+    return float(np.quantile(scores, 1 - contamination))
+
+
+# ---------------------------------------------------------------------- the base facade
+class Detector:
+    """Base of the detector facades (PyOD conventions: higher score = more anomalous)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _DETECTORS[cls.__name__] = cls
+
+    # ------------------------------------------------------------------ params
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+        ]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters, as scikit-learn's ``get_params``."""
+        del deep  # no nested estimators
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters (as scikit-learn's ``set_params``); returns ``self``."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"Unknown parameter {name!r} for {type(self).__name__}; "
+                    f"valid ones: {', '.join(valid)}."
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+        }
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "state_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet; call fit(X_normal) first "
+                "(or load one)."
+            )
+
+    def _set_scores(self, decision_scores: np.ndarray, threshold: float) -> None:
+        self.decision_scores_ = np.asarray(decision_scores)
+        self.threshold_ = float(threshold)
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+
+    # ------------------------------------------------------------------ predictions
+    def score_samples(self, X: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
+        """Same as :meth:`score_samples` (higher = more anomalous), as in PyOD."""
+        return self.score_samples(X)
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """1 for samples scoring above ``threshold_`` (anomalous), else 0."""
+        return (self.score_samples(X) > self.threshold_).astype(int)
+
+    def fit_predict(self, X: ArrayLike, y: Any = None) -> np.ndarray:
+        """Fit on ``X`` and return ``labels_``: its out-of-fold (or in-sample) 0/1 labels."""
+        return self.fit(X, y).labels_
+
+    # ------------------------------------------------------------------ persistence
+    def _fitted_meta(self) -> dict[str, Any]:
+        """JSON-able fitted scalars beyond ``threshold_`` (a subclass hook)."""
+        return {}
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted arrays beyond ``decision_scores_`` (a subclass hook): the state's."""
+        return state_arrays(self.state_)
+
+    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Set ``state_`` and the fitted scalars from saved ones (a subclass hook)."""
+        raise NotImplementedError
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The fitted detector as JSON-able metadata and flat named NumPy arrays.
+
+        ``meta`` holds ``"detector"`` (the class name), ``"params"`` (:meth:`get_params`),
+        ``"threshold_"``, the other fitted scalars and ``"metadata"`` (``metadata_`` of a
+        loaded detector, else ``{}``); ``arrays`` holds ``"decision_scores_"`` and the state's
+        arrays by dotted path (``"state.center"``, …). :meth:`from_arrays` is the inverse,
+        and :meth:`save` writes exactly these (plus the format version).
+        """
+        self._check_fitted()
+        meta = {
+            "detector": type(self).__name__,
+            "params": self.get_params(),
+            **self._fitted_meta(),
+            "threshold_": self.threshold_,
+            "metadata": dict(getattr(self, "metadata_", {})),
+        }
+        arrays = {**self._fitted_arrays(), "decision_scores_": np.asarray(self.decision_scores_)}
+        return meta, arrays
+
+    @classmethod
+    def _check_class(cls, meta: dict[str, Any], where: str = "the saved detector") -> None:
+        name = stored_class(meta)
+        if name != cls.__name__:
+            raise ValueError(
+                f"{where} holds a {name}, not a {cls.__name__}; load it with {name}.load "
+                "or msde_jax.load_detector."
+            )
+
+    @classmethod
+    def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        """Rebuild a fitted detector from :meth:`to_arrays`' ``(meta, arrays)``.
+
+        Raises:
+            ValueError: ``meta`` names another detector class, or an array is missing.
+        """
+        cls._check_class(meta)
+        if "decision_scores_" not in arrays:
+            raise ValueError(f"not a saved {cls.__name__}: 'decision_scores_' is missing.")
+        det = cls(**meta["params"])
+        det._restore(meta, arrays)
+        det._set_scores(arrays["decision_scores_"], meta["threshold_"])
+        det.metadata_ = dict(meta.get("metadata", {}))
+        return det
+
+    def save(self, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> None:
+        """Save the configuration and every fitted array to ``path`` (an ``.npz`` file).
+
+        Plain arrays and a JSON string: loading executes no code (no pickle). Written
+        atomically: a reader sees the old file or the whole new one.
+
+        Args:
+            path: the file to write (written as given, no suffix added).
+            metadata: JSON-serialisable extras stored alongside (e.g. the embedder that produced
+                the features); :meth:`load` returns them as ``metadata_``.
+        """
+        meta, arrays = self.to_arrays()
+        write_detector_file(path, {**meta, "metadata": metadata or {}}, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Self:
+        """Load a detector written by :meth:`save`; it gives identical scores.
+
+        Raises:
+            ValueError: not a saved detector, one of another class (use
+                :func:`~msde_jax.load_detector` for any class) or of another format version.
+        """
+        meta, arrays = read_npz(path, what=cls.__name__)
+        cls._check_class(meta, where=str(path))
+        check_version(meta, path)
+        return cls.from_arrays(meta, arrays)
+
+
+def _class_of(meta: dict[str, Any], path: str | os.PathLike) -> type:
+    name = stored_class(meta)
+    if name in _DETECTORS:
+        return _DETECTORS[name]
+    # A facade that does not derive from Detector (it has its own load): only msde_jax's.
+    module = meta.get("module", "")
+    if module == "msde_jax" or module.startswith("msde_jax."):
+        cls = getattr(importlib.import_module(module), name, None)
+        if isinstance(cls, type) and hasattr(cls, "load"):
+            return cls
+    raise ValueError(
+        f"{path} holds a {name!r}, which is not a detector of this msde_jax "
+        f"(known: {', '.join(sorted(_DETECTORS))})."
+    )
+
+
+def load_detector(path: str | os.PathLike) -> Any:
+    """Load any saved detector, as the class its file names (``MSDEDetector``, …).
+
+    Raises:
+        ValueError: not a saved detector, an unknown class, or another format version.
+    """
+    meta, arrays = read_npz(path)
+    cls = _class_of(meta, path)
+    if not issubclass(cls, Detector):
+        return cls.load(path)
+    check_version(meta, path)
+    return cls.from_arrays(meta, arrays)
