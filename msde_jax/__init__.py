@@ -5,6 +5,15 @@ The functional core: pure, jit-able functions on arrays with NamedTuple states.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from msde_jax._estimator import load_detector
+from msde_jax.bank_detector import (
+    BankConfig,
+    BankState,
+    PatchBankDetector,
+    fit_bank_detector,
+    score_bank_detector,
+    score_bank_patches,
+)
 from msde_jax.coreset import kcenter_greedy, random_projection
 from msde_jax.density import density_weights
 from msde_jax.detector import (
@@ -16,6 +25,7 @@ from msde_jax.detector import (
     fit_detector,
     score_detector,
 )
+from msde_jax.fusion import FusedDetector, FusionStats, fuse_scores, fusion_stats
 from msde_jax.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
 from msde_jax.mean_shift import MeanShiftResult, mean_shift
@@ -40,10 +50,14 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "BankConfig",
+    "BankState",
     "DetectorConfig",
     "DetectorFit",
     "DetectorState",
     "Embedder",
+    "FusedDetector",
+    "FusionStats",
     "MSDEDetector",
     "NotFittedError",
     "FuzzyGraph",
@@ -51,12 +65,16 @@ __all__ = [
     "MeanShiftResult",
     "MemoryBank",
     "Neighbors",
+    "PatchBankDetector",
     "PCAState",
     "__version__",
     "average_precision",
     "bank_fit",
     "density_weights",
+    "fit_bank_detector",
     "fit_detector",
+    "fuse_scores",
+    "fusion_stats",
     "fuzzy_degree",
     "fuzzy_simplicial_set",
     "fuzzy_union",
@@ -65,6 +83,7 @@ __all__ = [
     "image_scores",
     "kcenter_greedy",
     "knn",
+    "load_detector",
     "mahalanobis",
     "mean_shift",
     "patch_scores",
@@ -73,5 +92,7 @@ __all__ = [
     "pca_transform",
     "random_projection",
     "roc_auc",
+    "score_bank_detector",
+    "score_bank_patches",
     "score_detector",
 ]

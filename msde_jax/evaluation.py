@@ -14,18 +14,26 @@ The detector is fitted on the embedded ``train_normal`` images and scores the te
 compare several detectors on one set of embeddings, embed once with :func:`embed_dataset` and
 call :func:`evaluate_embeddings` per detector; :func:`evaluate` is the two in a row. Writing a
 report from the result is the caller's choice (:func:`msde_jax.report.write_report`).
+
+Fused scores: give a mapping ``{name: embedder}`` and a :class:`~msde_jax.fusion.FusedDetector`
+whose components have the same names; each split is embedded by each embedder and component
+``name`` sees the features of embedder ``name``::
+
+    embedders = {"pooled": Embedder(features="multiscale"), "patches": Embedder(features="patches")}
+    detector = FusedDetector({"pooled": MSDEDetector(mode="none"), "patches": PatchBankDetector()})
+    result = evaluate(dataset, embedders, detector)
 """
 
 import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from msde_jax.detector import MSDEDetector
+from msde_jax.fusion import FusedDetector, SupportsDetect
 from msde_jax.io.cache import SupportsEmbed, embed_cached
 from msde_jax.io.datasets import Dataset
 from msde_jax.metrics import evaluation_metrics
@@ -53,16 +61,18 @@ class EmbeddedDataset:
 
     Attributes:
         dataset: the splits that were embedded (after ``limit``).
-        embedder: the embedder that embedded them.
-        train: (n, d) embeddings of ``dataset.train_normal``.
-        test: (m, d) embeddings of ``dataset.test_items()``: the normals, then the abnormals.
-        embed_s: wall time of both embedding calls, in seconds.
+        embedder: the embedder that embedded them, or the mapping ``{name: embedder}``.
+        train: (n, d) embeddings of ``dataset.train_normal`` (or (n, grid, grid, c) patch
+            features); with a mapping of embedders, ``{name: embeddings}`` keyed like it.
+        test: (m, d) embeddings of ``dataset.test_items()``: the normals, then the abnormals;
+            with a mapping of embedders, ``{name: embeddings}``.
+        embed_s: wall time of all embedding calls, in seconds.
     """
 
     dataset: Dataset
-    embedder: SupportsEmbed
-    train: np.ndarray
-    test: np.ndarray
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed]
+    train: np.ndarray | dict[str, np.ndarray]
+    test: np.ndarray | dict[str, np.ndarray]
     embed_s: float
 
     @property
@@ -78,19 +88,22 @@ class EvaluationResult:
     Attributes:
         dataset: the splits evaluated (after ``limit``); ``dataset.test_items()`` are the test
             images in the order of ``scores`` (e.g. for the report's image grid).
-        detector: the fitted detector.
+        detector: the fitted detector (a :class:`~msde_jax.fusion.FusedDetector` with a
+            mapping of embedders).
         labels: (m,) test labels, 0 normal, 1 abnormal.
         scores: (m,) anomaly scores of the test images, higher = more anomalous.
         threshold: the detector's threshold; ``score > threshold`` is predicted abnormal.
         metrics: :func:`msde_jax.metrics.evaluation_metrics` of labels, scores and threshold.
         timings: ``{"embed_s", "fit_s", "score_s"}`` wall times in seconds.
         config: what was run, JSON-friendly: dataset source, the three class sizes, the
-            embedder's ``config()``, the detector's ``get_params()``, ``mode`` and
-            ``test_mix`` (the share of abnormal test images, scored as one batch).
+            embedder's ``config()`` (``{name: config()}`` for a mapping of embedders), the
+            detector's ``get_params()`` (for a fused detector its ``contamination`` and
+            ``{"components": {name: {"class", **get_params()}}}``), ``mode`` and ``test_mix``
+            (the share of abnormal test images, scored as one batch).
     """
 
     dataset: Dataset
-    detector: MSDEDetector
+    detector: SupportsDetect
     labels: np.ndarray
     scores: np.ndarray
     threshold: float
@@ -128,7 +141,9 @@ def embed(
     what: str = "input",
     progress: bool = True,
 ) -> np.ndarray:
-    """Embeddings of ``items`` ((n, d), or (n, grid, grid, c) patch features), through the on-disk cache when ``cache_dir`` is given.
+    """Embeddings of ``items``: (n, d), or (n, grid, grid, c) patch features.
+
+    They go through the on-disk cache when ``cache_dir`` is given.
 
     Args:
         embedder: an :class:`~msde_jax.embedder.Embedder` or any object with ``config()`` and
@@ -156,9 +171,62 @@ def embed(
     return out
 
 
+def _check_embedders(embedder: SupportsEmbed | Mapping[str, SupportsEmbed]) -> None:
+    if isinstance(embedder, Mapping):
+        if not embedder:
+            raise ValueError("no embedders: the mapping of embedders is empty.")
+        bad = [name for name in embedder if not isinstance(name, str)]
+        if bad:
+            raise ValueError(f"embedder names must be strings, got {bad!r}.")
+
+
+def _check_pairing(
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed], detector: SupportsDetect
+) -> None:
+    """A mapping of embedders goes with a FusedDetector of the same names, one embedder without."""
+    fused = isinstance(detector, FusedDetector)
+    if not isinstance(embedder, Mapping):
+        if fused:
+            raise ValueError(
+                "a FusedDetector needs one embedder per component: pass a mapping "
+                f"{{name: embedder}} with the names {', '.join(map(repr, detector.components))}."
+            )
+        return
+    if not fused:
+        raise ValueError(
+            "a mapping of embedders needs a FusedDetector with the same names, got "
+            f"{type(detector).__name__}."
+        )
+    if set(embedder) != set(detector.components):  # the order may differ: passed by name
+        raise ValueError(
+            f"the embedders are named {', '.join(map(repr, embedder))} but the FusedDetector's "
+            f"components {', '.join(map(repr, detector.components))}: use the same names."
+        )
+
+
+def _detector_params(detector: SupportsDetect) -> dict[str, Any]:
+    """The detector's parameters, JSON-friendly (a fused one's components by name)."""
+    if isinstance(detector, FusedDetector):
+        return {
+            "contamination": detector.contamination,
+            "components": {
+                name: {"class": type(c).__name__, **_detector_params(c)}
+                for name, c in dict(detector.components).items()
+            },
+        }
+    return detector.get_params()
+
+
+def _mode(detector: SupportsDetect) -> str:
+    if isinstance(detector, FusedDetector):
+        parts = (f"{name}: {_mode(c)}" for name, c in dict(detector.components).items())
+        return f"fused ({', '.join(parts)})"
+    return str(getattr(detector, "mode", type(detector).__name__))
+
+
 def embed_dataset(
     dataset: Dataset,
-    embedder: SupportsEmbed,
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed],
     *,
     limit: int | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -168,36 +236,53 @@ def embed_dataset(
 
     Args:
         dataset: a :class:`~msde_jax.io.datasets.Dataset`.
-        embedder: see :func:`embed`.
+        embedder: see :func:`embed`; or a mapping ``{name: embedder}``, each of which embeds
+            both splits (``train`` and ``test`` are then dicts keyed like it).
         limit: at most this many images per class (:func:`limit_dataset`).
-        cache_dir: an embedding cache folder.
+        cache_dir: an embedding cache folder; each embedder caches under its own config hash.
         progress: print what is embedded and how long it took on stderr.
 
     Raises:
-        ValueError: a class is empty (checked before anything is embedded).
+        ValueError: a class is empty, or the mapping of embedders is empty (checked before
+            anything is embedded).
     """
+    _check_embedders(embedder)
     dataset = limit_dataset(dataset, limit=limit)
     start = time.perf_counter()
-    train = embed(
-        embedder, dataset.train_normal, cache_dir=cache_dir, what="train normal", progress=progress
-    )
-    test = embed(
-        embedder, dataset.test_items(), cache_dir=cache_dir, what="test", progress=progress
-    )
+
+    def both(e: SupportsEmbed, label: str) -> tuple[np.ndarray, np.ndarray]:
+        kw = {"cache_dir": cache_dir, "progress": progress}
+        train = embed(e, dataset.train_normal, what=f"train normal{label}", **kw)
+        return train, embed(e, dataset.test_items(), what=f"test{label}", **kw)
+
+    if isinstance(embedder, Mapping):
+        pairs = {name: both(e, f" ({name})") for name, e in embedder.items()}
+        train = {name: pair[0] for name, pair in pairs.items()}
+        test = {name: pair[1] for name, pair in pairs.items()}
+    else:
+        train, test = both(embedder, "")
     return EmbeddedDataset(dataset, embedder, train, test, time.perf_counter() - start)
 
 
 def evaluate_embeddings(
-    embedded: EmbeddedDataset, detector: MSDEDetector, *, mode_label: str | None = None
+    embedded: EmbeddedDataset, detector: SupportsDetect, *, mode_label: str | None = None
 ) -> EvaluationResult:
     """Fit ``detector`` on the embedded training normals, score the test set, compute metrics.
 
     Args:
         embedded: from :func:`embed_dataset`.
-        detector: an :class:`~msde_jax.detector.MSDEDetector` (fitted in place).
+        detector: an :class:`~msde_jax.detector.MSDEDetector` or another detector facade
+            (fitted in place); a :class:`~msde_jax.fusion.FusedDetector` with the embedders'
+            names when ``embedded`` comes from a mapping of embedders.
         mode_label: how ``config["mode"]`` names the detector's mode (default:
-            ``detector.mode``), e.g. ``"paper preset (transductive)"``.
+            ``detector.mode``; ``"fused (<name>: <mode>, …)"`` for a fused detector), e.g.
+            ``"paper preset (transductive)"``.
+
+    Raises:
+        ValueError: a mapping of embedders without a FusedDetector of the same names, or the
+            other way round.
     """
+    _check_pairing(embedded.embedder, detector)
     dataset = embedded.dataset
     timings = {"embed_s": embedded.embed_s}
     start = time.perf_counter()
@@ -209,14 +294,18 @@ def evaluate_embeddings(
 
     labels = embedded.labels
     n_abnormal = len(dataset.test_abnormal)
+    if isinstance(embedded.embedder, Mapping):
+        embedder_config = {name: e.config() for name, e in embedded.embedder.items()}
+    else:
+        embedder_config = embedded.embedder.config()
     config = {
         "dataset": dataset.source,
         "train_normal": len(dataset.train_normal),
         "test_normal": len(dataset.test_normal),
         "test_abnormal": n_abnormal,
-        "embedder": embedded.embedder.config(),
-        "detector": detector.get_params(),
-        "mode": f"{detector.mode}" if mode_label is None else mode_label,
+        "embedder": embedder_config,
+        "detector": _detector_params(detector),
+        "mode": _mode(detector) if mode_label is None else mode_label,
         "test_mix": f"{n_abnormal / len(labels):.0%} abnormal, scored as one batch",
     }
     return EvaluationResult(
@@ -233,8 +322,8 @@ def evaluate_embeddings(
 
 def evaluate(
     dataset: Dataset,
-    embedder: SupportsEmbed,
-    detector: MSDEDetector,
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed],
+    detector: SupportsDetect,
     *,
     limit: int | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -246,8 +335,11 @@ def evaluate(
     :func:`embed_dataset` followed by :func:`evaluate_embeddings`; see those for the arguments.
 
     Raises:
-        ValueError: a class is empty (checked before anything is embedded), or the detector
-            rejects its parameters or the data.
+        ValueError: a class is empty or the embedders and the detector do not pair up (both
+            checked before anything is embedded), or the detector rejects its parameters or
+            the data.
     """
+    _check_embedders(embedder)
+    _check_pairing(embedder, detector)
     embedded = embed_dataset(dataset, embedder, limit=limit, cache_dir=cache_dir, progress=progress)
     return evaluate_embeddings(embedded, detector, mode_label=mode_label)

@@ -37,7 +37,9 @@ def layer(module: str) -> tuple[int, str]:
         return 0, "private"
     if top in CORE:
         return 1, "core"
-    if top == "detector" or top.startswith("_detector"):
+    if top == "detector" or top.startswith("_detector") or top == "fusion":
+        return 2, "detector"
+    if top in ("bank_detector", "_estimator"):
         return 2, "detector"
     if top in ("io", "backbones"):
         return 3, top
