@@ -10,7 +10,11 @@ __all__ = ["atomic_write"]
 
 
 def atomic_write(
-    path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object], *, suffix: str = ".tmp"
+    path: str | os.PathLike,
+    data: bytes | Callable[[BinaryIO], object],
+    *,
+    suffix: str = ".tmp",
+    fsync: bool = True,
 ) -> Path:
     """Write a file so that readers see either the old file or the whole new one, never half.
 
@@ -18,11 +22,16 @@ def atomic_write(
     renamed over ``path`` (``os.replace``, atomic on POSIX and Windows). On any error, Ctrl-C
     included, the temporary file is removed and ``path`` is left as it was.
 
+    Without ``fsync`` the rename is still atomic for other processes, but a power loss may
+    leave an empty or short file: fit for entries that are checked and recomputed on load
+    (the embedding cache), not for models, checkpoints or weights.
+
     Args:
         path: the file to write; its folder must exist.
         data: the bytes to write, or a function that writes into the open binary file
             (e.g. ``lambda f: np.save(f, array)``).
         suffix: suffix of the temporary file (some writers, like ``np.save``, look at it).
+        fsync: flush the file to disk before the rename (default).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -35,8 +44,9 @@ def atomic_write(
                 f.write(data)
             else:
                 data(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

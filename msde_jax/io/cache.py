@@ -145,7 +145,10 @@ def embed_cached(
             found[i] = row
             if paths[i] not in written:  # the same image twice in one call
                 row32 = np.asarray(row, np.float32)
-                atomic_write(paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False))
+                # No fsync per entry: a damaged entry is detected on load and embedded again.
+                atomic_write(
+                    paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False), fsync=False
+                )
                 written.add(paths[i])
     if not items:
         shape = getattr(embedder, "output_shape", None) or (int(getattr(embedder, "dim", 0)),)
