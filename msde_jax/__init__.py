@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from msde_jax._estimator import load_detector
 from msde_jax.bank_detector import (
     BankConfig,
+    BankFit,
     BankState,
     PatchBankDetector,
     fit_bank_detector,
@@ -51,6 +52,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "BankConfig",
+    "BankFit",
     "BankState",
     "DetectorConfig",
     "DetectorFit",

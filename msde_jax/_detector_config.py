@@ -18,6 +18,7 @@ from msde_jax.gaussian import COVARIANCE_ESTIMATORS
 __all__ = [
     "BLOCK_ORDERS",
     "MODES",
+    "PAPER_PARAMS",
     "SCORES",
     "THRESHOLDS",
     "DetectorConfig",
@@ -190,11 +191,12 @@ class DetectorConfig:
         if self.threshold == "cross_fit":
             smallest = n - math.ceil(n / self.n_folds)
             if smallest < need:
-                fix = (
-                    "lower n_folds or score_neighbors"
-                    if self._min_samples_reason()[1] == "score_neighbors"
-                    else "lower n_folds or k, or use threshold='chi2'"
-                )
+                if self._min_samples_reason()[1] == "score_neighbors":
+                    fix = "lower n_folds or score_neighbors"
+                elif self.score == "mahalanobis":  # the only score χ² applies to
+                    fix = "lower n_folds or k, or use threshold='chi2'"
+                else:
+                    fix = "lower n_folds or k"
                 raise ValueError(
                     f"threshold='cross_fit' fits on {smallest} of the {n} samples per fold, fewer "
                     f"than the {need} needed; {fix}."

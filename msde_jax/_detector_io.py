@@ -8,6 +8,10 @@ state; version-2 files written before the class name was stored hold an ``MSDEDe
 A fitted state (a ``NamedTuple`` whose fields are arrays, ``None`` or ``NamedTuple`` parts, and
 a static ``config``) is stored as one array per leaf, named by its path: ``state.center``,
 ``state.pca.mean``, … (:func:`state_arrays`, :func:`state_from_arrays`).
+
+A ``FusedDetector`` file is one such file: its metadata lists each component's own metadata
+(with its format version, :func:`with_version`, checked when the component is rebuilt) and its
+arrays are the components' prefixed ``<name>/`` plus ``fusion.mean`` / ``fusion.std``.
 """
 
 import json
@@ -68,11 +72,16 @@ def state_from_arrays(
     return cls(**fields)
 
 
+def with_version(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` plus this format version, as a saved detector (or a fused component) holds it."""
+    return {**meta, "format_version": FORMAT_VERSION}
+
+
 def write_detector_file(
     path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.ndarray]
 ) -> None:
     """Write ``meta`` (+ the format version) as JSON and ``arrays`` by name, atomically."""
-    meta = {**meta, "format_version": FORMAT_VERSION}
+    meta = with_version(meta)
     arrays = {name: np.asarray(value) for name, value in arrays.items()}
     atomic_write(
         path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays), suffix=".npz"
@@ -110,7 +119,7 @@ def stored_class(meta: dict[str, Any]) -> str:
 
 
 def check_version(meta: dict[str, Any], path: str | os.PathLike) -> None:
-    """Refuse a file of another format version, saying to refit."""
+    """Refuse a file (``path``, or words naming the part) of another format version."""
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(

@@ -7,11 +7,12 @@ constructor arguments (stored under the same names, as scikit-learn expects), fi
 (setting ``state_`` and calling :meth:`Detector._set_scores`), scores in ``score_samples``, and
 describes its fitted attributes by three hooks (``_fitted_meta``, ``_fitted_arrays``,
 ``_restore``); the base turns those into ``to_arrays`` / ``from_arrays`` and ``save`` /
-``load``. Every subclass is registered by its class name, which the saved metadata stores as
-``"detector"``, so :func:`load_detector` returns the right class for any saved file.
+``load``. Every subclass (``FusedDetector`` too) is registered by its class name, which the
+saved metadata stores as ``"detector"``, so :func:`load_detector` returns the right class for
+any saved file; a class is only ever looked up by that name (:func:`detector_class`), never
+imported from a module a file names.
 """
 
-import importlib
 import inspect
 import os
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from msde_jax._detector_io import (
 __all__ = [
     "Detector",
     "NotFittedError",
+    "detector_class",
+    "detector_from_arrays",
     "load_detector",
     "out_of_fold_scores",
     "quantile_threshold",
@@ -124,6 +127,51 @@ class Detector:
                 "(or load one)."
             )
 
+    # ------------------------------------------------------------------ fit-time vs now
+    # Score-time parameters: read when scoring, so they may change after fit (a subclass lists
+    # its own). Every other parameter takes effect at the next fit; until then scoring uses
+    # its value at fit time, kept in the state's config.
+    _score_params: tuple[str, ...] = ()
+    # Parameters that change how a score is computed (block sizes), never its value.
+    _neutral_params: tuple[str, ...] = ("batch_size",)
+
+    def _fit_params(self) -> dict[str, Any]:
+        """The parameters the fitted state was fitted with: its ``config``'s fields (the
+        current ones for a state without a config, which has nothing to compare)."""
+        config = getattr(self.state_, "config", None)
+        if config is None:
+            return self.get_params()
+        return {name: getattr(config, name) for name in self._param_names()}
+
+    def _scoring_params(self) -> dict[str, Any]:
+        """The fit-time parameters with the current values of the score-time ones."""
+        return {**self._fit_params(), **{name: getattr(self, name) for name in self._score_params}}
+
+    def _changed_since_fit(self, names: Any) -> list[tuple[str, Any, Any]]:
+        """``(name, now, at fit)`` of each of ``names`` whose value differs from fit time."""
+        fitted = self._fit_params()
+        return [(n, getattr(self, n), fitted[n]) for n in names if getattr(self, n) != fitted[n]]
+
+    def _score_changes(self) -> list[tuple[str, Any, Any]]:
+        """``(name, now, at fit)`` of each score-time parameter changed since fit (a hook: a
+        fused detector reports its components' as ``<name>__<param>``)."""
+        names = [n for n in self._score_params if n not in self._neutral_params]
+        return self._changed_since_fit(names)
+
+    def _check_threshold(self) -> None:
+        """Refuse to compare fresh scores with ``threshold_`` when a score-time parameter no
+        longer has its fit-time value: the threshold is on the fitted score's scale."""
+        self._check_fitted()
+        changed = self._score_changes()
+        if changed:
+            fitted = ", ".join(f"{n}={at_fit!r}" for n, _, at_fit in changed)
+            now = ", ".join(f"{n}={value!r}" for n, value, _ in changed)
+            which = ", ".join(n for n, _, _ in changed)
+            raise ValueError(
+                f"threshold_ was computed for {fitted}, but the detector now scores with {now}; "
+                f"refit, or set {which} back (set_params({fitted})) to predict."
+            )
+
     def _set_scores(self, decision_scores: np.ndarray, threshold: float) -> None:
         self.decision_scores_ = np.asarray(decision_scores)
         self.threshold_ = float(threshold)
@@ -138,7 +186,13 @@ class Detector:
         return self.score_samples(X)
 
     def predict(self, X: ArrayLike) -> np.ndarray:
-        """1 for samples scoring above ``threshold_`` (anomalous), else 0."""
+        """1 for samples scoring above ``threshold_`` (anomalous), else 0.
+
+        Raises:
+            ValueError: a score-time parameter (e.g. ``score``, ``reduce``) was changed since
+                fit, so ``threshold_`` is on another score's scale.
+        """
+        self._check_threshold()
         return (self.score_samples(X) > self.threshold_).astype(int)
 
     def fit_predict(self, X: ArrayLike, y: Any = None) -> np.ndarray:
@@ -166,8 +220,23 @@ class Detector:
         loaded detector, else ``{}``); ``arrays`` holds ``"decision_scores_"`` and the state's
         arrays by dotted path (``"state.center"``, …). :meth:`from_arrays` is the inverse,
         and :meth:`save` writes exactly these (plus the format version).
+
+        Raises:
+            ValueError: a parameter other than ``batch_size`` was changed since fit: the
+                saved parameters are the ones the fitted state and ``threshold_`` were made
+                with, so refit or set it back first.
         """
         self._check_fitted()
+        names = [n for n in self._param_names() if n not in self._neutral_params]
+        changed = self._changed_since_fit(names)
+        if changed:
+            now = ", ".join(f"{n}={value!r}" for n, value, _ in changed)
+            fitted = ", ".join(f"{n}={at_fit!r}" for n, _, at_fit in changed)
+            raise ValueError(
+                f"This {type(self).__name__} was fitted with {fitted}, but its parameters now "
+                f"say {now}; a saved detector holds the parameters it was fitted with. Refit "
+                f"(fit applies them), or set_params({fitted}) to save the fitted one."
+            )
         meta = {
             "detector": type(self).__name__,
             "params": self.get_params(),
@@ -231,31 +300,43 @@ class Detector:
         return cls.from_arrays(meta, arrays)
 
 
-def _class_of(meta: dict[str, Any], path: str | os.PathLike) -> type:
-    name = stored_class(meta)
-    if name in _DETECTORS:
-        return _DETECTORS[name]
-    # A facade that does not derive from Detector (it has its own load): only msde_jax's.
-    module = meta.get("module", "")
-    if module == "msde_jax" or module.startswith("msde_jax."):
-        cls = getattr(importlib.import_module(module), name, None)
-        if isinstance(cls, type) and hasattr(cls, "load"):
-            return cls
-    raise ValueError(
-        f"{path} holds a {name!r}, which is not a detector of this msde_jax "
-        f"(known: {', '.join(sorted(_DETECTORS))})."
-    )
+def detector_class(name: Any, where: str | os.PathLike) -> type[Detector]:
+    """The registered detector class called ``name``, looked up by name only.
+
+    Nothing is imported from what a file says: a saved name can only pick one of the classes
+    already registered (every :class:`Detector` subclass, ``FusedDetector`` included).
+
+    Raises:
+        ValueError: no detector class has that name (``where`` names the file or the part).
+    """
+    cls = _DETECTORS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(
+            f"{where} holds a {name!r}, which is not a detector of this msde_jax "
+            f"(known: {', '.join(sorted(_DETECTORS))})."
+        )
+    return cls
 
 
-def load_detector(path: str | os.PathLike) -> Any:
+def detector_from_arrays(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], *, where: str | os.PathLike
+) -> Detector:
+    """The detector of the class ``meta`` names, after checking its format version.
+
+    Raises:
+        ValueError: an unknown class, or another format version (``where`` names the file or
+            the part, e.g. a fused detector's component).
+    """
+    cls = detector_class(stored_class(meta), where)
+    check_version(meta, where)
+    return cls.from_arrays(meta, arrays)
+
+
+def load_detector(path: str | os.PathLike) -> Detector:
     """Load any saved detector, as the class its file names (``MSDEDetector``, …).
 
     Raises:
         ValueError: not a saved detector, an unknown class, or another format version.
     """
     meta, arrays = read_npz(path)
-    cls = _class_of(meta, path)
-    if not issubclass(cls, Detector):
-        return cls.load(path)
-    check_version(meta, path)
-    return cls.from_arrays(meta, arrays)
+    return detector_from_arrays(meta, arrays, where=path)

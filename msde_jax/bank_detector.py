@@ -25,8 +25,7 @@ from msde_jax._detector_config import auto_batch
 from msde_jax._detector_io import state_from_arrays
 from msde_jax._estimator import Detector, out_of_fold_scores, quantile_threshold
 from msde_jax._rows import row_keys
-from msde_jax.density import METHODS, density_weights
-from msde_jax.mean_shift import mean_shift
+from msde_jax.density import METHODS
 from msde_jax.memory_bank import REDUCTIONS, MemoryBank, bank_fit, image_scores, patch_scores
 
 __all__ = [
@@ -151,8 +150,10 @@ class BankState(NamedTuple):
     """A fitted patch memory-bank detector (a pytree).
 
     Attributes:
-        bank: the :class:`~msde_jax.MemoryBank`; its ``indices`` are rows of the training
-            patches flattened to (n_images · n_patches, c) in the order they were given.
+        bank: the :class:`~msde_jax.MemoryBank`; its rows are in content order of the
+            training images, then patch position, and its ``indices`` are the rows of the
+            training patches flattened to (n_images · n_patches, c) in the order they were
+            given.
         config: the :class:`BankConfig` it was fitted with (a static pytree node).
     """
 
@@ -247,35 +248,27 @@ def _fit_state(x: np.ndarray, keys: np.ndarray, config: BankConfig) -> tuple[Ban
     """Fit on checked patches ``x`` (n, ..., c) with image content ``keys``: state, n_iter."""
     n, c = x.shape[0], x.shape[-1]
     n_patches = math.prod(x.shape[1:-1])
-    # The images in content order, so the bank depends on which images, not on their order.
+    # The images in content order, so the bank depends on which images, not on their order;
+    # bank_fit keeps its rows in that order (then patch position) for the weights and shift.
     order = np.argsort(keys, kind="stable")
     flat = x[order].reshape(n * n_patches, c)
-    batch = config.batch(min(config.size, flat.shape[0]))
     bank = bank_fit(
         flat,
         size=config.size,
+        shift=config.shift,
+        k=config.k,
+        step_size=config.step_size,
+        max_iter=config.max_iter,
+        tol=config.tol,
+        density=config.density,
         projection_dim=config.projection(c),
         key=jax.random.key(config.seed),
-        batch_size=batch,
+        batch_size=config.batch(min(config.size, flat.shape[0])),
     )
-    n_iter = 0
-    if config.shift:
-        # bank_fit(shift=True)'s density enhancement, run here for its iteration count.
-        w = density_weights(bank.bank, method=config.density, batch_size=batch)
-        moved = mean_shift(
-            bank.bank,
-            w,
-            k=config.k,
-            step_size=config.step_size,
-            max_iter=config.max_iter,
-            tol=config.tol,
-            batch_size=batch,
-        )
-        bank, n_iter = bank._replace(bank=moved.points, weights=w), int(moved.n_iter)
     rows = np.asarray(bank.indices)
     given = order[rows // n_patches] * n_patches + rows % n_patches  # rows of x's own order
     bank = bank._replace(indices=jnp.asarray(given, dtype=jnp.int32))
-    return BankState(bank, config), n_iter
+    return BankState(bank, config), int(bank.n_iter)
 
 
 def score_bank_patches(state: BankState, x: ArrayLike) -> jax.Array:
@@ -328,8 +321,9 @@ def fit_bank_detector(x: ArrayLike, config: BankConfig) -> BankFit:
     2. the bank: ``min(size, N)`` of the N training patches by the greedy k-center coreset
        (:func:`~msde_jax.bank_fit`, on a random projection to ``projection_dim`` dimensions
        when that is below the channel count, PRNG key ``seed``);
-    3. with ``shift=True``, MSDE on the bank: density weights (``density``) and the blurring
-       weighted mean shift, as ``bank_fit(..., shift=True)``.
+    3. with ``shift=True``, MSDE on the bank (``bank_fit(..., shift=True)``): density weights
+       (``density``) and the blurring weighted mean shift, with the bank rows in content order
+       of the images, then patch position.
 
     The threshold needs no abnormal images: each training image is scored by a bank fitted on
     the images of the other ``n_folds − 1`` folds (folds of images by content order) and the
@@ -377,8 +371,13 @@ class PatchBankDetector(Detector):
     quantile of those out-of-fold scores (kept as ``decision_scores_``). There is no χ²
     threshold: patch-to-bank distances have no known law under normality.
 
-    Scoring uses the current parameters with the fitted state, so e.g.
-    ``set_params(reduce="max")`` after ``fit`` changes the image score without refitting.
+    The score-time parameters ``reduce``, ``q``, ``score_neighbors`` and ``batch_size`` may
+    change after ``fit``: e.g. ``set_params(reduce="max")`` changes the image score without
+    refitting. ``threshold_``, ``decision_scores_`` and ``labels_`` stay those of the fitted
+    score, so :meth:`predict` refuses until it is set back or the detector refitted
+    (``batch_size`` changes no score). Every other parameter (``shift``, ``size``, …) takes
+    effect at the next ``fit``; until then scoring uses its fit-time value (in
+    ``state_.config``), and :meth:`save` refuses.
 
     Args:
         size: bank rows, at most the number of training patches (PatchCore keeps 1–10 %).
@@ -404,6 +403,8 @@ class PatchBankDetector(Detector):
             ``jax.config.update("jax_enable_x64", True)``).
         seed: PRNG seed of the coreset's random projection.
     """
+
+    _score_params = ("reduce", "q", "score_neighbors", "batch_size")
 
     def __init__(
         self,
@@ -447,11 +448,14 @@ class PatchBankDetector(Detector):
     def _config(self) -> BankConfig:
         return BankConfig(**self.get_params())
 
-    def _checked(self, X: ArrayLike) -> np.ndarray:
+    def _checked(self, X: ArrayLike) -> tuple[BankState, np.ndarray]:
+        """The fitted state with the current score-time parameters, and the checked ``X``."""
         self._check_fitted()
-        return check_patches(
-            X, dtype=self.dtype, n_channels=self.n_features_in_, n_patches=self.n_patches_
+        config = BankConfig(**self._scoring_params())
+        x = check_patches(
+            X, dtype=config.dtype, n_channels=self.n_features_in_, n_patches=self.n_patches_
         )
+        return self.state_._replace(config=config), x
 
     # ------------------------------------------------------------------ public API
     def fit(self, X: ArrayLike, y: Any = None) -> "PatchBankDetector":
@@ -484,8 +488,7 @@ class PatchBankDetector(Detector):
         Returns:
             (m,) float scores.
         """
-        x = self._checked(X)
-        return np.asarray(score_bank_detector(self.state_._replace(config=self._config()), x))
+        return np.asarray(score_bank_detector(*self._checked(X)))
 
     def score_patches(self, X: ArrayLike) -> np.ndarray:
         """Each patch's score (:func:`score_bank_patches`), e.g. for anomaly heatmaps.
@@ -496,8 +499,7 @@ class PatchBankDetector(Detector):
         Returns:
             (m, P) or (m, g, g) float scores, higher = more anomalous.
         """
-        x = self._checked(X)
-        return np.asarray(score_bank_patches(self.state_._replace(config=self._config()), x))
+        return np.asarray(score_bank_patches(*self._checked(X)))
 
     # ------------------------------------------------------------------ persistence
     def _fitted_meta(self) -> dict[str, Any]:

@@ -342,8 +342,13 @@ class MSDEDetector(Detector):
     ``1 − contamination`` quantile of χ²(n_components), the law of a squared Mahalanobis
     distance under the Gaussian model.
 
-    Scoring uses the current parameters with the fitted state, so e.g.
-    ``set_params(score="displacement")`` after ``fit`` switches the score without refitting.
+    The score-time parameters ``score``, ``score_neighbors`` and ``batch_size`` may change
+    after ``fit``: e.g. ``set_params(score="displacement")`` switches the score without
+    refitting. ``threshold_``, ``decision_scores_`` and ``labels_`` stay those of the fitted
+    score, so :meth:`predict` refuses until it is set back or the detector refitted
+    (``batch_size`` changes no score). Every other parameter takes effect at the next ``fit``;
+    until then scoring uses its fit-time value (in ``state_.config``), and :meth:`save`
+    refuses.
 
     Args:
         mode: ``"inductive"``, ``"transductive"`` or ``"none"``.
@@ -376,6 +381,8 @@ class MSDEDetector(Detector):
         dtype: floating dtype of the computation (``"float32"``; ``"float64"`` needs
             ``jax.config.update("jax_enable_x64", True)``).
     """
+
+    _score_params = ("score", "score_neighbors", "batch_size")
 
     def __init__(
         self,
@@ -466,8 +473,9 @@ class MSDEDetector(Detector):
         The Mahalanobis distance (not squared) in the training PCA space after the ``mode``'s
         shift, the total displacement with ``score="displacement"``, or the mean distance to
         the ``score_neighbors`` nearest (shifted) training normals with ``score="knn"``
-        (:func:`score_detector`). scikit-learn's outlier detectors return the opposite sign
-        from their ``score_samples``.
+        (:func:`score_detector`), under the fitted state's config with the current
+        score-time parameters. scikit-learn's outlier detectors return the opposite sign from
+        their ``score_samples``.
 
         Args:
             X: (m, d) embeddings, same features as at fit time.
@@ -476,8 +484,9 @@ class MSDEDetector(Detector):
             (m,) float scores.
         """
         self._check_fitted()
-        x = check_samples(X, dtype=self.dtype, n_features=self.n_features_in_)
-        return np.asarray(score_detector(self.state_._replace(config=self._config()), x))
+        config = DetectorConfig(**self._scoring_params())
+        x = check_samples(X, dtype=config.dtype, n_features=self.n_features_in_)
+        return np.asarray(score_detector(self.state_._replace(config=config), x))
 
     # ------------------------------------------------------------------ persistence
     def _fitted_meta(self) -> dict[str, Any]:

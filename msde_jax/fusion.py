@@ -23,24 +23,19 @@ Ensembles*, 2017; PyOD's ``standardizer`` then ``combination.average``), here wi
 statistics estimated out of fold.
 """
 
-import importlib
 import inspect
-import json
-import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax._detector_io import read_npz, stored_class
-from msde_jax._files import atomic_write
-from msde_jax.detector import NotFittedError
+from msde_jax._detector_io import with_version
+from msde_jax._estimator import Detector, detector_from_arrays, quantile_threshold
 
 __all__ = [
-    "FUSION_FORMAT_VERSION",
     "STD_FLOOR",
     "FusedDetector",
     "FusionStats",
@@ -49,8 +44,6 @@ __all__ = [
     "fusion_stats",
     "z_scores",
 ]
-
-FUSION_FORMAT_VERSION = 1
 
 STD_FLOOR = 1e-6
 """σ_j is at least ``STD_FLOOR · max(|μ_j|, 1)``: a component whose out-of-fold scores are
@@ -162,20 +155,7 @@ def _rows(x: Any) -> int:
     return int(shape[0])
 
 
-def _component_class(record: Mapping[str, Any]) -> type:
-    """The detector class a saved component names; only classes of ``msde_jax`` are loaded."""
-    module, name = record.get("module", ""), record.get("class", "")
-    if module != "msde_jax" and not module.startswith("msde_jax."):
-        raise ValueError(
-            f"component {record.get('name')!r} is a {module}.{name}; only msde_jax detectors load."
-        )
-    cls = getattr(importlib.import_module(module), name, None)
-    if not isinstance(cls, type) or not hasattr(cls, "from_arrays"):
-        raise ValueError(f"{module}.{name} is not a detector class with from_arrays.")
-    return cls
-
-
-class FusedDetector:
+class FusedDetector(Detector):
     """Several detectors, each on its own features, fused into one score and one threshold.
 
     ``fit`` fits every component on its features of the training normals, each with
@@ -191,6 +171,11 @@ class FusedDetector:
     (n, g, g, c) for a patch bank, from different embedders). Components are fitted in place.
     Scores are batch-independent when every component's are (e.g. not a transductive one).
 
+    The fitted state (``state_``, also ``stats_``) is the :class:`FusionStats`; the components
+    keep their own. Parameters, predictions, ``labels_`` and persistence are the detectors'
+    (:class:`~msde_jax._estimator.Detector`); ``get_params`` adds each component's parameters as
+    ``<name>__<param>``, and a saved file holds every component (with its format version).
+
     Args:
         components: ``{name: detector}``, distinct fitted-or-not detector facades
             (:class:`~msde_jax.MSDEDetector`, ``PatchBankDetector``, …); names are non-empty
@@ -203,36 +188,57 @@ class FusedDetector:
         self.components = components
         self.contamination = contamination
 
+    @property
+    def stats_(self) -> FusionStats:
+        """The fitted :class:`FusionStats`: the fused detector's ``state_``."""
+        self._check_fitted()
+        return self.state_
+
     # ------------------------------------------------------------------ params
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return ["components", *super()._param_names()]
+
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """``components`` and ``contamination``; with ``deep``, also ``<name>__<param>``."""
-        params: dict[str, Any] = {
-            "components": self.components,
-            "contamination": self.contamination,
-        }
+        params = super().get_params()
         if deep:
             for name, component in dict(self.components).items():
                 for key, value in component.get_params().items():
                     params[f"{name}__{key}"] = value
         return params
 
-    def set_params(self, **params: Any) -> "FusedDetector":
+    def set_params(self, **params: Any) -> Self:
         """Set ``components``, ``contamination`` or a component's ``<name>__<param>``."""
-        for key, value in params.items():
-            if key in ("components", "contamination"):
-                setattr(self, key, value)
-                continue
-            name, sep, sub = key.partition("__")
-            if not sep or name not in dict(self.components):
+        nested = {key: value for key, value in params.items() if "__" in key}
+        for key in nested:
+            if key.partition("__")[0] not in dict(self.components):
                 raise ValueError(
-                    f"Unknown parameter {key!r} for FusedDetector; valid ones: components, "
-                    f"contamination, <component>__<param> for components "
+                    f"Unknown parameter {key!r} for FusedDetector; valid ones: "
+                    f"{', '.join(self._param_names())}, <component>__<param> for components "
                     f"{', '.join(map(repr, self.components))}."
                 )
+        super().set_params(**{key: value for key, value in params.items() if key not in nested})
+        for key, value in nested.items():
+            name, _, sub = key.partition("__")
             self.components[name].set_params(**{sub: value})
         return self
 
+    # ------------------------------------------------------------------ fit-time vs now
+    def _fit_params(self) -> dict[str, Any]:
+        # The stats carry no config: the components and contamination of the fit are kept.
+        return dict(self._fitted_with)
+
+    def _score_changes(self) -> list[tuple[str, Any, Any]]:
+        # The fused threshold and stats are on the scale of each component's fitted score.
+        return [
+            (f"{name}__{param}", now, at_fit)
+            for name, component in dict(self.components).items()
+            for param, now, at_fit in getattr(component, "_score_changes", list)()
+        ]
+
     def __repr__(self) -> str:
+        # The components are positional; the base's repr shows keyword parameters only.
         default = inspect.signature(FusedDetector.__init__).parameters["contamination"].default
         extra = "" if self.contamination == default else f", contamination={self.contamination!r}"
         return f"FusedDetector({dict(self.components)!r}{extra})"
@@ -289,14 +295,8 @@ class FusedDetector:
             raise ValueError(f"every component's features need the same number of rows: {counts}.")
         return {name: X[name] for name in names}
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "stats_"):
-            raise NotFittedError(
-                "This FusedDetector is not fitted yet; call fit(X_normal) first (or load one)."
-            )
-
     # ------------------------------------------------------------------ public API
-    def fit(self, X: Mapping[str, ArrayLike], y: Any = None) -> "FusedDetector":
+    def fit(self, X: Mapping[str, ArrayLike], y: Any = None) -> Self:
         """Fit every component on its features of the normals, then the fusion and threshold.
 
         Args:
@@ -304,8 +304,8 @@ class FusedDetector:
             y: ignored (scikit-learn API compatibility).
 
         Returns:
-            ``self``, with ``stats_`` (:class:`FusionStats`), ``decision_scores_`` (the fused
-            out-of-fold scores), ``threshold_`` and ``labels_`` set.
+            ``self``, with ``state_`` / ``stats_`` (:class:`FusionStats`), ``decision_scores_``
+            (the fused out-of-fold scores), ``threshold_`` and ``labels_`` set.
         """
         del y
         components = self._checked_components()
@@ -313,10 +313,10 @@ class FusedDetector:
         for name, component in components.items():
             component.fit(X[name])
         oof = {name: np.asarray(c.decision_scores_) for name, c in components.items()}
-        self.stats_ = fusion_stats(oof)
-        self.decision_scores_ = np.asarray(fuse_scores(oof, self.stats_))
-        self.threshold_ = float(np.quantile(self.decision_scores_, 1 - self.contamination))
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        self.state_ = fusion_stats(oof)
+        self._fitted_with = {"components": components, "contamination": self.contamination}
+        scores = np.asarray(fuse_scores(oof, self.state_))
+        self._set_scores(scores, quantile_threshold(scores, self.contamination))
         return self
 
     def _raw_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
@@ -327,7 +327,7 @@ class FusedDetector:
 
     def component_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
         """``{name: (m,) z-score}`` of each component (:func:`z_scores`), for inspection."""
-        return {k: np.asarray(v) for k, v in z_scores(self._raw_scores(X), self.stats_).items()}
+        return {k: np.asarray(v) for k, v in z_scores(self._raw_scores(X), self.state_).items()}
 
     def score_samples(self, X: Mapping[str, ArrayLike]) -> np.ndarray:
         """Fused anomaly score of each sample, the mean of the components' z-scores.
@@ -340,109 +340,91 @@ class FusedDetector:
         Returns:
             (m,) float scores.
         """
-        return np.asarray(fuse_scores(self._raw_scores(X), self.stats_))
-
-    def decision_function(self, X: Mapping[str, ArrayLike]) -> np.ndarray:
-        """Same as :meth:`score_samples` (higher = more anomalous), as in PyOD."""
-        return self.score_samples(X)
-
-    def predict(self, X: Mapping[str, ArrayLike]) -> np.ndarray:
-        """1 for samples whose fused score is above ``threshold_`` (anomalous), else 0."""
-        return (self.score_samples(X) > self.threshold_).astype(int)
-
-    def fit_predict(self, X: Mapping[str, ArrayLike], y: Any = None) -> np.ndarray:
-        """Fit on ``X`` and return ``labels_``: the 0/1 labels of the fused out-of-fold scores."""
-        return self.fit(X, y).labels_
+        return np.asarray(fuse_scores(self._raw_scores(X), self.state_))
 
     # ------------------------------------------------------------------ persistence
+    # The base's to_arrays / from_arrays / save / load over these hooks: one file, each
+    # component's own (meta, arrays) inside it, its arrays prefixed "<name>/".
+    def _component_arrays(self) -> dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        parts = {}
+        for name, component in dict(self.components).items():
+            try:
+                parts[name] = component.to_arrays()
+            except ValueError as err:
+                raise ValueError(f"component {name!r}: {err}") from err
+        return parts
+
+    def _fitted_meta(self) -> dict[str, Any]:
+        # Each as the component's own file would hold it, so loading checks its version.
+        records = [
+            {"name": name, "meta": with_version(meta)}
+            for name, (meta, _) in self._component_arrays().items()
+        ]
+        return {"components": records}
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {}
+        for name, (_, sub) in self._component_arrays().items():
+            arrays.update({f"{name}/{key}": np.asarray(value) for key, value in sub.items()})
+        names = list(self.state_.mean)
+        arrays["fusion.mean"] = np.array([self.state_.mean[n] for n in names], np.float64)
+        arrays["fusion.std"] = np.array([self.state_.std[n] for n in names], np.float64)
+        return arrays
+
     def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The fitted detector as JSON-able metadata and flat named arrays.
 
-        Each component's arrays (its own ``to_arrays``) are prefixed ``<name>/``; the metadata
-        records each component's class, its metadata and the fusion format version.
+        As :meth:`Detector.to_arrays`, with ``meta["components"]`` a list of ``{"name",
+        "meta"}``, each component's own metadata with its format version, and its arrays
+        prefixed ``"<name>/"``; ``params`` holds ``contamination`` only (the components are
+        saved whole, not as parameters).
         """
-        self._check_fitted()
-        records, arrays = [], {}
-        for name, component in dict(self.components).items():
-            meta, sub = component.to_arrays()
-            cls = type(component)
-            records.append(
-                {"name": name, "module": cls.__module__, "class": cls.__qualname__, "meta": meta}
-            )
-            arrays.update({f"{name}/{key}": np.asarray(value) for key, value in sub.items()})
-        names = list(self.stats_.mean)
-        arrays["fusion.mean"] = np.array([self.stats_.mean[n] for n in names], np.float64)
-        arrays["fusion.std"] = np.array([self.stats_.std[n] for n in names], np.float64)
-        arrays["decision_scores_"] = np.asarray(self.decision_scores_)
-        meta = {
-            "detector": type(self).__qualname__,
-            "module": type(self).__module__,
-            "fusion_format_version": FUSION_FORMAT_VERSION,
-            "params": {"contamination": self.contamination},
-            "components": records,
-            "threshold_": self.threshold_,
-            "metadata": getattr(self, "metadata_", {}),
-        }
+        meta, arrays = super().to_arrays()
+        meta["params"] = {"contamination": meta["params"]["contamination"]}
         return meta, arrays
 
     @classmethod
-    def from_arrays(
-        cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
-    ) -> "FusedDetector":
-        """Rebuild a detector from :meth:`to_arrays`; each component with its class's own."""
-        version = meta.get("fusion_format_version")
-        if version != FUSION_FORMAT_VERSION:
-            raise ValueError(
-                f"saved FusedDetector has fusion format version {version}; this msde_jax reads "
-                f"version {FUSION_FORMAT_VERSION}. Refit the detector with this version."
-            )
+    def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        """Rebuild a fitted detector from :meth:`to_arrays`' ``(meta, arrays)``.
+
+        Each component is rebuilt by the registered class its metadata names, after checking
+        its format version.
+
+        Raises:
+            ValueError: ``meta`` names another class, a component names an unknown class or
+                has another format version, or an array is missing.
+        """
+        cls._check_class(meta)
+        records = meta.get("components")
+        if not isinstance(records, list) or not all(
+            isinstance(r, dict)
+            and isinstance(r.get("name"), str)
+            and isinstance(r.get("meta"), dict)
+            for r in records
+        ):
+            raise ValueError("not a saved FusedDetector: no list of {name, meta} components.")
         components = {}
-        for record in meta["components"]:
+        for record in records:
             name = record["name"]
             prefix = f"{name}/"
             sub = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            components[name] = _component_class(record).from_arrays(record["meta"], sub)
-        det = cls(components, **meta["params"])
-        names = list(components)
-        det.stats_ = FusionStats(
+            components[name] = detector_from_arrays(
+                record["meta"], sub, where=f"component {name!r} of the saved FusedDetector"
+            )
+        params = {**meta["params"], "components": components}
+        return super().from_arrays({**meta, "params": params}, arrays)
+
+    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        del meta
+        missing = [key for key in ("fusion.mean", "fusion.std") if key not in arrays]
+        if missing:
+            raise ValueError(f"not a saved FusedDetector: the array {missing[0]!r} is missing.")
+        names = list(self.components)
+        self._fitted_with = {
+            "components": dict(self.components),
+            "contamination": self.contamination,
+        }
+        self.state_ = FusionStats(
             dict(zip(names, np.asarray(arrays["fusion.mean"]).tolist(), strict=True)),
             dict(zip(names, np.asarray(arrays["fusion.std"]).tolist(), strict=True)),
         )
-        det.decision_scores_ = np.asarray(arrays["decision_scores_"])
-        det.threshold_ = float(meta["threshold_"])
-        det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
-        det.metadata_ = dict(meta.get("metadata", {}))
-        return det
-
-    def save(self, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> None:
-        """Save the fusion and every component to one ``.npz`` file at ``path``.
-
-        Plain arrays and a JSON string (no pickle), written atomically.
-
-        Args:
-            path: the file to write (written as given, no suffix added).
-            metadata: JSON-serialisable extras (e.g. the embedders behind each component);
-                :meth:`load` returns them as ``metadata_``.
-        """
-        meta, arrays = self.to_arrays()
-        meta["metadata"] = metadata or {}
-        atomic_write(
-            path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays), suffix=".npz"
-        )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "FusedDetector":
-        """Load a detector written by :meth:`save`; it gives identical scores.
-
-        ``load_detector`` loads it too (the metadata names this class and module).
-
-        Raises:
-            ValueError: not a saved FusedDetector, or one of another fusion format version.
-        """
-        meta, arrays = read_npz(path, what=cls.__qualname__)
-        if stored_class(meta) != cls.__qualname__:
-            raise ValueError(
-                f"{path} holds a {stored_class(meta)}, not a {cls.__qualname__}; load it with "
-                "msde_jax.load_detector."
-            )
-        return cls.from_arrays(meta, arrays)

@@ -36,15 +36,17 @@ class MemoryBank(NamedTuple):
 
     Attributes:
         bank: (m, c) bank patches (shifted, if the bank was fitted with ``shift=True``).
-        weights: (m,) the density weights the shift used (ones when there was no shift), e.g.
+        density: (m,) the density weights the shift used (ones when there was no shift), e.g.
             for an inductive :func:`~msde_jax.mean_shift` of test patches toward the bank.
-        indices: (m,) int32 rows of the training patches the bank was selected from, in the
-            order the coreset chose them.
+        indices: (m,) int32 rows of the training patches the bank was selected from, one per
+            bank row (:func:`bank_fit` gives them in ascending order).
+        n_iter: MSDE iterations run on the bank (0 without the shift).
     """
 
     bank: jax.Array
-    weights: jax.Array
+    density: jax.Array
     indices: jax.Array
+    n_iter: jax.Array | int = 0
 
 
 @partial(
@@ -76,13 +78,15 @@ def bank_fit(
     """Fit a memory bank: a k-center coreset of the training patches, optionally MSDE-shifted.
 
     1. ``size`` rows are chosen by :func:`~msde_jax.kcenter_greedy` (starting from row 0, on a
-       ``projection_dim`` random projection if given); all rows, in order, when ``size ≥ N``.
+       ``projection_dim`` random projection if given); all rows when ``size ≥ N``. The bank
+       keeps them in ascending row order, not in the order the coreset chose them.
     2. With ``shift=True`` the bank is density-enhanced: w = ``density_weights(bank,
        method=density)`` and the bank is replaced by the blurring ``mean_shift(bank, w, k=k,
        step_size=step_size, max_iter=max_iter, tol=tol)``. Common patches contract onto their
        modes, and rare patches among the normals are pulled toward them, so a test patch that
        resembles only a rare training patch no longer finds a close match. (``"msde"``
-       weights come from blocks of consecutive bank rows, i.e. in the coreset's order.)
+       weights come from blocks of consecutive bank rows: in the training order, because the
+       farthest-point order would put the outlying patches together in the first blocks.)
 
     The medical MSDE defaults are k = 50, η = 0.33, T = 8, θ = 0.01.
 
@@ -98,11 +102,12 @@ def bank_fit(
         projection_dim: dimension of the coreset's random projection (static); ``None``
             searches in the full space.
         key: PRNG key of that projection.
-        batch_size: rows per block in the coreset passes, the weights and the shift's kNN
-            searches (static).
+        batch_size: rows per block in the weights and the shift's kNN searches (static).
+            The coreset's distance passes run unblocked: a matrix-vector pass has O(N) output
+            either way, so blocks would bound no memory and only slow each greedy step.
 
     Returns:
-        :class:`MemoryBank` ``(bank, weights, indices)``.
+        :class:`MemoryBank` ``(bank, density, indices, n_iter)``.
     """
     patches = jnp.asarray(patches)
     x = patches.reshape(-1, patches.shape[-1])
@@ -110,17 +115,17 @@ def bank_fit(
     if size >= n:
         indices = jnp.arange(n, dtype=jnp.int32)
     else:
-        indices = kcenter_greedy(
-            x, size, projection_dim=projection_dim, key=key, batch_size=batch_size
-        )
+        chosen = kcenter_greedy(x, size, projection_dim=projection_dim, key=key, batch_size=None)
+        indices = jnp.sort(chosen)
     bank = x[indices]
     if not shift:
-        return MemoryBank(bank, jnp.ones(bank.shape[0], bank.dtype), indices)
+        ones = jnp.ones(bank.shape[0], bank.dtype)
+        return MemoryBank(bank, ones, indices, jnp.zeros((), jnp.int32))
     w = density_weights(bank, method=density, batch_size=batch_size)
     moved = mean_shift(
         bank, w, k=k, step_size=step_size, max_iter=max_iter, tol=tol, batch_size=batch_size
     )
-    return MemoryBank(moved.points, w, indices)
+    return MemoryBank(moved.points, w, indices, jnp.asarray(moved.n_iter, jnp.int32))
 
 
 @partial(jax.jit, static_argnames=("k", "batch_size"))

@@ -76,11 +76,15 @@ def test_fit_and_score_equal_the_core_functions(train, test_x, fitted):
     fit = fit_bank_detector(train, config)
     bank = _core_bank(train, config)
     np.testing.assert_array_equal(fit.state.bank.bank, bank.bank)
-    np.testing.assert_array_equal(fit.state.bank.weights, np.ones(40))
+    np.testing.assert_array_equal(fit.state.bank.density, np.ones(40))
     # The indices are rows of the training patches in the order they were given.
     np.testing.assert_array_equal(
         train.reshape(-1, C)[np.asarray(fit.state.bank.indices)], bank.bank
     )
+    # The bank rows are in content order of the images, then patch position.
+    rank = np.argsort(content_order(train.reshape(len(train), -1)))  # image → content rank
+    given = np.asarray(fit.state.bank.indices)
+    assert np.all(np.diff(rank[given // P] * P + given % P) > 0)
     assert fit.n_iter == 0
     want = image_scores(patch_scores(bank, test_x, k=2), reduce="top", q=0.1)
     np.testing.assert_allclose(score_bank_detector(fit.state, test_x), want, rtol=1e-6)
@@ -146,9 +150,10 @@ def test_shift_is_the_cores_shifted_bank(train, test_x):
     config = BankConfig(**det.get_params())
     bank = _core_bank(train, config, shift=True, k=10)
     np.testing.assert_allclose(det.state_.bank.bank, bank.bank, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(det.state_.bank.weights, bank.weights, rtol=1e-6)
+    np.testing.assert_allclose(det.state_.bank.density, bank.density, rtol=1e-6)
     np.testing.assert_array_equal(det.state_.bank.indices, plain.state_.bank.indices)
     assert 1 <= det.n_iter_ <= 8
+    assert det.n_iter_ == int(det.state_.bank.n_iter) == int(bank.n_iter)
     assert not np.allclose(det.state_.bank.bank, plain.state_.bank.bank)
     assert not np.allclose(det.score_samples(test_x), plain.score_samples(test_x))
     want = image_scores(patch_scores(bank, test_x), reduce="top", q=0.1)
@@ -176,6 +181,43 @@ def test_scoring_follows_the_current_parameters(train, test_x, fitted):
     det.set_params(reduce="max", score_neighbors=1)
     want = image_scores(patch_scores(det.state_.bank, test_x), reduce="max")
     np.testing.assert_allclose(det.score_samples(test_x), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"reduce": "max"}, r"threshold_ was computed for reduce='top', but .* reduce='max'"),
+        ({"q": 0.5}, r"computed for q=0\.1, .* set q back \(set_params\(q=0\.1\)\)"),
+        ({"score_neighbors": 1}, "computed for score_neighbors=2"),
+    ],
+)
+def test_predict_refuses_a_threshold_of_another_score(train, test_x, fitted, params, match):
+    det = PatchBankDetector(**fitted.get_params()).fit(train)
+    det.set_params(**params)
+    assert det.score_samples(test_x).shape == (10,)  # scoring still follows the parameters
+    with pytest.raises(ValueError, match=match):
+        det.predict(test_x)
+    det.set_params(**{name: fitted.get_params()[name] for name in params})
+    np.testing.assert_array_equal(det.predict(test_x), fitted.predict(test_x))
+    # batch_size changes no score: predicting with another one is fine.
+    det.set_params(batch_size=5)
+    np.testing.assert_array_equal(det.predict(test_x), fitted.predict(test_x))
+
+
+def test_fit_time_parameters_apply_at_the_next_fit(tmp_path, train, test_x, fitted):
+    det = PatchBankDetector(**fitted.get_params()).fit(train)
+    det.set_params(shift=True, k=10, size=20, seed=3)
+    # Scoring uses the bank as fitted (unshifted, 40 rows) until the next fit.
+    assert det.state_.config == fitted.state_.config
+    np.testing.assert_array_equal(det.score_samples(test_x), fitted.score_samples(test_x))
+    np.testing.assert_array_equal(det.predict(test_x), fitted.predict(test_x))
+    with pytest.raises(ValueError, match=r"fitted with size=40, shift=False, k=50, seed=0, but"):
+        det.save(tmp_path / "bank.npz")
+    det.fit(train)
+    assert det.state_.config.shift
+    assert det.state_.bank.bank.shape == (20, C)
+    det.save(tmp_path / "bank.npz")
+    assert PatchBankDetector.load(tmp_path / "bank.npz").get_params()["shift"] is True
 
 
 def test_score_bank_detector_jits_without_retracing(train, test_x, fitted):
@@ -225,15 +267,15 @@ def test_to_arrays_from_arrays_is_the_identity(fitted, test_x):
     meta, arrays = fitted.to_arrays()
     assert meta["detector"] == "PatchBankDetector"
     assert meta["params"] == fitted.get_params()
-    assert set(arrays) == {"decision_scores_", "state.bank.bank", "state.bank.weights",
-                           "state.bank.indices"}  # fmt: skip
+    assert set(arrays) == {"decision_scores_", "state.bank.bank", "state.bank.density",
+                           "state.bank.indices", "state.bank.n_iter"}  # fmt: skip
     assert all(isinstance(a, np.ndarray) for a in arrays.values())
     again = PatchBankDetector.from_arrays(meta, arrays)
     np.testing.assert_array_equal(again.score_samples(test_x), fitted.score_samples(test_x))
     with pytest.raises(ValueError, match="holds a PatchBankDetector, not a MSDEDetector"):
         MSDEDetector.from_arrays(meta, arrays)
-    with pytest.raises(ValueError, match="'state.bank.weights' is missing"):
-        PatchBankDetector.from_arrays(meta, {k: v for k, v in arrays.items() if "weights" not in k})
+    with pytest.raises(ValueError, match="'state.bank.density' is missing"):
+        PatchBankDetector.from_arrays(meta, {k: v for k, v in arrays.items() if "density" not in k})
 
 
 def test_load_refuses_other_classes_and_dispatches(tmp_path, fitted):

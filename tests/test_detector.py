@@ -432,6 +432,43 @@ def test_scoring_follows_the_current_parameters(data):
     np.testing.assert_array_equal(det.score_samples(test), want)
 
 
+def test_predict_refuses_a_threshold_of_another_score(data):
+    train, test, _ = data
+    det = MSDEDetector(k=10, threshold="chi2").fit(train)
+    labels = det.predict(test)
+    det.set_params(score="displacement")
+    with pytest.raises(
+        ValueError,
+        match=r"threshold_ was computed for score='mahalanobis', but the detector now scores "
+        r"with score='displacement'; refit, or set score back",
+    ):
+        det.predict(test)
+    det.set_params(score="mahalanobis", batch_size=7)  # batch_size changes no score
+    np.testing.assert_array_equal(det.predict(test), labels)
+    knn = MSDEDetector(k=10, score="knn", n_folds=3).fit(train)
+    with pytest.raises(ValueError, match="computed for score_neighbors=1"):
+        knn.set_params(score_neighbors=3).predict(test)
+
+
+def test_fit_time_parameters_apply_at_the_next_fit(tmp_path, data):
+    train, test, _ = data
+    det = MSDEDetector(k=10, threshold="chi2").fit(train)
+    scores, labels = det.score_samples(test), det.predict(test)
+    det.set_params(mode="none", k=20, n_components=2, covariance="oas", dtype="float64")
+    # Scoring uses the fitted state's own config until the next fit.
+    assert det.state_.config == DetectorConfig(k=10, threshold="chi2")
+    np.testing.assert_array_equal(det.score_samples(test), scores)
+    np.testing.assert_array_equal(det.predict(test), labels)
+    with pytest.raises(
+        ValueError, match=r"fitted with mode='inductive', k=10, n_components=256, .* but its"
+    ):
+        det.save(tmp_path / "det.npz")
+    det.set_params(mode="inductive", k=10, n_components=256, covariance="ridge", dtype="float32")
+    det.set_params(batch_size=16)  # changes no score: saved as it is
+    det.save(tmp_path / "det.npz")
+    assert MSDEDetector.load(tmp_path / "det.npz").batch_size == 16
+
+
 # ---------------------------------------------------------------------------- kNN score
 @pytest.fixture(scope="module")
 def knn_fitted(data):
@@ -515,6 +552,15 @@ def test_knn_score_needs_score_neighbors_rows(data):
         MSDEDetector(mode="none", score="knn", score_neighbors=20).fit(train[:12])
     with pytest.raises(ValueError, match="lower n_folds or score_neighbors"):
         MSDEDetector(mode="none", score="knn", score_neighbors=20, n_folds=2).fit(train[:30])
+
+
+@pytest.mark.parametrize("score", ["displacement", "knn"])
+def test_too_few_samples_offers_chi2_only_for_mahalanobis(data, score):
+    with pytest.raises(ValueError, match=r"lower n_folds or k\.$") as err:
+        MSDEDetector(k=40, score=score).fit(data[0][:45])
+    assert "chi2" not in str(err.value)
+    with pytest.raises(ValueError, match=r"lower n_folds or k, or use threshold='chi2'\.$"):
+        MSDEDetector(k=40).fit(data[0][:45])
 
 
 # ---------------------------------------------------------------------------- real data

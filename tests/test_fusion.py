@@ -17,6 +17,8 @@ from msde_jax import (
     load_detector,
     roc_auc,
 )
+from msde_jax._detector_io import FORMAT_VERSION, read_npz
+from msde_jax._estimator import _DETECTORS, Detector
 from msde_jax.evaluation import embed_dataset, evaluate, evaluate_embeddings
 from msde_jax.fusion import STD_FLOOR, z_scores
 from msde_jax.io.datasets import Dataset
@@ -263,15 +265,28 @@ def test_pooled_gaussian_and_patch_bank_fuse_and_round_trip(rng, tmp_path):
     np.testing.assert_array_equal(loaded.score_samples(test), scores)
 
 
-def test_load_refuses_other_versions_and_foreign_classes(fitted, tmp_path):
+def test_load_refuses_other_versions(fitted, tmp_path):
     det, _ = fitted
-    meta, arrays = det.to_arrays()
-    with pytest.raises(ValueError, match="fusion format version 0"):
-        FusedDetector.from_arrays({**meta, "fusion_format_version": 0}, arrays)
-    foreign = json.loads(json.dumps(meta))
-    foreign["components"][0]["module"] = "os"
-    with pytest.raises(ValueError, match="only msde_jax detectors load"):
-        FusedDetector.from_arrays(foreign, arrays)
+    path = tmp_path / "fused.npz"
+    det.save(path)
+    meta, arrays = read_npz(path)
+    assert meta["format_version"] == FORMAT_VERSION
+    assert "fusion_format_version" not in meta  # one version key, the detectors'
+    # Every component carries its format version, checked when it is rebuilt.
+    assert [r["meta"]["format_version"] for r in meta["components"]] == [FORMAT_VERSION] * 2
+    old = json.loads(json.dumps(meta))
+    old["components"][1]["meta"]["format_version"] = 1
+    with pytest.raises(
+        ValueError, match=r"component 'narrow' of the saved FusedDetector has format version 1"
+    ):
+        FusedDetector.from_arrays(old, arrays)
+    del old["components"][1]["meta"]["format_version"]
+    with pytest.raises(ValueError, match="component 'narrow' .* format version None"):
+        FusedDetector.from_arrays(old, arrays)
+    np.savez(path, meta=np.array(json.dumps({**meta, "format_version": 1})), **arrays)
+    for load in (FusedDetector.load, load_detector):
+        with pytest.raises(ValueError, match="fused.npz has format version 1"):
+            load(path)
 
 
 def test_load_refuses_what_is_not_a_fused_detector(tmp_path):
@@ -287,17 +302,82 @@ def test_load_refuses_what_is_not_a_fused_detector(tmp_path):
         FusedDetector.load(tmp_path / "junk.npz")
 
 
-def test_foreign_component_class_is_refused():
-    meta = {
-        "fusion_format_version": 1,
-        "params": {},
-        "components": [{"name": "a", "module": "os", "class": "system", "meta": {}}],
-    }
-    with pytest.raises(ValueError, match="only msde_jax detectors load"):
-        FusedDetector.from_arrays(meta, {})
-    meta["components"][0].update({"module": "msde_jax.fusion", "class": "fusion_stats"})
-    with pytest.raises(ValueError, match="not a detector class"):
-        FusedDetector.from_arrays(meta, {})
+def test_classes_are_looked_up_by_name_only(fitted, tmp_path, monkeypatch):
+    det, test = fitted
+    meta, arrays = det.to_arrays()
+    known = r"\(known: FusedDetector, MSDEDetector, PatchBankDetector\)"
+    for name in ("system", "fusion_stats", "Detector"):
+        foreign = json.loads(json.dumps(meta))
+        foreign["components"][0]["meta"]["detector"] = name
+        foreign["components"][0]["meta"]["module"] = "os"  # never read
+        with pytest.raises(
+            ValueError,
+            match=rf"component 'wide' of the saved FusedDetector holds a '{name}', which is not "
+            rf"a detector of this msde_jax {known}",
+        ):
+            FusedDetector.from_arrays(foreign, arrays)
+    with pytest.raises(ValueError, match="no list of {name, meta} components"):
+        FusedDetector.from_arrays({**meta, "components": [{"name": "wide"}]}, arrays)
+    path = tmp_path / "other.npz"
+    np.savez(path, meta=np.array(json.dumps({"detector": "os", "module": "os"})))
+    with pytest.raises(ValueError, match=rf"holds a 'os', which is not a detector .*{known}"):
+        load_detector(path)
+    # A fused file is read once: load_detector rebuilds it from the (meta, arrays) it read.
+    det.save(path)
+    reads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: reads.append(a) or real_load(*a, **k))
+    loaded = load_detector(path)
+    assert len(reads) == 1
+    np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
+
+
+def test_fused_detector_goes_through_the_detector_base(fitted):
+    det, test = fitted
+    assert isinstance(det, Detector)
+    assert _DETECTORS["FusedDetector"] is FusedDetector
+    assert det.stats_ is det.state_
+    assert FusedDetector.predict is Detector.predict
+    assert FusedDetector.fit_predict is Detector.fit_predict
+    assert FusedDetector.decision_function is Detector.decision_function
+    assert FusedDetector.save is Detector.save
+    assert FusedDetector.load.__func__ is Detector.load.__func__
+    with pytest.raises(NotFittedError, match="This FusedDetector is not fitted yet"):
+        FusedDetector(_components()).stats_  # noqa: B018
+    with pytest.raises(NotFittedError, match="This FusedDetector is not fitted yet"):
+        FusedDetector(_components()).to_arrays()
+    meta, _ = det.to_arrays()
+    assert meta["params"] == {"contamination": 0.1}
+    assert [r["name"] for r in meta["components"]] == ["wide", "narrow"]
+    assert meta["components"][0]["meta"]["detector"] == "MSDEDetector"
+
+
+def test_predict_refuses_a_stale_threshold(fitted, tmp_path):
+    det, test = fitted
+    expected = det.predict(test)
+    # A component's score-time parameter changed after fit: the fused stats and threshold_
+    # are on the scale of its fitted score.
+    det.set_params(wide__score="knn")
+    with pytest.raises(
+        ValueError,
+        match=r"threshold_ was computed for wide__score='mahalanobis', but the detector now "
+        r"scores with wide__score='knn'; refit, or set wide__score back",
+    ):
+        det.predict(test)
+    det.set_params(wide__score="mahalanobis", wide__batch_size=7)  # batch_size: neutral
+    np.testing.assert_array_equal(det.predict(test), expected)
+    det.save(tmp_path / "ok.npz")
+    # Saved parameters are the fit-time ones: a changed one is refused, naming the component.
+    det.set_params(narrow__ridge=0.5)
+    with pytest.raises(ValueError, match=r"component 'narrow': This MSDEDetector was fitted with"):
+        det.save(tmp_path / "stale.npz")
+    det.set_params(narrow__ridge=1e-4, contamination=0.3)
+    with pytest.raises(ValueError, match=r"fitted with contamination=0\.1, but .* now say"):
+        det.to_arrays()
+    det.set_params(contamination=0.1)
+    det.components["wide"] = MSDEDetector(**PARAMS).fit(test["wide"])
+    with pytest.raises(ValueError, match="fitted with components="):
+        det.to_arrays()
 
 
 # ---------------------------------------------------------------------- evaluation

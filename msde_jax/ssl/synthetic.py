@@ -14,7 +14,7 @@ kind            mask    change
 ``opacity``     region  a large soft blob blended towards white or black (an opacity)
 ``gamma``       ones    a global gamma (contrast) change
 ``blur``        ones    a global Gaussian blur
-``texture``     region  band-limited noise added over the body (a texture change)
+``texture``     body    band-limited noise added over the body (a texture change)
 ``elastic``     ones    a smooth random displacement field, bilinear resampling
 ``mixture``     ones    an alpha blend of the image and a second normal
 ==============  ======  ==================================================================
@@ -23,9 +23,10 @@ Every kind is a pure function ``(key, image (H, W, C) in [0, 1], ...) -> Augment
 mask)`` with static shapes, deterministic from the key, jittable and vmappable. The mask is
 (H, W) float32 in [0, 1] and marks the changed pixels: the soft blend weight of a pasted patch
 (the blob's profile for ``opacity``), the body (:func:`body_mask`) for ``texture``, and all
-ones for the global kinds, which change every pixel and carry no localisation
-(``LOCAL_KINDS`` are the kinds whose mask is a region, for pixel-level metrics; binarise with
-``mask > 0``). Pixels where a mask is 0 are exactly the input's.
+ones for the other global kinds, which change every pixel. Neither the body nor all ones
+localises a finding: ``LOCAL_KINDS`` are the kinds whose mask is a region, for pixel-level
+metrics (binarise with ``mask > 0``), and ``texture`` is one of ``GLOBAL_KINDS``. Pixels
+where a mask is 0 are exactly the input's.
 
 Strengths are drawn uniformly from documented ranges, in units one can check on a picture:
 intensities on [0, 1], lengths as fractions of the short image side, so a range means the

@@ -71,14 +71,19 @@ def test_bank_is_the_coreset():
     train = _patches(2, 30)
     flat = train.reshape(-1, C)
     fitted = bank_fit(train, size=40)  # (n_images, P, c) is flattened
-    indices = kcenter_greedy(flat, 40)
+    # The coreset's rows in ascending row order, not in the order it chose them.
+    chosen = np.asarray(kcenter_greedy(flat, 40))
+    assert not np.array_equal(chosen, np.sort(chosen))
+    indices = np.sort(chosen)
     np.testing.assert_array_equal(fitted.indices, indices)
-    np.testing.assert_array_equal(fitted.bank, flat[np.asarray(indices)])
-    np.testing.assert_array_equal(fitted.weights, np.ones(40))
+    np.testing.assert_array_equal(fitted.bank, flat[indices])
+    np.testing.assert_array_equal(fitted.density, np.ones(40))
+    assert int(fitted.n_iter) == 0
     np.testing.assert_array_equal(bank_fit(flat, size=40).bank, fitted.bank)
     projected = bank_fit(train, size=40, projection_dim=2, key=jax.random.key(3))
     np.testing.assert_array_equal(
-        projected.indices, kcenter_greedy(flat, 40, projection_dim=2, key=jax.random.key(3))
+        projected.indices,
+        np.sort(kcenter_greedy(flat, 40, projection_dim=2, key=jax.random.key(3))),
     )
 
 
@@ -98,8 +103,9 @@ def test_shifted_bank_is_mean_shift_of_the_coreset(density):
     w = density_weights(plain.bank, method=density)
     want = mean_shift(plain.bank, w, k=20, step_size=0.4)
     np.testing.assert_array_equal(fitted.indices, plain.indices)
-    np.testing.assert_array_equal(fitted.weights, w)
+    np.testing.assert_array_equal(fitted.density, w)
     np.testing.assert_array_equal(fitted.bank, want.points)
+    assert int(fitted.n_iter) == int(want.n_iter) >= 1
 
 
 def test_shifted_bank_chunked_equals_unchunked():
@@ -108,7 +114,22 @@ def test_shifted_bank_chunked_equals_unchunked():
     chunked = bank_fit(train, size=120, shift=True, k=15, batch_size=37)
     np.testing.assert_array_equal(chunked.indices, full.indices)
     np.testing.assert_allclose(chunked.bank, full.bank, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(chunked.weights, full.weights, rtol=1e-6)
+    np.testing.assert_allclose(chunked.density, full.density, rtol=1e-6)
+    assert int(chunked.n_iter) == int(full.n_iter)
+
+
+def test_msde_weight_blocks_follow_the_training_order():
+    # Farthest-point order puts the outlying patches first, so consecutive-row ("msde")
+    # weight blocks of the coreset's order would group them; the bank is in training order.
+    train = clustered(16, 30, p=9, c=C)
+    flat = train.reshape(-1, C)
+    fitted = bank_fit(train, size=120, shift=True, k=10)
+    rows = np.sort(np.asarray(kcenter_greedy(flat, 120)))
+    np.testing.assert_array_equal(fitted.indices, rows)
+    w = density_weights(flat[rows])
+    np.testing.assert_array_equal(fitted.density, w)
+    chosen = np.asarray(kcenter_greedy(flat, 120))
+    assert not np.allclose(density_weights(flat[chosen]), w[np.argsort(np.argsort(chosen))])
 
 
 def test_image_scores():
