@@ -1,6 +1,6 @@
 """Patch memory bank: greedy k-center coreset and patch scores, vs NumPy / scikit-learn.
 
-    python benchmarks/bench_bank.py                      # the issue's sizes (a few minutes)
+    python benchmarks/bench_bank.py                      # 10,000 of 200,000 (a few minutes)
     python benchmarks/bench_bank.py --n 20000 --select 1000 --images 10
 
 * kcenter_greedy — choose ``--select`` of ``--n`` points (d = ``--d``), in the full space and
@@ -75,6 +75,8 @@ def main() -> None:
         help="steps of the (slow) NumPy greedy loop; compare per step (0 skips it)",
     )
     args = parser.parse_args()
+    if args.bank > args.select:
+        parser.error("--bank must not exceed --select (the bank is the first coreset rows)")
 
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=2.0, size=(50, args.d))
