@@ -55,6 +55,41 @@ PAPER_PARAMS = dict(
 
 # A static pytree node: under ``jax.jit`` the config is part of the state's tree structure
 # (hashed, compared, never traced), so the mode, k and batch size stay Python values.
+def check_choice(name: str, value: Any, options: tuple) -> None:
+    """Refuse ``value`` unless it is one of ``options``, naming them."""
+    if value not in options:
+        raise ValueError(
+            f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, options))}."
+        )
+
+
+def check_int(name: str, value: Any, *, low: int = 1) -> None:
+    """Refuse anything but an int (not a bool) of at least ``low``."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+        kind = "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
+
+
+def check_shift_and_threshold(config: Any) -> None:
+    """The checks every config with an MSDE shift and a contamination shares."""
+    check_choice("density", config.density, METHODS)
+    check_choice("dtype", config.dtype, ("float32", "float64"))
+    for name in ("k", "max_iter", "score_neighbors"):
+        check_int(name, getattr(config, name))
+    if config.batch_size is not None and (
+        not isinstance(config.batch_size, int | np.integer)
+        or isinstance(config.batch_size, bool)
+        or config.batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive int or None, got {config.batch_size!r}.")
+    if not 0 < config.step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {config.step_size!r}.")
+    if not config.tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {config.tol!r}.")
+    if not 0 < config.contamination <= 0.5:
+        raise ValueError(f"contamination must be in (0, 0.5], got {config.contamination!r}.")
+
+
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DetectorConfig:
@@ -98,38 +133,18 @@ class DetectorConfig:
         return cls(**{**PAPER_PARAMS, **overrides})
 
     def __post_init__(self) -> None:
-        def choice(name, options):
-            value = getattr(self, name)
-            if value not in options:
-                raise ValueError(
-                    f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, options))}."
-                )
-
-        choice("mode", MODES)
-        choice("density", METHODS)
-        choice("block_order", BLOCK_ORDERS)
-        choice("covariance", COVARIANCE_ESTIMATORS)
-        choice("score", SCORES)
-        choice("threshold", THRESHOLDS)
-        choice("dtype", ("float32", "float64"))
-        for name in ("k", "max_iter", "n_neighbors", "score_neighbors", "n_folds"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        check_choice("mode", self.mode, MODES)
+        check_choice("block_order", self.block_order, BLOCK_ORDERS)
+        check_choice("covariance", self.covariance, COVARIANCE_ESTIMATORS)
+        check_choice("score", self.score, SCORES)
+        check_choice("threshold", self.threshold, THRESHOLDS)
+        check_int("n_neighbors", self.n_neighbors)
+        check_int("n_folds", self.n_folds)
+        check_shift_and_threshold(self)
         if self.n_folds < 2 and self.threshold == "cross_fit":
             raise ValueError("threshold='cross_fit' needs n_folds >= 2.")
-        if self.batch_size is not None and (
-            not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}.")
-        if not 0 < self.step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1], got {self.step_size!r}.")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol!r}.")
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge!r}.")
-        if not 0 < self.contamination <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
         nc = self.n_components
         if isinstance(nc, bool) or not (
             (isinstance(nc, int | np.integer) and nc >= 1) or (isinstance(nc, float) and 0 < nc < 1)

@@ -21,11 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax._detector_config import auto_batch
+from msde_jax._detector_config import (
+    auto_batch,
+    check_choice,
+    check_int,
+    check_shift_and_threshold,
+)
 from msde_jax._detector_io import state_from_arrays
 from msde_jax._estimator import Detector, out_of_fold_scores, quantile_threshold
 from msde_jax._rows import row_keys
-from msde_jax.density import METHODS
 from msde_jax.memory_bank import REDUCTIONS, MemoryBank, bank_fit, image_scores, patch_scores
 
 __all__ = [
@@ -41,12 +45,6 @@ __all__ = [
 
 # Images hashed per block for their content keys: row_keys makes ~16 bytes per input byte.
 _HASH_BLOCK_BYTES = 4 << 20
-
-
-def _check_int(name: str, value: Any, *, low: int = 1) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
-        kind = "a positive int" if low == 1 else f"an int >= {low}"
-        raise ValueError(f"{name} must be {kind}, got {value!r}.")
 
 
 # A static pytree node, as DetectorConfig: jit specialises on it and traces only the bank.
@@ -79,41 +77,24 @@ class BankConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def choice(name, options):
-            value = getattr(self, name)
-            if value not in options:
-                raise ValueError(
-                    f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, options))}."
-                )
-
-        for name in ("size", "k", "max_iter", "score_neighbors"):
-            _check_int(name, getattr(self, name))
-        _check_int("n_folds", self.n_folds, low=2)
-        _check_int("seed", self.seed, low=0)
+        check_int("size", self.size)
+        check_int("n_folds", self.n_folds, low=2)
+        check_int("seed", self.seed, low=0)
         if not isinstance(self.shift, bool | np.bool_):
             raise ValueError(f"shift must be True or False, got {self.shift!r}.")
-        choice("density", METHODS)
-        choice("reduce", REDUCTIONS)
-        choice("dtype", ("float32", "float64"))
+        check_shift_and_threshold(self)
+        check_choice("reduce", self.reduce, REDUCTIONS)
         if self.threshold == "chi2":
             raise ValueError(
                 "threshold='chi2' does not apply to a memory bank: χ² is the law of a squared "
                 "Mahalanobis distance under a Gaussian, and patch-to-bank distances have no "
                 "such law; use threshold='cross_fit' (out-of-fold scores of the normals)."
             )
-        choice("threshold", ("cross_fit",))
+        check_choice("threshold", self.threshold, ("cross_fit",))
         if self.projection_dim is not None:
-            _check_int("projection_dim", self.projection_dim)
-        if self.batch_size is not None:
-            _check_int("batch_size", self.batch_size)
-        if not 0 < self.step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1], got {self.step_size!r}.")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol!r}.")
+            check_int("projection_dim", self.projection_dim)
         if not 0 < self.q <= 1:
             raise ValueError(f"q must be in (0, 1], got {self.q!r}.")
-        if not 0 < self.contamination <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
 
     def batch(self, n_rows: int) -> int | None:
         """Rows per kNN block for an n_rows-sized search: ``batch_size``, else all rows up to
