@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testing import clustered
 
 from msde_jax import (
     BankConfig,
@@ -31,26 +32,14 @@ G, C = 3, 4  # a 3 × 3 patch grid, channels
 P = G * G
 
 
-def clustered(seed, n_images, n_abnormal=0, n_odd=2, p=P, c=C):
-    """Images whose patches lie on 3 tight clusters; abnormal ones have ``n_odd`` patches far
-    from all of them."""
-    rng = np.random.default_rng(seed)
-    centres = np.eye(3, c) * 5.0
-    x = centres[rng.integers(0, 3, (n_images, p))] + rng.normal(scale=0.3, size=(n_images, p, c))
-    odd = rng.normal(size=(n_abnormal, n_odd, c))
-    odd = 4.0 * odd / np.linalg.norm(odd, axis=-1, keepdims=True) - 2.5  # away from the centres
-    x[n_images - n_abnormal :, :n_odd] = odd
-    return x.astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def train():
-    return clustered(0, 12)
+    return clustered(0, 12, p=P, c=C)
 
 
 @pytest.fixture(scope="module")
 def test_x():
-    return clustered(1, 10, n_abnormal=5)
+    return clustered(1, 10, n_abnormal=5, p=P, c=C)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
+from testing import clustered
 
 from msde_jax import (
     MemoryBank,
@@ -28,18 +29,6 @@ def _patches(seed, n_images, p=P, c=C):
 
 def _bank(x):
     return MemoryBank(x, np.ones(len(x), x.dtype), np.arange(len(x), dtype=np.int32))
-
-
-def clustered(seed, n_images, n_abnormal=0, n_odd=2, p=16, c=8):
-    """Images whose patches lie on 3 tight clusters; abnormal ones have ``n_odd`` patches far
-    from all of them."""
-    rng = np.random.default_rng(seed)
-    centres = np.eye(3, c) * 5.0
-    x = centres[rng.integers(0, 3, (n_images, p))] + rng.normal(scale=0.3, size=(n_images, p, c))
-    odd = rng.normal(size=(n_abnormal, n_odd, c))
-    odd = 4.0 * odd / np.linalg.norm(odd, axis=-1, keepdims=True) - 2.5  # away from the centres
-    x[n_images - n_abnormal :, :n_odd] = odd
-    return x.astype(np.float32)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
