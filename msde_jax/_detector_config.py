@@ -247,7 +247,12 @@ def check_samples(
             f"{what} must be a 2-D array (n_samples, n_features), got shape {arr.shape}{hint}."
         )
     if arr.shape[0] == 0:
-        raise ValueError(f"{what} has no samples.")
+        raise ValueError(
+            f"{what} has no samples (shape {arr.shape}): pass at least one row of features "
+            "(fitting needs more: as many normals as the cross-fit folds and k need)."
+        )
+    if arr.shape[1] == 0:
+        raise ValueError(f"{what} has no features (shape {arr.shape}).")
     arr = arr.astype(dtype)
     bad = ~np.isfinite(arr)
     if bad.any():

@@ -14,9 +14,11 @@ A ``FusedDetector`` file is one such file: its metadata lists each component's o
 arrays are the components' prefixed ``<name>/`` plus ``fusion.mean`` / ``fusion.std``.
 """
 
+import hashlib
 import json
 import os
 import typing
+import zipfile
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -81,8 +83,8 @@ def write_detector_file(
     path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.ndarray]
 ) -> None:
     """Write ``meta`` (+ the format version) as JSON and ``arrays`` by name, atomically."""
-    meta = with_version(meta)
     arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    meta = {**with_version(meta), "checksum": arrays_checksum(arrays)}
     atomic_write(
         path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays), suffix=".npz"
     )
@@ -98,10 +100,12 @@ def read_npz(
             names the expected class in the message).
     """
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # The file opened here, so that it is closed even when NumPy fails to read it.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             files = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a saved {what} (.npz): {err}") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        # A truncated file, a flipped byte (the zip's CRC), another file renamed.
+        raise ValueError(f"{path} is not a saved {what} or is damaged (.npz): {err}") from err
     if "meta" not in files:
         raise ValueError(f"{path} is not a saved {what}: no 'meta' entry.")
     try:
@@ -110,7 +114,23 @@ def read_npz(
         raise ValueError(f"{path} is not a saved {what}: its 'meta' is not JSON.") from err
     if not isinstance(meta, dict):
         raise ValueError(f"{path} is not a saved {what}: its 'meta' is not a JSON object.")
+    stored = meta.pop("checksum", None)
+    if stored is not None and stored != arrays_checksum(files):
+        raise ValueError(
+            f"{path} is damaged: its arrays do not match the checksum saved with them; "
+            "restore it from a copy or refit."
+        )
     return meta, files
+
+
+def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
 
 
 def stored_class(meta: dict[str, Any]) -> str:

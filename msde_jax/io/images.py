@@ -91,9 +91,14 @@ def _read_file(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".dcm" or is_dicom(path):
         return to_float(read_dicom(path), name=str(path))
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only: a bomb is refused here
             img.load()
             return _from_pil(img, str(path))
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(
+            f"{path}: refused, too many pixels to decode safely ({err}); downscale it first "
+            "or raise PIL.Image.MAX_IMAGE_PIXELS if it is trusted."
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err}).") from err
 

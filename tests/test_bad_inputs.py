@@ -1,0 +1,108 @@
+"""Damaged files and bad input end in one clear error that names the file and the fault."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msde_jax import MSDEDetector, load_detector
+from msde_jax.cli import main
+from msde_jax.io.images import ImageReadError, to_float
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    x = np.random.default_rng(0).normal(size=(40, 6))
+    MSDEDetector(mode="none", n_components=4).fit(x).save(path)
+    return path
+
+
+def _truncated(model, tmp_path):
+    path = tmp_path / "model.npz"
+    path.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    return path
+
+
+def _flipped(model, tmp_path):
+    data = bytearray(model.read_bytes())
+    with zipfile.ZipFile(model) as z:  # the last byte of the largest array's data
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.compress_size - 1] ^= 0xFF
+    path = tmp_path / "model.npz"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _renamed_png(model, tmp_path):
+    path = tmp_path / "model.npz"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, format="PNG")
+    return path
+
+
+def _edited_array(model, tmp_path):
+    # A valid zip whose array no longer matches the checksum saved beside it.
+    with np.load(model) as z:
+        files = {name: z[name] for name in z.files}
+    name = next(n for n in files if n.startswith("state."))
+    files[name] = files[name] + 1e-3
+    path = tmp_path / "model.npz"
+    np.savez(path, **files)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_truncated, "is not a saved MSDEDetector or is damaged"),
+        (_flipped, "damaged"),
+        (_renamed_png, "is not a saved MSDEDetector or is damaged"),
+        (_edited_array, "do not match the checksum"),
+    ],
+    ids=["truncated", "flipped-byte", "renamed-png", "edited-array"],
+)
+def test_damaged_model_files(model, tmp_path, capsys, damage, message):
+    path = damage(model, tmp_path)
+    with pytest.raises(ValueError, match=message) as err:
+        MSDEDetector.load(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match="damaged|not a saved"):
+        load_detector(path)
+    assert main(["score", str(path), str(path)]) == 2
+    out = capsys.readouterr().err
+    assert out.startswith("error: ")
+    assert "Traceback" not in out
+
+
+def test_the_checksum_is_saved_and_not_part_of_the_loaded_metadata(model):
+    with zipfile.ZipFile(model) as z:
+        meta = json.loads(str(np.load(z.open("meta.npy"))))
+    assert len(meta["checksum"]) == 64
+    assert "checksum" not in load_detector(model).to_arrays()[0]
+
+
+def test_decompression_bomb_is_refused_with_the_file_name(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS before decoding them.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageReadError, match=r"huge\.png: refused, too many pixels"):
+        to_float(path)
+
+
+@pytest.mark.parametrize(
+    ("x", "message"),
+    [
+        (np.zeros((0, 5)), r"X has no samples \(shape \(0, 5\)\): pass at least one row"),
+        (np.zeros((5, 0)), r"X has no features \(shape \(5, 0\)\)"),
+    ],
+    ids=["no-rows", "no-columns"],
+)
+def test_empty_input_says_what_to_pass(x, message):
+    with pytest.raises(ValueError, match=message):
+        MSDEDetector().fit(x)
