@@ -2,10 +2,11 @@
 
 For each dataset and backbone this script
 
-1. splits the training normals by content into a fitting part (80 %) and two held-out halves:
-   clean validation normals, and sources for synthetic anomalies
-   (:func:`msde_jax.ssl.synthetic.synthesize`, every kind equally often, half of them with
-   ``anatomy="bright"`` and half ``"dark"``, so the set does not depend on the modality);
+1. builds the validation set ``msde-jax evaluate`` uses, :func:`msde_jax.selection.validation_set`:
+   the training normals split by content into a fitting part (80 %) and two held-out halves,
+   clean validation normals and sources for synthetic anomalies (every kind equally often, half
+   ``anatomy="bright"``, half ``"dark"``, at the images' own resolution), once per ``--seeds``
+   seed (the split is the same for every seed, the anomalies differ);
 2. embeds every image once per feature kind (pooled layer vectors, patch features), cached;
 3. fits every candidate configuration (one list for every dataset, fixed in this file before
    it was run; the Ledoit-Wolf Gaussian on the stride-16 + stride-32 layers comes from
@@ -39,18 +40,15 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from msde_jax import FusedDetector, MSDEDetector, PatchBankDetector
-from msde_jax._rows import content_order
 from msde_jax.backbones.registry import backbone_spec
 from msde_jax.embedder import Embedder
 from msde_jax.evaluation import embed, limit_dataset
 from msde_jax.io.datasets import load_dataset
-from msde_jax.io.images import to_float
-from msde_jax.ssl.synthetic import KINDS, synthesize
+from msde_jax.selection import validation_set
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -114,41 +112,11 @@ def load(name: str):
     return load_dataset(DATA / name / f"{name}.npz")
 
 
-def images_as_float(items) -> np.ndarray:
-    """(N, H, W, C) float32 in [0, 1] of a list of arrays (all one size)."""
-    return np.stack([to_float(item) for item in items])
-
-
-def split_normals(train: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices of the fitting part (80 %), the clean validation normals and the
-    synthetic-anomaly sources (10 % each), by content order (not by position)."""
-    order = content_order(np.stack([np.asarray(t) for t in train]).reshape(len(train), -1))
-    n_fit = int(round(0.8 * len(train)))
-    n_val = (len(train) - n_fit) // 2
-    return (
-        np.sort(order[:n_fit]),
-        np.sort(order[n_fit : n_fit + n_val]),
-        np.sort(order[n_fit + n_val :]),
-    )
-
-
-def synthetic_set(sources: list, n: int, seed: int = 0):
-    """``n`` synthetic anomalies (half ``bright``, half ``dark`` anatomy) as uint8 images."""
-    normals = images_as_float(sources)
-    half = n // 2
-    parts, kinds = [], []
-    for i, (anatomy, count) in enumerate((("bright", half), ("dark", n - half))):
-        made = synthesize(jax.random.key(seed + i), normals, count, anatomy=anatomy)
-        parts.append(np.asarray(made.images))
-        kinds += list(np.asarray(made.kinds))
-    images = np.concatenate(parts)
-    return [np.round(im * 255).astype(np.uint8) for im in images], np.array(kinds)
-
-
 def report(dataset, backbone, name, r, t_fit) -> None:
     fit = "shared" if t_fit is None else f"{t_fit:.0f} s"
     print(
-        f"{dataset} {backbone} {name:42s} synthetic {r['synthetic_auroc']:.3f}  "
+        f"{dataset} {backbone} {name:42s} synthetic {r['synthetic_auroc']:.3f}"
+        f"±{r['synthetic_auroc_std']:.3f}  "
         f"real {r['auroc']:.3f} / {r['ap']:.3f}  fit {fit}",
         flush=True,
     )
@@ -196,9 +164,12 @@ def check_alone(det, x, scores, what) -> float:
 def run(dataset_name: str, backbone: str, args) -> dict:
     dataset = limit_dataset(load(dataset_name), limit=args.limit)
     train, test, labels = list(dataset.train_normal), dataset.test_items(), dataset.test_labels()
-    fit_idx, val_idx, source_idx = split_normals(train)
-    synth, synth_kinds = synthetic_set([train[i] for i in source_idx], 2 * len(val_idx))
-    val_labels = np.r_[np.zeros(len(val_idx)), np.ones(len(synth))].astype(int)
+    # msde_jax.selection's validation set (what `msde-jax evaluate` runs): the split depends on
+    # content only, so every seed shares the fits on the fitting part; only the anomalies differ.
+    vsets = [validation_set(train, fallback_size=args.image_size, seed=seed) for seed in args.seeds]
+    fit_idx, val_idx = vsets[0].fit, vsets[0].normals
+    n_synth = len(vsets[0].anomalies)
+    val_labels = np.r_[np.zeros(len(val_idx)), np.ones(n_synth)].astype(int)
 
     roles = ROLES[backbone]
     spec = backbone_spec(backbone)
@@ -218,14 +189,14 @@ def run(dataset_name: str, backbone: str, args) -> dict:
         t = time.perf_counter()
         emb = {
             name: embed(embedder, items, cache_dir=args.cache_dir, what=name)
-            for name, items in (("train", train), ("synthetic", synth), ("test", test))
+            for name, items in (("train", train), ("test", test))
         }
-        feats[kind] = {
-            "train": emb["train"],
-            "fit": emb["train"][fit_idx],
-            "val": np.concatenate([emb["train"][val_idx], emb["synthetic"]]),
-            "test": emb["test"],
-        }
+        feats[kind] = {"train": emb["train"], "fit": emb["train"][fit_idx], "test": emb["test"]}
+        for seed, v in zip(args.seeds, vsets, strict=True):
+            synthetic = embed(
+                embedder, list(v.anomalies), cache_dir=args.cache_dir, what=f"synthetic {seed}"
+            )
+            feats[kind][f"val{seed}"] = np.concatenate([emb["train"][val_idx], synthetic])
         timings[f"embed_{kind}_s (wall, compile included)"] = time.perf_counter() - t
 
     def features(candidate, split):
@@ -237,24 +208,30 @@ def run(dataset_name: str, backbone: str, args) -> dict:
 
     batches = five_percent_draws(labels, np.random.default_rng(0))
     n_val = len(val_idx)
-    by_kind = {
-        KINDS[k]: np.r_[np.arange(n_val), n_val + np.flatnonzero(synth_kinds == k)]
-        for k in sorted(set(synth_kinds.tolist()))
-    }
     results, fitted = {}, {}
 
-    def measure(name, det, full, val_x, test_x, t_fit):
+    def by_kind(v, val_scores):
+        return {
+            kind: auroc(
+                val_labels[np.r_[np.arange(n_val), n_val + np.flatnonzero(v.kinds == kind)]],
+                val_scores[np.r_[np.arange(n_val), n_val + np.flatnonzero(v.kinds == kind)]],
+            )
+            for kind in sorted(set(v.kinds.tolist()))
+        }
+
+    def measure(name, det, full, val_xs, test_x, t_fit):
         t = time.perf_counter()
-        val_scores = det.score_samples(val_x)
-        t_val = time.perf_counter() - t
+        val_scores = [np.asarray(det.score_samples(x)) for x in val_xs]
+        t_val = (time.perf_counter() - t) / len(val_xs)
         t = time.perf_counter()
         scores = full.score_samples(test_x)
         t_score = time.perf_counter() - t
+        synthetic = [auroc(val_labels, v) for v in val_scores]
         results[name] = {
-            "synthetic_auroc": auroc(val_labels, val_scores),
-            "synthetic_auroc_by_kind": {
-                kind: auroc(val_labels[idx], val_scores[idx]) for kind, idx in by_kind.items()
-            },
+            "synthetic_auroc": float(np.mean(synthetic)),
+            "synthetic_auroc_std": float(np.std(synthetic)),
+            "synthetic_auroc_by_seed": dict(zip(map(str, args.seeds), synthetic, strict=True)),
+            "synthetic_auroc_by_kind (seed 0)": by_kind(vsets[0], val_scores[0]),
             "auroc": auroc(labels, scores),
             "ap": ap(labels, scores),
             "auroc_5pct": batch_auroc(labels, lambda idx: scores[idx], batches),
@@ -280,7 +257,19 @@ def run(dataset_name: str, backbone: str, args) -> dict:
         if scorer == "bank":
             det.set_params(reduce=options["reduce"])
             full.set_params(reduce=options["reduce"])
-        measure(name, det, full, features(name, "val"), features(name, "test"), t_fit)
+        vals = [features(name, f"val{seed}") for seed in args.seeds]
+        measure(name, det, full, vals, features(name, "test"), t_fit)
+
+    # The fixed rule's real AUROC under other coreset seeds (the random projection the greedy
+    # k-center search runs on): the spread one seed hides.
+    x_train, x_test = features("bank:top", "train"), features("bank:top", "test")
+    by_seed = {"0": results["bank:top"]["auroc"]}
+    for seed in args.coreset_seeds:
+        if seed != 0:
+            det = PatchBankDetector(size=args.bank_size, n_folds=2, seed=seed).fit(x_train)
+            by_seed[str(seed)] = auroc(labels, det.score_samples(x_test))
+    results["bank:top"]["auroc_by_coreset_seed"] = by_seed
+    print(f"bank:top real AUROC by coreset seed: {by_seed}", flush=True)
 
     for name, parts in FUSIONS.items():
 
@@ -292,7 +281,8 @@ def run(dataset_name: str, backbone: str, args) -> dict:
 
         t = time.perf_counter()
         det, full = make().fit(fused("fit")), make().fit(fused("train"))
-        measure(name, det, full, fused("val"), fused("test"), time.perf_counter() - t)
+        vals = [fused(f"val{seed}") for seed in args.seeds]
+        measure(name, det, full, vals, fused("test"), time.perf_counter() - t)
 
     # The paper preset on the head features, under (a) one batch, (b) 5 % batches, (c) alone.
     head_train, head_test = features("lw:head", "train"), features("lw:head", "test")
@@ -323,7 +313,7 @@ def run(dataset_name: str, backbone: str, args) -> dict:
         "sizes": {
             "fit": len(fit_idx),
             "val_normal": len(val_idx),
-            "synthetic": len(synth_kinds),
+            "synthetic (per seed)": n_synth,
             "train": len(train),
             "test": len(test),
         },
@@ -346,6 +336,16 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="at most this many images per class")
     p.add_argument("--alone", type=int, default=60, help="paper preset: images scored alone")
     p.add_argument("--paper-draws", type=int, default=5, help="paper preset: 5 %% batches")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="synthetic-anomaly seeds"
+    )
+    p.add_argument(
+        "--coreset-seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds of the default bank's coreset projection, for its real AUROC's spread",
+    )
     p.add_argument("--cache-dir", default=".bench_cache")
     p.add_argument("--out", default="inductive.json")
     args = p.parse_args(argv)

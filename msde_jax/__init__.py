@@ -13,6 +13,7 @@ from msde_jax.bank_detector import (
     PatchBankDetector,
     fit_bank_detector,
     score_bank_detector,
+    score_bank_maps,
     score_bank_patches,
 )
 from msde_jax.coreset import kcenter_greedy, random_projection
@@ -95,6 +96,7 @@ __all__ = [
     "random_projection",
     "roc_auc",
     "score_bank_detector",
+    "score_bank_maps",
     "score_bank_patches",
     "score_detector",
 ]

@@ -43,6 +43,15 @@ __all__ = [
 _DETECTORS: dict[str, type["Detector"]] = {}
 
 
+def no_maps_message(detector: Any) -> str:
+    """Why ``detector`` has no heatmaps, and what to use instead."""
+    return (
+        f"{type(detector).__name__} scores one pooled vector per image: its score has no "
+        "spatial resolution, so there are no heatmaps. Use PatchBankDetector on "
+        "Embedder(features='patches') features (the default of `msde-jax fit`) for maps."
+    )
+
+
 class NotFittedError(ValueError, AttributeError):
     """Raised when a detector is used before ``fit`` (as scikit-learn's ``NotFittedError``)."""
 
@@ -180,6 +189,19 @@ class Detector:
     # ------------------------------------------------------------------ predictions
     def score_samples(self, X: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # Whether score_maps gives heatmaps (a detector that scores patches sets it).
+    has_maps: bool = False
+
+    def score_maps(self, X: ArrayLike, *, size: int = 224, sigma: float | None = None):
+        """Anomaly heatmaps; only detectors that score patches have them.
+
+        Raises:
+            ValueError: always here: this detector scores one vector per image, so its score
+                has no place in the image (a subclass that scores patches overrides this).
+        """
+        del X, size, sigma
+        raise ValueError(no_maps_message(self))
 
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         """Same as :meth:`score_samples` (higher = more anomalous), as in PyOD."""

@@ -30,6 +30,7 @@ from msde_jax._detector_config import (
 from msde_jax._detector_io import state_from_arrays
 from msde_jax._estimator import Detector, out_of_fold_scores, quantile_threshold
 from msde_jax._rows import row_keys
+from msde_jax.maps import upsample_maps
 from msde_jax.memory_bank import REDUCTIONS, MemoryBank, bank_fit, image_scores, patch_scores
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "check_patches",
     "fit_bank_detector",
     "score_bank_detector",
+    "score_bank_maps",
     "score_bank_patches",
 ]
 
@@ -58,7 +60,7 @@ class BankConfig:
     pytree node, so ``jax.jit(score_bank_detector)(state, x)`` specialises on it.
     """
 
-    size: int = 10000
+    size: int = 2000
     shift: bool = False
     k: int = 50
     step_size: float = 0.33
@@ -273,6 +275,28 @@ def score_bank_patches(state: BankState, x: ArrayLike) -> jax.Array:
     return patch_scores(state.bank, x, k=config.score_neighbors, batch_size=batch)
 
 
+def score_bank_maps(
+    state: BankState, x: ArrayLike, *, size: int, sigma: float | None = None
+) -> jax.Array:
+    """Anomaly maps: the patch scores on the (g, g) grid upsampled to ``size`` and blurred.
+
+    :func:`score_bank_patches` then :func:`~msde_jax.maps.upsample_maps` (bilinear, then a
+    Gaussian of σ = 4 · size / 224 pixels unless ``sigma`` is given, as PatchCore). In the
+    units of the patch scores, so of the image score; batch-independent like them. Pure and
+    ``jax.jit``-able with ``size`` and ``sigma`` static.
+
+    Args:
+        state: a fitted :class:`BankState`.
+        x: (m, g, g, c) patch features on a square grid, c as at fit time.
+        size: side of the maps, the embedder's ``image_size``.
+        sigma: blur σ in map pixels (0: none; ``None``: PatchCore's, scaled to ``size``).
+
+    Returns:
+        (m, size, size) maps, higher = more anomalous.
+    """
+    return upsample_maps(score_bank_patches(state, x), size, sigma)
+
+
 def score_bank_detector(state: BankState, x: ArrayLike) -> jax.Array:
     """Anomaly score of each image under a fitted ``state``; higher = more anomalous.
 
@@ -361,7 +385,10 @@ class PatchBankDetector(Detector):
     ``state_.config``), and :meth:`save` refuses.
 
     Args:
-        size: bank rows, at most the number of training patches (PatchCore keeps 1–10 %).
+        size: bank rows, at most the number of training patches (PatchCore keeps 1–10 %);
+            2000 by default, the size measured in README "Which mode" (about 2 % of brain
+            MRI's 476 × 196 training patches, 0.8 % of PneumoniaMNIST's), which fits
+            ``msde-jax evaluate``'s CPU budget; larger banks cost fit time linearly.
         shift: density-enhance the bank by MSDE (blurring weighted mean shift) before scoring.
         k: neighbours in the mean-shift window (50 in the MSDE paper).
         step_size: η, fraction of the mean-shift vector applied per iteration (0.33).
@@ -386,11 +413,12 @@ class PatchBankDetector(Detector):
     """
 
     _score_params = ("reduce", "q", "score_neighbors", "batch_size")
+    has_maps = True
 
     def __init__(
         self,
         *,
-        size: int = 10000,
+        size: int = 2000,
         shift: bool = False,
         k: int = 50,
         step_size: float = 0.33,
@@ -481,6 +509,42 @@ class PatchBankDetector(Detector):
             (m, P) or (m, g, g) float scores, higher = more anomalous.
         """
         return np.asarray(score_bank_patches(*self._checked(X)))
+
+    def score_maps(
+        self, X: ArrayLike, *, size: int = 224, sigma: float | None = None
+    ) -> np.ndarray:
+        """Anomaly heatmaps (:func:`score_bank_maps`): where in each image the score comes from.
+
+        The patch scores on the feature grid, resized bilinearly to ``size`` × ``size`` and
+        blurred by a Gaussian (σ = 4 · size / 224 pixels, PatchCore's 4 at 224, unless
+        ``sigma`` is given), in the units of :meth:`score_samples` (a patch's distance to the
+        bank). Pass the embedder's ``image_size``: the maps then lie on the image as the
+        embedder saw it (``Embedder.preprocess``). One image alone gets the same map as in any
+        batch.
+
+        Args:
+            X: (m, g, g, c) patch features (or (m, P, c) with P a square number), as at fit time.
+            size: side of the maps in pixels.
+            sigma: blur σ in map pixels; 0 for none.
+
+        Returns:
+            (m, size, size) float maps, higher = more anomalous.
+        """
+        state, x = self._checked(X)
+        if x.ndim == 3:
+            side = math.isqrt(x.shape[1])
+            if side * side != x.shape[1]:
+                raise ValueError(
+                    f"maps need patches on a square grid: {x.shape[1]} patches per image is "
+                    "not g × g; pass (m, g, g, c) features."
+                )
+            x = x.reshape(x.shape[0], side, side, x.shape[-1])
+        elif x.shape[1] != x.shape[2]:
+            raise ValueError(f"maps need a square patch grid, got {x.shape[1]} × {x.shape[2]}.")
+        check_int("size", size)
+        if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0 (0: no blur), got {sigma!r}.")
+        return np.asarray(score_bank_maps(state, x, size=int(size), sigma=sigma))
 
     # ------------------------------------------------------------------ persistence
     def _fitted_meta(self) -> dict[str, Any]:

@@ -22,6 +22,9 @@ whose components have the same names; each split is embedded by each embedder an
     embedders = {"pooled": Embedder(features="multiscale"), "patches": Embedder(features="patches")}
     detector = FusedDetector({"pooled": MSDEDetector(mode="none"), "patches": PatchBankDetector()})
     result = evaluate(dataset, embedders, detector)
+
+Heatmaps: :func:`heatmaps` maps images through the embedder and a detector that scores patches
+(images in, maps out).
 """
 
 import dataclasses
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from msde_jax._estimator import no_maps_message
 from msde_jax.fusion import FusedDetector, SupportsDetect
 from msde_jax.io.cache import SupportsEmbed, embed_cached
 from msde_jax.io.datasets import Dataset
@@ -45,6 +49,7 @@ __all__ = [
     "embed_dataset",
     "evaluate",
     "evaluate_embeddings",
+    "heatmaps",
     "limit_dataset",
 ]
 
@@ -343,3 +348,45 @@ def evaluate(
     _check_pairing(embedder, detector)
     embedded = embed_dataset(dataset, embedder, limit=limit, cache_dir=cache_dir, progress=progress)
     return evaluate_embeddings(embedded, detector, mode_label=mode_label)
+
+
+def heatmaps(
+    embedder: Any,
+    detector: SupportsDetect,
+    items: Sequence[Any],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    features: np.ndarray | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images in, maps out: the images as the embedder sees them and the detector's maps.
+
+    The items go through the embedder's one preprocessing path (``Embedder.preprocess``: read,
+    resize to ``image_size``, RGB in [0, 1]) for the pictures and through :func:`embed` (or
+    the ``features`` already computed from them) for the maps, so map and picture line up.
+
+    Args:
+        embedder: the :class:`~msde_jax.Embedder` the detector's features come from
+            (``features="patches"``).
+        detector: a fitted detector with maps (``has_maps``: :class:`~msde_jax.PatchBankDetector`).
+        items: the images (paths, PIL images or arrays).
+        cache_dir: embedding cache folder.
+        features: the items' features, when already embedded.
+        progress: print the embedding progress on stderr.
+
+    Returns:
+        ``(images, maps)``: (n, S, S, 3) float32 in [0, 1] and (n, S, S) maps in score units,
+        S the embedder's ``image_size``.
+
+    Raises:
+        ValueError: the detector has no maps (before anything is embedded).
+    """
+    if not getattr(detector, "has_maps", False):
+        raise ValueError(no_maps_message(detector))
+    if features is None:
+        features = embed(embedder, items, cache_dir=cache_dir, what="input", progress=progress)
+    maps = detector.score_maps(features, size=embedder.image_size)
+    images = np.stack(
+        [embedder.preprocess(item, name=f"image {i}") for i, item in enumerate(items)]
+    )
+    return images.astype(np.float32), maps

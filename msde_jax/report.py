@@ -9,7 +9,10 @@ a folder that can be read on its own::
         pr.png          precision-recall curve with the AP and the prevalence baseline
         histogram.png   normal vs abnormal score histograms, threshold as a vertical line
         grid.png        the 8 most and 8 least anomalous test images (only with ``images``)
+        overlays.png    anomaly heatmaps over the 4 most and 4 least anomalous test images
+                        (only with ``heatmaps``, from a detector that scores patches)
         report.md       all of the above in one page, figures embedded with relative links
+        report.html     the same page with every figure embedded: one file for a browser
 
 The numbers come from :mod:`msde_jax.metrics` (:func:`~msde_jax.metrics.evaluation_metrics`,
 :func:`~msde_jax.metrics.roc_curve`, :func:`~msde_jax.metrics.precision_recall_curve`); this
@@ -22,9 +25,12 @@ Labels follow :mod:`msde_jax.metrics`: non-zero = abnormal (the positive class),
 score means more anomalous; a test image is predicted abnormal when ``score > threshold``.
 """
 
+import base64
+import html
 import json
 import math
 import os
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,14 +42,31 @@ from jax.typing import ArrayLike
 from msde_jax.io.images import to_float
 from msde_jax.metrics import _check, evaluation_metrics, precision_recall_curve, roc_curve
 
-__all__ = ["FILES", "MATPLOTLIB_MISSING", "require_matplotlib", "write_report"]
+__all__ = [
+    "FILES",
+    "MATPLOTLIB_MISSING",
+    "OVERLAYS_PER_ROW",
+    "overlay_indices",
+    "require_matplotlib",
+    "write_report",
+]
 
 MATPLOTLIB_MISSING = (
     "the report needs matplotlib, a dependency of msde-jax that is missing or broken here: "
     "pip install matplotlib"
 )
 
-FILES = ("metrics.json", "roc.png", "pr.png", "histogram.png", "grid.png", "report.md")
+FILES = (
+    "metrics.json",
+    "roc.png",
+    "pr.png",
+    "histogram.png",
+    "grid.png",
+    "overlays.png",
+    "report.md",
+    "report.html",
+)
+OVERLAYS_PER_ROW = 4
 
 # Shared colours: the histogram bars and the grid titles use the same ones for the two classes.
 _NORMAL_COLOR = "tab:blue"
@@ -253,6 +276,51 @@ def _plot_grid(path: Path, labels, scores, images, names, metrics, title: str) -
     _save(fig, path)
 
 
+def overlay_indices(scores: ArrayLike, per_row: int = OVERLAYS_PER_ROW) -> np.ndarray:
+    """Test indices the overlay figure shows: the ``per_row`` highest scores, then the
+    ``per_row`` lowest (fewer when there are fewer than ``2 · per_row`` images)."""
+    order = np.argsort(np.asarray(scores), kind="mergesort")
+    k = min(per_row, order.size // 2)
+    return np.r_[order[::-1][:k], order[:k]].astype(int)
+
+
+def _plot_overlays(path: Path, labels, scores, heatmaps, metrics, title: str) -> None:
+    from msde_jax.heatmaps import color_range, draw_overlay
+
+    idx = overlay_indices(scores)
+    missing = [int(i) for i in idx if int(i) not in heatmaps]
+    if missing:
+        raise ValueError(
+            f"heatmaps must hold the test images overlay_indices(scores) picks; missing "
+            f"{missing[:8]}."
+        )
+    k = idx.size // 2
+    maps = np.stack([heatmaps[int(i)][1] for i in idx])
+    vmin, vmax = color_range(maps, metrics["threshold"])
+    fig = _new_figure((2.6 * k + 1.2, 2 * 2.9 + 0.6))
+    fig.suptitle(
+        f"{title}: where the score comes from (patch scores, one colour scale; threshold "
+        f"{_fmt(metrics['threshold'])})",
+        fontsize=10,
+    )
+    axes = fig.subplots(2, k, squeeze=False)
+    shown = None
+    for row, (row_title, row_idx) in enumerate((("most anomalous", idx[:k]), ("least", idx[k:]))):
+        for ax, i in zip(axes[row], row_idx, strict=True):
+            image, amap = heatmaps[int(i)]
+            shown = draw_overlay(ax, np.asarray(image), np.asarray(amap), vmin, vmax)
+            truth = "abnormal" if labels[i] else "normal"
+            ax.set_title(
+                f"{row_title}: #{int(i)}\nscore {_fmt(scores[i])}, {truth}",
+                fontsize=8,
+                color=_ABNORMAL_COLOR if labels[i] else _NORMAL_COLOR,
+            )
+    bar = fig.colorbar(shown, ax=axes, fraction=0.03, pad=0.02)
+    bar.set_label("patch score", fontsize=8)
+    bar.ax.axhline(metrics["threshold"], color="cyan", linewidth=2)
+    _save(fig, path)
+
+
 # --------------------------------------------------------------------------------------------
 # Files
 
@@ -315,6 +383,7 @@ def _markdown(
     config: Mapping[str, Any] | None,
     timings: Mapping[str, Any] | None,
     with_grid: bool,
+    with_overlays: bool = False,
 ) -> str:
     lines = [f"# {title}", ""]
     lines += [
@@ -372,7 +441,73 @@ def _markdown(
             "![The 8 most and 8 least anomalous test images](grid.png)",
             "",
         ]
+    if with_overlays:
+        lines += [
+            "### Where in the image",
+            "",
+            "Anomaly heatmaps (patch scores, one colour scale; the threshold is the cyan line on "
+            "the colour bar) over the 4 most and 4 least anomalous test images.",
+            "",
+            "![Heatmaps of the most and least anomalous test images](overlays.png)",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _html(markdown: str, out: Path) -> str:
+    """``report.md`` as one self-contained HTML page: its headings, paragraphs and tables, and
+    every linked figure embedded as a base64 PNG."""
+    body, table = [], []
+
+    def flush_table() -> None:
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= set("-: ")]
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+            rest = "".join(
+                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:]
+            )
+            body.append(f"<table><tr>{head}</tr>{rest}</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, _, target = line[2:].partition("](")
+            data = base64.b64encode((out / target.rstrip(")")).read_bytes()).decode("ascii")
+            body.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    title = html.escape(markdown.splitlines()[0].lstrip("# "))
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:.25em .6em;text-align:left}img{max-width:100%}code{font-size:90%}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _inline(text: str) -> str:
+    """Markdown inline code and links → HTML (escaped; links to files become plain text)."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text.replace("\\|", "|"))
+    parts = re.split(r"(`[^`]*`)", text)
+    out = []
+    for part in parts:
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            out.append(f"<code>{html.escape(part[1:-1])}</code>")
+        else:
+            out.append(html.escape(part))
+    return "".join(out)
 
 
 def write_report(
@@ -386,13 +521,15 @@ def write_report(
     title: str = "MSDE evaluation",
     config: Mapping[str, Any] | None = None,
     timings: Mapping[str, Any] | None = None,
+    heatmaps: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Write an evaluation report folder: metrics, curves, histograms, image grid and Markdown.
 
     Creates ``out_dir`` (and its parents) and writes ``metrics.json``, ``roc.png``, ``pr.png``,
-    ``histogram.png``, ``grid.png`` (only when ``images`` are given) and ``report.md``, which
-    shows the metrics, config and timings and embeds the figures with relative links. Existing
-    files of those names are overwritten.
+    ``histogram.png``, ``grid.png`` (only when ``images`` are given), ``overlays.png`` (only
+    with ``heatmaps``), ``report.md``, which shows the metrics, config and timings and embeds
+    the figures with relative links, and ``report.html``, the same page with the figures
+    inside it. Existing files of those names are overwritten.
 
     Args:
         out_dir: the folder to write.
@@ -408,6 +545,10 @@ def write_report(
         config: optional settings to record (JSON-serialisable after NumPy values and paths
             are converted; anything else is written as its ``str``).
         timings: optional ``{step: seconds}``.
+        heatmaps: optional ``{test index: (image, map)}`` for at least the indices
+            :func:`overlay_indices` ``(scores)`` picks: the image (H, W, 3) in [0, 1] as the
+            embedder saw it and its (H, W) anomaly map
+            (:func:`msde_jax.evaluation.heatmaps`).
 
     Returns:
         The metrics dict of :func:`msde_jax.metrics.evaluation_metrics`.
@@ -441,6 +582,16 @@ def write_report(
     _plot_histogram(out / "histogram.png", positive, score_arr, metrics, title)
     if images is not None:
         _plot_grid(out / "grid.png", positive, score_arr, images, names, metrics, title)
-    text = _markdown(title, metrics, config, timings, with_grid=images is not None)
+    if heatmaps is not None:
+        _plot_overlays(out / "overlays.png", positive, score_arr, heatmaps, metrics, title)
+    text = _markdown(
+        title,
+        metrics,
+        config,
+        timings,
+        with_grid=images is not None,
+        with_overlays=heatmaps is not None,
+    )
     (out / "report.md").write_text(text + "\n", encoding="utf-8")
+    (out / "report.html").write_text(_html(text, out), encoding="utf-8")
     return metrics

@@ -1,9 +1,9 @@
 """The package layout: layers import downward only, every public module declares ``__all__``.
 
 Layers (README "Architecture"): private helpers → functional core → detector → io | backbones
-→ embedder | ssl → evaluation → report → cli. A module may import its own layer and the ones
-below; io and backbones never import each other (reading files is io's job, networks are
-backbones' job), nor do embedder and ssl. The root ``msde_jax/__init__.py`` (which
+→ embedder | ssl → evaluation, selection → report, heatmaps → cli. A module may import its own
+layer and the ones below; io and backbones never import each other (reading files is io's job,
+networks are backbones' job), nor do embedder and ssl. The root ``msde_jax/__init__.py`` (which
 ``walk_packages`` does not yield) imports the core and detector layers eagerly and the embedder
 lazily, and lists exactly what it re-exports in ``__all__``. No module imports by a computed
 name (``importlib.import_module``, ``__import__``): such an edge hides from this test.
@@ -27,6 +27,7 @@ CORE = (
     "mean_shift",
     "coreset",
     "memory_bank",
+    "maps",
     "pca",
     "gaussian",
     "metrics",
@@ -48,10 +49,10 @@ def layer(module: str) -> tuple[int, str]:
         return 3, top
     if top in ("embedder", "ssl"):
         return 4, top
-    if top == "evaluation":
-        return 5, top
-    if top == "report":
-        return 6, top
+    if top in ("evaluation", "selection"):
+        return 5, "evaluation"
+    if top in ("report", "heatmaps"):
+        return 6, "report"
     if top == "cli":
         return 7, top
     raise AssertionError(f"msde_jax.{module} has no layer: add it to tests/test_architecture.py")

@@ -362,3 +362,46 @@ def test_fit_predict(train):
     det = PatchBankDetector(size=40, projection_dim=2, n_folds=3, contamination=0.25)
     np.testing.assert_array_equal(det.fit_predict(train), det.labels_)
     assert det.decision_function(train[:2]).shape == (2,)
+
+
+# ---------------------------------------------------------------------- heatmaps
+def test_map_argmax_falls_inside_a_pasted_patch():
+    # Normal images: 8 × 8 grids of patches on three clusters. The test image has a 2 × 2 block
+    # of patches far from every cluster, at grid rows 5-6, columns 1-2.
+    train = clustered(0, 30, p=64).reshape(30, 8, 8, 8)
+    detector = PatchBankDetector(size=300, n_folds=2).fit(train)
+    test = clustered(1, 1, p=64).reshape(1, 8, 8, 8)
+    test[0, 5:7, 1:3] = 6.0
+    (amap,) = detector.score_maps(test, size=64)
+    assert amap.shape == (64, 64)
+    row, col = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    assert 40 <= row < 56  # grid rows 5-6 cover pixels 40-55 at 64 px
+    assert 8 <= col < 24
+    # In the units of the scores: the map's peak is near the worst patch score.
+    worst = float(detector.score_patches(test).max())
+    assert 0.5 * worst < amap.max() <= worst + 1e-5
+
+
+def test_maps_alone_equal_maps_in_a_batch(fitted, test_x):
+    grid = test_x.reshape(test_x.shape[0], G, G, C)
+    batch = fitted.score_maps(grid, size=48)
+    assert batch.shape == (test_x.shape[0], 48, 48)
+    for i in (0, 3):
+        np.testing.assert_allclose(
+            fitted.score_maps(grid[i : i + 1], size=48)[0], batch[i], rtol=1e-5, atol=1e-6
+        )
+    # Flat (m, P, c) features with P = g × g give the same maps; sigma=0 is no blur.
+    np.testing.assert_allclose(fitted.score_maps(test_x, size=48), batch, rtol=1e-6)
+    sharp = fitted.score_maps(grid[:1], size=48, sigma=0)
+    assert sharp.max() >= batch[0].max() - 1e-6
+    assert not np.allclose(sharp, batch[:1])  # the default blurs
+    with pytest.raises(ValueError, match="sigma must be a finite number"):
+        fitted.score_maps(grid, sigma=-1.0)
+
+
+def test_detectors_without_maps_say_so(rng):
+    det = MSDEDetector(mode="none", n_components=3).fit(rng.normal(size=(30, 4)))
+    assert not det.has_maps
+    assert PatchBankDetector.has_maps
+    with pytest.raises(ValueError, match="no spatial resolution, so there are no heatmaps"):
+        det.score_maps(rng.normal(size=(2, 4)))

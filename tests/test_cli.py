@@ -11,7 +11,8 @@ from testing import hide_matplotlib
 from msde_jax.cli import build_parser, main
 
 EMBED = ["--weights", "random", "--image-size", "32", "--batch-size", "16"]
-FAST = [*EMBED, "--k", "10"]
+FAST = [*EMBED, "--k", "10"]  # --k: the MSDE detector
+BANK = [*EMBED, "--bank-size", "200"]  # the default detector, a small bank
 
 
 @pytest.fixture(scope="module")
@@ -45,30 +46,139 @@ def test_help_has_examples(capsys):
 
 
 def test_demo_writes_a_report(tmp_path, capsys):
+    # The default configuration: the patch bank, validated on synthetic anomalies first.
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--limit", "40", *FAST]) == 0
+    assert main(["demo", "--out", str(out), "--limit", "40", *BANK]) == 0
     printed = capsys.readouterr().out
     assert "pneumoniamnist: AUROC" in printed
+    assert "configuration: as given: PatchBankDetector(size=200)" in printed
+    assert "features='patches'" in printed
+    assert "synthetic-validation AUROC" in printed
+    assert "4 held-out normals vs 8 synthetic anomalies" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["metrics"]["auroc"] <= 1
-    for name in ("roc.png", "pr.png", "histogram.png", "grid.png", "report.md"):
+    assert metrics["config"]["detector"]["size"] == 200
+    assert metrics["config"]["embedder"]["features"] == "patches"
+    (validated,) = metrics["config"]["synthetic_validation"]["auroc"].values()
+    assert 0 <= validated <= 1
+    assert metrics["timings"]["validation_s"] > 0
+    for name in ("roc.png", "pr.png", "histogram.png", "grid.png", "overlays.png", "report.md"):
         assert (out / name).exists(), name
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_default_configuration_is_the_recommended_rule():
+    from msde_jax.cli.commands import _detector, _embedder
+    from msde_jax.selection import recommended
+
+    args = build_parser().parse_args(["evaluate", "pneumoniamnist", "--out", "r"])
+    rule = recommended()
+    assert _embedder(args).config() == rule.embedder.config()
+    assert type(_detector(args)) is type(rule.detector)
+    assert _detector(args).get_params() == rule.detector.get_params()
 
 
 def test_fit_then_score_folders(tmp_path, folder, capsys):
+    from msde_jax import PatchBankDetector, load_detector
+
     model = tmp_path / "model.npz"
-    assert main(["fit", str(folder / "train" / "normal"), "--out", str(model), *FAST]) == 0
+    assert main(["fit", str(folder / "train" / "normal"), "--out", str(model), *BANK]) == 0
+    assert "(14 × 14 × 152 features)" in capsys.readouterr().out
     scores = tmp_path / "scores.csv"
     assert main(["score", str(model), str(folder / "test"), "--out", str(scores)]) == 0
     rows = list(csv.DictReader(scores.read_text().splitlines()))
     assert len(rows) == 60
     assert rows[0]["path"].endswith(".png")
     assert {r["label"] for r in rows} <= {"0", "1"}
-    # The CSV's scores are what the saved model gives on the same images.
+    heat = tmp_path / "heat"
+    assert (
+        main(["score", str(model), str(folder / "test" / "abnormal"), "--heatmaps", str(heat)]) == 0
+    )
+    pngs = sorted(p.name for p in heat.glob("*.png"))
+    assert len(pngs) == 30  # one overlay per input, named after it
+    assert pngs[0] == "0000_000.png"
+    with np.load(heat / "maps.npz") as z:
+        assert z["maps"].shape == (30, 32, 32)  # the embedder's input side
+        assert z["names"][0].endswith("000.png")
+        assert z["files"].tolist() == pngs
+    detector = load_detector(model)
+    assert isinstance(detector, PatchBankDetector)
+    assert detector.metadata_["embedder"]["backbone"] == "efficientnet_lite0"
+    assert detector.metadata_["embedder"]["features"] == "patches"
+    capsys.readouterr()
+
+
+def test_fit_then_score_with_the_msde_detector(tmp_path, folder, capsys):
     from msde_jax import MSDEDetector
 
-    assert MSDEDetector.load(model).metadata_["embedder"]["backbone"] == "efficientnet_lite0"
+    model = tmp_path / "model.npz"
+    fit = ["fit", str(folder / "train" / "normal"), "--out", str(model), *FAST]
+    assert main(fit) == 0
+    assert MSDEDetector.load(model).metadata_["embedder"]["features"] == "pooled"
+    heat = tmp_path / "heat"
+    assert main(["score", str(model), str(folder / "test"), "--heatmaps", str(heat)]) == 2
+    assert "no spatial resolution, so there are no heatmaps" in capsys.readouterr().err
+    assert not heat.exists()
+    scores = tmp_path / "scores.csv"
+    assert main(["score", str(model), str(folder / "test"), "--out", str(scores)]) == 0
+    assert len(list(csv.DictReader(scores.read_text().splitlines()))) == 60
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--detector", "bank", "--k", "10"], "--k is an MSDE option: add --detector msde"),
+        (["--detector", "msde", "--bank-size", "9"], "--bank-size is a memory-bank option"),
+        (["--paper", "--reduce", "max"], "--reduce is a memory-bank option"),
+        (
+            ["--detector", "msde", "--reduce", "max", "--bank-size", "9"],
+            "--bank-size, --reduce are memory-bank options",
+        ),
+        (["--features", "pooled", "--detector", "bank"], "scores patch features"),
+        (["--features", "patches", "--k", "10"], "--detector bank, or --features pooled"),
+        (["--select", "--paper"], "--select chooses the detector and features itself: drop"),
+        (["--select", "--no-validation"], "drop --no-validation"),
+        (["--threshold", "chi2"], "threshold='chi2' does not apply to a memory bank"),
+    ],
+    ids=[
+        "bank-k",
+        "msde-size",
+        "paper-reduce",
+        "msde-two",
+        "bank-pooled",
+        "msde-patches",
+        "select-paper",
+        "select-novalidation",
+        "bank-chi2",
+    ],
+)
+def test_conflicting_detector_options_are_one_line_errors(tmp_path, capsys, options, message):
+    out = tmp_path / "r"
+    assert (
+        main(["evaluate", "pneumoniamnist", "--out", str(out), "--limit", "12", *EMBED, *options])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_select_picks_by_synthetic_validation(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["demo", "--out", str(out), "--limit", "20", *EMBED, "--select"]) == 0
+    printed = capsys.readouterr().out
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    validated = config["synthetic_validation"]["auroc"]
+    assert list(validated)[0] == "bank:top"
+    assert len(validated) == 6
+    assert validated["msde:head"] is None  # k=50 neighbours, 16 fitting normals: not fitted
+    measured = {n: v for n, v in validated.items() if v is not None}
+    best = max(measured, key=measured.get)  # the first of equals, as select()
+    assert config["configuration"] == f"{best} (selected)"
+    assert f"configuration: {best} (selected)" in printed
+    assert "6 configuration(s); msde:head not fitted)" in printed
 
 
 def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
@@ -85,14 +195,26 @@ def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
 
 
 def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys):
+    from msde_jax import MSDEDetector, PatchBankDetector
+
     emb = tmp_path / "emb.npz"
     cache = tmp_path / "cache"
     args = ["embed", str(folder / "train"), "--out", str(emb), "--cache-dir", str(cache), *EMBED]
     assert main(args) == 0
     with np.load(emb) as z:
         assert z["embeddings"].shape == (30, 1280)
+    # Pooled embeddings go to the MSDE detector, patch features to the bank, by their shape.
     model = tmp_path / "m.npz"
     assert main(["fit", str(emb), "--embeddings", "--out", str(model), "--k", "10"]) == 0
+    assert isinstance(MSDEDetector.load(model), MSDEDetector)
+    from msde_jax.cli.commands import _detector
+
+    args_2d = build_parser().parse_args(["fit", str(emb), "--embeddings", "--out", "m.npz"])
+    assert isinstance(_detector(args_2d, ndim=2), MSDEDetector)
+    assert isinstance(_detector(args_2d, ndim=4), PatchBankDetector)
+    assert main([*args, "--features", "patches"]) == 0
+    assert main(["fit", str(emb), "--embeddings", "--out", str(model), "--bank-size", "50"]) == 0
+    assert PatchBankDetector.load(model).get_params()["size"] == 50
     capsys.readouterr()
 
 
@@ -151,6 +273,11 @@ def test_parser_options_come_from_the_library():
     args = parser.parse_args(["fit", "x", "--out", "m.npz", "--density", "uniform", "--k", "7"])
     assert (args.density, args.k) == ("uniform", 7)
     assert "weights_method" not in vars(args)
+    from msde_jax import PatchBankDetector
+    from msde_jax.memory_bank import REDUCTIONS
+
+    assert tuple(options["reduce"].choices) == REDUCTIONS
+    assert f"default {PatchBankDetector().get_params()['size']})" in options["bank_size"].help
 
 
 def test_report_commands_check_matplotlib_before_embedding(tmp_path, capsys, monkeypatch):
@@ -177,7 +304,7 @@ def test_report_commands_check_matplotlib_before_embedding(tmp_path, capsys, mon
 
 
 def test_features_and_layers_options(tmp_path, folder, capsys):
-    from msde_jax.cli import _embedder
+    from msde_jax.cli.commands import _embedder
     from msde_jax.embedder import FEATURES
 
     parser = build_parser()
@@ -185,7 +312,7 @@ def test_features_and_layers_options(tmp_path, folder, capsys):
         sub = next(a for a in parser._actions if a.dest == "command").choices[command]
         options = {a.dest: a for a in sub._actions}
         assert tuple(options["features"].choices) == FEATURES
-        assert options["features"].default == "pooled"
+        assert options["features"].default is None  # resolved by the command and detector
     with pytest.raises(SystemExit):
         parser.parse_args(["embed", "x", "--out", "e.npz", "--multiscale"])
     capsys.readouterr()
@@ -194,6 +321,7 @@ def test_features_and_layers_options(tmp_path, folder, capsys):
         + ["--layers", "features.13, features.16", "--layers", "features.6"]
     )
     assert _embedder(args).layers == ("features.13", "features.16", "features.6")
+    assert _embedder(args).features == "pooled"  # embed's default
     # Patch features are (grid, grid, c) per image: only `embed` writes them.
     emb = tmp_path / "patches.npz"
     args = ["embed", str(folder / "train"), "--out", str(emb), *EMBED, "--features", "patches"]
@@ -204,7 +332,7 @@ def test_features_and_layers_options(tmp_path, folder, capsys):
     assert (config["layers"], config["grid"], config["aggregate"]) == (["_blocks.4"], 14, 3)
     fit = ["fit", str(folder / "train"), "--out", str(tmp_path / "m.npz"), *FAST]
     assert main([*fit, "--features", "patches"]) == 2
-    assert "msde-jax embed" in capsys.readouterr().err
+    assert "the MSDE detector cannot use" in capsys.readouterr().err
     assert main([*fit, "--layers", "layer2"]) == 2
     err = capsys.readouterr().err
     assert "unknown layers ['layer2'] for efficientnet_lite0" in err

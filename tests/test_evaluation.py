@@ -166,3 +166,13 @@ def test_one_embedding_serves_several_detectors(rng):
     assert paper.config["detector"]["mode"] == "transductive"
     direct = evaluate(dataset, FakeEmbedder(), MSDEDetector(**PARAMS), progress=False)
     np.testing.assert_array_equal(inductive.scores, direct.scores)
+
+
+def test_heatmaps_refuse_a_detector_without_maps_before_embedding(rng):
+    from msde_jax.evaluation import heatmaps
+
+    embedder = FakeEmbedder()
+    detector = MSDEDetector(**PARAMS).fit(rng.normal(size=(30, DIM)))
+    with pytest.raises(ValueError, match="no spatial resolution"):
+        heatmaps(embedder, detector, [np.zeros((2, 3))])
+    assert embedder.calls == []

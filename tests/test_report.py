@@ -8,7 +8,7 @@ from PIL import Image
 from testing import hide_matplotlib, labelled_scores
 
 from msde_jax.metrics import evaluation_metrics
-from msde_jax.report import MATPLOTLIB_MISSING, write_report
+from msde_jax.report import FILES, MATPLOTLIB_MISSING, overlay_indices, write_report
 
 PNGS = ("roc.png", "pr.png", "histogram.png", "grid.png")
 
@@ -43,7 +43,9 @@ def test_write_report(tmp_path, rng):
         timings=timings,
     )
     assert m == evaluation_metrics(labels, scores, threshold)
-    assert sorted(p.name for p in out.iterdir()) == sorted(("metrics.json", "report.md", *PNGS))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ("metrics.json", "report.md", "report.html", *PNGS)
+    )
 
     with open(out / "metrics.json", encoding="utf-8") as f:
         record = json.load(f)
@@ -78,7 +80,7 @@ def test_write_report_without_images(tmp_path, rng):
     labels, scores = labelled_scores(rng, n=30)
     write_report(tmp_path, labels=labels, scores=scores, threshold=2.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ("metrics.json", "report.md", "roc.png", "pr.png", "histogram.png")
+        ("metrics.json", "report.md", "report.html", "roc.png", "pr.png", "histogram.png")
     )
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "grid.png" not in text
@@ -102,3 +104,46 @@ def test_missing_matplotlib_message(tmp_path, rng, monkeypatch):
         write_report(tmp_path / "r", labels=labels, scores=scores, threshold=1.0)
     assert str(info.value) == MATPLOTLIB_MISSING
     assert not (tmp_path / "r").exists()
+
+
+def test_overlays_and_a_self_contained_html_page(tmp_path, rng):
+    import base64
+    import io
+
+    labels, scores = labelled_scores(rng, n=20)
+    shown = overlay_indices(scores)
+    order = np.argsort(scores)
+    assert shown.tolist() == [*order[::-1][:4].tolist(), *order[:4].tolist()]
+    heatmaps = {int(i): (rng.random((32, 32, 3)), rng.random((32, 32)) * scores[i]) for i in shown}
+    with pytest.raises(ValueError, match="heatmaps must hold the test images"):
+        write_report(
+            tmp_path / "bad",
+            labels=labels,
+            scores=scores,
+            threshold=2.0,
+            heatmaps=dict(list(heatmaps.items())[:3]),
+        )
+    write_report(
+        tmp_path,
+        labels=labels,
+        scores=scores,
+        threshold=2.0,
+        heatmaps=heatmaps,
+        config={"a|b": "`x`"},
+    )
+    assert set(FILES) - {p.name for p in tmp_path.iterdir()} == {"grid.png"}  # no images
+    with Image.open(tmp_path / "overlays.png") as img:
+        assert np.asarray(img.convert("L")).std() > 10
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "](overlays.png)" in text
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert 'src="overlays.png"' not in page
+    assert "](" not in page
+    embedded = page.split('src="data:image/png;base64,')[1:]
+    assert len(embedded) == text.count("![")  # every figure of report.md, inside the page
+    first = base64.b64decode(embedded[0].split('"', 1)[0])
+    assert first == (tmp_path / "roc.png").read_bytes()
+    with Image.open(io.BytesIO(first)) as img:
+        assert img.format == "PNG"
+    assert f"<td>AUROC</td><td>{evaluation_metrics(labels, scores, 2.0)['auroc']:.4f}</td>" in page

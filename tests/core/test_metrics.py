@@ -198,3 +198,44 @@ def test_curves_tiny_and_all_tied():
     ):
         for a, b in zip(ours(labels, scores), reference(labels, scores), strict=True):
             np.testing.assert_allclose(a, b)
+
+
+# ---------------------------------------------------------------------- localisation
+def _aupro_reference(masks, maps, max_fpr):
+    """A direct transcription: every distinct map value as a threshold, regions by SciPy."""
+    from scipy import ndimage
+
+    regions = []
+    for mask, amap in zip(masks, maps, strict=True):
+        lab, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [amap[lab == r] for r in range(1, count + 1)]
+    normal = maps[~masks]
+    points = []
+    for t in np.unique(np.r_[maps.ravel(), np.inf])[::-1]:
+        fpr = np.mean(normal > t)
+        pro = np.mean([np.mean(r > t) for r in regions])
+        points.append((fpr, pro))
+    fpr, pro = np.array(points).T
+    keep = fpr <= max_fpr
+    x = np.r_[fpr[keep], max_fpr]
+    y = np.r_[pro[keep], np.interp(max_fpr, fpr, pro)]
+    return np.trapezoid(y, x) / max_fpr
+
+
+def test_aupro(rng):
+    from msde_jax.metrics import aupro
+
+    masks = np.zeros((3, 20, 20), bool)
+    masks[0, 2:6, 2:6] = True  # two regions of very different sizes count equally
+    masks[0, 10:19, 10:19] = True
+    masks[1, 5:8, 12:14] = True
+    maps = rng.random(masks.shape) + 0.8 * masks
+    ours = aupro(masks, maps, n_steps=2000)
+    np.testing.assert_allclose(ours, _aupro_reference(masks, maps, 0.3), atol=2e-3)
+    assert aupro(masks, masks.astype(float) + 0.01 * rng.random(masks.shape)) == pytest.approx(1)
+    noise = [aupro(masks, rng.random(masks.shape)) for _ in range(5)]
+    assert 0.05 < np.mean(noise) < 0.25  # about max_fpr / 2 for a random map
+    with pytest.raises(ValueError, match="at least one anomalous region"):
+        aupro(np.zeros((1, 4, 4)), rng.random((1, 4, 4)))
+    with pytest.raises(ValueError, match="alike"):
+        aupro(masks, maps[0])

@@ -1,0 +1,379 @@
+"""The ``msde-jax`` commands: each turns parsed arguments into library calls.
+
+``evaluate`` / ``demo`` run :func:`msde_jax.selection.synthetic_validation` (or
+:func:`~msde_jax.selection.select` with ``--select``), :func:`msde_jax.evaluation.evaluate` and
+:func:`msde_jax.report.write_report`. A user mistake raises :class:`UserError` (or the
+library's ``ValueError``), which :func:`msde_jax.cli.main` prints as one line.
+"""
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
+
+__all__ = ["COMMANDS", "UserError"]
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+# ---------------------------------------------------------------------------- helpers
+def _given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """The options among ``names`` given on the command line, as ``--option`` strings."""
+    given = [n for n in names if getattr(args, n, None) not in (None, False)]
+    return ["--" + n.replace("_", "-") for n in given]
+
+
+def _detector_kind(args: argparse.Namespace, ndim: int | None = None) -> str:
+    """``"bank"`` or ``"msde"``: ``--detector``, else msde when an MSDE-only option is given
+    or the precomputed features (of ``ndim`` dimensions) are pooled, else the bank."""
+    msde, bank = _given(args, MSDE_OPTIONS), _given(args, BANK_OPTIONS)
+    kind = args.detector
+    if kind is None:
+        pooled = ndim == 2 or args.features in ("pooled", "multiscale")
+        kind = "msde" if msde or pooled else "bank"
+    if kind == "bank" and msde:
+        raise UserError(f"{_are(msde, 'an MSDE option')}: add --detector msde.")
+    if kind == "msde" and bank:
+        raise UserError(f"{_are(bank, 'a memory-bank option')}: use --detector bank.")
+    return kind
+
+
+def _are(options: list[str], what: str) -> str:
+    """``"--k is an MSDE option"`` / ``"--k, --mode are MSDE options"``."""
+    if len(options) == 1:
+        return f"{options[0]} is {what}"
+    return f"{', '.join(options)} are {what.split(' ', 1)[1]}s"
+
+
+def _embedder(args: argparse.Namespace):
+    from msde_jax.embedder import Embedder
+
+    features = args.features
+    if args.command != "embed":
+        kind = _detector_kind(args)
+        if features is None:
+            features = "patches" if kind == "bank" else "pooled"
+        if kind == "bank" and features != "patches":
+            raise UserError(
+                f"--detector bank scores patch features, not --features {features}: drop "
+                "--features, or use --detector msde for pooled features."
+            )
+        if kind == "msde" and features == "patches":
+            raise UserError(
+                "--features patches gives (grid, grid, c) features per image, which the MSDE "
+                "detector cannot use: use --detector bank, or --features pooled."
+            )
+    layers = [n.strip() for value in args.layers or () for n in value.split(",") if n.strip()]
+    return Embedder(
+        args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        features=features or "pooled",
+        layers=layers or None,
+    )
+
+
+def _detector(args: argparse.Namespace, ndim: int | None = None):
+    from msde_jax.bank_detector import PatchBankDetector
+    from msde_jax.detector import MSDEDetector
+
+    params: dict[str, Any] = {"contamination": args.contamination, "threshold": args.threshold}
+    if _detector_kind(args, ndim) == "bank":
+        if args.bank_size is not None:
+            params["size"] = args.bank_size
+        if args.reduce is not None:
+            params["reduce"] = args.reduce
+        return PatchBankDetector(**params)
+    for name in ("mode", "k", "density"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    return MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
+
+
+def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
+    """Images from files/folders (as paths) or from one .npz stack; with display names."""
+    from msde_jax.io.datasets import list_images, load_images_npz
+
+    if len(sources) == 1 and sources[0].lower().endswith(".npz"):
+        if not Path(sources[0]).exists():
+            raise FileNotFoundError(sources[0])
+        images = load_images_npz(sources[0])
+        return list(images), [f"{sources[0]}[{i}]" for i in range(len(images))]
+    paths = list_images(list(sources))
+    return paths, [str(p) for p in paths]
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_embed(args: argparse.Namespace) -> None:
+    from msde_jax.evaluation import embed
+
+    items, names = _items(args.sources)
+    embedder = _embedder(args)
+    emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
+    np.savez(
+        args.out,
+        embeddings=emb,
+        names=np.array(names),
+        config=np.array(json.dumps(embedder.config())),
+    )
+    print(f"wrote {emb.shape[0]} × {' × '.join(map(str, emb.shape[1:]))} embeddings to {args.out}")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    if args.embeddings:
+        if len(args.sources) != 1 or not args.sources[0].endswith(".npz"):
+            raise UserError("--embeddings expects one .npz file with an 'embeddings' array.")
+        with np.load(args.sources[0], allow_pickle=False) as z:
+            if "embeddings" not in z.files:
+                raise UserError(f"{args.sources[0]} has no 'embeddings' array ({z.files}).")
+            features = z["embeddings"]
+            config = json.loads(str(z["config"])) if "config" in z.files else None
+    else:
+        from msde_jax.evaluation import embed
+
+        items, _ = _items(args.sources)
+        embedder = _embedder(args)
+        features = embed(embedder, items, cache_dir=args.cache_dir, what="normal")
+        config = embedder.config()
+    detector = _detector(args, features.ndim).fit(features)
+    detector.save(args.out, metadata={"embedder": config})
+    print(
+        f"fitted {detector!r} on {features.shape[0]} normal images "
+        f"({' × '.join(map(str, features.shape[1:]))} features); threshold "
+        f"{detector.threshold_:.4g}; saved to {args.out}"
+    )
+
+
+def _load_model(path: str):
+    from msde_jax._estimator import load_detector
+
+    if not Path(path).exists():
+        raise FileNotFoundError(path)
+    detector = load_detector(path)
+    config = detector.metadata_.get("embedder")
+    if not config:
+        raise UserError(
+            f"{path} was fitted on precomputed embeddings: it has no backbone to "
+            "embed images with. Score embeddings from Python instead."
+        )
+    return detector, config
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from msde_jax._estimator import no_maps_message
+    from msde_jax.embedder import Embedder
+    from msde_jax.evaluation import embed, heatmaps
+
+    detector, config = _load_model(args.model)
+    if args.heatmaps and not detector.has_maps:
+        raise UserError(no_maps_message(detector))
+    embedder = Embedder.from_config(config, batch_size=args.batch_size)
+    items, names = _items(args.sources)
+    features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
+    scores = detector.score_samples(features)
+    labels = (scores > detector.threshold_).astype(int)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["path", "score", "label"])
+        for name, s, lab in zip(names, scores, labels, strict=True):
+            writer.writerow([name, f"{float(s):.6g}", int(lab)])
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(
+            f"scored {len(names)} images ({labels.sum()} above the threshold "
+            f"{detector.threshold_:.4g}); wrote {args.out}"
+        )
+    if args.heatmaps:
+        from msde_jax.heatmaps import write_heatmaps
+
+        images, maps = heatmaps(embedder, detector, items, features=features)
+        write_heatmaps(
+            args.heatmaps, images, maps, names=names, scores=scores, threshold=detector.threshold_
+        )
+        print(f"wrote {len(names)} heatmaps and maps.npz to {args.heatmaps}", file=sys.stderr)
+
+
+def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
+    """The embedder and detector ``evaluate`` runs, what to call them, and their synthetic
+    validation (``None`` when skipped) with the reason it was skipped."""
+    from msde_jax.selection import RECOMMENDED, Candidate, candidates, select, synthetic_validation
+
+    normals = dataset.train_normal
+    if args.select:
+        chosen = _given(args, ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS)) + (
+            ["--threshold"] if args.threshold != "cross_fit" else []
+        )
+        if chosen or args.no_validation:
+            drop = ", ".join(chosen + (["--no-validation"] if args.no_validation else []))
+            raise UserError(f"--select chooses the detector and features itself: drop {drop}.")
+        options = {"weights": args.weights, "image_size": args.image_size}
+        pool = candidates(args.backbone, batch_size=args.batch_size, **options)
+        selection = select(normals, pool, cache_dir=cache_dir)
+        embedder, detector = selection.candidate
+        detector.set_params(contamination=args.contamination)
+        return embedder, detector, f"{selection.name} (selected)", selection.validation, None
+    embedder, detector = _embedder(args), _detector(args)
+    custom = _given(args, ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS))
+    name = "as given" if custom else f"{RECOMMENDED} (the default rule)"
+    if args.paper:
+        return embedder, detector, name, None, "transductive scores depend on the batch"
+    if args.no_validation:
+        return embedder, detector, name, None, "--no-validation"
+    if len(normals) < 10:
+        return embedder, detector, name, None, "fewer than 10 training normals"
+    validation = synthetic_validation(
+        normals, {name: Candidate(embedder, detector)}, cache_dir=cache_dir
+    )
+    return embedder, detector, name, validation, None
+
+
+def _evaluate(spec: str, args: argparse.Namespace) -> None:
+    """``evaluate`` and ``demo``: the library's evaluation pipeline, then the report folder."""
+    import tempfile
+
+    from msde_jax.evaluation import evaluate, heatmaps, limit_dataset
+    from msde_jax.io.datasets import load_dataset
+    from msde_jax.report import overlay_indices, require_matplotlib, write_report
+
+    require_matplotlib()  # a broken install refuses before minutes of embedding
+    # An empty class is reported before the backbone loads.
+    dataset = limit_dataset(load_dataset(spec), limit=args.limit)
+    # Without --cache-dir, a cache for this run only: the validation and the evaluation then
+    # embed the training normals once.
+    with tempfile.TemporaryDirectory(prefix="msde-jax-") as tmp:
+        cache_dir = args.cache_dir or tmp
+        embedder, detector, name, validation, skipped = _configuration(dataset, args, cache_dir)
+        result = evaluate(
+            dataset,
+            embedder,
+            detector,
+            cache_dir=cache_dir,
+            mode_label="paper preset (transductive)" if args.paper else None,
+        )
+        maps = None
+        if detector.has_maps:  # the report's overlays: embedded again from the cache
+            shown = overlay_indices(result.scores)
+            items = [result.dataset.test_items()[i] for i in shown]
+            images, heat = heatmaps(embedder, detector, items, cache_dir=cache_dir)
+            maps = {int(i): (images[j], heat[j]) for j, i in enumerate(shown)}
+    metrics, timings, mode = result.metrics, result.timings, result.config["mode"]
+    config = {**result.config, "configuration": name}
+    if validation is not None:
+        scores = validation.scores
+        config["synthetic_validation"] = {
+            "auroc": {n: None if v.error else round(v.auroc, 4) for n, v in scores.items()},
+            "set": validation.summary(),
+        }
+        timings = {**timings, "validation_s": validation.seconds}
+    write_report(
+        args.out,
+        labels=result.labels,
+        scores=result.scores,
+        threshold=result.threshold,
+        images=result.dataset.test_items(),
+        title=f"MSDE evaluation — {dataset.name}, {embedder.backbone}, {mode}",
+        config=config,
+        timings=timings,
+        heatmaps=maps,
+    )
+    print(f"configuration: {name}: {detector!r} on {embedder!r}")
+    if validation is None:
+        print(f"synthetic validation: skipped ({skipped})")
+    else:
+        own = next(v for n, v in validation.scores.items() if name.startswith(n))
+        print(
+            f"synthetic-validation AUROC {own.auroc:.3f} ({validation.summary()}; "
+            f"{validation.seconds:.0f} s, {len(validation.scores)} configuration(s)"
+            + "".join(f"; {n} not fitted" for n, v in validation.scores.items() if v.error)
+            + ")"
+        )
+    print(
+        f"{dataset.name}: AUROC {metrics['auroc']:.3f}  AP {metrics['average_precision']:.3f}"
+        f"  F1 {metrics['f1']:.3f} at threshold {result.threshold:.4g}  "
+        f"[{mode}; {result.config['test_mix']}]"
+    )
+    print(
+        f"report written to {args.out}/report.md  "
+        f"(embed {timings['embed_s']:.1f} s, fit {timings['fit_s']:.1f} s, "
+        f"score {timings['score_s']:.1f} s)"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    _evaluate(args.dataset, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    print(
+        "msde-jax demo: built-in PneumoniaMNIST (MedMNIST v2, CC BY 4.0), normal chest X-rays "
+        "vs pneumonia",
+        file=sys.stderr,
+    )
+    _evaluate("pneumoniamnist", args)
+
+
+def cmd_train_backbone(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from msde_jax.ssl.config import TrainConfig
+    from msde_jax.ssl.train import BACKBONE, train_backbone
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    items = _normal_images(args.sources)[: args.limit]
+    print(f"training on {len(items)} normal images: {config}", file=sys.stderr)
+    start = time.perf_counter()
+    result = train_backbone(items, config, out_dir=args.out, resume=args.resume)
+    last = result.history[-1] if result.history else {}
+    out = Path(args.out)
+    if int(result.state.step) < config.steps:
+        print(f"stopped at step {int(result.state.step)}; continue with --resume")
+        return
+    print(
+        f"trained {config.backbone} for {config.steps} steps in "
+        f"{time.perf_counter() - start:.0f} s; final loss {last.get('loss', float('nan')):.4f},"
+        f" proxy accuracy {last.get('accuracy', float('nan')):.3f}\n"
+        f"adapted backbone: {out / BACKBONE}\n"
+        f"use it with: --backbone {config.backbone} --weights {out / BACKBONE} "
+        f"--image-size {config.image_size}"
+    )
+
+
+def _normal_images(sources: Sequence[str]) -> list:
+    """A dataset's train/normal split when given one dataset spec, else the images named."""
+    from msde_jax.io.datasets import load_dataset
+
+    if len(sources) == 1:
+        try:
+            dataset = load_dataset(sources[0])
+        except (ValueError, FileNotFoundError):
+            pass
+        else:
+            print(f"{dataset.name}: using its train/normal split", file=sys.stderr)
+            return list(dataset.train_normal)
+    items, _ = _items(sources)
+    return items
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "embed": cmd_embed,
+    "fit": cmd_fit,
+    "score": cmd_score,
+    "evaluate": cmd_evaluate,
+    "train-backbone": cmd_train_backbone,
+}

@@ -1,0 +1,311 @@
+"""The ``msde-jax`` argument parser: every command's options, with the library's defaults.
+
+Option lists and defaults come from the library (:mod:`msde_jax.detector`,
+:mod:`msde_jax.bank_detector`, :mod:`msde_jax.density`, :mod:`msde_jax.backbones.registry`,
+:class:`~msde_jax.ssl.config.TrainConfig`), never from copies here.
+"""
+
+import argparse
+import inspect
+
+__all__ = ["BANK_OPTIONS", "DETECTORS", "EXAMPLES", "MSDE_OPTIONS", "build_parser"]
+
+EXAMPLES = {
+    "demo": """examples:
+  msde-jax demo                         # built-in PneumoniaMNIST, default backbone
+  msde-jax demo --backbone mobilenet_v2 --out demo_mobilenet""",
+    "embed": """examples:
+  msde-jax embed scans/ --out embeddings.npz
+  msde-jax embed a.png b.png --backbone resnet18 --weights resnet18-f37072fd.pth --out e.npz""",
+    "fit": """examples:
+  msde-jax fit normals/ --out model.npz
+  msde-jax fit train_normal.npz --out model.npz --paper
+  msde-jax fit embeddings.npz --embeddings --out model.npz   # features already computed""",
+    "score": """examples:
+  msde-jax score model.npz new_scans/ --out scores.csv
+  msde-jax score model.npz scan.dcm --heatmaps maps/   # where in the image, as PNG + maps.npz""",
+    "evaluate": """examples:
+  msde-jax evaluate ../shared/data/brain_tumor_mri/brain_tumor_mri.npz --out report_brain
+  msde-jax evaluate my_dataset/ --backbone mobilenet_v2 --paper --out report
+  (a dataset is an .npz with train_normal/test_normal/test_abnormal image stacks, a folder
+   with train/normal, test/normal, test/abnormal, a MedIAnomaly folder with data.json, or
+   'pneumoniamnist' for the built-in copy)""",
+    "train-backbone": """examples:
+  msde-jax train-backbone pneumoniamnist --backbone mobilenet_v2 --out adapted
+  msde-jax evaluate pneumoniamnist --backbone mobilenet_v2 \\
+      --weights adapted/backbone.safetensors --out report_adapted
+  msde-jax train-backbone normals/ --backbone resnet18 --init scratch --task cutpaste \\
+      --steps 5000 --out run1            # add --resume to continue an interrupted run
+  (a dataset spec uses its train/normal images only; folders and .npz stacks are read as
+   normal images)""",
+}
+
+
+DETECTORS = ("bank", "msde")
+# Options that only the MSDE detector has (they imply --detector msde) and only the bank has.
+MSDE_OPTIONS = ("paper", "mode", "k", "density")
+BANK_OPTIONS = ("bank_size", "reduce")
+
+
+# ---------------------------------------------------------------------------- arguments
+def _add_embedder_args(p: argparse.ArgumentParser) -> None:
+    from msde_jax.backbones.registry import BACKBONES
+    from msde_jax.embedder import FEATURES, Embedder
+
+    d = {name: param.default for name, param in inspect.signature(Embedder).parameters.items()}
+    g = p.add_argument_group("backbone")
+    g.add_argument(
+        "--backbone",
+        default=d["backbone"],
+        choices=BACKBONES,
+        help="pretrained network that embeds the images (default: %(default)s)",
+    )
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="a .pth / .safetensors file instead of the default ImageNet weights",
+    )
+    g.add_argument(
+        "--image-size", type=int, default=d["image_size"], help="resize side (default: %(default)s)"
+    )
+    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    g.add_argument(
+        "--features",
+        default=None,
+        choices=FEATURES,
+        help="pooled: the last stage's (or each --layers map's) global average; multiscale: "
+        "every stage's, concatenated; patches: PatchCore's (grid, grid, c) patch features of "
+        "--layers (default: patches for --detector bank, else pooled)",
+    )
+    g.add_argument(
+        "--layers",
+        action="append",
+        default=None,
+        metavar="NAMES",
+        help="named backbone layers to read, comma-separated or repeated, e.g. "
+        "features.13,features.16 (mobilenet_v2) or layer2,layer3 (resnet); "
+        "see the README's backbone table",
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache embeddings here, keyed by backbone, weights and image content",
+    )
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from msde_jax.backbones.registry import BACKBONES
+    from msde_jax.ssl.augment import ANATOMY, TASKS
+    from msde_jax.ssl.config import OPTIMIZERS, SCHEDULES, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="normal images: a dataset ('pneumoniamnist', a dataset .npz or folder: its "
+        "train/normal split), image files, folders, or an .npz image stack",
+    )
+    p.add_argument("--out", required=True, help="run folder: checkpoint, log, backbone")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    g = p.add_argument_group("training")
+    g.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="(%(default)s)")
+    g.add_argument("--task", default=d.task, choices=tuple(TASKS), help="(%(default)s)")
+    g.add_argument(
+        "--anatomy",
+        default=d.anatomy,
+        choices=ANATOMY,
+        help="where AnatPaste pastes: bright tissue (MRI) or dark lung fields (chest X-ray) "
+        "(%(default)s)",
+    )
+    g.add_argument(
+        "--init", default=d.init, help="imagenet, scratch, or a weights file (%(default)s)"
+    )
+    for name, type_, help_ in (
+        ("image-size", int, "training resolution"),
+        ("batch-size", int, "clean images per step"),
+        ("steps", int, "optimisation steps"),
+        ("lr", float, "peak learning rate"),
+        ("weight-decay", float, "weight decay"),
+        ("warmup-steps", int, "linear warm-up steps"),
+        ("head-hidden", int, "hidden width of the proxy head (0: linear)"),
+        ("seed", int, "seed of head, augmentations and image order"),
+        ("checkpoint-every", int, "steps between checkpoints"),
+        ("log-every", int, "steps between log records"),
+    ):
+        field = "learning_rate" if name == "lr" else name.replace("-", "_")
+        g.add_argument(
+            f"--{name}",
+            type=type_,
+            default=getattr(d, field),
+            help=f"{help_} (%(default)s)",
+            dest=field,
+        )
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="(%(default)s)")
+    g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="(%(default)s)")
+
+
+def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    from msde_jax.bank_detector import PatchBankDetector
+    from msde_jax.density import METHODS
+    from msde_jax.detector import MODES, THRESHOLDS, MSDEDetector
+    from msde_jax.memory_bank import REDUCTIONS
+
+    # The detector options default to None so that the commands can tell them apart from
+    # values given on the command line; the help shows the detectors' own defaults.
+    d = MSDEDetector().get_params()
+    bank = PatchBankDetector().get_params()
+    g = p.add_argument_group("detector")
+    g.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default=None,
+        help="bank: PatchCore's patch memory bank on --features patches, an image scored by "
+        "the mean of its top 10 %% patch distances (the default, README 'Which mode'); msde: "
+        "MSDE → PCA → Gaussian on pooled features (implied by --paper, --mode, --k, --density, "
+        "--features pooled/multiscale and by fitting (n, d) --embeddings)",
+    )
+    g.add_argument(
+        "--bank-size",
+        type=int,
+        default=None,
+        help=f"patches kept in the memory bank (k-center coreset; default {bank['size']})",
+    )
+    g.add_argument(
+        "--reduce",
+        choices=REDUCTIONS,
+        default=None,
+        help=f"bank: image score from its patch scores (default {bank['reduce']})",
+    )
+    g.add_argument(
+        "--paper",
+        action="store_true",
+        help="the published transductive pipeline (scores depend on the test batch)",
+    )
+    g.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help=f"MSDE mode (default: {d['mode']}; --paper implies transductive)",
+    )
+    g.add_argument("--k", type=int, default=None, help=f"mean-shift neighbours (default {d['k']})")
+    g.add_argument(
+        "--density",
+        choices=METHODS,
+        default=None,
+        help=f"density weights (default {d['density']})",
+    )
+    g.add_argument(
+        "--contamination",
+        type=float,
+        default=d["contamination"],
+        help="share of normals above the threshold (default: %(default)s)",
+    )
+    g.add_argument(
+        "--threshold",
+        choices=THRESHOLDS,
+        default=d["threshold"],
+        help="cross_fit (default): a quantile of out-of-fold scores of the normals; chi2: "
+        "msde only",
+    )
+
+
+def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use at most this many images per class (quick runs)",
+    )
+    g = p.add_argument_group("label-free validation")
+    g.add_argument(
+        "--select",
+        action="store_true",
+        help="choose the configuration among msde_jax.selection.candidates() by its "
+        "synthetic-validation AUROC instead of running the default rule (measured not to beat "
+        "it: README 'Which mode')",
+    )
+    g.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="skip the synthetic validation of the configuration (saves one fit on 80 %% of "
+        "the normals)",
+    )
+    _add_embedder_args(p)
+    _add_detector_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msde-jax",
+        description="One-class anomaly detection for medical images with Mean Shift Density "
+        "Enhancement (MSDE), in JAX. Learn 'normal' from normal images only, then rank new "
+        "images by how abnormal they look.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command(
+        "demo", "Run the whole pipeline on the built-in PneumoniaMNIST split and write a report."
+    )
+    p.add_argument("--out", default="msde_demo_report", help="report folder")
+    _add_evaluation_args(p)
+
+    p = command("embed", "Compute (and cache) embeddings of images.")
+    p.add_argument("sources", nargs="+", help="image files, folders, or an .npz image stack")
+    p.add_argument("--out", required=True, help="output .npz (embeddings, paths, config)")
+    _add_embedder_args(p)
+
+    p = command(
+        "fit",
+        "Fit a detector on normal images and save it (with its backbone "
+        "configuration) for `score`.",
+    )
+    p.add_argument("sources", nargs="+", help="normal images: files, folders or an .npz")
+    p.add_argument("--out", required=True, help="model file to write (.npz)")
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="the .npz holds (n, d) embeddings (key 'embeddings'), not images",
+    )
+    _add_embedder_args(p)
+    _add_detector_args(p)
+
+    p = command("score", "Score images with a saved model; write path, score, label as CSV.")
+    p.add_argument("model", help="a model written by `msde-jax fit`")
+    p.add_argument("sources", nargs="+", help="images: files, folders or an .npz")
+    p.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument(
+        "--heatmaps",
+        default=None,
+        metavar="DIR",
+        help="also write one heatmap overlay PNG per image (score units, threshold on the "
+        "colour bar) and maps.npz with the raw maps into DIR (patch-bank models)",
+    )
+
+    p = command(
+        "evaluate",
+        "Fit on a labelled dataset's normal training images, score its "
+        "test images, report AUROC, AP and F1 with plots.",
+    )
+    p.add_argument("dataset", help="dataset: .npz, folder, MedIAnomaly folder, or 'pneumoniamnist'")
+    p.add_argument("--out", required=True, help="report folder")
+    _add_evaluation_args(p)
+
+    p = command(
+        "train-backbone",
+        "Adapt a backbone to normal images with a self-supervised proxy task (AnatPaste or "
+        "CutPaste) and save it for --weights.",
+    )
+    _add_training_args(p)
+    return parser
