@@ -101,6 +101,18 @@ def test_fit_then_score_folders(tmp_path, folder, capsys):
         assert z["maps"].shape == (30, 32, 32)  # the embedder's input side
         assert z["names"][0].endswith("000.png")
         assert z["files"].tolist() == pngs
+    # DICOM files go through the same reader: one overlay each, named after the file.
+    import pydicom
+
+    dicoms = [
+        pydicom.data.get_testdata_file(n, download=False) for n in ("CT_small.dcm", "MR_small.dcm")
+    ]
+    heat_dcm = tmp_path / "heat_dcm"
+    assert main(["score", str(model), *dicoms, "--heatmaps", str(heat_dcm)]) == 0
+    assert sorted(p.name for p in heat_dcm.glob("*.png")) == [
+        "0000_CT_small.png",
+        "0001_MR_small.png",
+    ]
     detector = load_detector(model)
     assert isinstance(detector, PatchBankDetector)
     assert detector.metadata_["embedder"]["backbone"] == "efficientnet_lite0"
