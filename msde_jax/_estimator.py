@@ -288,11 +288,79 @@ class Detector:
         cls._check_class(meta)
         if "decision_scores_" not in arrays:
             raise ValueError(f"not a saved {cls.__name__}: 'decision_scores_' is missing.")
-        det = cls(**meta["params"])
-        det._restore(meta, arrays)
+        params = cls._checked_meta(meta)
+        cls._check_arrays(meta, arrays)
+        try:
+            det = cls(**params)
+            det._restore(meta, arrays)
+        except (KeyError, TypeError) as err:  # a scalar the state needs is missing or odd
+            raise ValueError(f"not a valid saved {cls.__name__}: {err!r}.") from err
         det._set_scores(arrays["decision_scores_"], meta["threshold_"])
         det.metadata_ = dict(meta.get("metadata", {}))
         return det
+
+    # Each fitted array's dtype kind and shape, in named dimensions ("" for a scalar), that
+    # from_arrays checks before anything is built (a subclass lists its state's arrays; a
+    # dimension named in _meta_dims takes its value from the metadata, the others must merely
+    # agree across arrays). Names not listed are refused.
+    _array_schema: dict[str, tuple[str, str]] = {}
+    _meta_dims: dict[str, str] = {}
+
+    @classmethod
+    def _checked_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        """The saved constructor parameters, after checking the metadata's structure."""
+        params = meta.get("params")
+        if not isinstance(params, dict):
+            raise ValueError(f"not a valid saved {cls.__name__}: 'params' is not a JSON object.")
+        unknown = sorted(set(params) - set(cls._param_names()))
+        if unknown:
+            raise ValueError(
+                f"not a valid saved {cls.__name__}: unknown parameters {unknown} (written by "
+                "another version, or edited)."
+            )
+        threshold = meta.get("threshold_")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise ValueError(
+                f"not a valid saved {cls.__name__}: 'threshold_' must be a number, got "
+                f"{threshold!r}."
+            )
+        if not isinstance(meta.get("metadata", {}), dict):
+            raise ValueError(f"not a valid saved {cls.__name__}: 'metadata' is not an object.")
+        for name in cls._meta_dims.values():
+            value = meta.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"not a valid saved {cls.__name__}: {name!r} must be a positive integer, "
+                    f"got {value!r}."
+                )
+        return params
+
+    @classmethod
+    def _check_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Refuse arrays of an unexpected name, dtype kind, rank or size (see _array_schema)."""
+        if not cls._array_schema:
+            return
+        schema = {**cls._array_schema, "decision_scores_": ("f", "images")}
+        unknown = sorted(set(arrays) - set(schema))
+        if unknown:
+            raise ValueError(f"not a valid saved {cls.__name__}: unexpected arrays {unknown}.")
+        dims = {dim: meta[name] for dim, name in cls._meta_dims.items()}
+        for name, (kinds, shape) in schema.items():
+            if name not in arrays:
+                continue  # a missing one is reported when the state is built
+            a = np.asarray(arrays[name])
+            named = shape.split()
+            if a.dtype.kind not in kinds or a.ndim != len(named):
+                raise ValueError(
+                    f"not a valid saved {cls.__name__}: {name!r} is {a.dtype} of shape "
+                    f"{a.shape}, expected {len(named)} axes of kind {kinds!r}."
+                )
+            for dim, size in zip(named, a.shape, strict=True):
+                if dims.setdefault(dim, size) != size:
+                    raise ValueError(
+                        f"not a valid saved {cls.__name__}: {name!r} has shape {a.shape}, "
+                        f"which disagrees with the other arrays ({dim} = {dims[dim]})."
+                    )
 
     def save(self, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> None:
         """Save the configuration and every fitted array to ``path`` (an ``.npz`` file).
@@ -319,7 +387,10 @@ class Detector:
         meta, arrays = read_npz(path, what=cls.__name__)
         cls._check_class(meta, where=str(path))
         check_version(meta, path)
-        return cls.from_arrays(meta, arrays)
+        try:
+            return cls.from_arrays(meta, arrays)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
 
 def detector_class(name: Any, where: str | os.PathLike) -> type[Detector]:
@@ -361,4 +432,8 @@ def load_detector(path: str | os.PathLike) -> Detector:
         ValueError: not a saved detector, an unknown class, or another format version.
     """
     meta, arrays = read_npz(path)
-    return detector_from_arrays(meta, arrays, where=path)
+    try:
+        return detector_from_arrays(meta, arrays, where=path)
+    except ValueError as err:
+        message = str(err)
+        raise ValueError(message if str(path) in message else f"{path}: {message}") from err

@@ -554,6 +554,14 @@ class PatchBankDetector(Detector):
             "n_iter_": self.n_iter_,
         }
 
+    _meta_dims = {"c": "n_features_in_"}
+    _array_schema = {
+        "state.bank.bank": ("f", "size c"),
+        "state.bank.density": ("f", "size"),
+        "state.bank.indices": ("i", "size"),
+        "state.bank.n_iter": ("i", ""),
+    }
+
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.state_ = state_from_arrays(
             BankState, arrays, config=self._config(), what="PatchBankDetector"

@@ -496,6 +496,23 @@ class MSDEDetector(Detector):
             "n_iter_": self.n_iter_,
         }
 
+    _meta_dims = {"d": "n_features_in_", "k": "n_components_"}
+    _array_schema = {
+        "state.center": ("f", "d"),
+        "state.scale": ("f", "d"),
+        "state.train": ("f", "n d"),
+        "state.density": ("f", "n"),
+        "state.reference": ("f", "m d"),
+        "state.pca.mean": ("f", "d"),
+        "state.pca.components": ("f", "k d"),
+        "state.pca.explained_variance": ("f", "k"),
+        "state.pca.explained_variance_ratio": ("f", "k"),
+        "state.gaussian.mean": ("f", "k"),
+        "state.gaussian.covariance": ("f", "k k"),
+        "state.gaussian.cholesky": ("f", "k k"),
+        "state.train_keys": ("u", "n two"),
+    }
+
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.state_ = state_from_arrays(
             DetectorState, arrays, config=self._config(), what="MSDEDetector"

@@ -106,3 +106,83 @@ def test_decompression_bomb_is_refused_with_the_file_name(tmp_path, monkeypatch)
 def test_empty_input_says_what_to_pass(x, message):
     with pytest.raises(ValueError, match=message):
         MSDEDetector().fit(x)
+
+
+def _edit(fn):
+    """A damage that edits the metadata or arrays and re-saves with a fresh checksum: a
+    deliberate edit, which the checksum cannot see, must still be refused by its content."""
+
+    def damage(model, tmp_path):
+        from msde_jax._detector_io import arrays_checksum, read_npz
+
+        meta, arrays = read_npz(model)  # meta keeps its format version, less the checksum
+        fn(meta, arrays)
+        path = tmp_path / "edited.npz"
+        meta = {**meta, "checksum": arrays_checksum(arrays)}
+        np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+        return path
+
+    return damage
+
+
+EDITS = {
+    "unknown-param": (lambda m, a: m["params"].update(foo=1), "unknown parameters \\['foo'\\]"),
+    "no-params": (lambda m, a: m.pop("params"), "'params' is not a JSON object"),
+    "threshold-str": (lambda m, a: m.update(threshold_="x"), "'threshold_' must be a number"),
+    "negative-dim": (lambda m, a: m.update(n_features_in_=-3), "must be a positive integer"),
+    "metadata-str": (lambda m, a: m.update(metadata="x"), "'metadata' is not an object"),
+    "missing-scalar": (lambda m, a: m.pop("n_iter_"), "KeyError"),
+    "extra-array": (lambda m, a: a.update(extra=np.zeros(3)), "unexpected arrays \\['extra'\\]"),
+    "int-array": (
+        lambda m, a: a.update({"state.center": a["state.center"].astype(np.int64)}),
+        "'state.center' is int64",
+    ),
+    "text-array": (
+        lambda m, a: a.update({"state.center": np.array(["a"] * 6)}),
+        "'state.center' is <U1",
+    ),
+    "wrong-shape": (
+        lambda m, a: a.update({"state.train": a["state.train"][:, :2]}),
+        "'state.train' has shape \\(40, 2\\), which disagrees",
+    ),
+    "newer-version": (lambda m, a: m.update(format_version=99), "format version 99"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDITS))
+def test_edited_model_files(model, tmp_path, capsys, case):
+    edit, message = EDITS[case]
+    path = _edit(edit)(model, tmp_path)
+    for loader in (MSDEDetector.load, load_detector):
+        with pytest.raises(ValueError, match=message) as err:
+            loader(path)
+        assert str(path) in str(err.value)
+    assert main(["score", str(path), str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_edited_bank_files(tmp_path):
+    from msde_jax import PatchBankDetector
+
+    x = np.random.default_rng(1).normal(size=(20, 3, 3, 4)).astype(np.float32)
+    path = tmp_path / "bank.npz"
+    PatchBankDetector(size=30, n_folds=2).fit(x).save(path)
+    cases = {
+        "indices as floats": (
+            lambda m, a: a.update({"state.bank.indices": a["state.bank.indices"] * 1.0}),
+            "'state.bank.indices' is float64",
+        ),
+        "bank of other width": (
+            lambda m, a: a.update({"state.bank.bank": a["state.bank.bank"][:, :2]}),
+            "disagrees with the other arrays \\(c = 4\\)",
+        ),
+        "density of other size": (
+            lambda m, a: a.update({"state.bank.density": a["state.bank.density"][:5]}),
+            "'state.bank.density' has shape \\(5,\\)",
+        ),
+    }
+    for what, (edit, message) in cases.items():
+        edited = _edit(edit)(path, tmp_path)
+        with pytest.raises(ValueError, match=message):
+            load_detector(edited)
+        assert what
