@@ -349,3 +349,31 @@ def test_features_and_layers_options(tmp_path, folder, capsys):
     err = capsys.readouterr().err
     assert "unknown layers ['layer2'] for efficientnet_lite0" in err
     assert "_blocks.4" in err
+
+
+def test_skip_unreadable_lists_every_skipped_file(tmp_path, folder, capsys):
+    import shutil
+
+    scans = tmp_path / "scans"
+    shutil.copytree(folder / "test" / "normal", scans)
+    (scans / "broken.png").write_bytes(b"not a png")
+    (scans / "empty.png").write_bytes(b"")
+    model = tmp_path / "m.npz"
+    assert main(["fit", str(folder / "train" / "normal"), "--out", str(model), *FAST]) == 0
+    capsys.readouterr()
+    out = tmp_path / "s.csv"
+    assert main(["score", str(model), str(scans), "--out", str(out)]) == 2  # stops by default
+    assert "broken.png: not a readable image" in capsys.readouterr().err
+    assert main(["score", str(model), str(scans), "--out", str(out), "--skip-unreadable"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipped: ") == 2
+    assert "broken.png" in err
+    assert "empty.png" in err
+    assert "skipped 2 unreadable file(s) of 32" in err
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 30
+    (tmp_path / "bad_only").mkdir()
+    (tmp_path / "bad_only" / "x.png").write_bytes(b"nope")
+    args = ["score", str(model), str(tmp_path / "bad_only"), "--skip-unreadable"]
+    assert main(args) == 2
+    assert "none of the 1 files could be read" in capsys.readouterr().err

@@ -114,11 +114,39 @@ def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
     return paths, [str(p) for p in paths]
 
 
+def _readable(items: list, names: list[str], args: argparse.Namespace) -> tuple[list, list[str]]:
+    """With ``--skip-unreadable``, the items whose files decode as images (each skipped file
+    and the count printed on stderr); without it, all of them (the first unreadable file then
+    stops the command, named in its error)."""
+    if not getattr(args, "skip_unreadable", False):
+        return items, names
+    import os
+
+    from msde_jax.io.images import ImageReadError, to_float
+
+    keep, skipped = [], []
+    for item, name in zip(items, names, strict=True):
+        if isinstance(item, str | os.PathLike):
+            try:
+                to_float(item, name=name)
+            except ImageReadError as err:
+                skipped.append(str(err))
+                continue
+        keep.append((item, name))
+    for why in skipped:
+        print(f"skipped: {why}", file=sys.stderr)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s) of {len(items)}", file=sys.stderr)
+    if not keep:
+        raise UserError(f"none of the {len(items)} files could be read as an image.")
+    return [k[0] for k in keep], [k[1] for k in keep]
+
+
 # ---------------------------------------------------------------------------- commands
 def cmd_embed(args: argparse.Namespace) -> None:
     from msde_jax.evaluation import embed
 
-    items, names = _items(args.sources)
+    items, names = _readable(*_items(args.sources), args)
     embedder = _embedder(args)
     emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     np.savez(
@@ -142,7 +170,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     else:
         from msde_jax.evaluation import embed
 
-        items, _ = _items(args.sources)
+        items, _ = _readable(*_items(args.sources), args)
         embedder = _embedder(args)
         features = embed(embedder, items, cache_dir=args.cache_dir, what="normal")
         config = embedder.config()
@@ -179,7 +207,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     if args.heatmaps and not detector.has_maps:
         raise UserError(no_maps_message(detector))
     embedder = Embedder.from_config(config, batch_size=args.batch_size)
-    items, names = _items(args.sources)
+    items, names = _readable(*_items(args.sources), args)
     features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     scores = detector.score_samples(features)
     labels = (scores > detector.threshold_).astype(int)

@@ -125,7 +125,7 @@ def embed_cached(
         if path.exists():
             try:
                 found[i] = np.load(path, allow_pickle=False)
-            except (OSError, ValueError):  # a damaged entry: embed again and overwrite it
+            except (OSError, ValueError, EOFError):  # damaged (EOFError: empty): embed again
                 pass
     missing = [i for i in range(len(items)) if i not in found]
     if progress and items:

@@ -178,3 +178,19 @@ def test_embedder_returning_too_few_rows_raises(tmp_path, arrays):
 
     with pytest.raises(ValueError, match="one embedding per image"):
         embed_cached(Short(), arrays[:3], tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(
+    "damage", [b"", b"garbage, not an array", None], ids=["empty", "garbage", "truncated"]
+)
+def test_a_damaged_entry_is_recomputed_not_trusted(tmp_path, arrays, damage):
+    stub = StubEmbedder()
+    first = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
+    (folder,) = (tmp_path / "cache").iterdir()
+    entry = sorted(folder.glob("*.npy"))[0]
+    data = entry.read_bytes()
+    entry.write_bytes(data[: len(data) // 2] if damage is None else damage)
+    again = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
+    assert stub.calls == [5, 1]  # only the damaged one is embedded again
+    np.testing.assert_array_equal(again, first)
+    assert np.load(entry).shape == (3,)  # rewritten whole
