@@ -205,6 +205,15 @@ def check_patches(
             f"{what} contains NaN or infinite values in {images.size} image(s) "
             f"(first: {images[:5].tolist()}); remove or impute them before scoring."
         )
+    # Squared distances are at most 4 · c · max|x|²: beyond the dtype's range they overflow.
+    limit = math.sqrt(float(np.finfo(arr.dtype).max) / (4 * arr.shape[-1])) / 2
+    peak = float(np.max(np.abs(arr)))
+    if peak > limit:
+        raise ValueError(
+            f"{what} has values up to {peak:.3g}, too large for {arr.dtype} patch distances "
+            f"(squared distances overflow beyond about {limit:.3g}); divide the features by a "
+            "constant (the scores scale with it) or use dtype='float64'."
+        )
     if n_channels is not None and arr.shape[-1] != n_channels:
         raise ValueError(
             f"{what} has {arr.shape[-1]} channels per patch but the detector was fitted on "

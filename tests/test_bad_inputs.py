@@ -186,3 +186,39 @@ def test_edited_bank_files(tmp_path):
         with pytest.raises(ValueError, match=message):
             load_detector(edited)
         assert what
+
+
+def test_patch_features_that_would_overflow_are_refused():
+    from msde_jax import PatchBankDetector
+
+    x = np.random.default_rng(0).normal(size=(20, 4, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match="too large for float32 patch distances"):
+        PatchBankDetector(size=40, n_folds=2).fit(x * 1e30)
+    fitted = PatchBankDetector(size=40, n_folds=2).fit(x * 1e15)  # large but in range
+    assert np.isfinite(fitted.score_samples(x[:3] * 1e15)).all()
+    assert np.isfinite(fitted.threshold_)
+
+
+_RNG = np.random.default_rng(3)
+DEGENERATE = {
+    "constant-feature": np.c_[_RNG.normal(size=(60, 4)), np.ones(60)],
+    "identical-rows": np.repeat(_RNG.normal(size=(1, 5)), 60, 0),
+    "huge-values": _RNG.normal(size=(60, 5)) * 1e30,
+    "integers": _RNG.integers(0, 5, size=(60, 5)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+def test_degenerate_features_give_finite_scores(case):
+    # The documented recoveries (a constant feature's scale set to 1, as StandardScaler; the
+    # default covariance's ridge of 1e-4·I) keep every score and the threshold finite.
+    from msde_jax import PatchBankDetector
+
+    x = DEGENERATE[case]
+    msde = MSDEDetector(k=10).fit(x)
+    assert np.isfinite(msde.score_samples(x[:5])).all()
+    assert np.isfinite(msde.threshold_)
+    if case != "huge-values":  # refused for the bank: see the overflow test
+        patches = np.repeat(np.asarray(x, np.float32)[:, None], 4, axis=1)
+        bank = PatchBankDetector(size=100, n_folds=2).fit(patches)
+        assert np.isfinite(bank.score_samples(patches[:5])).all()
