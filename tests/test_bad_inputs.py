@@ -222,3 +222,29 @@ def test_degenerate_features_give_finite_scores(case):
         patches = np.repeat(np.asarray(x, np.float32)[:, None], 4, axis=1)
         bank = PatchBankDetector(size=100, n_folds=2).fit(patches)
         assert np.isfinite(bank.score_samples(patches[:5])).all()
+
+
+_DETERMINISM = """
+import hashlib, sys
+import numpy as np
+from msde_jax import MSDEDetector, PatchBankDetector
+x = np.random.default_rng(7).normal(size=(60, 5)).astype(np.float32)
+s = MSDEDetector(k=10).fit(x).score_samples(x[:9])
+p = np.repeat(x[:, None], 4, axis=1)
+b = PatchBankDetector(size=50, n_folds=2).fit(p).score_samples(p[:9])
+sys.stdout.write(hashlib.sha256(s.tobytes() + b.tobytes()).hexdigest())
+"""
+
+
+def test_scores_are_bit_identical_across_processes():
+    import subprocess
+    import sys
+
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", _DETERMINISM], check=True, capture_output=True, text=True
+        ).stdout
+        for _ in range(2)
+    }
+    assert len(runs) == 1
+    assert len(runs.pop()) == 64
