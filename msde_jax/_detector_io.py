@@ -14,7 +14,6 @@ A ``FusedDetector`` file is one such file: its metadata lists each component's o
 arrays are the components' prefixed ``<name>/`` plus ``fusion.mean`` / ``fusion.std``.
 """
 
-import hashlib
 import json
 import os
 import typing
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from msde_jax._files import atomic_write
+from msde_jax._files import arrays_checksum, atomic_write
 
 FORMAT_VERSION = 2
 
@@ -121,16 +120,6 @@ def read_npz(
             "restore it from a copy or refit."
         )
     return meta, files
-
-
-def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 of named arrays (names, dtypes, shapes and bytes, in name order)."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()
 
 
 def stored_class(meta: dict[str, Any]) -> str:

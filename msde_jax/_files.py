@@ -1,12 +1,16 @@
-"""Atomic file writes, shared by everything that saves a file (models, caches, weights, reports)."""
+"""Atomic file writes, shared by everything that saves a file (models, caches, weights, reports),
+and the checksum of named arrays that saved models and weight files carry."""
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_write"]
+import numpy as np
+
+__all__ = ["arrays_checksum", "atomic_write"]
 
 
 def atomic_write(
@@ -52,3 +56,13 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def arrays_checksum(arrays: Mapping[str, Any]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()

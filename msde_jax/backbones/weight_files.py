@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from msde_jax._files import atomic_write
+from msde_jax._files import arrays_checksum, atomic_write
 from msde_jax.backbones.torch_pickle import _WIDEN_TO_FLOAT32, load_torch_state_dict
 
 __all__ = [
@@ -136,7 +136,11 @@ def save_variables(
     flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_variables(variables).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {**{str(k): str(v) for k, v in metadata.items()}, "format": VARIABLES_FORMAT}
+    header = {
+        **{str(k): str(v) for k, v in metadata.items()},
+        "format": VARIABLES_FORMAT,
+        "sha256": arrays_checksum(flat),  # verified by load_variables
+    }
     return atomic_write(path, save(flat, metadata=header))
 
 
@@ -162,7 +166,8 @@ def load_variables(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, s
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a msde_jax variables file.
+        ValueError: the file is not a msde_jax variables file, or its tensors do not match the
+            SHA-256 saved in its header (a damaged file).
     """
     path = Path(path)
     if not path.is_file():
@@ -173,8 +178,15 @@ def load_variables(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, s
             f"{path}: not a msde_jax variables file (written by save_variables / "
             "`msde-jax train-backbone`)."
         )
+    flat = load_safetensors(path)
+    stored = metadata.get("sha256")
+    if stored is not None and stored != arrays_checksum(flat):
+        raise ValueError(
+            f"{path} is damaged: its tensors do not match the checksum saved with them; "
+            "restore it from a copy or train again."
+        )
     tree: dict[str, Any] = {}
-    for name, array in load_safetensors(path).items():
+    for name, array in flat.items():
         *parents, leaf = name.split("/")
         node = tree
         for part in parents:

@@ -69,11 +69,9 @@ def test_variables_file_round_trip(tmp_path):
     path = save_variables(tmp_path / "sub" / "v.safetensors", variables, {"backbone": "x", "n": 3})
     assert path == tmp_path / "sub" / "v.safetensors"
     assert sorted(p.name for p in path.parent.iterdir()) == ["v.safetensors"]  # no temp file
-    assert read_safetensors_metadata(path) == {
-        "backbone": "x",
-        "n": "3",
-        "format": VARIABLES_FORMAT,
-    }
+    header = read_safetensors_metadata(path)
+    assert len(header.pop("sha256")) == 64  # of the tensors, verified on load
+    assert header == {"backbone": "x", "n": "3", "format": VARIABLES_FORMAT}
     tree, meta = load_variables(path)
     assert meta["backbone"] == "x"
     flat, expected = flatten_variables(tree), flatten_variables(variables)
@@ -96,3 +94,17 @@ def test_variables_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         load_variables(tmp_path / "nope.safetensors")
     assert read_safetensors_metadata(tmp_path / "nope.safetensors") == {}
+
+
+@pytest.mark.parametrize("damage", ["flipped-byte", "truncated"])
+def test_damaged_variables_file_is_refused_with_its_name(tmp_path, damage):
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 2, 4)).astype(np.float32)
+    path = save_variables(tmp_path / "v.safetensors", {"params": {"k": kernel}}, {"b": "x"})
+    data = bytearray(path.read_bytes())
+    if damage == "flipped-byte":
+        data[-5] ^= 0xFF  # inside the tensor data: safetensors itself would not notice
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"v\.safetensors"):
+        load_variables(path)
