@@ -178,3 +178,39 @@ def test_linear_invariance(shape, seed, log_singular_values):
         base = mahalanobis(gaussian_fit(x, covariance="empirical"), query)
         mapped = mahalanobis(gaussian_fit(x @ linear.T, covariance="empirical"), query @ linear.T)
     np.testing.assert_allclose(mapped, base, rtol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["empirical", "ridge", "ledoit_wolf", "oas"])
+def test_float32_mahalanobis_at_condition_number_1e8(rng, name):
+    # Standard deviations from 1 to 1e-4 along random directions: covariance condition
+    # number ~1e8. The factor comes from a QR of the data, so float32 keeps ~4 digits
+    # (forming X.T X first loses them all: 185 % error on this case).
+    d = 8
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    sd = np.logspace(0, -4, d)
+    x = (rng.normal(size=(500, d)) * sd) @ q.T
+    t = (rng.normal(size=(50, d)) * sd) @ q.T
+    assert np.linalg.cond(np.cov(x.T)) > 5e7
+    ridge = 1e-12  # the default 1e-4 would dominate the small directions
+    got = np.asarray(
+        mahalanobis(
+            gaussian_fit(x.astype(np.float32), covariance=name, ridge=ridge), t.astype(np.float32)
+        )
+    )
+    with jax.enable_x64(True):
+        ref = np.asarray(mahalanobis(gaussian_fit(x, covariance=name, ridge=ridge), t))
+    np.testing.assert_allclose(got, ref, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["empirical", "ridge", "ledoit_wolf", "oas"])
+@pytest.mark.parametrize("case", ["constant", "duplicated", "n_below_d"])
+def test_singular_covariance_falls_back_to_jitter_never_nan(rng, name, case):
+    x = {
+        "constant": np.ones((30, 5)),
+        "duplicated": np.repeat(rng.normal(size=(3, 5)), 10, axis=0),
+        "n_below_d": rng.normal(size=(4, 12)),
+    }[case].astype(np.float32)
+    state = gaussian_fit(x, covariance=name)
+    assert np.isfinite(np.asarray(state.cholesky)).all()
+    assert np.isfinite(np.asarray(mahalanobis(state, x[:3] + 0.5))).all()
+    assert np.isfinite(np.asarray(gaussian_logpdf(state, x[:3]))).all()
