@@ -131,6 +131,33 @@ def test_fit_then_score_with_the_msde_detector(tmp_path, folder, capsys):
     assert main(["score", str(model), str(folder / "test"), "--heatmaps", str(heat)]) == 2
     assert "no spatial resolution, so there are no heatmaps" in capsys.readouterr().err
     assert not heat.exists()
+    _check_skip_unreadable(tmp_path, folder, model, capsys)
+
+
+def _check_skip_unreadable(tmp_path, folder, model, capsys):
+    """--skip-unreadable lists every skipped file; without it the first one stops `score`."""
+    import shutil
+
+    scans = tmp_path / "scans"
+    shutil.copytree(folder / "test" / "normal", scans)
+    (scans / "broken.png").write_bytes(b"not a png")
+    (scans / "empty.png").write_bytes(b"")
+    out = tmp_path / "s.csv"
+    assert main(["score", str(model), str(scans), "--out", str(out)]) == 2  # stops by default
+    assert "broken.png: not a readable image" in capsys.readouterr().err
+    assert main(["score", str(model), str(scans), "--out", str(out), "--skip-unreadable"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipped: ") == 2
+    assert "broken.png" in err
+    assert "empty.png" in err
+    assert "skipped 2 unreadable file(s) of 32" in err
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 30
+    (tmp_path / "bad_only").mkdir()
+    (tmp_path / "bad_only" / "x.png").write_bytes(b"nope")
+    args = ["score", str(model), str(tmp_path / "bad_only"), "--skip-unreadable"]
+    assert main(args) == 2
+    assert "none of the 1 files could be read" in capsys.readouterr().err
     scores = tmp_path / "scores.csv"
     assert main(["score", str(model), str(folder / "test"), "--out", str(scores)]) == 0
     assert len(list(csv.DictReader(scores.read_text().splitlines()))) == 60
@@ -349,31 +376,3 @@ def test_features_and_layers_options(tmp_path, folder, capsys):
     err = capsys.readouterr().err
     assert "unknown layers ['layer2'] for efficientnet_lite0" in err
     assert "_blocks.4" in err
-
-
-def test_skip_unreadable_lists_every_skipped_file(tmp_path, folder, capsys):
-    import shutil
-
-    scans = tmp_path / "scans"
-    shutil.copytree(folder / "test" / "normal", scans)
-    (scans / "broken.png").write_bytes(b"not a png")
-    (scans / "empty.png").write_bytes(b"")
-    model = tmp_path / "m.npz"
-    assert main(["fit", str(folder / "train" / "normal"), "--out", str(model), *FAST]) == 0
-    capsys.readouterr()
-    out = tmp_path / "s.csv"
-    assert main(["score", str(model), str(scans), "--out", str(out)]) == 2  # stops by default
-    assert "broken.png: not a readable image" in capsys.readouterr().err
-    assert main(["score", str(model), str(scans), "--out", str(out), "--skip-unreadable"]) == 0
-    err = capsys.readouterr().err
-    assert err.count("skipped: ") == 2
-    assert "broken.png" in err
-    assert "empty.png" in err
-    assert "skipped 2 unreadable file(s) of 32" in err
-    rows = list(csv.DictReader(out.read_text().splitlines()))
-    assert len(rows) == 30
-    (tmp_path / "bad_only").mkdir()
-    (tmp_path / "bad_only" / "x.png").write_bytes(b"nope")
-    args = ["score", str(model), str(tmp_path / "bad_only"), "--skip-unreadable"]
-    assert main(args) == 2
-    assert "none of the 1 files could be read" in capsys.readouterr().err

@@ -52,8 +52,7 @@ def test_validation_set_splits_by_content(normals):
     assert sorted(np.r_[v.fit, v.normals, v.sources].tolist()) == list(range(40))
     assert v.anomalies.shape == (8, 28, 28, 1)  # the normals' own resolution (28 px, gray)
     assert v.anomalies.dtype == np.uint8
-    assert validation_set(normals, image_size=SIZE).anomalies.shape == (8, SIZE, SIZE, 1)
-    # Normals of different sizes: resized to one RGB side for the synthesis.
+    # Normals of different sizes (or image_size=): resized to one side for the synthesis.
     mixed = [n if i % 2 else n[2:-2, 2:-2] for i, n in enumerate(normals)]
     assert validation_set(mixed, fallback_size=SIZE).anomalies.shape == (8, SIZE, SIZE, 3)
     assert set(v.kinds.tolist()) <= set(KINDS)
