@@ -125,3 +125,35 @@ def test_missing_pydicom(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(ImportError, match=r"pip install 'msde-jax\[dicom\]'"):
         read_dicom(tmp_path / "x.dcm")
+
+
+def test_no_pixel_data_and_undecodable_transfer_syntax_name_the_file(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    path = _write(tmp_path / "nopix.dcm", np.zeros((8, 8)))
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match=r"nopix\.dcm: DICOM file without pixel data"):
+        to_float(path)
+    path = _write(tmp_path / "j2k.dcm", np.zeros((8, 8)))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\x00" * 10])  # not a JPEG 2000 stream
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match=r"j2k\.dcm: not a readable DICOM image"):
+        to_float(path)
+
+
+def test_extreme_aspect_ratio_images_are_read_and_prepared(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.arange(2000 * 3, dtype=np.uint32).reshape(3, 2000).astype(np.uint8)).save(
+        path
+    )
+    assert to_float(path).shape == (3, 2000, 1)
+    out = prepare(path, 32)
+    assert out.shape == (32, 32, 3)
+    assert np.isfinite(out).all()
