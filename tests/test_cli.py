@@ -376,3 +376,15 @@ def test_features_and_layers_options(tmp_path, folder, capsys):
     err = capsys.readouterr().err
     assert "unknown layers ['layer2'] for efficientnet_lite0" in err
     assert "_blocks.4" in err
+
+
+def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
+    (folder / "test" / "abnormal" / "zz_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "r"
+    args = ["evaluate", str(folder), "--out", str(out), *FAST, "--no-validation"]
+    assert main(args) == 2
+    assert "zz_broken.png: not a readable image" in capsys.readouterr().err
+    assert main([*args, "--skip-unreadable"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable file(s) of 31" in err
+    assert json.loads((out / "metrics.json").read_text())["config"]["test_abnormal"] == 30

@@ -114,6 +114,10 @@ def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
     return paths, [str(p) for p in paths]
 
 
+def _name(item: Any) -> str:
+    return str(item) if isinstance(item, str | Path) else "(array)"
+
+
 def _readable(items: list, names: list[str], args: argparse.Namespace) -> tuple[list, list[str]]:
     """With ``--skip-unreadable``, the items whose files decode as images (each skipped file
     and the count printed on stderr); without it, all of them (the first unreadable file then
@@ -280,6 +284,15 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     require_matplotlib()  # a broken install refuses before minutes of embedding
     # An empty class is reported before the backbone loads.
     dataset = limit_dataset(load_dataset(spec), limit=args.limit)
+    if args.skip_unreadable:
+        import dataclasses
+
+        splits = ("train_normal", "test_normal", "test_abnormal")
+        kept = {}
+        for field in splits:
+            items = list(getattr(dataset, field))
+            kept[field] = _readable(items, [f"{field}: {_name(i)}" for i in items], args)[0]
+        dataset = limit_dataset(dataclasses.replace(dataset, **kept))  # none left empty
     # Without --cache-dir, a cache for this run only: the validation and the evaluation then
     # embed the training normals once.
     with tempfile.TemporaryDirectory(prefix="msde-jax-") as tmp:

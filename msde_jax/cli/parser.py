@@ -217,6 +217,12 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="use at most this many images per class (quick runs)",
     )
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip dataset files that cannot be read as images (each one and the count are "
+        "listed on stderr) instead of stopping at the first",
+    )
     g = p.add_argument_group("label-free validation")
     g.add_argument(
         "--select",
