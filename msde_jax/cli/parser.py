@@ -210,6 +210,15 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_skip_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip files that cannot be read as images (each one and the count are listed on "
+        "stderr) instead of stopping at the first",
+    )
+
+
 def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit",
@@ -217,12 +226,7 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="use at most this many images per class (quick runs)",
     )
-    p.add_argument(
-        "--skip-unreadable",
-        action="store_true",
-        help="skip dataset files that cannot be read as images (each one and the count are "
-        "listed on stderr) instead of stopping at the first",
-    )
+    _add_skip_arg(p)
     g = p.add_argument_group("label-free validation")
     g.add_argument(
         "--select",
@@ -267,12 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("embed", "Compute (and cache) embeddings of images.")
     p.add_argument("sources", nargs="+", help="image files, folders, or an .npz image stack")
-    p.add_argument(
-        "--skip-unreadable",
-        action="store_true",
-        help="skip files that cannot be read as images (each one and the count are listed on "
-        "stderr) instead of stopping at the first",
-    )
+    _add_skip_arg(p)
     p.add_argument("--out", required=True, help="output .npz (embeddings, paths, config)")
     _add_embedder_args(p)
 
@@ -282,12 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         "configuration) for `score`.",
     )
     p.add_argument("sources", nargs="+", help="normal images: files, folders or an .npz")
-    p.add_argument(
-        "--skip-unreadable",
-        action="store_true",
-        help="skip files that cannot be read as images (each one and the count are listed on "
-        "stderr) instead of stopping at the first",
-    )
+    _add_skip_arg(p)
     p.add_argument("--out", required=True, help="model file to write (.npz)")
     p.add_argument(
         "--embeddings",
@@ -300,12 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("score", "Score images with a saved model; write path, score, label as CSV.")
     p.add_argument("model", help="a model written by `msde-jax fit`")
     p.add_argument("sources", nargs="+", help="images: files, folders or an .npz")
-    p.add_argument(
-        "--skip-unreadable",
-        action="store_true",
-        help="skip files that cannot be read as images (each one and the count are listed on "
-        "stderr) instead of stopping at the first",
-    )
+    _add_skip_arg(p)
     p.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
