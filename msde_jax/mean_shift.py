@@ -10,6 +10,15 @@ from jax.typing import ArrayLike
 
 from msde_jax._rows import map_rows, sq_norms
 from msde_jax.neighbors import nearest_indices
+from msde_jax.partition import (
+    DEFAULT_LEAF_SIZE,
+    DEFAULT_PROBES,
+    candidates,
+    check_tree,
+    effective_probes,
+    partition,
+    probe_leaves,
+)
 
 __all__ = [
     "MeanShiftResult",
@@ -70,6 +79,50 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size):
     return MeanShiftResult(*lax.while_loop(cond, body, init))
 
 
+def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, probes, batch_size):
+    """The blurring shift with each point's window sought among its leaf's nearest leaves.
+
+    The tree (:func:`~msde_jax.partition.partition`) is built once, on the unshifted points:
+    the shift moves points toward their local means, so a leaf stays a group of nearby points.
+    Which leaves each leaf searches is recomputed from the current centroids every iteration.
+    """
+    n, d = x.shape
+    p = effective_probes(n, k, leaf_size, probes)
+    part = partition(x, leaf_size=leaf_size, probes=p)
+    slots, valid = part.slots, part.slots < n
+    flat = slots.reshape(-1)
+    w_leaf = jnp.concatenate([weights, jnp.zeros(1, weights.dtype)])[slots]
+    leaf = slots.shape[1]
+    per_step = None if batch_size is None else max(1, batch_size // leaf)
+
+    def shift_leaf(values, sqn, queries, probe):
+        ref, ref_sq, ref_w = (candidates(a, probe) for a in (values, sqn, w_leaf))
+        score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
+        pos = lax.top_k(-score, k)[1]
+        w = ref_w[pos]
+        total = jnp.maximum(jnp.sum(w, axis=-1), _MIN_WEIGHT)
+        m = jnp.einsum("bk,bkd->bd", w, ref[pos], precision=lax.Precision.HIGHEST)
+        m = m / total[:, None]
+        return m, jnp.linalg.norm(m - queries, axis=-1)
+
+    def cond(state):
+        _, _, it, converged = state
+        return (it < max_iter) & ~converged
+
+    def body(state):
+        y, disp, it, _ = state
+        values = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])[slots]
+        sqn = jnp.where(valid, sq_norms(values), jnp.inf)
+        probe = probe_leaves(values, valid, p)
+        m, delta = map_rows(lambda a: shift_leaf(values, sqn, *a), (values, probe), per_step)
+        m = jnp.zeros((n + 1, d), y.dtype).at[flat].set(m.reshape(-1, d))[:n]
+        delta = jnp.zeros(n + 1, y.dtype).at[flat].set(delta.reshape(-1))[:n]
+        return _step(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
+
+    init = (x, jnp.zeros(n, x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+    return MeanShiftResult(*lax.while_loop(cond, body, init))
+
+
 def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, batch_size):
     ref_sqnorm = sq_norms(reference)
 
@@ -89,7 +142,10 @@ def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, bat
     return MeanShiftResult(*map_rows(one, x, batch_size))
 
 
-@partial(jax.jit, static_argnames=("k", "max_iter", "batch_size"))
+@partial(
+    jax.jit,
+    static_argnames=("k", "max_iter", "batch_size", "neighbors", "leaf_size", "probes"),
+)
 def mean_shift(
     x: ArrayLike,
     weights: ArrayLike | None = None,
@@ -101,6 +157,9 @@ def mean_shift(
     max_iter: int = 8,
     tol: float | ArrayLike = 0.01,
     batch_size: int | None = None,
+    neighbors: str = "auto",
+    leaf_size: int = DEFAULT_LEAF_SIZE,
+    probes: int = DEFAULT_PROBES,
 ) -> MeanShiftResult:
     """Density-weighted kNN mean shift (MSDE, Kar et al., arXiv 2602.03293).
 
@@ -141,7 +200,19 @@ def mean_shift(
         if reference_weights is not None:
             raise ValueError("reference_weights was given without a reference.")
         w = jnp.ones(x.shape[0], x.dtype) if weights is None else jnp.asarray(weights, x.dtype)
-        return _blurring(x, w, min(k, x.shape[0]), step_size, max_iter, tol, batch_size)
+        k = min(k, x.shape[0])
+        check_tree(leaf_size, probes)
+        if choose_neighbors(neighbors, x.shape[0], leaf_size, probes) == "exact":
+            return _blurring(x, w, k, step_size, max_iter, tol, batch_size)
+        return _blurring_partitioned(
+            x, w, k, step_size, max_iter, tol, leaf_size, probes, batch_size
+        )
+    if neighbors == "approximate":
+        raise ValueError(
+            "the approximate search is for the blurring shift (every point searched among all "
+            "the moving points); the inductive shift searches its fixed reference exactly: "
+            "pass neighbors='auto' or 'exact'."
+        )
     if weights is not None:
         raise ValueError(
             "weights are not used by the inductive shift (points do not pull each other); "
@@ -155,3 +226,18 @@ def mean_shift(
     )
     k = min(k, reference.shape[0])
     return _inductive(x, reference, rw, k, step_size, max_iter, tol, batch_size)
+
+
+NEIGHBOR_SEARCHES = ("auto", "exact", "approximate")
+
+
+def choose_neighbors(neighbors: str, n: int, leaf_size: int, probes: int) -> str:
+    """``"exact"`` or ``"approximate"``: the search the blurring shift uses for ``n`` points."""
+    if neighbors not in NEIGHBOR_SEARCHES:
+        raise ValueError(f"neighbors must be one of {NEIGHBOR_SEARCHES}, got {neighbors!r}.")
+    if neighbors != "auto":
+        return neighbors
+    return "exact" if n <= _AUTO_EXACT_ROWS else "approximate"
+
+
+_AUTO_EXACT_ROWS = 4096

@@ -22,6 +22,7 @@ PACKAGE = Path(msde_jax.__file__).parent
 
 CORE = (
     "neighbors",
+    "partition",
     "fuzzy",
     "density",
     "mean_shift",

@@ -1,0 +1,235 @@
+"""Approximate nearest neighbours: a balanced tree of principal-direction splits, searched leaf
+against nearby leaves by dense matrix products.
+
+The rows are split in two at the median of their projection on the segment's principal
+direction, recursively, until every leaf holds at most ``leaf_size`` rows (all leaves hold the
+same number of slots; the few padding slots sit in the last leaves). Each leaf is then compared
+with its ``probes`` nearest leaves (by centroid, itself first): one (leaf × probes·leaf) matrix
+product and one top-k per leaf, so a search costs O(n · probes · leaf_size · d) instead of the
+O(n² d) of :func:`~msde_jax.knn`, and every step has a fixed shape (no data-dependent sizes, no
+host round trips), which is what accelerators and ``jax.jit`` want. With one leaf (n ≤
+``leaf_size``) the search is exact.
+"""
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from msde_jax._rows import map_rows, sq_norms
+from msde_jax.neighbors import Neighbors
+
+__all__ = [
+    "DEFAULT_LEAF_SIZE",
+    "DEFAULT_PROBES",
+    "Partition",
+    "approximate_knn",
+    "check_tree",
+    "effective_probes",
+    "partition",
+]
+
+DEFAULT_LEAF_SIZE = 256
+DEFAULT_PROBES = 4
+_POWER_STEPS = 3
+_VOTES = 2  # nearest leaf centroids each row votes for
+_PROBE_BLOCK = 16  # leaves per step when counting votes
+
+
+class Partition(NamedTuple):
+    """Rows grouped into leaves of equal size, and the leaves each leaf is searched against.
+
+    Attributes:
+        slots: (n_leaves, leaf) int32 row index held by each leaf slot; the value n (one past
+            the last row) marks a padding slot.
+        probes: (n_leaves, p) int32 leaves each leaf is compared with, nearest centroid first
+            (the leaf itself first).
+    """
+
+    slots: jax.Array
+    probes: jax.Array
+
+
+def tree_shape(n: int, leaf_size: int) -> tuple[int, int]:
+    """(n_leaves, slots per leaf): n_leaves = 2^L, the fewest leaves of at most ``leaf_size``."""
+    depth = max(0, math.ceil(math.log2(n / leaf_size))) if n > leaf_size else 0
+    n_leaves = 2**depth
+    return n_leaves, -(-n // n_leaves)
+
+
+def _principal_direction(c: jax.Array) -> jax.Array:
+    """A few power iterations for the top principal direction of centred rows ``c`` (m, d),
+    started from the row farthest from the centre (deterministic; zero rows give 0)."""
+    v = c[jnp.argmax(sq_norms(c))]
+    for _ in range(_POWER_STEPS):
+        v = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
+        v = c.T @ (c @ v)
+    return v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
+
+
+def _split(x_pad: jax.Array, segment: jax.Array, n: int) -> jax.Array:
+    """Reorder one segment's row indices (m,) by their projection on its principal direction,
+    so that its two halves are the two children. Padding slots go alternately to the front and
+    the back, so each child gets half of them and no leaf ends up with more than one."""
+    valid = segment < n
+    pts = x_pad[segment]
+    count = jnp.maximum(jnp.sum(valid), 1)
+    centre = jnp.sum(jnp.where(valid[:, None], pts, 0.0), axis=0) / count
+    c = jnp.where(valid[:, None], pts - centre[None, :], 0.0)
+    pad_rank = jnp.cumsum(~valid) - 1
+    pad_key = jnp.where(pad_rank % 2 == 0, -jnp.inf, jnp.inf)
+    proj = jnp.where(valid, c @ _principal_direction(c), pad_key)
+    return segment[jnp.argsort(proj, stable=True)]
+
+
+def leaf_centroids(values: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean of the valid rows of each leaf, (n_leaves, leaf, d) -> (n_leaves, d); +inf for a
+    leaf with no valid rows, so that it is never anyone's nearest leaf."""
+    count = jnp.sum(valid, axis=1)
+    total = jnp.sum(jnp.where(valid[..., None], values, 0.0), axis=1)
+    centre = total / jnp.maximum(count, 1)[:, None]
+    return jnp.where((count > 0)[:, None], centre, jnp.inf)
+
+
+def probe_leaves(values: jax.Array, valid: jax.Array, probes: int) -> jax.Array:
+    """(n_leaves, probes) the leaves each leaf is searched against, the leaf itself first.
+
+    Each row votes for its ``_VOTES`` nearest leaf centroids; a leaf probes the leaves its rows
+    voted for most (ties, and leaves no row voted for, by centroid distance). Votes serve a
+    leaf that straddles two groups of points better than the distance between centroids alone.
+    """
+    n_leaves, leaf, d = values.shape
+    centroids = leaf_centroids(values, valid)
+    finite = jnp.all(jnp.isfinite(centroids), axis=1)
+    safe = jnp.where(finite[:, None], centroids, 0.0)
+    c_sq = jnp.where(finite, sq_norms(safe), jnp.inf)
+    votes = min(_VOTES, n_leaves)
+
+    def one_leaf(args):
+        rows, ok, centre = args
+        near = lax.top_k(-(c_sq[None, :] - 2 * rows @ safe.T), votes)[1]
+        count = (
+            jnp.zeros(n_leaves, values.dtype)
+            .at[near.reshape(-1)]
+            .add(jnp.repeat(ok, votes).astype(values.dtype))
+        )
+        gap = c_sq - 2 * safe @ centre + sq_norms(centre)
+        # Counts are whole numbers: a term in (0, 1) orders ties by centroid distance.
+        score = jnp.where(finite, count + 1 / (2 + jnp.maximum(gap, 0.0)), -jnp.inf)
+        return score
+
+    score = lax.map(one_leaf, (values, valid, safe), batch_size=_PROBE_BLOCK)
+    score = score.at[jnp.arange(n_leaves), jnp.arange(n_leaves)].set(jnp.inf)
+    return lax.top_k(score, probes)[1].astype(jnp.int32)
+
+
+def check_tree(leaf_size: int, probes: int) -> None:
+    """Refuse tree settings that cannot work, saying which."""
+    if not isinstance(leaf_size, int) or leaf_size < 2:
+        raise ValueError(f"leaf_size must be an int of at least 2, got {leaf_size!r}.")
+    if not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"probes must be a positive int, got {probes!r}.")
+
+
+def effective_probes(n: int, k: int, leaf_size: int, probes: int) -> int:
+    """The probes actually used: enough leaves to hold k real rows (a leaf holds at most one
+    padding slot), and at most the number of leaves."""
+    n_leaves, leaf = tree_shape(n, leaf_size)
+    return min(max(probes, -(-k // max(leaf - 1, 1))), n_leaves)
+
+
+@partial(jax.jit, static_argnames=("leaf_size", "probes"))
+def partition(x: ArrayLike, *, leaf_size: int = DEFAULT_LEAF_SIZE, probes: int = DEFAULT_PROBES):
+    """Split the rows of ``x`` (n, d) into equal leaves by a principal-direction tree.
+
+    Args:
+        x: (n, d) points.
+        leaf_size: most rows per leaf (static).
+        probes: leaves each leaf is searched against, itself included (static; at most the
+            number of leaves).
+
+    Returns:
+        :class:`Partition`.
+    """
+    x = jnp.asarray(x)
+    n, d = x.shape
+    n_leaves, leaf = tree_shape(n, leaf_size)
+    x_pad = jnp.concatenate([x, jnp.zeros((1, d), x.dtype)])
+    slots = jnp.minimum(jnp.arange(n_leaves * leaf, dtype=jnp.int32), n)[None, :]
+    for level in range(int(math.log2(n_leaves))):
+        slots = jax.vmap(lambda s: _split(x_pad, s, n))(slots)
+        slots = slots.reshape(2 ** (level + 1), -1)
+    slots = slots.reshape(n_leaves, leaf)
+    valid = slots < n
+    return Partition(slots, probe_leaves(x_pad[slots], valid, min(probes, n_leaves)))
+
+
+def candidates(values: jax.Array, probes: jax.Array) -> jax.Array:
+    """The rows of the probed leaves as one block: (n_leaves, leaf, ...) -> (p·leaf, ...)."""
+    block = values[probes]
+    return block.reshape((-1,) + block.shape[2:])
+
+
+@partial(jax.jit, static_argnames=("k", "leaf_size", "probes", "batch_size"))
+def approximate_knn(
+    x: ArrayLike,
+    *,
+    k: int,
+    leaf_size: int = DEFAULT_LEAF_SIZE,
+    probes: int = DEFAULT_PROBES,
+    batch_size: int | None = None,
+) -> Neighbors:
+    """Approximate k nearest neighbours of every row of ``x`` among the rows of ``x``.
+
+    Like ``knn(x, k=k)`` (each point its own first neighbour at distance 0, distances computed
+    directly as ‖q − r‖), but each point's neighbours are sought only among the rows of its
+    leaf's ``probes`` nearest leaves (:func:`partition`). Exact when n ≤ ``leaf_size``;
+    otherwise the recall (the share of the true k nearest found) depends on the data and grows
+    with ``probes`` and ``leaf_size``: measure it with ``benchmarks/bench_neighbors.py``.
+
+    Args:
+        x: (n, d) points.
+        k: neighbours per point, 1 ≤ k ≤ n (static).
+        leaf_size: most rows per leaf (static), at least 2.
+        probes: leaves searched per leaf, itself included (static); raised where fewer leaves
+            could not hold k rows (:func:`effective_probes`).
+        batch_size: rows per block (static): leaves are processed ``batch_size // leaf`` at a
+            time (at least one), so memory is O(batch_size · probes · leaf); ``None`` does all
+            leaves at once.
+
+    Returns:
+        ``Neighbors(distances (n, k), indices (n, k))``, nearest first.
+    """
+    x = jnp.asarray(x)
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}.")
+    check_tree(leaf_size, probes)
+    part = partition(x, leaf_size=leaf_size, probes=effective_probes(n, k, leaf_size, probes))
+    x_pad = jnp.concatenate([x, jnp.zeros((1, x.shape[1]), x.dtype)])
+    values = x_pad[part.slots]
+    valid = part.slots < n
+    sqn = jnp.where(valid, sq_norms(values), jnp.inf)
+    leaf = part.slots.shape[1]
+
+    def one_leaf(args):
+        queries, probe = args
+        ref, ref_sq, ref_rows = (candidates(a, probe) for a in (values, sqn, part.slots))
+        score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
+        # Probe 0 is the leaf itself: slot j of the leaf is column j, the point itself.
+        score = score.at[jnp.arange(leaf), jnp.arange(leaf)].set(-jnp.inf)
+        pos = lax.top_k(-score, k)[1]
+        diff = ref[pos] - queries[:, None, :]
+        dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1)).at[:, 0].set(0.0)
+        return dist, ref_rows[pos].astype(jnp.int32)
+
+    per_step = None if batch_size is None else max(1, batch_size // leaf)
+    dist, idx = map_rows(one_leaf, (values, part.probes), per_step)
+    flat = part.slots.reshape(-1)
+    out_d = jnp.zeros((n + 1, k), x.dtype).at[flat].set(dist.reshape(-1, k))[:n]
+    out_i = jnp.zeros((n + 1, k), jnp.int32).at[flat].set(idx.reshape(-1, k))[:n]
+    return Neighbors(out_d, out_i)
