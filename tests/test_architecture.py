@@ -23,6 +23,7 @@ PACKAGE = Path(msde_jax.__file__).parent
 CORE = (
     "neighbors",
     "partition",
+    "distributed",
     "fuzzy",
     "density",
     "mean_shift",
