@@ -10,8 +10,10 @@ import numpy as np
 from jax import lax
 
 __all__ = [
+    "bucket_rows",
     "content_order",
     "map_rows",
+    "padded_rows",
     "rank_distances",
     "row_keys",
     "sq_norms",
@@ -30,6 +32,31 @@ def map_rows(fn: Callable[..., Any], xs: Any, batch_size: int | None) -> Any:
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size}.")
     return lax.map(fn, xs, batch_size=batch_size)
+
+
+# Row counts are rounded up to a power of two (at least 8) up to this many, and to a multiple
+# of it beyond, so that ragged batches reuse a few compiled shapes (≤ 2× padding, ≤ 1/8 past it).
+_BUCKET_STEP = 4096
+
+
+def bucket_rows(m: int) -> int:
+    """The padded row count for ``m`` rows: the next power of two ≥ max(m, 8) up to 4096,
+    then the next multiple of 4096."""
+    if m <= _BUCKET_STEP:
+        return max(8, 1 << (m - 1).bit_length())
+    return -(-m // _BUCKET_STEP) * _BUCKET_STEP
+
+
+def padded_rows(fn: Callable[[Any], Any], x: Any) -> Any:
+    """``fn(x)`` for a row-wise ``fn`` (each output row depends on its input row only), with
+    ``x`` padded to :func:`bucket_rows` rows by copies of its last row and the outputs
+    (a pytree of arrays with rows first) cut back on the host, as NumPy arrays: batches of any
+    size then reuse the few programs compiled for the buckets."""
+    m = x.shape[0]
+    extra = bucket_rows(m) - m
+    if extra:
+        x = np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+    return jax.tree.map(lambda a: np.asarray(a)[:m], fn(x))
 
 
 def rank_distances(q: jax.Array, reference: jax.Array, reference_sqnorm: jax.Array) -> jax.Array:

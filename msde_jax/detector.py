@@ -10,6 +10,7 @@ is a thin scikit-learn-style facade over the two (keyword-only constructor, ``fi
 """
 
 import math
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -33,7 +34,7 @@ from msde_jax._estimator import (
     out_of_fold_scores,
     quantile_threshold,
 )
-from msde_jax._rows import content_order, row_keys
+from msde_jax._rows import content_order, padded_rows, row_keys
 from msde_jax.density import density_weights
 from msde_jax.gaussian import GaussianState, gaussian_fit, mahalanobis
 from msde_jax.mean_shift import mean_shift
@@ -486,7 +487,10 @@ class MSDEDetector(Detector):
         self._check_fitted()
         config = DetectorConfig(**self._scoring_params())
         x = check_samples(X, dtype=config.dtype, n_features=self.n_features_in_)
-        return np.asarray(score_detector(self.state_._replace(config=config), x))
+        state = self.state_._replace(config=config)
+        if config.mode == "transductive":  # the batch is part of the answer: no padding
+            return np.asarray(score_detector(state, x))
+        return padded_rows(partial(score_detector, state), x)
 
     # ------------------------------------------------------------------ persistence
     def _fitted_meta(self) -> dict[str, Any]:
