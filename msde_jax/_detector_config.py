@@ -14,6 +14,7 @@ from jax.typing import ArrayLike
 
 from msde_jax.density import METHODS
 from msde_jax.gaussian import COVARIANCE_ESTIMATORS
+from msde_jax.mean_shift import NEIGHBOR_SEARCHES
 
 __all__ = [
     "BLOCK_ORDERS",
@@ -125,6 +126,7 @@ class DetectorConfig:
     threshold: str = "cross_fit"
     n_folds: int = 5
     batch_size: int | None = None
+    neighbors: str = "auto"
     dtype: str = "float32"
 
     @classmethod
@@ -138,6 +140,7 @@ class DetectorConfig:
         check_choice("covariance", self.covariance, COVARIANCE_ESTIMATORS)
         check_choice("score", self.score, SCORES)
         check_choice("threshold", self.threshold, THRESHOLDS)
+        check_choice("neighbors", self.neighbors, NEIGHBOR_SEARCHES)
         check_int("n_neighbors", self.n_neighbors)
         check_int("n_folds", self.n_folds)
         check_shift_and_threshold(self)

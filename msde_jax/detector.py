@@ -154,7 +154,7 @@ def _fit_state(x: np.ndarray, config: DetectorConfig) -> tuple[DetectorState, in
         reference, n_iter = jnp.asarray(z), 0
     else:
         w = _density(z, keys, config)
-        shifted = mean_shift(z, w, **_shift_kwargs(config, n))
+        shifted = mean_shift(z, w, neighbors=config.neighbors, **_shift_kwargs(config, n))
         reference, n_iter = shifted.points, int(shifted.n_iter)
     nc = config.n_components
     if isinstance(nc, int | np.integer):
@@ -230,7 +230,10 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
             test_keys = row_keys(np.asarray(x, dtype=state.center.dtype))
             joint_keys = np.concatenate([train_keys, test_keys])
         res = mean_shift(
-            joint, _density(joint, joint_keys, config), **_shift_kwargs(config, joint.shape[0])
+            joint,
+            _density(joint, joint_keys, config),
+            neighbors=config.neighbors,
+            **_shift_kwargs(config, joint.shape[0]),
         )
         points, displacement = res.points[n_train:], res.displacement[n_train:]
     if config.score == "displacement":
@@ -379,6 +382,9 @@ class MSDEDetector(Detector):
         n_folds: folds for ``threshold="cross_fit"``.
         batch_size: rows per kNN block; ``None`` picks one (all rows at once up to 1024, else
             blocks of 256).
+        neighbors: the neighbour search of the blurring shift (fit, and the transductive
+            score): ``"exact"``, ``"approximate"`` (:func:`~msde_jax.partition.approximate_knn`'s
+            tree) or ``"auto"`` (exact up to 4,096 rows; see :func:`~msde_jax.mean_shift`).
         dtype: floating dtype of the computation (``"float32"``; ``"float64"`` needs
             ``jax.config.update("jax_enable_x64", True)``).
     """
@@ -407,6 +413,7 @@ class MSDEDetector(Detector):
         threshold: str = "cross_fit",
         n_folds: int = 5,
         batch_size: int | None = None,
+        neighbors: str = "auto",
         dtype: str = "float32",
     ):
         self.mode = mode
@@ -428,6 +435,7 @@ class MSDEDetector(Detector):
         self.threshold = threshold
         self.n_folds = n_folds
         self.batch_size = batch_size
+        self.neighbors = neighbors
         self.dtype = dtype
 
     # ------------------------------------------------------------------ presets and params

@@ -590,3 +590,16 @@ def test_real_brain_mri_pixels_rank_tumours_above_normals():
     # Measured 0.59 (inductive) and 0.90 (paper preset, balanced test batch) on 16×16 pixels.
     assert float(roc_auc(labels, inductive)) > 0.55
     assert float(roc_auc(labels, paper)) > 0.85
+
+
+def test_the_neighbour_search_is_a_saved_fit_parameter(tmp_path, data):
+    train, test, _ = data
+    exact = MSDEDetector(neighbors="exact", threshold="chi2").fit(train)
+    # 150 rows fit in one leaf: the approximate search sees every row, so it is exact here.
+    approx = MSDEDetector(neighbors="approximate", threshold="chi2").fit(train)
+    np.testing.assert_allclose(approx.score_samples(test), exact.score_samples(test), rtol=1e-5)
+    approx.save(tmp_path / "approx.npz")
+    loaded = MSDEDetector.load(tmp_path / "approx.npz")
+    assert loaded.neighbors == "approximate"
+    with pytest.raises(ValueError, match="neighbors='annoy' is not valid"):
+        MSDEDetector(neighbors="annoy").fit(train)
