@@ -61,29 +61,39 @@ def tree_shape(n: int, leaf_size: int) -> tuple[int, int]:
     return n_leaves, -(-n // n_leaves)
 
 
-def _principal_direction(c: jax.Array) -> jax.Array:
-    """A few power iterations for the top principal direction of centred rows ``c`` (m, d),
-    started from the row farthest from the centre (deterministic; zero rows give 0)."""
-    v = c[jnp.argmax(sq_norms(c))]
+def _split_level(level: jax.Array, slots: jax.Array, x_pad: jax.Array, n: int, n_leaves: int):
+    """One level of the tree on all segments at once: reorder each of the 2^level segments of
+    ``slots`` (equal runs of row indices) by the projection of its rows on their principal
+    direction, so that each segment's two halves are its children.
+
+    The direction comes from a few power iterations started at the segment's row farthest from
+    its centre (deterministic; a segment of identical rows gets 0 and keeps its order). Padding
+    slots go alternately to the front and the back, so each child gets half of them and no
+    leaf ends up with more than one. Fixed shapes throughout, so the levels run in one loop.
+    """
+    size = slots.shape[0]
+    seg_len = size // (1 << level)
+    seg = jnp.arange(size) // seg_len
+    valid = slots < n
+    pts = x_pad[slots]
+
+    def seg_sum(a):
+        return jax.ops.segment_sum(a, seg, num_segments=n_leaves, indices_are_sorted=True)
+
+    count = jnp.maximum(seg_sum(valid.astype(pts.dtype)), 1.0)
+    centre = seg_sum(jnp.where(valid[:, None], pts, 0.0)) / count[:, None]
+    c = jnp.where(valid[:, None], pts - centre[seg], 0.0)
+    norms = sq_norms(c)
+    farthest = norms == jax.ops.segment_max(norms, seg, num_segments=n_leaves)[seg]
+    v = seg_sum(jnp.where(farthest[:, None], c, 0.0))
     for _ in range(_POWER_STEPS):
-        v = v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
-        v = c.T @ (c @ v)
-    return v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
-
-
-def _split(x_pad: jax.Array, segment: jax.Array, n: int) -> jax.Array:
-    """Reorder one segment's row indices (m,) by their projection on its principal direction,
-    so that its two halves are the two children. Padding slots go alternately to the front and
-    the back, so each child gets half of them and no leaf ends up with more than one."""
-    valid = segment < n
-    pts = x_pad[segment]
-    count = jnp.maximum(jnp.sum(valid), 1)
-    centre = jnp.sum(jnp.where(valid[:, None], pts, 0.0), axis=0) / count
-    c = jnp.where(valid[:, None], pts - centre[None, :], 0.0)
-    pad_rank = jnp.cumsum(~valid) - 1
+        v = v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+        v = seg_sum(c * jnp.sum(c * v[seg], axis=1, keepdims=True))
+    proj = jnp.sum(c * v[seg], axis=1)
+    pads = jnp.cumsum(~valid) - ~valid
+    pad_rank = pads - pads[seg * seg_len]
     pad_key = jnp.where(pad_rank % 2 == 0, -jnp.inf, jnp.inf)
-    proj = jnp.where(valid, c @ _principal_direction(c), pad_key)
-    return segment[jnp.argsort(proj, stable=True)]
+    return slots[jnp.lexsort((jnp.where(valid, proj, pad_key), seg))]
 
 
 def leaf_centroids(values: jax.Array, valid: jax.Array) -> jax.Array:
@@ -159,11 +169,13 @@ def partition(x: ArrayLike, *, leaf_size: int = DEFAULT_LEAF_SIZE, probes: int =
     n, d = x.shape
     n_leaves, leaf = tree_shape(n, leaf_size)
     x_pad = jnp.concatenate([x, jnp.zeros((1, d), x.dtype)])
-    slots = jnp.minimum(jnp.arange(n_leaves * leaf, dtype=jnp.int32), n)[None, :]
-    for level in range(int(math.log2(n_leaves))):
-        slots = jax.vmap(lambda s: _split(x_pad, s, n))(slots)
-        slots = slots.reshape(2 ** (level + 1), -1)
-    slots = slots.reshape(n_leaves, leaf)
+    slots = jnp.minimum(jnp.arange(n_leaves * leaf, dtype=jnp.int32), n)
+    slots = lax.fori_loop(
+        0,
+        int(math.log2(n_leaves)),
+        lambda level, s: _split_level(level, s, x_pad, n, n_leaves),
+        slots,
+    ).reshape(n_leaves, leaf)
     valid = slots < n
     return Partition(slots, probe_leaves(x_pad[slots], valid, min(probes, n_leaves)))
 
