@@ -99,10 +99,12 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
         ref, ref_sq, ref_w = (candidates(a, probe) for a in (values, sqn, w_leaf))
         score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
         pos = lax.top_k(-score, k)[1]
-        w = ref_w[pos]
-        total = jnp.maximum(jnp.sum(w, axis=-1), _MIN_WEIGHT)
-        m = jnp.einsum("bk,bkd->bd", w, ref[pos], precision=lax.Precision.HIGHEST)
-        m = m / total[:, None]
+        # The window's weights as a dense (leaf × candidates) matrix: one matrix product
+        # forms every weighted mean, far faster than gathering k rows per point.
+        rows = jnp.arange(pos.shape[0])[:, None]
+        window = jnp.zeros_like(score).at[rows, pos].set(ref_w[pos])
+        total = jnp.maximum(jnp.sum(window, axis=-1), _MIN_WEIGHT)
+        m = jnp.dot(window, ref, precision=lax.Precision.HIGHEST) / total[:, None]
         return m, jnp.linalg.norm(m - queries, axis=-1)
 
     def cond(state):
