@@ -256,7 +256,9 @@ def check_samples(
         )
     if arr.shape[1] == 0:
         raise ValueError(f"{what} has no features (shape {arr.shape}).")
-    arr = arr.astype(dtype)
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}.")
+    # Checked before the cast: float64 values beyond ``dtype``'s range would become infinities.
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
@@ -264,6 +266,13 @@ def check_samples(
             f"{what} contains NaN or infinite values in {rows.size} row(s) "
             f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
         )
+    limit = float(np.finfo(dtype).max)
+    if arr.dtype.kind == "f" and arr.size and float(np.max(np.abs(arr))) > limit:
+        raise ValueError(
+            f"{what} has values up to {float(np.max(np.abs(arr))):.3g}, beyond {dtype}'s range "
+            f"({limit:.3g}); divide the features by a constant or use dtype='float64'."
+        )
+    arr = arr.astype(dtype)
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(
             f"{what} has {arr.shape[1]} features but the detector was fitted on "

@@ -14,6 +14,7 @@ imported from a module a file names.
 """
 
 import inspect
+import math
 import os
 from collections.abc import Callable
 from typing import Any, Self
@@ -32,6 +33,7 @@ from msde_jax._detector_io import (
 __all__ = [
     "Detector",
     "NotFittedError",
+    "check_saved_floats",
     "detector_class",
     "detector_from_arrays",
     "load_detector",
@@ -54,6 +56,23 @@ def no_maps_message(detector: Any) -> str:
 
 class NotFittedError(ValueError, AttributeError):
     """Raised when a detector is used before ``fit`` (as scikit-learn's ``NotFittedError``)."""
+
+
+def check_saved_floats(name: str, a: np.ndarray, *, where: str) -> None:
+    """Refuse a saved float array that :meth:`Detector.save` never writes: another float
+    width than float32 / float64 (scoring would run in it), or NaN / infinite values (they
+    would become NaN or infinite scores). ``where`` starts the message."""
+    if a.dtype.kind != "f":
+        return
+    if a.dtype not in (np.float32, np.float64):
+        raise ValueError(
+            f"{where}: {name!r} is {a.dtype}; saved detectors hold float32 or float64."
+        )
+    if not np.isfinite(a).all():
+        raise ValueError(
+            f"{where}: {name!r} holds NaN or infinite values, which no fitted detector has; "
+            "restore the file from a copy or refit."
+        )
 
 
 # ---------------------------------------------------------------------- thresholds
@@ -319,9 +338,13 @@ class Detector:
                 "another version, or edited)."
             )
         threshold = meta.get("threshold_")
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not math.isfinite(threshold)
+        ):
             raise ValueError(
-                f"not a valid saved {cls.__name__}: 'threshold_' must be a number, got "
+                f"not a valid saved {cls.__name__}: 'threshold_' must be a finite number, got "
                 f"{threshold!r}."
             )
         if not isinstance(meta.get("metadata", {}), dict):
@@ -355,6 +378,7 @@ class Detector:
                     f"not a valid saved {cls.__name__}: {name!r} is {a.dtype} of shape "
                     f"{a.shape}, expected {len(named)} axes of kind {kinds!r}."
                 )
+            check_saved_floats(name, a, where=f"not a valid saved {cls.__name__}")
             for dim, size in zip(named, a.shape, strict=True):
                 if dims.setdefault(dim, size) != size:
                     raise ValueError(

@@ -1,6 +1,7 @@
 """Atomic file writes, shared by everything that saves a file (models, caches, weights, reports),
 and the checksum of named arrays that saved models and weight files carry."""
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -31,7 +32,8 @@ def atomic_write(
     (the embedding cache), not for models, checkpoints or weights.
 
     Args:
-        path: the file to write; its folder must exist.
+        path: the file to write; its folder must exist (else ``FileNotFoundError`` naming the
+            folder; ``IsADirectoryError`` when ``path`` is a folder).
         data: the bytes to write, or a function that writes into the open binary file
             (e.g. ``lambda f: np.save(f, array)``).
         suffix: suffix of the temporary file (some writers, like ``np.save``, look at it).
@@ -41,6 +43,11 @@ def atomic_write(
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
+    # Said before the temporary file is made, so that the error names the path, not it.
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder to write into", str(path.parent))
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder is there, not a file", str(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -181,6 +181,8 @@ def check_patches(
         raise ValueError(f"{what} must be an array of patch features: {err}") from err
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise ValueError(f"{what} must hold numbers, got dtype {arr.dtype}.")
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}.")
     if arr.ndim not in (3, 4):
         hint = ""
         if arr.ndim == 2:
@@ -197,7 +199,8 @@ def check_patches(
         raise ValueError(f"{what} has no images.")
     if 0 in arr.shape[1:]:
         raise ValueError(f"{what} has no patches or no channels: shape {arr.shape}.")
-    arr = np.asarray(arr, dtype=dtype)
+    # Checked before the cast to ``dtype``: float64 values beyond float32's range would
+    # otherwise turn into infinities and be reported as such.
     bad = ~np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
     if bad.any():
         images = np.nonzero(bad)[0]
@@ -206,14 +209,15 @@ def check_patches(
             f"(first: {images[:5].tolist()}); remove or impute them before scoring."
         )
     # Squared distances are at most 4 · c · max|x|²: beyond the dtype's range they overflow.
-    limit = math.sqrt(float(np.finfo(arr.dtype).max) / (4 * arr.shape[-1])) / 2
-    peak = float(np.max(np.abs(arr)))
+    limit = math.sqrt(float(np.finfo(dtype).max) / (4 * arr.shape[-1])) / 2
+    peak = float(np.max(np.abs(arr.astype(np.float64, copy=False))))
     if peak > limit:
         raise ValueError(
-            f"{what} has values up to {peak:.3g}, too large for {arr.dtype} patch distances "
-            f"(squared distances overflow beyond about {limit:.3g}); divide the features by a "
-            "constant (the scores scale with it) or use dtype='float64'."
+            f"{what} has values up to {peak:.3g}, too large for {np.dtype(dtype)} patch "
+            f"distances (squared distances overflow beyond about {limit:.3g}); divide the "
+            "features by a constant (the scores scale with it) or use dtype='float64'."
         )
+    arr = np.asarray(arr, dtype=dtype)
     if n_channels is not None and arr.shape[-1] != n_channels:
         raise ValueError(
             f"{what} has {arr.shape[-1]} channels per patch but the detector was fitted on "
@@ -551,7 +555,8 @@ class PatchBankDetector(Detector):
         elif x.shape[1] != x.shape[2]:
             raise ValueError(f"maps need a square patch grid, got {x.shape[1]} × {x.shape[2]}.")
         check_int("size", size)
-        if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
+        real = isinstance(sigma, int | float | np.number) and not isinstance(sigma, bool)
+        if sigma is not None and not (real and math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"sigma must be a finite number >= 0 (0: no blur), got {sigma!r}.")
         return np.asarray(score_bank_maps(state, x, size=int(size), sigma=sigma))
 
@@ -563,7 +568,7 @@ class PatchBankDetector(Detector):
             "n_iter_": self.n_iter_,
         }
 
-    _meta_dims = {"c": "n_features_in_"}
+    _meta_dims = {"c": "n_features_in_", "patches": "n_patches_"}
     _array_schema = {
         "state.bank.bank": ("f", "size c"),
         "state.bank.density": ("f", "size"),
@@ -578,3 +583,13 @@ class PatchBankDetector(Detector):
         self.n_features_in_ = meta["n_features_in_"]
         self.n_patches_ = meta["n_patches_"]
         self.n_iter_ = meta["n_iter_"]
+        bank, indices = self.state_.bank.bank, np.asarray(self.state_.bank.indices)
+        # The bank's rows are training patches: at least one, each one of the n · P given.
+        n_patches = len(arrays["decision_scores_"]) * self.n_patches_
+        in_range = indices.size == 0 or 0 <= indices.min() <= indices.max() < n_patches
+        if bank.shape[0] < 1 or not in_range:
+            raise ValueError(
+                f"not a valid saved PatchBankDetector: a bank of {bank.shape[0]} rows with "
+                f"indices in [{indices.min(initial=0)}, {indices.max(initial=0)}], where the "
+                f"training images had {n_patches} patches."
+            )

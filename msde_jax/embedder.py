@@ -108,6 +108,8 @@ class Embedder:
                 + (f" and a multiple of {spec.patch}" if spec.patch > 1 else "")
                 + "."
             )
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         layers = _check_layers(backbone, spec, features, layers, grid, aggregate)
         self.backbone, self.image_size, self.resize = backbone, image_size, resize
         self.features, self.progress, self.num_workers = features, progress, num_workers

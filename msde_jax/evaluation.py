@@ -126,9 +126,12 @@ def limit_dataset(dataset: Dataset, *, limit: int | None = None) -> Dataset:
             ``test_abnormal`` each (``None``: all).
 
     Raises:
-        ValueError: a class is empty (``"<name>: the test abnormal class is empty."``).
+        ValueError: ``limit`` is not a positive integer, or a class is empty
+            (``"<name>: the test abnormal class is empty."``).
     """
     if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive number of images, got {limit!r}.")
         dataset = dataclasses.replace(
             dataset, **{field: getattr(dataset, field)[:limit] for _, field in _SPLITS}
         )

@@ -33,7 +33,12 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax._detector_io import with_version
-from msde_jax._estimator import Detector, detector_from_arrays, quantile_threshold
+from msde_jax._estimator import (
+    Detector,
+    check_saved_floats,
+    detector_from_arrays,
+    quantile_threshold,
+)
 
 __all__ = [
     "STD_FLOOR",
@@ -146,6 +151,11 @@ def fuse_scores(scores: Mapping[str, ArrayLike], stats: FusionStats) -> jax.Arra
     return jnp.mean(jnp.stack(list(z.values())), axis=0)
 
 
+def _check_contamination(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 0.5:
+        raise ValueError(f"contamination must be in (0, 0.5], got {value!r}.")
+
+
 def _rows(x: Any) -> int:
     shape = getattr(x, "shape", None)
     if shape is None:
@@ -153,6 +163,40 @@ def _rows(x: Any) -> int:
     if len(shape) == 0:
         raise ValueError("features must have one row per sample, got a scalar.")
     return int(shape[0])
+
+
+def _component_names(meta: dict[str, Any]) -> list[str]:
+    """The component names a saved fused detector lists, after checking the list."""
+    records = meta.get("components")
+    if (
+        not isinstance(records, list)
+        or not records
+        or not all(
+            isinstance(r, dict)
+            and isinstance(r.get("name"), str)
+            and isinstance(r.get("meta"), dict)
+            for r in records
+        )
+    ):
+        raise ValueError("not a saved FusedDetector: no list of {name, meta} components.")
+    names = [r["name"] for r in records]
+    bad = [n for n in names if not n or "/" in n]
+    if bad:
+        raise ValueError(
+            f"not a valid saved FusedDetector: component name {bad[0]!r} (names are non-empty, "
+            "without '/')."
+        )
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"not a valid saved FusedDetector: components {twice} listed twice.")
+    return names
+
+
+def _check_saved_contamination(value: Any) -> None:
+    try:
+        _check_contamination(value)
+    except ValueError as err:
+        raise ValueError(f"not a valid saved FusedDetector: {err}") from err
 
 
 class FusedDetector(Detector):
@@ -245,6 +289,11 @@ class FusedDetector(Detector):
 
     # ------------------------------------------------------------------ checks
     def _checked_components(self) -> dict[str, SupportsDetect]:
+        if not isinstance(self.components, Mapping):
+            raise TypeError(
+                "components must be a mapping {name: detector}, got "
+                f"{type(self.components).__name__}."
+            )
         components = dict(self.components)
         if not components:
             raise ValueError("FusedDetector needs at least one component.")
@@ -259,6 +308,11 @@ class FusedDetector(Detector):
                 "other: give each name its own detector."
             )
         for name, component in components.items():
+            if not all(callable(getattr(component, m, None)) for m in ("fit", "score_samples")):
+                raise TypeError(
+                    f"component {name!r} ({type(component).__name__}) is not a detector: "
+                    "give MSDEDetector, PatchBankDetector, …"
+                )
             threshold = getattr(component, "threshold", None)
             if threshold != "cross_fit":
                 raise ValueError(
@@ -267,8 +321,7 @@ class FusedDetector(Detector):
                     "component is standardised by its out-of-fold scores on the training "
                     "normals, and in-sample scores are optimistically low."
                 )
-        if not 0 < self.contamination <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
+        _check_contamination(self.contamination)
         return components
 
     def _checked_features(self, X: Any, names: list[str]) -> dict[str, Any]:
@@ -311,7 +364,10 @@ class FusedDetector(Detector):
         components = self._checked_components()
         X = self._checked_features(X, list(components))
         for name, component in components.items():
-            component.fit(X[name])
+            try:
+                component.fit(X[name])
+            except ValueError as err:
+                raise ValueError(f"component {name!r}: {err}") from err
         oof = {name: np.asarray(c.decision_scores_) for name, c in components.items()}
         self.state_ = fusion_stats(oof)
         self._fitted_with = {"components": components, "contamination": self.contamination}
@@ -323,7 +379,13 @@ class FusedDetector(Detector):
         self._check_fitted()
         components = dict(self.components)
         X = self._checked_features(X, list(components))
-        return {name: c.score_samples(X[name]) for name, c in components.items()}
+        scores = {}
+        for name, component in components.items():
+            try:
+                scores[name] = component.score_samples(X[name])
+            except ValueError as err:
+                raise ValueError(f"component {name!r}: {err}") from err
+        return scores
 
     def component_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
         """``{name: (m,) z-score}`` of each component (:func:`z_scores`), for inspection."""
@@ -341,6 +403,26 @@ class FusedDetector(Detector):
             (m,) float scores.
         """
         return np.asarray(fuse_scores(self._raw_scores(X), self.state_))
+
+    def score_maps(self, X: Any, *, size: int = 224, sigma: float | None = None):
+        """Fused scores have no heatmaps: the mean of z-scores has no place in the image.
+
+        Raises:
+            ValueError: always; a component that scores patches (``PatchBankDetector``) has
+                its own (``det.components[name].score_maps(X[name])``).
+        """
+        del X, size, sigma
+        with_maps = [n for n, c in dict(self.components).items() if getattr(c, "has_maps", False)]
+        hint = (
+            f"; component {with_maps[0]!r} has them: "
+            f"components[{with_maps[0]!r}].score_maps(X[{with_maps[0]!r}])"
+            if with_maps
+            else ""
+        )
+        raise ValueError(
+            "FusedDetector has no heatmaps: its score, a mean of the components' z-scores, has "
+            f"no place in the image{hint}."
+        )
 
     # ------------------------------------------------------------------ persistence
     # The base's to_arrays / from_arrays / save / load over these hooks: one file, each
@@ -395,24 +477,64 @@ class FusedDetector(Detector):
                 has another format version, or an array is missing.
         """
         cls._check_class(meta)
-        records = meta.get("components")
-        if not isinstance(records, list) or not all(
-            isinstance(r, dict)
-            and isinstance(r.get("name"), str)
-            and isinstance(r.get("meta"), dict)
-            for r in records
-        ):
-            raise ValueError("not a saved FusedDetector: no list of {name, meta} components.")
+        names = _component_names(meta)
         components = {}
-        for record in records:
-            name = record["name"]
+        for name, record in zip(names, meta["components"], strict=True):
             prefix = f"{name}/"
             sub = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            components[name] = detector_from_arrays(
-                record["meta"], sub, where=f"component {name!r} of the saved FusedDetector"
-            )
-        params = {**meta["params"], "components": components}
+            where = f"component {name!r} of the saved FusedDetector"
+            try:
+                components[name] = detector_from_arrays(record["meta"], sub, where=where)
+            except ValueError as err:
+                message = str(err)
+                raise ValueError(message if where in message else f"{where}: {message}") from err
+        params = meta.get("params")
+        if isinstance(params, dict):
+            _check_saved_contamination(params.get("contamination"))
+            params = {**params, "components": components}
         return super().from_arrays({**meta, "params": params}, arrays)
+
+    @classmethod
+    def _check_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """The fusion's own arrays: finite float vectors, one entry per component (σ > 0), and
+        nothing but them and the components' (which each component checks itself)."""
+        names = [record["name"] for record in meta["components"]]
+        own = ("fusion.mean", "fusion.std", "decision_scores_")
+        unknown = sorted(
+            k for k in arrays if k not in own and ("/" not in k or k.split("/", 1)[0] not in names)
+        )
+        orphans = sorted({k.split("/", 1)[0] for k in unknown if "/" in k})
+        if orphans:
+            raise ValueError(
+                f"not a valid saved FusedDetector: it holds arrays of components {orphans}, "
+                "which its metadata does not list."
+            )
+        if unknown:
+            raise ValueError(f"not a valid saved FusedDetector: unexpected arrays {unknown}.")
+        for key in own:
+            if key not in arrays:
+                continue  # a missing one is reported by _restore / from_arrays
+            a = np.asarray(arrays[key])
+            size = len(names) if key != "decision_scores_" else a.size
+            if a.dtype.kind != "f" or a.shape != (size,):
+                raise ValueError(
+                    f"not a valid saved FusedDetector: {key!r} is {a.dtype} of shape {a.shape}, "
+                    f"expected float of shape ({size},)"
+                    + (f", one value per component ({len(names)})." if key != own[2] else ".")
+                )
+            check_saved_floats(key, a, where="not a valid saved FusedDetector")
+        n_train = {np.shape(arrays[f"{n}/decision_scores_"]) for n in names}
+        n_train.add(np.shape(arrays.get("decision_scores_")))
+        if len(n_train) > 1:
+            raise ValueError(
+                "not a valid saved FusedDetector: its 'decision_scores_' and its components' "
+                f"have different shapes {sorted(n_train)}; all score the same training rows."
+            )
+        if "fusion.std" in arrays and not (np.asarray(arrays["fusion.std"]) > 0).all():
+            raise ValueError(
+                "not a valid saved FusedDetector: 'fusion.std' must be positive (a standard "
+                "deviation floored above 0)."
+            )
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         del meta

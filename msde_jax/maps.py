@@ -18,10 +18,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-__all__ = ["DEFAULT_SIGMA", "gaussian_blur", "sigma_for", "upsample_maps"]
+__all__ = ["DEFAULT_SIGMA", "MAX_SIZE", "gaussian_blur", "sigma_for", "upsample_maps"]
 
 DEFAULT_SIGMA = 4.0
 """PatchCore's blur, in pixels of a 224-pixel image."""
+
+MAX_SIZE = 8192
+"""The largest map side :func:`upsample_maps` draws (a 8192² float32 map is 256 MiB), far
+above any backbone's input; a larger one would exhaust memory."""
 
 
 def sigma_for(size: int) -> float:
@@ -29,8 +33,10 @@ def sigma_for(size: int) -> float:
     return DEFAULT_SIGMA * size / 224.0
 
 
-def _kernel(sigma: float) -> jax.Array:
-    radius = max(1, math.ceil(4.0 * sigma))
+def _kernel(sigma: float, max_radius: int) -> jax.Array:
+    # Beyond the map's side a tap only sees replicated border values: a wider kernel (a huge
+    # sigma) would change little and allocate without bound.
+    radius = max(1, min(math.ceil(4.0 * sigma), max_radius))
     t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
     k = jnp.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
@@ -39,11 +45,12 @@ def _kernel(sigma: float) -> jax.Array:
 @partial(jax.jit, static_argnames=("sigma",))
 def gaussian_blur(maps: ArrayLike, sigma: float) -> jax.Array:
     """Blur (m, H, W) maps by a Gaussian of standard deviation ``sigma`` pixels (separable,
-    4σ radius, borders replicated); ``sigma <= 0`` returns them unchanged."""
+    4σ radius but at most max(H, W), borders replicated); ``sigma <= 0`` returns them
+    unchanged."""
     maps = jnp.asarray(maps)
     if sigma <= 0:
         return maps
-    k = _kernel(sigma).astype(maps.dtype)
+    k = _kernel(sigma, max(maps.shape[1:])).astype(maps.dtype)
     r = (k.shape[0] - 1) // 2
     x = jnp.pad(maps, ((0, 0), (r, r), (r, r)), mode="edge")[:, None]  # (m, 1, H + 2r, W + 2r)
     for kernel in (k.reshape(1, 1, -1, 1), k.reshape(1, 1, 1, -1)):  # columns, then rows
@@ -66,6 +73,11 @@ def upsample_maps(patch_maps: ArrayLike, size: int, sigma: float | None = None) 
     patch_maps = jnp.asarray(patch_maps)
     if patch_maps.ndim != 3:
         raise ValueError(f"patch_maps must be (m, g, g), got shape {patch_maps.shape}.")
+    if not 1 <= size <= MAX_SIZE:
+        raise ValueError(
+            f"maps of side {size} are not drawn: the side must be in [1, {MAX_SIZE}] (pass the "
+            "embedder's image_size)."
+        )
     dtype = jnp.promote_types(patch_maps.dtype, jnp.float32)
     up = jax.image.resize(
         patch_maps.astype(dtype), (patch_maps.shape[0], size, size), method="linear"

@@ -1,6 +1,7 @@
 """Damaged files and bad input end in one clear error that names the file and the fault."""
 
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -100,10 +101,12 @@ def test_decompression_bomb_is_refused_with_the_file_name(tmp_path, monkeypatch)
     [
         (np.zeros((0, 5)), r"X has no samples \(shape \(0, 5\)\): pass at least one row"),
         (np.zeros((5, 0)), r"X has no features \(shape \(5, 0\)\)"),
+        (np.ones((60, 3)) + 1j, r"X must hold real numbers, got dtype complex128"),
+        (np.full((60, 3), 1e300), r"X has values up to 1e\+300, beyond float32's range"),
     ],
-    ids=["no-rows", "no-columns"],
+    ids=["no-rows", "no-columns", "complex", "beyond-float32"],
 )
-def test_empty_input_says_what_to_pass(x, message):
+def test_empty_or_unusable_input_says_what_to_pass(x, message):
     with pytest.raises(ValueError, match=message):
         MSDEDetector().fit(x)
 
@@ -128,7 +131,16 @@ def _edit(fn):
 EDITS = {
     "unknown-param": (lambda m, a: m["params"].update(foo=1), "unknown parameters \\['foo'\\]"),
     "no-params": (lambda m, a: m.pop("params"), "'params' is not a JSON object"),
-    "threshold-str": (lambda m, a: m.update(threshold_="x"), "'threshold_' must be a number"),
+    "threshold-str": (lambda m, a: m.update(threshold_="x"), "'threshold_' must be a finite"),
+    "threshold-nan": (lambda m, a: m.update(threshold_=float("nan")), "must be a finite number"),
+    "nan-array": (
+        lambda m, a: a.update({"state.center": a["state.center"] * np.nan}),
+        "'state.center' holds NaN or infinite values",
+    ),
+    "float16-array": (
+        lambda m, a: a.update({"state.train": a["state.train"].astype(np.float16)}),
+        "'state.train' is float16; saved detectors hold float32 or float64",
+    ),
     "negative-dim": (lambda m, a: m.update(n_features_in_=-3), "must be a positive integer"),
     "metadata-str": (lambda m, a: m.update(metadata="x"), "'metadata' is not an object"),
     "missing-scalar": (lambda m, a: m.pop("n_iter_"), "KeyError"),
@@ -180,12 +192,32 @@ def test_edited_bank_files(tmp_path):
             lambda m, a: a.update({"state.bank.density": a["state.bank.density"][:5]}),
             "'state.bank.density' has shape \\(5,\\)",
         ),
+        "NaN in the bank": (
+            lambda m, a: a["state.bank.bank"].__setitem__((0, 0), np.nan),
+            "'state.bank.bank' holds NaN or infinite values",
+        ),
+        "float16 bank": (
+            lambda m, a: a.update({"state.bank.bank": a["state.bank.bank"].astype(np.float16)}),
+            "'state.bank.bank' is float16",
+        ),
+        "empty bank": (
+            lambda m, a: a.update(
+                {k: a[k][:0] for k in a if k.startswith("state.bank.") and a[k].ndim}
+            ),
+            "a bank of 0 rows",
+        ),
+        "indices past the training patches": (
+            lambda m, a: a.update({"state.bank.indices": a["state.bank.indices"] + 10**6}),
+            "indices in \\[.*\\], where the training images had 180 patches",
+        ),
+        "no patches": (lambda m, a: m.update(n_patches_=0), "'n_patches_' must be a positive"),
+        "infinite threshold": (lambda m, a: m.update(threshold_=float("inf")), "finite number"),
     }
     for what, (edit, message) in cases.items():
         edited = _edit(edit)(path, tmp_path)
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=message) as err:
             load_detector(edited)
-        assert what
+        assert str(edited) in str(err.value), what
 
 
 def test_patch_features_that_would_overflow_are_refused():
@@ -324,3 +356,515 @@ def _fitted_for_fuzzing():
         x = np.random.default_rng(5).normal(size=(40, 4))
         _FITTED.append(MSDEDetector(mode="none", n_components=3).fit(x))
     return _FITTED[0]
+
+
+# ---------------------------------------------------------------------- fused detector files
+@pytest.fixture(scope="module")
+def fused_model(tmp_path_factory):
+    from msde_jax import FusedDetector
+
+    rng = np.random.default_rng(2)
+    params = {"mode": "none", "n_folds": 3, "n_components": 2}
+    components = {"a": MSDEDetector(**params), "b": MSDEDetector(**params)}
+    x = {"a": rng.normal(size=(30, 4)), "b": rng.normal(size=(30, 3))}
+    path = tmp_path_factory.mktemp("fused") / "fused.npz"
+    FusedDetector(components).fit(x).save(path)
+    return path
+
+
+def _components_meta(fn):
+    return lambda m, a: fn(m["components"])
+
+
+FUSED_EDITS = {
+    "mean-of-other-length": (
+        lambda m, a: a.update({"fusion.mean": a["fusion.mean"][:1]}),
+        "'fusion.mean' is float64 of shape \\(1,\\), expected float of shape \\(2,\\), one value",
+    ),
+    "mean-as-text": (
+        lambda m, a: a.update({"fusion.mean": np.array(["x", "y"])}),
+        "'fusion.mean' is <U1",
+    ),
+    "nan-mean": (
+        lambda m, a: a.update({"fusion.mean": a["fusion.mean"] * np.nan}),
+        "'fusion.mean' holds NaN or infinite values",
+    ),
+    "zero-std": (
+        lambda m, a: a.update({"fusion.std": a["fusion.std"] * 0}),
+        "'fusion.std' must be positive",
+    ),
+    "negative-std": (
+        lambda m, a: a.update({"fusion.std": -a["fusion.std"]}),
+        "'fusion.std' must be positive",
+    ),
+    "component-not-listed": (
+        _components_meta(lambda c: c.pop()),
+        "arrays of components \\['b'\\], which its metadata does not list",
+    ),
+    "component-arrays-missing": (
+        lambda m, a: [a.pop(k) for k in list(a) if k.startswith("b/")],
+        "component 'b' of the saved FusedDetector: not a saved MSDEDetector",
+    ),
+    "component-listed-twice": (
+        _components_meta(lambda c: c.append(c[0])),
+        "components \\['a'\\] listed twice",
+    ),
+    "no-components": (_components_meta(lambda c: c.clear()), "no list of \\{name, meta\\}"),
+    "name-with-slash": (
+        _components_meta(lambda c: c[0].update(name="a/x")),
+        "component name 'a/x'",
+    ),
+    "extra-array": (lambda m, a: a.update(extra=np.zeros(2)), "unexpected arrays \\['extra'\\]"),
+    "decision-scores-as-text": (
+        lambda m, a: a.update(decision_scores_=np.array(["x"] * 30)),
+        "'decision_scores_' is <U1",
+    ),
+    "decision-scores-of-other-length": (
+        lambda m, a: a.update(decision_scores_=a["decision_scores_"][:3]),
+        "different shapes \\[\\(3,\\), \\(30,\\)\\]",
+    ),
+    "nan-threshold": (lambda m, a: m.update(threshold_=float("nan")), "must be a finite number"),
+    "contamination": (
+        lambda m, a: m["params"].update(contamination=5),
+        "contamination must be in \\(0, 0.5\\], got 5",
+    ),
+    "component-nan-array": (
+        lambda m, a: a.update({"b/state.center": a["b/state.center"] * np.nan}),
+        "component 'b' .*'state.center' holds NaN",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUSED_EDITS))
+def test_edited_fused_detector_files(fused_model, tmp_path, case):
+    from msde_jax import FusedDetector
+
+    edit, message = FUSED_EDITS[case]
+    path = _edit(edit)(fused_model, tmp_path)
+    for loader in (FusedDetector.load, load_detector):
+        with pytest.raises(ValueError, match=message) as err:
+            loader(path)
+        assert str(path) in str(err.value)
+
+
+def test_truncated_fused_detector_file(fused_model, tmp_path):
+    from msde_jax import FusedDetector
+
+    path = _truncated(fused_model, tmp_path)
+    with pytest.raises(ValueError, match="is not a saved FusedDetector or is damaged"):
+        FusedDetector.load(path)
+
+
+def test_fused_detector_input_errors_name_the_component(fused_model):
+    from msde_jax import FusedDetector
+
+    fused = load_detector(fused_model)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="component 'b': X has 2 features but .* fitted on 3"):
+        fused.score_samples({"a": rng.normal(size=(2, 4)), "b": rng.normal(size=(2, 2))})
+    with pytest.raises(ValueError, match="no heatmaps"):
+        fused.score_maps({"a": rng.normal(size=(2, 4)), "b": rng.normal(size=(2, 3))})
+    params = {"mode": "none", "n_folds": 3, "n_components": 2}
+    with pytest.raises(ValueError, match="component 'a': Fitting needs at least 2"):
+        FusedDetector({"a": MSDEDetector(**params)}).fit({"a": rng.normal(size=(1, 4))})
+    with pytest.raises(TypeError, match="components must be a mapping"):
+        FusedDetector([MSDEDetector(**params)]).fit({"a": rng.normal(size=(9, 4))})
+    with pytest.raises(TypeError, match="component 'a' \\(int\\) is not a detector"):
+        FusedDetector({"a": 3}).fit({"a": rng.normal(size=(9, 4))})
+    with pytest.raises(ValueError, match="contamination must be in"):
+        FusedDetector({"a": MSDEDetector(**params)}, contamination="x").fit({"a": np.zeros((9, 4))})
+
+
+# ---------------------------------------------------------------------- single samples, dtypes
+def test_too_few_samples_for_every_detector_say_what_to_pass():
+    from msde_jax import FusedDetector, PatchBankDetector
+
+    x = np.random.default_rng(0).normal(size=(1, 4))
+    with pytest.raises(ValueError, match="at least 2 training samples"):
+        MSDEDetector(mode="none", n_components=2).fit(x)
+    with pytest.raises(ValueError, match="needs at least n_folds=2 training images"):
+        PatchBankDetector(size=4, n_folds=2).fit(x[:, None])
+    with pytest.raises(ValueError, match="component 'a': .*at least 2 training samples"):
+        FusedDetector({"a": MSDEDetector(mode="none", n_components=2)}).fit({"a": x})
+
+
+def test_patch_features_of_any_real_dtype_and_out_of_range_float64():
+    from msde_jax import PatchBankDetector
+
+    x = np.random.default_rng(4).normal(size=(8, 4, 3))
+    for cast in (np.float64, lambda a: (a * 10).astype(np.int64), lambda a: a > 0):
+        patches = cast(x)
+        fitted = PatchBankDetector(size=20, n_folds=2).fit(patches)
+        assert np.isfinite(fitted.score_samples(patches[:2])).all()
+        assert np.isfinite(fitted.threshold_)
+    # Finite float64 values beyond float32's range: "too large", not "NaN or infinite".
+    with pytest.raises(ValueError, match="too large for float32 patch distances"):
+        PatchBankDetector(size=20, n_folds=2).fit(x * 1e300)
+    with pytest.raises(ValueError, match="must hold real numbers, got dtype complex128"):
+        PatchBankDetector(size=20, n_folds=2).fit(x + 1j)
+
+
+# ---------------------------------------------------------------------- maps
+def test_maps_of_absurd_sizes_are_refused_and_huge_blurs_stay_finite():
+    from msde_jax import PatchBankDetector
+    from msde_jax.maps import MAX_SIZE, gaussian_blur
+
+    x = np.random.default_rng(5).normal(size=(6, 3, 3, 2)).astype(np.float32)
+    bank = PatchBankDetector(size=20, n_folds=2).fit(x)
+    with pytest.raises(ValueError, match=f"the side must be in \\[1, {MAX_SIZE}\\]"):
+        bank.score_maps(x[:1], size=MAX_SIZE + 1)
+    with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
+        bank.score_maps(x[:1], size=8, sigma="wide")
+    wrong_shapes = {
+        "square patch grid, got 1 × 9": x[:1].reshape(1, 1, 9, 2),
+        "must be patch features of shape": x[0, 0],
+        "has 1 channels per patch but the detector was fitted on 2": x[:1, ..., :1],
+        "has 4 patches per image but the detector was fitted on 9": x[:1, :2, :2],
+    }
+    for message, patches in wrong_shapes.items():
+        with pytest.raises(ValueError, match=message):
+            bank.score_maps(patches, size=8)
+    flat = PatchBankDetector(size=20, n_folds=2).fit(x.reshape(6, 9, 2)[:, :6])
+    with pytest.raises(ValueError, match="6 patches per image is not g × g"):
+        flat.score_maps(x.reshape(6, 9, 2)[:1, :6], size=8)
+    # A blur wider than the map (which used to abort the process) is cut at the map's side.
+    maps = bank.score_maps(x[:2], size=8, sigma=1e9)
+    assert maps.shape == (2, 8, 8)
+    assert np.isfinite(maps).all()
+    flat = np.asarray(gaussian_blur(np.arange(16.0).reshape(1, 4, 4), 1e12))
+    assert np.isfinite(flat).all()
+
+
+# ---------------------------------------------------------------------- weights files
+def _torch_file(obj):
+    def write(tmp_path):
+        import torch
+
+        path = tmp_path / "weights.pth"
+        torch.save(obj() if callable(obj) else obj, path)
+        return path
+
+    return write
+
+
+def _safetensors_file(arrays):
+    def write(tmp_path):
+        from safetensors.numpy import save_file
+
+        path = tmp_path / "weights.safetensors"
+        save_file(arrays, str(path))
+        return path
+
+    return write
+
+
+def _torch_tensor(shape, fill=0.0, dtype=None):
+    def make():
+        import torch
+
+        return {"conv1.weight": torch.full(shape, fill, dtype=dtype or torch.float32)}
+
+    return make
+
+
+def _adapted_with_nan(tmp_path):
+    from msde_jax.backbones.registry import backbone_spec
+    from msde_jax.backbones.variables import random_variables
+    from msde_jax.backbones.weight_files import save_variables
+
+    variables = random_variables(backbone_spec("resnet18").build(0), 32)
+    variables["params"]["conv1"]["kernel"] = variables["params"]["conv1"]["kernel"] * np.nan
+    path = tmp_path / "adapted.safetensors"
+    save_variables(path, variables, {"backbone": "resnet18"})
+    return path
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never print",))
+
+
+WEIGHTS = {
+    "pth-non-tensor": (
+        _torch_file(lambda: {**_torch_tensor((2,))(), "step": 3}),
+        "also holds values that are not tensors: 'step' \\(int\\)",
+    ),
+    "pth-no-mapping": (_torch_file([1, 2]), "no state dict"),
+    "pth-wrong-shape": (
+        _torch_file(_torch_tensor((64, 3, 3, 3))),
+        "conv1.weight has shape \\(64, 3, 3, 3\\), expected \\(64, 3, 7, 7\\)",
+    ),
+    "pth-nan": (
+        _torch_file(_torch_tensor((64, 3, 7, 7), float("nan"))),
+        "conv1.weight holds NaN or infinite values",
+    ),
+    "pth-code": (_torch_file({"x": _Evil()}), "refusing to load global"),
+    "safetensors-wrong-shape": (
+        _safetensors_file({"conv1.weight": np.zeros((64, 3, 3, 3), np.float32)}),
+        "conv1.weight has shape",
+    ),
+    "safetensors-complex": (
+        _safetensors_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.complex64)}),
+        "could not read safetensors|not real numbers",
+    ),
+    "adapted-nan": (_adapted_with_nan, "NaN or infinite values: params/conv1/kernel"),
+    "safetensors-missing-keys": (
+        _safetensors_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}),
+        "missing keys",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHTS))
+def test_bad_weights_files_raise_one_value_error_naming_the_file(tmp_path, capsys, case):
+    # One error type for every fault of a weights file, raised before any network runs.
+    from msde_jax.backbones.variables import load_backbone_variables
+
+    write, message = WEIGHTS[case]
+    path = write(tmp_path)
+    with pytest.raises(ValueError, match=message) as err:
+        load_backbone_variables("resnet18", path, image_size=32)
+    assert str(path) in str(err.value)
+    assert "this must never print" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- dataset and stack files
+def _stacks(**overrides):
+    rng = np.random.default_rng(0)
+    stacks = {k: rng.integers(0, 255, (3, 8, 8), dtype=np.uint8) for k in SPLITS}
+    return {**stacks, **overrides}
+
+
+SPLITS = ("train_normal", "test_normal", "test_abnormal")
+DATASET_FILES = {
+    "truncated": (lambda raw: raw[: len(raw) // 2], "not a readable .npz file"),
+    "empty": (lambda raw: b"", "not a readable .npz file"),
+    "garbage": (lambda raw: b"garbage", "not a readable .npz file \\(it holds Python objects or"),
+    "object-array": (
+        {"train_normal": np.array([1, "a"], dtype=object)},
+        "array 'train_normal' cannot be read",
+    ),
+    "text-pixels": ({"test_normal": np.full((3, 8, 8), "a")}, "'test_normal' is <U1; images are"),
+    "float-pixels-out-of-range": (
+        {"test_abnormal": np.full((3, 8, 8), 7.0)},
+        "'test_abnormal' holds float pixels outside \\[0, 1\\]",
+    ),
+    "no-pixels": ({"train_normal": np.zeros((3, 0, 8), np.uint8)}, "images of no pixels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATASET_FILES))
+def test_bad_dataset_files_name_the_file(tmp_path, capsys, case):
+    from msde_jax.io.datasets import load_dataset, load_images_npz
+
+    how, message = DATASET_FILES[case]
+    path = tmp_path / "data.npz"
+    if callable(how):
+        np.savez(path, **_stacks())
+        path.write_bytes(how(path.read_bytes()))
+    else:
+        np.savez(path, **_stacks(**how))
+    with pytest.raises(ValueError, match=message) as err:
+        load_dataset(path)
+    assert str(path) in str(err.value)
+    if callable(how):
+        with pytest.raises(ValueError, match=message):
+            load_images_npz(path)
+    out = tmp_path / "report"
+    assert main(["evaluate", str(path), "--out", str(out)]) == 2  # before any backbone loads
+    printed = capsys.readouterr().err
+    assert printed.startswith("error: ")
+    assert "Traceback" not in printed
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------- command line
+@pytest.fixture
+def scans(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+_EMBEDDER = {
+    "backbone": "resnet18",
+    "weights": "random",
+    "image_size": 32,
+    "resize": "direct",
+    "features": "pooled",
+    "dtype": "float32",
+}
+
+
+def _cli_cases(t, scans, model, bank):
+    """``{case: (argv, message)}``; every one fails before an image is embedded."""
+    (t / "a_file").write_text("x")
+    np.savez(t / "emb.npz", embeddings=np.zeros((5, 4)))
+    np.savez(t / "obj.npz", embeddings=np.array([{}], dtype=object))
+    np.savez(t / "cfg.npz", embeddings=np.zeros((5, 4)), config=np.array('"not a dict"'))
+    (t / "garbage.npz").write_bytes(b"garbage")
+    (t / "empty_dir").mkdir()
+    (t / "empty_dir" / "notes.txt").write_text("no images here")
+    fit = ["fit", str(scans), "--weights", "random", "--image-size", "32", "--k", "2", "--out"]
+    return {
+        "out-in-missing-folder": (
+            [*fit, str(t / "nope" / "m.npz")],
+            re.escape(f"--out {t / 'nope' / 'm.npz'}: no folder {t / 'nope'}; create it first"),
+        ),
+        "out-is-a-folder": ([*fit, str(scans)], re.escape(f"--out {scans} is a folder")),
+        "out-under-a-file": ([*fit, str(t / "a_file" / "m.npz")], "a_file is a file, not a folder"),
+        "out-is-an-input-image": ([*fit, str(scans / "0.png")], "is also an input"),
+        "embed-out-missing-folder": (
+            ["embed", str(scans), "--out", str(t / "nope" / "e")],
+            "no folder",
+        ),
+        "embeddings-out-is-the-input": (
+            ["fit", str(t / "emb.npz"), "--embeddings", "--out", str(t / "emb.npz")],
+            "is also an input: writing it would replace it",
+        ),
+        "embeddings-garbage": (
+            ["fit", str(t / "garbage.npz"), "--embeddings", "--out", str(t / "m.npz")],
+            "garbage.npz: not a readable .npz file",
+        ),
+        "embeddings-objects": (
+            ["fit", str(t / "obj.npz"), "--embeddings", "--out", str(t / "m.npz")],
+            "obj.npz: array 'embeddings' cannot be read",
+        ),
+        "embeddings-config-not-an-object": (
+            ["fit", str(t / "cfg.npz"), "--embeddings", "--out", str(t / "m.npz")],
+            "cfg.npz: its 'config' is not the embedder configuration",
+        ),
+        "no-images-in-folder": (
+            [*fit[:1], str(t / "empty_dir"), *fit[2:], str(t / "m.npz")],
+            "no image files in .*empty_dir \\(looked for .png",
+        ),
+        "score-out-is-the-model": (
+            ["score", str(model), str(scans), "--out", str(model)],
+            "is also an input",
+        ),
+        "score-heatmaps-is-a-file": (
+            ["score", str(bank), str(scans), "--heatmaps", str(t / "a_file")],
+            re.escape(f"--heatmaps {t / 'a_file'} is a file; give a folder"),
+        ),
+        "score-model-is-a-folder": (["score", str(scans), str(scans)], "is not a saved detector"),
+        "evaluate-out-is-a-file": (
+            ["evaluate", "pneumoniamnist", "--out", str(t / "a_file")],
+            "is a file; give a folder",
+        ),
+    }
+
+
+def _model_with(tmp_path, metadata, detector=None):
+    path = tmp_path / "model.npz"
+    if detector is None:
+        x = np.random.default_rng(0).normal(size=(20, 6))
+        detector = MSDEDetector(mode="none", n_components=2, n_folds=2).fit(x)
+    detector.save(path, metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "out-in-missing-folder",
+        "out-is-a-folder",
+        "out-under-a-file",
+        "out-is-an-input-image",
+        "embed-out-missing-folder",
+        "embeddings-out-is-the-input",
+        "embeddings-garbage",
+        "embeddings-objects",
+        "embeddings-config-not-an-object",
+        "no-images-in-folder",
+        "score-out-is-the-model",
+        "score-heatmaps-is-a-file",
+        "score-model-is-a-folder",
+        "evaluate-out-is-a-file",
+    ],
+)
+def test_command_line_refuses_bad_paths_before_any_work(tmp_path, scans, capsys, case):
+    model = _model_with(tmp_path, {"embedder": _EMBEDDER})
+    before = model.read_bytes()
+    bank = tmp_path / "bank.npz"
+    if case == "score-heatmaps-is-a-file":  # a model with maps, so that --heatmaps is read
+        from msde_jax import PatchBankDetector
+
+        x = np.random.default_rng(0).normal(size=(4, 4, 3)).astype(np.float32)
+        fitted = PatchBankDetector(size=8, n_folds=2).fit(x)
+        fitted.save(bank, metadata={"embedder": {**_EMBEDDER, "features": "patches"}})
+    argv, message = _cli_cases(tmp_path, scans, model, bank)[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: "), err
+    assert re.search(message, err), err
+    assert "embedded" not in err  # refused before any image was embedded
+    assert "Traceback" not in err
+    assert model.read_bytes() == before  # nothing was overwritten
+    with np.load(tmp_path / "emb.npz") as z:  # the embeddings were not replaced by a model
+        assert z.files == ["embeddings"]
+
+
+def test_score_refuses_models_whose_metadata_does_not_fit(tmp_path, scans, capsys):
+    from msde_jax import FusedDetector
+
+    rng = np.random.default_rng(0)
+    params = {"mode": "none", "n_folds": 2, "n_components": 2}
+    fused = FusedDetector({"a": MSDEDetector(**params)}).fit({"a": rng.normal(size=(10, 4))})
+    cases = {
+        "a string": ({"embedder": "resnet18"}, None, "its metadata 'embedder' is not"),
+        "missing keys": ({"embedder": {"backbone": "resnet18"}}, None, "a JSON object with"),
+        "fused": ({"embedder": _EMBEDDER}, fused, "holds a FusedDetector, which scores a mapping"),
+        "other dimension": (
+            {"embedder": _EMBEDDER},
+            None,
+            "fitted on 6 features per image, but its embedder .* gives 512",
+        ),
+    }
+    for what, (metadata, detector, message) in cases.items():
+        model = _model_with(tmp_path, metadata, detector)
+        assert main(["score", str(model), str(scans)]) == 2, what
+        err = capsys.readouterr().err
+        assert re.search(message, err), (what, err)
+        assert "Traceback" not in err
+        assert "embedded" not in err
+
+
+def test_counts_of_images_must_be_positive(capsys):
+    # A negative batch size used to embed nothing and fit on uninitialised memory; a negative
+    # --limit dropped the last image of each class.
+    from msde_jax.embedder import Embedder
+    from msde_jax.evaluation import limit_dataset
+    from msde_jax.io.datasets import load_dataset
+
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            Embedder("resnet18", weights="random", image_size=32, batch_size=bad)
+    with pytest.raises(ValueError, match="limit must be a positive number of images, got -1"):
+        limit_dataset(load_dataset("pneumoniamnist"), limit=-1)
+    for option in (["--limit", "-1"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["evaluate", "pneumoniamnist", "--out", "r", *option])
+        assert exit_.value.code == 2
+        assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path, scans, capsys):
+    # As root a chmod'ed folder stays writable, so the refusal is simulated where it happens.
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    model = _model_with(tmp_path, {"embedder": _EMBEDDER})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "TemporaryFile", read_only)
+        for argv in (
+            ["score", str(model), str(scans), "--out", str(tmp_path / "s.csv")],
+            ["evaluate", "pneumoniamnist", "--out", str(tmp_path / "report")],
+        ):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert f"cannot write in {tmp_path} (Permission denied)" in err
+            assert "embedded" not in err

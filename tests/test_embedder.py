@@ -22,6 +22,10 @@ def test_shape_and_dtype_contract(backbone):
     assert np.all(np.isfinite(out))
     # Padding must not change the real rows: one image (3 padded rows) equals it in a batch.
     np.testing.assert_allclose(emb.embed(IMAGES[3:4])[0], out[3], rtol=2e-4, atol=2e-4)
+    # All-constant images (black, white, mid-grey, an all-True mask) embed to finite values.
+    constant = [np.zeros((9, 9), np.uint8), np.full((20, 7, 3), 255, np.uint8)]
+    constant += [np.full((8, 8), 0.5, np.float32), np.ones((6, 6), bool)]
+    assert np.isfinite(emb.embed(constant)).all()
 
 
 def test_multiscale_features_concatenate_stages():

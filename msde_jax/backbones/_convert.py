@@ -9,9 +9,14 @@ from typing import Any
 
 import numpy as np
 
+# ml_dtypes' floats (numpy kind "V"), which a state dict given in memory may hold.
+_LOW_PRECISION = ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
 
-class WeightMappingError(KeyError):
-    """A state dict does not match the network: names the missing and unexpected keys."""
+
+class WeightMappingError(KeyError, ValueError):
+    """A state dict does not match the network: names the missing and unexpected keys, or a
+    tensor of the wrong shape or with values no trained network has (a ``ValueError`` too, as
+    every other fault of a weights file)."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
@@ -40,7 +45,17 @@ class StateDict:
             raise WeightMappingError(
                 f"{self.network}: {key} has shape {tuple(value.shape)}, expected {tuple(shape)}."
             )
-        return value.astype(np.float32)
+        if value.dtype.kind not in "biuf" and value.dtype.name not in _LOW_PRECISION:
+            raise WeightMappingError(
+                f"{self.network}: {key} is {value.dtype}, not real numbers; is this a weights file?"
+            )
+        value = value.astype(np.float32)
+        if not np.isfinite(value).all():
+            raise WeightMappingError(
+                f"{self.network}: {key} holds NaN or infinite values (float32): the weights are "
+                "damaged or diverged; use another weights file."
+            )
+        return value
 
     def skip(self, *keys: str) -> None:
         """Mark keys as deliberately unused (e.g. ``num_batches_tracked``)."""

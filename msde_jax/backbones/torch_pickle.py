@@ -49,8 +49,9 @@ _WIDEN_TO_FLOAT32 = (
 )
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint's pickle names a global outside the state-dict allowlist."""
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+    """A checkpoint's pickle names a global outside the state-dict allowlist (a
+    ``ValueError`` too, as every other fault of a weights file)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,15 +399,30 @@ def _materialize(obj: Any, what: str) -> Any:
 def _find_state_dict(obj: Any, source: str) -> dict[str, np.ndarray]:
     """The first mapping (breadth first) whose values are all arrays."""
     queue: collections.deque[Any] = collections.deque([obj])
+    nearest: Mapping | None = None  # the mapping with the most tensors, for the message
+    most = 0
     while queue:
         node = queue.popleft()
         if isinstance(node, Mapping):
             values = list(node.values())
-            if values and all(isinstance(v, np.ndarray) for v in values):
+            tensors = sum(isinstance(v, np.ndarray) for v in values)
+            if values and tensors == len(values):
                 return {str(k): v for k, v in node.items()}
+            if tensors > most:
+                nearest, most = node, tensors
             queue.extend(values)
         elif isinstance(node, list | tuple):
             queue.extend(node)
+    if nearest is not None:
+        odd = [f"{k!r} ({type(v).__name__})" for k, v in nearest.items()]
+        odd = [
+            o for o, v in zip(odd, nearest.values(), strict=True) if not isinstance(v, np.ndarray)
+        ]
+        raise ValueError(
+            f"{source}: no state dict: the mapping with the most tensors ({most}) also holds "
+            f"values that are not tensors: {', '.join(odd[:5])}"
+            + (f" (+{len(odd) - 5} more)" if len(odd) > 5 else "")
+        )
     top = f" (top-level keys: {list(obj)[:10]})" if isinstance(obj, Mapping) else ""
     raise ValueError(f"{source}: no state dict (a mapping of names to tensors) found{top}")
 

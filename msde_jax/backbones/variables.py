@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msde_jax.backbones._convert import WeightMappingError
 from msde_jax.backbones.registry import backbone_spec
 from msde_jax.backbones.weight_files import (
     VARIABLES_FORMAT,
@@ -46,6 +47,13 @@ def load_backbone_variables(
     Returns:
         ``(variables, fingerprint)``: the fingerprint is a sha256 prefix of the exact weights
         (``"random-seed-<seed>"`` for ``weights="random"``).
+
+    Raises:
+        FileNotFoundError: no such weights file.
+        ValueError: any fault of the weights, naming the file: unreadable, code in a pickle
+            (:class:`~msde_jax.backbones.torch_pickle.UnsafeCheckpointError`), no state dict,
+            or tensors that do not fit the network (missing, unexpected, of the wrong shape,
+            not real, NaN or infinite: :class:`~msde_jax.backbones._convert.WeightMappingError`).
     """
     spec = backbone_spec(backbone)
     module = spec.build(0)
@@ -56,8 +64,15 @@ def load_backbone_variables(
         return variables, _fingerprint(flatten_variables(variables))
     if weights is None:
         weights = spec.default_weights(cache_dir)
-    state_dict = weights if isinstance(weights, Mapping) else load_state_dict(os.fspath(weights))
-    return spec.convert(state_dict, 0), _fingerprint(state_dict)
+    if isinstance(weights, Mapping):
+        return spec.convert(weights, 0), _fingerprint(weights)
+    path = os.fspath(weights)
+    state_dict = load_state_dict(path)
+    try:
+        variables = spec.convert(state_dict, 0)
+    except WeightMappingError as err:  # name the file, as every other fault of it
+        raise WeightMappingError(f"{path}: {err}") from err
+    return variables, _fingerprint(state_dict)
 
 
 def abstract_variables(module: Any, image_size: int) -> Any:
@@ -134,7 +149,12 @@ def _adapted_variables(weights: Any, backbone: str, module: Any, image_size: int
     wrong = sorted(
         n for n in set(expected) & set(got) if tuple(expected[n].shape) != tuple(got[n].shape)
     )
-    if missing or unexpected or wrong:
+    not_finite = sorted(
+        n
+        for n in set(expected) & set(got)
+        if n not in wrong and not np.isfinite(np.asarray(got[n], np.float32)).all()
+    )
+    if missing or unexpected or wrong or not_finite:
         raise ValueError(
             f"{source} do not fit {backbone}: "
             + "; ".join(
@@ -143,6 +163,7 @@ def _adapted_variables(weights: Any, backbone: str, module: Any, image_size: int
                     ("missing", missing),
                     ("unexpected", unexpected),
                     ("wrong shape", wrong),
+                    ("NaN or infinite values", not_finite),
                 )
                 if names
             )

@@ -101,6 +101,46 @@ def _detector(args: argparse.Namespace, ndim: int | None = None):
     return MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
 
 
+def _check_out(
+    path: str, *, option: str = "--out", folder: bool = False, inputs: Sequence[Any] = ()
+) -> None:
+    """Refuse, before any work, an output that cannot be written: a file in a missing or
+    read-only folder, a folder where a file goes (or the reverse), or one of the inputs
+    (writing it would replace the input)."""
+    import tempfile
+
+    out = Path(path)
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{option} {path} is a file; give a folder (it is created).")
+        where = next((p for p in (out, *out.absolute().parents) if p.exists()), Path("/"))
+        if not where.is_dir():
+            raise UserError(f"{option} {path}: {where} is a file, not a folder.")
+    else:
+        if out.is_dir():
+            raise UserError(f"{option} {path} is a folder; give a file name inside it.")
+        where = out.absolute().parent
+        if where.exists() and not where.is_dir():
+            raise UserError(f"{option} {path}: {where} is a file, not a folder.")
+        if not where.is_dir():
+            raise UserError(f"{option} {path}: no folder {where}; create it first.")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"{option} {path}: cannot write in {where} ({err.strerror or err})."
+        ) from err
+    if not folder:
+        target = out.resolve()
+        for item in inputs:
+            if isinstance(item, str | Path) and Path(item).resolve() == target:
+                raise UserError(
+                    f"{option} {path} is also an input: writing it would replace it; choose "
+                    "another file."
+                )
+
+
 def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
     """Images from files/folders (as paths) or from one .npz stack; with display names."""
     from msde_jax.io.datasets import list_images, load_images_npz
@@ -111,6 +151,13 @@ def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
         images = load_images_npz(sources[0])
         return list(images), [f"{sources[0]}[{i}]" for i in range(len(images))]
     paths = list_images(list(sources))
+    if not paths:
+        from msde_jax.io.images import IMAGE_SUFFIXES
+
+        raise UserError(
+            f"no image files in {', '.join(sources)} (looked for {', '.join(IMAGE_SUFFIXES)}, "
+            "in folders and their sub-folders)."
+        )
     return paths, [str(p) for p in paths]
 
 
@@ -148,37 +195,67 @@ def _readable(items: list, names: list[str], args: argparse.Namespace) -> tuple[
 
 # ---------------------------------------------------------------------------- commands
 def cmd_embed(args: argparse.Namespace) -> None:
+    from msde_jax._files import atomic_write
     from msde_jax.evaluation import embed
 
-    items, names = _readable(*_items(args.sources), args)
+    out = args.out if args.out.endswith(".npz") else f"{args.out}.npz"  # as np.savez names it
+    items, names = _items(args.sources)
+    _check_out(out, inputs=[*args.sources, *items])
+    items, names = _readable(items, names, args)
     embedder = _embedder(args)
     emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
-    np.savez(
-        args.out,
-        embeddings=emb,
-        names=np.array(names),
-        config=np.array(json.dumps(embedder.config())),
+    config = json.dumps(embedder.config())
+    atomic_write(
+        out,
+        lambda f: np.savez(f, embeddings=emb, names=np.array(names), config=np.array(config)),
+        suffix=".npz",
     )
-    print(f"wrote {emb.shape[0]} × {' × '.join(map(str, emb.shape[1:]))} embeddings to {args.out}")
+    print(f"wrote {emb.shape[0]} × {' × '.join(map(str, emb.shape[1:]))} embeddings to {out}")
+
+
+def _read_embeddings(path: str) -> tuple[np.ndarray, dict | None]:
+    """The ``embeddings`` array of an ``msde-jax embed`` file and its embedder config."""
+    from msde_jax.io.datasets import open_npz
+
+    with open_npz(path) as z:
+        if "embeddings" not in z:
+            raise UserError(f"{path} has no 'embeddings' array ({', '.join(z) or 'no arrays'}).")
+        features = z["embeddings"]
+        config = z["config"] if "config" in z else None
+    if config is not None:
+        try:
+            config = json.loads(str(config)) if config.ndim == 0 else None
+        except ValueError:
+            config = None
+        if not isinstance(config, dict):
+            raise UserError(
+                f"{path}: its 'config' is not the embedder configuration `msde-jax embed` writes "
+                "(a JSON object); embed the images again."
+            )
+    return features, config
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
     if args.embeddings:
         if len(args.sources) != 1 or not args.sources[0].endswith(".npz"):
             raise UserError("--embeddings expects one .npz file with an 'embeddings' array.")
-        with np.load(args.sources[0], allow_pickle=False) as z:
-            if "embeddings" not in z.files:
-                raise UserError(f"{args.sources[0]} has no 'embeddings' array ({z.files}).")
-            features = z["embeddings"]
-            config = json.loads(str(z["config"])) if "config" in z.files else None
+        _check_out(args.out, inputs=args.sources)
+        features, config = _read_embeddings(args.sources[0])
+        detector = _detector(args, features.ndim)
+        try:
+            detector.fit(features)
+        except ValueError as err:
+            raise UserError(f"{args.sources[0]}: 'embeddings': {err}") from err
     else:
         from msde_jax.evaluation import embed
 
-        items, _ = _readable(*_items(args.sources), args)
+        items, names = _items(args.sources)
+        _check_out(args.out, inputs=[*args.sources, *items])
+        items, _ = _readable(items, names, args)
         embedder = _embedder(args)
         features = embed(embedder, items, cache_dir=args.cache_dir, what="normal")
         config = embedder.config()
-    detector = _detector(args, features.ndim).fit(features)
+        detector = _detector(args, features.ndim).fit(features)
     detector.save(args.out, metadata={"embedder": config})
     print(
         f"fitted {detector!r} on {features.shape[0]} normal images "
@@ -193,11 +270,22 @@ def _load_model(path: str):
     if not Path(path).exists():
         raise FileNotFoundError(path)
     detector = load_detector(path)
+    if not hasattr(detector, "n_features_in_"):  # a FusedDetector: features per component
+        raise UserError(
+            f"{path} holds a {type(detector).__name__}, which scores a mapping of features "
+            "(one per component): score it from Python (msde_jax.evaluation.evaluate)."
+        )
     config = detector.metadata_.get("embedder")
     if not config:
         raise UserError(
             f"{path} was fitted on precomputed embeddings: it has no backbone to "
             "embed images with. Score embeddings from Python instead."
+        )
+    needed = ("backbone", "weights", "image_size", "resize", "features", "dtype")
+    if not isinstance(config, dict) or not all(k in config for k in needed):
+        raise UserError(
+            f"{path}: its metadata 'embedder' is not the embedder configuration `msde-jax fit` "
+            f"saves (a JSON object with {', '.join(needed)}); refit the model."
         )
     return detector, config
 
@@ -210,8 +298,23 @@ def cmd_score(args: argparse.Namespace) -> None:
     detector, config = _load_model(args.model)
     if args.heatmaps and not detector.has_maps:
         raise UserError(no_maps_message(detector))
-    embedder = Embedder.from_config(config, batch_size=args.batch_size)
-    items, names = _readable(*_items(args.sources), args)
+    items, names = _items(args.sources)
+    if args.out:
+        _check_out(args.out, inputs=[args.model, *args.sources, *items])
+    if args.heatmaps:
+        _check_out(args.heatmaps, option="--heatmaps", folder=True)
+    try:
+        embedder = Embedder.from_config(config, batch_size=args.batch_size)
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{args.model}: its embedder configuration is invalid ({err!r}).") from err
+    dim = embedder.output_shape[-1]
+    if dim != detector.n_features_in_:
+        raise UserError(
+            f"{args.model}: its detector was fitted on {detector.n_features_in_} features per "
+            f"{'patch' if detector.has_maps else 'image'}, but its embedder ({embedder!r}) "
+            f"gives {dim}: the file's metadata does not match its detector; refit the model."
+        )
+    items, names = _readable(items, names, args)
     features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     scores = detector.score_samples(features)
     labels = (scores > detector.threshold_).astype(int)
@@ -282,6 +385,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     from msde_jax.report import overlay_indices, require_matplotlib, write_report
 
     require_matplotlib()  # a broken install refuses before minutes of embedding
+    _check_out(args.out, folder=True)
     # An empty class is reported before the backbone loads.
     dataset = limit_dataset(load_dataset(spec), limit=args.limit)
     if args.skip_unreadable:
@@ -373,6 +477,7 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
     from msde_jax.ssl.config import TrainConfig
     from msde_jax.ssl.train import BACKBONE, train_backbone
 
+    _check_out(args.out, folder=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     items = _normal_images(args.sources)[: args.limit]

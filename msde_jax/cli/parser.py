@@ -48,6 +48,17 @@ BANK_OPTIONS = ("bank_size", "reduce")
 
 
 # ---------------------------------------------------------------------------- arguments
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a count of images)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     from msde_jax.backbones.registry import BACKBONES
     from msde_jax.embedder import FEATURES, Embedder
@@ -68,7 +79,7 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--image-size", type=int, default=d["image_size"], help="resize side (default: %(default)s)"
     )
-    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    g.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
     g.add_argument(
         "--features",
         default=None,
@@ -107,7 +118,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="run folder: checkpoint, log, backbone")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images")
     g = p.add_argument_group("training")
     g.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="(%(default)s)")
     g.add_argument("--task", default=d.task, choices=tuple(TASKS), help="(%(default)s)")
@@ -222,7 +233,7 @@ def _add_skip_arg(p: argparse.ArgumentParser) -> None:
 def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit",
-        type=int,
+        type=_positive_int,
         default=None,
         help="use at most this many images per class (quick runs)",
     )
@@ -297,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_skip_arg(p)
     p.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
     p.add_argument(
         "--heatmaps",
         default=None,

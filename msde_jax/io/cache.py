@@ -94,6 +94,11 @@ def embed_cached(
     input order. Each image's embedding may have any shape ((d,), or (grid, grid, c) patch
     features), the same for every image of a call.
 
+    A cache entry is trusted only as this cache writes it: a float32 ``.npy`` of finite values
+    of the embedder's ``output_shape`` (when it has one). A damaged, truncated or edited entry
+    (another shape, dtype or kind of file, NaN or infinite values) is embedded again and
+    rewritten, as are cached entries whose shapes disagree with the fresh ones.
+
     Args:
         embedder: an :class:`~msde_jax.embedder.Embedder` (or any object with ``config()`` and
             ``embed(items)``).
@@ -105,8 +110,7 @@ def embed_cached(
         (n, ...) float32 embeddings in the input order, e.g. (n, d) or (n, grid, grid, c).
 
     Raises:
-        ValueError: the embedder returned no row per image, or embeddings (cached or new) of
-            different shapes.
+        ValueError: the embedder returned no row per image, or embeddings of different shapes.
     """
     items = list(items)
     config = embedder.config()
@@ -119,41 +123,86 @@ def embed_cached(
             cfg_file, (json.dumps(config, indent=2, sort_keys=True, default=str) + "\n").encode()
         )
 
+    if not items:
+        shape = getattr(embedder, "output_shape", None) or (int(getattr(embedder, "dim", 0)),)
+        return np.zeros((0, *shape), np.float32)
+    expected = getattr(embedder, "output_shape", None)
+    expected = None if expected is None else tuple(int(s) for s in expected)
     paths = [folder / f"{image_hash(item, cfg_json)}.npy" for item in items]
-    found: dict[int, np.ndarray] = {}
-    for i, path in enumerate(paths):
-        if path.exists():
-            try:
-                found[i] = np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError):  # damaged (EOFError: empty): embed again
-                pass
+    found = {
+        i: entry for i, path in enumerate(paths) if (entry := _entry(path, expected)) is not None
+    }
     missing = [i for i in range(len(items)) if i not in found]
-    if progress and items:
+    if progress:
         print(
             f"embedding cache {folder}: {len(found)}/{len(items)} cached, {len(missing)} to embed",
             file=sys.stderr,
         )
-    if missing:
-        new = np.asarray(embedder.embed([items[i] for i in missing]), np.float32)
-        if new.ndim < 1 or len(new) != len(missing):
-            raise ValueError(
-                f"embedder returned shape {new.shape} for {len(missing)} images; expected one "
-                "embedding per image, (n, ...)."
+    _embed_into(embedder, items, missing, paths, found)
+    shapes = {found[i].shape for i in range(len(items))}
+    if len(shapes) > 1:
+        # Entries that disagree (an embedder without output_shape to check them against):
+        # the ones unlike the fresh embeddings, or all cached ones, are embedded again.
+        fresh = {found[i].shape for i in missing}
+        stale = [
+            i for i in found if i not in missing and (not fresh or found[i].shape not in fresh)
+        ]
+        if progress:
+            print(
+                f"embedding cache {folder}: {len(stale)} entries of another shape, embedded again",
+                file=sys.stderr,
             )
-        written: set[Path] = set()
-        for row, i in zip(new, missing, strict=True):
-            found[i] = row
-            if paths[i] not in written:  # the same image twice in one call
-                row32 = np.asarray(row, np.float32)
-                # No fsync per entry: a damaged entry is detected on load and embedded again.
-                atomic_write(
-                    paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False), fsync=False
-                )
-                written.add(paths[i])
-    if not items:
-        shape = getattr(embedder, "output_shape", None) or (int(getattr(embedder, "dim", 0)),)
-        return np.zeros((0, *shape), np.float32)
-    dims = {found[i].shape for i in range(len(items))}
-    if len(dims) != 1:
-        raise ValueError(f"{folder}: cached embeddings of different shapes {sorted(dims)}.")
+        _embed_into(embedder, items, stale, paths, found)
+        shapes = {found[i].shape for i in range(len(items))}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"the embedder returned embeddings of different shapes {sorted(shapes)}."
+            )
     return np.stack([found[i] for i in range(len(items))]).astype(np.float32, copy=False)
+
+
+def _entry(path: Path, expected: tuple[int, ...] | None) -> np.ndarray | None:
+    """A cache entry if it is one this cache wrote: a float32 .npy of finite values, of the
+    embedder's ``output_shape`` when it has one; else ``None`` (embedded again)."""
+    if not path.exists():
+        return None
+    try:
+        entry = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # damaged (EOFError: empty)
+        return None
+    if not isinstance(entry, np.ndarray):  # another kind of file (an .npz) in its place
+        getattr(entry, "close", lambda: None)()
+        return None
+    if entry.dtype != np.float32:
+        return None
+    if expected is not None and entry.shape != expected:
+        return None
+    return entry if np.isfinite(entry).all() else None
+
+
+def _embed_into(
+    embedder: SupportsEmbed,
+    items: list[Any],
+    indices: list[int],
+    paths: list[Path],
+    found: dict[int, np.ndarray],
+) -> None:
+    """Embed ``items[indices]`` in one call, store them in ``found`` and cache them."""
+    if not indices:
+        return
+    new = np.asarray(embedder.embed([items[i] for i in indices]), np.float32)
+    if new.ndim < 1 or len(new) != len(indices):
+        raise ValueError(
+            f"embedder returned shape {new.shape} for {len(indices)} images; expected one "
+            "embedding per image, (n, ...)."
+        )
+    written: set[Path] = set()
+    for row, i in zip(new, indices, strict=True):
+        found[i] = row
+        if paths[i] not in written:  # the same image twice in one call
+            row32 = np.ascontiguousarray(row, np.float32)
+            # No fsync per entry: a damaged entry is detected on load and embedded again.
+            atomic_write(
+                paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False), fsync=False
+            )
+            written.add(paths[i])

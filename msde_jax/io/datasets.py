@@ -12,12 +12,17 @@ problem. Its items are file paths (``str``) or NumPy image arrays: anything
   ``test["0"]`` and ``test["1"]`` list file names relative to ``images/``.
 """
 
+import contextlib
+import errno
 import json
 import os
-from collections.abc import Sequence
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +35,7 @@ __all__ = [
     "list_images",
     "load_dataset",
     "load_images_npz",
+    "open_npz",
 ]
 
 SPLIT_KEYS = ("train_normal", "test_normal", "test_abnormal")
@@ -93,7 +99,8 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
 
     Raises:
         FileNotFoundError: ``spec`` is neither a built-in name nor an existing path.
-        ValueError: the layout is not recognised, a split is missing, or a split is empty.
+        ValueError: the layout is not recognised, a split is missing or empty, an .npz file is
+            damaged or holds something else than image stacks (:func:`open_npz`).
     """
     if isinstance(spec, str):
         name = spec.removeprefix("builtin:")
@@ -121,9 +128,90 @@ def _builtin(name: str) -> Dataset:
         return _from_npz(Path(file), name=name, source=f"builtin:{name}")
 
 
+@contextlib.contextmanager
+def open_npz(path: str | os.PathLike) -> Iterator[Mapping[str, np.ndarray]]:
+    """An ``.npz`` file's arrays by name (read on access), never unpickling anything.
+
+    Every way the file can fail to read ends in one ``ValueError`` that names it: not an .npz
+    (another file renamed, an empty or truncated one), a damaged member (the zip CRC), or an
+    array of Python objects (which would need pickle, refused).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: as above.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+    # The file opened here, so that it is closed whatever NumPy makes of it.
+    with open(path, "rb") as f:
+        try:
+            data = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path}: not a readable .npz file ({_npz_reason(err)}).") from err
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: a single .npy array, not an .npz file of named arrays.")
+        with data:
+            yield _NpzArrays(path, data)
+
+
+class _NpzArrays(Mapping):
+    """The arrays of an open ``.npz``, each read on access with its faults named."""
+
+    def __init__(self, path: Path, data: Any):
+        self._path, self._data = path, data
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._data.files:
+            raise KeyError(key)
+        try:
+            return self._data[key]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise ValueError(
+                f"{self._path}: array {key!r} cannot be read ({_npz_reason(err)})."
+            ) from err
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data.files)
+
+    def __len__(self) -> int:
+        return len(self._data.files)
+
+
+def _npz_reason(err: BaseException) -> str:
+    message = str(err)
+    if "allow_pickle" in message or "pickled" in message:
+        # NumPy's advice to unpickle the file is not one to follow for a file of images.
+        return "it holds Python objects or is not an .npz file; arrays of numbers only"
+    return message or type(err).__name__
+
+
+def _check_stack(path: Path, key: str, arr: np.ndarray) -> None:
+    """Refuse an array that is not a stack of images the readers accept."""
+    if arr.ndim not in (3, 4):
+        raise ValueError(
+            f"{path}: array {key!r} has shape {arr.shape}; expected an image stack "
+            "(n, H, W) or (n, H, W, C)."
+        )
+    if len(arr) == 0:
+        raise ValueError(f"{path}: array {key!r} holds no images.")
+    if 0 in arr.shape[1:3]:
+        raise ValueError(f"{path}: array {key!r} holds images of no pixels (shape {arr.shape}).")
+    if not (arr.dtype in (np.uint8, np.uint16, np.bool_) or arr.dtype.kind == "f"):
+        raise ValueError(
+            f"{path}: array {key!r} is {arr.dtype}; images are uint8, uint16, bool or float in "
+            "[0, 1]."
+        )
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and 0 <= arr.min() <= arr.max() <= 1):
+        raise ValueError(
+            f"{path}: array {key!r} holds float pixels outside [0, 1] (or NaN); scale the images "
+            "to [0, 1] or store them as uint8 / uint16."
+        )
+
+
 def _from_npz(path: Path, *, name: str, source: str) -> Dataset:
-    with np.load(path, allow_pickle=False) as data:
-        keys = list(data.files)
+    with open_npz(path) as data:
+        keys = list(data)
         missing = [k for k in SPLIT_KEYS if k not in keys]
         if missing:
             raise ValueError(
@@ -132,13 +220,7 @@ def _from_npz(path: Path, *, name: str, source: str) -> Dataset:
             )
         splits = {k: data[k] for k in SPLIT_KEYS}
     for key, arr in splits.items():
-        if arr.ndim not in (3, 4):
-            raise ValueError(
-                f"{path}: array {key!r} has shape {arr.shape}; expected an image stack "
-                "(n, H, W) or (n, H, W, C)."
-            )
-        if len(arr) == 0:
-            raise ValueError(f"{path}: array {key!r} holds no images.")
+        _check_stack(path, key, arr)
     return Dataset(name, *(list(splits[k]) for k in SPLIT_KEYS), source=source)
 
 
@@ -249,10 +331,8 @@ def load_images_npz(path: str | os.PathLike, key: str | None = None) -> list[np.
         ValueError: the key is missing or ambiguous, or the array is not an image stack.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file.")
-    with np.load(path, allow_pickle=False) as data:
-        keys = list(data.files)
+    with open_npz(path) as data:
+        keys = list(data)
         if key is None:
             if len(keys) == 1:
                 key = keys[0]
@@ -265,9 +345,5 @@ def load_images_npz(path: str | os.PathLike, key: str | None = None) -> list[np.
         if key not in keys:
             raise ValueError(f"{path}: no array {key!r}; found {', '.join(keys) or 'none'}.")
         arr = data[key]
-    if arr.ndim not in (3, 4):
-        raise ValueError(
-            f"{path}: array {key!r} has shape {arr.shape}; expected an image stack (n, H, W) or "
-            "(n, H, W, C)."
-        )
+    _check_stack(path, key, arr)
     return list(arr)

@@ -162,13 +162,29 @@ def test_patch_shaped_embeddings_round_trip(tmp_path, arrays):
     assert embed_cached(stub, [], tmp_path, progress=False).shape == (0, 3, 3, 2)
 
 
-def test_embeddings_of_different_shapes_in_one_call_raise(tmp_path, arrays):
+def test_entries_of_another_shape_than_the_embedder_gives_are_embedded_again(tmp_path, arrays):
     stub = PatchStub()
     embed_cached(stub, arrays[:2], tmp_path, progress=False)
-    stub.grid = 4  # same config, different shapes: a broken embedder
+    stub.grid = 4  # same config, another output_shape: the cached entries are stale
     stub.config = lambda: {"backbone": "patches", "grid": 3}
+    out = embed_cached(stub, arrays[:3], tmp_path, progress=False)
+    assert stub.calls == [2, 3]
+    assert out.shape == (3, 4, 4, 2)
+
+
+def test_embeddings_of_different_shapes_raise(tmp_path, arrays):
+    class ShapeOfTheCall(StubEmbedder):
+        """No output_shape, and each call's embeddings are as long as the call: broken."""
+
+        def embed(self, items):
+            self.calls.append(len(items))
+            return np.zeros((len(items), len(items)), np.float32)
+
+    stub = ShapeOfTheCall()
+    embed_cached(stub, arrays[:2], tmp_path, progress=False)
     with pytest.raises(ValueError, match="different shapes"):
         embed_cached(stub, arrays[:3], tmp_path, progress=False)
+    assert stub.calls == [2, 1, 2]  # the cached ones disagreed with the new one: embedded again
 
 
 def test_embedder_returning_too_few_rows_raises(tmp_path, arrays):
@@ -180,17 +196,46 @@ def test_embedder_returning_too_few_rows_raises(tmp_path, arrays):
         embed_cached(Short(), arrays[:3], tmp_path, progress=False)
 
 
-@pytest.mark.parametrize(
-    "damage", [b"", b"garbage, not an array", None], ids=["empty", "garbage", "truncated"]
-)
+class ShapedStub(StubEmbedder):
+    output_shape = (3,)
+
+
+def _save_npz(path):
+    with open(path, "wb") as f:
+        np.savez(f, x=np.zeros(3, np.float32))
+
+
+DAMAGES = {
+    "empty": b"",
+    "garbage": b"garbage, not an array",
+    "truncated": lambda data: data[: len(data) // 2],
+    "wrong-shape": lambda path: np.save(path, np.zeros(5, np.float32)),
+    "float64": lambda path: np.save(path, np.zeros(3, np.float64)),
+    "int": lambda path: np.save(path, np.zeros(3, np.int64)),
+    "text": lambda path: np.save(path, np.array(["a", "b", "c"])),
+    "nan": lambda path: np.save(path, np.full(3, np.nan, np.float32)),
+    "object": lambda path: np.save(path, np.array([{}], dtype=object), allow_pickle=True),
+    "npz": _save_npz,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_entry_is_recomputed_not_trusted(tmp_path, arrays, damage):
-    stub = StubEmbedder()
+    stub = ShapedStub()
     first = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
     (folder,) = (tmp_path / "cache").iterdir()
     entry = sorted(folder.glob("*.npy"))[0]
-    data = entry.read_bytes()
-    entry.write_bytes(data[: len(data) // 2] if damage is None else damage)
+    how = DAMAGES[damage]
+    if isinstance(how, bytes):
+        entry.write_bytes(how)
+    elif damage == "truncated":
+        entry.write_bytes(how(entry.read_bytes()))
+    else:
+        how(entry)
     again = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
     assert stub.calls == [5, 1]  # only the damaged one is embedded again
     np.testing.assert_array_equal(again, first)
-    assert np.load(entry).shape == (3,)  # rewritten whole
+    assert again.dtype == np.float32
+    rewritten = np.load(entry)
+    assert rewritten.shape == (3,)
+    assert rewritten.dtype == np.float32
