@@ -16,6 +16,7 @@ from msde_jax.partition import (
     candidates,
     check_tree,
     effective_probes,
+    leaves_per_step,
     partition,
     probe_leaves,
 )
@@ -93,7 +94,7 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
     flat = slots.reshape(-1)
     w_leaf = jnp.concatenate([weights, jnp.zeros(1, weights.dtype)])[slots]
     leaf = slots.shape[1]
-    per_step = None if batch_size is None else max(1, batch_size // leaf)
+    per_step = leaves_per_step(batch_size, leaf)
 
     def shift_leaf(values, sqn, queries, probe):
         ref, ref_sq, ref_w = (candidates(a, probe) for a in (values, sqn, w_leaf))

@@ -30,13 +30,16 @@ __all__ = [
     "approximate_knn",
     "check_tree",
     "effective_probes",
+    "leaves_per_step",
     "partition",
 ]
 
-DEFAULT_LEAF_SIZE = 256
-DEFAULT_PROBES = 4
+DEFAULT_LEAF_SIZE = 128
+DEFAULT_PROBES = 8
 _POWER_STEPS = 3
 _VOTES = 2  # nearest leaf centroids each row votes for
+# Leaves are processed at least this many rows at a time: fewer, larger products per step.
+_MIN_STEP_ROWS = 1024
 _PROBE_BLOCK = 16  # leaves per step when counting votes
 
 
@@ -137,6 +140,12 @@ def probe_leaves(values: jax.Array, valid: jax.Array, probes: int) -> jax.Array:
     return lax.top_k(score, probes)[1].astype(jnp.int32)
 
 
+def leaves_per_step(batch_size: int | None, leaf: int) -> int | None:
+    """Leaves per step for ``batch_size`` rows per block (at least 1,024 rows and one leaf;
+    ``None``: all leaves at once)."""
+    return None if batch_size is None else max(1, max(batch_size, _MIN_STEP_ROWS) // leaf)
+
+
 def check_tree(leaf_size: int, probes: int) -> None:
     """Refuse tree settings that cannot work, saying which."""
     if not isinstance(leaf_size, int) or leaf_size < 2:
@@ -209,9 +218,9 @@ def approximate_knn(
         leaf_size: most rows per leaf (static), at least 2.
         probes: leaves searched per leaf, itself included (static); raised where fewer leaves
             could not hold k rows (:func:`effective_probes`).
-        batch_size: rows per block (static): leaves are processed ``batch_size // leaf`` at a
-            time (at least one), so memory is O(batch_size · probes · leaf); ``None`` does all
-            leaves at once.
+        batch_size: rows per block (static): leaves are processed max(batch_size, 1024) // leaf
+            at a time (at least one), so memory is O(max(batch_size, 1024) · probes · leaf);
+            ``None`` does all leaves at once.
 
     Returns:
         ``Neighbors(distances (n, k), indices (n, k))``, nearest first.
@@ -239,8 +248,7 @@ def approximate_knn(
         dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1)).at[:, 0].set(0.0)
         return dist, ref_rows[pos].astype(jnp.int32)
 
-    per_step = None if batch_size is None else max(1, batch_size // leaf)
-    dist, idx = map_rows(one_leaf, (values, part.probes), per_step)
+    dist, idx = map_rows(one_leaf, (values, part.probes), leaves_per_step(batch_size, leaf))
     flat = part.slots.reshape(-1)
     out_d = jnp.zeros((n + 1, k), x.dtype).at[flat].set(dist.reshape(-1, k))[:n]
     out_i = jnp.zeros((n + 1, k), jnp.int32).at[flat].set(idx.reshape(-1, k))[:n]
