@@ -75,24 +75,32 @@ def _split_level(level: jax.Array, slots: jax.Array, x_pad: jax.Array, n: int, n
     leaf ends up with more than one. Fixed shapes throughout, so the levels run in one loop.
     """
     size = slots.shape[0]
+    leaf = size // n_leaves
     seg_len = size // (1 << level)
     seg = jnp.arange(size) // seg_len
     valid = slots < n
-    pts = x_pad[slots]
+    # Segments are runs of whole leaves: sums over a segment are sums of per-leaf sums (a
+    # static reshape), so only n_leaves rows are ever scattered, never n.
+    pts = x_pad[slots].reshape(n_leaves, leaf, -1)
+    ok = valid.reshape(n_leaves, leaf)
+    leaf_seg = jnp.arange(n_leaves) // (n_leaves // (1 << level))
 
-    def seg_sum(a):
-        return jax.ops.segment_sum(a, seg, num_segments=n_leaves, indices_are_sorted=True)
+    def seg_sum(per_leaf):
+        return jax.ops.segment_sum(
+            per_leaf, leaf_seg, num_segments=n_leaves, indices_are_sorted=True
+        )[leaf_seg]
 
-    count = jnp.maximum(seg_sum(valid.astype(pts.dtype)), 1.0)
-    centre = seg_sum(jnp.where(valid[:, None], pts, 0.0)) / count[:, None]
-    c = jnp.where(valid[:, None], pts - centre[seg], 0.0)
+    count = jnp.maximum(seg_sum(jnp.sum(ok, axis=1).astype(pts.dtype)), 1.0)
+    centre = seg_sum(jnp.sum(jnp.where(ok[..., None], pts, 0.0), axis=1)) / count[:, None]
+    c = jnp.where(ok[..., None], pts - centre[:, None, :], 0.0)
     norms = sq_norms(c)
-    farthest = norms == jax.ops.segment_max(norms, seg, num_segments=n_leaves)[seg]
-    v = seg_sum(jnp.where(farthest[:, None], c, 0.0))
+    top = jax.ops.segment_max(jnp.max(norms, axis=1), leaf_seg, num_segments=n_leaves)
+    v = seg_sum(jnp.sum(jnp.where((norms == top[leaf_seg][:, None])[..., None], c, 0.0), axis=1))
     for _ in range(_POWER_STEPS):
         v = v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-30)
-        v = seg_sum(c * jnp.sum(c * v[seg], axis=1, keepdims=True))
-    proj = jnp.sum(c * v[seg], axis=1)
+        u = jnp.sum(c * v[:, None, :], axis=2, keepdims=True)
+        v = seg_sum(jnp.sum(c * u, axis=1))
+    proj = jnp.sum(c * v[:, None, :], axis=2).reshape(-1)
     pads = jnp.cumsum(~valid) - ~valid
     pad_rank = pads - pads[seg * seg_len]
     pad_key = jnp.where(pad_rank % 2 == 0, -jnp.inf, jnp.inf)
