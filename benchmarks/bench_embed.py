@@ -41,6 +41,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--with-io", action="store_true", help="time embed() incl. resizing")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights for every backbone (speed does not depend on them; for machines "
+        "without the offline ImageNet weight packages, e.g. benchmarks/gpu.sh)",
+    )
     args = parser.parse_args()
     bs, size = args.batch_size, args.image_size
     print(
@@ -51,7 +57,7 @@ def main() -> None:
     rows = []
     rng = np.random.default_rng(0)
     for name in args.backbones:
-        weights = None if name in OFFLINE_WEIGHTS else "random"
+        weights = None if name in OFFLINE_WEIGHTS and not args.random_weights else "random"
         emb = Embedder(
             name,
             weights=weights,

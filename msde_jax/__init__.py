@@ -34,6 +34,7 @@ from msde_jax.mean_shift import MeanShiftResult, mean_shift
 from msde_jax.memory_bank import MemoryBank, bank_fit, image_scores, patch_scores
 from msde_jax.metrics import average_precision, roc_auc
 from msde_jax.neighbors import Neighbors, knn
+from msde_jax.partition import approximate_knn
 from msde_jax.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
 
 
@@ -71,6 +72,7 @@ __all__ = [
     "PatchBankDetector",
     "PCAState",
     "__version__",
+    "approximate_knn",
     "average_precision",
     "bank_fit",
     "density_weights",

@@ -1,0 +1,186 @@
+"""Scale: peak memory of a fit at large n, inductive scoring throughput, device scaling.
+
+    python benchmarks/bench_scale.py memory --n 100000        # one fit; run under /usr/bin/time -v
+    python benchmarks/bench_scale.py scoring --reference 10000 --queries 20000
+    python benchmarks/bench_scale.py devices --n 20000        # 1, 2, 4 simulated CPU devices
+
+* ``memory`` — the MSDE fit at n × d (synthetic mixture of bench_core.py, standardised,
+  float32): density weights, the blurring shift (``neighbors="auto"``: the approximate tree
+  beyond 4,096 rows), PCA to 256, Gaussian — what ``MSDEDetector.fit`` computes before its
+  threshold. (The threshold then scores training normals inductively, each against all n
+  with the exact search: O(n² d T), about ten minutes at n = 100,000 on 2 CPU cores.) Prints
+  the time; the peak memory is the process's maximum resident set (``ru_maxrss``, also what
+  ``/usr/bin/time -v`` reports).
+* ``scoring`` — scores per second of the inductive scorers against a fitted reference of
+  ``--reference`` rows: ``MSDEDetector()`` (the inductive shift, then the Mahalanobis
+  distance), ``MSDEDetector(score="knn", mode="none")`` and the Mahalanobis distance alone
+  (``mode="none"``), on ``--queries`` new rows, after a warm-up call on the same shape.
+* ``devices`` — :func:`msde_jax.distributed.sharded_knn` and ``sharded_mean_shift`` on 1, 2 and
+  4 devices (each a fresh process with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``),
+  time relative to one device, and the largest difference from the one-device result. On a
+  CPU the "devices" share the same cores, so this checks the overhead of the sharded code, not
+  a speed-up; on GPUs or TPUs each device brings its own compute.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def mixture(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(20, d))
+    return (centres[rng.integers(0, 20, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def header() -> str:
+    import jax
+
+    return (
+        f"{datetime.date.today()}; jax {jax.__version__} on {jax.devices()[0].platform} "
+        f"({len(jax.devices())} device(s)), {os.cpu_count()} CPU cores ({platform.machine()})"
+    )
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def memory(args) -> None:
+    import jax
+
+    import msde_jax as mj
+
+    x = mixture(args.n, args.d)
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    start = time.perf_counter()
+    w = mj.density_weights(z, batch_size=256)
+    shifted = mj.mean_shift(z, w, batch_size=256, neighbors=args.neighbors)
+    pca = mj.pca_fit(shifted.points, 256)
+    gaussian = mj.gaussian_fit(mj.pca_transform(pca, shifted.points))
+    jax.block_until_ready(gaussian)
+    fit_s = time.perf_counter() - start
+    print(header())
+    print(
+        f"| MSDE fit: density_weights + mean_shift(neighbors={args.neighbors!r}) + PCA + Gaussian "
+        f"| n = {args.n:,} | d = {args.d} | {fit_s:.1f} s (compilation included) | "
+        f"peak RSS {peak_rss_gib():.2f} GiB | {int(shifted.n_iter)} iterations |"
+    )
+
+
+def scoring(args) -> None:
+    import jax
+
+    import msde_jax as mj
+
+    x = mixture(args.reference + args.queries, args.d)
+    ref, queries = x[: args.reference], x[args.reference :]
+    print(header())
+    print()
+    print(f"| scorer (reference {args.reference:,} × {args.d}) | queries | seconds | per second |")
+    print("|---|---:|---:|---:|")
+    for name, det in [
+        ("MSDEDetector() — inductive shift + Mahalanobis", mj.MSDEDetector(threshold="chi2")),
+        ("MSDEDetector(mode='none') — Mahalanobis", mj.MSDEDetector(mode="none", threshold="chi2")),
+        (
+            "MSDEDetector(mode='none', score='knn') — nearest normal",
+            mj.MSDEDetector(mode="none", score="knn"),
+        ),
+    ]:
+        det.fit(ref)
+        det.score_samples(queries)  # warm-up: compiles for this shape
+        start = time.perf_counter()
+        jax.block_until_ready(det.score_samples(queries))
+        s = time.perf_counter() - start
+        print(f"| {name} | {args.queries:,} | {s:.2f} | {args.queries / s:,.0f} |", flush=True)
+
+
+_DEVICE_WORKER = """
+import json, sys, time
+import jax, numpy as np
+from msde_jax import knn, mean_shift
+from msde_jax.distributed import row_mesh, sharded_knn, sharded_mean_shift
+n, d = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+c = rng.normal(scale=2.0, size=(20, d))
+x = (c[rng.integers(0, 20, n)] + rng.normal(size=(n, d))).astype(np.float32)
+mesh = row_mesh()
+out = {}
+for name, fn in [
+    ("knn", lambda: sharded_knn(x, k=50, mesh=mesh, batch_size=256).indices),
+    ("mean_shift", lambda: sharded_mean_shift(x, mesh=mesh, k=50, batch_size=256).points),
+]:
+    jax.block_until_ready(fn())
+    start = time.perf_counter()
+    result = np.asarray(jax.block_until_ready(fn()))
+    out[name] = time.perf_counter() - start
+    np.save(f"{sys.argv[3]}_{name}.npy", result)
+print(json.dumps(out))
+"""
+
+
+def devices(args) -> None:
+    import tempfile
+
+    print(header())
+    print()
+    print(
+        "| devices | knn (s) | mean_shift (s) | vs 1 device (knn / shift) | max diff vs 1 device |"
+    )
+    print("|---:|---:|---:|---|---|")
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (1, 2, 4):
+            env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+            prefix = os.path.join(tmp, str(count))
+            out = subprocess.run(
+                [sys.executable, "-c", _DEVICE_WORKER, str(args.n), str(args.d), prefix],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            times = json.loads(out.stdout.strip().splitlines()[-1])
+            knn_idx = np.load(f"{prefix}_knn.npy")
+            points = np.load(f"{prefix}_mean_shift.npy")
+            if base is None:
+                base = (times, knn_idx, points)
+            same = float(np.mean(knn_idx == base[1]))
+            diff = float(np.max(np.abs(points - base[2])))
+            print(
+                f"| {count} | {times['knn']:.2f} | {times['mean_shift']:.2f} | "
+                f"{times['knn'] / base[0]['knn']:.2f}× / "
+                f"{times['mean_shift'] / base[0]['mean_shift']:.2f}× | "
+                f"indices equal {same:.4f}, points {diff:.2g} |",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("memory")
+    m.add_argument("--n", type=int, default=100_000)
+    m.add_argument("--d", type=int, default=512)
+    m.add_argument("--neighbors", default="auto")
+    s = sub.add_parser("scoring")
+    s.add_argument("--reference", type=int, default=10_000)
+    s.add_argument("--queries", type=int, default=20_000)
+    s.add_argument("--d", type=int, default=512)
+    dv = sub.add_parser("devices")
+    dv.add_argument("--n", type=int, default=20_000)
+    dv.add_argument("--d", type=int, default=512)
+    args = parser.parse_args()
+    {"memory": memory, "scoring": scoring, "devices": devices}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
