@@ -391,15 +391,21 @@ def main() -> None:
         parser.error(f"--stacks takes published, ours or both, got {args.stacks!r}")
 
     import jax
-    import numba
-    import pynndescent
-    import umap
 
+    if "published" in stacks:
+        import numba
+        import pynndescent
+        import umap
+
+        versions = (
+            f"umap-learn {umap.__version__}, pynndescent {pynndescent.__version__}, "
+            f"numba {numba.__version__} ({numba.config.NUMBA_NUM_THREADS} threads); "
+        )
+    else:  # msde_jax only (benchmarks/gpu.sh): the published stack need not be installed
+        versions = ""
     print(
         f"d={args.d} float32; jax {jax.__version__} on {jax.devices()[0].platform}, "
-        f"umap-learn {umap.__version__}, pynndescent {pynndescent.__version__}, "
-        f"numba {numba.__version__} ({numba.config.NUMBA_NUM_THREADS} threads); "
-        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
+        f"{versions}{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
         f"{datetime.date.today().isoformat()}",
         flush=True,
     )

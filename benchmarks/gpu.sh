@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU-relevant benchmarks of msde_jax in one go, in under 8 minutes on one H100/H200-class
-# GPU, writing their tables to gpu_results.md in $OUT (the device tool's output folder) or in
-# benchmarks/. Run from the repository root on a machine with jax[cuda], flax, optax, numpy,
-# scipy, pillow and safetensors installed (nothing is downloaded; weights are random where
-# speed does not depend on them):
+# GPU (the timeouts add up to 7 min 50 s), writing their tables to gpu_results.md in $OUT (the
+# device tool's output folder) or in benchmarks/. Run from the repository root on a machine with
+# jax[cuda], flax, optax, numpy, scipy, pillow and safetensors installed (nothing is downloaded;
+# weights are random where speed does not depend on them):
 #
 #     bash benchmarks/gpu.sh
+#     QUICK=1 bash benchmarks/gpu.sh     # tiny sizes: checks that the script runs (any machine)
 #
 # Targets (issue 13): MSDE fit at n = 100,000, d = 512 under 5 s; inductive scoring at least
 # 1,000,000 embeddings/s against a 10,000-point reference; EfficientNet-Lite0 embedding at least
@@ -14,24 +15,29 @@ set -euo pipefail
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 out="${OUT:-benchmarks}/gpu_results.md"
+if [[ -n "${QUICK:-}" ]]; then
+  FIT_N="1000 5000"; BIG_N=5000; QUERIES=2000; BATCH=32
+else
+  FIT_N="1000 10000 50000 100000"; BIG_N=100000; QUERIES=1000000; BATCH=1024
+fi
 {
   echo "# msde_jax GPU benchmarks, $(date -u +%Y-%m-%dT%H:%MZ)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   echo
   echo "## 1. MSDE fit (density weights + 8-iteration blurring shift, d = 512), warm and cold"
-  timeout 300 "$PY" benchmarks/bench_published.py --stacks ours --no-check \
-    --n 1000 10000 50000 100000 --repeat 3 || echo "(fit benchmark failed or timed out)"
+  timeout 200 "$PY" benchmarks/bench_published.py --stacks ours --no-check \
+    --n $FIT_N --repeat 3 || echo "(fit benchmark failed or timed out)"
   echo
-  echo "## 2. Peak host memory of a fit at n = 100,000"
-  timeout 120 "$PY" benchmarks/bench_scale.py memory --n 100000 || echo "(failed)"
+  echo "## 2. MSDE fit and peak host memory at n = $BIG_N"
+  timeout 90 "$PY" benchmarks/bench_scale.py memory --n "$BIG_N" || echo "(failed)"
   echo
   echo "## 3. Inductive scoring throughput against a 10,000-point reference"
-  timeout 120 "$PY" benchmarks/bench_scale.py scoring --reference 10000 --queries 1000000 \
+  timeout 90 "$PY" benchmarks/bench_scale.py scoring --reference 10000 --queries "$QUERIES" \
     || echo "(failed)"
   echo
   echo "## 4. Embedding throughput (forward pass on device-resident images)"
   for dtype in bfloat16 float32; do
-    timeout 90 "$PY" benchmarks/bench_embed.py --backbones efficientnet_lite0 mobilenet_v2 \
-      --random-weights --batch-size 1024 --dtype "$dtype" || echo "(failed: $dtype)"
+    timeout 45 "$PY" benchmarks/bench_embed.py --backbones efficientnet_lite0 mobilenet_v2 \
+      --random-weights --batch-size "$BATCH" --dtype "$dtype" || echo "(failed: $dtype)"
   done
 } 2>&1 | tee "$out"

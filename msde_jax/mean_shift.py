@@ -22,7 +22,9 @@ from msde_jax.partition import (
 )
 
 __all__ = [
+    "NEIGHBOR_SEARCHES",
     "MeanShiftResult",
+    "choose_neighbors",
     "mean_shift",
 ]
 
@@ -192,6 +194,15 @@ def mean_shift(
         max_iter: T, the most iterations (static).
         tol: θ, the stopping threshold on the shift length.
         batch_size: points per block in each kNN search (static); memory O(batch_size · m).
+        neighbors: the blurring shift's neighbour search (static): ``"exact"`` (every point
+            against every point, as published), ``"approximate"`` (each point against the
+            rows of its leaf's ``probes`` nearby leaves in a principal-direction tree built on
+            the unshifted points, :mod:`msde_jax.partition`; exact when n ≤ ``leaf_size``), or
+            ``"auto"``: exact up to 4,096 points, approximate beyond. The inductive shift is
+            always exact (``"approximate"`` is refused there).
+        leaf_size: most points per leaf of the approximate search (static, at least 2).
+        probes: leaves each leaf is searched against, itself included (static); raised where
+            fewer could not hold k points.
 
     Returns:
         :class:`MeanShiftResult` ``(points, displacement, n_iter, converged)``.
@@ -243,4 +254,7 @@ def choose_neighbors(neighbors: str, n: int, leaf_size: int, probes: int) -> str
     return "exact" if n <= _AUTO_EXACT_ROWS else "approximate"
 
 
+# Where the approximate search starts to pay on a 2-core CPU (8 exact iterations at 5,000 rows
+# took 3.0 s, the approximate ones 1.1 s); not tuned per backend: on accelerators, where the
+# exact products are cheap, the crossover is higher but unmeasured.
 _AUTO_EXACT_ROWS = 4096

@@ -3,12 +3,12 @@ against nearby leaves by dense matrix products.
 
 The rows are split in two at the median of their projection on the segment's principal
 direction, recursively, until every leaf holds at most ``leaf_size`` rows (all leaves hold the
-same number of slots; the few padding slots sit in the last leaves). Each leaf is then compared
-with its ``probes`` nearest leaves (by centroid, itself first): one (leaf × probes·leaf) matrix
-product and one top-k per leaf, so a search costs O(n · probes · leaf_size · d) instead of the
-O(n² d) of :func:`~msde_jax.knn`, and every step has a fixed shape (no data-dependent sizes, no
-host round trips), which is what accelerators and ``jax.jit`` want. With one leaf (n ≤
-``leaf_size``) the search is exact.
+same number of slots, at most one of them padding). Each leaf is then compared with ``probes``
+nearby leaves (itself first, then those its rows' nearest leaf centroids are most often in):
+one (leaf × probes·leaf) matrix product and one top-k per leaf, so a search costs
+O(n · probes · leaf_size · d) instead of the O(n² d) of :func:`~msde_jax.knn`, and every step
+has a fixed shape (no data-dependent sizes, no host round trips), which is what accelerators
+and ``jax.jit`` want. With one leaf (n ≤ ``leaf_size``) the search is exact.
 """
 
 import math
@@ -49,8 +49,8 @@ class Partition(NamedTuple):
     Attributes:
         slots: (n_leaves, leaf) int32 row index held by each leaf slot; the value n (one past
             the last row) marks a padding slot.
-        probes: (n_leaves, p) int32 leaves each leaf is compared with, nearest centroid first
-            (the leaf itself first).
+        probes: (n_leaves, p) int32 leaves each leaf is compared with, the leaf itself first
+            (:func:`probe_leaves`).
     """
 
     slots: jax.Array
