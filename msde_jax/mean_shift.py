@@ -67,6 +67,22 @@ def _step(y, m, delta, step_size):
     return jnp.where((delta > _MIN_MOVE)[..., None], y + step_size * (m - y), y)
 
 
+def _window_means(queries, ref, ref_sq, ref_w, k):
+    """The rule of :func:`shift_one` for a block of queries (b, d) against the rows ``ref``
+    (c, d): each query's k nearest rows by ``ref_sq − 2 qᵀr``, their weighted mean m, ‖m − q‖.
+
+    The windows' weights form a dense (b × c) matrix, so one matrix product gives every mean;
+    on a CPU that is far faster than gathering k rows per query while c is small.
+    """
+    score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
+    pos = lax.top_k(-score, k)[1]
+    rows = jnp.arange(pos.shape[0])[:, None]
+    window = jnp.zeros_like(score).at[rows, pos].set(ref_w[pos])
+    total = jnp.maximum(jnp.sum(window, axis=-1), _MIN_WEIGHT)
+    m = jnp.dot(window, ref, precision=lax.Precision.HIGHEST) / total[:, None]
+    return m, jnp.linalg.norm(m - queries, axis=-1)
+
+
 def _blurring(x, weights, k, step_size, max_iter, tol, batch_size):
     def cond(state):
         _, _, it, converged = state
@@ -75,7 +91,10 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size):
     def body(state):
         y, disp, it, _ = state
         sqn = sq_norms(y)
-        m, delta = map_rows(lambda yi: shift_one(yi, y, sqn, weights, k), y, batch_size)
+        if batch_size is None:  # all rows at once (small n): one dense block
+            m, delta = _window_means(y, y, sqn, weights, k)
+        else:
+            m, delta = map_rows(lambda yi: shift_one(yi, y, sqn, weights, k), y, batch_size)
         return _step(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
 
     init = (x, jnp.zeros(x.shape[0], x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
@@ -100,15 +119,7 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
 
     def shift_leaf(values, sqn, queries, probe):
         ref, ref_sq, ref_w = (candidates(a, probe) for a in (values, sqn, w_leaf))
-        score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
-        pos = lax.top_k(-score, k)[1]
-        # The window's weights as a dense (leaf × candidates) matrix: one matrix product
-        # forms every weighted mean, far faster than gathering k rows per point.
-        rows = jnp.arange(pos.shape[0])[:, None]
-        window = jnp.zeros_like(score).at[rows, pos].set(ref_w[pos])
-        total = jnp.maximum(jnp.sum(window, axis=-1), _MIN_WEIGHT)
-        m = jnp.dot(window, ref, precision=lax.Precision.HIGHEST) / total[:, None]
-        return m, jnp.linalg.norm(m - queries, axis=-1)
+        return _window_means(queries, ref, ref_sq, ref_w, k)
 
     def cond(state):
         _, _, it, converged = state
