@@ -753,6 +753,16 @@ def _cli_cases(t, scans, model, bank):
             ["evaluate", "pneumoniamnist", "--out", str(t / "a_file")],
             "is a file; give a folder",
         ),
+        # Detector options are checked before the images are embedded (--k 0 was once taken
+        # for "not given" and silently dropped).
+        "fit-k-zero": (
+            [*fit[:6], "--k", "0", "--out", str(t / "m.npz")],
+            "k must be a positive int, got 0",
+        ),
+        "fit-bank-size-zero": (
+            [*fit[:6], "--bank-size", "0", "--out", str(t / "m.npz")],
+            "size must be a positive int, got 0",
+        ),
     }
 
 
@@ -782,6 +792,8 @@ def _model_with(tmp_path, metadata, detector=None):
         "score-heatmaps-is-a-file",
         "score-model-is-a-folder",
         "evaluate-out-is-a-file",
+        "fit-k-zero",
+        "fit-bank-size-zero",
     ],
 )
 def test_command_line_refuses_bad_paths_before_any_work(tmp_path, scans, capsys, case):

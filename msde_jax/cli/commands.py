@@ -29,7 +29,10 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------- helpers
 def _given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
     """The options among ``names`` given on the command line, as ``--option`` strings."""
-    given = [n for n in names if getattr(args, n, None) not in (None, False)]
+    # By identity: ``0 in (None, False)`` is true, and --k 0 is given (and refused later).
+    given = [
+        n for n in names if getattr(args, n, None) is not None and getattr(args, n) is not False
+    ]
     return ["--" + n.replace("_", "-") for n in given]
 
 
@@ -94,11 +97,22 @@ def _detector(args: argparse.Namespace, ndim: int | None = None):
             params["size"] = args.bank_size
         if args.reduce is not None:
             params["reduce"] = args.reduce
-        return PatchBankDetector(**params)
+        return _validated(PatchBankDetector(**params))
     for name in ("mode", "k", "density"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    return MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
+    detector = MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
+    return _validated(detector)
+
+
+def _validated(detector):
+    """``detector``, once its options are known to be valid (its config builds), so that a bad
+    option is refused before any image is embedded."""
+    try:
+        detector._config()
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    return detector
 
 
 def _check_out(
@@ -251,6 +265,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
         items, names = _items(args.sources)
         _check_out(args.out, inputs=[*args.sources, *items])
+        _detector(args)  # refuses bad detector options before the embedding
         items, _ = _readable(items, names, args)
         embedder = _embedder(args)
         features = embed(embedder, items, cache_dir=args.cache_dir, what="normal")
