@@ -267,9 +267,10 @@ def check_samples(
             f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
         )
     limit = float(np.finfo(dtype).max)
-    if arr.dtype.kind == "f" and arr.size and float(np.max(np.abs(arr))) > limit:
+    peak = float(np.max(np.abs(arr))) if arr.dtype.kind == "f" else 0.0
+    if peak > limit:
         raise ValueError(
-            f"{what} has values up to {float(np.max(np.abs(arr))):.3g}, beyond {dtype}'s range "
+            f"{what} has values up to {peak:.3g}, beyond {dtype}'s range "
             f"({limit:.3g}); divide the features by a constant or use dtype='float64'."
         )
     arr = arr.astype(dtype)

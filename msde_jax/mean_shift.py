@@ -17,8 +17,8 @@ from msde_jax.partition import (
     check_tree,
     effective_probes,
     leaves_per_step,
-    partition,
     probe_leaves,
+    tree_slots,
 )
 
 __all__ = [
@@ -102,16 +102,17 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size):
 
 
 def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, probes, batch_size):
-    """The blurring shift with each point's window sought among its leaf's nearest leaves.
+    """The blurring shift with each point's window sought among its leaf's probed leaves.
 
-    The tree (:func:`~msde_jax.partition.partition`) is built once, on the unshifted points:
+    The tree (:func:`~msde_jax.partition.tree_slots`) is built once, on the unshifted points:
     the shift moves points toward their local means, so a leaf stays a group of nearby points.
-    Which leaves each leaf searches is recomputed from the current centroids every iteration.
+    Which leaves each leaf searches (:func:`~msde_jax.partition.probe_leaves`) is recomputed
+    from the current points every iteration.
     """
     n, d = x.shape
     p = effective_probes(n, k, leaf_size, probes)
-    part = partition(x, leaf_size=leaf_size, probes=p)
-    slots, valid = part.slots, part.slots < n
+    slots = tree_slots(x, leaf_size)
+    valid = slots < n
     flat = slots.reshape(-1)
     w_leaf = jnp.concatenate([weights, jnp.zeros(1, weights.dtype)])[slots]
     leaf = slots.shape[1]
@@ -221,13 +222,14 @@ def mean_shift(
     x = jnp.asarray(x)
     step_size = jnp.asarray(step_size, x.dtype)
     tol = jnp.asarray(tol, x.dtype)
+    search = choose_neighbors(neighbors, x.shape[0])  # checks ``neighbors`` for both shifts
     if reference is None:
         if reference_weights is not None:
             raise ValueError("reference_weights was given without a reference.")
         w = jnp.ones(x.shape[0], x.dtype) if weights is None else jnp.asarray(weights, x.dtype)
         k = min(k, x.shape[0])
         check_tree(leaf_size, probes)
-        if choose_neighbors(neighbors, x.shape[0], leaf_size, probes) == "exact":
+        if search == "exact":
             return _blurring(x, w, k, step_size, max_iter, tol, batch_size)
         return _blurring_partitioned(
             x, w, k, step_size, max_iter, tol, leaf_size, probes, batch_size
@@ -256,8 +258,9 @@ def mean_shift(
 NEIGHBOR_SEARCHES = ("auto", "exact", "approximate")
 
 
-def choose_neighbors(neighbors: str, n: int, leaf_size: int, probes: int) -> str:
-    """``"exact"`` or ``"approximate"``: the search the blurring shift uses for ``n`` points."""
+def choose_neighbors(neighbors: str, n: int) -> str:
+    """``"exact"`` or ``"approximate"``: the search the blurring shift uses for ``n`` points
+    (``neighbors`` checked)."""
     if neighbors not in NEIGHBOR_SEARCHES:
         raise ValueError(f"neighbors must be one of {NEIGHBOR_SEARCHES}, got {neighbors!r}.")
     if neighbors != "auto":
@@ -266,6 +269,6 @@ def choose_neighbors(neighbors: str, n: int, leaf_size: int, probes: int) -> str
 
 
 # Where the approximate search starts to pay on a 2-core CPU (8 exact iterations at 5,000 rows
-# took 3.0 s, the approximate ones 1.1 s); not tuned per backend: on accelerators, where the
-# exact products are cheap, the crossover is higher but unmeasured.
+# took 3.0 s, the whole fit with the approximate ones 1.1 s); not tuned per backend: on
+# accelerators, where the exact products are cheap, the crossover is higher but unmeasured.
 _AUTO_EXACT_ROWS = 4096

@@ -32,6 +32,7 @@ __all__ = [
     "effective_probes",
     "leaves_per_step",
     "partition",
+    "tree_slots",
 ]
 
 DEFAULT_LEAF_SIZE = 128
@@ -169,6 +170,21 @@ def effective_probes(n: int, k: int, leaf_size: int, probes: int) -> int:
     return min(max(probes, -(-k // max(leaf - 1, 1))), n_leaves)
 
 
+def tree_slots(x: jax.Array, leaf_size: int) -> jax.Array:
+    """(n_leaves, leaf) the leaf slots of the rows of ``x`` (n, d): the row index in each slot,
+    n for padding (:attr:`Partition.slots`), from the principal-direction tree."""
+    n, d = x.shape
+    n_leaves, leaf = tree_shape(n, leaf_size)
+    x_pad = jnp.concatenate([x, jnp.zeros((1, d), x.dtype)])
+    slots = jnp.minimum(jnp.arange(n_leaves * leaf, dtype=jnp.int32), n)
+    return lax.fori_loop(
+        0,
+        int(math.log2(n_leaves)),
+        lambda level, s: _split_level(level, s, x_pad, n, n_leaves),
+        slots,
+    ).reshape(n_leaves, leaf)
+
+
 @partial(jax.jit, static_argnames=("leaf_size", "probes"))
 def partition(x: ArrayLike, *, leaf_size: int = DEFAULT_LEAF_SIZE, probes: int = DEFAULT_PROBES):
     """Split the rows of ``x`` (n, d) into equal leaves by a principal-direction tree.
@@ -183,18 +199,9 @@ def partition(x: ArrayLike, *, leaf_size: int = DEFAULT_LEAF_SIZE, probes: int =
         :class:`Partition`.
     """
     x = jnp.asarray(x)
-    n, d = x.shape
-    n_leaves, leaf = tree_shape(n, leaf_size)
-    x_pad = jnp.concatenate([x, jnp.zeros((1, d), x.dtype)])
-    slots = jnp.minimum(jnp.arange(n_leaves * leaf, dtype=jnp.int32), n)
-    slots = lax.fori_loop(
-        0,
-        int(math.log2(n_leaves)),
-        lambda level, s: _split_level(level, s, x_pad, n, n_leaves),
-        slots,
-    ).reshape(n_leaves, leaf)
-    valid = slots < n
-    return Partition(slots, probe_leaves(x_pad[slots], valid, min(probes, n_leaves)))
+    slots = tree_slots(x, leaf_size)
+    values = jnp.concatenate([x, jnp.zeros((1, x.shape[1]), x.dtype)])[slots]
+    return Partition(slots, probe_leaves(values, slots < x.shape[0], min(probes, len(slots))))
 
 
 def candidates(values: jax.Array, probes: jax.Array) -> jax.Array:

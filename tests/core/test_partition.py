@@ -107,9 +107,9 @@ def test_approximate_search_stays_finite_on_degenerate_rows(rows):
 
 
 def test_the_search_is_chosen_from_the_size_and_checked():
-    assert choose_neighbors("auto", 500, 256, 4) == "exact"
-    assert choose_neighbors("auto", 10**6, 256, 4) == "approximate"
-    assert choose_neighbors("exact", 10**6, 256, 4) == "exact"
+    assert choose_neighbors("auto", 500) == "exact"
+    assert choose_neighbors("auto", 10**6) == "approximate"
+    assert choose_neighbors("exact", 10**6) == "exact"
     with pytest.raises(ValueError, match="neighbors must be one of"):
         mean_shift(np.zeros((5, 2)), neighbors="annoy")
     with pytest.raises(ValueError, match="leaf_size must be"):
