@@ -39,6 +39,9 @@ DEFAULT_LEAF_SIZE = 128
 DEFAULT_PROBES = 8
 _POWER_STEPS = 3
 _VOTES = 2  # nearest leaf centroids each row votes for
+# Each leaf's rows vote among this many leaves per probe (at least _MIN_POOL) nearest its own.
+_POOL_PER_PROBE = 4
+_MIN_POOL = 32
 # Leaves are processed at least this many rows at a time: fewer, larger products per step.
 _MIN_STEP_ROWS = 1024
 _PROBE_BLOCK = 16  # leaves per step when counting votes
@@ -120,33 +123,44 @@ def leaf_centroids(values: jax.Array, valid: jax.Array) -> jax.Array:
 def probe_leaves(values: jax.Array, valid: jax.Array, probes: int) -> jax.Array:
     """(n_leaves, probes) the leaves each leaf is searched against, the leaf itself first.
 
-    Each row votes for its ``_VOTES`` nearest leaf centroids; a leaf probes the leaves its rows
-    voted for most (ties, and leaves no row voted for, by centroid distance). Votes serve a
-    leaf that straddles two groups of points better than the distance between centroids alone.
+    Each leaf first takes a pool of the ``max(_POOL_PER_PROBE · probes, _MIN_POOL)`` leaves
+    whose centroids are nearest its own; each of its rows then votes for its ``_VOTES``
+    nearest centroids in that pool, and the leaf probes the pool's leaves its rows voted for
+    most (ties, and leaves no row voted for, by centroid distance). Votes serve a leaf that
+    straddles two groups of points better than the distance between centroids alone; the pool
+    keeps their cost at O(n · pool · d) instead of O(n · n_leaves · d), which grows as n².
     """
     n_leaves, leaf, d = values.shape
     centroids = leaf_centroids(values, valid)
     finite = jnp.all(jnp.isfinite(centroids), axis=1)
     safe = jnp.where(finite[:, None], centroids, 0.0)
     c_sq = jnp.where(finite, sq_norms(safe), jnp.inf)
-    votes = min(_VOTES, n_leaves)
+    size = min(max(_POOL_PER_PROBE * probes, _MIN_POOL), n_leaves)
+    votes = min(_VOTES, size)
+
+    def pool_of(args):
+        centre, me = args
+        gap = c_sq - 2 * safe @ centre + sq_norms(centre)
+        gap = jnp.where(finite, jnp.maximum(gap, 0.0), jnp.inf).at[me].set(-jnp.inf)
+        pool = lax.top_k(-gap, size)[1]
+        return pool, jnp.maximum(gap[pool], 0.0)
+
+    pools, gaps = map_rows(pool_of, (safe, jnp.arange(n_leaves)), _PROBE_BLOCK)
 
     def one_leaf(args):
-        rows, ok, centre = args
-        near = lax.top_k(-(c_sq[None, :] - 2 * rows @ safe.T), votes)[1]
+        rows, ok, pool, gap = args
+        near = lax.top_k(-(c_sq[pool][None, :] - 2 * rows @ safe[pool].T), votes)[1]
         count = (
-            jnp.zeros(n_leaves, values.dtype)
+            jnp.zeros(size, values.dtype)
             .at[near.reshape(-1)]
             .add(jnp.repeat(ok, votes).astype(values.dtype))
         )
-        gap = c_sq - 2 * safe @ centre + sq_norms(centre)
-        # Counts are whole numbers: a term in (0, 1) orders ties by centroid distance.
-        score = jnp.where(finite, count + 1 / (2 + jnp.maximum(gap, 0.0)), -jnp.inf)
-        return score
+        # Counts are whole numbers: a term in (0, 1) orders ties by centroid distance; the
+        # leaf itself is the pool's first entry and always comes first.
+        score = jnp.where(finite[pool], count + 1 / (2 + gap), -jnp.inf).at[0].set(jnp.inf)
+        return pool[lax.top_k(score, probes)[1]]
 
-    score = lax.map(one_leaf, (values, valid, safe), batch_size=_PROBE_BLOCK)
-    score = score.at[jnp.arange(n_leaves), jnp.arange(n_leaves)].set(jnp.inf)
-    return lax.top_k(score, probes)[1].astype(jnp.int32)
+    return map_rows(one_leaf, (values, valid, pools, gaps), _PROBE_BLOCK).astype(jnp.int32)
 
 
 def leaves_per_step(batch_size: int | None, leaf: int) -> int | None:
