@@ -1,8 +1,10 @@
-"""Scale: peak memory of a fit at large n, inductive scoring throughput, device scaling.
+"""Scale: peak memory of a fit at large n, inductive scoring throughput, device scaling, and
+where the approximate neighbour search starts to pay.
 
     python benchmarks/bench_scale.py memory --n 100000        # one fit; run under /usr/bin/time -v
     python benchmarks/bench_scale.py scoring --reference 10000 --queries 20000
     python benchmarks/bench_scale.py devices --n 20000        # 1, 2, 4 simulated CPU devices
+    python benchmarks/bench_scale.py crossover --n 2048 4096 8192 --d 64 512 2048
 
 * ``memory`` — the MSDE fit at n × d (synthetic mixture of bench_core.py, standardised,
   float32): density weights, the blurring shift (``neighbors="auto"``: the approximate tree
@@ -20,6 +22,11 @@
   time relative to one device, and the largest difference from the one-device result. On a
   CPU the "devices" share the same cores, so this checks the overhead of the sharded code, not
   a speed-up; on GPUs or TPUs each device brings its own compute.
+* ``crossover`` — the blurring shift (8 iterations, ``tol=0`` so that all 8 run, k = 50,
+  ``batch_size=256``) with ``neighbors="exact"`` and ``"approximate"`` for every ``--n`` ×
+  ``--d``, best of two timed runs after a warm-up; the time ratio exact / approximate, and
+  which search ``neighbors="auto"`` picks there (``choose_neighbors``). This is the
+  measurement behind the ``"auto"`` rule, for the backend it runs on.
 """
 
 import argparse
@@ -164,6 +171,45 @@ def devices(args) -> None:
             )
 
 
+def crossover(args) -> None:
+    import jax
+
+    import msde_jax as mj
+    from msde_jax.mean_shift import choose_neighbors
+
+    def best(fn) -> float:
+        jax.block_until_ready(fn())
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    print(header())
+    print()
+    print("| d | n | exact (s) | approximate (s) | exact / approximate | auto picks |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for d in args.d:
+        for n in args.n:
+            x = jax.device_put(mixture(n, d))
+            w = jax.numpy.ones(n)
+            seconds = {
+                search: best(
+                    lambda search=search, x=x, w=w: (
+                        mj.mean_shift(x, w, k=50, tol=0.0, batch_size=256, neighbors=search).points
+                    )
+                )
+                for search in ("exact", "approximate")
+            }
+            ratio = seconds["exact"] / seconds["approximate"]
+            print(
+                f"| {d} | {n:,} | {seconds['exact']:.2f} | {seconds['approximate']:.2f} | "
+                f"{ratio:.2f} | {choose_neighbors('auto', n)} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -178,8 +224,12 @@ def main() -> None:
     dv = sub.add_parser("devices")
     dv.add_argument("--n", type=int, default=20_000)
     dv.add_argument("--d", type=int, default=512)
+    c = sub.add_parser("crossover")
+    c.add_argument("--n", type=int, nargs="+", default=[2048, 4096, 8192])
+    c.add_argument("--d", type=int, nargs="+", default=[64, 512, 2048])
     args = parser.parse_args()
-    {"memory": memory, "scoring": scoring, "devices": devices}[args.what](args)
+    commands = {"memory": memory, "scoring": scoring, "devices": devices, "crossover": crossover}
+    commands[args.what](args)
 
 
 if __name__ == "__main__":

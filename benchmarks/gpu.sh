@@ -16,26 +16,30 @@ export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 out="${OUT:-benchmarks}/gpu_results.md"
 if [[ -n "${QUICK:-}" ]]; then
-  FIT_N="1000 5000"; BIG_N=5000; QUERIES=2000; BATCH=32
+  FIT_N="1000 5000"; BIG_N=5000; QUERIES=2000; BATCH=32; CROSS_N="600 1200"
 else
   FIT_N="1000 10000 50000 100000"; BIG_N=100000; QUERIES=1000000; BATCH=1024
+  CROSS_N="4096 16384 32768"
 fi
 {
   echo "# msde_jax GPU benchmarks, $(date -u +%Y-%m-%dT%H:%MZ)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   echo
   echo "## 1. MSDE fit (density weights + 8-iteration blurring shift, d = 512), warm and cold"
-  timeout 200 "$PY" benchmarks/bench_published.py --stacks ours --no-check \
+  timeout 170 "$PY" benchmarks/bench_published.py --stacks ours --no-check \
     --n $FIT_N --repeat 3 || echo "(fit benchmark failed or timed out)"
   echo
   echo "## 2. MSDE fit and peak host memory at n = $BIG_N"
-  timeout 90 "$PY" benchmarks/bench_scale.py memory --n "$BIG_N" || echo "(failed)"
+  timeout 80 "$PY" benchmarks/bench_scale.py memory --n "$BIG_N" || echo "(failed)"
   echo
   echo "## 3. Inductive scoring throughput against a 10,000-point reference"
-  timeout 90 "$PY" benchmarks/bench_scale.py scoring --reference 10000 --queries "$QUERIES" \
+  timeout 80 "$PY" benchmarks/bench_scale.py scoring --reference 10000 --queries "$QUERIES" \
     || echo "(failed)"
   echo
-  echo "## 4. Embedding throughput (forward pass on device-resident images)"
+  echo "## 4. Exact vs approximate blurring shift (where neighbors='auto' should switch)"
+  timeout 50 "$PY" benchmarks/bench_scale.py crossover --n $CROSS_N --d 512 || echo "(failed)"
+  echo
+  echo "## 5. Embedding throughput (forward pass on device-resident images)"
   for dtype in bfloat16 float32; do
     timeout 45 "$PY" benchmarks/bench_embed.py --backbones efficientnet_lite0 mobilenet_v2 \
       --random-weights --batch-size "$BATCH" --dtype "$dtype" || echo "(failed: $dtype)"
