@@ -16,7 +16,10 @@ where the approximate neighbour search starts to pay.
 * ``scoring`` — scores per second of the inductive scorers against a fitted reference of
   ``--reference`` rows: ``MSDEDetector()`` (the inductive shift, then the Mahalanobis
   distance), ``MSDEDetector(score="knn", mode="none")`` and the Mahalanobis distance alone
-  (``mode="none"``), on ``--queries`` new rows, after a warm-up call on the same shape.
+  (``mode="none"``), on ``--queries`` new rows, after a warm-up call on the same shape; then
+  the default detector, ``PatchBankDetector`` with its 2,000-patch bank and with a
+  10,000-patch one, fitted on ``--bank-images`` images of synthetic 14 × 14 × 152 patch
+  features and scoring ``--bank-queries`` more (``--bank-images 0`` skips it).
 * ``devices`` — :func:`msde_jax.distributed.sharded_knn` and ``sharded_mean_shift`` on 1, 2 and
   4 devices (each a fresh process with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``),
   time relative to one device, and the largest difference from the one-device result. On a
@@ -108,6 +111,40 @@ def scoring(args) -> None:
         jax.block_until_ready(det.score_samples(queries))
         s = time.perf_counter() - start
         print(f"| {name} | {args.queries:,} | {s:.2f} | {args.queries / s:,.0f} |", flush=True)
+    if args.bank_images:
+        bank_scoring(args)
+
+
+def bank_scoring(args) -> None:
+    """The default detector (patch bank) on synthetic patch features, per image and patch."""
+    import jax
+
+    import msde_jax as mj
+
+    grid, channels = 196, 152  # the default embedder's 14 × 14 grid of 152-channel patches
+    n_train, n_test = args.bank_images, args.bank_queries
+    x = mixture((n_train + n_test) * grid, channels, seed=1).reshape(-1, grid, channels)
+    train, test = x[:n_train], x[n_train:]
+    print()
+    print(
+        f"| PatchBankDetector (fitted on {n_train} images × {grid} patches × {channels}) | "
+        "bank rows | fit (s) | query images | seconds | images per second | patches per second |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for size in (2000, 10_000):
+        start = time.perf_counter()
+        det = mj.PatchBankDetector(size=size).fit(train)
+        fit_s = time.perf_counter() - start
+        det.score_samples(test)  # warm-up: compiles for this shape
+        start = time.perf_counter()
+        jax.block_until_ready(det.score_samples(test))
+        s = time.perf_counter() - start
+        print(
+            f"| `PatchBankDetector(size={size})`{' (the default)' if size == 2000 else ''} | "
+            f"{det.state_.bank.bank.shape[0]:,} | {fit_s:.1f} | {n_test:,} | {s:.2f} | "
+            f"{n_test / s:,.0f} | {n_test * grid / s:,.0f} |",
+            flush=True,
+        )
 
 
 _DEVICE_WORKER = """
@@ -221,6 +258,8 @@ def main() -> None:
     s.add_argument("--reference", type=int, default=10_000)
     s.add_argument("--queries", type=int, default=20_000)
     s.add_argument("--d", type=int, default=512)
+    s.add_argument("--bank-images", type=int, default=100, help="0: skip the patch bank")
+    s.add_argument("--bank-queries", type=int, default=1000, help="query images for the bank")
     dv = sub.add_parser("devices")
     dv.add_argument("--n", type=int, default=20_000)
     dv.add_argument("--d", type=int, default=512)

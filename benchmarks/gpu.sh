@@ -17,9 +17,10 @@ PY=${PYTHON:-python3}
 out="${OUT:-benchmarks}/gpu_results.md"
 if [[ -n "${QUICK:-}" ]]; then
   FIT_N="1000 5000"; BIG_N=5000; QUERIES=2000; BATCH=32; CROSS_N="600 1200"
+  BANK="--bank-images 20 --bank-queries 40"
 else
   FIT_N="1000 10000 50000 100000"; BIG_N=100000; QUERIES=1000000; BATCH=1024
-  CROSS_N="4096 16384 32768"
+  CROSS_N="4096 16384 32768"; BANK="--bank-images 200 --bank-queries 5000"
 fi
 {
   echo "# msde_jax GPU benchmarks, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -32,8 +33,8 @@ fi
   echo "## 2. MSDE fit and peak host memory at n = $BIG_N"
   timeout 80 "$PY" benchmarks/bench_scale.py memory --n "$BIG_N" || echo "(failed)"
   echo
-  echo "## 3. Inductive scoring throughput against a 10,000-point reference"
-  timeout 80 "$PY" benchmarks/bench_scale.py scoring --reference 10000 --queries "$QUERIES" \
+  echo "## 3. Scoring throughput: inductive scorers against a 10,000-point reference, patch bank"
+  timeout 80 "$PY" benchmarks/bench_scale.py scoring --reference 10000 --queries "$QUERIES" $BANK \
     || echo "(failed)"
   echo
   echo "## 4. Exact vs approximate blurring shift (where neighbors='auto' should switch)"
