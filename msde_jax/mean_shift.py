@@ -269,8 +269,8 @@ def choose_neighbors(neighbors: str, n: int) -> str:
 
 
 # Exact while it costs at most about twice the approximate search on a 2-core CPU, where the
-# ratio does not depend on d (`benchmarks/bench_scale.py crossover`, 8 iterations, k = 50:
-# exact / approximate 1.4–1.7× at 2,048 rows, 2.0–2.1× at 4,096, 2.8–3.0× at 8,192 for
+# ratio does not move with d (`benchmarks/bench_scale.py crossover`, 8 iterations, k = 50:
+# exact / approximate 1.4–1.8× at 2,048 rows, 1.9–2.2× at 4,096, 2.6–2.9× at 8,192 for
 # d = 64, 512 and 2,048); this keeps the paper preset's joint shifts (1,076 and 1,838 rows)
 # exact. Not set per backend yet: on accelerators the exact products are cheap and the
 # crossover is higher, but unmeasured (benchmarks/gpu.sh measures it where a GPU is lent).
