@@ -53,7 +53,7 @@ import jax
 import numpy as np
 
 import msde_jax as mj
-from msde_jax.detector import MSDEDetector
+from msde_jax.detectors.msde import MSDEDetector
 
 DATASETS = {
     # name: (file relative to the data dir, pooling block size)

@@ -8,10 +8,12 @@ known: every test *normal* (never fitted on) gets one local synthetic anomaly wi
 (:data:`msde_jax.ssl.synthetic.LOCAL_KINDS`: AnatPaste, CutPaste, scar, opacity, in turn; half
 ``anatomy="bright"``, half ``"dark"``; made at the images' own resolution, the masks then
 resized to the maps' 224 px by nearest neighbour), and the default
-configuration (:func:`msde_jax.selection.recommended`, fitted on all training normals) maps the
-clean test normals and the synthetic anomalies through :func:`msde_jax.evaluation.heatmaps`.
+configuration (:func:`msde_jax.pipeline.selection.recommended`, fitted on all training normals)
+maps the
+clean test normals and the synthetic anomalies through
+:func:`msde_jax.pipeline.evaluation.heatmaps`.
 Reported per dataset: pixel AUROC over every pixel of both sets (a clean normal's pixels are
-all normal), AUPRO up to FPR 0.3 (:func:`msde_jax.metrics.aupro`), the same per kind, and the
+all normal), AUPRO up to FPR 0.3 (:func:`msde_jax.core.metrics.aupro`), the same per kind, and the
 image AUROC of anomalies vs clean normals. ``--figure`` draws the overlay grid of the README:
 synthetic anomalies with their mask outlined, and real abnormal test images.
 """
@@ -25,11 +27,11 @@ import jax
 import numpy as np
 
 from msde_jax import roc_auc
-from msde_jax.evaluation import embed, heatmaps
+from msde_jax.core.metrics import aupro
 from msde_jax.io.datasets import load_dataset
 from msde_jax.io.images import to_float
-from msde_jax.metrics import aupro
-from msde_jax.selection import recommended
+from msde_jax.pipeline.evaluation import embed, heatmaps
+from msde_jax.pipeline.selection import recommended
 from msde_jax.ssl.synthetic import KINDS, LOCAL_KINDS, synthesize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -43,7 +45,7 @@ def load(name: str):
 
 def local_anomalies(embedder, normals, seed=0):
     """One local anomaly per normal (kinds in turn, half bright, half dark), made at the
-    images' own resolution as msde_jax.selection does; uint8 images and, at the embedder's
+    images' own resolution as msde_jax.pipeline.selection does; uint8 images and, at the embedder's
     side (nearest neighbour), their masks."""
     images = np.stack([to_float(item) for item in normals])  # the datasets' images share a size
     half = len(images) // 2
@@ -113,7 +115,7 @@ def figure(path, embedder, detector, dataset, synth_images, synth_maps, masks, k
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from msde_jax.heatmaps import color_range, draw_overlay
+    from msde_jax.pipeline.heatmaps import color_range, draw_overlay
 
     picks = [int(np.flatnonzero(kinds == kind)[0]) for kind in LOCAL_KINDS]
     real = dataset.test_abnormal[:4]

@@ -2,7 +2,8 @@
 
 For each dataset and backbone this script
 
-1. builds the validation set ``msde-jax evaluate`` uses, :func:`msde_jax.selection.validation_set`:
+1. builds the validation set ``msde-jax evaluate`` uses,
+:func:`msde_jax.pipeline.selection.validation_set`:
    the training normals split by content into a fitting part (80 %) and two held-out halves,
    clean validation normals and sources for synthetic anomalies (every kind equally often, half
    ``anatomy="bright"``, half ``"dark"``, at the images' own resolution), once per ``--seeds``
@@ -46,9 +47,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from msde_jax import FusedDetector, MSDEDetector, PatchBankDetector
 from msde_jax.backbones.registry import backbone_spec
 from msde_jax.embedder import Embedder
-from msde_jax.evaluation import embed, limit_dataset
 from msde_jax.io.datasets import load_dataset
-from msde_jax.selection import validation_set
+from msde_jax.pipeline.evaluation import embed, limit_dataset
+from msde_jax.pipeline.selection import validation_set
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -164,7 +165,8 @@ def check_alone(det, x, scores, what) -> float:
 def run(dataset_name: str, backbone: str, args) -> dict:
     dataset = limit_dataset(load(dataset_name), limit=args.limit)
     train, test, labels = list(dataset.train_normal), dataset.test_items(), dataset.test_labels()
-    # msde_jax.selection's validation set (what `msde-jax evaluate` runs): the split depends on
+    # msde_jax.pipeline.selection's validation set (what `msde-jax evaluate` runs): the split
+    # depends on
     # content only, so every seed shares the fits on the fitting part; only the anomalies differ.
     vsets = [validation_set(train, fallback_size=args.image_size, seed=seed) for seed in args.seeds]
     fit_idx, val_idx = vsets[0].fit, vsets[0].normals

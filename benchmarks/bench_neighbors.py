@@ -3,7 +3,7 @@
     python benchmarks/bench_neighbors.py --cache-dir .bench_cache       # ~10 min on 2 CPU cores
     python benchmarks/bench_neighbors.py --recall-n 10000 --no-auroc    # recall only
 
-1. **Recall** at k = 50 of :func:`msde_jax.partition.approximate_knn` (the tree behind
+1. **Recall** at k = 50 of :func:`msde_jax.core.approximate_knn.approximate_knn` (the tree behind
    ``mean_shift(neighbors="approximate")``) against :func:`msde_jax.knn`: the share of each
    point's exact 50 nearest found, averaged over the points, for several ``leaf_size × probes``
    settings, on (a) bench_core.py's synthetic mixture (20 Gaussian centres, d = 512,
@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import msde_jax as mj
+from msde_jax.core.approximate_knn import DEFAULT_LEAF_SIZE, DEFAULT_PROBES, approximate_knn
 from msde_jax.io.cache import embed_cached
 from msde_jax.io.datasets import load_dataset
-from msde_jax.partition import DEFAULT_LEAF_SIZE, DEFAULT_PROBES, approximate_knn
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 BRAIN = "brain_tumor_mri/brain_tumor_mri.npz"

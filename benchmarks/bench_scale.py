@@ -20,7 +20,7 @@ where the approximate neighbour search starts to pay.
   the default detector, ``PatchBankDetector`` with its default bank size and with a
   10,000-patch bank, fitted on ``--bank-images`` images of synthetic 14 × 14 × 152 patch
   features and scoring ``--bank-queries`` more (``--bank-images 0`` skips it).
-* ``devices`` — :func:`msde_jax.distributed.sharded_knn` and ``sharded_mean_shift`` on 1, 2 and
+* ``devices`` — :func:`msde_jax.core.sharded.sharded_knn` and ``sharded_mean_shift`` on 1, 2 and
   4 devices (each a fresh process with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``),
   time relative to one device, and the largest difference from the one-device result. On a
   CPU the "devices" share the same cores, so this checks the overhead of the sharded code, not
@@ -152,7 +152,7 @@ _DEVICE_WORKER = """
 import json, sys, time
 import jax, numpy as np
 from msde_jax import knn, mean_shift
-from msde_jax.distributed import row_mesh, sharded_knn, sharded_mean_shift
+from msde_jax.core.sharded import row_mesh, sharded_knn, sharded_mean_shift
 n, d = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(0)
 c = rng.normal(scale=2.0, size=(20, d))
@@ -213,7 +213,7 @@ def crossover(args) -> None:
     import jax
 
     import msde_jax as mj
-    from msde_jax.mean_shift import choose_neighbors
+    from msde_jax.core.mean_shift import choose_neighbors
 
     def best(fn) -> float:
         jax.block_until_ready(fn())

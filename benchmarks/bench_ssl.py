@@ -22,8 +22,8 @@ import jax
 
 from msde_jax import MSDEDetector
 from msde_jax.embedder import Embedder
-from msde_jax.evaluation import embed_dataset, evaluate_embeddings
 from msde_jax.io.datasets import load_dataset
+from msde_jax.pipeline.evaluation import embed_dataset, evaluate_embeddings
 from msde_jax.ssl import TrainConfig, train_backbone
 
 DATASETS = {

@@ -10,8 +10,8 @@ resumably into --out, then compares the detector with the ImageNet and the adapt
 import argparse
 
 from msde_jax import Embedder, MSDEDetector
-from msde_jax.evaluation import evaluate
 from msde_jax.io.datasets import load_dataset
+from msde_jax.pipeline.evaluation import evaluate
 from msde_jax.ssl import TrainConfig, train_backbone
 
 

@@ -5,8 +5,28 @@ The functional core: pure, jit-able functions on arrays with NamedTuple states.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from msde_jax._estimator import load_detector
-from msde_jax.bank_detector import (
+from msde_jax.core.approximate_knn import approximate_knn
+from msde_jax.core.coreset import kcenter_greedy, random_projection
+from msde_jax.core.density import density_weights
+from msde_jax.core.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
+from msde_jax.core.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
+from msde_jax.core.mean_shift import MeanShiftResult, mean_shift
+from msde_jax.core.memory_bank import MemoryBank, bank_fit, image_scores, patch_scores
+from msde_jax.core.metrics import average_precision, roc_auc
+from msde_jax.core.neighbors import Neighbors, knn
+from msde_jax.core.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
+from msde_jax.detectors.base import load_detector
+from msde_jax.detectors.fused import FusedDetector, FusionStats, fuse_scores, fusion_stats
+from msde_jax.detectors.msde import (
+    DetectorConfig,
+    DetectorFit,
+    DetectorState,
+    MSDEDetector,
+    NotFittedError,
+    fit_detector,
+    score_detector,
+)
+from msde_jax.detectors.patch_bank import (
     BankConfig,
     BankFit,
     BankState,
@@ -16,26 +36,6 @@ from msde_jax.bank_detector import (
     score_bank_maps,
     score_bank_patches,
 )
-from msde_jax.coreset import kcenter_greedy, random_projection
-from msde_jax.density import density_weights
-from msde_jax.detector import (
-    DetectorConfig,
-    DetectorFit,
-    DetectorState,
-    MSDEDetector,
-    NotFittedError,
-    fit_detector,
-    score_detector,
-)
-from msde_jax.fusion import FusedDetector, FusionStats, fuse_scores, fusion_stats
-from msde_jax.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
-from msde_jax.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
-from msde_jax.mean_shift import MeanShiftResult, mean_shift
-from msde_jax.memory_bank import MemoryBank, bank_fit, image_scores, patch_scores
-from msde_jax.metrics import average_precision, roc_auc
-from msde_jax.neighbors import Neighbors, knn
-from msde_jax.partition import approximate_knn
-from msde_jax.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
 
 
 def __getattr__(name: str):

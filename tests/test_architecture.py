@@ -1,12 +1,13 @@
 """The package layout: layers import downward only, every public module declares ``__all__``.
 
-Layers (README "Architecture"): private helpers → functional core → detector → io | backbones
-→ embedder | ssl → evaluation, selection → report, heatmaps → cli. A module may import its own
-layer and the ones below; io and backbones never import each other (reading files is io's job,
-networks are backbones' job), nor do embedder and ssl. The root ``msde_jax/__init__.py`` (which
-``walk_packages`` does not yield) imports the core and detector layers eagerly and the embedder
-lazily, and lists exactly what it re-exports in ``__all__``. No module imports by a computed
-name (``importlib.import_module``, ``__import__``): such an edge hides from this test.
+A module's layer is its folder (README "Architecture"): private helpers (``msde_jax/_*.py``)
+→ ``core/`` → ``detectors/`` → ``io/`` | ``backbones/`` → ``embedder`` | ``ssl/`` →
+``pipeline/`` → ``cli/``. A module may import its own layer and the ones below; io and
+backbones never import each other (reading files is io's job, networks are backbones' job), nor
+do embedder and ssl. The root ``msde_jax/__init__.py`` (which ``walk_packages`` does not yield)
+imports the core and detector layers eagerly and the embedder lazily, and lists exactly what
+it re-exports in ``__all__``. No module imports by a computed name (``importlib.import_module``,
+``__import__``): such an edge hides from this test.
 """
 
 import ast
@@ -20,44 +21,39 @@ import msde_jax
 
 PACKAGE = Path(msde_jax.__file__).parent
 
-CORE = (
-    "neighbors",
-    "partition",
-    "distributed",
-    "fuzzy",
-    "density",
-    "mean_shift",
-    "coreset",
-    "memory_bank",
-    "maps",
-    "pca",
-    "gaussian",
-    "metrics",
-)
+# (rank, group) of each top-level folder or module of msde_jax; a new one must be placed here.
+LAYERS = {
+    "core": (1, "core"),
+    "detectors": (2, "detectors"),
+    "io": (3, "io"),
+    "backbones": (3, "backbones"),
+    "embedder": (4, "embedder"),
+    "ssl": (4, "ssl"),
+    "pipeline": (5, "pipeline"),
+    "cli": (6, "cli"),
+}
 
 
 def layer(module: str) -> tuple[int, str]:
-    """(rank, group) of a module given as a dotted name inside ``msde_jax``."""
+    """(rank, group) of a module given as a dotted name inside ``msde_jax``: its folder's."""
     top = module.split(".")[0]
-    if top in ("_rows", "_progress", "_files"):
+    if top.startswith("_") and "." not in module:
         return 0, "private"
-    if top in CORE:
-        return 1, "core"
-    if top == "detector" or top.startswith("_detector") or top == "fusion":
-        return 2, "detector"
-    if top in ("bank_detector", "_estimator"):
-        return 2, "detector"
-    if top in ("io", "backbones"):
-        return 3, top
-    if top in ("embedder", "ssl"):
-        return 4, top
-    if top in ("evaluation", "selection"):
-        return 5, "evaluation"
-    if top in ("report", "heatmaps"):
-        return 6, "report"
-    if top == "cli":
-        return 7, top
-    raise AssertionError(f"msde_jax.{module} has no layer: add it to tests/test_architecture.py")
+    if top not in LAYERS:
+        raise AssertionError(
+            f"msde_jax.{module} is in no layer: put it in a layer's folder, or add its folder "
+            "to LAYERS in tests/test_architecture.py"
+        )
+    return LAYERS[top]
+
+
+def test_every_folder_is_a_layer():
+    tops = {
+        p.stem if p.suffix == ".py" else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.name != "__init__.py"
+    }
+    assert {t for t in tops if not t.startswith("_")} == set(LAYERS)
 
 
 def modules() -> list[str]:

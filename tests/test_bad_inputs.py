@@ -116,7 +116,7 @@ def _edit(fn):
     deliberate edit, which the checksum cannot see, must still be refused by its content."""
 
     def damage(model, tmp_path):
-        from msde_jax._detector_io import arrays_checksum, read_npz
+        from msde_jax.detectors.persistence import arrays_checksum, read_npz
 
         meta, arrays = read_npz(model)  # meta keeps its format version, less the checksum
         fn(meta, arrays)
@@ -507,7 +507,7 @@ def test_patch_features_of_any_real_dtype_and_out_of_range_float64():
 # ---------------------------------------------------------------------- maps
 def test_maps_of_absurd_sizes_are_refused_and_huge_blurs_stay_finite():
     from msde_jax import PatchBankDetector
-    from msde_jax.maps import MAX_SIZE, gaussian_blur
+    from msde_jax.core.anomaly_maps import MAX_SIZE, gaussian_blur
 
     x = np.random.default_rng(5).normal(size=(6, 3, 3, 2)).astype(np.float32)
     bank = PatchBankDetector(size=20, n_folds=2).fit(x)
@@ -847,8 +847,8 @@ def test_counts_of_images_must_be_positive(capsys):
     # A negative batch size used to embed nothing and fit on uninitialised memory; a negative
     # --limit dropped the last image of each class.
     from msde_jax.embedder import Embedder
-    from msde_jax.evaluation import limit_dataset
     from msde_jax.io.datasets import load_dataset
+    from msde_jax.pipeline.evaluation import limit_dataset
 
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from msde_jax import MSDEDetector
-from msde_jax._rows import bucket_rows
+from msde_jax.core.blocks import bucket_rows
 
 
 class _Compiles(logging.Handler):

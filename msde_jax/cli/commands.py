@@ -1,8 +1,9 @@
 """The ``msde-jax`` commands: each turns parsed arguments into library calls.
 
-``evaluate`` / ``demo`` run :func:`msde_jax.selection.synthetic_validation` (or
-:func:`~msde_jax.selection.select` with ``--select``), :func:`msde_jax.evaluation.evaluate` and
-:func:`msde_jax.report.write_report`. A user mistake raises :class:`UserError` (or the
+``evaluate`` / ``demo`` run :func:`msde_jax.pipeline.selection.synthetic_validation` (or
+:func:`~msde_jax.pipeline.selection.select` with ``--select``),
+:func:`msde_jax.pipeline.evaluation.evaluate` and
+:func:`msde_jax.pipeline.report.write_report`. A user mistake raises :class:`UserError` (or the
 library's ``ValueError``), which :func:`msde_jax.cli.main` prints as one line.
 """
 
@@ -88,8 +89,8 @@ def _embedder(args: argparse.Namespace):
 
 
 def _detector(args: argparse.Namespace, ndim: int | None = None):
-    from msde_jax.bank_detector import PatchBankDetector
-    from msde_jax.detector import MSDEDetector
+    from msde_jax.detectors.msde import MSDEDetector
+    from msde_jax.detectors.patch_bank import PatchBankDetector
 
     params: dict[str, Any] = {"contamination": args.contamination, "threshold": args.threshold}
     if _detector_kind(args, ndim) == "bank":
@@ -210,7 +211,7 @@ def _readable(items: list, names: list[str], args: argparse.Namespace) -> tuple[
 # ---------------------------------------------------------------------------- commands
 def cmd_embed(args: argparse.Namespace) -> None:
     from msde_jax._files import atomic_write
-    from msde_jax.evaluation import embed
+    from msde_jax.pipeline.evaluation import embed
 
     out = args.out if args.out.endswith(".npz") else f"{args.out}.npz"  # as np.savez names it
     items, names = _items(args.sources)
@@ -261,7 +262,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         except ValueError as err:
             raise UserError(f"{args.sources[0]}: 'embeddings': {err}") from err
     else:
-        from msde_jax.evaluation import embed
+        from msde_jax.pipeline.evaluation import embed
 
         items, names = _items(args.sources)
         _check_out(args.out, inputs=[*args.sources, *items])
@@ -280,7 +281,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def _load_model(path: str):
-    from msde_jax._estimator import load_detector
+    from msde_jax.detectors.base import load_detector
 
     if not Path(path).exists():
         raise FileNotFoundError(path)
@@ -288,7 +289,7 @@ def _load_model(path: str):
     if not hasattr(detector, "n_features_in_"):  # a FusedDetector: features per component
         raise UserError(
             f"{path} holds a {type(detector).__name__}, which scores a mapping of features "
-            "(one per component): score it from Python (msde_jax.evaluation.evaluate)."
+            "(one per component): score it from Python (msde_jax.pipeline.evaluation.evaluate)."
         )
     config = detector.metadata_.get("embedder")
     if not config:
@@ -306,9 +307,9 @@ def _load_model(path: str):
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from msde_jax._estimator import no_maps_message
+    from msde_jax.detectors.base import no_maps_message
     from msde_jax.embedder import Embedder
-    from msde_jax.evaluation import embed, heatmaps
+    from msde_jax.pipeline.evaluation import embed, heatmaps
 
     detector, config = _load_model(args.model)
     if args.heatmaps and not detector.has_maps:
@@ -348,7 +349,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             f"{detector.threshold_:.4g}); wrote {args.out}"
         )
     if args.heatmaps:
-        from msde_jax.heatmaps import write_heatmaps
+        from msde_jax.pipeline.heatmaps import write_heatmaps
 
         images, maps = heatmaps(embedder, detector, items, features=features)
         write_heatmaps(
@@ -360,7 +361,13 @@ def cmd_score(args: argparse.Namespace) -> None:
 def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     """The embedder and detector ``evaluate`` runs, what to call them, and their synthetic
     validation (``None`` when skipped) with the reason it was skipped."""
-    from msde_jax.selection import RECOMMENDED, Candidate, candidates, select, synthetic_validation
+    from msde_jax.pipeline.selection import (
+        RECOMMENDED,
+        Candidate,
+        candidates,
+        select,
+        synthetic_validation,
+    )
 
     normals = dataset.train_normal
     if args.select:
@@ -395,9 +402,9 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     """``evaluate`` and ``demo``: the library's evaluation pipeline, then the report folder."""
     import tempfile
 
-    from msde_jax.evaluation import evaluate, heatmaps, limit_dataset
     from msde_jax.io.datasets import load_dataset
-    from msde_jax.report import overlay_indices, require_matplotlib, write_report
+    from msde_jax.pipeline.evaluation import evaluate, heatmaps, limit_dataset
+    from msde_jax.pipeline.report import overlay_indices, require_matplotlib, write_report
 
     require_matplotlib()  # a broken install refuses before minutes of embedding
     _check_out(args.out, folder=True)

@@ -1,7 +1,8 @@
 """The ``msde-jax`` argument parser: every command's options, with the library's defaults.
 
-Option lists and defaults come from the library (:mod:`msde_jax.detector`,
-:mod:`msde_jax.bank_detector`, :mod:`msde_jax.density`, :mod:`msde_jax.backbones.registry`,
+Option lists and defaults come from the library (:mod:`msde_jax.detectors.msde`,
+:mod:`msde_jax.detectors.patch_bank`, :mod:`msde_jax.core.density`,
+:mod:`msde_jax.backbones.registry`,
 :class:`~msde_jax.ssl.config.TrainConfig`), never from copies here.
 """
 
@@ -157,10 +158,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    from msde_jax.bank_detector import PatchBankDetector
-    from msde_jax.density import METHODS
-    from msde_jax.detector import MODES, THRESHOLDS, MSDEDetector
-    from msde_jax.memory_bank import REDUCTIONS
+    from msde_jax.core.density import METHODS
+    from msde_jax.core.memory_bank import REDUCTIONS
+    from msde_jax.detectors.msde import MODES, THRESHOLDS, MSDEDetector
+    from msde_jax.detectors.patch_bank import PatchBankDetector
 
     # The detector options default to None so that the commands can tell them apart from
     # values given on the command line; the help shows the detectors' own defaults.
@@ -242,7 +243,7 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--select",
         action="store_true",
-        help="choose the configuration among msde_jax.selection.candidates() by its "
+        help="choose the configuration among msde_jax.pipeline.selection.candidates() by its "
         "synthetic-validation AUROC instead of running the default rule (measured not to beat "
         "it: README 'Which mode')",
     )

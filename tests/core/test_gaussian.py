@@ -9,7 +9,7 @@ from hypothesis import given
 from scipy.stats import multivariate_normal
 from sklearn.covariance import OAS, EmpiricalCovariance, LedoitWolf
 
-from msde_jax.gaussian import (
+from msde_jax.core.gaussian import (
     COVARIANCE_ESTIMATORS,
     GaussianState,
     gaussian_fit,

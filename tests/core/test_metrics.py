@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 from sklearn.metrics import average_precision_score, roc_auc_score
 from testing import labelled_scores
 
-from msde_jax.metrics import (
+from msde_jax.core.metrics import (
     average_precision,
     evaluation_metrics,
     precision_recall_curve,
@@ -223,7 +223,7 @@ def _aupro_reference(masks, maps, max_fpr):
 
 
 def test_aupro(rng):
-    from msde_jax.metrics import aupro
+    from msde_jax.core.metrics import aupro
 
     masks = np.zeros((3, 20, 20), bool)
     masks[0, 2:6, 2:6] = True  # two regions of very different sizes count equally

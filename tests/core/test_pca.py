@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from sklearn.decomposition import PCA
 
-from msde_jax.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
+from msde_jax.core.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
 
 
 def _data(rng, n, d):

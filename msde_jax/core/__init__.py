@@ -1,0 +1,47 @@
+"""The functional core: pure, jit-able JAX functions on arrays, states as NamedTuple pytrees.
+
+Neighbours (exact in row blocks, :mod:`~msde_jax.core.approximate_knn`'s tree, and the
+:mod:`~msde_jax.core.sharded` versions over a device mesh), the fuzzy graph and density
+weights, the MSDE mean shift, the coreset and patch memory bank, PCA, the Gaussian,
+metrics and anomaly maps. No I/O, no classes with hidden state.
+"""
+
+from msde_jax.core.approximate_knn import approximate_knn
+from msde_jax.core.coreset import kcenter_greedy, random_projection
+from msde_jax.core.density import density_weights
+from msde_jax.core.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
+from msde_jax.core.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
+from msde_jax.core.mean_shift import MeanShiftResult, mean_shift
+from msde_jax.core.memory_bank import MemoryBank, bank_fit, image_scores, patch_scores
+from msde_jax.core.metrics import average_precision, roc_auc
+from msde_jax.core.neighbors import Neighbors, knn
+from msde_jax.core.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
+
+__all__ = [
+    "FuzzyGraph",
+    "GaussianState",
+    "MeanShiftResult",
+    "MemoryBank",
+    "Neighbors",
+    "PCAState",
+    "approximate_knn",
+    "average_precision",
+    "bank_fit",
+    "density_weights",
+    "fuzzy_degree",
+    "fuzzy_simplicial_set",
+    "fuzzy_union",
+    "gaussian_fit",
+    "gaussian_logpdf",
+    "image_scores",
+    "kcenter_greedy",
+    "knn",
+    "mahalanobis",
+    "mean_shift",
+    "patch_scores",
+    "pca_fit",
+    "pca_inverse_transform",
+    "pca_transform",
+    "random_projection",
+    "roc_auc",
+]

@@ -1,0 +1,552 @@
+"""Fused scores: several detectors, each on its own features, combined into one score.
+
+Each component's score is standardised by the distribution of its *out-of-fold* scores on the
+training normals (the cross-fitting that ``threshold="cross_fit"`` already runs), and the fused
+score is the mean of those z-scores::
+
+    z_j(x) = (s_j(x) − μ_j) / σ_j,        fused(x) = (1 / J) Σ_j z_j(x),
+
+with μ_j, σ_j the mean and standard deviation of component j's out-of-fold
+``decision_scores_``. The fused out-of-fold scores of the training normals are the same
+formula applied to the components' out-of-fold scores, and the threshold is their
+``1 − contamination`` quantile, so ``contamination`` keeps its meaning: about that share of
+new normals score above it. In-sample scores would not do: a training normal typically scores
+lower under a model fitted on it, which would bias μ_j and σ_j, the weights and the
+threshold.
+
+:func:`fusion_stats` and :func:`fuse_scores` (over a :class:`FusionStats` pytree) are the
+functional form; :class:`FusedDetector` is the thin facade with the detectors' surface
+(``fit``, ``score_samples``, ``threshold_``, ``save`` / ``load``), taking a mapping
+``{component name: features}`` wherever a detector takes an array. Z-scoring and averaging
+is the usual combination of unsupervised outlier detectors (Aggarwal & Sathe, *Outlier
+Ensembles*, 2017; PyOD's ``standardizer`` then ``combination.average``), here with the
+statistics estimated out of fold.
+"""
+
+import inspect
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol, Self
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from msde_jax.detectors.base import (
+    Detector,
+    check_saved_floats,
+    detector_from_arrays,
+    quantile_threshold,
+)
+from msde_jax.detectors.persistence import with_version
+
+__all__ = [
+    "STD_FLOOR",
+    "FusedDetector",
+    "FusionStats",
+    "SupportsDetect",
+    "fuse_scores",
+    "fusion_stats",
+    "z_scores",
+]
+
+STD_FLOOR = 1e-6
+"""σ_j is at least ``STD_FLOOR · max(|μ_j|, 1)``: a component whose out-of-fold scores are
+(numerically) constant gets a finite, very large weight instead of a division by zero."""
+
+
+class SupportsDetect(Protocol):
+    """What fusion and :func:`msde_jax.pipeline.evaluation.evaluate` need from a detector facade."""
+
+    decision_scores_: np.ndarray
+    threshold_: float
+
+    def fit(self, X: Any, y: Any = None) -> Any: ...
+
+    def score_samples(self, X: Any) -> np.ndarray: ...
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]: ...
+
+
+class FusionStats(NamedTuple):
+    """Per-component standardisation of scores, as :func:`fusion_stats` fits it (a pytree).
+
+    Attributes:
+        mean: ``{name: μ_j}``, the mean of component j's out-of-fold scores.
+        std: ``{name: σ_j}``, their standard deviation (``ddof=0``), floored at
+            ``STD_FLOOR · max(|μ_j|, 1)``.
+    """
+
+    mean: dict[str, Any]
+    std: dict[str, Any]
+
+
+def fusion_stats(scores: Mapping[str, ArrayLike], *, floor: float = STD_FLOOR) -> FusionStats:
+    """μ_j and σ_j of each component's out-of-fold training scores (in float64, on the host).
+
+    Args:
+        scores: ``{name: (n_j,) scores}``, the components' out-of-fold ``decision_scores_``.
+        floor: σ_j is at least ``floor · max(|μ_j|, 1)``.
+
+    Returns:
+        :class:`FusionStats` with Python floats, keyed in the order of ``scores``.
+
+    Raises:
+        ValueError: no components, or a component's scores are not 1-D, finite, and at least 2.
+    """
+    if not scores:
+        raise ValueError("fusion needs at least one component's scores.")
+    mean, std = {}, {}
+    for name, s in scores.items():
+        s = np.asarray(s, np.float64)
+        if s.ndim != 1 or s.size < 2 or not np.isfinite(s).all():
+            raise ValueError(
+                f"component {name!r}: out-of-fold scores must be a finite 1-D array of at "
+                f"least 2 values, got shape {s.shape}."
+            )
+        mu = float(s.mean())
+        mean[name] = mu
+        std[name] = max(float(s.std()), floor * max(abs(mu), 1.0))
+    return FusionStats(mean, std)
+
+
+def _check_names(scores: Mapping[str, Any], stats: FusionStats) -> None:
+    if set(scores) != set(stats.mean):
+        raise ValueError(
+            f"scores are for components {sorted(scores)}; the stats for {sorted(stats.mean)}."
+        )
+
+
+def z_scores(scores: Mapping[str, ArrayLike], stats: FusionStats) -> dict[str, jax.Array]:
+    """Each component's standardised score ``(s_j − μ_j) / σ_j``, keyed in ``stats`` order.
+
+    Args:
+        scores: ``{name: (m,) scores}`` with the names of ``stats``.
+        stats: from :func:`fusion_stats`.
+
+    Returns:
+        ``{name: (m,) z-scores}``.
+    """
+    _check_names(scores, stats)
+    return {
+        name: (jnp.asarray(scores[name]) - stats.mean[name]) / stats.std[name]
+        for name in stats.mean
+    }
+
+
+def fuse_scores(scores: Mapping[str, ArrayLike], stats: FusionStats) -> jax.Array:
+    """The fused score ``(1 / J) Σ_j (s_j − μ_j) / σ_j``; higher = more anomalous.
+
+    Pure and ``jax.jit``-able (``jax.jit(fuse_scores)(scores, stats)`` with dicts of arrays).
+
+    Args:
+        scores: ``{name: (m,) scores}``, one entry per component of ``stats``, each scored on
+            the same m samples.
+        stats: from :func:`fusion_stats`.
+
+    Returns:
+        (m,) fused scores.
+    """
+    z = z_scores(scores, stats)
+    return jnp.mean(jnp.stack(list(z.values())), axis=0)
+
+
+def _check_contamination(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 0.5:
+        raise ValueError(f"contamination must be in (0, 0.5], got {value!r}.")
+
+
+def _rows(x: Any) -> int:
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        shape = np.shape(x)
+    if len(shape) == 0:
+        raise ValueError("features must have one row per sample, got a scalar.")
+    return int(shape[0])
+
+
+def _component_names(meta: dict[str, Any]) -> list[str]:
+    """The component names a saved fused detector lists, after checking the list."""
+    records = meta.get("components")
+    if (
+        not isinstance(records, list)
+        or not records
+        or not all(
+            isinstance(r, dict)
+            and isinstance(r.get("name"), str)
+            and isinstance(r.get("meta"), dict)
+            for r in records
+        )
+    ):
+        raise ValueError("not a saved FusedDetector: no list of {name, meta} components.")
+    names = [r["name"] for r in records]
+    bad = [n for n in names if not n or "/" in n]
+    if bad:
+        raise ValueError(
+            f"not a valid saved FusedDetector: component name {bad[0]!r} (names are non-empty, "
+            "without '/')."
+        )
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"not a valid saved FusedDetector: components {twice} listed twice.")
+    return names
+
+
+def _check_saved_contamination(value: Any) -> None:
+    try:
+        _check_contamination(value)
+    except ValueError as err:
+        raise ValueError(f"not a valid saved FusedDetector: {err}") from err
+
+
+class FusedDetector(Detector):
+    """Several detectors, each on its own features, fused into one score and one threshold.
+
+    ``fit`` fits every component on its features of the training normals, each with
+    ``threshold="cross_fit"`` so that its ``decision_scores_`` are out of fold, and standardises
+    component j by the mean μ_j and standard deviation σ_j of those out-of-fold scores
+    (:func:`fusion_stats`). ``score_samples`` is the mean of the components' z-scores
+    (:func:`fuse_scores`); ``decision_scores_`` is the same of the out-of-fold scores, and
+    ``threshold_`` their ``1 − contamination`` quantile, as each detector's own threshold. The
+    components' own ``contamination`` does not enter.
+
+    ``X`` is a mapping ``{component name: features}`` with the components' names, one row per
+    sample in every entry (e.g. pooled vectors (n, d) for a Gaussian and patch features
+    (n, g, g, c) for a patch bank, from different embedders). Components are fitted in place.
+    Scores are batch-independent when every component's are (e.g. not a transductive one).
+
+    The fitted state (``state_``, also ``stats_``) is the :class:`FusionStats`; the components
+    keep their own. Parameters, predictions, ``labels_`` and persistence are the detectors'
+    (:class:`~msde_jax.detectors.base.Detector`); ``get_params`` adds each component's parameters as
+    ``<name>__<param>``, and a saved file holds every component (with its format version).
+
+    Args:
+        components: ``{name: detector}``, distinct fitted-or-not detector facades
+            (:class:`~msde_jax.MSDEDetector`, ``PatchBankDetector``, …); names are non-empty
+            strings without ``"/"``.
+        contamination: expected share of anomalies among normals-like data, in (0, 0.5]; the
+            threshold is the ``1 − contamination`` quantile of the fused out-of-fold scores.
+    """
+
+    def __init__(self, components: Mapping[str, SupportsDetect], *, contamination: float = 0.05):
+        self.components = components
+        self.contamination = contamination
+
+    @property
+    def stats_(self) -> FusionStats:
+        """The fitted :class:`FusionStats`: the fused detector's ``state_``."""
+        self._check_fitted()
+        return self.state_
+
+    # ------------------------------------------------------------------ params
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return ["components", *super()._param_names()]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """``components`` and ``contamination``; with ``deep``, also ``<name>__<param>``."""
+        params = super().get_params()
+        if deep:
+            for name, component in dict(self.components).items():
+                for key, value in component.get_params().items():
+                    params[f"{name}__{key}"] = value
+        return params
+
+    def set_params(self, **params: Any) -> Self:
+        """Set ``components``, ``contamination`` or a component's ``<name>__<param>``."""
+        nested = {key: value for key, value in params.items() if "__" in key}
+        for key in nested:
+            if key.partition("__")[0] not in dict(self.components):
+                raise ValueError(
+                    f"Unknown parameter {key!r} for FusedDetector; valid ones: "
+                    f"{', '.join(self._param_names())}, <component>__<param> for components "
+                    f"{', '.join(map(repr, self.components))}."
+                )
+        super().set_params(**{key: value for key, value in params.items() if key not in nested})
+        for key, value in nested.items():
+            name, _, sub = key.partition("__")
+            self.components[name].set_params(**{sub: value})
+        return self
+
+    # ------------------------------------------------------------------ fit-time vs now
+    def _fit_params(self) -> dict[str, Any]:
+        # The stats carry no config: the components and contamination of the fit are kept.
+        return dict(self._fitted_with)
+
+    def _score_changes(self) -> list[tuple[str, Any, Any]]:
+        # The fused threshold and stats are on the scale of each component's fitted score.
+        return [
+            (f"{name}__{param}", now, at_fit)
+            for name, component in dict(self.components).items()
+            for param, now, at_fit in getattr(component, "_score_changes", list)()
+        ]
+
+    def __repr__(self) -> str:
+        # The components are positional; the base's repr shows keyword parameters only.
+        default = inspect.signature(FusedDetector.__init__).parameters["contamination"].default
+        extra = "" if self.contamination == default else f", contamination={self.contamination!r}"
+        return f"FusedDetector({dict(self.components)!r}{extra})"
+
+    # ------------------------------------------------------------------ checks
+    def _checked_components(self) -> dict[str, SupportsDetect]:
+        if not isinstance(self.components, Mapping):
+            raise TypeError(
+                "components must be a mapping {name: detector}, got "
+                f"{type(self.components).__name__}."
+            )
+        components = dict(self.components)
+        if not components:
+            raise ValueError("FusedDetector needs at least one component.")
+        for name in components:
+            if not isinstance(name, str) or not name or "/" in name:
+                raise ValueError(
+                    f"component names must be non-empty strings without '/', got {name!r}."
+                )
+        if len({id(c) for c in components.values()}) != len(components):
+            raise ValueError(
+                "the same detector object is given under two names; fitting one would refit the "
+                "other: give each name its own detector."
+            )
+        for name, component in components.items():
+            if not all(callable(getattr(component, m, None)) for m in ("fit", "score_samples")):
+                raise TypeError(
+                    f"component {name!r} ({type(component).__name__}) is not a detector: "
+                    "give MSDEDetector, PatchBankDetector, …"
+                )
+            threshold = getattr(component, "threshold", None)
+            if threshold != "cross_fit":
+                raise ValueError(
+                    f"component {name!r} ({type(component).__name__}) has "
+                    f"threshold={threshold!r}; fusion needs threshold='cross_fit': each "
+                    "component is standardised by its out-of-fold scores on the training "
+                    "normals, and in-sample scores are optimistically low."
+                )
+        _check_contamination(self.contamination)
+        return components
+
+    def _checked_features(self, X: Any, names: list[str]) -> dict[str, Any]:
+        if not isinstance(X, Mapping):
+            raise TypeError(
+                "FusedDetector takes a mapping {component name: features}, got "
+                f"{type(X).__name__}."
+            )
+        missing = [n for n in names if n not in X]
+        extra = [n for n in X if n not in names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing features for {', '.join(map(repr, missing))}")
+            if extra:
+                parts.append(f"features for unknown components {', '.join(map(repr, extra))}")
+            raise ValueError(
+                f"X must have one entry per component ({', '.join(map(repr, names))}): "
+                f"{'; '.join(parts)}."
+            )
+        rows = {name: _rows(X[name]) for name in names}
+        if len(set(rows.values())) > 1:
+            counts = ", ".join(f"{name}: {n}" for name, n in rows.items())
+            raise ValueError(f"every component's features need the same number of rows: {counts}.")
+        return {name: X[name] for name in names}
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, X: Mapping[str, ArrayLike], y: Any = None) -> Self:
+        """Fit every component on its features of the normals, then the fusion and threshold.
+
+        Args:
+            X: ``{component name: features of the normal samples}``, same rows in every entry.
+            y: ignored (scikit-learn API compatibility).
+
+        Returns:
+            ``self``, with ``state_`` / ``stats_`` (:class:`FusionStats`), ``decision_scores_``
+            (the fused out-of-fold scores), ``threshold_`` and ``labels_`` set.
+        """
+        del y
+        components = self._checked_components()
+        X = self._checked_features(X, list(components))
+        for name, component in components.items():
+            try:
+                component.fit(X[name])
+            except ValueError as err:
+                raise ValueError(f"component {name!r}: {err}") from err
+        oof = {name: np.asarray(c.decision_scores_) for name, c in components.items()}
+        self.state_ = fusion_stats(oof)
+        self._fitted_with = {"components": components, "contamination": self.contamination}
+        scores = np.asarray(fuse_scores(oof, self.state_))
+        self._set_scores(scores, quantile_threshold(scores, self.contamination))
+        return self
+
+    def _raw_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+        self._check_fitted()
+        components = dict(self.components)
+        X = self._checked_features(X, list(components))
+        scores = {}
+        for name, component in components.items():
+            try:
+                scores[name] = component.score_samples(X[name])
+            except ValueError as err:
+                raise ValueError(f"component {name!r}: {err}") from err
+        return scores
+
+    def component_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+        """``{name: (m,) z-score}`` of each component (:func:`z_scores`), for inspection."""
+        return {k: np.asarray(v) for k, v in z_scores(self._raw_scores(X), self.state_).items()}
+
+    def score_samples(self, X: Mapping[str, ArrayLike]) -> np.ndarray:
+        """Fused anomaly score of each sample, the mean of the components' z-scores.
+
+        **Higher = more anomalous** (PyOD's convention), as the components'.
+
+        Args:
+            X: ``{component name: (m, …) features}``, the same m samples in every entry.
+
+        Returns:
+            (m,) float scores.
+        """
+        return np.asarray(fuse_scores(self._raw_scores(X), self.state_))
+
+    def score_maps(self, X: Any, *, size: int = 224, sigma: float | None = None):
+        """Fused scores have no heatmaps: the mean of z-scores has no place in the image.
+
+        Raises:
+            ValueError: always; a component that scores patches (``PatchBankDetector``) has
+                its own (``det.components[name].score_maps(X[name])``).
+        """
+        del X, size, sigma
+        with_maps = [n for n, c in dict(self.components).items() if getattr(c, "has_maps", False)]
+        hint = (
+            f"; component {with_maps[0]!r} has them: "
+            f"components[{with_maps[0]!r}].score_maps(X[{with_maps[0]!r}])"
+            if with_maps
+            else ""
+        )
+        raise ValueError(
+            "FusedDetector has no heatmaps: its score, a mean of the components' z-scores, has "
+            f"no place in the image{hint}."
+        )
+
+    # ------------------------------------------------------------------ persistence
+    # The base's to_arrays / from_arrays / save / load over these hooks: one file, each
+    # component's own (meta, arrays) inside it, its arrays prefixed "<name>/".
+    def _component_arrays(self) -> dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        parts = {}
+        for name, component in dict(self.components).items():
+            try:
+                parts[name] = component.to_arrays()
+            except ValueError as err:
+                raise ValueError(f"component {name!r}: {err}") from err
+        return parts
+
+    def _fitted_meta(self) -> dict[str, Any]:
+        # Each as the component's own file would hold it, so loading checks its version.
+        records = [
+            {"name": name, "meta": with_version(meta)}
+            for name, (meta, _) in self._component_arrays().items()
+        ]
+        return {"components": records}
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {}
+        for name, (_, sub) in self._component_arrays().items():
+            arrays.update({f"{name}/{key}": np.asarray(value) for key, value in sub.items()})
+        names = list(self.state_.mean)
+        arrays["fusion.mean"] = np.array([self.state_.mean[n] for n in names], np.float64)
+        arrays["fusion.std"] = np.array([self.state_.std[n] for n in names], np.float64)
+        return arrays
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The fitted detector as JSON-able metadata and flat named arrays.
+
+        As :meth:`Detector.to_arrays`, with ``meta["components"]`` a list of ``{"name",
+        "meta"}``, each component's own metadata with its format version, and its arrays
+        prefixed ``"<name>/"``; ``params`` holds ``contamination`` only (the components are
+        saved whole, not as parameters).
+        """
+        meta, arrays = super().to_arrays()
+        meta["params"] = {"contamination": meta["params"]["contamination"]}
+        return meta, arrays
+
+    @classmethod
+    def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        """Rebuild a fitted detector from :meth:`to_arrays`' ``(meta, arrays)``.
+
+        Each component is rebuilt by the registered class its metadata names, after checking
+        its format version.
+
+        Raises:
+            ValueError: ``meta`` names another class, a component names an unknown class or
+                has another format version, or an array is missing.
+        """
+        cls._check_class(meta)
+        names = _component_names(meta)
+        components = {}
+        for name, record in zip(names, meta["components"], strict=True):
+            prefix = f"{name}/"
+            sub = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            where = f"component {name!r} of the saved FusedDetector"
+            try:
+                components[name] = detector_from_arrays(record["meta"], sub, where=where)
+            except ValueError as err:
+                message = str(err)
+                raise ValueError(message if where in message else f"{where}: {message}") from err
+        params = meta.get("params")
+        if isinstance(params, dict):
+            _check_saved_contamination(params.get("contamination"))
+            params = {**params, "components": components}
+        return super().from_arrays({**meta, "params": params}, arrays)
+
+    @classmethod
+    def _check_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """The fusion's own arrays: finite float vectors, one entry per component (σ > 0), and
+        nothing but them and the components' (which each component checks itself)."""
+        names = [record["name"] for record in meta["components"]]
+        own = ("fusion.mean", "fusion.std", "decision_scores_")
+        unknown = sorted(
+            k for k in arrays if k not in own and ("/" not in k or k.split("/", 1)[0] not in names)
+        )
+        orphans = sorted({k.split("/", 1)[0] for k in unknown if "/" in k})
+        if orphans:
+            raise ValueError(
+                f"not a valid saved FusedDetector: it holds arrays of components {orphans}, "
+                "which its metadata does not list."
+            )
+        if unknown:
+            raise ValueError(f"not a valid saved FusedDetector: unexpected arrays {unknown}.")
+        for key in own:
+            if key not in arrays:
+                continue  # a missing one is reported by _restore / from_arrays
+            a = np.asarray(arrays[key])
+            size = len(names) if key != "decision_scores_" else a.size
+            if a.dtype.kind != "f" or a.shape != (size,):
+                raise ValueError(
+                    f"not a valid saved FusedDetector: {key!r} is {a.dtype} of shape {a.shape}, "
+                    f"expected float of shape ({size},)"
+                    + (f", one value per component ({len(names)})." if key != own[2] else ".")
+                )
+            check_saved_floats(key, a, where="not a valid saved FusedDetector")
+        n_train = {np.shape(arrays[f"{n}/decision_scores_"]) for n in names}
+        n_train.add(np.shape(arrays.get("decision_scores_")))
+        if len(n_train) > 1:
+            raise ValueError(
+                "not a valid saved FusedDetector: its 'decision_scores_' and its components' "
+                f"have different shapes {sorted(n_train)}; all score the same training rows."
+            )
+        if "fusion.std" in arrays and not (np.asarray(arrays["fusion.std"]) > 0).all():
+            raise ValueError(
+                "not a valid saved FusedDetector: 'fusion.std' must be positive (a standard "
+                "deviation floored above 0)."
+            )
+
+    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        del meta
+        missing = [key for key in ("fusion.mean", "fusion.std") if key not in arrays]
+        if missing:
+            raise ValueError(f"not a saved FusedDetector: the array {missing[0]!r} is missing.")
+        names = list(self.components)
+        self._fitted_with = {
+            "components": dict(self.components),
+            "contamination": self.contamination,
+        }
+        self.state_ = FusionStats(
+            dict(zip(names, np.asarray(arrays["fusion.mean"]).tolist(), strict=True)),
+            dict(zip(names, np.asarray(arrays["fusion.std"]).tolist(), strict=True)),
+        )

@@ -1,0 +1,397 @@
+"""The evaluation pipeline, written once: embed a labelled dataset, fit, score, compute metrics.
+
+``msde-jax evaluate`` / ``msde-jax demo`` and ``benchmarks/bench_ssl.py`` all run it::
+
+    from msde_jax import Embedder, MSDEDetector
+    from msde_jax.pipeline.evaluation import evaluate
+    from msde_jax.io.datasets import load_dataset
+
+    result = evaluate(load_dataset("pneumoniamnist"), Embedder(), MSDEDetector(), limit=100)
+    result.metrics["auroc"], result.metrics["f1"]
+
+The detector is fitted on the embedded ``train_normal`` images and scores the test images
+(normals first, then abnormals) as one batch, which matters for the transductive mode. To
+compare several detectors on one set of embeddings, embed once with :func:`embed_dataset` and
+call :func:`evaluate_embeddings` per detector; :func:`evaluate` is the two in a row. Writing a
+report from the result is the caller's choice (:func:`msde_jax.pipeline.report.write_report`).
+
+Fused scores: give a mapping ``{name: embedder}`` and a
+:class:`~msde_jax.detectors.fused.FusedDetector`
+whose components have the same names; each split is embedded by each embedder and component
+``name`` sees the features of embedder ``name``::
+
+    embedders = {"pooled": Embedder(features="multiscale"), "patches": Embedder(features="patches")}
+    detector = FusedDetector({"pooled": MSDEDetector(mode="none"), "patches": PatchBankDetector()})
+    result = evaluate(dataset, embedders, detector)
+
+Heatmaps: :func:`heatmaps` maps images through the embedder and a detector that scores patches
+(images in, maps out).
+"""
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from msde_jax.core.metrics import evaluation_metrics
+from msde_jax.detectors.base import no_maps_message
+from msde_jax.detectors.fused import FusedDetector, SupportsDetect
+from msde_jax.io.cache import SupportsEmbed, embed_cached
+from msde_jax.io.datasets import Dataset
+
+__all__ = [
+    "EmbeddedDataset",
+    "EvaluationResult",
+    "embed",
+    "embed_dataset",
+    "evaluate",
+    "evaluate_embeddings",
+    "heatmaps",
+    "limit_dataset",
+]
+
+_SPLITS = (
+    ("train normal", "train_normal"),
+    ("test normal", "test_normal"),
+    ("test abnormal", "test_abnormal"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedDataset:
+    """A dataset's splits and their embeddings, as :func:`embed_dataset` returns them.
+
+    Attributes:
+        dataset: the splits that were embedded (after ``limit``).
+        embedder: the embedder that embedded them, or the mapping ``{name: embedder}``.
+        train: (n, d) embeddings of ``dataset.train_normal`` (or (n, grid, grid, c) patch
+            features); with a mapping of embedders, ``{name: embeddings}`` keyed like it.
+        test: (m, d) embeddings of ``dataset.test_items()``: the normals, then the abnormals;
+            with a mapping of embedders, ``{name: embeddings}``.
+        embed_s: wall time of all embedding calls, in seconds.
+    """
+
+    dataset: Dataset
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed]
+    train: np.ndarray | dict[str, np.ndarray]
+    test: np.ndarray | dict[str, np.ndarray]
+    embed_s: float
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(m,) labels of ``test``: 0 normal, 1 abnormal."""
+        return self.dataset.test_labels()
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    """What one evaluation measured: scores, metrics, timings and the settings behind them.
+
+    Attributes:
+        dataset: the splits evaluated (after ``limit``); ``dataset.test_items()`` are the test
+            images in the order of ``scores`` (e.g. for the report's image grid).
+        detector: the fitted detector (a :class:`~msde_jax.detectors.fused.FusedDetector` with a
+            mapping of embedders).
+        labels: (m,) test labels, 0 normal, 1 abnormal.
+        scores: (m,) anomaly scores of the test images, higher = more anomalous.
+        threshold: the detector's threshold; ``score > threshold`` is predicted abnormal.
+        metrics: :func:`msde_jax.core.metrics.evaluation_metrics` of labels, scores and threshold.
+        timings: ``{"embed_s", "fit_s", "score_s"}`` wall times in seconds.
+        config: what was run, JSON-friendly: dataset source, the three class sizes, the
+            embedder's ``config()`` (``{name: config()}`` for a mapping of embedders), the
+            detector's ``get_params()`` (for a fused detector its ``contamination`` and
+            ``{"components": {name: {"class", **get_params()}}}``), ``mode`` and ``test_mix``
+            (the share of abnormal test images, scored as one batch).
+    """
+
+    dataset: Dataset
+    detector: SupportsDetect
+    labels: np.ndarray
+    scores: np.ndarray
+    threshold: float
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+    config: dict[str, Any]
+
+
+def limit_dataset(dataset: Dataset, *, limit: int | None = None) -> Dataset:
+    """The dataset with at most ``limit`` images per class, each class checked to be non-empty.
+
+    Args:
+        dataset: a :class:`~msde_jax.io.datasets.Dataset`.
+        limit: keep the first ``limit`` images of ``train_normal``, ``test_normal`` and
+            ``test_abnormal`` each (``None``: all).
+
+    Raises:
+        ValueError: ``limit`` is not a positive integer, or a class is empty
+            (``"<name>: the test abnormal class is empty."``).
+    """
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive number of images, got {limit!r}.")
+        dataset = dataclasses.replace(
+            dataset, **{field: getattr(dataset, field)[:limit] for _, field in _SPLITS}
+        )
+    for what, field in _SPLITS:
+        if not getattr(dataset, field):
+            raise ValueError(f"{dataset.name}: the {what} class is empty.")
+    return dataset
+
+
+def embed(
+    embedder: SupportsEmbed,
+    items: Sequence[Any],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    what: str = "input",
+    progress: bool = True,
+) -> np.ndarray:
+    """Embeddings of ``items``: (n, d), or (n, grid, grid, c) patch features.
+
+    They go through the on-disk cache when ``cache_dir`` is given.
+
+    Args:
+        embedder: an :class:`~msde_jax.embedder.Embedder` or any object with ``config()`` and
+            ``embed(items)`` (:class:`~msde_jax.io.cache.SupportsEmbed`).
+        items: images (paths, PIL images or arrays).
+        cache_dir: an embedding cache folder (:func:`msde_jax.io.cache.embed_cached`).
+        what: what the images are, for messages (``"train normal"``).
+        progress: print the cache summary and the embedding time on stderr.
+
+    Raises:
+        ValueError: ``items`` is empty (``"no images in <what>."``).
+    """
+    if len(items) == 0:
+        raise ValueError(f"no images in {what}.")
+    start = time.perf_counter()
+    if cache_dir:
+        out = embed_cached(embedder, items, cache_dir, progress=progress)
+    else:
+        out = embedder.embed(items)
+    if progress:
+        print(
+            f"embedded {len(items)} {what} images in {time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+        )
+    return out
+
+
+def _check_embedders(embedder: SupportsEmbed | Mapping[str, SupportsEmbed]) -> None:
+    if isinstance(embedder, Mapping):
+        if not embedder:
+            raise ValueError("no embedders: the mapping of embedders is empty.")
+        bad = [name for name in embedder if not isinstance(name, str)]
+        if bad:
+            raise ValueError(f"embedder names must be strings, got {bad!r}.")
+
+
+def _check_pairing(
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed], detector: SupportsDetect
+) -> None:
+    """A mapping of embedders goes with a FusedDetector of the same names, one embedder without."""
+    fused = isinstance(detector, FusedDetector)
+    if not isinstance(embedder, Mapping):
+        if fused:
+            raise ValueError(
+                "a FusedDetector needs one embedder per component: pass a mapping "
+                f"{{name: embedder}} with the names {', '.join(map(repr, detector.components))}."
+            )
+        return
+    if not fused:
+        raise ValueError(
+            "a mapping of embedders needs a FusedDetector with the same names, got "
+            f"{type(detector).__name__}."
+        )
+    if set(embedder) != set(detector.components):  # the order may differ: passed by name
+        raise ValueError(
+            f"the embedders are named {', '.join(map(repr, embedder))} but the FusedDetector's "
+            f"components {', '.join(map(repr, detector.components))}: use the same names."
+        )
+
+
+def _detector_params(detector: SupportsDetect) -> dict[str, Any]:
+    """The detector's parameters, JSON-friendly (a fused one's components by name)."""
+    if isinstance(detector, FusedDetector):
+        return {
+            "contamination": detector.contamination,
+            "components": {
+                name: {"class": type(c).__name__, **_detector_params(c)}
+                for name, c in dict(detector.components).items()
+            },
+        }
+    return detector.get_params()
+
+
+def _mode(detector: SupportsDetect) -> str:
+    if isinstance(detector, FusedDetector):
+        parts = (f"{name}: {_mode(c)}" for name, c in dict(detector.components).items())
+        return f"fused ({', '.join(parts)})"
+    return str(getattr(detector, "mode", type(detector).__name__))
+
+
+def embed_dataset(
+    dataset: Dataset,
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed],
+    *,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EmbeddedDataset:
+    """Embed a dataset's training normals and its test images (normals, then abnormals).
+
+    Args:
+        dataset: a :class:`~msde_jax.io.datasets.Dataset`.
+        embedder: see :func:`embed`; or a mapping ``{name: embedder}``, each of which embeds
+            both splits (``train`` and ``test`` are then dicts keyed like it).
+        limit: at most this many images per class (:func:`limit_dataset`).
+        cache_dir: an embedding cache folder; each embedder caches under its own config hash.
+        progress: print what is embedded and how long it took on stderr.
+
+    Raises:
+        ValueError: a class is empty, or the mapping of embedders is empty (checked before
+            anything is embedded).
+    """
+    _check_embedders(embedder)
+    dataset = limit_dataset(dataset, limit=limit)
+    start = time.perf_counter()
+
+    def both(e: SupportsEmbed, label: str) -> tuple[np.ndarray, np.ndarray]:
+        kw = {"cache_dir": cache_dir, "progress": progress}
+        train = embed(e, dataset.train_normal, what=f"train normal{label}", **kw)
+        return train, embed(e, dataset.test_items(), what=f"test{label}", **kw)
+
+    if isinstance(embedder, Mapping):
+        pairs = {name: both(e, f" ({name})") for name, e in embedder.items()}
+        train = {name: pair[0] for name, pair in pairs.items()}
+        test = {name: pair[1] for name, pair in pairs.items()}
+    else:
+        train, test = both(embedder, "")
+    return EmbeddedDataset(dataset, embedder, train, test, time.perf_counter() - start)
+
+
+def evaluate_embeddings(
+    embedded: EmbeddedDataset, detector: SupportsDetect, *, mode_label: str | None = None
+) -> EvaluationResult:
+    """Fit ``detector`` on the embedded training normals, score the test set, compute metrics.
+
+    Args:
+        embedded: from :func:`embed_dataset`.
+        detector: an :class:`~msde_jax.detectors.msde.MSDEDetector` or another detector facade
+            (fitted in place); a :class:`~msde_jax.detectors.fused.FusedDetector` with the
+            embedders'
+            names when ``embedded`` comes from a mapping of embedders.
+        mode_label: how ``config["mode"]`` names the detector's mode (default:
+            ``detector.mode``; ``"fused (<name>: <mode>, …)"`` for a fused detector), e.g.
+            ``"paper preset (transductive)"``.
+
+    Raises:
+        ValueError: a mapping of embedders without a FusedDetector of the same names, or the
+            other way round.
+    """
+    _check_pairing(embedded.embedder, detector)
+    dataset = embedded.dataset
+    timings = {"embed_s": embedded.embed_s}
+    start = time.perf_counter()
+    detector.fit(embedded.train)
+    timings["fit_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = detector.score_samples(embedded.test)
+    timings["score_s"] = time.perf_counter() - start
+
+    labels = embedded.labels
+    n_abnormal = len(dataset.test_abnormal)
+    if isinstance(embedded.embedder, Mapping):
+        embedder_config = {name: e.config() for name, e in embedded.embedder.items()}
+    else:
+        embedder_config = embedded.embedder.config()
+    config = {
+        "dataset": dataset.source,
+        "train_normal": len(dataset.train_normal),
+        "test_normal": len(dataset.test_normal),
+        "test_abnormal": n_abnormal,
+        "embedder": embedder_config,
+        "detector": _detector_params(detector),
+        "mode": _mode(detector) if mode_label is None else mode_label,
+        "test_mix": f"{n_abnormal / len(labels):.0%} abnormal, scored as one batch",
+    }
+    return EvaluationResult(
+        dataset=dataset,
+        detector=detector,
+        labels=labels,
+        scores=scores,
+        threshold=detector.threshold_,
+        metrics=evaluation_metrics(labels, scores, detector.threshold_),
+        timings=timings,
+        config=config,
+    )
+
+
+def evaluate(
+    dataset: Dataset,
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed],
+    detector: SupportsDetect,
+    *,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    mode_label: str | None = None,
+) -> EvaluationResult:
+    """Embed, fit on the normal training images, score the test images, compute the metrics.
+
+    :func:`embed_dataset` followed by :func:`evaluate_embeddings`; see those for the arguments.
+
+    Raises:
+        ValueError: a class is empty or the embedders and the detector do not pair up (both
+            checked before anything is embedded), or the detector rejects its parameters or
+            the data.
+    """
+    _check_embedders(embedder)
+    _check_pairing(embedder, detector)
+    embedded = embed_dataset(dataset, embedder, limit=limit, cache_dir=cache_dir, progress=progress)
+    return evaluate_embeddings(embedded, detector, mode_label=mode_label)
+
+
+def heatmaps(
+    embedder: Any,
+    detector: SupportsDetect,
+    items: Sequence[Any],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    features: np.ndarray | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images in, maps out: the images as the embedder sees them and the detector's maps.
+
+    The items go through the embedder's one preprocessing path (``Embedder.preprocess``: read,
+    resize to ``image_size``, RGB in [0, 1]) for the pictures and through :func:`embed` (or
+    the ``features`` already computed from them) for the maps, so map and picture line up.
+
+    Args:
+        embedder: the :class:`~msde_jax.Embedder` the detector's features come from
+            (``features="patches"``).
+        detector: a fitted detector with maps (``has_maps``: :class:`~msde_jax.PatchBankDetector`).
+        items: the images (paths, PIL images or arrays).
+        cache_dir: embedding cache folder.
+        features: the items' features, when already embedded.
+        progress: print the embedding progress on stderr.
+
+    Returns:
+        ``(images, maps)``: (n, S, S, 3) float32 in [0, 1] and (n, S, S) maps in score units,
+        S the embedder's ``image_size``.
+
+    Raises:
+        ValueError: the detector has no maps (before anything is embedded).
+    """
+    if not getattr(detector, "has_maps", False):
+        raise ValueError(no_maps_message(detector))
+    if features is None:
+        features = embed(embedder, items, cache_dir=cache_dir, what="input", progress=progress)
+    maps = detector.score_maps(features, size=embedder.image_size)
+    images = np.stack(
+        [embedder.preprocess(item, name=f"image {i}") for i, item in enumerate(items)]
+    )
+    return images.astype(np.float32), maps

@@ -1,0 +1,133 @@
+"""Heatmap pictures: anomaly maps drawn over the images they score, and files for programs.
+
+:func:`write_heatmaps` writes, for ``msde-jax score --heatmaps DIR``, one PNG per image (the
+image as the embedder saw it, the map over it in colour, a colour bar in score units with the
+threshold marked) and ``maps.npz`` with every raw map; :func:`draw_overlay` draws one overlay
+on a matplotlib axis (the evaluation report's overlay grid uses it). Figures are drawn on
+``matplotlib.figure.Figure`` objects with the Agg canvas, as in :mod:`msde_jax.pipeline.report`.
+
+One colour scale serves every image of a call, from the lowest to the highest map value (and
+at least up to the threshold), so the same colour means the same score in every picture.
+"""
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msde_jax._files import atomic_write
+
+__all__ = ["CMAP", "color_range", "draw_overlay", "heatmap_file_names", "write_heatmaps"]
+
+CMAP = "inferno"
+_ALPHA = 0.45
+_DPI = 110
+
+
+def color_range(maps: np.ndarray, threshold: float | None = None) -> tuple[float, float]:
+    """The shared colour scale: the maps' minimum to their maximum, stretched to the threshold."""
+    lo, hi = float(np.min(maps)), float(np.max(maps))
+    if threshold is not None and np.isfinite(threshold):
+        lo, hi = min(lo, float(threshold)), max(hi, float(threshold))
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def draw_overlay(ax: Any, image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float) -> Any:
+    """Draw ``image`` (H, W, 3) in [0, 1] in grey scale or colour and ``amap`` (H, W) over it;
+    returns the map's ``AxesImage`` (for a colour bar)."""
+    gray = np.allclose(image[..., 0], image[..., 1]) and np.allclose(image[..., 0], image[..., 2])
+    if gray:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
+    shown = ax.imshow(amap, cmap=CMAP, vmin=vmin, vmax=vmax, alpha=_ALPHA, interpolation="bilinear")
+    ax.set_axis_off()
+    return shown
+
+
+def heatmap_file_names(names: Sequence[str]) -> list[str]:
+    """One PNG name per input: ``<index>_<file stem>.png``, safe characters only; the index
+    keeps inputs with the same stem (``a/x.png``, ``b/x.png``) apart and the order visible."""
+    width = max(4, len(str(len(names) - 1)))
+    out = []
+    for i, name in enumerate(names):
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name)).stem)[:80].strip("._") or "image"
+        out.append(f"{i:0{width}d}_{stem}.png")
+    return out
+
+
+def write_heatmaps(
+    out_dir: str | os.PathLike,
+    images: np.ndarray,
+    maps: np.ndarray,
+    *,
+    names: Sequence[str],
+    scores: np.ndarray,
+    threshold: float,
+) -> list[Path]:
+    """Write one overlay PNG per image and ``maps.npz`` into ``out_dir`` (created).
+
+    Args:
+        out_dir: the folder.
+        images: (n, H, W, 3) images in [0, 1] as the embedder saw them.
+        maps: (n, H, W) anomaly maps in score units (``detector.score_maps``).
+        names: n input names (paths or ``file.npz[i]``), for titles and file names.
+        scores: (n,) image scores.
+        threshold: the detector's threshold, marked on the colour bar.
+
+    Returns:
+        The PNG paths, in input order. ``maps.npz`` holds ``maps`` (n, H, W) float32,
+        ``names``, ``files`` (the PNG names), ``scores`` and ``threshold``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not (len(images) == len(maps) == len(names) == len(scores)):
+        raise ValueError(
+            f"got {len(images)} images, {len(maps)} maps, {len(names)} names and "
+            f"{len(scores)} scores; pass one of each per image."
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vmin, vmax = color_range(maps, threshold)
+    files = heatmap_file_names(names)
+    paths = []
+    for image, amap, name, score, file in zip(images, maps, names, scores, files, strict=True):
+        fig = Figure(figsize=(5.2, 4.4))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        shown = draw_overlay(ax, image, amap, vmin, vmax)
+        flag = "above" if score > threshold else "below"
+        ax.set_title(
+            f"{Path(str(name)).name}\nscore {score:.4g} ({flag} {threshold:.4g})", fontsize=9
+        )
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label("patch score (image-score units)", fontsize=8)
+        bar.ax.axhline(threshold, color="cyan", linewidth=2)
+        bar.ax.text(
+            1.6,
+            threshold,
+            " threshold",
+            color="black",
+            fontsize=7,
+            va="center",
+            transform=bar.ax.get_yaxis_transform(),
+        )
+        fig.savefig(out / file, dpi=_DPI, bbox_inches="tight")
+        paths.append(out / file)
+
+    def save(f):
+        np.savez(
+            f,
+            maps=np.asarray(maps, np.float32),
+            names=np.array([str(n) for n in names]),
+            files=np.array(files),
+            scores=np.asarray(scores, np.float64),
+            threshold=np.float64(threshold),
+        )
+
+    atomic_write(out / "maps.npz", save, suffix=".npz")
+    return paths

@@ -1,0 +1,599 @@
+"""Evaluation report: ROC / precision-recall curves, score histograms, an image grid, Markdown.
+
+:func:`write_report` turns test labels and anomaly scores (and optionally the test images) into
+a folder that can be read on its own::
+
+    out_dir/
+        metrics.json    metrics at the threshold, AUROC, AP, plus the config and timings
+        roc.png         ROC curve with the AUROC and the operating point at the threshold
+        pr.png          precision-recall curve with the AP and the prevalence baseline
+        histogram.png   normal vs abnormal score histograms, threshold as a vertical line
+        grid.png        the 8 most and 8 least anomalous test images (only with ``images``)
+        overlays.png    anomaly heatmaps over the 4 most and 4 least anomalous test images
+                        (only with ``heatmaps``, from a detector that scores patches)
+        report.md       all of the above in one page, figures embedded with relative links
+        report.html     the same page with every figure embedded: one file for a browser
+
+The numbers come from :mod:`msde_jax.core.metrics`
+(:func:`~msde_jax.core.metrics.evaluation_metrics`,
+:func:`~msde_jax.core.metrics.roc_curve`, :func:`~msde_jax.core.metrics.precision_recall_curve`);
+this
+module only draws and writes them. The figures need matplotlib (a dependency of msde-jax),
+imported when :func:`write_report` or :func:`require_matplotlib` runs. Figures are drawn on
+``matplotlib.figure.Figure`` objects with the Agg canvas, without pyplot, so no global state is
+touched and nothing is left open.
+
+Labels follow :mod:`msde_jax.core.metrics`: non-zero = abnormal (the positive class), and a higher
+score means more anomalous; a test image is predicted abnormal when ``score > threshold``.
+"""
+
+import base64
+import html
+import json
+import math
+import os
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jax.typing import ArrayLike
+
+from msde_jax.core.metrics import _check, evaluation_metrics, precision_recall_curve, roc_curve
+from msde_jax.io.images import to_float
+
+__all__ = [
+    "FILES",
+    "MATPLOTLIB_MISSING",
+    "OVERLAYS_PER_ROW",
+    "overlay_indices",
+    "require_matplotlib",
+    "write_report",
+]
+
+MATPLOTLIB_MISSING = (
+    "the report needs matplotlib, a dependency of msde-jax that is missing or broken here: "
+    "pip install matplotlib"
+)
+
+FILES = (
+    "metrics.json",
+    "roc.png",
+    "pr.png",
+    "histogram.png",
+    "grid.png",
+    "overlays.png",
+    "report.md",
+    "report.html",
+)
+OVERLAYS_PER_ROW = 4
+
+# Shared colours: the histogram bars and the grid titles use the same ones for the two classes.
+_NORMAL_COLOR = "tab:blue"
+_ABNORMAL_COLOR = "tab:red"
+_THRESHOLD_COLOR = "black"
+_DPI = 120
+_GRID_PER_ROW = 8
+# Grid tiles larger than this (pixels per side) are subsampled before drawing.
+_GRID_MAX_SIDE = 512
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def require_matplotlib():
+    """``(Figure, FigureCanvasAgg)``, or an ImportError that says how to install matplotlib.
+
+    Callers that compute for a while before writing a report (``msde-jax evaluate``) call it
+    first, so that a broken install refuses up front.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(MATPLOTLIB_MISSING) from err
+    return Figure, FigureCanvasAgg
+
+
+def _new_figure(size: tuple[float, float]):
+    """A matplotlib Figure on an Agg canvas (no pyplot, no global state)."""
+    Figure, FigureCanvasAgg = require_matplotlib()
+    fig = Figure(figsize=size, dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=_DPI, facecolor="white")
+    fig.clear()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _plot_roc(path: Path, labels, scores, metrics, title: str) -> None:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig = _new_figure((5.2, 5.0))
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, color="tab:purple", lw=2, label=f"ROC (AUROC = {metrics['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="chance (AUROC = 0.5)")
+    ax.plot(
+        metrics["false_positive_rate"],
+        metrics["recall"],
+        "o",
+        color=_THRESHOLD_COLOR,
+        ms=8,
+        label=(
+            f"threshold {_fmt(metrics['threshold'])}: "
+            f"FPR {metrics['false_positive_rate']:.2f}, TPR {metrics['recall']:.2f}"
+        ),
+    )
+    ax.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+        xlabel="false positive rate (1 - specificity)",
+        ylabel="true positive rate (sensitivity)",
+        title=textwrap.fill(f"{title}: ROC curve", 55),
+    )
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    _save(fig, path)
+
+
+def _plot_pr(path: Path, labels, scores, metrics, title: str) -> None:
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    prevalence = metrics["n_abnormal"] / (metrics["n_abnormal"] + metrics["n_normal"])
+    fig = _new_figure((5.2, 5.0))
+    ax = fig.add_subplot()
+    ax.plot(
+        recall,
+        precision,
+        drawstyle="steps-post",
+        color="tab:green",
+        lw=2,
+        label=f"PR (AP = {metrics['average_precision']:.3f})",
+    )
+    ax.axhline(
+        prevalence, color="gray", ls="--", lw=1, label=f"prevalence baseline = {prevalence:.2f}"
+    )
+    ax.plot(
+        metrics["recall"],
+        metrics["precision"],
+        "o",
+        color=_THRESHOLD_COLOR,
+        ms=8,
+        label=(
+            f"threshold {_fmt(metrics['threshold'])}: "
+            f"recall {metrics['recall']:.2f}, precision {metrics['precision']:.2f}"
+        ),
+    )
+    ax.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.05),
+        xlabel="recall (sensitivity)",
+        ylabel="precision",
+        title=textwrap.fill(f"{title}: precision-recall curve", 55),
+    )
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    _save(fig, path)
+
+
+def _plot_histogram(path: Path, labels, scores, metrics, title: str) -> None:
+    threshold = metrics["threshold"]
+    span = np.r_[scores, threshold] if np.isfinite(threshold) else scores
+    # Distances are often heavy-tailed: a few far outliers would squeeze every other image into
+    # one or two linear bins, so such scores get logarithmic bins and axis.
+    log_axis = bool(span.min() > 0 and span.max() > 20 * np.median(span))
+    if log_axis:
+        bins = np.geomspace(span.min(), span.max(), 41)
+    else:
+        bins = np.histogram_bin_edges(span, bins="auto")
+        if bins.size > 61:  # "auto" can give hundreds of bins for large sets
+            bins = np.histogram_bin_edges(span, bins=60)
+    fig = _new_figure((7.0, 4.2))
+    ax = fig.add_subplot()
+    if log_axis:
+        ax.set_xscale("log")
+    for mask, name, color in (
+        (~labels, "normal", _NORMAL_COLOR),
+        (labels, "abnormal", _ABNORMAL_COLOR),
+    ):
+        ax.hist(
+            scores[mask], bins=bins, color=color, alpha=0.45, label=f"{name} (n = {mask.sum()})"
+        )
+        ax.hist(scores[mask], bins=bins, color=color, histtype="step", lw=1.5)
+    if np.isfinite(threshold):
+        ax.axvline(
+            threshold,
+            color=_THRESHOLD_COLOR,
+            ls="--",
+            lw=1.8,
+            label=f"threshold = {_fmt(threshold)} (score > threshold: abnormal)",
+        )
+    xlabel = "anomaly score (log scale)" if log_axis else "anomaly score"
+    ax.set(
+        xlabel=xlabel, ylabel="number of test images", title=textwrap.fill(f"{title}: scores", 75)
+    )
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="best", fontsize=9)
+    _save(fig, path)
+
+
+def _display_name(item: Any, index: int, names: Sequence[str] | None) -> str:
+    if names is not None:
+        name = str(names[index])
+    elif isinstance(item, str | os.PathLike):
+        name = Path(item).name
+    else:
+        name = f"#{index}"
+    width = 22  # characters per title line at the tile's width
+    if len(name) > 2 * width:
+        name = name[: width - 2] + "..." + name[-(width - 1) :]
+    return "\n".join(name[i : i + width] for i in range(0, len(name), width))
+
+
+def _plot_grid(path: Path, labels, scores, images, names, metrics, title: str) -> None:
+    n = scores.size
+    k = min(_GRID_PER_ROW, n // 2)  # the two rows never show the same image
+    order = np.argsort(scores, kind="mergesort")
+    rows = (("most anomalous (highest scores)", order[::-1][:k]),)
+    rows += (("least anomalous (lowest scores)", order[:k]),)
+    fig = _new_figure((1.7 * _GRID_PER_ROW, 2 * 2.45 + 0.5))
+    fig.suptitle(
+        f"{title}: test images by score (threshold {_fmt(metrics['threshold'])}; title colour = "
+        "true label, blue normal, red abnormal)",
+        fontsize=11,
+    )
+    subfigs = fig.subfigures(2, 1)
+    for subfig, (row_title, indices) in zip(subfigs, rows, strict=True):
+        subfig.suptitle(row_title, fontsize=11, fontweight="bold")
+        axes = subfig.subplots(1, _GRID_PER_ROW)
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, i in zip(axes, indices, strict=False):
+            name = _display_name(images[i], int(i), names)
+            img = to_float(images[i], name=f"image {i}" if names is None else str(names[i]))
+            step = max(1, math.ceil(max(img.shape[:2]) / _GRID_MAX_SIDE))
+            img = img[::step, ::step]
+            if img.shape[-1] == 1:
+                ax.imshow(img[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(img, interpolation="nearest")
+            truth = "abnormal" if labels[i] else "normal"
+            predicted = scores[i] > metrics["threshold"]
+            flag = " (missed)" if labels[i] and not predicted else ""
+            flag = " (false alarm)" if predicted and not labels[i] else flag
+            ax.set_title(
+                f"{name}\nscore {_fmt(scores[i])}\n{truth}{flag}",
+                fontsize=8,
+                color=_ABNORMAL_COLOR if labels[i] else _NORMAL_COLOR,
+            )
+    _save(fig, path)
+
+
+def overlay_indices(scores: ArrayLike, per_row: int = OVERLAYS_PER_ROW) -> np.ndarray:
+    """Test indices the overlay figure shows: the ``per_row`` highest scores, then the
+    ``per_row`` lowest (fewer when there are fewer than ``2 · per_row`` images)."""
+    order = np.argsort(np.asarray(scores), kind="mergesort")
+    k = min(per_row, order.size // 2)
+    return np.r_[order[::-1][:k], order[:k]].astype(int)
+
+
+def _plot_overlays(path: Path, labels, scores, heatmaps, metrics, title: str) -> None:
+    from msde_jax.pipeline.heatmaps import color_range, draw_overlay
+
+    idx = overlay_indices(scores)
+    missing = [int(i) for i in idx if int(i) not in heatmaps]
+    if missing:
+        raise ValueError(
+            f"heatmaps must hold the test images overlay_indices(scores) picks; missing "
+            f"{missing[:8]}."
+        )
+    k = idx.size // 2
+    maps = np.stack([heatmaps[int(i)][1] for i in idx])
+    vmin, vmax = color_range(maps, metrics["threshold"])
+    fig = _new_figure((2.6 * k + 1.2, 2 * 2.9 + 0.6))
+    fig.suptitle(
+        f"{title}: where the score comes from (patch scores, one colour scale; threshold "
+        f"{_fmt(metrics['threshold'])})",
+        fontsize=10,
+    )
+    axes = fig.subplots(2, k, squeeze=False)
+    shown = None
+    for row, (row_title, row_idx) in enumerate((("most anomalous", idx[:k]), ("least", idx[k:]))):
+        for ax, i in zip(axes[row], row_idx, strict=True):
+            image, amap = heatmaps[int(i)]
+            shown = draw_overlay(ax, np.asarray(image), np.asarray(amap), vmin, vmax)
+            truth = "abnormal" if labels[i] else "normal"
+            ax.set_title(
+                f"{row_title}: #{int(i)}\nscore {_fmt(scores[i])}, {truth}",
+                fontsize=8,
+                color=_ABNORMAL_COLOR if labels[i] else _NORMAL_COLOR,
+            )
+    bar = fig.colorbar(shown, ax=axes, fraction=0.03, pad=0.02)
+    bar.set_label("patch score", fontsize=8)
+    bar.ax.axhline(metrics["threshold"], color="cyan", linewidth=2)
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: NumPy / JAX numbers and arrays unwrapped, paths as strings, NaN null."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | bool) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # NumPy / JAX arrays and scalars
+        return _jsonable(np.asarray(value).tolist())
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    return str(value)
+
+
+def _md_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        text = json.dumps(value)
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.4f}" if math.isfinite(value) else str(value)
+    elif isinstance(value, str | os.PathLike):
+        text = os.fspath(value)
+    else:
+        text = json.dumps(_jsonable(value))
+    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+
+
+_METRIC_ROWS = (
+    ("AUROC", "auroc"),
+    ("Average precision", "average_precision"),
+    ("Threshold (score > threshold = abnormal)", "threshold"),
+    ("F1", "f1"),
+    ("Precision", "precision"),
+    ("Recall (sensitivity)", "recall"),
+    ("Specificity", "specificity"),
+    ("False positive rate", "false_positive_rate"),
+    ("Accuracy", "accuracy"),
+    ("True positives", "tp"),
+    ("False positives", "fp"),
+    ("True negatives", "tn"),
+    ("False negatives", "fn"),
+    ("Normal test images", "n_normal"),
+    ("Abnormal test images", "n_abnormal"),
+)
+
+
+def _markdown(
+    title: str,
+    metrics: dict[str, Any],
+    config: Mapping[str, Any] | None,
+    timings: Mapping[str, Any] | None,
+    with_grid: bool,
+    with_overlays: bool = False,
+) -> str:
+    lines = [f"# {title}", ""]
+    lines += [
+        f"{metrics['n_normal'] + metrics['n_abnormal']} test images ({metrics['n_normal']} "
+        f"normal, {metrics['n_abnormal']} abnormal). Higher scores are more anomalous; an image "
+        f"is predicted abnormal when its score exceeds {_fmt(metrics['threshold'])}. All numbers "
+        "are also in [`metrics.json`](metrics.json).",
+        "",
+        "## Metrics",
+        "",
+        "| Metric | Value |",
+        "| --- | ---: |",
+    ]
+    for label, key in _METRIC_ROWS:
+        value = metrics[key]
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if key == "threshold":
+            text = _fmt(value)
+        lines.append(f"| {label} | {text} |")
+    lines.append("")
+    if config:
+        lines += ["## Configuration", "", "| Setting | Value |", "| --- | --- |"]
+        lines += [f"| {key} | {_md_value(value)} |" for key, value in config.items()]
+        lines.append("")
+    if timings:
+        lines += ["## Timings", "", "| Step | Seconds |", "| --- | ---: |"]
+        for key, value in timings.items():
+            text = f"{float(value):.3f}" if isinstance(value, int | float) else _md_value(value)
+            lines.append(f"| {key} | {text} |")
+        lines.append("")
+    lines += [
+        "## Figures",
+        "",
+        "### ROC curve",
+        "",
+        "The dot marks the operating point at the threshold.",
+        "",
+        "![ROC curve](roc.png)",
+        "",
+        "### Precision-recall curve",
+        "",
+        "The dashed line is the prevalence of abnormal images (a random ranking's precision).",
+        "",
+        "![Precision-recall curve](pr.png)",
+        "",
+        "### Score histograms",
+        "",
+        "![Score histograms of normal and abnormal test images](histogram.png)",
+        "",
+    ]
+    if with_grid:
+        lines += [
+            "### Most and least anomalous test images",
+            "",
+            "![The 8 most and 8 least anomalous test images](grid.png)",
+            "",
+        ]
+    if with_overlays:
+        lines += [
+            "### Where in the image",
+            "",
+            "Anomaly heatmaps (patch scores, one colour scale; the threshold is the cyan line on "
+            "the colour bar) over the 4 most and 4 least anomalous test images.",
+            "",
+            "![Heatmaps of the most and least anomalous test images](overlays.png)",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _html(markdown: str, out: Path) -> str:
+    """``report.md`` as one self-contained HTML page: its headings, paragraphs and tables, and
+    every linked figure embedded as a base64 PNG."""
+    body, table = [], []
+
+    def flush_table() -> None:
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= set("-: ")]
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+            rest = "".join(
+                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:]
+            )
+            body.append(f"<table><tr>{head}</tr>{rest}</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, _, target = line[2:].partition("](")
+            data = base64.b64encode((out / target.rstrip(")")).read_bytes()).decode("ascii")
+            body.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    title = html.escape(markdown.splitlines()[0].lstrip("# "))
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:.25em .6em;text-align:left}img{max-width:100%}code{font-size:90%}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _inline(text: str) -> str:
+    """Markdown inline code and links → HTML (escaped; links to files become plain text)."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text.replace("\\|", "|"))
+    parts = re.split(r"(`[^`]*`)", text)
+    out = []
+    for part in parts:
+        if part.startswith("`") and part.endswith("`") and len(part) > 1:
+            out.append(f"<code>{html.escape(part[1:-1])}</code>")
+        else:
+            out.append(html.escape(part))
+    return "".join(out)
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    *,
+    labels: ArrayLike,
+    scores: ArrayLike,
+    threshold: float,
+    images: Sequence[Any] | None = None,
+    names: Sequence[str] | None = None,
+    title: str = "MSDE evaluation",
+    config: Mapping[str, Any] | None = None,
+    timings: Mapping[str, Any] | None = None,
+    heatmaps: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Write an evaluation report folder: metrics, curves, histograms, image grid and Markdown.
+
+    Creates ``out_dir`` (and its parents) and writes ``metrics.json``, ``roc.png``, ``pr.png``,
+    ``histogram.png``, ``grid.png`` (only when ``images`` are given), ``overlays.png`` (only
+    with ``heatmaps``), ``report.md``, which shows the metrics, config and timings and embeds
+    the figures with relative links, and ``report.html``, the same page with the figures
+    inside it. Existing files of those names are overwritten.
+
+    Args:
+        out_dir: the folder to write.
+        labels: (n,) bool or 0/1 labels of the test images; non-zero = abnormal.
+        scores: (n,) anomaly scores, higher = more anomalous. Both classes must be present.
+        threshold: a test image is predicted abnormal when ``score > threshold``.
+        images: optional, the n test images in the order of ``scores``, anything
+            :func:`msde_jax.io.images.to_float` reads (paths, PIL images, arrays); only
+            the 16 shown in the grid are read.
+        names: optional, n display names for the grid (default: file names for paths, else
+            the index).
+        title: the report's title, also used in the figure titles.
+        config: optional settings to record (JSON-serialisable after NumPy values and paths
+            are converted; anything else is written as its ``str``).
+        timings: optional ``{step: seconds}``.
+        heatmaps: optional ``{test index: (image, map)}`` for at least the indices
+            :func:`overlay_indices` ``(scores)`` picks: the image (H, W, 3) in [0, 1] as the
+            embedder saw it and its (H, W) anomaly map
+            (:func:`msde_jax.pipeline.evaluation.heatmaps`).
+
+    Returns:
+        The metrics dict of :func:`msde_jax.core.metrics.evaluation_metrics`.
+
+    Raises:
+        ImportError: matplotlib cannot be imported (:data:`MATPLOTLIB_MISSING`).
+        ValueError: mismatched lengths, non-finite scores, or only one class present.
+    """
+    positive, score_arr = _check(labels, scores)
+    if positive.all() or not positive.any():
+        raise ValueError(
+            "the report needs both normal and abnormal test images, got "
+            f"{int((~positive).sum())} normal and {int(positive.sum())} abnormal."
+        )
+    if images is not None and len(images) != score_arr.size:
+        raise ValueError(f"got {len(images)} images for {score_arr.size} scores.")
+    if names is not None and len(names) != score_arr.size:
+        raise ValueError(f"got {len(names)} names for {score_arr.size} scores.")
+    require_matplotlib()  # fail early, before writing anything, when matplotlib is missing
+
+    metrics = evaluation_metrics(positive, score_arr, threshold)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"title": title, "metrics": metrics, "config": config, "timings": timings}
+    with open(out / "metrics.json", "w", encoding="utf-8") as f:
+        json.dump(_jsonable(record), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+    _plot_roc(out / "roc.png", positive, score_arr, metrics, title)
+    _plot_pr(out / "pr.png", positive, score_arr, metrics, title)
+    _plot_histogram(out / "histogram.png", positive, score_arr, metrics, title)
+    if images is not None:
+        _plot_grid(out / "grid.png", positive, score_arr, images, names, metrics, title)
+    if heatmaps is not None:
+        _plot_overlays(out / "overlays.png", positive, score_arr, heatmaps, metrics, title)
+    text = _markdown(
+        title,
+        metrics,
+        config,
+        timings,
+        with_grid=images is not None,
+        with_overlays=heatmaps is not None,
+    )
+    (out / "report.md").write_text(text + "\n", encoding="utf-8")
+    (out / "report.html").write_text(_html(text, out), encoding="utf-8")
+    return metrics

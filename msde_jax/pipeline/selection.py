@@ -1,0 +1,439 @@
+"""Configurations chosen without abnormal labels: synthetic anomalies made from held-out normals.
+
+A *candidate* is an embedder and an unfitted detector (:class:`Candidate`). To compare
+candidates on a new dataset without abnormal images, :func:`synthetic_validation` splits the
+training normals by content into a fitting part (80 %) and two held-out tenths, fits each
+candidate on the fitting part, and scores the first held-out tenth (clean normals) against
+anomalies synthesised from the second at the images' own resolution
+(:func:`msde_jax.ssl.synthetic.synthesize`: every kind, local and global, equally often, half
+with ``anatomy="bright"`` and half ``"dark"``, so the set does not depend on the modality).
+Its AUROC is the *synthetic-validation AUROC*; :func:`select` picks the candidate with the
+highest one.
+
+Measured on four dataset × backbone runs (``benchmarks/bench_inductive.py``, README "Which
+mode"), per-dataset selection by synthetic AUROC did **not** beat the best fixed rule, so the
+default is the fixed rule, :func:`recommended`: PatchCore's patch memory bank on the backbone's
+patch layers, scoring an image by the mean of its top 10 % patch distances. ``msde-jax
+evaluate`` reports the synthetic-validation AUROC of the configuration it runs, and
+``--select`` runs :func:`select` over :func:`candidates` instead::
+
+    from msde_jax.pipeline.selection import candidates, recommended, select, synthetic_validation
+
+    rule = recommended()                       # Candidate(embedder, detector)
+    check = synthetic_validation(normals, {"bank:top": rule})
+    check.scores["bank:top"].auroc             # its synthetic-validation AUROC
+
+    chosen = select(normals, candidates())     # label-free choice among the fixed list
+    chosen.name, chosen.auroc
+
+The held-out normals must not be among the images the compared detectors are fitted on; they
+are not (the fitting part is disjoint from both tenths). The detector a caller finally deploys
+is fitted on *all* normals, so the synthetic AUROC is measured on a detector fitted on 80 % of
+them.
+"""
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from msde_jax.core.blocks import row_keys
+from msde_jax.core.metrics import roc_auc
+from msde_jax.detectors.fused import SupportsDetect
+from msde_jax.detectors.msde import MSDEDetector
+from msde_jax.detectors.patch_bank import PatchBankDetector
+from msde_jax.embedder import Embedder
+from msde_jax.io.cache import SupportsEmbed
+from msde_jax.io.images import prepare, resize, to_float
+from msde_jax.pipeline.evaluation import embed
+from msde_jax.ssl.synthetic import KINDS, synthesize
+
+__all__ = [
+    "RECOMMENDED",
+    "Candidate",
+    "CandidateScore",
+    "Selection",
+    "ValidationResult",
+    "ValidationSet",
+    "candidates",
+    "recommended",
+    "select",
+    "synthetic_validation",
+    "validation_set",
+]
+
+RECOMMENDED = "bank:top"
+"""The name :func:`candidates` gives the fixed rule, :func:`recommended`."""
+
+# Full-rank Gaussians: min(n_components, d, n - 1) components are kept.
+_FULL_RANK = 1 << 16
+
+
+class Candidate(NamedTuple):
+    """One configuration: an embedder and an unfitted detector for its features.
+
+    Attributes:
+        embedder: an :class:`~msde_jax.Embedder` (or any object with ``config()`` and
+            ``embed(items)``).
+        detector: a detector facade (:class:`~msde_jax.PatchBankDetector`,
+            :class:`~msde_jax.MSDEDetector`, …), used as a template: the functions here fit
+            copies and leave it unfitted.
+    """
+
+    embedder: SupportsEmbed
+    detector: SupportsDetect
+
+
+def recommended(backbone: str = "efficientnet_lite0", **embedder_options: Any) -> Candidate:
+    """The default configuration, one rule for every dataset (README "Which mode").
+
+    ``Embedder(backbone, features="patches", **embedder_options)`` (the backbone's patch
+    layers, 3 × 3 aggregation, a 14 × 14 grid) and ``PatchBankDetector()`` (a 2,000-patch
+    k-center coreset, each image scored by the mean of its top 10 % patch distances). It had
+    the best mean synthetic-validation AUROC of the configurations measured, on every dataset
+    and backbone run; no abnormal label chose it.
+    """
+    embedder = Embedder(backbone, features="patches", **embedder_options)
+    return Candidate(embedder, PatchBankDetector())
+
+
+def candidates(
+    backbone: str = "efficientnet_lite0", **embedder_options: Any
+) -> dict[str, Candidate]:
+    """The fixed list :func:`select` chooses from by default, :data:`RECOMMENDED` first.
+
+    - ``bank:top`` / ``bank:max`` / ``bank:mean``: the patch memory bank (:func:`recommended`),
+      an image scored by the mean of its top 10 % patch distances, the largest, or the mean;
+    - ``lw:patch-layers``: a full-rank Ledoit-Wolf Gaussian (``MSDEDetector(mode="none")``) on
+      the global averages of the backbone's patch layers;
+    - ``knn:head``: the distance to the nearest standardised normal, on the pooled embedding;
+    - ``msde:head``: ``MSDEDetector()`` (inductive MSDE → PCA → Gaussian) on the pooled
+      embedding, the paper's features.
+
+    Args:
+        backbone: the backbone of every candidate.
+        embedder_options: passed to every :class:`~msde_jax.Embedder` (``weights``,
+            ``image_size``, ``batch_size``, …).
+    """
+    patches = Embedder(backbone, features="patches", **embedder_options)
+    layers = Embedder(backbone, layers=patches.layers, **embedder_options)
+    head = Embedder(backbone, **embedder_options)
+    lw = MSDEDetector(mode="none", covariance="ledoit_wolf", n_components=_FULL_RANK)
+    return {
+        RECOMMENDED: recommended(backbone, **embedder_options),
+        "bank:max": Candidate(patches, PatchBankDetector(reduce="max")),
+        "bank:mean": Candidate(patches, PatchBankDetector(reduce="mean")),
+        "lw:patch-layers": Candidate(layers, lw),
+        "knn:head": Candidate(head, MSDEDetector(mode="none", score="knn")),
+        "msde:head": Candidate(head, MSDEDetector()),
+    }
+
+
+# ------------------------------------------------------------------------ the validation set
+class ValidationSet(NamedTuple):
+    """Training normals split for validation, and the synthetic anomalies.
+
+    Attributes:
+        fit: sorted indices (into the normals) of the fitting part.
+        normals: sorted indices of the clean held-out normals.
+        sources: sorted indices of the normals the anomalies were made from.
+        anomalies: (n_anomalies, H, W, C) uint8 synthetic anomalies (see
+            :func:`validation_set` for their size).
+        kinds: (n_anomalies,) the :data:`~msde_jax.ssl.synthetic.KINDS` name of each.
+    """
+
+    fit: np.ndarray
+    normals: np.ndarray
+    sources: np.ndarray
+    anomalies: np.ndarray
+    kinds: np.ndarray
+
+
+def validation_set(
+    normals: Sequence[Any],
+    *,
+    image_size: int | None = None,
+    fallback_size: int = 224,
+    held_out: float = 0.2,
+    anomalies_per_normal: int = 2,
+    seed: int = 0,
+) -> ValidationSet:
+    """Split normals by content and make synthetic anomalies from one held-out half.
+
+    The images are ordered by a hash of their content (not their position, so the split does
+    not depend on how a folder is listed); the first ``1 − held_out`` are the fitting part, the
+    rest is halved into clean held-out normals and anomaly sources. From the sources,
+    ``anomalies_per_normal × (number of held-out normals)`` anomalies are made, every kind
+    equally often, the first half with ``anatomy="bright"``, the second ``"dark"``.
+
+    They are made at the images' own resolution when all normals share one size (a defect
+    then has the resolution a finding in such an image has: a 28-pixel chest X-ray gets
+    28-pixel defects, not sharp ones drawn after upsampling), else after resizing to
+    ``fallback_size`` (the embedders' input side); ``image_size`` forces a side.
+
+    Args:
+        normals: the training normals (paths, PIL images or arrays), at least 10.
+        image_size: side to resize the sources to before synthesis; ``None``: see above.
+        fallback_size: the side for normals of different sizes when ``image_size`` is None.
+        held_out: the share of normals held out, in (0, 0.5].
+        anomalies_per_normal: synthetic anomalies per clean held-out normal.
+        seed: seed of the synthesis (the split depends on content only).
+
+    Raises:
+        ValueError: fewer than 10 normals, or ``held_out`` outside (0, 0.5].
+    """
+    n = len(normals)
+    if not 0 < held_out <= 0.5:
+        raise ValueError(f"held_out must be in (0, 0.5], got {held_out!r}.")
+    if n < 10:
+        raise ValueError(
+            f"synthetic validation needs at least 10 training normals (a fitting part and two "
+            f"held-out halves of at least 2 each), got {n}."
+        )
+
+    def read(i: int) -> np.ndarray:
+        image = to_float(normals[i], name=f"normal {i}")
+        return image if image_size is None else resize(image, image_size)
+
+    # One image in memory at a time for the content keys (8 bits per value, as stored) and
+    # the shapes; only the sources are kept for the synthesis.
+    keys, shapes = [], set()
+    for i in range(n):
+        image = read(i)
+        keys.append(_content_key(image))
+        shapes.add(image.shape)
+    order = np.argsort(np.concatenate(keys), kind="stable")
+    n_out = max(4, round(held_out * n))
+    n_val = n_out // 2
+    fit, val, sources = (
+        np.sort(order[: n - n_out]),
+        np.sort(order[n - n_out : n - n_out + n_val]),
+        np.sort(order[n - n_out + n_val :]),
+    )
+    if len(shapes) == 1:
+        images = np.stack([read(i) for i in sources])
+    else:  # different sizes or channel counts: one RGB side for all
+        images = np.stack([prepare(normals[i], image_size or fallback_size) for i in sources])
+    count = anomalies_per_normal * len(val)
+    half = count // 2
+    parts, kinds = [], []
+    for i, (anatomy, m) in enumerate((("bright", half), ("dark", count - half))):
+        if m == 0:
+            continue
+        key = jax.random.fold_in(jax.random.key(seed), i)  # distinct streams for every seed
+        made = synthesize(key, images, m, anatomy=anatomy)
+        parts.append(np.asarray(made.images))
+        kinds.append(np.asarray(KINDS)[np.asarray(made.kinds)])
+    anomalies = np.round(np.clip(np.concatenate(parts), 0, 1) * 255).astype(np.uint8)
+    return ValidationSet(fit, val, sources, anomalies, np.concatenate(kinds))
+
+
+def _content_key(image: np.ndarray) -> np.ndarray:
+    """(1,) 64-bit hash of an image's values rounded to 8 bits (:func:`row_keys`)."""
+    return row_keys(np.round(image * 255).astype(np.uint8).reshape(1, -1))
+
+
+# ------------------------------------------------------------------------ scoring candidates
+class CandidateScore(NamedTuple):
+    """One candidate's synthetic validation.
+
+    Attributes:
+        auroc: AUROC of the clean held-out normals against every synthetic anomaly.
+        auroc_by_kind: the same against each kind's anomalies only.
+        fit_s: wall time of fitting it (0.0 when it shared the fit of an earlier candidate
+            that differs only in score-time parameters, such as ``reduce``).
+        score_s: wall time of scoring the validation images.
+        error: why the candidate could not be fitted on these normals (e.g. fewer normals
+            than its ``k``), with ``auroc`` NaN; ``None`` when it was measured.
+    """
+
+    auroc: float
+    auroc_by_kind: dict[str, float]
+    fit_s: float
+    score_s: float
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationResult:
+    """What :func:`synthetic_validation` measured.
+
+    Attributes:
+        scores: ``{candidate name: CandidateScore}`` in the order given.
+        validation: the :class:`ValidationSet` used.
+        seconds: wall time of the whole validation, embedding included.
+    """
+
+    scores: dict[str, CandidateScore]
+    validation: ValidationSet
+    seconds: float
+
+    def summary(self) -> str:
+        """Its sizes in words: ``"47 held-out normals vs 94 synthetic anomalies"``."""
+        v = self.validation
+        return f"{len(v.normals)} held-out normals vs {len(v.anomalies)} synthetic anomalies"
+
+
+def _key(embedder: SupportsEmbed) -> str:
+    return json.dumps(embedder.config(), sort_keys=True, default=str)
+
+
+def _fit_key(embedder: SupportsEmbed, detector: SupportsDetect) -> str:
+    """Candidates with equal keys share one fit: same features, same class, same parameters
+    but for those read at scoring time."""
+    score_params = getattr(type(detector), "_score_params", ())
+    params = {k: v for k, v in detector.get_params().items() if k not in score_params}
+    return f"{_key(embedder)}|{type(detector).__name__}|{params!r}"
+
+
+def _quick_copy(template: SupportsDetect) -> SupportsDetect:
+    """An unfitted copy that cross-fits with the fewest folds: the validation reads scores,
+    which come from the model fitted on all the given normals, never the folds' thresholds."""
+    detector = copy.deepcopy(template)
+    if "n_folds" in detector.get_params():
+        detector.set_params(n_folds=2)
+    return detector
+
+
+def _image_size(candidates: Mapping[str, Candidate]) -> int:
+    sizes = {int(getattr(c.embedder, "image_size", 224)) for c in candidates.values()}
+    return max(sizes)
+
+
+def synthetic_validation(
+    normals: Sequence[Any],
+    candidates: Mapping[str, Candidate],
+    *,
+    held_out: float = 0.2,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ValidationResult:
+    """The synthetic-validation AUROC of each candidate on these normals (no abnormal images).
+
+    See the module docstring for the protocol. Candidates with the same embedder config share
+    its embeddings; candidates that differ only in score-time parameters (the bank's
+    ``reduce``) share one fit. The copies fitted here cross-fit their thresholds with
+    ``n_folds=2`` (a detector's scores do not depend on its folds, and only scores are read),
+    which halves the cost of validating a patch bank. The templates are not modified.
+
+    Args:
+        normals: the training normals (paths, PIL images or arrays), at least 10.
+        candidates: ``{name: Candidate}``, at least one.
+        held_out: share of the normals held out (:func:`validation_set`).
+        seed: seed of the synthetic anomalies.
+        cache_dir: embedding cache folder (:func:`~msde_jax.pipeline.evaluation.embed`).
+        progress: print each candidate's AUROC on stderr as it is measured.
+
+    Raises:
+        ValueError: no candidates, or too few normals. A candidate that refuses to fit (its
+            ``ValueError``) is recorded in its :class:`CandidateScore` instead.
+    """
+    if not candidates:
+        raise ValueError("no candidates to validate: pass {name: Candidate(embedder, detector)}.")
+    start = time.perf_counter()
+    vset = validation_set(
+        normals, fallback_size=_image_size(candidates), held_out=held_out, seed=seed
+    )
+    labels = np.r_[np.zeros(len(vset.normals)), np.ones(len(vset.anomalies))].astype(np.int32)
+    kw = {"cache_dir": cache_dir, "progress": progress}
+    features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fits: dict[str, SupportsDetect] = {}
+    scores: dict[str, CandidateScore] = {}
+    for name, (embedder, template) in candidates.items():
+        key = _key(embedder)
+        if key not in features:
+            train = embed(embedder, normals, what="train normal (validation)", **kw)
+            synthetic = embed(embedder, list(vset.anomalies), what="synthetic anomaly", **kw)
+            features[key] = (train, synthetic)
+        train, synthetic = features[key]
+        fit_key = _fit_key(embedder, template)
+        fit_s = 0.0
+        if fit_key not in fits:
+            t = time.perf_counter()
+            try:
+                fits[fit_key] = _quick_copy(template).fit(train[vset.fit])
+            except ValueError as err:  # a configuration these normals cannot fit
+                fits[fit_key] = err
+            fit_s = time.perf_counter() - t
+        detector = fits[fit_key]
+        if isinstance(detector, ValueError):
+            scores[name] = CandidateScore(math.nan, {}, fit_s, 0.0, str(detector))
+            if progress:
+                print(f"synthetic validation: {name}: not fitted: {detector}", file=sys.stderr)
+            continue
+        score_params = getattr(type(template), "_score_params", ())
+        detector.set_params(**{p: v for p, v in template.get_params().items() if p in score_params})
+        t = time.perf_counter()
+        s = np.asarray(detector.score_samples(np.concatenate([train[vset.normals], synthetic])))
+        score_s = time.perf_counter() - t
+        scores[name] = _score(labels, s, vset, fit_s, score_s)
+        if progress:
+            print(
+                f"synthetic validation: {name}: AUROC {scores[name].auroc:.3f} (fit {fit_s:.1f} s)",
+                file=sys.stderr,
+            )
+    return ValidationResult(scores, vset, time.perf_counter() - start)
+
+
+def _score(labels, s, vset: ValidationSet, fit_s: float, score_s: float) -> CandidateScore:
+    n_val = len(vset.normals)
+    auc: Callable[[np.ndarray], float] = lambda idx: float(roc_auc(labels[idx], s[idx]))  # noqa: E731
+    by_kind = {
+        kind: auc(np.r_[np.arange(n_val), n_val + np.flatnonzero(vset.kinds == kind)])
+        for kind in dict.fromkeys(vset.kinds.tolist())
+    }
+    return CandidateScore(auc(np.arange(len(labels))), by_kind, fit_s, score_s)
+
+
+# ------------------------------------------------------------------------ selection
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The outcome of :func:`select`.
+
+    Attributes:
+        name: the chosen candidate's name.
+        candidate: the chosen :class:`Candidate` (its detector still an unfitted template).
+        auroc: its synthetic-validation AUROC.
+        validation: every candidate's :class:`ValidationResult`.
+    """
+
+    name: str
+    candidate: Candidate
+    auroc: float
+    validation: ValidationResult
+
+
+def select(
+    normals: Sequence[Any],
+    candidates: Mapping[str, Candidate],
+    **options: Any,
+) -> Selection:
+    """The candidate with the highest synthetic-validation AUROC (the first of equals).
+
+    Candidates that cannot be fitted on these normals (:attr:`CandidateScore.error`) are not
+    chosen.
+
+    Args:
+        normals: the training normals.
+        candidates: ``{name: Candidate}``, e.g. :func:`candidates`.
+        options: passed to :func:`synthetic_validation` (``seed``, ``cache_dir``, …).
+
+    Raises:
+        ValueError: no candidate could be fitted (each one's reason in the message).
+    """
+    result = synthetic_validation(normals, candidates, **options)
+    measured = [n for n, score in result.scores.items() if score.error is None]
+    if not measured:
+        reasons = "; ".join(f"{n}: {s.error}" for n, s in result.scores.items())
+        raise ValueError(f"no candidate could be fitted on these normals ({reasons}).")
+    name = max(measured, key=lambda n: result.scores[n].auroc)
+    return Selection(name, candidates[name], result.scores[name].auroc, result)

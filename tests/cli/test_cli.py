@@ -1,0 +1,390 @@
+"""The msde-jax command line, end to end on small real data (random backbone weights, 32 px)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from testing import hide_matplotlib
+
+from msde_jax.cli import build_parser, main
+
+EMBED = ["--weights", "random", "--image-size", "32", "--batch-size", "16"]
+FAST = [*EMBED, "--k", "10"]  # --k: the MSDE detector
+BANK = [*EMBED, "--bank-size", "200"]  # the default detector, a small bank
+
+
+@pytest.fixture(scope="module")
+def pneumonia():
+    with np.load(
+        __import__("importlib.resources").resources.files("msde_jax") / "data/pneumoniamnist.npz"
+    ) as z:
+        return {k: z[k][:30] for k in ("train_normal", "test_normal", "test_abnormal")}
+
+
+@pytest.fixture
+def folder(tmp_path, pneumonia):
+    for split, cls, key in (
+        ("train", "normal", "train_normal"),
+        ("test", "normal", "test_normal"),
+        ("test", "abnormal", "test_abnormal"),
+    ):
+        d = tmp_path / "ds" / split / cls
+        d.mkdir(parents=True)
+        for i, img in enumerate(pneumonia[key]):
+            Image.fromarray(img).save(d / f"{i:03d}.png")
+    return tmp_path / "ds"
+
+
+def test_help_has_examples(capsys):
+    for command in ("demo", "embed", "fit", "score", "evaluate", "train-backbone"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_demo_writes_a_report(tmp_path, capsys):
+    # The default configuration: the patch bank, validated on synthetic anomalies first.
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--limit", "40", *BANK]) == 0
+    printed = capsys.readouterr().out
+    assert "pneumoniamnist: AUROC" in printed
+    assert "configuration: as given: PatchBankDetector(size=200)" in printed
+    assert "features='patches'" in printed
+    assert "synthetic-validation AUROC" in printed
+    assert "4 held-out normals vs 8 synthetic anomalies" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["metrics"]["auroc"] <= 1
+    assert metrics["config"]["detector"]["size"] == 200
+    assert metrics["config"]["embedder"]["features"] == "patches"
+    (validated,) = metrics["config"]["synthetic_validation"]["auroc"].values()
+    assert 0 <= validated <= 1
+    assert metrics["timings"]["validation_s"] > 0
+    for name in ("roc.png", "pr.png", "histogram.png", "grid.png", "overlays.png", "report.md"):
+        assert (out / name).exists(), name
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_default_configuration_is_the_recommended_rule():
+    from msde_jax.cli.commands import _detector, _embedder
+    from msde_jax.pipeline.selection import recommended
+
+    args = build_parser().parse_args(["evaluate", "pneumoniamnist", "--out", "r"])
+    rule = recommended()
+    assert _embedder(args).config() == rule.embedder.config()
+    assert type(_detector(args)) is type(rule.detector)
+    assert _detector(args).get_params() == rule.detector.get_params()
+
+
+def test_fit_then_score_folders(tmp_path, folder, capsys):
+    from msde_jax import PatchBankDetector, load_detector
+
+    model = tmp_path / "model.npz"
+    assert main(["fit", str(folder / "train" / "normal"), "--out", str(model), *BANK]) == 0
+    assert "(14 × 14 × 152 features)" in capsys.readouterr().out
+    scores = tmp_path / "scores.csv"
+    assert main(["score", str(model), str(folder / "test"), "--out", str(scores)]) == 0
+    rows = list(csv.DictReader(scores.read_text().splitlines()))
+    assert len(rows) == 60
+    assert rows[0]["path"].endswith(".png")
+    assert {r["label"] for r in rows} <= {"0", "1"}
+    heat = tmp_path / "heat"
+    assert (
+        main(["score", str(model), str(folder / "test" / "abnormal"), "--heatmaps", str(heat)]) == 0
+    )
+    pngs = sorted(p.name for p in heat.glob("*.png"))
+    assert len(pngs) == 30  # one overlay per input, named after it
+    assert pngs[0] == "0000_000.png"
+    with np.load(heat / "maps.npz") as z:
+        assert z["maps"].shape == (30, 32, 32)  # the embedder's input side
+        assert z["names"][0].endswith("000.png")
+        assert z["files"].tolist() == pngs
+    # DICOM files go through the same reader: one overlay each, named after the file.
+    import pydicom
+
+    dicoms = [
+        pydicom.data.get_testdata_file(n, download=False) for n in ("CT_small.dcm", "MR_small.dcm")
+    ]
+    heat_dcm = tmp_path / "heat_dcm"
+    assert main(["score", str(model), *dicoms, "--heatmaps", str(heat_dcm)]) == 0
+    assert sorted(p.name for p in heat_dcm.glob("*.png")) == [
+        "0000_CT_small.png",
+        "0001_MR_small.png",
+    ]
+    detector = load_detector(model)
+    assert isinstance(detector, PatchBankDetector)
+    assert detector.metadata_["embedder"]["backbone"] == "efficientnet_lite0"
+    assert detector.metadata_["embedder"]["features"] == "patches"
+    capsys.readouterr()
+
+
+def test_fit_then_score_with_the_msde_detector(tmp_path, folder, capsys):
+    from msde_jax import MSDEDetector
+
+    model = tmp_path / "model.npz"
+    fit = ["fit", str(folder / "train" / "normal"), "--out", str(model), *FAST]
+    assert main(fit) == 0
+    assert MSDEDetector.load(model).metadata_["embedder"]["features"] == "pooled"
+    heat = tmp_path / "heat"
+    assert main(["score", str(model), str(folder / "test"), "--heatmaps", str(heat)]) == 2
+    assert "no spatial resolution, so there are no heatmaps" in capsys.readouterr().err
+    assert not heat.exists()
+    _check_skip_unreadable(tmp_path, folder, model, capsys)
+
+
+def _check_skip_unreadable(tmp_path, folder, model, capsys):
+    """--skip-unreadable lists every skipped file; without it the first one stops `score`."""
+    import shutil
+
+    scans = tmp_path / "scans"
+    shutil.copytree(folder / "test" / "normal", scans)
+    (scans / "broken.png").write_bytes(b"not a png")
+    (scans / "empty.png").write_bytes(b"")
+    out = tmp_path / "s.csv"
+    assert main(["score", str(model), str(scans), "--out", str(out)]) == 2  # stops by default
+    assert "broken.png: not a readable image" in capsys.readouterr().err
+    assert main(["score", str(model), str(scans), "--out", str(out), "--skip-unreadable"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipped: ") == 2
+    assert "broken.png" in err
+    assert "empty.png" in err
+    assert "skipped 2 unreadable file(s) of 32" in err
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 30
+    (tmp_path / "bad_only").mkdir()
+    (tmp_path / "bad_only" / "x.png").write_bytes(b"nope")
+    args = ["score", str(model), str(tmp_path / "bad_only"), "--skip-unreadable"]
+    assert main(args) == 2
+    assert "none of the 1 files could be read" in capsys.readouterr().err
+    scores = tmp_path / "scores.csv"
+    assert main(["score", str(model), str(folder / "test"), "--out", str(scores)]) == 0
+    assert len(list(csv.DictReader(scores.read_text().splitlines()))) == 60
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--detector", "bank", "--k", "10"], "--k is an MSDE option: add --detector msde"),
+        (["--detector", "msde", "--bank-size", "9"], "--bank-size is a memory-bank option"),
+        (["--paper", "--reduce", "max"], "--reduce is a memory-bank option"),
+        (
+            ["--detector", "msde", "--reduce", "max", "--bank-size", "9"],
+            "--bank-size, --reduce are memory-bank options",
+        ),
+        (["--features", "pooled", "--detector", "bank"], "scores patch features"),
+        (["--features", "patches", "--k", "10"], "--detector bank, or --features pooled"),
+        (["--select", "--paper"], "--select chooses the detector and features itself: drop"),
+        (["--select", "--no-validation"], "drop --no-validation"),
+        (["--threshold", "chi2"], "threshold='chi2' does not apply to a memory bank"),
+    ],
+    ids=[
+        "bank-k",
+        "msde-size",
+        "paper-reduce",
+        "msde-two",
+        "bank-pooled",
+        "msde-patches",
+        "select-paper",
+        "select-novalidation",
+        "bank-chi2",
+    ],
+)
+def test_conflicting_detector_options_are_one_line_errors(tmp_path, capsys, options, message):
+    out = tmp_path / "r"
+    assert (
+        main(["evaluate", "pneumoniamnist", "--out", str(out), "--limit", "12", *EMBED, *options])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_select_picks_by_synthetic_validation(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["demo", "--out", str(out), "--limit", "20", *EMBED, "--select"]) == 0
+    printed = capsys.readouterr().out
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    validated = config["synthetic_validation"]["auroc"]
+    assert list(validated)[0] == "bank:top"
+    assert len(validated) == 6
+    assert validated["msde:head"] is None  # k=50 neighbours, 16 fitting normals: not fitted
+    measured = {n: v for n, v in validated.items() if v is not None}
+    best = max(measured, key=measured.get)  # the first of equals, as select()
+    assert config["configuration"] == f"{best} (selected)"
+    assert f"configuration: {best} (selected)" in printed
+    assert "6 configuration(s); msde:head not fitted)" in printed
+
+
+def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
+    path = tmp_path / "d.npz"
+    np.savez(path, **pneumonia)
+    out = tmp_path / "report"
+    assert (
+        main(["evaluate", str(path), "--out", str(out), "--paper", "--threshold", "chi2", *FAST])
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["mode"].startswith("paper")
+    assert "AUROC" in capsys.readouterr().out
+
+
+def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys):
+    from msde_jax import MSDEDetector, PatchBankDetector
+
+    emb = tmp_path / "emb.npz"
+    cache = tmp_path / "cache"
+    args = ["embed", str(folder / "train"), "--out", str(emb), "--cache-dir", str(cache), *EMBED]
+    assert main(args) == 0
+    with np.load(emb) as z:
+        assert z["embeddings"].shape == (30, 1280)
+    # Pooled embeddings go to the MSDE detector, patch features to the bank, by their shape.
+    model = tmp_path / "m.npz"
+    assert main(["fit", str(emb), "--embeddings", "--out", str(model), "--k", "10"]) == 0
+    assert isinstance(MSDEDetector.load(model), MSDEDetector)
+    from msde_jax.cli.commands import _detector
+
+    args_2d = build_parser().parse_args(["fit", str(emb), "--embeddings", "--out", "m.npz"])
+    assert isinstance(_detector(args_2d, ndim=2), MSDEDetector)
+    assert isinstance(_detector(args_2d, ndim=4), PatchBankDetector)
+    assert main([*args, "--features", "patches"]) == 0
+    assert main(["fit", str(emb), "--embeddings", "--out", str(model), "--bank-size", "50"]) == 0
+    assert PatchBankDetector.load(model).get_params()["size"] == 50
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (
+            lambda t, f: ["fit", str(t / "nope"), "--out", str(t / "m.npz"), *FAST],
+            "no such file or folder",
+        ),
+        (lambda t, f: ["score", str(t / "garbage.npz"), str(f / "test")], "not a saved"),
+        (lambda t, f: ["evaluate", str(t / "empty_ds"), "--out", str(t / "r"), *FAST], "empty"),
+        (
+            lambda t, f: ["fit", str(t / "bad"), "--out", str(t / "m.npz"), *FAST],
+            "not a readable image",
+        ),
+    ],
+    ids=["missing-path", "incompatible-model", "empty-class", "unreadable-image"],
+)
+def test_errors_are_one_line_messages(tmp_path, folder, capsys, make_args, message):
+    (tmp_path / "garbage.npz").write_bytes(b"garbage")
+    for split, cls in (("train", "normal"), ("test", "normal"), ("test", "abnormal")):
+        (tmp_path / "empty_ds" / split / cls).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "empty_ds/train/normal/a.png")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    assert main(make_args(tmp_path, folder)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") or "\nerror:" in err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args(["fit", "x", "--out", "m.npz"])
+    assert args.backbone == "efficientnet_lite0"
+    assert args.image_size == 224
+
+
+def test_parser_options_come_from_the_library():
+    from msde_jax.backbones.registry import BACKBONES
+    from msde_jax.core.density import METHODS
+    from msde_jax.detectors.msde import MODES, THRESHOLDS, MSDEDetector
+
+    parser = build_parser()
+    fit = next(a for a in parser._actions if a.dest == "command").choices["fit"]
+    options = {a.dest: a for a in fit._actions}
+    assert tuple(options["mode"].choices) == MODES
+    assert tuple(options["threshold"].choices) == THRESHOLDS
+    assert tuple(options["density"].choices) == METHODS
+    assert tuple(options["backbone"].choices) == BACKBONES
+    defaults = MSDEDetector().get_params()
+    assert options["threshold"].default == defaults["threshold"]
+    assert options["contamination"].default == defaults["contamination"]
+    assert f"default {defaults['k']}" in options["k"].help
+    args = parser.parse_args(["fit", "x", "--out", "m.npz", "--density", "uniform", "--k", "7"])
+    assert (args.density, args.k) == ("uniform", 7)
+    assert "weights_method" not in vars(args)
+    from msde_jax import PatchBankDetector
+    from msde_jax.core.memory_bank import REDUCTIONS
+
+    assert tuple(options["reduce"].choices) == REDUCTIONS
+    assert f"default {PatchBankDetector().get_params()['size']})" in options["bank_size"].help
+
+
+def test_report_commands_check_matplotlib_before_embedding(tmp_path, capsys, monkeypatch):
+    import functools
+
+    from msde_jax.embedder import Embedder
+    from msde_jax.pipeline.report import MATPLOTLIB_MISSING
+
+    for method in ("__init__", "embed"):
+
+        @functools.wraps(getattr(Embedder, method))  # keeps the signature the parser reads
+        def no_backbone(*args, **kwargs):
+            raise AssertionError("a backbone was loaded before the matplotlib check")
+
+        monkeypatch.setattr(Embedder, method, no_backbone)
+    hide_matplotlib(monkeypatch)
+    out = tmp_path / "r"
+    for command in (["demo"], ["evaluate", "pneumoniamnist"]):
+        assert main([*command, "--out", str(out), "--limit", "40", *FAST]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"error: {MATPLOTLIB_MISSING}\n")
+        assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_features_and_layers_options(tmp_path, folder, capsys):
+    from msde_jax.cli.commands import _embedder
+    from msde_jax.embedder import FEATURES
+
+    parser = build_parser()
+    for command in ("embed", "fit", "evaluate", "demo"):
+        sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+        options = {a.dest: a for a in sub._actions}
+        assert tuple(options["features"].choices) == FEATURES
+        assert options["features"].default is None  # resolved by the command and detector
+    with pytest.raises(SystemExit):
+        parser.parse_args(["embed", "x", "--out", "e.npz", "--multiscale"])
+    capsys.readouterr()
+    args = parser.parse_args(
+        ["embed", "x", "--out", "e.npz", "--backbone", "mobilenet_v2", *EMBED]
+        + ["--layers", "features.13, features.16", "--layers", "features.6"]
+    )
+    assert _embedder(args).layers == ("features.13", "features.16", "features.6")
+    assert _embedder(args).features == "pooled"  # embed's default
+    # Patch features are (grid, grid, c) per image: only `embed` writes them.
+    emb = tmp_path / "patches.npz"
+    args = ["embed", str(folder / "train"), "--out", str(emb), *EMBED, "--features", "patches"]
+    assert main([*args, "--layers", "_blocks.4"]) == 0
+    with np.load(emb) as z:
+        assert z["embeddings"].shape == (30, 14, 14, 40)
+        config = json.loads(str(z["config"]))
+    assert (config["layers"], config["grid"], config["aggregate"]) == (["_blocks.4"], 14, 3)
+    fit = ["fit", str(folder / "train"), "--out", str(tmp_path / "m.npz"), *FAST]
+    assert main([*fit, "--features", "patches"]) == 2
+    assert "the MSDE detector cannot use" in capsys.readouterr().err
+    assert main([*fit, "--layers", "layer2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown layers ['layer2'] for efficientnet_lite0" in err
+    assert "_blocks.4" in err
+
+
+def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
+    (folder / "test" / "abnormal" / "zz_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "r"
+    args = ["evaluate", str(folder), "--out", str(out), *FAST, "--no-validation"]
+    assert main(args) == 2
+    assert "zz_broken.png: not a readable image" in capsys.readouterr().err
+    assert main([*args, "--skip-unreadable"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable file(s) of 31" in err
+    assert json.loads((out / "metrics.json").read_text())["config"]["test_abnormal"] == 30

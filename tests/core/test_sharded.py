@@ -1,0 +1,98 @@
+"""Data-parallel search, shift and scoring give what one device gives.
+
+The suite runs with two host devices (tests/conftest.py); one test runs a fresh process with
+four (``XLA_FLAGS=--xla_force_host_platform_device_count=4``), the count the issue names.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from msde_jax import knn, mean_shift
+from msde_jax.core.sharded import row_mesh, row_sharded, sharded_knn, sharded_mean_shift
+
+
+def _data(n, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(4, d))
+    x = centres[rng.integers(0, 4, n)] + rng.normal(size=(n, d))
+    return x.astype(np.float32), rng.uniform(0.5, 2.0, n).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    assert len(jax.devices()) >= 2, "conftest.py asks XLA for two host devices"
+    return row_mesh()
+
+
+@pytest.mark.parametrize("n", [40, 41])  # 41 rows: not a multiple of the devices
+def test_sharded_knn_matches_one_device(mesh, n):
+    x, _ = _data(n)
+    ref = x[::2] + 0.1
+    for reference in (None, ref):
+        got = sharded_knn(x, reference, k=6, mesh=mesh)
+        want = knn(x, reference, k=6)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_allclose(got.distances, want.distances, rtol=1e-6, atol=1e-6)
+
+
+def test_sharded_blurring_shift_matches_one_device(mesh):
+    x, w = _data(61, seed=1)
+    got = sharded_mean_shift(x, w, mesh=mesh, k=10, max_iter=20, tol=0.05, batch_size=8)
+    want = mean_shift(x, w, k=10, max_iter=20, tol=0.05)
+    np.testing.assert_allclose(got.points, want.points, atol=1e-5)
+    np.testing.assert_allclose(got.displacement, want.displacement, rtol=1e-5, atol=1e-5)
+    assert int(got.n_iter) == int(want.n_iter)
+    assert bool(got.converged) == bool(want.converged)
+
+
+def test_row_sharded_inductive_shift_matches_one_device(mesh):
+    x, w = _data(80, seed=2)
+    queries = _data(13, seed=3)[0]
+
+    def shift(q):
+        return mean_shift(q, reference=x, reference_weights=w, k=7).points
+
+    np.testing.assert_allclose(row_sharded(shift, mesh)(queries), shift(queries), atol=1e-6)
+
+
+def test_a_mesh_must_have_one_axis():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]).reshape(1, 2), ("a", "b"))
+    with pytest.raises(ValueError, match="one-axis mesh"):
+        sharded_knn(np.zeros((4, 2), np.float32), k=1, mesh=mesh)
+
+
+def test_four_devices_give_the_one_device_answers():
+    script = textwrap.dedent(
+        """
+        import jax, numpy as np
+        from msde_jax import MSDEDetector, knn, mean_shift, score_detector
+        from msde_jax.core.sharded import row_mesh, row_sharded, sharded_knn, sharded_mean_shift
+        assert len(jax.devices()) == 4, jax.devices()
+        mesh = row_mesh()
+        rng = np.random.default_rng(0)
+        x = (rng.normal(size=(4, 6))[rng.integers(0, 4, 203)] + rng.normal(size=(203, 6)))
+        x = x.astype(np.float32)
+        w = rng.uniform(0.5, 2, 203).astype(np.float32)
+        a, b = sharded_knn(x, k=9, mesh=mesh), knn(x, k=9)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        a = sharded_mean_shift(x, w, mesh=mesh, k=12, batch_size=16)
+        b = mean_shift(x, w, k=12)
+        np.testing.assert_allclose(a.points, b.points, atol=1e-5)
+        det = MSDEDetector(threshold="chi2").fit(x[:150])
+        score = row_sharded(lambda q: score_detector(det.state_, q), mesh)
+        np.testing.assert_allclose(score(x[150:]), det.score_samples(x[150:]), rtol=1e-5)
+        print("ok")
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

@@ -1,0 +1,407 @@
+"""PatchBankDetector and its functional core (fit_bank_detector / score_bank_detector): equal to
+the memory-bank core functions, batch independence, an easy detection case, the MSDE shift,
+row-order independence, persistence and load dispatch, bad input, jit."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from testing import clustered
+
+from msde_jax import (
+    BankConfig,
+    BankState,
+    MSDEDetector,
+    NotFittedError,
+    PatchBankDetector,
+    bank_fit,
+    fit_bank_detector,
+    image_scores,
+    load_detector,
+    patch_scores,
+    roc_auc,
+    score_bank_detector,
+    score_bank_patches,
+)
+from msde_jax.core.blocks import content_order
+
+G, C = 3, 4  # a 3 × 3 patch grid, channels
+P = G * G
+
+
+@pytest.fixture(scope="module")
+def train():
+    return clustered(0, 12, p=P, c=C)
+
+
+@pytest.fixture(scope="module")
+def test_x():
+    return clustered(1, 10, n_abnormal=5, p=P, c=C)
+
+
+@pytest.fixture(scope="module")
+def fitted(train):
+    return PatchBankDetector(size=40, projection_dim=2, score_neighbors=2, n_folds=3).fit(train)
+
+
+def _core_bank(x, config, **kwargs):
+    """The bank the core functions give: images in content order, then bank_fit."""
+    ordered = x[content_order(x.reshape(len(x), -1))].reshape(-1, x.shape[-1])
+    return bank_fit(
+        ordered,
+        size=config.size,
+        projection_dim=config.projection(x.shape[-1]),
+        key=jax.random.key(config.seed),
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------- the core
+def test_fit_and_score_equal_the_core_functions(train, test_x, fitted):
+    config = BankConfig(**fitted.get_params())
+    fit = fit_bank_detector(train, config)
+    bank = _core_bank(train, config)
+    np.testing.assert_array_equal(fit.state.bank.bank, bank.bank)
+    np.testing.assert_array_equal(fit.state.bank.density, np.ones(40))
+    # The indices are rows of the training patches in the order they were given.
+    np.testing.assert_array_equal(
+        train.reshape(-1, C)[np.asarray(fit.state.bank.indices)], bank.bank
+    )
+    # The bank rows are in content order of the images, then patch position.
+    rank = np.argsort(content_order(train.reshape(len(train), -1)))  # image → content rank
+    given = np.asarray(fit.state.bank.indices)
+    assert np.all(np.diff(rank[given // P] * P + given % P) > 0)
+    assert fit.n_iter == 0
+    want = image_scores(patch_scores(bank, test_x, k=2), reduce="top", q=0.1)
+    np.testing.assert_allclose(score_bank_detector(fit.state, test_x), want, rtol=1e-6)
+    np.testing.assert_allclose(
+        score_bank_patches(fit.state, test_x), patch_scores(bank, test_x, k=2)
+    )
+    # The facade is the functional core.
+    assert fitted.state_.config == config
+    jax.tree.map(np.testing.assert_array_equal, fit.state, fitted.state_)
+    np.testing.assert_array_equal(fit.decision_scores, fitted.decision_scores_)
+    assert fit.threshold == fitted.threshold_
+    np.testing.assert_array_equal(
+        score_bank_detector(fit.state, test_x), fitted.score_samples(test_x)
+    )
+
+
+def test_decision_scores_are_out_of_fold(train, fitted):
+    config = BankConfig(**fitted.get_params())
+    order = content_order(train.reshape(len(train), -1))
+    for fold in range(3):
+        held = np.sort(order[fold::3])
+        rest = np.setdiff1d(np.arange(len(train)), held)
+        bank = _core_bank(train[rest], config)
+        want = image_scores(patch_scores(bank, train[held], k=2), reduce="top", q=0.1)
+        np.testing.assert_allclose(fitted.decision_scores_[held], want, rtol=1e-6)
+    assert fitted.threshold_ == pytest.approx(np.quantile(fitted.decision_scores_, 0.95))
+    np.testing.assert_array_equal(fitted.labels_, fitted.decision_scores_ > fitted.threshold_)
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 2**16), size=st.sampled_from([1, 3, 8]))
+def test_one_image_alone_scores_as_in_a_batch(fitted, test_x, seed, size):
+    full = fitted.score_samples(test_x)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(test_x), size=size, replace=False)
+    others = rng.normal(scale=4.0, size=(5, P, C)).astype(np.float32)
+    mixed = fitted.score_samples(np.concatenate([others, test_x[rows]]))[5:]
+    np.testing.assert_allclose(fitted.score_samples(test_x[rows]), full[rows], rtol=1e-6)
+    np.testing.assert_allclose(mixed, full[rows], rtol=1e-6)
+
+
+def test_grid_layout_scores_as_flat_patches(train, test_x, fitted):
+    grid = PatchBankDetector(**fitted.get_params()).fit(train.reshape(-1, G, G, C))
+    np.testing.assert_array_equal(grid.decision_scores_, fitted.decision_scores_)
+    np.testing.assert_array_equal(grid.score_samples(test_x), fitted.score_samples(test_x))
+    heat = grid.score_patches(test_x.reshape(-1, G, G, C))
+    assert heat.shape == (10, G, G)
+    np.testing.assert_array_equal(heat.reshape(10, P), fitted.score_patches(test_x))
+
+
+@pytest.mark.parametrize("reduce", ["max", "top", "mean"])
+def test_off_manifold_patches_rank_first(train, test_x, reduce):
+    det = PatchBankDetector(size=60, projection_dim=None, reduce=reduce, q=0.25, n_folds=3)
+    scores = det.fit(train).score_samples(test_x)
+    labels = np.r_[np.zeros(5), np.ones(5)]
+    assert float(roc_auc(labels, scores)) == 1.0
+    assert det.predict(test_x)[5:].all()
+
+
+def test_shift_is_the_cores_shifted_bank(train, test_x):
+    plain = PatchBankDetector(size=60, projection_dim=None, k=10, n_folds=3).fit(train)
+    det = PatchBankDetector(size=60, projection_dim=None, k=10, n_folds=3, shift=True).fit(train)
+    config = BankConfig(**det.get_params())
+    bank = _core_bank(train, config, shift=True, k=10)
+    np.testing.assert_allclose(det.state_.bank.bank, bank.bank, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(det.state_.bank.density, bank.density, rtol=1e-6)
+    np.testing.assert_array_equal(det.state_.bank.indices, plain.state_.bank.indices)
+    assert 1 <= det.n_iter_ <= 8
+    assert det.n_iter_ == int(det.state_.bank.n_iter) == int(bank.n_iter)
+    assert not np.allclose(det.state_.bank.bank, plain.state_.bank.bank)
+    assert not np.allclose(det.score_samples(test_x), plain.score_samples(test_x))
+    want = image_scores(patch_scores(bank, test_x), reduce="top", q=0.1)
+    np.testing.assert_allclose(det.score_samples(test_x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_results_do_not_depend_on_image_order(train, test_x, shift):
+    perm = np.random.default_rng(3).permutation(len(train))
+    params = dict(size=30, projection_dim=2, k=10, shift=shift, n_folds=3)
+    a = PatchBankDetector(**params).fit(train)
+    b = PatchBankDetector(**params).fit(train[perm])
+    np.testing.assert_allclose(a.decision_scores_[perm], b.decision_scores_, rtol=1e-5)
+    assert a.threshold_ == pytest.approx(b.threshold_, rel=1e-5)
+    np.testing.assert_allclose(a.score_samples(test_x), b.score_samples(test_x), rtol=1e-5)
+    # The same bank rows, each pointing at the same training patch.
+    flat_a, flat_b = train.reshape(-1, C), train[perm].reshape(-1, C)
+    np.testing.assert_array_equal(
+        flat_a[np.asarray(a.state_.bank.indices)], flat_b[np.asarray(b.state_.bank.indices)]
+    )
+
+
+def test_scoring_follows_the_current_parameters(train, test_x, fitted):
+    det = PatchBankDetector(**fitted.get_params()).fit(train)
+    det.set_params(reduce="max", score_neighbors=1)
+    want = image_scores(patch_scores(det.state_.bank, test_x), reduce="max")
+    np.testing.assert_allclose(det.score_samples(test_x), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"reduce": "max"}, r"threshold_ was computed for reduce='top', but .* reduce='max'"),
+        ({"q": 0.5}, r"computed for q=0\.1, .* set q back \(set_params\(q=0\.1\)\)"),
+        ({"score_neighbors": 1}, "computed for score_neighbors=2"),
+    ],
+)
+def test_predict_refuses_a_threshold_of_another_score(train, test_x, fitted, params, match):
+    det = PatchBankDetector(**fitted.get_params()).fit(train)
+    det.set_params(**params)
+    assert det.score_samples(test_x).shape == (10,)  # scoring still follows the parameters
+    with pytest.raises(ValueError, match=match):
+        det.predict(test_x)
+    det.set_params(**{name: fitted.get_params()[name] for name in params})
+    np.testing.assert_array_equal(det.predict(test_x), fitted.predict(test_x))
+    # batch_size changes no score: predicting with another one is fine.
+    det.set_params(batch_size=5)
+    np.testing.assert_array_equal(det.predict(test_x), fitted.predict(test_x))
+
+
+def test_fit_time_parameters_apply_at_the_next_fit(tmp_path, train, test_x, fitted):
+    det = PatchBankDetector(**fitted.get_params()).fit(train)
+    det.set_params(shift=True, k=10, size=20, seed=3)
+    # Scoring uses the bank as fitted (unshifted, 40 rows) until the next fit.
+    assert det.state_.config == fitted.state_.config
+    np.testing.assert_array_equal(det.score_samples(test_x), fitted.score_samples(test_x))
+    np.testing.assert_array_equal(det.predict(test_x), fitted.predict(test_x))
+    with pytest.raises(ValueError, match=r"fitted with size=40, shift=False, k=50, seed=0, but"):
+        det.save(tmp_path / "bank.npz")
+    det.fit(train)
+    assert det.state_.config.shift
+    assert det.state_.bank.bank.shape == (20, C)
+    det.save(tmp_path / "bank.npz")
+    assert PatchBankDetector.load(tmp_path / "bank.npz").get_params()["shift"] is True
+
+
+def test_score_bank_detector_jits_without_retracing(train, test_x, fitted):
+    state = fitted.state_
+    traces = []
+
+    @jax.jit
+    def score(state, x):
+        traces.append(None)  # runs once per trace
+        return score_bank_detector(state, x)
+
+    np.testing.assert_allclose(score(state, test_x), score_bank_detector(state, test_x), rtol=1e-6)
+    other = test_x[::-1] + np.float32(0.5)  # new data, same shape
+    np.testing.assert_allclose(score(state, other), score_bank_detector(state, other), rtol=1e-6)
+    config = BankConfig(**fitted.get_params())
+    refitted = fit_bank_detector(train[::-1] * np.float32(1.1), config).state  # same shapes
+    np.testing.assert_allclose(score(refitted, test_x), score_bank_detector(refitted, test_x))
+    assert len(traces) == 1
+    assert isinstance(refitted, BankState)
+
+
+# ---------------------------------------------------------------------------- persistence
+def test_save_load_round_trip(tmp_path, train, test_x):
+    for det in (
+        PatchBankDetector(size=40, projection_dim=2, n_folds=3, reduce="mean").fit(train),
+        PatchBankDetector(size=40, projection_dim=None, n_folds=3, shift=True, k=10).fit(train),
+    ):
+        path = tmp_path / "bank.npz"
+        det.save(path, metadata={"backbone": "resnet18", "features": "patches"})
+        for loaded in (PatchBankDetector.load(path), load_detector(path)):
+            assert type(loaded) is PatchBankDetector
+            assert loaded.metadata_ == {"backbone": "resnet18", "features": "patches"}
+            assert loaded.get_params() == det.get_params()
+            assert (loaded.threshold_, loaded.n_patches_, loaded.n_iter_) == (
+                det.threshold_,
+                P,
+                det.n_iter_,
+            )
+            jax.tree.map(np.testing.assert_array_equal, loaded.state_, det.state_)
+            np.testing.assert_array_equal(loaded.decision_scores_, det.decision_scores_)
+            np.testing.assert_array_equal(loaded.labels_, det.labels_)
+            np.testing.assert_array_equal(loaded.score_samples(test_x), det.score_samples(test_x))
+            np.testing.assert_array_equal(loaded.score_patches(test_x), det.score_patches(test_x))
+
+
+def test_to_arrays_from_arrays_is_the_identity(fitted, test_x):
+    meta, arrays = fitted.to_arrays()
+    assert meta["detector"] == "PatchBankDetector"
+    assert meta["params"] == fitted.get_params()
+    assert set(arrays) == {"decision_scores_", "state.bank.bank", "state.bank.density",
+                           "state.bank.indices", "state.bank.n_iter"}  # fmt: skip
+    assert all(isinstance(a, np.ndarray) for a in arrays.values())
+    again = PatchBankDetector.from_arrays(meta, arrays)
+    np.testing.assert_array_equal(again.score_samples(test_x), fitted.score_samples(test_x))
+    with pytest.raises(ValueError, match="holds a PatchBankDetector, not a MSDEDetector"):
+        MSDEDetector.from_arrays(meta, arrays)
+    with pytest.raises(ValueError, match="'state.bank.density' is missing"):
+        PatchBankDetector.from_arrays(meta, {k: v for k, v in arrays.items() if "density" not in k})
+
+
+def test_load_refuses_other_classes_and_dispatches(tmp_path, fitted):
+    bank_path, msde_path = tmp_path / "bank.npz", tmp_path / "msde.npz"
+    fitted.save(bank_path)
+    normals = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    msde = MSDEDetector(mode="none", n_folds=2).fit(normals)
+    msde.save(msde_path)
+    with pytest.raises(
+        ValueError, match=r"msde\.npz holds a MSDEDetector, not a PatchBankDetector"
+    ):
+        PatchBankDetector.load(msde_path)
+    with pytest.raises(
+        ValueError, match=r"bank\.npz holds a PatchBankDetector, not a MSDEDetector"
+    ):
+        MSDEDetector.load(bank_path)
+    loaded = load_detector(msde_path)
+    assert type(loaded) is MSDEDetector
+    np.testing.assert_array_equal(loaded.score_samples(normals), msde.score_samples(normals))
+    assert type(load_detector(bank_path)) is PatchBankDetector
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a saved PatchBankDetector"):
+        PatchBankDetector.load(tmp_path / "junk.npz")
+    with pytest.raises(ValueError, match="not a saved detector"):
+        load_detector(tmp_path / "junk.npz")
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_input(fitted, train, test_x):
+    with pytest.raises(NotFittedError, match="This PatchBankDetector is not fitted yet"):
+        PatchBankDetector().score_samples(test_x)
+    with pytest.raises(ValueError, match=r"must be patch features of shape .* pooled embeddings"):
+        PatchBankDetector(n_folds=2).fit(train.reshape(len(train), -1))
+    with pytest.raises(ValueError, match="must be patch features"):
+        fitted.score_samples(test_x[0])
+    bad = train.copy()
+    bad[3, 1, 2] = np.nan
+    with pytest.raises(
+        ValueError, match=r"NaN or infinite values in 1 image\(s\) \(first: \[3\]\)"
+    ):
+        PatchBankDetector(n_folds=2).fit(bad)
+    with pytest.raises(ValueError, match="at least n_folds=5 training images .* got 4"):
+        PatchBankDetector().fit(train[:4])
+    with pytest.raises(ValueError, match="fewer than the 50 that k=50 needs"):
+        PatchBankDetector(shift=True, n_folds=2).fit(train[:4])
+    with pytest.raises(
+        ValueError, match="has 3 channels per patch but the detector was fitted on 4"
+    ):
+        fitted.score_samples(test_x[..., :3])
+    with pytest.raises(
+        ValueError, match="has 4 patches per image but the detector was fitted on 9"
+    ):
+        fitted.score_patches(test_x[:, :4])
+    with pytest.raises(ValueError, match="no images"):
+        fitted.score_samples(np.zeros((0, P, C)))
+    with pytest.raises(ValueError, match="must hold numbers"):
+        fitted.score_samples(np.full((1, P, C), "a"))
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"threshold": "chi2"}, "does not apply to a memory bank"),
+        ({"threshold": "quantile"}, "threshold='quantile' is not valid"),
+        ({"reduce": "median"}, "reduce='median' is not valid"),
+        ({"density": "knn"}, "density='knn' is not valid"),
+        ({"size": 0}, "size must be a positive int"),
+        ({"n_folds": 1}, "n_folds must be an int >= 2"),
+        ({"q": 0.0}, "q must be in"),
+        ({"projection_dim": 0}, "projection_dim must be a positive int"),
+        ({"contamination": 0.7}, "contamination"),
+        ({"shift": "yes"}, "shift must be True or False"),
+    ],
+)
+def test_bad_parameters(train, params, match):
+    with pytest.raises(ValueError, match=match):
+        PatchBankDetector(**params).fit(train)
+
+
+def test_params():
+    det = PatchBankDetector(size=7)
+    assert PatchBankDetector(**det.get_params()).get_params() == det.get_params()
+    assert det.get_params() == dataclasses.asdict(BankConfig(size=7))
+    assert det.set_params(shift=True, reduce="max") is det
+    assert repr(det) == "PatchBankDetector(size=7, shift=True, reduce='max')"
+    with pytest.raises(ValueError, match="Unknown parameter 'kk' for PatchBankDetector"):
+        det.set_params(kk=1)
+    with pytest.raises(TypeError):
+        PatchBankDetector(50)  # keyword-only
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        BankConfig().size = 3  # type: ignore[misc]
+
+
+def test_fit_predict(train):
+    det = PatchBankDetector(size=40, projection_dim=2, n_folds=3, contamination=0.25)
+    np.testing.assert_array_equal(det.fit_predict(train), det.labels_)
+    assert det.decision_function(train[:2]).shape == (2,)
+
+
+# ---------------------------------------------------------------------- heatmaps
+def test_map_argmax_falls_inside_a_pasted_patch():
+    # Normal images: 8 × 8 grids of patches on three clusters. The test image has a 2 × 2 block
+    # of patches far from every cluster, at grid rows 5-6, columns 1-2.
+    train = clustered(0, 30, p=64).reshape(30, 8, 8, 8)
+    detector = PatchBankDetector(size=300, n_folds=2).fit(train)
+    test = clustered(1, 1, p=64).reshape(1, 8, 8, 8)
+    test[0, 5:7, 1:3] = 6.0
+    (amap,) = detector.score_maps(test, size=64)
+    assert amap.shape == (64, 64)
+    row, col = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    assert 40 <= row < 56  # grid rows 5-6 cover pixels 40-55 at 64 px
+    assert 8 <= col < 24
+    # In the units of the scores: the map's peak is near the worst patch score.
+    worst = float(detector.score_patches(test).max())
+    assert 0.5 * worst < amap.max() <= worst + 1e-5
+
+
+def test_maps_alone_equal_maps_in_a_batch(fitted, test_x):
+    grid = test_x.reshape(test_x.shape[0], G, G, C)
+    batch = fitted.score_maps(grid, size=48)
+    assert batch.shape == (test_x.shape[0], 48, 48)
+    for i in (0, 3):
+        np.testing.assert_allclose(
+            fitted.score_maps(grid[i : i + 1], size=48)[0], batch[i], rtol=1e-5, atol=1e-6
+        )
+    # Flat (m, P, c) features with P = g × g give the same maps; sigma=0 is no blur.
+    np.testing.assert_allclose(fitted.score_maps(test_x, size=48), batch, rtol=1e-6)
+    sharp = fitted.score_maps(grid[:1], size=48, sigma=0)
+    assert sharp.max() >= batch[0].max() - 1e-6
+    assert not np.allclose(sharp, batch[:1])  # the default blurs
+    with pytest.raises(ValueError, match="sigma must be a finite number"):
+        fitted.score_maps(grid, sigma=-1.0)
+
+
+def test_detectors_without_maps_say_so(rng):
+    det = MSDEDetector(mode="none", n_components=3).fit(rng.normal(size=(30, 4)))
+    assert not det.has_maps
+    assert PatchBankDetector.has_maps
+    with pytest.raises(ValueError, match="no spatial resolution, so there are no heatmaps"):
+        det.score_maps(rng.normal(size=(2, 4)))

@@ -1,0 +1,149 @@
+"""The evaluation report: the files it writes (its numbers: tests/core/test_metrics.py)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from testing import hide_matplotlib, labelled_scores
+
+from msde_jax.core.metrics import evaluation_metrics
+from msde_jax.pipeline.report import FILES, MATPLOTLIB_MISSING, overlay_indices, write_report
+
+PNGS = ("roc.png", "pr.png", "histogram.png", "grid.png")
+
+
+def _images(rng, n):
+    """Small random images in every form to_float reads: gray, RGB, uint8, float."""
+    images = []
+    for i in range(n):
+        img = rng.random((12 + i % 3, 10, 3) if i % 2 else (12, 12)).astype(np.float32)
+        images.append((img * 255).astype(np.uint8) if i % 3 == 0 else img)
+    return images
+
+
+def test_write_report(tmp_path, rng):
+    labels, scores = labelled_scores(rng, n=40)
+    threshold = float(np.quantile(scores[~labels], 0.9))
+    images = _images(rng, 40)
+    path = tmp_path / "case_0.png"
+    Image.fromarray(np.asarray(images[0])).save(path)
+    images[0] = path  # paths and arrays mixed
+    out = tmp_path / "nested" / "report"
+    config = {"backbone": "efficientnet_lite0", "layers": np.arange(3), "out": tmp_path}
+    timings = {"fit": 1.25, "score": np.float32(0.5)}
+    m = write_report(
+        out,
+        labels=labels,
+        scores=scores,
+        threshold=threshold,
+        images=images,
+        title="Test report",
+        config=config,
+        timings=timings,
+    )
+    assert m == evaluation_metrics(labels, scores, threshold)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ("metrics.json", "report.md", "report.html", *PNGS)
+    )
+
+    with open(out / "metrics.json", encoding="utf-8") as f:
+        record = json.load(f)
+    assert record["metrics"] == m
+    expected_config = {"backbone": "efficientnet_lite0", "layers": [0, 1, 2], "out": str(tmp_path)}
+    assert record["config"] == expected_config
+    assert record["timings"] == {"fit": 1.25, "score": 0.5}
+    assert record["title"] == "Test report"
+
+    for name in PNGS:
+        with Image.open(out / name) as img:
+            img.verify()
+        with Image.open(out / name) as img:
+            assert img.format == "PNG"
+            width, height = img.size
+            assert 300 <= width <= 3000
+            assert 300 <= height <= 3000
+            pixels = np.asarray(img.convert("L"))
+            assert pixels.std() > 10  # something is drawn
+
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert text.startswith("# Test report\n")
+    for name in PNGS:
+        assert f"]({name})" in text
+    assert "](metrics.json)" in text
+    assert f"| AUROC | {m['auroc']:.4f} |" in text
+    assert "efficientnet_lite0" in text
+    assert "| fit | 1.250 |" in text
+
+
+def test_write_report_without_images(tmp_path, rng):
+    labels, scores = labelled_scores(rng, n=30)
+    write_report(tmp_path, labels=labels, scores=scores, threshold=2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ("metrics.json", "report.md", "report.html", "roc.png", "pr.png", "histogram.png")
+    )
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "grid.png" not in text
+    assert "## Configuration" not in text
+
+
+def test_write_report_rejects_bad_input(tmp_path, rng):
+    labels, scores = labelled_scores(rng, n=10)
+    with pytest.raises(ValueError, match="both normal and abnormal"):
+        write_report(tmp_path, labels=np.ones(10), scores=scores, threshold=1.0)
+    with pytest.raises(ValueError, match="images"):
+        write_report(tmp_path, labels=labels, scores=scores, threshold=1.0, images=[0] * 3)
+    assert not any(tmp_path.iterdir())  # nothing written before the checks
+
+
+def test_missing_matplotlib_message(tmp_path, rng, monkeypatch):
+
+    hide_matplotlib(monkeypatch)
+    labels, scores = labelled_scores(rng, n=10)
+    with pytest.raises(ImportError, match="pip install matplotlib") as info:
+        write_report(tmp_path / "r", labels=labels, scores=scores, threshold=1.0)
+    assert str(info.value) == MATPLOTLIB_MISSING
+    assert not (tmp_path / "r").exists()
+
+
+def test_overlays_and_a_self_contained_html_page(tmp_path, rng):
+    import base64
+    import io
+
+    labels, scores = labelled_scores(rng, n=20)
+    shown = overlay_indices(scores)
+    order = np.argsort(scores)
+    assert shown.tolist() == [*order[::-1][:4].tolist(), *order[:4].tolist()]
+    heatmaps = {int(i): (rng.random((32, 32, 3)), rng.random((32, 32)) * scores[i]) for i in shown}
+    with pytest.raises(ValueError, match="heatmaps must hold the test images"):
+        write_report(
+            tmp_path / "bad",
+            labels=labels,
+            scores=scores,
+            threshold=2.0,
+            heatmaps=dict(list(heatmaps.items())[:3]),
+        )
+    write_report(
+        tmp_path,
+        labels=labels,
+        scores=scores,
+        threshold=2.0,
+        heatmaps=heatmaps,
+        config={"a|b": "`x`"},
+    )
+    assert set(FILES) - {p.name for p in tmp_path.iterdir()} == {"grid.png"}  # no images
+    with Image.open(tmp_path / "overlays.png") as img:
+        assert np.asarray(img.convert("L")).std() > 10
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "](overlays.png)" in text
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert 'src="overlays.png"' not in page
+    assert "](" not in page
+    embedded = page.split('src="data:image/png;base64,')[1:]
+    assert len(embedded) == text.count("![")  # every figure of report.md, inside the page
+    first = base64.b64decode(embedded[0].split('"', 1)[0])
+    assert first == (tmp_path / "roc.png").read_bytes()
+    with Image.open(io.BytesIO(first)) as img:
+        assert img.format == "PNG"
+    assert f"<td>AUROC</td><td>{evaluation_metrics(labels, scores, 2.0)['auroc']:.4f}</td>" in page

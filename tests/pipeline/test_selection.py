@@ -1,0 +1,145 @@
+"""Label-free configuration choice: the validation split, synthetic AUROC, selection, defaults."""
+
+import importlib.resources
+
+import numpy as np
+import pytest
+
+from msde_jax import MSDEDetector, PatchBankDetector, roc_auc
+from msde_jax.pipeline.selection import (
+    RECOMMENDED,
+    Candidate,
+    candidates,
+    recommended,
+    select,
+    synthetic_validation,
+    validation_set,
+)
+from msde_jax.ssl.synthetic import KINDS
+
+SIZE = 16  # the side the fake embedders read (the synthesis works at it too)
+
+
+@pytest.fixture(scope="module")
+def normals():
+    path = importlib.resources.files("msde_jax") / "data/pneumoniamnist.npz"
+    with np.load(path) as z:
+        return list(z["train_normal"][:40])
+
+
+class PixelEmbedder:
+    """Images as their pixels, average-pooled: 4 × 4 patches of 3 channels (``patches``) or
+    the 48 values in one row (pooled). Enough for a real fit, with no backbone."""
+
+    def __init__(self, patches: bool):
+        self.patches, self.image_size, self.calls = patches, SIZE, []
+
+    def config(self) -> dict:
+        return {"backbone": "pixels", "patches": self.patches, "image_size": SIZE}
+
+    def embed(self, items) -> np.ndarray:
+        from msde_jax.io.images import prepare
+
+        self.calls.append(len(items))
+        x = np.stack([prepare(item, SIZE) for item in items])  # (n, 16, 16, 3)
+        x = x.reshape(len(items), 4, 4, 4, 4, 3).mean(axis=(2, 4))  # (n, 4, 4, 3)
+        return x if self.patches else x.reshape(len(items), -1)
+
+
+def test_validation_set_splits_by_content(normals):
+    v = validation_set(normals)
+    assert (len(v.fit), len(v.normals), len(v.sources)) == (32, 4, 4)
+    assert sorted(np.r_[v.fit, v.normals, v.sources].tolist()) == list(range(40))
+    assert v.anomalies.shape == (8, 28, 28, 1)  # the normals' own resolution (28 px, gray)
+    assert v.anomalies.dtype == np.uint8
+    # Normals of different sizes (or image_size=): resized to one side for the synthesis.
+    mixed = [n if i % 2 else n[2:-2, 2:-2] for i, n in enumerate(normals)]
+    assert validation_set(mixed, fallback_size=SIZE).anomalies.shape == (8, SIZE, SIZE, 3)
+    assert set(v.kinds.tolist()) <= set(KINDS)
+    assert len(set(v.kinds.tolist())) == 4
+    # The split follows the images, not their positions; the anomalies are reproducible.
+    reverse = validation_set(normals[::-1])
+    assert sorted(39 - reverse.fit) == sorted(v.fit)
+    assert sorted(39 - reverse.normals) == sorted(v.normals)
+    np.testing.assert_array_equal(validation_set(normals).anomalies, v.anomalies)
+    other = validation_set(normals, seed=1)
+    same = (other.anomalies[:, None] == v.anomalies[None]).all(axis=(2, 3, 4))
+    assert not same.any()  # another seed: none of the same anomalies
+    with pytest.raises(ValueError, match="at least 10 training normals"):
+        validation_set(normals[:9])
+    with pytest.raises(ValueError, match=r"held_out must be in \(0, 0.5\]"):
+        validation_set(normals, held_out=0.7)
+
+
+def test_synthetic_auroc_is_the_fitted_copy_on_held_out_images(normals):
+    pooled, patches = PixelEmbedder(False), PixelEmbedder(True)
+    gaussian = MSDEDetector(mode="none", n_components=8)
+    bank_top = PatchBankDetector(size=100, n_folds=2)
+    bank_max = PatchBankDetector(size=100, n_folds=2, reduce="max")
+    pool = {
+        "gaussian": Candidate(pooled, gaussian),
+        "top": Candidate(patches, bank_top),
+        "max": Candidate(patches, bank_max),
+    }
+    result = synthetic_validation(normals, pool, progress=False)
+    assert list(result.scores) == ["gaussian", "top", "max"]
+    assert result.summary() == "4 held-out normals vs 8 synthetic anomalies"
+    assert patches.calls == [40, 8]  # one embedding per embedder, shared by both banks
+    assert result.scores["max"].fit_s == 0.0  # differs only in reduce: shares the fit
+    for template in (gaussian, bank_top, bank_max):
+        assert not hasattr(template, "state_")  # templates stay unfitted
+    v = result.validation
+    labels = np.r_[np.zeros(4), np.ones(8)]
+    for name, (embedder, template) in pool.items():
+        x = embedder.embed(normals)
+        fitted = type(template)(**template.get_params()).fit(x[v.fit])
+        scores = fitted.score_samples(np.concatenate([x[v.normals], embedder.embed(v.anomalies)]))
+        got = result.scores[name]
+        np.testing.assert_allclose(got.auroc, float(roc_auc(labels, scores)), rtol=1e-6)
+        assert set(got.auroc_by_kind) == set(v.kinds.tolist())
+    with pytest.raises(ValueError, match="no candidates"):
+        synthetic_validation(normals, {})
+
+
+def test_a_candidate_that_cannot_fit_is_recorded_and_not_selected(normals):
+    pool = {
+        "needs 50": Candidate(PixelEmbedder(False), MSDEDetector(k=50)),  # 32 fitting normals
+        "fits": Candidate(PixelEmbedder(False), MSDEDetector(mode="none", n_components=8)),
+    }
+    chosen = select(normals, pool, progress=False)
+    failed = chosen.validation.scores["needs 50"]
+    assert np.isnan(failed.auroc)
+    assert "at least 50 training samples" in failed.error
+    assert chosen.name == "fits"
+    assert chosen.validation.scores["fits"].error is None
+    with pytest.raises(ValueError, match="no candidate could be fitted.*needs 50: Fitting needs"):
+        select(normals, {"needs 50": pool["needs 50"]}, progress=False)
+
+
+def test_select_takes_the_best_and_the_first_of_equals(normals):
+    same = PatchBankDetector(size=100, n_folds=2)
+    pool = {
+        "a": Candidate(PixelEmbedder(True), same),
+        "b": Candidate(PixelEmbedder(True), PatchBankDetector(size=100, n_folds=2)),
+        "c": Candidate(PixelEmbedder(False), MSDEDetector(mode="none", n_components=8)),
+    }
+    chosen = select(normals, pool, progress=False)
+    aurocs = {n: s.auroc for n, s in chosen.validation.scores.items()}
+    assert aurocs["a"] == aurocs["b"]  # the same configuration twice
+    best = max(aurocs.values())
+    assert chosen.auroc == best
+    assert chosen.name == next(n for n in pool if aurocs[n] == best)
+    assert chosen.candidate is pool[chosen.name]
+
+
+def test_recommended_is_the_first_candidate():
+    rule = recommended(weights="random", image_size=32)
+    assert rule.embedder.features == "patches"
+    assert isinstance(rule.detector, PatchBankDetector)
+    assert rule.detector.get_params() == PatchBankDetector().get_params()
+    pool = candidates(weights="random", image_size=32)
+    assert next(iter(pool)) == RECOMMENDED
+    assert pool[RECOMMENDED].embedder.config() == rule.embedder.config()
+    assert pool[RECOMMENDED].detector.get_params() == rule.detector.get_params()
+    assert pool["lw:patch-layers"].embedder.layers == rule.embedder.layers
+    assert {c.embedder.image_size for c in pool.values()} == {32}
