@@ -93,14 +93,14 @@ def main() -> None:
     )
     rows = []
 
-    fn, compile_s = aot(mj.kcenter_greedy, xj, n_select=args.select)
+    fn, compile_s = aot(mj.core.kcenter_greedy, xj, n_select=args.select)
     run_s, exact = best_of(fn, 1)
     rows.append(
         (f"kcenter_greedy {args.select} of {args.n}, d={args.d}", compile_s, run_s, args.select)
     )
     print(f"  {rows[-1][0]}: done", flush=True)
     p = args.projection_dim
-    fn, compile_s = aot(mj.kcenter_greedy, xj, n_select=args.select, projection_dim=p)
+    fn, compile_s = aot(mj.core.kcenter_greedy, xj, n_select=args.select, projection_dim=p)
     run_s, projected = best_of(fn, 1)
     rows.append((f"kcenter_greedy, projection_dim={p}", compile_s, run_s, args.select))
     print(f"  {rows[-1][0]}: done", flush=True)
@@ -122,7 +122,7 @@ def main() -> None:
 
     def covering_radius(chosen):
         centres_ = xj[chosen[: args.select]]
-        return float(jnp.max(mj.knn(xj, centres_, k=1, batch_size=4096).distances))
+        return float(jnp.max(mj.core.knn(xj, centres_, k=1, batch_size=4096).distances))
 
     print(
         f"  covering radius (full d): exact {covering_radius(exact):.3f}, "
@@ -130,11 +130,11 @@ def main() -> None:
         flush=True,
     )
 
-    bank = mj.MemoryBank(
+    bank = mj.core.MemoryBank(
         xj[exact[: args.bank]], jnp.ones(args.bank), jnp.asarray(exact[: args.bank], jnp.int32)
     )
     n_q = args.images * args.patches
-    fn, compile_s = aot(mj.patch_scores, bank, testj, k=1, batch_size=args.batch_size)
+    fn, compile_s = aot(mj.core.patch_scores, bank, testj, k=1, batch_size=args.batch_size)
     run_s, ours = best_of(fn, args.repeat)
     rows.append(
         (

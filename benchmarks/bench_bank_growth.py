@@ -3,7 +3,7 @@
     python benchmarks/bench_bank_growth.py --cache-dir .bench_cache
     python benchmarks/bench_bank_growth.py --images 50 100 --limit-test 50   # quick
 
-The features are the default configuration's (:func:`msde_jax.pipeline.selection.recommended`:
+The features are the default configuration's (:func:`msde_jax.recommended`:
 EfficientNet-Lite0 patch features, 14 × 14 × 152 per image) of the built-in PneumoniaMNIST
 training normals, embedded once (cached). For each training-set size, a fresh Python process
 fits ``PatchBankDetector()`` (the defaults: a 2,000-patch coreset, 5 cross-fit folds) on the
@@ -70,9 +70,9 @@ def main(argv=None) -> int:
     if args.child:
         child(args)
         return 0
+    from msde_jax import recommended
     from msde_jax.io.datasets import load_dataset
     from msde_jax.pipeline.evaluation import embed
-    from msde_jax.pipeline.selection import recommended
 
     dataset = load_dataset("pneumoniamnist")
     embedder = recommended().embedder

@@ -101,35 +101,35 @@ def main() -> None:
     )
     bench(
         "knn (k=50, self)",
-        lambda a, k, batch_size: mj.knn(a, k=k, batch_size=batch_size),
+        lambda a, k, batch_size: mj.core.knn(a, k=k, batch_size=batch_size),
         (xj,),
         {"k": k, "batch_size": bs},
         lambda: NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(x),
     )
     bench(
         f"pca_fit ({n_comp})",
-        lambda a, c: mj.pca_fit(a, c),
+        lambda a, c: mj.core.pca_fit(a, c),
         (xj,),
         {"c": n_comp},
         lambda: PCA(n_comp, svd_solver="full").fit(x),
     )
     bench(
         "gaussian_fit + mahalanobis",
-        lambda a: mj.mahalanobis(mj.gaussian_fit(a, covariance="ridge", ridge=1e-4), a),
+        lambda a: mj.core.mahalanobis(mj.core.gaussian_fit(a, covariance="ridge", ridge=1e-4), a),
         (xj,),
         {},
         lambda: numpy_gaussian(x, 1e-4),
     )
     bench(
         "mean_shift (8 iterations)",
-        lambda a, b, k, batch_size: mj.mean_shift(
+        lambda a, b, k, batch_size: mj.core.mean_shift(
             a, b, k=k, max_iter=8, tol=0.0, batch_size=batch_size
         ),
         (xj, wj),
         {"k": k, "batch_size": bs},
         lambda: numpy_mean_shift(x, w, k, 0.33, 8),
     )
-    fn, compile_s = compiled(lambda a: mj.density_weights(a), xj)
+    fn, compile_s = compiled(lambda a: mj.core.density_weights(a), xj)
     rows.append(("density_weights (msde)", compile_s, best_of(fn, args.repeat), float("nan")))
 
     print()

@@ -19,7 +19,7 @@ numbers end to end).
 What it measures, per dataset (test rows: all test normals, then all test abnormals, as the
 paper; the detector is fitted on ``train_normal`` only):
 
-1. AUROC / AP (``msde_jax.roc_auc`` / ``average_precision``) on the official test set for the
+1. AUROC / AP (``msde_jax.core.roc_auc`` / ``average_precision``) on the official test set for the
    paper preset (transductive, MSDE weights), the paper preset with uniform weights, the
    inductive default, the inductive displacement score and the plain Gaussian
    (``mode="none"``), all with ``threshold="chi2"`` (no cross-fitting). Fit and score times are
@@ -158,7 +158,7 @@ def fit_score(factory, score, x_train, x_test):
 
 
 def metrics(labels, scores) -> tuple[float, float]:
-    return float(mj.roc_auc(labels, scores)), float(mj.average_precision(labels, scores))
+    return float(mj.core.roc_auc(labels, scores)), float(mj.core.average_precision(labels, scores))
 
 
 def mean_sd(values) -> str:
@@ -282,7 +282,7 @@ def bench_dataset(name, desc, feats, args):
                 xb = np.concatenate([x_tn, x_ta[idx]])
                 yb = np.concatenate([np.zeros(n_tn, np.int32), np.ones(len(idx), np.int32)])
                 sb = det.score_samples(xb)
-                aucs.append(float(mj.roc_auc(yb, sb)))
+                aucs.append(float(mj.core.roc_auc(yb, sb)))
                 ref = np.concatenate([s_full[:n_tn], s_full[n_tn + idx]])
                 batch_diff = max(batch_diff, float(np.max(np.abs(sb - ref))))
             batch_auc[f] = aucs
@@ -299,8 +299,8 @@ def bench_dataset(name, desc, feats, args):
                 metrics(labels, s_full)[0],
                 mean_sd(batch_auc[0.10]),
                 mean_sd(batch_auc[0.05]),
-                float(mj.roc_auc(single_labels, s_single)),
-                float(mj.roc_auc(single_labels, s_full[single_idx])),
+                float(mj.core.roc_auc(single_labels, s_single)),
+                float(mj.core.roc_auc(single_labels, s_full[single_idx])),
                 single_s,
             )
         )

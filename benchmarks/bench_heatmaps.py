@@ -8,7 +8,7 @@ known: every test *normal* (never fitted on) gets one local synthetic anomaly wi
 (:data:`msde_jax.ssl.synthetic.LOCAL_KINDS`: AnatPaste, CutPaste, scar, opacity, in turn; half
 ``anatomy="bright"``, half ``"dark"``; made at the images' own resolution, the masks then
 resized to the maps' 224 px by nearest neighbour), and the default
-configuration (:func:`msde_jax.pipeline.selection.recommended`, fitted on all training normals)
+configuration (:func:`msde_jax.recommended`, fitted on all training normals)
 maps the
 clean test normals and the synthetic anomalies through
 :func:`msde_jax.pipeline.evaluation.heatmaps`.
@@ -26,12 +26,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from msde_jax import roc_auc
+from msde_jax import recommended
+from msde_jax.core import roc_auc
 from msde_jax.core.metrics import aupro
 from msde_jax.io.datasets import load_dataset
 from msde_jax.io.images import to_float
 from msde_jax.pipeline.evaluation import embed, heatmaps
-from msde_jax.pipeline.selection import recommended
 from msde_jax.ssl.synthetic import KINDS, LOCAL_KINDS, synthesize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

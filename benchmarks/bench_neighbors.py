@@ -4,7 +4,7 @@
     python benchmarks/bench_neighbors.py --recall-n 10000 --no-auroc    # recall only
 
 1. **Recall** at k = 50 of :func:`msde_jax.core.approximate_knn.approximate_knn` (the tree behind
-   ``mean_shift(neighbors="approximate")``) against :func:`msde_jax.knn`: the share of each
+   ``mean_shift(neighbors="approximate")``) against :func:`msde_jax.core.knn`: the share of each
    point's exact 50 nearest found, averaged over the points, for several ``leaf_size × probes``
    settings, on (a) bench_core.py's synthetic mixture (20 Gaussian centres, d = 512,
    standardised) and (b) real features: EfficientNet-Lite0 patch features (the default
@@ -101,7 +101,7 @@ def recall_table(name: str, x: np.ndarray) -> list[str]:
     n = x.shape[0]
     xj = jnp.asarray(x)
     start = time.perf_counter()
-    exact = mj.knn(xj, k=K, batch_size=256)
+    exact = mj.core.knn(xj, k=K, batch_size=256)
     jax.block_until_ready(exact)
     t_exact = time.perf_counter() - start
     rows = []
@@ -121,9 +121,9 @@ def recall_table(name: str, x: np.ndarray) -> list[str]:
         log(rows[-1])
     # The windows the approximate shift uses at its last iteration: rerun its search on the
     # points it ends at with the tree it built on the unshifted points.
-    w = mj.density_weights(xj, batch_size=256)
-    shifted = mj.mean_shift(xj, w, neighbors="approximate", batch_size=256).points
-    exact_end = mj.knn(shifted, k=K, batch_size=256)
+    w = mj.core.density_weights(xj, batch_size=256)
+    shifted = mj.core.mean_shift(xj, w, neighbors="approximate", batch_size=256).points
+    exact_end = mj.core.knn(shifted, k=K, batch_size=256)
     approx_end = approximate_knn(shifted, k=K, batch_size=256)
     excess, error = closeness(np.asarray(shifted), approx_end, exact_end)
     rows.append(
@@ -147,7 +147,7 @@ def auroc_table(data_dir: Path, cache_dir: str | None) -> list[str]:
         for search in ("exact", "approximate"):
             det = mj.MSDEDetector.paper(neighbors=search, threshold="chi2").fit(train)
             scores[search] = det.score_samples(test)
-        auc = {s: mj.roc_auc(labels, v) for s, v in scores.items()}
+        auc = {s: mj.core.roc_auc(labels, v) for s, v in scores.items()}
         diff = float(np.max(np.abs(scores["exact"] - scores["approximate"])))
         rows.append(
             f"| {ds.name} | {len(train) + len(test):,} | {float(auc['exact']):.4f} | "

@@ -74,8 +74,8 @@ def ours(x, **options):
 
     import msde_jax as mj
 
-    w = mj.density_weights(x, n_neighbors=Q)
-    result = mj.mean_shift(x, w, **{**MSDE, **options})
+    w = mj.core.density_weights(x, n_neighbors=Q)
+    result = mj.core.mean_shift(x, w, **{**MSDE, **options})
     return jax.block_until_ready((w, result))
 
 

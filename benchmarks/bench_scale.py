@@ -72,10 +72,10 @@ def memory(args) -> None:
     x = mixture(args.n, args.d)
     z = (x - x.mean(axis=0)) / x.std(axis=0)
     start = time.perf_counter()
-    w = mj.density_weights(z, batch_size=256)
-    shifted = mj.mean_shift(z, w, batch_size=256, neighbors=args.neighbors)
-    pca = mj.pca_fit(shifted.points, 256)
-    gaussian = mj.gaussian_fit(mj.pca_transform(pca, shifted.points))
+    w = mj.core.density_weights(z, batch_size=256)
+    shifted = mj.core.mean_shift(z, w, batch_size=256, neighbors=args.neighbors)
+    pca = mj.core.pca_fit(shifted.points, 256)
+    gaussian = mj.core.gaussian_fit(mj.core.pca_transform(pca, shifted.points))
     jax.block_until_ready(gaussian)
     fit_s = time.perf_counter() - start
     print(header())
@@ -151,7 +151,7 @@ def bank_scoring(args) -> None:
 _DEVICE_WORKER = """
 import json, sys, time
 import jax, numpy as np
-from msde_jax import knn, mean_shift
+from msde_jax.core import knn, mean_shift
 from msde_jax.core.sharded import row_mesh, sharded_knn, sharded_mean_shift
 n, d = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(0)
@@ -235,7 +235,9 @@ def crossover(args) -> None:
             seconds = {
                 search: best(
                     lambda search=search, x=x, w=w: (
-                        mj.mean_shift(x, w, k=50, tol=0.0, batch_size=256, neighbors=search).points
+                        mj.core.mean_shift(
+                            x, w, k=50, tol=0.0, batch_size=256, neighbors=search
+                        ).points
                     )
                 )
                 for search in ("exact", "approximate")

@@ -5,7 +5,7 @@
 
 Two pipelines on the built-in PneumoniaMNIST split, inside one ``jax.profiler.trace``:
 
-1. the default configuration, ``msde_jax.pipeline.selection.recommended()`` (EfficientNet-Lite0
+1. the default configuration, ``msde_jax.recommended()`` (EfficientNet-Lite0
 patch
    features and a ``PatchBankDetector``): embed the training normals, fit, embed the test
    images (normals then abnormals), score;
@@ -41,10 +41,10 @@ import time
 import jax
 import numpy as np
 
-from msde_jax import MSDEDetector, roc_auc
+from msde_jax import MSDEDetector, recommended
+from msde_jax.core import roc_auc
 from msde_jax.embedder import Embedder
 from msde_jax.io.datasets import load_dataset
-from msde_jax.pipeline.selection import recommended
 
 _TIMES: list[tuple[str, float]] = []
 

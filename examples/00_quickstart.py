@@ -1,7 +1,7 @@
 """Quickstart: normal chest X-rays in, an anomaly detector out, in a dozen lines.
 
 Uses the PneumoniaMNIST split that ships with the package (MedMNIST v2, CC BY 4.0): the default
-configuration (``msde_jax.pipeline.selection.recommended``: patch features of the pretrained
+configuration (``msde_jax.recommended``: patch features of the pretrained
 EfficientNet-Lite0, ImageNet weights running in JAX, and a patch memory bank) is fitted on the
 normal training images and scores the official test set, one image independently of the others.
 
@@ -12,9 +12,9 @@ import argparse
 
 import numpy as np
 
-from msde_jax import average_precision, roc_auc
+from msde_jax import recommended
+from msde_jax.core import average_precision, roc_auc
 from msde_jax.io.datasets import load_dataset
-from msde_jax.pipeline.selection import recommended
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import msde_jax as mj
+from msde_jax import core, detectors
 
 
 def make_data(n_train: int, dim: int, seed: int = 0):
@@ -45,31 +45,33 @@ def main() -> None:
     mean, std = train.mean(0), train.std(0) + 1e-8
     train_z, test_z = (train - mean) / std, (test - mean) / std
 
-    weights = mj.density_weights(train_z)  # the paper's block-wise fuzzy-graph weights
-    shifted = mj.mean_shift(train_z, weights, k=50, step_size=0.33, max_iter=8, tol=0.01)
+    weights = core.density_weights(train_z)  # the paper's block-wise fuzzy-graph weights
+    shifted = core.mean_shift(train_z, weights, k=50, step_size=0.33, max_iter=8, tol=0.01)
     print(f"MSDE on {len(train)} training normals: {int(shifted.n_iter)} iterations")
 
-    pca = mj.pca_fit(shifted.points, min(256, args.dim, len(train) - 1))
-    gauss = mj.gaussian_fit(mj.pca_transform(pca, shifted.points), covariance="ridge", ridge=1e-4)
+    pca = core.pca_fit(shifted.points, min(256, args.dim, len(train) - 1))
+    gauss = core.gaussian_fit(
+        core.pca_transform(pca, shifted.points), covariance="ridge", ridge=1e-4
+    )
 
     # Inductive scoring: each test point moves toward the fixed shifted training set.
-    moved = mj.mean_shift(test_z, reference=shifted.points, reference_weights=weights, k=50)
-    scores = mj.mahalanobis(gauss, mj.pca_transform(pca, moved.points))
+    moved = core.mean_shift(test_z, reference=shifted.points, reference_weights=weights, k=50)
+    scores = core.mahalanobis(gauss, core.pca_transform(pca, moved.points))
     scores.block_until_ready()
     elapsed = time.perf_counter() - start
 
     labels = jnp.asarray(labels)
     print(
-        f"AUROC {float(mj.roc_auc(labels, scores)):.3f}  "
-        f"AP {float(mj.average_precision(labels, scores)):.3f}  ({elapsed:.1f} s incl. compile)"
+        f"AUROC {float(core.roc_auc(labels, scores)):.3f}  "
+        f"AP {float(core.average_precision(labels, scores)):.3f}  ({elapsed:.1f} s incl. compile)"
     )
 
     # The same pipeline as the detector's pure function pair over a NamedTuple state (what
     # MSDEDetector wraps); the scoring half compiles into one XLA program.
-    fit = mj.fit_detector(train, mj.DetectorConfig(threshold="chi2"))
-    core_scores = jax.jit(mj.score_detector)(fit.state, test)
+    fit = detectors.fit_detector(train, detectors.DetectorConfig(threshold="chi2"))
+    core_scores = jax.jit(detectors.score_detector)(fit.state, test)
     print(
-        f"fit_detector + jit(score_detector): AUROC {float(mj.roc_auc(labels, core_scores)):.3f}"
+        f"fit_detector + jit(score_detector): AUROC {float(core.roc_auc(labels, core_scores)):.3f}"
         f"  (threshold {fit.threshold:.2f}, {fit.n_iter} MSDE iterations)"
     )
 

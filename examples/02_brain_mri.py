@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from msde_jax import Embedder, MSDEDetector, roc_auc
+from msde_jax import Embedder, MSDEDetector
+from msde_jax.core import roc_auc
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared/data/brain_tumor_mri/brain_tumor_mri.npz"
 

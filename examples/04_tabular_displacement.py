@@ -7,7 +7,8 @@ cancer data with benign tumours as "normal" (needs scikit-learn: pip install sci
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 
-from msde_jax import MSDEDetector, average_precision, roc_auc
+from msde_jax import MSDEDetector
+from msde_jax.core import average_precision, roc_auc
 
 
 def main() -> None:

@@ -116,17 +116,24 @@ def test_top_level_all_resolves():
 def test_root_imports_go_downward():
     tree = ast.parse(source_of("").read_text())
     # Importing any msde_jax module runs the root first: it must stay light (no io, backbones,
-    # embedder, …) at import time; the Embedder is re-exported lazily (its __getattr__).
+    # embedder, pipeline) at import time; those names are re-exported lazily (its __getattr__).
     for target in imports_of("", tree.body):
         assert layer(target)[0] <= 2, (
             f"msde_jax/__init__.py imports msde_jax.{target} (layer {layer(target)}) when "
             "imported: only the core and detector layers load eagerly"
         )
     for target in imports_of(""):
-        assert layer(target)[0] <= 4, (
+        assert layer(target)[0] <= LAYERS["pipeline"][0], (
             f"msde_jax/__init__.py imports msde_jax.{target} (layer {layer(target)}): the root "
-            "re-exports up to the embedder, never the pipeline (evaluation, report, cli)"
+            "re-exports up to the pipeline (recommended, evaluate), never the cli"
         )
+
+
+def test_root_api_is_small():
+    # What a user types: the detectors, Embedder, load_detector, recommended, evaluate, the
+    # errors, and the core namespace; the functional forms live in msde_jax.core / .detectors.
+    assert len(msde_jax.__all__) <= 15, msde_jax.__all__
+    assert "core" in msde_jax.__all__
 
 
 def test_root_all_lists_exactly_the_re_exports():

@@ -110,7 +110,7 @@ def _validated(detector):
     """``detector``, once its options are known to be valid (its config builds), so that a bad
     option is refused before any image is embedded."""
     try:
-        detector._config()
+        detector.config()
     except ValueError as err:
         raise UserError(str(err)) from err
     return detector
@@ -281,7 +281,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def _load_model(path: str):
-    from msde_jax.detectors.base import load_detector
+    from msde_jax.detectors.persistence import load_detector
 
     if not Path(path).exists():
         raise FileNotFoundError(path)
@@ -361,13 +361,8 @@ def cmd_score(args: argparse.Namespace) -> None:
 def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     """The embedder and detector ``evaluate`` runs, what to call them, and their synthetic
     validation (``None`` when skipped) with the reason it was skipped."""
-    from msde_jax.pipeline.selection import (
-        RECOMMENDED,
-        Candidate,
-        candidates,
-        select,
-        synthetic_validation,
-    )
+    from msde_jax.pipeline.presets import RECOMMENDED, Candidate, candidates
+    from msde_jax.pipeline.selection import select, synthetic_validation
 
     normals = dataset.train_normal
     if args.select:

@@ -243,7 +243,7 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--select",
         action="store_true",
-        help="choose the configuration among msde_jax.pipeline.selection.candidates() by its "
+        help="choose the configuration among msde_jax.pipeline.presets.candidates() by its "
         "synthetic-validation AUROC instead of running the default rule (measured not to beat "
         "it: README 'Which mode')",
     )

@@ -6,7 +6,7 @@ direction, recursively, until every leaf holds at most ``leaf_size`` rows (all l
 same number of slots, at most one of them padding). Each leaf is then compared with ``probes``
 nearby leaves (itself first, then those its rows' nearest leaf centroids are most often in):
 one (leaf × probes·leaf) matrix product and one top-k per leaf, so a search costs
-O(n · probes · leaf_size · d) instead of the O(n² d) of :func:`~msde_jax.knn`, and every step
+O(n · probes · leaf_size · d) instead of the O(n² d) of :func:`~msde_jax.core.knn`, and every step
 has a fixed shape (no data-dependent sizes, no host round trips), which is what accelerators
 and ``jax.jit`` want. With one leaf (n ≤ ``leaf_size``) the search is exact.
 """

@@ -16,6 +16,7 @@ __all__ = [
     "padded_rows",
     "rank_distances",
     "row_keys",
+    "sample_keys",
     "sq_norms",
 ]
 
@@ -99,3 +100,15 @@ def content_order(x: np.ndarray) -> np.ndarray:
     Identical rows tie, and their order does not matter.
     """
     return np.argsort(row_keys(x), kind="stable")
+
+
+# Samples hashed per block by sample_keys: row_keys makes ~16 bytes per input byte.
+_HASH_BLOCK_BYTES = 4 << 20
+
+
+def sample_keys(x: np.ndarray) -> np.ndarray:
+    """:func:`row_keys` of each sample (row) of ``x`` (n, ...) flattened, hashed in blocks of
+    about 4 MiB so that the hash's temporary memory stays bounded; (n,) uint64."""
+    step = max(1, _HASH_BLOCK_BYTES // max(x[0].nbytes, 1))
+    blocks = (x[i : i + step] for i in range(0, x.shape[0], step))
+    return np.concatenate([row_keys(b.reshape(b.shape[0], -1)) for b in blocks])

@@ -31,7 +31,7 @@ class FuzzyGraph(NamedTuple):
     """A directed fuzzy kNN graph in neighbour layout (row i lists its k neighbours).
 
     Attributes:
-        indices: (n, k) neighbour indices, as in the input :class:`~msde_jax.Neighbors`.
+        indices: (n, k) neighbour indices, as in the input :class:`~msde_jax.core.Neighbors`.
         memberships: (n, k) directed memberships aᵢⱼ = exp(−max(0, dᵢⱼ − ρᵢ)/σᵢ), 0 for the
             point itself and for absent (masked) neighbours.
         sigmas: (n,) smooth-kNN bandwidths σᵢ.

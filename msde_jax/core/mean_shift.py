@@ -26,6 +26,7 @@ __all__ = [
     "MeanShiftResult",
     "choose_neighbors",
     "mean_shift",
+    "move_points",
 ]
 
 # Below this a point does not move, and a window's total weight is floored (published values).
@@ -63,7 +64,8 @@ def shift_one(y, reference, reference_sqnorm, reference_weights, k):
     return m, jnp.linalg.norm(m - y)
 
 
-def _step(y, m, delta, step_size):
+def move_points(y, m, delta, step_size):
+    """One MSDE update: ``y + η(m − y)`` where the window mean moved more than 1e-6."""
     return jnp.where((delta > _MIN_MOVE)[..., None], y + step_size * (m - y), y)
 
 
@@ -95,7 +97,7 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size):
             m, delta = _window_means(y, y, sqn, weights, k)
         else:
             m, delta = map_rows(lambda yi: shift_one(yi, y, sqn, weights, k), y, batch_size)
-        return _step(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
+        return move_points(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
 
     init = (x, jnp.zeros(x.shape[0], x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
     return MeanShiftResult(*lax.while_loop(cond, body, init))
@@ -136,7 +138,7 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
         m, delta = map_rows(lambda a: shift_leaf(values, sqn, *a), (values, probe), per_step)
         m = jnp.zeros((n + 1, d), y.dtype).at[flat].set(m.reshape(-1, d))[:n]
         delta = jnp.zeros(n + 1, y.dtype).at[flat].set(delta.reshape(-1))[:n]
-        return _step(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
+        return move_points(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
 
     init = (x, jnp.zeros(n, x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
     return MeanShiftResult(*lax.while_loop(cond, body, init))
@@ -153,7 +155,7 @@ def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, bat
         def body(state):
             y, disp, it, _ = state
             m, delta = shift_one(y, reference, ref_sqnorm, reference_weights, k)
-            return _step(y, m, delta, step_size), disp + delta, it + 1, delta < tol
+            return move_points(y, m, delta, step_size), disp + delta, it + 1, delta < tol
 
         init = (q, jnp.zeros((), q.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
         return lax.while_loop(cond, body, init)

@@ -77,7 +77,7 @@ def bank_fit(
 ) -> MemoryBank:
     """Fit a memory bank: a k-center coreset of the training patches, optionally MSDE-shifted.
 
-    1. ``size`` rows are chosen by :func:`~msde_jax.kcenter_greedy` (starting from row 0, on a
+    1. ``size`` rows are chosen by :func:`~msde_jax.core.kcenter_greedy` (starting from row 0, on a
        ``projection_dim`` random projection if given); all rows when ``size ≥ N``. The bank
        keeps them in ascending row order, not in the order the coreset chose them.
     2. With ``shift=True`` the bank is density-enhanced: w = ``density_weights(bank,
@@ -98,7 +98,7 @@ def bank_fit(
         step_size: η (traced).
         max_iter: T (static).
         tol: θ (traced).
-        density: the weight scheme of :func:`~msde_jax.density_weights` (static).
+        density: the weight scheme of :func:`~msde_jax.core.density_weights` (static).
         projection_dim: dimension of the coreset's random projection (static); ``None``
             searches in the full space.
         key: PRNG key of that projection.
@@ -139,7 +139,7 @@ def patch_scores(
     """Each test patch's mean Euclidean distance (not squared) to its ``k`` nearest bank patches.
 
     With k = 1 this is PatchCore's patch score, minₘ ‖p − bₘ‖. Exact search by
-    :func:`~msde_jax.knn` in blocks of ``batch_size`` patches, so memory is
+    :func:`~msde_jax.core.knn` in blocks of ``batch_size`` patches, so memory is
     O(batch_size · m). Every patch is scored on its own: an image's scores do not depend on
     the other images in the call.
 

@@ -22,6 +22,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 __all__ = [
+    "check_scores",
     "aupro",
     "average_precision",
     "evaluation_metrics",
@@ -132,7 +133,7 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
 # Curves and threshold metrics (NumPy, host-side)
 
 
-def _check(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def check_scores(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Labels as a bool vector (non-zero = abnormal) and scores as float64, validated."""
     labels = np.asarray(labels)
     scores = np.asarray(scores)
@@ -183,7 +184,7 @@ def roc_curve(
         rate at ``score >= thresholds[k]``, and the first point (0, 0) has threshold ``inf``.
         FPR (TPR) is NaN throughout when there are no normal (abnormal) samples.
     """
-    labels, scores = _check(labels, scores)
+    labels, scores = check_scores(labels, scores)
     fps, tps, thresholds = _counts_at_thresholds(labels, scores)
     if drop_intermediate and fps.size > 2:
         corners = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
@@ -213,7 +214,7 @@ def precision_recall_curve(
         threshold; point k is at ``score >= thresholds[k]``. Recall is 1 throughout when there
         are no abnormal samples (as in scikit-learn).
     """
-    labels, scores = _check(labels, scores)
+    labels, scores = check_scores(labels, scores)
     fps, tps, thresholds = _counts_at_thresholds(labels, scores)
     if drop_intermediate and fps.size > 2:
         keep = np.r_[True, np.logical_or(np.diff(tps[:-1]), np.diff(tps[1:])), True]
@@ -245,7 +246,7 @@ def evaluation_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -
         ``n_normal``, ``n_abnormal`` and ``threshold``. Ratios with a zero denominator are 0.0,
         like scikit-learn's default ``zero_division``.
     """
-    positive, scores = _check(labels, scores)
+    positive, scores = check_scores(labels, scores)
     threshold = float(threshold)
     if math.isnan(threshold):
         raise ValueError("threshold is NaN.")

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jax.typing import ArrayLike
 
 from msde_jax.core.blocks import map_rows, sq_norms
-from msde_jax.core.mean_shift import MeanShiftResult, _step, shift_one
+from msde_jax.core.mean_shift import MeanShiftResult, move_points, shift_one
 from msde_jax.core.neighbors import Neighbors, nearest_one
 
 __all__ = [
@@ -94,19 +94,19 @@ def sharded_knn(
     mesh: Mesh,
     batch_size: int | None = None,
 ) -> Neighbors:
-    """:func:`~msde_jax.knn` with the queries sharded over ``mesh`` and the reference
+    """:func:`~msde_jax.core.knn` with the queries sharded over ``mesh`` and the reference
     replicated: each device searches its block of queries against every reference row.
 
     Args:
         queries: (m, d) points whose neighbours are wanted.
         reference: (n, d) candidates; ``None`` means the queries themselves (each point its
-            own first neighbour, as in :func:`~msde_jax.knn`).
+            own first neighbour, as in :func:`~msde_jax.core.knn`).
         k: neighbours, 1 ≤ k ≤ n (static).
         mesh: a one-axis device mesh (:func:`row_mesh`; static).
         batch_size: queries per block on each device (static).
 
     Returns:
-        ``Neighbors(distances (m, k), indices (m, k))``, as :func:`~msde_jax.knn`.
+        ``Neighbors(distances (m, k), indices (m, k))``, as :func:`~msde_jax.core.knn`.
     """
     axis = _axis(mesh)
     queries = jnp.asarray(queries)
@@ -163,7 +163,7 @@ def sharded_mean_shift(
         k, step_size, max_iter, tol, batch_size: as :func:`~msde_jax.core.mean_shift`.
 
     Returns:
-        :class:`~msde_jax.MeanShiftResult`, as the one-device blurring shift.
+        :class:`~msde_jax.core.MeanShiftResult`, as the one-device blurring shift.
     """
     axis = _axis(mesh)
     x = jnp.asarray(x)
@@ -190,7 +190,7 @@ def sharded_mean_shift(
             m, delta = map_rows(lambda yi: shift_one(yi, y_all, sqn, w_all, k), y, batch_size)
             delta = jnp.where(ok, delta, 0.0)
             mean_delta = lax.psum(jnp.sum(delta), axis) / n
-            return _step(y, m, delta, step_size), disp + delta, it + 1, mean_delta < tol
+            return move_points(y, m, delta, step_size), disp + delta, it + 1, mean_delta < tol
 
         init = (y0, jnp.zeros(y0.shape[0], y0.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
         return lax.while_loop(cond, body, init)

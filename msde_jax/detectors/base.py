@@ -1,48 +1,45 @@
-"""What every detector facade shares: parameters, fitted checks, out-of-fold thresholds,
-predictions and persistence.
+"""The facade every detector shares: parameters, fit, predictions and persistence.
 
-:class:`Detector` is the private base of :class:`~msde_jax.MSDEDetector` and
-:class:`~msde_jax.PatchBankDetector`. A subclass declares its hyperparameters as keyword-only
-constructor arguments (stored under the same names, as scikit-learn expects), fits in ``fit``
-(setting ``state_`` and calling :meth:`Detector._set_scores`), scores in ``score_samples``, and
-describes its fitted attributes by three hooks (``_fitted_meta``, ``_fitted_arrays``,
-``_restore``); the base turns those into ``to_arrays`` / ``from_arrays`` and ``save`` /
-``load``. Every subclass (``FusedDetector`` too) is registered by its class name, which the
-saved metadata stores as ``"detector"``, so :func:`load_detector` returns the right class for
-any saved file; a class is only ever looked up by that name (:func:`detector_class`), never
-imported from a module a file names.
+:class:`Detector` is the scikit-learn / PyOD-style estimator over a detector's pure functions.
+A leaf detector declares what differs, and the base does the rest:
+
+* ``config_class``: its configuration dataclass. The constructor (keyword-only, one argument
+  per field, stored under the field's name as scikit-learn expects), :meth:`Detector.get_params`
+  and the ``Args`` of the class docstring are made from its fields;
+* ``fit_function(x, config) -> DetectorFit`` and ``score_function(state, x) -> scores``: its
+  pure fit and score;
+* ``state_class`` (the fitted state's NamedTuple), ``features`` (``"samples"`` or
+  ``"patches"``: which :func:`~msde_jax.detectors.config.check_features` applies),
+  ``fitted_scalars`` (the fitted attributes saved beside the state) and ``array_schema`` /
+  ``meta_dims`` (what a saved file's arrays must look like).
+
+Every subclass (``FusedDetector`` too) registers itself by its class name
+(:func:`~msde_jax.detectors.persistence.register`), so
+:func:`~msde_jax.detectors.persistence.load_detector` returns the right class for any file.
 """
 
 import inspect
-import math
 import os
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from jax.typing import ArrayLike
 
+from msde_jax.detectors.config import check_features, ordered_fields, parameter_docs
 from msde_jax.detectors.persistence import (
+    check_arrays,
+    check_meta,
     check_version,
     read_npz,
+    register,
     state_arrays,
+    state_from_arrays,
     stored_class,
     write_detector_file,
 )
 
-__all__ = [
-    "Detector",
-    "NotFittedError",
-    "check_saved_floats",
-    "detector_class",
-    "detector_from_arrays",
-    "load_detector",
-    "out_of_fold_scores",
-    "quantile_threshold",
-]
-
-# Detector classes by name, filled by Detector.__init_subclass__.
-_DETECTORS: dict[str, type["Detector"]] = {}
+__all__ = ["Detector", "NotFittedError", "no_maps_message"]
 
 
 def no_maps_message(detector: Any) -> str:
@@ -58,66 +55,72 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a detector is used before ``fit`` (as scikit-learn's ``NotFittedError``)."""
 
 
-def check_saved_floats(name: str, a: np.ndarray, *, where: str) -> None:
-    """Refuse a saved float array that :meth:`Detector.save` never writes: another float
-    width than float32 / float64 (scoring would run in it), or NaN / infinite values (they
-    would become NaN or infinite scores). ``where`` starts the message."""
-    if a.dtype.kind != "f":
-        return
-    if a.dtype not in (np.float32, np.float64):
-        raise ValueError(
-            f"{where}: {name!r} is {a.dtype}; saved detectors hold float32 or float64."
-        )
-    if not np.isfinite(a).all():
-        raise ValueError(
-            f"{where}: {name!r} holds NaN or infinite values, which no fitted detector has; "
-            "restore the file from a copy or refit."
-        )
+def _init_from(config_class: type) -> Callable[..., None]:
+    """A keyword-only ``__init__`` with one argument per field of ``config_class``."""
+    fields = ordered_fields(config_class)
+    names = [f.name for f in fields]
+
+    def __init__(self, **params: Any) -> None:
+        unknown = [name for name in params if name not in names]
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got an unexpected keyword argument {unknown[0]!r}; "
+                f"valid ones: {', '.join(names)}."
+            )
+        for field in fields:
+            setattr(self, field.name, params.get(field.name, field.default))
+
+    kind = inspect.Parameter.KEYWORD_ONLY
+    __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(f.name, kind, default=f.default, annotation=f.type) for f in fields]
+    )
+    __init__.__doc__ = f"Set the parameters (one per field of {config_class.__name__})."
+    return __init__
 
 
-# ---------------------------------------------------------------------- thresholds
-def out_of_fold_scores(
-    order: np.ndarray, n_folds: int, fit_score: Callable[[np.ndarray, np.ndarray], ArrayLike]
-) -> np.ndarray:
-    """Out-of-fold scores of n samples: each fold scored by a model fitted on the others.
-
-    Fold f holds ``order[f::n_folds]`` (``order`` a permutation of the n samples, e.g. their
-    content order, so that the folds do not depend on the row order), both index sets sorted.
-
-    Args:
-        order: (n,) permutation of ``range(n)``.
-        n_folds: number of folds, at most n.
-        fit_score: ``fit_score(train_indices, held_indices)`` fits on the first and returns the
-            scores of the second.
-
-    Returns:
-        (n,) float64 scores.
-    """
-    n = order.shape[0]
-    scores = np.empty(n, np.float64)
-    for fold in range(n_folds):
-        held = np.sort(order[fold::n_folds])
-        rest = np.setdiff1d(np.arange(n), held)  # keeps the given row order
-        scores[held] = np.asarray(fit_score(rest, held))
-    return scores
-
-
-def quantile_threshold(scores: np.ndarray, contamination: float) -> float:
-    """The ``1 − contamination`` quantile of (out-of-fold) scores of normals."""
-    return float(np.quantile(scores, 1 - contamination))
-
-
-# ---------------------------------------------------------------------- the base facade
 class Detector:
     """Base of the detector facades (PyOD conventions: higher score = more anomalous)."""
 
+    config_class: ClassVar[type | None] = None
+    state_class: ClassVar[type | None] = None
+    features: ClassVar[str] = "samples"
+    fitted_scalars: ClassVar[tuple[str, ...]] = ()
+    # Score-time parameters: read when scoring, so they may change after fit (the config's
+    # score_params). Every other parameter takes effect at the next fit; until then scoring
+    # uses its value at fit time, kept in the state's config.
+    score_params: ClassVar[tuple[str, ...]] = ()
+    # Parameters that change how a score is computed (block sizes), never its value.
+    neutral_params: ClassVar[tuple[str, ...]] = ("batch_size",)
+    # Whether score_maps gives heatmaps (a detector that scores patches sets it).
+    has_maps: ClassVar[bool] = False
+    # The saved arrays, one a line: its name, dtype kinds and shape in named dimensions (none
+    # for a scalar); meta_dims names the dimensions whose size a metadata entry gives
+    # (persistence.check_arrays). Parsed into array_schema.
+    saved_arrays: ClassVar[str] = ""
+    meta_dims: ClassVar[dict[str, str]] = {}
+    array_schema: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    fit_function: ClassVar[Callable[..., Any]]
+    score_function: ClassVar[Callable[..., Any]]
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _DETECTORS[cls.__name__] = cls
+        register(cls)
+        if "config_class" in cls.__dict__:
+            cls.__init__ = _init_from(cls.config_class)  # type: ignore[method-assign]
+            cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + parameter_docs(cls.config_class)
+            cls.score_params = cls.config_class.score_params
+        if "saved_arrays" in cls.__dict__:
+            cls.array_schema = {
+                name: (kinds, " ".join(dims))
+                for name, kinds, *dims in map(str.split, cls.saved_arrays.strip().splitlines())
+            }
 
     # ------------------------------------------------------------------ params
     @classmethod
-    def _param_names(cls) -> list[str]:
+    def param_names(cls) -> list[str]:
+        """The keyword-only constructor parameters, in order."""
         return [
             p.name
             for p in inspect.signature(cls.__init__).parameters.values()
@@ -127,11 +130,11 @@ class Detector:
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor parameters, as scikit-learn's ``get_params``."""
         del deep  # no nested estimators
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: getattr(self, name) for name in self.param_names()}
 
     def set_params(self, **params: Any) -> Self:
         """Set constructor parameters (as scikit-learn's ``set_params``); returns ``self``."""
-        valid = self._param_names()
+        valid = self.param_names()
         for name, value in params.items():
             if name not in valid:
                 raise ValueError(
@@ -140,6 +143,11 @@ class Detector:
                 )
             setattr(self, name, value)
         return self
+
+    def config(self) -> Any:
+        """The configuration of the current parameters (validated: a bad value raises
+        ``ValueError`` here, before any data is touched)."""
+        return self.config_class(**self.get_params())
 
     def __repr__(self) -> str:
         defaults = {
@@ -156,41 +164,31 @@ class Detector:
             )
 
     # ------------------------------------------------------------------ fit-time vs now
-    # Score-time parameters: read when scoring, so they may change after fit (a subclass lists
-    # its own). Every other parameter takes effect at the next fit; until then scoring uses
-    # its value at fit time, kept in the state's config.
-    _score_params: tuple[str, ...] = ()
-    # Parameters that change how a score is computed (block sizes), never its value.
-    _neutral_params: tuple[str, ...] = ("batch_size",)
-
     def _fit_params(self) -> dict[str, Any]:
-        """The parameters the fitted state was fitted with: its ``config``'s fields (the
-        current ones for a state without a config, which has nothing to compare)."""
-        config = getattr(self.state_, "config", None)
-        if config is None:
-            return self.get_params()
-        return {name: getattr(config, name) for name in self._param_names()}
+        """The parameters the fitted state was fitted with: its ``config``'s fields."""
+        config = self.state_.config
+        return {name: getattr(config, name) for name in self.param_names()}
 
     def _scoring_params(self) -> dict[str, Any]:
         """The fit-time parameters with the current values of the score-time ones."""
-        return {**self._fit_params(), **{name: getattr(self, name) for name in self._score_params}}
+        return {**self._fit_params(), **{name: getattr(self, name) for name in self.score_params}}
 
     def _changed_since_fit(self, names: Any) -> list[tuple[str, Any, Any]]:
         """``(name, now, at fit)`` of each of ``names`` whose value differs from fit time."""
         fitted = self._fit_params()
         return [(n, getattr(self, n), fitted[n]) for n in names if getattr(self, n) != fitted[n]]
 
-    def _score_changes(self) -> list[tuple[str, Any, Any]]:
-        """``(name, now, at fit)`` of each score-time parameter changed since fit (a hook: a
-        fused detector reports its components' as ``<name>__<param>``)."""
-        names = [n for n in self._score_params if n not in self._neutral_params]
+    def score_changes(self) -> list[tuple[str, Any, Any]]:
+        """``(name, now, at fit)`` of each score-time parameter changed since ``fit`` (those
+        that change the score's value: ``threshold_`` is on the fitted score's scale)."""
+        names = [n for n in self.score_params if n not in self.neutral_params]
         return self._changed_since_fit(names)
 
     def _check_threshold(self) -> None:
         """Refuse to compare fresh scores with ``threshold_`` when a score-time parameter no
         longer has its fit-time value: the threshold is on the fitted score's scale."""
         self._check_fitted()
-        changed = self._score_changes()
+        changed = self.score_changes()
         if changed:
             fitted = ", ".join(f"{n}={at_fit!r}" for n, _, at_fit in changed)
             now = ", ".join(f"{n}={value!r}" for n, value, _ in changed)
@@ -205,12 +203,55 @@ class Detector:
         self.threshold_ = float(threshold)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
 
-    # ------------------------------------------------------------------ predictions
-    def score_samples(self, X: ArrayLike) -> np.ndarray:  # pragma: no cover - abstract
+    # ------------------------------------------------------------------ fit and score
+    def _describe(self, state: Any, shape: tuple[int, ...]) -> dict[str, int]:
+        """The ``fitted_scalars`` besides ``n_iter_`` of a fitted ``state`` (a subclass hook)."""
         raise NotImplementedError
 
-    # Whether score_maps gives heatmaps (a detector that scores patches sets it).
-    has_maps: bool = False
+    def fit(self, X: ArrayLike, y: Any = None) -> Self:
+        """Fit on normal samples only, with the detector's pure ``fit_function``.
+
+        Args:
+            X: features of normal images (see the class docstring); no NaN or inf.
+            y: ignored (scikit-learn API compatibility).
+
+        Returns:
+            ``self``, with ``state_``, the ``fitted_scalars`` (``n_features_in_``,
+            ``n_iter_``, …), ``decision_scores_``, ``threshold_`` and ``labels_`` set.
+        """
+        del y
+        result = type(self).fit_function(X, self.config())
+        self.state_ = result.state
+        for name, value in self._describe(result.state, np.shape(X)).items():
+            setattr(self, name, value)
+        self.n_iter_ = result.n_iter
+        self._set_scores(result.decision_scores, result.threshold)
+        return self
+
+    def _checked(self, X: ArrayLike) -> tuple[Any, np.ndarray]:
+        """The fitted state with the current score-time parameters, and the checked ``X``."""
+        self._check_fitted()
+        config = self.config_class(**self._scoring_params())
+        x = check_features(
+            X,
+            kind=self.features,
+            dtype=config.dtype,
+            n_features=self.n_features_in_,
+            n_patches=getattr(self, "n_patches_", None),
+        )
+        return self.state_._replace(config=config), x
+
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
+        """Anomaly score of each sample (the pure ``score_function``); **higher = more
+        anomalous** (PyOD's convention; scikit-learn's outlier detectors use the opposite).
+
+        Args:
+            X: features as at fit time.
+
+        Returns:
+            (m,) float scores.
+        """
+        return np.asarray(type(self).score_function(*self._checked(X)))
 
     def score_maps(self, X: ArrayLike, *, size: int = 224, sigma: float | None = None):
         """Anomaly heatmaps; only detectors that score patches have them.
@@ -241,17 +282,24 @@ class Detector:
         return self.fit(X, y).labels_
 
     # ------------------------------------------------------------------ persistence
+    def _saved_params(self) -> dict[str, Any]:
+        """The parameters a file stores (a fused detector saves its components whole)."""
+        return self.get_params()
+
     def _fitted_meta(self) -> dict[str, Any]:
-        """JSON-able fitted scalars beyond ``threshold_`` (a subclass hook)."""
-        return {}
+        """JSON-able fitted scalars beyond ``threshold_``."""
+        return {name: getattr(self, name) for name in self.fitted_scalars}
 
     def _fitted_arrays(self) -> dict[str, np.ndarray]:
-        """The fitted arrays beyond ``decision_scores_`` (a subclass hook): the state's."""
+        """The fitted arrays beyond ``decision_scores_``: the state's."""
         return state_arrays(self.state_)
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Set ``state_`` and the fitted scalars from saved ones (a subclass hook)."""
-        raise NotImplementedError
+        """Set ``state_`` and the fitted scalars from saved ones."""
+        what = type(self).__name__
+        self.state_ = state_from_arrays(self.state_class, arrays, config=self.config(), what=what)
+        for name in self.fitted_scalars:
+            setattr(self, name, meta[name])
 
     def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The fitted detector as JSON-able metadata and flat named NumPy arrays.
@@ -268,7 +316,7 @@ class Detector:
                 with, so refit or set it back first.
         """
         self._check_fitted()
-        names = [n for n in self._param_names() if n not in self._neutral_params]
+        names = [n for n in self.param_names() if n not in self.neutral_params]
         changed = self._changed_since_fit(names)
         if changed:
             now = ", ".join(f"{n}={value!r}" for n, value, _ in changed)
@@ -280,7 +328,7 @@ class Detector:
             )
         meta = {
             "detector": type(self).__name__,
-            "params": self.get_params(),
+            "params": self._saved_params(),
             **self._fitted_meta(),
             "threshold_": self.threshold_,
             "metadata": dict(getattr(self, "metadata_", {})),
@@ -298,6 +346,12 @@ class Detector:
             )
 
     @classmethod
+    def _check_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Refuse arrays of an unexpected name, dtype kind, rank or size (``array_schema``)."""
+        if cls.array_schema:
+            check_arrays(cls.__name__, meta, arrays, cls.array_schema, cls.meta_dims)
+
+    @classmethod
     def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
         """Rebuild a fitted detector from :meth:`to_arrays`' ``(meta, arrays)``.
 
@@ -307,7 +361,7 @@ class Detector:
         cls._check_class(meta)
         if "decision_scores_" not in arrays:
             raise ValueError(f"not a saved {cls.__name__}: 'decision_scores_' is missing.")
-        params = cls._checked_meta(meta)
+        params = check_meta(cls.__name__, meta, cls.param_names(), cls.meta_dims.values())
         cls._check_arrays(meta, arrays)
         try:
             det = cls(**params)
@@ -317,74 +371,6 @@ class Detector:
         det._set_scores(arrays["decision_scores_"], meta["threshold_"])
         det.metadata_ = dict(meta.get("metadata", {}))
         return det
-
-    # Each fitted array's dtype kind and shape, in named dimensions ("" for a scalar), that
-    # from_arrays checks before anything is built (a subclass lists its state's arrays; a
-    # dimension named in _meta_dims takes its value from the metadata, the others must merely
-    # agree across arrays). Names not listed are refused.
-    _array_schema: dict[str, tuple[str, str]] = {}
-    _meta_dims: dict[str, str] = {}
-
-    @classmethod
-    def _checked_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
-        """The saved constructor parameters, after checking the metadata's structure."""
-        params = meta.get("params")
-        if not isinstance(params, dict):
-            raise ValueError(f"not a valid saved {cls.__name__}: 'params' is not a JSON object.")
-        unknown = sorted(set(params) - set(cls._param_names()))
-        if unknown:
-            raise ValueError(
-                f"not a valid saved {cls.__name__}: unknown parameters {unknown} (written by "
-                "another version, or edited)."
-            )
-        threshold = meta.get("threshold_")
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, int | float)
-            or not math.isfinite(threshold)
-        ):
-            raise ValueError(
-                f"not a valid saved {cls.__name__}: 'threshold_' must be a finite number, got "
-                f"{threshold!r}."
-            )
-        if not isinstance(meta.get("metadata", {}), dict):
-            raise ValueError(f"not a valid saved {cls.__name__}: 'metadata' is not an object.")
-        for name in cls._meta_dims.values():
-            value = meta.get(name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"not a valid saved {cls.__name__}: {name!r} must be a positive integer, "
-                    f"got {value!r}."
-                )
-        return params
-
-    @classmethod
-    def _check_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Refuse arrays of an unexpected name, dtype kind, rank or size (see _array_schema)."""
-        if not cls._array_schema:
-            return
-        schema = {**cls._array_schema, "decision_scores_": ("f", "images")}
-        unknown = sorted(set(arrays) - set(schema))
-        if unknown:
-            raise ValueError(f"not a valid saved {cls.__name__}: unexpected arrays {unknown}.")
-        dims = {dim: meta[name] for dim, name in cls._meta_dims.items()}
-        for name, (kinds, shape) in schema.items():
-            if name not in arrays:
-                continue  # a missing one is reported when the state is built
-            a = np.asarray(arrays[name])
-            named = shape.split()
-            if a.dtype.kind not in kinds or a.ndim != len(named):
-                raise ValueError(
-                    f"not a valid saved {cls.__name__}: {name!r} is {a.dtype} of shape "
-                    f"{a.shape}, expected {len(named)} axes of kind {kinds!r}."
-                )
-            check_saved_floats(name, a, where=f"not a valid saved {cls.__name__}")
-            for dim, size in zip(named, a.shape, strict=True):
-                if dims.setdefault(dim, size) != size:
-                    raise ValueError(
-                        f"not a valid saved {cls.__name__}: {name!r} has shape {a.shape}, "
-                        f"which disagrees with the other arrays ({dim} = {dims[dim]})."
-                    )
 
     def save(self, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> None:
         """Save the configuration and every fitted array to ``path`` (an ``.npz`` file).
@@ -415,49 +401,3 @@ class Detector:
             return cls.from_arrays(meta, arrays)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
-
-
-def detector_class(name: Any, where: str | os.PathLike) -> type[Detector]:
-    """The registered detector class called ``name``, looked up by name only.
-
-    Nothing is imported from what a file says: a saved name can only pick one of the classes
-    already registered (every :class:`Detector` subclass, ``FusedDetector`` included).
-
-    Raises:
-        ValueError: no detector class has that name (``where`` names the file or the part).
-    """
-    cls = _DETECTORS.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ValueError(
-            f"{where} holds a {name!r}, which is not a detector of this msde_jax "
-            f"(known: {', '.join(sorted(_DETECTORS))})."
-        )
-    return cls
-
-
-def detector_from_arrays(
-    meta: dict[str, Any], arrays: dict[str, np.ndarray], *, where: str | os.PathLike
-) -> Detector:
-    """The detector of the class ``meta`` names, after checking its format version.
-
-    Raises:
-        ValueError: an unknown class, or another format version (``where`` names the file or
-            the part, e.g. a fused detector's component).
-    """
-    cls = detector_class(stored_class(meta), where)
-    check_version(meta, where)
-    return cls.from_arrays(meta, arrays)
-
-
-def load_detector(path: str | os.PathLike) -> Detector:
-    """Load any saved detector, as the class its file names (``MSDEDetector``, …).
-
-    Raises:
-        ValueError: not a saved detector, an unknown class, or another format version.
-    """
-    meta, arrays = read_npz(path)
-    try:
-        return detector_from_arrays(meta, arrays, where=path)
-    except ValueError as err:
-        message = str(err)
-        raise ValueError(message if str(path) in message else f"{path}: {message}") from err

@@ -1,61 +1,64 @@
-"""The detector's configuration and the checks at its boundary.
+"""What every detector's configuration shares, and the checks at the detectors' boundary.
 
-The option lists, :class:`DetectorConfig` (every hyperparameter, validated on construction)
-and :func:`check_samples` (user embeddings). Public through :mod:`msde_jax.detectors.msde`.
+:class:`BaseConfig` holds the parameters of every detector with an MSDE shift and a cross-fit
+threshold; :class:`~msde_jax.detectors.msde.DetectorConfig` and
+:class:`~msde_jax.detectors.patch_bank.BankConfig` extend it. Each parameter is written once, as
+a field with its default and its documentation (:func:`param`): the facades' constructors,
+``get_params`` and the ``Args`` of their docstrings are made from the fields
+(:mod:`msde_jax.detectors.base`). :func:`check_features` is the one check of user features.
 """
 
 import dataclasses
 import math
-from typing import Any
+import textwrap
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax.core.density import METHODS
-from msde_jax.core.gaussian import COVARIANCE_ESTIMATORS
-from msde_jax.core.mean_shift import NEIGHBOR_SEARCHES
 
 __all__ = [
-    "BLOCK_ORDERS",
-    "MODES",
-    "PAPER_PARAMS",
-    "SCORES",
-    "THRESHOLDS",
-    "DetectorConfig",
+    "BaseConfig",
     "auto_batch",
-    "check_samples",
+    "check_choice",
+    "check_features",
+    "check_int",
+    "ordered_fields",
+    "param",
+    "parameter_docs",
 ]
-
-MODES = ("inductive", "transductive", "none")
-SCORES = ("mahalanobis", "displacement", "knn")
-THRESHOLDS = ("cross_fit", "chi2")
-BLOCK_ORDERS = ("content", "given")
 
 # Above this many rows the kNN searches run in blocks (memory O(block · n), and faster on CPU).
 _AUTO_BATCH_ROWS = 1024
 _AUTO_BATCH = 256
 
-# The published medical pipeline (Kar et al., arXiv 2604.19191).
-PAPER_PARAMS = dict(
-    mode="transductive",
-    k=50,
-    step_size=0.33,
-    max_iter=8,
-    tol=0.01,
-    density="msde",
-    n_neighbors=15,
-    block_order="given",
-    n_components=256,
-    covariance="ridge",
-    ridge=1e-4,
-    standardize=True,
-    score="mahalanobis",
-)
+
+def param(default: Any, doc: str) -> Any:
+    """A configuration field: its default and the one sentence that documents it."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
 
 
-# A static pytree node: under ``jax.jit`` the config is part of the state's tree structure
-# (hashed, compared, never traced), so the mode, k and batch size stay Python values.
+def ordered_fields(config_class: type) -> list[dataclasses.Field]:
+    """A config's fields, its own first, then those it shares with :class:`BaseConfig`: the
+    order of the facade's parameters."""
+    shared = {f.name for f in dataclasses.fields(BaseConfig)}
+    fields = dataclasses.fields(config_class)
+    return [f for f in fields if f.name not in shared] + [f for f in fields if f.name in shared]
+
+
+def parameter_docs(config_class: type) -> str:
+    """The ``Args:`` section of a facade's docstring, from its config's field documentation."""
+    lines = ["", "    Args:"]
+    for field in ordered_fields(config_class):
+        text = f"{field.name}: {field.metadata.get('doc', '')}"
+        lines += textwrap.wrap(
+            text, 100, initial_indent=" " * 8, subsequent_indent=" " * 12, break_on_hyphens=False
+        )
+    return "\n".join(lines) + "\n"
+
+
 def check_choice(name: str, value: Any, options: tuple) -> None:
     """Refuse ``value`` unless it is one of ``options``, naming them."""
     if value not in options:
@@ -71,156 +74,6 @@ def check_int(name: str, value: Any, *, low: int = 1) -> None:
         raise ValueError(f"{name} must be {kind}, got {value!r}.")
 
 
-def check_shift_and_threshold(config: Any) -> None:
-    """The checks every config with an MSDE shift and a contamination shares."""
-    check_choice("density", config.density, METHODS)
-    check_choice("dtype", config.dtype, ("float32", "float64"))
-    for name in ("k", "max_iter", "score_neighbors"):
-        check_int(name, getattr(config, name))
-    if config.batch_size is not None and (
-        not isinstance(config.batch_size, int | np.integer)
-        or isinstance(config.batch_size, bool)
-        or config.batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive int or None, got {config.batch_size!r}.")
-    if not 0 < config.step_size <= 1:
-        raise ValueError(f"step_size must be in (0, 1], got {config.step_size!r}.")
-    if not config.tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {config.tol!r}.")
-    if not 0 < config.contamination <= 0.5:
-        raise ValueError(f"contamination must be in (0, 0.5], got {config.contamination!r}.")
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DetectorConfig:
-    """Every hyperparameter of the detector, validated on construction.
-
-    The fields are :class:`~msde_jax.MSDEDetector`'s constructor parameters (documented there),
-    with the same defaults: the inductive detector's. :meth:`paper` is the published preset.
-
-    Frozen and hashable. It travels inside :class:`~msde_jax.DetectorState` as a static pytree
-    node: ``jax.jit(score_detector)(state, x)`` specialises on it (a different config compiles
-    anew) and traces only the arrays. The one pairing it does not refuse,
-    ``threshold="chi2"`` with a score other than ``"mahalanobis"``, is refused by
-    :func:`~msde_jax.fit_detector`, which computes the threshold; a fitted state can be
-    scored with any score.
-    """
-
-    mode: str = "inductive"
-    k: int = 50
-    step_size: float = 0.33
-    max_iter: int = 8
-    tol: float = 0.01
-    density: str = "msde"
-    n_neighbors: int = 15
-    block_order: str = "content"
-    index_sum_quirk: bool = False
-    n_components: int | float = 256
-    covariance: str = "ridge"
-    ridge: float = 1e-4
-    standardize: bool = True
-    score: str = "mahalanobis"
-    score_neighbors: int = 1
-    contamination: float = 0.05
-    threshold: str = "cross_fit"
-    n_folds: int = 5
-    batch_size: int | None = None
-    neighbors: str = "auto"
-    dtype: str = "float32"
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> "DetectorConfig":
-        """The published medical pipeline, as :meth:`msde_jax.MSDEDetector.paper`."""
-        return cls(**{**PAPER_PARAMS, **overrides})
-
-    def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_choice("block_order", self.block_order, BLOCK_ORDERS)
-        check_choice("covariance", self.covariance, COVARIANCE_ESTIMATORS)
-        check_choice("score", self.score, SCORES)
-        check_choice("threshold", self.threshold, THRESHOLDS)
-        check_choice("neighbors", self.neighbors, NEIGHBOR_SEARCHES)
-        check_int("n_neighbors", self.n_neighbors)
-        check_int("n_folds", self.n_folds)
-        check_shift_and_threshold(self)
-        if self.n_folds < 2 and self.threshold == "cross_fit":
-            raise ValueError("threshold='cross_fit' needs n_folds >= 2.")
-        if not self.ridge >= 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge!r}.")
-        nc = self.n_components
-        if isinstance(nc, bool) or not (
-            (isinstance(nc, int | np.integer) and nc >= 1) or (isinstance(nc, float) and 0 < nc < 1)
-        ):
-            raise ValueError(
-                f"n_components must be a positive int or a float in (0, 1), got {nc!r}."
-            )
-        if self.score == "displacement" and self.mode == "none":
-            raise ValueError(
-                "score='displacement' needs a mean shift: use a mode other than 'none'."
-            )
-        if self.score == "knn" and self.mode == "transductive":
-            raise ValueError(
-                "score='knn' measures the distance to fixed training normals, which the "
-                "transductive mode shifts anew with every test batch; use mode='inductive' "
-                "(the density-enhanced normals) or mode='none'."
-            )
-
-    @property
-    def min_samples(self) -> int:
-        """The fewest training rows a fit needs: k neighbours, or 2 for a covariance, and
-        ``score_neighbors`` for ``score="knn"``."""
-        need = self._min_fit_samples
-        return max(need, self.score_neighbors) if self.score == "knn" else need
-
-    @property
-    def _min_fit_samples(self) -> int:
-        return 2 if self.mode == "none" else max(self.k, 2)
-
-    def _min_samples_reason(self) -> tuple[str, str]:
-        """Why ``min_samples`` rows are needed, and the parameter that lowers it."""
-        if self.score == "knn" and self.score_neighbors > self._min_fit_samples:
-            return f"score_neighbors={self.score_neighbors} neighbours", "score_neighbors"
-        return (f"k={self.k} neighbours" if self.mode != "none" else "a covariance"), "k"
-
-    @property
-    def content_ordered(self) -> bool:
-        """Whether the published weight blocks follow a hash of the rows, not their order."""
-        return self.density == "msde" and self.block_order == "content"
-
-    def batch(self, n_rows: int) -> int | None:
-        """Rows per kNN block against ``n_rows`` rows: ``batch_size``, else all rows up to
-        1024 and blocks of 256 beyond."""
-        return auto_batch(self.batch_size, n_rows)
-
-    def check_n_samples(self, n: int) -> None:
-        """Refuse ``n`` training rows if too few to fit (k neighbours, components, folds)."""
-        need = self.min_samples
-        if n < need:
-            reason, fix = self._min_samples_reason()
-            raise ValueError(
-                f"Fitting needs at least {need} training samples for {reason}, got {n}; "
-                f"pass more normal samples or a smaller {fix}."
-            )
-        if self.covariance == "empirical":
-            nc = self.n_components
-            if isinstance(nc, int | np.integer) and n <= min(nc, n - 1):
-                raise ValueError("covariance='empirical' needs more samples than components.")
-        if self.threshold == "cross_fit":
-            smallest = n - math.ceil(n / self.n_folds)
-            if smallest < need:
-                if self._min_samples_reason()[1] == "score_neighbors":
-                    fix = "lower n_folds or score_neighbors"
-                elif self.score == "mahalanobis":  # the only score χ² applies to
-                    fix = "lower n_folds or k, or use threshold='chi2'"
-                else:
-                    fix = "lower n_folds or k"
-                raise ValueError(
-                    f"threshold='cross_fit' fits on {smallest} of the {n} samples per fold, fewer "
-                    f"than the {need} needed; {fix}."
-                )
-
-
 def auto_batch(batch_size: int | None, n_rows: int) -> int | None:
     """Rows per kNN block against ``n_rows`` rows: ``batch_size`` if given, else all rows up
     to 1024 and blocks of 256 beyond."""
@@ -229,54 +82,188 @@ def auto_batch(batch_size: int | None, n_rows: int) -> int | None:
     return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
 
 
-# ---------------------------------------------------------------------- boundary checks
-def check_samples(
-    x: ArrayLike, *, dtype: str = "float32", n_features: int | None = None, what: str = "X"
-) -> np.ndarray:
-    """Check user embeddings and return them as an (n, d) NumPy array of ``dtype``.
+# A static pytree node (every subclass registers itself too): under ``jax.jit`` a config is
+# part of the state's tree structure (hashed, compared, never traced), so the mode, k and the
+# batch size stay Python values.
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BaseConfig:
+    """The parameters every detector with an MSDE shift and a cross-fit threshold shares,
+    validated on construction. Frozen and hashable.
 
-    Refuses, with a message naming the fix: non-numeric or ragged input, anything but 2-D,
-    no rows, NaN or infinite values, and (when ``n_features`` is given) another feature count.
+    ``score_params`` names the score-time parameters: read when scoring, so they may change
+    after ``fit`` (the others take effect at the next fit).
     """
+
+    score_params: ClassVar[tuple[str, ...]] = ()
+
+    k: int = param(50, "neighbours in the mean-shift window (50 in the MSDE paper).")
+    step_size: float = param(
+        0.33, "η, the fraction of the mean-shift vector applied per iteration (0.33)."
+    )
+    max_iter: int = param(8, "T, at most this many mean-shift iterations (8).")
+    tol: float = param(0.01, "θ, stop once the mean shift length falls below it (0.01).")
+    density: str = param(
+        "msde",
+        'the density-weight scheme (:func:`~msde_jax.core.density_weights`): ``"msde"`` (the '
+        'paper\'s block-wise fuzzy-graph weights), ``"fuzzy_degree"`` or ``"uniform"``.',
+    )
+    score_neighbors: int = param(
+        1, "nearest neighbours (bank patches, training rows) a distance score averages (1: one)."
+    )
+    contamination: float = param(
+        0.05,
+        "expected share of anomalies among normals-like data, in (0, 0.5]; the threshold is "
+        "the ``1 − contamination`` quantile of the out-of-fold scores of the training normals.",
+    )
+    threshold: str = param("cross_fit", 'how the threshold is set: ``"cross_fit"``.')
+    n_folds: int = param(5, "folds of the cross-fit threshold (at least 2).")
+    batch_size: int | None = param(
+        None,
+        "rows per kNN block; ``None`` picks one (all rows at once up to 1024, else blocks of "
+        "256). Changes how a score is computed, never its value.",
+    )
+    dtype: str = param(
+        "float32",
+        'floating dtype of the computation (``"float64"`` needs '
+        '``jax.config.update("jax_enable_x64", True)``).',
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("density", self.density, METHODS)
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        for name in ("k", "max_iter", "score_neighbors"):
+            check_int(name, getattr(self, name))
+        if self.batch_size is not None:
+            try:
+                check_int("batch_size", self.batch_size)
+            except ValueError:
+                raise ValueError(
+                    f"batch_size must be a positive int or None, got {self.batch_size!r}."
+                ) from None
+        if not 0 < self.step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1], got {self.step_size!r}.")
+        if not self.tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol!r}.")
+        if not 0 < self.contamination <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
+
+    def batch(self, n_rows: int) -> int | None:
+        """Rows per kNN block against ``n_rows`` rows: ``batch_size``, else all rows up to
+        1024 and blocks of 256 beyond (:func:`auto_batch`)."""
+        return auto_batch(self.batch_size, n_rows)
+
+
+# ---------------------------------------------------------------------- boundary checks
+# How the two kinds of features are named in messages.
+_KINDS = {
+    "samples": dict(
+        ndim=(2,),
+        unit="row",
+        channel="features",
+        fix="embed with the same backbone",
+        not_array="must be a 2-D array of numbers",
+    ),
+    "patches": dict(
+        ndim=(3, 4),
+        unit="image",
+        channel="channels per patch",
+        fix="embed with the same backbone and layers",
+        not_array="must be an array of patch features",
+    ),
+}
+
+
+def _shape_message(kind: str, arr: np.ndarray, what: str) -> str:
+    if kind == "samples":
+        hint = " (one sample: reshape it to (1, d))" if arr.ndim == 1 else ""
+        return f"{what} must be a 2-D array (n_samples, n_features), got shape {arr.shape}{hint}."
+    hint = ""
+    if arr.ndim == 2:
+        hint = (
+            "; pooled embeddings (n, d) go to MSDEDetector, and one image's patches "
+            "(n_patches, c) need a leading axis: X[None]"
+        )
+    return (
+        f"{what} must be patch features of shape (n_images, n_patches, channels) or "
+        "(n_images, grid, grid, channels), as Embedder(features='patches') gives, got "
+        f"shape {arr.shape}{hint}."
+    )
+
+
+def check_features(
+    x: ArrayLike,
+    *,
+    kind: str = "samples",
+    dtype: str = "float32",
+    n_features: int | None = None,
+    n_patches: int | None = None,
+    what: str = "X",
+) -> np.ndarray:
+    """Check user features and return them as a NumPy array of ``dtype`` (shape kept).
+
+    ``kind="samples"``: pooled embeddings, (n, d). ``kind="patches"``: patch features,
+    (n_images, n_patches, c) or (n_images, grid, grid, c). Refuses, with a message naming the
+    fix: non-numeric, ragged or complex input, another number of axes, no rows or no features,
+    NaN or infinite values, values too large for ``dtype`` (for patches: so large that
+    squared distances would overflow), and (when given) another feature or channel count or
+    number of patches per image. Values are checked before the cast, so finite float64 values
+    beyond float32's range are reported as such, not as infinities.
+    """
+    words = _KINDS[kind]
     try:
         arr = np.asarray(x)
     except Exception as err:  # ragged lists and the like
-        raise ValueError(f"{what} must be a 2-D array of numbers: {err}") from err
+        raise ValueError(f"{what} {words['not_array']}: {err}") from err
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise ValueError(f"{what} must hold numbers, got dtype {arr.dtype}.")
-    if arr.ndim != 2:
-        hint = " (one sample: reshape it to (1, d))" if arr.ndim == 1 else ""
-        raise ValueError(
-            f"{what} must be a 2-D array (n_samples, n_features), got shape {arr.shape}{hint}."
-        )
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}.")
+    if arr.ndim not in words["ndim"]:
+        raise ValueError(_shape_message(kind, arr, what))
     if arr.shape[0] == 0:
+        if kind == "patches":
+            raise ValueError(f"{what} has no images.")
         raise ValueError(
             f"{what} has no samples (shape {arr.shape}): pass at least one row of features "
             "(fitting needs more: as many normals as the cross-fit folds and k need)."
         )
-    if arr.shape[1] == 0:
+    if 0 in arr.shape[1:]:
+        if kind == "patches":
+            raise ValueError(f"{what} has no patches or no channels: shape {arr.shape}.")
         raise ValueError(f"{what} has no features (shape {arr.shape}).")
-    if np.iscomplexobj(arr):
-        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}.")
-    # Checked before the cast: float64 values beyond ``dtype``'s range would become infinities.
-    bad = ~np.isfinite(arr)
+    bad = ~np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
     if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
+        rows = np.nonzero(bad)[0]
         raise ValueError(
-            f"{what} contains NaN or infinite values in {rows.size} row(s) "
+            f"{what} contains NaN or infinite values in {rows.size} {words['unit']}(s) "
             f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
         )
-    limit = float(np.finfo(dtype).max)
-    peak = float(np.max(np.abs(arr))) if arr.dtype.kind == "f" else 0.0
-    if peak > limit:
+    peak = float(np.max(np.abs(arr.astype(np.float64, copy=False))))
+    if kind == "patches":
+        # Squared distances are at most 4 · c · max|x|²: beyond the dtype's range they overflow.
+        limit = math.sqrt(float(np.finfo(dtype).max) / (4 * arr.shape[-1])) / 2
+        if peak > limit:
+            raise ValueError(
+                f"{what} has values up to {peak:.3g}, too large for {np.dtype(dtype)} patch "
+                f"distances (squared distances overflow beyond about {limit:.3g}); divide the "
+                "features by a constant (the scores scale with it) or use dtype='float64'."
+            )
+    elif peak > (limit := float(np.finfo(dtype).max)):
         raise ValueError(
             f"{what} has values up to {peak:.3g}, beyond {dtype}'s range "
             f"({limit:.3g}); divide the features by a constant or use dtype='float64'."
         )
     arr = arr.astype(dtype)
-    if n_features is not None and arr.shape[1] != n_features:
+    if n_features is not None and arr.shape[-1] != n_features:
         raise ValueError(
-            f"{what} has {arr.shape[1]} features but the detector was fitted on "
-            f"{n_features}; embed with the same backbone."
+            f"{what} has {arr.shape[-1]} {words['channel']} but the detector was fitted on "
+            f"{n_features}; {words['fix']}."
+        )
+    patches = math.prod(arr.shape[1:-1])
+    if n_patches is not None and patches != n_patches:
+        raise ValueError(
+            f"{what} has {patches} patches per image but the detector was fitted on "
+            f"{n_patches}; embed with the same grid."
         )
     return arr

@@ -32,13 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax.detectors.base import (
-    Detector,
-    check_saved_floats,
-    detector_from_arrays,
-    quantile_threshold,
-)
-from msde_jax.detectors.persistence import with_version
+from msde_jax.detectors.base import Detector
+from msde_jax.detectors.fitting import quantile_threshold
+from msde_jax.detectors.persistence import check_saved_floats, detector_from_arrays, with_version
 
 __all__ = [
     "STD_FLOOR",
@@ -240,8 +236,9 @@ class FusedDetector(Detector):
 
     # ------------------------------------------------------------------ params
     @classmethod
-    def _param_names(cls) -> list[str]:
-        return ["components", *super()._param_names()]
+    def param_names(cls) -> list[str]:
+        """``components`` (positional) and the keyword-only ``contamination``."""
+        return ["components", *super().param_names()]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """``components`` and ``contamination``; with ``deep``, also ``<name>__<param>``."""
@@ -259,7 +256,7 @@ class FusedDetector(Detector):
             if key.partition("__")[0] not in dict(self.components):
                 raise ValueError(
                     f"Unknown parameter {key!r} for FusedDetector; valid ones: "
-                    f"{', '.join(self._param_names())}, <component>__<param> for components "
+                    f"{', '.join(self.param_names())}, <component>__<param> for components "
                     f"{', '.join(map(repr, self.components))}."
                 )
         super().set_params(**{key: value for key, value in params.items() if key not in nested})
@@ -273,12 +270,14 @@ class FusedDetector(Detector):
         # The stats carry no config: the components and contamination of the fit are kept.
         return dict(self._fitted_with)
 
-    def _score_changes(self) -> list[tuple[str, Any, Any]]:
-        # The fused threshold and stats are on the scale of each component's fitted score.
+    def score_changes(self) -> list[tuple[str, Any, Any]]:
+        """Each component's score-time parameters changed since ``fit``, as
+        ``<name>__<param>``: the fused threshold and statistics are on the scale of each
+        component's fitted score."""
         return [
             (f"{name}__{param}", now, at_fit)
             for name, component in dict(self.components).items()
-            for param, now, at_fit in getattr(component, "_score_changes", list)()
+            for param, now, at_fit in component.score_changes()
         ]
 
     def __repr__(self) -> str:
@@ -453,17 +452,9 @@ class FusedDetector(Detector):
         arrays["fusion.std"] = np.array([self.state_.std[n] for n in names], np.float64)
         return arrays
 
-    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The fitted detector as JSON-able metadata and flat named arrays.
-
-        As :meth:`Detector.to_arrays`, with ``meta["components"]`` a list of ``{"name",
-        "meta"}``, each component's own metadata with its format version, and its arrays
-        prefixed ``"<name>/"``; ``params`` holds ``contamination`` only (the components are
-        saved whole, not as parameters).
-        """
-        meta, arrays = super().to_arrays()
-        meta["params"] = {"contamination": meta["params"]["contamination"]}
-        return meta, arrays
+    def _saved_params(self) -> dict[str, Any]:
+        # The components are saved whole (with their own parameters), not as a parameter.
+        return {"contamination": self.contamination}
 
     @classmethod
     def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:

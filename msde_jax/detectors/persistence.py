@@ -12,12 +12,20 @@ a static ``config``) is stored as one array per leaf, named by its path: ``state
 A ``FusedDetector`` file is one such file: its metadata lists each component's own metadata
 (with its format version, :func:`with_version`, checked when the component is rebuilt) and its
 arrays are the components' prefixed ``<name>/`` plus ``fusion.mean`` / ``fusion.std``.
+
+Every detector class registers itself here by its class name (:func:`register`), which a file
+stores as ``"detector"``; :func:`load_detector` rebuilds a file as that class. A class is only
+ever looked up by that name (:func:`detector_class`), never imported from a module a file names.
+:func:`check_meta` and :func:`check_arrays` refuse edited or damaged metadata and arrays before
+any state is built.
 """
 
 import json
+import math
 import os
 import typing
 import zipfile
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -27,8 +35,15 @@ from msde_jax._files import arrays_checksum, atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
+    "check_arrays",
+    "check_meta",
+    "check_saved_floats",
     "check_version",
+    "detector_class",
+    "detector_from_arrays",
+    "load_detector",
     "read_npz",
+    "register",
     "state_arrays",
     "state_from_arrays",
     "stored_class",
@@ -146,3 +161,151 @@ def check_version(meta: dict[str, Any], path: str | os.PathLike) -> None:
             f"{path} has format version {version}; this msde_jax reads version "
             f"{FORMAT_VERSION}. Refit the detector with this version."
         )
+
+
+# ---------------------------------------------------------------------- checks on load
+def check_saved_floats(name: str, a: np.ndarray, *, where: str) -> None:
+    """Refuse a saved float array that ``save`` never writes: another float width than
+    float32 / float64 (scoring would run in it), or NaN / infinite values (they would become
+    NaN or infinite scores). ``where`` starts the message."""
+    if a.dtype.kind != "f":
+        return
+    if a.dtype not in (np.float32, np.float64):
+        raise ValueError(
+            f"{where}: {name!r} is {a.dtype}; saved detectors hold float32 or float64."
+        )
+    if not np.isfinite(a).all():
+        raise ValueError(
+            f"{where}: {name!r} holds NaN or infinite values, which no fitted detector has; "
+            "restore the file from a copy or refit."
+        )
+
+
+def check_meta(
+    what: str, meta: dict[str, Any], param_names: Iterable[str], positive: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The saved constructor parameters of a ``what`` (a class name), after checking the
+    metadata's structure: ``params`` an object of known names, ``threshold_`` finite,
+    ``metadata`` an object and each of the ``positive`` entries a positive integer."""
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        raise ValueError(f"not a valid saved {what}: 'params' is not a JSON object.")
+    unknown = sorted(set(params) - set(param_names))
+    if unknown:
+        raise ValueError(
+            f"not a valid saved {what}: unknown parameters {unknown} (written by "
+            "another version, or edited)."
+        )
+    threshold = meta.get("threshold_")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not math.isfinite(threshold)
+    ):
+        raise ValueError(
+            f"not a valid saved {what}: 'threshold_' must be a finite number, got {threshold!r}."
+        )
+    if not isinstance(meta.get("metadata", {}), dict):
+        raise ValueError(f"not a valid saved {what}: 'metadata' is not an object.")
+    for name in positive:
+        value = meta.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"not a valid saved {what}: {name!r} must be a positive integer, got {value!r}."
+            )
+    return params
+
+
+def check_arrays(
+    what: str,
+    meta: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    schema: dict[str, tuple[str, str]],
+    meta_dims: dict[str, str],
+) -> None:
+    """Refuse arrays of an unexpected name, dtype kind, rank or size before a state is built.
+
+    ``schema`` gives each array's dtype kinds and shape in named dimensions (``""`` for a
+    scalar); a dimension named in ``meta_dims`` takes its value from that metadata entry, the
+    others must merely agree across arrays. ``decision_scores_`` is always expected.
+    """
+    schema = {**schema, "decision_scores_": ("f", "images")}
+    unknown = sorted(set(arrays) - set(schema))
+    if unknown:
+        raise ValueError(f"not a valid saved {what}: unexpected arrays {unknown}.")
+    dims = {dim: meta[name] for dim, name in meta_dims.items()}
+    for name, (kinds, shape) in schema.items():
+        if name not in arrays:
+            continue  # a missing one is reported when the state is built
+        a = np.asarray(arrays[name])
+        named = shape.split()
+        if a.dtype.kind not in kinds or a.ndim != len(named):
+            raise ValueError(
+                f"not a valid saved {what}: {name!r} is {a.dtype} of shape "
+                f"{a.shape}, expected {len(named)} axes of kind {kinds!r}."
+            )
+        check_saved_floats(name, a, where=f"not a valid saved {what}")
+        for dim, size in zip(named, a.shape, strict=True):
+            if dims.setdefault(dim, size) != size:
+                raise ValueError(
+                    f"not a valid saved {what}: {name!r} has shape {a.shape}, "
+                    f"which disagrees with the other arrays ({dim} = {dims[dim]})."
+                )
+
+
+# ---------------------------------------------------------------------- the registry
+# Detector classes by name, filled by register (every Detector subclass registers itself).
+_DETECTORS: dict[str, Any] = {}
+
+
+def register(cls: type) -> None:
+    """Make ``cls`` loadable by its class name."""
+    _DETECTORS[cls.__name__] = cls
+
+
+def detector_class(name: Any, where: str | os.PathLike) -> Any:
+    """The registered detector class called ``name``, looked up by name only.
+
+    Nothing is imported from what a file says: a saved name can only pick one of the classes
+    already registered (every detector class, ``FusedDetector`` included).
+
+    Raises:
+        ValueError: no detector class has that name (``where`` names the file or the part).
+    """
+    cls = _DETECTORS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(
+            f"{where} holds a {name!r}, which is not a detector of this msde_jax "
+            f"(known: {', '.join(sorted(_DETECTORS))})."
+        )
+    return cls
+
+
+def detector_from_arrays(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], *, where: str | os.PathLike
+) -> Any:
+    """The detector of the class ``meta`` names (its ``from_arrays``), after checking its
+    format version.
+
+    Raises:
+        ValueError: an unknown class, or another format version (``where`` names the file or
+            the part, e.g. a fused detector's component).
+    """
+    cls = detector_class(stored_class(meta), where)
+    check_version(meta, where)
+    return cls.from_arrays(meta, arrays)
+
+
+def load_detector(path: str | os.PathLike) -> Any:
+    """Load any saved detector, as the class its file names (``MSDEDetector``, …); it gives
+    the scores it gave when saved.
+
+    Raises:
+        ValueError: not a saved detector, an unknown class, or another format version.
+    """
+    meta, arrays = read_npz(path)
+    try:
+        return detector_from_arrays(meta, arrays, where=path)
+    except ValueError as err:
+        message = str(err)
+        raise ValueError(message if str(path) in message else f"{path}: {message}") from err

@@ -41,7 +41,12 @@ from typing import Any
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax.core.metrics import _check, evaluation_metrics, precision_recall_curve, roc_curve
+from msde_jax.core.metrics import (
+    check_scores,
+    evaluation_metrics,
+    precision_recall_curve,
+    roc_curve,
+)
 from msde_jax.io.images import to_float
 
 __all__ = [
@@ -559,7 +564,7 @@ def write_report(
         ImportError: matplotlib cannot be imported (:data:`MATPLOTLIB_MISSING`).
         ValueError: mismatched lengths, non-finite scores, or only one class present.
     """
-    positive, score_arr = _check(labels, scores)
+    positive, score_arr = check_scores(labels, scores)
     if positive.all() or not positive.any():
         raise ValueError(
             "the report needs both normal and abnormal test images, got "

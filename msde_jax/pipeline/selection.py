@@ -1,6 +1,7 @@
 """Configurations chosen without abnormal labels: synthetic anomalies made from held-out normals.
 
-A *candidate* is an embedder and an unfitted detector (:class:`Candidate`). To compare
+A *candidate* is an embedder and an unfitted detector
+(:class:`~msde_jax.pipeline.presets.Candidate`). To compare
 candidates on a new dataset without abnormal images, :func:`synthetic_validation` splits the
 training normals by content into a fitting part (80 %) and two held-out tenths, fits each
 candidate on the fitting part, and scores the first held-out tenth (clean normals) against
@@ -12,12 +13,15 @@ highest one.
 
 Measured on four dataset × backbone runs (``benchmarks/bench_inductive.py``, README "Which
 mode"), per-dataset selection by synthetic AUROC did **not** beat the best fixed rule, so the
-default is the fixed rule, :func:`recommended`: PatchCore's patch memory bank on the backbone's
+default is the fixed rule, :func:`~msde_jax.pipeline.presets.recommended`: PatchCore's patch memory
+bank on the backbone's
 patch layers, scoring an image by the mean of its top 10 % patch distances. ``msde-jax
 evaluate`` reports the synthetic-validation AUROC of the configuration it runs, and
-``--select`` runs :func:`select` over :func:`candidates` instead::
+``--select`` runs :func:`select` over :func:`~msde_jax.pipeline.presets.candidates`
+instead::
 
-    from msde_jax.pipeline.selection import candidates, recommended, select, synthetic_validation
+    from msde_jax.pipeline.presets import candidates, recommended
+    from msde_jax.pipeline.selection import select, synthetic_validation
 
     rule = recommended()                       # Candidate(embedder, detector)
     check = synthetic_validation(normals, {"bank:top": rule})
@@ -48,93 +52,21 @@ import numpy as np
 from msde_jax.core.blocks import row_keys
 from msde_jax.core.metrics import roc_auc
 from msde_jax.detectors.fused import SupportsDetect
-from msde_jax.detectors.msde import MSDEDetector
-from msde_jax.detectors.patch_bank import PatchBankDetector
-from msde_jax.embedder import Embedder
 from msde_jax.io.cache import SupportsEmbed
 from msde_jax.io.images import prepare, resize, to_float
 from msde_jax.pipeline.evaluation import embed
+from msde_jax.pipeline.presets import Candidate
 from msde_jax.ssl.synthetic import KINDS, synthesize
 
 __all__ = [
-    "RECOMMENDED",
-    "Candidate",
     "CandidateScore",
     "Selection",
     "ValidationResult",
     "ValidationSet",
-    "candidates",
-    "recommended",
     "select",
     "synthetic_validation",
     "validation_set",
 ]
-
-RECOMMENDED = "bank:top"
-"""The name :func:`candidates` gives the fixed rule, :func:`recommended`."""
-
-# Full-rank Gaussians: min(n_components, d, n - 1) components are kept.
-_FULL_RANK = 1 << 16
-
-
-class Candidate(NamedTuple):
-    """One configuration: an embedder and an unfitted detector for its features.
-
-    Attributes:
-        embedder: an :class:`~msde_jax.Embedder` (or any object with ``config()`` and
-            ``embed(items)``).
-        detector: a detector facade (:class:`~msde_jax.PatchBankDetector`,
-            :class:`~msde_jax.MSDEDetector`, …), used as a template: the functions here fit
-            copies and leave it unfitted.
-    """
-
-    embedder: SupportsEmbed
-    detector: SupportsDetect
-
-
-def recommended(backbone: str = "efficientnet_lite0", **embedder_options: Any) -> Candidate:
-    """The default configuration, one rule for every dataset (README "Which mode").
-
-    ``Embedder(backbone, features="patches", **embedder_options)`` (the backbone's patch
-    layers, 3 × 3 aggregation, a 14 × 14 grid) and ``PatchBankDetector()`` (a 2,000-patch
-    k-center coreset, each image scored by the mean of its top 10 % patch distances). It had
-    the best mean synthetic-validation AUROC of the configurations measured, on every dataset
-    and backbone run; no abnormal label chose it.
-    """
-    embedder = Embedder(backbone, features="patches", **embedder_options)
-    return Candidate(embedder, PatchBankDetector())
-
-
-def candidates(
-    backbone: str = "efficientnet_lite0", **embedder_options: Any
-) -> dict[str, Candidate]:
-    """The fixed list :func:`select` chooses from by default, :data:`RECOMMENDED` first.
-
-    - ``bank:top`` / ``bank:max`` / ``bank:mean``: the patch memory bank (:func:`recommended`),
-      an image scored by the mean of its top 10 % patch distances, the largest, or the mean;
-    - ``lw:patch-layers``: a full-rank Ledoit-Wolf Gaussian (``MSDEDetector(mode="none")``) on
-      the global averages of the backbone's patch layers;
-    - ``knn:head``: the distance to the nearest standardised normal, on the pooled embedding;
-    - ``msde:head``: ``MSDEDetector()`` (inductive MSDE → PCA → Gaussian) on the pooled
-      embedding, the paper's features.
-
-    Args:
-        backbone: the backbone of every candidate.
-        embedder_options: passed to every :class:`~msde_jax.Embedder` (``weights``,
-            ``image_size``, ``batch_size``, …).
-    """
-    patches = Embedder(backbone, features="patches", **embedder_options)
-    layers = Embedder(backbone, layers=patches.layers, **embedder_options)
-    head = Embedder(backbone, **embedder_options)
-    lw = MSDEDetector(mode="none", covariance="ledoit_wolf", n_components=_FULL_RANK)
-    return {
-        RECOMMENDED: recommended(backbone, **embedder_options),
-        "bank:max": Candidate(patches, PatchBankDetector(reduce="max")),
-        "bank:mean": Candidate(patches, PatchBankDetector(reduce="mean")),
-        "lw:patch-layers": Candidate(layers, lw),
-        "knn:head": Candidate(head, MSDEDetector(mode="none", score="knn")),
-        "msde:head": Candidate(head, MSDEDetector()),
-    }
 
 
 # ------------------------------------------------------------------------ the validation set
@@ -289,7 +221,7 @@ def _key(embedder: SupportsEmbed) -> str:
 def _fit_key(embedder: SupportsEmbed, detector: SupportsDetect) -> str:
     """Candidates with equal keys share one fit: same features, same class, same parameters
     but for those read at scoring time."""
-    score_params = getattr(type(detector), "_score_params", ())
+    score_params = getattr(detector, "score_params", ())
     params = {k: v for k, v in detector.get_params().items() if k not in score_params}
     return f"{_key(embedder)}|{type(detector).__name__}|{params!r}"
 
@@ -370,7 +302,7 @@ def synthetic_validation(
             if progress:
                 print(f"synthetic validation: {name}: not fitted: {detector}", file=sys.stderr)
             continue
-        score_params = getattr(type(template), "_score_params", ())
+        score_params = getattr(template, "score_params", ())
         detector.set_params(**{p: v for p, v in template.get_params().items() if p in score_params})
         t = time.perf_counter()
         s = np.asarray(detector.score_samples(np.concatenate([train[vset.normals], synthetic])))

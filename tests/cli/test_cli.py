@@ -68,8 +68,8 @@ def test_demo_writes_a_report(tmp_path, capsys):
 
 
 def test_default_configuration_is_the_recommended_rule():
+    from msde_jax import recommended
     from msde_jax.cli.commands import _detector, _embedder
-    from msde_jax.pipeline.selection import recommended
 
     args = build_parser().parse_args(["evaluate", "pneumoniamnist", "--out", "r"])
     rule = recommended()

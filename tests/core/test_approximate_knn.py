@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from msde_jax import knn, mean_shift
+from msde_jax.core import knn, mean_shift
 from msde_jax.core.approximate_knn import approximate_knn, effective_probes, partition, tree_shape
 from msde_jax.core.mean_shift import choose_neighbors
 

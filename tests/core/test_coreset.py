@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msde_jax import kcenter_greedy, random_projection
+from msde_jax.core import kcenter_greedy, random_projection
 
 N, D = 41, 5
 

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msde_jax import density_weights, mean_shift
+from msde_jax.core import density_weights, mean_shift
 
 N, D = 40, 3
 

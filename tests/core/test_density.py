@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import reference_msde as ref
 
-from msde_jax import density_weights
+from msde_jax.core import density_weights
 
 UMAP_IMPORT = pytest.mark.filterwarnings(
     "ignore:Tensorflow not installed; ParametricUMAP will be unavailable:ImportWarning"

@@ -5,7 +5,7 @@ import pytest
 import umap.umap_ as umap_  # noqa: E402  (test dependency)
 from sklearn.neighbors import NearestNeighbors
 
-from msde_jax import Neighbors, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
+from msde_jax.core import Neighbors, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
 
 
 def _umap_reference(x, k, local_connectivity=1.0):

@@ -7,7 +7,7 @@ import reference_msde as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msde_jax import mean_shift
+from msde_jax.core import mean_shift
 
 N, D = 48, 3
 

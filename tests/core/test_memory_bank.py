@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
 from testing import clustered
 
-from msde_jax import (
+from msde_jax.core import (
     MemoryBank,
     bank_fit,
     density_weights,

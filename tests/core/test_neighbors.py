@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
 
-from msde_jax import knn
+from msde_jax.core import knn
 
 N, D = 37, 4
 

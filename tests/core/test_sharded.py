@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from msde_jax import knn, mean_shift
+from msde_jax.core import knn, mean_shift
 from msde_jax.core.sharded import row_mesh, row_sharded, sharded_knn, sharded_mean_shift
 
 
@@ -71,7 +71,9 @@ def test_four_devices_give_the_one_device_answers():
     script = textwrap.dedent(
         """
         import jax, numpy as np
-        from msde_jax import MSDEDetector, knn, mean_shift, score_detector
+        from msde_jax import MSDEDetector
+        from msde_jax.detectors import score_detector
+        from msde_jax.core import knn, mean_shift
         from msde_jax.core.sharded import row_mesh, row_sharded, sharded_knn, sharded_mean_shift
         assert len(jax.devices()) == 4, jax.devices()
         mesh = row_mesh()

@@ -6,20 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from msde_jax import (
-    FusedDetector,
-    FusionStats,
-    MSDEDetector,
-    NotFittedError,
-    PatchBankDetector,
-    fuse_scores,
-    fusion_stats,
-    load_detector,
-    roc_auc,
-)
-from msde_jax.detectors.base import _DETECTORS, Detector
+from msde_jax import FusedDetector, MSDEDetector, NotFittedError, PatchBankDetector, load_detector
+from msde_jax.core import roc_auc
+from msde_jax.detectors import FusionStats, fuse_scores, fusion_stats
+from msde_jax.detectors.base import Detector
 from msde_jax.detectors.fused import STD_FLOOR, z_scores
-from msde_jax.detectors.persistence import FORMAT_VERSION, read_npz
+from msde_jax.detectors.persistence import FORMAT_VERSION, detector_class, read_npz
 from msde_jax.io.datasets import Dataset
 from msde_jax.pipeline.evaluation import embed_dataset, evaluate, evaluate_embeddings
 
@@ -335,7 +327,7 @@ def test_classes_are_looked_up_by_name_only(fitted, tmp_path, monkeypatch):
 def test_fused_detector_goes_through_the_detector_base(fitted):
     det, test = fitted
     assert isinstance(det, Detector)
-    assert _DETECTORS["FusedDetector"] is FusedDetector
+    assert detector_class("FusedDetector", "test") is FusedDetector
     assert det.stats_ is det.state_
     assert FusedDetector.predict is Detector.predict
     assert FusedDetector.fit_predict is Detector.fit_predict

@@ -11,22 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from testing import clustered
 
-from msde_jax import (
+from msde_jax import MSDEDetector, NotFittedError, PatchBankDetector, load_detector
+from msde_jax.core import bank_fit, image_scores, patch_scores, roc_auc
+from msde_jax.core.blocks import content_order
+from msde_jax.detectors import (
     BankConfig,
     BankState,
-    MSDEDetector,
-    NotFittedError,
-    PatchBankDetector,
-    bank_fit,
     fit_bank_detector,
-    image_scores,
-    load_detector,
-    patch_scores,
-    roc_auc,
     score_bank_detector,
     score_bank_patches,
 )
-from msde_jax.core.blocks import content_order
 
 G, C = 3, 4  # a 3 × 3 patch grid, channels
 P = G * G
@@ -200,7 +194,7 @@ def test_fit_time_parameters_apply_at_the_next_fit(tmp_path, train, test_x, fitt
     assert det.state_.config == fitted.state_.config
     np.testing.assert_array_equal(det.score_samples(test_x), fitted.score_samples(test_x))
     np.testing.assert_array_equal(det.predict(test_x), fitted.predict(test_x))
-    with pytest.raises(ValueError, match=r"fitted with size=40, shift=False, k=50, seed=0, but"):
+    with pytest.raises(ValueError, match=r"fitted with size=40, shift=False, seed=0, k=50, but"):
         det.save(tmp_path / "bank.npz")
     det.fit(train)
     assert det.state_.config.shift

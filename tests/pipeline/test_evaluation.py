@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from msde_jax import MSDEDetector, average_precision, roc_auc
+from msde_jax import MSDEDetector
+from msde_jax.core import average_precision, roc_auc
 from msde_jax.core.metrics import evaluation_metrics
 from msde_jax.io.datasets import Dataset
 from msde_jax.pipeline.evaluation import (

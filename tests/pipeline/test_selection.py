@@ -5,16 +5,10 @@ import importlib.resources
 import numpy as np
 import pytest
 
-from msde_jax import MSDEDetector, PatchBankDetector, roc_auc
-from msde_jax.pipeline.selection import (
-    RECOMMENDED,
-    Candidate,
-    candidates,
-    recommended,
-    select,
-    synthetic_validation,
-    validation_set,
-)
+from msde_jax import MSDEDetector, PatchBankDetector
+from msde_jax.core import roc_auc
+from msde_jax.pipeline.presets import RECOMMENDED, Candidate, candidates, recommended
+from msde_jax.pipeline.selection import select, synthetic_validation, validation_set
 from msde_jax.ssl.synthetic import KINDS
 
 SIZE = 16  # the side the fake embedders read (the synthesis works at it too)
