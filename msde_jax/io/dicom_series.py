@@ -1,0 +1,362 @@
+"""Reading DICOM series (folders of 2-D slices) as volumes (optional extra ``dicom``).
+
+:func:`read_dicom_series` reads every DICOM file of a folder (or a list of files), groups the
+slices by SeriesInstanceUID — a folder holding several series gives several volumes — and
+stacks each series along its own slice normal:
+
+- **Values**: the modality rescale (RescaleSlope / RescaleIntercept) is applied slice by slice
+  and MONOCHROME1 slices are negated, so that higher is brighter everywhere; the file's VOI
+  window (WindowCenter / WindowWidth) is ignored: the whole series is windowed by the
+  percentile rule of :func:`~msde_jax.io.volumes.window_volume`, and empty slices are dropped
+  by :func:`~msde_jax.io.volumes.empty_slices`.
+- **Order**: by position along the slice normal, ``ImagePositionPatient · (r × c)`` with ``r``
+  and ``c`` the row and column direction cosines of ImageOrientationPatient, increasing. When a
+  slice lacks either attribute the series is ordered by InstanceNumber, and without that by
+  file name (a note says which). Two slices at the same position are refused.
+- **Gaps**: with at least three slices, a step between consecutive positions (or instance
+  numbers) larger than 1.5 × the median step means missing slices — about
+  ``round(step / median) − 1`` of them. Each gap is recorded in the volume's ``gaps`` and a
+  :class:`SeriesGapWarning` names the series.
+- **Display**: rows and columns stay as stored (for the usual axial orientation, rows
+  anterior → posterior and columns patient right → left: what
+  :func:`~msde_jax.io.nifti.read_nifti` shows). The series' own stacking axis is what
+  ``axis="axial"`` stands for in :func:`~msde_jax.io.volumes.read_volumes`; the volume's
+  ``axis`` field gives the anatomical plane the slices lie closest to.
+
+Every slice of a series must have the same shape and orientation (else an
+:class:`~msde_jax.io.images.ImageReadError` names the series and the odd file). Multi-frame
+(enhanced) DICOM and colour slices are refused.
+"""
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from msde_jax.io.dicom import INSTALL_HINT, is_dicom
+from msde_jax.io.images import ImageReadError
+from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, make_volume
+
+__all__ = [
+    "GAP_FACTOR",
+    "SeriesGapWarning",
+    "is_dicom_series",
+    "read_dicom_series",
+]
+
+# A step between consecutive slices more than GAP_FACTOR × the median step is a gap.
+GAP_FACTOR = 1.5
+# Direction cosines closer than this are the same orientation.
+_ORIENTATION_TOL = 1e-3
+# LPS (DICOM patient coordinates) to RAS+ (NIfTI world coordinates).
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+class SeriesGapWarning(UserWarning):
+    """A DICOM series has missing slices (a step between positions larger than usual)."""
+
+
+class _Slice(NamedTuple):
+    path: str
+    pixels: np.ndarray  # (H, W) float32, rescaled, MONOCHROME1 negated
+    series: str  # SeriesInstanceUID, "" when absent
+    series_number: float
+    position: np.ndarray | None  # ImagePositionPatient (3,)
+    orientation: np.ndarray | None  # ImageOrientationPatient (6,)
+    instance: int | None
+    pixel_spacing: tuple[float, float] | None
+    thickness: float | None
+
+
+def _pydicom() -> Any:
+    try:
+        import pydicom
+    except ImportError as err:
+        raise ImportError(
+            f"reading DICOM series needs pydicom>=3.0, which is not installed: {INSTALL_HINT}"
+        ) from err
+    return pydicom
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files directly in a folder: DICM magic or a ``.dcm`` suffix.
+
+    Hidden files (``.*``, e.g. macOS ``._x.dcm`` resource forks) and ``DICOMDIR`` indexes are
+    skipped; sub-folders are not searched.
+    """
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.name.upper() != "DICOMDIR"
+        and (p.suffix.lower() == ".dcm" or is_dicom(p))
+    ]
+
+
+def is_dicom_series(path: str | os.PathLike) -> bool:
+    """Whether a folder holds a DICOM series: slices of a cross-sectional volume.
+
+    True when the folder directly holds DICOM files and the first of them (by name) has
+    ImagePositionPatient and ImageOrientationPatient, as CT, MR and PET slices do and 2-D
+    radiographs (CR, DX) do not. False without pydicom or for anything unreadable.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    try:
+        pydicom = _pydicom()
+        files = _dicom_files(p)
+        if not files:
+            return False
+        ds = pydicom.dcmread(
+            files[0],
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["ImagePositionPatient", "ImageOrientationPatient"],
+        )
+    except Exception:  # a predicate: unreadable means "not a series"
+        return False
+    return "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
+
+
+def read_dicom_series(
+    folder_or_files: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    window: tuple[float, float] | None = DEFAULT_WINDOW,
+    skip_empty: bool = True,
+) -> list[Volume]:
+    """Read the DICOM slices of a folder (or a list of files) as one volume per series.
+
+    Args:
+        folder_or_files: a folder (its DICOM files: DICM magic or ``.dcm``, hidden files and
+            DICOMDIR skipped, sub-folders not searched), one file, or a list of files.
+        window: intensity window percentiles over each whole series (see
+            :func:`~msde_jax.io.volumes.window_volume`), ``None`` for min-max.
+        skip_empty: drop empty slices (see :func:`~msde_jax.io.volumes.empty_slices`).
+
+    Returns:
+        One :class:`~msde_jax.io.volumes.Volume` per SeriesInstanceUID, in SeriesNumber then
+        UID order, named ``"{folder}-{SeriesInstanceUID}"`` (``"{folder}"`` without a UID).
+        Slices are ordered along the slice normal (see the module docstring); spacing is the
+        median step and PixelSpacing; the affine maps (slice, row, column) to RAS+ mm when
+        positions, orientation and PixelSpacing are known and the slice positions lie evenly
+        on a line (within 1 % of a step; a sheared, gantry-tilted stack included).
+
+    Raises:
+        ImportError: pydicom is not installed (``pip install 'msde-jax[dicom]'``).
+        ImageReadError: no DICOM file; a file is unreadable, has no pixel data, is multi-frame
+            or colour; a series mixes slice shapes or orientations, or has two slices at the
+            same position (each message names the file or the series).
+
+    Warns:
+        SeriesGapWarning: a series has missing slices (also recorded in ``Volume.gaps``).
+    """
+    pydicom = _pydicom()
+    if isinstance(folder_or_files, str | os.PathLike):
+        root = Path(folder_or_files)
+        if root.is_dir():
+            paths = _dicom_files(root)
+            if not paths:
+                raise ImageReadError(
+                    f"{root}: no DICOM files in this folder (sub-folders are not searched)."
+                )
+        elif root.is_file():
+            paths, root = [root], root.parent
+        else:
+            raise ImageReadError(f"{root}: no such file or folder.")
+    else:
+        paths = [Path(p) for p in folder_or_files]
+        if not paths:
+            raise ImageReadError("read_dicom_series: no files given.")
+        root = paths[0].parent
+    slices = [_read_slice(pydicom, p) for p in paths]
+    groups: dict[str, list[_Slice]] = {}
+    for s in slices:
+        groups.setdefault(s.series, []).append(s)
+    order = sorted(groups, key=lambda uid: (min(s.series_number for s in groups[uid]), uid))
+    volumes = []
+    for uid in order:
+        name = f"{root.name or 'series'}-{uid}" if uid else (root.name or "series")
+        volume = _volume(groups[uid], name, str(root), window=window, skip_empty=skip_empty)
+        if volume.gaps:
+            missing = ", ".join(f"~{m} after slice {i}" for i, m in volume.gaps)
+            warnings.warn(
+                f"DICOM series {volume.name}: missing slices ({missing}); the volume is "
+                "read without them.",
+                SeriesGapWarning,
+                stacklevel=2,
+            )
+        volumes.append(volume)
+    return volumes
+
+
+def _read_slice(pydicom: Any, path: Path) -> _Slice:
+    name = os.fspath(path)
+    if not path.is_file():
+        raise ImageReadError(f"{name}: no such file.")
+    try:
+        ds = pydicom.dcmread(name, force=True)
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise ImageReadError(f"{name}: DICOM file without pixel data.")
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise ImageReadError(
+                f"{name}: multi-frame DICOM ({frames} frames); a series is read from 2-D "
+                "single-frame slices."
+            )
+        arr = np.asarray(ds.pixel_array)
+    except ImageReadError:
+        raise
+    except Exception as err:  # pydicom raises many kinds (InvalidDicomError, decoder errors…)
+        raise ImageReadError(f"{name}: not a readable DICOM image ({err}).") from err
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim != 2 or not photometric.startswith("MONOCHROME"):
+        raise ImageReadError(
+            f"{name}: a series slice must be a 2-D grayscale image, got {photometric} pixels "
+            f"of shape {arr.shape}."
+        )
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    x = arr.astype(np.float64) * slope + intercept
+    if photometric == "MONOCHROME1":  # higher stored values are darker
+        x = -x
+    spacing = _floats(ds.get("PixelSpacing"), 2)
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+    if orientation is not None and np.linalg.norm(np.cross(orientation[:3], orientation[3:])) < 0.5:
+        orientation = None  # degenerate cosines (zeros, parallel): as if absent
+    number = _floats(ds.get("SeriesNumber"), 1)
+    instance = _floats(ds.get("InstanceNumber"), 1)
+    thickness = _floats(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness"), 1)
+    return _Slice(
+        path=name,
+        pixels=x.astype(np.float32),
+        series=str(ds.get("SeriesInstanceUID", "") or "").strip(),
+        series_number=float(number[0]) if number is not None else np.inf,
+        position=_floats(ds.get("ImagePositionPatient"), 3),
+        orientation=orientation,
+        instance=int(instance[0]) if instance is not None else None,
+        pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
+        thickness=float(thickness[0]) if thickness is not None else None,
+    )
+
+
+def _floats(value: Any, n: int) -> np.ndarray | None:
+    """A DICOM value (single or multi-valued) as n finite floats, or None."""
+    if value is None or value == "":
+        return None
+    items = [value] if isinstance(value, str | bytes | int | float) else list(value)
+    try:
+        out = np.array([float(v) for v in items], np.float64)
+    except (TypeError, ValueError):
+        return None
+    return out if out.shape == (n,) and np.isfinite(out).all() else None
+
+
+def _volume(
+    slices: list[_Slice],
+    name: str,
+    source: str,
+    *,
+    window: tuple[float, float] | None,
+    skip_empty: bool,
+) -> Volume:
+    shapes = Counter(s.pixels.shape for s in slices)
+    if len(shapes) > 1:
+        usual = shapes.most_common(1)[0][0]
+        odd = next(s for s in slices if s.pixels.shape != usual)
+        raise ImageReadError(
+            f"DICOM series {name}: {odd.path} has slices of {odd.pixels.shape[0]}×"
+            f"{odd.pixels.shape[1]} pixels, the others {usual[0]}×{usual[1]}; a series must "
+            "have one slice shape."
+        )
+    notes = []
+    normal = None
+    if all(s.position is not None and s.orientation is not None for s in slices):
+        first = slices[0].orientation
+        for s in slices:
+            if np.abs(s.orientation - first).max() > _ORIENTATION_TOL:
+                raise ImageReadError(
+                    f"DICOM series {name}: {s.path} has another ImageOrientationPatient than "
+                    f"{slices[0].path} (a localizer series?); a series must have one orientation."
+                )
+        normal = np.cross(first[:3], first[3:])
+        normal = normal / max(np.linalg.norm(normal), 1e-12)
+        keys = np.array([s.position @ normal for s in slices])
+        unit = "mm"
+    elif all(s.instance is not None for s in slices):
+        keys = np.array([s.instance for s in slices], np.float64)
+        unit = "instance numbers"
+        if len(slices) > 1:
+            notes.append(
+                "ordered by InstanceNumber (no ImagePositionPatient / ImageOrientationPatient)"
+            )
+    else:
+        keys = None
+        if len(slices) > 1:
+            notes.append("ordered by file name (no slice positions or instance numbers)")
+    if keys is None:
+        order = np.argsort([s.path for s in slices], kind="stable")
+    else:
+        order = np.argsort(keys, kind="stable")
+    slices = [slices[i] for i in order]
+    gaps: list[tuple[int, int]] = []
+    step = np.nan
+    if keys is not None and len(slices) > 1:
+        keys = keys[order]
+        steps = np.diff(keys)
+        tiny = 1e-3 if unit == "mm" else 0.5
+        if (steps < tiny).any():
+            i = int(np.argmax(steps < tiny))
+            raise ImageReadError(
+                f"DICOM series {name}: {slices[i].path} and {slices[i + 1].path} lie at the same "
+                f"position ({keys[i]:.4g} {unit}); repeated or multi-echo acquisitions in one "
+                "series are not supported."
+            )
+        median = float(np.median(steps))
+        if len(slices) >= 3:
+            for i in np.flatnonzero(steps > GAP_FACTOR * median):
+                gaps.append((int(i), max(1, round(float(steps[i]) / median) - 1)))
+        if unit == "mm":
+            step = median
+    ref = slices[0]
+    row_mm, col_mm = ref.pixel_spacing if ref.pixel_spacing is not None else (np.nan, np.nan)
+    affine = None
+    if len(slices) == 1 and slices[0].thickness is not None:
+        step = slices[0].thickness
+    if normal is not None and ref.pixel_spacing is not None and np.isfinite(step) and not gaps:
+        positions = np.stack([s.position for s in slices])
+        if len(slices) == 1:
+            delta = normal * step
+        else:  # the mean step between positions: sheared (gantry tilt) stacks included
+            delta = (positions[-1] - positions[0]) / (len(slices) - 1)
+        grid = positions[0] + np.arange(len(slices))[:, None] * delta
+        if np.abs(positions - grid).max() <= 0.01 * np.linalg.norm(delta) + 1e-3:
+            affine = np.eye(4)
+            # DICOM: the first cosine triplet runs along a row (column index), the second down
+            # a column (row index); PixelSpacing is (between rows, between columns).
+            affine[:3, 0] = _LPS_TO_RAS @ delta
+            affine[:3, 1] = _LPS_TO_RAS @ (ref.orientation[3:] * row_mm)
+            affine[:3, 2] = _LPS_TO_RAS @ (ref.orientation[:3] * col_mm)
+            affine[:3, 3] = _LPS_TO_RAS @ positions[0]
+    axis = (
+        "unknown"
+        if normal is None
+        else ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+    )
+    return make_volume(
+        np.stack([s.pixels for s in slices]),
+        name=name,
+        source=source,
+        axis=axis,
+        spacing=(step, row_mm, col_mm),
+        affine=affine,
+        gaps=gaps,
+        notes=notes,
+        window=window,
+        skip_empty=skip_empty,
+    )
