@@ -39,7 +39,7 @@ CORE = (
 def layer(module: str) -> tuple[int, str]:
     """(rank, group) of a module given as a dotted name inside ``msde_jax``."""
     top = module.split(".")[0]
-    if top in ("_rows", "_progress", "_files"):
+    if top in ("_rows", "_progress", "_files", "_arrays_file"):
         return 0, "private"
     if top in CORE:
         return 1, "core"
