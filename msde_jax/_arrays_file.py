@@ -17,8 +17,8 @@ checks every claim against what the file holds before anything is allocated:
   available (:func:`available_memory`).
 
 Every failure is one :class:`ArrayFileError` (a ``ValueError``) naming the file, and the member
-and the claimed size where they are known, and saying what to do. Only NumPy and the standard library are used (a private helper below every
-layer, importable without JAX).
+and the claimed size where they are known, and saying what to do. Only NumPy and the standard
+library are used (a private helper below every layer, importable without JAX).
 """
 
 import ast
