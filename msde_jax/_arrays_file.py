@@ -407,7 +407,7 @@ def _open_zip(f: BinaryIO, path: Any, size: int) -> zipfile.ZipFile:
         raise
     except _ZIP_ERRORS as err:
         raise ArrayFileError(
-            path, f"is not a readable .npz (zip) archive ({_reason(err)}); {_RESTORE}."
+            path, f"is not a readable .npz file (a zip archive: {_reason(err)}); {_RESTORE}."
         ) from err
     # zipfile reads entries until the directory's bytes run out and ignores the count, so a
     # damaged length field can hide members; the count in the end record tells.
