@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testing import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,8 @@ def test_every_example_is_covered():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_example_runs(name):
+    if name == "02_brain_mri.py":
+        shared_data("brain_tumor_mri")  # its default --data is the real set beside the checkout
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / name), *CASES[name]],

@@ -1,6 +1,8 @@
 """Small helpers shared by several test files (importable through pytest's ``pythonpath``)."""
 
 import builtins
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -37,3 +39,26 @@ def clustered(seed, n_images, n_abnormal=0, n_odd=2, p=16, c=8):
     odd = 4.0 * odd / np.linalg.norm(odd, axis=-1, keepdims=True) - 2.5  # away from the centres
     x[n_images - n_abnormal :, :n_odd] = odd
     return x.astype(np.float32)
+
+
+# The real datasets live beside the checkout (../shared/data), as in the project's own CI.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Set by .ci/run: there the real data must be present, so its absence fails instead of skipping.
+REQUIRE_DATA = "MSDE_JAX_REQUIRE_DATA"
+
+
+def shared_data(name: str):
+    """The path of a real dataset's ``.npz`` beside the checkout, or skip the test with why.
+
+    A fresh clone has no ``../shared``: its tests that need the real data are skipped with this
+    reason. CI sets ``MSDE_JAX_REQUIRE_DATA=1`` (``.ci/run``), where a missing file fails.
+    """
+    import pytest
+
+    path = SHARED_DATA / name / f"{name}.npz"
+    if not path.exists():
+        message = f"real test data not found at {path} (the dataset lives in ../shared/data)"
+        if os.environ.get(REQUIRE_DATA):
+            pytest.fail(f"{message}; {REQUIRE_DATA} is set, so it must be there")
+        pytest.skip(message)
+    return path

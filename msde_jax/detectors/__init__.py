@@ -9,7 +9,7 @@ facade over :class:`~msde_jax.detectors.base.Detector`.
 
 from msde_jax.detectors.base import Detector, NotFittedError
 from msde_jax.detectors.config import BaseConfig, check_features
-from msde_jax.detectors.fitting import DetectorFit, cross_fit
+from msde_jax.detectors.fitting import DetectorFit, cross_fit, one_class_splits
 from msde_jax.detectors.fused import FusedDetector, FusionStats, fuse_scores, fusion_stats
 from msde_jax.detectors.msde import (
     DetectorConfig,
@@ -49,6 +49,7 @@ __all__ = [
     "fuse_scores",
     "fusion_stats",
     "load_detector",
+    "one_class_splits",
     "score_bank_detector",
     "score_bank_maps",
     "score_bank_patches",

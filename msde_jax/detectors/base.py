@@ -84,7 +84,7 @@ class Detector:
 
     config_class: ClassVar[type | None] = None
     state_class: ClassVar[type | None] = None
-    features: ClassVar[str] = "samples"
+    features: ClassVar[str] = "samples"  # "samples" (n, d), "patches" or "mapping" (fused)
     fitted_scalars: ClassVar[tuple[str, ...]] = ()
     # Score-time parameters: read when scoring, so they may change after fit (the config's
     # score_params). Every other parameter takes effect at the next fit; until then scoring
@@ -104,6 +104,9 @@ class Detector:
     fit_function: ClassVar[Callable[..., Any]]
     score_function: ClassVar[Callable[..., Any]]
 
+    # scikit-learn: an outlier detector (its estimator type before 1.6, its tags after).
+    _estimator_type: ClassVar[str] = "outlier_detector"
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         register(cls)
@@ -116,6 +119,22 @@ class Detector:
                 name: (kinds, " ".join(dims))
                 for name, kinds, *dims in map(str.split, cls.saved_arrays.strip().splitlines())
             }
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's description of this estimator (scikit-learn >= 1.6 calls it, so it
+        imports scikit-learn only then: msde_jax does not depend on it). An outlier detector
+        that needs no labels, is fitted, and is deterministic; pooled detectors take 2-D input,
+        the patch bank 3-D or 4-D patch features, a fused detector a mapping."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        inputs = {"samples": InputTags(), "patches": InputTags(two_d_array=False)}
+        return Tags(
+            estimator_type="outlier_detector",
+            target_tags=TargetTags(required=False),
+            input_tags=inputs.get(self.features, InputTags(two_d_array=False, dict=True)),
+            requires_fit=True,
+            non_deterministic=False,
+        )
 
     # ------------------------------------------------------------------ params
     @classmethod
@@ -213,7 +232,9 @@ class Detector:
 
         Args:
             X: features of normal images (see the class docstring); no NaN or inf.
-            y: ignored (scikit-learn API compatibility).
+            y: ignored (scikit-learn's convention for outlier detectors: every row of ``X`` is
+                fitted as a normal; for cross-validation on labelled data, pass
+                :func:`~msde_jax.detectors.fitting.one_class_splits` as ``cv``).
 
         Returns:
             ``self``, with ``state_``, the ``fitted_scalars`` (``n_features_in_``,
@@ -278,8 +299,10 @@ class Detector:
         return (self.score_samples(X) > self.threshold_).astype(int)
 
     def fit_predict(self, X: ArrayLike, y: Any = None) -> np.ndarray:
-        """Fit on ``X`` and return ``labels_``: its out-of-fold (or in-sample) 0/1 labels."""
-        return self.fit(X, y).labels_
+        """Fit on ``X`` (every row a normal; ``y`` is ignored) and return ``labels_``: its
+        out-of-fold (or in-sample) 0/1 labels."""
+        del y
+        return self.fit(X).labels_
 
     # ------------------------------------------------------------------ persistence
     def _saved_params(self) -> dict[str, Any]:

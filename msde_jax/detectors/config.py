@@ -211,6 +211,11 @@ def check_features(
     beyond float32's range are reported as such, not as infinities.
     """
     words = _KINDS[kind]
+    if callable(getattr(x, "toarray", None)):  # scipy.sparse matrices and arrays
+        raise ValueError(
+            f"{what} is a sparse matrix: sparse input is not supported; pass a dense array "
+            f"({what}.toarray())."
+        )
     try:
         arr = np.asarray(x)
     except Exception as err:  # ragged lists and the like
@@ -218,7 +223,10 @@ def check_features(
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise ValueError(f"{what} must hold numbers, got dtype {arr.dtype}.")
     if np.iscomplexobj(arr):
-        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}.")
+        raise ValueError(
+            f"{what} must hold real numbers, got dtype {arr.dtype}. Complex data not supported: "
+            "pass its real part or its magnitude."
+        )
     if arr.ndim not in words["ndim"]:
         raise ValueError(_shape_message(kind, arr, what))
     if arr.shape[0] == 0:

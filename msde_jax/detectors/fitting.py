@@ -14,7 +14,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from jax.typing import ArrayLike
 
-__all__ = ["DetectorFit", "cross_fit", "out_of_fold_scores", "quantile_threshold"]
+__all__ = [
+    "DetectorFit",
+    "cross_fit",
+    "one_class_splits",
+    "out_of_fold_scores",
+    "quantile_threshold",
+]
 
 
 class DetectorFit(NamedTuple):
@@ -93,3 +99,46 @@ def cross_fit(
     order = np.argsort(keys, kind="stable")
     scores = out_of_fold_scores(order, config.n_folds, fit_score)
     return DetectorFit(state, scores, quantile_threshold(scores, config.contamination), n_iter)
+
+
+def one_class_splits(
+    y: ArrayLike, n_splits: int = 5, *, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation folds for a one-class detector on labelled data, as scikit-learn's
+    ``cv=`` takes them: ``GridSearchCV(detector, grid, scoring=..., cv=one_class_splits(y))``.
+
+    The normals (label 0) and the anomalies (any other label) are each shuffled (``seed``) and
+    dealt into ``n_splits`` folds; split f trains on the normals outside fold f only and tests
+    on all of fold f, normals and anomalies, so every test fold has both classes (when there
+    are at least ``n_splits`` of each) and no anomaly is ever fitted.
+
+    Args:
+        y: (n,) labels, 0 for normal.
+        n_splits: folds, at least 2.
+        seed: shuffling seed.
+
+    Returns:
+        ``[(train_indices, test_indices), …]``, ``n_splits`` pairs of sorted index arrays.
+
+    Raises:
+        ValueError: ``y`` is not 1-D, ``n_splits`` < 2, or there are fewer normals than folds.
+    """
+    labels = np.asarray(y)
+    if labels.ndim != 1:
+        raise ValueError(f"y must be 1-D labels, got shape {labels.shape}.")
+    if isinstance(n_splits, bool) or not isinstance(n_splits, int) or n_splits < 2:
+        raise ValueError(f"n_splits must be an int >= 2, got {n_splits!r}.")
+    rng = np.random.default_rng(seed)
+    normal = rng.permutation(np.flatnonzero(labels == 0))
+    abnormal = rng.permutation(np.flatnonzero(labels != 0))
+    if normal.size < n_splits:
+        raise ValueError(
+            f"one_class_splits needs at least n_splits={n_splits} normals (label 0), got "
+            f"{normal.size}."
+        )
+    splits = []
+    for fold in range(n_splits):
+        held = np.sort(np.concatenate([normal[fold::n_splits], abnormal[fold::n_splits]]))
+        train = np.sort(np.setdiff1d(normal, held))
+        splits.append((train, held))
+    return splits

@@ -224,6 +224,8 @@ class FusedDetector(Detector):
             threshold is the ``1 − contamination`` quantile of the fused out-of-fold scores.
     """
 
+    features = "mapping"  # {component name: features}
+
     def __init__(self, components: Mapping[str, SupportsDetect], *, contamination: float = 0.05):
         self.components = components
         self.contamination = contamination

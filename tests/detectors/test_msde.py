@@ -560,12 +560,9 @@ def test_too_few_samples_offers_chi2_only_for_mahalanobis(data, score):
 
 # ---------------------------------------------------------------------------- real data
 def _data_path(name):
-    from pathlib import Path
+    from testing import shared_data
 
-    path = Path(__file__).resolve().parents[3] / "shared" / "data" / name / f"{name}.npz"
-    if not path.exists():  # a checkout without ../shared: say why instead of a cryptic error
-        pytest.fail(f"real test data not found at {path}")
-    return path
+    return shared_data(name)
 
 
 def _pool(images, factor):
