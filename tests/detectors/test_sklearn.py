@@ -67,13 +67,15 @@ def test_grid_search_and_cross_val_score(labelled):
     assert search.best_score_ > 0.9
     det = MSDEDetector(k=10, max_iter=2)
     scores = cross_val_score(det, x, y, scoring=AUROC, cv=one_class_splits(y, 2))
-    assert scores.shape == (2,) and (scores > 0.8).all()
+    assert scores.shape == (2,)
+    assert (scores > 0.8).all()
 
 
 def test_clone_and_tags():
     det = PatchBankDetector(size=30, reduce="max")
     copy = clone(det)
-    assert copy is not det and copy.get_params() == det.get_params()
+    assert copy is not det
+    assert copy.get_params() == det.get_params()
     assert get_tags(MSDEDetector()).estimator_type == "outlier_detector"
     assert get_tags(MSDEDetector()).target_tags.required is False
     assert get_tags(PatchBankDetector()).input_tags.two_d_array is False
