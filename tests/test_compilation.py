@@ -58,3 +58,48 @@ def test_ragged_batches_share_a_padded_program(compiles):
     for m in (17, 20, 25, 31):  # all padded to 32 rows
         np.testing.assert_array_equal(det.score_samples(queries[:m]), full[:m])
     assert compiles.count == before
+
+
+# ---------------------------------------------------------------------- no host syncs in loops
+def _unknown_trip_count_loops(compiled_text: str) -> list[str]:
+    """The compiled program's ``while`` loops whose trip count XLA does not know: on a GPU
+    each iteration of such a loop copies its condition to the host."""
+    return [
+        line.strip()[:160]
+        for line in compiled_text.splitlines()
+        if " while(" in line and "known_trip_count" not in line
+    ]
+
+
+def test_fit_and_score_programs_have_no_data_dependent_loops():
+    from msde_jax.core import approximate_knn, density_weights, kcenter_greedy, mean_shift
+    from msde_jax.core.fuzzy import fuzzy_simplicial_set
+    from msde_jax.core.neighbors import knn
+    from msde_jax.detectors import fit_bank_detector, score_bank_detector, score_detector
+
+    x = _normals(6, n=300, d=8)
+    w = np.ones(300, np.float32)
+    programs = {
+        "density msde (blocks)": density_weights.lower(x, method="msde"),
+        "density fuzzy_degree": density_weights.lower(x, method="fuzzy_degree"),
+        "fuzzy graph": fuzzy_simplicial_set.lower(knn(x, k=15)),
+        "blurring shift": mean_shift.lower(x, w, k=10, neighbors="exact", batch_size=64),
+        "blurring shift, one block": mean_shift.lower(x, w, k=10, neighbors="exact"),
+        "approximate shift": mean_shift.lower(x, w, k=10, neighbors="approximate", leaf_size=32),
+        "inductive shift": mean_shift.lower(x[:40], reference=x, k=10, batch_size=16),
+        "approximate knn": approximate_knn.lower(x, k=10, leaf_size=32),
+        "coreset": kcenter_greedy.lower(x, 20),
+    }
+    det = MSDEDetector(k=10).fit(x)
+    programs["score_detector (inductive)"] = jax.jit(score_detector).lower(det.state_, x[:32])
+    patches = np.random.default_rng(7).normal(size=(20, 4, 4, 6)).astype(np.float32)
+    from msde_jax.detectors import BankConfig
+
+    bank = fit_bank_detector(patches, BankConfig(size=30)).state
+    programs["score_bank_detector"] = jax.jit(score_bank_detector).lower(bank, patches[:8])
+    found = {
+        name: loops
+        for name, lowered in programs.items()
+        if (loops := _unknown_trip_count_loops(lowered.compile().as_text()))
+    }
+    assert not found, found

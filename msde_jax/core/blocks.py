@@ -13,6 +13,7 @@ __all__ = [
     "bucket_rows",
     "content_order",
     "map_rows",
+    "masked_loop",
     "padded_rows",
     "rank_distances",
     "row_keys",
@@ -33,6 +34,26 @@ def map_rows(fn: Callable[..., Any], xs: Any, batch_size: int | None) -> Any:
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size}.")
     return lax.map(fn, xs, batch_size=batch_size)
+
+
+def masked_loop(
+    cond: Callable[[Any], Any], body: Callable[[Any], Any], init: Any, max_steps: int
+) -> Any:
+    """``lax.while_loop(cond, body, init)`` as a fixed count of ``max_steps`` steps.
+
+    Each step applies ``body`` only where ``cond`` holds (``jnp.where`` over the state), so the
+    result equals the while loop's whenever that loop stops within ``max_steps`` steps (every
+    caller's ``cond`` bounds its own step count by at most ``max_steps``), under ``vmap`` too,
+    where each element stops on its own. The trip count is known to XLA: on a GPU a
+    data-dependent loop copies its condition to the host every iteration, this one never does.
+    """
+
+    def step(_: Any, state: Any) -> Any:
+        go = cond(state)
+        new = body(state)
+        return jax.tree.map(lambda n, o: jnp.where(go, n, o), new, state)
+
+    return lax.fori_loop(0, max_steps, step, init)
 
 
 # Row counts are rounded up to a power of two (at least 8) up to this many, and to a multiple

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from msde_jax.core.blocks import map_rows, sq_norms
+from msde_jax.core.blocks import map_rows, masked_loop, sq_norms
 from msde_jax.core.fuzzy import fuzzy_degree, fuzzy_graph, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.core.neighbors import knn, nearest_one
 
@@ -82,7 +82,7 @@ def _block_weights(x, n_valid, *, n_neighbors, tau, fraction, n_radii, index_sum
 
     # Starting from an empty bracket skips the search when neither count is ever met.
     start = jnp.where(strict | relaxed, lo, hi)
-    eps = lax.while_loop(bisect_cond, bisect_body, (start, hi, 0))[1]
+    eps = masked_loop(bisect_cond, bisect_body, (start, hi, 0), _BISECT_STEPS)[1]
 
     delta = (eps - 1e-6) / n_radii
     radii = eps - delta * jnp.arange(n_radii, dtype=dtype)

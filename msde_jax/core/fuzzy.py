@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.typing import ArrayLike
 
+from msde_jax.core.blocks import masked_loop
 from msde_jax.core.neighbors import Neighbors
 
 __all__ = [
@@ -88,7 +88,7 @@ def _smooth_one(dist, valid, target, mean_all, local_connectivity, n_iter):
 
     one = jnp.ones((), dist.dtype)
     init = (0 * one, jnp.inf * one, one, 0, False)
-    sigma = lax.while_loop(cond, body, init)[2]
+    sigma = masked_loop(cond, body, init, n_iter)[2]
 
     row_mean = jnp.sum(jnp.where(valid, dist, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
     floor = _MIN_K_DIST_SCALE * jnp.where(rho > 0, row_mean, mean_all)

@@ -18,7 +18,7 @@ from msde_jax.core.approximate_knn import (
     probe_leaves,
     tree_slots,
 )
-from msde_jax.core.blocks import map_rows, sq_norms
+from msde_jax.core.blocks import map_rows, masked_loop, sq_norms
 from msde_jax.core.neighbors import nearest_indices
 
 __all__ = [
@@ -100,7 +100,7 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size):
         return move_points(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
 
     init = (x, jnp.zeros(x.shape[0], x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    return MeanShiftResult(*lax.while_loop(cond, body, init))
+    return MeanShiftResult(*masked_loop(cond, body, init, max_iter))
 
 
 def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, probes, batch_size):
@@ -141,7 +141,7 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
         return move_points(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
 
     init = (x, jnp.zeros(n, x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    return MeanShiftResult(*lax.while_loop(cond, body, init))
+    return MeanShiftResult(*masked_loop(cond, body, init, max_iter))
 
 
 def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, batch_size):
@@ -158,7 +158,7 @@ def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, bat
             return move_points(y, m, delta, step_size), disp + delta, it + 1, delta < tol
 
         init = (q, jnp.zeros((), q.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-        return lax.while_loop(cond, body, init)
+        return masked_loop(cond, body, init, max_iter)
 
     return MeanShiftResult(*map_rows(one, x, batch_size))
 

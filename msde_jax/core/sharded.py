@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 from jax.typing import ArrayLike
 
-from msde_jax.core.blocks import map_rows, sq_norms
+from msde_jax.core.blocks import map_rows, masked_loop, sq_norms
 from msde_jax.core.mean_shift import MeanShiftResult, move_points, shift_one
 from msde_jax.core.neighbors import Neighbors, nearest_one
 
@@ -193,7 +193,7 @@ def sharded_mean_shift(
             return move_points(y, m, delta, step_size), disp + delta, it + 1, mean_delta < tol
 
         init = (y0, jnp.zeros(y0.shape[0], y0.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-        return lax.while_loop(cond, body, init)
+        return masked_loop(cond, body, init, max_iter)
 
     spec = PartitionSpec(axis)
     points, disp, n_iter, converged = jax.shard_map(
