@@ -9,12 +9,16 @@ functional forms in :mod:`msde_jax.detectors` (``fit_detector``, ``DetectorConfi
 
 from importlib.metadata import PackageNotFoundError, version
 
+import msde_jax._compilation as _compilation
 from msde_jax import core
 from msde_jax.detectors.base import NotFittedError
 from msde_jax.detectors.fused import FusedDetector
 from msde_jax.detectors.msde import MSDEDetector
 from msde_jax.detectors.patch_bank import PatchBankDetector
 from msde_jax.detectors.persistence import load_detector
+
+# Compiled programs are kept on disk between processes (see msde_jax._compilation).
+_compilation.enable_compilation_cache()
 
 
 def __getattr__(name: str):

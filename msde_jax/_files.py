@@ -11,7 +11,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["arrays_checksum", "atomic_write"]
+__all__ = ["arrays_checksum", "atomic_write", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """``$MSDE_JAX_CACHE``, or ``~/.cache/msde_jax`` when it is unset: where downloaded
+    weights and compiled programs are kept."""
+    env = os.environ.get("MSDE_JAX_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "msde_jax"
 
 
 def atomic_write(

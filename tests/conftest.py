@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 ).strip()
 
+# The suite does not share compiled programs through the user's cache folder (xdist workers,
+# compilation counts); tests/test_compilation_cache.py turns it on in fresh processes.
+os.environ.setdefault("MSDE_JAX_COMPILATION_CACHE", "off")
+
 import jax
 import numpy as np
 import pytest

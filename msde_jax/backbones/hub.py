@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from msde_jax._files import atomic_write
+from msde_jax._files import atomic_write, default_cache_dir
 from msde_jax.backbones.weight_files import load_state_dict
 
 __all__ = [
@@ -38,12 +38,6 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.")
 
 class DownloadError(OSError):
     """A file could not be downloaded, or its content failed the hash check."""
-
-
-def default_cache_dir() -> Path:
-    """``$MSDE_JAX_CACHE``, or ``~/.cache/msde_jax`` when it is unset."""
-    env = os.environ.get("MSDE_JAX_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "msde_jax"
 
 
 def torch_hub_url(filename: str) -> str:

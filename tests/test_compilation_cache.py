@@ -1,0 +1,92 @@
+"""Compiled programs are kept between processes by default (msde_jax._compilation)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msde_jax._compilation import COMPILATION_CACHE_ENV, compilation_cache_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EVALUATE = """
+import sys
+from msde_jax._compilation import CompileCounter
+from msde_jax.cli import main
+
+with CompileCounter() as count:
+    rc = main(["evaluate", "pneumoniamnist", "--out", sys.argv[1], "--limit", "12",
+               "--weights", "random", "--image-size", "32", "--batch-size", "16",
+               "--bank-size", "200", "--no-validation"])
+print("PROGRAMS", count.requested, count.compiled, rc)
+"""
+
+
+def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int]:
+    environ = {**os.environ, COMPILATION_CACHE_ENV: str(cache), "PYTHONPATH": str(ROOT), **env}
+    environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    result = subprocess.run(
+        [sys.executable, "-c", EVALUATE, str(out)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(s for s in result.stdout.splitlines() if s.startswith("PROGRAMS"))
+    requested, compiled, rc = map(int, line.split()[1:])
+    assert rc == 0
+    return requested, compiled
+
+
+def test_a_second_evaluate_in_a_fresh_process_compiles_nothing(tmp_path):
+    cache = tmp_path / "xla"
+    requested, compiled = _evaluate(cache, tmp_path / "r1")
+    assert compiled == requested > 0
+    assert any(cache.iterdir())
+    again, compiled_again = _evaluate(cache, tmp_path / "r2")
+    assert again == requested  # the same programs, all from the cache
+    assert compiled_again == 0
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(COMPILATION_CACHE_ENV, raising=False)
+    monkeypatch.setenv("MSDE_JAX_CACHE", str(tmp_path / "home"))
+    assert compilation_cache_dir() == tmp_path / "home" / "xla"
+    monkeypatch.setenv(COMPILATION_CACHE_ENV, str(tmp_path / "elsewhere"))
+    assert compilation_cache_dir() == tmp_path / "elsewhere"
+    for off in ("off", "0", "false", "", "No"):
+        monkeypatch.setenv(COMPILATION_CACHE_ENV, off)
+        assert compilation_cache_dir() is None
+
+
+@pytest.mark.parametrize("setting", ["off", "user"])
+def test_turned_off_or_the_users_own_cache_is_left_alone(tmp_path, setting):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MSDE_JAX_CACHE": str(tmp_path / "home")}
+    env.pop(COMPILATION_CACHE_ENV, None)
+    if setting == "off":
+        env[COMPILATION_CACHE_ENV] = "off"
+        expected = "None"
+    else:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
+        expected = str(tmp_path / "mine")
+    code = "import jax, msde_jax; print(jax.config.jax_compilation_cache_dir)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()[-1]
+    assert out == expected
+    assert not (tmp_path / "home" / "xla").exists()
+
+
+def test_by_default_the_cache_is_the_users_cache_folder(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MSDE_JAX_CACHE": str(tmp_path / "home")}
+    env.pop(COMPILATION_CACHE_ENV, None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    code = "import jax, msde_jax; print(jax.config.jax_compilation_cache_dir)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()[-1]
+    assert out == str(tmp_path / "home" / "xla")
