@@ -77,6 +77,8 @@ def cross_fit(
     config: Any,
     fit_state: Callable[[np.ndarray, np.ndarray, Any], tuple[Any, int]],
     score: Callable[[Any, np.ndarray], ArrayLike],
+    *,
+    batch_independent: bool = True,
 ) -> DetectorFit:
     """Fit on all of ``x`` and threshold on out-of-fold scores (folds by content order).
 
@@ -87,14 +89,21 @@ def cross_fit(
         config: the detector's config (``n_folds``, ``contamination``).
         fit_state: ``fit_state(x, keys, config) -> (state, n_iter)``.
         score: ``score(state, x) -> (m,) scores``.
+        batch_independent: each row's score depends on that row only. Then every held-out
+            fold is padded to the largest fold's row count (by copies of its last row, cut
+            off again), so all folds are scored by one compiled program.
 
     Returns:
         :class:`DetectorFit` with the out-of-fold scores as ``decision_scores``.
     """
     state, n_iter = fit_state(x, keys, config)
+    largest = -(-x.shape[0] // config.n_folds)
 
     def fit_score(rest: np.ndarray, held: np.ndarray) -> ArrayLike:
-        return score(fit_state(x[rest], keys[rest], config)[0], x[held])
+        fold_state = fit_state(x[rest], keys[rest], config)[0]
+        extra = largest - held.size if batch_independent else 0
+        rows = np.concatenate([held, np.repeat(held[-1:], extra)]) if extra else held
+        return np.asarray(score(fold_state, x[rows]))[: held.size]
 
     order = np.argsort(keys, kind="stable")
     scores = out_of_fold_scores(order, config.n_folds, fit_score)

@@ -426,7 +426,8 @@ def fit_detector(x: ArrayLike, config: DetectorConfig) -> DetectorFit:
     config.check_n_samples(x.shape[0])
     keys = sample_keys(x)  # hashed once: the content-ordered blocks and the folds use them
     if config.threshold == "cross_fit":
-        return cross_fit(x, keys, config, _fit_state, score_detector)
+        independent = config.mode != "transductive"
+        return cross_fit(x, keys, config, _fit_state, score_detector, batch_independent=independent)
     from scipy.stats import chi2  # scipy ships with jax
 
     state, n_iter = _fit_state(x, keys, config)
