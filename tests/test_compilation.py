@@ -103,3 +103,30 @@ def test_fit_and_score_programs_have_no_data_dependent_loops():
         if (loops := _unknown_trip_count_loops(lowered.compile().as_text()))
     }
     assert not found, found
+
+
+# ---------------------------------------------------------------------- data stays on device
+@pytest.mark.parametrize("kind", ["msde", "bank"])
+def test_device_arrays_are_checked_and_scored_on_the_device(kind):
+    from msde_jax import PatchBankDetector
+
+    rng = np.random.default_rng(8)
+    if kind == "msde":
+        det = MSDEDetector(k=10, threshold="chi2").fit(_normals(9))
+        queries = rng.normal(size=(13, 6)).astype(np.float32)
+    else:
+        det = PatchBankDetector(size=40).fit(rng.normal(size=(20, 3, 3, 5)).astype(np.float32))
+        queries = rng.normal(size=(7, 3, 3, 5)).astype(np.float32)
+    on_device = jax.device_put(queries)
+    # The checked features stay a device array (the checks ran on the device), which the
+    # scorer pads there; only the summary of the check and the scores come to the host.
+    _, checked = det._checked(on_device)
+    assert isinstance(checked, jax.Array)
+    assert checked.devices() == on_device.devices()
+    _, host = det._checked(queries)
+    assert isinstance(host, np.ndarray)
+    scores = det.score_samples(on_device)
+    np.testing.assert_array_equal(scores, det.score_samples(queries))
+    bad = on_device.at[2].set(np.nan)
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 .*\(first: \[2\]\)"):
+        det.score_samples(bad)

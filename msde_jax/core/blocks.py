@@ -73,12 +73,14 @@ def padded_rows(fn: Callable[[Any], Any], x: Any) -> Any:
     """``fn(x)`` for a row-wise ``fn`` (each output row depends on its input row only), with
     ``x`` padded to :func:`bucket_rows` rows by copies of its last row and the outputs
     (a pytree of arrays with rows first) cut back on the host, as NumPy arrays: batches of any
-    size then reuse the few programs compiled for the buckets."""
+    size then reuse the few programs compiled for the buckets. A ``jax.Array`` is padded on its
+    device; only the outputs are fetched (explicitly)."""
     m = x.shape[0]
     extra = bucket_rows(m) - m
     if extra:
-        x = np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
-    return jax.tree.map(lambda a: np.asarray(a)[:m], fn(x))
+        xp = jnp if isinstance(x, jax.Array) else np  # a device array is padded on the device
+        x = xp.concatenate([x, xp.repeat(x[-1:], extra, axis=0)])
+    return jax.tree.map(lambda a: np.asarray(jax.device_get(a))[:m], fn(x))
 
 
 def rank_distances(q: jax.Array, reference: jax.Array, reference_sqnorm: jax.Array) -> jax.Array:

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
+import jax
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -259,6 +260,7 @@ class Detector:
             dtype=config.dtype,
             n_features=self.n_features_in_,
             n_patches=getattr(self, "n_patches_", None),
+            on_device=True,
         )
         return self.state_._replace(config=config), x
 
@@ -272,7 +274,7 @@ class Detector:
         Returns:
             (m,) float scores.
         """
-        return np.asarray(type(self).score_function(*self._checked(X)))
+        return np.asarray(jax.device_get(type(self).score_function(*self._checked(X))))
 
     def score_maps(self, X: ArrayLike, *, size: int = 224, sigma: float | None = None):
         """Anomaly heatmaps; only detectors that score patches have them.

@@ -14,6 +14,7 @@ import textwrap
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -191,6 +192,14 @@ def _shape_message(kind: str, arr: np.ndarray, what: str) -> str:
     )
 
 
+@jax.jit
+def _summary(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Which rows hold NaN or infinite values, and the largest finite magnitude."""
+    finite = jnp.isfinite(x)
+    bad = ~finite.reshape(x.shape[0], -1).all(axis=1)
+    return bad, jnp.max(jnp.where(finite, jnp.abs(x), 0)).astype(jnp.float32)
+
+
 def check_features(
     x: ArrayLike,
     *,
@@ -199,6 +208,7 @@ def check_features(
     n_features: int | None = None,
     n_patches: int | None = None,
     what: str = "X",
+    on_device: bool = False,
 ) -> np.ndarray:
     """Check user features and return them as a NumPy array of ``dtype`` (shape kept).
 
@@ -209,8 +219,14 @@ def check_features(
     squared distances would overflow), and (when given) another feature or channel count or
     number of patches per image. Values are checked before the cast, so finite float64 values
     beyond float32's range are reported as such, not as infinities.
+
+    With ``on_device=True`` a ``jax.Array`` stays where it is: the checks run on its device
+    (one scalar summary comes back to the host, explicitly) and it is returned as a
+    ``jax.Array`` of ``dtype``; anything else is checked and returned as NumPy.
     """
     words = _KINDS[kind]
+    if on_device and isinstance(x, jax.Array):
+        return _check_device_features(x, words, kind, dtype, n_features, n_patches, what)
     if callable(getattr(x, "toarray", None)):  # scipy.sparse matrices and arrays
         raise ValueError(
             f"{what} is a sparse matrix: sparse input is not supported; pass a dense array "
@@ -275,3 +291,50 @@ def check_features(
             f"{n_patches}; embed with the same grid."
         )
     return arr
+
+
+def _check_device_features(
+    x: jax.Array,
+    words: dict[str, Any],
+    kind: str,
+    dtype: str,
+    n_features: int | None,
+    n_patches: int | None,
+    what: str,
+) -> jax.Array:
+    """:func:`check_features` for a ``jax.Array``, on its device: the same refusals."""
+    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+        raise ValueError(f"{what} must hold numbers, got dtype {x.dtype}.")
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise ValueError(f"{what} must hold real numbers, got dtype {x.dtype}.")
+    if x.ndim not in words["ndim"] or x.shape[0] == 0 or 0 in x.shape[1:]:
+        return check_features(  # the host path words these refusals (no values are read)
+            np.zeros(x.shape, np.float32), kind=kind, what=what
+        )
+    bad, peak = jax.device_get(_summary(x))
+    if bad.any():
+        rows = np.nonzero(bad)[0]
+        raise ValueError(
+            f"{what} contains NaN or infinite values in {rows.size} {words['unit']}(s) "
+            f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
+        )
+    limit = float(np.finfo(dtype).max)
+    if kind == "patches":
+        limit = math.sqrt(limit / (4 * x.shape[-1])) / 2
+    if float(peak) > limit:
+        raise ValueError(
+            f"{what} has values up to {float(peak):.3g}, too large for {np.dtype(dtype)} "
+            f"(beyond about {limit:.3g}); divide the features by a constant."
+        )
+    if n_features is not None and x.shape[-1] != n_features:
+        raise ValueError(
+            f"{what} has {x.shape[-1]} {words['channel']} but the detector was fitted on "
+            f"{n_features}; {words['fix']}."
+        )
+    patches = math.prod(x.shape[1:-1])
+    if n_patches is not None and patches != n_patches:
+        raise ValueError(
+            f"{what} has {patches} patches per image but the detector was fitted on "
+            f"{n_patches}; embed with the same grid."
+        )
+    return x.astype(dtype)

@@ -375,7 +375,7 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
         joint_keys = None
         if config.content_ordered:
             train_keys = np.asarray(state.train_keys).view(np.uint64).reshape(-1)
-            test_keys = row_keys(np.asarray(x, dtype=state.center.dtype))
+            test_keys = row_keys(np.asarray(jax.device_get(x), dtype=state.center.dtype))
             joint_keys = np.concatenate([train_keys, test_keys])
         res = mean_shift(
             joint,
@@ -520,5 +520,5 @@ class MSDEDetector(Detector):
         """
         state, x = self._checked(X)
         if state.config.mode == "transductive":  # the batch is part of the answer: no padding
-            return np.asarray(score_detector(state, x))
+            return np.asarray(jax.device_get(score_detector(state, x)))
         return padded_rows(partial(score_detector, state), x)

@@ -312,7 +312,7 @@ class PatchBankDetector(Detector):
         Returns:
             (m, P) or (m, g, g) float scores, higher = more anomalous.
         """
-        return np.asarray(score_bank_patches(*self._checked(X)))
+        return np.asarray(jax.device_get(score_bank_patches(*self._checked(X))))
 
     def score_maps(
         self, X: ArrayLike, *, size: int = 224, sigma: float | None = None
@@ -349,7 +349,8 @@ class PatchBankDetector(Detector):
         real = isinstance(sigma, int | float | np.number) and not isinstance(sigma, bool)
         if sigma is not None and not (real and math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"sigma must be a finite number >= 0 (0: no blur), got {sigma!r}.")
-        return np.asarray(score_bank_maps(state, x, size=int(size), sigma=sigma))
+        maps = score_bank_maps(state, x, size=int(size), sigma=sigma)
+        return np.asarray(jax.device_get(maps))
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         super()._restore(meta, arrays)
