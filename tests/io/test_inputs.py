@@ -175,6 +175,12 @@ def test_load_dataset_of_volumes_keeps_the_groups(tmp_path):
     assert (len(limited.train_normal), len(limited.test_normal)) == (8, 4)
     assert len(limited.test_abnormal) == 8
     assert len(limited.split_groups("train_normal").volumes) == 2
+    from msde_jax.pipeline.evaluation import limit_dataset  # the pipeline's --limit
+
+    limited = limit_dataset(ds, limit=2)  # two inputs per class, volumes kept whole
+    assert (len(limited.train_normal), len(limited.test_normal)) == (8, 4)
+    assert len(limited.test_abnormal) == 8
+    assert len(limited.split_groups("train_normal").volumes) == 2
     (root / "train" / "normal" / "broken.nii").write_bytes(b"\0" * 10)
     with pytest.raises(ImageReadError, match=r"broken\.nii"):
         load_dataset(root)
