@@ -253,7 +253,8 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
         "--limit",
         type=_positive_int,
         default=None,
-        help="use at most this many images per class (quick runs)",
+        help="use at most this many images per class (quick runs; a volume counts as one, "
+        "kept whole)",
     )
     _add_skip_arg(p)
     g = p.add_argument_group("label-free validation")
