@@ -23,6 +23,7 @@ from msde_jax.backbones import taps as _taps
 from msde_jax.backbones.registry import BackboneSpec, backbone_spec
 from msde_jax.backbones.variables import describe_weights, load_backbone_variables, variables_dtype
 from msde_jax.io import images as _images
+from msde_jax.io import inputs as _inputs
 
 __all__ = ["FEATURES", "Embedder"]
 
@@ -213,23 +214,34 @@ class Embedder:
         """One image → (image_size, image_size, 3) float32 RGB in [0, 1] (before normalising)."""
         return _images.prepare(image, self.image_size, mode=self.resize, name=name)
 
-    def embed(self, images: Iterable[Any] | np.ndarray) -> np.ndarray:
+    def embed(self, images: Iterable[Any] | np.ndarray, *, axis: str = "axial") -> np.ndarray:
         """Embed images: a sequence of paths / PIL images / arrays, or one stacked array.
 
         A stacked array of shape (n, H, W) or (n, H, W, C) is read as n images. Images are read
-        and resized in background threads while the network runs.
+        and resized in background threads while the network runs. A path to a volume — a NIfTI
+        file or a DICOM-series folder — stands for its kept slices
+        (:func:`msde_jax.io.inputs.expand_volumes`), one row each, in slice order; their names
+        and volumes are :func:`msde_jax.io.inputs.read_inputs`'s.
+
+        Args:
+            images: the images (and volumes).
+            axis: the slicing plane of NIfTI volumes: ``"axial"``, ``"coronal"`` or
+                ``"sagittal"``.
 
         Returns:
             (n, *output_shape) float32 embeddings, in the input order: (n, d), or
-            (n, grid, grid, d) for ``features="patches"``.
+            (n, grid, grid, d) for ``features="patches"``; n counts a volume's kept slices.
         """
         items = list(images)
+        names = [_name(items[i], i) for i in range(len(items))]
+        if any(isinstance(item, str | os.PathLike) for item in items):
+            inputs = _inputs.expand_volumes(items, axis=axis)
+            items, names = inputs.items, inputs.names
         n = len(items)
         if n == 0:
             return np.zeros((0, *self.output_shape), np.float32)
         bs = self.batch_size
         batches = [items[i : i + bs] for i in range(0, n, bs)]
-        names = [_name(items[i], i) for i in range(n)]
         out = np.empty((n, *self.output_shape), np.float32)
         progress = Progress(n, f"embedding ({self.backbone})", enabled=self.progress and n > bs)
 

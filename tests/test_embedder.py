@@ -52,6 +52,24 @@ def test_stacked_array_and_paths_agree(tmp_path):
     assert emb.embed([]).shape == (0, emb.dim)
 
 
+def test_volume_paths_stand_for_their_slices(tmp_path):
+    from PIL import Image
+    from testing import tissue, write_nifti
+
+    from msde_jax.io.inputs import read_inputs
+
+    png = tmp_path / "0.png"
+    Image.fromarray(IMAGES[0]).save(png)
+    nii = write_nifti(tmp_path / "v.nii.gz", tissue(np.random.default_rng(0), (4, 16, 16)))
+    (vol,) = read_inputs(nii).groups.volumes
+    emb = Embedder("mobilenet_v2", weights="random", image_size=32, progress=False)
+    out = emb.embed([png, nii])
+    assert out.shape == (1 + len(vol.slices), emb.dim)  # one row per kept slice
+    np.testing.assert_allclose(out[1:], emb.embed(list(vol.slices)), rtol=1e-5, atol=1e-6)
+    coronal = emb.embed([nii], axis="coronal")
+    assert len(coronal) == len(read_inputs(nii, axis="coronal").items)
+
+
 def test_compiles_once_for_any_number_of_images():
     emb = Embedder("resnet18", weights="random", image_size=32, batch_size=4, progress=False)
     for n in (1, 3, 4, 5, 9):

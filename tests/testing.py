@@ -62,3 +62,60 @@ def shared_data(name: str):
             pytest.fail(f"{message}; {REQUIRE_DATA} is set, so it must be there")
         pytest.skip(message)
     return path
+
+
+def tissue(rng, shape, *, lesion=False):
+    """A (slices, H, W) int16 volume in CT-like units: a textured disc of tissue on a zero
+    background in every slice; with ``lesion``, a bright square in the middle slices."""
+    n, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (0.4 * min(h, w)) ** 2
+    data = np.where(disc, rng.integers(300, 500, size=shape), 0).astype(np.int16)
+    if lesion:
+        s = slice(h // 2 - 4, h // 2 + 4)
+        data[n // 3 : n - n // 3, s, s] = 1500
+    return data
+
+
+def write_nifti(path, volume):
+    """Save a (slices, H, W) volume as NIfTI so that its axial slices are ``volume``'s slices
+    (RAS+ identity affine: voxel (i, j, k) = (column reversed, row reversed, slice))."""
+    import nibabel as nib
+
+    data = np.ascontiguousarray(volume[:, ::-1, ::-1].transpose(2, 1, 0))
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return path
+
+
+def write_dicom_series(folder, volume, *, uid="1.2.826.0.1.3680043.8.498.7", spacing=2.5):
+    """Save a (slices, H, W) volume as an axial CT series: one file per slice, stored values
+    HU + 1024 (rescale intercept −1024), ImagePositionPatient z = spacing · slice."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, pixels in enumerate(volume):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "CT"
+        ds.SeriesInstanceUID = uid
+        ds.ImagePositionPatient = ["0", "0", f"{spacing * n:.6g}"]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+        ds.InstanceNumber = n + 1
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelSpacing = ["0.8", "0.8"]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = (np.asarray(pixels, np.int64) + 1024).astype(np.uint16).tobytes()
+        ds.save_as(folder / f"slice{n:03d}.dcm", enforce_file_format=True)
+    return folder

@@ -8,7 +8,6 @@ library's ``ValueError``), which :func:`msde_jax.cli.main` prints as one line.
 """
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -19,6 +18,16 @@ from typing import Any
 import numpy as np
 
 from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
+from msde_jax.cli.volumes import (
+    fit_summary,
+    metrics_summary,
+    print_volume_notes,
+    volume_csv_path,
+    volume_warnings,
+    write_csv,
+    write_volume_montages,
+    write_volume_scores,
+)
 
 __all__ = ["COMMANDS", "UserError"]
 
@@ -156,56 +165,96 @@ def _check_out(
                 )
 
 
-def _items(sources: Sequence[str]) -> tuple[list, list[str]]:
-    """Images from files/folders (as paths) or from one .npz stack; with display names."""
-    from msde_jax.io.datasets import list_images, load_images_npz
+def _inputs(sources: Sequence[str], args: argparse.Namespace, axis: str | None = None):
+    """The named 2-D items of the command's inputs (:class:`msde_jax.io.inputs.Inputs`):
+    image files (as paths) and the slices of volumes (NIfTI files, DICOM-series folders) from
+    files/folders, or the images of one .npz stack."""
+    from msde_jax.io.inputs import Inputs, SliceGroups, read_inputs
 
     if len(sources) == 1 and sources[0].lower().endswith(".npz"):
+        from msde_jax.io.datasets import load_images_npz
+
         if not Path(sources[0]).exists():
             raise FileNotFoundError(sources[0])
         images = load_images_npz(sources[0])
-        return list(images), [f"{sources[0]}[{i}]" for i in range(len(images))]
-    paths = list_images(list(sources))
-    if not paths:
+        names = [f"{sources[0]}[{i}]" for i in range(len(images))]
+        return Inputs(list(images), names, SliceGroups.images(len(images)))
+    skip = getattr(args, "skip_unreadable", False)
+    axis = axis or getattr(args, "axis", None) or "axial"
+    with volume_warnings():
+        inputs = read_inputs(list(sources), axis=axis, skip_unreadable=skip)
+    print_volume_notes(inputs.groups.volumes)
+    if not inputs.items and not inputs.skipped:
         from msde_jax.io.images import IMAGE_SUFFIXES
+        from msde_jax.io.volumes import VOLUME_SUFFIXES
 
         raise UserError(
             f"no image files in {', '.join(sources)} (looked for {', '.join(IMAGE_SUFFIXES)}, "
-            "in folders and their sub-folders)."
+            f"volumes {', '.join(VOLUME_SUFFIXES)} and DICOM-series folders, in folders and "
+            "their sub-folders)."
         )
-    return paths, [str(p) for p in paths]
+    return inputs
+
+
+def _input_files(inputs) -> list[str]:
+    """The files and folders the items come from (image paths and volume sources)."""
+    paths = [item for item in inputs.items if isinstance(item, str | Path)]
+    return [*paths, *(v.source for v in inputs.groups.volumes)]
 
 
 def _name(item: Any) -> str:
     return str(item) if isinstance(item, str | Path) else "(array)"
 
 
-def _readable(items: list, names: list[str], args: argparse.Namespace) -> tuple[list, list[str]]:
-    """With ``--skip-unreadable``, the items whose files decode as images (each skipped file
-    and the count printed on stderr); without it, all of them (the first unreadable file then
-    stops the command, named in its error)."""
+def _readable(
+    items: list,
+    names: list[str],
+    args: argparse.Namespace,
+    *,
+    skipped: Sequence[str] = (),
+    volume_files: int = 0,
+) -> list[int]:
+    """The indices of the items to use. With ``--skip-unreadable``, those whose files decode
+    as images (each skipped file — and each unreadable volume in ``skipped``, already left out
+    — and the count printed on stderr); without it, all of them (the first unreadable file then
+    stops the command, named in its error). ``volume_files``: how many volumes were read (for
+    the count of files)."""
     if not getattr(args, "skip_unreadable", False):
-        return items, names
+        return list(range(len(items)))
     import os
 
     from msde_jax.io.images import ImageReadError, to_float
 
-    keep, skipped = [], []
-    for item, name in zip(items, names, strict=True):
+    keep, skipped = [], list(skipped)
+    n_files = len(skipped) + volume_files
+    for i, (item, name) in enumerate(zip(items, names, strict=True)):
         if isinstance(item, str | os.PathLike):
+            n_files += 1
             try:
                 to_float(item, name=name)
             except ImageReadError as err:
                 skipped.append(str(err))
                 continue
-        keep.append((item, name))
+        keep.append(i)
     for why in skipped:
         print(f"skipped: {why}", file=sys.stderr)
     if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s) of {len(items)}", file=sys.stderr)
+        print(f"skipped {len(skipped)} unreadable file(s) of {n_files}", file=sys.stderr)
     if not keep:
-        raise UserError(f"none of the {len(items)} files could be read as an image.")
-    return [k[0] for k in keep], [k[1] for k in keep]
+        raise UserError(f"none of the {n_files} files could be read as an image.")
+    return keep
+
+
+def _usable(inputs, args: argparse.Namespace) -> list[int]:
+    """:func:`_readable` of :class:`~msde_jax.io.inputs.Inputs`."""
+    n_volume_files = len({v.source for v in inputs.groups.volumes})
+    return _readable(
+        inputs.items,
+        inputs.names,
+        args,
+        skipped=inputs.skipped,
+        volume_files=n_volume_files,
+    )
 
 
 # ---------------------------------------------------------------------------- commands
@@ -214,9 +263,10 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from msde_jax.pipeline.evaluation import embed
 
     out = args.out if args.out.endswith(".npz") else f"{args.out}.npz"  # as np.savez names it
-    items, names = _items(args.sources)
-    _check_out(out, inputs=[*args.sources, *items])
-    items, names = _readable(items, names, args)
+    inputs = _inputs(args.sources, args)
+    _check_out(out, inputs=[*args.sources, *_input_files(inputs)])
+    inputs = inputs.take(_usable(inputs, args))
+    items, names = inputs.items, inputs.names
     embedder = _embedder(args)
     emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     config = json.dumps(embedder.config())
@@ -264,20 +314,28 @@ def cmd_fit(args: argparse.Namespace) -> None:
     else:
         from msde_jax.pipeline.evaluation import embed
 
-        items, names = _items(args.sources)
-        _check_out(args.out, inputs=[*args.sources, *items])
+        inputs = _inputs(args.sources, args)
+        _check_out(args.out, inputs=[*args.sources, *_input_files(inputs)])
         _detector(args)  # refuses bad detector options before the embedding
-        items, _ = _readable(items, names, args)
+        inputs = inputs.take(_usable(inputs, args))
         embedder = _embedder(args)
-        features = embed(embedder, items, cache_dir=args.cache_dir, what="normal")
+        features = embed(embedder, inputs.items, cache_dir=args.cache_dir, what="normal")
         config = embedder.config()
         detector = _detector(args, features.ndim).fit(features)
-    detector.save(args.out, metadata={"embedder": config})
+    metadata: dict[str, Any] = {"embedder": config}
+    volumes = None
+    if not args.embeddings and inputs.groups.has_volumes:
+        from msde_jax.pipeline.volumes import volume_record
+
+        volumes = metadata["volumes"] = volume_record(detector, inputs.groups, axis=args.axis)
+    detector.save(args.out, metadata=metadata)
     print(
         f"fitted {detector!r} on {features.shape[0]} normal images "
         f"({' × '.join(map(str, features.shape[1:]))} features); threshold "
         f"{detector.threshold_:.4g}; saved to {args.out}"
     )
+    if volumes is not None:
+        print(fit_summary(volumes))
 
 
 def _load_model(path: str):
@@ -310,13 +368,24 @@ def cmd_score(args: argparse.Namespace) -> None:
     from msde_jax.detectors.base import no_maps_message
     from msde_jax.embedder import Embedder
     from msde_jax.pipeline.evaluation import embed, heatmaps
+    from msde_jax.pipeline.volumes import read_volume_record
 
     detector, config = _load_model(args.model)
+    try:
+        record = read_volume_record(detector.metadata_)
+    except ValueError as err:
+        raise UserError(f"{args.model}: {err}") from err
     if args.heatmaps and not detector.has_maps:
         raise UserError(no_maps_message(detector))
-    items, names = _items(args.sources)
+    axis = args.axis or (record or {}).get("axis") or "axial"
+    inputs = _inputs(args.sources, args, axis=axis)
+    with_volumes = inputs.groups.has_volumes
+    volume_out = volume_csv_path(args.out) if args.out and with_volumes else None
     if args.out:
-        _check_out(args.out, inputs=[args.model, *args.sources, *items])
+        files = [args.model, *args.sources, *_input_files(inputs)]
+        _check_out(args.out, inputs=files)
+        if volume_out is not None:
+            _check_out(str(volume_out), option="--out (its volume CSV)", inputs=[*files, args.out])
     if args.heatmaps:
         _check_out(args.heatmaps, option="--heatmaps", folder=True)
     try:
@@ -330,32 +399,43 @@ def cmd_score(args: argparse.Namespace) -> None:
             f"{'patch' if detector.has_maps else 'image'}, but its embedder ({embedder!r}) "
             f"gives {dim}: the file's metadata does not match its detector; refit the model."
         )
-    items, names = _readable(items, names, args)
+    inputs = inputs.take(_usable(inputs, args))
+    items, names, groups = inputs.items, inputs.names, inputs.groups
     features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     scores = detector.score_samples(features)
     labels = (scores > detector.threshold_).astype(int)
-    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
-    try:
-        writer = csv.writer(out)
-        writer.writerow(["path", "score", "label"])
-        for name, s, lab in zip(names, scores, labels, strict=True):
-            writer.writerow([name, f"{float(s):.6g}", int(lab)])
-    finally:
-        if args.out:
-            out.close()
+    rows = [
+        [name, f"{float(s):.6g}", int(lab)]
+        for name, s, lab in zip(names, scores, labels, strict=True)
+    ]
+    write_csv(args.out, ["path", "score", "label"], rows)
     if args.out:
         print(
             f"scored {len(names)} images ({labels.sum()} above the threshold "
             f"{detector.threshold_:.4g}); wrote {args.out}"
         )
+    vscores, vthreshold = None, None
+    if groups.has_volumes:
+        vscores, vthreshold = write_volume_scores(args.model, record, scores, groups, volume_out)
     if args.heatmaps:
         from msde_jax.pipeline.heatmaps import write_heatmaps
 
         images, maps = heatmaps(embedder, detector, items, features=features)
-        write_heatmaps(
-            args.heatmaps, images, maps, names=names, scores=scores, threshold=detector.threshold_
-        )
+        threshold = detector.threshold_
+        write_heatmaps(args.heatmaps, images, maps, names=names, scores=scores, threshold=threshold)
         print(f"wrote {len(names)} heatmaps and maps.npz to {args.heatmaps}", file=sys.stderr)
+        if vscores is not None:
+            write_volume_montages(
+                args.heatmaps,
+                images,
+                maps,
+                groups=groups,
+                names=names,
+                scores=scores,
+                threshold=threshold,
+                vscores=vscores,
+                volume_threshold=vthreshold,
+            )
 
 
 def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
@@ -404,16 +484,23 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     require_matplotlib()  # a broken install refuses before minutes of embedding
     _check_out(args.out, folder=True)
     # An empty class is reported before the backbone loads.
-    dataset = limit_dataset(load_dataset(spec), limit=args.limit)
+    with volume_warnings():
+        dataset = load_dataset(
+            spec, axis=getattr(args, "axis", "axial"), skip_unreadable=args.skip_unreadable
+        )
+    for split in ("train_normal", "test_normal", "test_abnormal"):
+        print_volume_notes(dataset.split_groups(split).volumes)
     if args.skip_unreadable:
-        import dataclasses
-
+        for why in dataset.skipped:
+            print(f"skipped: {why}", file=sys.stderr)
+    dataset = limit_dataset(dataset, limit=args.limit)
+    if args.skip_unreadable:
         splits = ("train_normal", "test_normal", "test_abnormal")
         kept = {}
         for field in splits:
             items = list(getattr(dataset, field))
-            kept[field] = _readable(items, [f"{field}: {_name(i)}" for i in items], args)[0]
-        dataset = limit_dataset(dataclasses.replace(dataset, **kept))  # none left empty
+            kept[field] = _readable(items, [f"{field}: {_name(i)}" for i in items], args)
+        dataset = limit_dataset(dataset.subset(kept))  # none left empty
     # Without --cache-dir, a cache for this run only: the validation and the evaluation then
     # embed the training normals once.
     with tempfile.TemporaryDirectory(prefix="msde-jax-") as tmp:
@@ -441,16 +528,19 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
             "set": validation.summary(),
         }
         timings = {**timings, "validation_s": validation.seconds}
+    volumes = result.volumes
     write_report(
         args.out,
         labels=result.labels,
         scores=result.scores,
         threshold=result.threshold,
         images=result.dataset.test_items(),
+        names=result.dataset.test_names() if result.dataset.has_volumes else None,
         title=f"MSDE evaluation — {dataset.name}, {embedder.backbone}, {mode}",
         config=config,
         timings=timings,
         heatmaps=maps,
+        volume_metrics=None if volumes is None else volumes.metrics,
     )
     print(f"configuration: {name}: {detector!r} on {embedder!r}")
     if validation is None:
@@ -463,11 +553,19 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
             + "".join(f"; {n} not fitted" for n, v in validation.scores.items() if v.error)
             + ")"
         )
+    slices = " slices" if result.dataset.has_volumes else ""
     print(
-        f"{dataset.name}: AUROC {metrics['auroc']:.3f}  AP {metrics['average_precision']:.3f}"
-        f"  F1 {metrics['f1']:.3f} at threshold {result.threshold:.4g}  "
-        f"[{mode}; {result.config['test_mix']}]"
+        f"{dataset.name}{slices}: AUROC {metrics['auroc']:.3f}  AP "
+        f"{metrics['average_precision']:.3f}  F1 {metrics['f1']:.3f} at threshold "
+        f"{result.threshold:.4g}  [{mode}; {result.config['test_mix']}]"
     )
+    if volumes is not None:
+        print(metrics_summary(dataset.name, volumes.metrics))
+    elif result.dataset.has_volumes:
+        print(
+            f"{dataset.name} volumes: no volume-level metrics (test/normal and test/abnormal "
+            "must both hold volumes)"
+        )
     print(
         f"report written to {args.out}/report.md  "
         f"(embed {timings['embed_s']:.1f} s, fit {timings['fit_s']:.1f} s, "
@@ -528,8 +626,7 @@ def _normal_images(sources: Sequence[str]) -> list:
         else:
             print(f"{dataset.name}: using its train/normal split", file=sys.stderr)
             return list(dataset.train_normal)
-    items, _ = _items(sources)
-    return items
+    return _inputs(sources, argparse.Namespace()).items
 
 
 COMMANDS = {

@@ -20,16 +20,19 @@ EXAMPLES = {
   msde-jax embed a.png b.png --backbone resnet18 --weights resnet18-f37072fd.pth --out e.npz""",
     "fit": """examples:
   msde-jax fit normals/ --out model.npz
+  msde-jax fit normal_scans/ --out model.npz   # NIfTI files, DICOM-series folders: their slices
   msde-jax fit train_normal.npz --out model.npz --paper
   msde-jax fit embeddings.npz --embeddings --out model.npz   # features already computed""",
     "score": """examples:
   msde-jax score model.npz new_scans/ --out scores.csv
-  msde-jax score model.npz scan.dcm --heatmaps maps/   # where in the image, as PNG + maps.npz""",
+  msde-jax score model.npz scan.dcm --heatmaps maps/   # where in the image, as PNG + maps.npz
+  msde-jax score model.npz ct.nii.gz --out s.csv   # per slice s.csv, per volume s_volumes.csv""",
     "evaluate": """examples:
   msde-jax evaluate ../shared/data/brain_tumor_mri/brain_tumor_mri.npz --out report_brain
   msde-jax evaluate my_dataset/ --backbone mobilenet_v2 --paper --out report
   (a dataset is an .npz with train_normal/test_normal/test_abnormal image stacks, a folder
-   with train/normal, test/normal, test/abnormal, a MedIAnomaly folder with data.json, or
+   with train/normal, test/normal, test/abnormal (images, NIfTI files or DICOM-series
+   folders: volumes also get volume-level metrics), a MedIAnomaly folder with data.json, or
    'pneumoniamnist' for the built-in copy)""",
     "train-backbone": """examples:
   msde-jax train-backbone pneumoniamnist --backbone mobilenet_v2 --out adapted
@@ -226,8 +229,22 @@ def _add_skip_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-unreadable",
         action="store_true",
-        help="skip files that cannot be read as images (each one and the count are listed on "
-        "stderr) instead of stopping at the first",
+        help="skip files that cannot be read as images or volumes (each one and the count are "
+        "listed on stderr) instead of stopping at the first",
+    )
+
+
+def _add_axis_arg(p: argparse.ArgumentParser, *, model: bool = False) -> None:
+    from msde_jax.io.volumes import AXES
+
+    default = "the model's (the axis it was fitted on), else axial" if model else "axial"
+    p.add_argument(
+        "--axis",
+        choices=AXES,
+        default=None if model else "axial",
+        help="the plane NIfTI volumes are sliced in, after reorientation to the closest RAS+ "
+        f"axes (default: {default}); a DICOM series is always read along its own slice normal "
+        "and refuses the other planes",
     )
 
 
@@ -236,7 +253,8 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
         "--limit",
         type=_positive_int,
         default=None,
-        help="use at most this many images per class (quick runs)",
+        help="use at most this many images per class (quick runs; a volume counts as one, "
+        "kept whole)",
     )
     _add_skip_arg(p)
     g = p.add_argument_group("label-free validation")
@@ -282,8 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_args(p)
 
     p = command("embed", "Compute (and cache) embeddings of images.")
-    p.add_argument("sources", nargs="+", help="image files, folders, or an .npz image stack")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="image files, volumes (NIfTI, DICOM-series folders: one row per slice), folders, "
+        "or an .npz image stack",
+    )
     _add_skip_arg(p)
+    _add_axis_arg(p)
     p.add_argument("--out", required=True, help="output .npz (embeddings, paths, config)")
     _add_embedder_args(p)
 
@@ -292,8 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Fit a detector on normal images and save it (with its backbone "
         "configuration) for `score`.",
     )
-    p.add_argument("sources", nargs="+", help="normal images: files, folders or an .npz")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="normal images: files, volumes (NIfTI files, DICOM-series folders), folders or an "
+        ".npz",
+    )
     _add_skip_arg(p)
+    _add_axis_arg(p)
     p.add_argument("--out", required=True, help="model file to write (.npz)")
     p.add_argument(
         "--embeddings",
@@ -305,9 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("score", "Score images with a saved model; write path, score, label as CSV.")
     p.add_argument("model", help="a model written by `msde-jax fit`")
-    p.add_argument("sources", nargs="+", help="images: files, folders or an .npz")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="images: files, volumes (NIfTI files, DICOM-series folders), folders or an .npz",
+    )
     _add_skip_arg(p)
-    p.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    _add_axis_arg(p, model=True)
+    p.add_argument(
+        "--out",
+        default=None,
+        help="CSV file of slice/image scores; with volumes also <name>_volumes.csv beside it "
+        "(default: both to stdout, the volume table after a blank line)",
+    )
     p.add_argument("--cache-dir", default=None, help="embedding cache folder")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
     p.add_argument(
@@ -315,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="also write one heatmap overlay PNG per image (score units, threshold on the "
-        "colour bar) and maps.npz with the raw maps into DIR (patch-bank models)",
+        "colour bar) and maps.npz with the raw maps into DIR (patch-bank models); with volumes "
+        "also one montage PNG per volume (volume_*.png)",
     )
 
     p = command(
@@ -325,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dataset", help="dataset: .npz, folder, MedIAnomaly folder, or 'pneumoniamnist'")
     p.add_argument("--out", required=True, help="report folder")
+    _add_axis_arg(p)
     _add_evaluation_args(p)
 
     p = command(

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from msde_jax._files import atomic_write
+from msde_jax.io.inputs import expand_volumes
 
 __all__ = [
     "SupportsEmbed",
@@ -86,6 +87,7 @@ def embed_cached(
     items: Iterable[Any] | np.ndarray,
     cache_dir: str | os.PathLike,
     *,
+    axis: str = "axial",
     progress: bool = True,
 ) -> np.ndarray:
     """Embed images, reusing embeddings cached on disk and caching the new ones.
@@ -102,17 +104,23 @@ def embed_cached(
     Args:
         embedder: an :class:`~msde_jax.embedder.Embedder` (or any object with ``config()`` and
             ``embed(items)``).
-        items: file paths, PIL images or arrays; or one stacked (n, H, W[, C]) array.
+        items: file paths, PIL images or arrays; or one stacked (n, H, W[, C]) array. A path
+            to a volume (a NIfTI file, a DICOM-series folder) stands for its kept slices, as in
+            :meth:`~msde_jax.embedder.Embedder.embed`; each slice is cached by its content.
         cache_dir: the cache root (created if needed).
+        axis: the slicing plane of NIfTI volumes (:func:`~msde_jax.io.inputs.expand_volumes`).
         progress: print a one-line summary (cached / to embed) on stderr.
 
     Returns:
-        (n, ...) float32 embeddings in the input order, e.g. (n, d) or (n, grid, grid, c).
+        (n, ...) float32 embeddings in the input order, e.g. (n, d) or (n, grid, grid, c); n
+        counts a volume's kept slices.
 
     Raises:
         ValueError: the embedder returned no row per image, or embeddings of different shapes.
     """
     items = list(items)
+    if any(isinstance(item, str | os.PathLike) for item in items):
+        items = expand_volumes(items, axis=axis).items
     config = embedder.config()
     cfg_json = config_key(config)
     folder = Path(cache_dir) / hashlib.sha256(cfg_json.encode()).hexdigest()[:32]

@@ -7,19 +7,22 @@ problem. Its items are file paths (``str``) or NumPy image arrays: anything
 - ``"pneumoniamnist"`` (or ``"builtin:pneumoniamnist"``): the MedMNIST v2 PneumoniaMNIST copy
   shipped with the package (28×28; CC BY 4.0, see ``msde_jax/data/PNEUMONIAMNIST_LICENSE.md``);
 - an ``.npz`` file with ``train_normal``, ``test_normal`` and ``test_abnormal`` image stacks;
-- a folder with ``train/normal``, ``test/normal`` and ``test/abnormal`` image sub-folders;
+- a folder with ``train/normal``, ``test/normal`` and ``test/abnormal`` sub-folders of images
+  or volumes (NIfTI files, DICOM-series folders; :mod:`msde_jax.io.inputs`): a volume's items
+  are its kept slices, and ``Dataset.groups`` records which volume each slice came from;
 - a MedIAnomaly benchmark folder: ``images/`` plus ``data.json`` whose ``train["0"]``,
   ``test["0"]`` and ``test["1"]`` list file names relative to ``images/``.
 """
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from msde_jax.io.images import IMAGE_SUFFIXES
+from msde_jax.io.inputs import SliceGroups, concat_groups, read_inputs
+from msde_jax.io.volumes import VOLUME_SUFFIXES
 
 __all__ = [
     "BUILTIN",
@@ -59,6 +64,11 @@ class Dataset:
         test_normal: normal test images (label 0).
         test_abnormal: abnormal test images (label 1).
         source: where it was read from.
+        groups: for each split holding slices of volumes (``"train_normal"``, ``"test_normal"``,
+            ``"test_abnormal"``), the :class:`~msde_jax.io.inputs.SliceGroups` of its items;
+            splits of 2-D images only are absent.
+        skipped: volumes left out as unreadable (``load_dataset(..., skip_unreadable=True)``),
+            one message each.
     """
 
     name: str
@@ -66,6 +76,41 @@ class Dataset:
     test_normal: list
     test_abnormal: list
     source: str
+    groups: dict[str, SliceGroups] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def has_volumes(self) -> bool:
+        """Whether any split holds slices of volumes."""
+        return any(g.has_volumes for g in self.groups.values())
+
+    def split_groups(self, split: str) -> SliceGroups:
+        """The :class:`~msde_jax.io.inputs.SliceGroups` of a split (all 2-D images when it
+        holds no volume)."""
+        if split not in SPLIT_KEYS:
+            raise ValueError(f"unknown split {split!r}; one of {', '.join(SPLIT_KEYS)}.")
+        groups = self.groups.get(split)
+        return SliceGroups.images(len(getattr(self, split))) if groups is None else groups
+
+    def test_groups(self) -> SliceGroups:
+        """The :class:`~msde_jax.io.inputs.SliceGroups` of :meth:`test_items`."""
+        return concat_groups(self.split_groups("test_normal"), self.split_groups("test_abnormal"))
+
+    def test_names(self) -> list[str]:
+        """Display names of :meth:`test_items` (:meth:`SliceGroups.item_names`)."""
+        return self.test_groups().item_names(self.test_items())
+
+    def subset(self, keep: Mapping[str, Sequence[int]]) -> "Dataset":
+        """The dataset with only the items ``keep[split]`` of each split named (the others
+        whole); the volume groups follow."""
+        fields: dict[str, Any] = {}
+        groups = dict(self.groups)
+        for split, indices in keep.items():
+            items = getattr(self, split)
+            fields[split] = [items[int(i)] for i in indices]
+            if split in groups:
+                groups[split] = groups[split].take(indices)
+        return dataclasses.replace(self, **fields, groups=groups)
 
     def test_items(self) -> list:
         """The test images: the normals, then the abnormals."""
@@ -78,24 +123,34 @@ class Dataset:
         )
 
     def __repr__(self) -> str:
+        volumes = "".join(
+            f", {split}_volumes={len(g.volumes)}" for split, g in self.groups.items() if g.volumes
+        )
         return (
             f"Dataset({self.name!r}, train_normal={len(self.train_normal)}, "
-            f"test_normal={len(self.test_normal)}, test_abnormal={len(self.test_abnormal)}, "
-            f"source={self.source!r})"
+            f"test_normal={len(self.test_normal)}, test_abnormal={len(self.test_abnormal)}"
+            f"{volumes}, source={self.source!r})"
         )
 
 
-def load_dataset(spec: str | os.PathLike) -> Dataset:
+def load_dataset(
+    spec: str | os.PathLike, *, axis: str = "axial", skip_unreadable: bool = False
+) -> Dataset:
     """Read a dataset from a built-in name, an ``.npz`` file or a folder.
 
     Args:
         spec: ``"pneumoniamnist"`` / ``"builtin:pneumoniamnist"``, a path to an ``.npz`` file,
             a folder with ``train/normal``, ``test/normal`` and ``test/abnormal``, or a
             MedIAnomaly folder (``images/`` and ``data.json``).
+        axis: the slicing plane of NIfTI volumes in a folder dataset
+            (:func:`~msde_jax.io.inputs.expand_volumes`).
+        skip_unreadable: leave out volumes that cannot be read (listed in
+            ``Dataset.skipped``) instead of raising; unreadable image files are found when
+            they are read, not here.
 
     Returns:
-        The :class:`Dataset`; folder layouts give sorted lists of file paths, npz files give
-        lists of arrays.
+        The :class:`Dataset`; folder layouts give sorted lists of file paths (and, for volumes,
+        their slices as arrays, read now, with ``groups``), npz files give lists of arrays.
 
     Raises:
         FileNotFoundError: ``spec`` is neither a built-in name nor an existing path.
@@ -118,7 +173,7 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
     if (path / "data.json").is_file():
         return _from_medianomaly(path)
     if (path / "train").is_dir() or (path / "test").is_dir():
-        return _from_folders(path)
+        return _from_folders(path, axis=axis, skip_unreadable=skip_unreadable)
     raise ValueError(f"{path}: no train/ and test/ sub-folders and no data.json; {_LAYOUTS}.")
 
 
@@ -224,23 +279,29 @@ def _from_npz(path: Path, *, name: str, source: str) -> Dataset:
     return Dataset(name, *(list(splits[k]) for k in SPLIT_KEYS), source=source)
 
 
-def _from_folders(root: Path) -> Dataset:
-    splits = []
-    for sub in ("train/normal", "test/normal", "test/abnormal"):
+def _from_folders(root: Path, *, axis: str, skip_unreadable: bool) -> Dataset:
+    splits, groups, skipped = [], {}, []
+    for sub, split in zip(
+        ("train/normal", "test/normal", "test/abnormal"), SPLIT_KEYS, strict=True
+    ):
         folder = root / sub
         if not folder.is_dir():
             raise ValueError(
                 f"{root}: missing sub-folder {sub}; an image-folder dataset needs train/normal, "
                 "test/normal and test/abnormal."
             )
-        files = list_images(folder)
-        if not files:
+        inputs = read_inputs(folder, axis=axis, skip_unreadable=skip_unreadable)
+        skipped.extend(inputs.skipped)
+        if not inputs.items and not inputs.skipped:
             raise ValueError(
-                f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)}); every class "
-                "folder needs at least one."
+                f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)}, "
+                f"{', '.join(VOLUME_SUFFIXES)} and DICOM-series folders); every class folder "
+                "needs at least one."
             )
-        splits.append(files)
-    return Dataset(root.name, *splits, source=str(root))
+        splits.append(inputs.items)
+        if inputs.groups.has_volumes:
+            groups[split] = inputs.groups
+    return Dataset(root.name, *splits, source=str(root), groups=groups, skipped=tuple(skipped))
 
 
 def _from_medianomaly(root: Path) -> Dataset:

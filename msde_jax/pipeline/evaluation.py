@@ -26,6 +26,14 @@ whose components have the same names; each split is embedded by each embedder an
 
 Heatmaps: :func:`heatmaps` maps images through the embedder and a detector that scores patches
 (images in, maps out).
+
+Volumes: a folder dataset of NIfTI files or DICOM series
+(:func:`~msde_jax.io.datasets.load_dataset`) holds their slices with ``Dataset.groups``; the
+slices are fitted and scored like images (the slice-level metrics), and the result's
+``volumes`` adds volume-level metrics: each test volume scored by
+:func:`~msde_jax.pipeline.volumes.aggregate` of its slice scores, abnormal when it comes from
+``test/abnormal``, thresholded at the training volumes' threshold
+(:func:`~msde_jax.pipeline.volumes.volume_threshold`).
 """
 
 import dataclasses
@@ -33,7 +41,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -42,10 +50,12 @@ from msde_jax.detectors.base import no_maps_message
 from msde_jax.detectors.fused import FusedDetector, SupportsDetect
 from msde_jax.io.cache import SupportsEmbed, embed_cached
 from msde_jax.io.datasets import Dataset
+from msde_jax.pipeline.volumes import VolumeScores, volume_metrics, volume_scores, volume_threshold
 
 __all__ = [
     "EmbeddedDataset",
     "EvaluationResult",
+    "VolumeEvaluation",
     "embed",
     "embed_dataset",
     "evaluate",
@@ -87,6 +97,25 @@ class EmbeddedDataset:
         return self.dataset.test_labels()
 
 
+class VolumeEvaluation(NamedTuple):
+    """Volume-level results of an evaluation on volumes.
+
+    Attributes:
+        scores: the test volumes' scores (normal volumes, then abnormal ones).
+        labels: (v,) 0 for a volume of ``test_normal``, 1 of ``test_abnormal``.
+        threshold: the training volumes' threshold
+            (:func:`~msde_jax.pipeline.volumes.volume_threshold`), or ``None`` when the training
+            normals hold no volume or the detector's training scores are not out of fold.
+        metrics: :func:`~msde_jax.pipeline.volumes.volume_metrics` of labels, scores and
+            threshold.
+    """
+
+    scores: VolumeScores
+    labels: np.ndarray
+    threshold: float | None
+    metrics: dict[str, Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult:
     """What one evaluation measured: scores, metrics, timings and the settings behind them.
@@ -106,6 +135,8 @@ class EvaluationResult:
             detector's ``get_params()`` (for a fused detector its ``contamination`` and
             ``{"components": {name: {"class", **get_params()}}}``), ``mode`` and ``test_mix``
             (the share of abnormal test images, scored as one batch).
+        volumes: the volume-level results (:class:`VolumeEvaluation`) when both test classes
+            hold volumes, else ``None``.
     """
 
     dataset: Dataset
@@ -116,15 +147,17 @@ class EvaluationResult:
     metrics: dict[str, Any]
     timings: dict[str, float]
     config: dict[str, Any]
+    volumes: VolumeEvaluation | None = None
 
 
 def limit_dataset(dataset: Dataset, *, limit: int | None = None) -> Dataset:
-    """The dataset with at most ``limit`` images per class, each class checked to be non-empty.
+    """The dataset with at most ``limit`` inputs per class, each class checked to be non-empty.
 
     Args:
         dataset: a :class:`~msde_jax.io.datasets.Dataset`.
-        limit: keep the first ``limit`` images of ``train_normal``, ``test_normal`` and
-            ``test_abnormal`` each (``None``: all).
+        limit: keep the first ``limit`` inputs of ``train_normal``, ``test_normal`` and
+            ``test_abnormal`` each (``None``: all); an input is an image, or a volume with all
+            its slices.
 
     Raises:
         ValueError: ``limit`` is not a positive integer, or a class is empty
@@ -133,8 +166,8 @@ def limit_dataset(dataset: Dataset, *, limit: int | None = None) -> Dataset:
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a positive number of images, got {limit!r}.")
-        dataset = dataclasses.replace(
-            dataset, **{field: getattr(dataset, field)[:limit] for _, field in _SPLITS}
+        dataset = dataset.subset(
+            {field: dataset.split_groups(field).first_inputs(limit) for _, field in _SPLITS}
         )
     for what, field in _SPLITS:
         if not getattr(dataset, field):
@@ -174,7 +207,7 @@ def embed(
         out = embedder.embed(items)
     if progress:
         print(
-            f"embedded {len(items)} {what} images in {time.perf_counter() - start:.1f} s",
+            f"embedded {len(out)} {what} images in {time.perf_counter() - start:.1f} s",
             file=sys.stderr,
         )
     return out
@@ -318,6 +351,11 @@ def evaluate_embeddings(
         "mode": _mode(detector) if mode_label is None else mode_label,
         "test_mix": f"{n_abnormal / len(labels):.0%} abnormal, scored as one batch",
     }
+    volumes = _volume_evaluation(dataset, detector, scores)
+    if dataset.has_volumes:
+        config["volumes"] = {
+            split: len(dataset.split_groups(split).volumes) for _, split in _SPLITS
+        }
     return EvaluationResult(
         dataset=dataset,
         detector=detector,
@@ -327,7 +365,28 @@ def evaluate_embeddings(
         metrics=evaluation_metrics(labels, scores, detector.threshold_),
         timings=timings,
         config=config,
+        volumes=volumes,
     )
+
+
+def _volume_evaluation(
+    dataset: Dataset, detector: SupportsDetect, scores: np.ndarray
+) -> VolumeEvaluation | None:
+    """Volume scores, labels, threshold and metrics, when both test classes hold volumes."""
+    normal = dataset.split_groups("test_normal")
+    abnormal = dataset.split_groups("test_abnormal")
+    if not (normal.has_volumes and abnormal.has_volumes):
+        return None
+    test = dataset.test_groups()
+    vs = volume_scores(scores, test)
+    labels = np.r_[
+        np.zeros(len(normal.volumes), np.int64), np.ones(len(abnormal.volumes), np.int64)
+    ]
+    train = dataset.split_groups("train_normal")
+    threshold = None
+    if train.has_volumes and getattr(detector, "threshold", "cross_fit") == "cross_fit":
+        threshold = volume_threshold(detector.decision_scores_, train, detector.contamination)
+    return VolumeEvaluation(vs, labels, threshold, volume_metrics(labels, vs.scores, threshold))
 
 
 def evaluate(

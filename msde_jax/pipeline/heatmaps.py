@@ -2,7 +2,8 @@
 
 :func:`write_heatmaps` writes, for ``msde-jax score --heatmaps DIR``, one PNG per image (the
 image as the embedder saw it, the map over it in colour, a colour bar in score units with the
-threshold marked) and ``maps.npz`` with every raw map; :func:`draw_overlay` draws one overlay
+threshold marked) and ``maps.npz`` with every raw map; :func:`write_montages` one PNG per
+volume, the overlays of its scored slices in a grid; :func:`draw_overlay` draws one overlay
 on a matplotlib axis (the evaluation report's overlay grid uses it). Figures are drawn on
 ``matplotlib.figure.Figure`` objects with the Agg canvas, as in :mod:`msde_jax.pipeline.report`.
 
@@ -10,6 +11,7 @@ One colour scale serves every image of a call, from the lowest to the highest ma
 at least up to the threshold), so the same colour means the same score in every picture.
 """
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -20,7 +22,14 @@ import numpy as np
 
 from msde_jax._files import atomic_write
 
-__all__ = ["CMAP", "color_range", "draw_overlay", "heatmap_file_names", "write_heatmaps"]
+__all__ = [
+    "CMAP",
+    "color_range",
+    "draw_overlay",
+    "heatmap_file_names",
+    "write_heatmaps",
+    "write_montages",
+]
 
 CMAP = "inferno"
 _ALPHA = 0.45
@@ -48,13 +57,20 @@ def draw_overlay(ax: Any, image: np.ndarray, amap: np.ndarray, vmin: float, vmax
     return shown
 
 
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80].strip("._")
+
+
 def heatmap_file_names(names: Sequence[str]) -> list[str]:
     """One PNG name per input: ``<index>_<file stem>.png``, safe characters only; the index
-    keeps inputs with the same stem (``a/x.png``, ``b/x.png``) apart and the order visible."""
+    keeps inputs with the same stem (``a/x.png``, ``b/x.png``) apart and the order visible. A
+    volume's slice (``"{volume}:{index:04d}"``) keeps its whole name: ``<i>_<volume>_<index>``."""
     width = max(4, len(str(len(names) - 1)))
     out = []
     for i, name in enumerate(names):
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name)).stem)[:80].strip("._") or "image"
+        name = str(name)
+        is_slice = re.fullmatch(r"[^/\\]+:\d{4,}", name) is not None
+        stem = _safe(name if is_slice else Path(name).stem) or "image"
         out.append(f"{i:0{width}d}_{stem}.png")
     return out
 
@@ -130,4 +146,87 @@ def write_heatmaps(
         )
 
     atomic_write(out / "maps.npz", save, suffix=".npz")
+    return paths
+
+
+def write_montages(
+    out_dir: str | os.PathLike,
+    images: np.ndarray,
+    maps: np.ndarray,
+    *,
+    members: Sequence[np.ndarray],
+    volume_names: Sequence[str],
+    volume_scores: Sequence[float],
+    names: Sequence[str],
+    scores: np.ndarray,
+    threshold: float,
+    volume_threshold: float | None = None,
+) -> list[Path]:
+    """Write one montage PNG per volume: the overlays of its slices in a grid.
+
+    Each tile is :func:`draw_overlay` of one slice, titled with its name's slice index and its
+    score (red above ``threshold``); every tile of every montage shares the colour scale of
+    :func:`color_range` ``(maps, threshold)``, as :func:`write_heatmaps` of the same call.
+
+    Args:
+        out_dir: the folder (created).
+        images: (n, H, W, 3) images in [0, 1] as the embedder saw them.
+        maps: (n, H, W) anomaly maps in score units.
+        members: for each volume, the indices of its slices among the n.
+        volume_names: a name per volume, for the title and the file name.
+        volume_scores: a score per volume (:func:`msde_jax.pipeline.volumes.aggregate`).
+        names: n slice names (``"{volume}:{index:04d}"``).
+        scores: (n,) slice scores.
+        threshold: the slice threshold, marked on the colour bar.
+        volume_threshold: the volume threshold, or ``None`` when the model has none.
+
+    Returns:
+        The PNG paths, ``volume_<i>_<name>.png`` in volume order.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not (len(members) == len(volume_names) == len(volume_scores)):
+        raise ValueError("pass one member list, name and score per volume.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vmin, vmax = color_range(maps, threshold)
+    width = max(4, len(str(len(members) - 1)))
+    paths = []
+    for v, (idx, vname, vscore) in enumerate(
+        zip(members, volume_names, volume_scores, strict=True)
+    ):
+        idx = np.asarray(idx, np.int64)
+        cols = max(1, math.ceil(math.sqrt(idx.size)))
+        rows = max(1, math.ceil(idx.size / cols))
+        fig = Figure(figsize=(1.6 * cols + 1.0, 1.75 * rows + 0.9))
+        FigureCanvasAgg(fig)
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).reshape(-1)
+        shown = None
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, i in zip(axes, idx.tolist(), strict=False):
+            shown = draw_overlay(ax, images[i], maps[i], vmin, vmax)
+            label = str(names[i]).rpartition(":")[2]
+            above = scores[i] > threshold
+            ax.set_title(
+                f"{label}: {scores[i]:.3g}", fontsize=7, color="tab:red" if above else "black"
+            )
+        if volume_threshold is None:
+            verdict = "no volume threshold in the model"
+        else:
+            flag = "above" if vscore > volume_threshold else "below"
+            verdict = f"{flag} the volume threshold {volume_threshold:.4g}"
+        fig.suptitle(
+            f"{vname}: volume score {vscore:.4g} ({verdict})\n{idx.size} slices; tile titles: "
+            f"slice index: score (red above the slice threshold {threshold:.4g})",
+            fontsize=9,
+        )
+        if shown is not None:
+            bar = fig.colorbar(shown, ax=axes.tolist(), fraction=0.03, pad=0.02)
+            bar.set_label("patch score (image-score units)", fontsize=8)
+            bar.ax.axhline(threshold, color="cyan", linewidth=2)
+        file = out / f"volume_{v:0{width}d}_{_safe(str(vname)) or 'volume'}.png"
+        fig.savefig(file, dpi=_DPI)
+        paths.append(file)
     return paths

@@ -5,6 +5,7 @@ a folder that can be read on its own::
 
     out_dir/
         metrics.json    metrics at the threshold, AUROC, AP, plus the config and timings
+                        (and ``volume_metrics`` for a dataset of volumes)
         roc.png         ROC curve with the AUROC and the operating point at the threshold
         pr.png          precision-recall curve with the AP and the prevalence baseline
         histogram.png   normal vs abnormal score histograms, threshold as a vertical line
@@ -384,6 +385,27 @@ _METRIC_ROWS = (
 )
 
 
+def _volume_markdown(volume_metrics: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "## Volume-level metrics",
+        "",
+        f"A volume's score is the {volume_metrics['aggregate']}; a test volume is abnormal when "
+        "it comes from test/abnormal. The volume threshold is the 1 − contamination quantile of "
+        "the training volumes' scores, each the same aggregate of its slices' out-of-fold "
+        "scores.",
+        "",
+        "| Metric | Value |",
+        "| --- | ---: |",
+    ]
+    for label, key in _METRIC_ROWS:
+        if key in volume_metrics:
+            value = volume_metrics[key]
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            text = "not available" if value is None else _fmt(value) if key == "threshold" else text
+            lines.append(f"| {label.replace('image', 'volume')} | {text} |")
+    return [*lines, ""]
+
+
 def _markdown(
     title: str,
     metrics: dict[str, Any],
@@ -391,6 +413,7 @@ def _markdown(
     timings: Mapping[str, Any] | None,
     with_grid: bool,
     with_overlays: bool = False,
+    volume_metrics: Mapping[str, Any] | None = None,
 ) -> str:
     lines = [f"# {title}", ""]
     lines += [
@@ -411,6 +434,8 @@ def _markdown(
             text = _fmt(value)
         lines.append(f"| {label} | {text} |")
     lines.append("")
+    if volume_metrics:
+        lines += _volume_markdown(volume_metrics)
     if config:
         lines += ["## Configuration", "", "| Setting | Value |", "| --- | --- |"]
         lines += [f"| {key} | {_md_value(value)} |" for key, value in config.items()]
@@ -529,6 +554,7 @@ def write_report(
     config: Mapping[str, Any] | None = None,
     timings: Mapping[str, Any] | None = None,
     heatmaps: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    volume_metrics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write an evaluation report folder: metrics, curves, histograms, image grid and Markdown.
 
@@ -556,6 +582,9 @@ def write_report(
             :func:`overlay_indices` ``(scores)`` picks: the image (H, W, 3) in [0, 1] as the
             embedder saw it and its (H, W) anomaly map
             (:func:`msde_jax.pipeline.evaluation.heatmaps`).
+        volume_metrics: optional volume-level metrics
+            (:func:`msde_jax.pipeline.volumes.volume_metrics`), written to ``metrics.json`` as
+            ``volume_metrics`` and shown in ``report.md`` after the slice-level ones.
 
     Returns:
         The metrics dict of :func:`msde_jax.core.metrics.evaluation_metrics`.
@@ -580,6 +609,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {"title": title, "metrics": metrics, "config": config, "timings": timings}
+    if volume_metrics is not None:
+        record["volume_metrics"] = dict(volume_metrics)
     with open(out / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(_jsonable(record), f, indent=2, allow_nan=False)
         f.write("\n")
@@ -598,6 +629,7 @@ def write_report(
         timings,
         with_grid=images is not None,
         with_overlays=heatmaps is not None,
+        volume_metrics=volume_metrics,
     )
     (out / "report.md").write_text(text + "\n", encoding="utf-8")
     (out / "report.html").write_text(_html(text, out), encoding="utf-8")

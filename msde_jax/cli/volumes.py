@@ -1,0 +1,187 @@
+"""What the commands print and write about volumes (NIfTI files, DICOM series).
+
+The commands see a volume as its slices (:mod:`msde_jax.io.inputs`); this module adds the
+volume view: the readers' notes and warnings on stderr, the per-volume CSV of ``score``
+(:func:`write_volume_scores`) and its montages, the volume threshold ``fit`` prints and the
+volume-level metrics ``evaluate`` prints. The numbers come from :mod:`msde_jax.pipeline.volumes`.
+"""
+
+import contextlib
+import csv
+import sys
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "fit_summary",
+    "metrics_summary",
+    "print_volume_notes",
+    "volume_csv_path",
+    "volume_warnings",
+    "write_csv",
+    "write_volume_montages",
+    "write_volume_scores",
+]
+
+VOLUME_COLUMNS = ("volume", "source", "slices_scored", "slices", "score", "label")
+
+
+@contextlib.contextmanager
+def volume_warnings() -> Iterator[None]:
+    """Warnings of the volume readers (a DICOM series with missing slices) as one
+    ``warning: …`` line each on stderr; other warnings pass on."""
+    from msde_jax.io.dicom_series import SeriesGapWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SeriesGapWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, SeriesGapWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def print_volume_notes(volumes: Sequence[Any]) -> None:
+    """What the readers did that a user may want to know, one ``note:`` line each on stderr."""
+    for vol in volumes:
+        for note in vol.notes:
+            print(f"note: volume {vol.name} ({vol.source}): {note}", file=sys.stderr)
+
+
+def volume_csv_path(out: str) -> Path:
+    """Where the per-volume CSV goes: beside ``out``, ``scores.csv`` → ``scores_volumes.csv``."""
+    path = Path(out)
+    return path.with_name(f"{path.stem}_volumes{path.suffix}")
+
+
+def write_csv(out: str | Path | None, header: Sequence[str], rows: list[list[Any]]) -> None:
+    """CSV rows to a file, or to stdout when ``out`` is None."""
+    f = open(out, "w", newline="") if out else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    finally:
+        if out:
+            f.close()
+
+
+def write_volume_scores(
+    model: str,
+    record: Mapping[str, Any] | None,
+    scores: np.ndarray,
+    groups: Any,
+    out: Path | None,
+) -> tuple[Any, float | None]:
+    """The per-volume table of ``score``: to ``out``, or to stdout after a blank line.
+
+    Args:
+        model: the model file, for messages.
+        record: the model's ``"volumes"`` metadata
+            (:func:`msde_jax.pipeline.volumes.volume_record`), or ``None`` for a model fitted
+            on 2-D images.
+        scores: (n,) slice scores.
+        groups: the items' :class:`~msde_jax.io.inputs.SliceGroups`.
+        out: the CSV file, or ``None`` for stdout.
+
+    Returns:
+        ``(volume_scores, volume_threshold)``, the threshold ``None`` when the model has none
+        (the label column is then empty and the reason is printed on stderr).
+    """
+    from msde_jax.pipeline.volumes import AGGREGATE, volume_scores
+
+    vscores = volume_scores(scores, groups)
+    threshold = None if record is None else record.get("threshold")
+    if threshold is None:
+        why = (
+            f"{model} was fitted on 2-D images, so it has no volume threshold (fit it on volumes "
+            "to get one)"
+            if record is None
+            else str(record.get("why") or "the model has no volume threshold")
+        )
+        print(f"volume labels: not available: {why}", file=sys.stderr)
+    labels = ["" if threshold is None else int(s > threshold) for s in vscores.scores]
+    rows = [
+        [name, source, int(n), int(total), f"{float(score):.6g}", label]
+        for name, source, n, total, score, label in zip(
+            vscores.names,
+            vscores.sources,
+            vscores.n_scored,
+            vscores.n_slices,
+            vscores.scores,
+            labels,
+            strict=True,
+        )
+    ]
+    if out is None:
+        print()  # stdout: the volume table after the slice table and a blank line
+    write_csv(out, VOLUME_COLUMNS, rows)
+    if out is not None:
+        above = "" if threshold is None else f"; {sum(labels)} above the threshold {threshold:.4g}"
+        print(f"scored {len(rows)} volumes ({AGGREGATE}{above}); wrote {out}")
+    return vscores, threshold
+
+
+def write_volume_montages(
+    out_dir: str,
+    images: np.ndarray,
+    maps: np.ndarray,
+    *,
+    groups: Any,
+    names: Sequence[str],
+    scores: np.ndarray,
+    threshold: float,
+    vscores: Any,
+    volume_threshold: float | None,
+) -> None:
+    """One montage PNG per volume (:func:`msde_jax.pipeline.heatmaps.write_montages`)."""
+    from msde_jax.pipeline.heatmaps import write_montages
+
+    write_montages(
+        out_dir,
+        images,
+        maps,
+        members=groups.members(),
+        volume_names=vscores.names,
+        volume_scores=vscores.scores,
+        names=names,
+        scores=scores,
+        threshold=threshold,
+        volume_threshold=volume_threshold,
+    )
+    print(
+        f"wrote {len(vscores.names)} volume montages (volume_*.png) to {out_dir}", file=sys.stderr
+    )
+
+
+def fit_summary(record: Mapping[str, Any]) -> str:
+    """The line ``fit`` prints about the volume threshold it stored."""
+    from msde_jax.pipeline.volumes import AGGREGATE
+
+    if record["threshold"] is None:
+        return f"volume threshold: not available: {record['why']}"
+    return (
+        f"volume threshold {record['threshold']:.4g}: the {1 - record['contamination']:.0%} "
+        f"quantile of the {record['n_volumes']} training volumes' scores ({AGGREGATE}, of "
+        "out-of-fold slice scores)"
+    )
+
+
+def metrics_summary(name: str, m: Mapping[str, Any]) -> str:
+    """The line ``evaluate`` prints about the volume-level metrics."""
+    at = (
+        "no volume threshold (the training normals hold no volume, or their scores are not "
+        "out of fold)"
+        if m["threshold"] is None
+        else f"F1 {m['f1']:.3f} at volume threshold {m['threshold']:.4g}"
+    )
+    return (
+        f"{name} volumes: AUROC {m['auroc']:.3f}  AP {m['average_precision']:.3f}  {at}  "
+        f"[{m['n_normal']} normal, {m['n_abnormal']} abnormal volumes; volume score = "
+        f"{m['aggregate']}]"
+    )

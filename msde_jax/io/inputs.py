@@ -1,0 +1,274 @@
+"""Inputs: image files, NIfTI volumes and DICOM series, as one list of named 2-D items.
+
+The commands and the pipeline work on 2-D items (an image path or an array) with a display name
+each. A volume — a NIfTI file (``.nii`` / ``.nii.gz``) or a folder holding a DICOM series
+(:func:`~msde_jax.io.volumes.is_volume`) — becomes its kept slices
+(:func:`~msde_jax.io.volumes.volume_images`, (H, W) float32 arrays in [0, 1]) named
+``"{volume}:{index:04d}"`` (:func:`~msde_jax.io.volumes.slice_names`), and a
+:class:`SliceGroups` remembers which volume each item is a slice of, so that slice scores can
+be gathered per volume.
+
+- :func:`list_inputs` walks files and folders: image files, NIfTI files and DICOM-series
+  folders, sorted by path.
+- :func:`expand_volumes` reads the volumes among a list of items into their slices.
+- :func:`read_inputs` is the two in a row: what the commands call.
+"""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from msde_jax.io.images import IMAGE_SUFFIXES, ImageReadError
+from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, is_nifti, is_volume, read_volumes
+
+__all__ = [
+    "Inputs",
+    "SliceGroups",
+    "concat_groups",
+    "expand_volumes",
+    "list_inputs",
+    "read_inputs",
+]
+
+
+class SliceGroups(NamedTuple):
+    """Which volume each of n items is a slice of.
+
+    Attributes:
+        volume: (n,) int64, the index in ``volumes`` of each item's volume; -1 for a 2-D image.
+        position: (n,) int64, the item's row in ``volumes[volume].slices``; -1 for a 2-D image.
+        volumes: the volumes, in input order (their ``slices`` are the items themselves).
+    """
+
+    volume: np.ndarray
+    position: np.ndarray
+    volumes: tuple[Volume, ...]
+
+    @classmethod
+    def images(cls, n: int) -> "SliceGroups":
+        """n items that are all 2-D images."""
+        none = np.full(n, -1, np.int64)
+        return cls(none, none.copy(), ())
+
+    @property
+    def has_volumes(self) -> bool:
+        """Whether any item is a slice of a volume."""
+        return bool(self.volumes)
+
+    def members(self) -> list[np.ndarray]:
+        """For each volume, the indices of its items (increasing)."""
+        return [np.flatnonzero(self.volume == v) for v in range(len(self.volumes))]
+
+    def take(self, keep: Sequence[int] | np.ndarray) -> "SliceGroups":
+        """The groups of ``items[keep]``: volumes left without items are dropped, the others
+        renumbered in their order."""
+        keep = np.asarray(keep, np.int64).reshape(-1)
+        volume, position = self.volume[keep], self.position[keep]
+        used = np.unique(volume[volume >= 0])
+        renumber = np.full(len(self.volumes) + 1, -1, np.int64)  # [-1] stays -1
+        renumber[used] = np.arange(used.size)
+        return SliceGroups(renumber[volume], position, tuple(self.volumes[v] for v in used))
+
+    def first_inputs(self, limit: int) -> np.ndarray:
+        """Indices of the items of the first ``limit`` inputs, a volume or a 2-D image each
+        counting as one input (a volume is kept whole)."""
+        n = self.volume.size
+        if n == 0:
+            return np.zeros(0, np.int64)
+        new = np.ones(n, bool)
+        new[1:] = (self.volume[1:] < 0) | (self.volume[1:] != self.volume[:-1])
+        ordinal = np.cumsum(new) - 1
+        return np.flatnonzero(ordinal < limit)
+
+    def item_names(self, items: Sequence[Any]) -> list[str]:
+        """A display name per item: ``"{volume}:{index:04d}"`` for a slice, the path of a file,
+        ``"image {i}"`` otherwise."""
+        names = []
+        for i, (v, p) in enumerate(zip(self.volume.tolist(), self.position.tolist(), strict=True)):
+            if v >= 0:
+                vol = self.volumes[v]
+                names.append(f"{vol.name}:{int(vol.indices[p]):04d}")
+            elif isinstance(items[i], str | os.PathLike):
+                names.append(os.fspath(items[i]))
+            else:
+                names.append(f"image {i}")
+        return names
+
+
+def concat_groups(*groups: SliceGroups) -> SliceGroups:
+    """The groups of the concatenated items of several lists (volumes renumbered)."""
+    volume, position, volumes = [], [], []
+    for g in groups:
+        volume.append(np.where(g.volume >= 0, g.volume + len(volumes), -1))
+        position.append(g.position)
+        volumes.extend(g.volumes)
+    if not groups:
+        return SliceGroups.images(0)
+    return SliceGroups(
+        np.concatenate(volume).astype(np.int64), np.concatenate(position), tuple(volumes)
+    )
+
+
+class Inputs(NamedTuple):
+    """Named 2-D items, with the volume each slice came from.
+
+    Attributes:
+        items: what :meth:`msde_jax.Embedder.embed` takes: image paths (``str``), the
+            (H, W) float32 slices of volumes, or the arrays given.
+        names: a display name per item (:meth:`SliceGroups.item_names`).
+        groups: the :class:`SliceGroups` of the items.
+        skipped: with ``skip_unreadable``, the error message of each volume that could not be
+            read (and was left out).
+    """
+
+    items: list
+    names: list[str]
+    groups: SliceGroups
+    skipped: tuple[str, ...] = ()
+
+    def take(self, keep: Sequence[int] | np.ndarray) -> "Inputs":
+        """The inputs ``items[keep]`` (names and groups alike)."""
+        keep = [int(i) for i in keep]
+        return Inputs(
+            [self.items[i] for i in keep],
+            [self.names[i] for i in keep],
+            self.groups.take(keep),
+            self.skipped,
+        )
+
+
+def list_inputs(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Image files, NIfTI files and DICOM-series folders from files and folders.
+
+    A folder is searched recursively: every file with an image suffix (as
+    :func:`~msde_jax.io.datasets.list_images`) or a NIfTI suffix, and every folder that is a
+    DICOM series (:func:`~msde_jax.io.dicom_series.is_dicom_series`) as one entry — its
+    ``.dcm`` files are not listed again as images; its sub-folders are searched. The entries
+    of one folder are sorted by path. A file or folder given directly is taken as it is (a
+    folder given directly is searched, even when it is itself a DICOM series: then it is one
+    entry).
+
+    Args:
+        sources: a file, a folder, or a sequence of them (concatenated in the given order).
+
+    Returns:
+        The paths as strings.
+
+    Raises:
+        FileNotFoundError: a source does not exist.
+        ValueError: a source is an ``.npz`` file (an array stack, not an image file).
+    """
+    if isinstance(sources, str | os.PathLike):
+        sources = [sources]
+    out: list[str] = []
+    for src in sources:
+        path = Path(src)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder.")
+        if path.is_dir():
+            out.extend(_walk(path))
+        elif path.suffix.lower() == ".npz":
+            raise ValueError(
+                f"{path}: an .npz file is an array stack, not an image file; read it with "
+                "msde_jax.io.datasets.load_images_npz (or load_dataset for a train/test split)."
+            )
+        else:
+            out.append(str(path))
+    return out
+
+
+def _walk(root: Path) -> list[str]:
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        here = Path(folder)
+        series = is_volume(here)  # a DICOM-series folder
+        if series:
+            found.append(here)
+        for name in files:
+            path = here / name
+            if series and (path.suffix.lower() == ".dcm" or name.upper() == "DICOMDIR"):
+                continue  # part of the series (or its index)
+            if path.suffix.lower() in IMAGE_SUFFIXES or is_nifti(path):
+                found.append(path)
+    return [str(p) for p in sorted(found)]
+
+
+def expand_volumes(
+    items: Sequence[Any],
+    *,
+    axis: str = "axial",
+    window: tuple[float, float] | None = DEFAULT_WINDOW,
+    skip_unreadable: bool = False,
+) -> Inputs:
+    """Read the volumes among ``items`` into their kept slices; other items stay as they are.
+
+    A path (``str`` or ``os.PathLike``) that :func:`~msde_jax.io.volumes.is_volume` accepts
+    (a NIfTI file or a DICOM-series folder) is read with
+    :func:`~msde_jax.io.volumes.read_volumes` (a folder may hold several series: one volume
+    each) and replaced by its slices, in slice order.
+
+    Args:
+        items: image paths, arrays, PIL images, and volume paths.
+        axis: the slicing plane of NIfTI volumes (``"axial"``, ``"coronal"``, ``"sagittal"``);
+            a DICOM series is read along its own slice normal and refuses another plane.
+        window: intensity window percentiles (:func:`~msde_jax.io.volumes.window_volume`).
+        skip_unreadable: leave out a volume that cannot be read
+            (:class:`~msde_jax.io.images.ImageReadError`) and record its message in
+            ``skipped``, instead of raising.
+
+    Returns:
+        The :class:`Inputs`.
+
+    Raises:
+        ImageReadError: a volume cannot be read (the message names the file or series).
+        ImportError: nibabel or pydicom, which the volume needs, is not installed.
+        ValueError: a DICOM series with ``axis`` other than ``"axial"``.
+    """
+    out_items: list = []
+    volume: list[int] = []
+    position: list[int] = []
+    volumes: list[Volume] = []
+    skipped: list[str] = []
+    for item in items:
+        if isinstance(item, str | os.PathLike) and is_volume(item):
+            try:
+                read = read_volumes(item, axis=axis, window=window)
+            except ImageReadError as err:
+                if not skip_unreadable:
+                    raise
+                skipped.append(str(err))
+                continue
+            for vol in read:
+                out_items.extend(vol.slices)
+                volume.extend([len(volumes)] * len(vol.slices))
+                position.extend(range(len(vol.slices)))
+                volumes.append(vol)
+        else:
+            out_items.append(item)
+            volume.append(-1)
+            position.append(-1)
+    groups = SliceGroups(
+        np.asarray(volume, np.int64), np.asarray(position, np.int64), tuple(volumes)
+    )
+    return Inputs(out_items, groups.item_names(out_items), groups, tuple(skipped))
+
+
+def read_inputs(
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    axis: str = "axial",
+    window: tuple[float, float] | None = DEFAULT_WINDOW,
+    skip_unreadable: bool = False,
+) -> Inputs:
+    """:func:`list_inputs` then :func:`expand_volumes`: files and folders → named 2-D items.
+
+    Image files stay paths (read when embedded); volumes are read now, into memory. See those
+    two functions for the arguments and errors.
+    """
+    return expand_volumes(
+        list_inputs(sources), axis=axis, window=window, skip_unreadable=skip_unreadable
+    )

@@ -1,0 +1,189 @@
+"""Inputs: image files and volumes (NIfTI, DICOM series) listed as named 2-D items with groups."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from testing import tissue, write_dicom_series, write_nifti
+
+from msde_jax.io.datasets import list_images, load_dataset
+from msde_jax.io.images import ImageReadError
+from msde_jax.io.inputs import (
+    SliceGroups,
+    concat_groups,
+    expand_volumes,
+    list_inputs,
+    read_inputs,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _png(path, value=100):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
+    return path
+
+
+def _tree(root):
+    """b.png, c/ct (a DICOM series, with a PNG and a sub-folder beside its slices), c/d.nii.gz,
+    xray/ (a 2-D DICOM image, not a series)."""
+    _png(root / "b.png")
+    write_dicom_series(root / "c" / "ct", tissue(RNG, (3, 16, 16)))
+    _png(root / "c" / "ct" / "screenshot.png")
+    _png(root / "c" / "ct" / "more" / "e.png")
+    write_nifti(root / "c" / "d.nii.gz", tissue(RNG, (4, 16, 16)))
+    xray = write_dicom_series(root / "xray", tissue(RNG, (1, 16, 16)))
+    import pydicom
+
+    (file,) = xray.glob("*.dcm")
+    ds = pydicom.dcmread(file)
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient  # a radiograph: no geometry
+    ds.save_as(file, enforce_file_format=True)
+    return root
+
+
+def test_list_inputs_finds_images_nifti_files_and_series_folders(tmp_path):
+    root = _tree(tmp_path / "data")
+    listed = [p.removeprefix(str(root) + "/") for p in list_inputs(root)]
+    assert listed == [
+        "b.png",
+        "c/ct",  # the series, once; its .dcm files are not listed again
+        "c/ct/more/e.png",
+        "c/ct/screenshot.png",
+        "c/d.nii.gz",
+        "xray/slice000.dcm",  # a 2-D DICOM file stays an image
+    ]
+    assert list_inputs(root / "c" / "ct")[0] == str(root / "c" / "ct")  # given directly
+    assert list_inputs([root / "b.png", root / "c" / "d.nii.gz"]) == [
+        str(root / "b.png"),
+        str(root / "c" / "d.nii.gz"),
+    ]
+    # Folders of images only are listed as list_images lists them.
+    only_images = tmp_path / "pngs"
+    for name in ("b.png", "a.png", "sub/c.png", "a-c/x.png"):
+        _png(only_images / name)
+    assert list_inputs(only_images) == list_images(only_images)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        list_inputs(tmp_path / "absent")
+    (tmp_path / "x.npz").touch()
+    with pytest.raises(ValueError, match="array stack"):
+        list_inputs(tmp_path / "x.npz")
+
+
+def test_read_inputs_names_slices_and_groups_them(tmp_path):
+    root = _tree(tmp_path / "data")
+    inputs = read_inputs(root)
+    uid = "ct-1.2.826.0.1.3680043.8.498.7"
+    assert inputs.names == [
+        str(root / "b.png"),
+        *(f"{uid}:{i:04d}" for i in range(3)),
+        str(root / "c" / "ct" / "more" / "e.png"),
+        str(root / "c" / "ct" / "screenshot.png"),
+        *(f"d:{i:04d}" for i in range(4)),
+        str(root / "xray" / "slice000.dcm"),
+    ]
+    groups = inputs.groups
+    assert groups.volume.tolist() == [-1, 0, 0, 0, -1, -1, 1, 1, 1, 1, -1]
+    assert groups.position.tolist() == [-1, 0, 1, 2, -1, -1, 0, 1, 2, 3, -1]
+    assert [v.name for v in groups.volumes] == [uid, "d"]
+    assert [v.source for v in groups.volumes] == [str(root / "c" / "ct"), str(root / "c/d.nii.gz")]
+    slices = [inputs.items[i] for i in (6, 7, 8, 9)]
+    for item, expected in zip(slices, groups.volumes[1].slices, strict=True):
+        assert item.shape == (16, 16)
+        assert item.dtype == np.float32
+        np.testing.assert_array_equal(item, expected)
+    assert isinstance(inputs.items[0], str)
+    assert [m.tolist() for m in groups.members()] == [[1, 2, 3], [6, 7, 8, 9]]
+    coronal = read_inputs(root / "c" / "d.nii.gz", axis="coronal")
+    (vol,) = coronal.groups.volumes
+    assert (vol.axis, vol.n_slices) == ("coronal", 16)  # of the 4 × 16 × 16 volume
+    assert len(coronal.items) == len(vol.indices) < 16  # the disc's edges are empty slices
+    assert coronal.items[0].shape == (4, 16)
+
+
+def test_groups_take_first_inputs_concat_and_names(tmp_path):
+    root = _tree(tmp_path / "data")
+    inputs = read_inputs(root)
+    groups = inputs.groups
+    first = groups.first_inputs(3)  # b.png, the series (whole), e.png
+    assert first.tolist() == [0, 1, 2, 3, 4]
+    kept = inputs.take([0, 6, 8])  # an image and two slices of d
+    assert kept.names == [str(root / "b.png"), "d:0000", "d:0002"]
+    assert kept.groups.volume.tolist() == [-1, 0, 0]
+    assert [v.name for v in kept.groups.volumes] == ["d"]
+    assert kept.groups.item_names(kept.items) == kept.names
+    both = concat_groups(groups, kept.groups, SliceGroups.images(2))
+    assert both.volume.tolist() == [*groups.volume.tolist(), -1, 2, 2, -1, -1]
+    assert len(both.volumes) == 3
+    assert not SliceGroups.images(4).has_volumes
+    assert SliceGroups.images(4).first_inputs(2).tolist() == [0, 1]
+    assert concat_groups().volume.size == 0
+
+
+def test_expand_volumes_keeps_other_items_and_skips_unreadable_volumes(tmp_path):
+    nii = write_nifti(tmp_path / "v.nii", tissue(RNG, (3, 16, 16)))
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti file")
+    array = np.zeros((8, 8), np.float32)
+    inputs = expand_volumes([array, nii, "x.png"])
+    assert inputs.names == ["image 0", "v:0000", "v:0001", "v:0002", "x.png"]
+    assert inputs.items[0] is array
+    with pytest.raises(ImageReadError, match=r"broken\.nii\.gz"):
+        expand_volumes([nii, broken])
+    inputs = expand_volumes([broken, nii], skip_unreadable=True)
+    assert len(inputs.items) == 3
+    (why,) = inputs.skipped
+    assert "broken.nii.gz" in why
+
+
+def test_embed_cached_reads_volumes_into_slices(tmp_path):
+    from msde_jax.io.cache import embed_cached
+
+    class Fake:
+        def config(self):
+            return {"backbone": "fake"}
+
+        def embed(self, items):
+            return np.stack([[float(np.mean(np.asarray(i, np.float32)))] for i in items])
+
+    nii = write_nifti(tmp_path / "v.nii", tissue(RNG, (3, 16, 16)))
+    out = embed_cached(Fake(), [nii], tmp_path / "cache", progress=False)
+    (vol,) = read_inputs(nii).groups.volumes
+    np.testing.assert_allclose(out[:, 0], vol.slices.mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_load_dataset_of_volumes_keeps_the_groups(tmp_path):
+    from msde_jax.pipeline.evaluation import limit_dataset
+
+    root = tmp_path / "ds"
+    for split, n in (("train/normal", 3), ("test/normal", 1), ("test/abnormal", 2)):
+        for i in range(n):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            write_nifti(
+                root / split / f"{split.replace('/', '_')}{i}.nii.gz", tissue(RNG, (4, 16, 16))
+            )
+    _png(root / "test" / "abnormal" / "z.png")  # a 2-D image beside the volumes
+    ds = load_dataset(root)
+    assert (len(ds.train_normal), len(ds.test_normal), len(ds.test_abnormal)) == (12, 4, 9)
+    assert ds.has_volumes
+    assert len(ds.split_groups("train_normal").volumes) == 3
+    assert ds.test_groups().volume.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [-1]
+    assert ds.test_names()[-1].endswith("z.png")
+    assert ds.test_names()[0] == "test_normal0:0000"
+    assert "train_normal_volumes=3" in repr(ds)
+    limited = limit_dataset(ds, limit=2)  # two inputs per class, volumes kept whole
+    assert (len(limited.train_normal), len(limited.test_normal)) == (8, 4)
+    assert len(limited.test_abnormal) == 8
+    assert len(limited.split_groups("train_normal").volumes) == 2
+    from msde_jax.pipeline.evaluation import limit_dataset  # the pipeline's --limit
+
+    limited = limit_dataset(ds, limit=2)  # two inputs per class, volumes kept whole
+    assert (len(limited.train_normal), len(limited.test_normal)) == (8, 4)
+    assert len(limited.test_abnormal) == 8
+    assert len(limited.split_groups("train_normal").volumes) == 2
+    (root / "train" / "normal" / "broken.nii").write_bytes(b"\0" * 10)
+    with pytest.raises(ImageReadError, match=r"broken\.nii"):
+        load_dataset(root)
+    skipped = load_dataset(root, skip_unreadable=True)
+    assert len(skipped.train_normal) == 12
+    assert len(skipped.skipped) == 1
