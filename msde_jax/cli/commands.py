@@ -321,7 +321,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
         embedder = _embedder(args)
         features = embed(embedder, inputs.items, cache_dir=args.cache_dir, what="normal")
         config = embedder.config()
-        detector = _detector(args, features.ndim).fit(features)
+        from msde_jax.pipeline.volumes import fit_groups
+
+        detector = _detector(args, features.ndim)
+        detector.fit(features, groups=fit_groups(detector, inputs.groups))
     metadata: dict[str, Any] = {"embedder": config}
     volumes = None
     if not args.embeddings and inputs.groups.has_volumes:

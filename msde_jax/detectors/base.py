@@ -228,7 +228,7 @@ class Detector:
         """The ``fitted_scalars`` besides ``n_iter_`` of a fitted ``state`` (a subclass hook)."""
         raise NotImplementedError
 
-    def fit(self, X: ArrayLike, y: Any = None) -> Self:
+    def fit(self, X: ArrayLike, y: Any = None, *, groups: ArrayLike | None = None) -> Self:
         """Fit on normal samples only, with the detector's pure ``fit_function``.
 
         Args:
@@ -236,13 +236,16 @@ class Detector:
             y: ignored (scikit-learn's convention for outlier detectors: every row of ``X`` is
                 fitted as a normal; for cross-validation on labelled data, pass
                 :func:`~msde_jax.detectors.fitting.one_class_splits` as ``cv``).
+            groups: one group id per sample (e.g. the volume each slice comes from): the
+                cross-fit folds keep a group together, so no training sample is scored by a
+                model fitted on its own group (:func:`~msde_jax.detectors.fitting.folds`).
 
         Returns:
             ``self``, with ``state_``, the ``fitted_scalars`` (``n_features_in_``,
             ``n_iter_``, …), ``decision_scores_``, ``threshold_`` and ``labels_`` set.
         """
         del y
-        result = type(self).fit_function(X, self.config())
+        result = type(self).fit_function(X, self.config(), groups=groups)
         self.state_ = result.state
         for name, value in self._describe(result.state, np.shape(X)).items():
             setattr(self, name, value)

@@ -17,6 +17,7 @@ from jax.typing import ArrayLike
 __all__ = [
     "DetectorFit",
     "cross_fit",
+    "folds",
     "one_class_splits",
     "out_of_fold_scores",
     "quantile_threshold",
@@ -40,28 +41,52 @@ class DetectorFit(NamedTuple):
     n_iter: int
 
 
-def out_of_fold_scores(
-    order: np.ndarray, n_folds: int, fit_score: Callable[[np.ndarray, np.ndarray], ArrayLike]
-) -> np.ndarray:
-    """Out-of-fold scores of n samples: each fold scored by a model fitted on the others.
+def folds(keys: np.ndarray, n_folds: int, groups: ArrayLike | None = None) -> list[np.ndarray]:
+    """The cross-fit folds of n samples, as sorted index arrays.
 
-    Fold f holds ``order[f::n_folds]`` (``order`` a permutation of the n samples, e.g. their
-    content order, so that the folds do not depend on the row order), both index sets sorted.
+    Without ``groups``, fold f holds ``order[f::n_folds]`` with ``order`` the samples sorted
+    by their content ``keys``, so the folds do not depend on the row order. With ``groups``
+    (one id per sample, e.g. the volume each slice comes from), whole groups are dealt out the
+    same way, ordered by their smallest key: no sample shares a fold's model with its group.
+
+    Raises:
+        ValueError: ``groups`` is not one id per sample, or there are fewer groups than folds.
+    """
+    order = np.argsort(keys, kind="stable")
+    if groups is None:
+        return [np.sort(order[f::n_folds]) for f in range(n_folds)]
+    ids = np.asarray(groups)
+    if ids.shape != keys.shape:
+        raise ValueError(f"groups must hold one id per sample ({keys.size}), got {ids.shape}.")
+    names, index = np.unique(ids, return_inverse=True)
+    if names.size < n_folds:
+        raise ValueError(
+            f"the cross-fit threshold deals whole groups into n_folds={n_folds} folds, but "
+            f"there are {names.size} groups; pass more groups or lower n_folds."
+        )
+    first = np.full(names.size, -1)
+    first[index[order[::-1]]] = np.arange(order.size)[::-1]  # each group's first in order
+    group_order = np.argsort(first, kind="stable")
+    return [np.flatnonzero(np.isin(index, group_order[f::n_folds])) for f in range(n_folds)]
+
+
+def out_of_fold_scores(
+    held_out: list[np.ndarray], fit_score: Callable[[np.ndarray, np.ndarray], ArrayLike]
+) -> np.ndarray:
+    """Out-of-fold scores: each fold (:func:`folds`) scored by a model fitted on the others.
 
     Args:
-        order: (n,) permutation of ``range(n)``.
-        n_folds: number of folds, at most n.
+        held_out: the folds, sorted index arrays that partition ``range(n)``.
         fit_score: ``fit_score(train_indices, held_indices)`` fits on the first and returns the
-            scores of the second.
+            scores of the second (the training indices keep the given row order).
 
     Returns:
         (n,) float64 scores.
     """
-    n = order.shape[0]
+    n = sum(held.size for held in held_out)
     scores = np.empty(n, np.float64)
-    for fold in range(n_folds):
-        held = np.sort(order[fold::n_folds])
-        rest = np.setdiff1d(np.arange(n), held)  # keeps the given row order
+    for held in held_out:
+        rest = np.setdiff1d(np.arange(n), held)
         scores[held] = np.asarray(fit_score(rest, held))
     return scores
 
@@ -79,6 +104,7 @@ def cross_fit(
     score: Callable[[Any, np.ndarray], ArrayLike],
     *,
     batch_independent: bool = True,
+    groups: ArrayLike | None = None,
 ) -> DetectorFit:
     """Fit on all of ``x`` and threshold on out-of-fold scores (folds by content order).
 
@@ -92,12 +118,14 @@ def cross_fit(
         batch_independent: each row's score depends on that row only. Then every held-out
             fold is padded to the largest fold's row count (by copies of its last row, cut
             off again), so all folds are scored by one compiled program.
+        groups: one group id per sample (:func:`folds`): a group's samples share a fold.
 
     Returns:
         :class:`DetectorFit` with the out-of-fold scores as ``decision_scores``.
     """
     state, n_iter = fit_state(x, keys, config)
-    largest = -(-x.shape[0] // config.n_folds)
+    held_out = folds(keys, config.n_folds, groups)
+    largest = max(held.size for held in held_out)
 
     def fit_score(rest: np.ndarray, held: np.ndarray) -> ArrayLike:
         fold_state = fit_state(x[rest], keys[rest], config)[0]
@@ -105,8 +133,7 @@ def cross_fit(
         rows = np.concatenate([held, np.repeat(held[-1:], extra)]) if extra else held
         return np.asarray(score(fold_state, x[rows]))[: held.size]
 
-    order = np.argsort(keys, kind="stable")
-    scores = out_of_fold_scores(order, config.n_folds, fit_score)
+    scores = out_of_fold_scores(held_out, fit_score)
     return DetectorFit(state, scores, quantile_threshold(scores, config.contamination), n_iter)
 
 

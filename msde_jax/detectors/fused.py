@@ -350,12 +350,16 @@ class FusedDetector(Detector):
         return {name: X[name] for name in names}
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X: Mapping[str, ArrayLike], y: Any = None) -> Self:
+    def fit(
+        self, X: Mapping[str, ArrayLike], y: Any = None, *, groups: ArrayLike | None = None
+    ) -> Self:
         """Fit every component on its features of the normals, then the fusion and threshold.
 
         Args:
             X: ``{component name: features of the normal samples}``, same rows in every entry.
             y: ignored (scikit-learn API compatibility).
+            groups: one group id per sample, passed to every component's ``fit`` (a group's
+                samples share a cross-fit fold).
 
         Returns:
             ``self``, with ``state_`` / ``stats_`` (:class:`FusionStats`), ``decision_scores_``
@@ -366,7 +370,7 @@ class FusedDetector(Detector):
         X = self._checked_features(X, list(components))
         for name, component in components.items():
             try:
-                component.fit(X[name])
+                component.fit(X[name], groups=groups)
             except ValueError as err:
                 raise ValueError(f"component {name!r}: {err}") from err
         oof = {name: np.asarray(c.decision_scores_) for name, c in components.items()}

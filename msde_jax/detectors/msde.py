@@ -389,7 +389,9 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     return mahalanobis(state.gaussian, pca_transform(state.pca, points))
 
 
-def fit_detector(x: ArrayLike, config: DetectorConfig) -> DetectorFit:
+def fit_detector(
+    x: ArrayLike, config: DetectorConfig, *, groups: ArrayLike | None = None
+) -> DetectorFit:
     """Fit the detector on normal embeddings only, and its threshold.
 
     1. standardise each feature with the training mean and standard deviation;
@@ -412,6 +414,9 @@ def fit_detector(x: ArrayLike, config: DetectorConfig) -> DetectorFit:
         x: (n, d) embeddings of normal images
             (:func:`~msde_jax.detectors.config.check_features`).
         config: the :class:`DetectorConfig`.
+        groups: one group id per row (e.g. the volume each slice comes from): with
+            ``threshold="cross_fit"`` a group's rows share a fold
+            (:func:`~msde_jax.detectors.fitting.folds`).
 
     Returns:
         :class:`~msde_jax.detectors.fitting.DetectorFit` ``(state, decision_scores,
@@ -427,7 +432,15 @@ def fit_detector(x: ArrayLike, config: DetectorConfig) -> DetectorFit:
     keys = sample_keys(x)  # hashed once: the content-ordered blocks and the folds use them
     if config.threshold == "cross_fit":
         independent = config.mode != "transductive"
-        return cross_fit(x, keys, config, _fit_state, score_detector, batch_independent=independent)
+        return cross_fit(
+            x,
+            keys,
+            config,
+            _fit_state,
+            score_detector,
+            batch_independent=independent,
+            groups=groups,
+        )
     from scipy.stats import chi2  # scipy ships with jax
 
     state, n_iter = _fit_state(x, keys, config)

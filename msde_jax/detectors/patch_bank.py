@@ -231,7 +231,9 @@ def score_bank_detector(state: BankState, x: ArrayLike) -> jax.Array:
     return image_scores(scores, reduce=state.config.reduce, q=state.config.q)
 
 
-def fit_bank_detector(x: ArrayLike, config: BankConfig) -> DetectorFit:
+def fit_bank_detector(
+    x: ArrayLike, config: BankConfig, *, groups: ArrayLike | None = None
+) -> DetectorFit:
     """Fit the patch memory bank on the patch features of normal images, and its threshold.
 
     1. the images are put in content order (a hash of their values), so nothing depends on
@@ -254,6 +256,8 @@ def fit_bank_detector(x: ArrayLike, config: BankConfig) -> DetectorFit:
         x: (n, P, c) or (n, g, g, c) patch features of normal images
             (:func:`~msde_jax.detectors.config.check_features`).
         config: the :class:`BankConfig`.
+        groups: one group id per image (e.g. the volume each slice comes from): a group's
+            images share a fold (:func:`~msde_jax.detectors.fitting.folds`).
 
     Returns:
         :class:`~msde_jax.detectors.fitting.DetectorFit` ``(state, decision_scores,
@@ -261,7 +265,8 @@ def fit_bank_detector(x: ArrayLike, config: BankConfig) -> DetectorFit:
     """
     x = check_features(x, kind="patches", dtype=config.dtype)
     config.check_n_images(x.shape[0], math.prod(x.shape[1:-1]))
-    return cross_fit(x, sample_keys(x), config, _fit_state, score_bank_detector)
+    keys = sample_keys(x)
+    return cross_fit(x, keys, config, _fit_state, score_bank_detector, groups=groups)
 
 
 # ---------------------------------------------------------------------- the estimator

@@ -58,6 +58,12 @@ class SliceGroups(NamedTuple):
         """Whether any item is a slice of a volume."""
         return bool(self.volumes)
 
+    def fold_groups(self) -> np.ndarray:
+        """One group id per item for a detector's cross-fit folds (``fit(..., groups=)``): a
+        volume's slices share its index, each 2-D image has an id of its own."""
+        own = len(self.volumes) + np.arange(self.volume.size)
+        return np.where(self.volume >= 0, self.volume, own)
+
     def members(self) -> list[np.ndarray]:
         """For each volume, the indices of its items (increasing)."""
         return [np.flatnonzero(self.volume == v) for v in range(len(self.volumes))]

@@ -8,14 +8,14 @@ volume's score, and one odd slice of a long scan counts less than in the maximum
 The volume threshold needs no abnormal volume, as the slice threshold: each training volume is
 scored by the same aggregate of its slices' out-of-fold scores (the detector's
 ``decision_scores_``), and the threshold is the ``1 − contamination`` quantile of those volume
-scores (:func:`volume_threshold`). The folds are folds of slices, not of volumes: a slice's
-out-of-fold score comes from a model fitted on the other folds, which hold the neighbouring
-slices of the same volume, so training volumes score lower than unseen normal volumes would and
-the volume threshold errs low (more volumes flagged). :func:`volume_record` is what
+scores (:func:`volume_threshold`). The detector is fitted with a volume's slices in one
+cross-fit fold (``fit(..., groups=SliceGroups.fold_groups())``), so no training slice is scored
+by a model that saw its volume. :func:`volume_record` is what
 ``msde-jax fit`` stores in the model's metadata under ``"volumes"``.
 """
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -32,6 +32,7 @@ __all__ = [
     "TOP_PERCENT",
     "VolumeScores",
     "aggregate",
+    "fit_groups",
     "read_volume_record",
     "top_k",
     "volume_metrics",
@@ -167,3 +168,31 @@ def read_volume_record(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
             "threshold or null); refit the model."
         )
     return dict(record)
+
+
+def fit_groups(detector: Any, groups: SliceGroups) -> np.ndarray | None:
+    """The ``groups=`` to fit ``detector`` with on these items: their volumes
+    (:meth:`SliceGroups.fold_groups`), so that a volume's slices share a cross-fit fold.
+
+    ``None`` (folds of slices) without volumes, for a detector without cross-fit folds, and
+    when there are fewer groups than folds; the last says so on stderr, since the training
+    volumes' scores then come from models that saw other slices of them (the volume threshold
+    errs low).
+    """
+    if not groups.has_volumes:
+        return None
+    n_folds = detector.get_params().get("n_folds")
+    if n_folds is None or detector.get_params().get("threshold", "cross_fit") != "cross_fit":
+        return None
+    ids = groups.fold_groups()
+    n_groups = np.unique(ids).size
+    if n_groups < n_folds:
+        print(
+            f"note: {n_groups} training volumes/images for n_folds={n_folds} cross-fit folds: "
+            "the folds are folds of slices, so a training volume's slices are scored by models "
+            "that saw its other slices and the volume threshold errs low; give at least "
+            f"{n_folds} volumes for folds of volumes.",
+            file=sys.stderr,
+        )
+        return None
+    return ids

@@ -209,3 +209,21 @@ def test_montages_one_png_per_volume(tmp_path):
         "0004_b.x_0005.png",
         "0005_scan.png",
     ]
+
+
+def test_fit_groups_are_volumes_when_there_are_enough(capsys):
+    from msde_jax import MSDEDetector
+    from msde_jax.io.inputs import SliceGroups
+    from msde_jax.pipeline.volumes import fit_groups
+
+    volume = np.array([0, 0, 1, 1, 2, 2, -1, 3, 3, 4, 5, -1])
+    groups = SliceGroups(volume, np.zeros_like(volume), (None,) * 6)
+    ids = fit_groups(MSDEDetector(), groups)
+    np.testing.assert_array_equal(ids[:6], [0, 0, 1, 1, 2, 2])
+    assert ids[6] != ids[11]  # each 2-D image a group of its own
+    assert len(set(ids)) == 8
+    assert capsys.readouterr().err == ""
+    assert fit_groups(MSDEDetector(n_folds=9), groups) is None  # 8 groups < 9 folds
+    assert "folds of slices" in capsys.readouterr().err
+    assert fit_groups(MSDEDetector(threshold="chi2"), groups) is None
+    assert fit_groups(MSDEDetector(), SliceGroups.images(4)) is None

@@ -1,0 +1,74 @@
+"""The fit skeleton: content-ordered folds, folds of groups, and the cross-fit threshold."""
+
+import numpy as np
+import pytest
+
+from msde_jax import MSDEDetector, PatchBankDetector
+from msde_jax.detectors.fitting import folds, out_of_fold_scores
+
+
+def _keys(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 2**62, n).astype(np.uint64)
+
+
+def test_folds_partition_the_samples_in_content_order():
+    keys = _keys(23)
+    held = folds(keys, 4)
+    np.testing.assert_array_equal(np.sort(np.concatenate(held)), np.arange(23))
+    order = np.argsort(keys, kind="stable")
+    for f, fold in enumerate(held):
+        np.testing.assert_array_equal(fold, np.sort(order[f::4]))
+
+
+def test_folds_of_groups_keep_each_group_together():
+    keys = _keys(30, seed=1)
+    groups = np.repeat(np.array([5, 1, 9, 3, 7, 2]), 5)  # six groups of five
+    held = folds(keys, 3, groups)
+    np.testing.assert_array_equal(np.sort(np.concatenate(held)), np.arange(30))
+    for fold in held:
+        assert fold.size == 10
+        for g in np.unique(groups[fold]):
+            assert set(np.flatnonzero(groups == g)) <= set(fold)  # the whole group
+    # The same samples in another row order make the same folds of groups.
+    perm = np.random.default_rng(2).permutation(30)
+    moved = folds(keys[perm], 3, groups[perm])
+    assert sorted(map(tuple, (np.sort(perm[f]) for f in moved))) == sorted(map(tuple, held))
+    with pytest.raises(ValueError, match="6 groups"):
+        folds(keys, 7, groups)
+    with pytest.raises(ValueError, match="one id per sample"):
+        folds(keys, 3, groups[:5])
+
+
+def test_out_of_fold_scores_score_each_fold_by_the_others():
+    held = folds(_keys(10), 2)
+    seen = []
+
+    def fit_score(rest, fold):
+        seen.append((rest, fold))
+        return fold * 10.0
+
+    np.testing.assert_array_equal(out_of_fold_scores(held, fit_score), np.arange(10) * 10.0)
+    for rest, fold in seen:
+        assert not np.intersect1d(rest, fold).size
+
+
+@pytest.mark.parametrize("kind", ["msde", "bank"])
+def test_detectors_fit_with_groups(kind):
+    rng = np.random.default_rng(4)
+    if kind == "msde":
+        # Eight "volumes" of eight near-identical "slices": folds of slices would score each
+        # slice by a model that saw its twins, folds of volumes do not.
+        centres = rng.normal(size=(8, 1, 6))
+        x = (centres + 0.01 * rng.normal(size=(8, 8, 6))).reshape(64, 6).astype(np.float32)
+        det, other = MSDEDetector(mode="none", score="knn"), MSDEDetector(mode="none", score="knn")
+    else:
+        centres = rng.normal(size=(8, 1, 2, 2, 3))
+        x = (centres + 0.01 * rng.normal(size=(8, 8, 2, 2, 3))).reshape(64, 2, 2, 3)
+        x = x.astype(np.float32)
+        det, other = PatchBankDetector(size=50), PatchBankDetector(size=50)
+    groups = np.repeat(np.arange(8), 8)
+    det.fit(x, groups=groups)
+    other.fit(x)
+    np.testing.assert_array_equal(det.score_samples(x[:5]), other.score_samples(x[:5]))
+    # Out of its group, a slice is far from every training slice: higher out-of-fold scores.
+    assert np.median(det.decision_scores_) > 10 * np.median(other.decision_scores_)
