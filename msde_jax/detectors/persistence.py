@@ -24,13 +24,13 @@ import json
 import math
 import os
 import typing
-import zipfile
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from msde_jax._arrays_file import ArrayFileError, load_npz
 from msde_jax._files import arrays_checksum, atomic_write
 
 __all__ = [
@@ -120,16 +120,25 @@ def read_npz(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(meta, arrays)`` of a saved detector, without checking its version or class.
 
+    The arrays are read by :func:`msde_jax._arrays_file.load_npz`: every size the file claims
+    is checked against what it stores, and the arrays together against the memory bound
+    (half the available memory, or ``MSDE_JAX_MAX_ARRAY_BYTES``), before anything is allocated.
+
     Raises:
-        ValueError: for anything that is not an .npz with a JSON ``meta`` entry (``what``
-            names the expected class in the message).
+        ValueError: for anything that is not an .npz with a JSON ``meta`` entry, or one that
+            claims more than it holds or than memory allows (``what`` names the expected
+            class in the message; the array, where one is at fault).
     """
     try:
-        # The file opened here, so that it is closed even when NumPy fails to read it.
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            files = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        # A truncated file, a flipped byte (the zip's CRC), another file renamed.
+        files = load_npz(path)
+    except ArrayFileError as err:
+        # A truncated file, a flipped byte (the zip's CRC), another file renamed, a header
+        # that claims more than is stored, arrays beyond the memory bound.
+        where = f"member {err.member!r} " if err.member else ""
+        raise ValueError(
+            f"{path} is not a saved {what} or is damaged (.npz): {where}{err.reason}"
+        ) from err
+    except OSError as err:  # a folder, an unreadable file
         raise ValueError(f"{path} is not a saved {what} or is damaged (.npz): {err}") from err
     if "meta" not in files:
         raise ValueError(f"{path} is not a saved {what}: no 'meta' entry.")

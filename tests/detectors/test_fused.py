@@ -8,7 +8,7 @@ import pytest
 
 from msde_jax import FusedDetector, MSDEDetector, NotFittedError, PatchBankDetector, load_detector
 from msde_jax.core import roc_auc
-from msde_jax.detectors import FusionStats, fuse_scores, fusion_stats
+from msde_jax.detectors import FusionStats, fuse_scores, fusion_stats, persistence
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.fused import STD_FLOOR, z_scores
 from msde_jax.detectors.persistence import FORMAT_VERSION, detector_class, read_npz
@@ -317,8 +317,10 @@ def test_classes_are_looked_up_by_name_only(fitted, tmp_path, monkeypatch):
     # A fused file is read once: load_detector rebuilds it from the (meta, arrays) it read.
     det.save(path)
     reads = []
-    real_load = np.load
-    monkeypatch.setattr(np, "load", lambda *a, **k: reads.append(a) or real_load(*a, **k))
+    real_load = persistence.load_npz
+    monkeypatch.setattr(
+        persistence, "load_npz", lambda *a, **k: reads.append(a) or real_load(*a, **k)
+    )
     loaded = load_detector(path)
     assert len(reads) == 1
     np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
