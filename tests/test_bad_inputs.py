@@ -639,10 +639,10 @@ SPLITS = ("train_normal", "test_normal", "test_abnormal")
 DATASET_FILES = {
     "truncated": (lambda raw: raw[: len(raw) // 2], "not a readable .npz file"),
     "empty": (lambda raw: b"", "not a readable .npz file"),
-    "garbage": (lambda raw: b"garbage", "not a readable .npz file \\(it holds Python objects or"),
+    "garbage": (lambda raw: b"garbage", "not a readable .npz file \\(a zip archive"),
     "object-array": (
         {"train_normal": np.array([1, "a"], dtype=object)},
-        "array 'train_normal' cannot be read",
+        "member 'train_normal' holds Python objects",
     ),
     "text-pixels": ({"test_normal": np.full((3, 8, 8), "a")}, "'test_normal' is <U1; images are"),
     "float-pixels-out-of-range": (
@@ -726,11 +726,11 @@ def _cli_cases(t, scans, model, bank):
         ),
         "embeddings-garbage": (
             ["fit", str(t / "garbage.npz"), "--embeddings", "--out", str(t / "m.npz")],
-            "garbage.npz: not a readable .npz file",
+            "garbage.npz: is not a readable .npz file",
         ),
         "embeddings-objects": (
             ["fit", str(t / "obj.npz"), "--embeddings", "--out", str(t / "m.npz")],
-            "obj.npz: array 'embeddings' cannot be read",
+            "obj.npz: member 'embeddings' holds Python objects",
         ),
         "embeddings-config-not-an-object": (
             ["fit", str(t / "cfg.npz"), "--embeddings", "--out", str(t / "m.npz")],

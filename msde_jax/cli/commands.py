@@ -285,8 +285,8 @@ def _read_embeddings(path: str) -> tuple[np.ndarray, dict | None]:
     with open_npz(path) as z:
         if "embeddings" not in z:
             raise UserError(f"{path} has no 'embeddings' array ({', '.join(z) or 'no arrays'}).")
-        features = z["embeddings"]
-        config = z["config"] if "config" in z else None
+        arrays = z.read(["embeddings", "config"])  # within the memory bound together
+    features, config = arrays["embeddings"], arrays.get("config")
     if config is not None:
         try:
             config = json.loads(str(config)) if config.ndim == 0 else None

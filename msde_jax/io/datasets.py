@@ -19,8 +19,6 @@ import dataclasses
 import errno
 import json
 import os
-import zipfile
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from msde_jax._arrays_file import MemberHeader, load_npz, member_headers
 from msde_jax.io.images import IMAGE_SUFFIXES
 from msde_jax.io.inputs import SliceGroups, concat_groups, read_inputs
 from msde_jax.io.volumes import VOLUME_SUFFIXES
@@ -37,6 +36,7 @@ __all__ = [
     "BUILTIN",
     "SPLIT_KEYS",
     "Dataset",
+    "NpzArrays",
     "list_images",
     "load_dataset",
     "load_images_npz",
@@ -184,79 +184,77 @@ def _builtin(name: str) -> Dataset:
 
 
 @contextlib.contextmanager
-def open_npz(path: str | os.PathLike) -> Iterator[Mapping[str, np.ndarray]]:
+def open_npz(path: str | os.PathLike) -> Iterator["NpzArrays"]:
     """An ``.npz`` file's arrays by name (read on access), never unpickling anything.
 
-    Every way the file can fail to read ends in one ``ValueError`` that names it: not an .npz
-    (another file renamed, an empty or truncated one), a damaged member (the zip CRC), or an
-    array of Python objects (which would need pickle, refused).
+    The file is read by :mod:`msde_jax._arrays_file`: every array's header is checked against
+    the bytes the file stores when it is opened, before any data is read (``headers`` gives
+    them: shapes and dtypes without reading), and the arrays read are bounded by the memory
+    bound (half of the available memory, or ``MSDE_JAX_MAX_ARRAY_BYTES``). Every way the file
+    can fail ends in one ``ValueError`` that names it (and the array, where one is at fault):
+    not an .npz (another file renamed, an empty or truncated one), a header or zip directory
+    that claims more than the file holds, a damaged member (the zip CRC), an array of Python
+    objects (which would need pickle, refused) or arrays larger than the bound.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: as above.
+        ValueError: as above (:class:`~msde_jax._arrays_file.ArrayFileError`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
-    # The file opened here, so that it is closed whatever NumPy makes of it.
-    with open(path, "rb") as f:
-        try:
-            data = np.load(f, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"{path}: not a readable .npz file ({_npz_reason(err)}).") from err
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: a single .npy array, not an .npz file of named arrays.")
-        with data:
-            yield _NpzArrays(path, data)
+    yield NpzArrays(path, member_headers(path))
 
 
-class _NpzArrays(Mapping):
-    """The arrays of an open ``.npz``, each read on access with its faults named."""
+class NpzArrays(Mapping):
+    """The arrays of an ``.npz`` whose headers were checked, each read on access.
 
-    def __init__(self, path: Path, data: Any):
-        self._path, self._data = path, data
+    ``data[name]`` reads one array; :meth:`read` reads several at once, so that they count
+    against the memory bound together; ``headers`` has every array's shape and dtype.
+    """
+
+    def __init__(self, path: Path, headers: dict[str, MemberHeader]):
+        self.path, self.headers = path, headers
 
     def __getitem__(self, key: str) -> np.ndarray:
-        if key not in self._data.files:
+        if key not in self.headers:
             raise KeyError(key)
-        try:
-            return self._data[key]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-            raise ValueError(
-                f"{self._path}: array {key!r} cannot be read ({_npz_reason(err)})."
-            ) from err
+        return self.read([key])[key]
+
+    def read(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The arrays ``keys`` (those the file has), read together within the memory bound."""
+        return load_npz(self.path, allow=[k for k in keys if k in self.headers])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.headers
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._data.files)
+        return iter(self.headers)
 
     def __len__(self) -> int:
-        return len(self._data.files)
+        return len(self.headers)
 
 
-def _npz_reason(err: BaseException) -> str:
-    message = str(err)
-    if "allow_pickle" in message or "pickled" in message:
-        # NumPy's advice to unpickle the file is not one to follow for a file of images.
-        return "it holds Python objects or is not an .npz file; arrays of numbers only"
-    return message or type(err).__name__
-
-
-def _check_stack(path: Path, key: str, arr: np.ndarray) -> None:
-    """Refuse an array that is not a stack of images the readers accept."""
-    if arr.ndim not in (3, 4):
+def _check_stack(path: Path, key: str, header: MemberHeader) -> None:
+    """Refuse an array that is not a stack of images the readers accept, from its header."""
+    shape, dtype = header.shape, header.dtype
+    if len(shape) not in (3, 4):
         raise ValueError(
-            f"{path}: array {key!r} has shape {arr.shape}; expected an image stack "
+            f"{path}: array {key!r} has shape {shape}; expected an image stack "
             "(n, H, W) or (n, H, W, C)."
         )
-    if len(arr) == 0:
+    if shape[0] == 0:
         raise ValueError(f"{path}: array {key!r} holds no images.")
-    if 0 in arr.shape[1:3]:
-        raise ValueError(f"{path}: array {key!r} holds images of no pixels (shape {arr.shape}).")
-    if not (arr.dtype in (np.uint8, np.uint16, np.bool_) or arr.dtype.kind == "f"):
+    if 0 in shape[1:3]:
+        raise ValueError(f"{path}: array {key!r} holds images of no pixels (shape {shape}).")
+    if not (dtype in (np.uint8, np.uint16, np.bool_) or dtype.kind == "f"):
         raise ValueError(
-            f"{path}: array {key!r} is {arr.dtype}; images are uint8, uint16, bool or float in "
-            "[0, 1]."
+            f"{path}: array {key!r} is {dtype}; images are uint8, uint16, bool or float in [0, 1]."
         )
+
+
+def _check_pixels(path: Path, key: str, arr: np.ndarray) -> None:
+    """Refuse float pixels outside [0, 1] (or NaN), once the stack is read."""
     if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and 0 <= arr.min() <= arr.max() <= 1):
         raise ValueError(
             f"{path}: array {key!r} holds float pixels outside [0, 1] (or NaN); scale the images "
@@ -273,9 +271,11 @@ def _from_npz(path: Path, *, name: str, source: str) -> Dataset:
                 f"{path}: missing array(s) {', '.join(missing)}; a dataset .npz needs "
                 f"{', '.join(SPLIT_KEYS)}; found {', '.join(keys) or 'no arrays'}."
             )
-        splits = {k: data[k] for k in SPLIT_KEYS}
+        for key in SPLIT_KEYS:  # shapes and dtypes from the headers, before any pixel is read
+            _check_stack(path, key, data.headers[key])
+        splits = data.read(SPLIT_KEYS)  # the three splits count against the bound together
     for key, arr in splits.items():
-        _check_stack(path, key, arr)
+        _check_pixels(path, key, arr)
     return Dataset(name, *(list(splits[k]) for k in SPLIT_KEYS), source=source)
 
 
@@ -405,6 +405,7 @@ def load_images_npz(path: str | os.PathLike, key: str | None = None) -> list[np.
                 )
         if key not in keys:
             raise ValueError(f"{path}: no array {key!r}; found {', '.join(keys) or 'none'}.")
+        _check_stack(path, key, data.headers[key])
         arr = data[key]
-    _check_stack(path, key, arr)
+    _check_pixels(path, key, arr)
     return list(arr)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msde_jax.io.datasets import Dataset, list_images, load_dataset, load_images_npz
+from msde_jax.io.datasets import (
+    SPLIT_KEYS,
+    Dataset,
+    list_images,
+    load_dataset,
+    load_images_npz,
+    open_npz,
+)
 from msde_jax.io.images import to_float
 
 
@@ -101,6 +108,33 @@ def test_npz_empty_split(tmp_path):
     np.savez(path, train_normal=z, test_normal=z, test_abnormal=np.zeros((0, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="'test_abnormal' holds no images"):
         load_dataset(path)
+
+
+def test_npz_splits_count_against_the_memory_bound_together(tmp_path, monkeypatch):
+    path = tmp_path / "data.npz"
+    np.savez(path, **{k: np.zeros((4, 16, 16), np.uint8) for k in SPLIT_KEYS})  # 1 KiB each
+    monkeypatch.setenv("MSDE_JAX_MAX_ARRAY_BYTES", "2K")  # any two splits, not three
+    with pytest.raises(ValueError, match=r"3 KiB with the other arrays read: more than the 2 KiB"):
+        load_dataset(path)
+    assert len(load_images_npz(path, "test_normal")) == 4  # one alone fits
+
+
+def test_open_npz_gives_headers_without_reading(tmp_path, monkeypatch):
+    path = tmp_path / "data.npz"
+    np.savez(path, a=np.zeros((3, 5, 7), np.uint16), b=np.ones(2))
+    monkeypatch.setenv("MSDE_JAX_MAX_ARRAY_BYTES", "0")  # nothing may be read
+    with open_npz(path) as data:
+        assert list(data) == ["a", "b"]
+        assert "a" in data
+        assert "c" not in data
+        assert data.headers["a"].shape == (3, 5, 7)
+        assert data.headers["a"].dtype == np.uint16
+        with pytest.raises(ValueError, match="member 'a' claims shape"):
+            data["a"]
+    monkeypatch.delenv("MSDE_JAX_MAX_ARRAY_BYTES")
+    with open_npz(path) as data:
+        np.testing.assert_array_equal(data["b"], np.ones(2))
+        assert sorted(data.read(["a", "c"])) == ["a"]  # names the file lacks are skipped
 
 
 def test_folder_layout(tmp_path):
