@@ -16,6 +16,7 @@ never see a half-written entry.
 
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from msde_jax._arrays_file import ArrayFileError, load_npy
 from msde_jax._files import atomic_write
 from msde_jax.io.inputs import expand_volumes
 
@@ -171,15 +173,18 @@ def embed_cached(
 
 def _entry(path: Path, expected: tuple[int, ...] | None) -> np.ndarray | None:
     """A cache entry if it is one this cache wrote: a float32 .npy of finite values, of the
-    embedder's ``output_shape`` when it has one; else ``None`` (embedded again)."""
+    embedder's ``output_shape`` when it has one; else ``None`` (embedded again).
+
+    Read by :func:`msde_jax._arrays_file.load_npy`: a header that claims more than the file
+    holds, or more than the entry this embedder writes (``expected``) or the memory bound, is
+    refused before anything is allocated, like any other damaged entry.
+    """
     if not path.exists():
         return None
+    max_bytes = None if expected is None else math.prod(expected) * 4  # float32
     try:
-        entry = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):  # damaged (EOFError: empty)
-        return None
-    if not isinstance(entry, np.ndarray):  # another kind of file (an .npz) in its place
-        getattr(entry, "close", lambda: None)()
+        entry = load_npy(path, max_bytes=max_bytes)
+    except (ArrayFileError, OSError):  # damaged, crafted, another kind of file, too large
         return None
     if entry.dtype != np.float32:
         return None

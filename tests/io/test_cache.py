@@ -205,7 +205,23 @@ def _save_npz(path):
         np.savez(f, x=np.zeros(3, np.float32))
 
 
+def _lying_header(path):
+    # An .npy whose header claims 3.6 TiB over 12 bytes of data (issue 24).
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)}
+        )
+        f.write(np.zeros(3, np.float32).tobytes())
+
+
+def _larger_than_the_embedder_writes(path):
+    # An honest header, but 1000 times the entry this embedder writes: refused by its size.
+    np.save(path, np.zeros(3000, np.float32))
+
+
 DAMAGES = {
+    "lying-header": _lying_header,
+    "larger": _larger_than_the_embedder_writes,
     "empty": b"",
     "garbage": b"garbage, not an array",
     "truncated": lambda data: data[: len(data) // 2],
@@ -239,3 +255,13 @@ def test_a_damaged_entry_is_recomputed_not_trusted(tmp_path, arrays, damage):
     rewritten = np.load(entry)
     assert rewritten.shape == (3,)
     assert rewritten.dtype == np.float32
+
+
+def test_a_lying_entry_is_recomputed_without_an_output_shape(tmp_path, arrays):
+    stub = StubEmbedder()  # no output_shape: only the file's own claims and the bound apply
+    first = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
+    (folder,) = (tmp_path / "cache").iterdir()
+    _lying_header(sorted(folder.glob("*.npy"))[0])
+    again = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
+    assert stub.calls == [5, 1]
+    np.testing.assert_array_equal(again, first)
