@@ -44,6 +44,7 @@ __all__ = [
     "ArrayFileError",
     "MemberHeader",
     "available_memory",
+    "human_bytes",
     "load_npy",
     "load_npz",
     "max_array_bytes",
@@ -133,7 +134,7 @@ class MemberHeader(NamedTuple):
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
     """``n`` bytes in binary units, three significant digits (``"381 GiB"``)."""
     if n < 1024:
         return f"{n} bytes"
@@ -142,7 +143,7 @@ def _human_bytes(n: int) -> str:
 
 
 def _describe(header: MemberHeader) -> str:
-    return f"claims shape {header.shape} of {header.dtype} ({_human_bytes(header.nbytes)})"
+    return f"claims shape {header.shape} of {header.dtype} ({human_bytes(header.nbytes)})"
 
 
 # --------------------------------------------------------------------------- memory bound
@@ -197,7 +198,7 @@ def _bound(max_bytes: int | None) -> tuple[int, str]:
         shift = 10 * " KMGT".index(match[2].upper() or " ")
         return int(match[1]) << shift, MAX_ARRAY_BYTES_ENV
     available = available_memory()
-    return int(available * _DEFAULT_FRACTION), f"half of the {_human_bytes(available)} available"
+    return int(available * _DEFAULT_FRACTION), f"half of the {human_bytes(available)} available"
 
 
 def _system_available() -> int | None:
@@ -299,8 +300,8 @@ def _read_header(stream: BinaryIO, path: Any, member: str | None) -> tuple[Any, 
         (length,) = struct.unpack(length_format, length_bytes)
         if length > _MAX_HEADER_BYTES:
             raise fail(
-                f"has a {_human_bytes(length)} .npy header; NumPy writes under "
-                f"{_human_bytes(_MAX_HEADER_BYTES)}"
+                f"has a {human_bytes(length)} .npy header; NumPy writes under "
+                f"{human_bytes(_MAX_HEADER_BYTES)}"
             )
         text = _read_exact(stream, length)
     except ArrayFileError:
@@ -358,7 +359,7 @@ def _check_header(path: Any, member: str | None, header: MemberHeader) -> None:
         kind = "member" if member is not None else "file"
         raise ArrayFileError(
             path,
-            f"{_describe(header)}, but the {kind} holds {_human_bytes(max(stored, 0))} of data "
+            f"{_describe(header)}, but the {kind} holds {human_bytes(max(stored, 0))} of data "
             f"after its header; {_RESTORE}.",
             member,
             header.nbytes,
@@ -398,8 +399,8 @@ def _open_zip(f: BinaryIO, path: Any, size: int) -> zipfile.ZipFile:
         if record is not None and record[1] > _MAX_DIRECTORY_BYTES:
             raise ArrayFileError(
                 path,
-                f"claims a zip directory of {_human_bytes(record[1])} (over "
-                f"{_human_bytes(_MAX_DIRECTORY_BYTES)}, some 160,000 arrays); {_RESTORE}.",
+                f"claims a zip directory of {human_bytes(record[1])} (over "
+                f"{human_bytes(_MAX_DIRECTORY_BYTES)}, some 160,000 arrays); {_RESTORE}.",
             )
         f.seek(0)
         zf = zipfile.ZipFile(f)
@@ -473,20 +474,20 @@ def _check_directory(path: Any, name: str, info: zipfile.ZipInfo, archive_size: 
         )
     stored = info.compress_size
     if info.header_offset + stored > archive_size:
-        size = _human_bytes(archive_size)
-        why = f"it is stored in {_human_bytes(stored)}, past the end of the {size} archive"
+        size = human_bytes(archive_size)
+        why = f"it is stored in {human_bytes(stored)}, past the end of the {size} archive"
     elif info.compress_type == zipfile.ZIP_STORED and stored != info.file_size:
-        why = f"it is stored uncompressed in {_human_bytes(stored)}"
+        why = f"it is stored uncompressed in {human_bytes(stored)}"
     elif info.file_size > DEFLATE_MAX_RATIO * stored:
         why = (
-            f"it is deflated from {_human_bytes(stored)}, more than deflate can inflate "
+            f"it is deflated from {human_bytes(stored)}, more than deflate can inflate "
             f"({DEFLATE_MAX_RATIO}:1)"
         )
     else:
         return
     raise ArrayFileError(
         path,
-        f"is declared as {_human_bytes(info.file_size)} uncompressed, but the zip directory says "
+        f"is declared as {human_bytes(info.file_size)} uncompressed, but the zip directory says "
         f"{why}; {_RESTORE}.",
         name,
         info.file_size,
@@ -520,10 +521,10 @@ def _check_total(path: Any, headers: dict[str, MemberHeader], max_bytes: int | N
     largest = max(headers, key=lambda k: headers[k].nbytes)
     what = _describe(headers[largest])
     if len(headers) > 1:
-        what += f", {_human_bytes(total)} with the other arrays read"
+        what += f", {human_bytes(total)} with the other arrays read"
     raise ArrayFileError(
         path,
-        f"{what}: more than the {_human_bytes(bound)} one read may take ({source}). If the file is "
+        f"{what}: more than the {human_bytes(bound)} one read may take ({source}). If the file is "
         "trusted and the memory is there, raise the bound (max_bytes, or the environment "
         f"variable {MAX_ARRAY_BYTES_ENV}); else it is damaged or crafted: restore it from a copy.",
         largest or None,

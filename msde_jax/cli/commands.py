@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from msde_jax._memory import MemoryLimitError
 from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
 from msde_jax.cli.volumes import (
     fit_summary,
@@ -309,6 +310,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
         detector = _detector(args, features.ndim)
         try:
             detector.fit(features)
+        except MemoryLimitError:
+            raise  # about the machine and the options, not the file's contents
         except ValueError as err:
             raise UserError(f"{args.sources[0]}: 'embeddings': {err}") from err
     else:
@@ -370,7 +373,7 @@ def _load_model(path: str):
 def cmd_score(args: argparse.Namespace) -> None:
     from msde_jax.detectors.base import no_maps_message
     from msde_jax.embedder import Embedder
-    from msde_jax.pipeline.evaluation import embed, heatmaps
+    from msde_jax.pipeline.evaluation import check_heatmaps, embed, heatmaps
     from msde_jax.pipeline.volumes import read_volume_record
 
     detector, config = _load_model(args.model)
@@ -404,6 +407,8 @@ def cmd_score(args: argparse.Namespace) -> None:
         )
     inputs = inputs.take(_usable(inputs, args))
     items, names, groups = inputs.items, inputs.names, inputs.groups
+    if args.heatmaps:  # their memory, before any image is embedded
+        check_heatmaps(embedder.image_size, len(items))
     features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     scores = detector.score_samples(features)
     labels = (scores > detector.threshold_).astype(int)

@@ -18,14 +18,10 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-__all__ = ["DEFAULT_SIGMA", "MAX_SIZE", "gaussian_blur", "sigma_for", "upsample_maps"]
+__all__ = ["DEFAULT_SIGMA", "gaussian_blur", "maps_bytes", "sigma_for", "upsample_maps"]
 
 DEFAULT_SIGMA = 4.0
 """PatchCore's blur, in pixels of a 224-pixel image."""
-
-MAX_SIZE = 8192
-"""The largest map side :func:`upsample_maps` draws (a 8192² float32 map is 256 MiB), far
-above any backbone's input; a larger one would exhaust memory."""
 
 
 def sigma_for(size: int) -> float:
@@ -33,10 +29,25 @@ def sigma_for(size: int) -> float:
     return DEFAULT_SIGMA * size / 224.0
 
 
-def _kernel(sigma: float, max_radius: int) -> jax.Array:
+def _radius(sigma: float, max_radius: int) -> int:
     # Beyond the map's side a tap only sees replicated border values: a wider kernel (a huge
     # sigma) would change little and allocate without bound.
-    radius = max(1, min(math.ceil(4.0 * sigma), max_radius))
+    return max(1, min(math.ceil(4.0 * sigma), max_radius))
+
+
+def maps_bytes(n_maps: int, size: int, sigma: float | None = None) -> int:
+    """Bytes :func:`upsample_maps` allocates at once for ``n_maps`` float32 maps of side
+    ``size``: the resized maps (size²), their border-padded copy ((size + 2r)², r the blur's
+    radius) and the blur's two passes (size · (size + 2r), then size²), each n_maps × 4 bytes.
+    The maps' side has no other limit: a caller compares this with the memory free
+    (``PatchBankDetector.score_maps`` does)."""
+    sigma = sigma_for(size) if sigma is None else float(sigma)
+    r = _radius(sigma, size) if sigma > 0 else 0
+    return n_maps * 4 * (2 * size * size + (size + 2 * r) ** 2 + size * (size + 2 * r))
+
+
+def _kernel(sigma: float, max_radius: int) -> jax.Array:
+    radius = _radius(sigma, max_radius)
     t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
     k = jnp.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
@@ -73,11 +84,8 @@ def upsample_maps(patch_maps: ArrayLike, size: int, sigma: float | None = None) 
     patch_maps = jnp.asarray(patch_maps)
     if patch_maps.ndim != 3:
         raise ValueError(f"patch_maps must be (m, g, g), got shape {patch_maps.shape}.")
-    if not 1 <= size <= MAX_SIZE:
-        raise ValueError(
-            f"maps of side {size} are not drawn: the side must be in [1, {MAX_SIZE}] (pass the "
-            "embedder's image_size)."
-        )
+    if size < 1:
+        raise ValueError(f"maps of side {size} are not drawn: pass the embedder's image_size.")
     dtype = jnp.promote_types(patch_maps.dtype, jnp.float32)
     up = jax.image.resize(
         patch_maps.astype(dtype), (patch_maps.shape[0], size, size), method="linear"

@@ -18,15 +18,17 @@ Every subclass (``FusedDetector`` too) registers itself by its class name
 :func:`~msde_jax.detectors.persistence.load_detector` returns the right class for any file.
 """
 
+import contextlib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Self
 
 import jax
 import numpy as np
 from jax.typing import ArrayLike
 
+from msde_jax._memory import Lower, check_memory, out_of_memory
 from msde_jax.detectors.config import check_features, ordered_fields, parameter_docs
 from msde_jax.detectors.persistence import (
     check_arrays,
@@ -245,7 +247,9 @@ class Detector:
             ``n_iter_``, …), ``decision_scores_``, ``threshold_`` and ``labels_`` set.
         """
         del y
-        result = type(self).fit_function(X, self.config(), groups=groups)
+        config = self.config()
+        with self._memory_checked("fitting", getattr(X, "shape", None) or np.shape(X)):
+            result = type(self).fit_function(X, config, groups=groups)
         self.state_ = result.state
         for name, value in self._describe(result.state, np.shape(X)).items():
             setattr(self, name, value)
@@ -267,6 +271,31 @@ class Detector:
         )
         return self.state_._replace(config=config), x
 
+    def _memory_needed(
+        self, shape: tuple[int, ...], state: Any = None
+    ) -> tuple[dict[str, int], list[Lower]]:
+        """The bytes fitting (``state`` ``None``) or scoring (under ``state``) features of
+        ``shape`` allocates at once, by part, and the options that size them (a subclass
+        hook; none here). Called before the features are checked: an unexpected shape gives
+        ``{}``, and the check of the features reports it."""
+        del shape, state
+        return {}, []
+
+    @contextlib.contextmanager
+    def _memory_checked(
+        self, step: str, shape: tuple[int, ...], state: Any = None
+    ) -> Iterator[None]:
+        """Refuse a step whose :meth:`_memory_needed` exceeds the memory free (of the default
+        device: an accelerator's, else the host's) before it runs, and turn running out of
+        memory inside the block into one error naming the step and the options to lower
+        (``msde_jax._memory``)."""
+        needs, lower = self._memory_needed(tuple(shape), state)
+        what = f"{step} {type(self).__name__} on {'×'.join(map(str, shape))} features"
+        check_memory(what, needs, lower=lower, device=jax.devices()[0])
+        options = [option.name for option in lower] or ["the number of images"]
+        with out_of_memory(what, options):
+            yield
+
     def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Anomaly score of each sample (the pure ``score_function``); **higher = more
         anomalous** (PyOD's convention; scikit-learn's outlier detectors use the opposite).
@@ -277,7 +306,9 @@ class Detector:
         Returns:
             (m,) float scores.
         """
-        return np.asarray(jax.device_get(type(self).score_function(*self._checked(X))))
+        state, x = self._checked(X)
+        with self._memory_checked("scoring with", x.shape, state):
+            return np.asarray(jax.device_get(type(self).score_function(state, x)))
 
     def score_maps(self, X: ArrayLike, *, size: int = 224, sigma: float | None = None):
         """Anomaly heatmaps; only detectors that score patches have them.

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from msde_jax._memory import Lower
 from msde_jax.core.blocks import padded_rows, row_keys, sample_keys
 from msde_jax.core.density import density_weights
 from msde_jax.core.gaussian import COVARIANCE_ESTIMATORS, GaussianState, gaussian_fit, mahalanobis
@@ -518,6 +519,35 @@ class MSDEDetector(Detector):
             "n_components_": int(state.pca.components.shape[0]),
         }
 
+    def _memory_needed(
+        self, shape: tuple[int, ...], state: DetectorState | None = None
+    ) -> tuple[dict[str, int], list[Lower]]:
+        """Fitting n rows of d features: four float32 copies (checked, standardised, shifted,
+        on the device), the PCA's SVD (two n × min(n, d) factors) and the kNN distance blocks
+        of the shift (rows per block × n, with its top-k, × 2). Scoring m rows: three copies
+        and the blocks against the reference rows (the n training rows; n + m, all shifted
+        together, in the transductive mode)."""
+        if len(shape) != 2 or min(shape) < 1:
+            return {}, []
+        n, d = shape
+        config = self.config() if state is None else state.config
+        if state is None:
+            reference = n
+            needs = {"features": 4 * n * d * 4, "PCA": 2 * n * min(n, d) * 4}
+        else:
+            reference = int(state.reference.shape[0])
+            if config.mode == "transductive":
+                reference += n
+            needs = {"features": 3 * n * d * 4}
+        lower = [Lower("the number of images", n)]
+        if config.mode != "none" or (state is not None and config.score == "knn"):
+            rows = reference if config.mode == "transductive" or state is None else n
+            block = min(config.batch(reference) or rows, rows)
+            needs["kNN distance blocks"] = 2 * block * reference * 4
+            if needs["kNN distance blocks"] > needs["features"]:
+                lower.insert(0, Lower("the detector's batch_size", block))
+        return needs, lower
+
     def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Anomaly score of each sample (:func:`score_detector`); **higher = more anomalous**.
 
@@ -532,6 +562,7 @@ class MSDEDetector(Detector):
             (m,) float scores.
         """
         state, x = self._checked(X)
-        if state.config.mode == "transductive":  # the batch is part of the answer: no padding
-            return np.asarray(jax.device_get(score_detector(state, x)))
-        return padded_rows(partial(score_detector, state), x)
+        with self._memory_checked("scoring with", x.shape, state):
+            if state.config.mode == "transductive":  # the batch is the answer: no padding
+                return np.asarray(jax.device_get(score_detector(state, x)))
+            return padded_rows(partial(score_detector, state), x)

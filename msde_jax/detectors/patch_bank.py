@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax.core.anomaly_maps import upsample_maps
+from msde_jax._memory import Lower, check_memory
+from msde_jax.core.anomaly_maps import maps_bytes, upsample_maps
 from msde_jax.core.blocks import sample_keys
 from msde_jax.core.memory_bank import REDUCTIONS, MemoryBank, bank_fit, image_scores, patch_scores
 from msde_jax.detectors.base import Detector
@@ -308,6 +309,39 @@ class PatchBankDetector(Detector):
     def _describe(self, state: BankState, shape: tuple[int, ...]) -> dict[str, int]:
         return {"n_features_in_": int(shape[-1]), "n_patches_": int(math.prod(shape[1:-1]))}
 
+    def _memory_needed(
+        self, shape: tuple[int, ...], state: BankState | None = None
+    ) -> tuple[dict[str, int], list[Lower]]:
+        """Fitting: three float32 copies of the N = n·P training patches (checked, in content
+        order, on the device), the coreset search (the (N, projection_dim) projection and four
+        length-N vectors), the kNN distance blocks of the out-of-fold scoring (rows per block ×
+        bank rows, with its top-k, × 2) and, with ``shift=True``, the bank's shift (bank rows ×
+        its block × 3). Scoring: two copies of the patches, their scores and the blocks."""
+        if len(shape) not in (3, 4) or min(shape) < 1:
+            return {}, []
+        n, c = shape[0], shape[-1]
+        rows = n * math.prod(shape[1:-1])
+        config = self.config() if state is None else state.config
+        if state is None:
+            bank = min(config.size, rows)
+            needs = {
+                "patch features": 3 * rows * c * 4,
+                "coreset search": rows * ((config.projection(c) or 0) + 4) * 4,
+            }
+        else:
+            bank = int(state.bank.bank.shape[0])
+            needs = {"patch features": 2 * rows * c * 4, "patch scores": 2 * rows * 4}
+        block = min(config.batch(max(rows, bank)) or rows, rows)
+        needs["kNN distance blocks"] = 2 * block * bank * 4
+        if state is None and config.shift:
+            needs["bank shift"] = 3 * bank * min(config.batch(bank) or bank, bank) * 4
+        lower = [Lower("the number of images", n)]
+        if needs["kNN distance blocks"] > needs["patch features"]:
+            lower = [Lower("the detector's batch_size", block)]
+            if state is None:
+                lower.append(Lower("size (--bank-size)", bank))
+        return needs, lower
+
     def score_patches(self, X: ArrayLike) -> np.ndarray:
         """Each patch's score (:func:`score_bank_patches`), e.g. for anomaly heatmaps.
 
@@ -317,7 +351,9 @@ class PatchBankDetector(Detector):
         Returns:
             (m, P) or (m, g, g) float scores, higher = more anomalous.
         """
-        return np.asarray(jax.device_get(score_bank_patches(*self._checked(X))))
+        state, x = self._checked(X)
+        with self._memory_checked("scoring patches with", x.shape, state):
+            return np.asarray(jax.device_get(score_bank_patches(state, x)))
 
     def score_maps(
         self, X: ArrayLike, *, size: int = 224, sigma: float | None = None
@@ -354,8 +390,17 @@ class PatchBankDetector(Detector):
         real = isinstance(sigma, int | float | np.number) and not isinstance(sigma, bool)
         if sigma is not None and not (real and math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"sigma must be a finite number >= 0 (0: no blur), got {sigma!r}.")
-        maps = score_bank_maps(state, x, size=int(size), sigma=sigma)
-        return np.asarray(jax.device_get(maps))
+        size, m = int(size), x.shape[0]
+        needs = {
+            "maps on the device": maps_bytes(m, size, sigma),
+            "maps returned": m * size * size * 4,
+        }
+        step = f"anomaly maps of {m} image{'s' * (m != 1)} at {size} × {size}"
+        lower = [Lower("size (the maps' side)", size, 2), Lower("the number of images", m)]
+        check_memory(step, needs, lower=lower, device=jax.devices()[0])
+        with self._memory_checked("scoring patches with", x.shape, state):
+            maps = score_bank_maps(state, x, size=size, sigma=sigma)
+            return np.asarray(jax.device_get(maps))
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         super()._restore(meta, arrays)

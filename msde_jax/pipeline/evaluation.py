@@ -45,6 +45,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from msde_jax._memory import Lower, check_memory
+from msde_jax.core.anomaly_maps import maps_bytes
 from msde_jax.core.metrics import evaluation_metrics
 from msde_jax.detectors.base import no_maps_message
 from msde_jax.detectors.fused import FusedDetector, SupportsDetect
@@ -62,6 +64,7 @@ __all__ = [
     "EmbeddedDataset",
     "EvaluationResult",
     "VolumeEvaluation",
+    "check_heatmaps",
     "embed",
     "embed_dataset",
     "evaluate",
@@ -454,10 +457,33 @@ def heatmaps(
     """
     if not getattr(detector, "has_maps", False):
         raise ValueError(no_maps_message(detector))
+    check_heatmaps(embedder.image_size, len(items))
     if features is None:
         features = embed(embedder, items, cache_dir=cache_dir, what="input", progress=progress)
     maps = detector.score_maps(features, size=embedder.image_size)
     images = np.stack(
         [embedder.preprocess(item, name=f"image {i}") for i, item in enumerate(items)]
     )
-    return images.astype(np.float32), maps
+    return images.astype(np.float32, copy=False), maps
+
+
+def check_heatmaps(size: int, n_images: int) -> None:
+    """Refuse :func:`heatmaps` of ``n_images`` images of side ``size`` before anything is
+    embedded or read, when what it holds at once exceeds the memory free: the pictures (the
+    preprocessed images and their stack, two (n, size, size, 3) float32 copies), the maps
+    returned ((n, size, size) float32) and the maps being drawn
+    (:func:`~msde_jax.core.anomaly_maps.maps_bytes`).
+
+    Raises:
+        MemoryLimitError: a ``ValueError`` saying how far to lower the number of images or
+            the embedder's ``image_size``.
+    """
+    pixels = n_images * size * size
+    needs = {
+        "pictures": 2 * pixels * 3 * 4,
+        "maps": pixels * 4,
+        "maps being drawn": maps_bytes(n_images, size),
+    }
+    step = f"heatmaps of {n_images} image{'s' * (n_images != 1)} at {size} × {size}"
+    lower = [Lower("the number of images", n_images), Lower("image_size", size, 2, 16)]
+    check_memory(step, needs, lower=lower)

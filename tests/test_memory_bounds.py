@@ -1,0 +1,287 @@
+"""No input can exhaust memory (issue 24): sizes are checked against the data and the machine
+before anything is allocated, and running out of memory anyway ends in one clear error.
+
+- Crafted model and dataset files whose headers claim far more than they store end, through
+  the command line, in one ``error:`` line naming the file and the array, with exit status 2,
+  in a subprocess whose address space is limited (``RLIMIT_AS``, 3 GiB: measured, the
+  ``score`` and ``evaluate`` paths peak at ~0.5 GiB of address space and ``fit``, with XLA's
+  CPU client up, at ~1.6 GiB), so that trying to allocate a claim would fail there.
+- Options that size work (image size, batch size, grid, bank size, map side, number of
+  images) are checked against the memory free, with advice on how far to lower them.
+- An XLA ``RESOURCE_EXHAUSTED`` or a ``MemoryError`` inside embedding, fitting or scoring
+  becomes one error naming the step and the options to lower (simulated: CI cannot run out of
+  device memory on purpose).
+- Garbage in JAX's persistent compilation cache does not make a jitted function fail.
+"""
+
+import functools
+import io
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import msde_jax
+from msde_jax import MSDEDetector, PatchBankDetector
+from msde_jax import _memory as mem
+from msde_jax.cli import main
+
+GiB = 1 << 30
+# Address space of the subprocesses; see the module docstring for what they were measured to use.
+ADDRESS_SPACE = 3 * GiB
+EXHAUSTED = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 34359738368 bytes."
+
+
+def _lying_copy(src, dst, member, shape, descr):
+    """``src`` with ``member``'s header replaced by one claiming ``shape`` over 8 data bytes."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == f"{member}.npy":
+                header = io.BytesIO()
+                claim = {"descr": descr, "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_2_0(header, claim)
+                data = header.getvalue() + bytes(8)
+            zout.writestr(info.filename, data)
+    return dst
+
+
+def _run_cli(argv, tmp_path):
+    """``msde-jax argv`` in a subprocess limited to ADDRESS_SPACE; (status, stderr)."""
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE}, {ADDRESS_SPACE}))
+        from msde_jax.cli import main
+        sys.exit(main({argv!r}))
+        """
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("MSDE_JAX_MAX_ARRAY_BYTES", None)
+    # The msde_jax this test imported, wherever it is installed.
+    package_root = str(Path(msde_jax.__file__).parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
+    return run.returncode, run.stderr
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scans")
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def budget(monkeypatch):
+    """Pretend the machine has ``budget(n)`` bytes free (host and devices alike)."""
+
+    def set_budget(n):
+        monkeypatch.setattr(mem, "available_memory", lambda: n)
+
+    return set_budget
+
+
+# ---------------------------------------------------------------------- crafted files
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is Linux's")
+def test_fit_at_an_absurd_image_size_is_refused_before_allocating(tmp_path, scans):
+    # Issue 24: (32, 100000, 100000, 3) float32 input batches, 3.49 TiB each.
+    argv = ["fit", str(scans), "--weights", "random", "--backbone", "resnet18"]
+    argv += ["--image-size", "100000", "--out", str(tmp_path / "m.npz")]
+    status, err = _run_cli(argv, tmp_path)
+    assert status == 2, err
+    assert err.count("\n") == 1, err
+    assert err.startswith("error: embedding 2 images (resnet18, 100000 px) needs about"), err
+    assert "input batches 3.49 TiB" in err, err
+    assert "lower image_size (--image-size) from 100000 to at most" in err, err
+    assert not (tmp_path / "m.npz").exists()
+
+
+# ---------------------------------------------------------------------- the estimate
+def test_check_memory_says_how_far_to_lower_each_option(budget):
+    budget(1000)
+    mem.check_memory("a step", {"a": 600, "b": 400})  # exactly the budget: allowed
+    lower = [mem.Lower("batch_size", 32), mem.Lower("image_size", 100, 2, 16)]
+    with pytest.raises(mem.MemoryLimitError) as err:
+        mem.check_memory("a step", {"a": 3000, "b": 1000, "c": 0}, lower=lower)
+    message = str(err.value)
+    assert message == (
+        "a step needs about 3.91 KiB of host memory (a 2.93 KiB, b 1000 bytes), more than the "
+        "1000 bytes available; lower batch_size from 32 to at most 8 or image_size from 100 "
+        "to at most 50."
+    )
+    assert isinstance(err.value, ValueError)
+    assert isinstance(err.value, MemoryError)
+    assert (err.value.needed, err.value.available) == (4000, 1000)
+    assert str(pickle.loads(pickle.dumps(err.value))) == message
+    with pytest.raises(mem.MemoryLimitError, match="even the smallest image_size would not fit"):
+        mem.check_memory("a step", {"a": 10**9}, lower=lower[1:])
+
+
+class _Accelerator:
+    platform, device_kind = "gpu", "a test GPU"
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_device_memory_where_jax_reports_it(budget):
+    budget(10**12)
+    cpu = jax.devices("cpu")[0]  # a CPU device computes in host memory
+    assert mem.is_host(cpu)
+    assert mem.device_free_memory(cpu) is None
+    assert mem.memory_budget(cpu) == (10**12, "available")
+    gpu = _Accelerator({"bytes_limit": 16 * GiB, "bytes_in_use": 6 * GiB})
+    assert mem.memory_budget(gpu) == (10 * GiB, "free on a test GPU")
+    with pytest.raises(mem.MemoryLimitError, match="of device memory .* 10 GiB free on a test"):
+        mem.check_memory("a step", {"buffers": 11 * GiB}, device=gpu)
+    assert mem.device_free_memory(_Accelerator(None)) is None  # nothing reported: the host's
+    assert mem.memory_budget(_Accelerator({})) == (10**12, "available")
+
+
+def test_embedding_estimate_uses_the_compiled_program(budget):
+    from msde_jax.embedder import Embedder
+
+    emb = Embedder("resnet18", weights="random", image_size=64, batch_size=8, progress=False)
+    exact = emb.memory_needed(20)
+    rough = emb.memory_needed(20, exact=False)
+    assert exact["host"] == rough["host"]
+    n_dev = len(emb.devices)
+    image = 64 * 64 * 3 * 4
+    assert exact["host"] == {
+        "input batches": 3 * 8 * image,
+        "images being resized": 2 * 3 * image,
+        "embeddings": 20 * 512 * 4,
+    }
+    assert exact["device"]["input batch"] == 8 // n_dev * image
+    # XLA's own count of the forward pass's buffers (at 224 px ~8x the ResNet's input; at
+    # 64 px its weights' working copies dominate), not the rough 16x of the input.
+    assert exact["device"]["network activations"] > exact["device"]["input batch"]
+    assert exact["device"] != rough["device"]
+    total = sum(exact["host"].values()) + n_dev * sum(exact["device"].values())
+    budget(total)
+    emb.check_memory(20)  # fits exactly
+    budget(total // 4)
+    with pytest.raises(ValueError, match="network activations") as err:
+        emb.check_memory(20)
+    suggested = int(str(err.value).split("batch_size (--batch-size) from 8 to at most ")[1][0])
+    assert 1 <= suggested < 8
+    assert "image_size (--image-size) from 64 to at most" in str(err.value)
+    with pytest.raises(ValueError, match="embedding 20 images"):
+        emb.embed(np.zeros((20, 8, 8), np.uint8))  # refused before any image is read
+
+
+def test_embeddings_too_large_for_memory_say_to_embed_fewer_images(budget):
+    from msde_jax.embedder import Embedder
+
+    emb = Embedder("resnet18", weights="random", image_size=32, batch_size=2, progress=False)
+    budget(10**6)
+    with pytest.raises(ValueError, match="embeddings 1.95 MiB.* lower the number of images from"):
+        emb.check_memory(1000)
+
+
+def test_fit_and_score_estimates_refuse_before_running(budget):
+    x = np.random.default_rng(0).normal(size=(20, 4, 4, 2)).astype(np.float32)
+    bank = PatchBankDetector(size=300, n_folds=2).fit(x)
+    budget(50_000)  # the (320 × 300) distance block of the fit does not fit
+    message = r"fitting PatchBankDetector on 20×4×4×2 features needs about .* kNN distance blocks"
+    with pytest.raises(ValueError, match=message) as err:
+        PatchBankDetector(size=300, n_folds=2).fit(x)
+    assert "lower the detector's batch_size from 320 to at most" in str(err.value)
+    assert "or size (--bank-size) from 300 to at most" in str(err.value)
+    budget(1000)
+    with pytest.raises(ValueError, match="scoring with PatchBankDetector on 20×4×4×2 features"):
+        bank.score_samples(x)
+    pooled = np.random.default_rng(0).normal(size=(50, 4))
+    msde = MSDEDetector(mode="none", n_components=2, n_folds=2)
+    with pytest.raises(ValueError, match="fitting MSDEDetector .* lower the number of images"):
+        msde.fit(pooled)
+
+
+def test_heatmaps_of_many_images_are_refused_before_embedding(budget):
+    from msde_jax.pipeline.evaluation import check_heatmaps
+
+    budget(GiB)
+    check_heatmaps(224, 100)
+    with pytest.raises(ValueError, match="heatmaps of 100000 images at 224 × 224 needs about"):
+        check_heatmaps(224, 100_000)
+
+
+# ---------------------------------------------------------------------- out of memory
+def test_out_of_memory_becomes_one_error_naming_the_step():
+    options = ["batch_size (--batch-size)"]
+    with pytest.raises(mem.MemoryLimitError) as err, mem.out_of_memory("a step", options):
+        raise jax.errors.JaxRuntimeError(EXHAUSTED + "\nthe allocator's state, pages of it")
+    assert str(err.value) == (
+        f"a step ran out of device memory ({EXHAUSTED}); lower batch_size (--batch-size), or "
+        "free memory."
+    )
+    with pytest.raises(mem.MemoryLimitError, match="ran out of host memory"):
+        with mem.out_of_memory("a step", options):
+            np.zeros((1 << 62,), np.uint8)  # NumPy's _ArrayMemoryError
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
+        with mem.out_of_memory("a step", options):  # anything else passes unchanged
+            raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: not about memory")
+
+
+def _exhausted(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError(EXHAUSTED)
+
+
+def test_out_of_memory_in_the_forward_pass_fit_and_score(tmp_path, scans, capsys, monkeypatch):
+    from msde_jax.embedder import Embedder
+
+    init = Embedder.__init__
+
+    @functools.wraps(init)  # the parser reads the defaults from its signature
+    def exhausted_forward(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        assert self.output_shape  # traced with the real network, then the forward fails
+        self._forward = _exhausted
+
+    embed = ["--weights", "random", "--backbone", "resnet18", "--image-size", "32"]
+    with monkeypatch.context() as patch:
+        patch.setattr(Embedder, "__init__", exhausted_forward)
+        assert main(["fit", str(scans), *embed, "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: embedding (resnet18) ran out of device memory"), err
+    assert err.count("\n") == 1
+    assert "lower batch_size (--batch-size) or image_size" in err
+
+    features = tmp_path / "emb.npz"
+    np.savez(features, embeddings=np.random.default_rng(0).normal(size=(8, 4, 4, 3)))
+    with monkeypatch.context() as patch:
+        patch.setattr(PatchBankDetector, "fit_function", staticmethod(_exhausted))
+        fit = ["fit", str(features), "--embeddings", "--out", str(tmp_path / "m.npz")]
+        assert main(fit) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fitting PatchBankDetector on 8×4×4×3 features ran out of"), err
+    assert err.count("\n") == 1
+    assert "lower the detector's batch_size or size (--bank-size)" in err
+
+    import msde_jax.detectors.msde as msde_module
+
+    detector = MSDEDetector(mode="none", n_components=2, n_folds=2)
+    detector.fit(np.random.default_rng(0).normal(size=(20, 3)))
+    monkeypatch.setattr(msde_module, "score_detector", lambda *a: np.zeros((1 << 62,), np.uint8))
+    with pytest.raises(mem.MemoryLimitError, match="scoring with MSDEDetector on 5×3 features ran"):
+        detector.score_samples(np.zeros((5, 3)))
