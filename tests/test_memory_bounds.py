@@ -100,6 +100,39 @@ def budget(monkeypatch):
 
 # ---------------------------------------------------------------------- crafted files
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is Linux's")
+def test_lying_model_and_dataset_files_end_in_one_error_line(tmp_path, scans):
+    model = tmp_path / "model.npz"
+    rng = np.random.default_rng(0)
+    MSDEDetector(mode="none", n_components=4, n_folds=2).fit(rng.normal(size=(20, 6))).save(model)
+    # The 381 GiB of issue 24: a float64 (10⁶, 51200) claim over 8 bytes.
+    lie = _lying_copy(model, tmp_path / "lie.npz", "state.pca.components", (10**6, 51200), "<f8")
+    data = tmp_path / "data.npz"
+    np.savez(data, **{k: np.zeros((3, 8, 8), np.uint8) for k in ("train_normal", "test_normal")})
+    with zipfile.ZipFile(data, "a") as z:  # a third split claiming 4 GiB, within overcommit
+        header = io.BytesIO()
+        claim = {"descr": "|u1", "fortran_order": False, "shape": (4, 1024, 1024, 1024)}
+        np.lib.format.write_array_header_2_0(header, claim)
+        z.writestr("test_abnormal.npy", header.getvalue() + bytes(8))
+    cases = {
+        "score": (["score", str(lie), str(scans)], lie, "state.pca.components", "381 GiB"),
+        "evaluate": (
+            ["evaluate", str(data), "--out", str(tmp_path / "report")],
+            data,
+            "test_abnormal",
+            "4 GiB",
+        ),
+    }
+    for what, (argv, path, member, claimed) in cases.items():
+        status, err = _run_cli(argv, tmp_path)
+        assert status == 2, (what, err)
+        assert err.count("\n") == 1, (what, err)
+        assert err.startswith(f"error: {path}"), (what, err)
+        assert f"member {member!r} claims shape" in err, (what, err)
+        assert f"({claimed}), but the member holds 8 bytes" in err, (what, err)
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is Linux's")
 def test_fit_at_an_absurd_image_size_is_refused_before_allocating(tmp_path, scans):
     # Issue 24: (32, 100000, 100000, 3) float32 input batches, 3.49 TiB each.
     argv = ["fit", str(scans), "--weights", "random", "--backbone", "resnet18"]
