@@ -16,6 +16,7 @@ before anything is allocated, and running out of memory anyway ends in one clear
 
 import functools
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -318,3 +319,47 @@ def test_out_of_memory_in_the_forward_pass_fit_and_score(tmp_path, scans, capsys
     monkeypatch.setattr(msde_module, "score_detector", lambda *a: np.zeros((1 << 62,), np.uint8))
     with pytest.raises(mem.MemoryLimitError, match="scoring with MSDEDetector on 5×3 features ran"):
         detector.score_samples(np.zeros((5, 3)))
+
+
+# ---------------------------------------------------------------------- compilation cache
+def test_garbage_in_the_compilation_cache_does_not_fail_a_jitted_function(tmp_path):
+    cache = tmp_path / "xla_cache"
+    script = textwrap.dedent(
+        f"""
+        import json, warnings
+        import jax, jax.numpy as jnp
+        jax.config.update("jax_compilation_cache_dir", {str(cache)!r})
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = float(jax.jit(lambda x: jnp.sin(x) * 2 + x.sum())(jnp.arange(5.0)).sum())
+        print(json.dumps([value, [str(w.message)[:60] for w in caught]]))
+        """
+    )
+
+    def run():
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    value, warned = run()  # fills the cache
+    entries = sorted(p for p in cache.iterdir() if p.is_file())
+    assert entries
+    assert not warned
+    # Every entry replaced by garbage (random bytes, compressed random bytes, nothing), and
+    # files and folders that are no entry at all.
+    import zlib
+
+    rng = np.random.default_rng(0)
+    for i, entry in enumerate(entries):
+        noise = rng.bytes(3000)
+        entry.write_bytes([noise, zlib.compress(noise), b""][i % 3])
+    (cache / "sub").mkdir()
+    (cache / "sub" / "x-cache").write_bytes(b"x")
+    (cache / "not-an-entry").write_bytes(rng.bytes(100))
+    again, warned = run()
+    assert again == value
+    assert all(w.startswith("Error reading persistent compilation cache") for w in warned)
