@@ -260,6 +260,15 @@ def test_heatmaps_of_many_images_are_refused_before_embedding(budget):
         check_heatmaps(224, 100_000)
 
 
+def test_training_at_an_absurd_image_size_is_refused_before_reading(tmp_path, scans, capsys):
+    argv = ["train-backbone", str(scans), "--backbone", "resnet18", "--init", "scratch"]
+    argv += ["--image-size", "100000", "--steps", "1", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the line naming the run
+    assert err.startswith("error: training on 2 images at 100000 px needs about"), err
+    assert "lower image_size (--image-size) from 100000 to at most" in err
+
+
 # ---------------------------------------------------------------------- out of memory
 def test_out_of_memory_becomes_one_error_naming_the_step():
     options = ["batch_size (--batch-size)"]

@@ -44,6 +44,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from msde_jax._memory import Lower, check_memory, out_of_memory
 from msde_jax._progress import Progress
 from msde_jax.backbones import weight_files
 from msde_jax.backbones.registry import backbone_spec
@@ -64,6 +65,7 @@ __all__ = [
     "abstract_state",
     "backbone_variables",
     "batch_indices",
+    "check_training_memory",
     "init_state",
     "learning_rate_schedule",
     "load_checkpoint",
@@ -385,6 +387,35 @@ def prepare_images(
     return out
 
 
+_OPTIONS = ["batch_size (--batch-size)", "image_size (--image-size)"]
+
+
+def check_training_memory(n_images: int, config: TrainConfig) -> None:
+    """Refuse, before any image is read, a run whose host buffers exceed the memory free
+    (``msde_jax._memory.check_memory``): the (n, S, S, 3) uint8 training images, three float
+    copies of the image being resized and, as a lower bound of what a step holds, its two
+    views of the batch in float32 (the network's own buffers come on top; running out of
+    them ends in one error naming the step, :func:`msde_jax._memory.out_of_memory`).
+
+    Raises:
+        MemoryLimitError: a ``ValueError`` saying how far to lower ``image_size``, the number
+            of images (``--limit``) or ``batch_size``.
+    """
+    image = config.image_size**2 * 3
+    needs = {
+        "training images (uint8)": n_images * image,
+        "image being resized": 3 * image * 4,
+        "views of a batch": 2 * config.batch_size * image * 4,
+    }
+    lower = [Lower("image_size (--image-size)", config.image_size, 2, 16)]
+    if needs["training images (uint8)"] >= needs["views of a batch"]:
+        lower.append(Lower("the number of images (--limit)", n_images))
+    else:
+        lower.append(Lower("batch_size (--batch-size)", config.batch_size))
+    step = f"training on {n_images} images at {config.image_size} px"
+    check_memory(step, needs, lower=lower)
+
+
 def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
     a, b = dataclasses.asdict(saved), dataclasses.asdict(config)
     differ = [k for k in a if a[k] != b[k] and k not in _RESUMABLE]
@@ -435,6 +466,8 @@ def train_backbone(
             f"{ckpt} exists: pass resume=True (command line: --resume) to continue that run, "
             "or choose a new output folder."
         )
+    images = images if isinstance(images, np.ndarray) else list(images)
+    check_training_memory(len(images), config)
     data = prepare_images(images, config.image_size, progress=progress)
     if len(data) < 2:
         raise ValueError(f"need at least 2 normal images to train on, got {len(data)}.")
@@ -487,7 +520,8 @@ def train_backbone(
     try:
         for step in range(start_step, config.steps):
             batch = data[batch_indices(len(data), config.batch_size, seed=config.seed, step=step)]
-            state, metrics = train_step(state, batch)
+            with out_of_memory(f"training step {step + 1} ({config.backbone})", _OPTIONS):
+                state, metrics = train_step(state, batch)
             pending.append(metrics)
             done, status = step + 1, None
             if done % config.log_every == 0 or done == config.steps:
