@@ -499,6 +499,12 @@ def _load_legacy(path: Path) -> Any:
                 raise ValueError(f"{path}: truncated storage {key}")
             numel = int.from_bytes(header, "big" if big_endian else "little")
             nbytes = numel * storage.dtype.itemsize
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if nbytes > left:  # checked first: read(n) allocates n bytes before reading
+                raise ValueError(
+                    f"{path}: storage {key} claims {numel} elements ({nbytes} bytes), but the "
+                    f"file holds {left} bytes after it; the file is damaged or was crafted."
+                )
             _fill(
                 storage,
                 f.read(nbytes),

@@ -269,3 +269,16 @@ def test_zip_without_pickle(tmp_path):
         archive.writestr("readme.txt", "hello")
     with pytest.raises(ValueError, match="not a torch checkpoint"):
         load_state_dict(path)
+
+
+def test_legacy_storage_claiming_more_than_the_file_holds(tmp_path):
+    # Issue 24: the legacy format gives each storage's size in 8 bytes before its data, and
+    # reading that many bytes allocates them first; a crafted size is refused before.
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.arange(4.0)}, path, _use_new_zipfile_serialization=False)
+    raw = bytearray(path.read_bytes())
+    assert int.from_bytes(raw[-24:-16], "little") == 4  # the numel before 16 bytes of data
+    raw[-24:-16] = (10**12).to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"legacy.pth: storage .* claims 1000000000000 elements"):
+        load_torch_state_dict(path)
