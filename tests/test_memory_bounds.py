@@ -332,29 +332,42 @@ def test_out_of_memory_in_the_forward_pass_fit_and_score(tmp_path, scans, capsys
 
 # ---------------------------------------------------------------------- compilation cache
 def test_garbage_in_the_compilation_cache_does_not_fail_a_jitted_function(tmp_path):
+    # msde_jax turns JAX's persistent cache on at import (msde_jax._compilation), here in a
+    # folder of the test's; fresh processes keep this one's global config clean.
     cache = tmp_path / "xla_cache"
     script = textwrap.dedent(
-        f"""
-        import json, warnings
-        import jax, jax.numpy as jnp
-        jax.config.update("jax_compilation_cache_dir", {str(cache)!r})
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        """
+        import json, sys, warnings
+        import numpy as np
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            import jax, jax.numpy as jnp
+            import msde_jax
+            assert jax.config.jax_compilation_cache_dir == sys.argv[1]
             value = float(jax.jit(lambda x: jnp.sin(x) * 2 + x.sum())(jnp.arange(5.0)).sum())
-        print(json.dumps([value, [str(w.message)[:60] for w in caught]]))
+            x = np.random.default_rng(0).normal(size=(30, 4))
+            detector = msde_jax.MSDEDetector(mode="none", n_components=2, n_folds=2).fit(x)
+            scores = detector.score_samples(x).tolist()
+        print(json.dumps([value, scores, [str(w.message)[:60] for w in caught]]))
         """
     )
+    env = {**os.environ, "MSDE_JAX_COMPILATION_CACHE": str(cache)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    package_root = str(Path(msde_jax.__file__).parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
 
     def run():
         out = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", script, str(cache)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
         )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
-    value, warned = run()  # fills the cache
+    value, scores, warned = run()  # fills the cache
     entries = sorted(p for p in cache.iterdir() if p.is_file())
     assert entries
     assert not warned
@@ -369,6 +382,8 @@ def test_garbage_in_the_compilation_cache_does_not_fail_a_jitted_function(tmp_pa
     (cache / "sub").mkdir()
     (cache / "sub" / "x-cache").write_bytes(b"x")
     (cache / "not-an-entry").write_bytes(rng.bytes(100))
-    again, warned = run()
+    again, scores_again, warned = run()
     assert again == value
+    assert scores_again == scores
+    assert warned  # JAX says which entries it could not read
     assert all(w.startswith("Error reading persistent compilation cache") for w in warned)
