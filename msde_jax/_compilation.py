@@ -11,9 +11,11 @@ one process serve the next, and on a GPU XLA's autotuning results with them. At 
   ``jax.config.update("jax_compilation_cache_dir", ...)`` before importing msde_jax) is kept as
   it is.
 
-JAX reads an entry only if its key (the program, the backend, JAX's version and flags) matches,
-and a damaged entry is recompiled with a warning, never trusted. Delete the folder to reclaim
-its space.
+JAX reads an entry only under its key (a hash of the program, the backend, JAX's version and
+flags), and an entry it cannot read is recompiled with a warning
+(``tests/test_memory_bounds.py`` fills the folder with garbage). A valid program that someone
+stored under another program's key would be run: keep the folder as private as your code.
+Delete it to reclaim its space.
 """
 
 import os
