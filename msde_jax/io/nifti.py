@@ -17,11 +17,13 @@ Voxels are read in float (nibabel applies ``scl_slope`` / ``scl_inter``), then w
 cleared of empty slices by the rules of :mod:`msde_jax.io.volumes`.
 """
 
+import math
 import os
 from typing import Any
 
 import numpy as np
 
+from msde_jax._arrays_file import DEFLATE_MAX_RATIO, human_bytes, max_array_bytes
 from msde_jax.io.images import ImageReadError
 from msde_jax.io.volumes import AXES, DEFAULT_WINDOW, VOLUME_SUFFIXES, Volume, make_volume
 
@@ -99,6 +101,7 @@ def read_nifti(
     dtype = img.get_data_dtype()
     if dtype.names is not None or np.issubdtype(dtype, np.complexfloating):
         raise ImageReadError(f"{name}: voxels of type {dtype} (RGB or complex) are not supported.")
+    _check_size(name, img.shape, dtype)
     try:
         if len(img.shape) < 3:  # a 2-D NIfTI image: one slice (scaled as it is read)
             flat = img.get_fdata(dtype=np.float32)
@@ -134,3 +137,27 @@ def _stem(path: str) -> str:
         if base.lower().endswith(suffix):
             return base[: -len(suffix)]
     return os.path.splitext(base)[0]
+
+
+def _check_size(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, before any voxel is decoded, a header that claims more voxels than the file can
+    hold (its size, or deflate's 1032:1 limit for ``.nii.gz``) or than memory allows: reading
+    makes float32 copies of the volume (the data, its reoriented view, the slices), bounded like
+    every array the package reads (``msde_jax._arrays_file.max_array_bytes``)."""
+    voxels = math.prod(int(s) for s in shape)
+    stored = os.path.getsize(name)
+    gzipped = name.lower().endswith(".gz")
+    claimed = voxels * dtype.itemsize
+    if claimed > stored * (DEFLATE_MAX_RATIO if gzipped else 1):
+        raise ImageReadError(
+            f"{name}: not a readable NIfTI volume: its header claims {tuple(shape)} voxels of "
+            f"{dtype} ({human_bytes(claimed)}), more than the {human_bytes(stored)} file can hold; "
+            "the file is damaged or was crafted."
+        )
+    needed, bound = 3 * voxels * 4, max_array_bytes()
+    if needed > bound:
+        raise ImageReadError(
+            f"{name}: reading its {tuple(shape)} voxels needs about {human_bytes(needed)} "
+            f"(float32 copies), more than the {human_bytes(bound)} allowed (half the memory "
+            "available, or MSDE_JAX_MAX_ARRAY_BYTES)."
+        )

@@ -601,3 +601,27 @@ def test_is_volume_and_read_volumes(tmp_path):
         read_volumes(tmp_path / "ct", axis="sagittal")
     with pytest.raises(ImageReadError, match=r"c\.png"):
         read_volumes(png)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_header_claiming_more_than_the_file_holds_is_refused_before_decoding(
+    tmp_path, suffix
+):
+    path = _write_nifti(tmp_path / "small.nii", _body((4, 4, 4)))
+    raw = bytearray(path.read_bytes())
+    raw[40:56] = struct.pack("<8h", 3, 30000, 30000, 30000, 1, 1, 1, 1)  # NIfTI-1 dim[0..7]
+    lying = tmp_path / f"lying{suffix}"
+    lying.write_bytes(gzip.compress(bytes(raw)) if suffix.endswith(".gz") else bytes(raw))
+    with pytest.raises(ImageReadError, match=r"lying.*claims \(30000, 30000, 30000\).*damaged"):
+        read_nifti(lying)
+
+
+def test_nifti_beyond_the_memory_bound_is_refused(tmp_path, monkeypatch):
+    path = _write_nifti(tmp_path / "vol.nii.gz", _body((8, 16, 16)))
+    monkeypatch.setenv("MSDE_JAX_MAX_ARRAY_BYTES", "10K")
+    with pytest.raises(
+        ImageReadError, match=r"vol\.nii\.gz: reading its .* MSDE_JAX_MAX_ARRAY_BYTES"
+    ):
+        read_nifti(path)
+    monkeypatch.delenv("MSDE_JAX_MAX_ARRAY_BYTES")
+    assert read_nifti(path).n_slices > 0  # within the bound again
