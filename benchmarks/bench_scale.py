@@ -94,6 +94,10 @@ def scoring(args) -> None:
     x = mixture(args.reference + args.queries, args.d)
     ref, queries = x[: args.reference], x[args.reference :]
     print(header())
+    from msde_jax.detectors.config import auto_batch
+
+    block = auto_batch(None, args.reference)
+    print(f"kNN block rows against the reference (auto_batch): {block or 'all rows, one block'}")
     print()
     print(f"| scorer (reference {args.reference:,} × {args.d}) | queries | seconds | per second |")
     print("|---|---:|---:|---:|")

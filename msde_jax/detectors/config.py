@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from msde_jax._memory import device_free_memory
 from msde_jax.core.density import METHODS
 
 __all__ = [
@@ -31,9 +32,16 @@ __all__ = [
     "parameter_docs",
 ]
 
-# Above this many rows the kNN searches run in blocks (memory O(block · n), and faster on CPU).
+# On a CPU, above this many rows the kNN searches run in blocks of 256 rows (memory
+# O(block · n); a block that stays in cache is faster there).
 _AUTO_BATCH_ROWS = 1024
 _AUTO_BATCH = 256
+# On an accelerator, a block's (rows × n) float32 distances and the top-k's work space (about
+# four such buffers) may take this share of the device's free memory: whole problems run as one
+# block where they fit, since a 256-row block starves a GPU.
+_DEVICE_SHARE = 4
+_DEVICE_BUFFERS = 4
+_DEVICE_FALLBACK_FREE = 4 << 30
 
 
 def param(default: Any, doc: str) -> Any:
@@ -75,12 +83,26 @@ def check_int(name: str, value: Any, *, low: int = 1) -> None:
         raise ValueError(f"{name} must be {kind}, got {value!r}.")
 
 
-def auto_batch(batch_size: int | None, n_rows: int) -> int | None:
-    """Rows per kNN block against ``n_rows`` rows: ``batch_size`` if given, else all rows up
-    to 1024 and blocks of 256 beyond."""
+def auto_batch(batch_size: int | None, n_rows: int, *, device: Any = None) -> int | None:
+    """Rows per kNN block against ``n_rows`` rows; ``None`` is all rows in one block.
+
+    ``batch_size`` if given. Else, on a CPU (the default device's platform, or ``device``'s),
+    all rows up to 1024 and blocks of 256 beyond; on an accelerator, as many rows as keep the
+    block's distances and top-k work space (four (rows × n_rows) float32 buffers) within a
+    quarter of the device's free memory (4 GiB assumed where JAX reports none), in multiples of
+    256, all rows where they fit. The block size changes how a score is computed, not its
+    value.
+    """
     if batch_size is not None:
         return int(batch_size)
-    return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
+    device = device if device is not None else jax.devices()[0]
+    if device.platform == "cpu":
+        return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
+    free = device_free_memory(device) or _DEVICE_FALLBACK_FREE
+    rows = free // _DEVICE_SHARE // (_DEVICE_BUFFERS * 4 * max(n_rows, 1))
+    if rows >= n_rows:
+        return None
+    return max(_AUTO_BATCH, rows // _AUTO_BATCH * _AUTO_BATCH)
 
 
 # A static pytree node (every subclass registers itself too): under ``jax.jit`` a config is
@@ -121,8 +143,9 @@ class BaseConfig:
     n_folds: int = param(5, "folds of the cross-fit threshold (at least 2).")
     batch_size: int | None = param(
         None,
-        "rows per kNN block; ``None`` picks one (all rows at once up to 1024, else blocks of "
-        "256). Changes how a score is computed, never its value.",
+        "rows per kNN block; ``None`` picks one for the backend (:func:`auto_batch`: on a CPU "
+        "all rows at once up to 1024, else blocks of 256; on an accelerator as many as its "
+        "free memory allows). Changes how a score is computed, never its value.",
     )
     dtype: str = param(
         "float32",
@@ -150,8 +173,8 @@ class BaseConfig:
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
 
     def batch(self, n_rows: int) -> int | None:
-        """Rows per kNN block against ``n_rows`` rows: ``batch_size``, else all rows up to
-        1024 and blocks of 256 beyond (:func:`auto_batch`)."""
+        """Rows per kNN block against ``n_rows`` rows: ``batch_size``, else chosen for the
+        backend and its free memory (:func:`auto_batch`)."""
         return auto_batch(self.batch_size, n_rows)
 
 

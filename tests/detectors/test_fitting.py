@@ -72,3 +72,29 @@ def test_detectors_fit_with_groups(kind):
     np.testing.assert_array_equal(det.score_samples(x[:5]), other.score_samples(x[:5]))
     # Out of its group, a slice is far from every training slice: higher out-of-fold scores.
     assert np.median(det.decision_scores_) > 10 * np.median(other.decision_scores_)
+
+
+class _FakeDevice:
+    def __init__(self, platform, free=None):
+        self.platform = platform
+        self.device_kind = f"fake {platform}"
+        self._free = free
+
+    def memory_stats(self):
+        return None if self._free is None else {"bytes_limit": self._free, "bytes_in_use": 0}
+
+
+def test_block_sizes_follow_the_backend_and_its_free_memory():
+    from msde_jax.detectors.config import auto_batch
+
+    cpu = _FakeDevice("cpu")
+    assert auto_batch(None, 1000, device=cpu) is None  # one block on a CPU up to 1024 rows
+    assert auto_batch(None, 5000, device=cpu) == 256  # cache-sized blocks beyond
+    assert auto_batch(64, 5000, device=cpu) == 64  # the user's choice wins everywhere
+    gpu = _FakeDevice("gpu", free=80 << 30)
+    assert auto_batch(None, 20_000, device=gpu) is None  # the whole problem fits: one block
+    rows = auto_batch(None, 500_000, device=gpu)  # (rows × n) buffers within a quarter
+    assert rows % 256 == 0
+    assert 16 * rows * 500_000 <= (80 << 30) // 4 < 16 * (rows + 256) * 500_000
+    assert auto_batch(None, 10**7, device=_FakeDevice("tpu", free=1 << 20)) == 256  # at least
+    assert auto_batch(None, 50_000, device=_FakeDevice("gpu")) == 1280  # 4 GiB assumed
