@@ -301,19 +301,29 @@ def check_features(
             f"{what} has values up to {peak:.3g}, beyond {dtype}'s range "
             f"({limit:.3g}); divide the features by a constant or use dtype='float64'."
         )
-    arr = arr.astype(dtype)
-    if n_features is not None and arr.shape[-1] != n_features:
+    _check_counts(arr.shape, words, n_features, n_patches, what)
+    return arr.astype(dtype)
+
+
+def _check_counts(
+    shape: tuple[int, ...],
+    words: dict[str, Any],
+    n_features: int | None,
+    n_patches: int | None,
+    what: str,
+) -> None:
+    """Refuse another feature (channel) count or number of patches per image than fitted."""
+    if n_features is not None and shape[-1] != n_features:
         raise ValueError(
-            f"{what} has {arr.shape[-1]} {words['channel']} but the detector was fitted on "
+            f"{what} has {shape[-1]} {words['channel']} but the detector was fitted on "
             f"{n_features}; {words['fix']}."
         )
-    patches = math.prod(arr.shape[1:-1])
+    patches = math.prod(shape[1:-1])
     if n_patches is not None and patches != n_patches:
         raise ValueError(
             f"{what} has {patches} patches per image but the detector was fitted on "
             f"{n_patches}; embed with the same grid."
         )
-    return arr
 
 
 def _check_device_features(
@@ -349,15 +359,5 @@ def _check_device_features(
             f"{what} has values up to {float(peak):.3g}, too large for {np.dtype(dtype)} "
             f"(beyond about {limit:.3g}); divide the features by a constant."
         )
-    if n_features is not None and x.shape[-1] != n_features:
-        raise ValueError(
-            f"{what} has {x.shape[-1]} {words['channel']} but the detector was fitted on "
-            f"{n_features}; {words['fix']}."
-        )
-    patches = math.prod(x.shape[1:-1])
-    if n_patches is not None and patches != n_patches:
-        raise ValueError(
-            f"{what} has {patches} patches per image but the detector was fitted on "
-            f"{n_patches}; embed with the same grid."
-        )
+    _check_counts(x.shape, words, n_features, n_patches, what)
     return x.astype(dtype)

@@ -16,6 +16,7 @@ from msde_jax.io.images import ImageReadError
 
 __all__ = [
     "INSTALL_HINT",
+    "decode_frame",
     "is_dicom",
     "read_dicom",
 ]
@@ -31,6 +32,28 @@ def _pydicom() -> Any:
             f"reading DICOM files needs pydicom>=3.0, which is not installed: {INSTALL_HINT}"
         ) from err
     return pydicom
+
+
+def decode_frame(name: str, *, multi_frame: str) -> tuple[Any, np.ndarray]:
+    """``(dataset, pixels)`` of a single-frame DICOM file, decoded by pydicom.
+
+    Raises:
+        ImageReadError: not readable DICOM, no pixel data, or several frames (``multi_frame``
+            says what to do instead).
+    """
+    pydicom = _pydicom()
+    try:
+        ds = pydicom.dcmread(name, force=True)
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise ImageReadError(f"{name}: DICOM file without pixel data.")
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise ImageReadError(f"{name}: multi-frame DICOM ({frames} frames); {multi_frame}.")
+        return ds, np.asarray(ds.pixel_array)
+    except ImageReadError:
+        raise
+    except Exception as err:  # pydicom raises many kinds (InvalidDicomError, decoder errors…)
+        raise ImageReadError(f"{name}: not a readable DICOM image ({err}).") from err
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -57,23 +80,12 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
         ImageReadError: the file is not readable DICOM, has no pixel data, holds several frames
             or a volume, or has an unsupported photometric interpretation.
     """
-    pydicom = _pydicom()
     name = os.fspath(path)
-    try:
-        ds = pydicom.dcmread(name, force=True)
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            raise ImageReadError(f"{name}: DICOM file without pixel data.")
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise ImageReadError(
-                f"{name}: multi-frame DICOM ({frames} frames); only 2-D images are supported — "
-                "export the frames / slices you want as separate 2-D images."
-            )
-        arr = np.asarray(ds.pixel_array)
-    except ImageReadError:
-        raise
-    except Exception as err:  # pydicom raises many kinds (InvalidDicomError, decoder errors…)
-        raise ImageReadError(f"{name}: not a readable DICOM image ({err}).") from err
+    ds, arr = decode_frame(
+        name,
+        multi_frame="only 2-D images are supported — export the frames / slices you want as "
+        "separate 2-D images",
+    )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if photometric == "PALETTE COLOR":

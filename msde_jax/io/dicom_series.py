@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from msde_jax.io.dicom import INSTALL_HINT, is_dicom
+from msde_jax.io.dicom import INSTALL_HINT, decode_frame, is_dicom
 from msde_jax.io.images import ImageReadError
 from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, make_volume
 
@@ -156,7 +156,7 @@ def read_dicom_series(
     Warns:
         SeriesGapWarning: a series has missing slices (also recorded in ``Volume.gaps``).
     """
-    pydicom = _pydicom()
+    _pydicom()  # a clear ImportError before any file is looked at
     if isinstance(folder_or_files, str | os.PathLike):
         root = Path(folder_or_files)
         if root.is_dir():
@@ -174,7 +174,7 @@ def read_dicom_series(
         if not paths:
             raise ImageReadError("read_dicom_series: no files given.")
         root = paths[0].parent
-    slices = [_read_slice(pydicom, p) for p in paths]
+    slices = [_read_slice(p) for p in paths]
     groups: dict[str, list[_Slice]] = {}
     for s in slices:
         groups.setdefault(s.series, []).append(s)
@@ -195,25 +195,11 @@ def read_dicom_series(
     return volumes
 
 
-def _read_slice(pydicom: Any, path: Path) -> _Slice:
+def _read_slice(path: Path) -> _Slice:
     name = os.fspath(path)
     if not path.is_file():
         raise ImageReadError(f"{name}: no such file.")
-    try:
-        ds = pydicom.dcmread(name, force=True)
-        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-            raise ImageReadError(f"{name}: DICOM file without pixel data.")
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise ImageReadError(
-                f"{name}: multi-frame DICOM ({frames} frames); a series is read from 2-D "
-                "single-frame slices."
-            )
-        arr = np.asarray(ds.pixel_array)
-    except ImageReadError:
-        raise
-    except Exception as err:  # pydicom raises many kinds (InvalidDicomError, decoder errors…)
-        raise ImageReadError(f"{name}: not a readable DICOM image ({err}).") from err
+    ds, arr = decode_frame(name, multi_frame="a series is read from 2-D single-frame slices")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim != 2 or not photometric.startswith("MONOCHROME"):
         raise ImageReadError(
