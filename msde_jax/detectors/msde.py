@@ -523,7 +523,8 @@ class MSDEDetector(Detector):
         self, shape: tuple[int, ...], state: DetectorState | None = None
     ) -> tuple[dict[str, int], list[Lower]]:
         """Fitting n rows of d features: four float32 copies (checked, standardised, shifted,
-        on the device), the PCA's SVD (two n × min(n, d) factors) and the kNN distance blocks
+        on the device), the PCA's QR factorisation (one more n × d copy; the SVD is then of a
+        d × d factor) and the kNN distance blocks
         of the shift (rows per block × n, with its top-k, × 2). Scoring m rows: three copies
         and the blocks against the reference rows (the n training rows; n + m, all shifted
         together, in the transductive mode)."""
@@ -533,7 +534,7 @@ class MSDEDetector(Detector):
         config = self.config() if state is None else state.config
         if state is None:
             reference = n
-            needs = {"features": 4 * n * d * 4, "PCA": 2 * n * min(n, d) * 4}
+            needs = {"features": 4 * n * d * 4, "PCA": n * d * 4}
         else:
             reference = int(state.reference.shape[0])
             if config.mode == "transductive":
