@@ -494,7 +494,8 @@ def synthesize(
         normals: (N, H, W, C) float in [0, 1], N >= 2 held-out normal images.
         n: number of anomalies (static).
         kinds: the kinds to cycle through, a selection of ``KINDS`` (static).
-        anatomy: ``"bright"`` or ``"dark"``, see :func:`synthesize_one` (static).
+        anatomy: ``"bright"`` or ``"dark"``, see :func:`synthesize_one` (traced: both share one
+            compiled program).
         batch_size: if given, anomalies are made ``batch_size`` at a time per kind
             (``jax.lax.map``), bounding the memory of intermediates; the result is the same.
 
@@ -514,11 +515,18 @@ def synthesize(
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1 or None, got {batch_size}.")
     normals = jnp.asarray(normals, jnp.float32)
-    return _synthesize(key, normals, n=int(n), kinds=kinds, anatomy=anatomy, batch_size=batch_size)
+    bright = jnp.asarray(anatomy == "bright")
+    return _synthesize(key, normals, bright, n=int(n), kinds=kinds, batch_size=batch_size)
 
 
-@partial(jax.jit, static_argnames=("n", "kinds", "anatomy", "batch_size"))
-def _synthesize(key, normals, *, n, kinds, anatomy, batch_size) -> SyntheticSet:
+# The kinds whose result depends on the anatomy; the others ignore it.
+_BY_ANATOMY = ("anatpaste", "opacity", "texture")
+
+
+@partial(jax.jit, static_argnames=("n", "kinds", "batch_size"))
+def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> SyntheticSet:
+    # ``bright`` is traced, so both anatomies share one program: a kind that depends on the
+    # anatomy is made both ways from the same key and the right one kept.
     count = normals.shape[0]
     source_key, make_key = jax.random.split(key)
     u = jax.random.uniform(source_key, (2, n), jnp.float32)
@@ -536,7 +544,11 @@ def _synthesize(key, normals, *, n, kinds, anatomy, batch_size) -> SyntheticSet:
 
         def make(args, kind=kind):
             k, i, j = args
-            return _MAKERS[kind](k, normals[i], normals[j], anatomy)
+            made = _MAKERS[kind](k, normals[i], normals[j], "bright")
+            if kind not in _BY_ANATOMY:
+                return made
+            dark = _MAKERS[kind](k, normals[i], normals[j], "dark")
+            return jax.tree.map(lambda a, b: jnp.where(bright, a, b), made, dark)
 
         args = (keys[group], sources[group, 0], sources[group, 1])
         if batch_size is None:

@@ -305,3 +305,15 @@ def test_jit_matches_eager():
         eager, compiled = fn(key, image), jitted(key, image, **kwargs)
         np.testing.assert_allclose(eager.image, compiled.image, atol=1e-6)
         np.testing.assert_allclose(eager.mask, compiled.mask, atol=1e-6)
+
+
+def test_both_anatomies_share_one_compiled_program():
+    from msde_jax._compilation import CompileCounter
+
+    rng = np.random.default_rng(11)
+    normals = rng.random((5, 24, 24, 1)).astype(np.float32)
+    bright = synthesize(jax.random.key(0), normals, 10, anatomy="bright")
+    with CompileCounter() as count:
+        dark = synthesize(jax.random.key(0), normals, 10, anatomy="dark")
+    assert count.requested == 0  # the anatomy is traced, not a static argument
+    assert not np.array_equal(np.asarray(bright.masks), np.asarray(dark.masks))
