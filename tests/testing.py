@@ -90,32 +90,62 @@ def write_nifti(path, volume):
 def write_dicom_series(folder, volume, *, uid="1.2.826.0.1.3680043.8.498.7", spacing=2.5):
     """Save a (slices, H, W) volume as an axial CT series: one file per slice, stored values
     HU + 1024 (rescale intercept −1024), ImagePositionPatient z = spacing · slice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, pixels in enumerate(volume):
+        write_dicom_slice(
+            folder / f"slice{n:03d}.dcm",
+            np.asarray(pixels, np.int64) + 1024,
+            series=uid,
+            position=(0, 0, spacing * n),
+            instance=n + 1,
+            pixel_spacing=("0.8", "0.8"),
+        )
+    return folder
+
+
+def write_dicom_slice(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    series: str | None = "1.2.826.0.1.3680043.8.498.1",
+    position: tuple[float, float, float] | None = None,
+    orientation: tuple[float, ...] | None = (1, 0, 0, 0, 1, 0),
+    instance: int | None = None,
+    pixel_spacing: tuple[str, str] = ("0.8", "0.7"),
+    **attrs,
+) -> Path:
+    """Save one CT slice (stored uint16 values, rescale intercept −1024) as DICOM; ``series``,
+    ``position``, ``orientation`` or ``instance`` ``None`` leave that tag out."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for n, pixels in enumerate(volume):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = "CT"
-        ds.SeriesInstanceUID = uid
-        ds.ImagePositionPatient = ["0", "0", f"{spacing * n:.6g}"]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.InstanceNumber = n + 1
-        ds.Rows, ds.Columns = pixels.shape
-        ds.PixelSpacing = ["0.8", "0.8"]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = (np.asarray(pixels, np.int64) + 1024).astype(np.uint16).tobytes()
-        ds.save_as(folder / f"slice{n:03d}.dcm", enforce_file_format=True)
-    return folder
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    if series is not None:
+        ds.SeriesInstanceUID = series
+    if position is not None:
+        ds.ImagePositionPatient = [f"{v:.6g}" for v in position]
+    if orientation is not None and position is not None:
+        ds.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
+    if instance is not None:
+        ds.InstanceNumber = instance
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelSpacing = list(pixel_spacing)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -14,8 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from testing import write_dicom_slice as _write_slice
 
 import msde_jax
 from msde_jax.io.dicom_series import SeriesGapWarning, is_dicom_series, read_dicom_series
@@ -285,48 +284,6 @@ def test_importing_io_imports_neither_nibabel_nor_pydicom():
 # ----------------------------------------------------------------------------- DICOM series
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-
-
-def _write_slice(
-    path: Path,
-    pixels: np.ndarray,
-    *,
-    series: str | None = "1.2.826.0.1.3680043.8.498.1",
-    position: tuple[float, float, float] | None = None,
-    orientation: tuple[float, ...] | None = AXIAL,
-    instance: int | None = None,
-    **attrs,
-) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    if series is not None:
-        ds.SeriesInstanceUID = series
-    if position is not None:
-        ds.ImagePositionPatient = [f"{v:.6g}" for v in position]
-    if orientation is not None and position is not None:
-        ds.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
-    if instance is not None:
-        ds.InstanceNumber = instance
-    ds.Rows, ds.Columns = pixels.shape
-    ds.PixelSpacing = ["0.8", "0.7"]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _write_series(folder: Path, stack: np.ndarray, *, z: list[float] | None = None, **attrs):
