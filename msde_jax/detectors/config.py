@@ -286,7 +286,9 @@ def check_features(
             f"{what} contains NaN or infinite values in {rows.size} {words['unit']}(s) "
             f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
         )
-    peak = float(np.max(np.abs(arr.astype(np.float64, copy=False))))
+    # Floats: |x| in their own dtype (one copy; float32 cannot exceed its range). Integers:
+    # in float64, where |int64 min| does not overflow.
+    peak = float(np.max(np.abs(arr if arr.dtype.kind == "f" else arr.astype(np.float64))))
     if kind == "patches":
         # Squared distances are at most 4 · c · max|x|²: beyond the dtype's range they overflow.
         limit = math.sqrt(float(np.finfo(dtype).max) / (4 * arr.shape[-1])) / 2

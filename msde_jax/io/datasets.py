@@ -29,7 +29,7 @@ import numpy as np
 
 from msde_jax._arrays_file import MemberHeader, load_npz, member_headers
 from msde_jax.io.images import IMAGE_SUFFIXES
-from msde_jax.io.inputs import SliceGroups, concat_groups, read_inputs
+from msde_jax.io.inputs import SliceGroups, concat_groups, list_inputs, read_inputs
 from msde_jax.io.volumes import VOLUME_SUFFIXES
 
 __all__ = [
@@ -357,27 +357,7 @@ def list_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
         FileNotFoundError: a source does not exist.
         ValueError: a source is an ``.npz`` file (use :func:`load_images_npz`).
     """
-    if isinstance(sources, str | os.PathLike):
-        sources = [sources]
-    out: list[str] = []
-    for src in sources:
-        path = Path(src)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder.")
-        if path.is_dir():
-            out.extend(
-                str(p)
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-        elif path.suffix.lower() == ".npz":
-            raise ValueError(
-                f"{path}: an .npz file is an array stack, not an image file; read it with "
-                "msde_jax.io.datasets.load_images_npz (or load_dataset for a train/test split)."
-            )
-        else:
-            out.append(str(path))
-    return out
+    return list_inputs(sources, volumes=False)
 
 
 def load_images_npz(path: str | os.PathLike, key: str | None = None) -> list[np.ndarray]:

@@ -146,7 +146,9 @@ class Inputs(NamedTuple):
         )
 
 
-def list_inputs(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def list_inputs(
+    sources: str | os.PathLike | Sequence[str | os.PathLike], *, volumes: bool = True
+) -> list[str]:
     """Image files, NIfTI files and DICOM-series folders from files and folders.
 
     A folder is searched recursively: every file with an image suffix (as
@@ -159,6 +161,8 @@ def list_inputs(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
 
     Args:
         sources: a file, a folder, or a sequence of them (concatenated in the given order).
+        volumes: ``False`` lists image files only (every file with an image suffix below a
+            folder, sorted; :func:`~msde_jax.io.datasets.list_images`).
 
     Returns:
         The paths as strings.
@@ -174,8 +178,14 @@ def list_inputs(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
         path = Path(src)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder.")
-        if path.is_dir():
+        if path.is_dir() and volumes:
             out.extend(_walk(path))
+        elif path.is_dir():
+            out.extend(
+                str(p)
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
         elif path.suffix.lower() == ".npz":
             raise ValueError(
                 f"{path}: an .npz file is an array stack, not an image file; read it with "
