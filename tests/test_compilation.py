@@ -60,6 +60,55 @@ def test_ragged_batches_share_a_padded_program(compiles):
     assert compiles.count == before
 
 
+def test_bucket_fit_rows():
+    from msde_jax.core.blocks import bucket_fit_rows
+
+    sizes = [bucket_fit_rows(m) for m in (1, 15, 16, 17, 96, 305, 381, 476, 1000)]
+    assert sizes == [1, 15, 16, 18, 96, 320, 384, 480, 1024]
+    for m in range(1, 3000):
+        assert m <= bucket_fit_rows(m) <= m * 9 / 8
+
+
+def test_chunked_rows_equals_one_call_and_reuses_the_chunk_program(compiles):
+    from msde_jax.core.blocks import chunked_rows
+
+    fn = jax.jit(lambda x: (jax.numpy.sum(x * x, axis=1), x[:, :2]))
+    x = _normals(10, n=70, d=5)
+    want = jax.device_get(fn(x))
+    for m in (70, 33, 17, 16, 3, 1):
+        got = chunked_rows(fn, x[:m], 16)
+        np.testing.assert_allclose(got[0], want[0][:m], rtol=1e-6)
+        np.testing.assert_array_equal(got[1], want[1][:m])
+    on_device = chunked_rows(fn, jax.device_put(x[:40]), 16)  # padded and split on the device
+    np.testing.assert_array_equal(on_device[1], want[1][:40])
+    before = compiles.count
+    for m in (65, 40, 20, 9):  # chunks of 16 rows, and buckets 8 and 16 below: all compiled
+        chunked_rows(fn, x[:m], 16)
+    assert compiles.count == before
+    with pytest.raises(ValueError, match="chunk"):
+        chunked_rows(fn, x, 0)
+
+
+def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):
+    """Fits on 26..32 images (one bucket: the cross-fit folds too) and scoring any number of
+    images compile nothing after the first fit and score; the fit's coreset ignores padding."""
+    from msde_jax import PatchBankDetector
+
+    rng = np.random.default_rng(11)
+    patches = rng.normal(size=(70, 3, 3, 5)).astype(np.float32)
+    det = PatchBankDetector(size=40, n_folds=4)
+    det.fit(patches[:64])
+    det.score_samples(patches[:20])
+    before = compiles.count
+    for n in (63, 62):  # bucket 64; the folds' fits (46-48 images) bucket 48, as for 64
+        det.fit(patches[:n])
+        indices = np.asarray(det.state_.bank.indices)
+        assert 0 <= indices.min() and indices.max() < n * 9  # never a padding row
+        for m in (20, 11, 30):  # buckets of 32 and 16 images (the folds were 16)
+            det.score_samples(patches[:m])
+    assert compiles.count == before
+
+
 # ---------------------------------------------------------------------- no host syncs in loops
 def _unknown_trip_count_loops(compiled_text: str) -> list[str]:
     """The compiled program's ``while`` loops whose trip count XLA does not know: on a GPU

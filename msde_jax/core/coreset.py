@@ -55,6 +55,7 @@ def kcenter_greedy(
     projection_dim: int | None = None,
     key: ArrayLike | None = None,
     batch_size: int | None = None,
+    n_valid: int | ArrayLike | None = None,
 ) -> jax.Array:
     """Greedy k-center selection: each new row is the one farthest from those already chosen.
 
@@ -87,6 +88,10 @@ def kcenter_greedy(
         key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
         batch_size: rows per block in the projection and in each distance pass (static);
             any value gives the same result, including ones that do not divide n.
+        n_valid: only the first ``n_valid`` rows are candidates (traced; ``None``: all n).
+            The rows after them are padding: never chosen and left out of the centring mean,
+            so data padded to a few bucket sizes reuses one compiled program. The caller keeps
+            ``n_select ≤ n_valid`` and ``start < n_valid`` (traced values are not checked).
 
     Returns:
         (n_select,) int32 row indices in the order they were chosen, ``start`` first.
@@ -99,7 +104,11 @@ def kcenter_greedy(
         )
     if projection_dim is not None:
         x = random_projection(x, projection_dim, key=key, batch_size=batch_size)
-    mean = jnp.mean(x, axis=0)
+    if n_valid is None:
+        valid, mean = None, jnp.mean(x, axis=0)
+    else:
+        valid = jnp.arange(n) < n_valid
+        mean = jnp.sum(jnp.where(valid[:, None], x, 0), axis=0) / jnp.asarray(n_valid, x.dtype)
     centred_sqnorm = map_rows(lambda row: sq_norms(row - mean), x, batch_size)
 
     def pass_from(i):
@@ -117,4 +126,6 @@ def kcenter_greedy(
 
     chosen = jnp.zeros(n_select, jnp.int32).at[0].set(jnp.asarray(start, jnp.int32))
     dist = jnp.full(n, jnp.inf, x.dtype)
+    if valid is not None:  # padding rows start (and stay) at −∞: argmax never picks them
+        dist = jnp.where(valid, dist, -jnp.inf)
     return lax.fori_loop(1, n_select, body, (dist, chosen))[1]

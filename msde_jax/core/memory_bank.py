@@ -74,6 +74,7 @@ def bank_fit(
     projection_dim: int | None = None,
     key: ArrayLike | None = None,
     batch_size: int | None = None,
+    n_valid: int | ArrayLike | None = None,
 ) -> MemoryBank:
     """Fit a memory bank: a k-center coreset of the training patches, optionally MSDE-shifted.
 
@@ -105,6 +106,10 @@ def bank_fit(
         batch_size: rows per block in the weights and the shift's kNN searches (static).
             The coreset's distance passes run unblocked: a matrix-vector pass has O(N) output
             either way, so blocks would bound no memory and only slow each greedy step.
+        n_valid: the first ``n_valid`` of the N rows are the training patches, the rest
+            padding the coreset never picks (traced; ``None``: all N). Fits of different
+            sizes padded to one N then share a compiled program. Needs ``size < n_valid``
+            when given (with ``size ≥ n_valid`` the bank is every valid row: don't pad).
 
     Returns:
         :class:`MemoryBank` ``(bank, density, indices, n_iter)``.
@@ -115,7 +120,9 @@ def bank_fit(
     if size >= n:
         indices = jnp.arange(n, dtype=jnp.int32)
     else:
-        chosen = kcenter_greedy(x, size, projection_dim=projection_dim, key=key, batch_size=None)
+        chosen = kcenter_greedy(
+            x, size, projection_dim=projection_dim, key=key, batch_size=None, n_valid=n_valid
+        )
         indices = jnp.sort(chosen)
     bank = x[indices]
     if not shift:

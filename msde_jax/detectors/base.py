@@ -30,6 +30,7 @@ from jax.typing import ArrayLike
 
 from msde_jax._memory import Lower, check_memory, out_of_memory
 from msde_jax.detectors.config import check_features, ordered_fields, parameter_docs
+from msde_jax.detectors.fitting import chunked_scores
 from msde_jax.detectors.persistence import (
     check_arrays,
     check_meta,
@@ -308,7 +309,15 @@ class Detector:
         """
         state, x = self._checked(X)
         with self._memory_checked("scoring with", x.shape, state):
+            if self._batch_independent(state):
+                return chunked_scores(type(self).score_function, state, x)
             return np.asarray(jax.device_get(type(self).score_function(state, x)))
+
+    def _batch_independent(self, state: Any) -> bool:
+        """Whether each sample's score under ``state`` depends on that sample only (then
+        batches of any size are scored in fixed-size chunks: :func:`chunked_scores`)."""
+        del state
+        return True
 
     def score_maps(self, X: ArrayLike, *, size: int = 224, sigma: float | None = None):
         """Anomaly heatmaps; only detectors that score patches have them.

@@ -24,6 +24,7 @@ from msde_jax.core.density import METHODS
 __all__ = [
     "BaseConfig",
     "auto_batch",
+    "score_chunk",
     "check_choice",
     "check_features",
     "check_int",
@@ -42,6 +43,10 @@ _AUTO_BATCH = 256
 _DEVICE_SHARE = 4
 _DEVICE_BUFFERS = 4
 _DEVICE_FALLBACK_FREE = 4 << 30
+# Rows (pooled vectors or patches) one scoring program takes: small enough on a CPU that a
+# padded last chunk wastes little, large on an accelerator, where a program should fill it.
+_CHUNK_ROWS_CPU = 8192
+_CHUNK_ROWS_DEVICE = 1 << 17
 
 
 def param(default: Any, doc: str) -> Any:
@@ -103,6 +108,20 @@ def auto_batch(batch_size: int | None, n_rows: int, *, device: Any = None) -> in
     if rows >= n_rows:
         return None
     return max(_AUTO_BATCH, rows // _AUTO_BATCH * _AUTO_BATCH)
+
+
+def score_chunk(rows_per_item: int, *, device: Any = None) -> int:
+    """Items (images, or pooled vectors) per scoring program, a power of two.
+
+    About 8,192 rows (``rows_per_item`` each: an image's patches, or 1) on a CPU and 131,072
+    on an accelerator. Batch-independent scoring runs every batch as chunks of this many
+    items (:func:`~msde_jax.core.blocks.chunked_rows`), so any number of images reuses one
+    compiled program (plus a power-of-two size for a call of fewer items).
+    """
+    device = device if device is not None else jax.devices()[0]
+    rows = _CHUNK_ROWS_CPU if device.platform == "cpu" else _CHUNK_ROWS_DEVICE
+    items = max(1, rows // max(int(rows_per_item), 1))
+    return 1 << (items.bit_length() - 1)
 
 
 # A static pytree node (every subclass registers itself too): under ``jax.jit`` a config is

@@ -8,14 +8,21 @@ by a model fitted on the other folds, and the threshold is the ``1 − contamina
 of those out-of-fold scores.
 """
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 from jax.typing import ArrayLike
 
+from msde_jax.core.blocks import chunked_rows
+from msde_jax.detectors.config import score_chunk
+
 __all__ = [
     "DetectorFit",
+    "chunked_scores",
     "cross_fit",
     "folds",
     "one_class_splits",
@@ -39,6 +46,26 @@ class DetectorFit(NamedTuple):
     decision_scores: np.ndarray
     threshold: float
     n_iter: int
+
+
+@functools.cache
+def _jitted(score: Callable[..., Any]) -> Callable[..., Any]:
+    return jax.jit(score)
+
+
+def chunked_scores(score: Callable[[Any, Any], ArrayLike], state: Any, x: Any) -> np.ndarray:
+    """``score(state, x)`` for a batch-independent ``score``, as one jitted program per chunk.
+
+    The rows of ``x`` (images, or pooled vectors) go through ``jax.jit(score)`` in chunks of
+    :func:`~msde_jax.detectors.config.score_chunk` rows (the last padded,
+    :func:`~msde_jax.core.blocks.chunked_rows`): held-out folds, validation sets and test
+    batches of any size share one compiled program per fitted state's shapes.
+
+    Returns:
+        (m,) NumPy scores.
+    """
+    chunk = score_chunk(math.prod(x.shape[1:-1]) if x.ndim > 2 else 1)
+    return chunked_rows(functools.partial(_jitted(score), state), x, chunk)
 
 
 def folds(keys: np.ndarray, n_folds: int, groups: ArrayLike | None = None) -> list[np.ndarray]:
@@ -115,9 +142,9 @@ def cross_fit(
         config: the detector's config (``n_folds``, ``contamination``).
         fit_state: ``fit_state(x, keys, config) -> (state, n_iter)``.
         score: ``score(state, x) -> (m,) scores``.
-        batch_independent: each row's score depends on that row only. Then every held-out
-            fold is padded to the largest fold's row count (by copies of its last row, cut
-            off again), so all folds are scored by one compiled program.
+        batch_independent: each row's score depends on that row only. Then the held-out
+            folds are scored by :func:`chunked_scores` (one compiled program for all folds,
+            shared with later scoring); otherwise each fold is scored as one batch.
         groups: one group id per sample (:func:`folds`): a group's samples share a fold.
 
     Returns:
@@ -125,13 +152,12 @@ def cross_fit(
     """
     state, n_iter = fit_state(x, keys, config)
     held_out = folds(keys, config.n_folds, groups)
-    largest = max(held.size for held in held_out)
 
     def fit_score(rest: np.ndarray, held: np.ndarray) -> ArrayLike:
         fold_state = fit_state(x[rest], keys[rest], config)[0]
-        extra = largest - held.size if batch_independent else 0
-        rows = np.concatenate([held, np.repeat(held[-1:], extra)]) if extra else held
-        return np.asarray(score(fold_state, x[rows]))[: held.size]
+        if batch_independent:
+            return chunked_scores(score, fold_state, x[held])
+        return np.asarray(score(fold_state, x[held]))
 
     scores = out_of_fold_scores(held_out, fit_score)
     return DetectorFit(state, scores, quantile_threshold(scores, config.contamination), n_iter)

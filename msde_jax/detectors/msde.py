@@ -8,7 +8,6 @@ is the facade over the two (:class:`~msde_jax.detectors.base.Detector`).
 
 import dataclasses
 import math
-from functools import partial
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax._memory import Lower
-from msde_jax.core.blocks import padded_rows, row_keys, sample_keys
+from msde_jax.core.blocks import row_keys, sample_keys
 from msde_jax.core.density import density_weights
 from msde_jax.core.gaussian import COVARIANCE_ESTIMATORS, GaussianState, gaussian_fit, mahalanobis
 from msde_jax.core.mean_shift import NEIGHBOR_SEARCHES, mean_shift
@@ -549,21 +548,5 @@ class MSDEDetector(Detector):
                 lower.insert(0, Lower("the detector's batch_size", block))
         return needs, lower
 
-    def score_samples(self, X: ArrayLike) -> np.ndarray:
-        """Anomaly score of each sample (:func:`score_detector`); **higher = more anomalous**.
-
-        Under the fitted state's config with the current score-time parameters. Batch-
-        independent modes pad the rows to a few bucket sizes, so ragged batches reuse compiled
-        programs.
-
-        Args:
-            X: (m, d) embeddings, same features as at fit time.
-
-        Returns:
-            (m,) float scores.
-        """
-        state, x = self._checked(X)
-        with self._memory_checked("scoring with", x.shape, state):
-            if state.config.mode == "transductive":  # the batch is the answer: no padding
-                return np.asarray(jax.device_get(score_detector(state, x)))
-            return padded_rows(partial(score_detector, state), x)
+    def _batch_independent(self, state: DetectorState) -> bool:
+        return state.config.mode != "transductive"  # the batch is the answer there

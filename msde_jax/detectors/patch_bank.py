@@ -22,11 +22,11 @@ from jax.typing import ArrayLike
 
 from msde_jax._memory import Lower, check_memory
 from msde_jax.core.anomaly_maps import maps_bytes, upsample_maps
-from msde_jax.core.blocks import sample_keys
+from msde_jax.core.blocks import bucket_fit_rows, sample_keys
 from msde_jax.core.memory_bank import REDUCTIONS, MemoryBank, bank_fit, image_scores, patch_scores
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import BaseConfig, check_choice, check_features, check_int, param
-from msde_jax.detectors.fitting import DetectorFit, cross_fit
+from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit
 
 __all__ = [
     "BankConfig",
@@ -145,8 +145,13 @@ def _fit_state(x: np.ndarray, keys: np.ndarray, config: BankConfig) -> tuple[Ban
     # bank_fit keeps its rows in that order (then patch position) for the weights and shift.
     order = np.argsort(keys, kind="stable")
     flat = x[order].reshape(n * n_patches, c)
+    n_valid = None
+    if config.size < flat.shape[0]:  # a coreset: pad the images so nearby sizes share a program
+        n_valid, padded = flat.shape[0], bucket_fit_rows(n) * n_patches
+        flat = np.concatenate([flat, np.zeros((padded - n_valid, c), flat.dtype)])
     bank = bank_fit(
         flat,
+        n_valid=n_valid,
         size=config.size,
         shift=config.shift,
         k=config.k,
@@ -353,7 +358,7 @@ class PatchBankDetector(Detector):
         """
         state, x = self._checked(X)
         with self._memory_checked("scoring patches with", x.shape, state):
-            return np.asarray(jax.device_get(score_bank_patches(state, x)))
+            return chunked_scores(score_bank_patches, state, x)
 
     def score_maps(
         self, X: ArrayLike, *, size: int = 224, sigma: float | None = None

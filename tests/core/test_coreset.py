@@ -46,6 +46,18 @@ def test_matches_numpy_greedy(x64, dtype, start):
     np.testing.assert_array_equal(got, numpy_greedy(x, 60, start))
 
 
+@pytest.mark.parametrize("pad", ["zeros", "far", "copies"])
+def test_padding_rows_are_never_chosen(pad):
+    """Rows past ``n_valid`` change nothing: the same rows as the unpadded search, whatever
+    the padding holds (zeros, far outliers that would be chosen first, duplicates)."""
+    x = _data(3, 200, 6).astype(np.float32)
+    filler = {"zeros": np.zeros((56, 6)), "far": np.full((56, 6), 50.0), "copies": x[:56]}[pad]
+    padded = np.concatenate([x, filler.astype(np.float32)])
+    got = kcenter_greedy(padded, 40, n_valid=200, projection_dim=4)
+    np.testing.assert_array_equal(got, kcenter_greedy(x, 40, projection_dim=4))
+    np.testing.assert_array_equal(kcenter_greedy(padded, 40, n_valid=200), numpy_greedy(x, 40))
+
+
 def test_far_from_origin():
     # A large common offset: ‖x‖² + ‖y‖² − 2xᵀy alone would drown the distances in float32.
     x = _data(2, 200, 6)

@@ -1,5 +1,10 @@
-"""Saved models written before the package's modules moved (issue 20) load and score
-bit-identically: fixture files from commit 95506b0 (tests/fixtures/saved_models/make.py)."""
+"""Saved models written before the package's modules moved (issue 20) load and score as they
+did: fixture files from commit 95506b0 (tests/fixtures/saved_models/make.py).
+
+Bit-identical until scoring became one jitted program per chunk (issue 21): XLA now fuses the
+whole score, so it may round differently in the last float32 bits; the scores must agree
+within float32 rounding of the score's scale, and every prediction not within that rounding
+of the threshold must be the same."""
 
 from pathlib import Path
 
@@ -28,7 +33,7 @@ def expected():
 
 
 @pytest.mark.parametrize(("stem", "cls", "which"), STEMS)
-def test_saved_model_from_before_the_move_scores_bit_identically(expected, stem, cls, which):
+def test_saved_model_from_before_the_move_scores_the_same(expected, stem, cls, which):
     detector = msde_jax.load_detector(HERE / f"{stem}.npz")
     assert type(detector).__name__ == cls
     assert detector.metadata_ == {"fixture": stem}
@@ -36,11 +41,14 @@ def test_saved_model_from_before_the_move_scores_bit_identically(expected, stem,
         x = {"pooled": expected["test"], "patches": expected["test_patches"]}
     else:
         x = expected["test" if which == "pooled" else "test_patches"]
-    scores = detector.score_samples(x)
-    np.testing.assert_array_equal(scores, expected[f"{stem}.scores"])
+    scores, want = detector.score_samples(x), expected[f"{stem}.scores"]
+    rounding = 1e-6 * np.abs(want).max()
+    np.testing.assert_allclose(scores, want, rtol=1e-5, atol=rounding)
     assert detector.threshold_ == float(expected[f"{stem}.threshold"])
+    clear = np.abs(want - detector.threshold_) > 10 * rounding
+    assert clear.mean() > 0.9
     np.testing.assert_array_equal(
-        detector.predict(x), (expected[f"{stem}.scores"] > detector.threshold_).astype(int)
+        detector.predict(x)[clear], (want > detector.threshold_).astype(int)[clear]
     )
     # The class's own load gives the same detector.
     again = type(detector).load(HERE / f"{stem}.npz")
