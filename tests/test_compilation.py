@@ -93,6 +93,8 @@ def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):
     """Fits on 26..32 images (one bucket: the cross-fit folds too) and scoring any number of
     images compile nothing after the first fit and score; the fit's coreset ignores padding."""
     from msde_jax import PatchBankDetector
+    from msde_jax.detectors import score_bank_detector
+    from msde_jax.detectors.fitting import chunked_scores
 
     rng = np.random.default_rng(11)
     patches = rng.normal(size=(70, 3, 3, 5)).astype(np.float32)
@@ -106,6 +108,10 @@ def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):
         assert 0 <= indices.min() and indices.max() < n * 9  # never a padding row
         for m in (20, 11, 30):  # buckets of 32 and 16 images (the folds were 16)
             det.score_samples(patches[:m])
+    # A detector differing only in what no score reads (threshold, folds) shares the program.
+    other = det.state_.config.__class__(size=40, n_folds=2, contamination=0.2)
+    same = chunked_scores(score_bank_detector, det.state_._replace(config=other), patches[:20])
+    np.testing.assert_array_equal(same, det.score_samples(patches[:20]))
     assert compiles.count == before
 
 

@@ -21,6 +21,8 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+from msde_jax.core.blocks import bucket_rows
+
 __all__ = [
     "check_scores",
     "aupro",
@@ -32,23 +34,26 @@ __all__ = [
 ]
 
 
-def _ranked(labels: ArrayLike, scores: ArrayLike):
+def _ranked(labels: ArrayLike, scores: ArrayLike, valid: ArrayLike):
     """Shared set-up, everything in ascending score order.
 
-    Returns the positives mask (sorted), the float dtype, the tie-group bounds ``lo`` / ``hi``
-    (the sorted element k is tied exactly with positions ``lo[k]:hi[k]``, i.e. ``lo`` / ``hi``
-    are ``searchsorted`` left / right of its score) and prefix counts of positives and
-    negatives with a leading 0 (``count(sorted[:k]) = prefix[k]``; integer, hence exact).
+    Returns the positives mask (sorted; valid positives only), the float dtype, the tie-group
+    bounds ``lo`` / ``hi`` (the sorted element k is tied exactly with positions
+    ``lo[k]:hi[k]``, i.e. ``lo`` / ``hi`` are ``searchsorted`` left / right of its score) and
+    prefix counts of valid positives, valid negatives and valid elements with a leading 0
+    (``count(sorted[:k]) = prefix[k]``; integer, hence exact). Invalid (padding) elements
+    take part in the sort but in no count.
     """
     scores = jnp.asarray(scores)
     positive = jnp.asarray(labels) != 0
     dtype = jnp.result_type(scores.dtype, jnp.float32)
     n = scores.shape[0]
-    sorted_scores, positive = lax.sort((scores, positive), num_keys=1)
+    sorted_scores, positive, valid = lax.sort((scores, positive, jnp.asarray(valid)), num_keys=1)
+    positive = positive & valid
     # Tie groups from neighbour comparisons and running maxima of their boundaries: O(n) after
     # the sort, with no per-element binary search. Each cumulative op adds ~0.1-0.2 s of XLA
     # compile time on CPU, hence one stacked cummax (group starts forwards, group ends
-    # backwards) and one cumsum (negatives = index - positives).
+    # backwards) and one stacked cumsum (positives, valid elements; negatives by difference).
     index = jnp.arange(n)
     changes = sorted_scores[1:] != sorted_scores[:-1]
     true = jnp.ones((1,), dtype=bool)
@@ -57,22 +62,23 @@ def _ranked(labels: ArrayLike, scores: ArrayLike):
     marks = jnp.stack([jnp.where(starts, index, 0), jnp.where(ends_reversed, index, 0)])
     lo, last_from_end = lax.cummax(marks, axis=1)
     hi = n - last_from_end[::-1]
-    cum_pos = jnp.concatenate(
-        [jnp.zeros((1,), dtype=jnp.int32), jnp.cumsum(positive, dtype=jnp.int32)]
-    )
-    cum_neg = jnp.arange(n + 1, dtype=jnp.int32) - cum_pos
-    return positive, dtype, lo, hi, cum_pos, cum_neg
+    counts = jnp.cumsum(jnp.stack([positive, valid]), axis=1, dtype=jnp.int32)
+    cum_pos, cum_valid = jnp.pad(counts, ((0, 0), (1, 0)))
+    return positive, dtype, lo, hi, cum_pos, cum_valid - cum_pos, cum_valid
 
 
 @jax.jit
-def _auc_and_ap(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    """Both metrics from one sort, compiled once per (length, dtypes) for both public functions.
+def _auc_and_ap(
+    labels: ArrayLike, scores: ArrayLike, valid: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
+    """Both metrics from one sort, compiled once per (length, dtypes) for both public functions;
+    ``valid`` marks the elements that count (the rest pad to a bucketed length).
 
     Under an outer ``jit`` the half a caller does not use is dead code and is removed.
     """
-    positive, dtype, lo, hi, cum_pos, cum_neg = _ranked(labels, scores)
-    n = positive.shape[0]
-    n_pos = jnp.sum(positive)
+    positive, dtype, lo, hi, cum_pos, cum_neg, cum_valid = _ranked(labels, scores, valid)
+    n = cum_valid[-1]
+    n_pos = cum_pos[-1]
     n_neg = n - n_pos
     one_class = (n_pos == 0) | (n_neg == 0)
 
@@ -83,10 +89,28 @@ def _auc_and_ap(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Ar
     per_positive = (neg_below.astype(dtype) + 0.5 * neg_tied.astype(dtype)) / n_neg.astype(dtype)
     auc = jnp.sum(jnp.where(positive, per_positive, 0)) / n_pos.astype(dtype)
 
-    # Everything scored >= s_k sits at sorted positions lo[k]:n.
-    precision = (n_pos - cum_pos[lo]).astype(dtype) / (n - lo).astype(dtype)
+    # Everything scored >= s_k sits at sorted positions lo[k]:n, of which n − cum_valid[lo]
+    # count.
+    precision = (n_pos - cum_pos[lo]).astype(dtype) / (n - cum_valid[lo]).astype(dtype)
     ap = jnp.sum(jnp.where(positive, precision, 0)) / n_pos.astype(dtype)
     return jnp.where(one_class, jnp.nan, auc), jnp.where(one_class, jnp.nan, ap)
+
+
+def _metrics(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """:func:`_auc_and_ap` of all elements. Called with concrete arrays (not under a trace),
+    the inputs are padded to :func:`~msde_jax.core.blocks.bucket_rows` elements, so metrics of
+    many lengths (validation kinds, test sets) share a few compiled programs."""
+    tracing = any(isinstance(a, jax.core.Tracer) for a in (labels, scores))
+    n = np.shape(scores)[0] if np.ndim(scores) else 0
+    if tracing or n == 0 or np.shape(labels) != np.shape(scores):
+        return _auc_and_ap(labels, scores, jnp.ones(np.shape(scores), bool))
+    size = bucket_rows(n)
+    valid = np.arange(size) < n
+    pad = (0, size - n)
+    xp = jnp if isinstance(scores, jax.Array) else np
+    scores = xp.pad(xp.asarray(scores), pad)
+    labels = np.pad(np.asarray(labels) != 0, pad)
+    return _auc_and_ap(labels, scores, valid)
 
 
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
@@ -105,7 +129,7 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
         A scalar in [0, 1] (float32, or float64 for float64 scores). NaN when only one class
         is present (scikit-learn raises instead; traced code cannot).
     """
-    return _auc_and_ap(labels, scores)[0]
+    return _metrics(labels, scores)[0]
 
 
 def average_precision(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
@@ -126,7 +150,7 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
         almost always a mistake (scikit-learn returns 1.0 for all-positive labels and warns and
         returns 0.0 for all-negative ones).
     """
-    return _auc_and_ap(labels, scores)[1]
+    return _metrics(labels, scores)[1]
 
 
 # --------------------------------------------------------------------------------------------

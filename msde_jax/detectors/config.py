@@ -11,7 +11,7 @@ a field with its default and its documentation (:func:`param`): the facades' con
 import dataclasses
 import math
 import textwrap
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import jax
 import jax.numpy as jnp
@@ -134,10 +134,12 @@ class BaseConfig:
     validated on construction. Frozen and hashable.
 
     ``score_params`` names the score-time parameters: read when scoring, so they may change
-    after ``fit`` (the others take effect at the next fit).
+    after ``fit`` (the others take effect at the next fit). ``fit_only`` names those no score
+    function reads (:meth:`scoring`).
     """
 
     score_params: ClassVar[tuple[str, ...]] = ()
+    fit_only: ClassVar[tuple[str, ...]] = ("contamination", "threshold", "n_folds")
 
     k: int = param(50, "neighbours in the mean-shift window (50 in the MSDE paper).")
     step_size: float = param(
@@ -195,6 +197,17 @@ class BaseConfig:
         """Rows per kNN block against ``n_rows`` rows: ``batch_size``, else chosen for the
         backend and its free memory (:func:`auto_batch`)."""
         return auto_batch(self.batch_size, n_rows)
+
+    def scoring(self) -> Self:
+        """This config with the ``fit_only`` parameters at their defaults.
+
+        The config is a static part of a fitted state, so it keys compiled score programs:
+        scoring under ``state._replace(config=config.scoring())`` gives the same scores and
+        lets detectors that differ only in their threshold or folds (the validation's
+        2-fold copy and the main detector) share one program.
+        """
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{name: fields[name].default for name in self.fit_only})
 
 
 # ---------------------------------------------------------------------- boundary checks

@@ -61,9 +61,15 @@ def chunked_scores(score: Callable[[Any, Any], ArrayLike], state: Any, x: Any) -
     :func:`~msde_jax.core.blocks.chunked_rows`): held-out folds, validation sets and test
     batches of any size share one compiled program per fitted state's shapes.
 
+    Parameters no score reads are set to their defaults in the state's config first
+    (``BaseConfig.scoring``), so detectors that differ only in them share the program too.
+
     Returns:
         (m,) NumPy scores.
     """
+    config = getattr(state, "config", None)
+    if hasattr(config, "scoring"):
+        state = state._replace(config=config.scoring())
     chunk = score_chunk(math.prod(x.shape[1:-1]) if x.ndim > 2 else 1)
     return chunked_rows(functools.partial(_jitted(score), state), x, chunk)
 

@@ -165,7 +165,7 @@ def _fit_state(x: np.ndarray, keys: np.ndarray, config: BankConfig) -> tuple[Ban
     )
     rows = np.asarray(bank.indices)
     given = order[rows // n_patches] * n_patches + rows % n_patches  # rows of x's own order
-    bank = bank._replace(indices=jnp.asarray(given, dtype=jnp.int32))
+    bank = bank._replace(indices=jnp.asarray(given.astype(np.int32)))
     return BankState(bank, config), int(bank.n_iter)
 
 

@@ -239,3 +239,26 @@ def test_aupro(rng):
         aupro(np.zeros((1, 4, 4)), rng.random((1, 4, 4)))
     with pytest.raises(ValueError, match="alike"):
         aupro(masks, maps[0])
+
+
+def test_lengths_in_one_bucket_share_a_program_and_padding_counts_for_nothing():
+    """Outside jit the inputs are padded to a bucketed length with a mask: lengths 17–32 run
+    one compiled program, and the padding (zeros, tied with real zero scores here) changes no
+    value."""
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.normal(size=32), 1).astype(np.float32)  # ties, zeros among them
+    labels = rng.random(32) < 0.4
+    roc_auc(labels[:20], scores[:20])
+    before = _auc_and_ap_cache_size()
+    for n in (17, 23, 29, 32):
+        y, s = labels[:n], scores[:n]
+        np.testing.assert_allclose(roc_auc(y, s), roc_auc_score(y, s), rtol=1e-6)
+        ap = average_precision(y, s)
+        np.testing.assert_allclose(ap, average_precision_score(y, s), rtol=1e-6)
+    assert _auc_and_ap_cache_size() == before
+
+
+def _auc_and_ap_cache_size():
+    from msde_jax.core import metrics
+
+    return metrics._auc_and_ap._cache_size()
