@@ -235,7 +235,9 @@ class Embedder:
         and resized in background threads while the network runs. A path to a volume — a NIfTI
         file or a DICOM-series folder — stands for its kept slices
         (:func:`msde_jax.io.inputs.expand_volumes`), one row each, in slice order; their names
-        and volumes are :func:`msde_jax.io.inputs.read_inputs`'s.
+        and volumes are :func:`msde_jax.io.inputs.read_inputs`'s. Each batch is dispatched
+        before the previous one's features are fetched, so an accelerator never waits for the
+        host between batches.
 
         Args:
             images: the images (and volumes).
@@ -271,13 +273,21 @@ class Embedder:
             ThreadPoolExecutor(max(1, self.num_workers)) as pool,
         ):
             pending = [pool.submit(load, i * bs, b) for i, b in enumerate(batches[:2])]
+            running = None  # the batch in the network: fetched after the next one is dispatched
+
+            def fetch(i: int, size: int, feats: jax.Array) -> None:
+                out[i * bs : i * bs + size] = np.asarray(jax.device_get(feats))[:size]
+                progress.update(size)
+
             for i, batch in enumerate(batches):
                 x = pending[i].result()
                 if i + 2 < len(batches):
                     pending.append(pool.submit(load, (i + 2) * bs, batches[i + 2]))
                 feats = self._forward(self._variables, jax.device_put(x, self._batch_sharding))
-                out[i * bs : i * bs + len(batch)] = np.asarray(feats)[: len(batch)]
-                progress.update(len(batch))
+                if running is not None:
+                    fetch(*running)
+                running = (i, len(batch), feats)
+            fetch(*running)
         progress.close()
         return out
 
