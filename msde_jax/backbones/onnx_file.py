@@ -157,15 +157,13 @@ def _int64(value: int) -> int:
 
 
 def _read_node(reader: _Reader) -> OnnxNode:
-    inputs, outputs, name, op_type = [], [], "", ""
+    # NodeProto: input = 1, output = 2 (repeated), name = 3, op_type = 4.
+    strings: dict[int, list[str]] = {1: [], 2: [], 3: [""], 4: [""]}
     for number, wire, value in reader.fields():
-        if number in (1, 2, 3, 4):
+        if number in strings:
             _expect(reader, number, wire, _LENGTH)
-            text = reader.text(value)
-            {1: inputs, 2: outputs}.get(number, []).append(text)
-            name = text if number == 3 else name
-            op_type = text if number == 4 else op_type
-    return OnnxNode(name, op_type, tuple(inputs), tuple(outputs))
+            strings[number].append(reader.text(value))
+    return OnnxNode(strings[3][-1], strings[4][-1], tuple(strings[1]), tuple(strings[2]))
 
 
 def _read_tensor(reader: _Reader, index: int) -> tuple[str, np.ndarray]:
@@ -188,7 +186,7 @@ def _read_tensor(reader: _Reader, index: int) -> tuple[str, np.ndarray]:
         elif number == 8:
             _expect(reader, number, wire, _LENGTH)
             name = reader.text(value)
-            reader.what = f"{reader.what.split(':')[0]}: tensor {name!r}"
+            reader.what = f"{reader.what} ({name!r})"
         elif number == 9:
             _expect(reader, number, wire, _LENGTH)
             raw = value
@@ -204,7 +202,10 @@ def _read_tensor(reader: _Reader, index: int) -> tuple[str, np.ndarray]:
                 "the .onnx file (onnx.save(model, path, save_as_external_data=False))."
             )
     if data_type not in _DTYPES:
-        raise reader.fail(f"tensor {name!r} has data type {data_type}, which is not supported")
+        raise OnnxFileError(
+            f"{reader.what}: data type {data_type} is not supported (float, float16, float64 "
+            "and integer tensors are)."
+        )
     if any(d < 0 for d in dims):
         raise reader.fail(f"tensor {name!r} has negative dims {dims}")
     dtype, count = _DTYPES[data_type], math.prod(dims)

@@ -162,6 +162,9 @@ def test_other_faults(tmp_path):
         read_onnx(write(tmp_path, model([tensor("w", w)])), max_bytes=10)
     with pytest.raises(OnnxFileError, match="wire type 3"):
         read_onnx(write(tmp_path, varint(7 << 3 | 3)))
+    bfloat16 = number_field(1, 2) + number_field(2, 16) + field(8, b"w") + field(9, bytes(4))
+    with pytest.raises(OnnxFileError, match="data type 16 is not supported"):
+        read_onnx(write(tmp_path, model([bfloat16])))
     with pytest.raises(FileNotFoundError):
         read_onnx(tmp_path / "missing.onnx")
 
