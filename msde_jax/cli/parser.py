@@ -78,7 +78,7 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--weights",
         default=None,
-        help="a .pth / .safetensors file instead of the default ImageNet weights",
+        help="a .pth / .safetensors / .onnx file instead of the default pretrained weights",
     )
     g.add_argument(
         "--image-size", type=int, default=d["image_size"], help="resize side (default: %(default)s)"

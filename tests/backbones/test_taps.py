@@ -27,6 +27,7 @@ STAGE_NAMES = {
     "resnet50": ["layer1", "layer2", "layer3", "layer4"],
     "dinov2_vits14": ["blocks.2", "blocks.5", "blocks.8", "blocks.11"],
     "dinov2_vitb14": ["blocks.2", "blocks.5", "blocks.8", "blocks.11"],
+    "dinov2_vits14_focus": ["blocks.2", "blocks.5", "blocks.8", "blocks.11"],
 }
 
 
