@@ -201,10 +201,12 @@ def run(dataset_name: str, backbone: str, args) -> dict:
         for family, kinds in FAMILIES.items():
             per_seed = []
             for seed, v in zip(args.seeds, vsets, strict=True):
-                idx = np.r_[np.arange(n_val), n_val + np.flatnonzero(np.isin(v.kinds, kinds))]
-                y = np.r_[np.zeros(n_val), np.ones(len(idx) - n_val)]
-                per_seed.append(auroc(y, s[f"val{seed}"][idx]))
-            fam[family] = float(np.mean(per_seed))
+                made = np.flatnonzero(np.isin(v.kinds, kinds))
+                if made.size:  # a tiny --limit run may make no anomaly of a family
+                    idx = np.r_[np.arange(n_val), n_val + made]
+                    y = np.r_[np.zeros(n_val), np.ones(made.size)]
+                    per_seed.append(auroc(y, s[f"val{seed}"][idx]))
+            fam[family] = float(np.mean(per_seed)) if per_seed else None
         normal = labels == 0
         results[name] = {
             "synthetic_auroc_by_family": fam,
@@ -248,12 +250,16 @@ def verify(backbone, args, feats, scores) -> float:
 
 
 def label_free_rule(runs: list[dict]) -> dict[str, float]:
-    """Each candidate's mean rank over families × runs (1 = the best synthetic AUROC)."""
+    """Each candidate's mean rank over families × runs (1 = the best synthetic AUROC); a
+    family without anomalies in a run (only in tiny runs) is left out."""
     names = list(runs[0]["results"])
     ranks = {n: [] for n in names}
     for r in runs:
         for family in FAMILIES:
-            values = np.array([r["results"][n]["synthetic_auroc_by_family"][family] for n in names])
+            values = [r["results"][n]["synthetic_auroc_by_family"][family] for n in names]
+            if None in values:
+                continue
+            values = np.array(values)
             order = (-values).argsort(kind="stable")
             rank = np.empty(len(names))
             rank[order] = np.arange(1, len(names) + 1)
@@ -277,7 +283,8 @@ def markdown(runs: list[dict], mean_rank: dict[str, float], chosen: str) -> str:
         cells = []
         for r in runs:
             x = r["results"][n]
-            fam = " / ".join(f"{x['synthetic_auroc_by_family'][f]:.3f}" for f in FAMILIES)
+            by = x["synthetic_auroc_by_family"]
+            fam = " / ".join("—" if by[f] is None else f"{by[f]:.3f}" for f in FAMILIES)
             cells.append(
                 f"{fam} → **{x['auroc']:.3f}** / {x['ap']:.3f} / {x['fpr_test_normals']:.3f}"
             )
