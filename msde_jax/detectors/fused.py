@@ -21,34 +21,53 @@ functional form; :class:`FusedDetector` is the thin facade with the detectors' s
 is the usual combination of unsupervised outlier detectors (Aggarwal & Sathe, *Outlier
 Ensembles*, 2017; PyOD's ``standardizer`` then ``combination.average``), here with the
 statistics estimated out of fold.
+
+``calibration="rank"`` maps each component's score instead to a tail score
+c_j(s) = −log p_j(s), with p_j a continuous conformal p-value against component j's
+out-of-fold scores (:mod:`msde_jax.detectors.calibration`), and averages those. A z-score
+assumes a component's normal scores are roughly symmetric and light-tailed; a tail score puts
+every component on the same scale whatever its distribution (under the null each c_j is about
+a standard exponential), so one heavy-tailed component cannot dominate the mean. The fused
+out-of-fold scores are then calibrated leave-one-out (each training normal against the other
+normals' scores), so the threshold keeps its false-positive promise.
 """
 
 import inspect
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Protocol, Self
+from typing import Any, Protocol, Self
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax.detectors.base import Detector
+from msde_jax.detectors.calibration import (
+    CALIBRATIONS,
+    STD_FLOOR,
+    FusionStats,
+    RankCalibration,
+    calibrated_scores,
+    fuse_scores,
+    fusion_stats,
+    loo_tail_scores,
+    rank_calibration,
+    z_scores,
+)
 from msde_jax.detectors.fitting import quantile_threshold
 from msde_jax.detectors.persistence import check_saved_floats, detector_from_arrays, with_version
 
 __all__ = [
+    "CALIBRATIONS",
     "STD_FLOOR",
     "FusedDetector",
     "FusionStats",
+    "RankCalibration",
     "SupportsDetect",
+    "calibrated_scores",
     "fuse_scores",
     "fusion_stats",
     "z_scores",
 ]
-
-STD_FLOOR = 1e-6
-"""σ_j is at least ``STD_FLOOR · max(|μ_j|, 1)``: a component whose out-of-fold scores are
-(numerically) constant gets a finite, very large weight instead of a division by zero."""
 
 
 class SupportsDetect(Protocol):
@@ -64,92 +83,17 @@ class SupportsDetect(Protocol):
     def get_params(self, deep: bool = True) -> dict[str, Any]: ...
 
 
-class FusionStats(NamedTuple):
-    """Per-component standardisation of scores, as :func:`fusion_stats` fits it (a pytree).
-
-    Attributes:
-        mean: ``{name: μ_j}``, the mean of component j's out-of-fold scores.
-        std: ``{name: σ_j}``, their standard deviation (``ddof=0``), floored at
-            ``STD_FLOOR · max(|μ_j|, 1)``.
-    """
-
-    mean: dict[str, Any]
-    std: dict[str, Any]
-
-
-def fusion_stats(scores: Mapping[str, ArrayLike], *, floor: float = STD_FLOOR) -> FusionStats:
-    """μ_j and σ_j of each component's out-of-fold training scores (in float64, on the host).
-
-    Args:
-        scores: ``{name: (n_j,) scores}``, the components' out-of-fold ``decision_scores_``.
-        floor: σ_j is at least ``floor · max(|μ_j|, 1)``.
-
-    Returns:
-        :class:`FusionStats` with Python floats, keyed in the order of ``scores``.
-
-    Raises:
-        ValueError: no components, or a component's scores are not 1-D, finite, and at least 2.
-    """
-    if not scores:
-        raise ValueError("fusion needs at least one component's scores.")
-    mean, std = {}, {}
-    for name, s in scores.items():
-        s = np.asarray(s, np.float64)
-        if s.ndim != 1 or s.size < 2 or not np.isfinite(s).all():
-            raise ValueError(
-                f"component {name!r}: out-of-fold scores must be a finite 1-D array of at "
-                f"least 2 values, got shape {s.shape}."
-            )
-        mu = float(s.mean())
-        mean[name] = mu
-        std[name] = max(float(s.std()), floor * max(abs(mu), 1.0))
-    return FusionStats(mean, std)
-
-
-def _check_names(scores: Mapping[str, Any], stats: FusionStats) -> None:
-    if set(scores) != set(stats.mean):
-        raise ValueError(
-            f"scores are for components {sorted(scores)}; the stats for {sorted(stats.mean)}."
-        )
-
-
-def z_scores(scores: Mapping[str, ArrayLike], stats: FusionStats) -> dict[str, jax.Array]:
-    """Each component's standardised score ``(s_j − μ_j) / σ_j``, keyed in ``stats`` order.
-
-    Args:
-        scores: ``{name: (m,) scores}`` with the names of ``stats``.
-        stats: from :func:`fusion_stats`.
-
-    Returns:
-        ``{name: (m,) z-scores}``.
-    """
-    _check_names(scores, stats)
-    return {
-        name: (jnp.asarray(scores[name]) - stats.mean[name]) / stats.std[name]
-        for name in stats.mean
-    }
-
-
-def fuse_scores(scores: Mapping[str, ArrayLike], stats: FusionStats) -> jax.Array:
-    """The fused score ``(1 / J) Σ_j (s_j − μ_j) / σ_j``; higher = more anomalous.
-
-    Pure and ``jax.jit``-able (``jax.jit(fuse_scores)(scores, stats)`` with dicts of arrays).
-
-    Args:
-        scores: ``{name: (m,) scores}``, one entry per component of ``stats``, each scored on
-            the same m samples.
-        stats: from :func:`fusion_stats`.
-
-    Returns:
-        (m,) fused scores.
-    """
-    z = z_scores(scores, stats)
-    return jnp.mean(jnp.stack(list(z.values())), axis=0)
-
-
 def _check_contamination(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 0.5:
         raise ValueError(f"contamination must be in (0, 0.5], got {value!r}.")
+
+
+def _check_calibration(value: Any) -> None:
+    if not isinstance(value, str) or value not in CALIBRATIONS:
+        raise ValueError(
+            f"calibration={value!r} is not valid; choose one of "
+            f"{', '.join(map(repr, CALIBRATIONS))}."
+        )
 
 
 def _rows(x: Any) -> int:
@@ -188,9 +132,10 @@ def _component_names(meta: dict[str, Any]) -> list[str]:
     return names
 
 
-def _check_saved_contamination(value: Any) -> None:
+def _check_saved_contamination(value: Any, calibration: Any) -> None:
     try:
         _check_contamination(value)
+        _check_calibration(calibration)
     except ValueError as err:
         raise ValueError(f"not a valid saved FusedDetector: {err}") from err
 
@@ -199,22 +144,27 @@ class FusedDetector(Detector):
     """Several detectors, each on its own features, fused into one score and one threshold.
 
     ``fit`` fits every component on its features of the training normals, each with
-    ``threshold="cross_fit"`` so that its ``decision_scores_`` are out of fold, and standardises
-    component j by the mean μ_j and standard deviation σ_j of those out-of-fold scores
-    (:func:`fusion_stats`). ``score_samples`` is the mean of the components' z-scores
-    (:func:`fuse_scores`); ``decision_scores_`` is the same of the out-of-fold scores, and
-    ``threshold_`` their ``1 − contamination`` quantile, as each detector's own threshold. The
-    components' own ``contamination`` does not enter.
+    ``threshold="cross_fit"`` so that its ``decision_scores_`` are out of fold, and calibrates
+    component j on those out-of-fold scores: with ``calibration="zscore"`` by their mean μ_j and
+    standard deviation σ_j (:func:`fusion_stats`), with ``"rank"`` by their empirical
+    distribution (:func:`~msde_jax.detectors.calibration.rank_calibration`: a score becomes
+    −log of its continuous conformal p-value, with an exponential tail beyond the largest).
+    ``score_samples`` is the mean of the components' calibrated scores (:func:`fuse_scores`);
+    ``decision_scores_`` is the same of the out-of-fold scores (each calibrated leave-one-out
+    under ``"rank"``), and ``threshold_`` their ``1 − contamination`` quantile, as each
+    detector's own threshold. The components' own ``contamination`` does not enter.
 
     ``X`` is a mapping ``{component name: features}`` with the components' names, one row per
     sample in every entry (e.g. pooled vectors (n, d) for a Gaussian and patch features
     (n, g, g, c) for a patch bank, from different embedders). Components are fitted in place.
     Scores are batch-independent when every component's are (e.g. not a transductive one).
 
-    The fitted state (``state_``, also ``stats_``) is the :class:`FusionStats`; the components
-    keep their own. Parameters, predictions, ``labels_`` and persistence are the detectors'
-    (:class:`~msde_jax.detectors.base.Detector`); ``get_params`` adds each component's parameters as
-    ``<name>__<param>``, and a saved file holds every component (with its format version).
+    The fitted state (``state_``, also ``stats_``) is the :class:`FusionStats` or the
+    :class:`~msde_jax.detectors.calibration.RankCalibration`; the components keep their own.
+    Parameters, predictions, ``labels_`` and persistence are the detectors'
+    (:class:`~msde_jax.detectors.base.Detector`); ``get_params`` adds each component's
+    parameters as ``<name>__<param>``, and a saved file holds every component (with its format
+    version).
 
     Args:
         components: ``{name: detector}``, distinct fitted-or-not detector facades
@@ -222,28 +172,39 @@ class FusedDetector(Detector):
             strings without ``"/"``.
         contamination: expected share of anomalies among normals-like data, in (0, 0.5]; the
             threshold is the ``1 − contamination`` quantile of the fused out-of-fold scores.
+        calibration: ``"zscore"`` (the default, and that of files saved before the option) or
+            ``"rank"``: how each component's score is put on a common scale before the mean.
     """
 
     features = "mapping"  # {component name: features}
 
-    def __init__(self, components: Mapping[str, SupportsDetect], *, contamination: float = 0.05):
+    def __init__(
+        self,
+        components: Mapping[str, SupportsDetect],
+        *,
+        contamination: float = 0.05,
+        calibration: str = "zscore",
+    ):
         self.components = components
         self.contamination = contamination
+        self.calibration = calibration
 
     @property
-    def stats_(self) -> FusionStats:
-        """The fitted :class:`FusionStats`: the fused detector's ``state_``."""
+    def stats_(self) -> FusionStats | RankCalibration:
+        """The fitted :class:`FusionStats` (or ``RankCalibration``): the ``state_``."""
         self._check_fitted()
         return self.state_
 
     # ------------------------------------------------------------------ params
     @classmethod
     def param_names(cls) -> list[str]:
-        """``components`` (positional) and the keyword-only ``contamination``."""
+        """``components`` (positional), the keyword-only ``contamination`` and
+        ``calibration``."""
         return ["components", *super().param_names()]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """``components`` and ``contamination``; with ``deep``, also ``<name>__<param>``."""
+        """``components``, ``contamination`` and ``calibration``; with ``deep``, also
+        ``<name>__<param>``."""
         params = super().get_params()
         if deep:
             for name, component in dict(self.components).items():
@@ -252,7 +213,8 @@ class FusedDetector(Detector):
         return params
 
     def set_params(self, **params: Any) -> Self:
-        """Set ``components``, ``contamination`` or a component's ``<name>__<param>``."""
+        """Set ``components``, ``contamination``, ``calibration`` or a component's
+        ``<name>__<param>``."""
         nested = {key: value for key, value in params.items() if "__" in key}
         for key in nested:
             if key.partition("__")[0] not in dict(self.components):
@@ -284,8 +246,12 @@ class FusedDetector(Detector):
 
     def __repr__(self) -> str:
         # The components are positional; the base's repr shows keyword parameters only.
-        default = inspect.signature(FusedDetector.__init__).parameters["contamination"].default
-        extra = "" if self.contamination == default else f", contamination={self.contamination!r}"
+        defaults = inspect.signature(FusedDetector.__init__).parameters
+        extra = "".join(
+            f", {name}={getattr(self, name)!r}"
+            for name in ("contamination", "calibration")
+            if getattr(self, name) != defaults[name].default
+        )
         return f"FusedDetector({dict(self.components)!r}{extra})"
 
     # ------------------------------------------------------------------ checks
@@ -323,6 +289,7 @@ class FusedDetector(Detector):
                     "normals, and in-sample scores are optimistically low."
                 )
         _check_contamination(self.contamination)
+        _check_calibration(self.calibration)
         return components
 
     def _checked_features(self, X: Any, names: list[str]) -> dict[str, Any]:
@@ -362,8 +329,9 @@ class FusedDetector(Detector):
                 samples share a cross-fit fold).
 
         Returns:
-            ``self``, with ``state_`` / ``stats_`` (:class:`FusionStats`), ``decision_scores_``
-            (the fused out-of-fold scores), ``threshold_`` and ``labels_`` set.
+            ``self``, with ``state_`` / ``stats_`` (:class:`FusionStats` or
+            ``RankCalibration``), ``decision_scores_`` (the fused out-of-fold scores),
+            ``threshold_`` and ``labels_`` set.
         """
         del y
         components = self._checked_components()
@@ -374,9 +342,20 @@ class FusedDetector(Detector):
             except ValueError as err:
                 raise ValueError(f"component {name!r}: {err}") from err
         oof = {name: np.asarray(c.decision_scores_) for name, c in components.items()}
-        self.state_ = fusion_stats(oof)
-        self._fitted_with = {"components": components, "contamination": self.contamination}
-        scores = np.asarray(fuse_scores(oof, self.state_))
+        self._fitted_with = {
+            "components": components,
+            "contamination": self.contamination,
+            "calibration": self.calibration,
+        }
+        if self.calibration == "rank":
+            if len(next(iter(oof.values()))) < 3:
+                raise ValueError("calibration='rank' needs at least 3 training samples.")
+            self.state_ = rank_calibration(oof)
+            loo = loo_tail_scores(oof)
+            scores = np.asarray(jnp.mean(jnp.stack(list(loo.values())), axis=0))
+        else:
+            self.state_ = fusion_stats(oof)
+            scores = np.asarray(fuse_scores(oof, self.state_))
         self._set_scores(scores, quantile_threshold(scores, self.contamination))
         return self
 
@@ -393,11 +372,13 @@ class FusedDetector(Detector):
         return scores
 
     def component_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
-        """``{name: (m,) z-score}`` of each component (:func:`z_scores`), for inspection."""
-        return {k: np.asarray(v) for k, v in z_scores(self._raw_scores(X), self.state_).items()}
+        """``{name: (m,) calibrated score}`` of each component (:func:`calibrated_scores`: its
+        z-score, or its tail score with ``calibration="rank"``), for inspection."""
+        scores = calibrated_scores(self._raw_scores(X), self.state_)
+        return {k: np.asarray(v) for k, v in scores.items()}
 
     def score_samples(self, X: Mapping[str, ArrayLike]) -> np.ndarray:
-        """Fused anomaly score of each sample, the mean of the components' z-scores.
+        """Fused anomaly score of each sample, the mean of the components' calibrated scores.
 
         **Higher = more anomalous** (PyOD's convention), as the components'.
 
@@ -453,14 +434,22 @@ class FusedDetector(Detector):
         arrays = {}
         for name, (_, sub) in self._component_arrays().items():
             arrays.update({f"{name}/{key}": np.asarray(value) for key, value in sub.items()})
+        if isinstance(self.state_, RankCalibration):
+            names = list(self.state_.sorted)
+            arrays["fusion.sorted"] = np.stack([self.state_.sorted[n] for n in names])
+            return arrays
         names = list(self.state_.mean)
         arrays["fusion.mean"] = np.array([self.state_.mean[n] for n in names], np.float64)
         arrays["fusion.std"] = np.array([self.state_.std[n] for n in names], np.float64)
         return arrays
 
     def _saved_params(self) -> dict[str, Any]:
-        # The components are saved whole (with their own parameters), not as a parameter.
-        return {"contamination": self.contamination}
+        # The components are saved whole (with their own parameters), not as a parameter;
+        # files of z-scored fusion keep the parameters they had before calibration existed.
+        params = {"contamination": self.contamination}
+        if self.calibration != "zscore":
+            params["calibration"] = self.calibration
+        return params
 
     @classmethod
     def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
@@ -487,16 +476,23 @@ class FusedDetector(Detector):
                 raise ValueError(message if where in message else f"{where}: {message}") from err
         params = meta.get("params")
         if isinstance(params, dict):
-            _check_saved_contamination(params.get("contamination"))
+            _check_saved_contamination(
+                params.get("contamination"), params.get("calibration", "zscore")
+            )
             params = {**params, "components": components}
         return super().from_arrays({**meta, "params": params}, arrays)
 
     @classmethod
     def _check_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """The fusion's own arrays: finite float vectors, one entry per component (σ > 0), and
-        nothing but them and the components' (which each component checks itself)."""
+        """The fusion's own arrays: finite float vectors, one entry per component (σ > 0), or
+        under rank calibration one sorted row of out-of-fold scores per component, and nothing
+        but them and the components' (which each component checks itself)."""
         names = [record["name"] for record in meta["components"]]
-        own = ("fusion.mean", "fusion.std", "decision_scores_")
+        if _saved_calibration(meta) == "rank":
+            _check_sorted(arrays, names)
+            own = ("fusion.sorted", "decision_scores_")
+        else:
+            own = ("fusion.mean", "fusion.std", "decision_scores_")
         unknown = sorted(
             k for k in arrays if k not in own and ("/" not in k or k.split("/", 1)[0] not in names)
         )
@@ -509,7 +505,7 @@ class FusedDetector(Detector):
         if unknown:
             raise ValueError(f"not a valid saved FusedDetector: unexpected arrays {unknown}.")
         for key in own:
-            if key not in arrays:
+            if key not in arrays or key == "fusion.sorted":
                 continue  # a missing one is reported by _restore / from_arrays
             a = np.asarray(arrays[key])
             size = len(names) if key != "decision_scores_" else a.size
@@ -517,7 +513,7 @@ class FusedDetector(Detector):
                 raise ValueError(
                     f"not a valid saved FusedDetector: {key!r} is {a.dtype} of shape {a.shape}, "
                     f"expected float of shape ({size},)"
-                    + (f", one value per component ({len(names)})." if key != own[2] else ".")
+                    + (f", one value per component ({len(names)})." if key != own[-1] else ".")
                 )
             check_saved_floats(key, a, where="not a valid saved FusedDetector")
         n_train = {np.shape(arrays[f"{n}/decision_scores_"]) for n in names}
@@ -535,15 +531,44 @@ class FusedDetector(Detector):
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         del meta
-        missing = [key for key in ("fusion.mean", "fusion.std") if key not in arrays]
+        rank = self.calibration == "rank"
+        keys = ("fusion.sorted",) if rank else ("fusion.mean", "fusion.std")
+        missing = [key for key in keys if key not in arrays]
         if missing:
             raise ValueError(f"not a saved FusedDetector: the array {missing[0]!r} is missing.")
         names = list(self.components)
         self._fitted_with = {
             "components": dict(self.components),
             "contamination": self.contamination,
+            "calibration": self.calibration,
         }
+        if rank:
+            rows = np.asarray(arrays["fusion.sorted"], np.float64)
+            self.state_ = rank_calibration(dict(zip(names, rows, strict=True)))
+            return
         self.state_ = FusionStats(
             dict(zip(names, np.asarray(arrays["fusion.mean"]).tolist(), strict=True)),
             dict(zip(names, np.asarray(arrays["fusion.std"]).tolist(), strict=True)),
         )
+
+
+def _saved_calibration(meta: dict[str, Any]) -> Any:
+    params = meta.get("params")
+    return params.get("calibration", "zscore") if isinstance(params, dict) else "zscore"
+
+
+def _check_sorted(arrays: dict[str, np.ndarray], names: list[str]) -> None:
+    """A rank-calibrated file's ``fusion.sorted``: (components, n) finite floats, each row
+    sorted ascending and as long as the training scores."""
+    if "fusion.sorted" not in arrays:
+        return  # reported by _restore
+    a = np.asarray(arrays["fusion.sorted"])
+    n = np.shape(arrays.get("decision_scores_"))
+    if a.dtype.kind != "f" or a.ndim != 2 or a.shape != (len(names), *n) or a.shape[1] < 3:
+        raise ValueError(
+            f"not a valid saved FusedDetector: 'fusion.sorted' is {a.dtype} of shape {a.shape}, "
+            f"expected float of shape ({len(names)}, n_train >= 3), one row per component."
+        )
+    check_saved_floats("fusion.sorted", a, where="not a valid saved FusedDetector")
+    if (np.diff(a, axis=1) < 0).any():
+        raise ValueError("not a valid saved FusedDetector: 'fusion.sorted' rows must be sorted.")

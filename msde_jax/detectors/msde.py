@@ -29,6 +29,7 @@ from msde_jax.detectors.fitting import DetectorFit, cross_fit
 __all__ = [
     "BLOCK_ORDERS",
     "MODES",
+    "NORMALIZATIONS",
     "PAPER_PARAMS",
     "SCORES",
     "THRESHOLDS",
@@ -43,6 +44,7 @@ MODES = ("inductive", "transductive", "none")
 SCORES = ("mahalanobis", "displacement", "knn")
 THRESHOLDS = ("cross_fit", "chi2")
 BLOCK_ORDERS = ("content", "given")
+NORMALIZATIONS = ("none", "l2")
 
 # The published medical pipeline (Kar et al., arXiv 2604.19191).
 PAPER_PARAMS = dict(
@@ -108,6 +110,12 @@ class DetectorConfig(BaseConfig):
         '``"ledoit_wolf"`` or ``"oas"``.',
     )
     ridge: float = param(1e-4, 'added to the covariance diagonal with ``covariance="ridge"``.')
+    normalize: str = param(
+        "none",
+        '``"l2"`` divides each row by its Euclidean norm before anything else (before '
+        'standardising); with ``standardize=False`` and ``score="knn"`` the kNN distance is '
+        'then the cosine one, √(2 − 2 cos). ``"none"`` (the default) keeps rows as given.',
+    )
     standardize: bool = param(
         True, "standardise features with the training mean and standard deviation."
     )
@@ -139,6 +147,7 @@ class DetectorConfig(BaseConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("mode", self.mode, MODES)
+        check_choice("normalize", self.normalize, NORMALIZATIONS)
         check_choice("block_order", self.block_order, BLOCK_ORDERS)
         check_choice("covariance", self.covariance, COVARIANCE_ESTIMATORS)
         check_choice("score", self.score, SCORES)
@@ -288,6 +297,8 @@ def _fit_state(
     iterations run."""
     n, d = x.shape
     keys = keys if config.content_ordered else None
+    if config.normalize == "l2":
+        x = np.asarray(_l2_normalized(x))
     if config.standardize:
         # float64 sums, so that reordering the rows does not change the rounded result.
         center = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
@@ -324,10 +335,18 @@ def _fit_state(
     return state, n_iter
 
 
+def _l2_normalized(x: ArrayLike) -> jax.Array:
+    """Rows divided by their Euclidean norm (a zero row stays zero)."""
+    x = jnp.asarray(x)
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, jnp.finfo(x.dtype).tiny)
+
+
 def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     """Anomaly scores of raw embeddings ``x`` under a fitted ``state``; higher = more anomalous.
 
-    Standardises ``x`` with the training statistics, shifts it as ``state.config.mode`` says
+    Divides each row by its norm with ``normalize="l2"``, standardises ``x`` with the
+    training statistics, shifts it as ``state.config.mode`` says
     (``"inductive"``: toward the fixed shifted training normals; ``"transductive"``: jointly
     with the training normals; ``"none"``: not at all), and returns the Mahalanobis distance
     (not squared) in the training PCA space under the training Gaussian, or the total MSDE
@@ -352,7 +371,10 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
         (m,) scores.
     """
     config = state.config
-    z = (jnp.asarray(x, state.center.dtype) - state.center[None, :]) / state.scale[None, :]
+    x = jnp.asarray(x, state.center.dtype)
+    if config.normalize == "l2":
+        x = _l2_normalized(x)
+    z = (x - state.center[None, :]) / state.scale[None, :]
     if config.score == "knn":
         # Measured from the query as it is: shifting it toward the normals first would
         # discard part of how far away it was.
@@ -394,7 +416,8 @@ def fit_detector(
 ) -> DetectorFit:
     """Fit the detector on normal embeddings only, and its threshold.
 
-    1. standardise each feature with the training mean and standard deviation;
+    1. (``normalize="l2"``: divide each row by its norm, then) standardise each feature with
+       the training mean and standard deviation;
     2. density weights (``config.density``) and the blurring weighted mean shift of the
        training normals toward their dense regions (MSDE, :func:`~msde_jax.core.mean_shift`);
     3. PCA to ``min(n_components, d, n − 1)`` components of the shifted normals;

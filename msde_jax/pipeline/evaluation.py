@@ -260,6 +260,7 @@ def _detector_params(detector: SupportsDetect) -> dict[str, Any]:
     if isinstance(detector, FusedDetector):
         return {
             "contamination": detector.contamination,
+            "calibration": detector.calibration,
             "components": {
                 name: {"class": type(c).__name__, **_detector_params(c)}
                 for name, c in dict(detector.components).items()

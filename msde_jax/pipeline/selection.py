@@ -214,8 +214,23 @@ class ValidationResult:
         return f"{len(v.normals)} held-out normals vs {len(v.anomalies)} synthetic anomalies"
 
 
-def _key(embedder: SupportsEmbed) -> str:
+def _key(embedder: SupportsEmbed | Mapping[str, SupportsEmbed]) -> str:
+    if isinstance(embedder, Mapping):
+        return json.dumps({name: _key(e) for name, e in embedder.items()}, sort_keys=True)
     return json.dumps(embedder.config(), sort_keys=True, default=str)
+
+
+def _take(features: Any, rows: np.ndarray) -> Any:
+    """Rows of features, or of each entry of a mapping of features (a fused detector's)."""
+    if isinstance(features, Mapping):
+        return {name: f[rows] for name, f in features.items()}
+    return features[rows]
+
+
+def _stack(a: Any, b: Any) -> Any:
+    if isinstance(a, Mapping):
+        return {name: np.concatenate([a[name], b[name]]) for name in a}
+    return np.concatenate([a, b])
 
 
 def _fit_key(embedder: SupportsEmbed, detector: SupportsDetect) -> str:
@@ -228,7 +243,8 @@ def _fit_key(embedder: SupportsEmbed, detector: SupportsDetect) -> str:
 
 def _quick_copy(template: SupportsDetect) -> SupportsDetect:
     """An unfitted copy that cross-fits with the fewest folds: the validation reads scores,
-    which come from the model fitted on all the given normals, never the folds' thresholds."""
+    which come from the model fitted on all the given normals, never the folds' thresholds.
+    A fused detector's components keep theirs: its scores are calibrated on their folds'."""
     detector = copy.deepcopy(template)
     if "n_folds" in detector.get_params():
         detector.set_params(n_folds=2)
@@ -236,8 +252,12 @@ def _quick_copy(template: SupportsDetect) -> SupportsDetect:
 
 
 def _image_size(candidates: Mapping[str, Candidate]) -> int:
-    sizes = {int(getattr(c.embedder, "image_size", 224)) for c in candidates.values()}
-    return max(sizes)
+    embedders = [
+        e
+        for c in candidates.values()
+        for e in (c.embedder.values() if isinstance(c.embedder, Mapping) else [c.embedder])
+    ]
+    return max(int(getattr(e, "image_size", 224)) for e in embedders)
 
 
 def synthetic_validation(
@@ -252,8 +272,9 @@ def synthetic_validation(
     """The synthetic-validation AUROC of each candidate on these normals (no abnormal images).
 
     See the module docstring for the protocol. Candidates with the same embedder config share
-    its embeddings; candidates that differ only in score-time parameters (the bank's
-    ``reduce``) share one fit. The copies fitted here cross-fit their thresholds with
+    its embeddings (a fused candidate's mapping of embedders shares each entry's with the
+    others); candidates that differ only in score-time parameters (the bank's ``reduce``)
+    share one fit. The copies fitted here cross-fit their thresholds with
     ``n_folds=2`` (a detector's scores do not depend on its folds, and only scores are read),
     which halves the cost of validating a patch bank. The templates are not modified.
 
@@ -280,19 +301,28 @@ def synthetic_validation(
     features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     fits: dict[str, SupportsDetect] = {}
     scores: dict[str, CandidateScore] = {}
-    for name, (embedder, template) in candidates.items():
+
+    def embedded(embedder: SupportsEmbed) -> tuple[np.ndarray, np.ndarray]:
         key = _key(embedder)
         if key not in features:
             train = embed(embedder, normals, what="train normal (validation)", **kw)
             synthetic = embed(embedder, list(vset.anomalies), what="synthetic anomaly", **kw)
             features[key] = (train, synthetic)
-        train, synthetic = features[key]
+        return features[key]
+
+    for name, (embedder, template) in candidates.items():
+        if isinstance(embedder, Mapping):  # a fused detector: features per component
+            pairs = {part: embedded(e) for part, e in embedder.items()}
+            train = {part: pair[0] for part, pair in pairs.items()}
+            synthetic = {part: pair[1] for part, pair in pairs.items()}
+        else:
+            train, synthetic = embedded(embedder)
         fit_key = _fit_key(embedder, template)
         fit_s = 0.0
         if fit_key not in fits:
             t = time.perf_counter()
             try:
-                fits[fit_key] = _quick_copy(template).fit(train[vset.fit])
+                fits[fit_key] = _quick_copy(template).fit(_take(train, vset.fit))
             except ValueError as err:  # a configuration these normals cannot fit
                 fits[fit_key] = err
             fit_s = time.perf_counter() - t
@@ -305,7 +335,7 @@ def synthetic_validation(
         score_params = getattr(template, "score_params", ())
         detector.set_params(**{p: v for p, v in template.get_params().items() if p in score_params})
         t = time.perf_counter()
-        s = np.asarray(detector.score_samples(np.concatenate([train[vset.normals], synthetic])))
+        s = np.asarray(detector.score_samples(_stack(_take(train, vset.normals), synthetic)))
         score_s = time.perf_counter() - t
         scores[name] = _score(labels, s, vset, fit_s, score_s)
         if progress:

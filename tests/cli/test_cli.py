@@ -211,13 +211,13 @@ def test_select_picks_by_synthetic_validation(tmp_path, capsys):
     config = json.loads((out / "metrics.json").read_text())["config"]
     validated = config["synthetic_validation"]["auroc"]
     assert list(validated)[0] == "bank:top"
-    assert len(validated) == 6
+    assert len(validated) == 10
     assert validated["msde:head"] is None  # k=50 neighbours, 16 fitting normals: not fitted
     measured = {n: v for n, v in validated.items() if v is not None}
     best = max(measured, key=measured.get)  # the first of equals, as select()
     assert config["configuration"] == f"{best} (selected)"
     assert f"configuration: {best} (selected)" in printed
-    assert "6 configuration(s); msde:head not fitted)" in printed
+    assert "10 configuration(s); msde:head not fitted)" in printed
 
 
 def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):

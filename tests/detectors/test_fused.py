@@ -187,7 +187,7 @@ def test_params_and_repr():
     assert params["contamination"] == 0.1
     assert params["wide__n_folds"] == 3
     assert params["narrow__covariance"] == "ledoit_wolf"
-    assert set(det.get_params(deep=False)) == {"components", "contamination"}
+    assert set(det.get_params(deep=False)) == {"components", "contamination", "calibration"}
     assert det.set_params(wide__ridge=0.5, contamination=0.2) is det
     assert det.components["wide"].ridge == 0.5
     assert det.contamination == 0.2

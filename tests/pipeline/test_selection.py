@@ -5,7 +5,7 @@ import importlib.resources
 import numpy as np
 import pytest
 
-from msde_jax import MSDEDetector, PatchBankDetector
+from msde_jax import FusedDetector, MSDEDetector, PatchBankDetector
 from msde_jax.core import roc_auc
 from msde_jax.pipeline.presets import RECOMMENDED, Candidate, candidates, recommended
 from msde_jax.pipeline.selection import select, synthetic_validation, validation_set
@@ -95,6 +95,41 @@ def test_synthetic_auroc_is_the_fitted_copy_on_held_out_images(normals):
         synthetic_validation(normals, {})
 
 
+def test_synthetic_validation_takes_a_fused_candidate(normals):
+    pooled, patches = PixelEmbedder(False), PixelEmbedder(True)
+    fused = FusedDetector(
+        {
+            "pooled": MSDEDetector(mode="none", n_components=8, n_folds=2),
+            "patches": PatchBankDetector(size=100, n_folds=2),
+        },
+        calibration="rank",
+    )
+    pool = {
+        "bank": Candidate(patches, PatchBankDetector(size=100, n_folds=2)),
+        "fused": Candidate({"pooled": pooled, "patches": patches}, fused),
+    }
+    result = synthetic_validation(normals, pool, progress=False)
+    assert patches.calls == [40, 8]  # the fused candidate shares the bank's embeddings
+    assert pooled.calls == [40, 8]
+    score = result.scores["fused"]
+    assert score.error is None
+    assert 0 <= score.auroc <= 1
+    assert not hasattr(fused, "state_")
+    v = result.validation
+    x = {"pooled": pooled.embed(normals), "patches": patches.embed(normals)}
+    syn = {"pooled": pooled.embed(v.anomalies), "patches": patches.embed(v.anomalies)}
+    refit = FusedDetector(
+        {
+            "pooled": MSDEDetector(**fused.components["pooled"].get_params()),
+            "patches": PatchBankDetector(**fused.components["patches"].get_params()),
+        },
+        calibration="rank",
+    ).fit({k: a[v.fit] for k, a in x.items()})
+    s = refit.score_samples({k: np.concatenate([x[k][v.normals], syn[k]]) for k in x})
+    labels = np.r_[np.zeros(len(v.normals)), np.ones(len(v.anomalies))]
+    assert score.auroc == pytest.approx(float(roc_auc(labels, s)), rel=1e-6)
+
+
 def test_a_candidate_that_cannot_fit_is_recorded_and_not_selected(normals):
     pool = {
         "needs 50": Candidate(PixelEmbedder(False), MSDEDetector(k=50)),  # 32 fitting normals
@@ -136,4 +171,9 @@ def test_recommended_is_the_first_candidate():
     assert pool[RECOMMENDED].embedder.config() == rule.embedder.config()
     assert pool[RECOMMENDED].detector.get_params() == rule.detector.get_params()
     assert pool["lw:patch-layers"].embedder.layers == rule.embedder.layers
-    assert {c.embedder.image_size for c in pool.values()} == {32}
+    embedders = [
+        e
+        for c in pool.values()
+        for e in (c.embedder.values() if isinstance(c.embedder, dict) else [c.embedder])
+    ]
+    assert {e.image_size for e in embedders} == {32}

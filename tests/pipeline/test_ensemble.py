@@ -1,0 +1,64 @@
+"""The ensemble preset: whole-image Gaussians, cosine kNN and the patch bank, rank-fused."""
+
+import time
+
+import numpy as np
+import pytest
+
+from msde_jax import FusedDetector, PatchBankDetector
+from msde_jax.pipeline.presets import candidates, ensemble
+
+
+def test_the_preset_is_a_rank_fused_detector_of_three_feature_sources():
+    rank = ensemble(weights="random", image_size=32)
+    assert isinstance(rank.detector, FusedDetector)
+    assert rank.detector.calibration == "rank"
+    assert list(rank.embedder) == list(rank.detector.components) == ["layers", "head", "patches"]
+    patches = rank.embedder["patches"]
+    assert patches.features == "patches"
+    assert rank.embedder["layers"].layers == patches.layers
+    assert rank.embedder["head"].layers is None
+    parts = rank.detector.components
+    assert isinstance(parts["patches"], PatchBankDetector)
+    assert parts["layers"].get_params()["covariance"] == "ledoit_wolf"
+    head = parts["head"].get_params()
+    assert (head["score"], head["score_neighbors"], head["normalize"]) == ("knn", 5, "l2")
+    assert head["standardize"] is False
+    each = ensemble(weights="random", image_size=32, levels="each", calibration="zscore")
+    assert each.detector.calibration == "zscore"
+    assert list(each.embedder) == [f"layer:{x}" for x in patches.layers] + ["head", "patches"]
+    assert [each.embedder[f"layer:{x}"].layers for x in patches.layers] == [
+        (x,) for x in patches.layers
+    ]
+    with pytest.raises(ValueError, match="levels must be one of"):
+        ensemble(levels="some")
+    pool = candidates(weights="random", image_size=32)
+    for name in ("ensemble:rank", "ensemble:rank-levels", "ensemble:zscore", "knn:head-cosine"):
+        assert name in pool
+    assert pool["ensemble:zscore"].detector.calibration == "zscore"
+
+
+def test_the_preset_fits_and_scores_random_features(rng):
+    detector = ensemble(weights="random", image_size=32).detector
+    detector.components["patches"].set_params(size=40)
+
+    def features(n, shift=0.0):
+        return {
+            "layers": rng.normal(shift, size=(n, 12)).astype(np.float32),
+            "head": rng.normal(1 + shift, size=(n, 16)).astype(np.float32),
+            "patches": rng.normal(shift, size=(n, 3, 3, 4)).astype(np.float32),
+        }
+
+    start = time.perf_counter()
+    detector.fit(features(30))
+    test = {
+        k: np.concatenate([a, b])
+        for (k, a), b in zip(features(8).items(), features(8, 3).values(), strict=True)
+    }
+    scores = detector.score_samples(test)
+    assert time.perf_counter() - start < 60
+    assert scores.shape == (16,)
+    assert scores[8:].min() > scores[:8].max()  # shifted images beyond every normal
+    # Beyond every normal the tail keeps ranking: a larger shift scores higher.
+    far = detector.score_samples(features(4, 6))
+    assert far.min() > scores[8:].max()
