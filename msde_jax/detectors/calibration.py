@@ -84,6 +84,22 @@ class FusionStats(NamedTuple):
     std: dict[str, Any]
 
 
+def _checked_components(scores: Mapping[str, ArrayLike], what: str) -> dict[str, np.ndarray]:
+    """The components' out-of-fold scores as float64, each checked finite, 1-D, at least 2."""
+    if not scores:
+        raise ValueError(f"{what} needs at least one component's scores.")
+    checked = {}
+    for name, s in scores.items():
+        s = np.asarray(s, np.float64)
+        if s.ndim != 1 or s.size < 2 or not np.isfinite(s).all():
+            raise ValueError(
+                f"component {name!r}: out-of-fold scores must be a finite 1-D array of at "
+                f"least 2 values, got shape {s.shape}."
+            )
+        checked[name] = s
+    return checked
+
+
 def fusion_stats(scores: Mapping[str, ArrayLike], *, floor: float = STD_FLOOR) -> FusionStats:
     """μ_j and σ_j of each component's out-of-fold training scores (in float64, on the host).
 
@@ -97,16 +113,8 @@ def fusion_stats(scores: Mapping[str, ArrayLike], *, floor: float = STD_FLOOR) -
     Raises:
         ValueError: no components, or a component's scores are not 1-D, finite, and at least 2.
     """
-    if not scores:
-        raise ValueError("fusion needs at least one component's scores.")
     mean, std = {}, {}
-    for name, s in scores.items():
-        s = np.asarray(s, np.float64)
-        if s.ndim != 1 or s.size < 2 or not np.isfinite(s).all():
-            raise ValueError(
-                f"component {name!r}: out-of-fold scores must be a finite 1-D array of at "
-                f"least 2 values, got shape {s.shape}."
-            )
+    for name, s in _checked_components(scores, "fusion").items():
         mu = float(s.mean())
         mean[name] = mu
         std[name] = max(float(s.std()), floor * max(abs(mu), 1.0))
@@ -208,16 +216,8 @@ def rank_calibration(scores: Mapping[str, ArrayLike]) -> RankCalibration:
     Raises:
         ValueError: no components, or a component's scores are not 1-D, finite, and at least 2.
     """
-    if not scores:
-        raise ValueError("calibration needs at least one component's scores.")
     ordered, scale = {}, {}
-    for name, s in scores.items():
-        s = np.asarray(s, np.float64)
-        if s.ndim != 1 or s.size < 2 or not np.isfinite(s).all():
-            raise ValueError(
-                f"component {name!r}: out-of-fold scores must be a finite 1-D array of at "
-                f"least 2 values, got shape {s.shape}."
-            )
+    for name, s in _checked_components(scores, "calibration").items():
         ordered[name] = np.sort(s)
         scale[name] = _host_tail_scale(ordered[name])
     return RankCalibration(ordered, scale)
