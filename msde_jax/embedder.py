@@ -29,6 +29,10 @@ from msde_jax.io import inputs as _inputs
 
 __all__ = ["FEATURES", "Embedder"]
 
+# Images per forward pass and device when ``batch_size=None``.
+_CPU_BATCH = 32
+_DEVICE_BATCH = 256
+
 FEATURES = ("pooled", "multiscale", "patches")
 
 # Memory of one embed call (Embedder.memory_needed). Batches alive at once: the one in the
@@ -71,7 +75,8 @@ class Embedder:
         image_size: the side images are resized to (224, as in the paper).
         resize: ``"direct"`` (the whole image to image_size², the paper's) or ``"center_crop"``.
         batch_size: images per forward pass; the last batch is padded so the network compiles
-            once. Rounded up to a multiple of the device count.
+            once. Rounded up to a multiple of the device count. ``None``: 32 per device on a
+            CPU, 256 per device on an accelerator (which a small batch leaves idle).
         dtype: computation dtype; ``jnp.bfloat16`` halves memory and speeds up accelerators
             (embeddings are returned as float32 either way).
         features: ``"pooled"`` (global-average-pooled last stage, the paper's; with ``layers``,
@@ -103,7 +108,7 @@ class Embedder:
         weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
         image_size: int = 224,
         resize: str = "direct",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         dtype: Any = jnp.float32,
         features: str = "pooled",
         layers: Sequence[str] | None = None,
@@ -125,8 +130,8 @@ class Embedder:
                 + (f" and a multiple of {spec.patch}" if spec.patch > 1 else "")
                 + "."
             )
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
         layers = _check_layers(backbone, spec, features, layers, grid, aggregate)
         self.backbone, self.image_size, self.resize = backbone, image_size, resize
         self.features, self.progress, self.num_workers = features, progress, num_workers
@@ -134,6 +139,9 @@ class Embedder:
         self.dtype = jnp.dtype(dtype)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         n_dev = len(self.devices)
+        if batch_size is None:
+            per_device = _CPU_BATCH if self.devices[0].platform == "cpu" else _DEVICE_BATCH
+            batch_size = per_device * n_dev
         self.batch_size = -(-batch_size // n_dev) * n_dev
         self.weights_source = describe_weights(weights)
 

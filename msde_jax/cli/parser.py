@@ -83,7 +83,12 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--image-size", type=int, default=d["image_size"], help="resize side (default: %(default)s)"
     )
-    g.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="images per forward pass (default: 32 on a CPU, 256 per GPU/TPU)",
+    )
     g.add_argument(
         "--features",
         default=None,
@@ -349,7 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: both to stdout, the volume table after a blank line)",
     )
     p.add_argument("--cache-dir", default=None, help="embedding cache folder")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="images per forward pass (default: 32 on a CPU, 256 per GPU/TPU)",
+    )
     p.add_argument(
         "--heatmaps",
         default=None,
