@@ -2,13 +2,14 @@
 
 Neighbours (exact in row blocks, :mod:`~msde_jax.core.approximate_knn`'s tree, and the
 :mod:`~msde_jax.core.sharded` versions over a device mesh), the fuzzy graph and density
-weights, the MSDE mean shift, the coreset and patch memory bank, PCA, the Gaussian,
-metrics and anomaly maps. No I/O, no classes with hidden state.
+weights, the MSDE mean shift, the coreset and patch memory bank with its foreground mask, PCA,
+the Gaussian, metrics and anomaly maps. No I/O, no classes with hidden state.
 """
 
 from msde_jax.core.approximate_knn import approximate_knn
 from msde_jax.core.coreset import kcenter_greedy, random_projection
 from msde_jax.core.density import density_weights
+from msde_jax.core.foreground import Foreground, foreground_fit, foreground_mask
 from msde_jax.core.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.core.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
 from msde_jax.core.mean_shift import MeanShiftResult, mean_shift
@@ -18,6 +19,7 @@ from msde_jax.core.neighbors import Neighbors, knn
 from msde_jax.core.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
 
 __all__ = [
+    "Foreground",
     "FuzzyGraph",
     "GaussianState",
     "MeanShiftResult",
@@ -28,6 +30,8 @@ __all__ = [
     "average_precision",
     "bank_fit",
     "density_weights",
+    "foreground_fit",
+    "foreground_mask",
     "fuzzy_degree",
     "fuzzy_simplicial_set",
     "fuzzy_union",

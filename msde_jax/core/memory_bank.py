@@ -171,6 +171,7 @@ def image_scores(
     *,
     reduce: str = "max",
     q: float | ArrayLike = 0.1,
+    mask: ArrayLike | None = None,
 ) -> jax.Array:
     """One anomaly score per image from its patch scores (higher = more anomalous).
 
@@ -178,6 +179,12 @@ def image_scores(
     * ``"mean"`` — the mean over all patches;
     * ``"top"`` — the mean of the n = clip(⌈q·P⌉, 1, P) highest patch scores (at least one:
       q → 0 gives ``"max"``, q = 1 gives ``"mean"``).
+
+    With a ``mask`` (e.g. :func:`~msde_jax.core.foreground.foreground_mask`) each reduction
+    runs over the image's masked patches only, P being their count (so ``"top"`` averages the
+    top q of the foreground); an image with no masked patch is reduced over all its patches.
+    Fixed shapes (masked sums, no boolean indexing), so it stays jit-able, and each image
+    depends only on its own scores and mask.
 
     ``q`` is traced: the patches are sorted and the top n averaged under a mask, rather than
     taking ``lax.top_k(n)`` with a static n, so sweeping q never recompiles (sorting P ≈ 196
@@ -188,6 +195,7 @@ def image_scores(
             (..., P) works).
         reduce: ``"max"``, ``"mean"`` or ``"top"`` (static).
         q: the fraction of patches averaged by ``"top"``, in (0, 1].
+        mask: boolean, the shape of ``scores``: the patches to reduce over (``None``: all).
 
     Returns:
         (n_images,) image scores.
@@ -195,6 +203,8 @@ def image_scores(
     s = jnp.asarray(scores)
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}.")
+    if mask is not None:
+        return _masked_image_scores(s, jnp.asarray(mask, bool), reduce=reduce, q=q)
     if reduce == "max":
         return jnp.max(s, axis=-1)
     if reduce == "mean":
@@ -204,4 +214,19 @@ def image_scores(
     n_top = jnp.clip(jnp.ceil(q * n_patches * (1 - _ROUNDING_SLACK)), 1, n_patches)
     descending = -jnp.sort(-s, axis=-1)
     keep = jnp.broadcast_to(jnp.arange(n_patches, dtype=s.dtype) < n_top, s.shape)
+    return jnp.sum(jnp.where(keep, descending, 0.0), axis=-1) / n_top
+
+
+def _masked_image_scores(s: jax.Array, mask: jax.Array, *, reduce: str, q: ArrayLike) -> jax.Array:
+    """:func:`image_scores` over the masked patches of each image (all of them where none is)."""
+    mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
+    count = jnp.sum(mask, axis=-1).astype(s.dtype)
+    if reduce == "max":
+        return jnp.max(jnp.where(mask, s, -jnp.inf), axis=-1)
+    if reduce == "mean":
+        return jnp.sum(jnp.where(mask, s, 0.0), axis=-1) / count
+    q = jnp.asarray(q, s.dtype)
+    n_top = jnp.clip(jnp.ceil(q * count * (1 - _ROUNDING_SLACK)), 1, count)
+    descending = -jnp.sort(-jnp.where(mask, s, -jnp.inf), axis=-1)
+    keep = jnp.broadcast_to(jnp.arange(s.shape[-1], dtype=s.dtype), s.shape) < n_top[..., None]
     return jnp.sum(jnp.where(keep, descending, 0.0), axis=-1) / n_top

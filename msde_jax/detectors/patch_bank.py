@@ -8,7 +8,9 @@ is ``jax.jit``-able. :class:`PatchBankDetector` is the facade over the two (Patc
 al., *Towards Total Recall in Industrial Anomaly Detection*, CVPR 2022).
 
 Patch features are (n_images, n_patches, channels) or (n_images, grid, grid, channels), the
-:class:`~msde_jax.Embedder`'s ``features="patches"`` output.
+:class:`~msde_jax.Embedder`'s ``features="patches"`` output. With ``foreground="pca"`` the state
+also holds a label-free foreground rule (:mod:`msde_jax.core.foreground`) and each image's score
+reduces its foreground patches only.
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ from jax.typing import ArrayLike
 from msde_jax._memory import Lower, check_memory
 from msde_jax.core.anomaly_maps import maps_bytes, upsample_maps
 from msde_jax.core.blocks import bucket_fit_rows, sample_keys
+from msde_jax.core.foreground import Foreground, foreground_fit, foreground_mask
 from msde_jax.core.memory_bank import REDUCTIONS, MemoryBank, bank_fit, image_scores, patch_scores
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import BaseConfig, check_choice, check_features, check_int, param
@@ -34,9 +37,13 @@ __all__ = [
     "PatchBankDetector",
     "fit_bank_detector",
     "score_bank_detector",
+    "score_bank_foreground",
     "score_bank_maps",
     "score_bank_patches",
 ]
+
+
+FOREGROUNDS = (None, "pca")
 
 
 @jax.tree_util.register_static
@@ -68,7 +75,19 @@ class BankConfig(BaseConfig):
         'patch scores → image score: ``"top"`` (the mean of the ⌈q·P⌉ highest), '
         '``"max"`` (PatchCore\'s) or ``"mean"``.',
     )
-    q: float = param(0.1, 'the share of patches ``reduce="top"`` averages, in (0, 1].')
+    q: float = param(
+        0.1,
+        'the share of patches ``reduce="top"`` averages, in (0, 1] (of the foreground patches '
+        "with ``foreground``).",
+    )
+    foreground: str | None = param(
+        None,
+        '``None`` (every patch counts) or ``"pca"``: fit a label-free foreground mask on the '
+        "training patches (their first principal component, oriented and checked by the grid's "
+        "border and centre, :mod:`msde_jax.core.foreground`; off where the split is not clean, "
+        "e.g. a body filling the frame) and reduce each image over its foreground patches "
+        "only. The bank is fitted on all patches either way.",
+    )
     threshold: str = param(
         "cross_fit",
         '``"cross_fit"``, the only one: patch-to-bank distances have no known law under normality.',
@@ -83,6 +102,7 @@ class BankConfig(BaseConfig):
         if not isinstance(self.shift, bool | np.bool_):
             raise ValueError(f"shift must be True or False, got {self.shift!r}.")
         check_choice("reduce", self.reduce, REDUCTIONS)
+        check_choice("foreground", self.foreground, FOREGROUNDS)
         if self.threshold == "chi2":
             raise ValueError(
                 "threshold='chi2' does not apply to a memory bank: χ² is the law of a squared "
@@ -130,10 +150,13 @@ class BankState(NamedTuple):
             training patches flattened to (n_images · n_patches, c) in the order they were
             given.
         config: the :class:`BankConfig` it was fitted with (a static pytree node).
+        foreground: the :class:`~msde_jax.core.foreground.Foreground` rule with
+            ``foreground="pca"``, else ``None`` (every patch counts).
     """
 
     bank: MemoryBank
     config: BankConfig
+    foreground: Foreground | None = None
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -166,7 +189,28 @@ def _fit_state(x: np.ndarray, keys: np.ndarray, config: BankConfig) -> tuple[Ban
     rows = np.asarray(bank.indices)
     given = order[rows // n_patches] * n_patches + rows % n_patches  # rows of x's own order
     bank = bank._replace(indices=jnp.asarray(given.astype(np.int32)))
-    return BankState(bank, config), int(bank.n_iter)
+    foreground = None
+    if config.foreground == "pca":
+        foreground = foreground_fit(_on_grid(x[order]))
+    return BankState(bank, config, foreground), int(bank.n_iter)
+
+
+def _on_grid(x: np.ndarray) -> np.ndarray:
+    """(n, P, c) patches with P = g² as (n, g, g, c); (n, h, w, c) as they are."""
+    if x.ndim == 4:
+        return x
+    side = math.isqrt(x.shape[1])
+    return x.reshape(x.shape[0], side, side, x.shape[-1])
+
+
+def score_bank_foreground(state: BankState, x: ArrayLike) -> jax.Array:
+    """Which test patches are foreground under the state's rule
+    (:func:`~msde_jax.core.foreground.foreground_mask`): boolean (m, P) or (m, g, g), all true
+    without one (``foreground=None``). Pure, ``jax.jit``-able and batch-independent."""
+    x = jnp.asarray(x, state.bank.bank.dtype)
+    if state.foreground is None:
+        return jnp.ones(x.shape[:-1], bool)
+    return foreground_mask(state.foreground, x)
 
 
 def score_bank_patches(state: BankState, x: ArrayLike) -> jax.Array:
@@ -218,7 +262,9 @@ def score_bank_detector(state: BankState, x: ArrayLike) -> jax.Array:
     """Anomaly score of each image under a fitted ``state``; higher = more anomalous.
 
     Patch scores (:func:`score_bank_patches`) reduced to one score per image by
-    :func:`~msde_jax.core.image_scores` with the config's ``reduce`` and ``q``. Every image is
+    :func:`~msde_jax.core.image_scores` with the config's ``reduce`` and ``q``, over the
+    foreground patches only when the state has a foreground rule
+    (:func:`score_bank_foreground`; an image without one is reduced over all). Every image is
     scored
     on its own: one image alone gets the same score as in any batch. Pure and ``jax.jit``-able
     as ``jax.jit(score_bank_detector)(state, x)``; it recompiles only for a new input shape or
@@ -234,7 +280,10 @@ def score_bank_detector(state: BankState, x: ArrayLike) -> jax.Array:
     """
     scores = score_bank_patches(state, x)
     scores = scores.reshape(scores.shape[0], -1)
-    return image_scores(scores, reduce=state.config.reduce, q=state.config.q)
+    mask = None
+    if state.foreground is not None:
+        mask = score_bank_foreground(state, x).reshape(scores.shape)
+    return image_scores(scores, reduce=state.config.reduce, q=state.config.q, mask=mask)
 
 
 def fit_bank_detector(
@@ -271,6 +320,11 @@ def fit_bank_detector(
     """
     x = check_features(x, kind="patches", dtype=config.dtype)
     config.check_n_images(x.shape[0], math.prod(x.shape[1:-1]))
+    if config.foreground is not None and x.ndim == 3 and math.isqrt(x.shape[1]) ** 2 != x.shape[1]:
+        raise ValueError(
+            f"foreground={config.foreground!r} needs patches on a grid (its border and centre): "
+            f"{x.shape[1]} patches per image is not g × g; pass (n, g, g, c) features."
+        )
     keys = sample_keys(x)
     return cross_fit(x, keys, config, _fit_state, score_bank_detector, groups=groups)
 
@@ -309,6 +363,10 @@ class PatchBankDetector(Detector):
         state.bank.density    f  size
         state.bank.indices    i  size
         state.bank.n_iter     i
+        state.foreground.direction  f  c
+        state.foreground.center     f  c
+        state.foreground.threshold  f
+        state.foreground.active     b
     """
 
     def _describe(self, state: BankState, shape: tuple[int, ...]) -> dict[str, int]:
@@ -359,6 +417,20 @@ class PatchBankDetector(Detector):
         state, x = self._checked(X)
         with self._memory_checked("scoring patches with", x.shape, state):
             return chunked_scores(score_bank_patches, state, x)
+
+    def foreground_patches(self, X: ArrayLike) -> np.ndarray:
+        """Which patches the image score reduces over (:func:`score_bank_foreground`).
+
+        Args:
+            X: (m, P, c) or (m, g, g, c) patch features, as at fit time.
+
+        Returns:
+            (m, P) or (m, g, g) booleans: the fitted foreground rule's mask (all true with
+            ``foreground=None``, or where the rule found no clean background). An image with
+            no foreground patch is scored over all of them.
+        """
+        state, x = self._checked(X)
+        return np.asarray(jax.device_get(score_bank_foreground(state, x)))
 
     def score_maps(
         self, X: ArrayLike, *, size: int = 224, sigma: float | None = None
@@ -418,4 +490,10 @@ class PatchBankDetector(Detector):
                 f"not a valid saved PatchBankDetector: a bank of {bank.shape[0]} rows with "
                 f"indices in [{indices.min(initial=0)}, {indices.max(initial=0)}], where the "
                 f"training images had {n_patches} patches."
+            )
+        has_rule = self.state_.foreground is not None
+        if has_rule != (self.foreground is not None):
+            raise ValueError(
+                f"not a valid saved PatchBankDetector: foreground={self.foreground!r} but the "
+                f"file {'holds' if has_rule else 'lacks'} a foreground rule."
             )

@@ -5,9 +5,9 @@ No pickle, so loading executes no code. The metadata names the detector class
 ``density`` (version 1 called it ``weights``) and stores the training rows' content keys in the
 state; version-2 files written before the class name was stored hold an ``MSDEDetector``.
 
-A fitted state (a ``NamedTuple`` whose fields are arrays, ``None`` or ``NamedTuple`` parts, and
-a static ``config``) is stored as one array per leaf, named by its path: ``state.center``,
-``state.pca.mean``, … (:func:`state_arrays`, :func:`state_from_arrays`).
+A fitted state (a ``NamedTuple`` whose fields are arrays, ``None`` or (optional) ``NamedTuple``
+parts, and a static ``config``) is stored as one array per leaf, named by its path:
+``state.center``, ``state.pca.mean``, … (:func:`state_arrays`, :func:`state_from_arrays`).
 
 A ``FusedDetector`` file is one such file: its metadata lists each component's own metadata
 (with its format version, :func:`with_version`, checked when the component is rebuilt) and its
@@ -86,6 +86,11 @@ def state_from_arrays(
     fields: dict[str, Any] = {}
     for name in cls._fields:
         key, hint = f"{prefix}.{name}", hints.get(name)
+        # An optional NamedTuple part (``Foreground | None``) is rebuilt when the file has
+        # any of its arrays, else left None.
+        part = [a for a in typing.get_args(hint) if _is_namedtuple(a)]
+        if part and any(k.startswith(f"{key}.") for k in arrays):
+            hint = part[0]
         if name == "config":
             fields[name] = config
         elif _is_namedtuple(hint):
