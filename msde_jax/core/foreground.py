@@ -12,9 +12,14 @@ whether to mask at all are decided from the training patches alone, by where the
    ⌊side/4⌋ (at least one) patches from every edge. v is oriented so the centre's median
    projection is above the border's: the border is taken to be background, the centre
    foreground;
-3. the threshold τ is the midpoint of the two medians; a patch is foreground when t ≥ τ;
+3. the threshold τ is the midpoint of the two medians. A patch is background when its
+   projection lies in the background's band, from the lowest projection of any training
+   patch up to τ; every other patch is foreground. The band is closed on the far side because
+   background is a mode, not a half-line: a patch projecting beyond every training patch (a
+   lesion unlike both tissue and air, which the first component may place there) is novel,
+   so it stays foreground;
 4. the mask is kept only when the split is clean: at most :data:`MAX_MIXED` (10 %) of the
-   centre patches fall below τ and at most 50 % of the border patches above it. Otherwise —
+   centre patches fall in the band and at least 50 % of the border patches do. Otherwise —
    a body that fills the frame (chest X-rays), a first component that is not
    background-vs-body (exposure, position) — the mask is switched off and every patch counts.
 
@@ -40,14 +45,16 @@ _MAX_BORDER_FOREGROUND = 0.5
 
 
 class Foreground(NamedTuple):
-    """A fitted foreground rule (:func:`foreground_fit`): patch p is foreground when
-    ``(p − center)·direction ≥ threshold``, or always when ``active`` is false.
+    """A fitted foreground rule (:func:`foreground_fit`): patch p, projected as
+    t = ``(p − center)·direction``, is background when ``floor ≤ t < threshold``, else
+    foreground; always foreground when ``active`` is false.
 
     Attributes:
         direction: (c,) the first principal direction of the training patches, oriented so
             the grid's centre projects above its border.
         center: (c,) the mean training patch.
         threshold: () the midpoint of the border's and the centre's median projections.
+        floor: () the lowest projection of a training patch (the background band's far end).
         active: () bool: whether the split was clean enough to mask (else every patch is
             foreground).
     """
@@ -55,6 +62,7 @@ class Foreground(NamedTuple):
     direction: jax.Array
     center: jax.Array
     threshold: jax.Array
+    floor: jax.Array
     active: jax.Array
 
 
@@ -91,8 +99,8 @@ def foreground_fit(patches: ArrayLike) -> Foreground:
         patches: (n, height, width, c) training patch features on their grid.
 
     Returns:
-        :class:`Foreground` ``(direction, center, threshold, active)``; inactive (every patch
-        foreground) for grids smaller than 3 × 3 or a split that is not clean.
+        :class:`Foreground` ``(direction, center, threshold, floor, active)``; inactive
+        (every patch foreground) for grids smaller than 3 × 3 or a split that is not clean.
     """
     x = jnp.asarray(patches)
     if x.ndim != 4:
@@ -110,23 +118,29 @@ def foreground_fit(patches: ArrayLike) -> Foreground:
     m_border, m_centre = _masked_median(t, border), _masked_median(t, centre)
     sign = jnp.where(m_centre >= m_border, 1.0, -1.0).astype(direction.dtype)
     direction, t = sign * direction, sign * t
-    threshold = sign * (m_border + m_centre) / 2
-    below = t < threshold
+    threshold, floor = sign * (m_border + m_centre) / 2, jnp.min(t)
+    below = _in_band(t, threshold, floor)
     centre_mixed = jnp.sum(below & centre) / jnp.maximum(jnp.sum(centre), 1)
     border_kept = jnp.sum(~below & border) / jnp.maximum(jnp.sum(border), 1)
     active = (centre_mixed <= MAX_MIXED) & (border_kept <= _MAX_BORDER_FOREGROUND)
     if min(height, width) < 3:
         active = jnp.zeros((), bool)
-    # Kept when inactive too (it says how the split failed); 0 where a median had no patch.
+    # Kept when inactive too (they say how the split failed); 0 where a median had no patch.
     threshold = jnp.where(jnp.isfinite(threshold), threshold, 0.0).astype(x.dtype)
-    return Foreground(direction, center, threshold, active)
+    return Foreground(direction, center, threshold, floor.astype(x.dtype), active)
+
+
+def _in_band(t: jax.Array, threshold: jax.Array, floor: jax.Array) -> jax.Array:
+    """Projections in the background's band: below the threshold, not below the floor."""
+    return (t < threshold) & (t >= floor)
 
 
 @partial(jax.jit, inline=True)
 def foreground_mask(foreground: Foreground, patches: ArrayLike) -> jax.Array:
-    """Which patches are foreground under a fitted rule: a boolean array of the patches'
-    leading shape ((m, P) or (m, g, g) for (m, P, c) or (m, g, g, c) features); all true when
-    the rule is inactive. Each patch is labelled on its own."""
+    """Which patches are foreground under a fitted rule (not in the background's band): a
+    boolean array of the patches' leading shape ((m, P) or (m, g, g) for (m, P, c) or
+    (m, g, g, c) features); all true when the rule is inactive. Each patch is labelled on its
+    own."""
     x = jnp.asarray(patches, foreground.center.dtype)
     t = _project(x, foreground.center, foreground.direction)
-    return (t >= foreground.threshold) | ~foreground.active
+    return ~_in_band(t, foreground.threshold, foreground.floor) | ~foreground.active

@@ -366,6 +366,7 @@ class PatchBankDetector(Detector):
         state.foreground.direction  f  c
         state.foreground.center     f  c
         state.foreground.threshold  f
+        state.foreground.floor      f
         state.foreground.active     b
     """
 

@@ -47,9 +47,10 @@ def numpy_fit(x):
     mb, mc = np.median(t[:, border]), np.median(t[:, centre])
     sign = 1.0 if mc >= mb else -1.0
     v, t, tau = sign * v, sign * t, sign * (mb + mc) / 2
-    below = t < tau
+    b = t.min()
+    below = (t < tau) & (t >= b)
     active = below[:, centre].mean() <= MAX_MIXED and (~below[:, border]).mean() <= 0.5
-    return v, mu, tau, active
+    return v, mu, tau, b, active
 
 
 def test_border_and_centre():
@@ -106,11 +107,12 @@ def test_a_grid_without_a_centre_keeps_every_patch(rng):
 def test_fit_equals_numpy(rng, kind, x64):
     x = head_grid(rng)[0] if kind == "head" else chest_grid(rng)
     x = x.astype(np.float64)
-    v, mu, tau, active = numpy_fit(x)
+    v, mu, tau, b, active = numpy_fit(x)
     fg = foreground_fit(x)
     np.testing.assert_allclose(np.asarray(fg.direction), v, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(np.asarray(fg.center), mu, rtol=1e-10)
     np.testing.assert_allclose(float(fg.threshold), tau, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(float(fg.floor), b, rtol=1e-8, atol=1e-10)
     assert bool(fg.active) == active
 
 
