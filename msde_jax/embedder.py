@@ -7,6 +7,7 @@ Besides the final pooled vector it reads named layers (``layers=``): their poole
 PatchCore's (n, grid, grid, c) patch features (:mod:`msde_jax.backbones.taps`).
 """
 
+import copy
 import math
 import numbers
 import os
@@ -99,6 +100,10 @@ class Embedder:
         cache_dir: where downloaded weights are kept (default ``$MSDE_JAX_CACHE`` or
             ``~/.cache/msde_jax``).
         num_workers: threads reading and resizing images while the network runs.
+        flip: mirror every image left–right after resizing (test-time flips: a patch detector
+            averages an image's patch scores with its mirror's, flipped back,
+            ``PatchBankDetector.score_samples(x, flipped=x_mirror)``); :meth:`flipped` gives
+            this embedder's mirror twin without reloading the weights.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class Embedder:
         devices: Sequence[jax.Device] | None = None,
         cache_dir: str | None = None,
         num_workers: int = 4,
+        flip: bool = False,
     ):
         spec = backbone_spec(backbone)
         if features not in FEATURES:
@@ -130,12 +136,15 @@ class Embedder:
                 + (f" and a multiple of {spec.patch}" if spec.patch > 1 else "")
                 + "."
             )
+        if not isinstance(flip, bool):
+            raise ValueError(f"flip must be True or False, got {flip!r}.")
         if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
         layers = _check_layers(backbone, spec, features, layers, grid, aggregate)
         self.backbone, self.image_size, self.resize = backbone, image_size, resize
         self.features, self.progress, self.num_workers = features, progress, num_workers
         self.layers, self.grid, self.aggregate = layers, int(grid), int(aggregate)
+        self.flip = flip
         self.dtype = jnp.dtype(dtype)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         n_dev = len(self.devices)
@@ -195,7 +204,9 @@ class Embedder:
             "features": config["features"],
             "dtype": config["dtype"],
         }
-        kwargs.update({k: config[k] for k in ("layers", "grid", "aggregate") if k in config})
+        kwargs.update(
+            {k: config[k] for k in ("layers", "grid", "aggregate", "flip") if k in config}
+        )
         return cls(config["backbone"], **{**kwargs, **overrides})
 
     @property
@@ -218,7 +229,8 @@ class Embedder:
         cache): ``weights_sha256`` fingerprints the exact weights, so two different state
         dicts never share cached embeddings. ``"layers"`` is recorded when layers are read (the
         patch defaults included) and ``"grid"``, ``"aggregate"`` for patches only, so configs
-        and caches of the final pooled and multiscale embeddings stay as they were."""
+        and caches of the final pooled and multiscale embeddings stay as they were; ``"flip"``
+        only when true."""
         config = {
             "backbone": self.backbone,
             "weights": self.weights_source,
@@ -232,11 +244,22 @@ class Embedder:
             config["layers"] = list(self.layers)
         if self.features == "patches":
             config["grid"], config["aggregate"] = self.grid, self.aggregate
+        if self.flip:
+            config["flip"] = True
         return config
 
+    def flipped(self) -> "Embedder":
+        """This embedder with ``flip`` toggled (sharing its weights and compiled network): the
+        embeddings of the images' mirrors, for test-time flips."""
+        twin = copy.copy(self)
+        twin.flip = not self.flip
+        return twin
+
     def preprocess(self, image: Any, *, name: str = "image") -> np.ndarray:
-        """One image → (image_size, image_size, 3) float32 RGB in [0, 1] (before normalising)."""
-        return _images.prepare(image, self.image_size, mode=self.resize, name=name)
+        """One image → (image_size, image_size, 3) float32 RGB in [0, 1] (before normalising),
+        mirrored left–right with ``flip``."""
+        image = _images.prepare(image, self.image_size, mode=self.resize, name=name)
+        return np.ascontiguousarray(image[:, ::-1]) if self.flip else image
 
     def embed(self, images: Iterable[Any] | np.ndarray, *, axis: str = "axial") -> np.ndarray:
         """Embed images: a sequence of paths / PIL images / arrays, or one stacked array.
@@ -388,7 +411,7 @@ class Embedder:
         return (
             f"Embedder({self.backbone!r}, weights={self.weights_source!r}, "
             f"image_size={self.image_size}, features={self.features!r}{layers}, "
-            f"dtype={self.dtype.name})"
+            f"dtype={self.dtype.name}{', flip=True' * self.flip})"
         )
 
 

@@ -367,3 +367,25 @@ def test_patch_features_data_parallel_equal_one_device():
     two = Embedder("resnet18", batch_size=4, devices=devices[:2], **kwargs)
     one = Embedder("resnet18", batch_size=4, devices=devices[:1], **kwargs)
     np.testing.assert_allclose(two.embed(IMAGES), one.embed(IMAGES), rtol=1e-3, atol=1e-4)
+
+
+def test_flip_embeds_the_mirrored_images():
+    emb = Embedder(
+        "mobilenet_v2", weights="random", image_size=32, features="patches", grid=4, progress=False
+    )
+    mirror = emb.flipped()
+    assert (mirror.flip, emb.flip) == (True, False)
+    assert mirror.config() == {**emb.config(), "flip": True}  # a cache key of its own
+    assert "flip" not in emb.config()  # unflipped configs (and caches) are as before
+    assert mirror.flipped().config() == emb.config()
+    np.testing.assert_array_equal(mirror.preprocess(IMAGES[0]), emb.preprocess(IMAGES[0])[:, ::-1])
+    # Mirroring a square image before embedding is what flip does.
+    square = [np.asarray(emb.preprocess(im)) for im in IMAGES[:3]]
+    np.testing.assert_allclose(
+        mirror.embed(square), emb.embed([im[:, ::-1] for im in square]), rtol=1e-5, atol=1e-6
+    )
+    again = Embedder.from_config(mirror.config(), weights="random", progress=False)
+    assert again.flip
+    assert "flip=True" in repr(mirror)
+    with pytest.raises(ValueError, match="flip must be True or False"):
+        Embedder("resnet18", weights="random", flip=1)

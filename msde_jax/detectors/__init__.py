@@ -26,6 +26,8 @@ from msde_jax.detectors.patch_bank import (
     PatchBankDetector,
     fit_bank_detector,
     score_bank_detector,
+    score_bank_flipped,
+    score_bank_foreground,
     score_bank_maps,
     score_bank_patches,
 )
@@ -55,6 +57,8 @@ __all__ = [
     "one_class_splits",
     "rank_calibration",
     "score_bank_detector",
+    "score_bank_flipped",
+    "score_bank_foreground",
     "score_bank_maps",
     "score_bank_patches",
     "score_detector",

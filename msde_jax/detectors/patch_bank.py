@@ -37,6 +37,7 @@ __all__ = [
     "PatchBankDetector",
     "fit_bank_detector",
     "score_bank_detector",
+    "score_bank_flipped",
     "score_bank_foreground",
     "score_bank_maps",
     "score_bank_patches",
@@ -278,12 +279,39 @@ def score_bank_detector(state: BankState, x: ArrayLike) -> jax.Array:
     Returns:
         (m,) scores.
     """
-    scores = score_bank_patches(state, x)
+    return _reduce(state, score_bank_patches(state, x), x)
+
+
+def _reduce(state: BankState, scores: jax.Array, x: jax.Array) -> jax.Array:
+    """Patch scores of features ``x`` → image scores (over the foreground with a rule)."""
     scores = scores.reshape(scores.shape[0], -1)
     mask = None
     if state.foreground is not None:
         mask = score_bank_foreground(state, x).reshape(scores.shape)
     return image_scores(scores, reduce=state.config.reduce, q=state.config.q, mask=mask)
+
+
+def score_bank_flipped(state: BankState, x: ArrayLike, x_flipped: ArrayLike) -> jax.Array:
+    """Image scores with test-time flips: each image's patch-score map averaged with its
+    mirror's, flipped back, then reduced as :func:`score_bank_detector` does (over the
+    foreground of ``x`` with a rule).
+
+    The two maps are s(x) and s(x̃) of the features of the images and of their left–right
+    mirrors (``Embedder(flip=True)``); s(x̃) is mirrored back along the grid's width so each
+    position averages the same place of the image. Batch-independent and ``jax.jit``-able.
+
+    Args:
+        state: a fitted :class:`BankState`.
+        x: (m, g, g, c) patch features of the images.
+        x_flipped: (m, g, g, c) patch features of their mirrors.
+
+    Returns:
+        (m,) scores, higher = more anomalous (not on the scale of ``threshold_``, which was
+        fitted without flips).
+    """
+    x = jnp.asarray(x, state.bank.bank.dtype)
+    mirrored = jnp.flip(score_bank_patches(state, x_flipped), axis=2)
+    return _reduce(state, (score_bank_patches(state, x) + mirrored) / 2, x)
 
 
 def fit_bank_detector(
@@ -419,6 +447,45 @@ class PatchBankDetector(Detector):
         with self._memory_checked("scoring patches with", x.shape, state):
             return chunked_scores(score_bank_patches, state, x)
 
+    def score_samples(self, X: ArrayLike, *, flipped: ArrayLike | None = None) -> np.ndarray:
+        """Anomaly score of each image; **higher = more anomalous**.
+
+        Args:
+            X: (m, P, c) or (m, g, g, c) patch features, as at fit time.
+            flipped: the patch features of the images' left–right mirrors
+                (``Embedder(..., flip=True)``, or ``embedder.flipped()``), the shape of ``X``:
+                test-time flips (:func:`score_bank_flipped`), on a square grid. Such scores
+                are on another scale than ``threshold_`` (fitted without flips): use them to
+                rank, not with :meth:`predict`.
+
+        Returns:
+            (m,) float scores.
+        """
+        if flipped is None:
+            return super().score_samples(X)
+        state, x = self._checked(X)
+        x_flipped = self._checked(flipped)[1]
+        if x_flipped.shape != x.shape:
+            raise ValueError(f"flipped must have the shape of X, {x.shape}; got {x_flipped.shape}.")
+        x, x_flipped = self._square(x, "flips"), self._square(x_flipped, "flips")
+        with self._memory_checked("scoring with", x.shape, state):
+            return np.asarray(jax.device_get(score_bank_flipped(state, x, x_flipped)))
+
+    @staticmethod
+    def _square(x: jax.Array, what: str = "maps") -> jax.Array:
+        """Checked (m, P, c) or (m, g, g, c) features as (m, g, g, c), or a clear error."""
+        if x.ndim == 3:
+            side = math.isqrt(x.shape[1])
+            if side * side != x.shape[1]:
+                raise ValueError(
+                    f"{what} need patches on a square grid: {x.shape[1]} patches per image is "
+                    "not g × g; pass (m, g, g, c) features."
+                )
+            x = x.reshape(x.shape[0], side, side, x.shape[-1])
+        elif x.shape[1] != x.shape[2]:
+            raise ValueError(f"{what} need a square patch grid, got {x.shape[1]} × {x.shape[2]}.")
+        return x
+
     def foreground_patches(self, X: ArrayLike) -> np.ndarray:
         """Which patches the image score reduces over (:func:`score_bank_foreground`).
 
@@ -454,16 +521,7 @@ class PatchBankDetector(Detector):
             (m, size, size) float maps, higher = more anomalous.
         """
         state, x = self._checked(X)
-        if x.ndim == 3:
-            side = math.isqrt(x.shape[1])
-            if side * side != x.shape[1]:
-                raise ValueError(
-                    f"maps need patches on a square grid: {x.shape[1]} patches per image is "
-                    "not g × g; pass (m, g, g, c) features."
-                )
-            x = x.reshape(x.shape[0], side, side, x.shape[-1])
-        elif x.shape[1] != x.shape[2]:
-            raise ValueError(f"maps need a square patch grid, got {x.shape[1]} × {x.shape[2]}.")
+        x = self._square(x)
         check_int("size", size)
         real = isinstance(sigma, int | float | np.number) and not isinstance(sigma, bool)
         if sigma is not None and not (real and math.isfinite(sigma) and sigma >= 0):

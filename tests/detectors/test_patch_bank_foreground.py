@@ -8,7 +8,12 @@ import pytest
 
 from msde_jax import PatchBankDetector, load_detector
 from msde_jax.core import foreground_fit
-from msde_jax.detectors import BankConfig, fit_bank_detector, score_bank_detector
+from msde_jax.detectors import (
+    BankConfig,
+    fit_bank_detector,
+    score_bank_detector,
+    score_bank_flipped,
+)
 
 G, C = 6, 5
 
@@ -167,3 +172,27 @@ def test_bad_foreground(data):
     flat = np.concatenate([train.reshape(len(train), G * G, C)] * 2, axis=1)[:, :70]
     with pytest.raises(ValueError, match="70 patches per image is not g × g"):
         PatchBankDetector(size=60, n_folds=3, foreground="pca").fit(flat)
+
+
+# ---------------------------------------------------------------- test-time flips
+def test_flipped_scores_average_the_mirrored_maps(data, fitted):
+    test = data[1]
+    mirror = test[:, :, ::-1]  # the mirrors' patch features, as a flip=True embedder gives
+    maps = fitted.score_patches(test)
+    back = fitted.score_patches(mirror)[:, :, ::-1]
+    expected = reference((maps + back) / 2, fitted.foreground_patches(test), 0.1)
+    got = fitted.score_samples(test, flipped=mirror)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # A mirror of features is exactly its own image's map flipped: flips change nothing then.
+    np.testing.assert_allclose(got, fitted.score_samples(test), rtol=1e-6)
+    alone = [fitted.score_samples(test[i : i + 1], flipped=mirror[i : i + 1])[0] for i in range(8)]
+    np.testing.assert_array_equal(alone, got)
+    jitted = jax.jit(score_bank_flipped)(fitted.state_, test, mirror)
+    np.testing.assert_allclose(np.asarray(jitted), got, rtol=1e-6)
+    # Mirrors that differ from the images (another "view") do change the score.
+    other = heads(5, 8)[0]
+    expected = reference((maps + fitted.score_patches(other)[:, :, ::-1]) / 2,
+                         fitted.foreground_patches(test), 0.1)  # fmt: skip
+    np.testing.assert_allclose(fitted.score_samples(test, flipped=other), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="flipped must have the shape of X"):
+        fitted.score_samples(test, flipped=test[:3])
