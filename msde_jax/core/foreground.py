@@ -92,11 +92,14 @@ def _masked_median(t: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def foreground_fit(patches: ArrayLike) -> Foreground:
+def foreground_fit(patches: ArrayLike, n_valid: int | ArrayLike | None = None) -> Foreground:
     """Fit the foreground rule on the patch features of normal images (module docstring).
 
     Args:
         patches: (n, height, width, c) training patch features on their grid.
+        n_valid: the first ``n_valid`` images are the training images, the rest padding that
+            counts nowhere (traced; ``None``: all n). Fits of different sizes padded to one n
+            then share a compiled program.
 
     Returns:
         :class:`Foreground` ``(direction, center, threshold, floor, active)``; inactive
@@ -106,19 +109,23 @@ def foreground_fit(patches: ArrayLike) -> Foreground:
     if x.ndim != 4:
         raise ValueError(f"patches must be (n, height, width, c), got shape {x.shape}.")
     n, height, width, c = x.shape
-    flat = x.reshape(-1, c)
-    center = jnp.mean(flat, axis=0)
-    centred = flat - center[None]
-    cov = jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST) / flat.shape[0]
+    valid = jnp.arange(n) < (n if n_valid is None else n_valid)  # (n,) images
+    rows = jnp.repeat(valid, height * width)[:, None]  # (n · height · width, 1)
+    count = jnp.sum(valid) * (height * width)
+    flat = jnp.where(rows, x.reshape(-1, c), 0.0)
+    center = jnp.sum(flat, axis=0) / count
+    centred = jnp.where(rows, flat - center[None], 0.0)
+    cov = jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST) / count
     direction = jnp.linalg.eigh(cov)[1][:, -1]
     t = _project(x, center, direction)  # (n, height, width)
     border, centre = border_and_centre(height, width)
-    border = jnp.broadcast_to(border, t.shape)
-    centre = jnp.broadcast_to(centre, t.shape)
+    in_fit = jnp.broadcast_to(valid[:, None, None], t.shape)
+    border = jnp.broadcast_to(border, t.shape) & in_fit
+    centre = jnp.broadcast_to(centre, t.shape) & in_fit
     m_border, m_centre = _masked_median(t, border), _masked_median(t, centre)
     sign = jnp.where(m_centre >= m_border, 1.0, -1.0).astype(direction.dtype)
     direction, t = sign * direction, sign * t
-    threshold, floor = sign * (m_border + m_centre) / 2, jnp.min(t)
+    threshold, floor = sign * (m_border + m_centre) / 2, jnp.min(jnp.where(in_fit, t, jnp.inf))
     below = _in_band(t, threshold, floor)
     centre_mixed = jnp.sum(below & centre) / jnp.maximum(jnp.sum(centre), 1)
     border_kept = jnp.sum(~below & border) / jnp.maximum(jnp.sum(border), 1)

@@ -191,8 +191,10 @@ def _fit_state(x: np.ndarray, keys: np.ndarray, config: BankConfig) -> tuple[Ban
     given = order[rows // n_patches] * n_patches + rows % n_patches  # rows of x's own order
     bank = bank._replace(indices=jnp.asarray(given.astype(np.int32)))
     foreground = None
-    if config.foreground == "pca":
-        foreground = foreground_fit(_on_grid(x[order]))
+    if config.foreground == "pca":  # padded as the coreset is, so nearby sizes share a program
+        grid = _on_grid(x[order])
+        pad = np.zeros((bucket_fit_rows(n) - n, *grid.shape[1:]), grid.dtype)
+        foreground = foreground_fit(np.concatenate([grid, pad]), n)
     return BankState(bank, config, foreground), int(bank.n_iter)
 
 

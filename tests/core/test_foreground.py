@@ -181,3 +181,14 @@ def test_masked_reduction_is_batch_independent_and_jits(rng):
     np.testing.assert_array_equal(
         np.asarray(image_scores(s, reduce="top", q=0.25, mask=mask)), batch
     )
+
+
+def test_padding_images_changes_nothing(rng):
+    x, _ = head_grid(rng, n=13)
+    padded = np.concatenate([x, np.full((3, *x.shape[1:]), 50.0, np.float32)])
+    fg, fg_padded = foreground_fit(x), foreground_fit(padded, 13)
+    for a, b in zip(fg, fg_padded, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(
+        np.asarray(foreground_mask(fg_padded, x)), np.asarray(foreground_mask(fg, x))
+    )
