@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from msde_jax import PatchBankDetector, load_detector
+from msde_jax import FusedDetector, MSDEDetector, PatchBankDetector, load_detector
 from msde_jax.core import foreground_fit
 from msde_jax.detectors import (
     BankConfig,
@@ -196,3 +196,18 @@ def test_flipped_scores_average_the_mirrored_maps(data, fitted):
     np.testing.assert_allclose(fitted.score_samples(test, flipped=other), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="flipped must have the shape of X"):
         fitted.score_samples(test, flipped=test[:3])
+
+
+def test_a_fused_detector_saves_a_foreground_bank(tmp_path, data, fitted):
+    train, test, _ = data
+    pooled = {"x": train.mean(axis=(1, 2)), "y": test.mean(axis=(1, 2))}
+    parts = {
+        "bank": PatchBankDetector(size=60, projection_dim=None, n_folds=3, foreground="pca"),
+        "gauss": MSDEDetector(mode="none", n_folds=3, n_components=2),
+    }
+    det = FusedDetector(parts).fit({"bank": train, "gauss": pooled["x"]})
+    x = {"bank": test, "gauss": pooled["y"]}
+    det.save(tmp_path / "fused.npz")
+    loaded = load_detector(tmp_path / "fused.npz")
+    assert loaded.components["bank"].state_.foreground is not None
+    np.testing.assert_array_equal(loaded.score_samples(x), det.score_samples(x))
