@@ -108,6 +108,8 @@ def _detector(args: argparse.Namespace, ndim: int | None = None):
             params["size"] = args.bank_size
         if args.reduce is not None:
             params["reduce"] = args.reduce
+        if args.foreground is not None:
+            params["foreground"] = args.foreground
         return _validated(PatchBankDetector(**params))
     for name in ("mode", "k", "density"):
         if getattr(args, name) is not None:

@@ -48,7 +48,7 @@ EXAMPLES = {
 DETECTORS = ("bank", "msde")
 # Options that only the MSDE detector has (they imply --detector msde) and only the bank has.
 MSDE_OPTIONS = ("paper", "mode", "k", "density")
-BANK_OPTIONS = ("bank_size", "reduce")
+BANK_OPTIONS = ("bank_size", "reduce", "foreground")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -196,6 +196,13 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         choices=REDUCTIONS,
         default=None,
         help=f"bank: image score from its patch scores (default {bank['reduce']})",
+    )
+    g.add_argument(
+        "--foreground",
+        choices=("pca",),
+        default=None,
+        help="bank: score each image over its foreground patches only, by a label-free mask "
+        "fitted on the training patches (off by itself where the body fills the frame)",
     )
     g.add_argument(
         "--paper",

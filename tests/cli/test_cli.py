@@ -388,3 +388,15 @@ def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
     err = capsys.readouterr().err
     assert "skipped 1 unreadable file(s) of 31" in err
     assert json.loads((out / "metrics.json").read_text())["config"]["test_abnormal"] == 30
+
+
+def test_foreground_option_makes_a_masked_bank():
+    from msde_jax.cli.commands import UserError, _detector
+
+    args = build_parser().parse_args(["fit", "x", "--out", "m.npz", "--foreground", "pca"])
+    assert _detector(args).get_params()["foreground"] == "pca"
+    default = build_parser().parse_args(["fit", "x", "--out", "m.npz"])
+    assert _detector(default).get_params()["foreground"] is None
+    msde = ["fit", "x", "--out", "m.npz", "--foreground", "pca", "--detector", "msde"]
+    with pytest.raises(UserError, match="--foreground is a memory-bank option"):
+        _detector(build_parser().parse_args(msde))
