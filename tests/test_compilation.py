@@ -105,7 +105,8 @@ def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):
     for n in (63, 62):  # bucket 64; the folds' fits (46-48 images) bucket 48, as for 64
         det.fit(patches[:n])
         indices = np.asarray(det.state_.bank.indices)
-        assert 0 <= indices.min() and indices.max() < n * 9  # never a padding row
+        assert indices.min() >= 0
+        assert indices.max() < n * 9  # never a padding row
         for m in (20, 11, 30):  # buckets of 32 and 16 images (the folds were 16)
             det.score_samples(patches[:m])
     # A detector differing only in what no score reads (threshold, folds) shares the program.
