@@ -11,7 +11,7 @@ import copy
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +28,7 @@ from msde_jax.backbones.variables import describe_weights, load_backbone_variabl
 from msde_jax.io import images as _images
 from msde_jax.io import inputs as _inputs
 
-__all__ = ["FEATURES", "Embedder"]
+__all__ = ["FEATURES", "Embedder", "embed_together", "share_network"]
 
 # Images per forward pass and device when ``batch_size=None``.
 _CPU_BATCH = 32
@@ -166,8 +166,10 @@ class Embedder:
         normalize, module = spec.normalize, spec.build(0)
         multiscale, grid, aggregate = features == "multiscale", self.grid, self.aggregate
 
-        def forward(variables, x):
-            out = module.apply(variables, normalize(x).astype(variables_dtype(variables)))
+        def network(variables, x):
+            return module.apply(variables, normalize(x).astype(variables_dtype(variables)))
+
+        def readout(out):
             if layers is not None:
                 maps = [out.taps[name] for name in layers]
                 if features == "patches":
@@ -179,7 +181,11 @@ class Embedder:
                 feats = out.pooled
             return feats.astype(jnp.float32)
 
-        self._forward = jax.jit(forward, out_shardings=self._batch_sharding)
+        self._network, self._readout = network, readout
+        self._forward = jax.jit(
+            lambda variables, x: readout(network(variables, x)),
+            out_shardings=self._batch_sharding,
+        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> "Embedder":
@@ -281,18 +287,45 @@ class Embedder:
             (n, *output_shape) float32 embeddings, in the input order: (n, d), or
             (n, grid, grid, d) for ``features="patches"``; n counts a volume's kept slices.
         """
+        return self._embed_with(images, self._forward, {None: self.output_shape}, axis)[None]
+
+    def network_key(self) -> tuple[Any, ...]:
+        """What fixes the network and its input: embedders with equal keys run the same
+        forward pass on the same batches (:func:`embed_together`), whatever they read out."""
+        devices = tuple(d.id for d in self.devices)
+        return (
+            self.backbone,
+            self.weights_sha256,
+            self.image_size,
+            self.resize,
+            self.dtype.name,
+            self.flip,
+            self.batch_size,
+            devices,
+        )
+
+    def _embed_with(
+        self,
+        images: Iterable[Any] | np.ndarray,
+        forward: Callable[[Any, jax.Array], Any],
+        shapes: Mapping[Any, tuple[int, ...]],
+        axis: str,
+    ) -> dict[Any, np.ndarray]:
+        """Run ``forward(variables, batch)`` (a pytree ``{key: features}``, or the features
+        when ``shapes`` has the one key ``None``) over the images in batches, reading ahead;
+        ``{key: (n, *shapes[key])}`` float32."""
         items = list(images)
         names = [_name(items[i], i) for i in range(len(items))]
         if any(isinstance(item, str | os.PathLike) for item in items):
             inputs = _inputs.expand_volumes(items, axis=axis)
             items, names = inputs.items, inputs.names
         n = len(items)
+        out = {key: np.empty((n, *shape), np.float32) for key, shape in shapes.items()}
         if n == 0:
-            return np.zeros((0, *self.output_shape), np.float32)
+            return out
         self.check_memory(n)
         bs = self.batch_size
         batches = [items[i : i + bs] for i in range(0, n, bs)]
-        out = np.empty((n, *self.output_shape), np.float32)
         progress = Progress(n, f"embedding ({self.backbone})", enabled=self.progress and n > bs)
 
         def load(start: int, batch: list[Any]) -> np.ndarray:
@@ -301,22 +334,23 @@ class Embedder:
                 x[j] = self.preprocess(item, name=names[start + j])
             return x
 
+        def fetch(i: int, size: int, feats: Any) -> None:
+            feats = jax.device_get(feats if None not in shapes else {None: feats})
+            for key, value in feats.items():
+                out[key][i * bs : i * bs + size] = np.asarray(value)[:size]
+            progress.update(size)
+
         with (
             out_of_memory(f"embedding ({self.backbone})", self._options()),
             ThreadPoolExecutor(max(1, self.num_workers)) as pool,
         ):
             pending = [pool.submit(load, i * bs, b) for i, b in enumerate(batches[:2])]
             running = None  # the batch in the network: fetched after the next one is dispatched
-
-            def fetch(i: int, size: int, feats: jax.Array) -> None:
-                out[i * bs : i * bs + size] = np.asarray(jax.device_get(feats))[:size]
-                progress.update(size)
-
             for i, batch in enumerate(batches):
                 x = pending[i].result()
                 if i + 2 < len(batches):
                     pending.append(pool.submit(load, (i + 2) * bs, batches[i + 2]))
-                feats = self._forward(self._variables, jax.device_put(x, self._batch_sharding))
+                feats = forward(self._variables, jax.device_put(x, self._batch_sharding))
                 if running is not None:
                     fetch(*running)
                 running = (i, len(batch), feats)
@@ -451,3 +485,104 @@ def _is_int(value: Any) -> bool:
 
 def _name(item: Any, index: int) -> str:
     return os.fspath(item) if isinstance(item, str | os.PathLike) else f"image {index}"
+
+
+# ------------------------------------------------------- one forward pass, many readouts
+_TOGETHER: dict[tuple[Any, ...], Callable[[Any, jax.Array], Any]] = {}
+
+
+def embed_together(
+    embedders: Mapping[str, "Embedder"], images: Iterable[Any] | np.ndarray, *, axis: str = "axial"
+) -> dict[str, np.ndarray]:
+    """``{name: embedder.embed(images)}`` with one forward pass for all of them.
+
+    The embedders must share their network (:meth:`Embedder.network_key`: backbone, weights,
+    image size, resizing, dtype, flip, batch size and devices) and may read out anything (patch
+    features, pooled layers, the head): the network runs once per batch and every readout is
+    taken from that pass, as one compiled program. Equal to embedding with each in turn.
+
+    Raises:
+        ValueError: no embedders, or two that do not share their network.
+    """
+    if not embedders:
+        raise ValueError("no embedders to embed with.")
+    first = next(iter(embedders.values()))
+    keys = {e.network_key() for e in embedders.values()}
+    if len(keys) > 1:
+        raise ValueError(
+            "embed_together needs embedders that share one network (backbone, weights, "
+            f"image_size, resize, dtype, flip, batch_size, devices); got {len(keys)} different."
+        )
+    names = tuple(embedders)
+    key = (first.network_key(), names, tuple(repr(e.config()) for e in embedders.values()))
+    if key not in _TOGETHER:
+        network = first._network
+        readouts = {name: e._readout for name, e in embedders.items()}
+
+        def forward(variables: Any, x: jax.Array) -> dict[str, jax.Array]:
+            out = network(variables, x)
+            return {name: readout(out) for name, readout in readouts.items()}
+
+        _TOGETHER[key] = jax.jit(forward, out_shardings=first._batch_sharding)
+    shapes = {name: e.output_shape for name, e in embedders.items()}
+    return first._embed_with(images, _TOGETHER[key], shapes, axis)
+
+
+class _Shared:
+    """One member of :func:`share_network`'s group: the embedder's ``config()`` and attributes,
+    with ``embed`` served from the group's last joint pass when it saw the same items."""
+
+    def __init__(self, group: "_Group", name: str):
+        self._group, self._name = group, name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._group.embedders[self._name], attribute)
+
+    def config(self) -> dict[str, Any]:
+        return self._group.embedders[self._name].config()
+
+    def embed(self, images: Iterable[Any] | np.ndarray, **kwargs: Any) -> np.ndarray:
+        return self._group.embed(self._name, list(images), kwargs)
+
+
+class _Group:
+    def __init__(self, embedders: Mapping[str, "Embedder"]):
+        self.embedders = dict(embedders)
+        self._items: list[Any] | None = None
+        self._kwargs: dict[str, Any] | None = None
+        self._out: dict[str, np.ndarray] = {}
+
+    def embed(self, name: str, items: list[Any], kwargs: dict[str, Any]) -> np.ndarray:
+        seen = self._items
+        same = (
+            seen is not None
+            and kwargs == self._kwargs
+            and len(seen) == len(items)
+            and all(a is b for a, b in zip(seen, items, strict=True))
+        )
+        if not same:
+            self._out = embed_together(self.embedders, items, **kwargs)
+            self._items, self._kwargs = items, kwargs
+        return self._out[name]
+
+
+def share_network(embedders: Mapping[str, Any]) -> dict[str, Any]:
+    """The embedders of a mapping, those that share a network made to run it once.
+
+    Embedders with equal :meth:`Embedder.network_key` (e.g. the patch features, the pooled
+    layers and the head of one backbone, as an ensemble reads them) are grouped: embedding a
+    list of items through one member runs :func:`embed_together` for the whole group, and the
+    other members given the same items (the same objects, in order) take their part of that
+    pass. Each member keeps its embedder's ``config()`` (so caches and saved models see the
+    embedder itself) and attributes. Other embedders are returned as they are.
+    """
+    groups: dict[tuple[Any, ...], dict[str, Embedder]] = {}
+    for name, e in embedders.items():
+        if isinstance(e, Embedder):
+            groups.setdefault(e.network_key(), {})[name] = e
+    out = dict(embedders)
+    for members in groups.values():
+        if len(members) > 1:
+            group = _Group(members)
+            out.update({name: _Shared(group, name) for name in members})
+    return out

@@ -389,3 +389,44 @@ def test_flip_embeds_the_mirrored_images():
     assert "flip=True" in repr(mirror)
     with pytest.raises(ValueError, match="flip must be True or False"):
         Embedder("resnet18", weights="random", flip=1)
+
+
+def test_embed_together_is_one_pass_equal_to_each_embedder(monkeypatch):
+    from msde_jax.embedder import embed_together, share_network
+
+    kw = {"weights": "random", "image_size": 64, "batch_size": 2, "progress": False}
+    embedders = {
+        "patches": Embedder("mobilenet_v2", features="patches", grid=4, **kw),
+        "layers": Embedder("mobilenet_v2", layers=("features.6", "features.13"), **kw),
+        "head": Embedder("mobilenet_v2", **kw),
+    }
+    together = embed_together(embedders, IMAGES)
+    for name, e in embedders.items():
+        np.testing.assert_allclose(together[name], e.embed(IMAGES), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="share one network"):
+        embed_together(
+            {"a": embedders["head"], "b": Embedder("mobilenet_v2", **kw | {"image_size": 32})},
+            IMAGES,
+        )
+
+    # Members of a shared group: the first embeds all three in one pass, the others reuse it.
+    import msde_jax.embedder as embedder_module
+
+    passes = []
+
+    def counted(group_embedders, images, **kwargs):
+        passes.append(sorted(group_embedders))
+        return embed_together(group_embedders, images, **kwargs)
+
+    monkeypatch.setattr(embedder_module, "embed_together", counted)
+    shared = share_network({**embedders, "other": Embedder("resnet18", **kw)})
+    items = list(IMAGES)
+    out = {name: shared[name].embed(items) for name in embedders}
+    assert passes == [["head", "layers", "patches"]]  # one pass for the three
+    for name in embedders:
+        np.testing.assert_array_equal(out[name], together[name])
+    shared["head"].embed(items[:2])  # other items: a new pass
+    assert len(passes) == 2
+    assert shared["other"].__class__ is Embedder  # alone on its network: left as it is
+    assert shared["layers"].config() == embedders["layers"].config()
+    assert shared["head"].dim == embedders["head"].dim

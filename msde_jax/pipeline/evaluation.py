@@ -50,6 +50,7 @@ from msde_jax.core.anomaly_maps import maps_bytes
 from msde_jax.core.metrics import evaluation_metrics
 from msde_jax.detectors.base import no_maps_message
 from msde_jax.detectors.fused import FusedDetector, SupportsDetect
+from msde_jax.embedder import share_network
 from msde_jax.io.cache import SupportsEmbed, embed_cached
 from msde_jax.io.datasets import Dataset
 from msde_jax.pipeline.volumes import (
@@ -302,13 +303,18 @@ def embed_dataset(
     dataset = limit_dataset(dataset, limit=limit)
     start = time.perf_counter()
 
+    test_items = dataset.test_items()
+
     def both(e: SupportsEmbed, label: str) -> tuple[np.ndarray, np.ndarray]:
         kw = {"cache_dir": cache_dir, "progress": progress}
         train = embed(e, dataset.train_normal, what=f"train normal{label}", **kw)
-        return train, embed(e, dataset.test_items(), what=f"test{label}", **kw)
+        return train, embed(e, test_items, what=f"test{label}", **kw)
 
     if isinstance(embedder, Mapping):
-        pairs = {name: both(e, f" ({name})") for name, e in embedder.items()}
+        # Embedders of one network (an ensemble's patch features, pooled layers and head)
+        # run its forward pass once for all of them.
+        shared = share_network(embedder)
+        pairs = {name: both(e, f" ({name})") for name, e in shared.items()}
         train = {name: pair[0] for name, pair in pairs.items()}
         test = {name: pair[1] for name, pair in pairs.items()}
     else:
