@@ -12,8 +12,8 @@ Issue 22, item 5. For each dataset and backbone this script
    layer, exactly what ``Embedder(layers=(layer,))`` gives) and the pooled head;
 3. fits every member once on the fitting part and once on all training normals:
    ``bank:top`` (today's default, :func:`~msde_jax.pipeline.presets.recommended`),
-   ``lw:patch-layers`` (Ledoit-Wolf Gaussian on the concatenated levels), ``lw:level:<layer>``
-   (one per level) and ``knn:head-cosine`` (cosine kNN, k = ``--neighbors``), each as the
+   ``lw:patch-layers`` (Ledoit-Wolf Gaussian on the concatenated levels), ``lw:level-<i>``
+   (one per level, 1 = the backbone's shallowest patch layer) and ``knn:head-cosine`` (cosine kNN, k = ``--neighbors``), each as the
    preset builds it (:mod:`msde_jax.pipeline.presets`);
 4. fuses them as :func:`~msde_jax.pipeline.presets.ensemble` does, ``ensemble:rank`` /
    ``ensemble:zscore`` (levels joint) and ``ensemble:rank-levels`` / ``ensemble:zscore-levels``
@@ -95,14 +95,16 @@ def members(backbone: str, args) -> dict[str, tuple[str, object]]:
         "lw:patch-layers": ("layers", joint["layers"]),
         "knn:head-cosine": ("head", joint["head"]),
     }
-    for layer in backbone_spec(backbone).patch_layers:
-        out[f"lw:level:{layer}"] = (f"level:{layer}", each[f"layer:{layer}"])
+    # Levels by position (1 = the shallowest patch layer), so every backbone has the same names.
+    for i, layer in enumerate(backbone_spec(backbone).patch_layers, 1):
+        out[f"lw:level-{i}"] = (f"level:{layer}", each[f"layer:{layer}"])
     return out
 
 
 def ensembles(backbone: str) -> dict[str, tuple[str, tuple[str, ...]]]:
     """name -> (calibration, member names), the components of presets.ensemble."""
-    levels = tuple(f"lw:level:{layer}" for layer in backbone_spec(backbone).patch_layers)
+    n_levels = len(backbone_spec(backbone).patch_layers)
+    levels = tuple(f"lw:level-{i}" for i in range(1, n_levels + 1))
     out = {}
     for calibration in ("rank", "zscore"):
         out[f"ensemble:{calibration}"] = (
@@ -309,7 +311,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="ensemble.json")
     p.add_argument("--markdown", default="ensemble.md")
     args = p.parse_args(argv)
-    runs = [run(d, b, args) for d in args.datasets for b in args.backbones]
+    runs = []
+    for d in args.datasets:
+        for b in args.backbones:
+            runs.append(run(d, b, args))
+            Path(args.out).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2))
     mean_rank = label_free_rule(runs)
     chosen = min(mean_rank, key=mean_rank.get)
     summary = {
