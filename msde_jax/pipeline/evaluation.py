@@ -72,6 +72,7 @@ __all__ = [
     "evaluate_embeddings",
     "heatmaps",
     "limit_dataset",
+    "threshold_promise",
 ]
 
 _SPLITS = (
@@ -494,3 +495,51 @@ def check_heatmaps(size: int, n_images: int) -> None:
     step = f"heatmaps of {n_images} image{'s' * (n_images != 1)} at {size} × {size}"
     lower = [Lower("the number of images", n_images), Lower("image_size", size, 2, 16)]
     check_memory(step, needs, lower=lower)
+
+
+def threshold_promise(fp: int, n_normal: int, contamination: float) -> dict[str, Any]:
+    """Whether the false-positive rate on the test normals is what the threshold promised.
+
+    A threshold fitted as the ``1 − contamination`` quantile of the training normals'
+    out-of-fold scores promises that about ``contamination`` of *new normals from the same
+    source* score above it. With ``n_normal`` test normals the number flagged is then about
+    Binomial(n_normal, contamination): the promise holds when ``fp`` lies inside that law's
+    central 95 % interval. Outside it, the test normals are not scored like the training
+    normals (another site, scanner, protocol or preprocessing, or a differently curated
+    split), which no threshold fitted on training normals alone can see.
+
+    Returns:
+        ``{"contamination", "false_positive_rate", "expected_interval": [lo, hi] (rates),
+        "kept": bool, "text": one paragraph for the report}``.
+    """
+    from scipy.stats import binom  # scipy ships with jax
+
+    lo, hi = (float(binom.ppf(q, n_normal, contamination)) for q in (0.025, 0.975))
+    rate = fp / n_normal
+    kept = lo <= fp <= hi
+    text = (
+        f"The threshold is the {1 - contamination:.0%} quantile of the training normals' "
+        f"out-of-fold scores, so about {contamination:.0%} of new normals from the same source "
+        f"should score above it. On these {n_normal} test normals {fp} did "
+        f"({rate:.1%}); with {n_normal} normals, {lo / n_normal:.1%}–{hi / n_normal:.1%} "
+        "is expected 95 % of the time. "
+    )
+    if kept:
+        text += "**Kept.**"
+    else:
+        direction = "higher" if fp > hi else "lower"
+        text += (
+            f"**Not kept**: the test normals score {direction} than the training normals do "
+            "out of fold, so they are not scored like new normals from the training source "
+            "(a different site, scanner, protocol or preprocessing, or a differently curated "
+            "split). A threshold fitted on the training normals alone cannot see this; fit on "
+            "normals from the test images' source, or set the threshold on a labelled sample of "
+            "them."
+        )
+    return {
+        "contamination": contamination,
+        "false_positive_rate": rate,
+        "expected_interval": [lo / n_normal, hi / n_normal],
+        "kept": bool(kept),
+        "text": text,
+    }

@@ -49,6 +49,7 @@ from msde_jax.core.metrics import (
     roc_curve,
 )
 from msde_jax.io.images import to_float
+from msde_jax.pipeline.evaluation import threshold_promise
 
 __all__ = [
     "FILES",
@@ -414,6 +415,7 @@ def _markdown(
     with_grid: bool,
     with_overlays: bool = False,
     volume_metrics: Mapping[str, Any] | None = None,
+    promise: Mapping[str, Any] | None = None,
 ) -> str:
     lines = [f"# {title}", ""]
     lines += [
@@ -434,6 +436,8 @@ def _markdown(
             text = _fmt(value)
         lines.append(f"| {label} | {text} |")
     lines.append("")
+    if promise is not None:
+        lines += ["## Does the threshold keep its promise?", "", promise["text"], ""]
     if volume_metrics:
         lines += _volume_markdown(volume_metrics)
     if config:
@@ -606,9 +610,15 @@ def write_report(
     require_matplotlib()  # fail early, before writing anything, when matplotlib is missing
 
     metrics = evaluation_metrics(positive, score_arr, threshold)
+    contamination = ((config or {}).get("detector") or {}).get("contamination")
+    promise = None
+    if isinstance(contamination, int | float) and 0 < contamination < 1:
+        promise = threshold_promise(metrics["fp"], metrics["n_normal"], float(contamination))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {"title": title, "metrics": metrics, "config": config, "timings": timings}
+    if promise is not None:
+        record["threshold_promise"] = promise
     if volume_metrics is not None:
         record["volume_metrics"] = dict(volume_metrics)
     with open(out / "metrics.json", "w", encoding="utf-8") as f:
@@ -630,6 +640,7 @@ def write_report(
         with_grid=images is not None,
         with_overlays=heatmaps is not None,
         volume_metrics=volume_metrics,
+        promise=promise,
     )
     (out / "report.md").write_text(text + "\n", encoding="utf-8")
     (out / "report.html").write_text(_html(text, out), encoding="utf-8")

@@ -147,3 +147,28 @@ def test_overlays_and_a_self_contained_html_page(tmp_path, rng):
     with Image.open(io.BytesIO(first)) as img:
         assert img.format == "PNG"
     assert f"<td>AUROC</td><td>{evaluation_metrics(labels, scores, 2.0)['auroc']:.4f}</td>" in page
+
+
+def test_threshold_promise_kept_or_not_and_said_in_the_report(tmp_path):
+    from msde_jax.pipeline.evaluation import threshold_promise
+
+    kept = threshold_promise(fp=14, n_normal=300, contamination=0.05)  # 4.7 % of 300
+    assert kept["kept"]
+    lo, hi = kept["expected_interval"]
+    assert lo < 0.05 < hi
+    assert hi - lo < 0.06
+    high = threshold_promise(fp=56, n_normal=234, contamination=0.05)  # 24 %: a shift
+    assert not high["kept"]
+    assert "score higher" in high["text"]
+    assert "score lower" in threshold_promise(0, 300, 0.05)["text"]
+
+    labels = np.r_[np.zeros(100), np.ones(50)]
+    scores = np.r_[np.linspace(0, 1, 100), np.linspace(2, 3, 50)]
+    config = {"detector": {"contamination": 0.05}}
+    write_report(tmp_path / "r", labels=labels, scores=scores, threshold=0.5, config=config)
+    record = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert record["threshold_promise"]["false_positive_rate"] == pytest.approx(0.5)
+    assert not record["threshold_promise"]["kept"]
+    assert "Not kept" in (tmp_path / "r" / "report.md").read_text()
+    write_report(tmp_path / "s", labels=labels, scores=scores, threshold=0.5)  # no config
+    assert "threshold_promise" not in json.loads((tmp_path / "s" / "metrics.json").read_text())
