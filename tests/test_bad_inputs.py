@@ -462,7 +462,7 @@ def test_fused_detector_input_errors_name_the_component(fused_model):
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="component 'b': X has 2 features but .* fitted on 3"):
         fused.score_samples({"a": rng.normal(size=(2, 4)), "b": rng.normal(size=(2, 2))})
-    with pytest.raises(ValueError, match="no heatmaps"):
+    with pytest.raises(ValueError, match="exactly one component that scores patches"):
         fused.score_maps({"a": rng.normal(size=(2, 4)), "b": rng.normal(size=(2, 3))})
     params = {"mode": "none", "n_folds": 3, "n_components": 2}
     with pytest.raises(ValueError, match="component 'a': Fitting needs at least 2"):

@@ -390,25 +390,45 @@ class FusedDetector(Detector):
         """
         return np.asarray(fuse_scores(self._raw_scores(X), self.state_))
 
-    def score_maps(self, X: Any, *, size: int = 224, sigma: float | None = None):
-        """Fused scores have no heatmaps: the mean of z-scores has no place in the image.
+    @property
+    def maps_component(self) -> str | None:
+        """The one component that scores patches (has heatmaps), or ``None`` when none or
+        several do."""
+        names = [n for n, c in dict(self.components).items() if getattr(c, "has_maps", False)]
+        return names[0] if len(names) == 1 else None
+
+    @property
+    def has_maps(self) -> bool:  # type: ignore[override]
+        """Whether :meth:`score_maps` works: exactly one component scores patches."""
+        return self.maps_component is not None
+
+    def score_maps(self, X: Any, *, size: int = 224, sigma: float | None = None) -> np.ndarray:
+        """The heatmaps of the component that scores patches (a ``PatchBankDetector``).
+
+        The fused score itself is a mean of calibrated image scores and has no place in the
+        image; the patch component's maps show where its part of the score comes from, in
+        its own units (a patch's distance to its bank).
+
+        Args:
+            X: ``{component name: features}`` (only the patch component's entry is read), or
+                that component's patch features alone.
+            size, sigma: as :meth:`PatchBankDetector.score_maps`.
 
         Raises:
-            ValueError: always; a component that scores patches (``PatchBankDetector``) has
-                its own (``det.components[name].score_maps(X[name])``).
+            ValueError: no component, or more than one, scores patches.
         """
-        del X, size, sigma
-        with_maps = [n for n, c in dict(self.components).items() if getattr(c, "has_maps", False)]
-        hint = (
-            f"; component {with_maps[0]!r} has them: "
-            f"components[{with_maps[0]!r}].score_maps(X[{with_maps[0]!r}])"
-            if with_maps
-            else ""
-        )
-        raise ValueError(
-            "FusedDetector has no heatmaps: its score, a mean of the components' z-scores, has "
-            f"no place in the image{hint}."
-        )
+        name = self.maps_component
+        if name is None:
+            with_maps = [
+                n for n, c in dict(self.components).items() if getattr(c, "has_maps", False)
+            ]
+            raise ValueError(
+                "FusedDetector.score_maps needs exactly one component that scores patches "
+                f"(a PatchBankDetector); here {len(with_maps)} do"
+                + (f": use components[{with_maps[0]!r}].score_maps." if with_maps else ".")
+            )
+        features = X[name] if isinstance(X, Mapping) else X
+        return self.components[name].score_maps(features, size=size, sigma=sigma)
 
     # ------------------------------------------------------------------ persistence
     # The base's to_arrays / from_arrays / save / load over these hooks: one file, each

@@ -449,8 +449,10 @@ def heatmaps(
 
     Args:
         embedder: the :class:`~msde_jax.Embedder` the detector's features come from
-            (``features="patches"``).
-        detector: a fitted detector with maps (``has_maps``: :class:`~msde_jax.PatchBankDetector`).
+            (``features="patches"``); for a :class:`~msde_jax.FusedDetector`, its mapping of
+            embedders (the patch component's is used).
+        detector: a fitted detector with maps (``has_maps``: :class:`~msde_jax.PatchBankDetector`,
+            or a ``FusedDetector`` with one such component, whose maps these are).
         items: the images (paths, PIL images or arrays).
         cache_dir: embedding cache folder.
         features: the items' features, when already embedded.
@@ -465,6 +467,10 @@ def heatmaps(
     """
     if not getattr(detector, "has_maps", False):
         raise ValueError(no_maps_message(detector))
+    if isinstance(embedder, Mapping):  # a FusedDetector's: its patch component's embedder
+        name = detector.maps_component
+        embedder = embedder[name]
+        features = features[name] if isinstance(features, Mapping) else features
     check_heatmaps(embedder.image_size, len(items))
     if features is None:
         features = embed(embedder, items, cache_dir=cache_dir, what="input", progress=progress)

@@ -255,6 +255,13 @@ def test_pooled_gaussian_and_patch_bank_fuse_and_round_trip(rng, tmp_path):
     loaded = FusedDetector.load(tmp_path / "mixed.npz")
     assert [type(c) for c in loaded.components.values()] == [MSDEDetector, PatchBankDetector]
     np.testing.assert_array_equal(loaded.score_samples(test), scores)
+    # Heatmaps: the patch component's, from the mapping or from its features alone.
+    assert det.has_maps
+    assert det.maps_component == "patches"
+    want = det.components["patches"].score_maps(test["patches"], size=12)
+    np.testing.assert_array_equal(det.score_maps(test, size=12), want)
+    np.testing.assert_array_equal(loaded.score_maps(test["patches"], size=12), want)
+    assert not FusedDetector({"a": MSDEDetector(**PARAMS)}).has_maps
 
 
 def test_load_refuses_other_versions(fitted, tmp_path):
