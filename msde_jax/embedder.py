@@ -30,7 +30,7 @@ from msde_jax.io import inputs as _inputs
 
 __all__ = ["FEATURES", "Embedder", "embed_together", "share_network"]
 
-# Images per forward pass and device when ``batch_size=None``.
+# Images per forward pass when ``batch_size=None``: in all on a CPU, per accelerator.
 _CPU_BATCH = 32
 _DEVICE_BATCH = 256
 
@@ -76,8 +76,8 @@ class Embedder:
         image_size: the side images are resized to (224, as in the paper).
         resize: ``"direct"`` (the whole image to image_size², the paper's) or ``"center_crop"``.
         batch_size: images per forward pass; the last batch is padded so the network compiles
-            once. Rounded up to a multiple of the device count. ``None``: 32 per device on a
-            CPU, 256 per device on an accelerator (which a small batch leaves idle).
+            once. Rounded up to a multiple of the device count. ``None``: 32 on a CPU, 256 per
+            device on an accelerator (which a small batch leaves idle).
         dtype: computation dtype; ``jnp.bfloat16`` halves memory and speeds up accelerators
             (embeddings are returned as float32 either way).
         features: ``"pooled"`` (global-average-pooled last stage, the paper's; with ``layers``,
@@ -148,9 +148,9 @@ class Embedder:
         self.dtype = jnp.dtype(dtype)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         n_dev = len(self.devices)
-        if batch_size is None:
-            per_device = _CPU_BATCH if self.devices[0].platform == "cpu" else _DEVICE_BATCH
-            batch_size = per_device * n_dev
+        if batch_size is None:  # CPU "devices" share the host's cores: no more per device
+            cpu = self.devices[0].platform == "cpu"
+            batch_size = _CPU_BATCH if cpu else _DEVICE_BATCH * n_dev
         self.batch_size = -(-batch_size // n_dev) * n_dev
         self.weights_source = describe_weights(weights)
 

@@ -321,11 +321,10 @@ def test_out_of_memory_in_the_forward_pass_fit_and_score(tmp_path, scans, capsys
     assert err.count("\n") == 1
     assert "lower the detector's batch_size or size (--bank-size)" in err
 
-    import msde_jax.detectors.msde as msde_module
-
     detector = MSDEDetector(mode="none", n_components=2, n_folds=2)
     detector.fit(np.random.default_rng(0).normal(size=(20, 3)))
-    monkeypatch.setattr(msde_module, "score_detector", lambda *a: np.zeros((1 << 62,), np.uint8))
+    huge = staticmethod(lambda *a: np.zeros((1 << 62,), np.uint8))
+    monkeypatch.setattr(MSDEDetector, "score_function", huge)
     with pytest.raises(mem.MemoryLimitError, match="scoring with MSDEDetector on 5×3 features ran"):
         detector.score_samples(np.zeros((5, 3)))
 
