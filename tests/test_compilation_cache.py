@@ -42,9 +42,9 @@ def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int]:
     return requested, compiled
 
 
-# What a default `msde-jax evaluate` may compile (README "Speed"): the fits of the full set, of
-# the cross-fit folds and of the validation's folds; one scoring program per chunk size; AUROCs
-# by bucketed length; the embedder, the synthetic anomalies and the heatmaps.
+# What a default `msde-jax evaluate` may compile (README "Compilation"): the fits of the full
+# set, of the cross-fit folds and of the validation's folds; one scoring program per chunk size;
+# AUROCs by bucketed length; the embedder, the synthetic anomalies and the heatmaps.
 MAX_PROGRAMS = 20
 
 

@@ -394,7 +394,7 @@ def test_flip_embeds_the_mirrored_images():
 def test_embed_together_is_one_pass_equal_to_each_embedder(monkeypatch):
     from msde_jax.embedder import embed_together, share_network
 
-    kw = {"weights": "random", "image_size": 64, "batch_size": 2, "progress": False}
+    kw = {"weights": "random", "image_size": 32, "batch_size": 2, "progress": False}
     embedders = {
         "patches": Embedder("mobilenet_v2", features="patches", grid=4, **kw),
         "layers": Embedder("mobilenet_v2", layers=("features.6", "features.13"), **kw),
@@ -405,7 +405,7 @@ def test_embed_together_is_one_pass_equal_to_each_embedder(monkeypatch):
         np.testing.assert_allclose(together[name], e.embed(IMAGES), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="share one network"):
         embed_together(
-            {"a": embedders["head"], "b": Embedder("mobilenet_v2", **kw | {"image_size": 32})},
+            {"a": embedders["head"], "b": Embedder("mobilenet_v2", **kw | {"image_size": 48})},
             IMAGES,
         )
 
@@ -419,7 +419,8 @@ def test_embed_together_is_one_pass_equal_to_each_embedder(monkeypatch):
         return embed_together(group_embedders, images, **kwargs)
 
     monkeypatch.setattr(embedder_module, "embed_together", counted)
-    shared = share_network({**embedders, "other": Embedder("resnet18", **kw)})
+    other = Embedder("mobilenet_v2", **kw | {"image_size": 48})  # another input: not shared
+    shared = share_network({**embedders, "other": other})
     items = list(IMAGES)
     out = {name: shared[name].embed(items) for name in embedders}
     assert passes == [["head", "layers", "patches"]]  # one pass for the three
