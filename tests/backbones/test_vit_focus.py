@@ -9,6 +9,8 @@ import importlib.util
 
 import numpy as np
 import pytest
+from testing import protobuf_field as field
+from testing import protobuf_varint as varint
 
 from msde_jax.backbones.registry import backbone_spec
 from msde_jax.backbones.variables import load_backbone_variables
@@ -28,30 +30,20 @@ def _needs():
         )
 
 
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def _with_outputs(model: bytes, names: list[str]) -> bytes:
     """The model with intermediate values as extra graph outputs (``<name>_tap``, through
     Identity nodes): a second ``graph`` field appended, which protobuf merges into the first
     (repeated fields concatenate), so no ``onnx`` package is needed."""
-    float_tensor = _field(1, _varint(1 << 3) + _varint(1))  # TypeProto.tensor_type.elem_type
+    float_tensor = field(1, varint(1 << 3) + varint(1))  # TypeProto.tensor_type.elem_type
     extra = b"".join(
-        _field(1, _field(1, n.encode()) + _field(2, f"{n}_tap".encode()) + _field(4, b"Identity"))
-        + _field(12, _field(1, f"{n}_tap".encode()) + _field(2, float_tensor))
+        field(
+            1,
+            field(1, n.encode()) + field(2, f"{n}_tap".encode()) + field(4, b"Identity"),
+        )
+        + field(12, field(1, f"{n}_tap".encode()) + field(2, float_tensor))
         for n in names
     )
-    return model + _field(7, extra)
+    return model + field(7, extra)
 
 
 def _layer_norm(x, scale, bias):
