@@ -13,8 +13,8 @@ Issue 22, item 5. For each dataset and backbone this script
 3. fits every member once on the fitting part and once on all training normals:
    ``bank:top`` (today's default, :func:`~msde_jax.pipeline.presets.recommended`),
    ``lw:patch-layers`` (Ledoit-Wolf Gaussian on the concatenated levels), ``lw:level-<i>``
-   (one per level, 1 = the backbone's shallowest patch layer) and ``knn:head-cosine`` (cosine kNN, k = ``--neighbors``), each as the
-   preset builds it (:mod:`msde_jax.pipeline.presets`);
+   (one per level, 1 = the backbone's shallowest patch layer) and ``knn:head-cosine`` (cosine
+   kNN, k = ``--neighbors``), each as the preset builds it (:mod:`msde_jax.pipeline.presets`);
 4. fuses them as :func:`~msde_jax.pipeline.presets.ensemble` does, ``ensemble:rank`` /
    ``ensemble:zscore`` (levels joint) and ``ensemble:rank-levels`` / ``ensemble:zscore-levels``
    (one Gaussian per level), from the members' fitted scores with the library's pure functions
