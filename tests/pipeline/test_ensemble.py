@@ -65,12 +65,14 @@ def test_the_preset_on_images_embeds_once_and_maps_from_its_bank(rng):
     from msde_jax.pipeline.evaluation import heatmaps
 
     preset = ensemble(weights="random", image_size=32)
+    for component in preset.detector.components.values():
+        component.set_params(n_folds=2)  # fewer fold sizes to compile
     preset.detector.components["patches"].set_params(size=30)
-    images = [(rng.random((40, 40)) * 255).astype(np.uint8) for _ in range(14)]
+    images = [(rng.random((40, 40)) * 255).astype(np.uint8) for _ in range(12)]
     shared = share_network(preset.embedder)
-    train = {name: e.embed(images[:12]) for name, e in shared.items()}
+    train = {name: e.embed(images[:10]) for name, e in shared.items()}
     detector = preset.detector.fit(train)
-    shown, maps = heatmaps(preset.embedder, detector, images[12:], progress=False)
+    shown, maps = heatmaps(preset.embedder, detector, images[10:], progress=False)
     assert shown.shape == (2, 32, 32, 3)
-    patches = preset.embedder["patches"].embed(images[12:])
+    patches = preset.embedder["patches"].embed(images[10:])
     np.testing.assert_allclose(maps, detector.components["patches"].score_maps(patches, size=32))
