@@ -16,7 +16,6 @@ __all__ = [
     "content_order",
     "map_rows",
     "masked_loop",
-    "padded_rows",
     "rank_distances",
     "row_keys",
     "sample_keys",
@@ -78,18 +77,6 @@ def bucket_rows(m: int) -> int:
     if m <= _BUCKET_STEP:
         return max(8, 1 << (m - 1).bit_length())
     return -(-m // _BUCKET_STEP) * _BUCKET_STEP
-
-
-def padded_rows(fn: Callable[[Any], Any], x: Any) -> Any:
-    """``fn(x)`` for a row-wise ``fn`` (each output row depends on its input row only), with
-    ``x`` padded to :func:`bucket_rows` rows by copies of its last row and the outputs
-    (a pytree of arrays with rows first) cut back on the host, as NumPy arrays: batches of any
-    size then reuse the few programs compiled for the buckets. A ``jax.Array`` is padded on its
-    device; only the outputs are fetched (explicitly)."""
-    m = x.shape[0]
-    return jax.tree.map(
-        lambda a: np.asarray(jax.device_get(a))[:m], fn(_pad_rows(x, bucket_rows(m)))
-    )
 
 
 def chunked_rows(fn: Callable[[Any], Any], x: Any, chunk: int) -> Any:
