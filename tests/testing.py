@@ -103,6 +103,34 @@ def write_dicom_series(folder, volume, *, uid="1.2.826.0.1.3680043.8.498.7", spa
     return folder
 
 
+def write_dicom(path: Path, pixels: np.ndarray, *, sop_class: str | None = None, **attrs) -> Path:
+    """Save a 2-D uint16 MONOCHROME2 image as a DICOM file (Secondary Capture unless
+    ``sop_class`` is given), with the data elements ``attrs`` set by keyword."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    sop_class = sop_class or SecondaryCaptureImageStorage
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def write_dicom_slice(
     path: Path,
     pixels: np.ndarray,
@@ -114,41 +142,22 @@ def write_dicom_slice(
     pixel_spacing: tuple[str, str] = ("0.8", "0.7"),
     **attrs,
 ) -> Path:
-    """Save one CT slice (stored uint16 values, rescale intercept −1024) as DICOM; ``series``,
-    ``position``, ``orientation`` or ``instance`` ``None`` leave that tag out."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    """Save one CT slice (stored uint16 values, rescale intercept −1024) as DICOM
+    (:func:`write_dicom`); ``series``, ``position``, ``orientation`` or ``instance`` ``None``
+    leave that tag out."""
+    from pydicom.uid import CTImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    tags = {"Modality": "CT", "PixelSpacing": list(pixel_spacing)}
+    tags["RescaleSlope"], tags["RescaleIntercept"] = 1, -1024
     if series is not None:
-        ds.SeriesInstanceUID = series
+        tags["SeriesInstanceUID"] = series
     if position is not None:
-        ds.ImagePositionPatient = [f"{v:.6g}" for v in position]
+        tags["ImagePositionPatient"] = [f"{v:.6g}" for v in position]
     if orientation is not None and position is not None:
-        ds.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
+        tags["ImageOrientationPatient"] = [f"{v:.6g}" for v in orientation]
     if instance is not None:
-        ds.InstanceNumber = instance
-    ds.Rows, ds.Columns = pixels.shape
-    ds.PixelSpacing = list(pixel_spacing)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+        tags["InstanceNumber"] = instance
+    return write_dicom(path, pixels, sop_class=CTImageStorage, **{**tags, **attrs})
 
 
 # ---------------------------------------------------------------------- protobuf (ONNX) encoder

@@ -168,7 +168,8 @@ def _fit_state(x: np.ndarray, keys: np.ndarray, config: BankConfig) -> tuple[Ban
     # The images in content order, so the bank depends on which images, not on their order;
     # bank_fit keeps its rows in that order (then patch position) for the weights and shift.
     order = np.argsort(keys, kind="stable")
-    flat = x[order].reshape(n * n_patches, c)
+    ordered = x[order]
+    flat = ordered.reshape(n * n_patches, c)
     n_valid = None
     if config.size < flat.shape[0]:  # a coreset: pad the images so nearby sizes share a program
         n_valid, padded = flat.shape[0], bucket_fit_rows(n) * n_patches
@@ -192,7 +193,7 @@ def _fit_state(x: np.ndarray, keys: np.ndarray, config: BankConfig) -> tuple[Ban
     bank = bank._replace(indices=jnp.asarray(given.astype(np.int32)))
     foreground = None
     if config.foreground == "pca":  # padded as the coreset is, so nearby sizes share a program
-        grid = _on_grid(x[order])
+        grid = _on_grid(ordered)
         pad = np.zeros((bucket_fit_rows(n) - n, *grid.shape[1:]), grid.dtype)
         foreground = foreground_fit(np.concatenate([grid, pad]), n)
     return BankState(bank, config, foreground), int(bank.n_iter)

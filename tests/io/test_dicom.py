@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pydicom  # noqa: E402  (the test extra installs msde-jax[dicom])
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+from testing import write_dicom
 
 from msde_jax.io.datasets import list_images  # noqa: E402
 from msde_jax.io.dicom import read_dicom  # noqa: E402
@@ -19,28 +18,6 @@ def _bundled(name: str) -> str:
     path = pydicom.data.get_testdata_file(name, download=False)
     assert path is not None, f"{name} is not bundled with pydicom {pydicom.__version__}"
     assert Path(path).is_relative_to(Path(pydicom.__file__).parent)
-    return path
-
-
-def _write(path: Path, pixels: np.ndarray, **attrs) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 
@@ -74,7 +51,7 @@ def test_bundled_mr_window_and_prepare():
 
 def test_written_monochrome1_with_rescale(tmp_path):
     stored = np.array([[0, 10], [20, 40]], np.uint16)
-    path = _write(
+    path = write_dicom(
         tmp_path / "inv.dcm",
         stored,
         PhotometricInterpretation="MONOCHROME1",
@@ -91,7 +68,7 @@ def test_written_monochrome1_with_rescale(tmp_path):
 
 def test_written_window(tmp_path):
     stored = np.array([[0, 100], [200, 300]], np.uint16)
-    path = _write(
+    path = write_dicom(
         tmp_path / "win.dcm",
         stored,
         RescaleSlope=1,
@@ -131,13 +108,13 @@ def test_no_pixel_data_and_undecodable_transfer_syntax_name_the_file(tmp_path):
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
 
-    path = _write(tmp_path / "nopix.dcm", np.zeros((8, 8)))
+    path = write_dicom(tmp_path / "nopix.dcm", np.zeros((8, 8)))
     ds = pydicom.dcmread(path)
     del ds.PixelData
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(ImageReadError, match=r"nopix\.dcm: DICOM file without pixel data"):
         to_float(path)
-    path = _write(tmp_path / "j2k.dcm", np.zeros((8, 8)))
+    path = write_dicom(tmp_path / "j2k.dcm", np.zeros((8, 8)))
     ds = pydicom.dcmread(path)
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.PixelData = encapsulate([b"\x00" * 10])  # not a JPEG 2000 stream
