@@ -30,11 +30,25 @@ from msde_jax.io import inputs as _inputs
 
 __all__ = ["FEATURES", "Embedder", "embed_together", "share_network"]
 
-# Images per forward pass when ``batch_size=None``: in all on a CPU, per accelerator.
+# Images per forward pass when ``batch_size=None``: per accelerator, and on a CPU one per core
+# (at most _CPU_BATCH), where small batches keep the activations in cache: EfficientNet-Lite0
+# ran 108 img/s with batches of 2 and 68 with batches of 32 on 2 cores (MobileNetV2 93 vs 61,
+# ResNet-18 43 vs 45).
 _CPU_BATCH = 32
 _DEVICE_BATCH = 256
 
+
+def _cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 FEATURES = ("pooled", "multiscale", "patches")
+
+_OUTPUT_SHAPES: dict[tuple[Any, ...], tuple[int, ...]] = {}
 
 # Memory of one embed call (Embedder.memory_needed). Batches alive at once: the one in the
 # network and the two read ahead.
@@ -76,8 +90,9 @@ class Embedder:
         image_size: the side images are resized to (224, as in the paper).
         resize: ``"direct"`` (the whole image to image_size², the paper's) or ``"center_crop"``.
         batch_size: images per forward pass; the last batch is padded so the network compiles
-            once. Rounded up to a multiple of the device count. ``None``: 32 on a CPU, 256 per
-            device on an accelerator (which a small batch leaves idle).
+            once. Rounded up to a multiple of the device count. ``None``: on a CPU one image
+            per core (at most 32; small batches stay in cache, about 1.6× faster than 32 on 2
+            cores), 256 per device on an accelerator (which a small batch leaves idle).
         dtype: computation dtype; ``jnp.bfloat16`` halves memory and speeds up accelerators
             (embeddings are returned as float32 either way).
         features: ``"pooled"`` (global-average-pooled last stage, the paper's; with ``layers``,
@@ -150,7 +165,7 @@ class Embedder:
         n_dev = len(self.devices)
         if batch_size is None:  # CPU "devices" share the host's cores: no more per device
             cpu = self.devices[0].platform == "cpu"
-            batch_size = _CPU_BATCH if cpu else _DEVICE_BATCH * n_dev
+            batch_size = min(_cpu_cores(), _CPU_BATCH) if cpu else _DEVICE_BATCH * n_dev
         self.batch_size = -(-batch_size // n_dev) * n_dev
         self.weights_source = describe_weights(weights)
 
@@ -218,12 +233,15 @@ class Embedder:
     @property
     def output_shape(self) -> tuple[int, ...]:
         """Shape of one image's embedding: ``(d,)``, or ``(grid, grid, d)`` for patches."""
-        if not hasattr(self, "_output_shape"):
-            shape = (self.batch_size, self.image_size, self.image_size, 3)
-            probe = jax.ShapeDtypeStruct(shape, jnp.float32)
-            out = jax.eval_shape(self._forward, self._variables, probe)
-            self._output_shape = tuple(int(s) for s in out.shape[1:])
-        return self._output_shape
+        # The shape follows from the architecture and the readout, not the weights or batch:
+        # traced once per process (tracing a backbone takes a fraction of a second).
+        key = (self.backbone, self.image_size, self.features, self.layers, self.grid)
+        key += (self.aggregate,)
+        if key not in _OUTPUT_SHAPES:
+            shape = (len(self.devices), self.image_size, self.image_size, 3)  # one per device
+            out = jax.eval_shape(self._forward, self._variables, jax.ShapeDtypeStruct(shape, "f4"))
+            _OUTPUT_SHAPES[key] = tuple(int(s) for s in out.shape[1:])
+        return _OUTPUT_SHAPES[key]
 
     @property
     def dim(self) -> int:

@@ -87,7 +87,7 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="images per forward pass (default: 32 on a CPU, 256 per GPU/TPU)",
+        help="images per forward pass (default: one per CPU core, at most 32; 256 per GPU/TPU)",
     )
     g.add_argument(
         "--features",
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="images per forward pass (default: 32 on a CPU, 256 per GPU/TPU)",
+        help="images per forward pass (default: one per CPU core, at most 32; 256 per GPU/TPU)",
     )
     p.add_argument(
         "--heatmaps",

@@ -7,13 +7,19 @@ the Gaussian, metrics and anomaly maps. No I/O, no classes with hidden state.
 """
 
 from msde_jax.core.approximate_knn import approximate_knn
-from msde_jax.core.coreset import kcenter_greedy, random_projection
+from msde_jax.core.coreset import kcenter_greedy, kcenter_greedy_subsets, random_projection
 from msde_jax.core.density import density_weights
 from msde_jax.core.foreground import Foreground, foreground_fit, foreground_mask
 from msde_jax.core.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.core.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
 from msde_jax.core.mean_shift import MeanShiftResult, mean_shift
-from msde_jax.core.memory_bank import MemoryBank, bank_fit, image_scores, patch_scores
+from msde_jax.core.memory_bank import (
+    MemoryBank,
+    bank_fit,
+    bank_fit_subsets,
+    image_scores,
+    patch_scores,
+)
 from msde_jax.core.metrics import average_precision, roc_auc
 from msde_jax.core.neighbors import Neighbors, knn
 from msde_jax.core.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
@@ -29,6 +35,7 @@ __all__ = [
     "approximate_knn",
     "average_precision",
     "bank_fit",
+    "bank_fit_subsets",
     "density_weights",
     "foreground_fit",
     "foreground_mask",
@@ -39,6 +46,7 @@ __all__ = [
     "gaussian_logpdf",
     "image_scores",
     "kcenter_greedy",
+    "kcenter_greedy_subsets",
     "knn",
     "mahalanobis",
     "mean_shift",

@@ -12,6 +12,7 @@ from msde_jax.core.blocks import map_rows, sq_norms
 
 __all__ = [
     "kcenter_greedy",
+    "kcenter_greedy_subsets",
     "random_projection",
 ]
 
@@ -98,34 +99,103 @@ def kcenter_greedy(
     """
     x = jnp.asarray(x)
     n = x.shape[0]
+    _check_select(n_select, n)
+    valid = jnp.ones((1, n), bool) if n_valid is None else (jnp.arange(n) < n_valid)[None]
+    starts = jnp.asarray(start, jnp.int32)[None]
+    return _greedy(x, n_select, valid, starts, projection_dim, key, batch_size)[0]
+
+
+@partial(jax.jit, static_argnames=("n_select", "projection_dim", "batch_size"))
+def kcenter_greedy_subsets(
+    x: ArrayLike,
+    n_select: int,
+    valid: ArrayLike,
+    *,
+    projection_dim: int | None = None,
+    key: ArrayLike | None = None,
+    batch_size: int | None = None,
+) -> jax.Array:
+    """:func:`kcenter_greedy` over several subsets of the rows of ``x`` at once.
+
+    Search s runs over the rows where ``valid[s]`` holds, starting from the first of them, and
+    gives the rows :func:`kcenter_greedy` gives on ``x[valid[s]]`` from its row 0 (as indices
+    into ``x``; equal up to float rounding, which may reorder near-ties). All searches share
+    each pass over ``x``: a step multiplies x (n, d) by the S newest rows (d, S) instead of S
+    separate matrix-vector passes, and a pass is memory-bound, so S searches cost about one.
+    The cross-fit folds of a memory bank and its final fit (S = folds + 1) run this way as one
+    compiled program.
+
+    Rows are centred on the mean of the rows valid in any subset (for the cancellation error,
+    as in :func:`kcenter_greedy`); memory beyond ``x`` is O(S · n).
+
+    Args:
+        x: (n, d) points.
+        n_select: rows chosen per subset, 1 ≤ n_select ≤ every subset's size (static; traced
+            sizes are not checked).
+        valid: (S, n) boolean: the rows of each subset.
+        projection_dim: as in :func:`kcenter_greedy` (static).
+        key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
+        batch_size: rows per block in the projection and each pass (static).
+
+    Returns:
+        (S, n_select) int32 row indices of ``x``, each subset's in the order they were chosen.
+    """
+    x = jnp.asarray(x)
+    valid = jnp.asarray(valid, bool)
+    if valid.ndim != 2 or valid.shape[1] != x.shape[0]:
+        raise ValueError(
+            f"valid must be (subsets, n) = (S, {x.shape[0]}) booleans, got shape {valid.shape}."
+        )
+    _check_select(n_select, x.shape[0])
+    starts = jnp.argmax(valid, axis=1).astype(jnp.int32)
+    return _greedy(x, n_select, valid, starts, projection_dim, key, batch_size)
+
+
+def _check_select(n_select: int, n: int) -> None:
     if not 1 <= n_select <= n:
         raise ValueError(
             f"n_select must be between 1 and the number of rows ({n}), got {n_select}."
         )
+
+
+def _greedy(
+    x: jax.Array,
+    n_select: int,
+    valid: jax.Array,
+    starts: jax.Array,
+    projection_dim: int | None,
+    key: ArrayLike | None,
+    batch_size: int | None,
+) -> jax.Array:
+    """The greedy searches of S subsets (``valid`` (S, n)) from ``starts`` (S,): (S, n_select)."""
     if projection_dim is not None:
         x = random_projection(x, projection_dim, key=key, batch_size=batch_size)
-    if n_valid is None:
-        valid, mean = None, jnp.mean(x, axis=0)
-    else:
-        valid = jnp.arange(n) < n_valid
-        mean = jnp.sum(jnp.where(valid[:, None], x, 0), axis=0) / jnp.asarray(n_valid, x.dtype)
+    used = jnp.any(valid, axis=0)
+    count = jnp.maximum(jnp.sum(used), 1).astype(x.dtype)
+    mean = jnp.sum(jnp.where(used[:, None], x, 0), axis=0) / count
     centred_sqnorm = map_rows(lambda row: sq_norms(row - mean), x, batch_size)
+    n = x.shape[0]
+    rows = lax.broadcasted_iota(jnp.int32, valid.shape, 1)
 
-    def pass_from(i):
-        v = x[i] - mean
+    def pass_from(rows):
+        v = x[rows] - mean[None]  # (S, d)
         # (xᵢ − μ)ᵀv = xᵢᵀv − μᵀv: the product runs on x itself, so x is never copied.
-        dots = map_rows(lambda row: jnp.dot(row, v, precision=lax.Precision.HIGHEST), x, batch_size)
-        dots = dots - jnp.dot(mean, v, precision=lax.Precision.HIGHEST)
-        return jnp.maximum(centred_sqnorm + sq_norms(v) - 2 * dots, 0.0)
+        dots = map_rows(
+            lambda row: jnp.dot(v, row, precision=lax.Precision.HIGHEST), x, batch_size
+        )  # (n, S)
+        dots = dots - jnp.dot(v, mean, precision=lax.Precision.HIGHEST)[None]
+        return jnp.maximum(centred_sqnorm[None] + sq_norms(v)[:, None] - 2 * dots.T, 0.0)
 
     def body(t, state):
         dist, chosen = state
-        last = chosen[t - 1]
-        dist = jnp.minimum(dist, pass_from(last)).at[last].set(-jnp.inf)
-        return dist, chosen.at[t].set(jnp.argmax(dist).astype(jnp.int32))
+        last = chosen[:, t - 1]
+        dist = jnp.where(rows == last[:, None], -jnp.inf, jnp.minimum(dist, pass_from(last)))
+        # argmax as the lowest row holding the maximum: the same index (the rows are finite),
+        # but two plain reductions, which XLA vectorises on a CPU (its argmax it does not).
+        top = jnp.max(dist, axis=1, keepdims=True)
+        return dist, chosen.at[:, t].set(jnp.min(jnp.where(dist == top, rows, n), axis=1))
 
-    chosen = jnp.zeros(n_select, jnp.int32).at[0].set(jnp.asarray(start, jnp.int32))
-    dist = jnp.full(n, jnp.inf, x.dtype)
-    if valid is not None:  # padding rows start (and stay) at −∞: argmax never picks them
-        dist = jnp.where(valid, dist, -jnp.inf)
+    chosen = jnp.zeros((valid.shape[0], n_select), jnp.int32).at[:, 0].set(starts)
+    # Rows outside a subset start (and stay) at −∞ there: its argmax never picks them.
+    dist = jnp.where(valid, jnp.asarray(jnp.inf, x.dtype), -jnp.inf)
     return lax.fori_loop(1, n_select, body, (dist, chosen))[1]

@@ -4,6 +4,7 @@ Training patches → greedy k-center coreset → (optionally) the blurring MSDE 
 each test patch's distance to its nearest bank patch(es) → one score per image.
 """
 
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from msde_jax.core.coreset import kcenter_greedy
+from msde_jax.core.coreset import kcenter_greedy, kcenter_greedy_subsets
 from msde_jax.core.density import density_weights
 from msde_jax.core.mean_shift import mean_shift
 from msde_jax.core.neighbors import knn
@@ -20,6 +21,7 @@ __all__ = [
     "REDUCTIONS",
     "MemoryBank",
     "bank_fit",
+    "bank_fit_subsets",
     "image_scores",
     "patch_scores",
 ]
@@ -124,15 +126,88 @@ def bank_fit(
             x, size, projection_dim=projection_dim, key=key, batch_size=None, n_valid=n_valid
         )
         indices = jnp.sort(chosen)
-    bank = x[indices]
-    if not shift:
-        ones = jnp.ones(bank.shape[0], bank.dtype)
-        return MemoryBank(bank, ones, indices, jnp.zeros((), jnp.int32))
-    w = density_weights(bank, method=density, batch_size=batch_size)
-    moved = mean_shift(
-        bank, w, k=k, step_size=step_size, max_iter=max_iter, tol=tol, batch_size=batch_size
-    )
-    return MemoryBank(moved.points, w, indices, jnp.asarray(moved.n_iter, jnp.int32))
+    enhance = _enhancer(shift, k, step_size, max_iter, tol, density, batch_size)
+    return enhance(x[indices], indices)
+
+
+@partial(
+    jax.jit,
+    static_argnames=(
+        "size",
+        "shift",
+        "k",
+        "max_iter",
+        "density",
+        "projection_dim",
+        "batch_size",
+    ),
+)
+def bank_fit_subsets(
+    patches: ArrayLike,
+    valid: ArrayLike,
+    *,
+    size: int,
+    shift: bool = False,
+    k: int = 50,
+    step_size: float | ArrayLike = 0.33,
+    max_iter: int = 8,
+    tol: float | ArrayLike = 0.01,
+    density: str = "msde",
+    projection_dim: int | None = None,
+    key: ArrayLike | None = None,
+    batch_size: int | None = None,
+) -> MemoryBank:
+    """:func:`bank_fit` on several subsets of the rows at once, as one compiled program.
+
+    Bank s is the bank :func:`bank_fit` fits on the rows where ``valid[s]`` holds (in their
+    order), up to float rounding: the coreset searches share every pass over the patches
+    (:func:`~msde_jax.core.kcenter_greedy_subsets`) and the shifts of the S banks run
+    vectorised. A memory bank's final fit and its cross-fit folds (S = folds + 1) cost about
+    one coreset search this way instead of S.
+
+    Args:
+        patches: (N, c) patches, or (n_images, P, c) (flattened to (n_images·P, c)).
+        valid: (S, N) boolean: the rows of each subset, each with more than ``size`` rows
+            (traced, not checked: the caller fits a subset with fewer rows by :func:`bank_fit`,
+            whose bank is then every row).
+        size, shift, k, step_size, max_iter, tol, density, projection_dim, key, batch_size:
+            as in :func:`bank_fit`.
+
+    Returns:
+        :class:`MemoryBank` whose fields have a leading axis of S: ``bank`` (S, size, c),
+        ``density`` (S, size), ``indices`` (S, size) (rows of the N patches, ascending within
+        each subset) and ``n_iter`` (S,).
+    """
+    patches = jnp.asarray(patches)
+    x = patches.reshape(-1, patches.shape[-1])
+    chosen = kcenter_greedy_subsets(x, size, valid, projection_dim=projection_dim, key=key)
+    indices = jnp.sort(chosen, axis=1)
+    enhance = _enhancer(shift, k, step_size, max_iter, tol, density, batch_size)
+    return jax.vmap(enhance)(x[indices], indices)
+
+
+def _enhancer(
+    shift: bool,
+    k: int,
+    step_size: float | ArrayLike,
+    max_iter: int,
+    tol: float | ArrayLike,
+    density: str,
+    batch_size: int | None,
+) -> Callable[[jax.Array, jax.Array], MemoryBank]:
+    """``(bank rows, their indices) -> MemoryBank``: the rows as they are, or MSDE-shifted."""
+
+    def enhance(bank: jax.Array, indices: jax.Array) -> MemoryBank:
+        if not shift:
+            ones = jnp.ones(bank.shape[0], bank.dtype)
+            return MemoryBank(bank, ones, indices, jnp.zeros((), jnp.int32))
+        w = density_weights(bank, method=density, batch_size=batch_size)
+        moved = mean_shift(
+            bank, w, k=k, step_size=step_size, max_iter=max_iter, tol=tol, batch_size=batch_size
+        )
+        return MemoryBank(moved.points, w, indices, jnp.asarray(moved.n_iter, jnp.int32))
+
+    return enhance
 
 
 @partial(jax.jit, static_argnames=("k", "batch_size"))

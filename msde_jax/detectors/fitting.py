@@ -1,12 +1,12 @@
 """The fit every detector shares: the fitted state, out-of-fold scores and the threshold.
 
-A detector's pure fit is ``fit_state(x, keys, config) -> (state, n_iter)`` on checked
-features ``x`` with their content keys (:func:`~msde_jax.core.blocks.sample_keys`, computed once
-per fit) and its pure score ``score(state, x)``; :func:`cross_fit` turns the two into a
-:class:`DetectorFit` whose threshold needs no abnormal sample: each training sample is scored
-by a model fitted on the other folds, and the threshold is the ``1 − contamination`` quantile
-of those out-of-fold scores.
-"""
+A detector's pure fit is ``fit_state(x, keys, config) -> (state, n_iter)`` (or one call for
+several subsets of the samples, ``joint=True``) on checked features ``x`` with their content
+keys (:func:`~msde_jax.core.blocks.sample_keys`, computed once per fit) and its pure score
+``score(state, x)``; :func:`cross_fit` turns the two into a :class:`DetectorFit` whose
+threshold needs no abnormal sample: each training sample is scored by a model fitted on the
+other folds, and the threshold is the ``1 − contamination`` quantile of those out-of-fold
+scores."""
 
 import functools
 import math
@@ -133,11 +133,12 @@ def cross_fit(
     x: np.ndarray,
     keys: np.ndarray,
     config: Any,
-    fit_state: Callable[[np.ndarray, np.ndarray, Any], tuple[Any, int]],
+    fit: Callable[..., Any],
     score: Callable[[Any, np.ndarray], ArrayLike],
     *,
     batch_independent: bool = True,
     groups: ArrayLike | None = None,
+    joint: bool = False,
 ) -> DetectorFit:
     """Fit on all of ``x`` and threshold on out-of-fold scores (folds by content order).
 
@@ -146,21 +147,34 @@ def cross_fit(
         keys: (n,) their content keys; the folds follow their order, so they do not depend
             on the order of the samples.
         config: the detector's config (``n_folds``, ``contamination``).
-        fit_state: ``fit_state(x, keys, config) -> (state, n_iter)``.
+        fit: ``fit(x, keys, config) -> (state, n_iter)``, called for all of ``x`` and then
+            for each fold's training part in turn; with ``joint=True``, ``fit(x, keys, config,
+            subsets) -> [(state, n_iter), …]`` fits on each subset (sorted indices: all of
+            ``x``, then each fold's training part) in one call, so a detector can share work
+            between them (the memory bank's coreset searches).
         score: ``score(state, x) -> (m,) scores``.
         batch_independent: each row's score depends on that row only. Then the held-out
             folds are scored by :func:`chunked_scores` (one compiled program for all folds,
             shared with later scoring); otherwise each fold is scored as one batch.
         groups: one group id per sample (:func:`folds`): a group's samples share a fold.
+        joint: ``fit`` takes the subsets (see ``fit``).
 
     Returns:
         :class:`DetectorFit` with the out-of-fold scores as ``decision_scores``.
     """
-    state, n_iter = fit_state(x, keys, config)
     held_out = folds(keys, config.n_folds, groups)
+    if joint:
+        everything = np.arange(x.shape[0])
+        fitted = fit(
+            x, keys, config, [everything] + [np.setdiff1d(everything, h) for h in held_out]
+        )
+        state, n_iter = fitted[0]
+        by_fold = {int(held[0]): fold[0] for held, fold in zip(held_out, fitted[1:], strict=True)}
+    else:
+        state, n_iter = fit(x, keys, config)
 
     def fit_score(rest: np.ndarray, held: np.ndarray) -> ArrayLike:
-        fold_state = fit_state(x[rest], keys[rest], config)[0]
+        fold_state = by_fold[int(held[0])] if joint else fit(x[rest], keys[rest], config)[0]
         if batch_independent:
             return chunked_scores(score, fold_state, x[held])
         return np.asarray(score(fold_state, x[held]))

@@ -26,7 +26,14 @@ from msde_jax._memory import Lower, check_memory
 from msde_jax.core.anomaly_maps import maps_bytes, upsample_maps
 from msde_jax.core.blocks import bucket_fit_rows, sample_keys
 from msde_jax.core.foreground import Foreground, foreground_fit, foreground_mask
-from msde_jax.core.memory_bank import REDUCTIONS, MemoryBank, bank_fit, image_scores, patch_scores
+from msde_jax.core.memory_bank import (
+    REDUCTIONS,
+    MemoryBank,
+    bank_fit,
+    bank_fit_subsets,
+    image_scores,
+    patch_scores,
+)
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import BaseConfig, check_choice, check_features, check_int, param
 from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit
@@ -161,42 +168,80 @@ class BankState(NamedTuple):
 
 
 # ---------------------------------------------------------------------- the pipeline
-def _fit_state(x: np.ndarray, keys: np.ndarray, config: BankConfig) -> tuple[BankState, int]:
-    """Fit on checked patches ``x`` (n, ..., c) with image content ``keys``: state, n_iter."""
+def _fit_states(
+    x: np.ndarray, keys: np.ndarray, config: BankConfig, subsets: list[np.ndarray]
+) -> list[tuple[BankState, int]]:
+    """Fit on the images of each subset (sorted indices into the checked patches ``x``
+    (n, ..., c) with content ``keys``): ``[(state, n_iter), …]``, one per subset.
+
+    Every bank takes its images in content order, so it depends on which images, not on
+    their order, and :func:`~msde_jax.core.bank_fit` keeps its rows in that order (then patch
+    position) for the weights and the shift. When every subset has more patches than the bank
+    holds, all the coreset searches run as one program over the patches padded to
+    ``bucket_fit_rows(n)`` images (:func:`~msde_jax.core.bank_fit_subsets`): the final fit and
+    the cross-fit folds cost about one search, and nearby n share the program.
+    """
     n, c = x.shape[0], x.shape[-1]
     n_patches = math.prod(x.shape[1:-1])
-    # The images in content order, so the bank depends on which images, not on their order;
-    # bank_fit keeps its rows in that order (then patch position) for the weights and shift.
     order = np.argsort(keys, kind="stable")
     ordered = x[order]
-    flat = ordered.reshape(n * n_patches, c)
-    n_valid = None
-    if config.size < flat.shape[0]:  # a coreset: pad the images so nearby sizes share a program
-        n_valid, padded = flat.shape[0], bucket_fit_rows(n) * n_patches
-        flat = np.concatenate([flat, np.zeros((padded - n_valid, c), flat.dtype)])
-    bank = bank_fit(
-        flat,
-        n_valid=n_valid,
-        size=config.size,
-        shift=config.shift,
-        k=config.k,
-        step_size=config.step_size,
-        max_iter=config.max_iter,
-        tol=config.tol,
-        density=config.density,
-        projection_dim=config.projection(c),
-        key=jax.random.key(config.seed),
-        batch_size=config.batch(min(config.size, flat.shape[0])),
-    )
-    rows = np.asarray(bank.indices)
-    given = order[rows // n_patches] * n_patches + rows % n_patches  # rows of x's own order
-    bank = bank._replace(indices=jnp.asarray(given.astype(np.int32)))
-    foreground = None
-    if config.foreground == "pca":  # padded as the coreset is, so nearby sizes share a program
-        grid = _on_grid(ordered)
-        pad = np.zeros((bucket_fit_rows(n) - n, *grid.shape[1:]), grid.dtype)
-        foreground = foreground_fit(np.concatenate([grid, pad]), n)
-    return BankState(bank, config, foreground), int(bank.n_iter)
+    position = np.empty(n, np.intp)
+    position[order] = np.arange(n)
+    members = [np.sort(position[subset]) for subset in subsets]  # rows of ``ordered``
+    fit = {
+        "size": config.size,
+        "shift": config.shift,
+        "k": config.k,
+        "step_size": config.step_size,
+        "max_iter": config.max_iter,
+        "tol": config.tol,
+        "density": config.density,
+        "projection_dim": config.projection(c),
+        "key": jax.random.key(config.seed),
+    }
+    padded = bucket_fit_rows(n)
+    if config.size < min(member.size for member in members) * n_patches:
+        valid = np.zeros((len(members), padded), bool)
+        for s, member in enumerate(members):
+            valid[s, member] = True
+        flat = np.concatenate([ordered, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
+        joint = bank_fit_subsets(
+            flat.reshape(padded * n_patches, c),
+            np.repeat(valid, n_patches, axis=1),
+            batch_size=config.batch(config.size),
+            **fit,
+        )
+        # split on the host: indexing the device arrays would compile a slice per field
+        host = jax.device_get(joint)
+        banks = [MemoryBank(*(jnp.asarray(f[s]) for f in host)) for s in range(len(members))]
+        # rows of the padded patches → rows of each subset's patches in content order
+        local = [
+            np.searchsorted(member, rows // n_patches) * n_patches + rows % n_patches
+            for member, rows in zip(members, (np.asarray(b.indices) for b in banks), strict=True)
+        ]
+    else:  # a subset with no more patches than the bank: every patch, one fit per subset
+        banks = [
+            bank_fit(
+                ordered[member].reshape(-1, c),
+                batch_size=config.batch(min(config.size, member.size * n_patches)),
+                **fit,
+            )
+            for member in members
+        ]
+        local = [np.asarray(bank.indices) for bank in banks]
+    states = []
+    for subset, member, bank, rows in zip(subsets, members, banks, local, strict=True):
+        # rows in the subset's content order → rows of x[subset] in the order given
+        image = np.searchsorted(subset, order[member[rows // n_patches]])
+        given = (image * n_patches + rows % n_patches).astype(np.int32)
+        foreground = None
+        if config.foreground == "pca":  # padded like the coreset, so nearby sizes share one
+            grid = _on_grid(ordered[member])
+            pad = np.zeros((bucket_fit_rows(member.size) - member.size, *grid.shape[1:]), x.dtype)
+            foreground = foreground_fit(np.concatenate([grid, pad]), member.size)
+        state = BankState(bank._replace(indices=jnp.asarray(given)), config, foreground)
+        states.append((state, int(bank.n_iter)))
+    return states
 
 
 def _on_grid(x: np.ndarray) -> np.ndarray:
@@ -357,7 +402,7 @@ def fit_bank_detector(
             f"{x.shape[1]} patches per image is not g × g; pass (n, g, g, c) features."
         )
     keys = sample_keys(x)
-    return cross_fit(x, keys, config, _fit_state, score_bank_detector, groups=groups)
+    return cross_fit(x, keys, config, _fit_states, score_bank_detector, groups=groups, joint=True)
 
 
 # ---------------------------------------------------------------------- the estimator

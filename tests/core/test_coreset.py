@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msde_jax.core import kcenter_greedy, random_projection
+from msde_jax.core import kcenter_greedy, kcenter_greedy_subsets, random_projection
 
 N, D = 41, 5
 
@@ -160,3 +160,26 @@ def test_new_data_and_start_do_not_retrace():
         x = _data(seed, 43, 3).astype(np.float32)  # a shape no other test uses
         np.testing.assert_array_equal(select(x, start), numpy_greedy(x, 9, start))
     assert traces == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("projection_dim", [None, 4])
+def test_subsets_equal_separate_searches(x64, dtype, projection_dim):
+    """Each subset's search is the search on its own rows (from its first row), as indices
+    into x; the rows outside it, including far outliers, are never chosen."""
+    x = _data(4, 240, 6).astype(dtype)
+    x[-8:] += 40.0  # outliers in no subset but the first: the others must never pick them
+    rng = np.random.default_rng(0)
+    valid = rng.random((4, 240)) < np.array([[1.0], [0.8], [0.5], [0.3]])
+    valid[1:, -8:] = False
+    got = kcenter_greedy_subsets(x, 25, valid, projection_dim=projection_dim)
+    assert got.shape == (4, 25) and got.dtype == np.int32
+    for s in range(4):
+        rows = np.flatnonzero(valid[s])
+        alone = kcenter_greedy(x[rows], 25, projection_dim=projection_dim)
+        np.testing.assert_array_equal(got[s], rows[np.asarray(alone)])
+
+
+def test_subsets_refuse_a_bad_mask():
+    with pytest.raises(ValueError, match="valid must be"):
+        kcenter_greedy_subsets(_data(0), 3, np.ones(N, bool))

@@ -12,6 +12,7 @@ from testing import clustered
 from msde_jax.core import (
     MemoryBank,
     bank_fit,
+    bank_fit_subsets,
     density_weights,
     image_scores,
     kcenter_greedy,
@@ -105,6 +106,25 @@ def test_shifted_bank_chunked_equals_unchunked():
     np.testing.assert_allclose(chunked.bank, full.bank, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(chunked.density, full.density, rtol=1e-6)
     assert int(chunked.n_iter) == int(full.n_iter)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_subset_banks_equal_separate_fits(shift):
+    """One joint fit over subsets of the rows gives each subset the bank bank_fit gives it on
+    its own rows (the indices mapped back to the joint rows), shift and weights included."""
+    train = clustered(17, 30, p=9, c=C).reshape(-1, C)
+    rng = np.random.default_rng(1)
+    valid = np.stack([np.ones(len(train), bool), rng.random(len(train)) < 0.7])
+    kwargs = {"size": 60, "shift": shift, "k": 10, "projection_dim": 3}
+    joint = bank_fit_subsets(train, valid, **kwargs)
+    assert joint.bank.shape == (2, 60, C) and joint.n_iter.shape == (2,)
+    for s in range(2):
+        rows = np.flatnonzero(valid[s])
+        alone = bank_fit(train[rows], **kwargs)
+        np.testing.assert_array_equal(joint.indices[s], rows[np.asarray(alone.indices)])
+        np.testing.assert_allclose(joint.bank[s], alone.bank, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(joint.density[s], alone.density, rtol=1e-5, atol=1e-6)
+        assert int(joint.n_iter[s]) == int(alone.n_iter)
 
 
 def test_msde_weight_blocks_follow_the_training_order():
