@@ -238,7 +238,7 @@ class Embedder:
         key = (self.backbone, self.image_size, self.features, self.layers, self.grid)
         key += (self.aggregate,)
         if key not in _OUTPUT_SHAPES:
-            shape = (len(self.devices), self.image_size, self.image_size, 3)  # one per device
+            shape = (self.batch_size, self.image_size, self.image_size, 3)
             out = jax.eval_shape(self._forward, self._variables, jax.ShapeDtypeStruct(shape, "f4"))
             _OUTPUT_SHAPES[key] = tuple(int(s) for s in out.shape[1:])
         return _OUTPUT_SHAPES[key]

@@ -137,7 +137,7 @@ def test_lying_model_and_dataset_files_end_in_one_error_line(tmp_path, scans):
 def test_fit_at_an_absurd_image_size_is_refused_before_allocating(tmp_path, scans):
     # Issue 24: (32, 100000, 100000, 3) float32 input batches, 3.49 TiB each.
     argv = ["fit", str(scans), "--weights", "random", "--backbone", "resnet18"]
-    argv += ["--image-size", "100000", "--out", str(tmp_path / "m.npz")]
+    argv += ["--image-size", "100000", "--batch-size", "32", "--out", str(tmp_path / "m.npz")]
     status, err = _run_cli(argv, tmp_path)
     assert status == 2, err
     assert err.count("\n") == 1, err

@@ -453,20 +453,23 @@ class PatchBankDetector(Detector):
         self, shape: tuple[int, ...], state: BankState | None = None
     ) -> tuple[dict[str, int], list[Lower]]:
         """Fitting: three float32 copies of the N = n·P training patches (checked, in content
-        order, on the device), the coreset search (the (N, projection_dim) projection and four
-        length-N vectors), the kNN distance blocks of the out-of-fold scoring (rows per block ×
-        bank rows, with its top-k, × 2) and, with ``shift=True``, the bank's shift (bank rows ×
-        its block × 3). Scoring: two copies of the patches, their scores and the blocks."""
+        order, on the device), the coreset search (the (N, projection_dim) projection, four
+        length-N vectors, and three more per search: the final fit's and each fold's), the kNN
+        distance blocks of the out-of-fold scoring (rows per block × bank rows, with its top-k,
+        × 2) and, with ``shift=True``, the bank's shift (bank rows × its block × 3). Scoring:
+        two copies of the patches, their scores and the blocks."""
         if len(shape) not in (3, 4) or min(shape) < 1:
             return {}, []
         n, c = shape[0], shape[-1]
         rows = n * math.prod(shape[1:-1])
         config = self.config() if state is None else state.config
         if state is None:
-            bank = min(config.size, rows)
+            bank, subsets = min(config.size, rows), config.n_folds + 1
             needs = {
                 "patch features": 3 * rows * c * 4,
-                "coreset search": rows * ((config.projection(c) or 0) + 4) * 4,
+                # the final fit's and the folds' searches share the (N, projection_dim)
+                # projection; each keeps its own length-N distances, mask and products
+                "coreset search": rows * ((config.projection(c) or 0) + 4 + 3 * subsets) * 4,
             }
         else:
             bank = int(state.bank.bank.shape[0])
