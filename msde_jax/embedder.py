@@ -30,20 +30,25 @@ from msde_jax.io import inputs as _inputs
 
 __all__ = ["FEATURES", "Embedder", "embed_together", "share_network"]
 
-# Images per forward pass when ``batch_size=None``: per accelerator, and on a CPU one per core
-# (at most _CPU_BATCH), where small batches keep the activations in cache: EfficientNet-Lite0
-# ran 108 img/s with batches of 2 and 68 with batches of 32 on 2 cores (MobileNetV2 93 vs 61,
-# ResNet-18 43 vs 45).
+# Images per forward pass when ``batch_size=None``: per accelerator, and on a CPU about one
+# 224-px image's pixels per core (at most _CPU_BATCH), where small batches keep the activations
+# in cache: at 224 px EfficientNet-Lite0 ran 108 img/s with batches of 2 and 68 with batches of
+# 32 on 2 cores (MobileNetV2 93 vs 61, ResNet-18 43 vs 45), while small images need more per
+# batch to amortise each call.
 _CPU_BATCH = 32
+_CPU_PIXELS = 224 * 224
 _DEVICE_BATCH = 256
 
 
-def _cpu_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
+def cpu_batch(image_size: int) -> int:
+    """The default images per forward pass on a CPU: about one 224-px image's pixels per core
+    this process may run on, at least one image per core and at most 32 in all."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    per_core = max(1, _CPU_PIXELS // (image_size * image_size))
+    return min(cores * per_core, _CPU_BATCH)
 
 
 FEATURES = ("pooled", "multiscale", "patches")
@@ -90,9 +95,10 @@ class Embedder:
         image_size: the side images are resized to (224, as in the paper).
         resize: ``"direct"`` (the whole image to image_size², the paper's) or ``"center_crop"``.
         batch_size: images per forward pass; the last batch is padded so the network compiles
-            once. Rounded up to a multiple of the device count. ``None``: on a CPU one image
-            per core (at most 32; small batches stay in cache, about 1.6× faster than 32 on 2
-            cores), 256 per device on an accelerator (which a small batch leaves idle).
+            once. Rounded up to a multiple of the device count. ``None``: on a CPU about
+            one 224-px image's pixels per core, at most 32 images (:func:`cpu_batch`: small
+            batches stay in cache, 1.6× faster than 32 at 224 px on 2 cores), 256 per device
+            on an accelerator (which a small batch leaves idle).
         dtype: computation dtype; ``jnp.bfloat16`` halves memory and speeds up accelerators
             (embeddings are returned as float32 either way).
         features: ``"pooled"`` (global-average-pooled last stage, the paper's; with ``layers``,
@@ -165,7 +171,7 @@ class Embedder:
         n_dev = len(self.devices)
         if batch_size is None:  # CPU "devices" share the host's cores: no more per device
             cpu = self.devices[0].platform == "cpu"
-            batch_size = min(_cpu_cores(), _CPU_BATCH) if cpu else _DEVICE_BATCH * n_dev
+            batch_size = cpu_batch(image_size) if cpu else _DEVICE_BATCH * n_dev
         self.batch_size = -(-batch_size // n_dev) * n_dev
         self.weights_source = describe_weights(weights)
 

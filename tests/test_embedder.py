@@ -154,8 +154,8 @@ def test_from_config_round_trip_and_overrides(tmp_path):
     )
     again = Embedder.from_config(emb.config(), progress=False)
     assert again.config() == emb.config()
-    # not part of the config: the default on a CPU, one image per core (at most 32)
-    assert again.batch_size == min(len(os.sched_getaffinity(0)), 32)
+    # not part of the config: the default on a CPU, about a 224-px image's pixels per core
+    assert again.batch_size == min(len(os.sched_getaffinity(0)) * 49, 32)  # 32 px: 49 per core
     same = Embedder.from_config(emb.config(), batch_size=4, progress=False)
     np.testing.assert_array_equal(same.embed(IMAGES[:2]), emb.embed(IMAGES[:2]))
     small = Embedder.from_config(emb.config(), batch_size=2, image_size=64, progress=False)

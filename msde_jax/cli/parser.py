@@ -87,7 +87,10 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="images per forward pass (default: one per CPU core, at most 32; 256 per GPU/TPU)",
+        help=(
+            "images per forward pass (default: a 224-px image's pixels per CPU core, at most "
+            "32; 256 per GPU/TPU)"
+        ),
     )
     g.add_argument(
         "--features",
@@ -365,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="images per forward pass (default: one per CPU core, at most 32; 256 per GPU/TPU)",
+        help=(
+            "images per forward pass (default: a 224-px image's pixels per CPU core, at most "
+            "32; 256 per GPU/TPU)"
+        ),
     )
     p.add_argument(
         "--heatmaps",
