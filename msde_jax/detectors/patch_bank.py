@@ -219,7 +219,7 @@ def _fit_states(
             np.searchsorted(member, rows // n_patches) * n_patches + rows % n_patches
             for member, rows in zip(members, (np.asarray(b.indices) for b in banks), strict=True)
         ]
-    else:  # a subset with no more patches than the bank: every patch, one fit per subset
+    else:  # a subset whose bank is all its patches: one bank_fit per subset
         banks = [
             bank_fit(
                 ordered[member].reshape(-1, c),
@@ -381,7 +381,9 @@ def fit_bank_detector(
     :func:`~msde_jax.detectors.fitting.cross_fit`) and the threshold is the
     ``1 − contamination`` quantile of those out-of-fold scores.
 
-    Runs eagerly (NumPy hashing, a Python loop over folds); its parts are jitted.
+    Runs eagerly (NumPy hashing and indexing); its parts are jitted, and the coresets of the
+    final bank and of every fold's bank are searched together, as one compiled program
+    (:func:`~msde_jax.core.bank_fit_subsets`).
 
     Args:
         x: (n, P, c) or (n, g, g, c) patch features of normal images
