@@ -13,10 +13,16 @@ from msde_jax.core.blocks import bucket_rows
 class _Compiles(logging.Handler):
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.names = []
+
+    @property
+    def count(self):
+        return len(self.names)
 
     def emit(self, record):
-        self.count += record.getMessage().startswith("Compiling")
+        message = record.getMessage()
+        if message.startswith("Compiling"):
+            self.names.append(message.split(" with ")[0].removeprefix("Compiling "))
 
 
 @pytest.fixture
@@ -114,6 +120,19 @@ def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):
     same = chunked_scores(score_bank_detector, det.state_._replace(config=other), patches[:20])
     np.testing.assert_array_equal(same, det.score_samples(patches[:20]))
     assert compiles.count == before
+
+
+def test_an_msde_fit_is_one_program_per_training_size(compiles):
+    """Density weights, shift, PCA and Gaussian of one training size are one compiled program
+    (no eager pieces between them): a fit on n rows cross-fits on n − ⌈n/5⌉ and n − ⌊n/5⌋, so
+    three sizes; a second fit with other fit-only parameters compiles nothing."""
+    x = _normals(12, n=103, d=5)  # folds of 20 and 21 rows: fits on 103, 83 and 82 rows
+    MSDEDetector(k=10).fit(x)
+    fits = [name for name in compiles.names if "_fit_arrays" in name]
+    assert len(fits) == 3, compiles.names
+    before = compiles.count
+    MSDEDetector(k=10, contamination=0.1).fit(x)
+    assert compiles.count == before, compiles.names[before:]
 
 
 # ---------------------------------------------------------------------- no host syncs in loops

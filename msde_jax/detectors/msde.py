@@ -7,6 +7,7 @@ is the facade over the two (:class:`~msde_jax.detectors.base.Detector`).
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, ClassVar, NamedTuple
 
@@ -259,10 +260,11 @@ class DetectorState(NamedTuple):
 
 
 # ---------------------------------------------------------------------- the pipeline
-def _density(z: ArrayLike, keys: np.ndarray | None, config: DetectorConfig) -> jax.Array:
-    """Density weights of ``z``; with content order, blocks follow the raw rows' ``keys``."""
+def _density(z: jax.Array, order: ArrayLike | None, config: DetectorConfig) -> jax.Array:
+    """Density weights of ``z``; with content order, the blocks follow ``order`` (the rows
+    sorted by their raw content keys)."""
     batch = config.batch(z.shape[0])
-    if not config.content_ordered:
+    if order is None:
         return density_weights(
             z,
             method=config.density,
@@ -270,7 +272,6 @@ def _density(z: ArrayLike, keys: np.ndarray | None, config: DetectorConfig) -> j
             index_sum_quirk=config.index_sum_quirk,
             batch_size=batch,
         )
-    order = np.argsort(keys, kind="stable")
     w = density_weights(
         z[order],
         n_neighbors=config.n_neighbors,
@@ -290,41 +291,69 @@ def _shift_kwargs(config: DetectorConfig, n_rows: int) -> dict[str, Any]:
     )
 
 
+@functools.partial(jax.jit, static_argnames=("config", "n_components"))
+def _fit_arrays(
+    z: jax.Array, order: jax.Array | None, config: DetectorConfig, n_components: int | None
+) -> tuple[jax.Array, jax.Array, jax.Array, PCAState | None, GaussianState | None]:
+    """The fit after standardising, as one program: density weights, the MSDE shift, and with
+    an int ``n_components`` the PCA and the Gaussian (``None`` for a variance fraction, whose
+    component count is read from the spectrum on the host).
+
+    Returns:
+        ``(density, reference, n_iter, pca, gaussian)``.
+    """
+    n = z.shape[0]
+    if config.mode == "none":
+        w, reference, n_iter = jnp.ones(n, z.dtype), z, jnp.zeros((), jnp.int32)
+    else:
+        w = _density(z, order, config)
+        shifted = mean_shift(z, w, neighbors=config.neighbors, **_shift_kwargs(config, n))
+        reference, n_iter = shifted.points, jnp.asarray(shifted.n_iter, jnp.int32)
+    if n_components is None:
+        return w, reference, n_iter, None, None
+    pca = pca_fit(reference, n_components)
+    gaussian = _gaussian(pca, reference, config)
+    return w, reference, n_iter, pca, gaussian
+
+
+def _gaussian(pca: PCAState, reference: jax.Array, config: DetectorConfig) -> GaussianState:
+    return gaussian_fit(
+        pca_transform(pca, reference), covariance=config.covariance, ridge=config.ridge
+    )
+
+
 def _fit_state(
     x: np.ndarray, keys: np.ndarray, config: DetectorConfig
 ) -> tuple[DetectorState, int]:
     """Fit on checked raw rows ``x`` with their content ``keys``: the state and the MSDE
-    iterations run."""
+    iterations run. Standardising runs on the host (float64 sums, so the row order does not
+    change the rounded result); the rest is one compiled program per training size
+    (:func:`_fit_arrays`)."""
     n, d = x.shape
     keys = keys if config.content_ordered else None
     if config.normalize == "l2":
         x = np.asarray(_l2_normalized(x))
     if config.standardize:
-        # float64 sums, so that reordering the rows does not change the rounded result.
         center = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
         scale = x.std(axis=0, dtype=np.float64).astype(x.dtype)
         scale[scale == 0] = 1.0  # constant features, as sklearn's StandardScaler
     else:
         center, scale = np.zeros(d, x.dtype), np.ones(d, x.dtype)
-    z = (x - center) / scale
-    if config.mode == "none":
-        w = jnp.ones(n, z.dtype)
-        reference, n_iter = jnp.asarray(z), 0
-    else:
-        w = _density(z, keys, config)
-        shifted = mean_shift(z, w, neighbors=config.neighbors, **_shift_kwargs(config, n))
-        reference, n_iter = shifted.points, int(shifted.n_iter)
+    z = jnp.asarray((x - center) / scale)
+    order = None if keys is None else jnp.asarray(np.argsort(keys, kind="stable"))
     nc = config.n_components
     if isinstance(nc, int | np.integer):
         nc = int(min(nc, d, n - 1))
-    pca = pca_fit(reference, nc)
-    gaussian = gaussian_fit(
-        pca_transform(pca, reference), covariance=config.covariance, ridge=config.ridge
+    w, reference, n_iter, pca, gaussian = _fit_arrays(
+        z, order, config.scoring(), nc if isinstance(nc, int) else None
     )
+    if pca is None:  # a fraction of the variance: its component count is read on the host
+        pca = pca_fit(reference, nc)
+        gaussian = _gaussian(pca, reference, config)
     state = DetectorState(
         center=jnp.asarray(center),
         scale=jnp.asarray(scale),
-        train=jnp.asarray(z),
+        train=z,
         density=w,
         reference=reference,
         pca=pca,
@@ -332,7 +361,7 @@ def _fit_state(
         train_keys=None if keys is None else jnp.asarray(keys.view(np.uint32).reshape(n, 2)),
         config=config,
     )
-    return state, n_iter
+    return state, int(n_iter)
 
 
 def _l2_normalized(x: ArrayLike) -> jax.Array:
@@ -394,14 +423,14 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     else:
         n_train = state.train.shape[0]
         joint = jnp.concatenate([state.train, z])
-        joint_keys = None
+        joint_order = None
         if config.content_ordered:
             train_keys = np.asarray(state.train_keys).view(np.uint64).reshape(-1)
             test_keys = row_keys(np.asarray(jax.device_get(x), dtype=state.center.dtype))
-            joint_keys = np.concatenate([train_keys, test_keys])
+            joint_order = np.argsort(np.concatenate([train_keys, test_keys]), kind="stable")
         res = mean_shift(
             joint,
-            _density(joint, joint_keys, config),
+            _density(joint, joint_order, config),
             neighbors=config.neighbors,
             **_shift_kwargs(config, joint.shape[0]),
         )
