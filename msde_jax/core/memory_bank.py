@@ -28,6 +28,9 @@ __all__ = [
 
 REDUCTIONS = ("max", "mean", "top")
 
+# The static arguments of the bank fits (shapes, loop counts, methods).
+_FIT_STATIC = ("size", "shift", "k", "max_iter", "density", "projection_dim", "batch_size")
+
 # Relative slack in ⌈q·P⌉ so that q·P landing a rounding error above an integer (0.7 · 10 is
 # 7.000000000000001 in float64) does not count one patch more.
 _ROUNDING_SLACK = 1e-6
@@ -51,18 +54,7 @@ class MemoryBank(NamedTuple):
     n_iter: jax.Array | int = 0
 
 
-@partial(
-    jax.jit,
-    static_argnames=(
-        "size",
-        "shift",
-        "k",
-        "max_iter",
-        "density",
-        "projection_dim",
-        "batch_size",
-    ),
-)
+@partial(jax.jit, static_argnames=_FIT_STATIC)
 def bank_fit(
     patches: ArrayLike,
     *,
@@ -130,18 +122,7 @@ def bank_fit(
     return enhance(x[indices], indices)
 
 
-@partial(
-    jax.jit,
-    static_argnames=(
-        "size",
-        "shift",
-        "k",
-        "max_iter",
-        "density",
-        "projection_dim",
-        "batch_size",
-    ),
-)
+@partial(jax.jit, static_argnames=_FIT_STATIC)
 def bank_fit_subsets(
     patches: ArrayLike,
     valid: ArrayLike,
