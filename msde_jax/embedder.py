@@ -28,7 +28,7 @@ from msde_jax.backbones.variables import describe_weights, load_backbone_variabl
 from msde_jax.io import images as _images
 from msde_jax.io import inputs as _inputs
 
-__all__ = ["FEATURES", "Embedder", "embed_together", "share_network"]
+__all__ = ["FEATURES", "Embedder", "cpu_batch", "embed_together", "share_network"]
 
 # Images per forward pass when ``batch_size=None``: per accelerator, and on a CPU about one
 # 224-px image's pixels per core (at most _CPU_BATCH), where small batches keep the activations
