@@ -1,0 +1,318 @@
+"""Finer patch grids and larger inputs for the default detector, judged by the label-free rule.
+
+Issue 22, item 3. The default rule (:func:`msde_jax.pipeline.presets.recommended`:
+EfficientNet-Lite0 ImageNet patch features of the backbone's patch layers, 3 × 3 aggregation,
+and ``PatchBankDetector()``) under several feature settings ``image_size:grid`` (``--settings``;
+``224:14`` is today's default, ``224:28`` a 4× finer patch grid, ``320:20`` a larger input whose
+grid keeps the stride-16 layer's footprint). For each dataset and setting this script
+
+1. builds the library's validation set (:func:`msde_jax.pipeline.selection.validation_set`, as
+   ``benchmarks/bench_ensemble.py`` and ``msde-jax evaluate`` do) once per ``--seeds`` seed: the
+   training normals split by content into a fitting part (80 %), clean held-out normals and
+   sources of synthetic anomalies. The split and the anomalies are the same for every setting
+   (made at the images' own resolution, or at the largest setting's side as
+   :func:`~msde_jax.pipeline.selection.select` would for candidates of mixed sizes);
+2. embeds every image through the cache (``--cache-dir``) and measures the embedder's rate
+   separately: ``--rate-images`` training images embedded without the cache, after one warm-up
+   batch (so compilation is not counted);
+3. fits the default detector on the fitting part (validation) and on all training normals
+   (test), timing the latter's ``fit`` (its first call, compilation included, and
+   ``--fit-repeats`` − 1 warm repeats) and its scoring of the test set;
+4. measures (a) the **synthetic-validation AUROC per family** (:data:`bench_ensemble.FAMILIES`,
+   mean over seeds), (b) the **label-free rule** (:func:`bench_ensemble.label_free_rule`: each
+   setting's rank among the settings in every family × dataset, averaged; the lowest mean rank
+   wins) and (c), reported only, the **real test AUROC / AP**, the **FPR of the threshold**
+   (``contamination`` 0.05) on the test normals, the fit and scoring times and the embedding
+   rate. Nothing here chooses by a test label, and nothing changes the library's default.
+
+Writes ``--out`` (JSON) and ``--markdown``. Times are wall times on whatever machine runs it.
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/bench_resolution.py --cache-dir .bench_cache_res \
+        --out resolution.json --markdown resolution.md
+    PYTHONPATH=. python benchmarks/bench_resolution.py --datasets pneumoniamnist \
+        --settings 64:8 64:4 --limit 60 --seeds 0 --fit-repeats 1   # a smoke run
+
+``--limit`` keeps the first N images per class of every dataset; ``--limit-for 224:28 1000``
+limits one setting only (on every dataset), should one setting's fits not fit the time budget.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from msde_jax._compilation import CompileCounter
+from msde_jax.pipeline import presets
+from msde_jax.pipeline.evaluation import embed, limit_dataset
+from msde_jax.pipeline.selection import validation_set
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ensemble import (  # noqa: E402
+    CONTAMINATION,
+    FAMILIES,
+    auroc,
+    label_free_rule,
+    load,
+)
+
+DEFAULT_SETTINGS = ("224:14", "224:28", "320:20", "320:14")
+
+
+def setting(text: str) -> tuple[int, int]:
+    """``"image_size:grid"`` → (image_size, grid)."""
+    try:
+        size, grid = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a setting is image_size:grid, got {text!r}") from None
+    return size, grid
+
+
+def family_aurocs(val_scores: dict[int, np.ndarray], vsets: dict, n_val: int) -> dict:
+    """Synthetic AUROC per family (held-out normals vs that family's anomalies), mean over
+    seeds; ``None`` for a family no seed made (tiny ``--limit`` runs only)."""
+    out = {}
+    for family, kinds in FAMILIES.items():
+        per_seed = []
+        for seed, v in vsets.items():
+            made = np.flatnonzero(np.isin(v.kinds, kinds))
+            if made.size:
+                idx = np.r_[np.arange(n_val), n_val + made]
+                y = np.r_[np.zeros(n_val), np.ones(made.size)]
+                per_seed.append(auroc(y, val_scores[seed][idx]))
+        out[family] = float(np.mean(per_seed)) if per_seed else None
+    return out
+
+
+def embed_rate(embedder, items: list, n: int) -> float:
+    """Images per second of ``embedder.embed`` on ``n`` of ``items`` (no cache), after one
+    warm-up batch of the same size (compilation excluded)."""
+    n = min(n, len(items))
+    batch = embedder.batch_size
+    n -= n % batch if n >= batch else 0
+    embedder.embed(items[:batch])
+    t = time.perf_counter()
+    embedder.embed(items[:n])
+    return n / (time.perf_counter() - t)
+
+
+def timed_fit(template, x: np.ndarray, repeats: int) -> tuple[object, dict]:
+    """A fitted copy of ``template`` and its fit times: the first call (compilation included,
+    the programs it compiled counted) and the fastest of ``repeats`` − 1 warm repeats."""
+    params = template.get_params()
+    with CompileCounter() as count:
+        t = time.perf_counter()
+        det = type(template)(**params).fit(x)
+        first = time.perf_counter() - t
+    warm = []
+    for _ in range(repeats - 1):
+        t = time.perf_counter()
+        type(template)(**params).fit(x)
+        warm.append(time.perf_counter() - t)
+    return det, {
+        "fit first s": first,
+        "fit programs compiled": count.compiled,
+        "fit warm s": min(warm) if warm else None,
+    }
+
+
+def run(dataset_name: str, settings: list[tuple[int, int]], args) -> list[dict]:
+    """One result per setting on one dataset (``bench_ensemble``'s run layout, with a single
+    candidate each, so that :func:`label_free_rule` ranks the settings)."""
+    dataset = limit_dataset(load(dataset_name), limit=args.limit)
+    train_all, test_all = list(dataset.train_normal), dataset.test_items()
+    labels_all = np.asarray(dataset.test_labels())
+    fallback = max(size for size, _ in settings)
+    vsets = {s: validation_set(train_all, fallback_size=fallback, seed=s) for s in args.seeds}
+    first = vsets[args.seeds[0]]
+    fit_idx, val_idx = first.fit, first.normals
+    for v in vsets.values():  # the split depends on content only
+        assert np.array_equal(v.fit, fit_idx)
+        assert np.array_equal(v.normals, val_idx)
+    n_val = len(val_idx)
+    out = []
+    for size, grid in settings:
+        name = f"{size}:{grid}"
+        start = time.perf_counter()
+        cand = presets.recommended(args.backbone, image_size=size, grid=grid)
+        embedder, template = cand.embedder, cand.detector
+        train, test, labels = train_all, test_all, labels_all
+        limit = dict(args.limit_for).get(name)
+        if limit is not None:  # this setting only: the first ``limit`` of each class
+            ds = limit_dataset(dataset, limit=limit)
+            train, test, labels = (
+                list(ds.train_normal),
+                ds.test_items(),
+                np.asarray(ds.test_labels()),
+            )
+        timings = {"embed rate img/s": embed_rate(embedder, train, args.rate_images)}
+        t = time.perf_counter()
+        opts = {"cache_dir": args.cache_dir, "progress": False}
+        tr = embed(embedder, train_all, what="train", **opts)
+        val = {
+            s: np.concatenate([tr[val_idx], embed(embedder, list(v.anomalies), **opts)])
+            for s, v in vsets.items()
+        }
+        te = embed(embedder, test, **opts)
+        tr_test = tr if limit is None else embed(embedder, train, what="train", **opts)
+        timings["embed (cache) s"] = time.perf_counter() - t
+        print(f"{dataset_name} {name}: features {tr.shape[1:]}, embedded", flush=True)
+
+        # (a) synthetic validation: fit on the fitting part, score held-out normals + anomalies.
+        t = time.perf_counter()
+        det = type(template)(**template.get_params()).fit(tr[fit_idx])
+        val_scores = {s: np.asarray(det.score_samples(x)) for s, x in val.items()}
+        timings["validation fit+score s"] = time.perf_counter() - t
+        del det
+        print(
+            f"{dataset_name} {name}: validation {timings['validation fit+score s']:.0f} s",
+            flush=True,
+        )
+
+        # (c) real test, reported only: fit on all training normals, score the test set.
+        full, fit_times = timed_fit(template, tr_test, args.fit_repeats)
+        timings.update(fit_times)
+        t = time.perf_counter()
+        scores = np.asarray(full.score_samples(te), np.float64)
+        timings["score test s"] = time.perf_counter() - t
+        normal = labels == 0
+        timings["total s"] = time.perf_counter() - start
+        result = {
+            "synthetic_auroc_by_family": family_aurocs(val_scores, vsets, n_val),
+            "auroc": auroc(labels, scores),
+            "ap": float(average_precision_score(labels, scores)),
+            "fpr_test_normals": float(np.mean(scores[normal] > full.threshold_)),
+            "threshold": float(full.threshold_),
+        }
+        out.append(
+            {
+                "dataset": dataset_name,
+                "setting": name,
+                "image_size": size,
+                "grid": grid,
+                "feature_shape": list(tr.shape[1:]),
+                "limit": limit,
+                "sizes": {
+                    "fit": len(fit_idx),
+                    "val_normal": n_val,
+                    "synthetic_per_seed": len(first.anomalies),
+                    "train": len(train),
+                    "test_normal": int(normal.sum()),
+                    "test_abnormal": int((~normal).sum()),
+                },
+                "result": result,
+                "timings": timings,
+            }
+        )
+        fam = " / ".join(
+            "—" if v is None else f"{v:.3f}" for v in result["synthetic_auroc_by_family"].values()
+        )
+        print(
+            f"{dataset_name} {name}: synthetic {fam}; test AUROC {result['auroc']:.3f} "
+            f"AP {result['ap']:.3f} FPR {result['fpr_test_normals']:.3f}; "
+            + ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if v is not None),
+            flush=True,
+        )
+    return out
+
+
+def rule(results: list[dict], datasets: list[str]) -> dict[str, float]:
+    """:func:`bench_ensemble.label_free_rule` with the settings as candidates: one ranking per
+    family × dataset."""
+    runs = [
+        {"results": {r["setting"]: r["result"] for r in results if r["dataset"] == d}}
+        for d in datasets
+    ]
+    return label_free_rule(runs)
+
+
+def markdown(results: list[dict], mean_rank: dict[str, float], chosen: str) -> str:
+    lines = [
+        "| dataset | setting | features | synthetic AUROC local / diffuse / global (mean) "
+        "| mean rank | **real AUROC** / AP | FPR test normals | embed img/s "
+        "| fit s (first / warm) | score test s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        x, t = r["result"], r["timings"]
+        by = [v for v in x["synthetic_auroc_by_family"].values() if v is not None]
+        fam = " / ".join(
+            "—" if v is None else f"{v:.3f}" for v in x["synthetic_auroc_by_family"].values()
+        )
+        warm = "—" if t["fit warm s"] is None else f"{t['fit warm s']:.1f}"
+        mark = " (chosen)" if r["setting"] == chosen else ""
+        limit = "" if r["limit"] is None else f", first {r['limit']} per class"
+        shape = "×".join(map(str, r["feature_shape"]))
+        lines.append(
+            f"| {r['dataset']} | {r['setting']}{mark}{limit} | {shape} | {fam} "
+            f"({np.mean(by):.3f}) | {mean_rank[r['setting']]:.2f} | **{x['auroc']:.3f}** / "
+            f"{x['ap']:.3f} | {x['fpr_test_normals']:.3f} | {t['embed rate img/s']:.0f} | "
+            f"{t['fit first s']:.1f} / {warm} | {t['score test s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--datasets", nargs="+", default=["brain_tumor_mri", "pneumoniamnist"])
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        type=setting,
+        default=[setting(s) for s in DEFAULT_SETTINGS],
+        help="image_size:grid pairs (default: %(default)s)",
+    )
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="synthesis seeds")
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per class")
+    p.add_argument(
+        "--limit-for",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("SETTING", "N"),
+        type=str,
+        help="the real-test fit of SETTING on the first N images per class only",
+    )
+    p.add_argument("--rate-images", type=int, default=128, help="images timed for the rate")
+    p.add_argument("--fit-repeats", type=int, default=2, help="timed fits on all normals")
+    p.add_argument("--cache-dir", default=".bench_cache_res")
+    p.add_argument("--out", default="resolution.json")
+    p.add_argument("--markdown", default="resolution.md")
+    args = p.parse_args(argv)
+    args.limit_for = [(s, int(n)) for s, n in args.limit_for]
+    names = [f"{s}:{g}" for s, g in args.settings]
+    if len(set(names)) != len(names):
+        p.error(f"settings repeat: {names}")
+    results = []
+    for d in args.datasets:
+        results += run(d, args.settings, args)
+        Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    mean_rank = rule(results, args.datasets)
+    chosen = min(mean_rank, key=mean_rank.get)
+    summary = {
+        "families": FAMILIES,
+        "contamination": CONTAMINATION,
+        "label_free_rule": "lowest mean rank of synthetic AUROC over families x datasets",
+        "chosen": chosen,
+        "mean_rank": mean_rank,
+        "args": vars(args),
+        "results": results,
+    }
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    table = markdown(results, mean_rank, chosen)
+    Path(args.markdown).write_text(table)
+    print(table)
+    print(f"label-free choice (lowest mean rank): {chosen}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
