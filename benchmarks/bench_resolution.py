@@ -4,7 +4,8 @@ Issue 22, item 3. The default rule (:func:`msde_jax.pipeline.presets.recommended
 EfficientNet-Lite0 ImageNet patch features of the backbone's patch layers, 3 × 3 aggregation,
 and ``PatchBankDetector()``) under several feature settings ``image_size:grid`` (``--settings``;
 ``224:14`` is today's default, ``224:28`` a 4× finer patch grid, ``320:20`` a larger input whose
-grid keeps the stride-16 layer's footprint). For each dataset and setting this script
+grid keeps the stride-16 layer's footprint; a ``:mirror`` suffix, e.g. ``224:14:mirror``, a
+mirror-augmented bank: issue 22, item 2). For each dataset and setting this script
 
 1. builds the library's validation set (:func:`msde_jax.pipeline.selection.validation_set`, as
    ``benchmarks/bench_ensemble.py`` and ``msde-jax evaluate`` do) once per ``--seeds`` seed: the
@@ -17,7 +18,11 @@ grid keeps the stride-16 layer's footprint). For each dataset and setting this s
    batch (so compilation is not counted);
 3. fits the default detector on the fitting part (validation) and on all training normals
    (test), timing the latter's ``fit`` (its first call, compilation included, and
-   ``--fit-repeats`` − 1 warm repeats) and its scoring of the test set;
+   ``--fit-repeats`` − 1 warm repeats) and its scoring of the test set. A ``:mirror`` setting
+   fits both banks on those images **plus their left–right mirrors** (embedded by
+   ``embedder.flipped()``, new cache entries; each image and its mirror share a cross-fit fold
+   of the threshold, ``fit(..., groups=...)``), and scores the un-mirrored held-out and test
+   images exactly as the plain setting does;
 4. measures (a) the **synthetic-validation AUROC per family** (:data:`bench_ensemble.FAMILIES`,
    mean over seeds), (b) the **label-free rule** (:func:`bench_ensemble.label_free_rule`: each
    setting's rank among the settings in every family × dataset, averaged; the lowest mean rank
@@ -43,6 +48,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.metrics import average_precision_score
@@ -64,13 +70,38 @@ from bench_ensemble import (  # noqa: E402
 DEFAULT_SETTINGS = ("224:14", "224:28", "320:20", "320:14")
 
 
-def setting(text: str) -> tuple[int, int]:
-    """``"image_size:grid"`` → (image_size, grid)."""
+class Setting(NamedTuple):
+    size: int
+    grid: int
+    mirror: bool = False  # fit the banks on the images plus their left–right mirrors
+
+    @property
+    def name(self) -> str:
+        return f"{self.size}:{self.grid}" + ":mirror" * self.mirror
+
+
+def setting(text: str) -> Setting:
+    """``"image_size:grid"`` or ``"image_size:grid:mirror"`` → :class:`Setting`."""
+    parts = text.split(":")
+    mirror = len(parts) == 3 and parts[2] == "mirror"
     try:
-        size, grid = (int(v) for v in text.split(":"))
+        if len(parts) != 2 + mirror:
+            raise ValueError
+        size, grid = (int(v) for v in parts[:2])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a setting is image_size:grid, got {text!r}") from None
-    return size, grid
+        raise argparse.ArgumentTypeError(
+            f"a setting is image_size:grid or image_size:grid:mirror, got {text!r}"
+        ) from None
+    return Setting(size, grid, mirror)
+
+
+def with_mirrors(x: np.ndarray, x_mirror: np.ndarray | None) -> tuple[np.ndarray, object]:
+    """The bank's training features and ``groups``: ``x`` alone (no groups), or ``x`` plus
+    its mirrors ``x_mirror``, each image and its mirror one group (one cross-fit fold)."""
+    if x_mirror is None:
+        return x, None
+    ids = np.arange(len(x))
+    return np.concatenate([x, x_mirror]), np.r_[ids, ids]
 
 
 def family_aurocs(val_scores: dict[int, np.ndarray], vsets: dict, n_val: int) -> dict:
@@ -101,18 +132,18 @@ def embed_rate(embedder, items: list, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def timed_fit(template, x: np.ndarray, repeats: int) -> tuple[object, dict]:
+def timed_fit(template, x: np.ndarray, repeats: int, groups=None) -> tuple[object, dict]:
     """A fitted copy of ``template`` and its fit times: the first call (compilation included,
     the programs it compiled counted) and the fastest of ``repeats`` − 1 warm repeats."""
     params = template.get_params()
     with CompileCounter() as count:
         t = time.perf_counter()
-        det = type(template)(**params).fit(x)
+        det = type(template)(**params).fit(x, groups=groups)
         first = time.perf_counter() - t
     warm = []
     for _ in range(repeats - 1):
         t = time.perf_counter()
-        type(template)(**params).fit(x)
+        type(template)(**params).fit(x, groups=groups)
         warm.append(time.perf_counter() - t)
     return det, {
         "fit first s": first,
@@ -121,13 +152,13 @@ def timed_fit(template, x: np.ndarray, repeats: int) -> tuple[object, dict]:
     }
 
 
-def run(dataset_name: str, settings: list[tuple[int, int]], args) -> list[dict]:
+def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
     """One result per setting on one dataset (``bench_ensemble``'s run layout, with a single
     candidate each, so that :func:`label_free_rule` ranks the settings)."""
     dataset = limit_dataset(load(dataset_name), limit=args.limit)
     train_all, test_all = list(dataset.train_normal), dataset.test_items()
     labels_all = np.asarray(dataset.test_labels())
-    fallback = max(size for size, _ in settings)
+    fallback = max(s.size for s in settings)
     vsets = {s: validation_set(train_all, fallback_size=fallback, seed=s) for s in args.seeds}
     first = vsets[args.seeds[0]]
     fit_idx, val_idx = first.fit, first.normals
@@ -136,8 +167,8 @@ def run(dataset_name: str, settings: list[tuple[int, int]], args) -> list[dict]:
         assert np.array_equal(v.normals, val_idx)
     n_val = len(val_idx)
     out = []
-    for size, grid in settings:
-        name = f"{size}:{grid}"
+    for size, grid, mirror in settings:
+        name = Setting(size, grid, mirror).name
         start = time.perf_counter()
         cand = presets.recommended(args.backbone, image_size=size, grid=grid)
         embedder, template = cand.embedder, cand.detector
@@ -160,12 +191,17 @@ def run(dataset_name: str, settings: list[tuple[int, int]], args) -> list[dict]:
         }
         te = embed(embedder, test, **opts)
         tr_test = tr if limit is None else embed(embedder, train, what="train", **opts)
+        tr_m = tr_test_m = None
+        if mirror:  # the mirrors of the training normals: the bank's augmentation only
+            tr_m = embed(embedder.flipped(), train_all, what="train mirror", **opts)
+            tr_test_m = tr_m if limit is None else embed(embedder.flipped(), train, **opts)
         timings["embed (cache) s"] = time.perf_counter() - t
         print(f"{dataset_name} {name}: features {tr.shape[1:]}, embedded", flush=True)
 
         # (a) synthetic validation: fit on the fitting part, score held-out normals + anomalies.
         t = time.perf_counter()
-        det = type(template)(**template.get_params()).fit(tr[fit_idx])
+        x, groups = with_mirrors(tr[fit_idx], None if tr_m is None else tr_m[fit_idx])
+        det = type(template)(**template.get_params()).fit(x, groups=groups)
         val_scores = {s: np.asarray(det.score_samples(x)) for s, x in val.items()}
         timings["validation fit+score s"] = time.perf_counter() - t
         del det
@@ -175,7 +211,8 @@ def run(dataset_name: str, settings: list[tuple[int, int]], args) -> list[dict]:
         )
 
         # (c) real test, reported only: fit on all training normals, score the test set.
-        full, fit_times = timed_fit(template, tr_test, args.fit_repeats)
+        x, groups = with_mirrors(tr_test, tr_test_m)
+        full, fit_times = timed_fit(template, x, args.fit_repeats, groups)
         timings.update(fit_times)
         t = time.perf_counter()
         scores = np.asarray(full.score_samples(te), np.float64)
@@ -195,6 +232,7 @@ def run(dataset_name: str, settings: list[tuple[int, int]], args) -> list[dict]:
                 "setting": name,
                 "image_size": size,
                 "grid": grid,
+                "mirror": mirror,
                 "feature_shape": list(tr.shape[1:]),
                 "limit": limit,
                 "sizes": {
@@ -267,7 +305,9 @@ def main(argv=None) -> int:
         nargs="+",
         type=setting,
         default=[setting(s) for s in DEFAULT_SETTINGS],
-        help="image_size:grid pairs (default: %(default)s)",
+        help="image_size:grid pairs, :mirror for a mirror-augmented bank (default: "
+        + " ".join(DEFAULT_SETTINGS)
+        + ")",
     )
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="synthesis seeds")
@@ -288,7 +328,7 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", default="resolution.md")
     args = p.parse_args(argv)
     args.limit_for = [(s, int(n)) for s, n in args.limit_for]
-    names = [f"{s}:{g}" for s, g in args.settings]
+    names = [s.name for s in args.settings]
     if len(set(names)) != len(names):
         p.error(f"settings repeat: {names}")
     results = []
