@@ -125,7 +125,9 @@ def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):
 def test_an_msde_fit_is_one_program_per_training_size(compiles):
     """Density weights, shift, PCA and Gaussian of one training size are one compiled program
     (no eager pieces between them): a fit on n rows cross-fits on n − ⌈n/5⌉ and n − ⌊n/5⌋, so
-    three sizes; a second fit with other fit-only parameters compiles nothing."""
+    three sizes. A second fit with other fit-only parameters compiles nothing; one with another
+    step size, tolerance, ridge or score compiles no new fit program (numbers are traced, the
+    score is not part of the fit)."""
     x = _normals(12, n=103, d=5)  # folds of 20 and 21 rows: fits on 103, 83 and 82 rows
     MSDEDetector(k=10).fit(x)
     fits = [name for name in compiles.names if "_fit_arrays" in name]
@@ -133,6 +135,9 @@ def test_an_msde_fit_is_one_program_per_training_size(compiles):
     before = compiles.count
     MSDEDetector(k=10, contamination=0.1).fit(x)
     assert compiles.count == before, compiles.names[before:]
+    other = MSDEDetector(k=10, step_size=0.5, tol=0.02, ridge=1e-3, score="displacement")
+    other.fit(x)
+    assert not [name for name in compiles.names[before:] if "_fit_arrays" in name]
 
 
 # ---------------------------------------------------------------------- no host syncs in loops

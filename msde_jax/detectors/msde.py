@@ -291,13 +291,31 @@ def _shift_kwargs(config: DetectorConfig, n_rows: int) -> dict[str, Any]:
     )
 
 
+# The fit program is keyed by the config with these at their defaults: the numbers reach it
+# traced (a new step size or ridge does not recompile) and the rest it never reads, so
+# detectors that differ only in them (their score, a threshold) share the program.
+_TRACED = ("step_size", "tol", "ridge")
+_NOT_READ = ("score", "score_neighbors", "normalize", "standardize")
+
+
+def _program_config(config: DetectorConfig) -> DetectorConfig:
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    unread = {name: fields[name].default for name in (*_TRACED, *_NOT_READ)}
+    return dataclasses.replace(config.scoring(), **unread)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "n_components"))
 def _fit_arrays(
-    z: jax.Array, order: jax.Array | None, config: DetectorConfig, n_components: int | None
+    z: jax.Array,
+    order: jax.Array | None,
+    numbers: dict[str, jax.Array],
+    config: DetectorConfig,
+    n_components: int | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, PCAState | None, GaussianState | None]:
     """The fit after standardising, as one program: density weights, the MSDE shift, and with
     an int ``n_components`` the PCA and the Gaussian (``None`` for a variance fraction, whose
-    component count is read from the spectrum on the host).
+    component count is read from the spectrum on the host). ``numbers`` holds the traced
+    ``step_size``, ``tol`` and ``ridge``; ``config`` (:func:`_program_config`) the rest.
 
     Returns:
         ``(density, reference, n_iter, pca, gaussian)``.
@@ -307,19 +325,21 @@ def _fit_arrays(
         w, reference, n_iter = jnp.ones(n, z.dtype), z, jnp.zeros((), jnp.int32)
     else:
         w = _density(z, order, config)
-        shifted = mean_shift(z, w, neighbors=config.neighbors, **_shift_kwargs(config, n))
+        shift = {**_shift_kwargs(config, n), "step_size": numbers["step_size"]}
+        shift["tol"] = numbers["tol"]
+        shifted = mean_shift(z, w, neighbors=config.neighbors, **shift)
         reference, n_iter = shifted.points, jnp.asarray(shifted.n_iter, jnp.int32)
     if n_components is None:
         return w, reference, n_iter, None, None
     pca = pca_fit(reference, n_components)
-    gaussian = _gaussian(pca, reference, config)
+    gaussian = _gaussian(pca, reference, config.covariance, numbers["ridge"])
     return w, reference, n_iter, pca, gaussian
 
 
-def _gaussian(pca: PCAState, reference: jax.Array, config: DetectorConfig) -> GaussianState:
-    return gaussian_fit(
-        pca_transform(pca, reference), covariance=config.covariance, ridge=config.ridge
-    )
+def _gaussian(
+    pca: PCAState, reference: jax.Array, covariance: str, ridge: float | jax.Array
+) -> GaussianState:
+    return gaussian_fit(pca_transform(pca, reference), covariance=covariance, ridge=ridge)
 
 
 def _fit_state(
@@ -344,12 +364,13 @@ def _fit_state(
     nc = config.n_components
     if isinstance(nc, int | np.integer):
         nc = int(min(nc, d, n - 1))
+    numbers = {name: np.asarray(getattr(config, name), z.dtype) for name in _TRACED}
     w, reference, n_iter, pca, gaussian = _fit_arrays(
-        z, order, config.scoring(), nc if isinstance(nc, int) else None
+        z, order, numbers, _program_config(config), nc if isinstance(nc, int) else None
     )
     if pca is None:  # a fraction of the variance: its component count is read on the host
         pca = pca_fit(reference, nc)
-        gaussian = _gaussian(pca, reference, config)
+        gaussian = _gaussian(pca, reference, config.covariance, config.ridge)
     state = DetectorState(
         center=jnp.asarray(center),
         scale=jnp.asarray(scale),
