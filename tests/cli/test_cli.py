@@ -204,20 +204,39 @@ def test_conflicting_detector_options_are_one_line_errors(tmp_path, capsys, opti
     assert not out.exists()
 
 
-def test_select_picks_by_synthetic_validation(tmp_path, capsys):
+def _select_demo(tmp_path, capsys, n_candidates):
     out = tmp_path / "r"
     assert main(["demo", "--out", str(out), "--limit", "20", *EMBED, "--select"]) == 0
     printed = capsys.readouterr().out
     config = json.loads((out / "metrics.json").read_text())["config"]
     validated = config["synthetic_validation"]["auroc"]
     assert list(validated)[0] == "bank:top"
-    assert len(validated) == 10
+    assert len(validated) == n_candidates
     assert validated["msde:head"] is None  # k=50 neighbours, 16 fitting normals: not fitted
     measured = {n: v for n, v in validated.items() if v is not None}
     best = max(measured, key=measured.get)  # the first of equals, as select()
     assert config["configuration"] == f"{best} (selected)"
     assert f"configuration: {best} (selected)" in printed
-    assert "10 configuration(s); msde:head not fitted)" in printed
+    assert f"{n_candidates} configuration(s); msde:head not fitted)" in printed
+
+
+def test_select_picks_by_synthetic_validation(tmp_path, capsys, monkeypatch):
+    """The CLI's --select on three of the candidates (the full pool: the slow test below)."""
+    from msde_jax.pipeline import presets
+
+    every = presets.candidates
+
+    def three(backbone, **options):
+        pool = every(backbone, **options)
+        return {name: pool[name] for name in ("bank:top", "knn:head", "msde:head")}
+
+    monkeypatch.setattr(presets, "candidates", three)
+    _select_demo(tmp_path, capsys, 3)
+
+
+@pytest.mark.slow
+def test_select_validates_every_candidate(tmp_path, capsys):
+    _select_demo(tmp_path, capsys, 10)
 
 
 def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
