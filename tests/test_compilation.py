@@ -152,7 +152,13 @@ def _unknown_trip_count_loops(compiled_text: str) -> list[str]:
 
 
 def test_fit_and_score_programs_have_no_data_dependent_loops():
-    from msde_jax.core import approximate_knn, density_weights, kcenter_greedy, mean_shift
+    from msde_jax.core import (
+        approximate_knn,
+        bank_fit_subsets,
+        density_weights,
+        kcenter_greedy,
+        mean_shift,
+    )
     from msde_jax.core.fuzzy import fuzzy_simplicial_set
     from msde_jax.core.neighbors import knn
     from msde_jax.detectors import fit_bank_detector, score_bank_detector, score_detector
@@ -169,6 +175,9 @@ def test_fit_and_score_programs_have_no_data_dependent_loops():
         "inductive shift": mean_shift.lower(x[:40], reference=x, k=10, batch_size=16),
         "approximate knn": approximate_knn.lower(x, k=10, leaf_size=32),
         "coreset": kcenter_greedy.lower(x, 20),
+        "shifted banks of three subsets": bank_fit_subsets.lower(
+            x, np.arange(300) % np.array([[1], [2], [3]]) != 1, size=20, shift=True, k=5
+        ),
     }
     det = MSDEDetector(k=10).fit(x)
     programs["score_detector (inductive)"] = jax.jit(score_detector).lower(det.state_, x[:32])
