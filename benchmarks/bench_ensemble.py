@@ -42,7 +42,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -317,21 +319,40 @@ def main(argv=None) -> int:
             runs.append(run(d, b, args))
             Path(args.out).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2))
     mean_rank = label_free_rule(runs)
+    write_choice(
+        args,
+        mean_rank,
+        "lowest mean rank of synthetic AUROC over families x runs",
+        lambda chosen: markdown(runs, mean_rank, chosen),
+        runs=runs,
+    )
+    return 0
+
+
+def write_choice(
+    args: argparse.Namespace,
+    mean_rank: dict[str, float],
+    rule_text: str,
+    table: Callable[[str], str],
+    **results: Any,
+) -> str:
+    """The rule's choice (lowest mean rank) with the runs to ``args.out`` (JSON) and its table
+    to ``args.markdown`` and stdout; returns the choice."""
     chosen = min(mean_rank, key=mean_rank.get)
     summary = {
         "families": FAMILIES,
-        "label_free_rule": "lowest mean rank of synthetic AUROC over families x runs",
+        "label_free_rule": rule_text,
         "chosen": chosen,
         "mean_rank": mean_rank,
         "args": vars(args),
-        "runs": runs,
+        **results,
     }
     Path(args.out).write_text(json.dumps(summary, indent=2))
-    table = markdown(runs, mean_rank, chosen)
-    Path(args.markdown).write_text(table)
-    print(table)
+    text = table(chosen)
+    Path(args.markdown).write_text(text)
+    print(text)
     print(f"label-free choice (lowest mean rank): {chosen}")
-    return 0
+    return chosen
 
 
 if __name__ == "__main__":

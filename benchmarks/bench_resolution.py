@@ -65,6 +65,7 @@ from bench_ensemble import (  # noqa: E402
     auroc,
     label_free_rule,
     load,
+    write_choice,
 )
 
 DEFAULT_SETTINGS = ("224:14", "224:28", "320:20", "320:14")
@@ -336,21 +337,14 @@ def main(argv=None) -> int:
         results += run(d, args.settings, args)
         Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     mean_rank = rule(results, args.datasets)
-    chosen = min(mean_rank, key=mean_rank.get)
-    summary = {
-        "families": FAMILIES,
-        "contamination": CONTAMINATION,
-        "label_free_rule": "lowest mean rank of synthetic AUROC over families x datasets",
-        "chosen": chosen,
-        "mean_rank": mean_rank,
-        "args": vars(args),
-        "results": results,
-    }
-    Path(args.out).write_text(json.dumps(summary, indent=2))
-    table = markdown(results, mean_rank, chosen)
-    Path(args.markdown).write_text(table)
-    print(table)
-    print(f"label-free choice (lowest mean rank): {chosen}")
+    write_choice(
+        args,
+        mean_rank,
+        "lowest mean rank of synthetic AUROC over families x datasets",
+        lambda chosen: markdown(results, mean_rank, chosen),
+        contamination=CONTAMINATION,
+        results=results,
+    )
     return 0
 
 
