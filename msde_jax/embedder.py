@@ -32,8 +32,8 @@ __all__ = ["FEATURES", "Embedder", "cpu_batch", "embed_together", "share_network
 
 # Images per forward pass when ``batch_size=None``: per accelerator, and on a CPU about one
 # 224-px image's pixels per core (at most _CPU_BATCH), where small batches keep the activations
-# in cache: at 224 px EfficientNet-Lite0 ran 108 img/s with batches of 2 and 68 with batches of
-# 32 on 2 cores (MobileNetV2 93 vs 61, ResNet-18 43 vs 45), while small images need more per
+# in cache: at 224 px EfficientNet-Lite0 ran 100-112 img/s with batches of 2 and 68 with batches
+# of 32 on 2 cores (MobileNetV2 93 vs 61, ResNet-18 43 vs 45), while small images need more per
 # batch to amortise each call.
 _CPU_BATCH = 32
 _CPU_PIXELS = 224 * 224
@@ -97,7 +97,7 @@ class Embedder:
         batch_size: images per forward pass; the last batch is padded so the network compiles
             once. Rounded up to a multiple of the device count. ``None``: on a CPU about
             one 224-px image's pixels per core, at most 32 images (:func:`cpu_batch`: small
-            batches stay in cache, 1.6× faster than 32 at 224 px on 2 cores), 256 per device
+            batches stay in cache, about 1.5× faster than 32 at 224 px on 2 cores), 256 per device
             on an accelerator (which a small batch leaves idle).
         dtype: computation dtype; ``jnp.bfloat16`` halves memory and speeds up accelerators
             (embeddings are returned as float32 either way).
@@ -241,8 +241,14 @@ class Embedder:
         """Shape of one image's embedding: ``(d,)``, or ``(grid, grid, d)`` for patches."""
         # The shape follows from the architecture and the readout, not the weights or batch:
         # traced once per process (tracing a backbone takes a fraction of a second).
-        key = (self.backbone, self.image_size, self.features, self.layers, self.grid)
-        key += (self.aggregate,)
+        key = (
+            self.backbone,
+            self.image_size,
+            self.features,
+            self.layers,
+            self.grid,
+            self.aggregate,
+        )
         if key not in _OUTPUT_SHAPES:
             shape = (self.batch_size, self.image_size, self.image_size, 3)
             out = jax.eval_shape(self._forward, self._variables, jax.ShapeDtypeStruct(shape, "f4"))

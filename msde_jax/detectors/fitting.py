@@ -169,6 +169,7 @@ def cross_fit(
             x, keys, config, [everything] + [np.setdiff1d(everything, h) for h in held_out]
         )
         state, n_iter = fitted[0]
+        # the folds partition the samples, so a fold's first index names it
         by_fold = {int(held[0]): fold[0] for held, fold in zip(held_out, fitted[1:], strict=True)}
     else:
         state, n_iter = fit(x, keys, config)

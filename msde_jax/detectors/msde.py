@@ -325,8 +325,8 @@ def _fit_arrays(
         w, reference, n_iter = jnp.ones(n, z.dtype), z, jnp.zeros((), jnp.int32)
     else:
         w = _density(z, order, config)
-        shift = {**_shift_kwargs(config, n), "step_size": numbers["step_size"]}
-        shift["tol"] = numbers["tol"]
+        traced = {"step_size": numbers["step_size"], "tol": numbers["tol"]}
+        shift = {**_shift_kwargs(config, n), **traced}
         shifted = mean_shift(z, w, neighbors=config.neighbors, **shift)
         reference, n_iter = shifted.points, jnp.asarray(shifted.n_iter, jnp.int32)
     if n_components is None:

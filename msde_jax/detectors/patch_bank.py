@@ -179,7 +179,7 @@ def _fit_states(
     position) for the weights and the shift. When every subset has more patches than the bank
     holds, all the coreset searches run as one program over the patches padded to
     ``bucket_fit_rows(n)`` images (:func:`~msde_jax.core.bank_fit_subsets`): the final fit and
-    the cross-fit folds cost about one search, and nearby n share the program.
+    the cross-fit folds share each pass over the patches, and nearby n share the program.
     """
     n, c = x.shape[0], x.shape[-1]
     n_patches = math.prod(x.shape[1:-1])
@@ -199,8 +199,8 @@ def _fit_states(
         "projection_dim": config.projection(c),
         "key": jax.random.key(config.seed),
     }
-    padded = bucket_fit_rows(n)
     if config.size < min(member.size for member in members) * n_patches:
+        padded = bucket_fit_rows(n)
         valid = np.zeros((len(members), padded), bool)
         for s, member in enumerate(members):
             valid[s, member] = True
