@@ -7,7 +7,12 @@ the Gaussian, metrics and anomaly maps. No I/O, no classes with hidden state.
 """
 
 from msde_jax.core.approximate_knn import approximate_knn
-from msde_jax.core.coreset import kcenter_greedy, kcenter_greedy_subsets, random_projection
+from msde_jax.core.coreset import (
+    kcenter_greedy,
+    kcenter_greedy_batched,
+    kcenter_greedy_subsets,
+    random_projection,
+)
 from msde_jax.core.density import density_weights
 from msde_jax.core.foreground import Foreground, foreground_fit, foreground_mask
 from msde_jax.core.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, fuzzy_union
@@ -46,6 +51,7 @@ __all__ = [
     "gaussian_logpdf",
     "image_scores",
     "kcenter_greedy",
+    "kcenter_greedy_batched",
     "kcenter_greedy_subsets",
     "knn",
     "mahalanobis",

@@ -12,6 +12,7 @@ from msde_jax.core.blocks import map_rows, sq_norms
 
 __all__ = [
     "kcenter_greedy",
+    "kcenter_greedy_batched",
     "kcenter_greedy_subsets",
     "random_projection",
 ]
@@ -149,6 +150,46 @@ def kcenter_greedy_subsets(
     _check_select(n_select, x.shape[0])
     starts = jnp.argmax(valid, axis=1).astype(jnp.int32)
     return _greedy(x, n_select, valid, starts, projection_dim, key, batch_size)
+
+
+@partial(jax.jit, static_argnames=("n_select", "projection_dim"))
+def kcenter_greedy_batched(
+    x: ArrayLike,
+    n_select: int,
+    n_valid: ArrayLike,
+    *,
+    projection_dim: int | None = None,
+    key: ArrayLike | None = None,
+) -> jax.Array:
+    """:func:`kcenter_greedy` on each of B separate row sets at once, as one compiled program.
+
+    Search b runs over the first ``n_valid[b]`` rows of ``x[b]`` from its row 0 and gives the
+    indices :func:`kcenter_greedy` gives on them (every set projected by the same ``key``).
+    The B searches advance together, so a step costs one pass over all the rows, as one
+    search over their union would, but there are ``n_select`` steps in all rather than B ×
+    ``n_select``. The chunks of a two-stage memory-bank coreset run this way.
+
+    Args:
+        x: (B, n, d) row sets, each padded to n rows.
+        n_select: rows chosen per set, at most every ``n_valid[b]`` (static; not checked).
+        n_valid: (B,) how many leading rows of each set are candidates (traced).
+        projection_dim: as in :func:`kcenter_greedy` (static).
+        key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
+
+    Returns:
+        (B, n_select) int32 row indices into each set, in the order they were chosen.
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be (sets, rows, features), got shape {x.shape}.")
+    _check_select(n_select, x.shape[1])
+
+    def one(rows: jax.Array, count: jax.Array) -> jax.Array:
+        valid = (jnp.arange(rows.shape[0]) < count)[None]
+        start = jnp.zeros(1, jnp.int32)
+        return _greedy(rows, n_select, valid, start, projection_dim, key, None)[0]
+
+    return jax.vmap(one)(x, jnp.asarray(n_valid, jnp.int32))
 
 
 def _check_select(n_select: int, n: int) -> None:

@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msde_jax.core import kcenter_greedy, kcenter_greedy_subsets, random_projection
+from msde_jax.core import (
+    kcenter_greedy,
+    kcenter_greedy_batched,
+    kcenter_greedy_subsets,
+    random_projection,
+)
 
 N, D = 41, 5
 
@@ -186,3 +191,23 @@ def test_subsets_equal_separate_searches(x64, dtype, projection_dim):
 def test_subsets_refuse_a_bad_mask():
     with pytest.raises(ValueError, match="valid must be"):
         kcenter_greedy_subsets(_data(0), 3, np.ones(N, bool))
+
+
+@pytest.mark.parametrize("projection_dim", [None, 4])
+def test_batched_equals_separate_searches(projection_dim):
+    """Each set's search is the search on its own valid rows; the padding is never chosen."""
+    x = _data(5, 3 * 90, 6).astype(np.float32).reshape(3, 90, 6)
+    counts = np.array([90, 61, 30], np.int32)
+    for b, count in enumerate(counts):
+        x[b, count:] = 50.0  # padding far away: a search that saw it would pick it first
+    got = kcenter_greedy_batched(x, 20, counts, projection_dim=projection_dim)
+    assert got.shape == (3, 20)
+    assert got.dtype == np.int32
+    for b, count in enumerate(counts):
+        alone = kcenter_greedy(x[b, :count], 20, projection_dim=projection_dim)
+        np.testing.assert_array_equal(got[b], alone)
+
+
+def test_batched_refuses_a_bad_shape():
+    with pytest.raises(ValueError, match="x must be"):
+        kcenter_greedy_batched(_data(0), 3, np.array([5]))
