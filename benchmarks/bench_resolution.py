@@ -75,25 +75,29 @@ class Setting(NamedTuple):
     size: int
     grid: int
     mirror: bool = False  # fit the banks on the images plus their left–right mirrors
+    two_stage: bool = False  # PatchBankDetector(coreset="two_stage")
 
     @property
     def name(self) -> str:
-        return f"{self.size}:{self.grid}" + ":mirror" * self.mirror
+        return f"{self.size}:{self.grid}" + ":mirror" * self.mirror + ":two_stage" * self.two_stage
 
 
 def setting(text: str) -> Setting:
-    """``"image_size:grid"`` or ``"image_size:grid:mirror"`` → :class:`Setting`."""
+    """``"image_size:grid"``, optionally followed by ``:mirror`` and/or ``:two_stage``
+    → :class:`Setting`."""
     parts = text.split(":")
-    mirror = len(parts) == 3 and parts[2] == "mirror"
+    flags = parts[2:]
     try:
-        if len(parts) != 2 + mirror:
+        if len(parts) < 2 or len(set(flags)) != len(flags):
+            raise ValueError
+        if not set(flags) <= {"mirror", "two_stage"}:
             raise ValueError
         size, grid = (int(v) for v in parts[:2])
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"a setting is image_size:grid or image_size:grid:mirror, got {text!r}"
+            f"a setting is image_size:grid[:mirror][:two_stage], got {text!r}"
         ) from None
-    return Setting(size, grid, mirror)
+    return Setting(size, grid, "mirror" in flags, "two_stage" in flags)
 
 
 def with_mirrors(x: np.ndarray, x_mirror: np.ndarray | None) -> tuple[np.ndarray, object]:
@@ -168,11 +172,13 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         assert np.array_equal(v.normals, val_idx)
     n_val = len(val_idx)
     out = []
-    for size, grid, mirror in settings:
-        name = Setting(size, grid, mirror).name
+    for size, grid, mirror, two_stage in settings:
+        name = Setting(size, grid, mirror, two_stage).name
         start = time.perf_counter()
         cand = presets.recommended(args.backbone, image_size=size, grid=grid)
         embedder, template = cand.embedder, cand.detector
+        if two_stage:
+            template.set_params(coreset="two_stage")
         train, test, labels = train_all, test_all, labels_all
         limit = dict(args.limit_for).get(name)
         if limit is not None:  # this setting only: the first ``limit`` of each class
@@ -306,7 +312,8 @@ def main(argv=None) -> int:
         nargs="+",
         type=setting,
         default=[setting(s) for s in DEFAULT_SETTINGS],
-        help="image_size:grid pairs, :mirror for a mirror-augmented bank (default: "
+        help="image_size:grid pairs, :mirror for a mirror-augmented bank, :two_stage for "
+        "coreset='two_stage' (default: "
         + " ".join(DEFAULT_SETTINGS)
         + ")",
     )

@@ -42,10 +42,11 @@ def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int]:
     return requested, compiled
 
 
-# What a default `msde-jax evaluate` may compile (README "Compilation"): the bank fit of the full
-# set with its cross-fit folds (one program) and the validation's (another); one scoring program
+# What a default `msde-jax evaluate` may compile (README "Compilation"): the two-stage coreset's
+# first stage for the full set's chunks and for the validation's (two programs) and its second
+# stage, which both share (the same number of picks: five chunks of `size`); one scoring program
 # per chunk size; AUROCs by bucketed length; the embedder, the synthetic anomalies and the maps.
-MAX_PROGRAMS = 18
+MAX_PROGRAMS = 19
 
 
 def test_a_second_evaluate_in_a_fresh_process_compiles_nothing(tmp_path):

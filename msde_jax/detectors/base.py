@@ -104,6 +104,9 @@ class Detector:
     saved_arrays: ClassVar[str] = ""
     meta_dims: ClassVar[dict[str, str]] = {}
     array_schema: ClassVar[dict[str, tuple[str, str]]] = {}
+    # Parameters added after files were saved without them, with the value those files were
+    # fitted with where it is not today's default (a load fills them in).
+    absent_params: ClassVar[dict[str, Any]] = {}
 
     fit_function: ClassVar[Callable[..., Any]]
     score_function: ClassVar[Callable[..., Any]]
@@ -206,6 +209,13 @@ class Detector:
         that change the score's value: ``threshold_`` is on the fitted score's scale)."""
         names = [n for n in self.score_params if n not in self.neutral_params]
         return self._changed_since_fit(names)
+
+    @property
+    def scores_use_folds(self) -> bool:
+        """Whether the fitted scores depend on ``n_folds`` (the cross-fit folds shape the final
+        model, not only the threshold): the synthetic validation then keeps the folds instead
+        of fitting its copy with two."""
+        return False
 
     def _check_threshold(self) -> None:
         """Refuse to compare fresh scores with ``threshold_`` when a score-time parameter no
@@ -430,6 +440,7 @@ class Detector:
         if "decision_scores_" not in arrays:
             raise ValueError(f"not a saved {cls.__name__}: 'decision_scores_' is missing.")
         params = check_meta(cls.__name__, meta, cls.param_names(), cls.meta_dims.values())
+        params = {**cls.absent_params, **params}
         cls._check_arrays(meta, arrays)
         try:
             det = cls(**params)

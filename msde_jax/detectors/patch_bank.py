@@ -29,11 +29,10 @@ from msde_jax.core.foreground import Foreground, foreground_fit, foreground_mask
 from msde_jax.core.memory_bank import (
     REDUCTIONS,
     MemoryBank,
-    bank_fit,
-    bank_fit_subsets,
     image_scores,
     patch_scores,
 )
+from msde_jax.detectors.bank_coreset import subset_banks
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import BaseConfig, check_choice, check_features, check_int, param
 from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit
@@ -52,6 +51,7 @@ __all__ = [
 
 
 FOREGROUNDS = (None, "pca")
+CORESETS = ("greedy", "two_stage")
 
 
 @jax.tree_util.register_static
@@ -66,11 +66,24 @@ class BankConfig(BaseConfig):
     """
 
     score_params: ClassVar[tuple[str, ...]] = ("reduce", "q", "score_neighbors", "batch_size")
+    fit_only: ClassVar[tuple[str, ...]] = (*BaseConfig.fit_only, "coreset", "chunk_patches")
 
     size: int = param(
         2000,
         "bank rows, at most the number of training patches (PatchCore keeps 1–10 %); larger "
         "banks cost fit and score time linearly.",
+    )
+    coreset: str = param(
+        "two_stage",
+        'how the bank is chosen: ``"greedy"`` (one greedy k-center search over all the '
+        'training patches, as PatchCore) or ``"two_stage"`` (a greedy search of ``size`` rows '
+        "in each chunk of at most ``chunk_patches`` patches, the chunks never mixing cross-fit "
+        "folds, then the greedy search over the union of the chunks' picks: fit memory "
+        "bounded by a chunk, and the folds' banks drawn from the same first stage).",
+    )
+    chunk_patches: int = param(
+        1 << 20,
+        'most patches (whole images) per first-stage search with ``coreset="two_stage"``.',
     )
     shift: bool = param(False, "density-enhance the bank by MSDE before scoring.")
     projection_dim: int | None = param(
@@ -107,6 +120,8 @@ class BankConfig(BaseConfig):
         check_int("size", self.size)
         check_int("n_folds", self.n_folds, low=2)
         check_int("seed", self.seed, low=0)
+        check_choice("coreset", self.coreset, CORESETS)
+        check_int("chunk_patches", self.chunk_patches)
         if not isinstance(self.shift, bool | np.bool_):
             raise ValueError(f"shift must be True or False, got {self.shift!r}.")
         check_choice("reduce", self.reduce, REDUCTIONS)
@@ -172,75 +187,18 @@ def _fit_states(
     x: np.ndarray, keys: np.ndarray, config: BankConfig, subsets: list[np.ndarray]
 ) -> list[tuple[BankState, int]]:
     """Fit on the images of each subset (sorted indices into the checked patches ``x``
-    (n, ..., c) with content ``keys``): ``[(state, n_iter), …]``, one per subset.
-
-    Every bank takes its images in content order, so it depends on which images, not on
-    their order, and :func:`~msde_jax.core.bank_fit` keeps its rows in that order (then patch
-    position) for the weights and the shift. When every subset has more patches than the bank
-    holds, all the coreset searches run as one program over the patches padded to
-    ``bucket_fit_rows(n)`` images (:func:`~msde_jax.core.bank_fit_subsets`): the final fit and
-    the cross-fit folds share each pass over the patches, and nearby n share the program.
-    """
-    n, c = x.shape[0], x.shape[-1]
-    n_patches = math.prod(x.shape[1:-1])
-    order = np.argsort(keys, kind="stable")
-    ordered = x[order]
-    position = np.empty(n, np.intp)
-    position[order] = np.arange(n)
-    members = [np.sort(position[subset]) for subset in subsets]  # rows of ``ordered``
-    fit = {
-        "size": config.size,
-        "shift": config.shift,
-        "k": config.k,
-        "step_size": config.step_size,
-        "max_iter": config.max_iter,
-        "tol": config.tol,
-        "density": config.density,
-        "projection_dim": config.projection(c),
-        "key": jax.random.key(config.seed),
-    }
-    if config.size < min(member.size for member in members) * n_patches:
-        padded = bucket_fit_rows(n)
-        valid = np.zeros((len(members), padded), bool)
-        for s, member in enumerate(members):
-            valid[s, member] = True
-        flat = np.concatenate([ordered, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
-        joint = bank_fit_subsets(
-            flat.reshape(padded * n_patches, c),
-            np.repeat(valid, n_patches, axis=1),
-            batch_size=config.batch(config.size),
-            **fit,
-        )
-        # split on the host: indexing the device arrays would compile a slice per field
-        host = jax.device_get(joint)
-        banks = [MemoryBank(*(jnp.asarray(f[s]) for f in host)) for s in range(len(members))]
-        # rows of the padded patches → rows of each subset's patches in content order
-        local = [
-            np.searchsorted(member, rows // n_patches) * n_patches + rows % n_patches
-            for member, rows in zip(members, (np.asarray(b.indices) for b in banks), strict=True)
-        ]
-    else:  # a subset whose bank is all its patches: one bank_fit per subset
-        banks = [
-            bank_fit(
-                ordered[member].reshape(-1, c),
-                batch_size=config.batch(min(config.size, member.size * n_patches)),
-                **fit,
-            )
-            for member in members
-        ]
-        local = [np.asarray(bank.indices) for bank in banks]
+    (n, ..., c) with content ``keys``): ``[(state, n_iter), …]``, one per subset. The banks
+    come from :func:`~msde_jax.detectors.bank_coreset.subset_banks`; with
+    ``foreground="pca"`` each state also gets the rule fitted on its images in content order,
+    padded like the coreset so that nearby sizes share one program."""
     states = []
-    for subset, member, bank, rows in zip(subsets, members, banks, local, strict=True):
-        # rows in the subset's content order → rows of x[subset] in the order given
-        image = np.searchsorted(subset, order[member[rows // n_patches]])
-        given = (image * n_patches + rows % n_patches).astype(np.int32)
+    for subset, bank in zip(subsets, subset_banks(x, keys, config, subsets), strict=True):
         foreground = None
-        if config.foreground == "pca":  # padded like the coreset, so nearby sizes share one
-            grid = _on_grid(ordered[member])
-            pad = np.zeros((bucket_fit_rows(member.size) - member.size, *grid.shape[1:]), x.dtype)
-            foreground = foreground_fit(np.concatenate([grid, pad]), member.size)
-        state = BankState(bank._replace(indices=jnp.asarray(given)), config, foreground)
-        states.append((state, int(bank.n_iter)))
+        if config.foreground == "pca":
+            grid = _on_grid(x[subset[np.argsort(keys[subset], kind="stable")]])
+            pad = np.zeros((bucket_fit_rows(subset.size) - subset.size, *grid.shape[1:]), x.dtype)
+            foreground = foreground_fit(np.concatenate([grid, pad]), subset.size)
+        states.append((BankState(bank, config, foreground), int(bank.n_iter)))
     return states
 
 
@@ -436,6 +394,7 @@ class PatchBankDetector(Detector):
     has_maps = True
     fitted_scalars = ("n_features_in_", "n_patches_", "n_iter_")
     meta_dims = {"c": "n_features_in_", "patches": "n_patches_"}
+    absent_params = {"coreset": "greedy"}  # the only coreset before "two_stage"
     saved_arrays = """
         state.bank.bank       f  size c
         state.bank.density    f  size
@@ -448,6 +407,11 @@ class PatchBankDetector(Detector):
         state.foreground.active     b
     """
 
+    @property
+    def scores_use_folds(self) -> bool:
+        """With ``coreset="two_stage"`` the folds are the first stage's chunks."""
+        return self.coreset == "two_stage"
+
     def _describe(self, state: BankState, shape: tuple[int, ...]) -> dict[str, int]:
         return {"n_features_in_": int(shape[-1]), "n_patches_": int(math.prod(shape[1:-1]))}
 
@@ -458,8 +422,11 @@ class PatchBankDetector(Detector):
         order, on the device), the coreset search (the (N, projection_dim) projection, four
         length-N vectors, and three more per search: the final fit's and each fold's), the kNN
         distance blocks of the out-of-fold scoring (rows per block × bank rows, with its top-k,
-        × 2) and, with ``shift=True``, the bank's shift (bank rows × its block × 3). Scoring:
-        two copies of the patches, their scores and the blocks."""
+        × 2) and, with ``shift=True``, the bank's shift (bank rows × its block × 3). With
+        ``coreset="two_stage"`` one copy of the patches, and the searches' terms for the
+        patches of one call of the first stage (two copies of at most ``chunk_patches`` and
+        the padding of a chunk) and for the second stage's pool (``size`` rows per chunk).
+        Scoring: two copies of the patches, their scores and the blocks."""
         if len(shape) not in (3, 4) or min(shape) < 1:
             return {}, []
         n, c = shape[0], shape[-1]
@@ -467,12 +434,25 @@ class PatchBankDetector(Detector):
         config = self.config() if state is None else state.config
         if state is None:
             bank, subsets = min(config.size, rows), config.n_folds + 1
+            projected = config.projection(c) or 0
             needs = {
                 "patch features": 3 * rows * c * 4,
                 # the final fit's and the folds' searches share the (N, projection_dim)
                 # projection; each keeps its own length-N distances, mask and products
-                "coreset search": rows * ((config.projection(c) or 0) + 4 + 3 * subsets) * 4,
+                "coreset search": rows * (projected + 4 + 3 * subsets) * 4,
             }
+            if config.coreset == "two_stage":
+                patches = math.prod(shape[1:-1])
+                block = min(rows, config.chunk_patches + config.chunk_patches // 8 + patches)
+                chunks = config.n_folds + -(-rows // config.chunk_patches)
+                pool = min(rows, chunks * config.size)
+                needs = {
+                    "patch features": (rows + 2 * block) * c * 4,
+                    "coreset search": (
+                        block * (projected + 7) + pool * (c + projected + 4 + 3 * subsets)
+                    )
+                    * 4,
+                }
         else:
             bank = int(state.bank.bank.shape[0])
             needs = {"patch features": 2 * rows * c * 4, "patch scores": 2 * rows * 4}

@@ -244,9 +244,11 @@ def _fit_key(embedder: SupportsEmbed, detector: SupportsDetect) -> str:
 def _quick_copy(template: SupportsDetect) -> SupportsDetect:
     """An unfitted copy that cross-fits with the fewest folds: the validation reads scores,
     which come from the model fitted on all the given normals, never the folds' thresholds.
-    A fused detector's components keep theirs: its scores are calibrated on their folds'."""
+    A detector whose folds shape that model (``scores_use_folds``: the two-stage coreset's
+    chunks) keeps them, and so do a fused detector's components: its scores are calibrated
+    on their folds'."""
     detector = copy.deepcopy(template)
-    if "n_folds" in detector.get_params():
+    if "n_folds" in detector.get_params() and not getattr(detector, "scores_use_folds", False):
         detector.set_params(n_folds=2)
     return detector
 
@@ -275,8 +277,9 @@ def synthetic_validation(
     its embeddings (a fused candidate's mapping of embedders shares each entry's with the
     others); candidates that differ only in score-time parameters (the bank's ``reduce``)
     share one fit. The copies fitted here cross-fit their thresholds with
-    ``n_folds=2`` (a detector's scores do not depend on its folds, and only scores are read),
-    which halves the cost of validating a patch bank. The templates are not modified.
+    ``n_folds=2`` (only scores are read, and most detectors' scores do not depend on their
+    folds), except a detector whose folds shape its model (``scores_use_folds``, e.g. the
+    bank's two-stage coreset). The templates are not modified.
 
     Args:
         normals: the training normals (paths, PIL images or arrays), at least 10.

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from testing import clustered
 
 from msde_jax import MSDEDetector, NotFittedError, PatchBankDetector, load_detector
-from msde_jax.core import bank_fit, image_scores, patch_scores, roc_auc
-from msde_jax.core.blocks import content_order
+from msde_jax.core import bank_fit, image_scores, kcenter_greedy, patch_scores, roc_auc
+from msde_jax.core.blocks import content_order, sample_keys
 from msde_jax.detectors import (
     BankConfig,
     BankState,
@@ -21,6 +21,7 @@ from msde_jax.detectors import (
     score_bank_detector,
     score_bank_patches,
 )
+from msde_jax.detectors.fitting import folds
 
 G, C = 3, 4  # a 3 × 3 patch grid, channels
 P = G * G
@@ -95,6 +96,59 @@ def test_decision_scores_are_out_of_fold(train, fitted):
         np.testing.assert_allclose(fitted.decision_scores_[held], want, rtol=1e-6)
     assert fitted.threshold_ == pytest.approx(np.quantile(fitted.decision_scores_, 0.95))
     np.testing.assert_array_equal(fitted.labels_, fitted.decision_scores_ > fitted.threshold_)
+
+
+# --------------------------------------------------------------- the two-stage coreset
+def test_two_stage_equals_greedy_when_every_fold_fits_the_bank(train, test_x):
+    """A chunk of no more patches than the bank holds gives all its rows, so the second
+    stage searches every patch, as the one greedy search does."""
+    params = dict(size=40, projection_dim=2, score_neighbors=2, n_folds=3)  # folds: 36 patches
+    greedy = PatchBankDetector(coreset="greedy", **params).fit(train)
+    two = PatchBankDetector(coreset="two_stage", **params).fit(train)
+    np.testing.assert_array_equal(greedy.state_.bank.indices, two.state_.bank.indices)
+    np.testing.assert_allclose(greedy.decision_scores_, two.decision_scores_, rtol=1e-6)
+    np.testing.assert_allclose(greedy.score_samples(test_x), two.score_samples(test_x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_patches", [54, 18])
+def test_two_stage_is_greedy_over_the_folds_picks(train, chunk_patches):
+    """The reference, written with the core functions: each fold's images (in content order)
+    give ``size`` patches by the greedy search, in chunks of at most ``chunk_patches``
+    patches; the final bank is the greedy search over all the picks, and fold f's bank, which
+    scores fold f, the search over the other folds' picks. 54: one chunk per fold, searched two
+    at a time (the last call padded with an empty set); 18: two images per chunk."""
+    size, key = 6, jax.random.key(0)
+    det = PatchBankDetector(
+        size=size, projection_dim=2, n_folds=5, coreset="two_stage", chunk_patches=chunk_patches
+    ).fit(train)
+    keys = sample_keys(train)
+    rank = np.argsort(np.argsort(keys, kind="stable"))  # each image's place in content order
+    flat = train.reshape(-1, C)
+    held_out = folds(keys, 5)
+    picks = []
+    for held in held_out:
+        images = held[np.argsort(rank[held])]
+        chunk_images = max(1, chunk_patches // P)
+        fold_picks = []
+        for chunk in np.array_split(images, -(-images.size // chunk_images)):
+            rows = (chunk[:, None] * P + np.arange(P)).reshape(-1)
+            fold_picks.append(
+                rows[np.asarray(kcenter_greedy(flat[rows], size, key=key, projection_dim=2))]
+            )
+        picks.append(np.concatenate(fold_picks))
+
+    def bank_of(rows):  # the second stage on these picks, in content order
+        rows = rows[np.argsort(rank[rows // P] * P + rows % P)]
+        bank = bank_fit(flat[rows], size=size, projection_dim=2, key=key)
+        return bank, rows[np.asarray(bank.indices)]
+
+    bank, rows = bank_of(np.concatenate(picks))
+    np.testing.assert_array_equal(np.asarray(det.state_.bank.indices), rows)
+    np.testing.assert_allclose(det.state_.bank.bank, flat[rows], rtol=1e-6)
+    for f, held in enumerate(held_out):
+        fold_bank, _ = bank_of(np.concatenate(picks[:f] + picks[f + 1 :]))
+        want = image_scores(patch_scores(fold_bank, train[held]), reduce="top", q=0.1)
+        np.testing.assert_allclose(det.decision_scores_[held], want, rtol=1e-6)
 
 
 @settings(max_examples=10)
@@ -331,6 +385,8 @@ def test_bad_input(fitted, train, test_x):
         ({"projection_dim": 0}, "projection_dim must be a positive int"),
         ({"contamination": 0.7}, "contamination"),
         ({"shift": "yes"}, "shift must be True or False"),
+        ({"coreset": "random"}, "coreset='random' is not valid"),
+        ({"chunk_patches": 0}, "chunk_patches must be a positive int"),
     ],
 )
 def test_bad_parameters(train, params, match):

@@ -70,17 +70,24 @@ def test_synthetic_auroc_is_the_fitted_copy_on_held_out_images(normals):
     gaussian = MSDEDetector(mode="none", n_components=8)
     bank_top = PatchBankDetector(size=100, n_folds=2)
     bank_max = PatchBankDetector(size=100, n_folds=2, reduce="max")
+    # The two-stage coreset's folds shape its bank (chunks of 10–11 images, 160+ patches):
+    # the validation's copy keeps its three folds; the greedy one's does not need them.
+    bank_3 = PatchBankDetector(size=100, n_folds=3)
+    assert bank_3.scores_use_folds
+    assert not PatchBankDetector(coreset="greedy").scores_use_folds
+    assert not gaussian.scores_use_folds
     pool = {
         "gaussian": Candidate(pooled, gaussian),
         "top": Candidate(patches, bank_top),
         "max": Candidate(patches, bank_max),
+        "folds": Candidate(patches, bank_3),
     }
     result = synthetic_validation(normals, pool, progress=False)
-    assert list(result.scores) == ["gaussian", "top", "max"]
+    assert list(result.scores) == ["gaussian", "top", "max", "folds"]
     assert result.summary() == "4 held-out normals vs 8 synthetic anomalies"
     assert patches.calls == [40, 8]  # one embedding per embedder, shared by both banks
     assert result.scores["max"].fit_s == 0.0  # differs only in reduce: shares the fit
-    for template in (gaussian, bank_top, bank_max):
+    for template in (gaussian, bank_top, bank_max, bank_3):
         assert not hasattr(template, "state_")  # templates stay unfitted
     v = result.validation
     labels = np.r_[np.zeros(4), np.ones(8)]
