@@ -313,9 +313,7 @@ def main(argv=None) -> int:
         type=setting,
         default=[setting(s) for s in DEFAULT_SETTINGS],
         help="image_size:grid pairs, :mirror for a mirror-augmented bank, :two_stage for "
-        "coreset='two_stage' (default: "
-        + " ".join(DEFAULT_SETTINGS)
-        + ")",
+        "coreset='two_stage' (default: " + " ".join(DEFAULT_SETTINGS) + ")",
     )
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="synthesis seeds")

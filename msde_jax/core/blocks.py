@@ -132,19 +132,10 @@ def row_keys(x: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each row's bytes, (n,) uint64: a key that ignores where the row is.
 
     Sorting rows by it scatters them pseudo-randomly (unlike sorting by a coordinate, which
-    would put similar rows in the same weight block) and depends only on their values.
+    would put similar rows in the same weight block) and depends only on their values. Rows
+    are hashed in blocks of about 1 MiB, so the temporary memory stays bounded.
     """
-    words = np.ascontiguousarray(x).view(np.uint8).reshape(x.shape[0], -1).astype(np.uint64)
-    # Polynomial rolling hash with wrap-around arithmetic, then a final avalanche mix.
-    multipliers = np.cumprod(
-        np.full(words.shape[1], 0x100000001B3, dtype=np.uint64), dtype=np.uint64
-    )
-    with np.errstate(over="ignore"):
-        keys = (words * multipliers[None, :]).sum(axis=1, dtype=np.uint64)
-        keys ^= keys >> np.uint64(33)
-        keys *= np.uint64(0xFF51AFD7ED558CCD)
-        keys ^= keys >> np.uint64(33)
-    return keys
+    return _sample_hashes(np.asarray(x).reshape(len(x), -1))
 
 
 def content_order(x: np.ndarray) -> np.ndarray:
@@ -155,13 +146,32 @@ def content_order(x: np.ndarray) -> np.ndarray:
     return np.argsort(row_keys(x), kind="stable")
 
 
-# Samples hashed per block by sample_keys: row_keys makes ~16 bytes per input byte.
-_HASH_BLOCK_BYTES = 4 << 20
+# Input bytes hashed per block: each becomes 8 (uint64) in the block's temporary.
+_HASH_BLOCK_BYTES = 1 << 20
+_FNV_PRIME = 0x100000001B3
 
 
 def sample_keys(x: np.ndarray) -> np.ndarray:
-    """:func:`row_keys` of each sample (row) of ``x`` (n, ...) flattened, hashed in blocks of
-    about 4 MiB so that the hash's temporary memory stays bounded; (n,) uint64."""
-    step = max(1, _HASH_BLOCK_BYTES // max(x[0].nbytes, 1))
-    blocks = (x[i : i + step] for i in range(0, x.shape[0], step))
-    return np.concatenate([row_keys(b.reshape(b.shape[0], -1)) for b in blocks])
+    """:func:`row_keys` of each sample (row) of ``x`` (n, ...) flattened; (n,) uint64."""
+    return _sample_hashes(x)
+
+
+def _sample_hashes(x: np.ndarray) -> np.ndarray:
+    """The rolling hash Σⱼ bⱼ pʲ⁺¹ mod 2⁶⁴ of each sample's bytes b (p the 64-bit FNV prime),
+    then an avalanche mix. Samples are hashed a block of about 1 MiB at a time (each block
+    copied contiguous, widened to uint64 and multiplied by the powers as one integer matrix
+    product, which wraps mod 2⁶⁴ as the sum of products would, with no product array)."""
+    n = x.shape[0]
+    width = x[0].nbytes if n else 0
+    multipliers = np.cumprod(np.full(width, _FNV_PRIME, dtype=np.uint64), dtype=np.uint64)
+    keys = np.empty(n, np.uint64)
+    step = max(1, _HASH_BLOCK_BYTES // max(width, 1))
+    for i in range(0, n, step):
+        rows = min(step, n - i)
+        block = np.ascontiguousarray(x[i : i + step]).view(np.uint8).reshape(rows, width)
+        keys[i : i + step] = block.astype(np.uint64) @ multipliers
+    with np.errstate(over="ignore"):
+        keys ^= keys >> np.uint64(33)
+        keys *= np.uint64(0xFF51AFD7ED558CCD)
+        keys ^= keys >> np.uint64(33)
+    return keys
