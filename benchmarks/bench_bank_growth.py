@@ -57,7 +57,10 @@ def child(args) -> None:
     fits = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        detector = PatchBankDetector(coreset=args.coreset).fit(train)
+        options = {"coreset": args.coreset}
+        if args.chunk_patches:
+            options["chunk_patches"] = args.chunk_patches
+        detector = PatchBankDetector(**options).fit(train)
         fits.append(time.perf_counter() - start)
     detector.score_samples(test[:8])  # compile for the block shape
     start = time.perf_counter()
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic", action="store_true", help="synthetic features (any n)")
     p.add_argument("--coreset", default="two_stage", choices=["two_stage", "greedy"])
     p.add_argument("--repeats", type=int, default=2, help="fits per size (the first compiles)")
+    p.add_argument("--chunk-patches", type=int, default=None, help="the two-stage chunk bound")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -109,7 +113,8 @@ def main(argv=None) -> int:
         test_items = dataset.test_items()[: args.limit_test]
         test = embed(embedder, test_items, cache_dir=args.cache_dir, what="test")
         np.savez(args.features, train=train, test=test)
-    print(f"coreset={args.coreset}, {'synthetic' if args.synthetic else 'PneumoniaMNIST'}")
+    chunk = f", chunk_patches={args.chunk_patches}" if args.chunk_patches else ""
+    print(f"coreset={args.coreset}{chunk}, {'synthetic' if args.synthetic else 'PneumoniaMNIST'}")
     print(
         "| training images | patches | fit, first (s) | fit (s) | score (ms/image) | saved "
         "detector (MiB) | training features (MiB) | peak RSS (MiB) |"
@@ -118,6 +123,8 @@ def main(argv=None) -> int:
     for n in args.images:
         command = [sys.executable, __file__, "--child", "--n", str(n), "--features", args.features]
         command += ["--coreset", args.coreset, "--repeats", str(args.repeats)]
+        if args.chunk_patches:
+            command += ["--chunk-patches", str(args.chunk_patches)]
         if args.synthetic:
             command.append("--synthetic")
         if args.limit_test:

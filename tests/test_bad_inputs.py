@@ -885,3 +885,22 @@ def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path, scan
             err = capsys.readouterr().err
             assert f"cannot write in {tmp_path} (Permission denied)" in err
             assert "embedded" not in err
+
+
+@pytest.mark.parametrize("block_bytes", [1, 100, 16 << 20])
+def test_features_are_checked_block_by_block(monkeypatch, block_bytes):
+    """The finiteness and range checks read the features a block of rows at a time (no copy
+    of the whole array); a bad row or a huge value is found in any block."""
+    from msde_jax.detectors import config
+
+    monkeypatch.setattr(config, "_CHECK_BLOCK_BYTES", block_bytes)
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    nan = x.copy()
+    nan[[17, 41], 1] = np.nan
+    with pytest.raises(ValueError, match=r"in 2 row\(s\) \(first: \[17, 41\]\)"):
+        config.check_features(nan)
+    huge = x.astype(np.float64)
+    huge[44, 2] = -1e300
+    with pytest.raises(ValueError, match=r"values up to 1e\+300, beyond float32's range"):
+        config.check_features(huge)
+    np.testing.assert_array_equal(config.check_features(x), x)

@@ -255,6 +255,26 @@ def _summary(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return bad, jnp.max(jnp.where(finite, jnp.abs(x), 0)).astype(jnp.float32)
 
 
+# Rows checked per block by _bad_rows_and_peak: its temporaries stay about this size.
+_CHECK_BLOCK_BYTES = 16 << 20
+
+
+def _bad_rows_and_peak(arr: np.ndarray) -> tuple[np.ndarray, float]:
+    """Which rows hold a NaN or ±inf, and max |x| (meaningful when none does), a block of
+    about 16 MiB of rows at a time, so an archive's features are never copied whole. Floats:
+    |x| in their own dtype (float32 cannot exceed its range); integers in float64, where
+    |int64 min| does not overflow."""
+    step = max(1, _CHECK_BLOCK_BYTES // max(arr[0].nbytes, 1))
+    bad = np.empty(arr.shape[0], bool)
+    peak = 0.0
+    for i in range(0, arr.shape[0], step):
+        block = arr[i : i + step]
+        bad[i : i + step] = ~np.isfinite(block).reshape(block.shape[0], -1).all(axis=1)
+        values = block if block.dtype.kind == "f" else block.astype(np.float64)
+        peak = max(peak, float(np.max(np.abs(values))))
+    return bad, peak
+
+
 def check_features(
     x: ArrayLike,
     *,
@@ -264,6 +284,7 @@ def check_features(
     n_patches: int | None = None,
     what: str = "X",
     on_device: bool = False,
+    copy: bool = True,
 ) -> np.ndarray:
     """Check user features and return them as a NumPy array of ``dtype`` (shape kept).
 
@@ -277,7 +298,9 @@ def check_features(
 
     With ``on_device=True`` a ``jax.Array`` stays where it is: the checks run on its device
     (one scalar summary comes back to the host, explicitly) and it is returned as a
-    ``jax.Array`` of ``dtype``; anything else is checked and returned as NumPy.
+    ``jax.Array`` of ``dtype``; anything else is checked and returned as NumPy, a copy unless
+    ``copy=False`` and it already has ``dtype`` (for a caller that neither keeps nor writes it:
+    the checks read it a block at a time, so an archive's features are then never copied).
     """
     words = _KINDS[kind]
     if on_device and isinstance(x, jax.Array):
@@ -311,16 +334,13 @@ def check_features(
         if kind == "patches":
             raise ValueError(f"{what} has no patches or no channels: shape {arr.shape}.")
         raise ValueError(f"{what} has no features (shape {arr.shape}).")
-    bad = ~np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
+    bad, peak = _bad_rows_and_peak(arr)
     if bad.any():
         rows = np.nonzero(bad)[0]
         raise ValueError(
             f"{what} contains NaN or infinite values in {rows.size} {words['unit']}(s) "
             f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
         )
-    # Floats: |x| in their own dtype (one copy; float32 cannot exceed its range). Integers:
-    # in float64, where |int64 min| does not overflow.
-    peak = float(np.max(np.abs(arr if arr.dtype.kind == "f" else arr.astype(np.float64))))
     if kind == "patches":
         # Squared distances are at most 4 · c · max|x|²: beyond the dtype's range they overflow.
         limit = math.sqrt(float(np.finfo(dtype).max) / (4 * arr.shape[-1])) / 2
@@ -336,7 +356,7 @@ def check_features(
             f"({limit:.3g}); divide the features by a constant or use dtype='float64'."
         )
     _check_counts(arr.shape, words, n_features, n_patches, what)
-    return arr.astype(dtype)
+    return arr.astype(dtype, copy=copy)
 
 
 def _check_counts(

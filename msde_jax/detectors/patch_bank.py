@@ -82,7 +82,7 @@ class BankConfig(BaseConfig):
         "bounded by a chunk, and the folds' banks drawn from the same first stage).",
     )
     chunk_patches: int = param(
-        1 << 20,
+        1 << 18,
         'most patches (whole images) per first-stage search with ``coreset="two_stage"``.',
     )
     shift: bool = param(False, "density-enhance the bank by MSDE before scoring.")
@@ -354,7 +354,8 @@ def fit_bank_detector(
         :class:`~msde_jax.detectors.fitting.DetectorFit` ``(state, decision_scores,
         threshold, n_iter)``.
     """
-    x = check_features(x, kind="patches", dtype=config.dtype)
+    # not copied: the fit reads x (in blocks, chunks and folds) and keeps none of it
+    x = check_features(x, kind="patches", dtype=config.dtype, copy=False)
     config.check_n_images(x.shape[0], math.prod(x.shape[1:-1]))
     if config.foreground is not None and x.ndim == 3 and math.isqrt(x.shape[1]) ** 2 != x.shape[1]:
         raise ValueError(
@@ -423,9 +424,10 @@ class PatchBankDetector(Detector):
         length-N vectors, and three more per search: the final fit's and each fold's), the kNN
         distance blocks of the out-of-fold scoring (rows per block × bank rows, with its top-k,
         × 2) and, with ``shift=True``, the bank's shift (bank rows × its block × 3). With
-        ``coreset="two_stage"`` one copy of the patches, and the searches' terms for the
-        patches of one call of the first stage (two copies of at most ``chunk_patches`` and
-        the padding of a chunk) and for the second stage's pool (``size`` rows per chunk).
+        ``coreset="two_stage"`` no copy of the patches but a fold's (scored out of fold), and
+        the searches' terms for the patches of one call of the first stage (two copies of at
+        most ``chunk_patches`` and the padding of a chunk) and for the second stage's pool
+        (``size`` rows per chunk).
         Scoring: two copies of the patches, their scores and the blocks."""
         if len(shape) not in (3, 4) or min(shape) < 1:
             return {}, []
@@ -446,8 +448,8 @@ class PatchBankDetector(Detector):
                 block = min(rows, config.chunk_patches + config.chunk_patches // 8 + patches)
                 chunks = config.n_folds + -(-rows // config.chunk_patches)
                 pool = min(rows, chunks * config.size)
-                needs = {
-                    "patch features": (rows + 2 * block) * c * 4,
+                needs = {  # the features themselves are not copied (check_features)
+                    "patch features": (-(-rows // config.n_folds) + 2 * block) * c * 4,
                     "coreset search": (
                         block * (projected + 7) + pool * (c + projected + 4 + 3 * subsets)
                     )

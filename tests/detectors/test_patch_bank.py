@@ -110,6 +110,17 @@ def test_two_stage_equals_greedy_when_every_fold_fits_the_bank(train, test_x):
     np.testing.assert_allclose(greedy.score_samples(test_x), two.score_samples(test_x), rtol=1e-6)
 
 
+def test_fit_neither_changes_nor_keeps_the_training_array(train, test_x):
+    """The fit reads the features without copying them whole: it must not write to them, and
+    the fitted detector must not depend on them afterwards."""
+    x = train.copy()
+    det = PatchBankDetector(size=30, projection_dim=2, n_folds=3).fit(x)
+    np.testing.assert_array_equal(x, train)
+    scores = det.score_samples(test_x)
+    x[:] = 0.0
+    np.testing.assert_array_equal(det.score_samples(test_x), scores)
+
+
 @pytest.mark.parametrize("chunk_patches", [54, 18])
 def test_two_stage_is_greedy_over_the_folds_picks(train, chunk_patches):
     """The reference, written with the core functions: each fold's images (in content order)
