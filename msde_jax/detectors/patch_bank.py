@@ -328,8 +328,11 @@ def fit_bank_detector(
     1. the images are put in content order (a hash of their values), so nothing depends on
        the order they come in;
     2. the bank: ``min(size, N)`` of the N training patches by the greedy k-center coreset
-       (:func:`~msde_jax.core.bank_fit`, on a random projection to ``projection_dim``
-       dimensions when that is below the channel count, PRNG key ``seed``);
+       (on a random projection to ``projection_dim`` dimensions when that is below the
+       channel count, PRNG key ``seed``): with ``coreset="two_stage"`` (default) the search
+       over the ``size`` picks of each chunk of images (the folds, split to at most
+       ``chunk_patches`` patches), with ``"greedy"`` one search over all N
+       (:func:`~msde_jax.detectors.bank_coreset.subset_banks`);
     3. with ``shift=True``, MSDE on the bank (``bank_fit(..., shift=True)``): density weights
        (``density``) and the blurring weighted mean shift, with the bank rows in content order
        of the images, then patch position.
@@ -339,9 +342,11 @@ def fit_bank_detector(
     :func:`~msde_jax.detectors.fitting.cross_fit`) and the threshold is the
     ``1 − contamination`` quantile of those out-of-fold scores.
 
-    Runs eagerly (NumPy hashing and indexing); its parts are jitted, and the coresets of the
-    final bank and of every fold's bank are searched together, as one compiled program
-    (:func:`~msde_jax.core.bank_fit_subsets`).
+    Runs eagerly (NumPy hashing and indexing); its parts are jitted: the first stage's chunks
+    are searched together (:func:`~msde_jax.core.kcenter_greedy_batched`), and the coresets
+    of the final bank and of every fold's bank together, as one compiled program
+    (:func:`~msde_jax.core.bank_fit_subsets`). With ``coreset="two_stage"`` a fold's bank is
+    the search over the other folds' picks, so the fold's own patches never enter it.
 
     Args:
         x: (n, P, c) or (n, g, g, c) patch features of normal images
