@@ -83,7 +83,9 @@ class BankConfig(BaseConfig):
     )
     chunk_patches: int = param(
         1 << 18,
-        'most patches (whole images) per first-stage search with ``coreset="two_stage"``.',
+        'most patches (whole images) per first-stage search with ``coreset="two_stage"``; '
+        "the same on every backend, since it changes which patches the bank keeps once a fold "
+        "holds more (a larger value bounds memory less and may run faster on an accelerator).",
     )
     shift: bool = param(False, "density-enhance the bank by MSDE before scoring.")
     projection_dim: int | None = param(
