@@ -104,12 +104,8 @@ def _detector(args: argparse.Namespace, ndim: int | None = None):
 
     params: dict[str, Any] = {"contamination": args.contamination, "threshold": args.threshold}
     if _detector_kind(args, ndim) == "bank":
-        if args.bank_size is not None:
-            params["size"] = args.bank_size
-        if args.reduce is not None:
-            params["reduce"] = args.reduce
-        if args.foreground is not None:
-            params["foreground"] = args.foreground
+        names = {option: option for option in BANK_OPTIONS} | {"bank_size": "size"}
+        params |= {p: getattr(args, o) for o, p in names.items() if getattr(args, o) is not None}
         return _validated(PatchBankDetector(**params))
     for name in ("mode", "k", "density"):
         if getattr(args, name) is not None:

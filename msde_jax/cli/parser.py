@@ -48,7 +48,7 @@ EXAMPLES = {
 DETECTORS = ("bank", "msde")
 # Options that only the MSDE detector has (they imply --detector msde) and only the bank has.
 MSDE_OPTIONS = ("paper", "mode", "k", "density")
-BANK_OPTIONS = ("bank_size", "reduce", "foreground")
+BANK_OPTIONS = ("bank_size", "reduce", "foreground", "coreset")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -172,7 +172,7 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     from msde_jax.core.density import METHODS
     from msde_jax.core.memory_bank import REDUCTIONS
     from msde_jax.detectors.msde import MODES, THRESHOLDS, MSDEDetector
-    from msde_jax.detectors.patch_bank import PatchBankDetector
+    from msde_jax.detectors.patch_bank import CORESETS, PatchBankDetector
 
     # The detector options default to None so that the commands can tell them apart from
     # values given on the command line; the help shows the detectors' own defaults.
@@ -193,6 +193,14 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help=f"patches kept in the memory bank (k-center coreset; default {bank['size']})",
+    )
+    g.add_argument(
+        "--coreset",
+        choices=CORESETS,
+        default=None,
+        help="bank: two_stage (the greedy search per chunk of images, then over their picks; "
+        "faster, fit memory bounded) or greedy (one search over every patch, PatchCore's) "
+        f"(default {bank['coreset']})",
     )
     g.add_argument(
         "--reduce",

@@ -271,8 +271,10 @@ def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys):
     assert isinstance(_detector(args_2d, ndim=2), MSDEDetector)
     assert isinstance(_detector(args_2d, ndim=4), PatchBankDetector)
     assert main([*args, "--features", "patches"]) == 0
-    assert main(["fit", str(emb), "--embeddings", "--out", str(model), "--bank-size", "50"]) == 0
-    assert PatchBankDetector.load(model).get_params()["size"] == 50
+    args = ["fit", str(emb), "--embeddings", "--out", str(model), "--bank-size", "50"]
+    assert main([*args, "--coreset", "greedy"]) == 0
+    params = PatchBankDetector.load(model).get_params()
+    assert (params["size"], params["coreset"]) == (50, "greedy")
     capsys.readouterr()
 
 
