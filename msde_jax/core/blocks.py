@@ -135,7 +135,7 @@ def row_keys(x: np.ndarray) -> np.ndarray:
     would put similar rows in the same weight block) and depends only on their values. Rows
     are hashed in blocks of about 1 MiB, so the temporary memory stays bounded.
     """
-    return _sample_hashes(np.asarray(x).reshape(len(x), -1))
+    return sample_keys(np.asarray(x).reshape(len(x), -1))
 
 
 def content_order(x: np.ndarray) -> np.ndarray:
@@ -152,12 +152,9 @@ _FNV_PRIME = 0x100000001B3
 
 
 def sample_keys(x: np.ndarray) -> np.ndarray:
-    """:func:`row_keys` of each sample (row) of ``x`` (n, ...) flattened; (n,) uint64."""
-    return _sample_hashes(x)
+    """:func:`row_keys` of each sample (row) of ``x`` (n, ...) flattened; (n,) uint64.
 
-
-def _sample_hashes(x: np.ndarray) -> np.ndarray:
-    """The rolling hash Σⱼ bⱼ pʲ⁺¹ mod 2⁶⁴ of each sample's bytes b (p the 64-bit FNV prime),
+    The rolling hash Σⱼ bⱼ pʲ⁺¹ mod 2⁶⁴ of each sample's bytes b (p the 64-bit FNV prime),
     then an avalanche mix. Samples are hashed a block of about 1 MiB at a time (each block
     copied contiguous, widened to uint64 and multiplied by the powers as one integer matrix
     product, which wraps mod 2⁶⁴ as the sum of products would, with no product array)."""

@@ -182,12 +182,9 @@ def kcenter_greedy_batched(
     x = jnp.asarray(x)
     if x.ndim != 3:
         raise ValueError(f"x must be (sets, rows, features), got shape {x.shape}.")
-    _check_select(n_select, x.shape[1])
 
     def one(rows: jax.Array, count: jax.Array) -> jax.Array:
-        valid = (jnp.arange(rows.shape[0]) < count)[None]
-        start = jnp.zeros(1, jnp.int32)
-        return _greedy(rows, n_select, valid, start, projection_dim, key, None)[0]
+        return kcenter_greedy(rows, n_select, projection_dim=projection_dim, key=key, n_valid=count)
 
     return jax.vmap(one)(x, jnp.asarray(n_valid, jnp.int32))
 
