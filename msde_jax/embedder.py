@@ -250,10 +250,21 @@ class Embedder:
             self.aggregate,
         )
         if key not in _OUTPUT_SHAPES:
-            shape = (self.batch_size, self.image_size, self.image_size, 3)
-            out = jax.eval_shape(self._forward, self._variables, jax.ShapeDtypeStruct(shape, "f4"))
+            # Traced as embed() calls it (same shape and sharding), so the later call, and
+            # _forward_memory's lowering, reuse this trace instead of tracing again.
+            probe = self._batch_probe()
+            trace = getattr(self._forward, "trace", None)  # absent if replaced (tests)
+            if trace is not None:
+                out = trace(self._variables, probe).out_info
+            else:
+                out = jax.eval_shape(self._forward, self._variables, probe)
             _OUTPUT_SHAPES[key] = tuple(int(s) for s in out.shape[1:])
         return _OUTPUT_SHAPES[key]
+
+    def _batch_probe(self) -> jax.ShapeDtypeStruct:
+        """The abstract input batch of the forward pass, as :meth:`embed` places it."""
+        shape = (self.batch_size, self.image_size, self.image_size, 3)
+        return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=self._batch_sharding)
 
     @property
     def dim(self) -> int:
@@ -426,9 +437,7 @@ class Embedder:
             self._analysis = None
             lower = getattr(self._forward, "lower", None)  # absent if replaced (tests)
             if lower is not None:
-                shape = (self.batch_size, self.image_size, self.image_size, 3)
-                probe = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=self._batch_sharding)
-                stats = lower(self._variables, probe).compile().memory_analysis()
+                stats = lower(self._variables, self._batch_probe()).compile().memory_analysis()
                 if stats is not None:
                     self._analysis = (stats.temp_size_in_bytes, stats.output_size_in_bytes)
         return self._analysis

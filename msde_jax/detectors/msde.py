@@ -514,12 +514,12 @@ def fit_detector(
             batch_independent=independent,
             groups=groups,
         )
-    from scipy.stats import chi2  # scipy ships with jax
+    from scipy.special import chdtri  # the χ² upper quantile; scipy ships with jax
 
     state, n_iter = _fit_state(x, keys, config)
     scores = np.asarray(score_detector(state, x))
     df = int(state.pca.components.shape[0])
-    threshold = float(math.sqrt(chi2.ppf(1 - config.contamination, df=df)))
+    threshold = float(math.sqrt(chdtri(df, config.contamination)))
     return DetectorFit(state, scores, threshold, n_iter)
 
 

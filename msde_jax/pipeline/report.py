@@ -114,7 +114,8 @@ def _new_figure(size: tuple[float, float]):
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=_DPI, facecolor="white")
+    # zlib level 3 instead of Pillow's 6: as small for these figures, encoded 2-3x faster.
+    fig.savefig(path, dpi=_DPI, facecolor="white", pil_kwargs={"compress_level": 3})
     fig.clear()
 
 

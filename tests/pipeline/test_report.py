@@ -149,6 +149,17 @@ def test_overlays_and_a_self_contained_html_page(tmp_path, rng):
     assert f"<td>AUROC</td><td>{evaluation_metrics(labels, scores, 2.0)['auroc']:.4f}</td>" in page
 
 
+def test_binomial_quantile_equals_scipy_stats():
+    from scipy.stats import binom
+
+    from msde_jax.pipeline.evaluation import _binomial_quantile
+
+    for n in (1, 2, 7, 47, 234, 300, 5000):  # the two tails the promise uses
+        for p in (0.001, 0.05, 0.2, 0.5, 0.99):
+            for q in (0.025, 0.975):
+                assert _binomial_quantile(q, n, p) == binom.ppf(q, n, p), (q, n, p)
+
+
 def test_threshold_promise_kept_or_not_and_said_in_the_report(tmp_path):
     from msde_jax.pipeline.evaluation import threshold_promise
 
