@@ -178,7 +178,7 @@ class Embedder:
         variables, self.weights_sha256 = load_backbone_variables(
             backbone, weights, image_size=image_size, cache_dir=cache_dir
         )
-        variables = jax.tree.map(lambda a: jnp.asarray(a, self.dtype), variables)
+        variables = jax.tree.map(lambda a: np.asarray(a, self.dtype), variables)  # no program
 
         self._mesh = Mesh(np.array(self.devices), ("data",))
         replicated = NamedSharding(self._mesh, PartitionSpec())

@@ -122,6 +122,16 @@ def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):
     assert compiles.count == before
 
 
+def test_a_loaded_detector_scores_with_the_programs_already_compiled(compiles, tmp_path):
+    det = MSDEDetector(k=10).fit(_normals(13))
+    want = det.score_samples(_normals(14, 30))
+    det.save(tmp_path / "model")
+    before = compiles.count
+    loaded = MSDEDetector.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.score_samples(_normals(14, 30)), want)
+    assert compiles.count == before, compiles.names[before:]
+
+
 def test_an_msde_fit_is_one_program_per_training_size(compiles):
     """Density weights, shift, PCA and Gaussian of one training size are one compiled program
     (no eager pieces between them): a fit on n rows cross-fits on n − ⌈n/5⌉ and n − ⌊n/5⌋, so
@@ -132,6 +142,8 @@ def test_an_msde_fit_is_one_program_per_training_size(compiles):
     MSDEDetector(k=10).fit(x)
     fits = [name for name in compiles.names if "_fit_arrays" in name]
     assert len(fits) == 3, compiles.names
+    # Nothing else: host arrays reach the device by copies, not per-shape staging programs.
+    assert set(compiles.names) == {"jit(_fit_arrays)", "jit(score_detector)"}, compiles.names
     before = compiles.count
     MSDEDetector(k=10, contamination=0.1).fit(x)
     assert compiles.count == before, compiles.names[before:]

@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from msde_jax.core.blocks import bucket_fit_rows
@@ -76,7 +75,7 @@ def subset_banks(
         # rows of the ordered patches → rows of x[subset] in the order given
         image = np.searchsorted(subset, order[rows // n_patches])
         given = (image * n_patches + rows % n_patches).astype(np.int32)
-        out.append(bank._replace(indices=jnp.asarray(given)))
+        out.append(bank._replace(indices=jax.device_put(given)))  # a copy, no program
     return out
 
 
@@ -100,7 +99,7 @@ def _banks(
         joint = bank_fit_subsets(flat, valid, batch_size=config.batch(config.size), **fit)
         # split on the host: indexing the device arrays would compile a slice per field
         host = jax.device_get(joint)
-        banks = [MemoryBank(*(jnp.asarray(f[s]) for f in host)) for s in range(len(inside))]
+        banks = [MemoryBank(*(jax.device_put(f[s]) for f in host)) for s in range(len(inside))]
         return banks, [np.asarray(f) for f in host.indices]
     banks, picked = [], []
     for mask, count in zip(inside, counts, strict=True):

@@ -359,8 +359,9 @@ def _fit_state(
         scale[scale == 0] = 1.0  # constant features, as sklearn's StandardScaler
     else:
         center, scale = np.zeros(d, x.dtype), np.ones(d, x.dtype)
-    z = jnp.asarray((x - center) / scale)
-    order = None if keys is None else jnp.asarray(np.argsort(keys, kind="stable"))
+    # device_put copies; jnp.asarray of a NumPy array would compile a program per shape
+    z = jax.device_put((x - center) / scale)
+    order = None if keys is None else jax.device_put(np.argsort(keys, kind="stable"))
     nc = config.n_components
     if isinstance(nc, int | np.integer):
         nc = int(min(nc, d, n - 1))
@@ -372,14 +373,14 @@ def _fit_state(
         pca = pca_fit(reference, nc)
         gaussian = _gaussian(pca, reference, config.covariance, config.ridge)
     state = DetectorState(
-        center=jnp.asarray(center),
-        scale=jnp.asarray(scale),
+        center=jax.device_put(center),
+        scale=jax.device_put(scale),
         train=z,
         density=w,
         reference=reference,
         pca=pca,
         gaussian=gaussian,
-        train_keys=None if keys is None else jnp.asarray(keys.view(np.uint32).reshape(n, 2)),
+        train_keys=None if keys is None else jax.device_put(keys.view(np.uint32).reshape(n, 2)),
         config=config,
     )
     return state, int(n_iter)

@@ -27,7 +27,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from msde_jax._arrays_file import ArrayFileError, load_npz
@@ -96,7 +96,7 @@ def state_from_arrays(
         elif _is_namedtuple(hint):
             fields[name] = state_from_arrays(hint, arrays, prefix=key, what=what)
         elif key in arrays:
-            fields[name] = jnp.asarray(arrays[key])
+            fields[name] = jax.device_put(arrays[key])  # a copy; jnp.asarray compiles per shape
         elif type(None) in typing.get_args(hint):
             fields[name] = None
         else:

@@ -515,7 +515,7 @@ def synthesize(
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1 or None, got {batch_size}.")
     normals = jnp.asarray(normals, jnp.float32)
-    bright = jnp.asarray(anatomy == "bright")
+    bright = np.asarray(anatomy == "bright")  # traced by _synthesize
     return _synthesize(key, normals, bright, n=int(n), kinds=kinds, batch_size=batch_size)
 
 
