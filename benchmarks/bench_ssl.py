@@ -102,7 +102,12 @@ def measure_arm(args, dataset, vsets: dict | None, weights=None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        help=f"names ({', '.join(DATASETS)}) or paths to dataset .npz files",
+    )
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--task", default="anatpaste")
     parser.add_argument("--anatomy", default="bright", choices=("bright", "dark"))
@@ -122,9 +127,12 @@ def main() -> None:
         "args": vars(args),
         "runs": {},
     }
-    for name in args.datasets:
-        spec = DATASETS[name]
-        path = os.path.join(here, "..", spec) if spec.endswith(".npz") else spec
+    for spec in args.datasets:
+        if spec in DATASETS:
+            name, spec = spec, DATASETS[spec]
+            path = os.path.join(here, "..", spec) if spec.endswith(".npz") else spec
+        else:  # a path, e.g. a copy of brain_tumor_mri.npz on a machine without ../shared
+            name, path = Path(spec).stem, spec
         dataset = load_dataset(path)
         vsets = None
         if args.scorer == "bank":

@@ -10,6 +10,8 @@
 #     QUICK=1 bash benchmarks/gpu.sh            # tiny sizes: checks that the script runs
 #     SCALE=1 bash benchmarks/gpu.sh            # plus stages 7 and 7b, the archive-sized bank
 #                                               # fit (up to 270 s more: beyond the 6 minutes)
+#     SSL=1 bash benchmarks/gpu.sh              # plus stage 8, AnatPaste adaptation at 224 px
+#                                               # measured with the default detector (≤ 240 s)
 #
 # Stage 1 needs the brain MRI set (33 MB): copy it into .gpu_data/ (ignored through
 # .git/info/exclude) and name that folder in the device tool's `carry`. Every stage times
@@ -28,10 +30,12 @@ if [[ -n "${QUICK:-}" ]]; then
   EVAL=(pneumoniamnist --extra --limit 12 --weights random --image-size 32 --no-validation)
   FIT_N="1000 5000"; BIG_N=5000; QUERIES=2000; BATCH=32; CROSS_N="600 1200"
   BANK="--bank-images 20 --bank-queries 40"; SCALE_N=200
+  SSL_ARGS=(--datasets pneumoniamnist --image-size 32 --steps 2 --seeds 0)
 else
   EVAL=("$DATA")
   FIT_N="1000 10000 100000"; BIG_N=100000; QUERIES=1000000; BATCH=1024
   CROSS_N="4096 16384"; BANK="--bank-images 200 --bank-queries 5000"; SCALE_N=100000
+  SSL_ARGS=(--datasets "$DATA" --image-size 224 --steps 1000 --batch-size 32)
 fi
 stage() {  # stage SECONDS TITLE COMMAND...: run with a timeout, report a failure, go on
   local limit=$1 title=$2; shift 2
@@ -72,5 +76,10 @@ stage() {  # stage SECONDS TITLE COMMAND...: run with a timeout, report a failur
     stage 120 "7b. The same with chunk_patches = 2^22" \
       "$PY" benchmarks/bench_bank_growth.py --synthetic --images "$SCALE_N" --repeats 1 \
       --limit-test 1000 --chunk-patches 4194304
+  fi
+  if [[ -n "${SSL:-}" ]]; then  # issue 22 item 4: the full-resolution recipe, where a GPU is lent
+    stage 240 "8. AnatPaste adaptation of EfficientNet-Lite0, default detector (synthetic AUROC per family; test AUROC reported only)" \
+      "$PY" benchmarks/bench_ssl.py --scorer bank --backbone efficientnet_lite0 "${SSL_ARGS[@]}" \
+      --out "${OUT:-benchmarks}/ssl_bank.json"
   fi
 } 2>&1 | tee "$out"
