@@ -305,8 +305,13 @@ class Embedder:
     def preprocess(self, image: Any, *, name: str = "image") -> np.ndarray:
         """One image → (image_size, image_size, 3) float32 RGB in [0, 1] (before normalising),
         mirrored left–right with ``flip``."""
-        image = _images.prepare(image, self.image_size, mode=self.resize, name=name)
-        return np.ascontiguousarray(image[:, ::-1]) if self.flip else image
+        image = self._prepare(image, name=name)
+        return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+    def _prepare(self, image: Any, *, name: str) -> np.ndarray:
+        """:meth:`preprocess` with grayscale left as one channel (a view when mirrored)."""
+        image = _images.prepare_channels(image, self.image_size, mode=self.resize, name=name)
+        return image[:, ::-1] if self.flip else image
 
     def embed(self, images: Iterable[Any] | np.ndarray, *, axis: str = "axial") -> np.ndarray:
         """Embed images: a sequence of paths / PIL images / arrays, or one stacked array.
@@ -372,7 +377,7 @@ class Embedder:
         def load(start: int, batch: list[Any]) -> np.ndarray:
             x = np.zeros((bs, self.image_size, self.image_size, 3), np.float32)
             for j, item in enumerate(batch):
-                x[j] = self.preprocess(item, name=names[start + j])
+                x[j] = self._prepare(item, name=names[start + j])  # gray broadcast to RGB
             return x
 
         def fetch(i: int, size: int, feats: Any) -> None:

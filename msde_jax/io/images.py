@@ -18,6 +18,7 @@ __all__ = [
     "RESIZE_MODES",
     "ImageReadError",
     "prepare",
+    "prepare_channels",
     "resize",
     "to_float",
 ]
@@ -147,7 +148,18 @@ def resize(image: np.ndarray, size: int, *, mode: str = "direct") -> np.ndarray:
 
 def prepare(image: Any, size: int, *, mode: str = "direct", name: str = "image") -> np.ndarray:
     """Read, resize and convert one image to an (size, size, 3) float32 RGB array in [0, 1]."""
-    out = resize(to_float(image, name=name), size, mode=mode)
-    if out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    return np.clip(out, 0.0, 1.0)
+    out = prepare_channels(image, size, mode=mode, name=name)
+    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
+
+
+def prepare_channels(
+    image: Any, size: int, *, mode: str = "direct", name: str = "image"
+) -> np.ndarray:
+    """:func:`prepare` before grayscale is replicated: (size, size, C) float32 in [0, 1] with C
+    in {1, 3}, for a caller that broadcasts one channel into three itself. An image already
+    size × size (``mode="direct"``) is not resized (Pillow would copy it) nor clipped
+    (:func:`to_float` gives values in [0, 1])."""
+    out = to_float(image, name=name)
+    if mode == "direct" and out.shape[:2] == (size, size):
+        return out
+    return np.clip(resize(out, size, mode=mode), 0.0, 1.0)

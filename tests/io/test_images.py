@@ -88,3 +88,26 @@ def test_bad_files(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="not a readable image"):
         prepare(tmp_path / "cut.png", 8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.bool_])
+@pytest.mark.parametrize("channels", [None, 1, 3, 4])
+def test_an_image_already_the_size_is_not_resampled(dtype, channels):
+    """A direct-mode image already size × size skips Pillow and the clip (both would leave it
+    as it is): the same values as resizing it, one channel for gray."""
+    from msde_jax.io.images import prepare_channels
+
+    rng = np.random.default_rng(0)
+    shape = (24, 24) if channels is None else (24, 24, channels)
+    if dtype is np.bool_:
+        image = rng.random(shape) < 0.5
+    elif dtype is np.float32:
+        image = rng.random(shape).astype(np.float32)
+    else:
+        image = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+    fast = prepare_channels(image, 24)
+    assert fast.shape == (24, 24, 1 if channels in (None, 1) else 3)
+    resampled = np.clip(resize(to_float(image), 24), 0, 1)
+    np.testing.assert_array_equal(fast, resampled)
+    np.testing.assert_array_equal(prepare(image, 24), np.broadcast_to(fast, (24, 24, 3)))
+    assert prepare_channels(image, 12).shape[:2] == (12, 12)  # other sizes are resampled
