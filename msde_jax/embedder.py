@@ -61,6 +61,7 @@ _BATCHES_IN_FLIGHT = 3
 # Host copies of one image while it is read and resized (the float image, its resized
 # channels, their stack); two batches are read at a time, one image each.
 _COPIES_PER_IMAGE = 3
+_IMAGES_IN_READING = 2
 # Integer pixels the device converts itself: every value's float, computed on the host exactly
 # as io.images.to_float does (÷ the dtype's maximum), looked up on the device (bit for bit the
 # host's values; XLA's own division can round differently).
@@ -69,7 +70,6 @@ _RAW_VALUES = {
     / float(np.iinfo(dtype).max)
     for dtype in (np.uint8, np.uint16)
 }
-_IMAGES_IN_READING = 2
 # Where a backend reports no memory analysis of the compiled forward pass: its temporary
 # buffers as a multiple of its input batch. Measured with XLA's analysis (224 px, batch 8):
 # 7.7 for the ResNets, 16 for EfficientNet-Lite0, Lite1, Lite2 and MobileNetV2.
@@ -315,7 +315,7 @@ class Embedder:
         """One image → (image_size, image_size, 3) float32 RGB in [0, 1] (before normalising),
         mirrored left–right with ``flip``."""
         image = self._prepare(image, name=name)
-        return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+        return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else np.ascontiguousarray(image)
 
     def _raw_pixels(self, image: Any) -> np.ndarray | None:
         """``image`` as (S, S, C) when the device can prepare it from its pixels: a uint8 or
