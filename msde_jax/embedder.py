@@ -62,14 +62,6 @@ _BATCHES_IN_FLIGHT = 3
 # channels, their stack); two batches are read at a time, one image each.
 _COPIES_PER_IMAGE = 3
 _IMAGES_IN_READING = 2
-# Integer pixels the device converts itself: every value's float, computed on the host exactly
-# as io.images.to_float does (÷ the dtype's maximum), looked up on the device (bit for bit the
-# host's values; XLA's own division can round differently).
-_RAW_VALUES = {
-    np.dtype(dtype): np.arange(np.iinfo(dtype).max + 1, dtype=dtype).astype(np.float32)
-    / float(np.iinfo(dtype).max)
-    for dtype in (np.uint8, np.uint16)
-}
 # Where a backend reports no memory analysis of the compiled forward pass: its temporary
 # buffers as a multiple of its input batch. Measured with XLA's analysis (224 px, batch 8):
 # 7.7 for the ResNets, 16 for EfficientNet-Lite0, Lite1, Lite2 and MobileNetV2.
@@ -317,21 +309,6 @@ class Embedder:
         image = self._prepare(image, name=name)
         return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else np.ascontiguousarray(image)
 
-    def _raw_pixels(self, image: Any) -> np.ndarray | None:
-        """``image`` as (S, S, C) when the device can prepare it from its pixels: a uint8 or
-        uint16 array (H, W) or (H, W, C ∈ {1, 3, 4}, alpha dropped) already S × S with
-        ``resize="direct"``, which :meth:`preprocess` would only divide by the dtype's maximum
-        (and replicate, if gray); else ``None``."""
-        if not isinstance(image, np.ndarray) or image.dtype not in _RAW_VALUES:
-            return None
-        if self.resize != "direct" or image.shape[:2] != (self.image_size,) * 2:
-            return None
-        if image.ndim == 2:
-            return image[..., None]
-        if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
-            return image[..., :3]
-        return None
-
     def _prepare(self, image: Any, *, name: str) -> np.ndarray:
         """:meth:`preprocess` with grayscale left as one channel (a view when mirrored)."""
         image = _images.prepare_channels(image, self.image_size, mode=self.resize, name=name)
@@ -346,10 +323,8 @@ class Embedder:
         (:func:`msde_jax.io.inputs.expand_volumes`), one row each, in slice order; their names
         and volumes are :func:`msde_jax.io.inputs.read_inputs`'s. Each batch is dispatched
         before the previous one's features are fetched, so an accelerator never waits for the
-        host between batches. A batch of uint8 / uint16 arrays already ``image_size`` square
-        (with ``resize="direct"``) goes to the device as its integer pixels and is converted
-        there, to the same floats the host would make (a quarter of the bytes for uint8, a
-        twelfth for gray).
+        host between batches. A batch of :func:`~msde_jax.io.images.raw_pixels` goes to the
+        device as its pixels (a twelfth of the bytes for uint8 gray) to be converted there.
 
         Args:
             images: the images (and volumes).
@@ -402,7 +377,7 @@ class Embedder:
         progress = Progress(n, f"embedding ({self.backbone})", enabled=self.progress and n > bs)
 
         def load(start: int, batch: list[Any]) -> np.ndarray:
-            raw = [self._raw_pixels(item) for item in batch]
+            raw = [_images.raw_pixels(item, self.image_size, self.resize) for item in batch]
             kinds = {None if r is None else (r.dtype, r.shape[-1]) for r in raw}
             if None not in kinds and len(kinds) == 1:  # integer pixels, already the size
                 x = np.zeros((bs, *raw[0].shape), raw[0].dtype)
@@ -432,7 +407,7 @@ class Embedder:
                     pending.append(pool.submit(load, (i + 2) * bs, batches[i + 2]))
                 x = jax.device_put(x, self._batch_sharding)
                 if x.dtype != jnp.float32:  # raw pixels: one small program per dtype and channels
-                    x = self._to_rgb(x, _RAW_VALUES[np.dtype(x.dtype)])
+                    x = self._to_rgb(x, _images.PIXEL_VALUES[np.dtype(x.dtype)])
                 feats = forward(self._variables, x)
                 if running is not None:
                     fetch(*running)
@@ -531,8 +506,8 @@ class Embedder:
 
 
 def _raw_to_rgb(x: jax.Array, values: jax.Array) -> jax.Array:
-    """(n, S, S, C) uint8 / uint16 pixels → (n, S, S, 3) float32 in [0, 1]: each pixel's
-    float from ``values`` (indexed by the pixel), gray replicated to three channels."""
+    """(n, S, S, C) uint8 / uint16 pixels → (n, S, S, 3) floats, looked up in ``values``
+    (``io.images.PIXEL_VALUES``: the host's floats bit for bit, unlike XLA's division)."""
     return jnp.broadcast_to(values[x.astype(jnp.int32)], (*x.shape[:3], 3))
 
 

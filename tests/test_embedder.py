@@ -84,17 +84,16 @@ def test_integer_pixels_at_the_input_size_are_prepared_on_the_device_bit_for_bit
     quarter of the bytes, or less) and are converted there, to exactly the host's floats: gray,
     RGB, RGBA, mirrored; a batch mixing them with other images takes the host path. The
     backbone program is the same one for both paths."""
-    from msde_jax.embedder import _RAW_VALUES
-    from msde_jax.io.images import to_float
+    from msde_jax.io.images import PIXEL_VALUES, raw_pixels, to_float
 
-    for dtype, table in _RAW_VALUES.items():  # the device's lookup table is to_float's values
+    for dtype, table in PIXEL_VALUES.items():  # the device's lookup table is to_float's values
         pixels = np.arange(table.size, dtype=dtype)[None, :]
         np.testing.assert_array_equal(table, to_float(pixels)[0, :, 0])
     rng = np.random.default_rng(3)
     gray = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
     emb = Embedder("mobilenet_v2", weights="random", image_size=32, batch_size=4, progress=False)
     want = emb.embed([g.astype(np.float32) / 255 for g in gray])  # floats: the host path
-    assert emb._raw_pixels(gray[0]) is not None  # the device path is taken
+    assert raw_pixels(gray[0], 32) is not None  # the device path is taken
     np.testing.assert_array_equal(emb.embed(gray), want)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     rgba = np.concatenate([rgb, np.zeros_like(gray[..., None])], axis=-1)
@@ -104,7 +103,7 @@ def test_integer_pixels_at_the_input_size_are_prepared_on_the_device_bit_for_bit
     mirror = emb.flipped()
     np.testing.assert_array_equal(mirror.embed(gray), mirror.embed([g / 255.0 for g in gray]))
     mixed = [gray[0], gray[1][:20], rgb[2]]  # one image of another size: the host path
-    assert emb._raw_pixels(gray[1][:20]) is None
+    assert raw_pixels(gray[1][:20], 32) is None
     np.testing.assert_array_equal(emb.embed(mixed)[[0, 2]], want[[0, 2]])
     assert emb._forward._cache_size() == 1
 

@@ -15,10 +15,12 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "PIXEL_VALUES",
     "RESIZE_MODES",
     "ImageReadError",
     "prepare",
     "prepare_channels",
+    "raw_pixels",
     "resize",
     "to_float",
 ]
@@ -29,6 +31,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
 # ImageNet evaluation crops 224 out of 256: the shorter side is resized to size / 0.875.
 _CROP_RATIO = 0.875
+# The float in [0, 1] of every uint8 and uint16 pixel value, exactly as to_float computes it
+# (÷ the dtype's maximum): a device turns raw pixels into these floats by lookup.
+PIXEL_VALUES = {
+    np.dtype(dtype): np.arange(np.iinfo(dtype).max + 1, dtype=dtype).astype(np.float32)
+    / float(np.iinfo(dtype).max)
+    for dtype in (np.uint8, np.uint16)
+}
 
 
 class ImageReadError(ValueError):
@@ -163,3 +172,19 @@ def prepare_channels(
     if mode == "direct" and out.shape[:2] == (size, size):
         return out
     return np.clip(resize(out, size, mode=mode), 0.0, 1.0)
+
+
+def raw_pixels(image: Any, size: int, mode: str = "direct") -> np.ndarray | None:
+    """``image`` as (size, size, C) integer pixels when :func:`prepare` would only convert them
+    (a uint8 or uint16 array (H, W) or (H, W, C ∈ {1, 3, 4}) already size × size with
+    ``mode="direct"``: each pixel becomes ``PIXEL_VALUES[dtype][pixel]``, gray replicated,
+    alpha dropped — already dropped here); else ``None``."""
+    if not isinstance(image, np.ndarray) or image.dtype not in PIXEL_VALUES:
+        return None
+    if mode != "direct" or image.shape[:2] != (size, size):
+        return None
+    if image.ndim == 2:
+        return image[..., None]
+    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+        return image[..., :3]
+    return None
