@@ -207,7 +207,6 @@ class Embedder:
             lambda variables, x: readout(network(variables, x)),
             out_shardings=self._batch_sharding,
         )
-        self._to_rgb = jax.jit(_raw_to_rgb, out_shardings=self._batch_sharding)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> "Embedder":
@@ -251,8 +250,7 @@ class Embedder:
             self.aggregate,
         )
         if key not in _OUTPUT_SHAPES:
-            # Traced as embed() calls it (same shape and sharding), so the later call, and
-            # _forward_memory's lowering, reuse this trace instead of tracing again.
+            # Traced as embed() calls it: the call and _forward_memory's lowering reuse it.
             probe = self._batch_probe()
             trace = getattr(self._forward, "trace", None)  # absent if replaced (tests)
             if trace is not None:
@@ -407,7 +405,7 @@ class Embedder:
                     pending.append(pool.submit(load, (i + 2) * bs, batches[i + 2]))
                 x = jax.device_put(x, self._batch_sharding)
                 if x.dtype != jnp.float32:  # raw pixels: one small program per dtype and channels
-                    x = self._to_rgb(x, _images.PIXEL_VALUES[np.dtype(x.dtype)])
+                    x = _images.rgb_from_pixels(x, self._batch_sharding)
                 feats = forward(self._variables, x)
                 if running is not None:
                     fetch(*running)
@@ -503,12 +501,6 @@ class Embedder:
             f"image_size={self.image_size}, features={self.features!r}{layers}, "
             f"dtype={self.dtype.name}{', flip=True' * self.flip})"
         )
-
-
-def _raw_to_rgb(x: jax.Array, values: jax.Array) -> jax.Array:
-    """(n, S, S, C) uint8 / uint16 pixels → (n, S, S, 3) floats, looked up in ``values``
-    (``io.images.PIXEL_VALUES``: the host's floats bit for bit, unlike XLA's division)."""
-    return jnp.broadcast_to(values[x.astype(jnp.int32)], (*x.shape[:3], 3))
 
 
 def _check_layers(

@@ -84,7 +84,7 @@ def test_integer_pixels_at_the_input_size_are_prepared_on_the_device_bit_for_bit
     quarter of the bytes, or less) and are converted there, to exactly the host's floats: gray,
     RGB, RGBA, mirrored; a batch mixing them with other images takes the host path. The
     backbone program is the same one for both paths."""
-    from msde_jax.io.images import PIXEL_VALUES, raw_pixels, to_float
+    from msde_jax.io.images import PIXEL_VALUES, _pixel_lookup, raw_pixels, to_float
 
     for dtype, table in PIXEL_VALUES.items():  # the device's lookup table is to_float's values
         pixels = np.arange(table.size, dtype=dtype)[None, :]
@@ -106,6 +106,10 @@ def test_integer_pixels_at_the_input_size_are_prepared_on_the_device_bit_for_bit
     assert raw_pixels(gray[1][:20], 32) is None
     np.testing.assert_array_equal(emb.embed(mixed)[[0, 2]], want[[0, 2]])
     assert emb._forward._cache_size() == 1
+    # Another embedder on the same devices reuses the conversion programs.
+    programs = _pixel_lookup(emb._batch_sharding)._cache_size()
+    Embedder("resnet18", weights="random", image_size=32, batch_size=4, progress=False).embed(gray)
+    assert _pixel_lookup(emb._batch_sharding)._cache_size() == programs
 
 
 def test_bfloat16_close_to_float32():

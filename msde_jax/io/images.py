@@ -3,13 +3,19 @@
 Anything a user has — a file path, a PIL image, a NumPy array of shape (H, W), (H, W, 1),
 (H, W, 3) or (H, W, 4) in uint8, uint16, bool or float in [0, 1] — becomes an (S, S, 3) float32
 RGB array in [0, 1]: grayscale is replicated to three channels (as the paper does), an alpha
-channel is dropped, and the image is resized with bilinear interpolation.
+channel is dropped, and the image is resized with bilinear interpolation. Integer images already
+at the backbone's size need only a conversion, which can run on the device: :func:`raw_pixels`
+recognises them and :func:`rgb_from_pixels` makes the same floats there.
 """
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -22,6 +28,7 @@ __all__ = [
     "prepare_channels",
     "raw_pixels",
     "resize",
+    "rgb_from_pixels",
     "to_float",
 ]
 
@@ -188,3 +195,19 @@ def raw_pixels(image: Any, size: int, mode: str = "direct") -> np.ndarray | None
     if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
         return image[..., :3]
     return None
+
+
+def rgb_from_pixels(pixels: jax.Array, sharding: Any = None) -> jax.Array:
+    """:func:`raw_pixels` batches on the device, (n, S, S, C) uint8 / uint16 → (n, S, S, 3)
+    float32 in [0, 1]: each pixel's float looked up in ``PIXEL_VALUES`` (the host's floats bit
+    for bit, where XLA's own division may round otherwise), gray replicated to RGB, placed with
+    ``sharding``. One compiled program per dtype, channel count and sharding, for every caller."""
+    return _pixel_lookup(sharding)(pixels, PIXEL_VALUES[np.dtype(pixels.dtype)])
+
+
+@functools.cache
+def _pixel_lookup(sharding: Any) -> Callable[[jax.Array, np.ndarray], jax.Array]:
+    def lookup(x: jax.Array, values: jax.Array) -> jax.Array:
+        return jnp.broadcast_to(values[x.astype(jnp.int32)], (*x.shape[:3], 3))
+
+    return jax.jit(lookup, out_shardings=sharding)
