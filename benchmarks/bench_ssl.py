@@ -64,15 +64,16 @@ def measure(embedder: Embedder, dataset) -> dict:
     return out
 
 
-def measure_bank(embedder: Embedder, dataset, vsets: dict) -> dict:
-    """The default detector on ``embedder``'s patch features: synthetic-validation AUROC per
+def measure_bank(candidate: presets.Candidate, dataset, vsets: dict) -> dict:
+    """The default candidate (patch features, its detector): synthetic-validation AUROC per
     family (fit on the validation's fitting part, mean over ``vsets``' seeds) and, reported
     only, test AUROC / AP (fit on all training normals, the test set scored)."""
     start = time.perf_counter()
+    embedder, template = candidate.embedder, candidate.detector
     train = embedder.embed(list(dataset.train_normal))
     first = next(iter(vsets.values()))
     fit_idx, val_idx = first.fit, first.normals
-    det = presets.recommended().detector.fit(train[fit_idx])
+    det = type(template)(**template.get_params()).fit(train[fit_idx])
     val_scores = {
         seed: np.asarray(
             det.score_samples(np.concatenate([train[val_idx], embedder.embed(list(v.anomalies))]))
@@ -80,7 +81,7 @@ def measure_bank(embedder: Embedder, dataset, vsets: dict) -> dict:
         for seed, v in vsets.items()
     }
     families = family_aurocs(val_scores, vsets, len(val_idx))
-    full = presets.recommended().detector.fit(train)
+    full = type(template)(**template.get_params()).fit(train)
     labels = np.asarray(dataset.test_labels())
     scores = np.asarray(full.score_samples(embedder.embed(dataset.test_items())), np.float64)
     return {
@@ -95,8 +96,7 @@ def measure_arm(args, dataset, vsets: dict | None, weights=None) -> dict:
     embed = dict(image_size=args.image_size, batch_size=64, progress=False, weights=weights)
     if args.scorer == "bank":  # the stride-16 layer's footprint, as at 224 px with grid 14
         grid = max(1, args.image_size // 16)
-        candidate = presets.recommended(args.backbone, grid=grid, **embed)
-        return measure_bank(candidate.embedder, dataset, vsets)
+        return measure_bank(presets.recommended(args.backbone, grid=grid, **embed), dataset, vsets)
     return measure(Embedder(args.backbone, **embed), dataset)
 
 

@@ -38,13 +38,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
 # ImageNet evaluation crops 224 out of 256: the shorter side is resized to size / 0.875.
 _CROP_RATIO = 0.875
-# The float in [0, 1] of every uint8 and uint16 pixel value, exactly as to_float computes it
-# (÷ the dtype's maximum): a device turns raw pixels into these floats by lookup.
-PIXEL_VALUES = {
-    np.dtype(dtype): np.arange(np.iinfo(dtype).max + 1, dtype=dtype).astype(np.float32)
-    / float(np.iinfo(dtype).max)
-    for dtype in (np.uint8, np.uint16)
-}
 
 
 class ImageReadError(ValueError):
@@ -95,6 +88,14 @@ def to_float(image: Any, *, name: str = "image") -> np.ndarray:
     raise ImageReadError(
         f"{name}: unsupported pixel dtype {arr.dtype}; use uint8, uint16, bool or float in [0, 1]."
     )
+
+
+# The float in [0, 1] of every uint8 and uint16 pixel value, as to_float makes it: a device
+# turns raw pixels into these floats by lookup (rgb_from_pixels).
+PIXEL_VALUES = {
+    np.dtype(dtype): to_float(np.arange(np.iinfo(dtype).max + 1, dtype=dtype)[None])[0, :, 0]
+    for dtype in (np.uint8, np.uint16)
+}
 
 
 def _read_file(path: Path) -> np.ndarray:
