@@ -15,7 +15,8 @@ JAX reads an entry only under its key (a hash of the program, the backend, JAX's
 flags), and an entry it cannot read is recompiled with a warning
 (``tests/test_memory_bounds.py`` fills the folder with garbage). A valid program that someone
 stored under another program's key would be run: keep the folder as private as your code.
-Delete it to reclaim its space.
+Delete it to reclaim its space. The traced programs of the largest functions are kept beside
+the compiled ones, in ``exported/`` (:mod:`msde_jax._exported`), under the same switch.
 """
 
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "CompileCounter",
     "compilation_cache_dir",
     "enable_compilation_cache",
+    "managed_cache_dir",
 ]
 
 COMPILATION_CACHE_ENV = "MSDE_JAX_COMPILATION_CACHE"
@@ -63,6 +65,15 @@ def enable_compilation_cache() -> Path | None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     # With it, XLA's own caches (on a GPU: the autotuning results and compiled kernels).
     jax.config.update("jax_persistent_cache_enable_xla_caches", "all")
+    return folder
+
+
+def managed_cache_dir() -> Path | None:
+    """The compilation cache folder when it is msde_jax's (:func:`enable_compilation_cache`
+    set it up and JAX still uses it), else ``None``."""
+    folder = compilation_cache_dir()
+    if folder is None or jax.config.jax_compilation_cache_dir != str(folder):
+        return None
     return folder
 
 

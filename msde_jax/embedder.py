@@ -11,6 +11,7 @@ import copy
 import math
 import numbers
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,9 +23,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from msde_jax._memory import Lower, check_memory, is_host, out_of_memory
 from msde_jax._progress import Progress
-from msde_jax.backbones import taps as _taps
+from msde_jax.backbones.forward import compiled_forward
 from msde_jax.backbones.registry import BackboneSpec, backbone_spec
-from msde_jax.backbones.variables import describe_weights, load_backbone_variables, variables_dtype
+from msde_jax.backbones.variables import describe_weights, load_backbone_variables
 from msde_jax.io import images as _images
 from msde_jax.io import inputs as _inputs
 
@@ -54,6 +55,7 @@ def cpu_batch(image_size: int) -> int:
 FEATURES = ("pooled", "multiscale", "patches")
 
 _OUTPUT_SHAPES: dict[tuple[Any, ...], tuple[int, ...]] = {}
+_ANALYSES: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 # Memory of one embed call (Embedder.memory_needed). Batches alive at once: the one in the
 # network and the two read ahead.
@@ -184,28 +186,8 @@ class Embedder:
         replicated = NamedSharding(self._mesh, PartitionSpec())
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("data"))
         self._variables = jax.device_put(variables, replicated)
-        normalize, module = spec.normalize, spec.build(0)
-        multiscale, grid, aggregate = features == "multiscale", self.grid, self.aggregate
-
-        def network(variables, x):
-            return module.apply(variables, normalize(x).astype(variables_dtype(variables)))
-
-        def readout(out):
-            if layers is not None:
-                maps = [out.taps[name] for name in layers]
-                if features == "patches":
-                    return _taps.patch_features(maps, grid=grid, aggregate=aggregate)
-                return _taps.pooled_layers(maps)
-            if multiscale:
-                feats = jnp.concatenate([jnp.mean(s, axis=(1, 2)) for s in out.stages], axis=-1)
-            else:
-                feats = out.pooled
-            return feats.astype(jnp.float32)
-
-        self._network, self._readout = network, readout
-        self._forward = jax.jit(
-            lambda variables, x: readout(network(variables, x)),
-            out_shardings=self._batch_sharding,
+        self._network, self._readout, self._forward = compiled_forward(
+            backbone, features, layers, self.grid, self.aggregate, tuple(self.devices)
         )
 
     @classmethod
@@ -250,11 +232,12 @@ class Embedder:
             self.aggregate,
         )
         if key not in _OUTPUT_SHAPES:
-            # Traced as embed() calls it: the call and _forward_memory's lowering reuse it.
+            # From the exported program where one is on disk, else traced as embed() calls
+            # it, so that the call and _forward_memory's lowering reuse the trace.
             probe = self._batch_probe()
-            trace = getattr(self._forward, "trace", None)  # absent if replaced (tests)
-            if trace is not None:
-                out = trace(self._variables, probe).out_info
+            out_info = getattr(self._forward, "out_info", None)  # absent if replaced (tests)
+            if out_info is not None:
+                out = out_info(self._variables, probe)
             else:
                 out = jax.eval_shape(self._forward, self._variables, probe)
             _OUTPUT_SHAPES[key] = tuple(int(s) for s in out.shape[1:])
@@ -393,6 +376,8 @@ class Embedder:
                 out[key][i * bs : i * bs + size] = np.asarray(value)[:size]
             progress.update(size)
 
+        if hasattr(forward, "function"):  # Exported: the jitted function for these batches
+            forward = forward.function(self._variables, self._batch_probe())
         with (
             out_of_memory(f"embedding ({self.backbone})", self._options()),
             ThreadPoolExecutor(max(1, self.num_workers)) as pool,
@@ -448,14 +433,19 @@ class Embedder:
 
     def _forward_memory(self) -> tuple[int, int] | None:
         """(temporary, output) bytes per device of the compiled forward pass, from XLA."""
-        if not hasattr(self, "_analysis"):
-            self._analysis = None
+        # per shared forward pass (compiled_forward) and input: embedders that share the
+        # program share its analysis, which costs a compilation where none is cached
+        known = _ANALYSES.setdefault(self._forward, {})
+        probe = self._batch_probe()
+        key = (self.dtype.name, probe.shape)
+        if key not in known:
+            known[key] = None
             lower = getattr(self._forward, "lower", None)  # absent if replaced (tests)
             if lower is not None:
-                stats = lower(self._variables, self._batch_probe()).compile().memory_analysis()
+                stats = lower(self._variables, probe).compile().memory_analysis()
                 if stats is not None:
-                    self._analysis = (stats.temp_size_in_bytes, stats.output_size_in_bytes)
-        return self._analysis
+                    known[key] = (stats.temp_size_in_bytes, stats.output_size_in_bytes)
+        return known[key]
 
     def check_memory(self, n_images: int) -> None:
         """Refuse, before anything is allocated, to embed ``n_images`` images when

@@ -1,5 +1,6 @@
 """Compiled programs are kept between processes by default (msde_jax._compilation)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -13,18 +14,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EVALUATE = """
 import sys
+from jax import monitoring
 from msde_jax._compilation import CompileCounter
 from msde_jax.cli import main
 
+traced = set()
+def on_duration(event, duration, **kwargs):
+    if event.endswith("jaxpr_trace_duration"):
+        traced.add(kwargs.get("fun_name", "?"))
+monitoring.register_event_duration_secs_listener(on_duration)
 with CompileCounter() as count:
     rc = main(["evaluate", "pneumoniamnist", "--out", sys.argv[1], "--limit", "12",
                "--weights", "random", "--image-size", "32", "--batch-size", "16",
                "--bank-size", "200"])
 print("PROGRAMS", count.requested, count.compiled, rc)
+print("TRACED", *sorted(traced))
 """
+# The functions whose traces are kept on disk (msde_jax._exported): the backbone's forward pass
+# (a lambda in msde_jax.backbones.forward) and the synthetic anomalies.
+EXPORTED = {"<lambda>", "_synthesize"}
 
 
-def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int]:
+def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int, set[str]]:
     environ = {**os.environ, COMPILATION_CACHE_ENV: str(cache), "PYTHONPATH": str(ROOT), **env}
     environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     result = subprocess.run(
@@ -39,7 +50,8 @@ def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int]:
     line = next(s for s in result.stdout.splitlines() if s.startswith("PROGRAMS"))
     requested, compiled, rc = map(int, line.split()[1:])
     assert rc == 0
-    return requested, compiled
+    traced = next(s for s in result.stdout.splitlines() if s.startswith("TRACED"))
+    return requested, compiled, set(traced.split()[1:])
 
 
 # What a default `msde-jax evaluate` may compile (README "Compilation"): the two-stage coreset's
@@ -52,14 +64,23 @@ MAX_PROGRAMS = 15
 
 
 def test_a_second_evaluate_in_a_fresh_process_compiles_nothing(tmp_path):
+    """... and traces neither the backbone nor the synthetic anomalies: their programs are
+    read from the exported files the first process wrote, unchanged, with the same results."""
     cache = tmp_path / "xla"
-    requested, compiled = _evaluate(cache, tmp_path / "r1")
+    requested, compiled, traced = _evaluate(cache, tmp_path / "r1")
     assert compiled == requested > 0
     assert requested <= MAX_PROGRAMS
     assert any(cache.iterdir())
-    again, compiled_again = _evaluate(cache, tmp_path / "r2")
+    assert EXPORTED <= traced
+    files = {p.name: p.stat().st_mtime_ns for p in (cache / "exported").iterdir()}
+    assert sorted(name.split("-")[0] for name in files) == ["forward", "synthesize"]
+    again, compiled_again, traced_again = _evaluate(cache, tmp_path / "r2")
     assert again == requested  # the same programs, all from the cache
     assert compiled_again == 0
+    assert not EXPORTED & traced_again
+    assert {p.name: p.stat().st_mtime_ns for p in (cache / "exported").iterdir()} == files
+    first, second = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("r1", "r2"))
+    assert first["metrics"] == second["metrics"]
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):

@@ -46,6 +46,7 @@ mixture 0.077 / 0.051 (CutPaste 0.019 / 0.014, AnatPaste 0.005 / 0.004, scar 0.0
 of fitting the detector: an anomaly made from a fitted normal is partly memorised.
 """
 
+import functools
 import math
 from functools import partial
 from typing import NamedTuple
@@ -56,6 +57,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+from msde_jax._exported import Exported
 from msde_jax.ssl.augment import (
     ANATOMY,
     Augmented,
@@ -515,16 +517,23 @@ def synthesize(
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1 or None, got {batch_size}.")
     normals = jnp.asarray(normals, jnp.float32)
-    bright = np.asarray(anatomy == "bright")  # traced by _synthesize
-    return _synthesize(key, normals, bright, n=int(n), kinds=kinds, batch_size=batch_size)
+    bright = np.asarray(anatomy == "bright")  # traced: both anatomies share one program
+    return SyntheticSet(*_synthesizer(int(n), kinds, batch_size)(key, normals, bright))
 
 
 # The kinds whose result depends on the anatomy; the others ignore it.
 _BY_ANATOMY = ("anatpaste", "opacity", "texture")
 
 
-@partial(jax.jit, static_argnames=("n", "kinds", "batch_size"))
-def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> SyntheticSet:
+@functools.lru_cache(maxsize=8)
+def _synthesizer(n: int, kinds: tuple[str, ...], batch_size: int | None) -> Exported:
+    """``(key, normals, bright) -> SyntheticSet fields`` for ``n`` anomalies of ``kinds``,
+    jitted, its trace kept on disk (:class:`~msde_jax._exported.Exported`)."""
+    fun = jax.jit(partial(_synthesize, n=n, kinds=kinds, batch_size=batch_size))
+    return Exported(fun, "synthesize", static=(n, kinds, batch_size))
+
+
+def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> tuple[jax.Array, ...]:
     # ``bright`` is traced, so both anatomies share one program: a kind that depends on the
     # anatomy is made both ways from the same key and the right one kept.
     count = normals.shape[0]
@@ -561,4 +570,4 @@ def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> SyntheticSet:
     images = jnp.concatenate([part.image for part in parts])[inverse]
     masks = jnp.concatenate([part.mask for part in parts])[inverse]
     kind_index = jnp.asarray([KINDS.index(kinds[p]) for p in kind_of], jnp.int32)
-    return SyntheticSet(images, masks, kind_index, sources)
+    return images, masks, kind_index, sources

@@ -1,0 +1,100 @@
+"""Traced programs kept on disk (msde_jax._exported): read back instead of traced, keyed by
+everything the trace depends on, and never trusted when damaged."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msde_jax import _exported
+from msde_jax._exported import Exported
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """A managed cache folder for this test (the suite runs with the cache turned off)."""
+    monkeypatch.setattr(_exported, "managed_cache_dir", lambda: tmp_path)
+    return tmp_path / "exported"
+
+
+def _counted(scale: float = 2.0):
+    """A jitted function and the number of times it was traced, as a fresh process has it."""
+    traces = []
+
+    def fun(x, y):
+        traces.append(1)
+        return {"sum": jnp.sin(x) * scale + y, "max": jnp.max(x)}
+
+    return jax.jit(fun), traces
+
+
+def test_a_new_process_reads_the_program_instead_of_tracing(folder):
+    x, y = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), np.float32(0.5)
+    fun, traces = _counted()
+    want = fun(x, y)
+    first = Exported(_counted()[0], "f", static=2.0)
+    np.testing.assert_array_equal(first(x, y)["sum"], want["sum"])
+    (path,) = folder.iterdir()
+    written = path.stat().st_mtime_ns
+    fresh, traces = _counted()  # another process: nothing in memory
+    again = Exported(fresh, "f", static=2.0)
+    out = again(x, y)
+    assert traces == []  # read from the file, not traced
+    np.testing.assert_array_equal(out["sum"], want["sum"])
+    np.testing.assert_array_equal(out["max"], want["max"])
+    assert again.out_info(x, y)["sum"].shape == (3, 4)
+    assert again.lower(x, y).compile() is not None
+    assert traces == []
+    assert path.stat().st_mtime_ns == written
+
+
+def test_the_key_holds_the_static_part_and_the_signature(folder):
+    x = np.ones((3, 4), np.float32)
+    for static, shape, dtype in [(2.0, (3, 4), np.float32), (3.0, (3, 4), np.float32)] + [
+        (2.0, (5, 4), np.float32),
+        (2.0, (3, 4), np.int32),
+    ]:
+        fun = Exported(_counted(static)[0], "f", static=static)
+        arg = np.ones(shape, dtype)
+        np.testing.assert_allclose(fun(arg, np.float32(0))["sum"], np.sin(arg) * static, 1e-6)
+    assert len(list(folder.iterdir())) == 4
+    scaled = Exported(_counted(3.0)[0], "f", static=3.0)(x, np.float32(0))["sum"]
+    np.testing.assert_allclose(scaled, np.sin(x) * 3.0, rtol=1e-6)  # not the 2.0 program
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_damaged_file_is_traced_again_and_rewritten(folder, damage):
+    x = np.arange(6, dtype=np.float32)
+    Exported(_counted()[0], "f")(x, np.float32(1))
+    (path,) = folder.iterdir()
+    blob = path.read_bytes()
+    path.write_bytes(
+        {"garbage": np.random.default_rng(0).bytes(len(blob)), "truncated": blob[:-100]}.get(
+            damage, b""
+        )
+    )
+    fresh, traces = _counted()
+    out = Exported(fresh, "f")(x, np.float32(1))
+    assert traces == [1]
+    np.testing.assert_allclose(out["sum"], np.sin(x) * 2 + 1, rtol=1e-6)
+    assert path.stat().st_size > 32  # written again, and read by the next process:
+    fresh, traces = _counted()
+    np.testing.assert_array_equal(Exported(fresh, "f")(x, np.float32(1))["sum"], out["sum"])
+    assert traces == []
+
+
+def test_inside_a_trace_the_function_is_inlined(folder):
+    exported = Exported(_counted()[0], "f")
+    out = jax.jit(lambda x: exported(x, 1.0)["sum"])(np.zeros(3, np.float32))
+    np.testing.assert_array_equal(out, np.ones(3))
+    assert not folder.exists()
+
+
+def test_without_a_managed_cache_it_is_the_function(monkeypatch, tmp_path):
+    monkeypatch.setattr(_exported, "managed_cache_dir", lambda: None)
+    fun, traces = _counted()
+    exported = Exported(fun, "f")
+    assert exported.function(np.zeros(2, np.float32), np.float32(0)) is fun
+    exported(np.zeros(2, np.float32), np.float32(0))
+    assert traces == [1]
+    assert _exported.exported_dir() is None
