@@ -34,6 +34,11 @@ from jax import export
 from msde_jax._compilation import managed_cache_dir
 from msde_jax._files import atomic_write
 
+try:
+    from jax.core import Tracer as _Tracer
+except ImportError:  # a JAX that no longer makes it public
+    from jax._src.core import Tracer as _Tracer
+
 __all__ = ["Exported", "exported_dir"]
 
 _SOURCE_HASH: str | None = None
@@ -136,7 +141,7 @@ class Exported:
         return self._call(args)
 
     def _call(self, args: tuple[Any, ...]) -> Callable[..., Any]:
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
+        if any(isinstance(leaf, _Tracer) for leaf in jax.tree.leaves(args)):
             return self.fun  # inside another trace: it inlines the function as it is
         signature = _signature(args)
         if signature not in self._calls:
@@ -168,7 +173,7 @@ class Exported:
 
     def _load_or_export(
         self, folder: Path, signature: tuple[Any, ...], args: tuple[Any, ...]
-    ) -> export.Exported:
+    ) -> export.Exported | None:
         path = folder / f"{self.name}-{self._key(signature)}.jaxexport"
         try:
             blob = path.read_bytes()
@@ -180,8 +185,11 @@ class Exported:
                 return export.deserialize(bytearray(payload))
             except Exception:  # written by a JAX that reads it differently: export anew
                 pass
-        program = export.export(self.fun)(*args)
-        payload = bytes(program.serialize())
+        try:
+            program = export.export(self.fun)(*args)
+            payload = bytes(program.serialize())
+        except Exception:  # not exportable (a host callback, …): the function is traced as
+            return None  # usual, and raises there if the arguments are at fault
         try:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(path, hashlib.sha256(payload).digest() + payload, fsync=False)

@@ -98,3 +98,15 @@ def test_without_a_managed_cache_it_is_the_function(monkeypatch, tmp_path):
     exported(np.zeros(2, np.float32), np.float32(0))
     assert traces == [1]
     assert _exported.exported_dir() is None
+
+
+def test_a_function_that_cannot_be_exported_is_called_as_it_is(folder, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("not exportable")
+
+    monkeypatch.setattr(_exported.export, "export", refuse)
+    fun, traces = _counted()
+    out = Exported(fun, "f")(np.zeros(2, np.float32), np.float32(1))
+    np.testing.assert_array_equal(out["sum"], np.ones(2))
+    assert traces == [1]
+    assert not folder.exists()
