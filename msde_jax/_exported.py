@@ -88,12 +88,16 @@ def _trace_context() -> str | None:
 
 
 def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments' tree and each leaf's (shape, dtype, sharding): what a trace sees."""
     leaves, tree = jax.tree.flatten(args)
-    avals = tuple(
-        (tuple(leaf.shape), str(leaf.dtype), repr(getattr(leaf, "sharding", None)))
+    return tree, tuple(
+        (
+            getattr(leaf, "shape", ()),  # a Python scalar: traced as a weakly typed scalar
+            getattr(leaf, "dtype", type(leaf).__name__),
+            getattr(leaf, "sharding", None),
+        )
         for leaf in leaves
     )
-    return str(tree), avals
 
 
 class Exported:
@@ -163,7 +167,8 @@ class Exported:
         parts = (
             self.name,
             repr(self.static),
-            signature,
+            str(signature[0]),
+            [(tuple(shape), str(dtype), repr(sharding)) for shape, dtype, sharding in signature[1]],
             devices,
             _trace_context(),
             _versions(),

@@ -110,3 +110,11 @@ def test_a_function_that_cannot_be_exported_is_called_as_it_is(folder, monkeypat
     np.testing.assert_array_equal(out["sum"], np.ones(2))
     assert traces == [1]
     assert not folder.exists()
+
+
+def test_python_scalars_are_traced_not_baked_in(folder):
+    first = Exported(jax.jit(lambda x, s: x * s), "scaled")
+    np.testing.assert_array_equal(first(np.ones(3, np.float32), 2.0), np.full(3, 2.0))
+    fresh = Exported(jax.jit(lambda x, s: x * s), "scaled")  # another process
+    np.testing.assert_array_equal(fresh(np.ones(3, np.float32), 3.0), np.full(3, 3.0))
+    assert len(list(folder.iterdir())) == 1
