@@ -12,11 +12,12 @@ serves.
 
 A file is used only under its exact key, a hash of everything the trace depends on: the
 function's name and ``static`` key, the arguments' tree, shapes, dtypes and shardings, the
-devices, JAX's trace-time configuration, the versions of jax, jaxlib and flax, and the source
-of msde_jax itself (any edit to the package makes new keys). A file whose checksum does not
-match is traced again and rewritten. The files live in ``exported/`` of the compilation
-cache folder and only while msde_jax manages that cache (``MSDE_JAX_COMPILATION_CACHE=off``
-or a cache folder of the user's own turns this off too). Like the compilation cache, a valid
+devices, JAX's trace-time configuration, the versions of jax, jaxlib, flax and numpy, and
+the source of msde_jax itself (any edit to the package makes new keys). A file whose
+checksum does not match is traced again and rewritten; a function that cannot be exported is
+traced and called as usual. The files live in ``exported/`` of the compilation cache folder
+and only while msde_jax manages that cache (``MSDE_JAX_COMPILATION_CACHE=off`` or a cache
+folder of the user's own turns this off too). Like the compilation cache, a valid
 program stored under another program's key would be run: keep the folder as private as your
 code.
 """
@@ -66,7 +67,7 @@ def _source_hash() -> str:
 
 def _versions() -> tuple[str, ...]:
     out = []
-    for name in ("jax", "jaxlib", "flax"):
+    for name in ("jax", "jaxlib", "flax", "numpy"):
         try:
             out.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
@@ -119,7 +120,7 @@ class Exported:
     def __init__(self, fun: Callable[..., Any], name: str, static: Hashable = ()) -> None:
         self.fun, self.name, self.static = fun, name, static
         self._calls: dict[tuple[Any, ...], Callable[..., Any]] = {}
-        self._programs: dict[tuple[Any, ...], export.Exported] = {}
+        self._programs: dict[tuple[Any, ...], export.Exported | None] = {}
 
     def __call__(self, *args: Any) -> Any:
         return self._call(args)(*args)
