@@ -318,9 +318,10 @@ def test_patch_features_match_a_numpy_reference(patches, raw_maps):
 
 def test_one_image_alone_equals_it_in_a_batch_and_compiles_once(patches):
     emb, out = patches
+    compiled = emb._forward.fun._cache_size()  # shared: other embedders may have added some
     np.testing.assert_allclose(emb.embed(IMAGES[3:4])[0], out[3], rtol=2e-4, atol=2e-4)
     emb.embed(IMAGES[:1] * 9)
-    assert emb._forward.fun._cache_size() == 1
+    assert emb._forward.fun._cache_size() == compiled
 
 
 def test_pooled_layers_are_the_mean_of_the_unaggregated_patch_map(raw_maps):
