@@ -151,7 +151,9 @@ class Exported:
         signature = _signature(args)
         if signature not in self._calls:
             program = self._program(args)
-            self._calls[signature] = self.fun if program is None else jax.jit(program.call)
+            self._calls[signature] = (
+                self.fun if program is None else _Guarded(jax.jit(program.call), self.fun)
+            )
         return self._calls[signature]
 
     def _program(self, args: tuple[Any, ...]) -> export.Exported | None:
@@ -202,3 +204,27 @@ class Exported:
         except OSError:  # a read-only cache: this process still uses the program
             pass
         return program
+
+
+class _Guarded:
+    """The exported program's jitted call, falling back to the function itself (traced as
+    usual) when its first call fails: a JAX that cannot run a program it deserialized (on an
+    untested backend) then costs a trace, not the run. An error of the arguments is raised
+    again by the function itself."""
+
+    def __init__(self, exported: Callable[..., Any], fun: Callable[..., Any]) -> None:
+        self.active, self.fun, self.checked = exported, fun, False
+
+    def __call__(self, *args: Any) -> Any:
+        if self.checked:
+            return self.active(*args)
+        try:
+            out = self.active(*args)
+        except Exception:
+            self.active = self.fun
+            out = self.fun(*args)
+        self.checked = True
+        return out
+
+    def lower(self, *args: Any) -> Any:
+        return self.active.lower(*args)

@@ -118,3 +118,19 @@ def test_python_scalars_are_traced_not_baked_in(folder):
     fresh = Exported(jax.jit(lambda x, s: x * s), "scaled")  # another process
     np.testing.assert_array_equal(fresh(np.ones(3, np.float32), 3.0), np.full(3, 3.0))
     assert len(list(folder.iterdir())) == 1
+
+
+def test_a_program_that_fails_to_run_falls_back_to_tracing(folder, monkeypatch):
+    x = np.arange(4, dtype=np.float32)
+    Exported(_counted()[0], "f")(x, np.float32(0))  # writes the file
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("this backend cannot run the deserialized program")
+
+    monkeypatch.setattr(_exported.export.Exported, "call", broken)
+    fresh, traces = _counted()
+    exported = Exported(fresh, "f")
+    np.testing.assert_allclose(exported(x, np.float32(0))["sum"], np.sin(x) * 2, rtol=1e-6)
+    assert traces == [1]  # traced as usual, once
+    exported(x, np.float32(1))
+    assert traces == [1]
