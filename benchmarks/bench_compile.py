@@ -11,8 +11,9 @@ compilation cache folder, the second reuses it; nothing else is cached between t
     python benchmarks/bench_compile.py pneumoniamnist --runs 2 --extra --limit 100
 
 The programs are counted with jax.monitoring events inside the process
-(``msde_jax._compilation.CompileCounter``); the code runs as the user's would, from the source
-tree beside this script.
+(``msde_jax._compilation.CompileCounter``), and the host's time around them summed from the
+same events: tracing, lowering, compiling or loading, reading the cache. The code runs as the
+user's would, from the source tree beside this script.
 """
 
 import argparse
@@ -26,19 +27,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 RUN = """
-import sys, time
+import collections, sys, time
+from jax import monitoring
 from msde_jax._compilation import CompileCounter
 from msde_jax.cli import main
 
+host = collections.Counter()
+def on_duration(event, duration, **kwargs):
+    host[event.rsplit("/", 1)[-1]] += duration
+monitoring.register_event_duration_secs_listener(on_duration)
 start = time.perf_counter()
 with CompileCounter() as count:
     rc = main(["evaluate", *sys.argv[1:]])
-print(f"BENCH {time.perf_counter() - start:.2f} {count.requested} {count.compiled} {rc}")
+seconds = [host[e] for e in EVENTS]
+print(f"BENCH {time.perf_counter() - start:.2f} {count.requested} {count.compiled} {rc}",
+      *(f"{s:.2f}" for s in seconds))
 """
+# jax.monitoring durations summed over the run: tracing the Python functions, lowering the
+# traces to MLIR (both needed to find a program in the cache), compiling or loading the
+# executables, and the part of that spent reading the cache.
+EVENTS = (
+    "jaxpr_trace_duration",
+    "jaxpr_to_mlir_module_duration",
+    "backend_compile_duration",
+    "cache_retrieval_time_sec",
+)
+RUN = RUN.replace("EVENTS", repr(EVENTS))
 
 
-def run(dataset: str, out: Path, cache: Path, extra: list[str]) -> tuple[float, float, int, int]:
-    """(process wall s, in-process s, programs requested, programs compiled)."""
+def run(
+    dataset: str, out: Path, cache: Path, extra: list[str]
+) -> tuple[float, float, int, int, list[float]]:
+    """(process wall s, in-process s, programs requested, programs compiled, [trace, lower,
+    compile or load, cache read] s)."""
     env = {**os.environ, "MSDE_JAX_COMPILATION_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     start = time.perf_counter()
@@ -53,10 +74,10 @@ def run(dataset: str, out: Path, cache: Path, extra: list[str]) -> tuple[float, 
     line = next((s for s in result.stdout.splitlines() if s.startswith("BENCH")), None)
     if result.returncode != 0 or line is None:
         sys.exit(f"evaluate failed:\n{result.stderr[-3000:]}")
-    inner, requested, compiled, rc = line.split()[1:]
+    inner, requested, compiled, rc, *host = line.split()[1:]
     if int(rc) != 0:
         sys.exit(f"evaluate exited {rc}:\n{result.stderr[-3000:]}")
-    return wall, float(inner), int(requested), int(compiled)
+    return wall, float(inner), int(requested), int(compiled), [float(h) for h in host]
 
 
 def main() -> None:
@@ -71,12 +92,19 @@ def main() -> None:
         cache = Path(tmp) / "xla"
         print(f"`msde-jax evaluate {args.dataset} {' '.join(args.extra)}`".rstrip())
         print()
-        print("| run | compile cache | wall (s) | programs requested | programs compiled |")
-        print("|---|---|---|---|---|")
+        print(
+            "| run | compile cache | wall (s) | programs requested | programs compiled "
+            "| trace (s) | lower (s) | compile or load (s) | of which cache reads (s) |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
         for i in range(args.runs):
-            wall, _, requested, compiled = run(args.dataset, Path(tmp) / f"r{i}", cache, args.extra)
+            wall, _, requested, compiled, host = run(
+                args.dataset, Path(tmp) / f"r{i}", cache, args.extra
+            )
             state = "empty" if i == 0 else "warm"
-            print(f"| {i + 1} | {state} | {wall:.1f} | {requested} | {compiled} |", flush=True)
+            cells = " | ".join(f"{h:.2f}" for h in host)
+            row = f"| {i + 1} | {state} | {wall:.1f} | {requested} | {compiled} | {cells} |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
