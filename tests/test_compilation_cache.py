@@ -31,8 +31,8 @@ print("PROGRAMS", count.requested, count.compiled, rc)
 print("TRACED", *sorted(traced))
 """
 # The functions whose traces are kept on disk (msde_jax._exported): the backbone's forward pass
-# (a lambda in msde_jax.backbones.forward) and the synthetic anomalies.
-EXPORTED = {"<lambda>", "_synthesize"}
+# (a lambda in msde_jax.backbones.forward), the synthetic anomalies and the coreset's first stage.
+EXPORTED = {"<lambda>", "_synthesize", "search"}
 
 
 def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int, set[str]]:
@@ -73,7 +73,7 @@ def test_a_second_evaluate_in_a_fresh_process_compiles_nothing(tmp_path):
     assert any(cache.iterdir())
     assert EXPORTED <= traced
     files = {p.name: p.stat().st_mtime_ns for p in (cache / "exported").iterdir()}
-    assert sorted(name.split("-")[0] for name in files) == ["forward", "synthesize"]
+    assert {name.split("-")[0] for name in files} == {"forward", "kcenter", "synthesize"}
     again, compiled_again, traced_again = _evaluate(cache, tmp_path / "r2")
     assert again == requested  # the same programs, all from the cache
     assert compiled_again == 0

@@ -7,12 +7,14 @@ core searches (:func:`~msde_jax.core.kcenter_greedy_batched`,
 :func:`~msde_jax.core.bank_fit_subsets`, :func:`~msde_jax.core.bank_fit`).
 """
 
+import functools
 import math
 from typing import Any
 
 import jax
 import numpy as np
 
+from msde_jax._exported import Exported
 from msde_jax.core.blocks import bucket_fit_rows
 from msde_jax.core.coreset import kcenter_greedy_batched
 from msde_jax.core.memory_bank import MemoryBank, bank_fit, bank_fit_subsets
@@ -158,13 +160,22 @@ def _first_stage(
             for b, chunk in enumerate(group):
                 block[b, : chunk.size] = patches[order[chunk]]
                 counts[b] = chunk.size * n_patches
-            chosen = kcenter_greedy_batched(
-                block.reshape(per_call, padded * n_patches, c),
-                config.size,
-                counts,
-                projection_dim=fit["projection_dim"],
-                key=fit["key"],
-            )
+            search = _chunk_search(config.size, fit["projection_dim"])
+            chosen = search(block.reshape(per_call, padded * n_patches, c), counts, fit["key"])
             for chunk, rows in zip(group, np.asarray(chosen), strict=False):
                 picks.append(chunk[rows // n_patches] * n_patches + rows % n_patches)
     return np.sort(np.concatenate(picks))
+
+
+@functools.lru_cache(maxsize=8)
+def _chunk_search(n_select: int, projection_dim: int | None) -> Exported:
+    """The first stage's searches (:func:`~msde_jax.core.kcenter_greedy_batched` for
+    ``n_select`` picks), ``search(chunks, counts, key)``, jitted as one program whose trace is
+    kept on disk (:class:`~msde_jax._exported.Exported`)."""
+
+    def search(chunks: jax.Array, counts: jax.Array, key: jax.Array) -> jax.Array:
+        return kcenter_greedy_batched(
+            chunks, n_select, counts, projection_dim=projection_dim, key=key
+        )
+
+    return Exported(jax.jit(search), "kcenter", static=(n_select, projection_dim))
