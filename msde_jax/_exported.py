@@ -150,17 +150,19 @@ class Exported:
             return self.fun  # inside another trace: it inlines the function as it is
         signature = _signature(args)
         if signature not in self._calls:
-            program = self._program(args)
+            program = self._program(args, signature)
             self._calls[signature] = (
                 self.fun if program is None else _Guarded(jax.jit(program.call), self.fun)
             )
         return self._calls[signature]
 
-    def _program(self, args: tuple[Any, ...]) -> export.Exported | None:
+    def _program(
+        self, args: tuple[Any, ...], signature: tuple[Any, ...] | None = None
+    ) -> export.Exported | None:
         folder = exported_dir()
         if folder is None or _trace_context() is None:
             return None
-        signature = _signature(args)
+        signature = _signature(args) if signature is None else signature
         if signature not in self._programs:
             self._programs[signature] = self._load_or_export(folder, signature, args)
         return self._programs[signature]

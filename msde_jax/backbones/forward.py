@@ -1,9 +1,8 @@
 """The jitted forward pass of a backbone and its read-out, shared by every
 :class:`~msde_jax.embedder.Embedder` that runs the same one."""
 
-from collections import OrderedDict
+import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +17,7 @@ from msde_jax.backbones.variables import variables_dtype
 __all__ = ["compiled_forward"]
 
 
-# The last programs built, by compiled_forward's arguments.
-_PROGRAMS: OrderedDict[tuple[Any, ...], tuple[Callable, Callable, Callable]] = OrderedDict()
-_KEPT = 8
-
-
+@functools.lru_cache(maxsize=8)
 def compiled_forward(
     backbone: str,
     features: str,
@@ -42,10 +37,6 @@ def compiled_forward(
     compiled: a second embedder of a configuration in a process (a model loaded twice, a
     notebook cell run again) compiles nothing. The last 8 are kept.
     """
-    key = (backbone, features, layers, grid, aggregate, devices)
-    if key in _PROGRAMS:
-        _PROGRAMS.move_to_end(key)
-        return _PROGRAMS[key]
     spec = backbone_spec(backbone)
     mesh = Mesh(np.array(devices), ("data",))
     normalize, module = spec.normalize, spec.build(0)
@@ -72,9 +63,6 @@ def compiled_forward(
             out_shardings=NamedSharding(mesh, PartitionSpec("data")),
         ),
         f"forward-{backbone}",
-        static=key[1:-1] + (tuple(d.id for d in devices),),
+        static=(features, layers, grid, aggregate, tuple(d.id for d in devices)),
     )
-    _PROGRAMS[key] = network, readout, forward
-    while len(_PROGRAMS) > _KEPT:
-        _PROGRAMS.popitem(last=False)
     return network, readout, forward

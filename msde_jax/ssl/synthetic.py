@@ -46,9 +46,8 @@ mixture 0.077 / 0.051 (CutPaste 0.019 / 0.014, AnatPaste 0.005 / 0.004, scar 0.0
 of fitting the detector: an anomaly made from a fitted normal is partly memorised.
 """
 
-import functools
 import math
-from functools import partial
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 import jax
@@ -525,7 +524,7 @@ def synthesize(
 _BY_ANATOMY = ("anatpaste", "opacity", "texture")
 
 
-@functools.lru_cache(maxsize=8)
+@lru_cache(maxsize=8)
 def _synthesizer(n: int, kinds: tuple[str, ...], batch_size: int | None) -> Exported:
     """``(key, normals, bright) -> SyntheticSet fields`` for ``n`` anomalies of ``kinds``,
     jitted, its trace kept on disk (:class:`~msde_jax._exported.Exported`)."""
