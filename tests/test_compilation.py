@@ -123,8 +123,10 @@ def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):
 
 
 def test_a_loaded_detector_scores_with_the_programs_already_compiled(compiles, tmp_path):
-    det = MSDEDetector(k=10).fit(_normals(13))
+    det = MSDEDetector(k=10).fit(_normals(13, n=115))
     want = det.score_samples(_normals(14, 30))
+    assert det.state_.train.shape[0] == 120  # 115 rows and their padding (fit_rows) ...
+    assert det.to_arrays()[1]["state.train"].shape[0] == 115  # ... saved without it
     det.save(tmp_path / "model")
     before = compiles.count
     loaded = MSDEDetector.load(tmp_path / "model")
@@ -133,15 +135,15 @@ def test_a_loaded_detector_scores_with_the_programs_already_compiled(compiles, t
 
 
 def test_an_msde_fit_is_one_program_per_training_size(compiles):
-    """Density weights, shift, PCA and Gaussian of one training size are one compiled program
-    (no eager pieces between them): a fit on n rows cross-fits on n − ⌈n/5⌉ and n − ⌊n/5⌋, so
-    three sizes. A second fit with other fit-only parameters compiles nothing; one with another
-    step size, tolerance, ridge or score compiles no new fit program (numbers are traced, the
-    score is not part of the fit)."""
-    x = _normals(12, n=103, d=5)  # folds of 20 and 21 rows: fits on 103, 83 and 82 rows
+    """Density weights, shift, PCA and Gaussian of one padded training size are one compiled
+    program (no eager pieces between them): a fit on n rows cross-fits on n − ⌈n/5⌉ and
+    n − ⌊n/5⌋, padded to one bucket, so two sizes. A second fit with other fit-only parameters
+    compiles nothing; one with another step size, tolerance, ridge or score compiles no new fit
+    program (numbers are traced, the score is not part of the fit)."""
+    x = _normals(12, n=103, d=5)  # fits on 103 (→ 104), 83 and 82 rows (→ 88)
     MSDEDetector(k=10).fit(x)
     fits = [name for name in compiles.names if "_fit_arrays" in name]
-    assert len(fits) == 3, compiles.names
+    assert len(fits) == 2, compiles.names
     # Nothing else: host arrays reach the device by copies, not per-shape staging programs.
     assert set(compiles.names) == {"jit(_fit_arrays)", "jit(score_detector)"}, compiles.names
     before = compiles.count
@@ -150,6 +152,71 @@ def test_an_msde_fit_is_one_program_per_training_size(compiles):
     other = MSDEDetector(k=10, step_size=0.5, tol=0.02, ridge=1e-3, score="displacement")
     other.fit(x)
     assert not [name for name in compiles.names[before:] if "_fit_arrays" in name]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [dict(k=10), dict(k=10, mode="none", score="knn", score_neighbors=3), MSDEDetector.paper],
+    ids=["inductive", "knn", "paper"],
+)
+def test_an_msde_refit_on_a_size_in_the_same_bucket_compiles_nothing(compiles, params):
+    """A fit pads its rows to a bucket (``fit_rows``): refits on 104 and 102 images reuse every
+    fit and score program of a fit on 103 (all three pad to 104 rows, their folds' fits on 81
+    to 84 rows to 88), the paper preset's transductive scoring excepted (its joint shift takes
+    the training rows unpadded, so its batch programs are per size)."""
+    transductive = callable(params)
+    make = params if transductive else lambda: MSDEDetector(**params)
+    for n in (103, 104, 102):
+        if n == 104:
+            before = compiles.count
+        det = make().fit(_normals(14 + n, n=n, d=7))  # shapes no other test compiles
+        if not transductive:
+            det.score_samples(_normals(15, 9, d=7))
+    fits = [name for name in compiles.names[before:] if "_fit_arrays" in name]
+    assert not fits, compiles.names[before:]
+    if not transductive:
+        assert compiles.count == before, compiles.names[before:]
+
+
+def test_padded_and_unpadded_msde_fits_agree(monkeypatch):
+    """Padding rows change nothing but rounding: weights, the shifted rows and their iteration
+    count equal those of a fit on the rows alone, and scores, thresholds and the PCA agree to
+    float32 rounding, with a shift that stops early (clustered data) and one that does not."""
+    from msde_jax.detectors import msde
+
+    rng = np.random.default_rng(16)
+    centres = rng.normal(size=(3, 6)) * 4
+    clustered = (centres[rng.integers(0, 3, 90)] + 0.05 * rng.normal(size=(90, 6))).astype(
+        np.float32
+    )
+    for x, params in [
+        (clustered, dict(k=10, tol=0.05)),
+        (_normals(17, n=90), dict(k=10, covariance="ledoit_wolf", score="knn")),
+        (_normals(18, n=90), dict(k=10, block_order="given", score="displacement")),
+    ]:
+        queries = _normals(19, 25) * 1.5
+        padded = MSDEDetector(**params).fit(x)
+        assert padded.state_.train.shape[0] == msde.fit_rows(padded.config(), 90) == 96
+        unpadded = msde.unpadded(padded.state_)
+        assert unpadded.train.shape[0] == 90
+        assert unpadded.valid is None
+        with monkeypatch.context() as patch:  # the same fit, with padding switched off
+            patch.setattr(msde, "_pads", lambda config, n: False)
+            plain = MSDEDetector(**params).fit(x)
+        assert plain.state_.valid is None
+        np.testing.assert_array_equal(unpadded.density, plain.state_.density)
+        np.testing.assert_allclose(unpadded.reference, plain.state_.reference, atol=1e-6)
+        assert padded.n_iter_ == plain.n_iter_
+        np.testing.assert_allclose(
+            padded.score_samples(queries), plain.score_samples(queries), rtol=2e-6, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            padded.decision_scores_, plain.decision_scores_, rtol=2e-6, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            np.abs(unpadded.pca.components), np.abs(plain.state_.pca.components), atol=1e-5
+        )
+    assert MSDEDetector(k=10, tol=0.05).fit(clustered).n_iter_ < 8  # the stop was exercised
 
 
 # ---------------------------------------------------------------------- no host syncs in loops

@@ -113,6 +113,7 @@ def density_weights(
     n_radii: int = 4,
     index_sum_quirk: bool = False,
     batch_size: int | None = None,
+    n_valid: int | ArrayLike | None = None,
 ) -> jax.Array:
     """Per-point density weights w (n,) for the weighted mean shift.
 
@@ -148,6 +149,11 @@ def density_weights(
             against that code only (static).
         batch_size: rows processed at a time (static): whole blocks for ``"msde"``, kNN query
             rows for ``"fuzzy_degree"``. ``None`` does everything at once.
+        n_valid: how many leading rows are real (traced; ``None``: all). The rows after them
+            are padding, so that sizes in one bucket share a program: they get weight 0 and
+            the blocks are those of the ``n_valid`` real rows. With padding, pass the
+            ``block_size`` of the real count (the default rule reads the padded one).
+            ``"msde"`` and ``"uniform"`` only.
 
     Returns:
         (n,) non-negative weights, in the dtype of ``x``.
@@ -156,9 +162,12 @@ def density_weights(
     n = x.shape[0]
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    real = n if n_valid is None else jnp.asarray(n_valid, jnp.int32)
     if method == "uniform":
-        return jnp.ones(n, x.dtype)
+        return (jnp.arange(n) < real).astype(x.dtype)
     if method == "fuzzy_degree":
+        if n_valid is not None:
+            raise ValueError("n_valid (padding) is supported by method='msde' and 'uniform' only.")
         return fuzzy_degree(
             fuzzy_simplicial_set(knn(x, k=min(n_neighbors, n), batch_size=batch_size))
         )
@@ -168,7 +177,7 @@ def density_weights(
     b = min(block_size, n)
     n_blocks = -(-n // b)
     padded = jnp.pad(x, ((0, n_blocks * b - n), (0, 0))).reshape(n_blocks, b, x.shape[1])
-    n_valid = jnp.minimum(b, n - b * jnp.arange(n_blocks))
+    n_valid = jnp.clip(real - b * jnp.arange(n_blocks), 0, b)
     block = partial(
         _block_weights,
         n_neighbors=n_neighbors,

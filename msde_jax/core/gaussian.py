@@ -14,6 +14,8 @@ from jax import lax
 from jax.scipy.linalg import solve_triangular
 from jax.typing import ArrayLike
 
+from msde_jax.core.pca import masked_centre, masked_mean
+
 __all__ = [
     "COVARIANCE_ESTIMATORS",
     "JITTERS",
@@ -41,14 +43,15 @@ class GaussianState(NamedTuple):
     cholesky: jax.Array
 
 
-def _ledoit_wolf_shrinkage(xc: jax.Array, emp_cov: jax.Array) -> jax.Array:
+def _ledoit_wolf_shrinkage(xc: jax.Array, emp_cov: jax.Array, n: int | jax.Array) -> jax.Array:
     """``sklearn.covariance.ledoit_wolf_shrinkage`` for centred ``xc``, without blocks.
 
     sklearn's blocked sums are ``beta_ = sum(X2.T @ X2) = sum_i ||x_i||^4`` (X2 = X**2) and
     ``delta_ = sum((X.T @ X)**2) / n**2 = ||emp_cov||_F^2``; the row form of ``beta_`` is
-    O(n d) instead of O(n d^2).
+    O(n d) instead of O(n d^2). ``n`` is the number of real rows (zero padding rows add
+    nothing to the sums).
     """
-    n, p = xc.shape
+    p = xc.shape[1]
     trace = jnp.trace(emp_cov)
     mu = trace / p
     beta_ = jnp.sum(jnp.sum(xc * xc, axis=1) ** 2)
@@ -61,7 +64,7 @@ def _ledoit_wolf_shrinkage(xc: jax.Array, emp_cov: jax.Array) -> jax.Array:
     return jnp.where(beta == 0, 0.0, beta / jnp.where(delta == 0, 1.0, delta))
 
 
-def _oas_shrinkage(n: int, emp_cov: jax.Array) -> jax.Array:
+def _oas_shrinkage(n: int | jax.Array, emp_cov: jax.Array) -> jax.Array:
     """The OAS shrinkage of ``sklearn.covariance.OAS`` (sklearn's form, without the 2/p term).
 
     ``min((alpha + mu^2) / ((n + 1) (alpha - mu^2 / p)), 1)`` with ``alpha = mean(S**2)`` and
@@ -84,7 +87,11 @@ def _shrink(emp_cov: jax.Array, shrinkage: jax.Array) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("covariance",))
 def gaussian_fit(
-    x: ArrayLike, *, covariance: str = "ridge", ridge: ArrayLike = 1e-4
+    x: ArrayLike,
+    *,
+    covariance: str = "ridge",
+    ridge: ArrayLike = 1e-4,
+    valid: ArrayLike | None = None,
 ) -> GaussianState:
     """Fit a Gaussian (mean, covariance and its Cholesky factor) to the rows of ``x``.
 
@@ -106,6 +113,8 @@ def gaussian_fit(
         x: (n, d) data, n >= 2.
         covariance: one of ``"empirical"``, ``"ridge"``, ``"ledoit_wolf"``, ``"oas"``.
         ridge: scalar added to the diagonal of the unbiased covariance for ``"ridge"``.
+        valid: (n,) bool, which rows are real (``None``: all): the others are padding (so that
+            sizes in one bucket share a program) and count for nothing; n is the real count.
 
     Returns:
         A :class:`GaussianState`. ``cholesky`` is computed from the data by a QR
@@ -127,9 +136,11 @@ def gaussian_fit(
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
-    n, d = x.shape
-    mean = jnp.mean(x, axis=0)
-    xc = x - mean[None, :]
+    d = x.shape[1]
+    valid = None if valid is None else jnp.asarray(valid, bool)
+    mean, count = masked_mean(x, valid)
+    n = x.shape[0] if valid is None else count
+    xc = masked_centre(x, mean, valid)
     scatter = jnp.matmul(xc.T, xc, precision=lax.Precision.HIGHEST)
     # A matmul need not be bitwise symmetric; Cholesky reads only one triangle.
     scatter = 0.5 * (scatter + scatter.T)
@@ -149,7 +160,7 @@ def gaussian_fit(
         a = jnp.concatenate([xc / jnp.sqrt(n - 1.0), jnp.sqrt(jnp.maximum(ridge, 0)) * eye])
     else:
         if covariance == "ledoit_wolf":
-            shrinkage = _ledoit_wolf_shrinkage(xc, emp_cov)
+            shrinkage = _ledoit_wolf_shrinkage(xc, emp_cov, n)
         else:
             shrinkage = _oas_shrinkage(n, emp_cov)
         cov = _shrink(emp_cov, shrinkage)

@@ -85,19 +85,30 @@ def _window_means(queries, ref, ref_sq, ref_w, k):
     return m, jnp.linalg.norm(m - queries, axis=-1)
 
 
-def _blurring(x, weights, k, step_size, max_iter, tol, batch_size):
+def _masked_sq_norms(y, valid):
+    """Row norms², +inf on padding rows (``valid`` False), which are then never neighbours."""
+    sqn = sq_norms(y)
+    return sqn if valid is None else jnp.where(valid, sqn, jnp.inf)
+
+
+def _blurring(x, weights, k, step_size, max_iter, tol, batch_size, valid=None):
+    count = x.shape[0] if valid is None else jnp.sum(valid).astype(x.dtype)
+
+    def mean_real(delta):
+        return jnp.mean(delta) if valid is None else jnp.sum(jnp.where(valid, delta, 0)) / count
+
     def cond(state):
         _, _, it, converged = state
         return (it < max_iter) & ~converged
 
     def body(state):
         y, disp, it, _ = state
-        sqn = sq_norms(y)
+        sqn = _masked_sq_norms(y, valid)
         if batch_size is None:  # all rows at once (small n): one dense block
             m, delta = _window_means(y, y, sqn, weights, k)
         else:
             m, delta = map_rows(lambda yi: shift_one(yi, y, sqn, weights, k), y, batch_size)
-        return move_points(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
+        return move_points(y, m, delta, step_size), disp + delta, it + 1, mean_real(delta) < tol
 
     init = (x, jnp.zeros(x.shape[0], x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
     return MeanShiftResult(*masked_loop(cond, body, init, max_iter))
@@ -144,8 +155,8 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
     return MeanShiftResult(*masked_loop(cond, body, init, max_iter))
 
 
-def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, batch_size):
-    ref_sqnorm = sq_norms(reference)
+def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, batch_size, valid):
+    ref_sqnorm = _masked_sq_norms(reference, valid)
 
     def one(q):
         def cond(state):
@@ -181,6 +192,7 @@ def mean_shift(
     neighbors: str = "auto",
     leaf_size: int = DEFAULT_LEAF_SIZE,
     probes: int = DEFAULT_PROBES,
+    valid: ArrayLike | None = None,
 ) -> MeanShiftResult:
     """Density-weighted kNN mean shift (MSDE, Kar et al., arXiv 2602.03293).
 
@@ -220,6 +232,11 @@ def mean_shift(
         leaf_size: most points per leaf of the approximate search (static, at least 2).
         probes: leaves each leaf is searched against, itself included (static); raised where
             fewer could not hold k points.
+        valid: (n,) bool, which rows are real (``None``: all); the others are padding, so that
+            sizes in one bucket share a program. In the blurring shift (exact search only)
+            padding rows are never neighbours and the stopping rule averages over real rows;
+            in the inductive shift it marks the real ``reference`` rows. Their results are
+            meaningless. At least k rows must be real.
 
     Returns:
         :class:`MeanShiftResult` ``(points, displacement, n_iter, converged)``.
@@ -235,7 +252,12 @@ def mean_shift(
         k = min(k, x.shape[0])
         check_tree(leaf_size, probes)
         if search == "exact":
-            return _blurring(x, w, k, step_size, max_iter, tol, batch_size)
+            return _blurring(x, w, k, step_size, max_iter, tol, batch_size, valid)
+        if valid is not None:
+            raise ValueError(
+                "valid (padding rows) is supported by the exact search only: pass "
+                "neighbors='exact' or drop the padding."
+            )
         return _blurring_partitioned(
             x, w, k, step_size, max_iter, tol, leaf_size, probes, batch_size
         )
@@ -257,7 +279,7 @@ def mean_shift(
         else jnp.asarray(reference_weights, x.dtype)
     )
     k = min(k, reference.shape[0])
-    return _inductive(x, reference, rw, k, step_size, max_iter, tol, batch_size)
+    return _inductive(x, reference, rw, k, step_size, max_iter, tol, batch_size, valid)
 
 
 NEIGHBOR_SEARCHES = ("auto", "exact", "approximate")

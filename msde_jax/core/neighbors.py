@@ -76,6 +76,7 @@ def knn(
     *,
     k: int,
     batch_size: int | None = None,
+    reference_valid: ArrayLike | None = None,
 ) -> Neighbors:
     """Exact k nearest neighbours under the Euclidean distance.
 
@@ -91,6 +92,9 @@ def knn(
         k: number of neighbours, 1 ≤ k ≤ n (static).
         batch_size: queries per block (static); ``None`` processes all queries at once. Any
             positive value gives the same result, including ones that do not divide m.
+        reference_valid: (n,) bool, which reference rows are real (``None``: all); the others
+            (padding, so that sizes in one bucket share a program) are never neighbours. At
+            least k must be real.
 
     Returns:
         ``Neighbors(distances (m, k), indices (m, k))``, nearest first.
@@ -102,6 +106,8 @@ def knn(
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of reference points ({n}), got {k}.")
     ref_sqnorm = sq_norms(reference)
+    if reference_valid is not None:
+        ref_sqnorm = jnp.where(reference_valid, ref_sqnorm, jnp.inf)
 
     if self_neighbours:
         rows = (queries, jnp.arange(queries.shape[0]))

@@ -36,12 +36,30 @@ class PCAState(NamedTuple):
     explained_variance_ratio: jax.Array
 
 
+def masked_mean(x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """The mean of the rows of ``x`` that ``valid`` marks (all with ``None``) and their count.
+
+    With ``valid``, the padding rows are left out of the sum, so sizes padded to one bucket
+    share a program."""
+    if valid is None:
+        return jnp.mean(x, axis=0), jnp.asarray(x.shape[0], x.dtype)
+    count = jnp.sum(valid).astype(x.dtype)
+    return jnp.sum(jnp.where(valid[:, None], x, 0), axis=0) / count, count
+
+
+def masked_centre(x: jax.Array, mean: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """``x − mean``, with the padding rows (``valid`` False) set to zero rows: every sum of
+    squares and products over it is then that of the real rows alone."""
+    centred = x - mean[None, :]
+    return centred if valid is None else jnp.where(valid[:, None], centred, 0)
+
+
 @jax.jit
-def _full_pca(x: jax.Array) -> PCAState:
+def _full_pca(x: jax.Array, valid: jax.Array | None = None) -> PCAState:
     """All ``min(n, d)`` components; the only place the SVD is computed."""
     n, d = x.shape
-    mean = jnp.mean(x, axis=0)
-    centred = x - mean[None, :]
+    mean, count = masked_mean(x, valid)
+    centred = masked_centre(x, mean, valid)
     if n > d:
         # x − mean = Q R: the SVD of the (d, d) factor R has the same S and Vt, without the
         # (n, d) U a thin SVD of the data would build (n = 100,000 rows: 200 MB per 512 dims).
@@ -52,7 +70,7 @@ def _full_pca(x: jax.Array) -> PCAState:
     # which rows were used to fit. A unit row never has sign 0, the guard only protects NaNs.
     pivot = jnp.take_along_axis(vt, jnp.argmax(jnp.abs(vt), axis=1)[:, None], axis=1)
     signs = jnp.where(pivot < 0, -1, 1).astype(vt.dtype)
-    variance = s**2 / (n - 1)
+    variance = s**2 / (count - 1)
     return PCAState(mean, vt * signs, variance, variance / jnp.sum(variance))
 
 
@@ -65,7 +83,7 @@ def _truncate(state: PCAState, n_components: int) -> PCAState:
     )
 
 
-def pca_fit(x: ArrayLike, n_components: int | float) -> PCAState:
+def pca_fit(x: ArrayLike, n_components: int | float, valid: ArrayLike | None = None) -> PCAState:
     """Fit a PCA to ``x`` by a thin SVD of the centred data.
 
     With ``x - mean = U diag(S) Vt`` (the SVD of the centred data, or for n > d of its
@@ -83,6 +101,10 @@ def pca_fit(x: ArrayLike, n_components: int | float) -> PCAState:
             in (0, 1), the fraction of variance to explain: the smallest count whose cumulative
             ratio exceeds it, ``searchsorted(cumsum(ratio), frac, side="right") + 1`` capped at
             ``min(n, d)``, exactly as scikit-learn resolves it.
+        valid: (n,) bool, which rows are real (``None``: all): the others are padding (so that
+            sizes in one bucket share a program) and are left out of the mean and of the
+            factorisation (zero rows once centred); n is then the real count. Ranges are
+            checked against the padded shape.
 
     Returns:
         A :class:`PCAState` with c = the resolved number of components.
@@ -107,14 +129,14 @@ def pca_fit(x: ArrayLike, n_components: int | float) -> PCAState:
                 f"n_components={n_components} must be in 1..min(n, d)={max_components} "
                 f"for data of shape {x.shape}, or a float in (0, 1)."
             )
-        return _truncate(_full_pca(x), int(n_components))
+        return _truncate(_full_pca(x, valid), int(n_components))
     if isinstance(n_components, numbers.Real) and not isinstance(n_components, bool):
         if not 0.0 < n_components < 1.0:
             raise ValueError(
                 f"A float n_components={n_components} is a fraction of explained variance and "
                 "must lie strictly between 0 and 1; pass an int to fix the count."
             )
-        full = _full_pca(x)
+        full = _full_pca(x, valid)
         if isinstance(full.explained_variance_ratio, jax.core.Tracer):
             raise TypeError(
                 "A float n_components picks the number of components from the data and cannot "

@@ -1,15 +1,17 @@
-"""The MSDE detector on pooled embeddings: its config, pure fit / score and the facade.
+"""The MSDE detector on pooled embeddings: its pure fit / score and the facade.
 
 :func:`fit_detector` fits a :class:`DetectorState` (a pytree) and a threshold from normal
-embeddings for a :class:`DetectorConfig`; :func:`score_detector` scores new embeddings under
-that state and is ``jax.jit``-able (see its docstring for the one exception). :class:`MSDEDetector`
-is the facade over the two (:class:`~msde_jax.detectors.base.Detector`).
+embeddings for a :class:`~msde_jax.detectors.msde_config.DetectorConfig` (re-exported here);
+:func:`score_detector` scores new embeddings under that state and is ``jax.jit``-able (see its
+docstring for the one exception). :class:`MSDEDetector` is the facade over the two
+(:class:`~msde_jax.detectors.base.Detector`). A fit pads its rows to a bucketed count
+(:func:`fit_rows`), so nearby training sizes share their compiled programs.
 """
 
 import dataclasses
 import functools
 import math
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,15 +19,25 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax._memory import Lower
-from msde_jax.core.blocks import row_keys, sample_keys
-from msde_jax.core.density import density_weights
-from msde_jax.core.gaussian import COVARIANCE_ESTIMATORS, GaussianState, gaussian_fit, mahalanobis
-from msde_jax.core.mean_shift import NEIGHBOR_SEARCHES, mean_shift
+from msde_jax.core.blocks import bucket_fit_rows, row_keys, sample_keys
+from msde_jax.core.density import default_block_size, density_weights
+from msde_jax.core.gaussian import GaussianState, gaussian_fit, mahalanobis
+from msde_jax.core.mean_shift import choose_neighbors, mean_shift
 from msde_jax.core.neighbors import knn
 from msde_jax.core.pca import PCAState, pca_fit, pca_transform
 from msde_jax.detectors.base import Detector
-from msde_jax.detectors.config import BaseConfig, check_choice, check_features, check_int, param
+from msde_jax.detectors.config import check_features
 from msde_jax.detectors.fitting import DetectorFit, cross_fit
+from msde_jax.detectors.msde_config import (
+    BLOCK_ORDERS,
+    MODES,
+    NORMALIZATIONS,
+    PAPER_PARAMS,
+    SCORES,
+    THRESHOLDS,
+    DetectorConfig,
+)
+from msde_jax.detectors.persistence import state_arrays
 
 __all__ = [
     "BLOCK_ORDERS",
@@ -38,194 +50,11 @@ __all__ = [
     "DetectorState",
     "MSDEDetector",
     "fit_detector",
+    "fit_rows",
+    "padded",
     "score_detector",
+    "unpadded",
 ]
-
-MODES = ("inductive", "transductive", "none")
-SCORES = ("mahalanobis", "displacement", "knn")
-THRESHOLDS = ("cross_fit", "chi2")
-BLOCK_ORDERS = ("content", "given")
-NORMALIZATIONS = ("none", "l2")
-
-# The published medical pipeline (Kar et al., arXiv 2604.19191).
-PAPER_PARAMS = dict(
-    mode="transductive",
-    k=50,
-    step_size=0.33,
-    max_iter=8,
-    tol=0.01,
-    density="msde",
-    n_neighbors=15,
-    block_order="given",
-    n_components=256,
-    covariance="ridge",
-    ridge=1e-4,
-    standardize=True,
-    score="mahalanobis",
-)
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DetectorConfig(BaseConfig):
-    """Every hyperparameter of the MSDE detector, validated on construction.
-
-    The shared parameters of :class:`~msde_jax.detectors.config.BaseConfig` and the MSDE
-    pipeline's own; the defaults are the inductive detector's, :meth:`paper` is the published
-    preset. Frozen and hashable. It travels inside :class:`DetectorState` as a static pytree
-    node: ``jax.jit(score_detector)(state, x)`` specialises on it (a different config compiles
-    anew) and traces only the arrays. The one pairing it does not refuse, ``threshold="chi2"``
-    with a score other than ``"mahalanobis"``, is refused by :func:`fit_detector`, which
-    computes the threshold; a fitted state can be scored with any score.
-    """
-
-    score_params: ClassVar[tuple[str, ...]] = ("score", "score_neighbors", "batch_size")
-
-    mode: str = param(
-        "inductive",
-        '``"inductive"`` (each query shifted toward the fixed, shifted training normals; '
-        'batch-independent), ``"transductive"`` (the published joint shift of the training '
-        'normals and the whole test batch: a score depends on the batch) or ``"none"`` (no '
-        "shift). See the class docstring.",
-    )
-    n_neighbors: int = param(15, "q, neighbours of the fuzzy graph behind the density weights.")
-    block_order: str = param(
-        "content",
-        '``"content"`` assigns rows to the published weight blocks by a hash of their values, '
-        'so results do not depend on the row order; ``"given"`` uses consecutive rows as the '
-        "published code does (the :meth:`paper` preset).",
-    )
-    index_sum_quirk: bool = param(
-        False,
-        "reproduce the published code's weight bug (:func:`~msde_jax.core.density_weights`); "
-        "for parity checks only.",
-    )
-    n_components: int | float = param(
-        256,
-        "PCA components, capped at ``min(d, n − 1)``; an int, or a float in (0, 1) for a "
-        "fraction of explained variance.",
-    )
-    covariance: str = param(
-        "ridge",
-        '``"ridge"`` (the paper\'s: unbiased covariance + ``ridge``·I), ``"empirical"``, '
-        '``"ledoit_wolf"`` or ``"oas"``.',
-    )
-    ridge: float = param(1e-4, 'added to the covariance diagonal with ``covariance="ridge"``.')
-    normalize: str = param(
-        "none",
-        '``"l2"`` divides each row by its Euclidean norm before anything else (before '
-        'standardising); with ``standardize=False`` and ``score="knn"`` the kNN distance is '
-        'then the cosine one, √(2 − 2 cos). ``"none"`` (the default) keeps rows as given.',
-    )
-    standardize: bool = param(
-        True, "standardise features with the training mean and standard deviation."
-    )
-    score: str = param(
-        "mahalanobis",
-        '``"mahalanobis"``, ``"displacement"`` (the total MSDE displacement) or ``"knn"`` '
-        "(the distance to the nearest shifted training normals; not with "
-        '``mode="transductive"``).',
-    )
-    score_neighbors: int = param(1, 'neighbours averaged by ``score="knn"`` (1: the nearest).')
-    threshold: str = param(
-        "cross_fit",
-        '``"cross_fit"`` (the ``1 − contamination`` quantile of out-of-fold scores of the '
-        'training normals) or ``"chi2"`` (the square root of that quantile of '
-        "χ²(n_components), the law of a squared Mahalanobis distance).",
-    )
-    neighbors: str = param(
-        "auto",
-        "the blurring shift's neighbour search (fit, and the transductive score): "
-        '``"exact"``, ``"approximate"`` (:func:`~msde_jax.core.approximate_knn`\'s tree) or '
-        '``"auto"`` (:func:`~msde_jax.core.mean_shift`).',
-    )
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> "DetectorConfig":
-        """The published medical pipeline, as :meth:`msde_jax.MSDEDetector.paper`."""
-        return cls(**{**PAPER_PARAMS, **overrides})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("mode", self.mode, MODES)
-        check_choice("normalize", self.normalize, NORMALIZATIONS)
-        check_choice("block_order", self.block_order, BLOCK_ORDERS)
-        check_choice("covariance", self.covariance, COVARIANCE_ESTIMATORS)
-        check_choice("score", self.score, SCORES)
-        check_choice("threshold", self.threshold, THRESHOLDS)
-        check_choice("neighbors", self.neighbors, NEIGHBOR_SEARCHES)
-        check_int("n_neighbors", self.n_neighbors)
-        check_int("n_folds", self.n_folds)
-        if self.n_folds < 2 and self.threshold == "cross_fit":
-            raise ValueError("threshold='cross_fit' needs n_folds >= 2.")
-        if not self.ridge >= 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge!r}.")
-        nc = self.n_components
-        if isinstance(nc, bool) or not (
-            (isinstance(nc, int | np.integer) and nc >= 1) or (isinstance(nc, float) and 0 < nc < 1)
-        ):
-            raise ValueError(
-                f"n_components must be a positive int or a float in (0, 1), got {nc!r}."
-            )
-        if self.score == "displacement" and self.mode == "none":
-            raise ValueError(
-                "score='displacement' needs a mean shift: use a mode other than 'none'."
-            )
-        if self.score == "knn" and self.mode == "transductive":
-            raise ValueError(
-                "score='knn' measures the distance to fixed training normals, which the "
-                "transductive mode shifts anew with every test batch; use mode='inductive' "
-                "(the density-enhanced normals) or mode='none'."
-            )
-
-    @property
-    def min_samples(self) -> int:
-        """The fewest training rows a fit needs: k neighbours, or 2 for a covariance, and
-        ``score_neighbors`` for ``score="knn"``."""
-        need = self._min_fit_samples
-        return max(need, self.score_neighbors) if self.score == "knn" else need
-
-    @property
-    def _min_fit_samples(self) -> int:
-        return 2 if self.mode == "none" else max(self.k, 2)
-
-    def _min_samples_reason(self) -> tuple[str, str]:
-        """Why ``min_samples`` rows are needed, and the parameter that lowers it."""
-        if self.score == "knn" and self.score_neighbors > self._min_fit_samples:
-            return f"score_neighbors={self.score_neighbors} neighbours", "score_neighbors"
-        return (f"k={self.k} neighbours" if self.mode != "none" else "a covariance"), "k"
-
-    @property
-    def content_ordered(self) -> bool:
-        """Whether the published weight blocks follow a hash of the rows, not their order."""
-        return self.density == "msde" and self.block_order == "content"
-
-    def check_n_samples(self, n: int) -> None:
-        """Refuse ``n`` training rows if too few to fit (k neighbours, components, folds)."""
-        need = self.min_samples
-        if n < need:
-            reason, fix = self._min_samples_reason()
-            raise ValueError(
-                f"Fitting needs at least {need} training samples for {reason}, got {n}; "
-                f"pass more normal samples or a smaller {fix}."
-            )
-        if self.covariance == "empirical":
-            nc = self.n_components
-            if isinstance(nc, int | np.integer) and n <= min(nc, n - 1):
-                raise ValueError("covariance='empirical' needs more samples than components.")
-        if self.threshold == "cross_fit":
-            smallest = n - math.ceil(n / self.n_folds)
-            if smallest < need:
-                if self._min_samples_reason()[1] == "score_neighbors":
-                    fix = "lower n_folds or score_neighbors"
-                elif self.score == "mahalanobis":  # the only score χ² applies to
-                    fix = "lower n_folds or k, or use threshold='chi2'"
-                else:
-                    fix = "lower n_folds or k"
-                raise ValueError(
-                    f"threshold='cross_fit' fits on {smallest} of the {n} samples per fold, fewer "
-                    f"than the {need} needed; {fix}."
-                )
 
 
 class DetectorState(NamedTuple):
@@ -246,6 +75,13 @@ class DetectorState(NamedTuple):
             32-bit words (JAX has no uint64 without x64), with content-ordered weight blocks;
             else ``None``. The transductive mode orders the joint blocks by it.
         config: the :class:`DetectorConfig` it was fitted with (a static pytree node).
+        valid: (n,) bool, which rows of ``train``, ``density``, ``reference`` and
+            ``train_keys`` are real, or ``None`` when all are. A fit pads its n training rows
+            to :func:`~msde_jax.core.blocks.bucket_fit_rows` (n) so that nearby sizes (the
+            cross-fit folds, refits on a few more or fewer images) share the fit and score
+            programs (:func:`fit_rows` says when); the padding rows are never neighbours,
+            weigh nothing and count in no statistic. :func:`unpadded` drops them (a saved
+            detector holds the real rows only).
     """
 
     center: jax.Array
@@ -257,28 +93,94 @@ class DetectorState(NamedTuple):
     gaussian: GaussianState
     train_keys: jax.Array | None
     config: DetectorConfig
+    valid: jax.Array | None = None
+
+
+def fit_rows(config: DetectorConfig, n: int) -> int:
+    """The rows a fit on ``n`` samples runs on: :func:`~msde_jax.core.blocks.bucket_fit_rows`
+    (n) (at most 1/8 padding), or ``n`` itself where padding is not supported: the
+    approximate neighbour search of the shift (``neighbors="approximate"``, or ``"auto"``
+    beyond 4,096 rows), ``density="fuzzy_degree"`` and a variance fraction as
+    ``n_components``. The transductive mode's fit is padded, its state is not (its joint
+    blocks follow the rows' positions), so its scoring compiles per training size."""
+    return bucket_fit_rows(n) if _pads(config, n) else n
+
+
+def _pads(config: DetectorConfig, n: int) -> bool:
+    if not isinstance(config.n_components, int | np.integer):
+        return False
+    return config.mode == "none" or (
+        config.density != "fuzzy_degree" and choose_neighbors(config.neighbors, n) == "exact"
+    )
+
+
+# The state's arrays with one row per training sample.
+_ROWS = ("train", "density", "reference", "train_keys")
+
+
+def unpadded(state: DetectorState) -> DetectorState:
+    """``state`` with its padding rows dropped (``valid`` ``None``); as is without padding.
+
+    The arrays travel through the host once (no program per size)."""
+    if state.valid is None:
+        return state
+    n = int(np.sum(np.asarray(state.valid)))  # the padding rows are the last ones
+    cut = {name: _host_map(getattr(state, name), lambda a: a[:n]) for name in _ROWS}
+    return state._replace(**cut, valid=None)
+
+
+def padded(state: DetectorState) -> DetectorState:
+    """``state`` padded with zero rows to :func:`fit_rows` of its size, as a fit pads it (the
+    inverse of :func:`unpadded`): a loaded detector then scores with the programs of a fit of
+    its size. As is if already padded, or where a fit does not pad."""
+    n = state.train.shape[0]
+    if state.valid is not None or state.config.mode == "transductive":
+        return state
+    if not _pads(state.config, n):
+        return state
+    rows = bucket_fit_rows(n)
+
+    def grow(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, np.zeros((rows - n, *a.shape[1:]), a.dtype)])
+
+    more = {name: _host_map(getattr(state, name), grow) for name in _ROWS}
+    return state._replace(**more, valid=jax.device_put(np.arange(rows) < n))
+
+
+def _host_map(a: jax.Array | None, fn: Any) -> jax.Array | None:
+    """``fn`` of ``a`` on the host, put back on the device (no program per shape)."""
+    return None if a is None else jax.device_put(fn(np.asarray(a)))
 
 
 # ---------------------------------------------------------------------- the pipeline
-def _density(z: jax.Array, order: ArrayLike | None, config: DetectorConfig) -> jax.Array:
+def _density(
+    z: jax.Array,
+    order: ArrayLike | None,
+    config: DetectorConfig,
+    n_valid: jax.Array | None = None,
+    block_size: int | None = None,
+) -> jax.Array:
     """Density weights of ``z``; with content order, the blocks follow ``order`` (the rows
-    sorted by their raw content keys)."""
-    batch = config.batch(z.shape[0])
-    if order is None:
-        return density_weights(
-            z,
-            method=config.density,
-            n_neighbors=config.n_neighbors,
-            index_sum_quirk=config.index_sum_quirk,
-            batch_size=batch,
-        )
-    w = density_weights(
-        z[order],
+    sorted by their raw content keys). With padding, the first ``n_valid`` rows (in ``order``,
+    which puts the padding last) are the real ones, in blocks of ``block_size``
+    (:func:`_block_size`)."""
+    common = dict(
         n_neighbors=config.n_neighbors,
         index_sum_quirk=config.index_sum_quirk,
-        batch_size=batch,
+        batch_size=config.batch(z.shape[0]),
+        n_valid=n_valid,
+        block_size=block_size,
     )
+    if order is None:
+        return density_weights(z, method=config.density, **common)
+    w = density_weights(z[order], **common)
     return jnp.zeros_like(w).at[order].set(w)
+
+
+def _block_size(config: DetectorConfig, n: int, rows: int) -> int:
+    """The published weight blocks of ``n`` real rows padded to ``rows``: one block while
+    n ≤ 3q (as :func:`~msde_jax.core.density_weights` does for n rows), else its default."""
+    return rows if n <= 3 * config.n_neighbors else default_block_size(config.n_neighbors)
 
 
 def _shift_kwargs(config: DetectorConfig, n_rows: int) -> dict[str, Any]:
@@ -304,42 +206,52 @@ def _program_config(config: DetectorConfig) -> DetectorConfig:
     return dataclasses.replace(config.scoring(), **unread)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "n_components"))
+@functools.partial(jax.jit, static_argnames=("config", "n_components", "block_size"))
 def _fit_arrays(
     z: jax.Array,
     order: jax.Array | None,
+    valid: jax.Array | None,
     numbers: dict[str, jax.Array],
     config: DetectorConfig,
     n_components: int | None,
+    block_size: int | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, PCAState | None, GaussianState | None]:
     """The fit after standardising, as one program: density weights, the MSDE shift, and with
     an int ``n_components`` the PCA and the Gaussian (``None`` for a variance fraction, whose
     component count is read from the spectrum on the host). ``numbers`` holds the traced
-    ``step_size``, ``tol`` and ``ridge``; ``config`` (:func:`_program_config`) the rest.
+    ``step_size``, ``tol`` and ``ridge``; ``config`` (:func:`_program_config`) the rest;
+    ``valid`` marks the real rows of a padded ``z`` (:func:`fit_rows`), ``None`` if all are.
 
     Returns:
         ``(density, reference, n_iter, pca, gaussian)``.
     """
     n = z.shape[0]
     if config.mode == "none":
-        w, reference, n_iter = jnp.ones(n, z.dtype), z, jnp.zeros((), jnp.int32)
+        w = jnp.ones(n, z.dtype) if valid is None else valid.astype(z.dtype)
+        reference, n_iter = z, jnp.zeros((), jnp.int32)
     else:
-        w = _density(z, order, config)
+        n_valid = None if valid is None else jnp.sum(valid)
+        w = _density(z, order, config, n_valid, block_size)
         traced = {"step_size": numbers["step_size"], "tol": numbers["tol"]}
         shift = {**_shift_kwargs(config, n), **traced}
-        shifted = mean_shift(z, w, neighbors=config.neighbors, **shift)
+        shifted = mean_shift(z, w, neighbors=config.neighbors, valid=valid, **shift)
         reference, n_iter = shifted.points, jnp.asarray(shifted.n_iter, jnp.int32)
     if n_components is None:
         return w, reference, n_iter, None, None
-    pca = pca_fit(reference, n_components)
-    gaussian = _gaussian(pca, reference, config.covariance, numbers["ridge"])
+    pca = pca_fit(reference, n_components, valid)
+    gaussian = _gaussian(pca, reference, config.covariance, numbers["ridge"], valid)
     return w, reference, n_iter, pca, gaussian
 
 
 def _gaussian(
-    pca: PCAState, reference: jax.Array, covariance: str, ridge: float | jax.Array
+    pca: PCAState,
+    reference: jax.Array,
+    covariance: str,
+    ridge: float | jax.Array,
+    valid: jax.Array | None = None,
 ) -> GaussianState:
-    return gaussian_fit(pca_transform(pca, reference), covariance=covariance, ridge=ridge)
+    coords = pca_transform(pca, reference)
+    return gaussian_fit(coords, covariance=covariance, ridge=ridge, valid=valid)
 
 
 def _fit_state(
@@ -347,31 +259,48 @@ def _fit_state(
 ) -> tuple[DetectorState, int]:
     """Fit on checked raw rows ``x`` with their content ``keys``: the state and the MSDE
     iterations run. Standardising runs on the host (float64 sums, so the row order does not
-    change the rounded result); the rest is one compiled program per training size
-    (:func:`_fit_arrays`)."""
+    change the rounded result); the rest is one compiled program per padded training size
+    (:func:`fit_rows`, :func:`_fit_arrays`)."""
     n, d = x.shape
+    padded = _pads(config, n)
+    rows = bucket_fit_rows(n) if padded else n
     keys = keys if config.content_ordered else None
+    x = np.concatenate([x, np.zeros((rows - n, d), x.dtype)])  # zero rows: finite throughout
     if config.normalize == "l2":
         x = np.asarray(_l2_normalized(x))
     if config.standardize:
-        center = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
-        scale = x.std(axis=0, dtype=np.float64).astype(x.dtype)
+        center = x[:n].mean(axis=0, dtype=np.float64).astype(x.dtype)
+        scale = x[:n].std(axis=0, dtype=np.float64).astype(x.dtype)
         scale[scale == 0] = 1.0  # constant features, as sklearn's StandardScaler
     else:
         center, scale = np.zeros(d, x.dtype), np.ones(d, x.dtype)
+    z = (x - center) / scale
+    z[n:] = 0
+    valid = np.arange(rows) < n
+    order = None
+    if keys is not None:  # the padding rows last
+        order = np.concatenate([np.argsort(keys, kind="stable"), np.arange(n, rows)])
     # device_put copies; jnp.asarray of a NumPy array would compile a program per shape
-    z = jax.device_put((x - center) / scale)
-    order = None if keys is None else jax.device_put(np.argsort(keys, kind="stable"))
+    z, order, valid = jax.device_put((z, order, valid if padded else None))
     nc = config.n_components
     if isinstance(nc, int | np.integer):
         nc = int(min(nc, d, n - 1))
     numbers = {name: np.asarray(getattr(config, name), z.dtype) for name in _TRACED}
     w, reference, n_iter, pca, gaussian = _fit_arrays(
-        z, order, numbers, _program_config(config), nc if isinstance(nc, int) else None
+        z,
+        order,
+        valid,
+        numbers,
+        _program_config(config),
+        nc if isinstance(nc, int) else None,
+        _block_size(config, n, rows) if padded else None,
     )
     if pca is None:  # a fraction of the variance: its component count is read on the host
         pca = pca_fit(reference, nc)
         gaussian = _gaussian(pca, reference, config.covariance, config.ridge)
+    if keys is not None:
+        keys = np.concatenate([keys, np.zeros(rows - n, keys.dtype)]).view(np.uint32)
+        keys = jax.device_put(keys.reshape(rows, 2))
     state = DetectorState(
         center=jax.device_put(center),
         scale=jax.device_put(scale),
@@ -380,12 +309,16 @@ def _fit_state(
         reference=reference,
         pca=pca,
         gaussian=gaussian,
-        train_keys=None if keys is None else jax.device_put(keys.view(np.uint32).reshape(n, 2)),
+        train_keys=keys,
         config=config,
+        valid=valid,
     )
+    if config.mode == "transductive":  # its joint blocks follow the rows' positions
+        state = unpadded(state)
     return state, int(n_iter)
 
 
+@jax.jit
 def _l2_normalized(x: ArrayLike) -> jax.Array:
     """Rows divided by their Euclidean norm (a zero row stays zero)."""
     x = jnp.asarray(x)
@@ -430,7 +363,13 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
         # Measured from the query as it is: shifting it toward the normals first would
         # discard part of how far away it was.
         n_ref = state.reference.shape[0]
-        near = knn(z, state.reference, k=config.score_neighbors, batch_size=config.batch(n_ref))
+        near = knn(
+            z,
+            state.reference,
+            k=config.score_neighbors,
+            batch_size=config.batch(n_ref),
+            reference_valid=state.valid,
+        )
         return jnp.mean(near.distances, axis=-1)
     if config.mode == "none":
         points = z
@@ -439,10 +378,16 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
             z,
             reference=state.reference,
             reference_weights=state.density,
+            valid=state.valid,
             **_shift_kwargs(config, state.reference.shape[0]),
         )
         points, displacement = res.points, res.displacement
     else:
+        if state.valid is not None:
+            raise ValueError(
+                "the transductive mode shifts the training rows by position: score it with "
+                "unpadded(state) (fit_detector returns it so)."
+            )
         n_train = state.train.shape[0]
         joint = jnp.concatenate([state.train, z])
         joint_order = None
@@ -585,6 +530,15 @@ class MSDEDetector(Detector):
         for parity with the authors' code.
         """
         return cls(**{**PAPER_PARAMS, **overrides})
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        """The state's arrays without its padding rows (:func:`unpadded`)."""
+        return state_arrays(unpadded(self.state_))
+
+    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """The saved state, padded again as its fit was (:func:`padded`)."""
+        super()._restore(meta, arrays)
+        self.state_ = padded(self.state_)
 
     def _describe(self, state: DetectorState, shape: tuple[int, ...]) -> dict[str, int]:
         return {

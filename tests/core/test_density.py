@@ -85,3 +85,16 @@ def test_float32_close_to_float64(x64):
 def test_unknown_method():
     with pytest.raises(ValueError, match="method must be one of"):
         density_weights(np.zeros((5, 2)), method="knn")
+
+
+@pytest.mark.parametrize("n", [30, 230])  # one block; blocks of 100 with a short last one
+def test_padding_rows_after_n_valid_change_no_weight(n):
+    """Rows after ``n_valid`` weigh 0 and the real rows' weights are those without them, when
+    the caller passes the real count's block size."""
+    x = np.random.default_rng(33).normal(size=(n + 14, 4)).astype(np.float32)
+    block = n + 14 if n <= 45 else 100  # the published rule for n real rows, q = 15
+    got = np.asarray(density_weights(x, n_valid=n, block_size=block))
+    np.testing.assert_array_equal(got[:n], density_weights(x[:n]))
+    np.testing.assert_array_equal(got[n:], 0)
+    uniform = density_weights(x, method="uniform", n_valid=n)
+    np.testing.assert_array_equal(uniform, np.arange(n + 14) < n)

@@ -214,3 +214,15 @@ def test_singular_covariance_falls_back_to_jitter_never_nan(rng, name, case):
     assert np.isfinite(np.asarray(state.cholesky)).all()
     assert np.isfinite(np.asarray(mahalanobis(state, x[:3] + 0.5))).all()
     assert np.isfinite(np.asarray(gaussian_logpdf(state, x[:3]))).all()
+
+
+@pytest.mark.parametrize("covariance", COVARIANCE_ESTIMATORS)
+def test_padding_rows_marked_invalid_count_for_nothing(covariance):
+    """``valid`` leaves padding rows out: the fit equals sklearn's on the real rows alone."""
+    x = np.random.default_rng(30).normal(size=(40, 4)).astype(np.float32) * [1, 2, 3, 4]
+    padded = np.concatenate([x, np.full((8, 4), 7.0, np.float32)])  # any finite padding
+    valid = np.arange(48) < 40
+    got = gaussian_fit(padded, covariance=covariance, valid=valid)
+    want = gaussian_fit(x, covariance=covariance)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

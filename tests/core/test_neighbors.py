@@ -90,3 +90,14 @@ def test_jit_equals_eager():
         eager = knn(x, k=6, batch_size=8)
     np.testing.assert_array_equal(eager.indices, jitted.indices)
     np.testing.assert_allclose(eager.distances, jitted.distances, rtol=1e-6)
+
+
+def test_reference_rows_marked_invalid_are_never_neighbours():
+    rng = np.random.default_rng(32)
+    reference = rng.normal(size=(30, 3)).astype(np.float32)
+    queries = rng.normal(size=(7, 3)).astype(np.float32)
+    padded = np.concatenate([reference, queries])  # padding right on top of the queries
+    got = knn(queries, padded, k=4, reference_valid=np.arange(37) < 30)
+    want = knn(queries, reference, k=4)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.distances, want.distances, rtol=1e-6)

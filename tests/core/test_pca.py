@@ -134,3 +134,18 @@ def test_full_rank_round_trip(x):
         state = pca_fit(x, x.shape[1])
         back = pca_inverse_transform(state, pca_transform(state, x))
     np.testing.assert_allclose(back, x, rtol=0, atol=1e-11 * (1 + np.abs(x).max()))
+
+
+def test_padding_rows_marked_invalid_count_for_nothing():
+    """``valid`` leaves padding rows out of the mean and the factorisation: the PCA of the
+    real rows alone, n − 1 the real count's."""
+    x = np.random.default_rng(31).normal(size=(40, 5)).astype(np.float32) * [5, 4, 3, 2, 1]
+    padded = np.concatenate([x, np.full((8, 5), -3.0, np.float32)])
+    got = pca_fit(padded, 3, valid=np.arange(48) < 40)
+    want = PCA(n_components=3, svd_solver="full").fit(x)
+    np.testing.assert_allclose(got.mean, want.mean_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.components, want.components_, atol=1e-5)
+    np.testing.assert_allclose(got.explained_variance, want.explained_variance_, rtol=1e-5)
+    np.testing.assert_allclose(
+        got.explained_variance_ratio, want.explained_variance_ratio_, rtol=1e-5
+    )

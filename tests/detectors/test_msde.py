@@ -17,6 +17,7 @@ from msde_jax import MSDEDetector, NotFittedError
 from msde_jax.core import roc_auc
 from msde_jax.core.blocks import content_order
 from msde_jax.detectors import DetectorConfig, fit_detector, score_detector
+from msde_jax.detectors.msde import unpadded
 
 D = 5
 
@@ -177,7 +178,12 @@ def test_displacement_score(data):
     det = MSDEDetector(k=10, score="displacement", threshold="cross_fit").fit(train)
     state = det.state_
     z = (test - np.asarray(state.center)) / np.asarray(state.scale)
-    want = mean_shift(z, reference=state.reference, reference_weights=state.density, k=10)
+    assert state.valid is not None
+    assert state.valid.shape == state.reference.shape[:1]
+    assert int(state.valid.sum()) == len(train)  # the rest is padding (fit_rows)
+    want = mean_shift(
+        z, reference=state.reference, reference_weights=state.density, k=10, valid=state.valid
+    )
     want = want.displacement
     np.testing.assert_allclose(det.score_samples(test), want, rtol=1e-6)
 
@@ -505,13 +511,14 @@ def test_knn_score_inductive_is_distance_to_the_shifted_normals(data):
     train, test, _ = data
     # Blocks of consecutive rows, so the weights are density_weights(z) of the rows as given.
     det = MSDEDetector(k=10, block_order="given", score="knn", score_neighbors=2).fit(train)
+    state = unpadded(det.state_)  # the fit's padding rows dropped
     z, zt = _standardise(train, test)
     shifted = np.asarray(mean_shift(z, density_weights(z), k=10).points)
-    np.testing.assert_allclose(det.state_.reference, shifted, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(state.reference, shifted, rtol=1e-5, atol=1e-5)
     want = NearestNeighbors(n_neighbors=2).fit(shifted).kneighbors(zt)[0].mean(axis=1)
     np.testing.assert_allclose(det.score_samples(test), want, rtol=1e-4, atol=1e-5)
     # The query itself is not shifted: the score differs from the shifted query's distance.
-    moved = mean_shift(zt, reference=shifted, reference_weights=det.state_.density, k=10)
+    moved = mean_shift(zt, reference=shifted, reference_weights=state.density, k=10)
     nn = NearestNeighbors(n_neighbors=2).fit(shifted)
     assert not np.allclose(want, nn.kneighbors(np.asarray(moved.points))[0].mean(1), rtol=1e-3)
 
