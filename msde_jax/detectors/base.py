@@ -321,7 +321,12 @@ class Detector:
         with self._memory_checked("scoring with", x.shape, state):
             if self._batch_independent(state):
                 return chunked_scores(type(self).score_function, state, x)
-            return np.asarray(jax.device_get(type(self).score_function(state, x)))
+            return self._score_batch(state, x)
+
+    def _score_batch(self, state: Any, x: Any) -> np.ndarray:
+        """Scores of ``x`` as one batch, for a state whose scores depend on the batch (a
+        subclass hook: a detector may pad the batch to share programs)."""
+        return np.asarray(jax.device_get(type(self).score_function(state, x)))
 
     def _batch_independent(self, state: Any) -> bool:
         """Whether each sample's score under ``state`` depends on that sample only (then

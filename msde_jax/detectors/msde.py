@@ -20,7 +20,7 @@ from jax.typing import ArrayLike
 
 from msde_jax._memory import Lower
 from msde_jax.core.blocks import bucket_fit_rows, row_keys, sample_keys
-from msde_jax.core.density import default_block_size, density_weights
+from msde_jax.core.density import density_weights
 from msde_jax.core.gaussian import GaussianState, gaussian_fit, mahalanobis
 from msde_jax.core.mean_shift import choose_neighbors, mean_shift
 from msde_jax.core.neighbors import knn
@@ -52,6 +52,7 @@ __all__ = [
     "fit_detector",
     "fit_rows",
     "padded",
+    "score_batch",
     "score_detector",
     "unpadded",
 ]
@@ -76,12 +77,13 @@ class DetectorState(NamedTuple):
             else ``None``. The transductive mode orders the joint blocks by it.
         config: the :class:`DetectorConfig` it was fitted with (a static pytree node).
         valid: (n,) bool, which rows of ``train``, ``density``, ``reference`` and
-            ``train_keys`` are real, or ``None`` when all are. A fit pads its n training rows
-            to :func:`~msde_jax.core.blocks.bucket_fit_rows` (n) so that nearby sizes (the
-            cross-fit folds, refits on a few more or fewer images) share the fit and score
-            programs (:func:`fit_rows` says when); the padding rows are never neighbours,
-            weigh nothing and count in no statistic. :func:`unpadded` drops them (a saved
-            detector holds the real rows only).
+            ``train_keys`` are real (the first ones), or ``None`` when all are: n above is
+            then the padded count. A fit pads its training rows to
+            :func:`~msde_jax.core.blocks.bucket_fit_rows` so that nearby sizes (the cross-fit
+            folds, refits on a few more or fewer images) share the fit and score programs
+            (:func:`fit_rows` says when); the padding rows are never neighbours, weigh
+            nothing and count in no statistic. :func:`unpadded` drops them (a saved detector
+            holds the real rows only; loading pads them again, :func:`padded`).
     """
 
     center: jax.Array
@@ -100,9 +102,9 @@ def fit_rows(config: DetectorConfig, n: int) -> int:
     """The rows a fit on ``n`` samples runs on: :func:`~msde_jax.core.blocks.bucket_fit_rows`
     (n) (at most 1/8 padding), or ``n`` itself where padding is not supported: the
     approximate neighbour search of the shift (``neighbors="approximate"``, or ``"auto"``
-    beyond 4,096 rows), ``density="fuzzy_degree"`` and a variance fraction as
-    ``n_components``. The transductive mode's fit is padded, its state is not (its joint
-    blocks follow the rows' positions), so its scoring compiles per training size."""
+    beyond 4,096 rows), ``density="fuzzy_degree"``, over 333 neighbours (the published
+    blocks would then depend on the padded count) and a variance fraction as
+    ``n_components``. The transductive mode pads its joint batches too (:func:`score_batch`)."""
     return bucket_fit_rows(n) if _pads(config, n) else n
 
 
@@ -110,7 +112,9 @@ def _pads(config: DetectorConfig, n: int) -> bool:
     if not isinstance(config.n_components, int | np.integer):
         return False
     return config.mode == "none" or (
-        config.density != "fuzzy_degree" and choose_neighbors(config.neighbors, n) == "exact"
+        config.density != "fuzzy_degree"
+        and 3 * config.n_neighbors <= 1000
+        and choose_neighbors(config.neighbors, n) == "exact"
     )
 
 
@@ -119,9 +123,7 @@ _ROWS = ("train", "density", "reference", "train_keys")
 
 
 def unpadded(state: DetectorState) -> DetectorState:
-    """``state`` with its padding rows dropped (``valid`` ``None``); as is without padding.
-
-    The arrays travel through the host once (no program per size)."""
+    """``state`` without its padding rows (``valid`` ``None``), through the host once."""
     if state.valid is None:
         return state
     n = int(np.sum(np.asarray(state.valid)))  # the padding rows are the last ones
@@ -134,9 +136,7 @@ def padded(state: DetectorState) -> DetectorState:
     inverse of :func:`unpadded`): a loaded detector then scores with the programs of a fit of
     its size. As is if already padded, or where a fit does not pad."""
     n = state.train.shape[0]
-    if state.valid is not None or state.config.mode == "transductive":
-        return state
-    if not _pads(state.config, n):
+    if state.valid is not None or not _pads(state.config, n):
         return state
     rows = bucket_fit_rows(n)
 
@@ -147,40 +147,28 @@ def padded(state: DetectorState) -> DetectorState:
     return state._replace(**more, valid=jax.device_put(np.arange(rows) < n))
 
 
-def _host_map(a: jax.Array | None, fn: Any) -> jax.Array | None:
-    """``fn`` of ``a`` on the host, put back on the device (no program per shape)."""
+def _host_map(a: jax.Array | None, fn: Any) -> jax.Array | None:  # no program per shape
     return None if a is None else jax.device_put(fn(np.asarray(a)))
 
 
 # ---------------------------------------------------------------------- the pipeline
 def _density(
-    z: jax.Array,
-    order: ArrayLike | None,
-    config: DetectorConfig,
-    n_valid: jax.Array | None = None,
-    block_size: int | None = None,
+    z: jax.Array, order: ArrayLike | None, config: DetectorConfig, n_valid: jax.Array | None = None
 ) -> jax.Array:
-    """Density weights of ``z``; with content order, the blocks follow ``order`` (the rows
-    sorted by their raw content keys). With padding, the first ``n_valid`` rows (in ``order``,
-    which puts the padding last) are the real ones, in blocks of ``block_size``
-    (:func:`_block_size`)."""
+    """Density weights of ``z``; with ``order``, the blocks follow it (content order: the
+    rows sorted by their raw content keys). With padding, the first ``n_valid`` rows in
+    ``order`` (which puts the padding last) are the real ones; the published block rule on
+    the padded count gives the real count's blocks while 3q ≤ 1,000 (:func:`fit_rows`)."""
     common = dict(
         n_neighbors=config.n_neighbors,
         index_sum_quirk=config.index_sum_quirk,
         batch_size=config.batch(z.shape[0]),
         n_valid=n_valid,
-        block_size=block_size,
     )
     if order is None:
         return density_weights(z, method=config.density, **common)
-    w = density_weights(z[order], **common)
+    w = density_weights(z[order], method=config.density, **common)
     return jnp.zeros_like(w).at[order].set(w)
-
-
-def _block_size(config: DetectorConfig, n: int, rows: int) -> int:
-    """The published weight blocks of ``n`` real rows padded to ``rows``: one block while
-    n ≤ 3q (as :func:`~msde_jax.core.density_weights` does for n rows), else its default."""
-    return rows if n <= 3 * config.n_neighbors else default_block_size(config.n_neighbors)
 
 
 def _shift_kwargs(config: DetectorConfig, n_rows: int) -> dict[str, Any]:
@@ -206,7 +194,7 @@ def _program_config(config: DetectorConfig) -> DetectorConfig:
     return dataclasses.replace(config.scoring(), **unread)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "n_components", "block_size"))
+@functools.partial(jax.jit, static_argnames=("config", "n_components"))
 def _fit_arrays(
     z: jax.Array,
     order: jax.Array | None,
@@ -214,7 +202,6 @@ def _fit_arrays(
     numbers: dict[str, jax.Array],
     config: DetectorConfig,
     n_components: int | None,
-    block_size: int | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, PCAState | None, GaussianState | None]:
     """The fit after standardising, as one program: density weights, the MSDE shift, and with
     an int ``n_components`` the PCA and the Gaussian (``None`` for a variance fraction, whose
@@ -231,7 +218,7 @@ def _fit_arrays(
         reference, n_iter = z, jnp.zeros((), jnp.int32)
     else:
         n_valid = None if valid is None else jnp.sum(valid)
-        w = _density(z, order, config, n_valid, block_size)
+        w = _density(z, order, config, n_valid)
         traced = {"step_size": numbers["step_size"], "tol": numbers["tol"]}
         shift = {**_shift_kwargs(config, n), **traced}
         shifted = mean_shift(z, w, neighbors=config.neighbors, valid=valid, **shift)
@@ -293,7 +280,6 @@ def _fit_state(
         numbers,
         _program_config(config),
         nc if isinstance(nc, int) else None,
-        _block_size(config, n, rows) if padded else None,
     )
     if pca is None:  # a fraction of the variance: its component count is read on the host
         pca = pca_fit(reference, nc)
@@ -313,8 +299,6 @@ def _fit_state(
         config=config,
         valid=valid,
     )
-    if config.mode == "transductive":  # its joint blocks follow the rows' positions
-        state = unpadded(state)
     return state, int(n_iter)
 
 
@@ -343,7 +327,8 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     static part of the state): it recompiles only for a new input shape or config. The
     exception is ``mode="transductive"`` with content-ordered weight blocks (``density="msde"``,
     ``block_order="content"``): it orders the joint rows by a NumPy hash of their values and
-    must run eagerly. No input checks run here;
+    must run eagerly; :func:`score_batch` scores a transductive batch as one compiled program
+    per padded size, whatever the order. No input checks run here;
     :func:`~msde_jax.detectors.config.check_features` is the boundary
     (``check_features(x, dtype=..., n_features=state.center.shape[0])``).
 
@@ -354,6 +339,22 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     Returns:
         (m,) scores.
     """
+    config, order = state.config, None
+    if config.mode == "transductive":
+        joint = state.train.shape[0] + x.shape[0]
+        if state.valid is not None and choose_neighbors(config.neighbors, joint) != "exact":
+            state = unpadded(state)  # the approximate search takes no padding (eager)
+        if config.content_ordered:
+            order = _joint_order(state, x, None)
+    return _score(state, x, order, None)
+
+
+def _score(
+    state: DetectorState, x: ArrayLike, order: ArrayLike | None, queries_valid: ArrayLike | None
+) -> jax.Array:
+    """:func:`score_detector` with the transductive joint rows' block ``order`` given
+    (:func:`_joint_order`, ``None`` for the given order) and, for a padded batch, which rows
+    of ``x`` are real (``queries_valid``): jittable in every mode."""
     config = state.config
     x = jnp.asarray(x, state.center.dtype)
     if config.normalize == "l2":
@@ -383,28 +384,83 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
         )
         points, displacement = res.points, res.displacement
     else:
-        if state.valid is not None:
-            raise ValueError(
-                "the transductive mode shifts the training rows by position: score it with "
-                "unpadded(state) (fit_detector returns it so)."
-            )
-        n_train = state.train.shape[0]
-        joint = jnp.concatenate([state.train, z])
-        joint_order = None
-        if config.content_ordered:
-            train_keys = np.asarray(state.train_keys).view(np.uint64).reshape(-1)
-            test_keys = row_keys(np.asarray(jax.device_get(x), dtype=state.center.dtype))
-            joint_order = np.argsort(np.concatenate([train_keys, test_keys]), kind="stable")
-        res = mean_shift(
-            joint,
-            _density(joint, joint_order, config),
-            neighbors=config.neighbors,
-            **_shift_kwargs(config, joint.shape[0]),
-        )
-        points, displacement = res.points[n_train:], res.displacement[n_train:]
+        points, displacement = _joint_shift(state, z, order, queries_valid)
     if config.score == "displacement":
         return displacement
     return mahalanobis(state.gaussian, pca_transform(state.pca, points))
+
+
+def _joint_shift(
+    state: DetectorState, z: jax.Array, order: ArrayLike | None, queries_valid: ArrayLike | None
+) -> tuple[jax.Array, jax.Array]:
+    """The transductive shift: the training rows and the standardised batch ``z`` shifted
+    together (weights of the joint rows in blocks by position, training rows first, or by
+    ``order``); the batch's shifted points and displacements. Padding rows, of the state
+    (``state.valid``) or of the batch (``queries_valid``), go last in the blocks, weigh
+    nothing and are never neighbours."""
+    config = state.config
+    n_train = state.train.shape[0]
+    joint = jnp.concatenate([state.train, z])
+    valid = None
+    if state.valid is not None or queries_valid is not None:
+        train = jnp.ones(n_train, bool) if state.valid is None else state.valid
+        batch = jnp.ones(z.shape[0], bool) if queries_valid is None else queries_valid
+        valid = jnp.concatenate([train, jnp.asarray(batch, bool)])
+        if order is None:  # the rows' own order, the padding rows last
+            order = jnp.argsort(~valid, stable=True)
+    n_valid = None if valid is None else jnp.sum(valid)
+    res = mean_shift(
+        joint,
+        _density(joint, order, config, n_valid),
+        neighbors=config.neighbors,
+        valid=valid,
+        **_shift_kwargs(config, joint.shape[0]),
+    )
+    return res.points[n_train:], res.displacement[n_train:]
+
+
+def _joint_order(state: DetectorState, x: ArrayLike, queries_valid: np.ndarray | None):
+    """The content order of the transductive joint rows (training rows, then ``x``): the real
+    rows sorted by the content keys (a NumPy hash) of their raw values, then the padding rows.
+    (Raw, as the training rows' keys: a normalised row's bytes could differ in the last bit
+    between program shapes, and any bit reorders the blocks.)"""
+    train_keys = np.asarray(state.train_keys).view(np.uint64).reshape(-1)
+    test_keys = row_keys(np.asarray(jax.device_get(x), dtype=state.center.dtype))
+    keys = np.concatenate([train_keys, test_keys])
+    valid = np.ones(keys.size, bool)
+    if state.valid is not None:
+        valid[: train_keys.size] = np.asarray(state.valid)
+    if queries_valid is not None:
+        valid[train_keys.size :] = queries_valid
+    real = np.flatnonzero(valid)
+    return np.concatenate([real[np.argsort(keys[real], kind="stable")], np.flatnonzero(~valid)])
+
+
+_score_jitted = jax.jit(_score)
+
+
+def score_batch(state: DetectorState, x: ArrayLike) -> np.ndarray:
+    """:func:`score_detector` of ``x`` as one batch (NumPy scores), one compiled program per
+    padded size: in the transductive mode the batch is padded so that the joint rows (the
+    state's and the batch's) fill :func:`~msde_jax.core.blocks.bucket_fit_rows` rows, which go
+    last in the weight blocks, weigh nothing and are never neighbours (the same scores to
+    float32 rounding; batches and cross-fit folds of nearby sizes share the program). Not
+    padded (eager for content order) where a fit would not be (:func:`fit_rows`), as when the
+    joint rows need the approximate search.
+    """
+    config = state.config
+    if config.mode != "transductive":
+        return np.asarray(_score_jitted(state, x, None, None))
+    m, n_train = x.shape[0], state.train.shape[0]
+    rows = bucket_fit_rows(n_train + m)
+    if not _pads(config, rows):
+        return np.asarray(jax.device_get(score_detector(state, x)))
+    batch = np.zeros((rows - n_train, x.shape[1]), state.center.dtype)
+    batch[:m] = np.asarray(jax.device_get(x))
+    valid = np.arange(batch.shape[0]) < m
+    order = _joint_order(state, batch, valid) if config.content_ordered else None
+    scores = _score_jitted(state, *jax.device_put((batch, order, valid)))
+    return np.asarray(scores)[:m]
 
 
 def fit_detector(
@@ -456,14 +512,14 @@ def fit_detector(
             keys,
             config,
             _fit_state,
-            score_detector,
+            score_detector if independent else score_batch,
             batch_independent=independent,
             groups=groups,
         )
     from scipy.special import chdtri  # the χ² upper quantile; scipy ships with jax
 
     state, n_iter = _fit_state(x, keys, config)
-    scores = np.asarray(score_detector(state, x))
+    scores = score_batch(state, x)
     df = int(state.pca.components.shape[0])
     threshold = float(math.sqrt(chdtri(df, config.contamination)))
     return DetectorFit(state, scores, threshold, n_iter)
@@ -575,6 +631,9 @@ class MSDEDetector(Detector):
             if needs["kNN distance blocks"] > needs["features"]:
                 lower.insert(0, Lower("the detector's batch_size", block))
         return needs, lower
+
+    def _score_batch(self, state: DetectorState, x: Any) -> np.ndarray:
+        return score_batch(state, x)
 
     def _batch_independent(self, state: DetectorState) -> bool:
         return state.config.mode != "transductive"  # the batch is the answer there

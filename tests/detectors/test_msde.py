@@ -605,3 +605,25 @@ def test_the_neighbour_search_is_a_saved_fit_parameter(tmp_path, data):
     assert loaded.neighbors == "approximate"
     with pytest.raises(ValueError, match="neighbors='annoy' is not valid"):
         MSDEDetector(neighbors="annoy").fit(train)
+
+
+def test_transductive_blocks_follow_the_raw_rows_keys():
+    """The joint rows' content order hashes each row as given (as the training rows' keys):
+    a normalised row's bytes may differ in the last bit between program shapes (a padded
+    batch), and any bit would reorder the weight blocks."""
+    from msde_jax.core.blocks import row_keys
+    from msde_jax.detectors.msde import _joint_order
+
+    rng = np.random.default_rng(40)
+    x = rng.normal(size=(29, 4)).astype(np.float32)  # padded to 30 rows
+    queries = rng.normal(size=(7, 4)).astype(np.float32)
+    state = fit_detector(x, DetectorConfig(k=5, mode="transductive", normalize="l2")).state
+    keys = np.concatenate([row_keys(x), row_keys(queries)])
+    real = np.flatnonzero(np.asarray(state.valid))
+    assert real.size == 29
+    assert state.train.shape[0] == 30
+    got = _joint_order(state, queries, None)
+    # the training padding rows (after the real ones) go last, the rest by raw keys
+    joint_real = np.concatenate([real, state.train.shape[0] + np.arange(7)])
+    want = joint_real[np.argsort(keys, kind="stable")]
+    np.testing.assert_array_equal(got[: want.size], want)
