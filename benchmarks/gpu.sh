@@ -12,6 +12,8 @@
 #                                               # fit (up to 270 s more: beyond the 6 minutes)
 #     SSL=1 bash benchmarks/gpu.sh              # plus stage 8, AnatPaste adaptation at 224 px
 #                                               # measured with the default detector (≤ 240 s)
+#     REFIT=1 bash benchmarks/gpu.sh            # plus stage 9, MSDEDetector refits in one
+#                                               # bucket: what they compile (≤ 90 s)
 #
 # Stage 1 needs the brain MRI set (33 MB): copy it into .gpu_data/ (ignored through
 # .git/info/exclude) and name that folder in the device tool's `carry`. Every stage times
@@ -30,12 +32,12 @@ if [[ -n "${QUICK:-}" ]]; then
   EVAL=(pneumoniamnist --extra --limit 12 --weights random --image-size 32 --no-validation)
   FIT_N="1000 5000"; BIG_N=5000; QUERIES=2000; BATCH=32; CROSS_N="600 1200"
   BANK="--bank-images 20 --bank-queries 40"; SCALE_N=200
-  SSL_ARGS=(--datasets pneumoniamnist --image-size 32 --steps 2 --seeds 0)
+  SSL_ARGS=(--datasets pneumoniamnist --image-size 32 --steps 2 --seeds 0); REFIT_N=200
 else
   EVAL=("$DATA")
   FIT_N="1000 10000 100000"; BIG_N=100000; QUERIES=1000000; BATCH=1024
   CROSS_N="4096 16384"; BANK="--bank-images 200 --bank-queries 5000"; SCALE_N=100000
-  SSL_ARGS=(--datasets "$DATA" --image-size 224 --steps 1000 --batch-size 32)
+  SSL_ARGS=(--datasets "$DATA" --image-size 224 --steps 1000 --batch-size 32); REFIT_N=500
 fi
 stage() {  # stage SECONDS TITLE COMMAND...: run with a timeout, report a failure, go on
   local limit=$1 title=$2; shift 2
@@ -81,5 +83,10 @@ stage() {  # stage SECONDS TITLE COMMAND...: run with a timeout, report a failur
     stage 240 "8. AnatPaste adaptation of EfficientNet-Lite0, default detector (synthetic AUROC per family; test AUROC reported only)" \
       "$PY" benchmarks/bench_ssl.py --scorer bank --backbone efficientnet_lite0 "${SSL_ARGS[@]}" \
       --out "${OUT:-benchmarks}/ssl_bank.json"
+  fi
+  if [[ -n "${REFIT:-}" ]]; then  # a refit on 10 fewer images compiles nothing (same bucket)
+    stage 90 "9. MSDEDetector: first fit, refit in the same bucket, warm fit padded / unpadded" \
+      "$PY" benchmarks/bench_refit.py --n "$REFIT_N" --repeat 2 \
+      --detectors "MSDEDetector()" "MSDEDetector.paper()"
   fi
 } 2>&1 | tee "$out"
