@@ -151,9 +151,9 @@ def density_weights(
             rows for ``"fuzzy_degree"``. ``None`` does everything at once.
         n_valid: how many leading rows are real (traced; ``None``: all). The rows after them
             are padding, so that sizes in one bucket share a program: they get weight 0 and
-            the blocks are those of the ``n_valid`` real rows. With padding, pass the
-            ``block_size`` of the real count (the default rule reads the padded one).
-            ``"msde"`` and ``"uniform"`` only.
+            the blocks are those of the ``n_valid`` real rows. The default ``block_size``,
+            read on the padded count, gives the real count's blocks while 3q ≤ 1,000;
+            beyond, pass the real count's. ``"msde"`` and ``"uniform"`` only.
 
     Returns:
         (n,) non-negative weights, in the dtype of ``x``.
