@@ -157,7 +157,11 @@ def test_an_msde_fit_is_one_program_per_training_size(compiles):
 
 @pytest.mark.parametrize(
     "params",
-    [dict(k=10), dict(k=10, mode="none", score="knn", score_neighbors=3), dict(k=10, mode="t")],
+    [
+        dict(k=10),
+        dict(k=10, mode="none", score="knn", score_neighbors=3),
+        {**PAPER_PARAMS, "k": 10},
+    ],
     ids=["inductive", "knn", "paper-k10"],
 )
 def test_an_msde_refit_on_a_size_in_the_same_bucket_compiles_nothing(compiles, params):
@@ -165,8 +169,6 @@ def test_an_msde_refit_on_a_size_in_the_same_bucket_compiles_nothing(compiles, p
     fit and score program of a fit on 103 (all three pad to 104 rows, their folds' fits on 81
     to 84 rows to 88), the paper preset's transductive batches too (padded with the training
     rows to one bucketed joint size: held-out folds of 20 or 21 rows and 9 test rows)."""
-    if params.get("mode") == "t":
-        params = {**PAPER_PARAMS, **params, "mode": "transductive"}
     for n in (103, 104, 102):
         if n == 104:
             before = compiles.count
