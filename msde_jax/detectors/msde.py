@@ -327,8 +327,9 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     static part of the state): it recompiles only for a new input shape or config. The
     exception is ``mode="transductive"`` with content-ordered weight blocks (``density="msde"``,
     ``block_order="content"``): it orders the joint rows by a NumPy hash of their values and
-    must run eagerly; :func:`score_batch` scores a transductive batch as one compiled program
-    per padded size, whatever the order. No input checks run here;
+    must run eagerly, as must a padded state whose joint rows need the approximate search (it
+    drops the padding on the host); :func:`score_batch` scores a transductive batch as one
+    compiled program per padded size, whatever the order. No input checks run here;
     :func:`~msde_jax.detectors.config.check_features` is the boundary
     (``check_features(x, dtype=..., n_features=state.center.shape[0])``).
 
@@ -343,6 +344,11 @@ def score_detector(state: DetectorState, x: ArrayLike) -> jax.Array:
     if config.mode == "transductive":
         joint = state.train.shape[0] + x.shape[0]
         if state.valid is not None and choose_neighbors(config.neighbors, joint) != "exact":
+            if isinstance(state.valid, jax.core.Tracer):
+                raise ValueError(
+                    f"{joint} joint rows need the approximate search, which takes no padding "
+                    "rows: score without jax.jit (score_batch), or jit it on unpadded(state)."
+                )
             state = unpadded(state)  # the approximate search takes no padding (eager)
         if config.content_ordered:
             order = _joint_order(state, x, None)

@@ -627,3 +627,14 @@ def test_transductive_blocks_follow_the_raw_rows_keys():
     joint_real = np.concatenate([real, state.train.shape[0] + np.arange(7)])
     want = joint_real[np.argsort(keys, kind="stable")]
     np.testing.assert_array_equal(got[: want.size], want)
+
+
+def test_jit_of_a_padded_transductive_state_beyond_the_exact_search_says_what_to_do():
+    """Beyond 4,096 joint rows the transductive shift searches approximately, which takes no
+    padding rows: under jax.jit the padding cannot be dropped, and the error says how to score."""
+    x = np.random.default_rng(41).normal(size=(97, 4)).astype(np.float32)
+    config = DetectorConfig(k=5, mode="transductive", block_order="given", threshold="chi2")
+    state = fit_detector(x, config).state
+    assert state.valid is not None
+    with pytest.raises(ValueError, match="score_batch"):
+        jax.jit(score_detector).lower(state, np.zeros((4100, 4), np.float32))
