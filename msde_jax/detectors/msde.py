@@ -27,7 +27,7 @@ from msde_jax.core.neighbors import knn
 from msde_jax.core.pca import PCAState, pca_fit, pca_transform
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import check_features
-from msde_jax.detectors.fitting import DetectorFit, cross_fit
+from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit
 from msde_jax.detectors.msde_config import (
     BLOCK_ORDERS,
     MODES,
@@ -252,7 +252,8 @@ def _fit_state(
     padded = _pads(config, n)
     rows = bucket_fit_rows(n) if padded else n
     keys = keys if config.content_ordered else None
-    x = np.concatenate([x, np.zeros((rows - n, d), x.dtype)])  # zero rows: finite throughout
+    if rows > n:  # zero rows: finite throughout
+        x = np.concatenate([x, np.zeros((rows - n, d), x.dtype)])
     if config.normalize == "l2":
         x = np.asarray(_l2_normalized(x))
     if config.standardize:
@@ -452,11 +453,12 @@ def score_batch(state: DetectorState, x: ArrayLike) -> np.ndarray:
     last in the weight blocks, weigh nothing and are never neighbours (the same scores to
     float32 rounding; batches and cross-fit folds of nearby sizes share the program). Not
     padded (eager for content order) where a fit would not be (:func:`fit_rows`), as when the
-    joint rows need the approximate search.
+    joint rows need the approximate search. Other modes: :func:`chunked_scores`, whose
+    programs later scoring shares.
     """
     config = state.config
     if config.mode != "transductive":
-        return np.asarray(_score_jitted(state, x, None, None))
+        return chunked_scores(score_detector, state, x)
     m, n_train = x.shape[0], state.train.shape[0]
     rows = bucket_fit_rows(n_train + m)
     if not _pads(config, rows):
