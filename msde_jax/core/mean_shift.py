@@ -19,7 +19,7 @@ from msde_jax.core.approximate_knn import (
     tree_slots,
 )
 from msde_jax.core.blocks import map_rows, masked_loop, sq_norms
-from msde_jax.core.neighbors import nearest_indices
+from msde_jax.core.neighbors import nearest_indices, prune_beyond
 
 __all__ = [
     "NEIGHBOR_SEARCHES",
@@ -51,17 +51,20 @@ class MeanShiftResult(NamedTuple):
     converged: jax.Array
 
 
-def shift_one(y, reference, reference_sqnorm, reference_weights, k):
-    """The per-point rule: the weighted mean m of y's k nearest reference rows, and ‖m − y‖.
+def shift_one(y, reference, reference_sqnorm, reference_weights, k, previous=None, prune=True):
+    """The per-point rule: the weighted mean m of y's k nearest reference rows, ‖m − y‖, and
+    those rows' indices (k,).
 
     m = Σ_{j∈N(y)} wⱼ rⱼ / max(Σ_{j∈N(y)} wⱼ, 1e-6), a flat kernel over the kNN window with no
     bandwidth (as published; a window whose weights are all 0 therefore pulls toward the origin).
+    ``previous`` (k,), the point's neighbours in the last iteration, only speeds the search up
+    (``within`` of :func:`~msde_jax.core.neighbors.nearest_indices`, where ``prune`` holds).
     """
-    idx = nearest_indices(y, reference, reference_sqnorm, k)
+    idx = nearest_indices(y, reference, reference_sqnorm, k, within=previous, prune=prune)
     w = reference_weights[idx]
     total = jnp.maximum(jnp.sum(w), _MIN_WEIGHT)
     m = jnp.dot(w, reference[idx], precision=lax.Precision.HIGHEST) / total
-    return m, jnp.linalg.norm(m - y)
+    return m, jnp.linalg.norm(m - y), idx
 
 
 def move_points(y, m, delta, step_size):
@@ -69,20 +72,23 @@ def move_points(y, m, delta, step_size):
     return jnp.where((delta > _MIN_MOVE)[..., None], y + step_size * (m - y), y)
 
 
-def _window_means(queries, ref, ref_sq, ref_w, k):
+def _window_means(queries, ref, ref_sq, ref_w, k, previous=None, prune=True):
     """The rule of :func:`shift_one` for a block of queries (b, d) against the rows ``ref``
-    (c, d): each query's k nearest rows by ``ref_sq − 2 qᵀr``, their weighted mean m, ‖m − q‖.
+    (c, d): each query's k nearest rows by ``ref_sq − 2 qᵀr``, their weighted mean m, ‖m − q‖,
+    and their positions (b, k) (``previous`` as in :func:`shift_one`).
 
     The windows' weights form a dense (b × c) matrix, so one matrix product gives every mean;
     on a CPU that is far faster than gathering k rows per query while c is small.
     """
     score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
-    pos = lax.top_k(-score, k)[1]
+    if previous is not None:
+        score = prune_beyond(score, previous, prune)
+    pos = lax.top_k(-score, k)[1].astype(jnp.int32)
     rows = jnp.arange(pos.shape[0])[:, None]
     window = jnp.zeros_like(score).at[rows, pos].set(ref_w[pos])
     total = jnp.maximum(jnp.sum(window, axis=-1), _MIN_WEIGHT)
     m = jnp.dot(window, ref, precision=lax.Precision.HIGHEST) / total[:, None]
-    return m, jnp.linalg.norm(m - queries, axis=-1)
+    return m, jnp.linalg.norm(m - queries, axis=-1), pos
 
 
 def _masked_sq_norms(y, valid):
@@ -98,20 +104,28 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size, valid=None):
         return jnp.mean(delta) if valid is None else jnp.sum(jnp.where(valid, delta, 0)) / count
 
     def cond(state):
-        _, _, it, converged = state
+        _, _, it, converged, _ = state
         return (it < max_iter) & ~converged
 
     def body(state):
-        y, disp, it, _ = state
+        y, disp, it, _, previous = state
         sqn = _masked_sq_norms(y, valid)
+        prune = it > 0  # the last iteration's neighbours bound this one's search
         if batch_size is None:  # all rows at once (small n): one dense block
-            m, delta = _window_means(y, y, sqn, weights, k)
+            m, delta, idx = _window_means(y, y, sqn, weights, k, previous, prune)
         else:
-            m, delta = map_rows(lambda yi: shift_one(yi, y, sqn, weights, k), y, batch_size)
-        return move_points(y, m, delta, step_size), disp + delta, it + 1, mean_real(delta) < tol
 
-    init = (x, jnp.zeros(x.shape[0], x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    return MeanShiftResult(*masked_loop(cond, body, init, max_iter))
+            def one(row):
+                return shift_one(row[0], y, sqn, weights, k, row[1], prune)
+
+            m, delta, idx = map_rows(one, (y, previous), batch_size)
+        y = move_points(y, m, delta, step_size)
+        return y, disp + delta, it + 1, mean_real(delta) < tol, idx
+
+    n = x.shape[0]
+    init = (x, jnp.zeros(n, x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+    init += (jnp.zeros((n, k), jnp.int32),)
+    return MeanShiftResult(*masked_loop(cond, body, init, max_iter)[:4])
 
 
 def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, probes, batch_size):
@@ -135,7 +149,7 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
 
     def shift_leaf(values, sqn, queries, probe):
         ref, ref_sq, ref_w = (candidates(a, probe) for a in (values, sqn, w_leaf))
-        return _window_means(queries, ref, ref_sq, ref_w, k)
+        return _window_means(queries, ref, ref_sq, ref_w, k)[:2]
 
     def cond(state):
         _, _, it, converged = state
@@ -160,16 +174,18 @@ def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, bat
 
     def one(q):
         def cond(state):
-            _, _, it, converged = state
+            _, _, it, converged, _ = state
             return (it < max_iter) & ~converged
 
         def body(state):
-            y, disp, it, _ = state
-            m, delta = shift_one(y, reference, ref_sqnorm, reference_weights, k)
-            return move_points(y, m, delta, step_size), disp + delta, it + 1, delta < tol
+            y, disp, it, _, previous = state
+            m, delta, idx = shift_one(
+                y, reference, ref_sqnorm, reference_weights, k, previous, it > 0
+            )
+            return move_points(y, m, delta, step_size), disp + delta, it + 1, delta < tol, idx
 
         init = (q, jnp.zeros((), q.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-        return masked_loop(cond, body, init, max_iter)
+        return masked_loop(cond, body, init + (jnp.zeros(k, jnp.int32),), max_iter)[:4]
 
     return MeanShiftResult(*map_rows(one, x, batch_size))
 

@@ -13,6 +13,7 @@ from msde_jax.core.blocks import map_rows, rank_distances, sq_norms
 __all__ = [
     "Neighbors",
     "knn",
+    "prune_beyond",
 ]
 
 
@@ -34,6 +35,8 @@ def nearest_indices(
     reference_sqnorm: jax.Array,
     k: int,
     self_index: jax.Array | None = None,
+    within: jax.Array | None = None,
+    prune: jax.Array | bool = True,
 ) -> jax.Array:
     """The per-point rule: indices (k,) of the ``k`` nearest reference rows of one point ``q`` (d,).
 
@@ -41,12 +44,32 @@ def nearest_indices(
     reference row whose ``reference_sqnorm`` is +inf is never chosen before a finite one, which is
     how callers mask padding. With ``self_index`` that reference row is forced to be the first
     neighbour, as a point is its own nearest neighbour in the paper's kNN graphs even when it has
-    exact duplicates.
+    exact duplicates. ``within`` (k,), any k distinct reference rows (an iterative caller's
+    previous neighbours), makes the selection cheaper without changing it
+    (:func:`prune_beyond`, applied where ``prune`` holds).
     """
     score = rank_distances(q, reference, reference_sqnorm)
     if self_index is not None:
         score = score.at[self_index].set(-jnp.inf)
+    if within is not None:
+        score = prune_beyond(score, within, prune)
     return lax.top_k(-score, k)[1].astype(jnp.int32)
+
+
+def prune_beyond(score: jax.Array, within: jax.Array, active: jax.Array | bool = True) -> jax.Array:
+    """``score`` (..., m) with every entry above the largest of ``score[within]`` set to +inf.
+
+    ``within`` (..., k) holds k distinct column indices, for instance the previous iteration's
+    neighbours of a point that has since moved: k columns score at most that bound, so the k
+    smallest scores all survive and ``lax.top_k`` returns the same indices, in the same order,
+    as on the unpruned scores. The pruning is exact; it only makes the selection cheaper,
+    because on a CPU ``top_k`` runs a partial sort whose cost is set by how many entries still
+    compete (a few more than k instead of m). ``active`` False leaves the scores as they are
+    (the first iteration, before there are neighbours to bound with).
+    """
+    bound = jnp.max(jnp.take_along_axis(score, within, axis=-1), axis=-1, keepdims=True)
+    keep = (score <= bound) | ~jnp.asarray(active)
+    return jnp.where(keep, score, jnp.inf)
 
 
 def nearest_one(

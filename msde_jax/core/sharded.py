@@ -180,20 +180,26 @@ def sharded_mean_shift(
         ok_all = lax.all_gather(ok, axis, tiled=True)
 
         def cond(state):
-            _, _, it, converged = state
+            _, _, it, converged, _ = state
             return (it < max_iter) & ~converged
 
         def body(state):
-            y, disp, it, _ = state
+            y, disp, it, _, previous = state
             y_all = lax.all_gather(y, axis, tiled=True)
             sqn = jnp.where(ok_all, sq_norms(y_all), jnp.inf)
-            m, delta = map_rows(lambda yi: shift_one(yi, y_all, sqn, w_all, k), y, batch_size)
+
+            def one(row):
+                return shift_one(row[0], y_all, sqn, w_all, k, row[1], it > 0)
+
+            m, delta, idx = map_rows(one, (y, previous), batch_size)
             delta = jnp.where(ok, delta, 0.0)
             mean_delta = lax.psum(jnp.sum(delta), axis) / n
-            return move_points(y, m, delta, step_size), disp + delta, it + 1, mean_delta < tol
+            y = move_points(y, m, delta, step_size)
+            return y, disp + delta, it + 1, mean_delta < tol, idx
 
-        init = (y0, jnp.zeros(y0.shape[0], y0.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-        return masked_loop(cond, body, init, max_iter)
+        rows = y0.shape[0]
+        init = (y0, jnp.zeros(rows, y0.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+        return masked_loop(cond, body, init + (jnp.zeros((rows, k), jnp.int32),), max_iter)[:4]
 
     spec = PartitionSpec(axis)
     points, disp, n_iter, converged = jax.shard_map(
