@@ -51,16 +51,16 @@ class MeanShiftResult(NamedTuple):
     converged: jax.Array
 
 
-def shift_one(y, reference, reference_sqnorm, reference_weights, k, previous=None, prune=True):
+def shift_one(y, reference, reference_sqnorm, reference_weights, k, previous=None):
     """The per-point rule: the weighted mean m of y's k nearest reference rows, ‖m − y‖, and
     those rows' indices (k,).
 
     m = Σ_{j∈N(y)} wⱼ rⱼ / max(Σ_{j∈N(y)} wⱼ, 1e-6), a flat kernel over the kNN window with no
     bandwidth (as published; a window whose weights are all 0 therefore pulls toward the origin).
-    ``previous`` (k,), the point's neighbours in the last iteration, only speeds the search up
-    (``within`` of :func:`~msde_jax.core.neighbors.nearest_indices`, where ``prune`` holds).
+    ``previous`` (k,), any k distinct reference rows (the point's neighbours in the last
+    iteration), only speeds the search up (:func:`~msde_jax.core.neighbors.prune_beyond`).
     """
-    idx = nearest_indices(y, reference, reference_sqnorm, k, within=previous, prune=prune)
+    idx = nearest_indices(y, reference, reference_sqnorm, k, within=previous)
     w = reference_weights[idx]
     total = jnp.maximum(jnp.sum(w), _MIN_WEIGHT)
     m = jnp.dot(w, reference[idx], precision=lax.Precision.HIGHEST) / total
@@ -72,7 +72,7 @@ def move_points(y, m, delta, step_size):
     return jnp.where((delta > _MIN_MOVE)[..., None], y + step_size * (m - y), y)
 
 
-def _window_means(queries, ref, ref_sq, ref_w, k, previous=None, prune=True):
+def _window_means(queries, ref, ref_sq, ref_w, k, previous=None):
     """The rule of :func:`shift_one` for a block of queries (b, d) against the rows ``ref``
     (c, d): each query's k nearest rows by ``ref_sq − 2 qᵀr``, their weighted mean m, ‖m − q‖,
     and their positions (b, k) (``previous`` as in :func:`shift_one`).
@@ -82,13 +82,20 @@ def _window_means(queries, ref, ref_sq, ref_w, k, previous=None, prune=True):
     """
     score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
     if previous is not None:
-        score = prune_beyond(score, previous, prune)
+        score = prune_beyond(score, previous)
     pos = lax.top_k(-score, k)[1].astype(jnp.int32)
     rows = jnp.arange(pos.shape[0])[:, None]
     window = jnp.zeros_like(score).at[rows, pos].set(ref_w[pos])
     total = jnp.maximum(jnp.sum(window, axis=-1), _MIN_WEIGHT)
     m = jnp.dot(window, ref, precision=lax.Precision.HIGHEST) / total[:, None]
     return m, jnp.linalg.norm(m - queries, axis=-1), pos
+
+
+def first_windows(shape, k):
+    """Windows (shape + (k,)) to bound the first search with: any k distinct columns are an
+    exact bound (:func:`~msde_jax.core.neighbors.prune_beyond`), the first k a loose one. Each
+    iteration's windows then bound the next one's search, tightly: points move little."""
+    return jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), tuple(shape) + (k,))
 
 
 def _masked_sq_norms(y, valid):
@@ -110,13 +117,12 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size, valid=None):
     def body(state):
         y, disp, it, _, previous = state
         sqn = _masked_sq_norms(y, valid)
-        prune = it > 0  # the last iteration's neighbours bound this one's search
         if batch_size is None:  # all rows at once (small n): one dense block
-            m, delta, idx = _window_means(y, y, sqn, weights, k, previous, prune)
+            m, delta, idx = _window_means(y, y, sqn, weights, k, previous)
         else:
 
             def one(row):
-                return shift_one(row[0], y, sqn, weights, k, row[1], prune)
+                return shift_one(row[0], y, sqn, weights, k, row[1])
 
             m, delta, idx = map_rows(one, (y, previous), batch_size)
         y = move_points(y, m, delta, step_size)
@@ -124,7 +130,7 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size, valid=None):
 
     n = x.shape[0]
     init = (x, jnp.zeros(n, x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    init += (jnp.zeros((n, k), jnp.int32),)
+    init += (first_windows((n,), k),)
     return MeanShiftResult(*masked_loop(cond, body, init, max_iter)[:4])
 
 
@@ -147,26 +153,33 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
     leaf = slots.shape[1]
     per_step = leaves_per_step(batch_size, leaf)
 
-    def shift_leaf(values, sqn, queries, probe):
+    def shift_leaf(values, sqn, queries, probe, previous):
         ref, ref_sq, ref_w = (candidates(a, probe) for a in (values, sqn, w_leaf))
-        return _window_means(queries, ref, ref_sq, ref_w, k)[:2]
+        return _window_means(queries, ref, ref_sq, ref_w, k, previous)
 
     def cond(state):
-        _, _, it, converged = state
+        _, _, it, converged, _ = state
         return (it < max_iter) & ~converged
 
     def body(state):
-        y, disp, it, _ = state
+        y, disp, it, _, previous = state
         values = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])[slots]
         sqn = jnp.where(valid, sq_norms(values), jnp.inf)
         probe = probe_leaves(values, valid, p)
-        m, delta = map_rows(lambda a: shift_leaf(values, sqn, *a), (values, probe), per_step)
+        # The last windows' candidate positions bound the search: tightly where a leaf probes
+        # the same leaves as last time (most leaves after the first iterations), loosely but
+        # still exactly where its probes changed (any k distinct positions do).
+        m, delta, pos = map_rows(
+            lambda a: shift_leaf(values, sqn, *a), (values, probe, previous), per_step
+        )
         m = jnp.zeros((n + 1, d), y.dtype).at[flat].set(m.reshape(-1, d))[:n]
         delta = jnp.zeros(n + 1, y.dtype).at[flat].set(delta.reshape(-1))[:n]
-        return move_points(y, m, delta, step_size), disp + delta, it + 1, jnp.mean(delta) < tol
+        y = move_points(y, m, delta, step_size)
+        return y, disp + delta, it + 1, jnp.mean(delta) < tol, pos
 
     init = (x, jnp.zeros(n, x.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    return MeanShiftResult(*masked_loop(cond, body, init, max_iter))
+    init += (first_windows(slots.shape, k),)
+    return MeanShiftResult(*masked_loop(cond, body, init, max_iter)[:4])
 
 
 def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, batch_size, valid):
@@ -179,13 +192,11 @@ def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, bat
 
         def body(state):
             y, disp, it, _, previous = state
-            m, delta, idx = shift_one(
-                y, reference, ref_sqnorm, reference_weights, k, previous, it > 0
-            )
+            m, delta, idx = shift_one(y, reference, ref_sqnorm, reference_weights, k, previous)
             return move_points(y, m, delta, step_size), disp + delta, it + 1, delta < tol, idx
 
         init = (q, jnp.zeros((), q.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-        return masked_loop(cond, body, init + (jnp.zeros(k, jnp.int32),), max_iter)[:4]
+        return masked_loop(cond, body, init + (first_windows((), k),), max_iter)[:4]
 
     return MeanShiftResult(*map_rows(one, x, batch_size))
 

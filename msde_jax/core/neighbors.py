@@ -36,7 +36,6 @@ def nearest_indices(
     k: int,
     self_index: jax.Array | None = None,
     within: jax.Array | None = None,
-    prune: jax.Array | bool = True,
 ) -> jax.Array:
     """The per-point rule: indices (k,) of the ``k`` nearest reference rows of one point ``q`` (d,).
 
@@ -45,31 +44,29 @@ def nearest_indices(
     how callers mask padding. With ``self_index`` that reference row is forced to be the first
     neighbour, as a point is its own nearest neighbour in the paper's kNN graphs even when it has
     exact duplicates. ``within`` (k,), any k distinct reference rows (an iterative caller's
-    previous neighbours), makes the selection cheaper without changing it
-    (:func:`prune_beyond`, applied where ``prune`` holds).
+    previous neighbours), makes the selection cheaper without changing it (:func:`prune_beyond`).
     """
     score = rank_distances(q, reference, reference_sqnorm)
     if self_index is not None:
         score = score.at[self_index].set(-jnp.inf)
     if within is not None:
-        score = prune_beyond(score, within, prune)
+        score = prune_beyond(score, within)
     return lax.top_k(-score, k)[1].astype(jnp.int32)
 
 
-def prune_beyond(score: jax.Array, within: jax.Array, active: jax.Array | bool = True) -> jax.Array:
+def prune_beyond(score: jax.Array, within: jax.Array) -> jax.Array:
     """``score`` (..., m) with every entry above the largest of ``score[within]`` set to +inf.
 
-    ``within`` (..., k) holds k distinct column indices, for instance the previous iteration's
-    neighbours of a point that has since moved: k columns score at most that bound, so the k
-    smallest scores all survive and ``lax.top_k`` returns the same indices, in the same order,
-    as on the unpruned scores. The pruning is exact; it only makes the selection cheaper,
-    because on a CPU ``top_k`` runs a partial sort whose cost is set by how many entries still
-    compete (a few more than k instead of m). ``active`` False leaves the scores as they are
-    (the first iteration, before there are neighbours to bound with).
+    ``within`` (..., k) holds any k distinct column indices: k columns score at most their
+    largest score, so the k smallest scores all survive and ``lax.top_k`` returns the same
+    indices, in the same order, as on the unpruned scores. The pruning is exact whichever
+    columns are given; how much it prunes depends on them. An iterative search passes each
+    point's previous neighbours, which have moved little, so a few more than k entries survive.
+    On a CPU that makes ``top_k`` cheaper: it runs a partial sort whose cost grows with how
+    many entries still compete.
     """
     bound = jnp.max(jnp.take_along_axis(score, within, axis=-1), axis=-1, keepdims=True)
-    keep = (score <= bound) | ~jnp.asarray(active)
-    return jnp.where(keep, score, jnp.inf)
+    return jnp.where(score <= bound, score, jnp.inf)
 
 
 def nearest_one(

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jax.typing import ArrayLike
 
 from msde_jax.core.blocks import map_rows, masked_loop, sq_norms
-from msde_jax.core.mean_shift import MeanShiftResult, move_points, shift_one
+from msde_jax.core.mean_shift import MeanShiftResult, first_windows, move_points, shift_one
 from msde_jax.core.neighbors import Neighbors, nearest_one
 
 __all__ = [
@@ -189,7 +189,7 @@ def sharded_mean_shift(
             sqn = jnp.where(ok_all, sq_norms(y_all), jnp.inf)
 
             def one(row):
-                return shift_one(row[0], y_all, sqn, w_all, k, row[1], it > 0)
+                return shift_one(row[0], y_all, sqn, w_all, k, row[1])
 
             m, delta, idx = map_rows(one, (y, previous), batch_size)
             delta = jnp.where(ok, delta, 0.0)
@@ -199,7 +199,7 @@ def sharded_mean_shift(
 
         rows = y0.shape[0]
         init = (y0, jnp.zeros(rows, y0.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-        return masked_loop(cond, body, init + (jnp.zeros((rows, k), jnp.int32),), max_iter)[:4]
+        return masked_loop(cond, body, init + (first_windows((rows,), k),), max_iter)[:4]
 
     spec = PartitionSpec(axis)
     points, disp, n_iter, converged = jax.shard_map(

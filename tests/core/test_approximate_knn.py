@@ -1,10 +1,19 @@
 """The approximate neighbour search (principal-direction tree) and the blurring shift on it."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from msde_jax.core import knn, mean_shift
-from msde_jax.core.approximate_knn import approximate_knn, effective_probes, partition, tree_shape
+from msde_jax.core.approximate_knn import (
+    approximate_knn,
+    effective_probes,
+    partition,
+    probe_leaves,
+    tree_shape,
+    tree_slots,
+)
 from msde_jax.core.mean_shift import choose_neighbors
 
 
@@ -135,3 +144,47 @@ def test_the_search_is_chosen_from_the_size_and_checked():
         mean_shift(np.zeros((5, 2)), neighbors="approximate", leaf_size=1)
     with pytest.raises(ValueError, match="approximate search is for the blurring shift"):
         mean_shift(np.zeros((5, 2)), reference=np.ones((4, 2)), neighbors="approximate")
+
+
+def _approximate_shift_reference(x, w, k, leaf_size, probes, iterations):
+    """The approximate blurring shift step by step: each row's k nearest among the rows of its
+    leaf's probed leaves (the tree once, the probes every iteration), then the MSDE move.
+    Also returns each iteration's probes."""
+    n, d = x.shape
+    p = effective_probes(n, k, leaf_size, probes)
+    slots = np.asarray(tree_slots(jnp.asarray(x), leaf_size))
+    valid = slots < n
+    y, disp, seen = x.copy(), np.zeros(n), []
+    for _ in range(iterations):
+        values = np.concatenate([y, np.zeros((1, d))])[slots]
+        probe = np.asarray(jax.jit(probe_leaves, static_argnums=2)(values, valid, p))
+        seen.append(probe)
+        m = np.zeros_like(y)
+        for leaf, rows in enumerate(slots):
+            cand = slots[probe[leaf]].reshape(-1)
+            cand = cand[cand < n]
+            for i in rows[rows < n]:
+                near = cand[np.argsort(((y[cand] - y[i]) ** 2).sum(1), kind="stable")[:k]]
+                m[i] = w[near] @ y[near] / max(w[near].sum(), 1e-6)
+        delta = np.linalg.norm(m - y, axis=1)
+        y = np.where((delta > 1e-6)[:, None], y + 0.33 * (m - y), y)
+        disp += delta
+    return y, disp, seen
+
+
+def test_approximate_shift_follows_its_definition_while_probes_change(x64):
+    # Each iteration's probes are recomputed, and the search is bounded by the rows' last
+    # windows' candidate positions (prune_beyond): tightly where a leaf's probes are unchanged,
+    # loosely where they changed. Neither may change any window.
+    rng = np.random.default_rng(6)
+    x = _clusters(12, 25, 5, seed=6, spread=2.0).astype(np.float64)
+    w = rng.uniform(0.5, 2.0, len(x))
+    y, disp, probes = _approximate_shift_reference(x, w, 10, 16, 3, iterations=5)
+    same = np.stack([np.all(a == b, axis=1) for a, b in zip(probes, probes[1:], strict=False)])
+    assert same.any()  # some leaves keep their probes ...
+    assert not same.all()  # ... and some change them
+    got = mean_shift(
+        x, w, k=10, max_iter=5, tol=0.0, neighbors="approximate", leaf_size=16, probes=3
+    )
+    np.testing.assert_allclose(got.points, y, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got.displacement, disp, rtol=1e-9, atol=1e-9)
