@@ -63,10 +63,11 @@ def prune_beyond(score: jax.Array, within: jax.Array) -> jax.Array:
     columns are given; how much it prunes depends on them. An iterative search passes each
     point's previous neighbours, which have moved little, so a few more than k entries survive.
     On a CPU that makes ``top_k`` cheaper: it runs a partial sort whose cost grows with how
-    many entries still compete.
+    many entries still compete. Only entries surely above the bound go: NaN scores stay, and a
+    NaN bound prunes nothing, so NaNs are ranked as ``top_k`` would rank them unpruned.
     """
     bound = jnp.max(jnp.take_along_axis(score, within, axis=-1), axis=-1, keepdims=True)
-    return jnp.where(score <= bound, score, jnp.inf)
+    return jnp.where(score > bound, jnp.inf, score)
 
 
 def nearest_one(

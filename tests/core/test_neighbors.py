@@ -111,19 +111,27 @@ def _top_k_plain_and_pruned(score, within):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**16), levels=st.sampled_from([3, 50, 0]))
-def test_pruning_keeps_the_top_k(seed, levels):
+@given(seed=st.integers(0, 2**16), levels=st.sampled_from([3, 50, 0]), nan=st.booleans())
+def test_pruning_keeps_the_top_k(seed, levels, nan):
     # Any k distinct columns bound the k smallest scores: pruning beyond their largest changes
-    # neither the indices nor their order, with ties (few levels) and +inf (padding) included.
+    # neither the indices nor their order, with ties (few levels), +inf (padding) and NaN.
     rng = np.random.default_rng(seed)
     score = rng.normal(size=(6, 40)).astype(np.float32)
     if levels:
         score = np.round(score * levels / 4).astype(np.float32)
     score[:, rng.random(40) < 0.2] = np.inf
+    if nan:
+        score[rng.random(score.shape) < 0.05] = np.nan
     within = np.stack([rng.choice(40, 5, replace=False) for _ in range(6)]).astype(np.int32)
+    score[0] = rng.permutation(40)  # a row bounded by its own 5 nearest: 35 entries go
+    within[0] = np.argsort(score[0])[:5]
     (v_plain, i_plain), (v_pruned, i_pruned) = _top_k_plain_and_pruned(score, within)
     np.testing.assert_array_equal(i_pruned, i_plain)
     np.testing.assert_array_equal(v_pruned, v_plain)
-    kept = np.isfinite(np.asarray(prune_beyond(score, within)))
+    pruned = np.asarray(prune_beyond(score, within))
     bound = np.take_along_axis(score, within, 1).max(1, keepdims=True)
-    np.testing.assert_array_equal(kept, np.isfinite(score) & (score <= bound))  # it does prune
+    with np.errstate(invalid="ignore"):
+        gone = score > bound  # only entries surely above the bound (a NaN bound prunes nothing)
+    np.testing.assert_array_equal(pruned[gone], np.inf)
+    np.testing.assert_array_equal(pruned[~gone], score[~gone])
+    assert gone[0].sum() == 35
