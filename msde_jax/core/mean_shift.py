@@ -83,7 +83,7 @@ def _window_means(queries, ref, ref_sq, ref_w, k, previous=None):
     score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
     if previous is not None:
         score = prune_beyond(score, previous)
-    pos = lax.top_k(-score, k)[1].astype(jnp.int32)
+    pos = lax.top_k(-score, k)[1]
     rows = jnp.arange(pos.shape[0])[:, None]
     window = jnp.zeros_like(score).at[rows, pos].set(ref_w[pos])
     total = jnp.maximum(jnp.sum(window, axis=-1), _MIN_WEIGHT)

@@ -249,8 +249,8 @@ def _fit_state(
     change the rounded result); the rest is one compiled program per padded training size
     (:func:`fit_rows`, :func:`_fit_arrays`)."""
     n, d = x.shape
-    padded = _pads(config, n)
-    rows = bucket_fit_rows(n) if padded else n
+    pads = _pads(config, n)  # a padded program even where n fills its bucket
+    rows = bucket_fit_rows(n) if pads else n
     keys = keys if config.content_ordered else None
     if rows > n:  # zero rows: finite throughout
         x = np.concatenate([x, np.zeros((rows - n, d), x.dtype)])
@@ -269,7 +269,7 @@ def _fit_state(
     if keys is not None:  # the padding rows last
         order = np.concatenate([np.argsort(keys, kind="stable"), np.arange(n, rows)])
     # device_put copies; jnp.asarray of a NumPy array would compile a program per shape
-    z, order, valid = jax.device_put((z, order, valid if padded else None))
+    z, order, valid = jax.device_put((z, order, valid if pads else None))
     nc = config.n_components
     if isinstance(nc, int | np.integer):
         nc = int(min(nc, d, n - 1))
