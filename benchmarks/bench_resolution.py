@@ -54,6 +54,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from msde_jax._compilation import CompileCounter
+from msde_jax.backbones.registry import backbone_spec
 from msde_jax.pipeline import presets
 from msde_jax.pipeline.evaluation import embed, limit_dataset
 from msde_jax.pipeline.selection import validation_set
@@ -76,28 +77,44 @@ class Setting(NamedTuple):
     grid: int
     mirror: bool = False  # fit the banks on the images plus their left–right mirrors
     two_stage: bool = False  # PatchBankDetector(coreset="two_stage")
+    cosine: str | None = None  # unit patch vectors: "cosine" whole, "cosine_layers" per layer
 
     @property
     def name(self) -> str:
-        return f"{self.size}:{self.grid}" + ":mirror" * self.mirror + ":two_stage" * self.two_stage
+        flags = ":mirror" * self.mirror + ":two_stage" * self.two_stage
+        return f"{self.size}:{self.grid}{flags}" + (f":{self.cosine}" if self.cosine else "")
+
+
+FLAGS = ("mirror", "two_stage", "cosine", "cosine_layers")
 
 
 def setting(text: str) -> Setting:
-    """``"image_size:grid"``, optionally followed by ``:mirror`` and/or ``:two_stage``
-    → :class:`Setting`."""
+    """``"image_size:grid"``, optionally followed by ``:mirror``, ``:two_stage`` and one of
+    ``:cosine`` / ``:cosine_layers`` → :class:`Setting`."""
     parts = text.split(":")
     flags = parts[2:]
     try:
         if len(parts) < 2 or len(set(flags)) != len(flags):
             raise ValueError
-        if not set(flags) <= {"mirror", "two_stage"}:
+        if not set(flags) <= set(FLAGS) or {"cosine", "cosine_layers"} <= set(flags):
             raise ValueError
         size, grid = (int(v) for v in parts[:2])
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"a setting is image_size:grid[:mirror][:two_stage], got {text!r}"
+            f"a setting is image_size:grid[:mirror][:two_stage][:cosine|:cosine_layers], "
+            f"got {text!r}"
         ) from None
-    return Setting(size, grid, "mirror" in flags, "two_stage" in flags)
+    cosine = next((f for f in flags if f.startswith("cosine")), None)
+    return Setting(size, grid, "mirror" in flags, "two_stage" in flags, cosine)
+
+
+def unit_patches(x: np.ndarray, widths: list[int] | None) -> np.ndarray:
+    """Each patch vector (the last axis) scaled to unit length, so that the bank's Euclidean
+    distance is √(2 − 2 cos); with ``widths`` (the layers' channel counts, in order) each
+    layer's slice separately, then ÷ √(layers), so that every layer weighs the same."""
+    parts = np.split(x, np.cumsum(widths)[:-1], axis=-1) if widths else [x]
+    unit = [p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12) for p in parts]
+    return (np.concatenate(unit, axis=-1) / np.sqrt(len(parts))).astype(x.dtype)
 
 
 def with_mirrors(x: np.ndarray, x_mirror: np.ndarray | None) -> tuple[np.ndarray, object]:
@@ -172,8 +189,8 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         assert np.array_equal(v.normals, val_idx)
     n_val = len(val_idx)
     out = []
-    for size, grid, mirror, two_stage in settings:
-        name = Setting(size, grid, mirror, two_stage).name
+    for s in settings:
+        size, grid, mirror, two_stage, name = s.size, s.grid, s.mirror, s.two_stage, s.name
         start = time.perf_counter()
         cand = presets.recommended(args.backbone, image_size=size, grid=grid)
         embedder, template = cand.embedder, cand.detector
@@ -202,6 +219,17 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         if mirror:  # the mirrors of the training normals: the bank's augmentation only
             tr_m = embed(embedder.flipped(), train_all, what="train mirror", **opts)
             tr_test_m = tr_m if limit is None else embed(embedder.flipped(), train, **opts)
+        if s.cosine:  # a transform of the cached features: the cache stays the plain one's
+            spec = backbone_spec(args.backbone)
+            widths = None
+            if s.cosine == "cosine_layers":
+                widths = [spec.layers[layer][1] for layer in embedder.layers]
+                assert sum(widths) == tr.shape[-1], (widths, tr.shape)
+            tr, te, tr_test = (unit_patches(a, widths) for a in (tr, te, tr_test))
+            val = {k: unit_patches(a, widths) for k, a in val.items()}
+            tr_m, tr_test_m = (
+                None if a is None else unit_patches(a, widths) for a in (tr_m, tr_test_m)
+            )
         timings["embed (cache) s"] = time.perf_counter() - t
         print(f"{dataset_name} {name}: features {tr.shape[1:]}, embedded", flush=True)
 

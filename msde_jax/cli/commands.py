@@ -106,12 +106,19 @@ def _detector(args: argparse.Namespace, ndim: int | None = None):
     if _detector_kind(args, ndim) == "bank":
         names = {option: option for option in BANK_OPTIONS} | {"bank_size": "size"}
         params |= {p: getattr(args, o) for o, p in names.items() if getattr(args, o) is not None}
-        return _validated(PatchBankDetector(**params))
+        return _validated(PatchBankDetector(**params, seed=args.seed))
     for name in ("mode", "k", "density"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
     detector = MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
     return _validated(detector)
+
+
+def _seeded(detector, seed: int):
+    """``detector`` with every ``seed`` parameter, its components' included
+    (``"patches__seed"``), set to ``seed``."""
+    names = [n for n in detector.get_params() if n == "seed" or n.endswith("__seed")]
+    return detector.set_params(**dict.fromkeys(names, seed)) if names else detector
 
 
 def _validated(detector):
@@ -460,7 +467,9 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
             raise UserError(f"--select chooses the detector and features itself: drop {drop}.")
         options = {"weights": args.weights, "image_size": args.image_size}
         pool = candidates(args.backbone, batch_size=args.batch_size, **options)
-        selection = select(normals, pool, cache_dir=cache_dir)
+        for candidate in pool.values():
+            _seeded(candidate.detector, args.seed)
+        selection = select(normals, pool, cache_dir=cache_dir, seed=args.seed)
         embedder, detector = selection.candidate
         detector.set_params(contamination=args.contamination)
         return embedder, detector, f"{selection.name} (selected)", selection.validation, None
@@ -474,7 +483,7 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     if len(normals) < 10:
         return embedder, detector, name, None, "fewer than 10 training normals"
     validation = synthetic_validation(
-        normals, {name: Candidate(embedder, detector)}, cache_dir=cache_dir
+        normals, {name: Candidate(embedder, detector)}, cache_dir=cache_dir, seed=args.seed
     )
     return embedder, detector, name, validation, None
 
@@ -526,7 +535,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
             images, heat = heatmaps(embedder, detector, items, cache_dir=cache_dir)
             maps = {int(i): (images[j], heat[j]) for j, i in enumerate(shown)}
     metrics, timings, mode = result.metrics, result.timings, result.config["mode"]
-    config = {**result.config, "configuration": name}
+    config = {**result.config, "configuration": name, "seed": args.seed}
     if validation is not None:
         scores = validation.scores
         config["synthetic_validation"] = {

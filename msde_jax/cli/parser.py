@@ -63,6 +63,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """An argparse type: an integer of at least 0 (a PRNG seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text!r}")
+    return value
+
+
 def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     from msde_jax.backbones.registry import BACKBONES
     from msde_jax.embedder import FEATURES, Embedder
@@ -232,6 +243,15 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         choices=METHODS,
         default=None,
         help=f"density weights (default {d['density']})",
+    )
+    g.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the run's randomness: the memory bank's coreset projection and, for "
+        "evaluate and demo, the synthetic anomalies of the label-free validation (MSDE fits are "
+        "deterministic). A result quoted from one seed is one seed: run three and report the "
+        "mean (default: %(default)s)",
     )
     g.add_argument(
         "--contamination",

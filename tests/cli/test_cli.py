@@ -45,19 +45,32 @@ def test_help_has_examples(capsys):
         assert "examples:" in capsys.readouterr().out
 
 
-def test_demo_writes_a_report(tmp_path, capsys):
-    # The default configuration: the patch bank, validated on synthetic anomalies first.
+def test_demo_writes_a_report(tmp_path, capsys, monkeypatch):
+    # The default configuration: the patch bank, validated on synthetic anomalies first; --seed
+    # reaches both the bank's coreset and the synthetic anomalies, and the report records it.
+    from msde_jax.pipeline import selection
+
+    seeds = []
+    validate = selection.synthetic_validation
+
+    def recorded(*args, **kwargs):
+        seeds.append(kwargs.get("seed"))
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "synthetic_validation", recorded)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--limit", "40", *BANK]) == 0
+    assert main(["demo", "--out", str(out), "--limit", "40", *BANK, "--seed", "1"]) == 0
+    assert seeds == [1]
     printed = capsys.readouterr().out
     assert "pneumoniamnist: AUROC" in printed
-    assert "configuration: as given: PatchBankDetector(size=200)" in printed
+    assert "configuration: as given: PatchBankDetector(size=200, seed=1)" in printed
     assert "features='patches'" in printed
     assert "synthetic-validation AUROC" in printed
     assert "4 held-out normals vs 8 synthetic anomalies" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["metrics"]["auroc"] <= 1
     assert metrics["config"]["detector"]["size"] == 200
+    assert (metrics["config"]["detector"]["seed"], metrics["config"]["seed"]) == (1, 1)
     assert metrics["config"]["embedder"]["features"] == "patches"
     (validated,) = metrics["config"]["synthetic_validation"]["auroc"].values()
     assert 0 <= validated <= 1
@@ -409,6 +422,28 @@ def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
     err = capsys.readouterr().err
     assert "skipped 1 unreadable file(s) of 31" in err
     assert json.loads((out / "metrics.json").read_text())["config"]["test_abnormal"] == 30
+
+
+def test_seed_option():
+    from msde_jax.cli.commands import _detector, _seeded
+    from msde_jax.pipeline.presets import candidates
+
+    def detector(*extra):
+        return _detector(build_parser().parse_args(["fit", "x", "--out", "m.npz", *extra]))
+
+    assert detector().get_params()["seed"] == 0
+    assert detector("--seed", "7").get_params()["seed"] == 7
+    # Not a bank-only option: MSDE fits are deterministic, and evaluate's validation is seeded.
+    assert "seed" not in detector("--detector", "msde", "--seed", "7").get_params()
+    for bad in ("-1", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["fit", "x", "--out", "m.npz", "--seed", bad])
+    # --select seeds every candidate's bank, a fused candidate's component included.
+    pool = candidates("efficientnet_lite0", weights="random")
+    seeded = {n: _seeded(c.detector, 5).get_params() for n, c in pool.items()}
+    assert seeded["bank:max"]["seed"] == 5
+    assert seeded["ensemble:rank"]["patches__seed"] == 5
+    assert not any("seed" in p for p in seeded["knn:head"])
 
 
 def test_foreground_option_makes_a_masked_bank():
