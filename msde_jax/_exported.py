@@ -12,19 +12,20 @@ serves.
 
 A file is used only under its exact key, a hash of everything the trace depends on: the
 function's name and ``static`` key, the arguments' tree, shapes, dtypes and shardings, the
-devices, JAX's trace-time configuration, the versions of jax, jaxlib, flax and numpy, and
-the source of msde_jax itself (any edit to the package makes new keys). A file whose
-checksum does not match is traced again and rewritten; a function that cannot be exported is
-traced and called as usual. The files live in ``exported/`` of the compilation cache folder
-and only while msde_jax manages that cache (``MSDE_JAX_COMPILATION_CACHE=off`` or a cache
-folder of the user's own turns this off too). Like the compilation cache, a valid
-program stored under another program's key would be run: keep the folder as private as your
-code.
+devices, JAX's trace-time configuration, the versions of jax, jaxlib, flax and numpy, and the
+source of msde_jax itself (any edit to the package makes new keys). A file whose checksum does
+not match is traced again and rewritten; a function that cannot be exported is traced and
+called as usual (and without ``flatbuffers``, the file format of ``jax.export``, every function
+is, with one warning per process). The files live in ``exported/`` of the compilation cache
+folder and only while msde_jax manages that cache (``MSDE_JAX_COMPILATION_CACHE=off`` or a
+cache folder of the user's own turns this off too). Like the compilation cache, a valid program
+stored under another program's key would be run: keep the folder as private as your code.
 """
 
 import hashlib
 import importlib.metadata
 import re
+import warnings
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,20 @@ except ImportError:  # a JAX that no longer makes it public
 __all__ = ["Exported", "exported_dir"]
 
 _SOURCE_HASH: str | None = None
+_WARNED = False  # that jax.export cannot write its files here
+
+
+def _no_file_format(err: ImportError) -> None:
+    """Warn, once per process, that no program can be kept on disk here."""
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        warnings.warn(
+            f"msde_jax cannot keep traced programs on disk ({err}), so every new process "
+            "traces them again: install flatbuffers (a dependency of msde_jax).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def exported_dir() -> Path | None:
@@ -197,9 +212,13 @@ class Exported:
                 pass
         try:
             program = export.export(self.fun)(*args)
-            payload = bytes(program.serialize())
         except Exception:  # not exportable (a host callback, …): the function is traced as
             return None  # usual, and raises there if the arguments are at fault
+        try:
+            payload = bytes(program.serialize())
+        except ImportError as err:  # jax.export's file format needs flatbuffers
+            _no_file_format(err)
+            return None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(path, hashlib.sha256(payload).digest() + payload, fsync=False)

@@ -1,6 +1,8 @@
 """Traced programs kept on disk (msde_jax._exported): read back instead of traced, keyed by
 everything the trace depends on, and never trusted when damaged."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,3 +136,22 @@ def test_a_program_that_fails_to_run_falls_back_to_tracing(folder, monkeypatch):
     assert traces == [1]  # traced as usual, once
     exported(x, np.float32(1))
     assert traces == [1]
+
+
+def test_without_the_file_format_it_warns_once_and_still_computes(folder, monkeypatch):
+    # jax.export writes files with flatbuffers; where it is missing, say so (once per process)
+    # and trace as usual instead of dropping the feature silently.
+    def no_flatbuffers(self):
+        raise ImportError("Please install 'flatbuffers' in order to use Exported serialization")
+
+    monkeypatch.setattr(jax.export.Exported, "serialize", no_flatbuffers)
+    monkeypatch.setattr(_exported, "_WARNED", False)
+    x = np.ones((3, 4), np.float32)
+    fun, traces = _counted()
+    with pytest.warns(RuntimeWarning, match="install flatbuffers"):
+        out = Exported(fun, "f")(x, np.float32(1))
+    np.testing.assert_allclose(out["sum"], np.sin(x) * 2 + 1, 1e-6)
+    assert not folder.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Exported(_counted()[0], "f")(np.ones((5, 4), np.float32), np.float32(0))

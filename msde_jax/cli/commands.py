@@ -114,13 +114,6 @@ def _detector(args: argparse.Namespace, ndim: int | None = None):
     return _validated(detector)
 
 
-def _seeded(detector, seed: int):
-    """``detector`` with every ``seed`` parameter, its components' included
-    (``"patches__seed"``), set to ``seed``."""
-    names = [n for n in detector.get_params() if n == "seed" or n.endswith("__seed")]
-    return detector.set_params(**dict.fromkeys(names, seed)) if names else detector
-
-
 def _validated(detector):
     """``detector``, once its options are known to be valid (its config builds), so that a bad
     option is refused before any image is embedded."""
@@ -454,7 +447,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     """The embedder and detector ``evaluate`` runs, what to call them, and their synthetic
     validation (``None`` when skipped) with the reason it was skipped."""
-    from msde_jax.pipeline.presets import RECOMMENDED, Candidate, candidates
+    from msde_jax.pipeline.presets import RECOMMENDED, Candidate, candidates, seeded
     from msde_jax.pipeline.selection import select, synthetic_validation
 
     normals = dataset.train_normal
@@ -468,7 +461,7 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
         options = {"weights": args.weights, "image_size": args.image_size}
         pool = candidates(args.backbone, batch_size=args.batch_size, **options)
         for candidate in pool.values():
-            _seeded(candidate.detector, args.seed)
+            seeded(candidate.detector, args.seed)
         selection = select(normals, pool, cache_dir=cache_dir, seed=args.seed)
         embedder, detector = selection.candidate
         detector.set_params(contamination=args.contamination)

@@ -17,7 +17,15 @@ from msde_jax.detectors.patch_bank import PatchBankDetector
 from msde_jax.embedder import Embedder
 from msde_jax.io.cache import SupportsEmbed
 
-__all__ = ["ENSEMBLE_LEVELS", "RECOMMENDED", "Candidate", "candidates", "ensemble", "recommended"]
+__all__ = [
+    "ENSEMBLE_LEVELS",
+    "RECOMMENDED",
+    "Candidate",
+    "candidates",
+    "ensemble",
+    "recommended",
+    "seeded",
+]
 
 RECOMMENDED = "bank:top"
 """The name :func:`candidates` gives the fixed rule, :func:`recommended`."""
@@ -176,3 +184,12 @@ def candidates(
         "ensemble:rank-levels": _fused(levels, head, patches),
         "ensemble:zscore": _fused({"layers": layers}, head, patches, calibration="zscore"),
     }
+
+
+def seeded(detector: Any, seed: int) -> Any:
+    """``detector`` (modified in place) with every ``seed`` parameter set to ``seed``: the
+    bank's coreset projection, a fused detector's components' included (``patches__seed``).
+    Detectors with no randomness (``MSDEDetector``) are returned as they are. For results
+    reported over seeds, e.g. ``seeded(candidate.detector, s)`` for s = 0, 1, 2."""
+    names = [n for n in detector.get_params() if n == "seed" or n.endswith("__seed")]
+    return detector.set_params(**dict.fromkeys(names, seed)) if names else detector

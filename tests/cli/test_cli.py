@@ -425,8 +425,8 @@ def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
 
 
 def test_seed_option():
-    from msde_jax.cli.commands import _detector, _seeded
-    from msde_jax.pipeline.presets import candidates
+    from msde_jax.cli.commands import _detector
+    from msde_jax.pipeline.presets import candidates, seeded
 
     def detector(*extra):
         return _detector(build_parser().parse_args(["fit", "x", "--out", "m.npz", *extra]))
@@ -440,10 +440,10 @@ def test_seed_option():
             build_parser().parse_args(["fit", "x", "--out", "m.npz", "--seed", bad])
     # --select seeds every candidate's bank, a fused candidate's component included.
     pool = candidates("efficientnet_lite0", weights="random")
-    seeded = {n: _seeded(c.detector, 5).get_params() for n, c in pool.items()}
-    assert seeded["bank:max"]["seed"] == 5
-    assert seeded["ensemble:rank"]["patches__seed"] == 5
-    assert not any("seed" in p for p in seeded["knn:head"])
+    params = {n: seeded(c.detector, 5).get_params() for n, c in pool.items()}
+    assert params["bank:max"]["seed"] == 5
+    assert params["ensemble:rank"]["patches__seed"] == 5
+    assert not any("seed" in p for p in params["knn:head"])
 
 
 def test_foreground_option_makes_a_masked_bank():
