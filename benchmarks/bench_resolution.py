@@ -78,11 +78,13 @@ class Setting(NamedTuple):
     mirror: bool = False  # fit the banks on the images plus their left–right mirrors
     two_stage: bool = False  # PatchBankDetector(coreset="two_stage")
     cosine: str | None = None  # unit patch vectors: "cosine" whole, "cosine_layers" per layer
+    params: tuple[tuple[str, int | float], ...] = ()  # PatchBankDetector parameters, name=value
 
     @property
     def name(self) -> str:
         flags = ":mirror" * self.mirror + ":two_stage" * self.two_stage
-        return f"{self.size}:{self.grid}{flags}" + (f":{self.cosine}" if self.cosine else "")
+        flags += f":{self.cosine}" if self.cosine else ""
+        return f"{self.size}:{self.grid}{flags}" + "".join(f":{k}={v}" for k, v in self.params)
 
 
 FLAGS = ("mirror", "two_stage", "cosine", "cosine_layers")
@@ -92,8 +94,9 @@ def setting(text: str) -> Setting:
     """``"image_size:grid"``, optionally followed by ``:mirror``, ``:two_stage`` and one of
     ``:cosine`` / ``:cosine_layers`` → :class:`Setting`."""
     parts = text.split(":")
-    flags = parts[2:]
+    flags = [f for f in parts[2:] if "=" not in f]
     try:
+        params = tuple((k, _number(v)) for k, v in (f.split("=", 1) for f in parts[2:] if "=" in f))
         if len(parts) < 2 or len(set(flags)) != len(flags):
             raise ValueError
         if not set(flags) <= set(FLAGS) or {"cosine", "cosine_layers"} <= set(flags):
@@ -101,11 +104,15 @@ def setting(text: str) -> Setting:
         size, grid = (int(v) for v in parts[:2])
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"a setting is image_size:grid[:mirror][:two_stage][:cosine|:cosine_layers], "
-            f"got {text!r}"
+            f"a setting is image_size:grid[:mirror][:two_stage][:cosine|:cosine_layers]"
+            f"[:param=value...], got {text!r}"
         ) from None
     cosine = next((f for f in flags if f.startswith("cosine")), None)
-    return Setting(size, grid, "mirror" in flags, "two_stage" in flags, cosine)
+    return Setting(size, grid, "mirror" in flags, "two_stage" in flags, cosine, params)
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def unit_patches(x: np.ndarray, widths: list[int] | None) -> np.ndarray:
@@ -196,6 +203,7 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         embedder, template = cand.embedder, cand.detector
         if two_stage:
             template.set_params(coreset="two_stage")
+        template.set_params(**dict(s.params))  # e.g. size=5000, score_neighbors=3
         train, test, labels = train_all, test_all, labels_all
         limit = dict(args.limit_for).get(name)
         if limit is not None:  # this setting only: the first ``limit`` of each class
@@ -341,7 +349,10 @@ def main(argv=None) -> int:
         type=setting,
         default=[setting(s) for s in DEFAULT_SETTINGS],
         help="image_size:grid pairs, :mirror for a mirror-augmented bank, :two_stage for "
-        "coreset='two_stage' (default: " + " ".join(DEFAULT_SETTINGS) + ")",
+        "coreset='two_stage', :cosine / :cosine_layers for unit-length patch vectors, "
+        ":name=value for a PatchBankDetector parameter, e.g. 224:14:size=5000 (default: "
+        + " ".join(DEFAULT_SETTINGS)
+        + ")",
     )
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="synthesis seeds")
