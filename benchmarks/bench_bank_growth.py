@@ -11,7 +11,8 @@ training normals, embedded once (cached); with ``--synthetic``, synthetic featur
 shape made in each worker (a hospital archive's size, beyond the built-in set: each patch a
 mix of two of 64 random prototypes plus noise, float32, test images the same way with
 another seed). For each training-set size, a fresh Python process fits ``PatchBankDetector()``
-(the defaults: a 2,000-patch two-stage coreset, 5 cross-fit folds, threshold included;
+(the defaults: a 5,000-patch two-stage coreset — 2,000 before 2026-12-05, as the older tables in
+RESULTS.md were measured — 5 cross-fit folds, threshold included;
 ``--coreset greedy`` for one greedy search over all patches) on the first ``n`` images and
 scores the test images; it reports wall times (the first fit compiles, so with ``--repeats
 2`` a second fit is timed too), the fitted bank's bytes and the process's peak resident

@@ -306,7 +306,13 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--limit", type=int, default=None, help="at most this many images per class")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="synthesis seeds")
-    p.add_argument("--bank-size", type=int, default=2000, help="patch bank coreset size")
+    p.add_argument(
+        "--bank-size",
+        type=int,
+        default=2000,
+        help="patch bank coreset size (2,000: the tables in RESULTS.md; the library default is "
+        "5,000 since 2026-12-05)",
+    )
     p.add_argument("--neighbors", type=int, default=5, help="k of the cosine kNN")
     p.add_argument("--verify-fusion", action="store_true", help="check one real FusedDetector")
     p.add_argument("--cache-dir", default=".bench_cache")

@@ -58,7 +58,7 @@ def recommended(backbone: str = "efficientnet_lite0", **embedder_options: Any) -
     """The default configuration, one rule for every dataset (README "Which mode").
 
     ``Embedder(backbone, features="patches", **embedder_options)`` (the backbone's patch
-    layers, 3 × 3 aggregation, a 14 × 14 grid) and ``PatchBankDetector()`` (a 2,000-patch
+    layers, 3 × 3 aggregation, a 14 × 14 grid) and ``PatchBankDetector()`` (a 5,000-patch
     k-center coreset, each image scored by the mean of its top 10 % patch distances). It had
     the best mean synthetic-validation AUROC of the configurations measured, on every dataset
     and backbone run; no abnormal label chose it.

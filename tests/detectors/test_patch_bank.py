@@ -123,13 +123,14 @@ def test_fit_neither_changes_nor_keeps_the_training_array(train, test_x):
 
 def test_two_stage_fit_memory_estimate_is_bounded_by_a_chunk():
     """The memory check's estimate of a fit: with the two-stage coreset the searches hold a
-    chunk and the pool, not every patch, so 10× the images costs less than 2× the search
-    memory, and at 100,000 images a small part of the greedy coreset's."""
+    chunk and the pool (``size`` picks per chunk), not every patch, so 10× the images costs
+    less than 3× the search memory (the greedy search: 10×), and at 100,000 images a small
+    part of the greedy coreset's."""
     two, greedy = PatchBankDetector(), PatchBankDetector(coreset="greedy")
     shape = (100_000, 14, 14, 152)
     small = two._memory_needed((10_000, *shape[1:]))[0]
     large, one_search = two._memory_needed(shape)[0], greedy._memory_needed(shape)[0]
-    assert large["coreset search"] < 2 * small["coreset search"]
+    assert large["coreset search"] < 3 * small["coreset search"]
     assert large["coreset search"] < one_search["coreset search"] / 10
     assert large["patch features"] < one_search["patch features"] / 10
 
