@@ -152,7 +152,7 @@ def kcenter_greedy_subsets(
     return _greedy(x, n_select, valid, starts, projection_dim, key, batch_size)
 
 
-@partial(jax.jit, static_argnames=("n_select", "projection_dim"))
+@partial(jax.jit, static_argnames=("n_select", "projection_dim", "together"))
 def kcenter_greedy_batched(
     x: ArrayLike,
     n_select: int,
@@ -160,14 +160,19 @@ def kcenter_greedy_batched(
     *,
     projection_dim: int | None = None,
     key: ArrayLike | None = None,
+    together: bool | None = None,
 ) -> jax.Array:
-    """:func:`kcenter_greedy` on each of B separate row sets at once, as one compiled program.
+    """:func:`kcenter_greedy` on each of B separate row sets, as one compiled program.
 
     Search b runs over the first ``n_valid[b]`` rows of ``x[b]`` from its row 0 and gives the
     indices :func:`kcenter_greedy` gives on them (every set projected by the same ``key``).
-    The B searches advance together, so a step costs one pass over all the rows, as one
-    search over their union would, but there are ``n_select`` steps in all rather than B ×
-    ``n_select``. The chunks of a two-stage memory-bank coreset run this way.
+    The chunks of a two-stage memory-bank coreset run this way. With ``together`` the B
+    searches advance in step (``vmap``): ``n_select`` steps in all rather than B ×
+    ``n_select``, each one pass over all the rows, which keeps an accelerator busy. Without
+    it they run one after another (``lax.map``): the same passes, but over one set's rows
+    at a time, which stay in a CPU's cache from one step to the next (five brain MRI
+    chunks of 18,816 × 128 float32 rows on 2 cores: 2.5 s against 9.0 s together). The
+    indices are the same either way up to float rounding, which may reorder near-ties.
 
     Args:
         x: (B, n, d) row sets, each padded to n rows.
@@ -175,6 +180,8 @@ def kcenter_greedy_batched(
         n_valid: (B,) how many leading rows of each set are candidates (traced).
         projection_dim: as in :func:`kcenter_greedy` (static).
         key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
+        together: run the searches in step (static); ``None``: on an accelerator, not on a
+            CPU (the default backend's platform).
 
     Returns:
         (B, n_select) int32 row indices into each set, in the order they were chosen.
@@ -186,7 +193,12 @@ def kcenter_greedy_batched(
     def one(rows: jax.Array, count: jax.Array) -> jax.Array:
         return kcenter_greedy(rows, n_select, projection_dim=projection_dim, key=key, n_valid=count)
 
-    return jax.vmap(one)(x, jnp.asarray(n_valid, jnp.int32))
+    n_valid = jnp.asarray(n_valid, jnp.int32)
+    if together is None:
+        together = jax.default_backend() != "cpu"
+    if together:
+        return jax.vmap(one)(x, n_valid)
+    return lax.map(lambda args: one(*args), (x, n_valid))
 
 
 def _check_select(n_select: int, n: int) -> None:

@@ -125,8 +125,9 @@ def _first_stage(
     that belong to the same subsets (the cross-fit folds), and each atom into near-equal
     chunks of at most ``chunk_patches`` patches. Each chunk gives ``size`` rows by the greedy
     search (on the projection the second stage uses), or all its rows where it has no more.
-    The chunks' searches run together (:func:`~msde_jax.core.kcenter_greedy_batched`), as
-    many at a time as ``chunk_patches`` allows, each chunk padded to the largest's
+    The chunks' searches run as one program (:func:`~msde_jax.core.kcenter_greedy_batched`:
+    in step on an accelerator, one after another on a CPU), as many at a time as
+    ``chunk_patches`` allows, each chunk padded to the largest's
     :func:`~msde_jax.core.blocks.bucket_fit_rows` images, so one program serves every group.
     A subset's pool is then the picks of the chunks inside it: a fold's bank never sees the
     fold's patches, and at most about ``chunk_patches`` patches are on the device at a time.
@@ -170,12 +171,13 @@ def _first_stage(
 @functools.lru_cache(maxsize=8)
 def _chunk_search(n_select: int, projection_dim: int | None) -> Exported:
     """The first stage's searches (:func:`~msde_jax.core.kcenter_greedy_batched` for
-    ``n_select`` picks), ``search(chunks, counts, key)``, jitted as one program whose trace is
-    kept on disk (:class:`~msde_jax._exported.Exported`)."""
+    ``n_select`` picks, in step on an accelerator), ``search(chunks, counts, key)``, jitted as
+    one program whose trace is kept on disk (:class:`~msde_jax._exported.Exported`)."""
+    together = jax.default_backend() != "cpu"
 
     def search(chunks: jax.Array, counts: jax.Array, key: jax.Array) -> jax.Array:
         return kcenter_greedy_batched(
-            chunks, n_select, counts, projection_dim=projection_dim, key=key
+            chunks, n_select, counts, projection_dim=projection_dim, key=key, together=together
         )
 
-    return Exported(jax.jit(search), "kcenter", static=(n_select, projection_dim))
+    return Exported(jax.jit(search), "kcenter", static=(n_select, projection_dim, together))

@@ -346,7 +346,7 @@ def fit_bank_detector(
     ``1 − contamination`` quantile of those out-of-fold scores.
 
     Runs eagerly (NumPy hashing and indexing); its parts are jitted: the first stage's chunks
-    are searched together (:func:`~msde_jax.core.kcenter_greedy_batched`), and the coresets
+    are searched by one program (:func:`~msde_jax.core.kcenter_greedy_batched`), and the coresets
     of the final bank and of every fold's bank together, as one compiled program
     (:func:`~msde_jax.core.bank_fit_subsets`). With ``coreset="two_stage"`` a fold's bank is
     the search over the other folds' picks, so the fold's own patches never enter it.

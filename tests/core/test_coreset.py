@@ -193,14 +193,17 @@ def test_subsets_refuse_a_bad_mask():
         kcenter_greedy_subsets(_data(0), 3, np.ones(N, bool))
 
 
-@pytest.mark.parametrize("projection_dim", [None, 4])
-def test_batched_equals_separate_searches(projection_dim):
-    """Each set's search is the search on its own valid rows; the padding is never chosen."""
+@pytest.mark.parametrize(
+    ("projection_dim", "together"), [(None, None), (4, None), (None, True), (4, False)]
+)
+def test_batched_equals_separate_searches(projection_dim, together):
+    """Each set's search is the search on its own valid rows, in step or one after another;
+    the padding is never chosen."""
     x = _data(5, 3 * 90, 6).astype(np.float32).reshape(3, 90, 6)
     counts = np.array([90, 61, 30], np.int32)
     for b, count in enumerate(counts):
         x[b, count:] = 50.0  # padding far away: a search that saw it would pick it first
-    got = kcenter_greedy_batched(x, 20, counts, projection_dim=projection_dim)
+    got = kcenter_greedy_batched(x, 20, counts, projection_dim=projection_dim, together=together)
     assert got.shape == (3, 20)
     assert got.dtype == np.int32
     for b, count in enumerate(counts):
