@@ -88,8 +88,9 @@ def kcenter_greedy(
             this many dimensions (static), which makes each pass cheaper by d / projection_dim
             at the price of approximate distances, as PatchCore does (it uses 128).
         key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
-        batch_size: rows per block in the projection and in each distance pass (static);
-            any value gives the same result, including ones that do not divide n.
+        batch_size: rows per block in the projection (static); any value gives the same
+            result, including ones that do not divide n. A distance pass is one product,
+            whose output is no larger than the running distances.
         n_valid: only the first ``n_valid`` rows are candidates (traced; ``None``: all n).
             The rows after them are padding: never chosen and left out of the centring mean,
             so data padded to a few bucket sizes reuses one compiled program. The caller keeps
@@ -136,7 +137,7 @@ def kcenter_greedy_subsets(
         valid: (S, n) boolean: the rows of each subset.
         projection_dim: as in :func:`kcenter_greedy` (static).
         key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
-        batch_size: rows per block in the projection and each pass (static).
+        batch_size: rows per block in the projection (static).
 
     Returns:
         (S, n_select) int32 row indices of ``x``, each subset's in the order they were chosen.
@@ -171,7 +172,7 @@ def kcenter_greedy_batched(
     ``n_select``, each one pass over all the rows, which keeps an accelerator busy. Without
     it they run one after another (``lax.map``): the same passes, but over one set's rows
     at a time, which stay in a CPU's cache from one step to the next (five brain MRI
-    chunks of 18,816 × 128 float32 rows on 2 cores: 2.5 s against 9.0 s together). The
+    chunks of 18,816 × 128 float32 rows on 2 cores: 2.5 s against 5.0 s in step). The
     indices are the same either way up to float rounding, which may reorder near-ties.
 
     Args:
@@ -217,24 +218,29 @@ def _greedy(
     key: ArrayLike | None,
     batch_size: int | None,
 ) -> jax.Array:
-    """The greedy searches of S subsets (``valid`` (S, n)) from ``starts`` (S,): (S, n_select)."""
-    if projection_dim is not None:
-        x = random_projection(x, projection_dim, key=key, batch_size=batch_size)
+    """The greedy searches of S subsets (``valid`` (S, n)) from ``starts`` (S,): (S, n_select).
+
+    A projection is made feature-major, (projection_dim, n), so that each step's product
+    ``v @ columns`` gives the (S, n) distances in the layout the running minimum keeps (on 2
+    CPU cores the six searches of a brain MRI bank over 26,624 rows: 2.1 s against 3.0 s
+    from the row-major copy); without one, ``x.T`` is a view XLA folds into the product."""
+    if projection_dim is None:
+        columns = x.T
+    else:
+        columns = random_projection(x, projection_dim, key=key, batch_size=batch_size).T
     used = jnp.any(valid, axis=0)
     count = jnp.maximum(jnp.sum(used), 1).astype(x.dtype)
-    mean = jnp.sum(jnp.where(used[:, None], x, 0), axis=0) / count
-    centred_sqnorm = map_rows(lambda row: sq_norms(row - mean), x, batch_size)
+    mean = jnp.sum(jnp.where(used[None], columns, 0), axis=1) / count
+    centred_sqnorm = jnp.sum(jnp.square(columns - mean[:, None]), axis=0)
     n = x.shape[0]
     rows = lax.broadcasted_iota(jnp.int32, valid.shape, 1)
 
     def pass_from(centres):
-        v = x[centres] - mean[None]  # (S, d)
-        # (xᵢ − μ)ᵀv = xᵢᵀv − μᵀv: the product runs on x itself, so x is never copied.
-        dots = map_rows(
-            lambda row: jnp.dot(v, row, precision=lax.Precision.HIGHEST), x, batch_size
-        )  # (n, S)
-        dots = dots - jnp.dot(v, mean, precision=lax.Precision.HIGHEST)[None]
-        return jnp.maximum(centred_sqnorm[None] + sq_norms(v)[:, None] - 2 * dots.T, 0.0)
+        v = columns[:, centres].T - mean[None]  # (S, d)
+        # (xᵢ − μ)ᵀv = xᵢᵀv − μᵀv: the product runs on the columns themselves, never copied.
+        dots = jnp.dot(v, columns, precision=lax.Precision.HIGHEST)  # (S, n)
+        dots = dots - jnp.dot(v, mean, precision=lax.Precision.HIGHEST)[:, None]
+        return jnp.maximum(centred_sqnorm[None] + sq_norms(v)[:, None] - 2 * dots, 0.0)
 
     def body(t, state):
         dist, chosen = state
