@@ -261,7 +261,7 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--threshold",
-        choices=THRESHOLDS,
+        choices=[t for t in THRESHOLDS if t != "none"],  # a saved model predicts
         default=d["threshold"],
         help="cross_fit (default): a quantile of out-of-fold scores of the normals; chi2: "
         "msde only",

@@ -23,11 +23,17 @@ __all__ = ["subset_banks"]
 
 
 def subset_banks(
-    x: np.ndarray, keys: np.ndarray, config: Any, subsets: list[np.ndarray]
+    x: np.ndarray,
+    keys: np.ndarray,
+    config: Any,
+    subsets: list[np.ndarray],
+    n_banks: int | None = None,
 ) -> list[MemoryBank]:
     """One bank per subset of the images (sorted indices into the checked patches ``x``
     (n, ..., c) with content ``keys``), each bank's ``indices`` the rows of ``x[subset]``
-    flattened to (len(subset) · P, c) in the order given.
+    flattened to (len(subset) · P, c) in the order given; only for the first ``n_banks``
+    subsets where given (every subset still shapes the two-stage coreset's chunks, so the
+    banks are the ones all the subsets give).
 
     Every bank takes its images in content order, so it depends on which images, not on
     their order, and :func:`~msde_jax.core.bank_fit` keeps its rows in that order (then patch
@@ -40,6 +46,7 @@ def subset_banks(
         keys: (n,) their content keys.
         config: the detector's :class:`~msde_jax.detectors.patch_bank.BankConfig`.
         subsets: sorted image indices, one array per bank.
+        n_banks: how many leading subsets get a bank (``None``: all).
     """
     n, c = x.shape[0], x.shape[-1]
     n_patches = math.prod(x.shape[1:-1])
@@ -48,6 +55,7 @@ def subset_banks(
     position = np.empty(n, np.intp)
     position[order] = np.arange(n)
     members = [np.sort(position[subset]) for subset in subsets]  # rows in content order
+    wanted = members[:n_banks]
     fit = {
         "size": config.size,
         "shift": config.shift,
@@ -61,19 +69,19 @@ def subset_banks(
     }
     if config.coreset == "two_stage":
         pool = _first_stage(patches, order, members, config, fit)
-        inside = [np.isin(pool // n_patches, member) for member in members]
+        inside = [np.isin(pool // n_patches, member) for member in wanted]
         vectors = patches[order[pool // n_patches], pool % n_patches]
         banks, picked = _banks(vectors, inside, bucket_fit_rows(pool.size), config, fit)
         flat = [pool[rows] for rows in picked]  # pool rows → rows of the ordered patches
     else:
-        in_member = np.zeros((len(members), n), bool)
-        for s, member in enumerate(members):
+        in_member = np.zeros((len(wanted), n), bool)
+        for s, member in enumerate(wanted):
             in_member[s, member] = True
         inside = list(np.repeat(in_member, n_patches, axis=1))
         ordered = patches[order].reshape(-1, c)
         banks, flat = _banks(ordered, inside, bucket_fit_rows(n) * n_patches, config, fit)
     out = []
-    for subset, bank, rows in zip(subsets, banks, flat, strict=True):
+    for subset, bank, rows in zip(subsets[:n_banks], banks, flat, strict=True):
         # rows of the ordered patches → rows of x[subset] in the order given
         image = np.searchsorted(subset, order[rows // n_patches])
         given = (image * n_patches + rows % n_patches).astype(np.int32)

@@ -20,6 +20,7 @@ Every subclass (``FusedDetector`` too) registers itself by its class name
 
 import contextlib
 import inspect
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Self
@@ -210,17 +211,16 @@ class Detector:
         names = [n for n in self.score_params if n not in self.neutral_params]
         return self._changed_since_fit(names)
 
-    @property
-    def scores_use_folds(self) -> bool:
-        """Whether the fitted scores depend on ``n_folds`` (the cross-fit folds shape the final
-        model, not only the threshold): the synthetic validation then keeps the folds instead
-        of fitting its copy with two."""
-        return False
-
     def _check_threshold(self) -> None:
         """Refuse to compare fresh scores with ``threshold_`` when a score-time parameter no
         longer has its fit-time value: the threshold is on the fitted score's scale."""
         self._check_fitted()
+        if math.isnan(self.threshold_):
+            raise ValueError(
+                f"This {type(self).__name__} was fitted with threshold='none': it ranks samples "
+                "(score_samples) but has no threshold_ to predict with; refit with "
+                "threshold='cross_fit'."
+            )
         changed = self.score_changes()
         if changed:
             fitted = ", ".join(f"{n}={at_fit!r}" for n, _, at_fit in changed)
@@ -353,7 +353,8 @@ class Detector:
 
         Raises:
             ValueError: a score-time parameter (e.g. ``score``, ``reduce``) was changed since
-                fit, so ``threshold_`` is on another score's scale.
+                fit, so ``threshold_`` is on another score's scale; or the detector was
+                fitted with ``threshold="none"`` and has no threshold.
         """
         self._check_threshold()
         return (self.score_samples(X) > self.threshold_).astype(int)
@@ -413,7 +414,7 @@ class Detector:
             "detector": type(self).__name__,
             "params": self._saved_params(),
             **self._fitted_meta(),
-            "threshold_": self.threshold_,
+            "threshold_": self.threshold_ if math.isfinite(self.threshold_) else None,
             "metadata": dict(getattr(self, "metadata_", {})),
         }
         arrays = {**self._fitted_arrays(), "decision_scores_": np.asarray(self.decision_scores_)}
@@ -452,7 +453,8 @@ class Detector:
             det._restore(meta, arrays)
         except (KeyError, TypeError) as err:  # a scalar the state needs is missing or odd
             raise ValueError(f"not a valid saved {cls.__name__}: {err!r}.") from err
-        det._set_scores(arrays["decision_scores_"], meta["threshold_"])
+        threshold = meta["threshold_"]  # null: fitted with threshold="none"
+        det._set_scores(arrays["decision_scores_"], math.nan if threshold is None else threshold)
         det.metadata_ = dict(meta.get("metadata", {}))
         return det
 

@@ -204,7 +204,7 @@ class BaseConfig:
         The config is a static part of a fitted state, so it keys compiled score programs:
         scoring under ``state._replace(config=config.scoring())`` gives the same scores and
         lets detectors that differ only in their threshold or folds (the validation's
-        2-fold copy and the main detector) share one program.
+        copy with ``threshold="none"`` and the main detector) share one program.
         """
         fields = {f.name: f for f in dataclasses.fields(self)}
         return dataclasses.replace(self, **{name: fields[name].default for name in self.fit_only})

@@ -6,7 +6,7 @@ keys (:func:`~msde_jax.core.blocks.sample_keys`, computed once per fit) and its 
 ``score(state, x)``; :func:`cross_fit` turns the two into a :class:`DetectorFit` whose
 threshold needs no abnormal sample: each training sample is scored by a model fitted on the
 other folds, and the threshold is the ``1 − contamination`` quantile of those out-of-fold
-scores."""
+scores (with ``threshold="none"``, the fitted state alone)."""
 
 import functools
 import math
@@ -142,6 +142,11 @@ def cross_fit(
 ) -> DetectorFit:
     """Fit on all of ``x`` and threshold on out-of-fold scores (folds by content order).
 
+    With ``config.threshold == "none"`` only the model on all of ``x`` is fitted: no fold
+    is scored, ``decision_scores`` is empty and the threshold NaN (what ranking needs, e.g.
+    synthetic validation). A ``joint`` fit still gets every subset, since the folds may shape
+    the model (the two-stage coreset's chunks), and is asked for the first state only.
+
     Args:
         x: (n, ...) checked features of normal samples.
         keys: (n,) their content keys; the folds follow their order, so they do not depend
@@ -149,9 +154,10 @@ def cross_fit(
         config: the detector's config (``n_folds``, ``contamination``).
         fit: ``fit(x, keys, config) -> (state, n_iter)``, called for all of ``x`` and then
             for each fold's training part in turn; with ``joint=True``, ``fit(x, keys, config,
-            subsets) -> [(state, n_iter), …]`` fits on each subset (sorted indices: all of
-            ``x``, then each fold's training part) in one call, so a detector can share work
-            between them (the memory bank's coreset searches).
+            subsets, n_states) -> [(state, n_iter), …]`` fits on each of the first
+            ``n_states`` subsets (sorted indices: all of ``x``, then each fold's training
+            part) in one call, so a detector can share work between them (the memory bank's
+            coreset searches); every subset may shape those states.
         score: ``score(state, x) -> (m,) scores``.
         batch_independent: each row's score depends on that row only. Then the held-out
             folds are scored by :func:`chunked_scores` (one compiled program for all folds,
@@ -163,11 +169,13 @@ def cross_fit(
         :class:`DetectorFit` with the out-of-fold scores as ``decision_scores``.
     """
     held_out = folds(keys, config.n_folds, groups)
+    everything = np.arange(x.shape[0])
+    subsets = [everything] + [np.setdiff1d(everything, h) for h in held_out]
+    if config.threshold == "none":  # the model only
+        state, n_iter = fit(x, keys, config, subsets, 1)[0] if joint else fit(x, keys, config)
+        return DetectorFit(state, np.empty(0), math.nan, n_iter)
     if joint:
-        everything = np.arange(x.shape[0])
-        fitted = fit(
-            x, keys, config, [everything] + [np.setdiff1d(everything, h) for h in held_out]
-        )
+        fitted = fit(x, keys, config, subsets, len(subsets))
         state, n_iter = fitted[0]
         # the folds partition the samples, so a fold's first index names it
         by_fold = {int(held[0]): fold[0] for held, fold in zip(held_out, fitted[1:], strict=True)}

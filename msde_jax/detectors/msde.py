@@ -489,7 +489,7 @@ def fit_detector(
     threshold is the ``1 − contamination`` quantile of those out-of-fold scores; with
     ``"chi2"`` it is the square root of the ``1 − contamination`` quantile of
     χ²(n_components), the law of a squared Mahalanobis distance under the Gaussian, and the
-    decision scores are in-sample.
+    decision scores are in-sample; with ``"none"`` there is neither (the model alone).
 
     Runs eagerly (NumPy statistics and hashing, a Python loop over folds); its parts are jitted.
 
@@ -513,7 +513,7 @@ def fit_detector(
     x = check_features(x, dtype=config.dtype)
     config.check_n_samples(x.shape[0])
     keys = sample_keys(x)  # hashed once: the content-ordered blocks and the folds use them
-    if config.threshold == "cross_fit":
+    if config.threshold != "chi2":  # "cross_fit", or "none": the state alone
         independent = config.mode != "transductive"
         return cross_fit(
             x,

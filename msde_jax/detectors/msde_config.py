@@ -27,7 +27,7 @@ __all__ = [
 
 MODES = ("inductive", "transductive", "none")
 SCORES = ("mahalanobis", "displacement", "knn")
-THRESHOLDS = ("cross_fit", "chi2")
+THRESHOLDS = ("cross_fit", "chi2", "none")
 BLOCK_ORDERS = ("content", "given")
 NORMALIZATIONS = ("none", "l2")
 
@@ -114,8 +114,10 @@ class DetectorConfig(BaseConfig):
     threshold: str = param(
         "cross_fit",
         '``"cross_fit"`` (the ``1 − contamination`` quantile of out-of-fold scores of the '
-        'training normals) or ``"chi2"`` (the square root of that quantile of '
-        "χ²(n_components), the law of a squared Mahalanobis distance).",
+        'training normals), ``"chi2"`` (the square root of that quantile of '
+        'χ²(n_components), the law of a squared Mahalanobis distance) or ``"none"`` (the '
+        "model alone, without scoring any fold: no ``threshold_``, so ``predict`` refuses; "
+        "for ranking, as synthetic validation does).",
     )
     neighbors: str = param(
         "auto",

@@ -114,7 +114,10 @@ class BankConfig(BaseConfig):
     )
     threshold: str = param(
         "cross_fit",
-        '``"cross_fit"``, the only one: patch-to-bank distances have no known law under normality.',
+        '``"cross_fit"`` (the ``1 − contamination`` quantile of out-of-fold scores of the '
+        "training images; patch-to-bank distances have no known law under normality) or "
+        '``"none"``: the bank alone, the same one, without scoring any fold (no ``threshold_``, '
+        "so ``predict`` refuses; for ranking, as synthetic validation does).",
     )
     seed: int = param(0, "PRNG seed of the coreset's random projection.")
 
@@ -135,7 +138,7 @@ class BankConfig(BaseConfig):
                 "Mahalanobis distance under a Gaussian, and patch-to-bank distances have no "
                 "such law; use threshold='cross_fit' (out-of-fold scores of the normals)."
             )
-        check_choice("threshold", self.threshold, ("cross_fit",))
+        check_choice("threshold", self.threshold, ("cross_fit", "none"))
         if self.projection_dim is not None:
             check_int("projection_dim", self.projection_dim)
         if not 0 < self.q <= 1:
@@ -187,15 +190,17 @@ class BankState(NamedTuple):
 
 # ---------------------------------------------------------------------- the pipeline
 def _fit_states(
-    x: np.ndarray, keys: np.ndarray, config: BankConfig, subsets: list[np.ndarray]
+    x: np.ndarray, keys: np.ndarray, config: BankConfig, subsets: list[np.ndarray], n_states: int
 ) -> list[tuple[BankState, int]]:
-    """Fit on the images of each subset (sorted indices into the checked patches ``x``
-    (n, ..., c) with content ``keys``): ``[(state, n_iter), …]``, one per subset. The banks
-    come from :func:`~msde_jax.detectors.bank_coreset.subset_banks`; with
+    """Fit on the images of each of the first ``n_states`` subsets (sorted indices into the
+    checked patches ``x`` (n, ..., c) with content ``keys``; all of them shape the two-stage
+    coreset's chunks): ``[(state, n_iter), …]``, one per subset. The banks come from
+    :func:`~msde_jax.detectors.bank_coreset.subset_banks`; with
     ``foreground="pca"`` each state also gets the rule fitted on its images in content order,
     padded like the coreset so that nearby sizes share one program."""
     states = []
-    for subset, bank in zip(subsets, subset_banks(x, keys, config, subsets), strict=True):
+    banks = subset_banks(x, keys, config, subsets, n_states)
+    for subset, bank in zip(subsets[:n_states], banks, strict=True):
         foreground = None
         if config.foreground == "pca":
             grid = _on_grid(x[subset[np.argsort(keys[subset], kind="stable")]])
@@ -416,11 +421,6 @@ class PatchBankDetector(Detector):
         state.foreground.active     b
     """
 
-    @property
-    def scores_use_folds(self) -> bool:
-        """With ``coreset="two_stage"`` the folds are the first stage's chunks."""
-        return self.coreset == "two_stage"
-
     def _describe(self, state: BankState, shape: tuple[int, ...]) -> dict[str, int]:
         return {"n_features_in_": int(shape[-1]), "n_patches_": int(math.prod(shape[1:-1]))}
 
@@ -584,14 +584,18 @@ class PatchBankDetector(Detector):
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         super()._restore(meta, arrays)
         bank, indices = self.state_.bank.bank, np.asarray(self.state_.bank.indices)
-        # The bank's rows are training patches: at least one, each one of the n · P given.
+        # The bank's rows are training patches: at least one, each one of the n · P given
+        # (n is the number of decision scores, which threshold="none" leaves out).
         n_patches = len(arrays["decision_scores_"]) * self.n_patches_
-        in_range = indices.size == 0 or 0 <= indices.min() <= indices.max() < n_patches
+        limit = math.inf if self.threshold == "none" else n_patches
+        in_range = indices.size == 0 or 0 <= indices.min() <= indices.max() < limit
         if bank.shape[0] < 1 or not in_range:
+            known = (
+                "" if limit == math.inf else f", where the training images had {n_patches} patches"
+            )
             raise ValueError(
                 f"not a valid saved PatchBankDetector: a bank of {bank.shape[0]} rows with "
-                f"indices in [{indices.min(initial=0)}, {indices.max(initial=0)}], where the "
-                f"training images had {n_patches} patches."
+                f"indices in [{indices.min(initial=0)}, {indices.max(initial=0)}]{known}."
             )
         has_rule = self.state_.foreground is not None
         if has_rule != (self.foreground is not None):

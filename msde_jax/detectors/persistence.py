@@ -199,7 +199,8 @@ def check_meta(
     what: str, meta: dict[str, Any], param_names: Iterable[str], positive: Iterable[str] = ()
 ) -> dict[str, Any]:
     """The saved constructor parameters of a ``what`` (a class name), after checking the
-    metadata's structure: ``params`` an object of known names, ``threshold_`` finite,
+    metadata's structure: ``params`` an object of known names, ``threshold_`` finite (null
+    for ``threshold="none"``),
     ``metadata`` an object and each of the ``positive`` entries a positive integer."""
     params = meta.get("params")
     if not isinstance(params, dict):
@@ -211,7 +212,13 @@ def check_meta(
             "another version, or edited)."
         )
     threshold = meta.get("threshold_")
-    if (
+    if params.get("threshold") == "none":
+        if threshold is not None:
+            raise ValueError(
+                f"not a valid saved {what}: 'threshold_' must be null with threshold='none', "
+                f"got {threshold!r}."
+            )
+    elif (
         isinstance(threshold, bool)
         or not isinstance(threshold, int | float)
         or not math.isfinite(threshold)

@@ -242,14 +242,14 @@ def _fit_key(embedder: SupportsEmbed, detector: SupportsDetect) -> str:
 
 
 def _quick_copy(template: SupportsDetect) -> SupportsDetect:
-    """An unfitted copy that cross-fits with the fewest folds: the validation reads scores,
-    which come from the model fitted on all the given normals, never the folds' thresholds.
-    A detector whose folds shape that model (``scores_use_folds``: the two-stage coreset's
-    chunks) keeps them, and so do a fused detector's components: its scores are calibrated
-    on their folds'."""
+    """An unfitted copy that fits its model and no threshold (``threshold="none"``): the
+    validation reads scores, which come from the model fitted on all the given normals,
+    never the folds' out-of-fold scores. Its folds stay as they are (they may shape the
+    model: the two-stage coreset's chunks), and a fused detector stays whole: its scores
+    are calibrated on its components' out-of-fold scores."""
     detector = copy.deepcopy(template)
-    if "n_folds" in detector.get_params() and not getattr(detector, "scores_use_folds", False):
-        detector.set_params(n_folds=2)
+    if "threshold" in detector.get_params():
+        detector.set_params(threshold="none")
     return detector
 
 
@@ -276,10 +276,8 @@ def synthetic_validation(
     See the module docstring for the protocol. Candidates with the same embedder config share
     its embeddings (a fused candidate's mapping of embedders shares each entry's with the
     others); candidates that differ only in score-time parameters (the bank's ``reduce``)
-    share one fit. The copies fitted here cross-fit their thresholds with
-    ``n_folds=2`` (only scores are read, and most detectors' scores do not depend on their
-    folds), except a detector whose folds shape its model (``scores_use_folds``, e.g. the
-    bank's two-stage coreset). The templates are not modified.
+    share one fit. The copies fitted here have ``threshold="none"`` (only scores are read,
+    so no fold is scored; a fused detector is fitted whole). The templates are not modified.
 
     Args:
         normals: the training normals (paths, PIL images or arrays), at least 10.

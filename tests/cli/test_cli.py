@@ -336,7 +336,7 @@ def test_parser_options_come_from_the_library():
     fit = next(a for a in parser._actions if a.dest == "command").choices["fit"]
     options = {a.dest: a for a in fit._actions}
     assert tuple(options["mode"].choices) == MODES
-    assert tuple(options["threshold"].choices) == THRESHOLDS
+    assert tuple(options["threshold"].choices) == tuple(t for t in THRESHOLDS if t != "none")
     assert tuple(options["density"].choices) == METHODS
     assert tuple(options["backbone"].choices) == BACKBONES
     defaults = MSDEDetector().get_params()

@@ -160,9 +160,12 @@ def test_features_must_match_the_components(fitted, rng):
         )
 
 
-def test_components_must_cross_fit():
-    components = {"a": MSDEDetector(**PARAMS), "b": MSDEDetector(mode="none", threshold="chi2")}
-    with pytest.raises(ValueError, match=r"'b' \(MSDEDetector\) has threshold='chi2'.*cross_fit"):
+@pytest.mark.parametrize("threshold", ["chi2", "none"])
+def test_components_must_cross_fit(threshold):
+    components = {"a": MSDEDetector(**PARAMS), "b": MSDEDetector(mode="none", threshold=threshold)}
+    with pytest.raises(
+        ValueError, match=rf"'b' \(MSDEDetector\) has threshold='{threshold}'.*cross"
+    ):
         FusedDetector(components).fit({"a": np.zeros((10, 2)), "b": np.zeros((10, 2))})
 
 

@@ -205,6 +205,16 @@ def test_chi2_threshold(data):
     np.testing.assert_array_equal(det.labels_, det.decision_scores_ > det.threshold_)
 
 
+def test_threshold_none_fits_the_model_alone(data):
+    full = MSDEDetector(k=10).fit(data[0])
+    bare = MSDEDetector(k=10, threshold="none").fit(data[0])
+    np.testing.assert_allclose(bare.score_samples(data[1]), full.score_samples(data[1]), rtol=1e-6)
+    assert math.isnan(bare.threshold_)
+    assert bare.decision_scores_.shape == (0,)
+    with pytest.raises(ValueError, match="fitted with threshold='none'"):
+        bare.predict(data[1])
+
+
 def test_fit_predict(data):
     det = MSDEDetector(k=10, contamination=0.1)
     labels = det.fit_predict(data[0])

@@ -3,6 +3,7 @@ the memory-bank core functions, batch independence, an easy detection case, the 
 row-order independence, persistence and load dispatch, bad input, jit."""
 
 import dataclasses
+import math
 
 import jax
 import numpy as np
@@ -55,6 +56,26 @@ def _core_bank(x, config, **kwargs):
 
 
 # ---------------------------------------------------------------------------- the core
+@pytest.mark.parametrize("coreset", ["two_stage", "greedy"])
+def test_threshold_none_fits_the_same_bank_and_no_threshold(train, test_x, tmp_path, coreset):
+    """Only the final bank is fitted (the folds still shape the two-stage chunks: 4 images =
+    36 patches each, more than the 20 kept, so the first stage searches)."""
+    params = {"size": 20, "projection_dim": 2, "n_folds": 3, "coreset": coreset}
+    full = PatchBankDetector(**params).fit(train)
+    bare = PatchBankDetector(threshold="none", **params).fit(train)
+    np.testing.assert_array_equal(bare.state_.bank.indices, full.state_.bank.indices)
+    np.testing.assert_array_equal(bare.score_samples(test_x), full.score_samples(test_x))
+    assert math.isnan(bare.threshold_)
+    assert bare.decision_scores_.shape == bare.labels_.shape == (0,)
+    with pytest.raises(ValueError, match="threshold='none'.*refit with threshold='cross_fit'"):
+        bare.predict(test_x)
+    bare.save(tmp_path / "bare.npz")
+    loaded = PatchBankDetector.load(tmp_path / "bare.npz")
+    np.testing.assert_array_equal(loaded.score_samples(test_x), full.score_samples(test_x))
+    with pytest.raises(ValueError, match="threshold='none'"):
+        loaded.predict(test_x)
+
+
 def test_fit_and_score_equal_the_core_functions(train, test_x, fitted):
     config = BankConfig(**fitted.get_params())
     fit = fit_bank_detector(train, config)

@@ -71,11 +71,8 @@ def test_synthetic_auroc_is_the_fitted_copy_on_held_out_images(normals):
     bank_top = PatchBankDetector(size=100, n_folds=2)
     bank_max = PatchBankDetector(size=100, n_folds=2, reduce="max")
     # The two-stage coreset's folds shape its bank (chunks of 10–11 images, 160+ patches):
-    # the validation's copy keeps its three folds; the greedy one's does not need them.
+    # the validation's copy (threshold="none") keeps its three folds.
     bank_3 = PatchBankDetector(size=100, n_folds=3)
-    assert bank_3.scores_use_folds
-    assert not PatchBankDetector(coreset="greedy").scores_use_folds
-    assert not gaussian.scores_use_folds
     pool = {
         "gaussian": Candidate(pooled, gaussian),
         "top": Candidate(patches, bank_top),
