@@ -59,6 +59,40 @@ def batch_norm_layer(train: bool, *, momentum: float, epsilon: float, dtype: Any
     )
 
 
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """1×1 convolution of NHWC ``x`` with an HWIO kernel (1, 1, C, D).
+
+    On CPUs XLA's convolution is 1.4–2× slower than the same sum written as a product over
+    the channels (EfficientNet-Lite0's 1×1 layers at batch 2, 2 cores), so the CPU path uses
+    the latter; accelerators keep the native convolution. Both compute the same sums, up to
+    float32 rounding (the order of the channel sum).
+    """
+    if jax.default_backend() != "cpu":
+        return lax.conv_general_dilated(
+            x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+
+
+class PointwiseConv(nn.Module):
+    """A bias-free 1×1 convolution with the same parameter (``kernel`` (1, 1, C, D)) as
+    ``nn.Conv(D, (1, 1), use_bias=False)``, so converters need not care which one a network
+    uses (:func:`pointwise_conv`)."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (1, 1, x.shape[-1], self.features),
+            jnp.float32,
+        )
+        return pointwise_conv(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
 class DepthwiseConv(nn.Module):
     """A bias-free depthwise convolution with the same parameter (``kernel`` (k, k, 1, C)) as
     ``nn.Conv(C, (k, k), feature_group_count=C, use_bias=False)``, so converters need not

@@ -37,7 +37,7 @@ from msde_jax.backbones._convert import (
     classifier_head,
     conv_param,
 )
-from msde_jax.backbones._layers import DepthwiseConv, batch_norm_layer
+from msde_jax.backbones._layers import DepthwiseConv, PointwiseConv, batch_norm_layer
 
 __all__ = [
     "VARIANTS",
@@ -160,7 +160,7 @@ class _MBConv(nn.Module):
         hidden = self.in_channels * self.expand
         y = x
         if self.expand != 1:
-            y = nn.Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, name="expand_conv")(y)
+            y = PointwiseConv(hidden, dtype=self.dtype, name="expand_conv")(y)
             y = jax.nn.relu6(bn(name="expand_bn")(y))
         pad = tuple(_same_padding(s, self.kernel, self.stride) for s in y.shape[1:3])
         y = DepthwiseConv(
@@ -172,9 +172,7 @@ class _MBConv(nn.Module):
             name="dw_conv",
         )(y)
         y = jax.nn.relu6(bn(name="dw_bn")(y))
-        y = nn.Conv(
-            self.out_channels, (1, 1), use_bias=False, dtype=self.dtype, name="project_conv"
-        )(y)
+        y = PointwiseConv(self.out_channels, dtype=self.dtype, name="project_conv")(y)
         y = bn(name="project_bn")(y)
         # Stochastic depth (drop-connect) of the original training recipe is not reproduced.
         if self.stride == 1 and self.in_channels == self.out_channels:
@@ -254,7 +252,7 @@ class EfficientNetLite(nn.Module):
             if i + 1 < len(configs) and configs[i + 1][3] != 1:
                 stages.append(x)  # the last map before the next downsampling
 
-        x = nn.Conv(_HEAD, (1, 1), use_bias=False, dtype=self.dtype, name="head_conv")(x)
+        x = PointwiseConv(_HEAD, dtype=self.dtype, name="head_conv")(x)
         x = jax.nn.relu6(bn(name="head_bn")(x))
         taps["_conv_head"] = x
         stages.append(x)
