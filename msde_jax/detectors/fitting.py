@@ -168,19 +168,19 @@ def cross_fit(
     Returns:
         :class:`DetectorFit` with the out-of-fold scores as ``decision_scores``.
     """
-    held_out = folds(keys, config.n_folds, groups)
-    everything = np.arange(x.shape[0])
-    subsets = [everything] + [np.setdiff1d(everything, h) for h in held_out]
-    if config.threshold == "none":  # the model only
-        state, n_iter = fit(x, keys, config, subsets, 1)[0] if joint else fit(x, keys, config)
-        return DetectorFit(state, np.empty(0), math.nan, n_iter)
+    bare = config.threshold == "none"  # the model only
+    held_out = folds(keys, config.n_folds, groups) if joint or not bare else []
     if joint:
-        fitted = fit(x, keys, config, subsets, len(subsets))
-        state, n_iter = fitted[0]
-        # the folds partition the samples, so a fold's first index names it
-        by_fold = {int(held[0]): fold[0] for held, fold in zip(held_out, fitted[1:], strict=True)}
+        everything = np.arange(x.shape[0])
+        subsets = [everything] + [np.setdiff1d(everything, h) for h in held_out]
+        fitted = fit(x, keys, config, subsets, 1 if bare else len(subsets))
     else:
-        state, n_iter = fit(x, keys, config)
+        fitted = [fit(x, keys, config)]
+    state, n_iter = fitted[0]
+    if bare:
+        return DetectorFit(state, np.empty(0), math.nan, n_iter)
+    # the folds partition the samples, so a fold's first index names it (joint: fitted already)
+    by_fold = {int(h[0]): f[0] for h, f in zip(held_out, fitted[1:], strict=True)} if joint else {}
 
     def fit_score(rest: np.ndarray, held: np.ndarray) -> ArrayLike:
         fold_state = by_fold[int(held[0])] if joint else fit(x[rest], keys[rest], config)[0]
