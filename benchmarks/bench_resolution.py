@@ -78,7 +78,8 @@ class Setting(NamedTuple):
     mirror: bool = False  # fit the banks on the images plus their left–right mirrors
     two_stage: bool = False  # PatchBankDetector(coreset="two_stage")
     cosine: str | None = None  # unit patch vectors: "cosine" whole, "cosine_layers" per layer
-    params: tuple[tuple[str, int | float], ...] = ()  # PatchBankDetector parameters, name=value
+    # PatchBankDetector parameters, name=value; embed.name=value: an Embedder option
+    params: tuple[tuple[str, int | float], ...] = ()
 
     @property
     def name(self) -> str:
@@ -199,11 +200,13 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
     for s in settings:
         size, grid, mirror, two_stage, name = s.size, s.grid, s.mirror, s.two_stage, s.name
         start = time.perf_counter()
-        cand = presets.recommended(args.backbone, image_size=size, grid=grid)
+        embed_options = {k[6:]: v for k, v in s.params if k.startswith("embed.")}
+        cand = presets.recommended(args.backbone, image_size=size, grid=grid, **embed_options)
         embedder, template = cand.embedder, cand.detector
         if two_stage:
             template.set_params(coreset="two_stage")
-        template.set_params(**dict(s.params))  # e.g. size=5000, score_neighbors=3
+        # e.g. size=5000, score_neighbors=3
+        template.set_params(**{k: v for k, v in s.params if not k.startswith("embed.")})
         train, test, labels = train_all, test_all, labels_all
         limit = dict(args.limit_for).get(name)
         if limit is not None:  # this setting only: the first ``limit`` of each class
@@ -350,7 +353,8 @@ def main(argv=None) -> int:
         default=[setting(s) for s in DEFAULT_SETTINGS],
         help="image_size:grid pairs, :mirror for a mirror-augmented bank, :two_stage for "
         "coreset='two_stage', :cosine / :cosine_layers for unit-length patch vectors, "
-        ":name=value for a PatchBankDetector parameter, e.g. 224:14:size=5000 (default: "
+        ":name=value for a PatchBankDetector parameter, e.g. 224:14:size=5000, "
+        ":embed.name=value for an Embedder option, e.g. 224:14:embed.aggregate=5 (default: "
         + " ".join(DEFAULT_SETTINGS)
         + ")",
     )
