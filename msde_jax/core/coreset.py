@@ -67,7 +67,8 @@ def kcenter_greedy(
     at most twice that of the best possible choice of ``n_select`` rows.
 
     Memory beyond ``x`` is O(n): the running D, the row norms and the indices (plus the
-    (n, projection_dim) projected copy when asked for one). Squared distances are computed as
+    projected copy when asked for one, kept feature-major, (projection_dim, n); with a
+    ``batch_size`` it is projected row-major first, two copies for a moment). Squared distances are computed as
     ‖xᵢ − μ‖² + ‖xₛ − μ‖² − 2(xᵢ − μ)ᵀ(xₛ − μ), clamped at 0, one matrix-vector product per
     step; centring on the mean μ (without copying x) keeps the cancellation error of that
     formula small when the data sit far from the origin.
