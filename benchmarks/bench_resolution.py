@@ -112,7 +112,10 @@ def setting(text: str) -> Setting:
     return Setting(size, grid, "mirror" in flags, "two_stage" in flags, cosine, params)
 
 
-def _number(text: str) -> int | float:
+def _number(text: str) -> int | float | tuple[str, ...]:
+    """A setting's value: an int, a float, or a comma-separated list (``embed.layers``)."""
+    if "," in text:
+        return tuple(text.split(","))
     return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
