@@ -68,10 +68,10 @@ def kcenter_greedy(
 
     Memory beyond ``x`` is O(n): the running D, the row norms and the indices (plus the
     projected copy when asked for one, kept feature-major, (projection_dim, n); with a
-    ``batch_size`` it is projected row-major first, two copies for a moment). Squared distances are computed as
-    ‖xᵢ − μ‖² + ‖xₛ − μ‖² − 2(xᵢ − μ)ᵀ(xₛ − μ), clamped at 0, one matrix-vector product per
-    step; centring on the mean μ (without copying x) keeps the cancellation error of that
-    formula small when the data sit far from the origin.
+    ``batch_size`` it is projected row-major first, two copies for a moment). Squared
+    distances are computed as ‖xᵢ − μ‖² + ‖xₛ − μ‖² − 2(xᵢ − μ)ᵀ(xₛ − μ), clamped at 0, one
+    matrix-vector product per step; centring on the mean μ (without copying x) keeps the
+    cancellation error of that formula small when the data sit far from the origin.
 
     Ties: ``argmax`` takes the lowest index among equal distances, so the result is
     deterministic (the same input gives the same indices, for any ``batch_size``) and of two

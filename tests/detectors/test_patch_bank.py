@@ -69,6 +69,12 @@ def test_threshold_none_fits_the_same_bank_and_no_threshold(train, test_x, tmp_p
     assert bare.decision_scores_.shape == bare.labels_.shape == (0,)
     with pytest.raises(ValueError, match="threshold='none'.*refit with threshold='cross_fit'"):
         bare.predict(test_x)
+    meta, arrays = bare.to_arrays()
+    assert meta["threshold_"] is None  # JSON null, not NaN
+    with pytest.raises(ValueError, match="'threshold_' must be null with threshold='none'"):
+        PatchBankDetector.from_arrays({**meta, "threshold_": 1.0}, arrays)
+    with pytest.raises(ValueError, match="'threshold_' must be a finite number, got None"):
+        PatchBankDetector.from_arrays({**meta, "params": full.get_params()}, arrays)
     bare.save(tmp_path / "bare.npz")
     loaded = PatchBankDetector.load(tmp_path / "bare.npz")
     np.testing.assert_array_equal(loaded.score_samples(test_x), full.score_samples(test_x))
