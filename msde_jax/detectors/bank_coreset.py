@@ -27,13 +27,13 @@ def subset_banks(
     keys: np.ndarray,
     config: Any,
     subsets: list[np.ndarray],
-    n_banks: int | None = None,
+    n_banks: int,
 ) -> list[MemoryBank]:
     """One bank per subset of the images (sorted indices into the checked patches ``x``
     (n, ..., c) with content ``keys``), each bank's ``indices`` the rows of ``x[subset]``
-    flattened to (len(subset) · P, c) in the order given; only for the first ``n_banks``
-    subsets where given (every subset still shapes the two-stage coreset's chunks, so the
-    banks are the ones all the subsets give).
+    flattened to (len(subset) · P, c) in the order given, for the first ``n_banks`` subsets
+    (every subset still shapes the two-stage coreset's chunks, so the banks are the ones all
+    the subsets give).
 
     Every bank takes its images in content order, so it depends on which images, not on
     their order, and :func:`~msde_jax.core.bank_fit` keeps its rows in that order (then patch
@@ -46,7 +46,7 @@ def subset_banks(
         keys: (n,) their content keys.
         config: the detector's :class:`~msde_jax.detectors.patch_bank.BankConfig`.
         subsets: sorted image indices, one array per bank.
-        n_banks: how many leading subsets get a bank (``None``: all).
+        n_banks: how many leading subsets get a bank.
     """
     n, c = x.shape[0], x.shape[-1]
     n_patches = math.prod(x.shape[1:-1])

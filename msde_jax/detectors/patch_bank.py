@@ -154,8 +154,9 @@ class BankConfig(BaseConfig):
         """Refuse too few training images for the folds, the shift's k and ``score_neighbors``."""
         if n_images < self.n_folds:
             raise ValueError(
-                f"threshold='cross_fit' needs at least n_folds={self.n_folds} training images "
-                f"(one fold each), got {n_images}; pass more normal images or lower n_folds."
+                f"threshold={self.threshold!r} needs at least n_folds={self.n_folds} training "
+                f"images (one fold each), got {n_images}; pass more normal images or lower "
+                "n_folds."
             )
         smallest = n_images - math.ceil(n_images / self.n_folds)
         rows = min(self.size, smallest * n_patches)
