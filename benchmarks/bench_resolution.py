@@ -78,7 +78,8 @@ class Setting(NamedTuple):
     mirror: bool = False  # fit the banks on the images plus their left–right mirrors
     two_stage: bool = False  # PatchBankDetector(coreset="two_stage")
     cosine: str | None = None  # unit patch vectors: "cosine" whole, "cosine_layers" per layer
-    # PatchBankDetector parameters, name=value; embed.name=value: an Embedder option
+    # PatchBankDetector parameters, name=value; embed.name=value: an Embedder option;
+    # feat.position=w: patch positions appended (with_position, w × position_scale of the fit)
     params: tuple[tuple[str, int | float], ...] = ()
 
     @property
@@ -126,6 +127,24 @@ def unit_patches(x: np.ndarray, widths: list[int] | None) -> np.ndarray:
     parts = np.split(x, np.cumsum(widths)[:-1], axis=-1) if widths else [x]
     unit = [p / np.maximum(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12) for p in parts]
     return (np.concatenate(unit, axis=-1) / np.sqrt(len(parts))).astype(x.dtype)
+
+
+def position_scale(x: np.ndarray) -> float:
+    """The spread of the (n, g, g, c) patch vectors ``x``: √(Σ_c var_c) over all patches, the
+    root-mean-square distance of a patch from their mean."""
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    return float(np.sqrt(flat.var(axis=0).sum()))
+
+
+def with_position(x: np.ndarray, weight: float) -> np.ndarray:
+    """(n, g, g, c) patch vectors with two more channels, ``weight`` × the patch's row and
+    column on the grid scaled to [0, 1]: the bank's distance then adds the two patches'
+    displacement (the whole grid's width costs ``weight``) to their feature distance."""
+    n, g, g2, _ = x.shape
+    assert g == g2, x.shape
+    coords = np.stack(np.meshgrid(np.arange(g), np.arange(g), indexing="ij"), -1) / max(g - 1, 1)
+    coords = np.broadcast_to((weight * coords).astype(x.dtype), (n, g, g, 2))
+    return np.concatenate([x, coords], axis=-1)
 
 
 def with_mirrors(x: np.ndarray, x_mirror: np.ndarray | None) -> tuple[np.ndarray, object]:
@@ -209,7 +228,8 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         if two_stage:
             template.set_params(coreset="two_stage")
         # e.g. size=5000, score_neighbors=3
-        template.set_params(**{k: v for k, v in s.params if not k.startswith("embed.")})
+        template.set_params(**{k: v for k, v in s.params if not k.startswith(("embed.", "feat."))})
+        position = dict(s.params).get("feat.position")
         train, test, labels = train_all, test_all, labels_all
         limit = dict(args.limit_for).get(name)
         if limit is not None:  # this setting only: the first ``limit`` of each class
@@ -250,6 +270,9 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         # (a) synthetic validation: fit on the fitting part, score held-out normals + anomalies.
         t = time.perf_counter()
         x, groups = with_mirrors(tr[fit_idx], None if tr_m is None else tr_m[fit_idx])
+        if position is not None:  # the weight in units of the fitting patches' spread
+            w = position * position_scale(x)
+            x, val = with_position(x, w), {k: with_position(a, w) for k, a in val.items()}
         det = type(template)(**template.get_params()).fit(x, groups=groups)
         val_scores = {s: np.asarray(det.score_samples(x)) for s, x in val.items()}
         timings["validation fit+score s"] = time.perf_counter() - t
@@ -261,10 +284,14 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
 
         # (c) real test, reported only: fit on all training normals, score the test set.
         x, groups = with_mirrors(tr_test, tr_test_m)
+        te_x = te
+        if position is not None:
+            w = position * position_scale(x)
+            x, te_x = with_position(x, w), with_position(te, w)
         full, fit_times = timed_fit(template, x, args.fit_repeats, groups)
         timings.update(fit_times)
         t = time.perf_counter()
-        scores = np.asarray(full.score_samples(te), np.float64)
+        scores = np.asarray(full.score_samples(te_x), np.float64)
         timings["score test s"] = time.perf_counter() - t
         normal = labels == 0
         timings["total s"] = time.perf_counter() - start
@@ -282,7 +309,8 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
                 "image_size": size,
                 "grid": grid,
                 "mirror": mirror,
-                "feature_shape": list(tr.shape[1:]),
+                # what the bank sees: two channels more with feat.position
+                "feature_shape": [*tr.shape[1:-1], tr.shape[-1] + 2 * (position is not None)],
                 "limit": limit,
                 "sizes": {
                     "fit": len(fit_idx),
@@ -357,7 +385,8 @@ def main(argv=None) -> int:
         help="image_size:grid pairs, :mirror for a mirror-augmented bank, :two_stage for "
         "coreset='two_stage', :cosine / :cosine_layers for unit-length patch vectors, "
         ":name=value for a PatchBankDetector parameter, e.g. 224:14:size=5000, "
-        ":embed.name=value for an Embedder option, e.g. 224:14:embed.aggregate=5 (default: "
+        ":embed.name=value for an Embedder option, e.g. 224:14:embed.aggregate=5, "
+        ":feat.position=w for the patches' grid positions appended with weight w (default: "
         + " ".join(DEFAULT_SETTINGS)
         + ")",
     )
