@@ -202,9 +202,17 @@ def test_edited_bank_files(tmp_path):
         ),
         "empty bank": (
             lambda m, a: a.update(
-                {k: a[k][:0] for k in a if k.startswith("state.bank.") and a[k].ndim}
+                {
+                    k: a[k][:0]
+                    for k in a
+                    if k.startswith(("state.bank.", "state.position.bank")) and a[k].ndim
+                }  # fmt: skip
             ),
             "a bank of 0 rows",
+        ),
+        "places of another size": (
+            lambda m, a: a.update({"state.position.bank": a["state.position.bank"][:5]}),
+            "'state.position.bank' has shape \\(5, 2\\)",
         ),
         "indices past the training patches": (
             lambda m, a: a.update({"state.bank.indices": a["state.bank.indices"] + 10**6}),
@@ -529,7 +537,7 @@ def test_maps_of_absurd_sizes_are_refused_and_huge_blurs_stay_finite():
     for message, patches in wrong_shapes.items():
         with pytest.raises(ValueError, match=message):
             bank.score_maps(patches, size=8)
-    flat = PatchBankDetector(size=20, n_folds=2).fit(x.reshape(6, 9, 2)[:, :6])
+    flat = PatchBankDetector(size=20, n_folds=2, position=0).fit(x.reshape(6, 9, 2)[:, :6])
     with pytest.raises(ValueError, match="6 patches per image is not g × g"):
         flat.score_maps(x.reshape(6, 9, 2)[:1, :6], size=8)
     # A blur wider than the map (which used to abort the process) is cut at the map's side.

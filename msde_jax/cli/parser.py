@@ -48,7 +48,7 @@ EXAMPLES = {
 DETECTORS = ("bank", "msde")
 # Options that only the MSDE detector has (they imply --detector msde) and only the bank has.
 MSDE_OPTIONS = ("paper", "mode", "k", "density")
-BANK_OPTIONS = ("bank_size", "reduce", "foreground", "coreset")
+BANK_OPTIONS = ("bank_size", "reduce", "foreground", "coreset", "position")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -182,8 +182,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
     from msde_jax.core.density import METHODS
     from msde_jax.core.memory_bank import REDUCTIONS
+    from msde_jax.detectors.bank_config import CORESETS
     from msde_jax.detectors.msde import MODES, THRESHOLDS, MSDEDetector
-    from msde_jax.detectors.patch_bank import CORESETS, PatchBankDetector
+    from msde_jax.detectors.patch_bank import PatchBankDetector
 
     # The detector options default to None so that the commands can tell them apart from
     # values given on the command line; the help shows the detectors' own defaults.
@@ -218,6 +219,14 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         choices=REDUCTIONS,
         default=None,
         help=f"bank: image score from its patch scores (default {bank['reduce']})",
+    )
+    g.add_argument(
+        "--position",
+        type=float,
+        default=None,
+        help="bank: how much a patch's place on the image counts in its distance to the bank "
+        "(crossing the whole image costs this many spreads of the training patches; 0: a patch "
+        f"matches anywhere, as PatchCore) (default {bank['position']})",
     )
     g.add_argument(
         "--foreground",

@@ -19,17 +19,21 @@ from msde_jax.core.fuzzy import FuzzyGraph, fuzzy_degree, fuzzy_simplicial_set, 
 from msde_jax.core.gaussian import GaussianState, gaussian_fit, gaussian_logpdf, mahalanobis
 from msde_jax.core.mean_shift import MeanShiftResult, mean_shift
 from msde_jax.core.memory_bank import (
+    BankPositions,
     MemoryBank,
     bank_fit,
     bank_fit_subsets,
+    grid_positions,
     image_scores,
     patch_scores,
+    with_positions,
 )
 from msde_jax.core.metrics import average_precision, roc_auc
 from msde_jax.core.neighbors import Neighbors, knn
 from msde_jax.core.pca import PCAState, pca_fit, pca_inverse_transform, pca_transform
 
 __all__ = [
+    "BankPositions",
     "Foreground",
     "FuzzyGraph",
     "GaussianState",
@@ -49,6 +53,7 @@ __all__ = [
     "fuzzy_union",
     "gaussian_fit",
     "gaussian_logpdf",
+    "grid_positions",
     "image_scores",
     "kcenter_greedy",
     "kcenter_greedy_batched",
@@ -62,4 +67,5 @@ __all__ = [
     "pca_transform",
     "random_projection",
     "roc_auc",
+    "with_positions",
 ]

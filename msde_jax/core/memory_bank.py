@@ -4,12 +4,14 @@ Training patches → greedy k-center coreset → (optionally) the blurring MSDE 
 each test patch's distance to its nearest bank patch(es) → one score per image.
 """
 
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax.core.coreset import kcenter_greedy, kcenter_greedy_subsets
@@ -19,11 +21,14 @@ from msde_jax.core.neighbors import knn
 
 __all__ = [
     "REDUCTIONS",
+    "BankPositions",
     "MemoryBank",
     "bank_fit",
     "bank_fit_subsets",
+    "grid_positions",
     "image_scores",
     "patch_scores",
+    "with_positions",
 ]
 
 REDUCTIONS = ("max", "mean", "top")
@@ -52,6 +57,53 @@ class MemoryBank(NamedTuple):
     density: jax.Array
     indices: jax.Array
     n_iter: jax.Array | int = 0
+
+
+class BankPositions(NamedTuple):
+    """Where the bank's patches lie in their images, for a position-aware distance.
+
+    Attributes:
+        weight: () the cost of crossing the whole grid: the distance between two patches is
+            √(‖f − f′‖² + weight² ‖p − p′‖²) for features f and grid positions p in [0, 1]².
+        bank: (m, 2) each bank row's (row, column) on its image's grid, scaled to [0, 1].
+    """
+
+    weight: jax.Array
+    bank: jax.Array
+
+
+def grid_positions(height: int, width: int) -> np.ndarray:
+    """(height · width, 2) float32 (row, column) of each patch of a grid, row-major, each
+    scaled to [0, 1] (0 on a grid one patch long)."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    scaled = [rows / max(height - 1, 1), cols / max(width - 1, 1)]
+    return np.stack(scaled, axis=-1).reshape(-1, 2).astype(np.float32)
+
+
+def with_positions(
+    patches: ArrayLike, weight: ArrayLike, grid: tuple[int, int] | None = None
+) -> jax.Array:
+    """Patch features with two channels more, ``weight`` × their grid positions
+    (:func:`grid_positions`): Euclidean distances between such vectors are the position-aware
+    distances of :class:`BankPositions`.
+
+    Args:
+        patches: (..., h, w, c) features on a grid, or (..., P, c) with ``grid`` = (h, w),
+            h · w = P.
+        weight: () the cost of crossing the whole grid.
+        grid: the (h, w) of flat patches; ``None`` for features on a grid.
+
+    Returns:
+        (..., h, w, c + 2) or (..., P, c + 2) in the dtype of ``patches``.
+    """
+    patches = jnp.asarray(patches)
+    height, width = grid if grid is not None else patches.shape[-3:-1]
+    where = jnp.asarray(weight, patches.dtype) * grid_positions(height, width)
+    where = jnp.broadcast_to(
+        where.reshape((*patches.shape[-3:-1], 2) if grid is None else (-1, 2)),
+        (*patches.shape[:-1], 2),
+    )
+    return jnp.concatenate([patches, where], axis=-1)
 
 
 @partial(jax.jit, static_argnames=_FIT_STATIC)
@@ -198,26 +250,44 @@ def patch_scores(
     *,
     k: int = 1,
     batch_size: int | None = None,
+    positions: BankPositions | None = None,
 ) -> jax.Array:
     """Each test patch's mean Euclidean distance (not squared) to its ``k`` nearest bank patches.
 
     With k = 1 this is PatchCore's patch score, minₘ ‖p − bₘ‖. Exact search by
     :func:`~msde_jax.core.knn` in blocks of ``batch_size`` patches, so memory is
     O(batch_size · m). Every patch is scored on its own: an image's scores do not depend on
-    the other images in the call.
+    the other images in the call. With ``positions`` the distance also counts where the
+    patches lie (:class:`BankPositions`): the test patches must be on a grid.
 
     Args:
         bank: a fitted :class:`MemoryBank` with m rows.
-        patches: (n_images, P, c) test patches (any leading shape (..., c) works).
+        patches: (n_images, P, c) test patches (any leading shape (..., c) works); with
+            ``positions``, (..., h, w, c), or (..., P, c) with P a square.
         k: neighbours averaged, 1 ≤ k ≤ m (static).
         batch_size: patches per block (static); any value gives the same result.
+        positions: the bank rows' places and their weight, or ``None``.
 
     Returns:
         (n_images, P) patch scores (the leading shape of ``patches``).
     """
     patches = jnp.asarray(patches, bank.bank.dtype)
+    rows = bank.bank
+    if positions is not None:
+        weight = positions.weight.astype(rows.dtype)
+        rows = jnp.concatenate([rows, weight * positions.bank.astype(rows.dtype)], axis=-1)
+        shape = patches.shape
+        if patches.ndim < 4:
+            side = math.isqrt(shape[-2])
+            if side * side != shape[-2]:
+                raise ValueError(
+                    f"positions need patches on a grid: {shape[-2]} patches per image is not "
+                    "g × g; pass (..., g, g, c) features."
+                )
+            shape = (*shape[:-2], side, side, shape[-1])
+        patches = with_positions(patches.reshape(shape), weight).reshape(*patches.shape[:-1], -1)
     flat = patches.reshape(-1, patches.shape[-1])
-    dist = knn(flat, bank.bank, k=k, batch_size=batch_size).distances
+    dist = knn(flat, rows, k=k, batch_size=batch_size).distances
     return jnp.mean(dist, axis=-1).reshape(patches.shape[:-1])
 
 

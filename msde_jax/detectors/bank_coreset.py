@@ -1,6 +1,6 @@
 """The memory banks of a patch-bank fit: one per subset of the training images (the final
 fit and each cross-fit fold's training part), chosen by the greedy or the two-stage coreset
-(:class:`~msde_jax.detectors.patch_bank.BankConfig`'s ``coreset``).
+(:class:`~msde_jax.detectors.bank_config.BankConfig`'s ``coreset``).
 
 Host-side orchestration (content order, chunks, padding, index bookkeeping) around the jitted
 core searches (:func:`~msde_jax.core.kcenter_greedy_batched`,
@@ -17,9 +17,41 @@ import numpy as np
 from msde_jax._exported import Exported
 from msde_jax.core.blocks import bucket_fit_rows
 from msde_jax.core.coreset import kcenter_greedy_batched
-from msde_jax.core.memory_bank import MemoryBank, bank_fit, bank_fit_subsets
+from msde_jax.core.memory_bank import MemoryBank, bank_fit, bank_fit_subsets, grid_positions
 
-__all__ = ["subset_banks"]
+__all__ = ["position_channels", "subset_banks"]
+
+_SPREAD_ROWS = 1 << 16  # patches per block of position_channels' passes over the features
+
+
+def position_channels(x: np.ndarray, position: float) -> tuple[np.float32, np.ndarray] | None:
+    """The weight of the patches' grid positions and the two channels it gives each patch
+    (:func:`~msde_jax.core.with_positions`), or ``None`` with ``position`` = 0.
+
+    The weight is ``position`` × the spread of the training patches, √(Σ_c var_c) (their
+    root-mean-square distance from their mean), so that crossing the whole grid costs
+    ``position`` such spreads whatever the features' scale. Two passes over ``x`` in blocks of
+    patches, in float64 (no copy of the features).
+
+    Args:
+        x: (n, h, w, c) checked patch features, or (n, P, c) with P = g².
+        position: the weight in spreads, ≥ 0.
+
+    Returns:
+        ``(weight, channels)``: the float32 weight and (P, 2) float32 ``weight`` × the grid
+        positions (:func:`~msde_jax.core.grid_positions`), row-major as the patches.
+    """
+    if position == 0:
+        return None
+    c = x.shape[-1]
+    height, width = x.shape[1:3] if x.ndim == 4 else (math.isqrt(x.shape[1]),) * 2
+    flat = x.reshape(-1, c)
+    blocks = range(0, flat.shape[0], _SPREAD_ROWS)
+    total = sum(flat[i : i + _SPREAD_ROWS].sum(axis=0, dtype=np.float64) for i in blocks)
+    mean = total / flat.shape[0]
+    squares = sum(np.square(flat[i : i + _SPREAD_ROWS] - mean).sum(axis=0) for i in blocks)
+    weight = np.float32(position * math.sqrt(float(np.sum(squares / flat.shape[0]))))
+    return weight, weight * grid_positions(height, width)
 
 
 def subset_banks(
@@ -28,12 +60,17 @@ def subset_banks(
     config: Any,
     subsets: list[np.ndarray],
     n_banks: int,
+    positions: np.ndarray | None = None,
 ) -> list[MemoryBank]:
     """One bank per subset of the images (sorted indices into the checked patches ``x``
     (n, ..., c) with content ``keys``), each bank's ``indices`` the rows of ``x[subset]``
     flattened to (len(subset) · P, c) in the order given, for the first ``n_banks`` subsets
     (every subset still shapes the two-stage coreset's chunks, so the banks are the ones all
     the subsets give).
+
+    With ``positions`` ((P, 2) channels of :func:`position_channels`) every search (and the
+    shift) runs on the patches with those two channels appended, and the banks keep the c
+    feature channels.
 
     Every bank takes its images in content order, so it depends on which images, not on
     their order, and :func:`~msde_jax.core.bank_fit` keeps its rows in that order (then patch
@@ -44,13 +81,15 @@ def subset_banks(
     Args:
         x: (n, P, c) or (n, g, g, c) checked patch features.
         keys: (n,) their content keys.
-        config: the detector's :class:`~msde_jax.detectors.patch_bank.BankConfig`.
+        config: the detector's :class:`~msde_jax.detectors.bank_config.BankConfig`.
         subsets: sorted image indices, one array per bank.
         n_banks: how many leading subsets get a bank.
+        positions: ``None``, or (P, 2) channels appended to every patch for the search.
     """
     n, c = x.shape[0], x.shape[-1]
     n_patches = math.prod(x.shape[1:-1])
     patches = x.reshape(n, n_patches, c)
+    searched_c = c if positions is None else c + 2
     order = np.argsort(keys, kind="stable")
     position = np.empty(n, np.intp)
     position[order] = np.arange(n)
@@ -64,14 +103,14 @@ def subset_banks(
         "max_iter": config.max_iter,
         "tol": config.tol,
         "density": config.density,
-        "projection_dim": config.projection(c),
+        "projection_dim": config.projection(searched_c),
         "key": jax.random.key(config.seed),
     }
     if config.coreset == "two_stage":
-        pool = _first_stage(patches, order, members, config, fit)
+        pool = _first_stage(patches, order, members, config, fit, positions)
         inside = [np.isin(pool // n_patches, member) for member in wanted]
-        vectors = patches[order[pool // n_patches], pool % n_patches]
-        banks, picked = _banks(vectors, inside, bucket_fit_rows(pool.size), config, fit)
+        vectors = _appended(patches[order[pool // n_patches], pool % n_patches], positions, pool)
+        banks, picked = _banks(vectors, inside, bucket_fit_rows(pool.size), config, fit, c)
         flat = [pool[rows] for rows in picked]  # pool rows → rows of the ordered patches
     else:
         in_member = np.zeros((len(wanted), n), bool)
@@ -79,7 +118,8 @@ def subset_banks(
             in_member[s, member] = True
         inside = list(np.repeat(in_member, n_patches, axis=1))
         ordered = patches[order].reshape(-1, c)
-        banks, flat = _banks(ordered, inside, bucket_fit_rows(n) * n_patches, config, fit)
+        ordered = _appended(ordered, positions, np.arange(ordered.shape[0]))
+        banks, flat = _banks(ordered, inside, bucket_fit_rows(n) * n_patches, config, fit, c)
     out = []
     for subset, bank, rows in zip(subsets[:n_banks], banks, flat, strict=True):
         # rows of the ordered patches → rows of x[subset] in the order given
@@ -89,11 +129,25 @@ def subset_banks(
     return out
 
 
+def _appended(rows: np.ndarray, positions: np.ndarray | None, flat: np.ndarray) -> np.ndarray:
+    """(N, c) ``rows`` of the patches ``flat`` (image · P + patch) with their two position
+    channels appended; as they are without ``positions``."""
+    if positions is None:
+        return rows
+    return np.concatenate([rows, positions[flat % positions.shape[0]]], axis=-1)
+
+
 def _banks(
-    rows: np.ndarray, inside: list[np.ndarray], padded: int, config: Any, fit: dict
+    rows: np.ndarray,
+    inside: list[np.ndarray],
+    padded: int,
+    config: Any,
+    fit: dict,
+    channels: int,
 ) -> tuple[list[MemoryBank], list[np.ndarray]]:
-    """One bank per subset of the (N, c) ``rows`` (``inside[s]``: (N,) booleans), and the
-    rows each bank took, as indices into ``rows``.
+    """One bank per subset of the (N, ≥ c) ``rows`` (``inside[s]``: (N,) booleans), and the
+    rows each bank took, as indices into ``rows``; each bank keeps the first ``channels``
+    columns of its rows (the features, without appended positions).
 
     When every subset has more rows than the bank holds, all the searches run as one program
     over the rows padded to ``padded`` (:func:`~msde_jax.core.bank_fit_subsets`): the subsets
@@ -109,12 +163,16 @@ def _banks(
         joint = bank_fit_subsets(flat, valid, batch_size=config.batch(config.size), **fit)
         # split on the host: indexing the device arrays would compile a slice per field
         host = jax.device_get(joint)
+        host = host._replace(bank=host.bank[..., :channels])
         banks = [MemoryBank(*(jax.device_put(f[s]) for f in host)) for s in range(len(inside))]
         return banks, [np.asarray(f) for f in host.indices]
     banks, picked = [], []
     for mask, count in zip(inside, counts, strict=True):
         batch = config.batch(min(config.size, count))
-        banks.append(bank_fit(rows[mask], batch_size=batch, **fit))
+        bank = bank_fit(rows[mask], batch_size=batch, **fit)
+        if rows.shape[-1] > channels:  # the positions served the search only
+            bank = bank._replace(bank=jax.device_put(np.asarray(bank.bank)[:, :channels]))
+        banks.append(bank)
         picked.append(np.flatnonzero(mask)[np.asarray(banks[-1].indices)])
     return banks, picked
 
@@ -125,9 +183,11 @@ def _first_stage(
     members: list[np.ndarray],
     config: Any,
     fit: dict,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """The first stage of ``coreset="two_stage"``: the rows of the content-ordered patches
-    (image · P + patch, ascending) that the second stage searches.
+    (image · P + patch, ascending) that the second stage searches (each with its two
+    ``positions`` channels appended, where given).
 
     The images (content-ordered rows ``members`` per subset) fall into atoms, the images
     that belong to the same subsets (the cross-fit folds), and each atom into near-equal
@@ -164,13 +224,17 @@ def _first_stage(
         per_call = -(-len(searched) // calls)  # equal calls, the last filled with empty sets
         for g in range(0, len(searched), per_call):
             group = searched[g : g + per_call]
-            block = np.zeros((per_call, padded, n_patches, c), patches.dtype)
+            width = c if positions is None else c + 2
+            block = np.zeros((per_call, padded, n_patches, width), patches.dtype)
             counts = np.full(per_call, config.size, np.int32)  # an empty set's picks go unread
             for b, chunk in enumerate(group):
-                block[b, : chunk.size] = patches[order[chunk]]
+                block[b, : chunk.size, :, :c] = patches[order[chunk]]
+                if positions is not None:
+                    block[b, : chunk.size, :, c:] = positions
                 counts[b] = chunk.size * n_patches
             search = _chunk_search(config.size, fit["projection_dim"])
-            chosen = search(block.reshape(per_call, padded * n_patches, c), counts, fit["key"])
+            rows = block.reshape(per_call, padded * n_patches, width)
+            chosen = search(rows, counts, fit["key"])
             for chunk, rows in zip(group, np.asarray(chosen), strict=False):
                 picks.append(chunk[rows // n_patches] * n_patches + rows % n_patches)
     return np.sort(np.concatenate(picks))

@@ -2,7 +2,7 @@
 
 :class:`BaseConfig` holds the parameters of every detector with an MSDE shift and a cross-fit
 threshold; :class:`~msde_jax.detectors.msde_config.DetectorConfig` and
-:class:`~msde_jax.detectors.patch_bank.BankConfig` extend it. Each parameter is written once, as
+:class:`~msde_jax.detectors.bank_config.BankConfig` extend it. Each parameter is written once, as
 a field with its default and its documentation (:func:`param`): the facades' constructors,
 ``get_params`` and the ``Args`` of their docstrings are made from the fields
 (:mod:`msde_jax.detectors.base`). :func:`check_features` is the one check of user features.

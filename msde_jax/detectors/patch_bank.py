@@ -13,9 +13,8 @@ also holds a label-free foreground rule (:mod:`msde_jax.core.foreground`) and ea
 reduces its foreground patches only.
 """
 
-import dataclasses
 import math
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,14 +26,16 @@ from msde_jax.core.anomaly_maps import maps_bytes, upsample_maps
 from msde_jax.core.blocks import bucket_fit_rows, sample_keys
 from msde_jax.core.foreground import Foreground, foreground_fit, foreground_mask
 from msde_jax.core.memory_bank import (
-    REDUCTIONS,
+    BankPositions,
     MemoryBank,
+    grid_positions,
     image_scores,
     patch_scores,
 )
-from msde_jax.detectors.bank_coreset import subset_banks
+from msde_jax.detectors.bank_config import BankConfig
+from msde_jax.detectors.bank_coreset import position_channels, subset_banks
 from msde_jax.detectors.base import Detector
-from msde_jax.detectors.config import BaseConfig, check_choice, check_features, check_int, param
+from msde_jax.detectors.config import check_features, check_int
 from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit
 
 __all__ = [
@@ -50,127 +51,6 @@ __all__ = [
 ]
 
 
-FOREGROUNDS = (None, "pca")
-CORESETS = ("greedy", "two_stage")
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BankConfig(BaseConfig):
-    """Every hyperparameter of the patch memory-bank detector, validated on construction.
-
-    The shared parameters of :class:`~msde_jax.detectors.config.BaseConfig` (its MSDE shift's
-    with ``shift=True``) and the bank's own. Frozen and hashable; it travels inside
-    :class:`BankState` as a static pytree node, so ``jax.jit(score_bank_detector)(state, x)``
-    specialises on it.
-    """
-
-    score_params: ClassVar[tuple[str, ...]] = ("reduce", "q", "score_neighbors", "batch_size")
-    fit_only: ClassVar[tuple[str, ...]] = (*BaseConfig.fit_only, "coreset", "chunk_patches")
-
-    size: int = param(
-        5000,
-        "bank rows, at most the number of training patches (PatchCore keeps 1–10 %); larger "
-        "banks cost fit and score time linearly. 5,000 had a higher synthetic-validation AUROC "
-        "than 2,000 (the default before 2026-12-05) and 10,000 (benchmarks/RESULTS.md).",
-    )
-    coreset: str = param(
-        "two_stage",
-        'how the bank is chosen: ``"greedy"`` (one greedy k-center search over all the '
-        'training patches, as PatchCore) or ``"two_stage"`` (a greedy search of ``size`` rows '
-        "in each chunk of at most ``chunk_patches`` patches, the chunks never mixing cross-fit "
-        "folds, then the greedy search over the union of the chunks' picks: fit memory "
-        "bounded by a chunk, and the folds' banks drawn from the same first stage).",
-    )
-    chunk_patches: int = param(
-        1 << 18,
-        'most patches (whole images) per first-stage search with ``coreset="two_stage"``; '
-        "the same on every backend, since it changes which patches the bank keeps once a fold "
-        "holds more (a larger value bounds memory less and may run faster on an accelerator).",
-    )
-    shift: bool = param(False, "density-enhance the bank by MSDE before scoring.")
-    projection_dim: int | None = param(
-        128,
-        "dimension of the coreset's random projection (PatchCore's 128); ``None``, or a value "
-        "not below the channel count, selects on the exact features.",
-    )
-    reduce: str = param(
-        "top",
-        'patch scores → image score: ``"top"`` (the mean of the ⌈q·P⌉ highest), '
-        '``"max"`` (PatchCore\'s) or ``"mean"``.',
-    )
-    q: float = param(
-        0.1,
-        'the share of patches ``reduce="top"`` averages, in (0, 1] (of the foreground patches '
-        "with ``foreground``).",
-    )
-    foreground: str | None = param(
-        None,
-        '``None`` (every patch counts) or ``"pca"``: fit a label-free foreground mask on the '
-        "training patches (their first principal component, oriented and checked by the grid's "
-        "border and centre, :mod:`msde_jax.core.foreground`; off where the split is not clean, "
-        "e.g. a body filling the frame) and reduce each image over its foreground patches "
-        "only. The bank is fitted on all patches either way.",
-    )
-    threshold: str = param(
-        "cross_fit",
-        '``"cross_fit"`` (the ``1 − contamination`` quantile of out-of-fold scores of the '
-        "training images; patch-to-bank distances have no known law under normality) or "
-        '``"none"``: the bank alone, the same one, without scoring any fold (no ``threshold_``, '
-        "so ``predict`` refuses; for ranking, as synthetic validation does).",
-    )
-    seed: int = param(0, "PRNG seed of the coreset's random projection.")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("size", self.size)
-        check_int("n_folds", self.n_folds, low=2)
-        check_int("seed", self.seed, low=0)
-        check_choice("coreset", self.coreset, CORESETS)
-        check_int("chunk_patches", self.chunk_patches)
-        if not isinstance(self.shift, bool | np.bool_):
-            raise ValueError(f"shift must be True or False, got {self.shift!r}.")
-        check_choice("reduce", self.reduce, REDUCTIONS)
-        check_choice("foreground", self.foreground, FOREGROUNDS)
-        if self.threshold == "chi2":
-            raise ValueError(
-                "threshold='chi2' does not apply to a memory bank: χ² is the law of a squared "
-                "Mahalanobis distance under a Gaussian, and patch-to-bank distances have no "
-                "such law; use threshold='cross_fit' (out-of-fold scores of the normals)."
-            )
-        check_choice("threshold", self.threshold, ("cross_fit", "none"))
-        if self.projection_dim is not None:
-            check_int("projection_dim", self.projection_dim)
-        if not 0 < self.q <= 1:
-            raise ValueError(f"q must be in (0, 1], got {self.q!r}.")
-
-    def projection(self, n_channels: int) -> int | None:
-        """The coreset's projection dimension for ``n_channels``: ``None`` (exact) when
-        ``projection_dim`` is ``None`` or not below the channel count."""
-        dim = self.projection_dim
-        return None if dim is None or dim >= n_channels else int(dim)
-
-    def check_n_images(self, n_images: int, n_patches: int) -> None:
-        """Refuse too few training images for the folds, the shift's k and ``score_neighbors``."""
-        if n_images < self.n_folds:
-            raise ValueError(
-                f"threshold={self.threshold!r} needs at least n_folds={self.n_folds} training "
-                f"images (one fold each), got {n_images}; pass more normal images or lower "
-                "n_folds."
-            )
-        smallest = n_images - math.ceil(n_images / self.n_folds)
-        rows = min(self.size, smallest * n_patches)
-        need, fix = self.score_neighbors, "score_neighbors"
-        if self.shift and self.k > need:
-            need, fix = self.k, "k"
-        if rows < need:
-            raise ValueError(
-                f"The smallest cross-fit bank has {rows} patches ({smallest} images of "
-                f"{n_patches} patches, at most size={self.size}), fewer than the {need} that "
-                f"{fix}={need} needs; pass more normal images, lower n_folds or lower {fix}."
-            )
-
-
 class BankState(NamedTuple):
     """A fitted patch memory-bank detector (a pytree).
 
@@ -182,11 +62,14 @@ class BankState(NamedTuple):
         config: the :class:`BankConfig` it was fitted with (a static pytree node).
         foreground: the :class:`~msde_jax.core.foreground.Foreground` rule with
             ``foreground="pca"``, else ``None`` (every patch counts).
+        position: the bank rows' :class:`~msde_jax.core.BankPositions` and their weight with
+            ``position`` > 0, else ``None`` (a patch matches anywhere).
     """
 
     bank: MemoryBank
     config: BankConfig
     foreground: Foreground | None = None
+    position: BankPositions | None = None
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -198,16 +81,24 @@ def _fit_states(
     coreset's chunks): ``[(state, n_iter), …]``, one per subset. The banks come from
     :func:`~msde_jax.detectors.bank_coreset.subset_banks`; with
     ``foreground="pca"`` each state also gets the rule fitted on its images in content order,
-    padded like the coreset so that nearby sizes share one program."""
-    states = []
-    banks = subset_banks(x, keys, config, subsets, n_states)
+    padded like the coreset so that nearby sizes share one program; with ``position`` > 0 the
+    searches see each patch's place (:func:`~msde_jax.detectors.bank_coreset.position_channels`,
+    one weight from all the images) and each state gets its bank rows' places."""
+    states, position = [], position_channels(x, config.position)
+    channels = None if position is None else position[1]
+    banks = subset_banks(x, keys, config, subsets, n_states, channels)
     for subset, bank in zip(subsets[:n_states], banks, strict=True):
         foreground = None
         if config.foreground == "pca":
             grid = _on_grid(x[subset[np.argsort(keys[subset], kind="stable")]])
             pad = np.zeros((bucket_fit_rows(subset.size) - subset.size, *grid.shape[1:]), x.dtype)
             foreground = foreground_fit(np.concatenate([grid, pad]), subset.size)
-        states.append((BankState(bank, config, foreground), int(bank.n_iter)))
+        where = None
+        if position is not None:  # each bank row's place: its patch's on the training grid
+            sides = _on_grid(x).shape[1:3]  # the training grid (h, w)
+            rows = grid_positions(*sides)[np.asarray(bank.indices) % math.prod(sides)]
+            where = BankPositions(jax.device_put(position[0]), jax.device_put(rows))
+        states.append((BankState(bank, config, foreground, where), int(bank.n_iter)))
     return states
 
 
@@ -248,7 +139,21 @@ def score_bank_patches(state: BankState, x: ArrayLike) -> jax.Array:
     x = jnp.asarray(x, state.bank.bank.dtype)
     n_queries = math.prod(x.shape[:-1])
     batch = config.batch(max(n_queries, state.bank.bank.shape[0]))
-    return patch_scores(state.bank, x, k=config.score_neighbors, batch_size=batch)
+    if state.position is not None and x.ndim == 3:
+        _square_grid(x.shape[1])  # a clear error for flat patches off a grid
+    return patch_scores(
+        state.bank, x, k=config.score_neighbors, batch_size=batch, positions=state.position
+    )
+
+
+def _square_grid(n_patches: int) -> tuple[int, int]:
+    side = math.isqrt(n_patches)
+    if side * side != n_patches:
+        raise ValueError(
+            f"position > 0 needs patches on a grid: {n_patches} patches per image is not g × g; "
+            "pass (n, g, g, c) features, or position=0."
+        )
+    return side, side
 
 
 def score_bank_maps(
@@ -376,6 +281,8 @@ def fit_bank_detector(
             f"foreground={config.foreground!r} needs patches on a grid (its border and centre): "
             f"{x.shape[1]} patches per image is not g × g; pass (n, g, g, c) features."
         )
+    if config.position > 0 and x.ndim == 3:
+        _square_grid(x.shape[1])
     keys = sample_keys(x)
     return cross_fit(x, keys, config, _fit_states, score_bank_detector, groups=groups, joint=True)
 
@@ -409,7 +316,8 @@ class PatchBankDetector(Detector):
     has_maps = True
     fitted_scalars = ("n_features_in_", "n_patches_", "n_iter_")
     meta_dims = {"c": "n_features_in_", "patches": "n_patches_"}
-    absent_params = {"coreset": "greedy"}  # the only coreset before "two_stage"
+    # the only coreset before "two_stage"; positions before 2026-12-06
+    absent_params = {"coreset": "greedy", "position": 0.0}
     saved_arrays = """
         state.bank.bank       f  size c
         state.bank.density    f  size
@@ -420,6 +328,8 @@ class PatchBankDetector(Detector):
         state.foreground.threshold  f
         state.foreground.floor      f
         state.foreground.active     b
+        state.position.weight  f
+        state.position.bank    f  size xy
     """
 
     def _describe(self, state: BankState, shape: tuple[int, ...]) -> dict[str, int]:
@@ -437,12 +347,13 @@ class PatchBankDetector(Detector):
         the searches' terms for the patches of one call of the first stage (two copies of at
         most ``chunk_patches`` and the padding of a chunk) and for the second stage's pool
         (``size`` rows per chunk).
-        Scoring: two copies of the patches, their scores and the blocks."""
+        Scoring: two copies of the patches, their scores and the blocks. With ``position`` the
+        patches count two channels more (their places)."""
         if len(shape) not in (3, 4) or min(shape) < 1:
             return {}, []
-        n, c = shape[0], shape[-1]
-        rows = n * math.prod(shape[1:-1])
         config = self.config() if state is None else state.config
+        n, c = shape[0], shape[-1] + 2 * (config.position > 0)  # the searched channels
+        rows = n * math.prod(shape[1:-1])
         if state is None:
             bank, subsets = min(config.size, rows), config.n_folds + 1
             projected = config.projection(c) or 0
@@ -603,4 +514,19 @@ class PatchBankDetector(Detector):
             raise ValueError(
                 f"not a valid saved PatchBankDetector: foreground={self.foreground!r} but the "
                 f"file {'holds' if has_rule else 'lacks'} a foreground rule."
+            )
+        where = self.state_.position
+        if where is not None:  # (size, 2) places in [0, 1], a finite weight > 0
+            places, weight = np.asarray(where.bank), float(where.weight)
+            if places.shape != (bank.shape[0], 2) or not (0 <= places.min() and places.max() <= 1):
+                raise ValueError(
+                    f"not a valid saved PatchBankDetector: bank positions of shape "
+                    f"{places.shape} outside [0, 1] or not one (row, column) per bank row."
+                )
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"not a valid saved PatchBankDetector: position weight {weight}.")
+        if (where is None) != (self.position == 0):
+            raise ValueError(
+                f"not a valid saved PatchBankDetector: position={self.position!r} but the file "
+                f"{'lacks' if where is None else 'holds'} bank positions."
             )

@@ -59,10 +59,11 @@ def recommended(backbone: str = "efficientnet_lite0", **embedder_options: Any) -
 
     ``Embedder(backbone, features="patches", **embedder_options)`` (the backbone's patch
     layers, 3 × 3 aggregation, a 14 × 14 grid) and ``PatchBankDetector()`` (a 5,000-patch
-    k-center coreset, each image scored by the mean of its top 10 % patch distances). It had
-    the best mean synthetic-validation AUROC of the configurations measured, on every dataset
-    and backbone run, and its bank's 5,000 rows the best among 2,000, 5,000 and 10,000; no
-    abnormal label chose either.
+    k-center coreset, a patch's distance counting its place on the grid with ``position=1``,
+    each image scored by the mean of its top 10 % patch distances). It had the best mean
+    synthetic-validation AUROC of the configurations measured, on every dataset and backbone
+    run, its bank's 5,000 rows the best among 2,000, 5,000 and 10,000, and ``position=1`` the
+    best of 0, 1 and 4; no abnormal label chose any of them.
     """
     embedder = Embedder(backbone, features="patches", **embedder_options)
     return Candidate(embedder, PatchBankDetector())

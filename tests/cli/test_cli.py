@@ -456,3 +456,16 @@ def test_foreground_option_makes_a_masked_bank():
     msde = ["fit", "x", "--out", "m.npz", "--foreground", "pca", "--detector", "msde"]
     with pytest.raises(UserError, match="--foreground is a memory-bank option"):
         _detector(build_parser().parse_args(msde))
+
+
+def test_position_option_reaches_the_bank():
+    from msde_jax.cli.commands import UserError, _detector
+
+    fit = ["fit", "x", "--out", "m.npz"]
+    assert _detector(build_parser().parse_args(fit)).get_params()["position"] == 1.0
+    anywhere = _detector(build_parser().parse_args([*fit, "--position", "0"]))
+    assert anywhere.get_params()["position"] == 0.0
+    with pytest.raises(UserError, match="position must be a finite number >= 0, got -2.0"):
+        _detector(build_parser().parse_args([*fit, "--position", "-2"]))
+    with pytest.raises(UserError, match="--position is a memory-bank option"):
+        _detector(build_parser().parse_args([*fit, "--position", "2", "--detector", "msde"]))

@@ -10,15 +10,18 @@ from sklearn.neighbors import NearestNeighbors
 from testing import clustered
 
 from msde_jax.core import (
+    BankPositions,
     MemoryBank,
     bank_fit,
     bank_fit_subsets,
     density_weights,
+    grid_positions,
     image_scores,
     kcenter_greedy,
     mean_shift,
     patch_scores,
     roc_auc,
+    with_positions,
 )
 
 P, C = 9, 4  # patches per image (a 3 × 3 grid), channels
@@ -227,3 +230,28 @@ def test_shift_stops_rare_training_patches_from_counting_as_normal():
         auroc[shift] = roc_auc(labels, image_scores(patch_scores(bank, test), reduce="max"))
     assert auroc[True] == 1.0
     assert auroc[False] < 0.8
+
+
+def test_patch_scores_with_positions_are_distances_with_two_more_channels():
+    """BankPositions(w, places): the distance to a bank row is the Euclidean one over the
+    features and w × the (row, column) places, on a grid or on flat patches P = g²."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 3, 3, 4)).astype(np.float32)
+    rows = rng.normal(size=(12, 4)).astype(np.float32)
+    places = grid_positions(3, 3)[rng.integers(0, 9, 12)]
+    want = [[0, 0], [0, 0.5], [0, 1], [1, 0], [1, 0.5], [1, 1]]
+    np.testing.assert_array_equal(grid_positions(2, 3), want)
+    weight = np.float32(2.5)
+    bank = MemoryBank(rows, np.ones(12, np.float32), np.arange(12, dtype=np.int32))
+    got = patch_scores(bank, x, k=2, positions=BankPositions(weight, places))
+    placed = with_positions(x, weight)
+    assert placed.shape == (5, 3, 3, 6)
+    where = weight * grid_positions(3, 3).reshape(3, 3, 2)
+    np.testing.assert_array_equal(placed[..., 4:], np.broadcast_to(where, (5, 3, 3, 2)))
+    wide = bank._replace(bank=np.concatenate([rows, weight * places], axis=1))
+    np.testing.assert_allclose(got, patch_scores(wide, placed, k=2), rtol=1e-6)
+    flat = patch_scores(bank, x.reshape(5, 9, 4), k=2, positions=BankPositions(weight, places))
+    np.testing.assert_allclose(flat.reshape(5, 3, 3), got, rtol=1e-6)
+    assert not np.allclose(got, patch_scores(bank, x, k=2))
+    with pytest.raises(ValueError, match="8 patches per image is not g × g"):
+        patch_scores(bank, x.reshape(5, 9, 4)[:, :8], positions=BankPositions(weight, places))

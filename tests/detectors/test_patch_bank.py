@@ -19,6 +19,7 @@ from msde_jax.detectors import (
     BankConfig,
     BankState,
     fit_bank_detector,
+    patch_bank,
     score_bank_detector,
     score_bank_patches,
 )
@@ -40,7 +41,9 @@ def test_x():
 
 @pytest.fixture(scope="module")
 def fitted(train):
-    return PatchBankDetector(size=40, projection_dim=2, score_neighbors=2, n_folds=3).fit(train)
+    """PatchCore's bank (``position=0``), which the core functions below reproduce."""
+    params = {"size": 40, "projection_dim": 2, "score_neighbors": 2, "n_folds": 3, "position": 0}
+    return PatchBankDetector(**params).fit(train)
 
 
 def _core_bank(x, config, **kwargs):
@@ -125,6 +128,77 @@ def test_decision_scores_are_out_of_fold(train, fitted):
     np.testing.assert_array_equal(fitted.labels_, fitted.decision_scores_ > fitted.threshold_)
 
 
+# ------------------------------------------------------------------ where a patch is
+@pytest.mark.parametrize("coreset", ["two_stage", "greedy"])
+def test_position_is_the_bank_on_features_with_their_places(train, test_x, monkeypatch, coreset):
+    """position=w is PatchCore's bank (position=0) on the features with two channels more,
+    w · s × each patch's (row, column) on the grid scaled to [0, 1] (s: the training patches'
+    spread √(Σ_c var_c)), in the content order of the features alone; the bank keeps the
+    features and, apart, its rows' places."""
+    params = {"size": 20, "projection_dim": 3, "n_folds": 3, "score_neighbors": 2}
+    on_grid, test_grid = train.reshape(-1, G, G, C), test_x.reshape(-1, G, G, C)
+    det = PatchBankDetector(**params, coreset=coreset, position=2.0).fit(on_grid)
+    weight = det.state_.position.weight
+    spread = np.sqrt(train.reshape(-1, C).astype(np.float64).var(axis=0).sum())
+    np.testing.assert_allclose(weight, 2.0 * spread, rtol=1e-6)
+    rows, cols = np.meshgrid(np.arange(G), np.arange(G), indexing="ij")
+    places = np.stack([rows, cols], axis=-1).astype(np.float32) / np.float32(G - 1)
+
+    def placed(x):
+        return np.concatenate([x, np.broadcast_to(weight * places, (*x.shape[:-1], 2))], -1)
+
+    keys = sample_keys(on_grid)
+    monkeypatch.setattr(patch_bank, "sample_keys", lambda x: keys)
+    ref = PatchBankDetector(**params, coreset=coreset, position=0).fit(placed(on_grid))
+    np.testing.assert_array_equal(det.state_.bank.indices, ref.state_.bank.indices)
+    ref_bank = np.asarray(ref.state_.bank.bank)
+    np.testing.assert_array_equal(det.state_.bank.bank, ref_bank[:, :C])
+    np.testing.assert_allclose(weight * det.state_.position.bank, ref_bank[:, C:], rtol=1e-6)
+    want = ref.score_samples(placed(test_grid))
+    np.testing.assert_allclose(det.score_samples(test_grid), want, rtol=1e-5)
+    np.testing.assert_allclose(det.decision_scores_, ref.decision_scores_, rtol=1e-5)
+    # Flat patches, P = G², lie on the same grid.
+    np.testing.assert_array_equal(det.score_samples(test_x), det.score_samples(test_grid))
+    anywhere = PatchBankDetector(**params, coreset=coreset, position=0).fit(on_grid)
+    assert not np.allclose(det.score_samples(test_grid), anywhere.score_samples(test_grid))
+
+
+def test_position_with_the_shift_keeps_each_patchs_place(train, test_x):
+    det = PatchBankDetector(size=60, projection_dim=None, k=10, n_folds=3, shift=True).fit(train)
+    assert det.n_iter_ > 0
+    rows, cols = np.divmod(np.asarray(det.state_.bank.indices) % P, G)
+    np.testing.assert_array_equal(det.state_.position.bank, np.stack([rows, cols], -1) / (G - 1))
+    assert det.state_.bank.bank.shape == (60, C)
+    assert np.all(np.isfinite(det.score_samples(test_x)))
+
+
+def test_positions_are_saved_and_checked(tmp_path, train, test_x):
+    det = PatchBankDetector(size=40, projection_dim=2, n_folds=3).fit(train)
+    assert det.position == 1.0  # the default
+    det.save(tmp_path / "bank.npz")
+    loaded = PatchBankDetector.load(tmp_path / "bank.npz")
+    jax.tree.map(np.testing.assert_array_equal, loaded.state_, det.state_)
+    np.testing.assert_array_equal(loaded.score_samples(test_x), det.score_samples(test_x))
+    meta, arrays = det.to_arrays()
+    assert {"state.position.weight", "state.position.bank"} <= set(arrays)
+    # A file from before positions has neither the parameter nor the arrays: position 0.
+    plain = PatchBankDetector(size=40, projection_dim=2, n_folds=3, position=0).fit(train)
+    meta0, arrays0 = plain.to_arrays()
+    old = {**meta0, "params": {k: v for k, v in meta0["params"].items() if k != "position"}}
+    assert PatchBankDetector.from_arrays(old, arrays0).position == 0.0
+    with pytest.raises(ValueError, match="position=1.0 but the file lacks bank positions"):
+        PatchBankDetector.from_arrays(
+            {**meta0, "params": {**old["params"], "position": 1.0}}, arrays0
+        )
+    with pytest.raises(ValueError, match="position=0 but the file holds bank positions"):
+        PatchBankDetector.from_arrays(meta0, arrays)
+    places = arrays["state.position.bank"] + np.float32(1)
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        PatchBankDetector.from_arrays(meta, {**arrays, "state.position.bank": places})
+    with pytest.raises(ValueError, match="position weight -1.0"):
+        PatchBankDetector.from_arrays(meta, {**arrays, "state.position.weight": np.float32(-1)})
+
+
 # --------------------------------------------------------------- the two-stage coreset
 def test_two_stage_equals_greedy_when_every_fold_fits_the_bank(train, test_x):
     """A chunk of no more patches than the bank holds gives all its rows, so the second
@@ -171,7 +245,12 @@ def test_two_stage_is_greedy_over_the_folds_picks(train, chunk_patches):
     at a time (the last call padded with an empty set); 18: two images per chunk."""
     size, key = 6, jax.random.key(0)
     det = PatchBankDetector(
-        size=size, projection_dim=2, n_folds=5, coreset="two_stage", chunk_patches=chunk_patches
+        size=size,
+        projection_dim=2,
+        n_folds=5,
+        coreset="two_stage",
+        chunk_patches=chunk_patches,
+        position=0,
     ).fit(train)
     keys = sample_keys(train)
     rank = np.argsort(np.argsort(keys, kind="stable"))  # each image's place in content order
@@ -234,8 +313,9 @@ def test_off_manifold_patches_rank_first(train, test_x, reduce):
 
 
 def test_shift_is_the_cores_shifted_bank(train, test_x):
-    plain = PatchBankDetector(size=60, projection_dim=None, k=10, n_folds=3).fit(train)
-    det = PatchBankDetector(size=60, projection_dim=None, k=10, n_folds=3, shift=True).fit(train)
+    params = {"size": 60, "projection_dim": None, "k": 10, "n_folds": 3, "position": 0}
+    plain = PatchBankDetector(**params).fit(train)
+    det = PatchBankDetector(**params, shift=True).fit(train)
     config = BankConfig(**det.get_params())
     bank = _core_bank(train, config, shift=True, k=10)
     np.testing.assert_allclose(det.state_.bank.bank, bank.bank, rtol=1e-5, atol=1e-5)
@@ -420,6 +500,8 @@ def test_bad_input(fitted, train, test_x):
         fitted.score_patches(test_x[:, :4])
     with pytest.raises(ValueError, match="no images"):
         fitted.score_samples(np.zeros((0, P, C)))
+    with pytest.raises(ValueError, match="position > 0 needs patches on a grid: 5 patches"):
+        PatchBankDetector(n_folds=2).fit(train[:, :5])
     with pytest.raises(ValueError, match="must hold numbers"):
         fitted.score_samples(np.full((1, P, C), "a"))
 
@@ -439,6 +521,9 @@ def test_bad_input(fitted, train, test_x):
         ({"shift": "yes"}, "shift must be True or False"),
         ({"coreset": "random"}, "coreset='random' is not valid"),
         ({"chunk_patches": 0}, "chunk_patches must be a positive int"),
+        ({"position": -1.0}, "position must be a finite number >= 0, got -1.0"),
+        ({"position": float("nan")}, "position must be a finite number >= 0"),
+        ({"position": True}, "position must be a finite number >= 0, got True"),
     ],
 )
 def test_bad_parameters(train, params, match):

@@ -183,8 +183,13 @@ def test_flipped_scores_average_the_mirrored_maps(data, fitted):
     expected = reference((maps + back) / 2, fitted.foreground_patches(test), 0.1)
     got = fitted.score_samples(test, flipped=mirror)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
-    # A mirror of features is exactly its own image's map flipped: flips change nothing then.
-    np.testing.assert_allclose(got, fitted.score_samples(test), rtol=1e-6)
+    # Without positions, a mirror of features is exactly its own image's map flipped: flips
+    # change nothing then. With them (the default) the mirrored patches sit elsewhere.
+    anywhere = PatchBankDetector(**{**fitted.get_params(), "position": 0}).fit(data[0])
+    np.testing.assert_allclose(
+        anywhere.score_samples(test, flipped=mirror), anywhere.score_samples(test), rtol=1e-6
+    )
+    assert not np.allclose(got, fitted.score_samples(test), rtol=1e-3)
     alone = [fitted.score_samples(test[i : i + 1], flipped=mirror[i : i + 1])[0] for i in range(8)]
     np.testing.assert_array_equal(alone, got)
     jitted = jax.jit(score_bank_flipped)(fitted.state_, test, mirror)
