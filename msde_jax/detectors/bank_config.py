@@ -28,8 +28,8 @@ class BankConfig(BaseConfig):
 
     The shared parameters of :class:`~msde_jax.detectors.config.BaseConfig` (its MSDE shift's
     with ``shift=True``) and the bank's own. Frozen and hashable; it travels inside
-    :class:`BankState` as a static pytree node, so ``jax.jit(score_bank_detector)(state, x)``
-    specialises on it.
+    :class:`~msde_jax.detectors.patch_bank.BankState` as a static pytree node, so
+    ``jax.jit(score_bank_detector)(state, x)`` specialises on it.
     """
 
     score_params: ClassVar[tuple[str, ...]] = ("reduce", "q", "score_neighbors", "batch_size")
@@ -92,7 +92,8 @@ class BankConfig(BaseConfig):
         "displacement on the grid, crossing the whole grid costing ``position`` × the training "
         "patches' spread √(Σ_c var_c) (0: anywhere in any image matches, as PatchCore). The "
         "coreset, the shift and the scores all use it. 1 had a higher synthetic-validation AUROC "
-        "than 0 (the default before 2026-12-06) and 4 (benchmarks/RESULTS.md).",
+        "than 0 (the default until the ninth session of 2026-12-05) and 4 "
+        "(benchmarks/RESULTS.md).",
     )
     seed: int = param(0, "PRNG seed of the coreset's random projection.")
 

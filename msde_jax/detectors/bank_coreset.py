@@ -233,8 +233,7 @@ def _first_stage(
                     block[b, : chunk.size, :, c:] = positions
                 counts[b] = chunk.size * n_patches
             search = _chunk_search(config.size, fit["projection_dim"])
-            rows = block.reshape(per_call, padded * n_patches, width)
-            chosen = search(rows, counts, fit["key"])
+            chosen = search(block.reshape(per_call, -1, width), counts, fit["key"])
             for chunk, rows in zip(group, np.asarray(chosen), strict=False):
                 picks.append(chunk[rows // n_patches] * n_patches + rows % n_patches)
     return np.sort(np.concatenate(picks))

@@ -316,7 +316,7 @@ class PatchBankDetector(Detector):
     has_maps = True
     fitted_scalars = ("n_features_in_", "n_patches_", "n_iter_")
     meta_dims = {"c": "n_features_in_", "patches": "n_patches_"}
-    # the only coreset before "two_stage"; positions before 2026-12-06
+    # the only coreset before "two_stage"; no positions before the ninth session of 2026-12-05
     absent_params = {"coreset": "greedy", "position": 0.0}
     saved_arrays = """
         state.bank.bank       f  size c
