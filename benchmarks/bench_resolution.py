@@ -5,7 +5,8 @@ EfficientNet-Lite0 ImageNet patch features of the backbone's patch layers, 3 × 
 and ``PatchBankDetector()``) under several feature settings ``image_size:grid`` (``--settings``;
 ``224:14`` is today's default, ``224:28`` a 4× finer patch grid, ``320:20`` a larger input whose
 grid keeps the stride-16 layer's footprint; a ``:mirror`` suffix, e.g. ``224:14:mirror``, a
-mirror-augmented bank: issue 22, item 2). For each dataset and setting this script
+mirror-augmented bank: issue 22, item 2; ``:score.calib=1|2``, patch scores calibrated per grid
+position, :func:`calibration`). For each dataset and setting this script
 
 1. builds the library's validation set (:func:`msde_jax.pipeline.selection.validation_set`, as
    ``benchmarks/bench_ensemble.py`` and ``msde-jax evaluate`` do) once per ``--seeds`` seed: the
@@ -55,6 +56,9 @@ from sklearn.metrics import average_precision_score
 
 from msde_jax._compilation import CompileCounter
 from msde_jax.backbones.registry import backbone_spec
+from msde_jax.core import image_scores
+from msde_jax.core.blocks import sample_keys
+from msde_jax.detectors.fitting import folds
 from msde_jax.pipeline import presets
 from msde_jax.pipeline.evaluation import embed, limit_dataset
 from msde_jax.pipeline.selection import validation_set
@@ -79,7 +83,8 @@ class Setting(NamedTuple):
     two_stage: bool = False  # PatchBankDetector(coreset="two_stage")
     cosine: str | None = None  # unit patch vectors: "cosine" whole, "cosine_layers" per layer
     # PatchBankDetector parameters, name=value; embed.name=value: an Embedder option;
-    # feat.position=w: patch positions appended (with_position, w × position_scale of the fit)
+    # feat.position=w: patch positions appended (with_position, w × position_scale of the fit);
+    # score.calib=1|2: each grid position's patch scores calibrated (calibration(), 1 ratio, 2 z)
     params: tuple[tuple[str, int | float], ...] = ()
 
     @property
@@ -145,6 +150,45 @@ def with_position(x: np.ndarray, weight: float) -> np.ndarray:
     coords = np.stack(np.meshgrid(np.arange(g), np.arange(g), indexing="ij"), -1) / max(g - 1, 1)
     coords = np.broadcast_to((weight * coords).astype(x.dtype), (n, g, g, 2))
     return np.concatenate([x, coords], axis=-1)
+
+
+CALIBRATIONS = {1: "ratio", 2: "z"}
+
+
+def calibration(template, x: np.ndarray, groups, det, mode: int, n_folds: int = 3):
+    """Patch scores calibrated per grid position by out-of-fold normal patch scores.
+
+    The patches ``x`` (n, g, g, c) of the fitted ``det`` (a fitted copy of ``template``) are
+    dealt into ``n_folds`` folds by content (the library's cross-fit folds); each fold's patch
+    scores come from a bank fitted on the other folds (``threshold="none"``). Per grid
+    position p, μ_p and σ_p are the mean and standard deviation of those out-of-fold scores
+    over the images; a patch score s at p becomes s / μ_p (``mode`` 1, "ratio") or
+    (s − μ_p) / σ_p (``mode`` 2, "z"), and the image score is the detector's own reduction
+    (``reduce``, ``q``) of the calibrated scores.
+
+    Returns:
+        ``(score, out_of_fold)``: ``score(x_query) -> (m,)`` calibrated image scores under
+        ``det``, and the (n,) calibrated out-of-fold image scores of ``x`` (the threshold's
+        sample, as the library's cross-fit threshold).
+    """
+    params = template.get_params()
+    bare = {**params, "threshold": "none"}
+    held = folds(sample_keys(x), n_folds, groups)
+    oof = np.empty((len(x), int(np.prod(x.shape[1:-1]))), np.float64)
+    for h in held:
+        rest = np.setdiff1d(np.arange(len(x)), h)
+        fold_det = type(template)(**bare).fit(x[rest])
+        oof[h] = np.asarray(fold_det.score_patches(x[h]), np.float64).reshape(len(h), -1)
+    mu, sd = oof.mean(axis=0), np.maximum(oof.std(axis=0), 1e-12)
+
+    def image(patches: np.ndarray) -> np.ndarray:
+        z = patches / mu if mode == 1 else (patches - mu) / sd
+        return np.asarray(image_scores(z, reduce=params["reduce"], q=params["q"]), np.float64)
+
+    def score(xq: np.ndarray) -> np.ndarray:
+        return image(np.asarray(det.score_patches(xq), np.float64).reshape(len(xq), -1))
+
+    return score, image(oof)
 
 
 def with_mirrors(x: np.ndarray, x_mirror: np.ndarray | None) -> tuple[np.ndarray, object]:
@@ -228,8 +272,12 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         if two_stage:
             template.set_params(coreset="two_stage")
         # e.g. size=5000, score_neighbors=3
-        template.set_params(**{k: v for k, v in s.params if not k.startswith(("embed.", "feat."))})
+        template.set_params(
+            **{k: v for k, v in s.params if not k.startswith(("embed.", "feat.", "score."))}
+        )
         position = dict(s.params).get("feat.position")
+        calib = dict(s.params).get("score.calib")
+        assert calib in (None, *CALIBRATIONS), f"score.calib is one of {list(CALIBRATIONS)}"
         train, test, labels = train_all, test_all, labels_all
         limit = dict(args.limit_for).get(name)
         if limit is not None:  # this setting only: the first ``limit`` of each class
@@ -274,7 +322,10 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             w = position * position_scale(x)
             x, val = with_position(x, w), {k: with_position(a, w) for k, a in val.items()}
         det = type(template)(**template.get_params()).fit(x, groups=groups)
-        val_scores = {s: np.asarray(det.score_samples(x)) for s, x in val.items()}
+        score = det.score_samples
+        if calib is not None:
+            score = calibration(template, x, groups, det, calib)[0]
+        val_scores = {s: np.asarray(score(x)) for s, x in val.items()}
         timings["validation fit+score s"] = time.perf_counter() - t
         del det
         print(
@@ -290,8 +341,14 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             x, te_x = with_position(x, w), with_position(te, w)
         full, fit_times = timed_fit(template, x, args.fit_repeats, groups)
         timings.update(fit_times)
+        score, threshold = full.score_samples, full.threshold_
+        if calib is not None:  # the folds' fits, and the threshold from their calibrated scores
+            t = time.perf_counter()
+            score, out_of_fold = calibration(template, x, groups, full, calib)
+            threshold = float(np.quantile(out_of_fold, 1 - full.contamination))
+            timings["calibration folds s"] = time.perf_counter() - t
         t = time.perf_counter()
-        scores = np.asarray(full.score_samples(te_x), np.float64)
+        scores = np.asarray(score(te_x), np.float64)
         timings["score test s"] = time.perf_counter() - t
         normal = labels == 0
         timings["total s"] = time.perf_counter() - start
@@ -299,8 +356,8 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             "synthetic_auroc_by_family": family_aurocs(val_scores, vsets, n_val),
             "auroc": auroc(labels, scores),
             "ap": float(average_precision_score(labels, scores)),
-            "fpr_test_normals": float(np.mean(scores[normal] > full.threshold_)),
-            "threshold": float(full.threshold_),
+            "fpr_test_normals": float(np.mean(scores[normal] > threshold)),
+            "threshold": float(threshold),
         }
         out.append(
             {
@@ -386,7 +443,8 @@ def main(argv=None) -> int:
         "coreset='two_stage', :cosine / :cosine_layers for unit-length patch vectors, "
         ":name=value for a PatchBankDetector parameter, e.g. 224:14:size=5000, "
         ":embed.name=value for an Embedder option, e.g. 224:14:embed.aggregate=5, "
-        ":feat.position=w for the patches' grid positions appended with weight w (default: "
+        ":feat.position=w for the patches' grid positions appended with weight w, "
+        ":score.calib=1|2 for patch scores calibrated per grid position (ratio | z) (default: "
         + " ".join(DEFAULT_SETTINGS)
         + ")",
     )
