@@ -6,7 +6,8 @@ and ``PatchBankDetector()``) under several feature settings ``image_size:grid`` 
 ``224:14`` is today's default, ``224:28`` a 4× finer patch grid, ``320:20`` a larger input whose
 grid keeps the stride-16 layer's footprint; a ``:mirror`` suffix, e.g. ``224:14:mirror``, a
 mirror-augmented bank: issue 22, item 2; ``:score.calib=1|2``, patch scores calibrated per grid
-position, :func:`calibration`). For each dataset and setting this script
+position, :func:`calibration`; ``:feat.scale=1|2``, channels or layers rescaled,
+:func:`scaler`). For each dataset and setting this script
 
 1. builds the library's validation set (:func:`msde_jax.pipeline.selection.validation_set`, as
    ``benchmarks/bench_ensemble.py`` and ``msde-jax evaluate`` do) once per ``--seeds`` seed: the
@@ -84,6 +85,7 @@ class Setting(NamedTuple):
     cosine: str | None = None  # unit patch vectors: "cosine" whole, "cosine_layers" per layer
     # PatchBankDetector parameters, name=value; embed.name=value: an Embedder option;
     # feat.position=w: patch positions appended (with_position, w × position_scale of the fit);
+    # feat.scale=1|2: channels standardised (1) or the layers' variances equalised (2), scaler()
     # score.calib=1|2: each grid position's patch scores calibrated (calibration(), 1 ratio, 2 z)
     params: tuple[tuple[str, int | float], ...] = ()
 
@@ -153,6 +155,26 @@ def with_position(x: np.ndarray, weight: float) -> np.ndarray:
 
 
 CALIBRATIONS = {1: "ratio", 2: "z"}
+SCALINGS = {1: "channels", 2: "layers"}
+
+
+def scaler(x: np.ndarray, mode: int, widths: list[int]):
+    """A channel scaling learned from the fitting patches ``x`` (n, ..., c), as a function of
+    patch arrays: ``mode`` 1 divides each channel by its standard deviation over the patches
+    (and subtracts its mean), so every channel weighs the same in the bank's distance; ``mode``
+    2 scales each layer's slice (``widths``, the layers' channel counts in order) so that its
+    total variance Σ_c var_c is the mean of the layers', so every layer weighs the same and the
+    channels within a layer keep their proportions."""
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    mean, var = flat.mean(axis=0), flat.var(axis=0)
+    if mode == 1:
+        factor = 1 / np.sqrt(np.maximum(var, 1e-12))
+        shift = mean
+    else:
+        totals = np.array([p.sum() for p in np.split(var, np.cumsum(widths)[:-1])])
+        factor = np.repeat(np.sqrt(totals.mean() / totals), widths)
+        shift = np.zeros_like(mean)
+    return lambda a: ((a - shift) * factor).astype(a.dtype)
 
 
 def calibration(template, x: np.ndarray, groups, det, mode: int, n_folds: int = 3):
@@ -277,6 +299,8 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         )
         position = dict(s.params).get("feat.position")
         calib = dict(s.params).get("score.calib")
+        scale = dict(s.params).get("feat.scale")
+        assert scale in (None, *SCALINGS), f"feat.scale is one of {list(SCALINGS)}"
         assert calib in (None, *CALIBRATIONS), f"score.calib is one of {list(CALIBRATIONS)}"
         train, test, labels = train_all, test_all, labels_all
         limit = dict(args.limit_for).get(name)
@@ -312,12 +336,16 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             tr_m, tr_test_m = (
                 None if a is None else unit_patches(a, widths) for a in (tr_m, tr_test_m)
             )
+        widths = [backbone_spec(args.backbone).layers[layer][1] for layer in embedder.layers]
         timings["embed (cache) s"] = time.perf_counter() - t
         print(f"{dataset_name} {name}: features {tr.shape[1:]}, embedded", flush=True)
 
         # (a) synthetic validation: fit on the fitting part, score held-out normals + anomalies.
         t = time.perf_counter()
         x, groups = with_mirrors(tr[fit_idx], None if tr_m is None else tr_m[fit_idx])
+        if scale is not None:  # learned on the bank's training patches, applied to all
+            f = scaler(x, scale, widths)
+            x, val = f(x), {k: f(a) for k, a in val.items()}
         if position is not None:  # the weight in units of the fitting patches' spread
             w = position * position_scale(x)
             x, val = with_position(x, w), {k: with_position(a, w) for k, a in val.items()}
@@ -336,9 +364,12 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         # (c) real test, reported only: fit on all training normals, score the test set.
         x, groups = with_mirrors(tr_test, tr_test_m)
         te_x = te
+        if scale is not None:
+            f = scaler(x, scale, widths)
+            x, te_x = f(x), f(te)
         if position is not None:
             w = position * position_scale(x)
-            x, te_x = with_position(x, w), with_position(te, w)
+            x, te_x = with_position(x, w), with_position(te_x, w)
         full, fit_times = timed_fit(template, x, args.fit_repeats, groups)
         timings.update(fit_times)
         score, threshold = full.score_samples, full.threshold_
@@ -444,6 +475,7 @@ def main(argv=None) -> int:
         ":name=value for a PatchBankDetector parameter, e.g. 224:14:size=5000, "
         ":embed.name=value for an Embedder option, e.g. 224:14:embed.aggregate=5, "
         ":feat.position=w for the patches' grid positions appended with weight w, "
+        ":feat.scale=1|2 for channels standardised | layers' variances equalised, "
         ":score.calib=1|2 for patch scores calibrated per grid position (ratio | z) (default: "
         + " ".join(DEFAULT_SETTINGS)
         + ")",
