@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import numpy as np
 from sklearn.metrics import average_precision_score
 
@@ -60,9 +61,11 @@ from msde_jax.backbones.registry import backbone_spec
 from msde_jax.core import image_scores
 from msde_jax.core.blocks import sample_keys
 from msde_jax.detectors.fitting import folds
+from msde_jax.io.images import to_float
 from msde_jax.pipeline import presets
 from msde_jax.pipeline.evaluation import embed, limit_dataset
 from msde_jax.pipeline.selection import validation_set
+from msde_jax.ssl.synthetic import opacity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ensemble import (  # noqa: E402
@@ -213,6 +216,26 @@ def calibration(template, x: np.ndarray, groups, det, mode: int, n_folds: int = 
     return score, image(oof)
 
 
+LARGE_RADIUS = (0.3, 0.5)  # opacity's default is (0.12, 0.3) of the short side
+
+
+def large_opacities(train: list, sources: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` lesion-sized opacities, a diagnostic family beside the rule's (``--large``):
+    :func:`~msde_jax.ssl.synthetic.opacity` with semi-axes ``LARGE_RADIUS`` of the short side,
+    made from the validation set's anomaly sources (``sources``, indices into ``train``) in
+    turn, half with ``anatomy="bright"`` and half ``"dark"`` as the validation set's kinds are;
+    uint8 images at the normals' own resolution."""
+    images = np.stack([to_float(train[i]) for i in sources])
+    parts, half = [], count // 2
+    for i, (anatomy, m) in enumerate((("bright", half), ("dark", count - half))):
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(10_000 + seed), i), m)
+        made = jax.jit(
+            jax.vmap(lambda k, x, a=anatomy: opacity(k, x, radius=LARGE_RADIUS, anatomy=a).image)
+        )(keys, images[(np.arange(m) + i * half) % len(images)])
+        parts.append(np.asarray(made))
+    return np.round(np.clip(np.concatenate(parts), 0, 1) * 255).astype(np.uint8)
+
+
 def with_mirrors(x: np.ndarray, x_mirror: np.ndarray | None) -> tuple[np.ndarray, object]:
     """The bank's training features and ``groups``: ``x`` alone (no groups), or ``x`` plus
     its mirrors ``x_mirror``, each image and its mirror one group (one cross-fit fold)."""
@@ -319,6 +342,12 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             s: np.concatenate([tr[val_idx], embed(embedder, list(v.anomalies), **opts)])
             for s, v in vsets.items()
         }
+        n_large = 0
+        if args.large:  # appended after the rule's anomalies, so its families do not see them
+            n_large = len(first.anomalies)
+            for seed, v in vsets.items():
+                large = large_opacities(train_all, v.sources, n_large, seed)
+                val[seed] = np.concatenate([val[seed], embed(embedder, list(large), **opts)])
         te = embed(embedder, test, **opts)
         tr_test = tr if limit is None else embed(embedder, train, what="train", **opts)
         tr_m = tr_test_m = None
@@ -385,6 +414,19 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         timings["total s"] = time.perf_counter() - start
         result = {
             "synthetic_auroc_by_family": family_aurocs(val_scores, vsets, n_val),
+            "large_opacity_auroc": None
+            if not n_large
+            else float(
+                np.mean(
+                    [
+                        auroc(
+                            np.r_[np.zeros(n_val), np.ones(n_large)],
+                            np.r_[v[:n_val], v[-n_large:]],
+                        )
+                        for v in val_scores.values()
+                    ]
+                )
+            ),
             "auroc": auroc(labels, scores),
             "ap": float(average_precision_score(labels, scores)),
             "fpr_test_normals": float(np.mean(scores[normal] > threshold)),
@@ -416,7 +458,9 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             "—" if v is None else f"{v:.3f}" for v in result["synthetic_auroc_by_family"].values()
         )
         print(
-            f"{dataset_name} {name}: synthetic {fam}; test AUROC {result['auroc']:.3f} "
+            f"{dataset_name} {name}: synthetic {fam}"
+            + (f" (large {result['large_opacity_auroc']:.3f})" if n_large else "")
+            + f"; test AUROC {result['auroc']:.3f} "
             f"AP {result['ap']:.3f} FPR {result['fpr_test_normals']:.3f}; "
             + ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if v is not None),
             flush=True,
@@ -491,6 +535,12 @@ def main(argv=None) -> int:
         metavar=("SETTING", "N"),
         type=str,
         help="the real-test fit of SETTING on the first N images per class only",
+    )
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="also score lesion-sized opacities (large_opacities), reported beside the rule's "
+        "families, not ranked by it",
     )
     p.add_argument("--rate-images", type=int, default=128, help="images timed for the rate")
     p.add_argument("--fit-repeats", type=int, default=2, help="timed fits on all normals")
