@@ -43,6 +43,8 @@ Usage::
 
 ``--limit`` keeps the first N images per class of every dataset; ``--limit-for 224:28 1000``
 limits one setting only (on every dataset), should one setting's fits not fit the time budget.
+``--large`` also scores lesion-sized opacities (:func:`large_opacities`), a diagnostic family
+reported beside the rule's (``large_opacity_auroc``) and never ranked by it.
 """
 
 import argparse
