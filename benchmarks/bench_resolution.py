@@ -48,6 +48,7 @@ reported beside the rule's (``large_opacity_auroc``) and never ranked by it.
 """
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -60,8 +61,9 @@ from sklearn.metrics import average_precision_score
 
 from msde_jax._compilation import CompileCounter
 from msde_jax.backbones.registry import backbone_spec
-from msde_jax.core import image_scores
+from msde_jax.core import image_scores, with_positions
 from msde_jax.core.blocks import sample_keys
+from msde_jax.detectors.bank_coreset import position_channels
 from msde_jax.detectors.fitting import folds
 from msde_jax.io.images import to_float
 from msde_jax.pipeline import presets
@@ -89,7 +91,7 @@ class Setting(NamedTuple):
     two_stage: bool = False  # PatchBankDetector(coreset="two_stage")
     cosine: str | None = None  # unit patch vectors: "cosine" whole, "cosine_layers" per layer
     # PatchBankDetector parameters, name=value; embed.name=value: an Embedder option;
-    # feat.position=w: patch positions appended (with_position, w × position_scale of the fit);
+    # feat.position=w: patch positions appended (with_position, position_weight of the fit);
     # feat.scale=1|2: channels standardised (1) or the layers' variances equalised (2), scaler()
     # score.calib=1|2: each grid position's patch scores calibrated (calibration(), 1 ratio, 2 z)
     params: tuple[tuple[str, int | float], ...] = ()
@@ -141,22 +143,19 @@ def unit_patches(x: np.ndarray, widths: list[int] | None) -> np.ndarray:
     return (np.concatenate(unit, axis=-1) / np.sqrt(len(parts))).astype(x.dtype)
 
 
-def position_scale(x: np.ndarray) -> float:
-    """The spread of the (n, g, g, c) patch vectors ``x``: √(Σ_c var_c) over all patches, the
-    root-mean-square distance of a patch from their mean."""
-    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    return float(np.sqrt(flat.var(axis=0).sum()))
+def position_weight(x: np.ndarray, position: float) -> float:
+    """The library's weight for ``position`` on the fitting patches ``x``
+    (:func:`~msde_jax.detectors.bank_coreset.position_channels`: ``position`` × their spread
+    √(Σ_c var_c)); 0 for ``position`` 0."""
+    found = position_channels(x, position)
+    return 0.0 if found is None else float(found[0])
 
 
 def with_position(x: np.ndarray, weight: float) -> np.ndarray:
-    """(n, g, g, c) patch vectors with two more channels, ``weight`` × the patch's row and
-    column on the grid scaled to [0, 1]: the bank's distance then adds the two patches'
-    displacement (the whole grid's width costs ``weight``) to their feature distance."""
-    n, g, g2, _ = x.shape
-    assert g == g2, x.shape
-    coords = np.stack(np.meshgrid(np.arange(g), np.arange(g), indexing="ij"), -1) / max(g - 1, 1)
-    coords = np.broadcast_to((weight * coords).astype(x.dtype), (n, g, g, 2))
-    return np.concatenate([x, coords], axis=-1)
+    """(n, g, g, c) patch vectors with the library's two position channels appended
+    (:func:`~msde_jax.core.with_positions`): the bank's Euclidean distance on them is the
+    position-aware distance of ``PatchBankDetector(position=...)``."""
+    return np.asarray(with_positions(x, np.float32(weight)))
 
 
 CALIBRATIONS = {1: "ratio", 2: "z"}
@@ -231,11 +230,17 @@ def large_opacities(train: list, sources: np.ndarray, count: int, seed: int) -> 
     parts, half = [], count // 2
     for i, (anatomy, m) in enumerate((("bright", half), ("dark", count - half))):
         keys = jax.random.split(jax.random.fold_in(jax.random.key(10_000 + seed), i), m)
-        made = jax.jit(
-            jax.vmap(lambda k, x, a=anatomy: opacity(k, x, radius=LARGE_RADIUS, anatomy=a).image)
-        )(keys, images[(np.arange(m) + i * half) % len(images)])
-        parts.append(np.asarray(made))
+        sources_i = images[(np.arange(m) + i * half) % len(images)]
+        parts.append(np.asarray(_large_opacities(keys, sources_i, anatomy=anatomy)))
     return np.round(np.clip(np.concatenate(parts), 0, 1) * 255).astype(np.uint8)
+
+
+@functools.partial(jax.jit, static_argnames="anatomy")
+def _large_opacities(keys: jax.Array, images: jax.Array, *, anatomy: str) -> jax.Array:
+    def one(key, image):
+        return opacity(key, image, radius=LARGE_RADIUS, anatomy=anatomy).image
+
+    return jax.vmap(one)(keys, images)
 
 
 def with_mirrors(x: np.ndarray, x_mirror: np.ndarray | None) -> tuple[np.ndarray, object]:
@@ -309,6 +314,12 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
         assert np.array_equal(v.fit, fit_idx)
         assert np.array_equal(v.normals, val_idx)
     n_val = len(val_idx)
+    large = {}  # --large: lesion-sized opacities per synthesis seed, the same for every setting
+    if args.large:
+        large = {
+            seed: large_opacities(train_all, v.sources, len(first.anomalies), seed)
+            for seed, v in vsets.items()
+        }
     out = []
     for s in settings:
         size, grid, mirror, two_stage, name = s.size, s.grid, s.mirror, s.two_stage, s.name
@@ -344,30 +355,25 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             s: np.concatenate([tr[val_idx], embed(embedder, list(v.anomalies), **opts)])
             for s, v in vsets.items()
         }
-        n_large = 0
-        if args.large:  # appended after the rule's anomalies, so its families do not see them
-            n_large = len(first.anomalies)
-            for seed, v in vsets.items():
-                large = large_opacities(train_all, v.sources, n_large, seed)
-                val[seed] = np.concatenate([val[seed], embed(embedder, list(large), **opts)])
+        n_large = len(first.anomalies) if args.large else 0
+        for seed, images in large.items():  # after the rule's anomalies: its families skip them
+            val[seed] = np.concatenate([val[seed], embed(embedder, list(images), **opts)])
         te = embed(embedder, test, **opts)
         tr_test = tr if limit is None else embed(embedder, train, what="train", **opts)
         tr_m = tr_test_m = None
         if mirror:  # the mirrors of the training normals: the bank's augmentation only
             tr_m = embed(embedder.flipped(), train_all, what="train mirror", **opts)
             tr_test_m = tr_m if limit is None else embed(embedder.flipped(), train, **opts)
-        if s.cosine:  # a transform of the cached features: the cache stays the plain one's
-            spec = backbone_spec(args.backbone)
-            widths = None
-            if s.cosine == "cosine_layers":
-                widths = [spec.layers[layer][1] for layer in embedder.layers]
-                assert sum(widths) == tr.shape[-1], (widths, tr.shape)
-            tr, te, tr_test = (unit_patches(a, widths) for a in (tr, te, tr_test))
-            val = {k: unit_patches(a, widths) for k, a in val.items()}
-            tr_m, tr_test_m = (
-                None if a is None else unit_patches(a, widths) for a in (tr_m, tr_test_m)
-            )
+        # the layers' channel counts, in order (:cosine_layers, feat.scale=2)
         widths = [backbone_spec(args.backbone).layers[layer][1] for layer in embedder.layers]
+        assert sum(widths) == tr.shape[-1], (widths, tr.shape)
+        if s.cosine:  # a transform of the cached features: the cache stays the plain one's
+            per_layer = widths if s.cosine == "cosine_layers" else None
+            tr, te, tr_test = (unit_patches(a, per_layer) for a in (tr, te, tr_test))
+            val = {k: unit_patches(a, per_layer) for k, a in val.items()}
+            tr_m, tr_test_m = (
+                None if a is None else unit_patches(a, per_layer) for a in (tr_m, tr_test_m)
+            )
         timings["embed (cache) s"] = time.perf_counter() - t
         print(f"{dataset_name} {name}: features {tr.shape[1:]}, embedded", flush=True)
 
@@ -378,7 +384,7 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             f = scaler(x, scale, widths)
             x, val = f(x), {k: f(a) for k, a in val.items()}
         if position is not None:  # the weight in units of the fitting patches' spread
-            w = position * position_scale(x)
+            w = position_weight(x, position)
             x, val = with_position(x, w), {k: with_position(a, w) for k, a in val.items()}
         det = type(template)(**template.get_params()).fit(x, groups=groups)
         score = det.score_samples
@@ -399,7 +405,7 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             f = scaler(x, scale, widths)
             x, te_x = f(x), f(te)
         if position is not None:
-            w = position * position_scale(x)
+            w = position_weight(x, position)
             x, te_x = with_position(x, w), with_position(te_x, w)
         full, fit_times = timed_fit(template, x, args.fit_repeats, groups)
         timings.update(fit_times)

@@ -87,6 +87,7 @@ def _fit_states(
     states, position = [], position_channels(x, config.position)
     channels = None if position is None else position[1]
     banks = subset_banks(x, keys, config, subsets, n_states, channels)
+    places = None if position is None else grid_positions(*_on_grid(x).shape[1:3])
     for subset, bank in zip(subsets[:n_states], banks, strict=True):
         foreground = None
         if config.foreground == "pca":
@@ -95,8 +96,7 @@ def _fit_states(
             foreground = foreground_fit(np.concatenate([grid, pad]), subset.size)
         where = None
         if position is not None:  # each bank row's place: its patch's on the training grid
-            sides = _on_grid(x).shape[1:3]  # the training grid (h, w)
-            rows = grid_positions(*sides)[np.asarray(bank.indices) % math.prod(sides)]
+            rows = places[np.asarray(bank.indices) % places.shape[0]]
             where = BankPositions(jax.device_put(position[0]), jax.device_put(rows))
         states.append((BankState(bank, config, foreground, where), int(bank.n_iter)))
     return states
@@ -146,14 +146,13 @@ def score_bank_patches(state: BankState, x: ArrayLike) -> jax.Array:
     )
 
 
-def _square_grid(n_patches: int) -> tuple[int, int]:
-    side = math.isqrt(n_patches)
-    if side * side != n_patches:
+def _square_grid(n_patches: int) -> None:
+    """Refuse flat patches that are not g × g, with what to do (``position`` > 0)."""
+    if math.isqrt(n_patches) ** 2 != n_patches:
         raise ValueError(
             f"position > 0 needs patches on a grid: {n_patches} patches per image is not g × g; "
             "pass (n, g, g, c) features, or position=0."
         )
-    return side, side
 
 
 def score_bank_maps(

@@ -61,9 +61,12 @@ def recommended(backbone: str = "efficientnet_lite0", **embedder_options: Any) -
     layers, 3 × 3 aggregation, a 14 × 14 grid) and ``PatchBankDetector()`` (a 5,000-patch
     k-center coreset, a patch's distance counting its place on the grid with ``position=1``,
     each image scored by the mean of its top 10 % patch distances). It had the best mean
-    synthetic-validation AUROC of the configurations measured, on every dataset and backbone
-    run, its bank's 5,000 rows the best among 2,000, 5,000 and 10,000, and ``position=1`` the
-    best of 0, 1 and 4; no abnormal label chose any of them.
+    synthetic-validation AUROC of the 14 configurations first compared, on every dataset and
+    backbone run, its bank's 5,000 rows the best among 2,000, 5,000 and 10,000, and
+    ``position=1`` the best of 0, 1 and 4; no abnormal label chose any of them. Two later
+    settings scored higher on synthetic validation (the top 5 %, and both layers given equal
+    weight) and were not adopted: each lowered a dataset's test AUROC by more than 0.01, which
+    issue 22 forbids (``benchmarks/RESULTS.md``, the tenth session of 2026-12-05).
     """
     embedder = Embedder(backbone, features="patches", **embedder_options)
     return Candidate(embedder, PatchBankDetector())
