@@ -25,8 +25,8 @@ from msde_jax.ssl import (
 )
 from msde_jax.ssl.train import batch_indices, init_state, prepare_images
 
-# One worker runs this file under pytest-xdist, so the compiled step is shared by every test.
-pytestmark = pytest.mark.xdist_group("ssl_train")
+# One worker runs this file under pytest-xdist (`--dist loadfile` in pyproject.toml), so the
+# compiled step is shared by every test.
 
 TINY = TrainConfig(
     backbone="resnet18",
