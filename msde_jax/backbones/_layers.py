@@ -113,3 +113,59 @@ class DepthwiseConv(nn.Module):
         return depthwise_conv(
             x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding
         )
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF ``'SAME'`` padding (before, after) of one spatial axis: output size ⌈size/stride⌉
+    (a stride-2 convolution on an even size pads one pixel more after than before)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class InvertedResidual(nn.Module):
+    """The mobile inverted bottleneck of MobileNetV2 and EfficientNet-Lite (no squeeze-excite):
+    [1×1 expand → batch norm → ReLU6] (when ``expand`` > 1) → k×k depthwise → batch norm →
+    ReLU6 → 1×1 linear projection → batch norm, plus the input when the stride is 1 and the
+    channels are kept.
+
+    ``tf_padding`` pads the depthwise convolution TF-style ``'SAME'`` from the input's size
+    (:func:`same_padding`; weights trained in TensorFlow), otherwise symmetrically by k // 2
+    (PyTorch). The batch norms take ``bn_momentum`` (Flax's: 1 − PyTorch's) and
+    ``bn_epsilon``. Its parameters are named ``expand_conv``/``expand_bn``,
+    ``dw_conv``/``dw_bn`` and ``project_conv``/``project_bn``, whichever network it is in.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    expand: int
+    bn_momentum: float
+    bn_epsilon: float
+    tf_padding: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn = batch_norm_layer(
+            train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype
+        )
+        hidden = self.in_channels * self.expand
+        y = x
+        if self.expand != 1:
+            y = PointwiseConv(hidden, dtype=self.dtype, name="expand_conv")(y)
+            y = jax.nn.relu6(bn(name="expand_bn")(y))
+        if self.tf_padding:
+            pad = tuple(same_padding(s, self.kernel, self.stride) for s in y.shape[1:3])
+        else:
+            pad = ((self.kernel // 2,) * 2,) * 2
+        y = DepthwiseConv(
+            hidden, self.kernel, stride=self.stride, padding=pad, dtype=self.dtype, name="dw_conv"
+        )(y)
+        y = jax.nn.relu6(bn(name="dw_bn")(y))
+        y = PointwiseConv(self.out_channels, dtype=self.dtype, name="project_conv")(y)
+        y = bn(name="project_bn")(y)
+        if self.stride == 1 and self.in_channels == self.out_channels:
+            y = y + x
+        return y

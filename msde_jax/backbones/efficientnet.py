@@ -37,7 +37,12 @@ from msde_jax.backbones._convert import (
     classifier_head,
     conv_param,
 )
-from msde_jax.backbones._layers import DepthwiseConv, PointwiseConv, batch_norm_layer
+from msde_jax.backbones._layers import (
+    InvertedResidual,
+    PointwiseConv,
+    batch_norm_layer,
+    same_padding,
+)
 
 __all__ = [
     "VARIANTS",
@@ -136,50 +141,6 @@ def last_block_at_stride(variant: int, stride: int) -> str:
     return [n for n in names if tap_layers(variant)[n][0] == stride][-1]
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF ``'SAME'`` padding (before, after) of one spatial axis: output size ⌈size/stride⌉."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-class _MBConv(nn.Module):
-    """Mobile inverted bottleneck without squeeze-excite: 1×1 expand → k×k depthwise → 1×1
-    project, ReLU6 after the first two, identity shortcut when shape is kept."""
-
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    expand: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        bn = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)
-        hidden = self.in_channels * self.expand
-        y = x
-        if self.expand != 1:
-            y = PointwiseConv(hidden, dtype=self.dtype, name="expand_conv")(y)
-            y = jax.nn.relu6(bn(name="expand_bn")(y))
-        pad = tuple(_same_padding(s, self.kernel, self.stride) for s in y.shape[1:3])
-        y = DepthwiseConv(
-            hidden,
-            self.kernel,
-            stride=self.stride,
-            padding=pad,
-            dtype=self.dtype,
-            name="dw_conv",
-        )(y)
-        y = jax.nn.relu6(bn(name="dw_bn")(y))
-        y = PointwiseConv(self.out_channels, dtype=self.dtype, name="project_conv")(y)
-        y = bn(name="project_bn")(y)
-        # Stochastic depth (drop-connect) of the original training recipe is not reproduced.
-        if self.stride == 1 and self.in_channels == self.out_channels:
-            y = y + x
-        return y
-
-
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite0, 1 or 2 on NHWC images, returning pooled features, stage maps and
     logits.
@@ -229,7 +190,7 @@ class EfficientNetLite(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> BackboneOutput:
         bn = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)
-        pad = tuple(_same_padding(s, 3, 2) for s in x.shape[1:3])
+        pad = tuple(same_padding(s, 3, 2) for s in x.shape[1:3])
         x = nn.Conv(
             _STEM,
             (3, 3),
@@ -245,9 +206,19 @@ class EfficientNetLite(nn.Module):
         configs = _block_configs(self.variant)
         stages = []
         for i, (c_in, c_out, kernel, stride, expand) in enumerate(configs):
-            x = _MBConv(c_in, c_out, kernel, stride, expand, dtype=self.dtype, name=f"block_{i}")(
-                x, train
-            )
+            # Stochastic depth (drop-connect) of the original training recipe is not reproduced.
+            x = InvertedResidual(
+                c_in,
+                c_out,
+                kernel,
+                stride,
+                expand,
+                bn_momentum=_BN_MOMENTUM,
+                bn_epsilon=_BN_EPS,
+                tf_padding=True,
+                dtype=self.dtype,
+                name=f"block_{i}",
+            )(x, train)
             taps[f"_blocks.{i}"] = x
             if i + 1 < len(configs) and configs[i + 1][3] != 1:
                 stages.append(x)  # the last map before the next downsampling

@@ -27,7 +27,7 @@ from msde_jax.backbones._convert import (
     classifier_head,
     conv_param,
 )
-from msde_jax.backbones._layers import DepthwiseConv, PointwiseConv, batch_norm_layer
+from msde_jax.backbones._layers import InvertedResidual, PointwiseConv, batch_norm_layer
 
 __all__ = ["MobileNetV2", "convert_mobilenet_v2", "tap_layers"]
 
@@ -69,40 +69,6 @@ def tap_layers() -> dict[str, tuple[int, int]]:
         table[f"features.{i + 1}"] = (stride, c_out)
     table[f"features.{len(table)}"] = (stride, _HEAD)
     return table
-
-
-class _InvertedResidual(nn.Module):
-    """torchvision's ``InvertedResidual``: [1×1 expand + ReLU6] → 3×3 depthwise + ReLU6 → 1×1
-    linear projection, with an identity shortcut when stride is 1 and channels are kept."""
-
-    in_channels: int
-    out_channels: int
-    stride: int
-    expand: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        bn = batch_norm_layer(train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=self.dtype)
-        hidden = self.in_channels * self.expand
-        y = x
-        if self.expand != 1:
-            y = PointwiseConv(hidden, dtype=self.dtype, name="expand_conv")(y)
-            y = jax.nn.relu6(bn(name="expand_bn")(y))
-        y = DepthwiseConv(
-            hidden,
-            3,
-            stride=self.stride,
-            padding=((1, 1), (1, 1)),
-            dtype=self.dtype,
-            name="dw_conv",
-        )(y)
-        y = jax.nn.relu6(bn(name="dw_bn")(y))
-        y = PointwiseConv(self.out_channels, dtype=self.dtype, name="project_conv")(y)
-        y = bn(name="project_bn")(y)
-        if self.stride == 1 and self.in_channels == self.out_channels:
-            y = y + x
-        return y
 
 
 class MobileNetV2(nn.Module):
@@ -162,9 +128,17 @@ class MobileNetV2(nn.Module):
         configs = _block_configs()
         stages = []
         for i, (c_in, c_out, stride, expand) in enumerate(configs):
-            x = _InvertedResidual(c_in, c_out, stride, expand, dtype=self.dtype, name=f"block_{i}")(
-                x, train
-            )
+            x = InvertedResidual(
+                c_in,
+                c_out,
+                3,
+                stride,
+                expand,
+                bn_momentum=_BN_MOMENTUM,
+                bn_epsilon=_BN_EPS,
+                dtype=self.dtype,
+                name=f"block_{i}",
+            )(x, train)
             taps[f"features.{i + 1}"] = x
             if i + 1 < len(configs) and configs[i + 1][2] != 1:
                 stages.append(x)  # the last map before the next downsampling
