@@ -294,3 +294,23 @@ def test_device_arrays_are_checked_and_scored_on_the_device(kind):
     bad = on_device.at[2].set(np.nan)
     with pytest.raises(ValueError, match=r"NaN or infinite values in 1 .*\(first: \[2\]\)"):
         det.score_samples(bad)
+
+
+def test_on_an_accelerator_the_folds_share_the_whole_fits_program(compiles, monkeypatch):
+    """On an accelerator the cross-fit folds' fits are padded to the whole fit's rows
+    (``_fold_rows``; its rule forced here): one fit program serves a fit and its folds, and the
+    threshold and out-of-fold scores equal those of the CPU's own-bucket folds to rounding."""
+    from msde_jax.detectors import msde
+
+    x = _normals(20, n=150, d=7)  # 160 rows; folds of 120 rows: 120 on a CPU, here 160
+    with monkeypatch.context() as patch:
+        patch.setattr(msde, "_fold_rows", lambda config, n: msde.fit_rows(config, n))
+        shared = MSDEDetector(k=10).fit(x)
+    fits = [name for name in compiles.names if "_fit_arrays" in name]
+    assert len(fits) == 1, compiles.names
+    own = MSDEDetector(k=10).fit(x)
+    assert msde._fold_rows(own.config(), 150) == 0  # a CPU: each fold its own bucket
+    assert len([name for name in compiles.names if "_fit_arrays" in name]) == 2
+    np.testing.assert_allclose(shared.decision_scores_, own.decision_scores_, rtol=1e-4)
+    np.testing.assert_allclose(shared.threshold_, own.threshold_, rtol=1e-4)
+    np.testing.assert_array_equal(shared.state_.reference, own.state_.reference)
