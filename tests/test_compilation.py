@@ -138,13 +138,14 @@ def test_a_loaded_detector_scores_with_the_programs_already_compiled(compiles, t
 def test_an_msde_fit_is_one_program_per_training_size(compiles):
     """Density weights, shift, PCA and Gaussian of one padded training size are one compiled
     program (no eager pieces between them): a fit on n rows cross-fits on n − ⌈n/5⌉ and
-    n − ⌊n/5⌋, padded to one bucket, so two sizes. A second fit with other fit-only parameters
-    compiles nothing; one with another step size, tolerance, ridge or score compiles no new fit
-    program (numbers are traced, the score is not part of the fit)."""
-    x = _normals(12, n=103, d=11)  # fits on 103 (→ 104), 83 and 82 rows (→ 88); d unique
+    n − ⌊n/5⌋ rows padded to the whole fit's bucket (up to 1,024 rows on a CPU), so one size.
+    A second fit with other fit-only parameters compiles nothing; one with another step size,
+    tolerance, ridge or score compiles no new fit program (numbers are traced, the score is
+    not part of the fit)."""
+    x = _normals(12, n=103, d=11)  # fits on 103, 83 and 82 rows, all padded to 104; d unique
     MSDEDetector(k=10).fit(x)
     fits = [name for name in compiles.names if "_fit_arrays" in name]
-    assert len(fits) == 2, compiles.names
+    assert len(fits) == 1, compiles.names
     # Nothing else: host arrays reach the device by copies, not per-shape staging programs.
     assert set(compiles.names) == {"jit(_fit_arrays)", "jit(score_detector)"}, compiles.names
     before = compiles.count
@@ -296,21 +297,22 @@ def test_device_arrays_are_checked_and_scored_on_the_device(kind):
         det.score_samples(bad)
 
 
-def test_on_an_accelerator_the_folds_share_the_whole_fits_program(compiles, monkeypatch):
-    """On an accelerator the cross-fit folds' fits are padded to the whole fit's rows
-    (``_fold_rows``; its rule forced here): one fit program serves a fit and its folds, and the
-    threshold and out-of-fold scores equal those of the CPU's own-bucket folds to rounding."""
+def test_folds_padded_to_the_whole_fits_rows_score_as_in_their_own_bucket(monkeypatch):
+    """The cross-fit folds padded to the whole fit's rows (``_fold_rows``: on an accelerator,
+    and on a CPU up to 1,024 rows) give the out-of-fold scores and threshold of folds padded to
+    their own bucket, to float32 rounding; on a CPU past 1,024 rows the folds keep their own."""
     from msde_jax.detectors import msde
 
-    x = _normals(20, n=150, d=7)  # 160 rows; folds of 120 rows: 120 on a CPU, here 160
+    x = _normals(20, n=150, d=7)  # 160 rows; folds of 120 rows: 160, or 120 in their own
+    config = MSDEDetector(k=10).config()
+    assert msde._fold_rows(config, 150) == 160
+    assert msde._fold_rows(config, 1500) == 0  # this CPU: 1,536 rows
+    shared = MSDEDetector(k=10).fit(x)
     with monkeypatch.context() as patch:
-        patch.setattr(msde, "_fold_rows", lambda config, n: msde.fit_rows(config, n))
-        shared = MSDEDetector(k=10).fit(x)
-    fits = [name for name in compiles.names if "_fit_arrays" in name]
-    assert len(fits) == 1, compiles.names
-    own = MSDEDetector(k=10).fit(x)
-    assert msde._fold_rows(own.config(), 150) == 0  # a CPU: each fold its own bucket
-    assert len([name for name in compiles.names if "_fit_arrays" in name]) == 2
+        patch.setattr(msde, "_fold_rows", lambda config, n: 0)
+        own = MSDEDetector(k=10).fit(x)
     np.testing.assert_allclose(shared.decision_scores_, own.decision_scores_, rtol=1e-4)
     np.testing.assert_allclose(shared.threshold_, own.threshold_, rtol=1e-4)
     np.testing.assert_array_equal(shared.state_.reference, own.state_.reference)
+    monkeypatch.setattr(msde.jax, "default_backend", lambda: "gpu")
+    assert msde._fold_rows(config, 1500) == 1536

@@ -239,10 +239,10 @@ def _gaussian(
 
 
 def _fold_rows(config: DetectorConfig, n: int) -> int:
-    """The cross-fit folds' least fit rows: on an accelerator the whole fit's, so its program
-    serves them (a compilation costs seconds there, the padding little); on a CPU 0, own
-    buckets (that padding made warm fits 15–35 % slower at n = 300–4,000, d = 512)."""
-    return fit_rows(config, n) if jax.default_backend() != "cpu" else 0
+    """The cross-fit folds' least fit rows: the whole fit's (one program for it and its folds)
+    on an accelerator or up to 1,024 rows; else 0, own buckets (see the README, "Compilation")."""
+    rows = fit_rows(config, n)
+    return rows if rows <= 1024 or jax.default_backend() != "cpu" else 0
 
 
 def _fit_state(
