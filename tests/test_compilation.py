@@ -167,9 +167,9 @@ def test_an_msde_fit_is_one_program_per_training_size(compiles):
 )
 def test_an_msde_refit_on_a_size_in_the_same_bucket_compiles_nothing(compiles, params):
     """A fit pads its rows to a bucket (``fit_rows``): refits on 104 and 102 images reuse every
-    fit and score program of a fit on 103 (all three pad to 104 rows, their folds' fits on 81
-    to 84 rows to 88), the paper preset's transductive batches too (padded with the training
-    rows to one bucketed joint size: held-out folds of 20 or 21 rows and 9 test rows)."""
+    fit and score program of a fit on 103 (all three pad to 104 rows, and so do their folds'
+    fits on 81 to 84 rows), the paper preset's transductive batches too (padded with the
+    training rows to one bucketed joint size: held-out folds of 20 or 21 rows and 9 test rows)."""
     for n in (103, 104, 102):
         if n == 104:
             before = compiles.count
