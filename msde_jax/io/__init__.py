@@ -15,15 +15,8 @@ from msde_jax.io.dicom_series import SeriesGapWarning, is_dicom_series, read_dic
 from msde_jax.io.images import IMAGE_SUFFIXES, ImageReadError, prepare, to_float
 from msde_jax.io.inputs import Inputs, SliceGroups, expand_volumes, list_inputs, read_inputs
 from msde_jax.io.nifti import read_nifti
-from msde_jax.io.volumes import (
-    VOLUME_SUFFIXES,
-    Volume,
-    is_volume,
-    read_volumes,
-    slice_names,
-    volume_images,
-    window_volume,
-)
+from msde_jax.io.volume_readers import is_volume, read_volumes
+from msde_jax.io.volumes import VOLUME_SUFFIXES, Volume, slice_names, volume_images, window_volume
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from msde_jax.io.images import ImageReadError
+from msde_jax.io.errors import ImageReadError
 
 __all__ = [
     "INSTALL_HINT",

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from msde_jax.io.dicom import INSTALL_HINT, decode_frame, is_dicom
-from msde_jax.io.images import ImageReadError
+from msde_jax.io.errors import ImageReadError
 from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, make_volume
 
 __all__ = [

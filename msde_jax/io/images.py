@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from msde_jax.io.dicom import is_dicom, read_dicom  # pydicom itself only when a file needs it
+from msde_jax.io.errors import ImageReadError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "PIXEL_VALUES",
@@ -38,10 +41,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
 # ImageNet evaluation crops 224 out of 256: the shorter side is resized to size / 0.875.
 _CROP_RATIO = 0.875
-
-
-class ImageReadError(ValueError):
-    """An input could not be read or understood as an image."""
 
 
 def to_float(image: Any, *, name: str = "image") -> np.ndarray:
@@ -101,11 +100,6 @@ PIXEL_VALUES = {
 def _read_file(path: Path) -> np.ndarray:
     if not path.exists():
         raise ImageReadError(f"{path}: no such file.")
-    from msde_jax.io.dicom import (  # pydicom itself is imported only when needed
-        is_dicom,
-        read_dicom,
-    )
-
     if path.suffix.lower() == ".dcm" or is_dicom(path):
         return to_float(read_dicom(path), name=str(path))
     try:

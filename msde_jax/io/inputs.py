@@ -2,7 +2,7 @@
 
 The commands and the pipeline work on 2-D items (an image path or an array) with a display name
 each. A volume — a NIfTI file (``.nii`` / ``.nii.gz``) or a folder holding a DICOM series
-(:func:`~msde_jax.io.volumes.is_volume`) — becomes its kept slices
+(:func:`~msde_jax.io.volume_readers.is_volume`) — becomes its kept slices
 (:func:`~msde_jax.io.volumes.volume_images`, (H, W) float32 arrays in [0, 1]) named
 ``"{volume}:{index:04d}"`` (:func:`~msde_jax.io.volumes.slice_names`), and a
 :class:`SliceGroups` remembers which volume each item is a slice of, so that slice scores can
@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from msde_jax.io.images import IMAGE_SUFFIXES, ImageReadError
-from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, is_nifti, is_volume, read_volumes
+from msde_jax.io.volume_readers import is_volume, read_volumes
+from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, is_nifti
 
 __all__ = [
     "Inputs",

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from msde_jax._arrays_file import DEFLATE_MAX_RATIO, human_bytes, max_array_bytes
-from msde_jax.io.images import ImageReadError
+from msde_jax.io.errors import ImageReadError
 from msde_jax.io.volumes import AXES, DEFAULT_WINDOW, VOLUME_SUFFIXES, Volume, make_volume
 
 __all__ = [

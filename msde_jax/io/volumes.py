@@ -2,9 +2,10 @@
 
 A :class:`Volume` is what the volume readers return — :func:`~msde_jax.io.nifti.read_nifti`
 for NIfTI files (optional extra ``nifti``) and :func:`~msde_jax.io.dicom_series.read_dicom_series`
-for folders of DICOM slices (optional extra ``dicom``) — and :func:`read_volumes` picks the
-right one for a path. Every reader ends with :func:`make_volume`, which applies the same two
-documented rules to any (n, H, W) stack:
+for folders of DICOM slices (optional extra ``dicom``) — and
+:func:`~msde_jax.io.volume_readers.read_volumes` picks the right one for a path. Every reader
+ends with :func:`make_volume`, which applies the same two documented rules to any (n, H, W)
+stack:
 
 - **Intensity window** (:func:`window_volume`), per volume: the low and high percentiles
   (default 0.5 and 99.5) of the volume's finite voxels *above its minimum* are mapped to 0 and
@@ -24,7 +25,6 @@ documented rules to any (n, H, W) stack:
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -38,9 +38,7 @@ __all__ = [
     "Volume",
     "empty_slices",
     "is_nifti",
-    "is_volume",
     "make_volume",
-    "read_volumes",
     "slice_names",
     "volume_images",
     "window_volume",
@@ -237,49 +235,3 @@ def slice_names(volume: Volume) -> list[str]:
 def is_nifti(path: str | os.PathLike) -> bool:
     """Whether a path names a NIfTI file by its suffix (``.nii`` or ``.nii.gz``, any case)."""
     return os.fspath(path).lower().endswith(VOLUME_SUFFIXES)
-
-
-def is_volume(path: str | os.PathLike) -> bool:
-    """Whether a path is a volume the readers accept: a NIfTI file or a DICOM-series folder.
-
-    A folder is a DICOM series when :func:`~msde_jax.io.dicom_series.is_dicom_series` says so
-    (its first DICOM file has ImagePositionPatient and ImageOrientationPatient, as CT, MR and
-    PET slices do and 2-D radiographs do not). Without pydicom no folder is a series.
-    """
-    p = Path(path)
-    if p.is_dir():
-        from msde_jax.io.dicom_series import is_dicom_series
-
-        return is_dicom_series(p)
-    return is_nifti(p) and p.is_file()
-
-
-def read_volumes(
-    path: str | os.PathLike,
-    *,
-    axis: str = "axial",
-    window: tuple[float, float] | None = DEFAULT_WINDOW,
-    skip_empty: bool = True,
-) -> list[Volume]:
-    """Read a NIfTI file (one volume) or a folder of DICOM slices (one volume per series).
-
-    Args:
-        path: a ``.nii`` / ``.nii.gz`` file or a folder of DICOM files.
-        axis: the slicing plane for NIfTI. A DICOM series is always stacked along its own
-            slice normal, which ``"axial"`` (the default) stands for; other planes are refused.
-        window: intensity window percentiles (see :func:`window_volume`).
-        skip_empty: drop empty slices (see :func:`empty_slices`).
-    """
-    p = Path(path)
-    if p.is_dir():
-        from msde_jax.io.dicom_series import read_dicom_series
-
-        if axis != "axial":
-            raise ValueError(
-                f"{p}: a DICOM series is stacked along its own slice normal (axis='axial'); "
-                f"reslicing it to {axis!r} is not supported."
-            )
-        return read_dicom_series(p, window=window, skip_empty=skip_empty)
-    from msde_jax.io.nifti import read_nifti
-
-    return [read_nifti(p, axis=axis, window=window, skip_empty=skip_empty)]

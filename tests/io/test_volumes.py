@@ -20,13 +20,12 @@ import msde_jax
 from msde_jax.io.dicom_series import SeriesGapWarning, is_dicom_series, read_dicom_series
 from msde_jax.io.images import ImageReadError, prepare, to_float
 from msde_jax.io.nifti import read_nifti
+from msde_jax.io.volume_readers import is_volume, read_volumes
 from msde_jax.io.volumes import (
     Volume,
     empty_slices,
     is_nifti,
-    is_volume,
     make_volume,
-    read_volumes,
     slice_names,
     volume_images,
     window_volume,
