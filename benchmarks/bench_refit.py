@@ -10,10 +10,15 @@ detector this prints, in one process with the persistent compilation cache off:
   programs compiled;
 * the warm fit time with padding against the same fit with padding switched off (``_pads``
   patched to False: the code as it was before fits were padded), best of ``--repeat``, as a
-  ratio: what the padding rows cost once everything is compiled.
+  ratio: what the padding rows cost once everything is compiled;
+* the warm fit time with the cross-fit folds each in their own bucket (``_fold_rows``
+  patched to 0: on a CPU what fits past 1,024 rows do, and every fit before 2026-12-06)
+  against the default, where the folds up to 1,024 rows (on an accelerator: always) are padded
+  to the whole fit's rows to share its program.
 
     python benchmarks/bench_refit.py                       # n = 500 and 2,049, d = 64
     python benchmarks/bench_refit.py --n 1000 --d 512 --repeat 5
+    python benchmarks/bench_refit.py --n 200 476 1000 2000 --d 512 --detectors "MSDEDetector()"
 
 Features are Gaussian noise (timings do not depend on the values; the stopping rule may stop
 earlier on real data). Progress goes to stderr, one markdown table to stdout.
@@ -74,9 +79,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(
         "| detector | n → refit (padded rows) | first fit + score s (programs) "
-        "| refit + score s (programs) | warm fit s padded / unpadded | ratio |"
+        "| refit + score s (programs) | warm fit s padded / unpadded | ratio "
+        "| warm fit s, folds in own bucket | ratio (default / own) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.detectors:
         make = DETECTORS[name]
         for n in args.n:
@@ -95,11 +101,18 @@ def main() -> None:
                 plain = warm_fit(make, x, args.repeat)
             finally:
                 msde._pads = pads
+            fold_rows = msde._fold_rows
+            msde._fold_rows = lambda config, rows: 0
+            try:
+                warm_fit(make, x, 1)  # compiles the folds' own-bucket programs
+                own = warm_fit(make, x, args.repeat)
+            finally:
+                msde._fold_rows = fold_rows
             rows = f"{msde.fit_rows(make().config(), n)} / {msde.fit_rows(make().config(), m)}"
             print(
                 f"| {name} | {n} → {m} ({rows}) | {first:.2f} ({first_programs}) "
                 f"| {again:.2f} ({again_programs}) | {padded:.3f} / {plain:.3f} "
-                f"| {padded / plain:.2f} |",
+                f"| {padded / plain:.2f} | {own:.3f} | {padded / own:.2f} |",
                 flush=True,
             )
 
