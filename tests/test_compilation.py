@@ -317,3 +317,6 @@ def test_folds_padded_to_the_whole_fits_rows_score_as_in_their_own_bucket(monkey
     np.testing.assert_array_equal(shared.state_.reference, own.state_.reference)
     monkeypatch.setattr(msde.jax, "default_backend", lambda: "gpu")
     assert msde._fold_rows(config, 1500) == 1536
+    # A whole fit that does not pad (4,200 rows: the approximate search) pads no fold either,
+    # though the folds' 3,360 rows would take the exact search.
+    assert msde._fold_rows(config, 4200) == 0

@@ -239,10 +239,10 @@ def _gaussian(
 
 
 def _fold_rows(config: DetectorConfig, n: int) -> int:
-    """The cross-fit folds' least fit rows: the whole fit's (one program for it and its folds)
-    on an accelerator or up to 1,024 rows; else 0, own buckets (see the README, "Compilation")."""
-    rows = fit_rows(config, n)
-    return rows if rows <= 1024 or jax.default_backend() != "cpu" else 0
+    """The cross-fit folds' least fit rows: the padded whole fit's (one program for it and its
+    folds) on an accelerator or up to 1,024 rows; else 0, own buckets (README, "Compilation")."""
+    rows = fit_rows(config, n)  # no fold pads where the fit does not (an approximate search)
+    return rows if _pads(config, n) and (rows <= 1024 or jax.default_backend() != "cpu") else 0
 
 
 def _fit_state(
