@@ -10,6 +10,7 @@ functional forms in :mod:`msde_jax.detectors` (``fit_detector``, ``DetectorConfi
 from importlib.metadata import PackageNotFoundError, version
 
 import msde_jax._compilation as _compilation
+import msde_jax._requirements as _requirements  # noqa: F401  (refuses a jax below the tested floor)
 from msde_jax import core
 from msde_jax.detectors.base import NotFittedError
 from msde_jax.detectors.fused import FusedDetector

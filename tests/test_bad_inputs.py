@@ -571,6 +571,21 @@ def _safetensors_file(arrays):
     return write
 
 
+def _complex_safetensors_file(shape):
+    # Written by hand (an 8-byte little-endian header length, the JSON header, the raw bytes):
+    # safetensors < 0.7 cannot write complex64, and a reader of any version must refuse it.
+    def write(tmp_path):
+        data = np.zeros(shape, np.complex64).tobytes()
+        header = json.dumps(
+            {"conv1.weight": {"dtype": "C64", "shape": list(shape), "data_offsets": [0, len(data)]}}
+        ).encode()
+        path = tmp_path / "weights.safetensors"
+        path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+        return path
+
+    return write
+
+
 def _torch_tensor(shape, fill=0.0, dtype=None):
     def make():
         import torch
@@ -617,7 +632,7 @@ WEIGHTS = {
         "conv1.weight has shape",
     ),
     "safetensors-complex": (
-        _safetensors_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.complex64)}),
+        _complex_safetensors_file((64, 3, 7, 7)),
         "could not read safetensors|not real numbers",
     ),
     "adapted-nan": (_adapted_with_nan, "NaN or infinite values: params/conv1/kernel"),
