@@ -12,7 +12,7 @@ import jax
 
 __all__ = ["MIN_JAX", "require_jax", "version_tuple"]
 
-MIN_JAX = (0, 10, 1)
+MIN_JAX = (0, 10, 0)
 
 
 def version_tuple(text: str) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from reference_msde import MOVE_THRESHOLD
 
 from msde_jax.core import knn, mean_shift
 from msde_jax.core.sharded import row_mesh, row_sharded, sharded_knn, sharded_mean_shift
@@ -41,12 +42,40 @@ def test_sharded_knn_matches_one_device(mesh, n):
         np.testing.assert_allclose(got.distances, want.distances, rtol=1e-6, atol=1e-6)
 
 
+def _smallest_neighbour_gap(x, w, k, max_iter, step_size=0.33):
+    """Over a blurring shift's first ``max_iter`` iterations (float64, the reference's steps),
+    the smallest gap between any point's k-th and (k+1)-th squared neighbour distance."""
+    y, w, smallest = x.astype(np.float64), w.astype(np.float64), np.inf
+    for _ in range(max_iter):
+        d = ((y[:, None] - y[None]) ** 2).sum(-1)
+        s = np.sort(d, axis=1)
+        smallest = min(smallest, float((s[:, k] - s[:, k - 1]).min()))
+        idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+        m = (w[idx][..., None] * y[idx]).sum(1) / w[idx].sum(1)[:, None]
+        moves = np.sqrt(((m - y) ** 2).sum(1)) > MOVE_THRESHOLD
+        y = np.where(moves[:, None], y + step_size * (m - y), y)
+    return smallest
+
+
 def test_sharded_blurring_shift_matches_one_device(mesh):
     x, w = _data(61, seed=1)
-    got = sharded_mean_shift(x, w, mesh=mesh, k=10, max_iter=20, tol=0.05, batch_size=8)
-    want = mean_shift(x, w, k=10, max_iter=20, tol=0.05)
+    # While every point's k nearest neighbours are well apart from its (k+1)-th (checked: the
+    # squared distances' rounding here is ~1e-6), both must pick the same ones: equal to rounding.
+    assert _smallest_neighbour_gap(x, w, k=10, max_iter=6) > 1e-4
+    got = sharded_mean_shift(x, w, mesh=mesh, k=10, max_iter=6, tol=0.0, batch_size=8)
+    want = mean_shift(x, w, k=10, max_iter=6, tol=0.0)
     np.testing.assert_allclose(got.points, want.points, atol=1e-5)
     np.testing.assert_allclose(got.displacement, want.displacement, rtol=1e-5, atol=1e-5)
+
+    # Run on, the shift collapses each cluster to nearly one point, and which of its nearly
+    # coincident members are the k-th and (k+1)-th neighbour is decided by rounding (gaps of
+    # 2.6e-6 by iteration 13; jax 0.10.0 chose otherwise there than 0.10.2 and moved one point by
+    # 1e-3). Both still stop together and agree to within a collapsed cluster's spread.
+    assert _smallest_neighbour_gap(x, w, k=10, max_iter=20) < 1e-5
+    got = sharded_mean_shift(x, w, mesh=mesh, k=10, max_iter=20, tol=0.05, batch_size=8)
+    want = mean_shift(x, w, k=10, max_iter=20, tol=0.05)
+    np.testing.assert_allclose(got.points, want.points, atol=5e-3)
+    np.testing.assert_allclose(got.displacement, want.displacement, atol=5e-3)
     assert int(got.n_iter) == int(want.n_iter)
     assert bool(got.converged) == bool(want.converged)
 
