@@ -305,8 +305,9 @@ def _weighted_mean(rows, w):
     return num / max(den, WEIGHT_FLOOR)
 
 
-def mean_shift_ref(x, weights, k=50, step_size=0.33, max_iter=8, tol=0.01):
-    """Blurring weighted mean shift. Returns (Y (n, d), D (n,), n_iter int)."""
+def mean_shift_ref(x, weights, k=50, step_size=0.33, max_iter=8, tol=0.01, iterates=None):
+    """Blurring weighted mean shift. Returns (Y (n, d), D (n,), n_iter int); a list given as
+    ``iterates`` receives a copy of Y as each iteration starts."""
     y = _as_f64(x).copy()
     w = _as_f64(weights)
     n = y.shape[0]
@@ -314,6 +315,8 @@ def mean_shift_ref(x, weights, k=50, step_size=0.33, max_iter=8, tol=0.01):
     k_eff = min(k, n)
     n_iter = 0
     for t in range(max_iter):
+        if iterates is not None:
+            iterates.append(y.copy())
         _, idx = knn_ref(y, y, k_eff)  # plain brute force, self not forced
         old = y.copy()
         deltas = np.zeros(n, dtype=np.float64)

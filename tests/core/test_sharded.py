@@ -12,7 +12,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from reference_msde import MOVE_THRESHOLD
+from reference_msde import mean_shift_ref
 
 from msde_jax.core import knn, mean_shift
 from msde_jax.core.sharded import row_mesh, row_sharded, sharded_knn, sharded_mean_shift
@@ -42,19 +42,13 @@ def test_sharded_knn_matches_one_device(mesh, n):
         np.testing.assert_allclose(got.distances, want.distances, rtol=1e-6, atol=1e-6)
 
 
-def _smallest_neighbour_gap(x, w, k, max_iter, step_size=0.33):
-    """Over a blurring shift's first ``max_iter`` iterations (float64, the reference's steps),
-    the smallest gap between any point's k-th and (k+1)-th squared neighbour distance."""
-    y, w, smallest = x.astype(np.float64), w.astype(np.float64), np.inf
-    for _ in range(max_iter):
-        d = ((y[:, None] - y[None]) ** 2).sum(-1)
-        s = np.sort(d, axis=1)
-        smallest = min(smallest, float((s[:, k] - s[:, k - 1]).min()))
-        idx = np.argsort(d, axis=1, kind="stable")[:, :k]
-        m = (w[idx][..., None] * y[idx]).sum(1) / w[idx].sum(1)[:, None]
-        moves = np.sqrt(((m - y) ** 2).sum(1)) > MOVE_THRESHOLD
-        y = np.where(moves[:, None], y + step_size * (m - y), y)
-    return smallest
+def _smallest_neighbour_gap(x, w, k, max_iter):
+    """Over the reference blurring shift's first ``max_iter`` iterations (float64), the smallest
+    gap between any point's k-th and (k+1)-th squared neighbour distance."""
+    seen = []
+    mean_shift_ref(x, w, k=k, max_iter=max_iter, tol=0.0, iterates=seen)
+    squared = (np.sort(((y[:, None] - y[None]) ** 2).sum(-1), axis=1) for y in seen)
+    return min(float((s[:, k] - s[:, k - 1]).min()) for s in squared)
 
 
 def test_sharded_blurring_shift_matches_one_device(mesh):
