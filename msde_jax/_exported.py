@@ -12,14 +12,15 @@ serves.
 
 A file is used only under its exact key, a hash of everything the trace depends on: the
 function's name and ``static`` key, the arguments' tree, shapes, dtypes and shardings, the
-devices, JAX's trace-time configuration, the versions of jax, jaxlib, flax and numpy, and the
-source of msde_jax itself (any edit to the package makes new keys). A file whose checksum does
-not match is traced again and rewritten; a function that cannot be exported is traced and
-called as usual (and without ``flatbuffers``, the file format of ``jax.export``, every function
-is, with one warning per process). The files live in ``exported/`` of the compilation cache
-folder and only while msde_jax manages that cache (``MSDE_JAX_COMPILATION_CACHE=off`` or a
-cache folder of the user's own turns this off too). Like the compilation cache, a valid program
-stored under another program's key would be run: keep the folder as private as your code.
+devices and the code paths taken for them (:mod:`msde_jax._platform`), JAX's trace-time
+configuration, the versions of jax, jaxlib, flax and numpy, and the source of msde_jax itself
+(any edit to the package makes new keys). A file whose checksum does not match is traced again
+and rewritten; a function that cannot be exported is traced and called as usual (and without
+``flatbuffers``, the file format of ``jax.export``, every function is, with one warning per
+process). The files live in ``exported/`` of the compilation cache folder and only while
+msde_jax manages that cache (``MSDE_JAX_COMPILATION_CACHE=off`` or a cache folder of the user's
+own turns this off too). Like the compilation cache, a valid program stored under another
+program's key would be run: keep the folder as private as your code.
 """
 
 import hashlib
@@ -35,6 +36,7 @@ from jax import export
 
 from msde_jax._compilation import managed_cache_dir
 from msde_jax._files import atomic_write
+from msde_jax._platform import cpu_paths
 
 try:
     from jax.core import Tracer as _Tracer
@@ -190,6 +192,7 @@ class Exported:
             str(signature[0]),
             [(tuple(shape), str(dtype), repr(sharding)) for shape, dtype, sharding in signature[1]],
             devices,
+            cpu_paths(),  # the forms traced (msde_jax._platform)
             _trace_context(),
             _versions(),
             _source_hash(),

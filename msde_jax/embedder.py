@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from msde_jax._memory import Lower, check_memory, is_host, out_of_memory
+from msde_jax._platform import cpu_paths
 from msde_jax._progress import Progress
 from msde_jax.backbones.forward import compiled_forward
 from msde_jax.backbones.registry import BackboneSpec, backbone_spec
@@ -172,7 +173,7 @@ class Embedder:
         self.devices = list(devices) if devices is not None else jax.local_devices()
         n_dev = len(self.devices)
         if batch_size is None:  # CPU "devices" share the host's cores: no more per device
-            cpu = self.devices[0].platform == "cpu"
+            cpu = cpu_paths(self.devices[0])
             batch_size = cpu_batch(image_size) if cpu else _DEVICE_BATCH * n_dev
         self.batch_size = -(-batch_size // n_dev) * n_dev
         self.weights_source = describe_weights(weights)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from msde_jax import MSDEDetector
+from msde_jax._platform import PATHS_ENV, cpu_paths
 from msde_jax.core.blocks import bucket_rows
 from msde_jax.detectors.msde import PAPER_PARAMS
 
@@ -306,8 +307,7 @@ def test_folds_padded_to_the_whole_fits_rows_score_as_in_their_own_bucket(monkey
     x = _normals(20, n=150, d=7)  # 160 rows; folds of 120 rows: 160, or 120 in their own
     config = MSDEDetector(k=10).config()
     assert msde._fold_rows(config, 150) == 160
-    on_cpu = jax.default_backend() == "cpu"
-    assert msde._fold_rows(config, 1500) == (0 if on_cpu else 1536)  # 1,536 rows
+    assert msde._fold_rows(config, 1500) == (0 if cpu_paths() else 1536)  # 1,536 rows
     shared = MSDEDetector(k=10).fit(x)
     with monkeypatch.context() as patch:
         patch.setattr(msde, "_fold_rows", lambda config, n: 0)
@@ -315,7 +315,7 @@ def test_folds_padded_to_the_whole_fits_rows_score_as_in_their_own_bucket(monkey
     np.testing.assert_allclose(shared.decision_scores_, own.decision_scores_, rtol=1e-4)
     np.testing.assert_allclose(shared.threshold_, own.threshold_, rtol=1e-4)
     np.testing.assert_array_equal(shared.state_.reference, own.state_.reference)
-    monkeypatch.setattr(msde.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setenv(PATHS_ENV, "accelerator")  # the accelerator rule, on any machine
     assert msde._fold_rows(config, 1500) == 1536
     # A whole fit that does not pad (4,200 rows: the approximate search) pads no fold either,
     # though the folds' 3,360 rows would take the exact search.

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from msde_jax._platform import cpu_paths
+
 
 def depthwise_conv(
     x: jax.Array, kernel: jax.Array, stride: int, padding: tuple[tuple[int, int], ...]
@@ -18,7 +20,7 @@ def depthwise_conv(
     same sum written out as k² shifted, fused multiply-adds, so the CPU path uses the latter;
     accelerators keep the native grouped convolution. Both compute the same numbers.
     """
-    if jax.default_backend() != "cpu":
+    if not cpu_paths():
         return lax.conv_general_dilated(
             x,
             kernel,
@@ -67,7 +69,7 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     the latter; accelerators keep the native convolution. Both compute the same sums, up to
     float32 rounding (the order of the channel sum).
     """
-    if jax.default_backend() != "cpu":
+    if not cpu_paths():
         return lax.conv_general_dilated(
             x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )

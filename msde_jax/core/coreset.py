@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
+from msde_jax._platform import cpu_paths
 from msde_jax.core.blocks import map_rows, sq_norms
 
 __all__ = [
@@ -183,7 +184,7 @@ def kcenter_greedy_batched(
         projection_dim: as in :func:`kcenter_greedy` (static).
         key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
         together: run the searches in step (static); ``None``: on an accelerator, not on a
-            CPU (the default backend's platform).
+            CPU (:func:`msde_jax._platform.cpu_paths`).
 
     Returns:
         (B, n_select) int32 row indices into each set, in the order they were chosen.
@@ -197,7 +198,7 @@ def kcenter_greedy_batched(
 
     n_valid = jnp.asarray(n_valid, jnp.int32)
     if together is None:
-        together = jax.default_backend() != "cpu"
+        together = not cpu_paths()
     if together:
         return jax.vmap(one)(x, n_valid)
     return lax.map(lambda args: one(*args), (x, n_valid))

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from msde_jax._exported import Exported
+from msde_jax._platform import cpu_paths
 from msde_jax.core.blocks import bucket_fit_rows
 from msde_jax.core.coreset import kcenter_greedy_batched
 from msde_jax.core.memory_bank import MemoryBank, bank_fit, bank_fit_subsets, grid_positions
@@ -232,7 +233,7 @@ def _first_stage(
                 if positions is not None:
                     block[b, : chunk.size, :, c:] = positions
                 counts[b] = chunk.size * n_patches
-            search = _chunk_search(config.size, fit["projection_dim"])
+            search = _chunk_search(config.size, fit["projection_dim"], not cpu_paths())
             chosen = search(block.reshape(per_call, -1, width), counts, fit["key"])
             for chunk, rows in zip(group, np.asarray(chosen), strict=False):
                 picks.append(chunk[rows // n_patches] * n_patches + rows % n_patches)
@@ -240,11 +241,11 @@ def _first_stage(
 
 
 @functools.lru_cache(maxsize=8)
-def _chunk_search(n_select: int, projection_dim: int | None) -> Exported:
+def _chunk_search(n_select: int, projection_dim: int | None, together: bool) -> Exported:
     """The first stage's searches (:func:`~msde_jax.core.kcenter_greedy_batched` for
-    ``n_select`` picks, in step on an accelerator), ``search(chunks, counts, key)``, jitted as
-    one program whose trace is kept on disk (:class:`~msde_jax._exported.Exported`)."""
-    together = jax.default_backend() != "cpu"
+    ``n_select`` picks, in step if ``together``: on an accelerator),
+    ``search(chunks, counts, key)``, jitted as one program whose trace is kept on disk
+    (:class:`~msde_jax._exported.Exported`)."""
 
     def search(chunks: jax.Array, counts: jax.Array, key: jax.Array) -> jax.Array:
         return kcenter_greedy_batched(

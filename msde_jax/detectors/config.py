@@ -19,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax._memory import device_free_memory
+from msde_jax._platform import cpu_paths
 from msde_jax.core.density import METHODS
 
 __all__ = [
@@ -91,17 +92,17 @@ def check_int(name: str, value: Any, *, low: int = 1) -> None:
 def auto_batch(batch_size: int | None, n_rows: int, *, device: Any = None) -> int | None:
     """Rows per kNN block against ``n_rows`` rows; ``None`` is all rows in one block.
 
-    ``batch_size`` if given. Else, on a CPU (the default device's platform, or ``device``'s),
-    all rows up to 1024 and blocks of 256 beyond; on an accelerator, as many rows as keep the
-    block's distances and top-k work space (four (rows × n_rows) float32 buffers) within a
-    quarter of the device's free memory (4 GiB assumed where JAX reports none), in multiples of
-    256, all rows where they fit. The block size changes how a score is computed, not its
-    value.
+    ``batch_size`` if given. Else, on a CPU (the default device's, or ``device``'s:
+    :func:`msde_jax._platform.cpu_paths`), all rows up to 1024 and blocks of 256 beyond; on an
+    accelerator, as many rows as keep the block's distances and top-k work space (four
+    (rows × n_rows) float32 buffers) within a quarter of the device's free memory (4 GiB
+    assumed where JAX reports none), in multiples of 256, all rows where they fit. The block
+    size changes how a score is computed, not its value.
     """
     if batch_size is not None:
         return int(batch_size)
     device = device if device is not None else jax.devices()[0]
-    if device.platform == "cpu":
+    if cpu_paths(device):
         return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
     free = device_free_memory(device) or _DEVICE_FALLBACK_FREE
     rows = free // _DEVICE_SHARE // (_DEVICE_BUFFERS * 4 * max(n_rows, 1))
@@ -119,7 +120,7 @@ def score_chunk(rows_per_item: int, *, device: Any = None) -> int:
     compiled program (plus a power-of-two size for a call of fewer items).
     """
     device = device if device is not None else jax.devices()[0]
-    rows = _CHUNK_ROWS_CPU if device.platform == "cpu" else _CHUNK_ROWS_DEVICE
+    rows = _CHUNK_ROWS_CPU if cpu_paths(device) else _CHUNK_ROWS_DEVICE
     items = max(1, rows // max(int(rows_per_item), 1))
     return 1 << (items.bit_length() - 1)
 

@@ -19,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from msde_jax._memory import Lower
+from msde_jax._platform import cpu_paths
 from msde_jax.core.blocks import bucket_fit_rows, row_keys, sample_keys
 from msde_jax.core.density import density_weights
 from msde_jax.core.gaussian import GaussianState, gaussian_fit, mahalanobis
@@ -242,7 +243,7 @@ def _fold_rows(config: DetectorConfig, n: int) -> int:
     """The cross-fit folds' least fit rows: the padded whole fit's (one program for it and its
     folds) on an accelerator or up to 1,024 rows; else 0, own buckets (README, "Compilation")."""
     rows = fit_rows(config, n)  # no fold pads where the fit does not (an approximate search)
-    return rows if _pads(config, n) and (rows <= 1024 or jax.default_backend() != "cpu") else 0
+    return rows if _pads(config, n) and (rows <= 1024 or not cpu_paths()) else 0
 
 
 def _fit_state(
@@ -618,10 +619,9 @@ class MSDEDetector(Detector):
     ) -> tuple[dict[str, int], list[Lower]]:
         """Fitting n rows of d features: four float32 copies (checked, standardised, shifted,
         on the device), the PCA's QR factorisation (one more n × d copy; the SVD is then of a
-        d × d factor) and the kNN distance blocks
-        of the shift (rows per block × n, with its top-k, × 2). Scoring m rows: three copies
-        and the blocks against the reference rows (the n training rows; n + m, all shifted
-        together, in the transductive mode)."""
+        d × d factor) and the kNN distance blocks of the shift (rows per block × n, with its
+        top-k, × 2). Scoring m rows: three copies and the blocks against the reference rows
+        (the n training rows; n + m, all shifted together, in the transductive mode)."""
         if len(shape) != 2 or min(shape) < 1:
             return {}, []
         n, d = shape
