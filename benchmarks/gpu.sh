@@ -14,6 +14,9 @@
 #                                               # measured with the default detector (≤ 240 s)
 #     REFIT=1 bash benchmarks/gpu.sh            # plus stage 9, MSDEDetector refits in one
 #                                               # bucket: what they compile (≤ 90 s)
+#     MSDE_JAX_PATHS=accelerator QUICK=1 bash benchmarks/gpu.sh  # on a CPU: the accelerator
+#          # code paths, a dry run before a GPU is lent (stage 6 times out: XLA's grouped
+#          # convolutions are slow on a CPU)
 #
 # Stage 1 needs the brain MRI set (33 MB): copy it into .gpu_data/ (ignored through
 # .git/info/exclude) and name that folder in the device tool's `carry`. Every stage times
@@ -42,7 +45,9 @@ fi
 stage() {  # stage SECONDS TITLE COMMAND...: run with a timeout, report a failure, go on
   local limit=$1 title=$2; shift 2
   echo; echo "## $title"; local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | grep -v cuda_timer || true
+  # no `|| true` here: it would reset PIPESTATUS to its own 0, and a timed-out or failed
+  # stage would pass unreported (the script runs without `set -e`)
+  timeout "$limit" "$@" 2>&1 | grep -v cuda_timer
   local rc=${PIPESTATUS[0]}
   if [[ $rc -eq 124 ]]; then echo "(timed out after $limit s)";
   elif [[ $rc -ne 0 ]]; then echo "(failed, exit $rc)"; fi
@@ -51,6 +56,9 @@ stage() {  # stage SECONDS TITLE COMMAND...: run with a timeout, report a failur
 {
   echo "# msde_jax GPU benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$PY" -c 'from msde_jax._platform import cpu_paths; import jax
+print("jax", jax.__version__, "on", jax.devices()[0].platform, "taking its",
+      "CPU" if cpu_paths() else "accelerator", "code paths (msde_jax._platform)")' || true
   stage 110 "1. msde-jax evaluate (default rule, validation), empty compile cache then warm" \
     "$PY" benchmarks/bench_compile.py "${EVAL[@]}"
   stage 50 "1b. the same, cold, XLA_FLAGS=--xla_gpu_autotune_level=0 (what autotuning costs)" \
