@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from msde_jax._compilation import COMPILATION_CACHE_ENV, compilation_cache_dir
+from msde_jax._platform import PATHS_ENV, cpu_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,18 +65,22 @@ def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int, set[str]]:
 MAX_PROGRAMS = 16
 
 
-def test_a_second_evaluate_in_a_fresh_process_compiles_nothing(tmp_path):
+@pytest.mark.parametrize("forms", ["own", "other"])
+def test_a_second_evaluate_in_a_fresh_process_compiles_nothing(tmp_path, forms):
     """... and traces neither the backbone nor the synthetic anomalies: their programs are
-    read from the exported files the first process wrote, unchanged, with the same results."""
+    read from the exported files the first process wrote, unchanged, with the same results.
+    Both with this machine's code paths and with the other platform's (``MSDE_JAX_PATHS``:
+    on a CPU, the code a GPU runs, whose compilations cost most)."""
     cache = tmp_path / "xla"
-    requested, compiled, traced = _evaluate(cache, tmp_path / "r1")
+    env = {} if forms == "own" else {PATHS_ENV: "accelerator" if cpu_paths() else "cpu"}
+    requested, compiled, traced = _evaluate(cache, tmp_path / "r1", **env)
     assert compiled == requested > 0
     assert requested <= MAX_PROGRAMS
     assert any(cache.iterdir())
     assert EXPORTED <= traced
     files = {p.name: p.stat().st_mtime_ns for p in (cache / "exported").iterdir()}
     assert {name.split("-")[0] for name in files} == {"forward", "kcenter", "synthesize"}
-    again, compiled_again, traced_again = _evaluate(cache, tmp_path / "r2")
+    again, compiled_again, traced_again = _evaluate(cache, tmp_path / "r2", **env)
     assert again == requested  # the same programs, all from the cache
     assert compiled_again == 0
     assert not EXPORTED & traced_again
