@@ -8,14 +8,13 @@ pipeline's pieces (``tests/platform_paths.py``) and this process compares them w
 """
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from platform_paths import run
+from testing import run_python
 
 from msde_jax._platform import PATHS_ENV, cpu_paths
 from msde_jax.embedder import cpu_batch
@@ -33,15 +32,7 @@ def both(tmp_path_factory):
         PATHS_ENV: other,
         "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
     }
-    result = subprocess.run(
-        [sys.executable, str(TESTS / "platform_paths.py"), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python(TESTS / "platform_paths.py", out, env=env)
     with np.load(out) as theirs:
         return run(), dict(theirs)
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testing import run_python
 
 from msde_jax._compilation import COMPILATION_CACHE_ENV, compilation_cache_dir
 from msde_jax._platform import PATHS_ENV, cpu_paths
@@ -39,15 +40,7 @@ EXPORTED = {"<lambda>", "_synthesize", "search"}
 def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int, set[str]]:
     environ = {**os.environ, COMPILATION_CACHE_ENV: str(cache), "PYTHONPATH": str(ROOT), **env}
     environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-    result = subprocess.run(
-        [sys.executable, "-c", EVALUATE, str(out)],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python("-c", EVALUATE, out, env=environ)
     line = next(s for s in result.stdout.splitlines() if s.startswith("PROGRAMS"))
     requested, compiled, rc = map(int, line.split()[1:])
     assert rc == 0

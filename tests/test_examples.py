@@ -1,12 +1,10 @@
 """Every example runs, at small sizes (each in its own interpreter, as a user would run it)."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from testing import shared_data
+from testing import run_python, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,13 +28,5 @@ def test_example_runs(name):
     if name == "02_brain_mri.py":
         shared_data("brain_tumor_mri")  # its default --data is the real set beside the checkout
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), *CASES[name]],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(ROOT / "examples" / name, *CASES[name], env=env)
     assert result.stdout.strip()

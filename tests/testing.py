@@ -2,9 +2,26 @@
 
 import builtins
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+
+
+def run_python(*args, env, timeout=300):
+    """Run ``python *args`` in a fresh process with ``env``; assert it succeeded (its last
+    3,000 characters of stderr as the message) and return the ``CompletedProcess``."""
+    result = subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def labelled_scores(rng, n=120, rate=0.4, ties=False):
