@@ -18,8 +18,9 @@
 #          # code paths, a dry run before a GPU is lent (stage 6 times out: XLA's grouped
 #          # convolutions are slow on a CPU)
 #
-# Stage 1 needs the brain MRI set (33 MB): copy it into .gpu_data/ (ignored through
-# .git/info/exclude) and name that folder in the device tool's `carry`. Every stage times
+# Stage 1 needs the brain MRI set (33 MB) in .gpu_data/, and the device machine the wheels it
+# lacks: `bash benchmarks/gpu_prepare.sh` puts both in place (ignored through
+# .git/info/exclude) and prints the device call that carries and installs them. Every stage times
 # compilation apart from the run (the benchmarks warm up first, or say which run is cold).
 # Targets (H200): evaluate brain MRI ≤ 20 s cold, ≤ 8 s with the compile cache warm; MSDE fit at
 # n = 100,000, d = 512 ≤ 5 s; Mahalanobis scoring ≥ 10,000,000 rows/s and inductive MSDE
