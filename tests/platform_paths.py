@@ -32,6 +32,7 @@ def run() -> dict[str, np.ndarray]:
     first-stage search runs) fitted and scoring on fixed patch features, since a coreset's
     greedy picks can flip on the embedder's float32 rounding; an ``MSDEDetector()`` fit on
     1,100 rows (past the 1,024 below which a CPU too pads its folds)."""
+    import jax
     from testing import clustered
 
     from msde_jax import Embedder, MSDEDetector, PatchBankDetector, recommended
@@ -52,6 +53,7 @@ def run() -> dict[str, np.ndarray]:
     det = MSDEDetector().fit(rows[:1100])
     return {
         "cpu_paths": np.array(cpu_paths()),
+        "platform": np.array(jax.devices()[0].platform),
         "embed_batch": np.array(default_batch),
         "auto_batch": np.array(auto_batch(None, 50_000) or 0),
         "score_chunk": np.array(score_chunk(196)),
