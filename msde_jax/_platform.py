@@ -13,14 +13,19 @@ these choices only (memory is still budgeted where the arrays really live), read
 program is traced: set it before the process starts. Its use is to run, and test, the
 accelerator forms on a machine without one (``tests/test_accelerator_paths.py``), and the CPU
 forms on an accelerator.
+
+:func:`environment` records where a result was computed, since the forms and the machine's own
+float rounding move the default detector's bank (README, "CPU forms and accelerator forms").
 """
 
+import importlib.metadata
 import os
+import platform
 from typing import Any
 
 import jax
 
-__all__ = ["PATHS", "PATHS_ENV", "cpu_paths"]
+__all__ = ["PATHS", "PATHS_ENV", "cpu_paths", "environment"]
 
 PATHS_ENV = "MSDE_JAX_PATHS"
 PATHS = ("cpu", "accelerator")
@@ -39,3 +44,45 @@ def cpu_paths(device: Any = None) -> bool:
         return forced == "cpu"
     device = device if device is not None else jax.devices()[0]
     return device.platform == "cpu"
+
+
+def _cpu() -> dict[str, Any]:
+    """The host CPU's model name and its widest vector extension (what XLA's CPU code uses, so
+    its float rounding can differ between CPUs), from Linux's ``/proc/cpuinfo``; elsewhere
+    ``platform.processor()`` and ``None``."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    widest = next((x for x in ("avx512f", "avx2", "avx", "sve", "asimd") if x in flags), None)
+    return {"cpu": info.get("model name") or platform.processor() or None, "vector": widest}
+
+
+def environment() -> dict[str, Any]:
+    """Where results are computed: the versions of Python, msde_jax, jax, jaxlib, flax and
+    NumPy, the default device and how many there are, the code paths taken (``"cpu"`` or
+    ``"accelerator"``) and the host's CPU model, widest vector extension and usable cores.
+    JSON-friendly."""
+    versions = {"python": platform.python_version()}
+    for name in ("msde-jax", "jax", "jaxlib", "flax", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    device = jax.devices()[0]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count()
+    return {
+        "versions": versions,
+        "device": f"{device.platform} ({device.device_kind})",
+        "devices": jax.device_count(),
+        "code_paths": "cpu" if cpu_paths() else "accelerator",
+        "host": {"machine": platform.machine(), **_cpu(), "cores": cores},
+    }

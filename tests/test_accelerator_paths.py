@@ -16,7 +16,7 @@ import pytest
 from platform_paths import run
 from testing import run_python
 
-from msde_jax._platform import PATHS_ENV, cpu_paths
+from msde_jax._platform import PATHS_ENV, cpu_paths, environment
 from msde_jax.embedder import cpu_batch
 
 TESTS = Path(__file__).resolve().parent
@@ -87,5 +87,6 @@ def test_a_bad_paths_value_says_what_to_do(monkeypatch):
         cpu_paths()
     monkeypatch.setenv(PATHS_ENV, "accelerator")
     assert not cpu_paths()
+    assert environment()["code_paths"] == "accelerator"  # what a report records
     monkeypatch.delenv(PATHS_ENV)
     assert cpu_paths() == (jax.devices()[0].platform == "cpu")

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from msde_jax._memory import Lower, check_memory
+from msde_jax._platform import environment
 from msde_jax.core.anomaly_maps import maps_bytes
 from msde_jax.core.metrics import evaluation_metrics
 from msde_jax.detectors.base import no_maps_message
@@ -144,8 +145,9 @@ class EvaluationResult:
         config: what was run, JSON-friendly: dataset source, the three class sizes, the
             embedder's ``config()`` (``{name: config()}`` for a mapping of embedders), the
             detector's ``get_params()`` (for a fused detector its ``contamination`` and
-            ``{"components": {name: {"class", **get_params()}}}``), ``mode`` and ``test_mix``
-            (the share of abnormal test images, scored as one batch).
+            ``{"components": {name: {"class", **get_params()}}}``), ``mode``, ``test_mix``
+            (the share of abnormal test images, scored as one batch) and ``environment``
+            (versions, device, code paths and CPU: :func:`msde_jax._platform.environment`).
         volumes: the volume-level results (:class:`VolumeEvaluation`) when both test classes
             hold volumes, else ``None``.
     """
@@ -368,6 +370,7 @@ def evaluate_embeddings(
         "detector": _detector_params(detector),
         "mode": _mode(detector) if mode_label is None else mode_label,
         "test_mix": f"{n_abnormal / len(labels):.0%} abnormal, scored as one batch",
+        "environment": environment(),
     }
     volumes = _volume_evaluation(dataset, detector, scores)
     if dataset.has_volumes:

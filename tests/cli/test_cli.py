@@ -75,6 +75,7 @@ def test_demo_writes_a_report(tmp_path, capsys, monkeypatch):
     (validated,) = metrics["config"]["synthetic_validation"]["auroc"].values()
     assert 0 <= validated <= 1
     assert metrics["timings"]["validation_s"] > 0
+    assert metrics["config"]["environment"]["versions"]["msde-jax"]  # where it ran
     for name in ("roc.png", "pr.png", "histogram.png", "grid.png", "overlays.png", "report.md"):
         assert (out / name).exists(), name
     assert "data:image/png;base64," in (out / "report.html").read_text()

@@ -2,10 +2,12 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
 from msde_jax import MSDEDetector
+from msde_jax._platform import cpu_paths
 from msde_jax.core import average_precision, roc_auc
 from msde_jax.core.metrics import evaluation_metrics
 from msde_jax.io.datasets import Dataset
@@ -76,6 +78,11 @@ def test_metrics_are_those_of_the_returned_scores(rng):
     )
     assert embedder.calls[:2] == [30, 32]  # one call for the train split, one for the test set
     assert list(result.timings) == ["embed_s", "fit_s", "score_s"]
+    environment = result.config.pop("environment")  # where it ran (msde_jax._platform)
+    assert environment["versions"]["jax"] == jax.__version__
+    assert environment["devices"] == jax.device_count()
+    assert environment["code_paths"] == ("cpu" if cpu_paths() else "accelerator")
+    assert environment["host"]["cores"] >= 1
     assert result.config == {
         "dataset": "memory",
         "train_normal": 30,
