@@ -57,9 +57,9 @@ stage() {  # stage SECONDS TITLE COMMAND...: run with a timeout, report a failur
 {
   echo "# msde_jax GPU benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  "$PY" -c 'from msde_jax._platform import cpu_paths; import jax
-print("jax", jax.__version__, "on", jax.devices()[0].platform, "taking its",
-      "CPU" if cpu_paths() else "accelerator", "code paths (msde_jax._platform)")' || true
+  # versions, device, code paths (cpu or accelerator forms) and host CPU, as reports record them
+  "$PY" -c 'import json; from msde_jax._platform import environment
+print("environment:", json.dumps(environment()))' || true
   stage 110 "1. msde-jax evaluate (default rule, validation), empty compile cache then warm" \
     "$PY" benchmarks/bench_compile.py "${EVAL[@]}"
   stage 50 "1b. the same, cold, XLA_FLAGS=--xla_gpu_autotune_level=0 (what autotuning costs)" \
