@@ -24,7 +24,6 @@ program's key would be run: keep the folder as private as your code.
 """
 
 import hashlib
-import importlib.metadata
 import re
 import warnings
 from collections.abc import Callable, Hashable
@@ -36,7 +35,7 @@ from jax import export
 
 from msde_jax._compilation import managed_cache_dir
 from msde_jax._files import atomic_write
-from msde_jax._platform import cpu_paths
+from msde_jax._platform import TRACED_BY, cpu_paths, package_versions
 
 try:
     from jax.core import Tracer as _Tracer
@@ -83,13 +82,10 @@ def _source_hash() -> str:
 
 
 def _versions() -> tuple[str, ...]:
-    out = []
-    for name in ("jax", "jaxlib", "flax", "numpy"):
-        try:
-            out.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            out.append(f"{name} absent")
-    return tuple(out)
+    return tuple(
+        f"{name}=={version}" if version else f"{name} absent"
+        for name, version in package_versions(*TRACED_BY).items()
+    )
 
 
 def _trace_context() -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["PATHS", "PATHS_ENV", "cpu_paths", "environment"]
+__all__ = ["PATHS", "PATHS_ENV", "TRACED_BY", "cpu_paths", "environment", "package_versions"]
 
 PATHS_ENV = "MSDE_JAX_PATHS"
 PATHS = ("cpu", "accelerator")
@@ -44,6 +44,21 @@ def cpu_paths(device: Any = None) -> bool:
         return forced == "cpu"
     device = device if device is not None else jax.devices()[0]
     return device.platform == "cpu"
+
+
+# The packages whose versions can change a traced program (beside msde_jax's own source).
+TRACED_BY = ("jax", "jaxlib", "flax", "numpy")
+
+
+def package_versions(*names: str) -> dict[str, str | None]:
+    """``{name: installed version}`` of each distribution, ``None`` where it is not installed."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _cpu() -> dict[str, Any]:
@@ -68,12 +83,7 @@ def environment() -> dict[str, Any]:
     NumPy, the default device and how many there are, the code paths taken (``"cpu"`` or
     ``"accelerator"``) and the host's CPU model, widest vector extension and usable cores.
     JSON-friendly."""
-    versions = {"python": platform.python_version()}
-    for name in ("msde-jax", "jax", "jaxlib", "flax", "numpy"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = {"python": platform.python_version(), **package_versions("msde-jax", *TRACED_BY)}
     device = jax.devices()[0]
     try:
         cores = len(os.sched_getaffinity(0))

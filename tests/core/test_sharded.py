@@ -5,14 +5,13 @@ four (``XLA_FLAGS=--xla_force_host_platform_device_count=4``), the count the iss
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import pytest
 from reference_msde import mean_shift_ref
+from testing import run_python
 
 from msde_jax.core import knn, mean_shift
 from msde_jax.core.sharded import row_mesh, row_sharded, sharded_knn, sharded_mean_shift
@@ -90,9 +89,10 @@ def test_a_mesh_must_have_one_axis():
         sharded_knn(np.zeros((4, 2), np.float32), k=1, mesh=mesh)
 
 
-def test_four_devices_give_the_one_device_answers():
+def test_four_devices_give_the_one_device_answers(tmp_path):
     script = textwrap.dedent(
         """
+        import sys
         import jax, numpy as np
         from msde_jax import MSDEDetector
         from msde_jax.detectors import score_detector
@@ -100,10 +100,8 @@ def test_four_devices_give_the_one_device_answers():
         from msde_jax.core.sharded import row_mesh, row_sharded, sharded_knn, sharded_mean_shift
         assert len(jax.devices()) == 4, jax.devices()
         mesh = row_mesh()
-        rng = np.random.default_rng(0)
-        x = (rng.normal(size=(4, 6))[rng.integers(0, 4, 203)] + rng.normal(size=(203, 6)))
-        x = x.astype(np.float32)
-        w = rng.uniform(0.5, 2, 203).astype(np.float32)
+        with np.load(sys.argv[1]) as data:
+            x, w = data["x"], data["w"]
         a, b = sharded_knn(x, k=9, mesh=mesh), knn(x, k=9)
         np.testing.assert_array_equal(a.indices, b.indices)
         a = sharded_mean_shift(x, w, mesh=mesh, k=12, batch_size=16)
@@ -115,16 +113,14 @@ def test_four_devices_give_the_one_device_answers():
         print("ok")
         """
     )
-    # The script's data, here: its shift (k = 12, 8 iterations) never meets a near-tie between a
-    # point's 12th and 13th neighbour (smallest gap 1.6e-5, ten times the rounding), which
-    # equality to 1e-5 needs (see the blurring test above).
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 6))[rng.integers(0, 4, 203)] + rng.normal(size=(203, 6))
-    w = rng.uniform(0.5, 2, 203)
-    assert _smallest_neighbour_gap(x.astype(np.float32), w.astype(np.float32), 12, 8) > 1e-5
+    x, w = x.astype(np.float32), rng.uniform(0.5, 2, 203).astype(np.float32)
+    # The script's shift (k = 12, 8 iterations) never meets a near-tie between a point's 12th
+    # and 13th neighbour (smallest gap 1.6e-5, ten times the rounding), which equality to 1e-5
+    # needs (see the blurring test above).
+    assert _smallest_neighbour_gap(x, w, 12, 8) > 1e-5
+    np.savez(tmp_path / "data.npz", x=x, w=w)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_python("-c", script, tmp_path / "data.npz", env=env)
     assert out.stdout.strip().endswith("ok")
