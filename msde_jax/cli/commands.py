@@ -623,14 +623,27 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
 
 
 def _normal_images(sources: Sequence[str]) -> list:
-    """A dataset's train/normal split when given one dataset spec, else the images named."""
+    """A dataset's train/normal split when given one dataset spec, else the images named.
+
+    A folder laid out as a dataset (``train/`` or ``test/`` sub-folders, or ``data.json``) is
+    never read whole: its test images include abnormal ones. Without its test splits (all that
+    training needs is ``train/normal``) its ``train/normal`` folder is read; otherwise the
+    dataset's error is raised."""
     from msde_jax.io.datasets import load_dataset
 
     if len(sources) == 1:
+        path = Path(sources[0])
+        layout = path.is_dir() and any(
+            (path / part).exists() for part in ("train", "test", "data.json")
+        )
         try:
             dataset = load_dataset(sources[0])
         except (ValueError, FileNotFoundError):
-            pass
+            if layout and (path / "train" / "normal").is_dir():
+                print(f"{path}: using its train/normal folder", file=sys.stderr)
+                return _inputs([str(path / "train" / "normal")], argparse.Namespace()).items
+            if layout:
+                raise
         else:
             print(f"{dataset.name}: using its train/normal split", file=sys.stderr)
             return list(dataset.train_normal)

@@ -470,3 +470,22 @@ def test_position_option_reaches_the_bank():
         _detector(build_parser().parse_args([*fit, "--position", "-2"]))
     with pytest.raises(UserError, match="--position is a memory-bank option"):
         _detector(build_parser().parse_args([*fit, "--position", "2", "--detector", "msde"]))
+
+
+def test_train_backbone_reads_only_the_training_normals_of_a_dataset_folder(folder, capsys):
+    """A dataset folder without its test/normal split (training needs none) gives its
+    train/normal images, never every image below it (test/abnormal included); a folder that
+    is no dataset gives all its images."""
+    import shutil
+
+    from msde_jax.cli.commands import _normal_images
+
+    train = sorted(str(p) for p in (folder / "train" / "normal").glob("*.png"))
+    assert _normal_images([str(folder)]) == train  # the whole dataset
+    shutil.rmtree(folder / "test" / "normal")
+    assert _normal_images([str(folder)]) == train
+    assert "using its train/normal folder" in capsys.readouterr().err
+    shutil.rmtree(folder / "train")  # a dataset layout (test/) without training normals
+    with pytest.raises(ValueError, match="train/normal"):
+        _normal_images([str(folder)])
+    assert len(_normal_images([str(folder / "test")])) == 30  # a plain folder of images
