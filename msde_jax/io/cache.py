@@ -57,7 +57,8 @@ def image_hash(item: Any, config_json: str = "") -> str:
 
     Args:
         item: a file path (its bytes are hashed), a ``PIL.Image.Image`` (mode, size and pixel
-            bytes) or anything :func:`numpy.asarray` turns into an array (dtype, shape, bytes).
+            bytes; for palette images the palette and transparency too) or anything
+            :func:`numpy.asarray` turns into an array (dtype, shape, bytes).
         config_json: the embedder config as canonical JSON (see :func:`config_key`).
     """
     h = hashlib.sha256()
@@ -75,6 +76,10 @@ def image_hash(item: Any, config_json: str = "") -> str:
         if isinstance(item, Image.Image):
             h.update(f"pil\0{item.mode}\0{item.size}\0".encode())
             h.update(item.tobytes())
+            palette = item.getpalette()  # palette modes: the bytes are indices into it
+            if palette is not None:
+                h.update(b"\0palette\0" + bytes(palette))
+                h.update(repr(item.info.get("transparency")).encode())
             return h.hexdigest()
     except ImportError:  # pragma: no cover - pillow is a dependency
         pass

@@ -91,8 +91,9 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        rgb = np.asarray(apply_color_lut(arr, ds), np.float64)
-        return np.clip(rgb / _max_value(rgb.dtype, 16, apply_lut=True), 0, 1).astype(np.float32)
+        rgb = np.asarray(apply_color_lut(arr, ds))  # its dtype says 8- or 16-bit entries
+        scale = _max_value(rgb.dtype, 16, apply_lut=True)
+        return np.clip(rgb.astype(np.float64) / scale, 0, 1).astype(np.float32)
     if samples == 3 or (arr.ndim == 3 and arr.shape[-1] == 3):
         if arr.ndim != 3:
             raise ImageReadError(f"{name}: colour DICOM with unexpected shape {arr.shape}.")

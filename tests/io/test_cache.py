@@ -99,6 +99,25 @@ def test_hash_depends_on_dtype_and_shape():
     assert image_hash(x) == image_hash(np.zeros((4, 4), np.uint8))
 
 
+def test_hash_of_a_palette_image_depends_on_its_palette():
+    """A palette image's pixel bytes are indices: two images with the same indices and other
+    palettes (or transparency) are other images and must not share a cache entry."""
+    from PIL import Image
+
+    def paletted(rgb, transparency=None):
+        img = Image.new("P", (4, 4), 0)
+        img.putpalette(list(rgb) * 256)
+        if transparency is not None:
+            img.info["transparency"] = transparency
+        return img
+
+    black, white = paletted((0, 0, 0)), paletted((255, 255, 255))
+    assert black.tobytes() == white.tobytes()
+    assert image_hash(black) != image_hash(white)
+    assert image_hash(black) != image_hash(paletted((0, 0, 0), transparency=0))
+    assert image_hash(black) == image_hash(paletted((0, 0, 0)))
+
+
 def test_empty_and_duplicates(tmp_path, arrays):
     stub = StubEmbedder()
     assert embed_cached(stub, [], tmp_path, progress=False).shape[0] == 0

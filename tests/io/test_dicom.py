@@ -86,6 +86,26 @@ def test_rgb_bundled():
     assert 0.0 <= img.min() <= img.max() <= 1.0
 
 
+@pytest.mark.parametrize("entry_bits", [8, 16])
+def test_palette_color_is_scaled_by_its_lookup_tables_entry_size(tmp_path, entry_bits):
+    """A palette maps each stored value to RGB entries of 8 or 16 bits: white is 1.0 either
+    way (8-bit entries were once divided by 65535, giving near-black images)."""
+    pixels = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    lut = np.arange(256) * (257 if entry_bits == 16 else 1)
+    lut = lut.astype(np.uint16 if entry_bits == 16 else np.uint8).tobytes()
+    tables = {}
+    for colour in ("Red", "Green", "Blue"):
+        tables[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, entry_bits]
+        tables[f"{colour}PaletteColorLookupTableData"] = lut
+    path = write_dicom(tmp_path / "palette.dcm", pixels, **tables)
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.save_as(path)
+    img = read_dicom(path)
+    assert img.shape == (16, 16, 3)
+    np.testing.assert_allclose(img, np.repeat(pixels[..., None] / 255, 3, axis=-1), atol=1e-6)
+
+
 def test_multiframe_rejected():
     with pytest.raises(ImageReadError, match="multi-frame DICOM"):
         read_dicom(_bundled("examples_ybr_color.dcm"))
