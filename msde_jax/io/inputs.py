@@ -15,6 +15,7 @@ be gathered per volume.
 """
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -226,7 +227,9 @@ def expand_volumes(
     A path (``str`` or ``os.PathLike``) that :func:`~msde_jax.io.volumes.is_volume` accepts
     (a NIfTI file or a DICOM-series folder) is read with
     :func:`~msde_jax.io.volumes.read_volumes` (a folder may hold several series: one volume
-    each) and replaced by its slices, in slice order.
+    each) and replaced by its slices, in slice order. Volumes that share a name (``t1.nii.gz``
+    in one folder per patient) are named with as many of their parent folders as tell them
+    apart (``patient001/t1``, ``patient002/t1``), so every slice name is distinct.
 
     Args:
         items: image paths, arrays, PIL images, and volume paths.
@@ -269,9 +272,29 @@ def expand_volumes(
             volume.append(-1)
             position.append(-1)
     groups = SliceGroups(
-        np.asarray(volume, np.int64), np.asarray(position, np.int64), tuple(volumes)
+        np.asarray(volume, np.int64), np.asarray(position, np.int64), _named_apart(volumes)
     )
     return Inputs(out_items, groups.item_names(out_items), groups, tuple(skipped))
+
+
+def _named_apart(volumes: Sequence[Volume]) -> tuple[Volume, ...]:
+    """The volumes with distinct names: a name several share (``t1.nii.gz`` in one folder per
+    patient) is prefixed with as few of each one's parent folders as tell them apart
+    (``patient001/t1``), so that slice names identify their volume."""
+    out = list(volumes)
+    shared = [name for name, count in Counter(v.name for v in volumes).items() if count > 1]
+    for name in shared:
+        members = [i for i, v in enumerate(volumes) if v.name == name]
+        parents = [Path(volumes[i].source).absolute().parent.parts[1:] for i in members]
+        for depth in range(1, max(map(len, parents)) + 1):
+            names = ["/".join((*p[-depth:], name)) for p in parents]
+            if len(set(names)) == len(names):
+                break
+        else:  # one source read twice
+            names = [f"{name}#{k + 1}" for k in range(len(members))]
+        for i, new in zip(members, names, strict=True):
+            out[i] = out[i]._replace(name=new)
+    return tuple(out)
 
 
 def read_inputs(

@@ -101,6 +101,23 @@ def test_read_inputs_names_slices_and_groups_them(tmp_path):
     assert coronal.items[0].shape == (4, 16)
 
 
+def test_volumes_that_share_a_file_name_are_named_apart_by_their_folders(tmp_path):
+    """One folder per patient, each with t1.nii.gz: slice names must still tell the volumes
+    apart (they were all "t1:0000", … — the score table could not be read back)."""
+    for folder, name in (("a/p1", "t1"), ("a/p2", "t1"), ("b/p1", "t1"), ("a/p1", "flair")):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        write_nifti(tmp_path / folder / f"{name}.nii.gz", tissue(RNG, (2, 16, 16)))
+    inputs = read_inputs(tmp_path)
+    names = [v.name for v in inputs.groups.volumes]
+    # the fewest folders that tell all of them apart (p1 alone is in a/ and in b/)
+    assert names == ["flair", "a/p1/t1", "a/p2/t1", "b/p1/t1"]
+    assert len(set(inputs.names)) == len(inputs.names)
+    assert inputs.names[:3] == ["flair:0000", "flair:0001", "a/p1/t1:0000"]
+    one = tmp_path / "a" / "p2" / "t1.nii.gz"
+    twice = read_inputs([one, one])  # one file given twice
+    assert [v.name for v in twice.groups.volumes] == ["t1#1", "t1#2"]
+
+
 def test_groups_take_first_inputs_concat_and_names(tmp_path):
     root = _tree(tmp_path / "data")
     inputs = read_inputs(root)
