@@ -131,22 +131,29 @@ class BankConfig(BaseConfig):
         dim = self.projection_dim
         return None if dim is None or dim >= n_channels else int(dim)
 
-    def check_n_images(self, n_images: int, n_patches: int) -> None:
-        """Refuse too few training images for the folds, the shift's k and ``score_neighbors``."""
+    def check_n_images(
+        self, n_images: int, n_patches: int, largest_fold: int | None = None
+    ) -> None:
+        """Refuse too few training images for the folds, the shift's k and ``score_neighbors``;
+        ``largest_fold``: the most images a cross-fit fold holds out (uneven with groups),
+        default ⌈n_images / n_folds⌉."""
         if n_images < self.n_folds:
             raise ValueError(
                 f"threshold={self.threshold!r} needs at least n_folds={self.n_folds} training "
                 f"images (one fold each), got {n_images}; pass more normal images or lower "
                 "n_folds."
             )
-        smallest = n_images - math.ceil(n_images / self.n_folds)
+        held = math.ceil(n_images / self.n_folds) if largest_fold is None else largest_fold
+        smallest = n_images - held
         rows = min(self.size, smallest * n_patches)
         need, fix = self.score_neighbors, "score_neighbors"
         if self.shift and self.k > need:
             need, fix = self.k, "k"
         if rows < need:
+            grouped = "" if largest_fold is None else "; groups make the folds uneven"
             raise ValueError(
                 f"The smallest cross-fit bank has {rows} patches ({smallest} images of "
-                f"{n_patches} patches, at most size={self.size}), fewer than the {need} that "
-                f"{fix}={need} needs; pass more normal images, lower n_folds or lower {fix}."
+                f"{n_patches} patches, at most size={self.size}{grouped}), fewer than the "
+                f"{need} that {fix}={need} needs; pass more normal images, raise n_folds (each "
+                f"fold then holds out fewer) or lower {fix}."
             )

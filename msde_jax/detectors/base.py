@@ -56,6 +56,19 @@ def no_maps_message(detector: Any) -> str:
     )
 
 
+def _shape(x: Any) -> tuple[int, ...]:
+    """The shape of array-like features, or the package's error for a ragged list."""
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return tuple(shape)
+    try:
+        return np.shape(x)
+    except ValueError as err:  # NumPy's "setting an array element with a sequence"
+        raise ValueError(
+            f"X must be an array of numbers with one shape per sample (rows of equal length): {err}"
+        ) from None
+
+
 class NotFittedError(ValueError, AttributeError):
     """Raised when a detector is used before ``fit`` (as scikit-learn's ``NotFittedError``)."""
 
@@ -259,8 +272,9 @@ class Detector:
         """
         del y
         config = self.config()
-        with self._memory_checked("fitting", getattr(X, "shape", None) or np.shape(X)):
+        with self._memory_checked("fitting", _shape(X)):
             result = type(self).fit_function(X, config, groups=groups)
+        self.__dict__.pop("metadata_", None)  # a loaded detector's; this fit is new
         self.state_ = result.state
         for name, value in self._describe(result.state, np.shape(X)).items():
             setattr(self, name, value)
@@ -280,7 +294,13 @@ class Detector:
             n_patches=getattr(self, "n_patches_", None),
             on_device=True,
         )
+        self._check_scoring(config)
         return self.state_._replace(config=config), x
+
+    def _check_scoring(self, config: Any) -> None:
+        """Refuse score-time parameters (changed since fit) that the fitted state cannot
+        serve; nothing to refuse by default."""
+        del config
 
     def _memory_needed(
         self, shape: tuple[int, ...], state: Any = None
@@ -467,10 +487,13 @@ class Detector:
         Args:
             path: the file to write (written as given, no suffix added).
             metadata: JSON-serialisable extras stored alongside (e.g. the embedder that produced
-                the features); :meth:`load` returns them as ``metadata_``.
+                the features); :meth:`load` returns them as ``metadata_``. ``None`` keeps
+                those of a loaded detector (``metadata_``; none after a refit).
         """
         meta, arrays = self.to_arrays()
-        write_detector_file(path, {**meta, "metadata": metadata or {}}, arrays)
+        if metadata is not None:
+            meta["metadata"] = metadata
+        write_detector_file(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Self:

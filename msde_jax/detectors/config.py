@@ -294,8 +294,9 @@ def check_features(
     fix: non-numeric, ragged or complex input, another number of axes, no rows or no features,
     NaN or infinite values, values too large for ``dtype`` (for patches: so large that
     squared distances would overflow), and (when given) another feature or channel count or
-    number of patches per image. Values are checked before the cast, so finite float64 values
-    beyond float32's range are reported as such, not as infinities.
+    number of patches per image, and ``dtype="float64"`` while JAX's 64-bit mode is off.
+    Values are checked before the cast, so finite float64 values beyond float32's range are
+    reported as such, not as infinities.
 
     With ``on_device=True`` a ``jax.Array`` stays where it is: the checks run on its device
     (one scalar summary comes back to the host, explicitly) and it is returned as a
@@ -304,6 +305,12 @@ def check_features(
     the checks read it a block at a time, so an archive's features are then never copied).
     """
     words = _KINDS[kind]
+    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype='float64' needs JAX's 64-bit mode, which is off: everything would run in "
+            'float32. Call jax.config.update("jax_enable_x64", True) before fitting (or set '
+            "JAX_ENABLE_X64=1), or use dtype='float32'."
+        )
     if on_device and isinstance(x, jax.Array):
         return _check_device_features(x, words, kind, dtype, n_features, n_patches, what)
     if callable(getattr(x, "toarray", None)):  # scipy.sparse matrices and arrays
@@ -349,12 +356,14 @@ def check_features(
             raise ValueError(
                 f"{what} has values up to {peak:.3g}, too large for {np.dtype(dtype)} patch "
                 f"distances (squared distances overflow beyond about {limit:.3g}); divide the "
-                "features by a constant (the scores scale with it) or use dtype='float64'."
+                "features by a constant (the scores scale with it) or use dtype='float64' "
+                '(with jax.config.update("jax_enable_x64", True)).'
             )
     elif peak > (limit := float(np.finfo(dtype).max)):
         raise ValueError(
             f"{what} has values up to {peak:.3g}, beyond {dtype}'s range "
-            f"({limit:.3g}); divide the features by a constant or use dtype='float64'."
+            f"({limit:.3g}); divide the features by a constant or use dtype='float64' "
+            '(with jax.config.update("jax_enable_x64", True)).'
         )
     _check_counts(arr.shape, words, n_features, n_patches, what)
     return arr.astype(dtype, copy=copy)

@@ -25,6 +25,7 @@ __all__ = [
     "chunked_scores",
     "cross_fit",
     "folds",
+    "largest_fold",
     "one_class_splits",
     "out_of_fold_scores",
     "quantile_threshold",
@@ -101,6 +102,11 @@ def folds(keys: np.ndarray, n_folds: int, groups: ArrayLike | None = None) -> li
     first[index[order[::-1]]] = np.arange(order.size)[::-1]  # each group's first in order
     group_order = np.argsort(first, kind="stable")
     return [np.flatnonzero(np.isin(index, group_order[f::n_folds])) for f in range(n_folds)]
+
+
+def largest_fold(keys: np.ndarray, n_folds: int, groups: ArrayLike | None) -> int:
+    """The most samples one of the cross-fit :func:`folds` holds out."""
+    return max(held.size for held in folds(keys, n_folds, groups))
 
 
 def out_of_fold_scores(

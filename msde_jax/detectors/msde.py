@@ -28,7 +28,7 @@ from msde_jax.core.neighbors import knn
 from msde_jax.core.pca import PCAState, pca_fit, pca_transform
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import check_features
-from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit
+from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit, largest_fold
 from msde_jax.detectors.msde_config import (
     BLOCK_ORDERS,
     MODES,
@@ -138,9 +138,7 @@ def padded(state: DetectorState) -> DetectorState:
         return state
     rows = fit_rows(state.config, n)
 
-    def grow(a: np.ndarray) -> np.ndarray:
-        return np.concatenate([a, np.zeros((rows - n, *a.shape[1:]), a.dtype)])
-
+    grow = lambda a: np.concatenate([a, np.zeros((rows - n, *a.shape[1:]), a.dtype)])  # noqa: E731
     more = {name: _host_map(getattr(state, name), grow) for name in _ROWS}
     return state._replace(**more, valid=jax.device_put(np.arange(rows) < n))
 
@@ -488,9 +486,9 @@ def fit_detector(
     4. a Gaussian in PCA space (``config.covariance``).
 
     The threshold needs no abnormal images: with ``threshold="cross_fit"`` each training normal
-    is scored by a model fitted on the other ``n_folds − 1`` folds (folds by content order, so
-    they do not depend on the row order; :func:`~msde_jax.detectors.fitting.cross_fit`) and the
-    threshold is the ``1 − contamination`` quantile of those out-of-fold scores; with
+    is scored by a model fitted on the other ``n_folds − 1`` folds (by content order, not row
+    order; :func:`.fitting.cross_fit`); the threshold is the ``1 − contamination`` quantile of
+    those out-of-fold scores; with
     ``"chi2"`` it is the square root of the ``1 − contamination`` quantile of
     χ²(n_components), the law of a squared Mahalanobis distance under the Gaussian, and the
     decision scores are in-sample; with ``"none"`` there is neither (the model alone).
@@ -498,12 +496,10 @@ def fit_detector(
     Runs eagerly (NumPy statistics and hashing, a Python loop over folds); its parts are jitted.
 
     Args:
-        x: (n, d) embeddings of normal images
-            (:func:`~msde_jax.detectors.config.check_features`).
+        x: (n, d) embeddings of normal images (:func:`~msde_jax.detectors.config.check_features`).
         config: the :class:`DetectorConfig`.
         groups: one group id per row (e.g. the volume each slice comes from): with
-            ``threshold="cross_fit"`` a group's rows share a fold
-            (:func:`~msde_jax.detectors.fitting.folds`).
+            ``threshold="cross_fit"`` a group's rows share a fold (:func:`.fitting.folds`).
 
     Returns:
         :class:`~msde_jax.detectors.fitting.DetectorFit` ``(state, decision_scores,
@@ -517,6 +513,8 @@ def fit_detector(
     x = check_features(x, dtype=config.dtype)
     config.check_n_samples(x.shape[0])
     keys = sample_keys(x)  # hashed once: the content-ordered blocks and the folds use them
+    if groups is not None and config.threshold == "cross_fit":
+        config.check_n_samples(x.shape[0], largest_fold(keys, config.n_folds, groups))
     if config.threshold != "chi2":  # "cross_fit", or "none": the state alone
         independent = config.mode != "transductive"
         return cross_fit(
@@ -609,10 +607,8 @@ class MSDEDetector(Detector):
         self.state_ = padded(self.state_)
 
     def _describe(self, state: DetectorState, shape: tuple[int, ...]) -> dict[str, int]:
-        return {
-            "n_features_in_": int(state.center.shape[0]),
-            "n_components_": int(state.pca.components.shape[0]),
-        }
+        n_components = int(state.pca.components.shape[0])
+        return {"n_features_in_": int(state.center.shape[0]), "n_components_": n_components}
 
     def _memory_needed(
         self, shape: tuple[int, ...], state: DetectorState | None = None
@@ -642,6 +638,10 @@ class MSDEDetector(Detector):
             if needs["kNN distance blocks"] > needs["features"]:
                 lower.insert(0, Lower("the detector's batch_size", block))
         return needs, lower
+
+    def _check_scoring(self, config: DetectorConfig) -> None:
+        if config.score == "knn" and (valid := self.state_.valid) is not None:
+            config.check_n_samples(int(np.sum(valid)), scoring=True)  # not the padding rows
 
     def _score_batch(self, state: DetectorState, x: Any) -> np.ndarray:
         return score_batch(state, x)

@@ -175,40 +175,49 @@ class DetectorConfig(BaseConfig):
     def _min_fit_samples(self) -> int:
         return 2 if self.mode == "none" else max(self.k, 2)
 
-    def _min_samples_reason(self) -> tuple[str, str]:
-        """Why ``min_samples`` rows are needed, and the parameter that lowers it."""
+    def _min_samples_reason(self) -> tuple[str, str | None]:
+        """Why ``min_samples`` rows are needed, and the parameter that lowers it (``None``:
+        only more samples help)."""
         if self.score == "knn" and self.score_neighbors > self._min_fit_samples:
             return f"score_neighbors={self.score_neighbors} neighbours", "score_neighbors"
-        return (f"k={self.k} neighbours" if self.mode != "none" else "a covariance"), "k"
+        return (f"k={self.k} neighbours", "k") if self.mode != "none" else ("a covariance", None)
 
     @property
     def content_ordered(self) -> bool:
         """Whether the published weight blocks follow a hash of the rows, not their order."""
         return self.density == "msde" and self.block_order == "content"
 
-    def check_n_samples(self, n: int) -> None:
-        """Refuse ``n`` training rows if too few to fit (k neighbours, components, folds)."""
+    def check_n_samples(
+        self, n: int, largest_fold: int | None = None, *, scoring: bool = False
+    ) -> None:
+        """Refuse ``n`` training rows if too few to fit (k neighbours, components, folds);
+        ``largest_fold``: the most rows a cross-fit fold holds out (uneven with groups),
+        default ⌈n / n_folds⌉; ``scoring``: refuse a ``score_neighbors`` set after a fit on
+        ``n`` rows, which has no more neighbours to give."""
         need = self.min_samples
+        reason, fix = self._min_samples_reason()
+        smaller = f" or a smaller {fix}" if fix else ""
+        if scoring:
+            if n < need:
+                raise ValueError(
+                    f"score='knn' with score_neighbors={self.score_neighbors} needs that many "
+                    f"training samples, but the detector was fitted on {n}; set a smaller "
+                    "score_neighbors or refit on more normal samples."
+                )
+            return
         if n < need:
-            reason, fix = self._min_samples_reason()
             raise ValueError(
                 f"Fitting needs at least {need} training samples for {reason}, got {n}; "
-                f"pass more normal samples or a smaller {fix}."
+                f"pass more normal samples{smaller}."
             )
-        if self.covariance == "empirical":
-            nc = self.n_components
-            if isinstance(nc, int | np.integer) and n <= min(nc, n - 1):
-                raise ValueError("covariance='empirical' needs more samples than components.")
         if self.threshold == "cross_fit":
-            smallest = n - math.ceil(n / self.n_folds)
-            if smallest < need:
-                if self._min_samples_reason()[1] == "score_neighbors":
-                    fix = "lower n_folds or score_neighbors"
-                elif self.score == "mahalanobis":  # the only score χ² applies to
-                    fix = "lower n_folds or k, or use threshold='chi2'"
-                else:
-                    fix = "lower n_folds or k"
+            held = math.ceil(n / self.n_folds) if largest_fold is None else largest_fold
+            if n - held < need:
+                grouped = "" if largest_fold is None else " (groups make the folds uneven)"
+                chi2 = ", or use threshold='chi2'" if self.score == "mahalanobis" else ""
                 raise ValueError(
-                    f"threshold='cross_fit' fits on {smallest} of the {n} samples per fold, fewer "
-                    f"than the {need} needed; {fix}."
+                    f"threshold='cross_fit' fits a fold on as few as {n - held} of the {n} "
+                    f"samples{grouped}, fewer than the {need} needed for {reason}; pass more "
+                    f"normal samples, raise n_folds (each fold then holds out fewer){smaller}"
+                    f"{chi2}."
                 )

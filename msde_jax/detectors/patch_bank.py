@@ -36,7 +36,7 @@ from msde_jax.detectors.bank_config import BankConfig
 from msde_jax.detectors.bank_coreset import position_channels, subset_banks
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import check_features, check_int
-from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit
+from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit, largest_fold
 
 __all__ = [
     "BankConfig",
@@ -283,6 +283,9 @@ def fit_bank_detector(
     if config.position > 0 and x.ndim == 3:
         _square_grid(x.shape[1])
     keys = sample_keys(x)
+    if groups is not None:  # the folds shape the bank even without a threshold
+        n_patches = math.prod(x.shape[1:-1])
+        config.check_n_images(x.shape[0], n_patches, largest_fold(keys, config.n_folds, groups))
     return cross_fit(x, keys, config, _fit_states, score_bank_detector, groups=groups, joint=True)
 
 

@@ -115,9 +115,15 @@ def write_detector_file(
     """Write ``meta`` (+ the format version) as JSON and ``arrays`` by name, atomically."""
     arrays = {name: np.asarray(value) for name, value in arrays.items()}
     meta = {**with_version(meta), "checksum": arrays_checksum(arrays)}
-    atomic_write(
-        path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), **arrays), suffix=".npz"
-    )
+    text = json.dumps(meta, default=_json_number)
+    atomic_write(path, lambda f: np.savez(f, meta=np.array(text), **arrays), suffix=".npz")
+
+
+def _json_number(value: Any) -> Any:
+    """NumPy scalars as Python numbers (a parameter from ``np.arange``, a grid search)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r} cannot be saved as JSON.")
 
 
 def read_npz(

@@ -354,7 +354,7 @@ def test_bad_input(fitted, data):
         fitted.score_samples(np.array([["a"] * D]))
     with pytest.raises(ValueError, match="at least 50 training samples"):
         MSDEDetector().fit(train[:30])
-    with pytest.raises(ValueError, match="lower n_folds or k"):
+    with pytest.raises(ValueError, match=r"raise n_folds \(.*\) or a smaller k"):
         MSDEDetector(k=40).fit(train[:45])
     # No silent truncation: a small training set is fine with a small k.
     assert MSDEDetector(k=5, n_folds=2).fit(train[:12]).n_components_ == D
@@ -564,16 +564,16 @@ def test_knn_score_needs_score_neighbors_rows(data):
         ValueError, match="score_neighbors=20 neighbours, got 12; .* smaller score_neighbors"
     ):
         MSDEDetector(mode="none", score="knn", score_neighbors=20).fit(train[:12])
-    with pytest.raises(ValueError, match="lower n_folds or score_neighbors"):
+    with pytest.raises(ValueError, match=r"raise n_folds \(.*\) or a smaller score_neighbors"):
         MSDEDetector(mode="none", score="knn", score_neighbors=20, n_folds=2).fit(train[:30])
 
 
 @pytest.mark.parametrize("score", ["displacement", "knn"])
 def test_too_few_samples_offers_chi2_only_for_mahalanobis(data, score):
-    with pytest.raises(ValueError, match=r"lower n_folds or k\.$") as err:
+    with pytest.raises(ValueError, match=r"or a smaller k\.$") as err:
         MSDEDetector(k=40, score=score).fit(data[0][:45])
     assert "chi2" not in str(err.value)
-    with pytest.raises(ValueError, match=r"lower n_folds or k, or use threshold='chi2'\.$"):
+    with pytest.raises(ValueError, match=r"or a smaller k, or use threshold='chi2'\.$"):
         MSDEDetector(k=40).fit(data[0][:45])
 
 

@@ -1,0 +1,76 @@
+"""What every detector promises through the shared base (detectors/base.py): saving what was
+loaded, saving parameters that came from NumPy, refusing float64 without 64-bit JAX, and the
+package's own message for a ragged list."""
+
+import jax
+import numpy as np
+import pytest
+
+from msde_jax import MSDEDetector, PatchBankDetector
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+
+
+def test_a_loaded_detector_saved_again_keeps_its_metadata_until_refitted(rows, tmp_path):
+    det = MSDEDetector(mode="none").fit(rows)
+    det.save(tmp_path / "a.npz", metadata={"embedder": {"backbone": "resnet18"}})
+    loaded = MSDEDetector.load(tmp_path / "a.npz")
+    loaded.save(tmp_path / "b.npz")  # e.g. after set_params(batch_size=...)
+    assert MSDEDetector.load(tmp_path / "b.npz").metadata_ == {"embedder": {"backbone": "resnet18"}}
+    loaded.save(tmp_path / "c.npz", metadata={"note": 1})  # given: replaces them
+    assert MSDEDetector.load(tmp_path / "c.npz").metadata_ == {"note": 1}
+    loaded.fit(rows[:30])  # a new fit is no longer what the file described
+    assert loaded.to_arrays()[0]["metadata"] == {}
+
+
+def test_parameters_given_as_numpy_scalars_are_saved(rows, tmp_path):
+    """A grid search over np.arange hands NumPy scalars to set_params."""
+    det = MSDEDetector(mode="none", n_components=np.int64(3), ridge=np.float32(1e-3))
+    det.fit(rows).save(tmp_path / "d.npz")
+    loaded = MSDEDetector.load(tmp_path / "d.npz")
+    assert loaded.n_components == 3
+    np.testing.assert_array_equal(loaded.score_samples(rows), det.score_samples(rows))
+
+
+def test_float64_without_64_bit_jax_is_refused_with_the_fix(rows):
+    assert not jax.config.jax_enable_x64
+    for det, x in (
+        (MSDEDetector(mode="none", dtype="float64"), rows),
+        (PatchBankDetector(dtype="float64"), rows.reshape(10, 2, 2, 4)),
+    ):
+        with pytest.raises(ValueError, match="jax_enable_x64"):
+            det.fit(x)
+
+
+def test_a_ragged_list_gets_the_packages_message():
+    with pytest.raises(ValueError, match="rows of equal length"):
+        MSDEDetector(mode="none").fit([[1.0, 2.0], [3.0]])
+
+
+def test_uneven_group_folds_too_small_for_the_neighbours_are_refused(rows):
+    """One volume of 30 slices and ten of one: the fold that holds out the big volume trains
+    on 9 rows (it holds out another volume too), fewer than score_neighbors (padding rows were
+    used as neighbours)."""
+    groups = np.r_[np.zeros(30, int), np.arange(1, 11)]
+    det = MSDEDetector(mode="none", score="knn", score_neighbors=15)
+    det.fit(rows)  # equal folds: 32 training rows each
+    with pytest.raises(ValueError, match=r"as few as 9 of the 40 .*groups make the folds uneven"):
+        det.fit(rows, groups=groups)
+    bank = PatchBankDetector(score_neighbors=15, n_folds=2)
+    patches = rows.reshape(10, 2, 2, 4)
+    with pytest.raises(ValueError, match="groups make the folds uneven"):
+        bank.fit(patches, groups=np.r_[np.zeros(8, int), 1, 2])  # a fold of 2 images
+
+
+def test_score_neighbors_beyond_the_training_rows_is_refused_not_padded(rows):
+    """37 rows are fitted padded to 40: asking for 38 neighbours must not reach the padding."""
+    det = MSDEDetector(mode="none").fit(rows[:37])
+    assert det.state_.train.shape[0] == 40
+    det.set_params(score="knn", score_neighbors=37)
+    assert np.isfinite(det.score_samples(rows[37:])).all()
+    det.set_params(score_neighbors=38)
+    with pytest.raises(ValueError, match="fitted on 37; set a smaller score_neighbors"):
+        det.score_samples(rows[37:])
