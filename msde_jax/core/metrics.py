@@ -316,7 +316,9 @@ def aupro(masks: ArrayLike, maps: ArrayLike, *, max_fpr: float = 0.3, n_steps: i
     pixels with ``map > t``, and FPR(t) the share of all pixels outside every region with
     ``map > t``; the curve PRO(FPR) for FPR from 0 to ``max_fpr`` (thresholds at ``n_steps``
     quantiles of the normal pixels' values) is integrated by the trapezoid rule and divided by
-    ``max_fpr`` (a random map scores about ``max_fpr / 2``).
+    ``max_fpr`` (a random map scores about ``max_fpr / 2``). Tied map values (quantised maps,
+    maps set to 0 outside a foreground) make FPR jump: PRO at ``max_fpr`` is then interpolated
+    between the operating points on either side, as MVTec's evaluation code does.
 
     Args:
         masks: (n, H, W) ground truth, non-zero = anomalous pixel; at least one region.
@@ -343,14 +345,21 @@ def aupro(masks: ArrayLike, maps: ArrayLike, *, max_fpr: float = 0.3, n_steps: i
     normal = np.sort(maps[~masks])
     if not regions or normal.size == 0:
         raise ValueError("aupro needs at least one anomalous region and some normal pixels.")
-    # Thresholds from strict to lax: FPR = share of normal pixels above t.
-    thresholds = np.quantile(normal, 1.0 - np.linspace(0.0, max_fpr, n_steps))
-    fpr = 1.0 - np.searchsorted(normal, thresholds, side="right") / normal.size
+    # Operating points at thresholds t that are normal values, counting map >= t: up to
+    # n_steps of them between FPR 0 and max_fpr, and the next one beyond max_fpr (the largest
+    # normal value whose FPR exceeds it), so that PRO at max_fpr is interpolated between real
+    # operating points even when tied values make FPR jump past max_fpr.
+    n = normal.size
+    levels = np.quantile(normal, 1.0 - np.linspace(0.0, max_fpr, n_steps), method="nearest")
+    beyond = n - math.floor(max_fpr * n) - 1  # normal[beyond]'s FPR is the first > max_fpr
+    thresholds = np.unique(np.r_[levels, normal[beyond]] if beyond >= 0 else levels)[::-1]
+    fpr = 1.0 - np.searchsorted(normal, thresholds, side="left") / n
     pro = np.mean(
-        [1.0 - np.searchsorted(r, thresholds, side="right") / r.size for r in regions], axis=0
+        [1.0 - np.searchsorted(r, thresholds, side="left") / r.size for r in regions], axis=0
     )
-    # The strictest threshold is the largest normal value (FPR 0); PRO is interpolated at
-    # exactly max_fpr so that ties in the maps do not shorten the curve.
+    # The curve starts above every normal value: FPR 0, the regions' share above them all.
+    strict = np.mean([1.0 - np.searchsorted(r, normal[-1], side="right") / r.size for r in regions])
+    fpr, pro = np.r_[0.0, fpr], np.r_[strict, pro]
     keep = fpr <= max_fpr
     x = np.r_[fpr[keep], max_fpr]
     y = np.r_[pro[keep], np.interp(max_fpr, fpr, pro)]

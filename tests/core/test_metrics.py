@@ -241,6 +241,28 @@ def test_aupro(rng):
         aupro(masks, maps[0])
 
 
+def test_aupro_interpolates_across_tied_map_values(rng):
+    """Quantised maps (or maps set to 0 outside a foreground): FPR jumps past max_fpr at one
+    threshold, and PRO at max_fpr lies between the operating points on either side (it was
+    held at the last point below, down to 0 for a constant map)."""
+    from msde_jax.core.metrics import aupro
+
+    masks = np.zeros((2, 16, 16), bool)
+    masks[0, 3:7, 3:9] = True
+    masks[1, 9:14, 2:5] = True
+    maps = np.round(3 * (rng.random(masks.shape) + 0.4 * masks)) / 3  # five levels
+    for max_fpr in (0.05, 0.3, 1.0):
+        want = _aupro_reference(masks, maps, max_fpr)
+        np.testing.assert_allclose(aupro(masks, maps, max_fpr=max_fpr), want, atol=1e-12)
+    assert aupro(masks, np.ones(masks.shape)) == pytest.approx(0.15)  # chance: max_fpr / 2
+    one = np.zeros((1, 10, 10), bool)
+    one[0, :2, :5] = True  # 10 region pixels, all hit, and 50 of the 90 normal pixels
+    hit = one.astype(float)
+    hit[0, 5:] = 1.0
+    # (0, 0) → (50/90, 1): PRO 0.54 at FPR 0.3, area 0.081 / 0.3
+    assert aupro(one, hit) == pytest.approx(0.27)
+
+
 def test_lengths_in_one_bucket_share_a_program_and_padding_counts_for_nothing():
     """Outside jit the inputs are padded to a bucketed length with a mask: lengths 17–32 run
     one compiled program, and the padding (zeros, tied with real zero scores here) changes no
