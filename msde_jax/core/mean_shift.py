@@ -81,7 +81,7 @@ def _window_means(queries, ref, ref_sq, ref_w, k, previous=None):
     on a CPU that is far faster than gathering k rows per query while c is small.
     """
     score = ref_sq[None, :] - 2 * jnp.dot(queries, ref.T, precision=lax.Precision.HIGHEST)
-    if previous is not None:
+    if previous is not None and ref.shape[-1] > 1:  # not for d = 1: see prune_beyond
         score = prune_beyond(score, previous)
     pos = lax.top_k(-score, k)[1]
     rows = jnp.arange(pos.shape[0])[:, None]

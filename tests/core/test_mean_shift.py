@@ -34,6 +34,20 @@ def test_blurring_matches_reference(x64, k, max_iter, tol):
         assert bool(got.converged)
 
 
+def test_one_dimensional_features_shift_as_the_reference_does():
+    """d = 1 (a single score, tabular data): the pruned kNN search of the dense path was
+    compiled wrongly inside the loop (jax 0.10.2, CPU) and its windows went wrong from the
+    second iteration (max difference 0.28 here): both paths must follow the reference."""
+    x = np.random.default_rng(0).normal(size=(57, 1))
+    w = np.random.default_rng(1).uniform(0.5, 2.0, size=57)
+    y, disp, n_iter = ref.mean_shift_ref(x, w, k=5, max_iter=10, tol=1e-3)
+    for batch_size in (None, 4):  # one dense block; per-point searches
+        got = mean_shift(x.astype(np.float32), w, k=5, max_iter=10, tol=1e-3, batch_size=batch_size)
+        np.testing.assert_allclose(got.points, y, atol=1e-4)
+        np.testing.assert_allclose(got.displacement, disp, atol=1e-4)
+        assert int(got.n_iter) == n_iter
+
+
 def test_blurring_stops_early_when_converged(x64):
     x = _blobs(1, 60)
     got = mean_shift(x, k=5, max_iter=100, tol=0.05)
