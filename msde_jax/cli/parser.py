@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_skip_arg(p)
     _add_axis_arg(p)
-    p.add_argument("--out", required=True, help="output .npz (embeddings, paths, config)")
+    p.add_argument("--out", required=True, help="output .npz (embeddings, names, config)")
     _add_embedder_args(p)
 
     p = command(

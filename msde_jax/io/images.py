@@ -104,6 +104,12 @@ def _read_file(path: Path) -> np.ndarray:
         return to_float(read_dicom(path), name=str(path))
     try:
         with Image.open(path) as img:  # reads the header only: a bomb is refused here
+            if getattr(img, "n_frames", 1) > 1:  # a TIFF stack: never just its first page
+                raise ImageReadError(
+                    f"{path}: holds {img.n_frames} pages (frames); only 2-D images are "
+                    "supported — save the pages you want as separate images, or a volume as "
+                    "NIfTI (.nii.gz)."
+                )
             img.load()
             return _from_pil(img, str(path))
     except Image.DecompressionBombError as err:

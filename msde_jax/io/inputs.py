@@ -153,7 +153,8 @@ def list_inputs(
 ) -> list[str]:
     """Image files, NIfTI files and DICOM-series folders from files and folders.
 
-    A folder is searched recursively: every file with an image suffix (as
+    A folder is searched recursively (hidden files and folders, whose names start with ``.``,
+    left out): every file with an image suffix (as
     :func:`~msde_jax.io.datasets.list_images`) or a NIfTI suffix, and every folder that is a
     DICOM series (:func:`~msde_jax.io.dicom_series.is_dicom_series`) as one entry — its
     ``.dcm`` files are not listed again as images; its sub-folders are searched. The entries
@@ -186,7 +187,7 @@ def list_inputs(
             out.extend(
                 str(p)
                 for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, path)
             )
         elif path.suffix.lower() == ".npz":
             raise ValueError(
@@ -198,10 +199,17 @@ def list_inputs(
     return out
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    """A hidden file or one in a hidden folder below ``root`` (macOS's ``._scan.png`` copies of
+    metadata, ``.ipynb_checkpoints``): never an image of the dataset."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _walk(root: Path) -> list[str]:
     found: list[Path] = []
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files = [name for name in files if not name.startswith(".")]
         here = Path(folder)
         series = is_volume(here)  # a DICOM-series folder
         if series:

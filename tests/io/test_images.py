@@ -88,6 +88,12 @@ def test_bad_files(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="not a readable image"):
         prepare(tmp_path / "cut.png", 8)
+    pages = [Image.fromarray(GRAY8), Image.fromarray(255 - GRAY8)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(ImageReadError, match="holds 2 pages"):  # not silently its first page
+        to_float(tmp_path / "stack.tif")
+    pages[0].save(tmp_path / "one.tif")
+    np.testing.assert_allclose(to_float(tmp_path / "one.tif")[..., 0], GRAY8 / 255, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.bool_])

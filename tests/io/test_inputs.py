@@ -63,6 +63,12 @@ def test_list_inputs_finds_images_nifti_files_and_series_folders(tmp_path):
     for name in ("b.png", "a.png", "sub/c.png", "a-c/x.png"):
         _png(only_images / name)
     assert list_inputs(only_images) == list_images(only_images)
+    # Hidden files and folders (macOS's ._ copies, checkpoints) are no images of the dataset.
+    (only_images / "._b.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    _png(only_images / ".ipynb_checkpoints" / "a.png")
+    _png(root / ".cache" / "z.png")
+    assert list_inputs(only_images) == list_images(only_images)
+    assert not any("/." in p for p in list_images(only_images) + list_inputs(root))
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         list_inputs(tmp_path / "absent")
     (tmp_path / "x.npz").touch()
