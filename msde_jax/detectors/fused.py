@@ -328,6 +328,9 @@ class FusedDetector(Detector):
             groups: one group id per sample, passed to every component's ``fit`` (a group's
                 samples share a cross-fit fold).
 
+        A component that fails to fit leaves the detector unfitted (the components before it
+        are refitted already).
+
         Returns:
             ``self``, with ``state_`` / ``stats_`` (:class:`FusionStats` or
             ``RankCalibration``), ``decision_scores_`` (the fused out-of-fold scores),
@@ -339,8 +342,14 @@ class FusedDetector(Detector):
         for name, component in components.items():
             try:
                 component.fit(X[name], groups=groups)
-            except ValueError as err:
-                raise ValueError(f"component {name!r}: {err}") from err
+            except Exception as err:
+                # Components before this one are refitted already: no state of the last fit
+                # may be kept beside them (it would score, save and then fail to load).
+                for fitted in ("state_", "decision_scores_", "threshold_", "labels_"):
+                    self.__dict__.pop(fitted, None)
+                if isinstance(err, ValueError):
+                    raise ValueError(f"component {name!r}: {err}") from err
+                raise
         oof = {name: np.asarray(c.decision_scores_) for name, c in components.items()}
         self._fitted_with = {
             "components": components,

@@ -32,6 +32,7 @@ __all__ = [
     "TOP_PERCENT",
     "VolumeScores",
     "aggregate",
+    "cross_fit_folds",
     "fit_groups",
     "read_volume_record",
     "top_k",
@@ -170,19 +171,33 @@ def read_volume_record(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(record)
 
 
+def cross_fit_folds(detector: Any) -> int | None:
+    """How many cross-fit folds ``detector``'s out-of-fold scores come from (a fused
+    detector: the most of its components', which each get the groups), or ``None``."""
+    components = getattr(detector, "components", None)
+    if components is not None:
+        counts = [cross_fit_folds(component) for component in dict(components).values()]
+        return None if None in counts or not counts else max(counts)
+    params = detector.get_params()
+    if params.get("n_folds") is None or params.get("threshold", "cross_fit") != "cross_fit":
+        return None
+    return int(params["n_folds"])
+
+
 def fit_groups(detector: Any, groups: SliceGroups) -> np.ndarray | None:
     """The ``groups=`` to fit ``detector`` with on these items: their volumes
     (:meth:`SliceGroups.fold_groups`), so that a volume's slices share a cross-fit fold.
 
-    ``None`` (folds of slices) without volumes, for a detector without cross-fit folds, and
+    ``None`` (folds of slices) without volumes, for a detector without cross-fit folds (a
+    fused detector has them when all its components do), and
     when there are fewer groups than folds; the last says so on stderr, since the training
     volumes' scores then come from models that saw other slices of them (the volume threshold
     errs low).
     """
     if not groups.has_volumes:
         return None
-    n_folds = detector.get_params().get("n_folds")
-    if n_folds is None or detector.get_params().get("threshold", "cross_fit") != "cross_fit":
+    n_folds = cross_fit_folds(detector)
+    if n_folds is None:
         return None
     ids = groups.fold_groups()
     n_groups = np.unique(ids).size

@@ -80,6 +80,19 @@ def test_decision_scores_are_fused_out_of_fold_and_threshold_their_quantile(fitt
         np.testing.assert_array_equal(component.decision_scores_, alone.decision_scores_)
 
 
+def test_a_component_failing_to_refit_leaves_the_detector_unfitted(fitted, rng, tmp_path):
+    """The first component refits, the second refuses: no state of the last fit may stay
+    beside the refitted component (it scored, saved, and the file would not load)."""
+    det, test = fitted
+    det.components["narrow"].set_params(n_components=0)  # refused at fit
+    with pytest.raises(ValueError, match="component 'narrow'"):
+        det.fit(_features(rng, 8))
+    with pytest.raises(NotFittedError):
+        det.score_samples(test)
+    with pytest.raises(NotFittedError):
+        det.save(tmp_path / "f.npz")
+
+
 def test_fit_predict_returns_labels(rng):
     det = FusedDetector(_components())
     np.testing.assert_array_equal(det.fit_predict(_features(rng, N_TRAIN)), det.labels_)

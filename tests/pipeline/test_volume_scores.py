@@ -227,3 +227,13 @@ def test_fit_groups_are_volumes_when_there_are_enough(capsys):
     assert "folds of slices" in capsys.readouterr().err
     assert fit_groups(MSDEDetector(threshold="chi2"), groups) is None
     assert fit_groups(MSDEDetector(), SliceGroups.images(4)) is None
+    # A fused detector's components get the groups: folds of volumes when all cross-fit
+    # (its own parameters name no n_folds; its slices' folds made the volume threshold err).
+    from msde_jax import FusedDetector
+
+    fused = FusedDetector({"a": MSDEDetector(n_folds=3), "b": MSDEDetector(n_folds=4)})
+    np.testing.assert_array_equal(fit_groups(fused, groups), ids)
+    fused.components["b"].set_params(n_folds=9)
+    assert fit_groups(fused, groups) is None  # 8 groups < 9 folds of one component
+    fused.components["b"].set_params(n_folds=4, threshold="chi2")  # in-sample scores
+    assert fit_groups(fused, groups) is None
