@@ -56,6 +56,7 @@ from msde_jax.io.cache import SupportsEmbed, embed_cached
 from msde_jax.io.datasets import Dataset
 from msde_jax.pipeline.volumes import (
     VolumeScores,
+    cross_fit_folds,
     fit_groups,
     volume_metrics,
     volume_scores,
@@ -342,9 +343,16 @@ def evaluate_embeddings(
 
     Raises:
         ValueError: a mapping of embedders without a FusedDetector of the same names, or the
-            other way round.
+            other way round; a detector with ``threshold="none"``.
     """
     _check_pairing(embedded.embedder, detector)
+    if getattr(detector, "threshold", None) == "none":
+        raise ValueError(
+            "an evaluation reports metrics at the detector's threshold, and threshold='none' "
+            "fits none: use threshold='cross_fit' (the default) or 'chi2'. For the ranking "
+            "alone, fit the detector, score the test images and use msde_jax.core.metrics."
+            "roc_auc."
+        )
     dataset = embedded.dataset
     timings = {"embed_s": embedded.embed_s}
     start = time.perf_counter()
@@ -405,7 +413,7 @@ def _volume_evaluation(
     ]
     train = dataset.split_groups("train_normal")
     threshold = None
-    if train.has_volumes and getattr(detector, "threshold", "cross_fit") == "cross_fit":
+    if train.has_volumes and cross_fit_folds(detector) is not None:  # out-of-fold scores
         threshold = volume_threshold(detector.decision_scores_, train, detector.contamination)
     return VolumeEvaluation(vs, labels, threshold, volume_metrics(labels, vs.scores, threshold))
 
@@ -515,16 +523,19 @@ def _binomial_quantile(q: float, n: int, p: float) -> float:
     return float(np.argmax(bdtr(np.arange(n + 1), n, p) >= q))  # P(X ≤ n) = 1 ≥ q
 
 
-def threshold_promise(fp: int, n_normal: int, contamination: float) -> dict[str, Any]:
+def threshold_promise(
+    fp: int, n_normal: int, contamination: float, rule: str = "cross_fit"
+) -> dict[str, Any]:
     """Whether the false-positive rate on the test normals is what the threshold promised.
 
     A threshold fitted as the ``1 − contamination`` quantile of the training normals'
-    out-of-fold scores promises that about ``contamination`` of *new normals from the same
-    source* score above it. With ``n_normal`` test normals the number flagged is then about
-    Binomial(n_normal, contamination): the promise holds when ``fp`` lies inside that law's
-    central 95 % interval. Outside it, the test normals are not scored like the training
-    normals (another site, scanner, protocol or preprocessing, or a differently curated
-    split), which no threshold fitted on training normals alone can see.
+    out-of-fold scores (``rule="cross_fit"``), or of the χ² law of squared Mahalanobis
+    distances under their Gaussian (``"chi2"``), promises that about ``contamination`` of *new
+    normals from the same source* score above it. With ``n_normal`` test normals the number
+    flagged is then about Binomial(n_normal, contamination): the promise holds when ``fp`` lies
+    inside that law's central 95 % interval. Outside it, the test normals are not scored like
+    the training normals (another site, scanner, protocol or preprocessing, or a differently
+    curated split), which no threshold fitted on training normals alone can see.
 
     Returns:
         ``{"contamination", "false_positive_rate", "expected_interval": [lo, hi] (rates),
@@ -533,12 +544,19 @@ def threshold_promise(fp: int, n_normal: int, contamination: float) -> dict[str,
     lo, hi = (_binomial_quantile(q, n_normal, contamination) for q in (0.025, 0.975))
     rate = fp / n_normal
     kept = lo <= fp <= hi
+    if rule not in ("cross_fit", "chi2"):
+        raise ValueError(f"rule must be 'cross_fit' or 'chi2', got {rule!r}.")
+    quantile = (
+        "quantile of the training normals' out-of-fold scores"
+        if rule == "cross_fit"
+        else "quantile of the χ² law of squared Mahalanobis distances under the training "
+        "normals' Gaussian (its square root)"
+    )
     text = (
-        f"The threshold is the {1 - contamination:.0%} quantile of the training normals' "
-        f"out-of-fold scores, so about {contamination:.0%} of new normals from the same source "
-        f"should score above it. On these {n_normal} test normals {fp} did "
-        f"({rate:.1%}); with {n_normal} normals, {lo / n_normal:.1%}–{hi / n_normal:.1%} "
-        "is expected 95 % of the time. "
+        f"The threshold is the {1 - contamination:.0%} {quantile}, so about "
+        f"{contamination:.0%} of new normals from the same source should score above it. On "
+        f"these {n_normal} test normals {fp} did ({rate:.1%}); with {n_normal} normals, "
+        f"{lo / n_normal:.1%}–{hi / n_normal:.1%} is expected 95 % of the time. "
     )
     if kept:
         text += "**Kept.**"
@@ -552,6 +570,11 @@ def threshold_promise(fp: int, n_normal: int, contamination: float) -> dict[str,
             "normals from the test images' source, or set the threshold on a labelled sample of "
             "them."
         )
+        if rule == "chi2":
+            text += (
+                " With threshold='chi2' it also happens when the Gaussian does not describe "
+                "the normals' scores (the default, 'cross_fit', needs no such assumption)."
+            )
     return {
         "contamination": contamination,
         "false_positive_rate": rate,

@@ -611,10 +611,11 @@ def write_report(
     require_matplotlib()  # fail early, before writing anything, when matplotlib is missing
 
     metrics = evaluation_metrics(positive, score_arr, threshold)
-    contamination = ((config or {}).get("detector") or {}).get("contamination")
+    detector = (config or {}).get("detector") or {}  # a fused detector's rule: cross_fit
+    contamination, rule = detector.get("contamination"), detector.get("threshold", "cross_fit")
     promise = None
-    if isinstance(contamination, int | float) and 0 < contamination < 1:
-        promise = threshold_promise(metrics["fp"], metrics["n_normal"], float(contamination))
+    if isinstance(contamination, int | float) and 0 < contamination < 1 and rule != "none":
+        promise = threshold_promise(metrics["fp"], metrics["n_normal"], contamination, rule=rule)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {"title": title, "metrics": metrics, "config": config, "timings": timings}

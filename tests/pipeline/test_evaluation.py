@@ -174,6 +174,9 @@ def test_one_embedding_serves_several_detectors(rng):
     assert paper.config["detector"]["mode"] == "transductive"
     direct = evaluate(dataset, FakeEmbedder(), MSDEDetector(**PARAMS), progress=False)
     np.testing.assert_array_equal(inductive.scores, direct.scores)
+    # A detector without a threshold is refused with what to use ("threshold is NaN" before).
+    with pytest.raises(ValueError, match="threshold='none' fits none: use threshold='cross_fit'"):
+        evaluate_embeddings(embedded, MSDEDetector(**PARAMS, threshold="none"))
 
 
 def test_heatmaps_refuse_a_detector_without_maps_before_embedding(rng):

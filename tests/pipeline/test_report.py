@@ -183,3 +183,13 @@ def test_threshold_promise_kept_or_not_and_said_in_the_report(tmp_path):
     assert "Not kept" in (tmp_path / "r" / "report.md").read_text()
     write_report(tmp_path / "s", labels=labels, scores=scores, threshold=0.5)  # no config
     assert "threshold_promise" not in json.loads((tmp_path / "s" / "metrics.json").read_text())
+    # Each rule says what its threshold is; threshold="none" promises nothing.
+    chi2 = {"detector": {"contamination": 0.05, "threshold": "chi2"}}
+    write_report(tmp_path / "c", labels=labels, scores=scores, threshold=0.5, config=chi2)
+    text = json.loads((tmp_path / "c" / "metrics.json").read_text())["threshold_promise"]["text"]
+    assert "χ² law" in text
+    assert "out-of-fold" not in text
+    assert "Gaussian does not describe" in text  # why a χ² promise may fail
+    none = {"detector": {"contamination": 0.05, "threshold": "none"}}
+    write_report(tmp_path / "n", labels=labels, scores=scores, threshold=0.5, config=none)
+    assert "threshold_promise" not in json.loads((tmp_path / "n" / "metrics.json").read_text())
