@@ -292,7 +292,12 @@ def _from_folders(root: Path, *, axis: str, skip_unreadable: bool) -> Dataset:
             )
         inputs = read_inputs(folder, axis=axis, skip_unreadable=skip_unreadable)
         skipped.extend(inputs.skipped)
-        if not inputs.items and not inputs.skipped:
+        if not inputs.items and inputs.skipped:
+            raise ValueError(
+                f"{folder}: every volume was unreadable and skipped ({len(inputs.skipped)}: "
+                f"{inputs.skipped[0]}); every class folder needs at least one readable image."
+            )
+        if not inputs.items:
             raise ValueError(
                 f"{folder}: no images (looked for {', '.join(IMAGE_SUFFIXES)}, "
                 f"{', '.join(VOLUME_SUFFIXES)} and DICOM-series folders); every class folder "

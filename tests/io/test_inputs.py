@@ -1,5 +1,7 @@
 """Inputs: image files and volumes (NIfTI, DICOM series) listed as named 2-D items with groups."""
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -210,3 +212,8 @@ def test_load_dataset_of_volumes_keeps_the_groups(tmp_path):
     skipped = load_dataset(root, skip_unreadable=True)
     assert len(skipped.train_normal) == 12
     assert len(skipped.skipped) == 1
+    shutil.rmtree(root / "test" / "abnormal")  # a class left with unreadable volumes only
+    (root / "test" / "abnormal").mkdir()
+    (root / "test" / "abnormal" / "only.nii").write_bytes(b"\0" * 10)
+    with pytest.raises(ValueError, match="every volume was unreadable and skipped"):
+        load_dataset(root, skip_unreadable=True)  # an empty class, as without skipping
