@@ -59,7 +59,8 @@ class BankConfig(BaseConfig):
     projection_dim: int | None = param(
         128,
         "dimension of the coreset's random projection (PatchCore's 128); ``None``, or a value "
-        "not below the channel count, selects on the exact features.",
+        "not below the channels searched (the features' and, with ``position > 0``, the two "
+        "position channels), selects on the exact features.",
     )
     reduce: str = param(
         "top",
