@@ -18,6 +18,15 @@ from typing import Any
 import numpy as np
 
 from msde_jax._memory import MemoryLimitError
+from msde_jax.cli.inputs import (
+    UserError,
+    command_inputs,
+    input_files,
+    item_name,
+    normal_images,
+    readable,
+    usable,
+)
 from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
 from msde_jax.cli.volumes import (
     fit_summary,
@@ -31,10 +40,6 @@ from msde_jax.cli.volumes import (
 )
 
 __all__ = ["COMMANDS", "UserError"]
-
-
-class UserError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -164,107 +169,15 @@ def _check_out(
                 )
 
 
-def _inputs(sources: Sequence[str], args: argparse.Namespace, axis: str | None = None):
-    """The named 2-D items of the command's inputs (:class:`msde_jax.io.inputs.Inputs`):
-    image files (as paths) and the slices of volumes (NIfTI files, DICOM-series folders) from
-    files/folders, or the images of one .npz stack."""
-    from msde_jax.io.inputs import Inputs, SliceGroups, read_inputs
-
-    if len(sources) == 1 and sources[0].lower().endswith(".npz"):
-        from msde_jax.io.datasets import load_images_npz
-
-        if not Path(sources[0]).exists():
-            raise FileNotFoundError(sources[0])
-        images = load_images_npz(sources[0])
-        names = [f"{sources[0]}[{i}]" for i in range(len(images))]
-        return Inputs(list(images), names, SliceGroups.images(len(images)))
-    skip = getattr(args, "skip_unreadable", False)
-    axis = axis or getattr(args, "axis", None) or "axial"
-    with volume_warnings():
-        inputs = read_inputs(list(sources), axis=axis, skip_unreadable=skip)
-    print_volume_notes(inputs.groups.volumes)
-    if not inputs.items and not inputs.skipped:
-        from msde_jax.io.images import IMAGE_SUFFIXES
-        from msde_jax.io.volumes import VOLUME_SUFFIXES
-
-        raise UserError(
-            f"no image files in {', '.join(sources)} (looked for {', '.join(IMAGE_SUFFIXES)}, "
-            f"volumes {', '.join(VOLUME_SUFFIXES)} and DICOM-series folders, in folders and "
-            "their sub-folders)."
-        )
-    return inputs
-
-
-def _input_files(inputs) -> list[str]:
-    """The files and folders the items come from (image paths and volume sources)."""
-    paths = [item for item in inputs.items if isinstance(item, str | Path)]
-    return [*paths, *(v.source for v in inputs.groups.volumes)]
-
-
-def _name(item: Any) -> str:
-    return str(item) if isinstance(item, str | Path) else "(array)"
-
-
-def _readable(
-    items: list,
-    names: list[str],
-    args: argparse.Namespace,
-    *,
-    skipped: Sequence[str] = (),
-    volume_files: int = 0,
-) -> list[int]:
-    """The indices of the items to use. With ``--skip-unreadable``, those whose files decode
-    as images (each skipped file — and each unreadable volume in ``skipped``, already left out
-    — and the count printed on stderr); without it, all of them (the first unreadable file then
-    stops the command, named in its error). ``volume_files``: how many volumes were read (for
-    the count of files)."""
-    if not getattr(args, "skip_unreadable", False):
-        return list(range(len(items)))
-    import os
-
-    from msde_jax.io.images import ImageReadError, to_float
-
-    keep, skipped = [], list(skipped)
-    n_files = len(skipped) + volume_files
-    for i, (item, name) in enumerate(zip(items, names, strict=True)):
-        if isinstance(item, str | os.PathLike):
-            n_files += 1
-            try:
-                to_float(item, name=name)
-            except ImageReadError as err:
-                skipped.append(str(err))
-                continue
-        keep.append(i)
-    for why in skipped:
-        print(f"skipped: {why}", file=sys.stderr)
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s) of {n_files}", file=sys.stderr)
-    if not keep:
-        raise UserError(f"none of the {n_files} files could be read as an image.")
-    return keep
-
-
-def _usable(inputs, args: argparse.Namespace) -> list[int]:
-    """:func:`_readable` of :class:`~msde_jax.io.inputs.Inputs`."""
-    n_volume_files = len({v.source for v in inputs.groups.volumes})
-    return _readable(
-        inputs.items,
-        inputs.names,
-        args,
-        skipped=inputs.skipped,
-        volume_files=n_volume_files,
-    )
-
-
 # ---------------------------------------------------------------------------- commands
 def cmd_embed(args: argparse.Namespace) -> None:
     from msde_jax._files import atomic_write
     from msde_jax.pipeline.evaluation import embed
 
     out = args.out if args.out.endswith(".npz") else f"{args.out}.npz"  # as np.savez names it
-    inputs = _inputs(args.sources, args)
-    _check_out(out, inputs=[*args.sources, *_input_files(inputs)])
-    inputs = inputs.take(_usable(inputs, args))
+    inputs = command_inputs(args.sources, args)
+    _check_out(out, inputs=[*args.sources, *input_files(inputs)])
+    inputs = inputs.take(usable(inputs, args))
     items, names = inputs.items, inputs.names
     embedder = _embedder(args)
     emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
@@ -315,10 +228,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
     else:
         from msde_jax.pipeline.evaluation import embed
 
-        inputs = _inputs(args.sources, args)
-        _check_out(args.out, inputs=[*args.sources, *_input_files(inputs)])
+        inputs = command_inputs(args.sources, args)
+        _check_out(args.out, inputs=[*args.sources, *input_files(inputs)])
         _detector(args)  # refuses bad detector options before the embedding
-        inputs = inputs.take(_usable(inputs, args))
+        inputs = inputs.take(usable(inputs, args))
         embedder = _embedder(args)
         features = embed(embedder, inputs.items, cache_dir=args.cache_dir, what="normal")
         config = embedder.config()
@@ -382,11 +295,11 @@ def cmd_score(args: argparse.Namespace) -> None:
     if args.heatmaps and not detector.has_maps:
         raise UserError(no_maps_message(detector))
     axis = args.axis or (record or {}).get("axis") or "axial"
-    inputs = _inputs(args.sources, args, axis=axis)
+    inputs = command_inputs(args.sources, args, axis=axis)
     with_volumes = inputs.groups.has_volumes
     volume_out = volume_csv_path(args.out) if args.out and with_volumes else None
     if args.out:
-        files = [args.model, *args.sources, *_input_files(inputs)]
+        files = [args.model, *args.sources, *input_files(inputs)]
         _check_out(args.out, inputs=files)
         if volume_out is not None:
             _check_out(str(volume_out), option="--out (its volume CSV)", inputs=[*files, args.out])
@@ -403,7 +316,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             f"{'patch' if detector.has_maps else 'image'}, but its embedder ({embedder!r}) "
             f"gives {dim}: the file's metadata does not match its detector; refit the model."
         )
-    inputs = inputs.take(_usable(inputs, args))
+    inputs = inputs.take(usable(inputs, args))
     items, names, groups = inputs.items, inputs.names, inputs.groups
     if args.heatmaps:  # their memory, before any image is embedded
         check_heatmaps(embedder.image_size, len(items))
@@ -507,7 +420,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
         kept = {}
         for field in splits:
             items = list(getattr(dataset, field))
-            kept[field] = _readable(items, [f"{field}: {_name(i)}" for i in items], args)
+            kept[field] = readable(items, [f"{field}: {item_name(i)}" for i in items], args)
         dataset = limit_dataset(dataset.subset(kept))  # none left empty
     # Without --cache-dir, a cache for this run only: the validation and the evaluation then
     # embed the training normals once.
@@ -603,7 +516,7 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
     _check_out(args.out, folder=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    items = _normal_images(args.sources)[: args.limit]
+    items = normal_images(args.sources)[: args.limit]
     print(f"training on {len(items)} normal images: {config}", file=sys.stderr)
     start = time.perf_counter()
     result = train_backbone(items, config, out_dir=args.out, resume=args.resume)
@@ -620,34 +533,6 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
         f"use it with: --backbone {config.backbone} --weights {out / BACKBONE} "
         f"--image-size {config.image_size}"
     )
-
-
-def _normal_images(sources: Sequence[str]) -> list:
-    """A dataset's train/normal split when given one dataset spec, else the images named.
-
-    A folder laid out as a dataset (``train/`` or ``test/`` sub-folders, or ``data.json``) is
-    never read whole: its test images include abnormal ones. Without its test splits (all that
-    training needs is ``train/normal``) its ``train/normal`` folder is read; otherwise the
-    dataset's error is raised."""
-    from msde_jax.io.datasets import load_dataset
-
-    if len(sources) == 1:
-        path = Path(sources[0])
-        layout = path.is_dir() and any(
-            (path / part).exists() for part in ("train", "test", "data.json")
-        )
-        try:
-            dataset = load_dataset(sources[0])
-        except (ValueError, FileNotFoundError):
-            if layout and (path / "train" / "normal").is_dir():
-                print(f"{path}: using its train/normal folder", file=sys.stderr)
-                return _inputs([str(path / "train" / "normal")], argparse.Namespace()).items
-            if layout:
-                raise
-        else:
-            print(f"{dataset.name}: using its train/normal split", file=sys.stderr)
-            return list(dataset.train_normal)
-    return _inputs(sources, argparse.Namespace()).items
 
 
 COMMANDS = {

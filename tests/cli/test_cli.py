@@ -478,14 +478,31 @@ def test_train_backbone_reads_only_the_training_normals_of_a_dataset_folder(fold
     is no dataset gives all its images."""
     import shutil
 
-    from msde_jax.cli.commands import _normal_images
+    from msde_jax.cli.inputs import normal_images
 
     train = sorted(str(p) for p in (folder / "train" / "normal").glob("*.png"))
-    assert _normal_images([str(folder)]) == train  # the whole dataset
+    assert normal_images([str(folder)]) == train  # the whole dataset
     shutil.rmtree(folder / "test" / "normal")
-    assert _normal_images([str(folder)]) == train
+    assert normal_images([str(folder)]) == train
     assert "using its train/normal folder" in capsys.readouterr().err
     shutil.rmtree(folder / "train")  # a dataset layout (test/) without training normals
     with pytest.raises(ValueError, match="train/normal"):
-        _normal_images([str(folder)])
-    assert len(_normal_images([str(folder / "test")])) == 30  # a plain folder of images
+        normal_images([str(folder)])
+    assert len(normal_images([str(folder / "test")])) == 30  # a plain folder of images
+
+
+def test_npz_inputs_the_command_line_cannot_read_say_what_it_can(tmp_path, capsys):
+    """Advice the user can follow on the command line (not "say which one to read", nor a
+    Python function to call)."""
+    images = np.zeros((3, 8, 8), np.uint8)
+    np.savez(tmp_path / "two.npz", images=images, labels=np.zeros(3))
+    np.savez(tmp_path / "emb.npz", embeddings=np.zeros((3, 4)), names=np.array(["a", "b", "c"]))
+    np.savez(tmp_path / "one.npz", images=images)
+    out = ["--out", str(tmp_path / "e.npz"), *EMBED]
+    assert main(["embed", str(tmp_path / "two.npz"), *out]) == 2
+    assert "one image stack" in capsys.readouterr().err
+    fit = ["fit", str(tmp_path / "emb.npz"), "--out", str(tmp_path / "m.npz"), *EMBED]
+    assert main(fit) == 2
+    assert "--embeddings" in capsys.readouterr().err
+    assert main(["embed", str(tmp_path / "one.npz"), str(tmp_path / "one.npz"), *out]) == 2
+    assert "must be the command's only input" in capsys.readouterr().err

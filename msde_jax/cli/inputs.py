@@ -1,0 +1,164 @@
+"""What the commands read: their image inputs (files, folders, volumes, one .npz stack), which
+of them are readable, and the training normals of ``train-backbone``; :class:`UserError` for
+input the user must change."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from msde_jax.cli.volumes import print_volume_notes, volume_warnings
+
+__all__ = [
+    "UserError",
+    "command_inputs",
+    "input_files",
+    "item_name",
+    "normal_images",
+    "readable",
+    "usable",
+]
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+def command_inputs(sources: Sequence[str], args: argparse.Namespace, axis: str | None = None):
+    """The named 2-D items of the command's inputs (:class:`msde_jax.io.inputs.Inputs`):
+    image files (as paths) and the slices of volumes (NIfTI files, DICOM-series folders) from
+    files/folders, or the images of one .npz stack."""
+    from msde_jax.io.inputs import Inputs, SliceGroups, read_inputs
+
+    stacks = [source for source in sources if source.lower().endswith(".npz")]
+    if stacks and len(sources) > 1:
+        raise UserError(
+            f"{stacks[0]}: an .npz image stack must be the command's only input; give it "
+            "alone, or give image files and folders."
+        )
+    if stacks:
+        from msde_jax.io.datasets import load_images_npz, open_npz
+
+        if not Path(sources[0]).exists():
+            raise FileNotFoundError(sources[0])
+        with open_npz(sources[0]) as data:
+            keys = list(data)
+        if "embeddings" in keys:
+            raise UserError(
+                f"{sources[0]} holds embeddings (msde-jax embed's output): fit on it with "
+                "--embeddings, or give the images."
+            )
+        if len(keys) > 1 and "train_normal" not in keys:
+            raise UserError(
+                f"{sources[0]} holds several arrays ({', '.join(keys)}): the commands read an "
+                ".npz holding one image stack, or a dataset's train_normal; save the images "
+                "alone (numpy.savez(path, images=...))."
+            )
+        images = load_images_npz(sources[0])
+        names = [f"{sources[0]}[{i}]" for i in range(len(images))]
+        return Inputs(list(images), names, SliceGroups.images(len(images)))
+    skip = getattr(args, "skip_unreadable", False)
+    axis = axis or getattr(args, "axis", None) or "axial"
+    with volume_warnings():
+        inputs = read_inputs(list(sources), axis=axis, skip_unreadable=skip)
+    print_volume_notes(inputs.groups.volumes)
+    if not inputs.items and not inputs.skipped:
+        from msde_jax.io.images import IMAGE_SUFFIXES
+        from msde_jax.io.volumes import VOLUME_SUFFIXES
+
+        raise UserError(
+            f"no image files in {', '.join(sources)} (looked for {', '.join(IMAGE_SUFFIXES)}, "
+            f"volumes {', '.join(VOLUME_SUFFIXES)} and DICOM-series folders, in folders and "
+            "their sub-folders)."
+        )
+    return inputs
+
+
+def input_files(inputs) -> list[str]:
+    """The files and folders the items come from (image paths and volume sources)."""
+    paths = [item for item in inputs.items if isinstance(item, str | Path)]
+    return [*paths, *(v.source for v in inputs.groups.volumes)]
+
+
+def item_name(item: Any) -> str:
+    return str(item) if isinstance(item, str | Path) else "(array)"
+
+
+def readable(
+    items: list,
+    names: list[str],
+    args: argparse.Namespace,
+    *,
+    skipped: Sequence[str] = (),
+    volume_files: int = 0,
+) -> list[int]:
+    """The indices of the items to use. With ``--skip-unreadable``, those whose files decode
+    as images (each skipped file — and each unreadable volume in ``skipped``, already left out
+    — and the count printed on stderr); without it, all of them (the first unreadable file then
+    stops the command, named in its error). ``volume_files``: how many volumes were read (for
+    the count of files)."""
+    if not getattr(args, "skip_unreadable", False):
+        return list(range(len(items)))
+    import os
+
+    from msde_jax.io.images import ImageReadError, to_float
+
+    keep, skipped = [], list(skipped)
+    n_files = len(skipped) + volume_files
+    for i, (item, name) in enumerate(zip(items, names, strict=True)):
+        if isinstance(item, str | os.PathLike):
+            n_files += 1
+            try:
+                to_float(item, name=name)
+            except ImageReadError as err:
+                skipped.append(str(err))
+                continue
+        keep.append(i)
+    for why in skipped:
+        print(f"skipped: {why}", file=sys.stderr)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s) of {n_files}", file=sys.stderr)
+    if not keep:
+        raise UserError(f"none of the {n_files} files could be read as an image.")
+    return keep
+
+
+def usable(inputs, args: argparse.Namespace) -> list[int]:
+    """:func:`readable` of :class:`~msde_jax.io.inputs.Inputs`."""
+    n_volume_files = len({v.source for v in inputs.groups.volumes})
+    return readable(
+        inputs.items,
+        inputs.names,
+        args,
+        skipped=inputs.skipped,
+        volume_files=n_volume_files,
+    )
+
+
+def normal_images(sources: Sequence[str]) -> list:
+    """A dataset's train/normal split when given one dataset spec, else the images named.
+
+    A folder laid out as a dataset (``train/`` or ``test/`` sub-folders, or ``data.json``) is
+    never read whole: its test images include abnormal ones. Without its test splits (all that
+    training needs is ``train/normal``) its ``train/normal`` folder is read; otherwise the
+    dataset's error is raised."""
+    from msde_jax.io.datasets import load_dataset
+
+    if len(sources) == 1:
+        path = Path(sources[0])
+        layout = path.is_dir() and any(
+            (path / part).exists() for part in ("train", "test", "data.json")
+        )
+        try:
+            dataset = load_dataset(sources[0])
+        except (ValueError, FileNotFoundError):
+            if layout and (path / "train" / "normal").is_dir():
+                print(f"{path}: using its train/normal folder", file=sys.stderr)
+                return command_inputs([str(path / "train" / "normal")], argparse.Namespace()).items
+            if layout:
+                raise
+        else:
+            print(f"{dataset.name}: using its train/normal split", file=sys.stderr)
+            return list(dataset.train_normal)
+    return command_inputs(sources, argparse.Namespace()).items
