@@ -487,11 +487,11 @@ def fit_detector(
 
     The threshold needs no abnormal images: with ``threshold="cross_fit"`` each training normal
     is scored by a model fitted on the other ``n_folds − 1`` folds (by content order, not row
-    order; :func:`.fitting.cross_fit`); the threshold is the ``1 − contamination`` quantile of
-    those out-of-fold scores; with
-    ``"chi2"`` it is the square root of the ``1 − contamination`` quantile of
-    χ²(n_components), the law of a squared Mahalanobis distance under the Gaussian, and the
-    decision scores are in-sample; with ``"none"`` there is neither (the model alone).
+    order; :func:`~msde_jax.detectors.fitting.cross_fit`); the threshold is the
+    ``1 − contamination`` quantile of those out-of-fold scores; with ``"chi2"`` it is the square
+    root of the ``1 − contamination`` quantile of χ²(n_components), the law of a squared
+    Mahalanobis distance under the Gaussian, and the decision scores are in-sample; with
+    ``"none"`` there is neither (the model alone).
 
     Runs eagerly (NumPy statistics and hashing, a Python loop over folds); its parts are jitted.
 
