@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from msde_jax.io.dicom import is_dicom
 from msde_jax.io.images import IMAGE_SUFFIXES, ImageReadError
 from msde_jax.io.volume_readers import is_volume, read_volumes
 from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, is_nifti
@@ -154,7 +155,7 @@ def list_inputs(
     """Image files, NIfTI files and DICOM-series folders from files and folders.
 
     A folder is searched recursively (hidden files and folders, whose names start with ``.``,
-    left out): every file with an image suffix (as
+    left out): every file with an image suffix or DICOM's magic under another name (as
     :func:`~msde_jax.io.datasets.list_images`) or a NIfTI suffix, and every folder that is a
     DICOM series (:func:`~msde_jax.io.dicom_series.is_dicom_series`) as one entry — its
     ``.dcm`` files are not listed again as images; its sub-folders are searched. The entries
@@ -187,7 +188,7 @@ def list_inputs(
             out.extend(
                 str(p)
                 for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, path)
+                if p.is_file() and not _hidden(p, path) and _image_file(p)
             )
         elif path.suffix.lower() == ".npz":
             raise ValueError(
@@ -197,6 +198,13 @@ def list_inputs(
         else:
             out.append(str(path))
     return out
+
+
+def _image_file(path: Path) -> bool:
+    """An image suffix, or a DICOM file under another name (``IM0001``, ``.IMA``), known by
+    its DICM magic."""
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or (not is_nifti(path) and suffix != ".npz" and is_dicom(path))
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -218,8 +226,8 @@ def _walk(root: Path) -> list[str]:
             path = here / name
             if series and (path.suffix.lower() == ".dcm" or name.upper() == "DICOMDIR"):
                 continue  # part of the series (or its index)
-            if path.suffix.lower() in IMAGE_SUFFIXES or is_nifti(path):
-                found.append(path)
+            if is_nifti(path) or (_image_file(path) and not (series and is_dicom(path))):
+                found.append(path)  # (a series' DICOM files of any name are the series)
     return [str(p) for p in sorted(found)]
 
 

@@ -109,6 +109,27 @@ def test_read_inputs_names_slices_and_groups_them(tmp_path):
     assert coronal.items[0].shape == (4, 16)
 
 
+def test_dicom_files_without_a_suffix_are_images_or_series_slices(tmp_path):
+    """PACS and CD exports name files IM0001, …: a radiograph so named is an image, and a
+    series so named stays one entry (its slices are not listed again)."""
+    from testing import write_dicom
+
+    xrays = tmp_path / "xrays"
+    xrays.mkdir()
+    for i in range(2):
+        write_dicom(xrays / f"IM{i:04d}", np.full((8, 8), 100 * i, np.uint16))
+    _png(xrays / "extra.png")
+    (xrays / "notes").write_text("not an image")
+    want = [str(xrays / "IM0000"), str(xrays / "IM0001"), str(xrays / "extra.png")]
+    assert list_inputs(xrays) == list_images(xrays) == want
+    series = write_dicom_series(tmp_path / "ct", tissue(RNG, (3, 16, 16)))
+    for file in series.glob("*.dcm"):
+        file.rename(file.with_suffix(""))
+    assert list_inputs(tmp_path / "ct") == [str(series)]
+    (vol,) = read_inputs(tmp_path / "ct").groups.volumes
+    assert vol.n_slices == 3
+
+
 def test_volumes_that_share_a_file_name_are_named_apart_by_their_folders(tmp_path):
     """One folder per patient, each with t1.nii.gz: slice names must still tell the volumes
     apart (they were all "t1:0000", … — the score table could not be read back)."""
