@@ -313,12 +313,13 @@ def aupro(masks: ArrayLike, maps: ArrayLike, *, max_fpr: float = 0.3, n_steps: i
     MVTec AD's localisation metric (Bergmann et al., CVPR 2019 / IJCV 2021): every connected
     region of the ground-truth masks (8-connectivity, per image) counts equally, however
     large. At a threshold t, PRO(t) is the mean over regions of the share of the region's
-    pixels with ``map > t``, and FPR(t) the share of all pixels outside every region with
-    ``map > t``; the curve PRO(FPR) for FPR from 0 to ``max_fpr`` (thresholds at ``n_steps``
-    quantiles of the normal pixels' values) is integrated by the trapezoid rule and divided by
-    ``max_fpr`` (a random map scores about ``max_fpr / 2``). Tied map values (quantised maps,
-    maps set to 0 outside a foreground) make FPR jump: PRO at ``max_fpr`` is then interpolated
-    between the operating points on either side, as MVTec's evaluation code does.
+    pixels with ``map ≥ t``, and FPR(t) the share of all pixels outside every region with
+    ``map ≥ t``; the curve PRO(FPR) from (0, the regions' share above every normal pixel) to
+    FPR ``max_fpr`` (thresholds: up to ``n_steps`` normal pixel values, at quantiles) is
+    integrated by the trapezoid rule and divided by ``max_fpr`` (a random map scores about
+    ``max_fpr / 2``). Tied map values (quantised maps, maps set to 0 outside a foreground) make
+    FPR jump: PRO at ``max_fpr`` is then interpolated between the operating points on either
+    side, as MVTec's evaluation code does.
 
     Args:
         masks: (n, H, W) ground truth, non-zero = anomalous pixel; at least one region.

@@ -158,7 +158,8 @@ def list_inputs(
     left out): every file with an image suffix or DICOM's magic under another name (as
     :func:`~msde_jax.io.datasets.list_images`) or a NIfTI suffix, and every folder that is a
     DICOM series (:func:`~msde_jax.io.dicom_series.is_dicom_series`) as one entry — its
-    ``.dcm`` files are not listed again as images; its sub-folders are searched. The entries
+    DICOM files (``.dcm`` or any other name) are not listed again as images; its sub-folders
+    are searched. The entries
     of one folder are sorted by path. A file or folder given directly is taken as it is (a
     folder given directly is searched, even when it is itself a DICOM series: then it is one
     entry).
@@ -203,8 +204,7 @@ def list_inputs(
 def _image_file(path: Path) -> bool:
     """An image suffix, or a DICOM file under another name (``IM0001``, ``.IMA``), known by
     its DICM magic."""
-    suffix = path.suffix.lower()
-    return suffix in IMAGE_SUFFIXES or (not is_nifti(path) and suffix != ".npz" and is_dicom(path))
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -224,10 +224,12 @@ def _walk(root: Path) -> list[str]:
             found.append(here)
         for name in files:
             path = here / name
-            if series and (path.suffix.lower() == ".dcm" or name.upper() == "DICOMDIR"):
-                continue  # part of the series (or its index)
-            if is_nifti(path) or (_image_file(path) and not (series and is_dicom(path))):
-                found.append(path)  # (a series' DICOM files of any name are the series)
+            if series and (name.upper() == "DICOMDIR" or path.suffix.lower() == ".dcm"):
+                continue  # the series' index, or one of its files
+            if series and is_dicom(path):
+                continue  # one of its files under another name
+            if is_nifti(path) or _image_file(path):
+                found.append(path)
     return [str(p) for p in sorted(found)]
 
 
