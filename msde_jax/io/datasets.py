@@ -353,7 +353,8 @@ def list_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     Args:
         sources: a folder (every file with an image suffix — .png, .jpg, .jpeg, .tif, .tiff,
             .bmp, .dcm, any case — and every DICOM file under another name (``IM0001``),
-            known by its magic, below it, sorted; hidden ones, named ``.*``, left out), a
+            known by its magic, below it, sorted; hidden ones, named ``.*``, left out;
+            symbolic links to folders followed, each real folder once), a
             single image file, or a sequence of
             files and folders (concatenated in the given order).
 

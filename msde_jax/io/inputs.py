@@ -16,7 +16,7 @@ be gathered per volume.
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -155,14 +155,14 @@ def list_inputs(
     """Image files, NIfTI files and DICOM-series folders from files and folders.
 
     A folder is searched recursively (hidden files and folders, whose names start with ``.``,
-    left out): every file with an image suffix or DICOM's magic under another name (as
+    left out; symbolic links to folders followed, each real folder once): every file with an
+    image suffix or DICOM's magic under another name (as
     :func:`~msde_jax.io.datasets.list_images`) or a NIfTI suffix, and every folder that is a
-    DICOM series (:func:`~msde_jax.io.dicom_series.is_dicom_series`) as one entry — its
-    DICOM files (``.dcm`` or any other name) are not listed again as images; its sub-folders
-    are searched. The entries
-    of one folder are sorted by path. A file or folder given directly is taken as it is (a
-    folder given directly is searched, even when it is itself a DICOM series: then it is one
-    entry).
+    DICOM series (:func:`~msde_jax.io.dicom_series.is_dicom_series`) as one entry — its DICOM
+    files (``.dcm`` or any other name) are not listed again as images; its sub-folders are
+    searched. The entries of one folder are sorted by path. A file or folder given directly is
+    taken as it is (a folder given directly is searched, even when it is itself a DICOM series:
+    then it is one entry).
 
     Args:
         sources: a file, a folder, or a sequence of them (concatenated in the given order).
@@ -186,11 +186,8 @@ def list_inputs(
         if path.is_dir() and volumes:
             out.extend(_walk(path))
         elif path.is_dir():
-            out.extend(
-                str(p)
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and not _hidden(p, path) and _image_file(p)
-            )
+            found = (here / name for here, files in _folders(path) for name in files)
+            out.extend(str(p) for p in sorted(found) if p.is_file() and _image_file(p))
         elif path.suffix.lower() == ".npz":
             raise ValueError(
                 f"{path}: an .npz file is an array stack, not an image file; read it with "
@@ -207,18 +204,28 @@ def _image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    """A hidden file or one in a hidden folder below ``root`` (macOS's ``._scan.png`` copies of
-    metadata, ``.ipynb_checkpoints``): never an image of the dataset."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _folders(root: Path) -> Iterator[tuple[Path, list[str]]]:
+    """``root`` and every folder below it, each with the names of its files.
+
+    Hidden files and folders (named ``.*``: macOS's ``._scan.png`` copies of metadata,
+    ``.ipynb_checkpoints``) are never images of the dataset and are left out. Symbolic links
+    to folders are followed (datasets are often assembled from links), each real folder once:
+    a second link to it, or a link back up the tree, is not walked again.
+    """
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield Path(folder), [name for name in files if not name.startswith(".")]
 
 
 def _walk(root: Path) -> list[str]:
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files = [name for name in files if not name.startswith(".")]
-        here = Path(folder)
+    for here, files in _folders(root):
         series = is_volume(here)  # a DICOM-series folder
         if series:
             found.append(here)

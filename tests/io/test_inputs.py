@@ -78,6 +78,22 @@ def test_list_inputs_finds_images_nifti_files_and_series_folders(tmp_path):
         list_inputs(tmp_path / "x.npz")
 
 
+def test_symbolic_links_to_folders_are_followed_once(tmp_path):
+    """Datasets are often assembled from links: a linked folder's images are listed, a second
+    link to the same folder and a link back up the tree are not walked again."""
+    elsewhere = tmp_path / "elsewhere"
+    _png(elsewhere / "x.png")
+    root = tmp_path / "data"
+    _png(root / "a.png")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "linked-again").symlink_to(elsewhere, target_is_directory=True)
+    (root / "sub").mkdir()
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # a loop
+    expected = [str(root / "a.png"), str(root / "linked" / "x.png")]
+    assert list_images(root) == expected
+    assert list_inputs(root) == expected
+
+
 def test_read_inputs_names_slices_and_groups_them(tmp_path):
     root = _tree(tmp_path / "data")
     inputs = read_inputs(root)
