@@ -102,6 +102,15 @@ def _fit_states(
     return states
 
 
+def _grid_of(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """The (h, w) patch grid of features of ``shape``: (n, h, w, c) as given, (n, P, c) as
+    g × g when P = g² (how the bank places flat patches), else ``None``."""
+    if len(shape) == 4:
+        return int(shape[1]), int(shape[2])
+    side = math.isqrt(shape[1])
+    return (side, side) if side * side == shape[1] else None
+
+
 def _on_grid(x: np.ndarray) -> np.ndarray:
     """(n, P, c) patches with P = g² as (n, g, g, c); (n, h, w, c) as they are."""
     if x.ndim == 4:
@@ -334,8 +343,30 @@ class PatchBankDetector(Detector):
         state.position.bank    f  size xy
     """
 
-    def _describe(self, state: BankState, shape: tuple[int, ...]) -> dict[str, int]:
-        return {"n_features_in_": int(shape[-1]), "n_patches_": int(math.prod(shape[1:-1]))}
+    def _describe(self, state: BankState, shape: tuple[int, ...]) -> dict[str, Any]:
+        return {
+            "n_features_in_": int(shape[-1]),
+            "n_patches_": int(math.prod(shape[1:-1])),
+            "patch_grid_": _grid_of(shape),
+        }
+
+    def _fitted_meta(self) -> dict[str, Any]:
+        grid = getattr(self, "patch_grid_", None)  # (h, w) of the training grid, if any
+        return {**super()._fitted_meta(), "patch_grid_": None if grid is None else list(grid)}
+
+    def _checked(self, X: ArrayLike) -> tuple[BankState, jax.Array]:
+        """As the base class, and with ``position`` > 0 the features must lie on the training
+        grid: the same patch count on another grid would give the patches other places."""
+        state, x = super()._checked(X)
+        grid = getattr(self, "patch_grid_", None)
+        if state.position is not None and grid is not None and _grid_of(x.shape) != grid:
+            given = " × ".join(map(str, x.shape[1:-1]))
+            raise ValueError(
+                f"this detector was fitted with position={self.position!r} on a {grid[0]} × "
+                f"{grid[1]} patch grid, and a patch's place counts in its score; these features "
+                f"are {given} patches per image: pass (m, {grid[0]}, {grid[1]}, c) features."
+            )
+        return state, x
 
     def _memory_needed(
         self, shape: tuple[int, ...], state: BankState | None = None
@@ -497,6 +528,15 @@ class PatchBankDetector(Detector):
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         super()._restore(meta, arrays)
+        grid = meta.get("patch_grid_")  # absent from files saved before 2026-12-06: unknown
+        valid = isinstance(grid, list) and len(grid) == 2
+        valid = valid and all(type(side) is int and side > 0 for side in grid)
+        if grid is not None and not (valid and math.prod(grid) == self.n_patches_):
+            raise ValueError(
+                f"not a valid saved PatchBankDetector: patch_grid_ {grid!r} is not two positive "
+                f"integers whose product is n_patches_ ({self.n_patches_})."
+            )
+        self.patch_grid_ = None if grid is None else (grid[0], grid[1])
         bank, indices = self.state_.bank.bank, np.asarray(self.state_.bank.indices)
         # The bank's rows are training patches: at least one, each one of the n · P given
         # (n is the number of decision scores, which threshold="none" leaves out).

@@ -199,6 +199,36 @@ def test_positions_are_saved_and_checked(tmp_path, train, test_x):
         PatchBankDetector.from_arrays(meta, {**arrays, "state.position.weight": np.float32(-1)})
 
 
+def test_position_scores_only_on_the_training_grid(tmp_path):
+    """With positions, the same patch count on another grid would give the patches other
+    places: refused, after a save and load too; a file saved before the grid was kept loads."""
+    x = clustered(0, 12, p=16, c=C).reshape(12, 2, 8, C)
+    det = PatchBankDetector(size=40, projection_dim=2, n_folds=3).fit(x)
+    assert det.patch_grid_ == (2, 8)
+    q = x[:2]
+    refused = r"fitted with position=1.0 on a 2 × 8 patch grid.*pass \(m, 2, 8, c\)"
+    for other in (q.reshape(2, 4, 4, C), q.reshape(2, 16, C)):
+        with pytest.raises(ValueError, match=refused):
+            det.score_samples(other)
+    det.save(tmp_path / "bank.npz")
+    loaded = PatchBankDetector.load(tmp_path / "bank.npz")
+    assert loaded.patch_grid_ == (2, 8)
+    np.testing.assert_array_equal(loaded.score_samples(q), det.score_samples(q))
+    with pytest.raises(ValueError, match=refused):
+        loaded.score_patches(q.reshape(2, 16, C))
+    meta, arrays = det.to_arrays()
+    old = {k: v for k, v in meta.items() if k != "patch_grid_"}
+    assert PatchBankDetector.from_arrays(old, arrays).patch_grid_ is None
+    for bad in ([3, 5], [-2, -8], [16]):
+        with pytest.raises(ValueError, match=r"patch_grid_ \[.*\] is not two positive"):
+            PatchBankDetector.from_arrays({**meta, "patch_grid_": bad}, arrays)
+    # Without positions a patch matches anywhere: any grid of its 16 patches scores the same.
+    anywhere = PatchBankDetector(size=40, projection_dim=2, n_folds=3, position=0).fit(x)
+    np.testing.assert_allclose(
+        anywhere.score_samples(q.reshape(2, 16, C)), anywhere.score_samples(q), rtol=1e-6
+    )
+
+
 # --------------------------------------------------------------- the two-stage coreset
 def test_two_stage_equals_greedy_when_every_fold_fits_the_bank(train, test_x):
     """A chunk of no more patches than the bank holds gives all its rows, so the second
