@@ -4,7 +4,8 @@ and the checksum of named arrays that saved models and weight files carry."""
 import errno
 import hashlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,17 +47,25 @@ def atomic_write(
         suffix: suffix of the temporary file (some writers, like ``np.save``, look at it).
         fsync: flush the file to disk before the rename (default).
 
+    A new file gets the permissions the umask gives (as ``open`` would), a file written over
+    keeps its own, and a symbolic link is written through (its target is replaced, the link
+    stays).
+
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    path = Path(path)
+    given = Path(path)
+    # A symbolic link is written through: its target gets the new content, the link stays.
+    path = Path(os.path.realpath(given)) if given.is_symlink() else given
     # Said before the temporary file is made, so that the error names the path, not it.
     if not path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such folder to write into", str(path.parent))
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there, not a file", str(path))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = _temporary(path, suffix)
     try:
+        if path.exists():  # the file keeps its permissions
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         with os.fdopen(fd, "wb") as f:
             if isinstance(data, bytes | bytearray | memoryview):
                 f.write(data)
@@ -69,11 +78,27 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return given
+
+
+def _temporary(path: Path, suffix: str) -> tuple[int, str]:
+    """A new file beside ``path``, open for writing, named ``.{name}.{random}{suffix}`` (the
+    name cut short so that any valid ``path`` gives a valid one), with the permissions a new
+    file gets from the umask (``tempfile.mkstemp`` would make it private to its owner, and a
+    model saved into a shared folder unreadable to the others)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name[:64]}.{secrets.token_hex(6)}{suffix}"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name beside", str(path))
 
 
 def arrays_checksum(arrays: Mapping[str, Any]) -> str:
-    """SHA-256 of named arrays (names, dtypes, shapes and bytes, in name order)."""
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes, in name order; a 0-d array
+    hashes as its (1,) copy, so the saved shapes are checked apart from the checksum)."""
     digest = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])

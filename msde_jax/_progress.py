@@ -21,6 +21,7 @@ class Progress:
         self.status = ""
         self._start = self._last = time.perf_counter()
         self._tty = sys.stderr.isatty()
+        self._width = 0  # of the line last drawn on a terminal
 
     def update(self, n: int, status: str | None = None) -> None:
         """Count ``n`` more units; ``status`` (e.g. the current loss) is shown after the rate."""
@@ -43,7 +44,8 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         tail = f", {eta:.0f} s left" if self.done < self.total and eta != float("inf") else ""
         tail += f", {self.status}" if self.status else ""
-        sys.stderr.write(
-            f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.1f}/s{tail})" + end
-        )
+        line = f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.1f}/s{tail})"
+        if self._tty:  # drawn over the last line: blank what it held beyond this one
+            line, self._width = line.ljust(self._width), len(line) if end == "\r" else 0
+        sys.stderr.write(line + end)
         sys.stderr.flush()
