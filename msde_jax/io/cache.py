@@ -11,7 +11,8 @@ Each embedding (any shape: a (d,) vector, or (grid, grid, c) patch features) is 
   shape and bytes of an array.
 
 Writes are atomic (a temporary file renamed into place), so concurrent runs sharing a cache
-never see a half-written entry.
+never see a half-written entry. A cache that cannot be written (read-only, another user's, a
+full disk) is read as far as it goes and warned about once; the embeddings are still returned.
 """
 
 import hashlib
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -114,7 +116,8 @@ def embed_cached(
         items: file paths, PIL images or arrays; or one stacked (n, H, W[, C]) array. A path
             to a volume (a NIfTI file, a DICOM-series folder) stands for its kept slices, as in
             :meth:`~msde_jax.embedder.Embedder.embed`; each slice is cached by its content.
-        cache_dir: the cache root (created if needed).
+        cache_dir: the cache root (created if needed; one that cannot be written is read as
+            far as it goes, with a ``RuntimeWarning``).
         axis: the slicing plane of NIfTI volumes (:func:`~msde_jax.io.inputs.expand_volumes`).
         progress: print a one-line summary (cached / to embed) on stderr.
 
@@ -131,12 +134,10 @@ def embed_cached(
     config = embedder.config()
     cfg_json = config_key(config)
     folder = Path(cache_dir) / hashlib.sha256(cfg_json.encode()).hexdigest()[:32]
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg_file = folder / "config.json"
-    if not cfg_file.exists():
-        atomic_write(
-            cfg_file, (json.dumps(config, indent=2, sort_keys=True, default=str) + "\n").encode()
-        )
+    write = _Writer(folder)
+    if not (folder / "config.json").exists():
+        text = json.dumps(config, indent=2, sort_keys=True, default=str) + "\n"
+        write(folder / "config.json", text.encode())
 
     if not items:
         shape = getattr(embedder, "output_shape", None) or (int(getattr(embedder, "dim", 0)),)
@@ -153,7 +154,7 @@ def embed_cached(
             f"embedding cache {folder}: {len(found)}/{len(items)} cached, {len(missing)} to embed",
             file=sys.stderr,
         )
-    _embed_into(embedder, items, missing, paths, found)
+    _embed_into(embedder, items, missing, paths, found, write)
     shapes = {found[i].shape for i in range(len(items))}
     if len(shapes) > 1:
         # Entries that disagree (an embedder without output_shape to check them against):
@@ -167,7 +168,7 @@ def embed_cached(
                 f"embedding cache {folder}: {len(stale)} entries of another shape, embedded again",
                 file=sys.stderr,
             )
-        _embed_into(embedder, items, stale, paths, found)
+        _embed_into(embedder, items, stale, paths, found, write)
         shapes = {found[i].shape for i in range(len(items))}
         if len(shapes) > 1:
             raise ValueError(
@@ -204,6 +205,7 @@ def _embed_into(
     indices: list[int],
     paths: list[Path],
     found: dict[int, np.ndarray],
+    write: "_Writer",
 ) -> None:
     """Embed ``items[indices]`` in one call, store them in ``found`` and cache them."""
     if not indices:
@@ -219,8 +221,29 @@ def _embed_into(
         found[i] = row
         if paths[i] not in written:  # the same image twice in one call
             row32 = np.ascontiguousarray(row, np.float32)
-            # No fsync per entry: a damaged entry is detected on load and embedded again.
-            atomic_write(
-                paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False), fsync=False
-            )
+            write(paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False))
             written.add(paths[i])
+
+
+class _Writer:
+    """Writes the files of one cache folder (made when first needed) until one write fails:
+    that is warned about once, and nothing more is written. No fsync per file: a damaged entry
+    is detected on load and embedded again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.failed = folder, False
+
+    def __call__(self, path: Path, data: Any) -> None:
+        if self.failed:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data, fsync=False)
+        except OSError as err:
+            self.failed = True
+            warnings.warn(
+                f"the embedding cache {self.folder} cannot be written ({err}); the embeddings "
+                "are returned but not cached (pass another cache folder to keep them).",
+                RuntimeWarning,
+                stacklevel=4,
+            )

@@ -284,3 +284,30 @@ def test_a_lying_entry_is_recomputed_without_an_output_shape(tmp_path, arrays):
     again = embed_cached(stub, arrays, tmp_path / "cache", progress=False)
     assert stub.calls == [5, 1]
     np.testing.assert_array_equal(again, first)
+
+
+def test_a_cache_that_cannot_be_written_still_returns_the_embeddings(tmp_path, arrays, monkeypatch):
+    """A read-only or full cache is an optimisation lost, not the embeddings: it is read as far
+    as it goes, warned about once, and every embedding is returned."""
+    from msde_jax.io import cache
+
+    stub = StubEmbedder()
+    embed_cached(stub, arrays[:2], tmp_path, progress=False)
+    tries = []
+
+    def refused(path, data, **kwargs):
+        tries.append(path)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache, "atomic_write", refused)
+    with pytest.warns(RuntimeWarning, match="cannot be written .*Permission denied.*not cached"):
+        out = embed_cached(stub, arrays, tmp_path, progress=False)
+    np.testing.assert_array_equal(out, StubEmbedder().embed(arrays))
+    assert stub.calls == [2, 3]  # the two cached images were read, not embedded again
+    assert len(tries) == 1  # after the first refusal nothing more is tried
+    # A cache folder that cannot be made (a file in the way) is no error either.
+    (tmp_path / "file").write_text("x")
+    monkeypatch.undo()
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        out = embed_cached(stub, arrays, tmp_path / "file" / "cache", progress=False)
+    np.testing.assert_array_equal(out, StubEmbedder().embed(arrays))
