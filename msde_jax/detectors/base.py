@@ -502,6 +502,7 @@ class Detector:
         Raises:
             ValueError: not a saved detector, one of another class (use
                 :func:`~msde_jax.load_detector` for any class) or of another format version.
+            FileNotFoundError: no such file.
         """
         meta, arrays = read_npz(path, what=cls.__name__)
         cls._check_class(meta, where=str(path))

@@ -139,6 +139,8 @@ def read_npz(
         ValueError: for anything that is not an .npz with a JSON ``meta`` entry, or one that
             claims more than it holds or than memory allows (``what`` names the expected
             class in the message; the array, where one is at fault).
+        FileNotFoundError: no such file.
+        PermissionError: the file may not be read.
     """
     try:
         files = load_npz(path)
@@ -149,6 +151,8 @@ def read_npz(
         raise ValueError(
             f"{path} is not a saved {what} or is damaged (.npz): {where}{err.reason}"
         ) from err
+    except (FileNotFoundError, PermissionError):  # no such file, or not this user's to read
+        raise
     except OSError as err:  # a folder, an unreadable file
         raise ValueError(f"{path} is not a saved {what} or is damaged (.npz): {err}") from err
     if "meta" not in files:
@@ -329,6 +333,7 @@ def load_detector(path: str | os.PathLike) -> Any:
 
     Raises:
         ValueError: not a saved detector, an unknown class, or another format version.
+        FileNotFoundError: no such file.
     """
     meta, arrays = read_npz(path)
     try:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2
 
-from msde_jax import MSDEDetector, NotFittedError
+from msde_jax import MSDEDetector, NotFittedError, load_detector
 from msde_jax.core import roc_auc
 from msde_jax.core.blocks import content_order
 from msde_jax.detectors import DetectorConfig, fit_detector, score_detector
@@ -267,6 +267,10 @@ def test_load_refuses_pickles_and_other_versions(tmp_path, fitted):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a saved MSDEDetector"):
         MSDEDetector.load(tmp_path / "junk.npz")
+    # A mistyped path is no damaged file: the error says so, as open() would.
+    for load in (MSDEDetector.load, load_detector):
+        with pytest.raises(FileNotFoundError):
+            load(tmp_path / "absent.npz")
 
 
 def test_load_refuses_version_1_files(tmp_path, fitted):
@@ -285,8 +289,6 @@ def test_load_refuses_version_1_files(tmp_path, fitted):
 
 def test_load_reads_files_without_a_class_name(tmp_path, fitted, data):
     # Version-2 files written before the class name was stored hold an MSDEDetector.
-    from msde_jax import load_detector
-
     path = tmp_path / "old.npz"
     fitted.save(path)
     _edit_meta(path, lambda meta: meta.pop("detector"))
