@@ -102,16 +102,21 @@ def _trace_context() -> str | None:
 
 
 def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The arguments' tree and each leaf's (shape, dtype, sharding): what a trace sees."""
+    """The arguments' tree and each leaf's (shape, dtype, sharding, weak type): what a trace
+    sees (a weakly typed float32 times a bfloat16 array is bfloat16, a float32 one float32)."""
     leaves, tree = jax.tree.flatten(args)
     return tree, tuple(
         (
             getattr(leaf, "shape", ()),  # a Python scalar: traced as a weakly typed scalar
             getattr(leaf, "dtype", type(leaf).__name__),
             getattr(leaf, "sharding", None),
+            bool(getattr(getattr(leaf, "aval", leaf), "weak_type", type(leaf) in _PYTHON)),
         )
         for leaf in leaves
     )
+
+
+_PYTHON = (bool, int, float, complex)  # scalars that JAX traces as weakly typed
 
 
 class Exported:
@@ -186,7 +191,10 @@ class Exported:
             self.name,
             repr(self.static),
             str(signature[0]),
-            [(tuple(shape), str(dtype), repr(sharding)) for shape, dtype, sharding in signature[1]],
+            [
+                (tuple(shape), str(dtype), repr(sharding), weak)
+                for shape, dtype, sharding, weak in signature[1]
+            ],
             devices,
             cpu_paths(),  # the forms traced (msde_jax._platform)
             _trace_context(),

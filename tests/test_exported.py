@@ -122,6 +122,18 @@ def test_python_scalars_are_traced_not_baked_in(folder):
     assert len(list(folder.iterdir())) == 1
 
 
+def test_the_key_holds_the_weak_type(folder):
+    """A weakly typed float32 times bfloat16 is bfloat16, a strongly typed one float32: a
+    program traced for one is not reused for the other, here or in another process."""
+    y = jnp.ones(3, jnp.bfloat16)
+    weak, strong = jnp.asarray(2.0), jnp.asarray(2.0, jnp.float32)
+    assert Exported(jax.jit(jnp.multiply), "mul")(weak, y).dtype == jnp.bfloat16
+    both = Exported(jax.jit(jnp.multiply), "mul")  # another process, after the first
+    assert both(strong, y).dtype == jnp.float32
+    assert both(weak, y).dtype == jnp.bfloat16
+    assert len(list(folder.iterdir())) == 2
+
+
 def test_a_program_that_fails_to_run_falls_back_to_tracing(folder, monkeypatch):
     x = np.arange(4, dtype=np.float32)
     Exported(_counted()[0], "f")(x, np.float32(0))  # writes the file
