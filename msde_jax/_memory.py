@@ -190,7 +190,11 @@ def out_of_memory(step: str, lower: Sequence[str]) -> Iterator[None]:
     except (MemoryError, RuntimeError) as err:
         if not isinstance(err, MemoryError) and _EXHAUSTED not in str(err):
             raise
-        where = "device" if isinstance(err, RuntimeError) else "host"
+        # XLA's own allocations are in the memory of the device it runs on: the host's on a CPU.
+        import jax  # loaded by whatever raised a JaxRuntimeError
+
+        on_host = isinstance(err, MemoryError) or jax.default_backend() == "cpu"
+        where = "host" if on_host else "device"
         reason = (str(err) or type(err).__name__).strip().splitlines()[0][:_MAX_REASON]
         options = " or ".join(lower) or "the size of the work"
         raise MemoryLimitError(

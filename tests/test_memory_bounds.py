@@ -270,12 +270,16 @@ def test_training_at_an_absurd_image_size_is_refused_before_reading(tmp_path, sc
 
 
 # ---------------------------------------------------------------------- out of memory
+# XLA runs out of the memory of the device it runs on: on a CPU, the host's.
+WHERE = "host" if jax.default_backend() == "cpu" else "device"
+
+
 def test_out_of_memory_becomes_one_error_naming_the_step():
     options = ["batch_size (--batch-size)"]
     with pytest.raises(mem.MemoryLimitError) as err, mem.out_of_memory("a step", options):
         raise jax.errors.JaxRuntimeError(EXHAUSTED + "\nthe allocator's state, pages of it")
     assert str(err.value) == (
-        f"a step ran out of device memory ({EXHAUSTED}); lower batch_size (--batch-size), or "
+        f"a step ran out of {WHERE} memory ({EXHAUSTED}); lower batch_size (--batch-size), or "
         "free memory."
     )
     with pytest.raises(mem.MemoryLimitError, match="ran out of host memory"):
@@ -306,7 +310,7 @@ def test_out_of_memory_in_the_forward_pass_fit_and_score(tmp_path, scans, capsys
         patch.setattr(Embedder, "__init__", exhausted_forward)
         assert main(["fit", str(scans), *embed, "--out", str(tmp_path / "m.npz")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: embedding (resnet18) ran out of device memory"), err
+    assert err.startswith(f"error: embedding (resnet18) ran out of {WHERE} memory"), err
     assert err.count("\n") == 1
     assert "lower batch_size (--batch-size) or image_size" in err
 

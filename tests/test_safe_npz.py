@@ -26,6 +26,7 @@ from msde_jax import _arrays_file as af
 
 MODULE = Path(af.__file__)
 MiB = 1 << 20
+GiB = 1 << 30
 NOT_ZIP = r"is not a readable .npz file \(a zip archive: File is not a zip file\)"
 
 
@@ -445,20 +446,54 @@ def test_available_memory_is_measured():
 
 
 def test_container_limit(tmp_path):
+    none = tmp_path / "no-proc-cgroup"  # the process's own cgroup unknown: the root alone
     (tmp_path / "memory.max").write_text("1073741824\n")
     (tmp_path / "memory.current").write_text(f"{600 * MiB}\n")
     (tmp_path / "memory.stat").write_text(f"anon 1\ninactive_file {100 * MiB}\n")
-    assert af._cgroup_available(tmp_path) == (1024 - 500) * MiB
+    assert af._cgroup_available(tmp_path, none) == (1024 - 500) * MiB
     (tmp_path / "memory.max").write_text("max\n")
-    assert af._cgroup_available(tmp_path) is None
+    assert af._cgroup_available(tmp_path, none) is None
     v1 = tmp_path / "v1"
     (v1 / "memory").mkdir(parents=True)
     (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     (v1 / "memory" / "memory.usage_in_bytes").write_text("5\n")
-    assert af._cgroup_available(v1) is None
+    assert af._cgroup_available(v1, none) is None
     (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{MiB}\n")
-    assert af._cgroup_available(v1) == MiB - 5
-    assert af._cgroup_available(tmp_path / "none") is None
+    assert af._cgroup_available(v1, none) == MiB - 5
+    assert af._cgroup_available(tmp_path / "none", none) is None
+
+
+def test_a_job_limit_below_an_unlimited_root(tmp_path):
+    """A SLURM job or systemd unit without its own cgroup namespace: the root is unlimited, the
+    process's own cgroup (/proc/self/cgroup) or one above it holds the limit."""
+    membership = tmp_path / "cgroup"
+    root = tmp_path / "fs"
+
+    def limit(folder, max_bytes, used):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.max").write_text(f"{max_bytes}\n")
+        (folder / "memory.current").write_text(f"{used}\n")
+
+    limit(root, "max", 50 * GiB)
+    limit(root / "slurm" / "job_7", 4 * GiB, 3 * GiB)
+    limit(root / "slurm" / "job_7" / "step_0", "max", 3 * GiB)
+    membership.write_text("0::/slurm/job_7/step_0\n")
+    assert af._cgroup_available(root, membership) == 1 * GiB  # the job's, one level up
+    limit(root / "slurm", 3 * GiB + 512 * MiB, 3 * GiB)  # a tighter slice above it
+    assert af._cgroup_available(root, membership) == 512 * MiB
+    # cgroup v1 (a hybrid tree: v2's root has no limit files), the memory controller's line.
+    v1 = tmp_path / "v1"
+    job = v1 / "memory" / "process_api" / "abc"
+    job.mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{GiB}\n")
+    (job / "memory.limit_in_bytes").write_text(f"{2 * GiB}\n")
+    (job / "memory.usage_in_bytes").write_text(f"{GiB}\n")
+    membership.write_text("5:devices:/\n4:memory:/process_api/abc\n0::/\n")
+    assert af._cgroup_available(v1, membership) == GiB
+    # Inside a container the process's cgroup is "/" of its own tree: the root alone.
+    membership.write_text("0::/\n")
+    assert af._cgroup_available(root / "slurm" / "job_7", membership) == 1 * GiB
 
 
 # --------------------------------------------------------------------------- under a real limit
@@ -516,3 +551,15 @@ def test_crafted_files_under_an_address_space_limit(tmp_path, bomb):
     assert out["bomb"][0] == "ArrayFileError"
     # The harness catches a regression: NumPy's reader tries to allocate and fails.
     assert out["np.load sparse"][0] in ("MemoryError", "_ArrayMemoryError")
+
+
+def test_human_bytes_rounds_into_the_next_unit():
+    from msde_jax._arrays_file import human_bytes
+
+    assert [human_bytes(n) for n in (1023, 1024, 1536, 1048575, 3 << 30)] == [
+        "1023 bytes",
+        "1 KiB",
+        "1.5 KiB",
+        "1 MiB",
+        "3 GiB",
+    ]
