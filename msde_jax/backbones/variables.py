@@ -29,7 +29,6 @@ __all__ = [
     "describe_weights",
     "load_backbone_variables",
     "random_variables",
-    "variables_dtype",
 ]
 
 
@@ -57,6 +56,8 @@ def load_backbone_variables(
     """
     spec = backbone_spec(backbone)
     module = spec.build(0)
+    if isinstance(weights, str) and weights == "imagenet":  # as config() and repr() write None
+        weights = None
     if isinstance(weights, str) and weights == "random":
         return random_variables(module, image_size, seed), f"random-seed-{seed}"
     if _is_variables(weights) or _is_variables_file(weights):
@@ -100,11 +101,6 @@ def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
         return np.zeros(leaf.shape, np.float32)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def variables_dtype(variables: Any) -> Any:
-    """The dtype the variables are stored in (that of their first leaf)."""
-    return jax.tree.leaves(variables)[0].dtype
 
 
 def describe_weights(weights: Any) -> str:
