@@ -42,8 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         WeightMappingError,
         pickle.UnpicklingError,
         OSError,
+        FloatingPointError,
     ) as err:
-        # ImageReadError is a ValueError; download failures are OSErrors. MSDE_JAX_DEBUG=1
+        # ImageReadError is a ValueError; download failures are OSErrors; a training run whose
+        # loss diverged raises FloatingPointError. MSDE_JAX_DEBUG=1
         # shows the traceback instead.
         if os.environ.get("MSDE_JAX_DEBUG"):
             raise

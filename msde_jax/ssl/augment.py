@@ -391,15 +391,20 @@ def anatpaste(
 
 
 def make_views(
-    key: jax.Array, images: ArrayLike, task: str, *, anatomy: str = "bright"
+    key: jax.Array,
+    images: ArrayLike,
+    task: str,
+    *,
+    anatomy: str = "bright",
+    others: ArrayLike | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """A batch of proxy-task views and their class labels (jit with ``task``, ``anatomy``
     static).
 
     ``"cutpaste"``: clean, CutPaste and CutPaste-scar views, labels 0, 1, 2. ``"anatpaste"``:
-    clean views and AnatPaste views that paste image ``(i + 1) mod B`` into image ``i``, labels
-    0, 1. Every image gets its own key: view kind ``k >= 1`` of image ``i`` is the per-image
-    function with key ``jax.random.split(key, (2, B))[k - 1, i]``.
+    clean views and AnatPaste views that paste ``others[i]`` (by default image ``(i + 1) mod
+    B``) into image ``i``, labels 0, 1. Every image gets its own key: view kind ``k >= 1`` of
+    image ``i`` is the per-image function with key ``jax.random.split(key, (2, B))[k - 1, i]``.
 
     Args:
         key: PRNG key.
@@ -407,6 +412,9 @@ def make_views(
         task: a key of ``TASKS``.
         anatomy: AnatPaste's anatomy side, ``"bright"`` or ``"dark"`` (see
             :func:`anatomy_mask`).
+        others: (B, H, W, C) in [0, 1], the image each AnatPaste view takes its patch from
+            (training draws another image than the view's own,
+            :func:`msde_jax.ssl.train.other_indices`); ``None``: the batch's next image.
 
     Returns:
         ``(views, labels)``: (TASKS[task] * B, H, W, C) float32 and (TASKS[task] * B,) int32,
@@ -425,7 +433,7 @@ def make_views(
         scarred = jax.vmap(cutpaste_scar)(keys[1], images).image
         views = [images, pasted, scarred]
     else:
-        others = jnp.roll(images, -1, axis=0)
+        others = jnp.roll(images, -1, axis=0) if others is None else jnp.asarray(others)
         paste = partial(anatpaste, anatomy=anatomy)
         views = [images, jax.vmap(paste)(keys[0], images, others).image]
     labels = jnp.repeat(jnp.arange(len(views), dtype=jnp.int32), b)

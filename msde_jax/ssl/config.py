@@ -1,13 +1,16 @@
-"""The configuration of a self-supervised adaptation run: :class:`TrainConfig`."""
+"""The configuration of a self-supervised adaptation run: :class:`TrainConfig`, and whether
+it fits in memory (:func:`check_training_memory`)."""
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass
 
+from msde_jax._memory import Lower, check_memory
 from msde_jax.backbones.registry import BACKBONES, backbone_spec
 from msde_jax.ssl.augment import ANATOMY, TASKS
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "check_training_memory"]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -79,8 +82,14 @@ class TrainConfig:
         )
         for name in ("batch_size", "steps", "checkpoint_every", "log_every"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1.")
-        check(self.warmup_steps >= 0 and self.head_hidden >= 0, "sizes must not be negative.")
-        check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0.")
+        for name in ("warmup_steps", "head_hidden"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}.")
+        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}.")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+        check(
+            isinstance(self.seed, numbers.Integral) and 0 <= self.seed < 2**63,
+            f"seed must be an integer in [0, 2**63), got {self.seed!r}.",
+        )
 
     @property
     def num_classes(self) -> int:
@@ -92,3 +101,30 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         return cls(**json.loads(text))
+
+
+def check_training_memory(n_images: int, config: TrainConfig) -> None:
+    """Refuse, before any image is read, a run whose host buffers exceed the memory free
+    (``msde_jax._memory.check_memory``): the (n, S, S, 3) uint8 training images, three float
+    copies of the image being resized and, as a lower bound of what a step holds, its views of
+    the batch in float32, two per image for AnatPaste and three for CutPaste (the network's own
+    buffers come on top; running out of them ends in one error naming the step,
+    :func:`msde_jax._memory.out_of_memory`).
+
+    Raises:
+        MemoryLimitError: a ``ValueError`` saying how far to lower ``image_size``, the number
+            of images (``--limit``) or ``batch_size``.
+    """
+    image = config.image_size**2 * 3
+    needs = {
+        "training images (uint8)": n_images * image,
+        "image being resized": 3 * image * 4,
+        "views of a batch": config.num_classes * config.batch_size * image * 4,
+    }
+    lower = [Lower("image_size (--image-size)", config.image_size, 2, 16)]
+    if needs["training images (uint8)"] >= needs["views of a batch"]:
+        lower.append(Lower("the number of images (--limit)", n_images, 1, 2))  # 2 at least
+    else:
+        lower.append(Lower("batch_size (--batch-size)", config.batch_size))
+    step = f"training on {n_images} images at {config.image_size} px"
+    check_memory(step, needs, lower=lower)

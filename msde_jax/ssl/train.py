@@ -14,10 +14,10 @@ This module trains such a backbone:
   the adapted backbone embeds images (the :class:`~msde_jax.Embedder` always uses them);
 * the step is data-parallel: the batch is sharded over a device mesh and the state replicated,
   so XLA all-reduces the gradients, and batch norm sees the whole global batch;
-* everything random is a function of ``(seed, step)`` — the augmentation key is
-  ``fold_in(key(seed), step)`` and the image order a per-epoch permutation seeded by
-  ``(seed, epoch)`` — so a run resumed from a checkpoint takes exactly the steps an
-  uninterrupted run would have taken;
+* everything random is a function of ``(seed, step)`` — the augmentation key is split from
+  ``fold_in(key(seed), step)``, the image order a per-epoch permutation seeded by ``(seed,
+  epoch)``, AnatPaste's source images drawn by ``(seed, step)`` — so a resumed run takes
+  exactly the steps an uninterrupted run would have taken;
 * checkpoints and the exported backbone are ``.safetensors`` files (no pickle), written
   atomically.
 
@@ -29,6 +29,7 @@ shows progress, logs the loss and exports the result.
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -44,14 +45,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from msde_jax._memory import Lower, check_memory, out_of_memory
+from msde_jax._memory import out_of_memory
 from msde_jax._progress import Progress
 from msde_jax.backbones import weight_files
 from msde_jax.backbones.registry import backbone_spec
 from msde_jax.backbones.variables import abstract_variables, load_backbone_variables
 from msde_jax.io import images as _images
 from msde_jax.ssl.augment import make_views
-from msde_jax.ssl.config import TrainConfig
+from msde_jax.ssl.config import TrainConfig, check_training_memory
 
 __all__ = [
     "BACKBONE",
@@ -65,12 +66,12 @@ __all__ = [
     "abstract_state",
     "backbone_variables",
     "batch_indices",
-    "check_training_memory",
     "init_state",
     "learning_rate_schedule",
     "load_checkpoint",
     "make_optimizer",
     "make_train_step",
+    "other_indices",
     "prepare_images",
     "save_backbone",
     "save_checkpoint",
@@ -207,10 +208,12 @@ def _loss_fn(config: TrainConfig, module: Any, normalize: Callable):
 class TrainStep:
     """The jit-compiled, data-parallel training step of a :class:`TrainConfig`.
 
-    ``step(state, images) -> (state, metrics)`` with ``images`` (batch_size, S, S, 3) uint8
-    clean normal images: makes the proxy task's views with a key derived from
-    ``(seed, state.step)``, runs the backbone in training mode (batch-norm statistics from the
-    global batch, running averages updated), classifies with the head, and applies one optax
+    ``step(state, images, others=None) -> (state, metrics)`` with ``images`` (batch_size, S, S,
+    3) uint8 clean normal images (and for AnatPaste ``others``, the images each one takes its
+    patch from, :func:`other_indices`; ``None``: its neighbour in the batch): makes the proxy
+    task's views with a key derived from ``(seed, state.step)``, runs the backbone in training
+    mode (batch-norm statistics from the global batch, running averages updated), classifies
+    with the head, and applies one optax
     update. The batch is sharded over the devices and the state replicated (see
     :meth:`replicate`); the input state is donated. Build it with :func:`make_train_step`.
     """
@@ -226,10 +229,17 @@ class TrainStep:
         optimizer = make_optimizer(config)
         base_key = jax.random.key(config.seed)
 
-        def step(state: TrainState, images: jax.Array) -> tuple[TrainState, StepMetrics]:
+        def step(
+            state: TrainState, images: jax.Array, others: jax.Array | None
+        ) -> tuple[TrainState, StepMetrics]:
             view_key, dropout_key = jax.random.split(jax.random.fold_in(base_key, state.step))
+            others = None if others is None else others.astype(jnp.float32) / 255.0
             views, labels = make_views(
-                view_key, images.astype(jnp.float32) / 255.0, config.task, anatomy=config.anatomy
+                view_key,
+                images.astype(jnp.float32) / 255.0,
+                config.task,
+                anatomy=config.anatomy,
+                others=others,
             )
             (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 state.params, state.batch_stats, views, labels, dropout_key
@@ -244,13 +254,17 @@ class TrainStep:
         self._sharded = NamedSharding(mesh, PartitionSpec("data"))
         self._step = jax.jit(
             step,
-            in_shardings=(self._replicated, self._sharded),
+            in_shardings=(self._replicated, self._sharded, self._sharded),
             out_shardings=(self._replicated, self._replicated),
             donate_argnums=0,
         )
 
-    def __call__(self, state: TrainState, images: Any) -> tuple[TrainState, StepMetrics]:
-        return self._step(state, jax.device_put(images, self._sharded))
+    def __call__(
+        self, state: TrainState, images: Any, others: Any = None
+    ) -> tuple[TrainState, StepMetrics]:
+        if others is not None:
+            others = jax.device_put(others, self._sharded)
+        return self._step(state, jax.device_put(images, self._sharded), others)
 
     def replicate(self, state: TrainState) -> TrainState:
         """Place a state on every device of the mesh (a copy: the step donates its input)."""
@@ -294,6 +308,15 @@ def batch_indices(n: int, batch_size: int, *, seed: int, step: int) -> np.ndarra
     )
 
 
+def other_indices(indices: np.ndarray, n: int, *, seed: int, step: int) -> np.ndarray:
+    """For each of a batch's image ``indices`` (of ``n`` ≥ 2 images), another image to take
+    AnatPaste's patch from: never the image itself, whatever the batch size and however often
+    an image repeats in a batch (fewer images than ``batch_size``), seeded by
+    ``(seed, step)``."""
+    shift = np.random.default_rng([seed, step, 1]).integers(1, n, size=len(indices))
+    return (indices + shift) % n
+
+
 # ------------------------------------------------------------------------------ checkpoints
 def _flat_state(state: TrainState) -> dict[str, np.ndarray]:
     leaves, _ = jax.tree_util.tree_flatten_with_path(state)
@@ -302,15 +325,23 @@ def _flat_state(state: TrainState) -> dict[str, np.ndarray]:
 
 
 def save_checkpoint(
-    path: str | os.PathLike, state: TrainState, config: TrainConfig, *, data: str = ""
+    path: str | os.PathLike,
+    state: TrainState,
+    config: TrainConfig,
+    *,
+    data: str = "",
+    pending: Sequence[tuple[float, float]] = (),
 ) -> Path:
     """Write ``state`` and ``config`` to a ``.safetensors`` checkpoint (atomically); ``data``
-    fingerprints the training images, so a resume on other images is refused."""
+    fingerprints the training images, so a resume on other images is refused; ``pending``
+    holds the (loss, accuracy) of the steps since the last log record, so that the record after
+    a resume averages the same steps as without the interruption."""
     meta = {
         "kind": "checkpoint",
         "backbone": config.backbone,
         "config": config.to_json(),
         "data": data,
+        "pending": json.dumps([[float(a), float(b)] for a, b in pending]),
     }
     return weight_files.save_variables(path, _flat_state(state), meta)
 
@@ -390,32 +421,6 @@ def prepare_images(
 _OPTIONS = ["batch_size (--batch-size)", "image_size (--image-size)"]
 
 
-def check_training_memory(n_images: int, config: TrainConfig) -> None:
-    """Refuse, before any image is read, a run whose host buffers exceed the memory free
-    (``msde_jax._memory.check_memory``): the (n, S, S, 3) uint8 training images, three float
-    copies of the image being resized and, as a lower bound of what a step holds, its two
-    views of the batch in float32 (the network's own buffers come on top; running out of
-    them ends in one error naming the step, :func:`msde_jax._memory.out_of_memory`).
-
-    Raises:
-        MemoryLimitError: a ``ValueError`` saying how far to lower ``image_size``, the number
-            of images (``--limit``) or ``batch_size``.
-    """
-    image = config.image_size**2 * 3
-    needs = {
-        "training images (uint8)": n_images * image,
-        "image being resized": 3 * image * 4,
-        "views of a batch": 2 * config.batch_size * image * 4,
-    }
-    lower = [Lower("image_size (--image-size)", config.image_size, 2, 16)]
-    if needs["training images (uint8)"] >= needs["views of a batch"]:
-        lower.append(Lower("the number of images (--limit)", n_images))
-    else:
-        lower.append(Lower("batch_size (--batch-size)", config.batch_size))
-    step = f"training on {n_images} images at {config.image_size} px"
-    check_memory(step, needs, lower=lower)
-
-
 def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
     a, b = dataclasses.asdict(saved), dataclasses.asdict(config)
     differ = [k for k in a if a[k] != b[k] and k not in _RESUMABLE]
@@ -425,6 +430,33 @@ def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
             + ", ".join(f"{k}: {a[k]!r} there, {b[k]!r} now" for k in differ)
             + "); resume with the same settings or train into a new folder."
         )
+
+
+def _finite(pending: list[StepMetrics], done: int) -> list[StepMetrics]:
+    """The metrics of the steps since the last record, fetched as floats, or an error if the
+    loss is no longer finite (before it is logged or checkpointed)."""
+    fetched = [StepMetrics(float(m.loss), float(m.accuracy)) for m in pending]
+    if fetched and not all(math.isfinite(m.loss) for m in fetched):
+        raise FloatingPointError(
+            f"the loss became {fetched[-1].loss} by step {done}: lower the learning rate and "
+            "train into a new output folder."
+        )
+    return fetched
+
+
+def _log_records(path: Path) -> list[dict]:
+    """The records of a training log; a line that does not parse (cut short when the run was
+    killed) is left out."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+    return records
 
 
 def train_backbone(
@@ -448,8 +480,10 @@ def train_backbone(
             ``train_log.jsonl`` and, at the end, ``backbone.safetensors``. ``None`` keeps
             everything in memory.
         resume: continue from ``out_dir``'s checkpoint (same configuration required) — the
-            remaining steps are exactly those of an uninterrupted run. Without it an existing
-            checkpoint is an error, so nothing is overwritten by accident.
+            remaining steps, and the log records, are exactly those of an uninterrupted run.
+            Without it an existing checkpoint is an error, and so, without a checkpoint to
+            continue from, is an earlier run's ``backbone.safetensors`` or
+            ``train_log.jsonl``: nothing is overwritten by accident.
         cache_dir: where downloaded ImageNet weights are kept.
         devices: devices to shard the batch over (default: all local devices).
         progress: show a progress line with the running loss on stderr.
@@ -466,6 +500,13 @@ def train_backbone(
             f"{ckpt} exists: pass resume=True (command line: --resume) to continue that run, "
             "or choose a new output folder."
         )
+    if out is not None and not ckpt.exists():  # a fresh run: nothing of an earlier one here
+        earlier = [name for name in (BACKBONE, LOG) if (out / name).exists()]
+        if earlier:
+            raise FileExistsError(
+                f"{out} holds {' and '.join(earlier)} of an earlier run, and no checkpoint to "
+                "continue from: choose a new output folder (or delete them to start over)."
+            )
     images = images if isinstance(images, np.ndarray) else list(images)
     check_training_memory(len(images), config)
     data = prepare_images(images, config.image_size, progress=progress)
@@ -484,11 +525,11 @@ def train_backbone(
                 f"{ckpt} was trained on other images ({trained_on}; now {fingerprint}): "
                 "resume with the same images, or train into a new folder."
             )
+        pending_sums = json.loads(weight_files.read_safetensors_metadata(ckpt).get("pending", "[]"))
         if (out / LOG).exists():
-            with open(out / LOG) as f:
-                history = [json.loads(line) for line in f if line.strip()]
-            # Records after the checkpoint belong to steps that will be taken again.
-            history = [h for h in history if h["step"] <= int(state.step)]
+            # Records after the checkpoint belong to steps that will be taken again, and so
+            # does a line cut short by the interruption.
+            history = [h for h in _log_records(out / LOG) if h["step"] <= int(state.step)]
             with open(out / LOG, "w") as f:
                 f.writelines(json.dumps(h) + "\n" for h in history)
     else:
@@ -500,6 +541,7 @@ def train_backbone(
             seed=config.seed,
         )
         state = init_state(config, variables)
+        pending_sums = []
     state = train_step.replicate(state)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -513,24 +555,27 @@ def train_backbone(
         enabled=progress,
     )
     bar.done = start_step
-    pending: list[StepMetrics] = []  # fetched from the device only when logged
+    # fetched from the device only when logged or checkpointed
+    pending = [StepMetrics(loss, accuracy) for loss, accuracy in pending_sums]
     started = time.perf_counter()
     stop = False
     saved_step = start_step
     try:
         for step in range(start_step, config.steps):
-            batch = data[batch_indices(len(data), config.batch_size, seed=config.seed, step=step)]
+            indices = batch_indices(len(data), config.batch_size, seed=config.seed, step=step)
+            others = None
+            if config.task == "anatpaste":  # never an image pasted into itself
+                others = data[other_indices(indices, len(data), seed=config.seed, step=step)]
             with out_of_memory(f"training step {step + 1} ({config.backbone})", _OPTIONS):
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, data[indices], others)
             pending.append(metrics)
             done, status = step + 1, None
+            checkpoint = ckpt is not None and done % config.checkpoint_every == 0
+            if checkpoint or done % config.log_every == 0 or done == config.steps:
+                pending = _finite(pending, done)  # before any of it is logged or saved
             if done % config.log_every == 0 or done == config.steps:
-                losses = np.array([float(m.loss) for m in pending])
-                accs = np.array([float(m.accuracy) for m in pending])
-                if not np.all(np.isfinite(losses)):
-                    raise FloatingPointError(
-                        f"the loss became {losses[-1]} at step {done}: lower the learning rate."
-                    )
+                losses = np.array([m.loss for m in pending])
+                accs = np.array([m.accuracy for m in pending])
                 record = {
                     "step": done,
                     "loss": float(losses.mean()),
@@ -547,23 +592,32 @@ def train_backbone(
                 if callback is not None and callback(done, record) is False:
                     stop = True
             bar.update(1, status)
-            if ckpt is not None and (done % config.checkpoint_every == 0 or stop):
-                save_checkpoint(ckpt, state, config, data=fingerprint)
+            if checkpoint or (ckpt is not None and stop):
+                pending = _finite(pending, done)
+                save_checkpoint(ckpt, state, config, data=fingerprint, pending=pending)
                 saved_step = done
             if stop:
                 break
     except KeyboardInterrupt:
         bar.close()
-        if ckpt is not None:
+        if ckpt is not None and ckpt.exists():
             print(
                 f"interrupted: {ckpt} holds step {saved_step}; continue with resume=True "
                 "(command line: --resume).",
                 file=sys.stderr,
             )
+        elif ckpt is not None:  # nothing to resume: what this run wrote would block a rerun
+            (out / LOG).unlink(missing_ok=True)
+            print(
+                f"interrupted before the first checkpoint (step {config.checkpoint_every}): "
+                "nothing to resume; run again to start over.",
+                file=sys.stderr,
+            )
         raise
     bar.close()
     if ckpt is not None:
-        save_checkpoint(ckpt, state, config, data=fingerprint)
+        pending = _finite(pending, int(state.step))
+        save_checkpoint(ckpt, state, config, data=fingerprint, pending=pending)
         if int(state.step) == config.steps:
             final = history[-1] if history else {}
             save_backbone(out / BACKBONE, state, config, final=final)

@@ -231,6 +231,12 @@ def test_make_views_is_the_vmapped_loop(task, shape):
             expected = [anat(keys[0, i], images[i], images[(i + 1) % batch])]
         for kind, single in enumerate(expected, start=1):
             np.testing.assert_allclose(views[kind * batch + i], single.image, atol=1e-6)
+    if task == "anatpaste":  # the images given as others, as training gives them
+        others = images[[2, 2, 0]]
+        views, _ = jax.jit(make_views, static_argnames="task")(key, images, task, others=others)
+        for i in range(batch):
+            expected = anat(keys[0, i], images[i], others[i]).image
+            np.testing.assert_allclose(views[batch + i], expected, atol=1e-6)
 
 
 def test_unknown_task_raises():

@@ -23,7 +23,8 @@ from msde_jax.ssl import (
     save_backbone,
     train_backbone,
 )
-from msde_jax.ssl.train import batch_indices, init_state, prepare_images
+from msde_jax.ssl.config import check_training_memory
+from msde_jax.ssl.train import batch_indices, init_state, other_indices, prepare_images
 
 # One worker runs this file under pytest-xdist (`--dist loadfile` in pyproject.toml), so the
 # compiled step is shared by every test.
@@ -203,6 +204,21 @@ def test_batch_indices_cover_each_epoch_once():
     assert not np.array_equal(batch_indices(n, bs, seed=4, step=0), order[:4])
 
 
+def test_anatpaste_never_takes_its_patch_from_the_image_itself():
+    """With fewer images than the batch (or a batch of one) a batch repeats images, so its
+    neighbour in the batch may be the image itself: the source is drawn apart."""
+    for n, bs in ((2, 8), (3, 1), (5, 4)):
+        for step in range(20):
+            indices = batch_indices(n, bs, seed=0, step=step)
+            others = other_indices(indices, n, seed=0, step=step)
+            assert np.all(others != indices)
+            assert np.all((others >= 0) & (others < n))
+    np.testing.assert_array_equal(  # a function of (seed, step): a resumed run draws the same
+        other_indices(np.arange(4), 5, seed=1, step=3),
+        other_indices(np.arange(4), 5, seed=1, step=3),
+    )
+
+
 def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="task must be one of"):
         TrainConfig(task="rotation")
@@ -212,6 +228,49 @@ def test_config_errors_name_the_fix():
         make_train_step(dataclasses.replace(TINY, batch_size=7))
     with pytest.raises(ValueError, match="at least 2 normal images"):
         train_backbone(np.zeros((1, 28, 28), np.uint8), TINY, progress=False)
+    for field, value in [("weight_decay", -0.1), ("warmup_steps", -1), ("learning_rate", 0.0)]:
+        with pytest.raises(ValueError, match=f"^{field} must be"):
+            dataclasses.replace(TINY, **{field: value})
+    for seed in (-1, 2**64, 1.5):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            dataclasses.replace(TINY, seed=seed)
+    # CutPaste makes three views of each image, AnatPaste two: the memory check counts them.
+    from msde_jax import _memory
+
+    seen = []
+    original = _memory.check_memory
+
+    def spy(step, needs, **kwargs):
+        seen.append(needs["views of a batch"])
+        return original(step, needs, **kwargs)
+
+    import msde_jax.ssl.config as ssl_config
+
+    ssl_config.check_memory, saved = spy, ssl_config.check_memory
+    try:
+        for task in ("cutpaste", "anatpaste"):
+            check_training_memory(24, dataclasses.replace(TINY, task=task))
+    finally:
+        ssl_config.check_memory = saved
+    assert seen == [3 * 8 * 32 * 32 * 3 * 4, 2 * 8 * 32 * 32 * 3 * 4]
+
+
+def test_a_diverging_run_is_one_error_line(tmp_path, capsys, monkeypatch):
+    from msde_jax.ssl import train as ssl_train
+
+    with pytest.raises(FloatingPointError, match="nan by step 3: lower the learning rate and"):
+        ssl_train._finite([ssl_train.StepMetrics(1.0, 0.5), ssl_train.StepMetrics(np.nan, 0)], 3)
+    assert ssl_train._finite([ssl_train.StepMetrics(np.float32(1), 0.5)], 1)[0].loss == 1.0
+
+    def diverged(*args, **kwargs):
+        raise FloatingPointError("the loss became nan by step 2: lower the learning rate.")
+
+    monkeypatch.setattr(ssl_train, "train_backbone", diverged)
+    stack = tmp_path / "normals.npz"
+    np.savez(stack, images=np.zeros((4, 32, 32), np.uint8))
+    assert main(["train-backbone", str(stack), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.splitlines()  # after the line naming the run
+    assert err[-1] == "error: the loss became nan by step 2: lower the learning rate."
 
 
 def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_path, capsys):
@@ -254,3 +313,50 @@ def test_interrupted_run_says_where_to_resume_from(normals, tmp_path, capsys):
     assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
     log = (tmp_path / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resumed_log_is_the_uninterrupted_one(normals, tmp_path, capsys):
+    """A checkpoint between two log records keeps the steps since the last one, so the next
+    record averages the same steps; a log line cut short by the kill is dropped."""
+    config = dataclasses.replace(TINY, steps=6, checkpoint_every=3, log_every=2)
+
+    def interrupt(step, record):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(normals, config, out_dir=tmp_path, progress=False, callback=interrupt)
+    assert "holds step 3" in capsys.readouterr().err
+    with open(tmp_path / "train_log.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # killed while writing
+    resumed = train_backbone(normals, config, out_dir=tmp_path, resume=True, progress=False)
+    straight = train_backbone(normals, config, progress=False)
+
+    def drop_time(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert drop_time(resumed.history) == drop_time(straight.history)
+    log = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in log] == resumed.history
+
+
+def test_an_earlier_run_is_never_overwritten(normals, tmp_path, capsys):
+    """Before its first checkpoint an interrupted run leaves nothing to resume, nor a log in
+    the way; a folder with an earlier run's backbone or log and no checkpoint is refused."""
+    config = dataclasses.replace(TINY, steps=4, checkpoint_every=3, log_every=1)
+
+    def interrupt(step, record):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(normals, config, out_dir=run, progress=False, callback=interrupt)
+    assert "before the first checkpoint (step 3): nothing to resume" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == []
+    finished = train_backbone(normals, config, out_dir=run, progress=False)  # starts over
+    assert [h["step"] for h in finished.history] == [1, 2, 3, 4]
+    (run / "checkpoint.safetensors").unlink()  # the large file a user deletes
+    for resume in (False, True):
+        with pytest.raises(FileExistsError, match="holds backbone.safetensors and train_log"):
+            train_backbone(normals, config, out_dir=run, resume=resume, progress=False)
