@@ -132,6 +132,12 @@ def _adapted_variables(weights: Any, backbone: str, module: Any, image_size: int
         path = os.fspath(weights)
         source = f"the variables in {path}"
         weights, meta = load_variables(path)
+        if meta.get("kind") == "checkpoint":
+            raise ValueError(
+                f"{path} is a training checkpoint, not an adapted backbone: use the run's "
+                "backbone.safetensors (written when it finishes), or continue the run with "
+                "resume=True (command line: --resume)."
+            )
         if meta.get("backbone") not in (None, backbone):
             raise ValueError(
                 f"{path} holds {meta['backbone']} weights, not {backbone}: use "

@@ -35,7 +35,7 @@ EXAMPLES = {
    folders: volumes also get volume-level metrics), a MedIAnomaly folder with data.json, or
    'pneumoniamnist' for the built-in copy)""",
     "train-backbone": """examples:
-  msde-jax train-backbone pneumoniamnist --backbone mobilenet_v2 --out adapted
+  msde-jax train-backbone pneumoniamnist --backbone mobilenet_v2 --anatomy dark --out adapted
   msde-jax evaluate pneumoniamnist --backbone mobilenet_v2 \\
       --weights adapted/backbone.safetensors --out report_adapted
   msde-jax train-backbone normals/ --backbone resnet18 --init scratch --task cutpaste \\

@@ -163,6 +163,8 @@ def test_saved_checkpoint_round_trips_and_gives_the_same_next_step(trained, norm
     _assert_trees_equal((a, metrics_a), (b, metrics_b))
     with pytest.raises(ValueError, match="not a training checkpoint"):
         load_checkpoint(save_backbone(tmp_path / "b.safetensors", trained.state, TINY))
+    with pytest.raises(ValueError, match="is a training checkpoint, not an adapted backbone"):
+        Embedder("resnet18", weights=path, image_size=32, progress=False)
 
 
 def test_data_parallel_step_matches_one_device(normals):
