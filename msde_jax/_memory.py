@@ -7,7 +7,7 @@ patches, the bank ``size``, ``batch_size``; anomaly maps: their side and number)
 bytes it will allocate from those options, and :func:`check_memory` compares the estimate with
 what the machine has free (:func:`memory_budget`):
 
-- host memory: :func:`msde_jax._arrays_file.available_memory` — the least of the system's
+- host memory: :func:`msde_jax._host_memory.available_memory` — the least of the system's
   available memory (``MemAvailable``), a container's limit less its usage and the
   address-space limit (``RLIMIT_AS``) less the process's size;
 - an accelerator's memory: ``bytes_limit − bytes_in_use`` of ``Device.memory_stats()``, where
@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from msde_jax._arrays_file import available_memory, human_bytes
+from msde_jax._host_memory import available_memory, human_bytes
 
 __all__ = [
     "Lower",

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from msde_jax import _arrays_file as af
+from msde_jax import _host_memory as hm
 
 MODULE = Path(af.__file__)
 MiB = 1 << 20
@@ -437,7 +438,7 @@ def test_bound_counts_the_arrays_read_together(tmp_path):
 
 
 def test_available_memory_is_measured():
-    available = af.available_memory()
+    available = hm.available_memory()
     assert isinstance(available, int)
     assert available > 0
     if Path("/proc/meminfo").exists():
@@ -450,17 +451,17 @@ def test_container_limit(tmp_path):
     (tmp_path / "memory.max").write_text("1073741824\n")
     (tmp_path / "memory.current").write_text(f"{600 * MiB}\n")
     (tmp_path / "memory.stat").write_text(f"anon 1\ninactive_file {100 * MiB}\n")
-    assert af._cgroup_available(tmp_path, none) == (1024 - 500) * MiB
+    assert hm._cgroup_available(tmp_path, none) == (1024 - 500) * MiB
     (tmp_path / "memory.max").write_text("max\n")
-    assert af._cgroup_available(tmp_path, none) is None
+    assert hm._cgroup_available(tmp_path, none) is None
     v1 = tmp_path / "v1"
     (v1 / "memory").mkdir(parents=True)
     (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     (v1 / "memory" / "memory.usage_in_bytes").write_text("5\n")
-    assert af._cgroup_available(v1, none) is None
+    assert hm._cgroup_available(v1, none) is None
     (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{MiB}\n")
-    assert af._cgroup_available(v1, none) == MiB - 5
-    assert af._cgroup_available(tmp_path / "none", none) is None
+    assert hm._cgroup_available(v1, none) == MiB - 5
+    assert hm._cgroup_available(tmp_path / "none", none) is None
 
 
 def test_a_job_limit_below_an_unlimited_root(tmp_path):
@@ -478,9 +479,9 @@ def test_a_job_limit_below_an_unlimited_root(tmp_path):
     limit(root / "slurm" / "job_7", 4 * GiB, 3 * GiB)
     limit(root / "slurm" / "job_7" / "step_0", "max", 3 * GiB)
     membership.write_text("0::/slurm/job_7/step_0\n")
-    assert af._cgroup_available(root, membership) == 1 * GiB  # the job's, one level up
+    assert hm._cgroup_available(root, membership) == 1 * GiB  # the job's, one level up
     limit(root / "slurm", 3 * GiB + 512 * MiB, 3 * GiB)  # a tighter slice above it
-    assert af._cgroup_available(root, membership) == 512 * MiB
+    assert hm._cgroup_available(root, membership) == 512 * MiB
     # cgroup v1 (a hybrid tree: v2's root has no limit files), the memory controller's line.
     v1 = tmp_path / "v1"
     job = v1 / "memory" / "process_api" / "abc"
@@ -490,10 +491,10 @@ def test_a_job_limit_below_an_unlimited_root(tmp_path):
     (job / "memory.limit_in_bytes").write_text(f"{2 * GiB}\n")
     (job / "memory.usage_in_bytes").write_text(f"{GiB}\n")
     membership.write_text("5:devices:/\n4:memory:/process_api/abc\n0::/\n")
-    assert af._cgroup_available(v1, membership) == GiB
+    assert hm._cgroup_available(v1, membership) == GiB
     # Inside a container the process's cgroup is "/" of its own tree: the root alone.
     membership.write_text("0::/\n")
-    assert af._cgroup_available(root / "slurm" / "job_7", membership) == 1 * GiB
+    assert hm._cgroup_available(root / "slurm" / "job_7", membership) == 1 * GiB
 
 
 # --------------------------------------------------------------------------- under a real limit
@@ -512,11 +513,12 @@ def test_crafted_files_under_an_address_space_limit(tmp_path, bomb):
         f"""
         import json, resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-        import importlib.util
+        import importlib, types
         import numpy as np
-        spec = importlib.util.spec_from_file_location("arrays_file", {str(MODULE)!r})
-        af = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(af)
+        package = types.ModuleType("msde_jax")  # its private helpers alone, not its __init__
+        package.__path__ = [{str(MODULE.parent)!r}]
+        sys.modules["msde_jax"] = package
+        af = importlib.import_module("msde_jax._arrays_file")
         assert "jax" not in sys.modules
         calls = {{
             "lie": lambda: af.load_npz({str(lie)!r}),
@@ -554,7 +556,7 @@ def test_crafted_files_under_an_address_space_limit(tmp_path, bomb):
 
 
 def test_human_bytes_rounds_into_the_next_unit():
-    from msde_jax._arrays_file import human_bytes
+    from msde_jax._host_memory import human_bytes
 
     assert [human_bytes(n) for n in (1023, 1024, 1536, 1048575, 3 << 30)] == [
         "1023 bytes",
