@@ -528,8 +528,8 @@ def test_maps_of_absurd_sizes_are_refused_and_huge_blurs_stay_finite():
         bank.score_maps(x[:1], size=0)
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
         bank.score_maps(x[:1], size=8, sigma="wide")
-    wrong_shapes = {
-        "square patch grid, got 1 × 9": x[:1].reshape(1, 1, 9, 2),
+    wrong_shapes = {  # (positions: the grid's places count, so the grid is checked first)
+        "fitted with position=1.0 on a 3 × 3 patch grid.*1 × 9": x[:1].reshape(1, 1, 9, 2),
         "must be patch features of shape": x[0, 0],
         "has 1 channels per patch but the detector was fitted on 2": x[:1, ..., :1],
         "has 4 patches per image but the detector was fitted on 9": x[:1, :2, :2],
@@ -540,6 +540,8 @@ def test_maps_of_absurd_sizes_are_refused_and_huge_blurs_stay_finite():
     flat = PatchBankDetector(size=20, n_folds=2, position=0).fit(x.reshape(6, 9, 2)[:, :6])
     with pytest.raises(ValueError, match="6 patches per image is not g × g"):
         flat.score_maps(x.reshape(6, 9, 2)[:1, :6], size=8)
+    with pytest.raises(ValueError, match="square patch grid, got 2 × 3"):
+        flat.score_maps(x.reshape(6, 9, 2)[:1, :6].reshape(1, 2, 3, 2), size=8)
     # A blur wider than the map (which used to abort the process) is cut at the map's side.
     maps = bank.score_maps(x[:2], size=8, sigma=1e9)
     assert maps.shape == (2, 8, 8)
