@@ -1,6 +1,7 @@
 """Atomic file writes, shared by everything that saves a file (models, caches, weights, reports),
 and the checksum of named arrays that saved models and weight files carry."""
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -64,8 +65,6 @@ def atomic_write(
         raise IsADirectoryError(errno.EISDIR, "a folder is there, not a file", str(path))
     fd, tmp = _temporary(path, suffix)
     try:
-        if path.exists():  # the file keeps its permissions
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         with os.fdopen(fd, "wb") as f:
             if isinstance(data, bytes | bytearray | memoryview):
                 f.write(data)
@@ -74,6 +73,9 @@ def atomic_write(
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+        if path.exists():  # the file keeps its permissions, where the file system has them
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -87,7 +89,8 @@ def _temporary(path: Path, suffix: str) -> tuple[int, str]:
     file gets from the umask (``tempfile.mkstemp`` would make it private to its owner, and a
     model saved into a shared folder unreadable to the others)."""
     for _ in range(100):
-        tmp = path.parent / f".{path.name[:64]}.{secrets.token_hex(6)}{suffix}"
+        short = os.fsencode(path.name)[:64].decode(errors="ignore")  # 64 bytes at most
+        tmp = path.parent / f".{short}.{secrets.token_hex(6)}{suffix}"
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
             return os.open(tmp, flags, 0o666), str(tmp)
