@@ -141,6 +141,9 @@ def test_bfloat16_computes_in_bfloat16_close_to_float32():
     emb = Embedder("resnet18", weights="random", image_size=32, dtype=jnp.bfloat16, progress=False)
     b16 = emb.embed(IMAGES)
     assert b16.dtype == np.float32
+    # Its config (so its cache entries) is not that of the float32 compute before 2026-12-06.
+    assert emb.config()["compute"] == "bfloat16"
+    assert "compute" not in Embedder("resnet18", weights="random", image_size=32).config()
     np.testing.assert_allclose(b16, f32, rtol=0.1, atol=0.05 * np.abs(f32).max())
     # The convolutions themselves run in bfloat16 (not float32 on bfloat16-rounded weights),
     # and the weights stay float32.
@@ -170,9 +173,14 @@ def test_one_image_where_a_sequence_is_expected_is_refused(tmp_path):
     emb = Embedder("resnet18", weights="random", image_size=32, progress=False)
     rgb = np.zeros((32, 32, 3), np.uint8)
     path = tmp_path / "scan.png"
-    for one in (rgb, rgb[..., 0], str(path), path):
-        with pytest.raises(ValueError, match=r"For one image pass \[image\]"):
-            emb.embed(one)
+    from msde_jax.embedder import share_network
+    from msde_jax.io.cache import embed_cached
+
+    shared = share_network({"a": emb, "b": Embedder.from_config(emb.config(), progress=False)})
+    for one in (rgb, rgb[..., :1], rgb[..., 0], jnp.asarray(rgb), str(path), path):
+        for embed in (emb.embed, shared["a"].embed, lambda x: embed_cached(emb, x, tmp_path)):
+            with pytest.raises(ValueError, match=r"For one image pass \[image\]"):
+                embed(one)
     assert emb.embed(rgb[None]).shape == (1, 512)
     assert emb.embed(np.zeros((2, 32, 32), np.uint8)).shape == (2, 512)
 

@@ -227,7 +227,7 @@ class EfficientNetLite(nn.Module):
         x = jax.nn.relu6(bn(name="head_bn")(x))
         taps["_conv_head"] = x
         stages.append(x)
-        pooled = jnp.mean(x, axis=(1, 2))
+        pooled = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)  # summed in float32
 
         logits = None
         if self.num_classes > 0:

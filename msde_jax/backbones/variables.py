@@ -29,6 +29,7 @@ __all__ = [
     "describe_weights",
     "load_backbone_variables",
     "random_variables",
+    "variables_dtype",
 ]
 
 
@@ -101,6 +102,11 @@ def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
         return np.zeros(leaf.shape, np.float32)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def variables_dtype(variables: Any) -> Any:
+    """The dtype the variables are stored in (that of their first leaf)."""
+    return jax.tree.leaves(variables)[0].dtype
 
 
 def describe_weights(weights: Any) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 
 from msde_jax._arrays_file import ArrayFileError, load_npy
 from msde_jax._files import atomic_write
+from msde_jax.io.images import refuse_one_image
 from msde_jax.io.inputs import expand_volumes
 
 __all__ = [
@@ -128,6 +129,7 @@ def embed_cached(
     Raises:
         ValueError: the embedder returned no row per image, or embeddings of different shapes.
     """
+    refuse_one_image(items)
     items = list(items)
     if any(isinstance(item, str | os.PathLike) for item in items):
         items = expand_volumes(items, axis=axis).items

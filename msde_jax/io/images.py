@@ -30,6 +30,7 @@ __all__ = [
     "prepare",
     "prepare_channels",
     "raw_pixels",
+    "refuse_one_image",
     "resize",
     "rgb_from_pixels",
     "to_float",
@@ -212,3 +213,20 @@ def _pixel_lookup(sharding: Any) -> Callable[[jax.Array, np.ndarray], jax.Array]
         return jnp.broadcast_to(values[x.astype(jnp.int32)], (*x.shape[:3], 3))
 
     return jax.jit(lookup, out_shardings=sharding)
+
+
+def refuse_one_image(images: Any) -> None:
+    """Refuse one image where a sequence of images or an (n, H, W[, C]) stack is expected: a
+    path would be read as its characters, an (H, W, C) array as H images of one row each, an
+    (H, W) array as H rows. (An (n, H, W) stack of images 1, 3 or 4 pixels wide is refused
+    too: it cannot be told from one image.)"""
+    one = isinstance(images, str | bytes | os.PathLike) or hasattr(images, "getpixel")
+    shape = None if one else getattr(images, "shape", None)
+    if shape is not None and not (len(shape) == 2 or len(shape) == 3 and shape[-1] in (1, 3, 4)):
+        return
+    if one or shape is not None:
+        what = "one image" if one else f"an array of shape {tuple(shape)}"
+        raise ValueError(
+            f"expected a sequence of images or an (n, H, W[, C]) stack; got {what}. For one "
+            "image pass [image] (or image[None] for an array)."
+        )

@@ -209,13 +209,18 @@ def _folders(root: Path) -> Iterator[tuple[Path, list[str]]]:
 
     Hidden files and folders (named ``.*``: macOS's ``._scan.png`` copies of metadata,
     ``.ipynb_checkpoints``) are never images of the dataset and are left out. Symbolic links
-    to folders are followed (datasets are often assembled from links), each real folder once:
-    a second link to it, or a link back up the tree, is not walked again.
+    to folders are followed (datasets are often assembled from links), each real folder once,
+    under its own path where it lies below ``root``: a second link to it, or a link back up
+    the tree, is not walked again.
     """
-    seen: set[str] = set()
+    base, direct, seen = os.path.realpath(root), set(), set()
+    for folder, dirs, _ in os.walk(root):  # the folders below root itself, links not followed
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        direct.add(os.path.realpath(folder))  # walked where they lie, not through a link
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:
+        through_link = real != os.path.normpath(os.path.join(base, os.path.relpath(folder, root)))
+        if real in seen or (through_link and real in direct):
             dirs[:] = []
             continue
         seen.add(real)
@@ -235,7 +240,7 @@ def _walk(root: Path) -> list[str]:
                 continue  # the series' index, or one of its files
             if series and is_dicom(path):
                 continue  # one of its files under another name
-            if is_nifti(path) or _image_file(path):
+            if path.is_file() and (is_nifti(path) or _image_file(path)):  # no dangling link
                 found.append(path)
     return [str(p) for p in sorted(found)]
 

@@ -89,7 +89,10 @@ def test_symbolic_links_to_folders_are_followed_once(tmp_path):
     (root / "linked-again").symlink_to(elsewhere, target_is_directory=True)
     (root / "sub").mkdir()
     (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # a loop
-    expected = [str(root / "a.png"), str(root / "linked" / "x.png")]
+    _png(root / "z_real" / "c.png")
+    (root / "a_alias").symlink_to(root / "z_real", target_is_directory=True)  # walked first
+    (root / "broken.png").symlink_to(tmp_path / "nowhere.png")  # a dangling link: no image
+    expected = [str(root / p) for p in ("a.png", "linked/x.png", "z_real/c.png")]
     assert list_images(root) == expected
     assert list_inputs(root) == expected
 
