@@ -342,8 +342,14 @@ def save_checkpoint(
         "config": config.to_json(),
         "data": data,
         "pending": json.dumps([[float(a), float(b)] for a, b in pending]),
+        "sampling": _SAMPLING,
     }
     return weight_files.save_variables(path, _flat_state(state), meta)
+
+
+# How a step's images are drawn; "2": AnatPaste's source images by other_indices (2026-12-06;
+# before, the batch neighbour).
+_SAMPLING = "2"
 
 
 def _data_fingerprint(data: np.ndarray) -> str:
@@ -517,15 +523,21 @@ def train_backbone(
     history: list[dict] = []
     fingerprint = _data_fingerprint(data)
     if ckpt is not None and resume and ckpt.exists():
+        meta = weight_files.read_safetensors_metadata(ckpt)
+        if config.task == "anatpaste" and meta.get("sampling") != _SAMPLING:
+            raise ValueError(
+                f"{ckpt} was written before AnatPaste drew its source images apart from the "
+                "image itself: resuming would mix two ways of sampling; train into a new folder."
+            )
         state, saved = load_checkpoint(ckpt)
         _check_resume(saved, config, ckpt)
-        trained_on = weight_files.read_safetensors_metadata(ckpt).get("data", "")
+        trained_on = meta.get("data", "")
         if trained_on and trained_on != fingerprint:
             raise ValueError(
                 f"{ckpt} was trained on other images ({trained_on}; now {fingerprint}): "
                 "resume with the same images, or train into a new folder."
             )
-        pending_sums = json.loads(weight_files.read_safetensors_metadata(ckpt).get("pending", "[]"))
+        pending_sums = json.loads(meta.get("pending", "[]"))
         if (out / LOG).exists():
             # Records after the checkpoint belong to steps that will be taken again, and so
             # does a line cut short by the interruption.
@@ -598,19 +610,17 @@ def train_backbone(
                 saved_step = done
             if stop:
                 break
-    except KeyboardInterrupt:
+    except BaseException as err:  # Ctrl-C, out of memory, a diverged loss, ...
         bar.close()
-        if ckpt is not None and ckpt.exists():
+        if ckpt is not None and not ckpt.exists():  # nothing to resume: its log would block
+            (out / LOG).unlink(missing_ok=True)  # a rerun in this folder
+        if isinstance(err, KeyboardInterrupt) and ckpt is not None:
             print(
                 f"interrupted: {ckpt} holds step {saved_step}; continue with resume=True "
-                "(command line: --resume).",
-                file=sys.stderr,
-            )
-        elif ckpt is not None:  # nothing to resume: what this run wrote would block a rerun
-            (out / LOG).unlink(missing_ok=True)
-            print(
-                f"interrupted before the first checkpoint (step {config.checkpoint_every}): "
-                "nothing to resume; run again to start over.",
+                "(command line: --resume)."
+                if ckpt.exists()
+                else "interrupted before the first checkpoint: nothing to resume; run again "
+                "to start over.",
                 file=sys.stderr,
             )
         raise

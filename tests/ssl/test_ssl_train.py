@@ -165,6 +165,16 @@ def test_saved_checkpoint_round_trips_and_gives_the_same_next_step(trained, norm
         load_checkpoint(save_backbone(tmp_path / "b.safetensors", trained.state, TINY))
     with pytest.raises(ValueError, match="is a training checkpoint, not an adapted backbone"):
         Embedder("resnet18", weights=path, image_size=32, progress=False)
+    # An AnatPaste run checkpointed before its source images were drawn apart (no "sampling")
+    # is not resumed: the two ways of sampling would mix.
+    from msde_jax.backbones.weight_files import load_variables, save_variables
+
+    flat, meta = load_variables(path)
+    meta.pop("sampling")
+    save_variables(tmp_path / "checkpoint.safetensors", flat, meta)
+    anatpaste = dataclasses.replace(TINY, task="anatpaste")
+    with pytest.raises(ValueError, match="before AnatPaste drew its source images apart"):
+        train_backbone(normals, anatpaste, out_dir=tmp_path, resume=True, progress=False)
 
 
 def test_data_parallel_step_matches_one_device(normals):
@@ -354,7 +364,7 @@ def test_an_earlier_run_is_never_overwritten(normals, tmp_path, capsys):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train_backbone(normals, config, out_dir=run, progress=False, callback=interrupt)
-    assert "before the first checkpoint (step 3): nothing to resume" in capsys.readouterr().err
+    assert "before the first checkpoint: nothing to resume" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == []
     finished = train_backbone(normals, config, out_dir=run, progress=False)  # starts over
     assert [h["step"] for h in finished.history] == [1, 2, 3, 4]
