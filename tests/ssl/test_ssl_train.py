@@ -309,15 +309,21 @@ def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_
     assert "holds resnet18 weights" in capsys.readouterr().err
 
 
+def _interrupt_at(stop):
+    """A training callback that presses Ctrl-C at log step ``stop``."""
+
+    def interrupt(step, record):
+        if step == stop:
+            raise KeyboardInterrupt
+
+    return interrupt
+
+
 def test_interrupted_run_says_where_to_resume_from(normals, tmp_path, capsys):
     config = dataclasses.replace(TINY, steps=6, checkpoint_every=2, log_every=1)
 
-    def interrupt(step, record):
-        if step == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train_backbone(normals, config, out_dir=tmp_path, progress=False, callback=interrupt)
+        train_backbone(normals, config, out_dir=tmp_path, progress=False, callback=_interrupt_at(3))
     assert "holds step 2" in capsys.readouterr().err
     state, _ = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert int(state.step) == 2
@@ -332,12 +338,8 @@ def test_a_resumed_log_is_the_uninterrupted_one(normals, tmp_path, capsys):
     record averages the same steps; a log line cut short by the kill is dropped."""
     config = dataclasses.replace(TINY, steps=6, checkpoint_every=3, log_every=2)
 
-    def interrupt(step, record):
-        if step == 4:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train_backbone(normals, config, out_dir=tmp_path, progress=False, callback=interrupt)
+        train_backbone(normals, config, out_dir=tmp_path, progress=False, callback=_interrupt_at(4))
     assert "holds step 3" in capsys.readouterr().err
     with open(tmp_path / "train_log.jsonl", "a") as f:
         f.write('{"step": 5, "lo')  # killed while writing
@@ -357,13 +359,9 @@ def test_an_earlier_run_is_never_overwritten(normals, tmp_path, capsys):
     the way; a folder with an earlier run's backbone or log and no checkpoint is refused."""
     config = dataclasses.replace(TINY, steps=4, checkpoint_every=3, log_every=1)
 
-    def interrupt(step, record):
-        if step == 2:
-            raise KeyboardInterrupt
-
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train_backbone(normals, config, out_dir=run, progress=False, callback=interrupt)
+        train_backbone(normals, config, out_dir=run, progress=False, callback=_interrupt_at(2))
     assert "before the first checkpoint: nothing to resume" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == []
     finished = train_backbone(normals, config, out_dir=run, progress=False)  # starts over
