@@ -213,9 +213,9 @@ class TrainStep:
     patch from, :func:`other_indices`; ``None``: its neighbour in the batch): makes the proxy
     task's views with a key derived from ``(seed, state.step)``, runs the backbone in training
     mode (batch-norm statistics from the global batch, running averages updated), classifies
-    with the head, and applies one optax
-    update. The batch is sharded over the devices and the state replicated (see
-    :meth:`replicate`); the input state is donated. Build it with :func:`make_train_step`.
+    with the head, and applies one optax update. The batch is sharded over the devices and the
+    state replicated (see :meth:`replicate`); the input state is donated. Build it with
+    :func:`make_train_step`.
     """
 
     def __init__(self, config: TrainConfig, devices: tuple[jax.Device, ...]):
