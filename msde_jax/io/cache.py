@@ -139,7 +139,7 @@ def embed_cached(
     write = _Writer(folder)
     if not (folder / "config.json").exists():
         text = json.dumps(config, indent=2, sort_keys=True, default=str) + "\n"
-        write(folder / "config.json", text.encode())
+        write(folder / "config.json", text.encode(), stacklevel=3)
 
     if not items:
         shape = getattr(embedder, "output_shape", None) or (int(getattr(embedder, "dim", 0)),)
@@ -235,7 +235,9 @@ class _Writer:
     def __init__(self, folder: Path) -> None:
         self.folder, self.failed = folder, False
 
-    def __call__(self, path: Path, data: Any) -> None:
+    def __call__(self, path: Path, data: Any, *, stacklevel: int = 4) -> None:
+        """Write ``data`` to ``path``; ``stacklevel`` is the warning's, from here to the caller
+        of :func:`embed_cached`."""
         if self.failed:
             return
         try:
@@ -247,5 +249,5 @@ class _Writer:
                 f"the embedding cache {self.folder} cannot be written ({err}); the embeddings "
                 "are returned but not cached (pass another cache folder to keep them).",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=stacklevel,
             )

@@ -300,14 +300,18 @@ def test_a_cache_that_cannot_be_written_still_returns_the_embeddings(tmp_path, a
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(cache, "atomic_write", refused)
-    with pytest.warns(RuntimeWarning, match="cannot be written .*Permission denied.*not cached"):
+    with pytest.warns(
+        RuntimeWarning, match="cannot be written .*Permission denied.*not cached"
+    ) as w:
         out = embed_cached(stub, arrays, tmp_path, progress=False)
+    assert w[0].filename == __file__  # said where embed_cached was called
     np.testing.assert_array_equal(out, StubEmbedder().embed(arrays))
     assert stub.calls == [2, 3]  # the two cached images were read, not embedded again
     assert len(tries) == 1  # after the first refusal nothing more is tried
     # A cache folder that cannot be made (a file in the way) is no error either.
     (tmp_path / "file").write_text("x")
     monkeypatch.undo()
-    with pytest.warns(RuntimeWarning, match="cannot be written"):
+    with pytest.warns(RuntimeWarning, match="cannot be written") as w:
         out = embed_cached(stub, arrays, tmp_path / "file" / "cache", progress=False)
+    assert w[0].filename == __file__
     np.testing.assert_array_equal(out, StubEmbedder().embed(arrays))
