@@ -175,13 +175,15 @@ def _advice(lower: Sequence[Lower], ratio: float) -> str:
 
 
 @contextlib.contextmanager
-def out_of_memory(step: str, lower: Sequence[str]) -> Iterator[None]:
+def out_of_memory(step: str, lower: Sequence[str], device: Any = "default") -> Iterator[None]:
     """Turn running out of memory inside the block into a :class:`MemoryLimitError`.
 
     A ``MemoryError`` (NumPy's ``_ArrayMemoryError`` included) or an XLA error whose message
     holds ``RESOURCE_EXHAUSTED`` (``jax.errors.JaxRuntimeError``) becomes one error that
-    names ``step`` and the options to lower (``lower``: ``["batch_size (--batch-size)"]``);
-    anything else passes unchanged.
+    names ``step``, whose memory ran out (the host's, or that of ``device``, the device the
+    block computes on: JAX's default device unless given; a CPU's is the host's) and the
+    options to lower (``lower``: ``["batch_size (--batch-size)"]``); anything else passes
+    unchanged.
     """
     try:
         yield
@@ -190,11 +192,11 @@ def out_of_memory(step: str, lower: Sequence[str]) -> Iterator[None]:
     except (MemoryError, RuntimeError) as err:
         if not isinstance(err, MemoryError) and _EXHAUSTED not in str(err):
             raise
-        # XLA's own allocations are in the memory of the device it runs on: the host's on a CPU.
-        import jax  # loaded by whatever raised a JaxRuntimeError
+        if device == "default":  # XLA allocates on the device it runs on
+            import jax  # loaded by whatever raised a JaxRuntimeError
 
-        on_host = isinstance(err, MemoryError) or jax.default_backend() == "cpu"
-        where = "host" if on_host else "device"
+            device = jax.devices()[0]
+        where = "host" if isinstance(err, MemoryError) or is_host(device) else "device"
         reason = (str(err) or type(err).__name__).strip().splitlines()[0][:_MAX_REASON]
         options = " or ".join(lower) or "the size of the work"
         raise MemoryLimitError(

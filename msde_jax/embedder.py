@@ -422,7 +422,7 @@ class Embedder:
         if hasattr(forward, "function"):  # Exported: the jitted function for these batches
             forward = forward.function(self._variables, self._batch_probe())
         with (
-            out_of_memory(f"embedding ({self.backbone})", self._options()),
+            out_of_memory(f"embedding ({self.backbone})", self._options(), self.devices[0]),
             ThreadPoolExecutor(max(1, self.num_workers)) as pool,
         ):
             pending = [pool.submit(load, i * bs, b) for i, b in enumerate(batches[:2])]

@@ -22,6 +22,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import types
 import zipfile
 from pathlib import Path
 
@@ -285,6 +286,12 @@ def test_out_of_memory_becomes_one_error_naming_the_step():
     with pytest.raises(mem.MemoryLimitError, match="ran out of host memory"):
         with mem.out_of_memory("a step", options):
             np.zeros((1 << 62,), np.uint8)  # NumPy's _ArrayMemoryError
+    # Whose memory: that of the device the block computes on (a CPU's is the host's).
+    gpu = types.SimpleNamespace(platform="gpu")
+    for device, where in ((gpu, "device"), (jax.devices("cpu")[0], "host")):
+        with pytest.raises(mem.MemoryLimitError, match=f"ran out of {where} memory"):
+            with mem.out_of_memory("a step", options, device):
+                raise jax.errors.JaxRuntimeError(EXHAUSTED)
     with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
         with mem.out_of_memory("a step", options):  # anything else passes unchanged
             raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: not about memory")

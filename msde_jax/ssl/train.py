@@ -249,6 +249,7 @@ class TrainStep:
             new = TrainState(state.step + 1, params, batch_stats, opt_state)
             return new, StepMetrics(loss, accuracy)
 
+        self.devices = devices
         mesh = Mesh(np.array(devices), ("data",))
         self._replicated = NamedSharding(mesh, PartitionSpec())
         self._sharded = NamedSharding(mesh, PartitionSpec("data"))
@@ -578,7 +579,8 @@ def train_backbone(
             others = None
             if config.task == "anatpaste":  # never an image pasted into itself
                 others = data[other_indices(indices, len(data), seed=config.seed, step=step)]
-            with out_of_memory(f"training step {step + 1} ({config.backbone})", _OPTIONS):
+            where = train_step.devices[0]
+            with out_of_memory(f"training step {step + 1} ({config.backbone})", _OPTIONS, where):
                 state, metrics = train_step(state, data[indices], others)
             pending.append(metrics)
             done, status = step + 1, None
