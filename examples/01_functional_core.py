@@ -1,7 +1,7 @@
 """The MSDE scoring pipeline written with the functional core, on synthetic embeddings.
 
 Normal "embeddings" come from a few Gaussian clusters; anomalies are wider versions of them.
-The pipeline is the published one (DESIGN.md): standardise → MSDE weights and blurring mean
+The pipeline is the published one (arXiv 2602.03293): standardise → MSDE weights and blurring mean
 shift of the training normals → PCA → Gaussian → Mahalanobis distance of the test points, here
 shifted inductively toward the fixed, shifted training set. Then the same with the detector's
 functional core, ``fit_detector`` / ``score_detector``.
