@@ -88,8 +88,8 @@ def _temporary(path: Path, suffix: str) -> tuple[int, str]:
     name cut short so that any valid ``path`` gives a valid one), with the permissions a new
     file gets from the umask (``tempfile.mkstemp`` would make it private to its owner, and a
     model saved into a shared folder unreadable to the others)."""
+    short = os.fsencode(path.name)[:64].decode(errors="ignore")  # 64 bytes at most
     for _ in range(100):
-        short = os.fsencode(path.name)[:64].decode(errors="ignore")  # 64 bytes at most
         tmp = path.parent / f".{short}.{secrets.token_hex(6)}{suffix}"
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

@@ -8,8 +8,8 @@ bytes it will allocate from those options, and :func:`check_memory` compares the
 what the machine has free (:func:`memory_budget`):
 
 - host memory: :func:`msde_jax._host_memory.available_memory` — the least of the system's
-  available memory (``MemAvailable``), a container's limit less its usage and the
-  address-space limit (``RLIMIT_AS``) less the process's size;
+  available memory (``MemAvailable``), the limit of the process's cgroup (a container's, a
+  job's) less its usage and the address-space limit (``RLIMIT_AS``) less the process's size;
 - an accelerator's memory: ``bytes_limit − bytes_in_use`` of ``Device.memory_stats()``, where
   JAX reports it (a CPU device reports nothing: its memory is the host's).
 

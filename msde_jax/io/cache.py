@@ -228,12 +228,12 @@ def _embed_into(
 
 
 class _Writer:
-    """Writes the files of one cache folder (made when first needed) until one write fails:
+    """Writes the files of one cache folder (made at the first write) until one write fails:
     that is warned about once, and nothing more is written. No fsync per file: a damaged entry
     is detected on load and embedded again."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.failed = folder, False
+        self.folder, self.failed, self.made = folder, False, False
 
     def __call__(self, path: Path, data: Any, *, stacklevel: int = 4) -> None:
         """Write ``data`` to ``path``; ``stacklevel`` is the warning's, from here to the caller
@@ -241,7 +241,9 @@ class _Writer:
         if self.failed:
             return
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            if not self.made:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.made = True
             atomic_write(path, data, fsync=False)
         except OSError as err:
             self.failed = True

@@ -221,10 +221,11 @@ def refuse_one_image(images: Any) -> None:
     (H, W) array as H rows. (An (n, H, W) stack of images 1, 3 or 4 pixels wide is refused
     too: it cannot be told from one image.)"""
     one = isinstance(images, str | bytes | os.PathLike) or hasattr(images, "getpixel")
-    shape = None if one else getattr(images, "shape", None)
-    if shape is not None and not (len(shape) == 2 or len(shape) == 3 and shape[-1] in (1, 3, 4)):
-        return
-    if one or shape is not None:
+    shape = getattr(images, "shape", None)
+    one_array = shape is not None and (
+        len(shape) == 2 or len(shape) == 3 and shape[-1] in (1, 3, 4)
+    )
+    if one or one_array:
         what = "one image" if one else f"an array of shape {tuple(shape)}"
         raise ValueError(
             f"expected a sequence of images or an (n, H, W[, C]) stack; got {what}. For one "
