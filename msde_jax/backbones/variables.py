@@ -5,6 +5,7 @@ variables written by :func:`msde_jax.ssl.train_backbone` (checked against the ne
 structure), or a seeded random initialisation; each with a fingerprint of the exact weights.
 """
 
+import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -78,7 +79,17 @@ def load_backbone_variables(
 
 
 def abstract_variables(module: Any, image_size: int) -> Any:
-    """Shapes and dtypes of ``module``'s variables for image_size² RGB inputs (no compute)."""
+    """Shapes and dtypes of ``module``'s variables for image_size² RGB inputs (no compute).
+
+    Tracing a network's initialisation takes a CPU about half a second (EfficientNet-Lite0)
+    and every random or adapted :class:`~msde_jax.Embedder` needs it, so the shapes are kept
+    per process for equal modules (Flax modules compare by their fields) and image sizes;
+    each call gets its own containers."""
+    return jax.tree.map(lambda leaf: leaf, _abstract_variables(module, image_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_variables(module: Any, image_size: int) -> Any:
     dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     return jax.eval_shape(module.init, jax.random.key(0), dummy)
 

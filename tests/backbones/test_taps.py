@@ -186,3 +186,26 @@ def test_patch_features_and_pooled_layers():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_abstract_variables_are_traced_once_per_network_and_size(monkeypatch):
+    """Every random or adapted Embedder needs its network's variable shapes; equal networks
+    at one image size trace the initialisation once, and each caller gets its own tree."""
+    from msde_jax.backbones import variables as module_variables
+
+    traced = []
+    eval_shape = jax.eval_shape
+
+    def counting(fun, *args):
+        traced.append(args[-1].shape)
+        return eval_shape(fun, *args)
+
+    monkeypatch.setattr(module_variables.jax, "eval_shape", counting)
+    spec = backbone_spec("resnet18")
+    first = abstract_variables(spec.build(0), 41)  # a size no other test asks for
+    first["params"].clear()  # the caller's own containers
+    again = abstract_variables(spec.build(0), 41)
+    assert traced == [(1, 41, 41, 3)]
+    assert again["params"]["conv1"]["kernel"].shape == (7, 7, 3, 64)
+    abstract_variables(spec.build(0), 43)
+    assert traced == [(1, 41, 41, 3), (1, 43, 43, 3)]
