@@ -290,7 +290,7 @@ def test_scores_are_bit_identical_across_processes(capsys):
 
 
 # ---------------------------------------------------------------------- fuzzing
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -319,11 +319,53 @@ def test_fuzzed_model_files_load_identically_or_raise_value_error(model, tmp_pat
     np.testing.assert_array_equal(loaded.score_samples(x), expected)
 
 
+_PIXELS = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)  # every file below holds these
+
+
+def _image_file(suffix: str) -> bytes:
+    """A valid 8 × 8 grey image of ``_PIXELS`` in the format of ``suffix``."""
+    import io
+
+    if suffix == ".dcm":
+        import tempfile
+        from pathlib import Path
+
+        from testing import write_dicom
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_dicom(Path(tmp) / "x.dcm", _PIXELS.astype(np.uint16) * 257)
+            return path.read_bytes()
+    buffer = io.BytesIO()
+    options = {"quality": 100} if suffix == ".jpg" else {}
+    file_format = {".png": "PNG", ".jpg": "JPEG", ".tif": "TIFF"}[suffix]
+    Image.fromarray(_PIXELS).save(buffer, format=file_format, **options)
+    return buffer.getvalue()
+
+
+_IMAGE_FILES = {suffix: _image_file(suffix) for suffix in (".png", ".jpg", ".tif", ".dcm")}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow's notes on corrupt metadata
 @settings(max_examples=40)
-@given(payload=st.binary(max_size=300), suffix=st.sampled_from([".png", ".jpg", ".tif", ".dcm"]))
-def test_fuzzed_image_files_read_or_raise_image_read_error(tmp_path_factory, payload, suffix):
+@given(
+    suffix=st.sampled_from(sorted(_IMAGE_FILES)),
+    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=4),
+    keep=st.one_of(st.none(), st.floats(0, 1)),
+)
+@example(suffix=".png", edits=[], keep=None)
+@example(suffix=".jpg", edits=[], keep=None)
+@example(suffix=".tif", edits=[], keep=None)
+@example(suffix=".dcm", edits=[], keep=None)
+def test_fuzzed_image_files_read_or_raise_image_read_error(tmp_path_factory, suffix, edits, keep):
+    """Valid files with a few bytes changed or cut short: an image in [0, 1], or an
+    ImageReadError naming the file; the untouched files read as their pixels."""
+    raw = bytearray(_IMAGE_FILES[suffix])
+    for where, value in edits:
+        raw[int(where * len(raw))] = value
+    if keep is not None:
+        raw = raw[: int(keep * len(raw))]
     path = tmp_path_factory.mktemp("img") / f"x{suffix}"
-    path.write_bytes(payload)
+    path.write_bytes(bytes(raw))
     try:
         image, error = to_float(path), ""
     except ImageReadError as err:
@@ -332,7 +374,17 @@ def test_fuzzed_image_files_read_or_raise_image_read_error(tmp_path_factory, pay
         assert str(path) in error
         return
     assert image.ndim == 3
+    assert image.shape[-1] in (1, 3)
+    assert image.dtype == np.float32
     assert np.isfinite(image).all()
+    assert image.min() >= 0
+    assert image.max() <= 1
+    if not edits and keep is None:
+        assert image.shape[:2] == _PIXELS.shape
+        # a DICOM without a window is scaled by its minimum and maximum; JPEG is lossy
+        want = _PIXELS / (_PIXELS.max() if suffix == ".dcm" else 255)
+        atol = 3 / 255 if suffix == ".jpg" else 1e-6
+        np.testing.assert_allclose(image.mean(axis=-1), want, atol=atol)
 
 
 @settings(max_examples=30)
@@ -342,18 +394,26 @@ def test_fuzzed_image_files_read_or_raise_image_read_error(tmp_path_factory, pay
     dtype=st.sampled_from([np.float32, np.float64, np.int32, np.uint8, bool, object, "U1"]),
     special=st.sampled_from([None, np.nan, np.inf, -np.inf]),
 )
+@example(rows=3, cols=4, dtype=np.float32, special=None)
+@example(rows=2, cols=4, dtype=np.uint8, special=None)
+@example(rows=1, cols=4, dtype=bool, special=np.nan)  # nothing to inject into booleans
 def test_fuzzed_estimator_input_scores_or_raises_value_error(rows, cols, dtype, special):
-    # A fitted detector fed anything: finite scores of the right length, or a ValueError.
+    """A fitted detector (4 features) fed anything: finite scores of the right length where
+    the rows are numbers of its 4 features, as their float64 copy scores; else a ValueError."""
     fitted = _fitted_for_fuzzing()
     x = np.zeros((rows, cols)).astype(dtype) if dtype != "U1" else np.full((rows, cols), "a")
-    if special is not None and rows and cols and np.dtype(x.dtype).kind == "f":
+    injected = special is not None and rows > 0 and cols > 0 and x.dtype.kind == "f"
+    if injected:
         x[0, 0] = special
-    try:
-        scores = fitted.score_samples(x)
-    except ValueError:
+    if not (rows > 0 and cols == 4 and x.dtype.kind in "fiub" and not injected):
+        what = "no samples|no features|must hold numbers|features but the detector|NaN or inf"
+        with pytest.raises(ValueError, match=what):
+            fitted.score_samples(x)
         return
+    scores = fitted.score_samples(x)
     assert scores.shape == (rows,)
     assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, fitted.score_samples(x.astype(np.float64)), rtol=1e-6)
 
 
 _FITTED = []

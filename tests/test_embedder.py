@@ -495,6 +495,10 @@ def test_patch_features_data_parallel_equal_one_device():
     kwargs = dict(weights="random", image_size=32, features="patches", progress=False)
     two = Embedder("resnet18", batch_size=4, devices=devices[:2], **kwargs)
     one = Embedder("resnet18", batch_size=4, devices=devices[:1], **kwargs)
+    # the batch really is split over both devices (5 images: both hold real rows)
+    assert len(two.devices) == 2
+    assert len(two._batch_sharding.device_set) == 2
+    assert len(one._batch_sharding.device_set) == 1
     np.testing.assert_allclose(two.embed(IMAGES), one.embed(IMAGES), rtol=1e-3, atol=1e-4)
 
 
