@@ -14,15 +14,16 @@ another seed). For each training-set size, a fresh Python process fits ``PatchBa
 (the defaults: a 5,000-patch two-stage coreset — 2,000 before 2026-12-05, as the older tables in
 RESULTS.md were measured — 5 cross-fit folds, threshold included;
 ``--coreset greedy`` for one greedy search over all patches) on the first ``n`` images and
-scores the test images; it reports wall times (the first fit compiles, so with ``--repeats
-2`` a second fit is timed too), the fitted bank's bytes and the process's peak resident
-memory (``ru_maxrss``, whole process, features included) beside the features' own size. The
-bank is bounded by ``size`` whatever ``n`` is; the two-stage fit's transient memory by
-``chunk_patches``, the greedy fit's grows with the n × 196 patches.
+scores the test images; it reports wall times (the first fit compiles, no persistent
+compilation cache being used; with ``--repeats 2`` a second fit is timed too), the fitted bank's
+bytes and the process's peak resident memory (``ru_maxrss``, whole process, features included)
+beside the features' own size. The bank is bounded by ``size`` whatever ``n`` is; the two-stage
+fit's transient memory by ``chunk_patches``, the greedy fit's grows with the n × 196 patches.
 """
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def child(args) -> None:
             options["chunk_patches"] = args.chunk_patches
         detector = PatchBankDetector(**options).fit(train)
         fits.append(time.perf_counter() - start)
-    detector.score_samples(test[:8])  # compile for the block shape
+    detector.score_samples(test)  # compile the programs of the timed call (its chunks)
     start = time.perf_counter()
     detector.score_samples(test)
     score = time.perf_counter() - start
@@ -130,7 +131,10 @@ def main(argv=None) -> int:
             command.append("--synthetic")
         if args.limit_test:
             command += ["--limit-test", str(args.limit_test)]
-        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        # each worker compiles what it runs: the persistent cache would serve the programs of
+        # an earlier worker, run or stage (the first fit would time cache reads, not compiles)
+        env = {**os.environ, "MSDE_JAX_COMPILATION_CACHE": "off"}
+        out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         warm = "—" if r["fit_s"] is None else f"{r['fit_s']:.1f}"
         print(

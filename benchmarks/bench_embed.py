@@ -6,13 +6,17 @@
 Times the network on a preprocessed (batch, 224, 224, 3) array, so image decoding is not
 included (``--with-io`` times ``Embedder.embed`` on uint8 arrays instead, resizing included).
 Speed does not depend on the weights' values: backbones whose ImageNet weights are not
-available offline (ResNets, DINOv2) run with ``weights="random"``.
+available offline (ResNets, DINOv2) run with ``weights="random"``. The compile column compiles:
+msde_jax's persistent compilation cache is off here unless ``MSDE_JAX_COMPILATION_CACHE`` says
+otherwise (with it, a rerun would time a cache read).
 """
 
 import argparse
 import os
 import platform
 import time
+
+os.environ.setdefault("MSDE_JAX_COMPILATION_CACHE", "off")  # before msde_jax is imported
 
 import jax
 import jax.numpy as jnp

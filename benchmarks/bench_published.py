@@ -29,12 +29,14 @@ at n ≥ 20,000, since numba compiles per type, not per size). *cold* is the wal
 ``python benchmarks/bench_published.py --worker STACK --n N`` process measured by this one:
 imports, data, JIT / numba compilation (umap's and pynndescent's numba caches on disk are used
 as they are) and one fit. msde_jax's compilation cache in that process follows
-``--cold-cache``: this process's environment (default), ``off`` (everything compiled), or
-``warm`` (a fresh cache folder filled by one untimed worker first: a second process, as a user's
-second run is). The second table splits the published fit into density weights and
-shift and gives the share of the fit spent rebuilding the kNN graph (the NNDescent calls, timed
-on their own). The agreement check compares the two stacks' density weights at the smallest n,
-and the shifted points at n = 300 (``--check-n``), where NNDescent is close to exact.
+``--cold-cache``: ``off`` (everything compiled; the default), this process's environment
+(``inherit``: with the default cache on, this process has just written the programs the
+worker needs, so that worker is not cold), or ``warm`` (a fresh cache folder filled by one
+untimed worker first: a second process, as a user's second run is). The second table splits the
+published fit into density weights and shift and gives the share of the fit spent rebuilding the
+kNN graph (the NNDescent calls, timed on their own). The agreement check compares the two stacks'
+density weights at the smallest n, and the shifted points at n = 300 (``--check-n``), where
+NNDescent is close to exact.
 """
 
 import argparse
@@ -395,9 +397,10 @@ def main() -> None:
     parser.add_argument(
         "--cold-cache",
         choices=("inherit", "off", "warm"),
-        default="inherit",
-        help="msde_jax's compilation cache in its cold process: as this process's environment "
-        "says (default), off, or warm (a fresh folder filled by one untimed cold process first)",
+        default="off",
+        help="msde_jax's compilation cache in its cold process: off (default: everything "
+        "compiled), as this process's environment says (inherit), or warm (a fresh folder "
+        "filled by one untimed cold process first)",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the agreement check")
     parser.add_argument("--check-n", type=int, default=300, help="n of the shift agreement check")

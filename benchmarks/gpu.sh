@@ -29,6 +29,10 @@
 # (synthetic, 14 × 14 × 152) ≤ 60 s with memory bounded (stage 7, SCALE=1).
 set -uo pipefail
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# No persistent compilation cache shared between stages or with an earlier run on a machine
+# still held: every "compile", "first" and "cold" figure compiles (stage 1 gives each of its
+# runs a cache folder of its own, empty then warm).
+export MSDE_JAX_COMPILATION_CACHE=off
 PY=${PYTHON:-python3}
 out="${OUT:-benchmarks}/gpu_results.md"
 DATA=${DATA:-.gpu_data/brain_tumor_mri.npz}
