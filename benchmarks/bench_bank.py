@@ -20,6 +20,9 @@ import os
 import platform
 import time
 
+# The compile column compiles: no persistent cache unless the environment names one.
+os.environ.setdefault("MSDE_JAX_COMPILATION_CACHE", "off")
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -4,9 +4,10 @@
     python benchmarks/bench_heatmaps.py --datasets pneumoniamnist --limit 40   # quick
 
 Real findings come without outlines here, so localisation is measured where the truth is
-known: every test *normal* (never fitted on) gets one local synthetic anomaly with its mask
-(:data:`msde_jax.ssl.synthetic.LOCAL_KINDS`: AnatPaste, CutPaste, scar, opacity, in turn; half
-``anatomy="bright"``, half ``"dark"``; made at the images' own resolution, the masks then
+known: as many local synthetic anomalies as test *normals* (never fitted on), each with its
+mask and made from a test normal drawn at random with replacement (some give none, some
+several) (:data:`msde_jax.ssl.synthetic.LOCAL_KINDS`: AnatPaste, CutPaste, scar, opacity, in
+turn; half ``anatomy="bright"``, half ``"dark"``; made at the images' own resolution, the masks then
 resized to the maps' 224 px by nearest neighbour), and the default
 configuration (:func:`msde_jax.recommended`, fitted on all training normals)
 maps the
@@ -44,9 +45,9 @@ def load(name: str):
 
 
 def local_anomalies(embedder, normals, seed=0):
-    """One local anomaly per normal (kinds in turn, half bright, half dark), made at the
-    images' own resolution as msde_jax.pipeline.selection does; uint8 images and, at the embedder's
-    side (nearest neighbour), their masks."""
+    """As many local anomalies as normals, each from a normal drawn at random (kinds in turn,
+    half bright, half dark), made at the images' own resolution as msde_jax.pipeline.selection
+    does; uint8 images and, at the embedder's side (nearest neighbour), their masks."""
     images = np.stack([to_float(item) for item in normals])  # the datasets' images share a size
     half = len(images) // 2
     parts = []

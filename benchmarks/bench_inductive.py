@@ -146,8 +146,8 @@ def batch_auroc(labels, score_fn, batches) -> tuple[float, float]:
 
 
 def check_alone(det, x, scores, what) -> float:
-    """Score every eighth test image alone; refuse a batch-dependent scorer (the 5 % and
-    one-at-a-time numbers reuse the one-batch scores)."""
+    """Score 8 test images spread over the set (every ⌊n/8⌋-th) alone; refuse a
+    batch-dependent scorer (the 5 % and one-at-a-time numbers reuse the one-batch scores)."""
     step = max(1, len(next(iter(x.values())) if isinstance(x, dict) else x) // 8)
     take = (
         (lambda i: {k: v[i : i + 1] for k, v in x.items()})
@@ -268,7 +268,10 @@ def run(dataset_name: str, backbone: str, args) -> dict:
     by_seed = {"0": results["bank:top"]["auroc"]}
     for seed in args.coreset_seeds:
         if seed != 0:
-            det = PatchBankDetector(size=args.bank_size, n_folds=2, seed=seed).fit(x_train)
+            # the folds of seed 0's fit: the two-stage coreset's chunks follow the folds, so
+            # another fold count would change the bank as well as the seed
+            det = PatchBankDetector(size=args.bank_size, n_folds=args.bank_folds, seed=seed)
+            det.fit(x_train)
             by_seed[str(seed)] = auroc(labels, det.score_samples(x_test))
     results["bank:top"]["auroc_by_coreset_seed"] = by_seed
     print(f"bank:top real AUROC by coreset seed: {by_seed}", flush=True)

@@ -19,12 +19,12 @@ position, :func:`calibration`; ``:feat.scale=1|2``, channels or layers rescaled,
    separately: ``--rate-images`` training images embedded without the cache, after one warm-up
    batch (so compilation is not counted);
 3. fits the default detector on the fitting part (validation) and on all training normals
-   (test), timing the latter's ``fit`` (its first call, compilation included, and
-   ``--fit-repeats`` − 1 warm repeats) and its scoring of the test set. A ``:mirror`` setting
-   fits both banks on those images **plus their left–right mirrors** (embedded by
-   ``embedder.flipped()``, new cache entries; each image and its mirror share a cross-fit fold
-   of the threshold, ``fit(..., groups=...)``), and scores the un-mirrored held-out and test
-   images exactly as the plain setting does;
+   (test), timing the latter's ``fit`` (its first call in the process, after the validation
+   fit has compiled most of its programs, and ``--fit-repeats`` − 1 warm repeats) and its
+   scoring of the test set. A ``:mirror`` setting fits both banks on those images **plus their
+   left–right mirrors** (embedded by ``embedder.flipped()``, new cache entries; each image and
+   its mirror share a cross-fit fold of the threshold, ``fit(..., groups=...)``), and scores the
+   un-mirrored held-out and test images exactly as the plain setting does;
 4. measures (a) the **synthetic-validation AUROC per family** (:data:`bench_ensemble.FAMILIES`,
    mean over seeds), (b) the **label-free rule** (:func:`bench_ensemble.label_free_rule`: each
    setting's rank among the settings in every family × dataset, averaged; the lowest mean rank
@@ -88,7 +88,7 @@ class Setting(NamedTuple):
     size: int
     grid: int
     mirror: bool = False  # fit the banks on the images plus their left–right mirrors
-    two_stage: bool = False  # PatchBankDetector(coreset="two_stage")
+    two_stage: bool = False  # PatchBankDetector(coreset="two_stage"), the default since 2026-12-05
     cosine: str | None = None  # unit patch vectors: "cosine" whole, "cosine_layers" per layer
     # PatchBankDetector parameters, name=value; embed.name=value: an Embedder option;
     # feat.position=w: patch positions appended (with_position, position_weight of the fit);
@@ -281,8 +281,9 @@ def embed_rate(embedder, items: list, n: int) -> float:
 
 
 def timed_fit(template, x: np.ndarray, repeats: int, groups=None) -> tuple[object, dict]:
-    """A fitted copy of ``template`` and its fit times: the first call (compilation included,
-    the programs it compiled counted) and the fastest of ``repeats`` − 1 warm repeats."""
+    """A fitted copy of ``template`` and its fit times: the first call in this process
+    (compiling what the validation fit before it has not: "fit programs compiled" counts it)
+    and the fastest of ``repeats`` − 1 warm repeats."""
     params = template.get_params()
     with CompileCounter() as count:
         t = time.perf_counter()
@@ -334,6 +335,8 @@ def run(dataset_name: str, settings: list[Setting], args) -> list[dict]:
             **{k: v for k, v in s.params if not k.startswith(("embed.", "feat.", "score."))}
         )
         position = dict(s.params).get("feat.position")
+        if position is not None:  # the script's own channels replace the detector's
+            template.set_params(position=0.0)
         calib = dict(s.params).get("score.calib")
         scale = dict(s.params).get("feat.scale")
         assert scale in (None, *SCALINGS), f"feat.scale is one of {list(SCALINGS)}"

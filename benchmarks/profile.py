@@ -38,6 +38,9 @@ import contextlib
 import os
 import time
 
+# The spans include compilation: no persistent cache unless the environment names one.
+os.environ.setdefault("MSDE_JAX_COMPILATION_CACHE", "off")
+
 import jax
 import numpy as np
 
