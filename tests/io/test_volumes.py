@@ -515,10 +515,15 @@ def test_damaged_dicom_and_empty_folders_are_named(tmp_path):
 
 
 def test_missing_pydicom_names_the_extra(monkeypatch, tmp_path):
+    series = tmp_path / "ct"
+    series.mkdir()
+    for z in range(2):
+        _write_slice(series / f"{z}.dcm", _body((16, 16)), position=(0, 0, 2.5 * z))
+    assert is_dicom_series(series)
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(ImportError, match=r"pip install 'msde-jax\[dicom\]'"):
-        read_dicom_series(tmp_path)
-    assert not is_dicom_series(tmp_path)
+        read_dicom_series(series)
+    assert not is_dicom_series(series)  # without pydicom nothing is a series
 
 
 # ----------------------------------------------------------------------------- recognising volumes

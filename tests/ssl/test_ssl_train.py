@@ -229,6 +229,12 @@ def test_anatpaste_never_takes_its_patch_from_the_image_itself():
         other_indices(np.arange(4), 5, seed=1, step=3),
         other_indices(np.arange(4), 5, seed=1, step=3),
     )
+    # ... and of both: not one fixed partner per image
+    indices = np.arange(4)
+    by_step = {other_indices(indices, 5, seed=1, step=s).tobytes() for s in range(10)}
+    by_seed = {other_indices(indices, 5, seed=k, step=3).tobytes() for k in range(10)}
+    assert len(by_step) > 1
+    assert len(by_seed) > 1
 
 
 def test_config_errors_name_the_fix():
@@ -281,8 +287,10 @@ def test_a_diverging_run_is_one_error_line(tmp_path, capsys, monkeypatch):
     stack = tmp_path / "normals.npz"
     np.savez(stack, images=np.zeros((4, 32, 32), np.uint8))
     assert main(["train-backbone", str(stack), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.splitlines()  # after the line naming the run
-    assert err[-1] == "error: the loss became nan by step 2: lower the learning rate."
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2  # the line naming the run, then the error
+    assert err[0].startswith("training on 4 normal images")
+    assert err[1] == "error: the loss became nan by step 2: lower the learning rate."
 
 
 def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_path, capsys):
