@@ -213,14 +213,16 @@ def _folders(root: Path) -> Iterator[tuple[Path, list[str]]]:
     under its own path where it lies below ``root``: a second link to it, or a link back up
     the tree, is not walked again.
     """
-    base, direct, seen = os.path.realpath(root), set(), set()
-    for folder, dirs, _ in os.walk(root):  # the folders below root itself, links not followed
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        direct.add(os.path.realpath(folder))  # walked where they lie, not through a link
+    base, seen = os.path.realpath(root), set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         through_link = real != os.path.normpath(os.path.join(base, os.path.relpath(folder, root)))
-        if real in seen or (through_link and real in direct):
+        # a real folder below root and outside hidden ones is walked where it lies: a link to
+        # it is skipped (no part of its path from root is hidden, nor "..", nor a link)
+        lies_below = not any(
+            part.startswith(".") for part in Path(os.path.relpath(real, base)).parts
+        )
+        if real in seen or (through_link and lies_below):
             dirs[:] = []
             continue
         seen.add(real)
