@@ -66,6 +66,28 @@ class Augmented(NamedTuple):
     mask: jax.Array
 
 
+class _Drawn(NamedTuple):
+    """Uniforms drawn ahead from a key, standing in for that key in a maker: its one draw
+    ``_uniform(drawn, shape)`` is the first ``prod(shape)`` of them. With JAX's default
+    partitionable threefry (``jax_threefry_partitionable``), ``jax.random.uniform(key, (m,))``
+    begins with ``jax.random.uniform(key, (k,))`` for every k <= m, so a maker given
+    ``_Drawn(jax.random.uniform(key, (m,)))`` makes what it makes from ``key``: many anomalies
+    can share one wide draw, one threefry to compile (:func:`msde_jax.ssl.synthetic.synthesize`).
+    """
+
+    values: jax.Array
+
+
+def _uniform(key: "jax.Array | _Drawn", shape: tuple[int, ...]) -> jax.Array:
+    """``jax.random.uniform(key, shape, float32)``, or the first values of drawn ones."""
+    if not isinstance(key, _Drawn):
+        return jax.random.uniform(key, shape, jnp.float32)
+    size = math.prod(shape)
+    if key.values.ndim != 1 or key.values.shape[0] < size:
+        raise ValueError(f"{size} uniforms are needed, {key.values.shape} were drawn.")
+    return key.values[:size].reshape(shape)
+
+
 def otsu_threshold(gray: ArrayLike, *, nbins: int = 256) -> jax.Array:
     """Otsu's threshold of a grayscale image over ``nbins`` equal bins on [0, 1].
 
@@ -173,7 +195,7 @@ def color_jitter(
     if weights is None:
         weights = jnp.ones(patch.shape[:-1])
     weights = jnp.asarray(weights, jnp.float32)
-    return _jitter(jax.random.uniform(key, (2,), jnp.float32), patch, strength, weights)
+    return _jitter(_uniform(key, (2,)), patch, strength, weights)
 
 
 def _grid(h: int, w: int) -> tuple[jax.Array, jax.Array]:
@@ -234,7 +256,7 @@ def cutpaste(
     image = jnp.asarray(image, jnp.float32)
     h, w = image.shape[:2]
     # One draw per call: every separate jax.random call adds its own threefry to compile.
-    u = jax.random.uniform(key, (8,), jnp.float32)
+    u = _uniform(key, (8,))
     size = _box_size(u[0:2], (h, w), area_ratio, aspect_ratio)
     src = _corner(u[2:4], size, (h, w)).astype(jnp.float32)
     dst = _corner(u[4:6], size, (h, w)).astype(jnp.float32)
@@ -281,7 +303,7 @@ def cutpaste_scar(
     image = jnp.asarray(image, jnp.float32)
     h, w = image.shape[:2]
     side = min(h, w)
-    u = jax.random.uniform(key, (9,), jnp.float32)
+    u = _uniform(key, (9,))
     scar_w = jnp.clip(_lerp(u[0], width) * side, 1.0, side)
     scar_l = jnp.clip(_lerp(u[1], length) * side, 1.0, side)
     theta = jnp.deg2rad(_lerp(u[2], angle))
@@ -363,7 +385,7 @@ def anatpaste(
     other = jnp.asarray(other, jnp.float32)
     h, w = image.shape[:2]
     side = min(h, w)
-    u = jax.random.uniform(key, (10,), jnp.float32)
+    u = _uniform(key, (10,))
     size = _box_size(u[0:2], (h, w), area_ratio, aspect_ratio)
     inside = anatomy_mask(image, anatomy=anatomy)
     inside = jnp.where(jnp.any(inside), inside, True).astype(jnp.float32)

@@ -60,9 +60,11 @@ from msde_jax._exported import Exported
 from msde_jax.ssl.augment import (
     ANATOMY,
     Augmented,
+    _Drawn,
     _grid,
     _lerp,
     _opening3x3,
+    _uniform,
     anatomy_mask,
     anatpaste,
     cutpaste,
@@ -217,7 +219,7 @@ def opacity(
     image = jnp.asarray(image, jnp.float32)
     h, w = image.shape[:2]
     side = min(h, w)
-    u = jax.random.uniform(key, (6,), jnp.float32)
+    u = _uniform(key, (6,))
     soft_sigma = 0.06 * side
     inside = body_mask(image, anatomy=anatomy)[..., None]
     soft = _smooth(inside, jnp.float32(soft_sigma), _radius(soft_sigma, max(h, w)))[..., 0]
@@ -254,7 +256,7 @@ def gamma_contrast(
         ``Augmented`` with an all-ones mask.
     """
     image = jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0)
-    u = jax.random.uniform(key, (2,), jnp.float32)
+    u = _uniform(key, (2,))
     log_gamma = _lerp(u[0], (jnp.log(gamma[0]), jnp.log(gamma[1])))
     exponent = jnp.exp(jnp.where(u[1] < 0.5, log_gamma, -log_gamma))
     return Augmented(jnp.power(image, exponent), _ones(image))
@@ -292,7 +294,7 @@ def gaussian_blur(
     image = jnp.asarray(image, jnp.float32)
     bounds = _pixels(sigma, min_sigma, min(image.shape[:2]))
     radius = _radius(bounds[1], max(image.shape[:2]))
-    std = _lerp(jax.random.uniform(key, (), jnp.float32), bounds)
+    std = _lerp(_uniform(key, ()), bounds)
     return Augmented(jnp.clip(_smooth(image, std, radius), 0.0, 1.0), _ones(image))
 
 
@@ -329,7 +331,7 @@ def texture_noise(
     h, w = image.shape[:2]
     side = min(h, w)
     # One draw: the smoothed sum of uniforms is close to Gaussian, and one threefry compiles.
-    u = jax.random.uniform(key, (h * w + 2,), jnp.float32)
+    u = _uniform(key, (h * w + 2,))
     bounds = _pixels(grain, min_grain, side)
     noise = _smooth(
         u[2:].reshape(h, w, 1) - 0.5, _lerp(u[0], bounds), _radius(bounds[1], max(h, w))
@@ -391,7 +393,7 @@ def elastic_deform(
     """
     image = jnp.asarray(image, jnp.float32)
     h, w = image.shape[:2]
-    u = jax.random.uniform(key, (2 * knots * knots + 1,), jnp.float32)
+    u = _uniform(key, (2 * knots * knots + 1,))
     field = _displacement(u[1:], (h, w), _lerp(u[0], amplitude) * min(h, w), knots)
     rows, cols = _grid(h, w)
     warped = _bilinear(image, rows + field[..., 0], cols + field[..., 1])
@@ -418,7 +420,7 @@ def mix_normals(
     """
     image = jnp.asarray(image, jnp.float32)
     other = jnp.asarray(other, jnp.float32)
-    a = _lerp(jax.random.uniform(key, (), jnp.float32), alpha)
+    a = _lerp(_uniform(key, ()), alpha)
     return Augmented(jnp.clip((1.0 - a) * image + a * other, 0.0, 1.0), _ones(image))
 
 
@@ -523,6 +525,23 @@ def synthesize(
 # The kinds whose result depends on the anatomy; the others ignore it.
 _BY_ANATOMY = ("anatpaste", "opacity", "texture")
 
+# How many uniforms each kind draws from its key at its defaults, for an (H, W) image (its one
+# draw; ``_uniform`` refuses a maker that asks for more than it was given).
+_DRAWS = {
+    "anatpaste": lambda h, w: 10,
+    "cutpaste": lambda h, w: 8,
+    "scar": lambda h, w: 9,
+    "opacity": lambda h, w: 6,
+    "gamma": lambda h, w: 2,
+    "blur": lambda h, w: 1,
+    "texture": lambda h, w: h * w + 2,
+    "elastic": lambda h, w: 2 * 4 * 4 + 1,
+    "mixture": lambda h, w: 1,
+}
+assert tuple(_DRAWS) == KINDS
+# Kinds that draw at most this many share one draw of that width for every anomaly.
+_SHARED_DRAW = 64
+
 
 @lru_cache(maxsize=8)
 def _synthesizer(n: int, kinds: tuple[str, ...], batch_size: int | None) -> Exported:
@@ -532,10 +551,15 @@ def _synthesizer(n: int, kinds: tuple[str, ...], batch_size: int | None) -> Expo
     return Exported(fun, "synthesize", static=(n, kinds, batch_size))
 
 
+def _draw(keys: jax.Array, size: int) -> jax.Array:
+    """(len(keys), size) uniforms, row i drawn from ``keys[i]``."""
+    return jax.vmap(lambda key: jax.random.uniform(key, (size,), jnp.float32))(keys)
+
+
 def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> tuple[jax.Array, ...]:
     # ``bright`` is traced, so both anatomies share one program: a kind that depends on the
     # anatomy is made both ways from the same key and the right one kept.
-    count = normals.shape[0]
+    count, h, w = normals.shape[:3]
     source_key, make_key = jax.random.split(key)
     u = jax.random.uniform(source_key, (2, n), jnp.float32)
     base = jnp.minimum(jnp.floor(u[0] * count), count - 1).astype(jnp.int32)
@@ -543,6 +567,14 @@ def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> tuple[jax.Arra
     sources = jnp.stack([base, (base + shift) % count], axis=1)
     keys = jax.random.split(make_key, n)
     kind_of = np.arange(n) % len(kinds)
+    # Each kind's uniforms are drawn ahead (``_Drawn``): every threefry is a large program to
+    # compile. With JAX's default partitionable threefry a wider draw begins with the narrower
+    # one, so the kinds that draw few share one draw of every anomaly; otherwise each kind draws
+    # its own, as its maker would.
+    sizes = {kind: _DRAWS[kind](h, w) for kind in kinds}
+    small = [size for size in sizes.values() if size <= _SHARED_DRAW]
+    shared = max(small) if small and jax.config.jax_threefry_partitionable else 0
+    common = _draw(keys, shared) if shared else None
 
     groups, parts = [], []
     for position, kind in enumerate(kinds):
@@ -551,14 +583,15 @@ def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> tuple[jax.Arra
             continue
 
         def make(args, kind=kind):
-            k, i, j = args
-            made = _MAKERS[kind](k, normals[i], normals[j], "bright")
+            drawn, i, j = _Drawn(args[0]), args[1], args[2]
+            made = _MAKERS[kind](drawn, normals[i], normals[j], "bright")
             if kind not in _BY_ANATOMY:
                 return made
-            dark = _MAKERS[kind](k, normals[i], normals[j], "dark")
+            dark = _MAKERS[kind](drawn, normals[i], normals[j], "dark")
             return jax.tree.map(lambda a, b: jnp.where(bright, a, b), made, dark)
 
-        args = (keys[group], sources[group, 0], sources[group, 1])
+        values = common[group] if sizes[kind] <= shared else _draw(keys[group], sizes[kind])
+        args = (values, sources[group, 0], sources[group, 1])
         if batch_size is None:
             parts.append(jax.vmap(make)(args))
         else:

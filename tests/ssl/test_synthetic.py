@@ -5,6 +5,9 @@ and 11 anomalies (``N``, ``SIZE``, ``N_ANOMALIES``), other paths with a few kind
 the per-kind checks pass their strength ranges as traced numbers (one compilation per kind).
 """
 
+import re
+from functools import partial
+
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -110,6 +113,42 @@ def test_synthesize_is_the_loop_of_synthesize_one():
         # vmapped and single programs fuse differently: float32 rounding apart.
         np.testing.assert_allclose(out.images[i], single.image, atol=1e-5)
         np.testing.assert_allclose(out.masks[i], single.mask, atol=1e-5)
+
+
+def _threefries(normals, n, kinds):
+    """How often the synthesizer's program calls threefry (each call a program to compile)."""
+    fun = jax.jit(partial(synthetic._synthesize, n=n, kinds=kinds, batch_size=None))
+    text = fun.lower(jax.random.key(0), normals, np.asarray(True)).as_text()
+    return len(re.findall(r"call @threefry2x32", text))
+
+
+def test_the_kinds_share_one_draw():
+    """The kinds that draw a few uniforms share one draw for every anomaly (JAX's default
+    partitionable threefry: a wider draw begins with the narrower one), ``texture`` draws its
+    own; the set is still the loop of ``synthesize_one`` (above). With partitionable threefry
+    off, each kind draws its own, and the set is that loop too."""
+    normals = _normals(2)
+    alone = _threefries(normals, N_ANOMALIES, ("gamma",))
+    assert _threefries(normals, N_ANOMALIES, KINDS) == alone + 1  # and texture's
+    kinds = ("gamma", "texture", "cutpaste")
+    with jax.threefry_partitionable(False):
+        assert _threefries(normals, N_ANOMALIES, KINDS) > alone + len(KINDS) // 2
+        key = jax.random.key(9)
+        out = synthesize(key, normals, 6, kinds=kinds)
+        keys = jax.random.split(jax.random.split(key)[1], 6)
+        one = jax.jit(synthesize_one, static_argnames=("kind", "anatomy"))
+        for i, source in enumerate(np.asarray(out.sources)):
+            single = one(keys[i], *normals[source], kind=kinds[i % len(kinds)])
+            np.testing.assert_allclose(out.images[i], single.image, atol=1e-5)
+            np.testing.assert_allclose(out.masks[i], single.mask, atol=1e-5)
+
+
+def test_a_kind_given_fewer_uniforms_than_it_draws_is_refused(monkeypatch):
+    monkeypatch.setitem(synthetic._DRAWS, "texture", lambda h, w: 70)  # its own draw, too short
+    fun = partial(synthetic._synthesize, n=3, kinds=("texture", "gamma"), batch_size=None)
+    normals = jax.ShapeDtypeStruct((4, 100, 100, 1), jnp.float32)
+    with pytest.raises(ValueError, match=r"10002 uniforms are needed, \(70,\) were drawn"):
+        jax.eval_shape(fun, jax.random.key(0), normals, np.asarray(True))
 
 
 def test_synthesize_deterministic_and_compiled_once():
