@@ -96,15 +96,20 @@ def _auc_and_ap(
     return jnp.where(one_class, jnp.nan, auc), jnp.where(one_class, jnp.nan, ap)
 
 
+# Sorting 1,024 elements takes microseconds, compiling a program for another length ~0.3 s.
+_LEAST_ROWS = 1024
+
+
 def _metrics(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """:func:`_auc_and_ap` of all elements. Called with concrete arrays (not under a trace),
-    the inputs are padded to :func:`~msde_jax.core.blocks.bucket_rows` elements, so metrics of
-    many lengths (validation kinds, test sets) share a few compiled programs."""
+    the inputs are padded to :func:`~msde_jax.core.blocks.bucket_rows` elements, at least
+    ``_LEAST_ROWS``, so metrics of many lengths (validation kinds, test sets) share a few
+    compiled programs, up to 1,024 elements one."""
     tracing = any(isinstance(a, jax.core.Tracer) for a in (labels, scores))
     n = np.shape(scores)[0] if np.ndim(scores) else 0
     if tracing or n == 0 or np.shape(labels) != np.shape(scores):
         return _auc_and_ap(labels, scores, jnp.ones(np.shape(scores), bool))
-    size = bucket_rows(n)
+    size = max(bucket_rows(n), _LEAST_ROWS)
     valid = np.arange(size) < n
     pad = (0, size - n)
     xp = jnp if isinstance(scores, jax.Array) else np

@@ -264,20 +264,23 @@ def test_aupro_interpolates_across_tied_map_values(rng):
 
 
 def test_lengths_in_one_bucket_share_a_program_and_padding_counts_for_nothing():
-    """Outside jit the inputs are padded to a bucketed length with a mask: lengths 17–32 run
-    one compiled program, and the padding (zeros, tied with real zero scores here) changes no
+    """Outside jit the inputs are padded to a bucketed length with a mask: lengths up to 1,024
+    run one compiled program (a validation set, a test set and the kinds of a cold
+    ``msde-jax evaluate``), and the padding (zeros, tied with real zero scores here) changes no
     value."""
     rng = np.random.default_rng(5)
-    scores = np.round(rng.normal(size=32), 1).astype(np.float32)  # ties, zeros among them
-    labels = rng.random(32) < 0.4
+    scores = np.round(rng.normal(size=1100), 1).astype(np.float32)  # ties, zeros among them
+    labels = rng.random(1100) < 0.4
     roc_auc(labels[:20], scores[:20])
     before = _auc_and_ap_cache_size()
-    for n in (17, 23, 29, 32):
+    for n in (5, 23, 600, 1024):
         y, s = labels[:n], scores[:n]
         np.testing.assert_allclose(roc_auc(y, s), roc_auc_score(y, s), rtol=1e-6)
         ap = average_precision(y, s)
         np.testing.assert_allclose(ap, average_precision_score(y, s), rtol=1e-6)
     assert _auc_and_ap_cache_size() == before
+    np.testing.assert_allclose(roc_auc(labels, scores), roc_auc_score(labels, scores), rtol=1e-6)
+    assert _auc_and_ap_cache_size() == before + 1  # 1,100 → 2,048
 
 
 def _auc_and_ap_cache_size():
