@@ -88,6 +88,14 @@ def _uniform(key: "jax.Array | _Drawn", shape: tuple[int, ...]) -> jax.Array:
     return key.values[:size].reshape(shape)
 
 
+class _Bright(NamedTuple):
+    """The anatomy as a traced flag (``True``: ``"bright"``), in place of the static string:
+    a maker given it makes the masks of both anatomies and keeps this one's, so one program
+    serves both (:func:`msde_jax.ssl.synthetic.synthesize`)."""
+
+    value: jax.Array
+
+
 def otsu_threshold(gray: ArrayLike, *, nbins: int = 256) -> jax.Array:
     """Otsu's threshold of a grayscale image over ``nbins`` equal bins on [0, 1].
 
@@ -152,10 +160,12 @@ def anatomy_mask(image: ArrayLike, *, anatomy: str = "bright") -> jax.Array:
         (H, W) bool: ``opening3x3(gray > t)`` (or ``gray <= t``) with ``t`` the Otsu threshold of
         ``gray``, the channel mean.
     """
-    if anatomy not in ANATOMY:
+    if not isinstance(anatomy, _Bright) and anatomy not in ANATOMY:
         raise ValueError(f"anatomy must be one of {ANATOMY}, got {anatomy!r}.")
     gray = jnp.mean(jnp.asarray(image, jnp.float32), axis=-1)
     above = gray > otsu_threshold(gray)
+    if isinstance(anatomy, _Bright):
+        return _opening3x3(jnp.where(anatomy.value, above, ~above))
     return _opening3x3(above if anatomy == "bright" else ~above)
 
 

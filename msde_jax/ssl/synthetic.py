@@ -60,6 +60,7 @@ from msde_jax._exported import Exported
 from msde_jax.ssl.augment import (
     ANATOMY,
     Augmented,
+    _Bright,
     _Drawn,
     _grid,
     _lerp,
@@ -169,6 +170,9 @@ def body_mask(image: ArrayLike, *, anatomy: str = "bright") -> jax.Array:
         (H, W) float32 in {0, 1}.
     """
     image = jnp.asarray(image, jnp.float32)
+    if isinstance(anatomy, _Bright):
+        both = body_mask(image, anatomy="bright"), body_mask(image, anatomy="dark")
+        return jnp.where(anatomy.value, *both)
     if anatomy == "bright":
         gray = jnp.mean(image, axis=-1)
         inside = _opening3x3(gray > otsu_threshold(gray) / 2)
@@ -522,9 +526,6 @@ def synthesize(
     return SyntheticSet(*_synthesizer(int(n), kinds, batch_size)(key, normals, bright))
 
 
-# The kinds whose result depends on the anatomy; the others ignore it.
-_BY_ANATOMY = ("anatpaste", "opacity", "texture")
-
 # How many uniforms each kind draws from its key at its defaults, for an (H, W) image (its one
 # draw; ``_uniform`` refuses a maker that asks for more than it was given).
 _DRAWS = {
@@ -558,7 +559,7 @@ def _draw(keys: jax.Array, size: int) -> jax.Array:
 
 def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> tuple[jax.Array, ...]:
     # ``bright`` is traced, so both anatomies share one program: a kind that depends on the
-    # anatomy is made both ways from the same key and the right one kept.
+    # anatomy makes the masks of both and keeps the right one (``_Bright``).
     count, h, w = normals.shape[:3]
     source_key, make_key = jax.random.split(key)
     u = jax.random.uniform(source_key, (2, n), jnp.float32)
@@ -583,12 +584,8 @@ def _synthesize(key, normals, bright, *, n, kinds, batch_size) -> tuple[jax.Arra
             continue
 
         def make(args, kind=kind):
-            drawn, i, j = _Drawn(args[0]), args[1], args[2]
-            made = _MAKERS[kind](drawn, normals[i], normals[j], "bright")
-            if kind not in _BY_ANATOMY:
-                return made
-            dark = _MAKERS[kind](drawn, normals[i], normals[j], "dark")
-            return jax.tree.map(lambda a, b: jnp.where(bright, a, b), made, dark)
+            values, i, j = args
+            return _MAKERS[kind](_Drawn(values), normals[i], normals[j], _Bright(bright))
 
         values = common[group] if sizes[kind] <= shared else _draw(keys[group], sizes[kind])
         args = (values, sources[group, 0], sources[group, 1])

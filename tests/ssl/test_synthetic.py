@@ -329,6 +329,12 @@ def test_body_mask():
     border = np.ones_like(dark, bool)
     border[2:-2, 2:-2] = False
     assert not dark[border].any()
+    # The anatomy as a traced flag (the synthesizer's one program for both) picks the same.
+    flagged_body = jax.jit(lambda x, flag: body_mask(x, anatomy=augment._Bright(flag)))
+    flagged_side = jax.jit(lambda x, flag: augment.anatomy_mask(x, anatomy=augment._Bright(flag)))
+    for flag, named_body, named_side in ((True, body, anatomy), (False, dark, side)):
+        np.testing.assert_array_equal(flagged_body(image, flag), named_body)
+        np.testing.assert_array_equal(flagged_side(image, flag), named_side)
 
 
 def test_jit_matches_eager():
