@@ -11,6 +11,7 @@ from msde_jax.core.coreset import (
     kcenter_greedy,
     kcenter_greedy_batched,
     kcenter_greedy_subsets,
+    projection_matrix,
     random_projection,
 )
 from msde_jax.core.density import density_weights
@@ -65,6 +66,7 @@ __all__ = [
     "pca_fit",
     "pca_inverse_transform",
     "pca_transform",
+    "projection_matrix",
     "random_projection",
     "roc_auc",
     "with_positions",

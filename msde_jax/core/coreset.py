@@ -2,6 +2,7 @@
 memory bank."""
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,37 @@ __all__ = [
     "kcenter_greedy",
     "kcenter_greedy_batched",
     "kcenter_greedy_subsets",
+    "projection_matrix",
     "random_projection",
 ]
+
+
+@partial(jax.jit, static_argnames=("d", "dim", "dtype"))
+def projection_matrix(key: ArrayLike, d: int, dim: int, dtype: Any = jnp.float32) -> jax.Array:
+    """The (d, dim) matrix R of :func:`random_projection` drawn from ``key``: i.i.d.
+    N(0, 1/dim), in ``dtype`` (``d``, ``dim``, ``dtype`` static).
+
+    :func:`random_projection` and the coreset searches take it in place of their ``key``: a
+    program given R draws nothing, and a random-number generator is a large program to
+    compile (about 0.2 s for this one on a CPU, in every program that draws it), so the patch
+    bank draws R once for all its searches.
+    """
+    return jax.random.normal(key, (d, dim), dtype) / jnp.sqrt(jnp.asarray(dim, dtype))
+
+
+def _matrix(key: ArrayLike | None, d: int, dim: int, dtype: Any) -> jax.Array:
+    """R for a projection of d features to ``dim``: drawn from ``key`` (``None``:
+    ``jax.random.key(0)``), or ``key`` itself where it is a (d, dim) matrix."""
+    if key is None:
+        return projection_matrix(jax.random.key(0), d, dim, dtype)
+    if jnp.ndim(key) == 2 and not jax.dtypes.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        if jnp.shape(key) != (d, dim):
+            raise ValueError(
+                f"a projection matrix given as key must be (features, dim) = ({d}, {dim}), "
+                f"got shape {jnp.shape(key)}."
+            )
+        return jnp.asarray(key, dtype)
+    return projection_matrix(key, d, dim, dtype)
 
 
 @partial(jax.jit, static_argnames=("dim", "batch_size"))
@@ -38,14 +68,15 @@ def random_projection(
         x: (n, d) points.
         dim: target dimension (static).
         key: PRNG key for R; ``None`` uses ``jax.random.key(0)``, so results are reproducible.
+            Or R itself, (d, dim), as :func:`projection_matrix` draws it from a key: the
+            same projection, without a random-number generator in the program.
         batch_size: rows projected at a time (static); any value gives the same result.
 
     Returns:
         (n, dim) projected points, in the dtype of ``x``.
     """
     x = jnp.asarray(x)
-    key = jax.random.key(0) if key is None else key
-    r = jax.random.normal(key, (x.shape[1], dim), x.dtype) / jnp.sqrt(jnp.asarray(dim, x.dtype))
+    r = _matrix(key, x.shape[1], dim, x.dtype)
     return map_rows(lambda row: jnp.dot(row, r, precision=lax.Precision.HIGHEST), x, batch_size)
 
 
@@ -89,7 +120,8 @@ def kcenter_greedy(
         projection_dim: if given, run the search on a :func:`random_projection` of ``x`` to
             this many dimensions (static), which makes each pass cheaper by d / projection_dim
             at the price of approximate distances, as PatchCore does (it uses 128).
-        key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
+        key: PRNG key of the projection (``None``: ``jax.random.key(0)``), or its matrix
+            (:func:`projection_matrix`).
         batch_size: rows per block in the projection (static); any value gives the same
             result, including ones that do not divide n. A distance pass is one product,
             whose output is no larger than the running distances.
@@ -138,7 +170,8 @@ def kcenter_greedy_subsets(
             sizes are not checked).
         valid: (S, n) boolean: the rows of each subset.
         projection_dim: as in :func:`kcenter_greedy` (static).
-        key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
+        key: PRNG key of the projection (``None``: ``jax.random.key(0)``), or its matrix
+            (:func:`projection_matrix`).
         batch_size: rows per block in the projection (static).
 
     Returns:
@@ -182,7 +215,8 @@ def kcenter_greedy_batched(
         n_select: rows chosen per set, at most every ``n_valid[b]`` (static; not checked).
         n_valid: (B,) how many leading rows of each set are candidates (traced).
         projection_dim: as in :func:`kcenter_greedy` (static).
-        key: PRNG key of the projection (``None``: ``jax.random.key(0)``).
+        key: PRNG key of the projection (``None``: ``jax.random.key(0)``), or its matrix
+            (:func:`projection_matrix`).
         together: run the searches in step (static); ``None``: on an accelerator, not on a
             CPU (:func:`msde_jax._platform.cpu_paths`).
 

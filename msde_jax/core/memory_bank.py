@@ -148,7 +148,8 @@ def bank_fit(
         density: the weight scheme of :func:`~msde_jax.core.density_weights` (static).
         projection_dim: dimension of the coreset's random projection (static); ``None``
             searches in the full space.
-        key: PRNG key of that projection.
+        key: PRNG key of that projection, or its matrix
+            (:func:`~msde_jax.core.projection_matrix`).
         batch_size: rows per block in the weights and the shift's kNN searches (static).
             The coreset's distance passes run unblocked: a matrix-vector pass has O(N) output
             either way, so blocks would bound no memory and only slow each greedy step.

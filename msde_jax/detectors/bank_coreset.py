@@ -17,7 +17,7 @@ import numpy as np
 from msde_jax._exported import Exported
 from msde_jax._platform import cpu_paths
 from msde_jax.core.blocks import bucket_fit_rows
-from msde_jax.core.coreset import kcenter_greedy_batched
+from msde_jax.core.coreset import kcenter_greedy_batched, projection_matrix
 from msde_jax.core.memory_bank import MemoryBank, bank_fit, bank_fit_subsets, grid_positions
 
 __all__ = ["position_channels", "subset_banks"]
@@ -107,6 +107,10 @@ def subset_banks(
         "projection_dim": config.projection(searched_c),
         "key": jax.random.key(config.seed),
     }
+    if fit["projection_dim"] is not None:  # drawn once: no search program draws it again
+        dim = fit["projection_dim"]
+        dtype = jax.dtypes.canonicalize_dtype(x.dtype)
+        fit["key"] = projection_matrix(fit["key"], searched_c, dim, dtype)
     if config.coreset == "two_stage":
         pool = _first_stage(patches, order, members, config, fit, positions)
         inside = [np.isin(pool // n_patches, member) for member in wanted]

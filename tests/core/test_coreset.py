@@ -13,6 +13,7 @@ from msde_jax.core import (
     kcenter_greedy,
     kcenter_greedy_batched,
     kcenter_greedy_subsets,
+    projection_matrix,
     random_projection,
 )
 
@@ -135,6 +136,33 @@ def test_projection():
     ratio /= np.linalg.norm(x[:50, None] - x[None, :50], axis=-1)[np.triu_indices(50, 1)]
     assert 0.9 < ratio.min()
     assert ratio.max() < 1.1
+
+
+def test_the_projection_matrix_stands_for_its_key():
+    """R drawn once (``projection_matrix``) and given as ``key`` is the projection the key
+    draws, and the program given it draws nothing (no threefry to compile); a matrix of the
+    wrong shape is refused."""
+    x = _data(4, 200, 40).astype(np.float32)
+    key = jax.random.key(7)
+    r = projection_matrix(key, 40, 16)
+    assert r.shape == (40, 16)
+    assert r.dtype == np.float32
+    np.testing.assert_array_equal(
+        random_projection(x, 16, key=r), random_projection(x, 16, key=key)
+    )
+    by_key = kcenter_greedy(x, 20, projection_dim=16, key=key)
+    np.testing.assert_array_equal(kcenter_greedy(x, 20, projection_dim=16, key=r), by_key)
+    sets = np.stack([x[:100], x[100:]])
+    counts = np.array([100, 80], np.int32)
+    np.testing.assert_array_equal(
+        kcenter_greedy_batched(sets, 5, counts, projection_dim=16, key=r),
+        kcenter_greedy_batched(sets, 5, counts, projection_dim=16, key=key),
+    )
+    lowered = jax.jit(kcenter_greedy, static_argnames=("n_select", "projection_dim"))
+    assert "threefry" in lowered.lower(x, 20, projection_dim=16, key=key).as_text()
+    assert "threefry" not in lowered.lower(x, 20, projection_dim=16, key=r).as_text()
+    with pytest.raises(ValueError, match=r"must be \(features, dim\) = \(40, 8\)"):
+        random_projection(x, 8, key=r)
 
 
 def test_projected_selection_still_covers_well():
