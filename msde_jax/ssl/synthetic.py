@@ -540,7 +540,8 @@ _DRAWS = {
     "mixture": lambda h, w: 1,
 }
 assert tuple(_DRAWS) == KINDS
-# Kinds that draw at most this many share one draw of that width for every anomaly.
+# The kinds that draw at most this many share one draw for every anomaly, as wide as the
+# widest of them; a kind that draws more draws its own for its anomalies.
 _SHARED_DRAW = 64
 
 
