@@ -45,6 +45,7 @@ def _normals(seed, n=120, d=6):
 
 def test_bucket_rows():
     assert [bucket_rows(m) for m in (1, 8, 9, 1000, 4096, 4097)] == [8, 8, 16, 1024, 4096, 8192]
+    assert [bucket_rows(m, least=1) for m in (1, 2, 3, 9, 4097)] == [1, 2, 4, 16, 8192]
 
 
 def test_refitting_and_rescoring_same_shapes_compile_nothing(compiles):
@@ -95,6 +96,40 @@ def test_chunked_rows_equals_one_call_and_reuses_the_chunk_program(compiles):
     assert compiles.count == before
     with pytest.raises(ValueError, match="chunk"):
         chunked_rows(fn, x, 0)
+
+
+def test_one_image_is_scored_alone_and_other_small_calls_in_eights(monkeypatch):
+    """Fewer items than a chunk run the program of the next power of two of at least 8
+    items, except one image of patches (here 9), which runs alone: a scan scored on its own
+    does 1/8 of the work of eight; one pooled vector still pads to 8. The scores do not
+    depend on it."""
+    from msde_jax import PatchBankDetector
+    from msde_jax.detectors import fitting
+
+    items = []
+
+    def recording(score):
+        jitted = jax.jit(score)
+
+        def call(state, x):
+            items.append(x.shape[0])
+            return jitted(state, x)
+
+        return call
+
+    monkeypatch.setattr(fitting, "_jitted", recording)
+    patches = np.random.default_rng(12).normal(size=(40, 3, 3, 5)).astype(np.float32)
+    bank = PatchBankDetector(size=30, threshold="none").fit(patches[:32])
+    pooled = MSDEDetector(mode="none", threshold="none").fit(_normals(15, n=40))
+    items.clear()
+    alone = [bank.score_samples(patches[32 + i : 33 + i])[0] for i in range(3)]
+    together = bank.score_samples(patches[32:35])
+    assert items == [1, 1, 1, 8]
+    np.testing.assert_allclose(alone, together, rtol=1e-6)
+    items.clear()
+    pooled.score_samples(_normals(16, n=1))
+    pooled.score_samples(_normals(16, n=9))
+    assert items == [8, 16]
 
 
 def test_bank_refits_of_nearby_sizes_and_any_batch_share_programs(compiles):

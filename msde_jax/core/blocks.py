@@ -71,19 +71,20 @@ def bucket_fit_rows(m: int) -> int:
     return -(-m // step) * step
 
 
-def bucket_rows(m: int) -> int:
-    """The padded row count for ``m`` rows: the next power of two ≥ max(m, 8) up to 4096,
-    then the next multiple of 4096."""
+def bucket_rows(m: int, least: int = 8) -> int:
+    """The padded row count for ``m`` rows: the next power of two ≥ max(m, ``least``) up to
+    4096, then the next multiple of 4096."""
     if m <= _BUCKET_STEP:
-        return max(8, 1 << (m - 1).bit_length())
+        return max(least, 1 << (m - 1).bit_length())
     return -(-m // _BUCKET_STEP) * _BUCKET_STEP
 
 
-def chunked_rows(fn: Callable[[Any], Any], x: Any, chunk: int) -> Any:
+def chunked_rows(fn: Callable[[Any], Any], x: Any, chunk: int, *, least: int = 8) -> Any:
     """``fn(x)`` for a row-wise ``fn``, evaluated on chunks of ``chunk`` rows.
 
-    ``x`` is padded (copies of its last row) to :func:`bucket_rows` rows when that is at
-    most ``chunk``, else to a multiple of ``chunk`` and passed ``chunk`` rows at a time: every
+    ``x`` is padded (copies of its last row) to :func:`bucket_rows` rows (at least ``least``)
+    when that is at most ``chunk``, else to a multiple of ``chunk`` and passed ``chunk`` rows
+    at a time: every
     call, whatever its row count, runs the program compiled for ``chunk`` rows or one of the
     few power-of-two sizes below it, and the chunks are dispatched without waiting for each
     other. The outputs (a pytree of arrays with rows first) are fetched once, concatenated
@@ -93,7 +94,7 @@ def chunked_rows(fn: Callable[[Any], Any], x: Any, chunk: int) -> Any:
     m = x.shape[0]
     if chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk}.")
-    size = bucket_rows(m)
+    size = bucket_rows(m, least)
     if size <= chunk:
         parts = [fn(_pad_rows(x, size))]
     else:
