@@ -192,6 +192,86 @@ def test_an_msde_fit_is_one_program_per_training_size(compiles):
     assert not [name for name in compiles.names[before:] if "_fit_arrays" in name]
 
 
+def test_parameters_a_program_does_not_read_do_not_recompile_it(compiles):
+    """The fit program is keyed by :meth:`DetectorConfig.fit_program` and the score program by
+    :meth:`~msde_jax.detectors.config.BaseConfig.scoring`: the transductive fit is the
+    inductive one, a fit without a shift ignores the shift's and the weights' parameters, and
+    an inductive score ignores the covariance estimator and the weights' parameters (the
+    state's arrays carry them), as a kNN score ignores the shift's and the Gaussian's."""
+    x, queries = _normals(20, n=70, d=9), _normals(21, 16, d=9)  # d unique to this test
+    fitted = [
+        MSDEDetector(k=10, threshold="none").fit(x),
+        MSDEDetector(k=10, threshold="none", mode="none").fit(x),
+        MSDEDetector(k=10, threshold="none", mode="inductive", score="knn").fit(x),
+    ]
+    for det in fitted:
+        det.score_samples(queries)
+    before = compiles.count
+    for det, other, recompiled in zip(
+        fitted,
+        [
+            dict(covariance="ledoit_wolf", block_order="given", ridge=0.1, index_sum_quirk=True),
+            dict(k=7, max_iter=3, density="uniform", n_neighbors=5, neighbors="exact"),
+            dict(covariance="oas", ridge=0.1, standardize=False, n_neighbors=5),
+        ],
+        ["jit(_fit_arrays)", None, "jit(_fit_arrays)"],  # a new estimator, weights, shift
+        strict=True,
+    ):
+        before = compiles.count
+        again = MSDEDetector(**{**det.get_params(), **other}).fit(x)
+        again.score_samples(queries)
+        names = compiles.names[before:]
+        assert "jit(score_detector)" not in names, (other, names)
+        assert names.count("jit(_fit_arrays)") == (recompiled is not None), (other, names)
+    before = compiles.count
+    paper = MSDEDetector(k=10, mode="transductive", threshold="none").fit(x)
+    assert "jit(_fit_arrays)" not in compiles.names[before:]
+    assert paper.n_iter_ == fitted[0].n_iter_
+
+
+def test_a_score_is_the_same_under_the_config_that_keys_its_program():
+    """Every parameter :meth:`unread_by_score` names at a value other than its default, and
+    the scores under the config and under ``config.scoring()`` (its defaults) are equal: none
+    of them is read when scoring."""
+    from msde_jax import PatchBankDetector
+    from msde_jax.detectors import score_bank_detector, score_detector
+
+    x, queries = _normals(22, n=60, d=5), _normals(23, 12, d=5)
+    unusual = dict(
+        covariance="ledoit_wolf", n_components=3, ridge=0.5, standardize=False,
+        density="uniform", n_neighbors=5, block_order="given", index_sum_quirk=True,
+        neighbors="exact", contamination=0.2, n_folds=3,
+    )  # fmt: skip
+    shift = dict(k=6, step_size=0.9, max_iter=2, tol=0.5)
+    for params in (
+        dict(unusual, k=10, mode="inductive", score="mahalanobis"),
+        dict(unusual, k=10, mode="inductive", score="displacement"),
+        dict(unusual, **shift, mode="none", score="mahalanobis", batch_size=16),
+        dict(unusual, **shift, mode="inductive", score="knn", score_neighbors=2),
+    ):
+        state = MSDEDetector(**params).fit(x).state_
+        config = state.config
+        default = config.scoring()
+        changed = [n for n in config.unread_by_score() if getattr(config, n) != getattr(default, n)]
+        assert len(changed) >= len(unusual) - 2, (params, changed)
+        np.testing.assert_array_equal(
+            score_detector(state._replace(config=config.scoring()), queries),
+            score_detector(state, queries),
+        )
+    patches = np.random.default_rng(24).normal(size=(12, 4, 4, 5)).astype(np.float32)
+    bank = PatchBankDetector(
+        size=30, shift=True, k=5, step_size=0.9, projection_dim=3, seed=4, position=2.0,
+        foreground="pca", density="uniform", contamination=0.2, n_folds=3,
+    ).fit(patches).state_  # fmt: skip
+    config = bank.config
+    unread = ("size", "shift", "k", "projection_dim", "seed", "position", "foreground", "density")
+    assert all(getattr(config, n) != getattr(config.scoring(), n) for n in unread)
+    np.testing.assert_array_equal(
+        score_bank_detector(bank._replace(config=config.scoring()), patches[:5]),
+        score_bank_detector(bank, patches[:5]),
+    )
+
+
 @pytest.mark.parametrize(
     "params",
     [

@@ -126,6 +126,14 @@ class BankConfig(BaseConfig):
         if not (real and math.isfinite(self.position) and self.position >= 0):
             raise ValueError(f"position must be a finite number >= 0, got {self.position!r}.")
 
+    def unread_by_score(self) -> tuple[str, ...]:
+        """``fit_only``; the bank's making (``size``, ``projection_dim``, ``seed``, and the
+        MSDE shift of ``shift=True``), ``dtype``, and ``position`` and ``foreground``, whose
+        scale and rule the state's arrays carry: a bank scores with ``reduce``, ``q``,
+        ``score_neighbors`` and ``batch_size`` alone."""
+        making = ["size", "projection_dim", "seed", "shift", "k", "step_size", "max_iter", "tol"]
+        return (*self.fit_only, *making, "density", "dtype", "position", "foreground")
+
     def projection(self, n_channels: int) -> int | None:
         """The coreset's projection dimension for ``n_channels``: ``None`` (exact) when
         ``projection_dim`` is ``None`` or not below the channel count."""

@@ -11,6 +11,7 @@ a field with its default and its documentation (:func:`param`): the facades' con
 import dataclasses
 import math
 import textwrap
+from collections.abc import Iterable
 from typing import Any, ClassVar, Self
 
 import jax
@@ -199,16 +200,29 @@ class BaseConfig:
         backend and its free memory (:func:`auto_batch`)."""
         return auto_batch(self.batch_size, n_rows)
 
+    def unread_by_score(self) -> tuple[str, ...]:
+        """The parameters this config's score program never reads: ``fit_only``, and those a
+        subclass's score does not read with this config's other values (its arrays carry
+        them, or its mode skips them)."""
+        return self.fit_only
+
     def scoring(self) -> Self:
-        """This config with the ``fit_only`` parameters at their defaults.
+        """This config with the parameters no score reads (:meth:`unread_by_score`) at their
+        defaults.
 
         The config is a static part of a fitted state, so it keys compiled score programs:
         scoring under ``state._replace(config=config.scoring())`` gives the same scores and
-        lets detectors that differ only in their threshold or folds (the validation's
-        copy with ``threshold="none"`` and the main detector) share one program.
+        lets detectors that differ only in parameters their score does not read (a threshold
+        or folds: the validation's copy with ``threshold="none"`` and the main detector; the
+        covariance estimator or the density weights of an inductive MSDE detector) share one
+        program.
         """
+        return self.with_defaults(self.unread_by_score())
+
+    def with_defaults(self, names: Iterable[str]) -> Self:
+        """This config with the parameters ``names`` at their defaults."""
         fields = {f.name: f for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{name: fields[name].default for name in self.fit_only})
+        return dataclasses.replace(self, **{name: fields[name].default for name in names})
 
 
 # ---------------------------------------------------------------------- boundary checks

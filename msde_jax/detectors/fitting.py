@@ -72,13 +72,16 @@ def chunked_scores(score: Callable[[Any, Any], ArrayLike], state: Any, x: Any) -
     fitted state's shapes.
 
     Parameters no score reads are set to their defaults in the state's config first
-    (``BaseConfig.scoring``), so detectors that differ only in them share the program too.
+    (``BaseConfig.scoring``; a state with a ``for_scoring`` method drops its unread arrays
+    too), so detectors that differ only in them share the program too.
 
     Returns:
         (m,) NumPy scores.
     """
     config = getattr(state, "config", None)
-    if hasattr(config, "scoring"):
+    if hasattr(state, "for_scoring"):
+        state = state.for_scoring()
+    elif hasattr(config, "scoring"):
         state = state._replace(config=config.scoring())
     rows_per_item = math.prod(x.shape[1:-1]) if x.ndim > 2 else 1
     chunk = score_chunk(rows_per_item)

@@ -8,7 +8,6 @@ docstring for the one exception). :class:`MSDEDetector` is the facade over the t
 (:func:`fit_rows`), so nearby training sizes share their compiled programs.
 """
 
-import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -97,6 +96,14 @@ class DetectorState(NamedTuple):
     config: DetectorConfig
     valid: jax.Array | None = None
 
+    def for_scoring(self) -> "DetectorState":
+        """The state as its score program is keyed: the config's unread parameters at their
+        defaults (:meth:`~msde_jax.detectors.config.BaseConfig.scoring`), and no
+        ``train_keys`` outside the transductive mode, which alone reads them. The same
+        scores; states that differ only there share one compiled program."""
+        keys = self.train_keys if self.config.mode == "transductive" else None
+        return self._replace(config=self.config.scoring(), train_keys=keys)
+
 
 def fit_rows(config: DetectorConfig, n: int) -> int:
     """The rows a fit on ``n`` samples runs on: :func:`~msde_jax.core.blocks.bucket_fit_rows`
@@ -177,17 +184,8 @@ def _shift_kwargs(config: DetectorConfig, n_rows: int) -> dict[str, Any]:
     )
 
 
-# The fit program is keyed by the config with these at their defaults: the numbers reach it
-# traced (a new step size or ridge does not recompile) and the rest it never reads, so
-# detectors that differ only in them (their score, a threshold) share the program.
+# Reach the fit program traced: a new step size, tolerance or ridge does not recompile it.
 _TRACED = ("step_size", "tol", "ridge")
-_NOT_READ = ("score", "score_neighbors", "normalize", "standardize")
-
-
-def _program_config(config: DetectorConfig) -> DetectorConfig:
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    unread = {name: fields[name].default for name in (*_TRACED, *_NOT_READ)}
-    return dataclasses.replace(config.scoring(), **unread)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "n_components"))
@@ -202,7 +200,7 @@ def _fit_arrays(
     """The fit after standardising, as one program: density weights, the MSDE shift, and with
     an int ``n_components`` the PCA and the Gaussian (``None`` for a variance fraction, whose
     component count is read from the spectrum on the host). ``numbers`` holds the traced
-    ``step_size``, ``tol`` and ``ridge``; ``config`` (:func:`_program_config`) the rest;
+    ``step_size``, ``tol`` and ``ridge``; ``config`` (:meth:`DetectorConfig.fit_program`) the rest;
     ``valid`` marks the real rows of a padded ``z`` (:func:`fit_rows`), ``None`` if all are.
 
     Returns:
@@ -254,7 +252,7 @@ def _fit_state(
     n, d = x.shape
     pads = _pads(config, n)  # a padded program even where n fills its bucket
     rows = max(bucket_fit_rows(n), rows) if pads else n
-    keys = keys if config.content_ordered else None
+    keys = keys if config.content_ordered and config.mode != "none" else None  # no blocks
     if rows > n:  # zero rows: finite throughout
         x = np.concatenate([x, np.zeros((rows - n, d), x.dtype)])
     if config.normalize == "l2":
@@ -282,7 +280,7 @@ def _fit_state(
         order,
         valid,
         numbers,
-        _program_config(config),
+        config.fit_program(),
         nc if isinstance(nc, int) else None,
     )
     if pca is None:  # a fraction of the variance: its component count is read on the host

@@ -182,6 +182,41 @@ class DetectorConfig(BaseConfig):
             return f"score_neighbors={self.score_neighbors} neighbours", "score_neighbors"
         return (f"k={self.k} neighbours", "k") if self.mode != "none" else ("a covariance", None)
 
+    def unread_by_score(self) -> tuple[str, ...]:
+        """``fit_only``; the PCA's and the Gaussian's parameters and ``standardize`` and
+        ``dtype`` (the state's arrays carry them); the density weights' outside the
+        transductive mode (the inductive shift moves toward the fitted weights); the shift's
+        where no shift is scored (``mode="none"``, ``score="knn"``, which has no transductive
+        mode); and ``score_neighbors`` or ``batch_size`` where no kNN search is run."""
+        unread = [*self.fit_only, "n_components", "covariance", "ridge", "standardize", "dtype"]
+        if self.mode != "transductive":
+            unread += ["density", "n_neighbors", "block_order", "index_sum_quirk", "neighbors"]
+        if self.mode == "none" or self.score == "knn":
+            unread += ["k", "step_size", "max_iter", "tol"]
+        if self.score == "knn":
+            unread.append("mode")  # read only to choose a shift
+        else:
+            unread.append("score_neighbors")
+            if self.mode == "none":
+                unread.append("batch_size")
+        return tuple(unread)
+
+    def fit_program(self) -> "DetectorConfig":
+        """This config with the parameters the fit program (after standardising) never reads
+        at their defaults: ``fit_only``, the score's, ``block_order`` (the blocks' order
+        reaches it as an array), ``normalize`` and ``standardize`` (applied before it),
+        ``n_components`` and ``dtype`` (a static argument and the arrays carry them), and the
+        traced ``step_size``, ``tol`` and ``ridge``; the mode only as shift or no shift, and
+        with no shift the shift's and the density weights' parameters too."""
+        unread = [*self.fit_only, "score", "score_neighbors", "normalize", "standardize"]
+        unread += ["block_order", "n_components", "dtype", "step_size", "tol", "ridge"]
+        if self.mode == "none":
+            unread += ["k", "max_iter", "neighbors", "batch_size"]
+            unread += ["density", "n_neighbors", "index_sum_quirk"]
+        else:
+            unread.append("mode")  # the inductive and the transductive fit are one
+        return self.with_defaults(unread)
+
     @property
     def content_ordered(self) -> bool:
         """Whether the published weight blocks follow a hash of the rows, not their order."""
