@@ -19,11 +19,19 @@ CASES = {
 }
 
 
+# The longest two run with `pytest -m slow`: the real brain MRI set (the default run reads
+# it in tests/detectors/test_msde.py) and an adaptation, whose training, checkpoints and
+# adapted embedder tests/ssl/test_ssl_train.py checks in-process (37 s and 45 s on 2 cores).
+SLOW = {"02_brain_mri.py", "05_adapt_backbone.py"}
+
+
 def test_every_example_is_covered():
     assert {p.name for p in (ROOT / "examples").glob("*.py")} == set(CASES)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(CASES)]
+)
 def test_example_runs(name):
     if name == "02_brain_mri.py":
         shared_data("brain_tumor_mri")  # its default --data is the real set beside the checkout

@@ -95,7 +95,9 @@ def _published_pipeline(train, test, *, k=50, quirk=False, n_components=256):
     return np.sqrt(np.einsum("ni,ij,nj->n", diff, np.linalg.inv(cov), diff))
 
 
-@pytest.mark.parametrize("quirk", [False, True])
+# With the published weight bug the real-data parity runs with `pytest -m slow`; the weights
+# with the bug match the reference in the default run (tests/core/test_density.py).
+@pytest.mark.parametrize("quirk", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_paper_preset_matches_numpy_published_pipeline(x64, quirk):
     # Real data: 8×8-pooled brain MRI pixels, 120 training normals, a 30 + 30 test batch.
     z = np.load(_data_path("brain_tumor_mri"), allow_pickle=False)
