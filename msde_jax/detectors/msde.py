@@ -184,7 +184,7 @@ def _shift_kwargs(config: DetectorConfig, n_rows: int) -> dict[str, Any]:
     )
 
 
-# Reach the fit program traced: a new step size, tolerance or ridge does not recompile it.
+# These reach the fit program traced: a new step size, tolerance or ridge does not recompile it.
 _TRACED = ("step_size", "tol", "ridge")
 
 
@@ -200,8 +200,8 @@ def _fit_arrays(
     """The fit after standardising, as one program: density weights, the MSDE shift, and with
     an int ``n_components`` the PCA and the Gaussian (``None`` for a variance fraction, whose
     component count is read from the spectrum on the host). ``numbers`` holds the traced
-    ``step_size``, ``tol`` and ``ridge``; ``config`` (:meth:`DetectorConfig.fit_program`) the rest;
-    ``valid`` marks the real rows of a padded ``z`` (:func:`fit_rows`), ``None`` if all are.
+    ``step_size``, ``tol`` and ``ridge``; ``config`` (:meth:`DetectorConfig.fit_program`) the
+    rest; ``valid`` marks the real rows of a padded ``z`` (:func:`fit_rows`), ``None`` if all are.
 
     Returns:
         ``(density, reference, n_iter, pca, gaussian)``.
@@ -252,7 +252,8 @@ def _fit_state(
     n, d = x.shape
     pads = _pads(config, n)  # a padded program even where n fills its bucket
     rows = max(bucket_fit_rows(n), rows) if pads else n
-    keys = keys if config.content_ordered and config.mode != "none" else None  # no blocks
+    # no order without a shift: no weight blocks to order (one program for every block order)
+    keys = keys if config.content_ordered and config.mode != "none" else None
     if rows > n:  # zero rows: finite throughout
         x = np.concatenate([x, np.zeros((rows - n, d), x.dtype)])
     if config.normalize == "l2":
