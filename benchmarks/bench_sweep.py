@@ -35,7 +35,7 @@ GRIDS = {
         dict(k=10, threshold="chi2"),
         dict(mode=["inductive", "transductive"], block_order=["content", "given"]),
     ),
-    "MSDE no shift: density × k": (
+    "MSDE no shift: density × k × covariance": (
         MSDEDetector,
         dict(mode="none"),
         dict(density=["msde", "uniform"], k=[10, 20], covariance=["ridge", "ledoit_wolf"]),

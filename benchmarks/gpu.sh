@@ -14,6 +14,8 @@
 #                                               # measured with the default detector (≤ 240 s)
 #     REFIT=1 bash benchmarks/gpu.sh            # plus stage 9, MSDEDetector refits in one
 #                                               # bucket: what they compile (≤ 90 s)
+#     SWEEP=1 bash benchmarks/gpu.sh            # plus stage 10, what a hyperparameter sweep
+#                                               # compiles (≤ 90 s)
 #     MSDE_JAX_PATHS=accelerator QUICK=1 bash benchmarks/gpu.sh  # on a CPU: the accelerator
 #          # code paths, a dry run before a GPU is lent (stage 6 times out: XLA's grouped
 #          # convolutions are slow on a CPU)
@@ -101,5 +103,9 @@ print("environment:", json.dumps(environment()))' || true
     stage 90 "9. MSDEDetector: first fit, refit in the same bucket, warm fit padded / unpadded" \
       "$PY" benchmarks/bench_refit.py --n "$REFIT_N" --repeat 2 \
       --detectors "MSDEDetector()" "MSDEDetector.paper()"
+  fi
+  if [[ -n "${SWEEP:-}" ]]; then  # settings a program does not read compile nothing new
+    stage 90 "10. A hyperparameter sweep in one process: programs and compile seconds per grid" \
+      "$PY" benchmarks/bench_sweep.py
   fi
 } 2>&1 | tee "$out"
