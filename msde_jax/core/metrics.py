@@ -109,7 +109,7 @@ def _metrics(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Array
     n = np.shape(scores)[0] if np.ndim(scores) else 0
     if tracing or n == 0 or np.shape(labels) != np.shape(scores):
         return _auc_and_ap(labels, scores, jnp.ones(np.shape(scores), bool))
-    size = max(bucket_rows(n), _LEAST_ROWS)
+    size = bucket_rows(n, _LEAST_ROWS)
     valid = np.arange(size) < n
     pad = (0, size - n)
     xp = jnp if isinstance(scores, jax.Array) else np

@@ -71,18 +71,15 @@ def chunked_scores(score: Callable[[Any, Any], ArrayLike], state: Any, x: Any) -
     folds, validation sets and test batches of any size share one compiled program per
     fitted state's shapes.
 
-    Parameters no score reads are set to their defaults in the state's config first
-    (``BaseConfig.scoring``; a state with a ``for_scoring`` method drops its unread arrays
-    too), so detectors that differ only in them share the program too.
+    The program is keyed by ``state.for_scoring()`` where the state has it (the detectors'
+    states: their config's unread parameters at their defaults, ``BaseConfig.scoring``, and
+    arrays no score reads dropped), so detectors that differ only in those share it.
 
     Returns:
         (m,) NumPy scores.
     """
-    config = getattr(state, "config", None)
     if hasattr(state, "for_scoring"):
         state = state.for_scoring()
-    elif hasattr(config, "scoring"):
-        state = state._replace(config=config.scoring())
     rows_per_item = math.prod(x.shape[1:-1]) if x.ndim > 2 else 1
     chunk = score_chunk(rows_per_item)
     alone = x.shape[0] == 1 and rows_per_item >= _LEAST_ITEMS

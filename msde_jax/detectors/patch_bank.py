@@ -71,6 +71,12 @@ class BankState(NamedTuple):
     foreground: Foreground | None = None
     position: BankPositions | None = None
 
+    def for_scoring(self) -> "BankState":
+        """The state as its score program is keyed: the config's unread parameters at their
+        defaults (:meth:`~msde_jax.detectors.config.BaseConfig.scoring`). The same scores;
+        states that differ only there share one compiled program."""
+        return self._replace(config=self.config.scoring())
+
 
 # ---------------------------------------------------------------------- the pipeline
 def _fit_states(
