@@ -8,9 +8,9 @@ before anything is allocated, and running out of memory anyway ends in one clear
   CPU client up, at ~1.6 GiB), so that trying to allocate a claim would fail there.
 - Options that size work (image size, batch size, grid, bank size, map side, number of
   images) are checked against the memory free, with advice on how far to lower them.
-- An XLA ``RESOURCE_EXHAUSTED`` or a ``MemoryError`` inside embedding, fitting or scoring
-  becomes one error naming the step and the options to lower (simulated: CI cannot run out of
-  device memory on purpose).
+- An XLA ``RESOURCE_EXHAUSTED`` or a ``MemoryError`` inside embedding, fitting, scoring or a
+  training step becomes one error naming the step and the options to lower (simulated: CI
+  cannot run out of device memory on purpose).
 - Garbage in JAX's persistent compilation cache does not make a jitted function fail.
 """
 
@@ -338,6 +338,22 @@ def test_out_of_memory_in_the_forward_pass_fit_and_score(tmp_path, scans, capsys
     monkeypatch.setattr(MSDEDetector, "score_function", huge)
     with pytest.raises(mem.MemoryLimitError, match="scoring with MSDEDetector on 5×3 features ran"):
         detector.score_samples(np.zeros((5, 3)))
+
+
+def test_out_of_memory_in_a_training_step(tmp_path, capsys, monkeypatch):
+    from msde_jax.ssl.train import TrainStep
+
+    monkeypatch.setattr(TrainStep, "__call__", _exhausted)  # nothing compiled, nothing trained
+    stack = tmp_path / "normals.npz"
+    np.savez(stack, images=np.zeros((4, 32, 32), np.uint8))
+    train = ["train-backbone", str(stack), "--out", str(tmp_path / "run"), "--steps", "2"]
+    train += ["--backbone", "resnet18", "--init", "scratch", "--image-size", "32"]
+    assert main([*train, "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err.splitlines()  # the run, its progress, then one error line
+    assert err[0].startswith("training on 4 normal images"), err
+    assert [line for line in err if line.startswith("error:")] == err[-1:], err
+    assert err[-1].startswith(f"error: training step 1 (resnet18) ran out of {WHERE} memory"), err
+    assert "lower batch_size (--batch-size) or image_size (--image-size)" in err[-1], err
 
 
 # ---------------------------------------------------------------------- compilation cache
