@@ -572,6 +572,36 @@ def test_patch_features_of_any_real_dtype_and_out_of_range_float64():
         PatchBankDetector(size=20, n_folds=2).fit(x + 1j)
 
 
+@pytest.mark.parametrize(
+    ("values", "kind", "dtype"),
+    [
+        (np.full((4, 3), 1e39), "samples", "float32"),  # beyond float32: refused
+        (np.full((4, 3), 1e300), "samples", "float64"),  # within float64: kept
+        (np.full((4, 2, 2, 3), 1e300), "patches", "float32"),  # squared distances overflow
+        (np.array([[np.iinfo(np.int64).min, 1]]), "samples", "float64"),  # |int64 min|
+        (np.ones((2, 3), bool), "samples", "float32"),
+    ],
+)
+def test_a_device_array_is_checked_as_its_host_copy(x64, values, kind, dtype):
+    """The checks of a ``jax.Array`` run on its device and end as those of the same values on
+    the host: the largest magnitude in float64, not cast to float32 first."""
+    import jax
+
+    from msde_jax.detectors.config import check_features
+
+    def outcome(x):
+        try:
+            return np.asarray(check_features(x, kind=kind, dtype=dtype, on_device=True))
+        except ValueError as err:
+            return str(err)
+
+    host, device = outcome(values), outcome(jax.device_put(values))
+    if isinstance(host, str):
+        assert device == host
+    else:
+        np.testing.assert_array_equal(device, host)
+
+
 # ---------------------------------------------------------------------- maps
 def test_maps_of_absurd_sizes_are_refused_and_huge_blurs_stay_finite():
     from msde_jax import PatchBankDetector

@@ -1,4 +1,5 @@
-"""UMAP's fuzzy simplicial set (smooth kNN distances and fuzzy union), as dense-free JAX.
+"""UMAP's fuzzy simplicial set (smooth kNN distances and fuzzy union), in JAX (dense only in
+:func:`fuzzy_union`, for blocks).
 
 Mirrors ``umap.umap_.smooth_knn_dist``, ``compute_membership_strengths`` and the fuzzy union of
 ``umap.umap_.fuzzy_simplicial_set`` (McInnes, Healy & Melville, arXiv 1802.03426), given the

@@ -34,8 +34,9 @@ class GaussianState(NamedTuple):
     Attributes:
         mean: (d,) location (sklearn ``location_``).
         covariance: (d, d) symmetric covariance (sklearn ``covariance_``).
-        cholesky: (d, d) lower-triangular ``L`` with ``L @ L.T == covariance``; NaN when the
-            covariance is not positive definite (e.g. ``"empirical"`` with n <= d).
+        cholesky: (d, d) lower-triangular ``L`` with ``L @ L.T == covariance``, or, where
+            the covariance is singular to working precision (e.g. ``"empirical"`` with
+            n <= d), that of the covariance plus a jitter (:data:`JITTERS`); always finite.
     """
 
     mean: jax.Array

@@ -264,7 +264,8 @@ def patch_scores(
     Args:
         bank: a fitted :class:`MemoryBank` with m rows.
         patches: (n_images, P, c) test patches (any leading shape (..., c) works); with
-            ``positions``, (..., h, w, c), or (..., P, c) with P a square.
+            ``positions``, (n_images, ..., h, w, c) (one image needs its leading axis:
+            four axes or more are read as grids), or (..., P, c) with P a square.
         k: neighbours averaged, 1 ≤ k ≤ m (static).
         batch_size: patches per block (static); any value gives the same result.
         positions: the bank rows' places and their weight, or ``None``.

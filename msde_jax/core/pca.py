@@ -110,7 +110,8 @@ def pca_fit(x: ArrayLike, n_components: int | float, valid: ArrayLike | None = N
         A :class:`PCAState` with c = the resolved number of components.
 
     Raises:
-        ValueError: if ``n_components`` is out of range (checked on shapes, so also under jit).
+        ValueError: if ``x`` is not 2-D, or ``n_components`` is not an int in range or a
+            float in (0, 1) (checked on shapes, so also under jit).
         TypeError: if a float ``n_components`` is used under a JAX transformation.
 
     Note:

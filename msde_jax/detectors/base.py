@@ -6,7 +6,8 @@ A leaf detector declares what differs, and the base does the rest:
 * ``config_class``: its configuration dataclass. The constructor (keyword-only, one argument
   per field, stored under the field's name as scikit-learn expects), :meth:`Detector.get_params`
   and the ``Args`` of the class docstring are made from its fields;
-* ``fit_function(x, config) -> DetectorFit`` and ``score_function(state, x) -> scores``: its
+* ``fit_function(x, config, *, groups=None) -> DetectorFit`` and
+  ``score_function(state, x) -> scores``: its
   pure fit and score;
 * ``state_class`` (the fitted state's NamedTuple), ``features`` (``"samples"`` or
   ``"patches"``: which :func:`~msde_jax.detectors.config.check_features` applies),
@@ -503,6 +504,7 @@ class Detector:
             ValueError: not a saved detector, one of another class (use
                 :func:`~msde_jax.load_detector` for any class) or of another format version.
             FileNotFoundError: no such file.
+            PermissionError: the file may not be read.
         """
         meta, arrays = read_npz(path, what=cls.__name__)
         cls._check_class(meta, where=str(path))

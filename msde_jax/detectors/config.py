@@ -264,10 +264,13 @@ def _shape_message(kind: str, arr: np.ndarray, what: str) -> str:
 
 @jax.jit
 def _summary(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Which rows hold NaN or infinite values, and the largest finite magnitude."""
+    """Which rows hold NaN or infinite values, and the largest finite magnitude: floats in
+    their own dtype (a float64 value beyond float32's range stays what it is), integers and
+    booleans as JAX's default float."""
     finite = jnp.isfinite(x)
     bad = ~finite.reshape(x.shape[0], -1).all(axis=1)
-    return bad, jnp.max(jnp.where(finite, jnp.abs(x), 0)).astype(jnp.float32)
+    values = x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
+    return bad, jnp.max(jnp.where(finite, jnp.abs(values), 0))
 
 
 # Rows checked per block by _bad_rows_and_peak: its temporaries stay about this size.
@@ -363,9 +366,17 @@ def check_features(
             f"{what} contains NaN or infinite values in {rows.size} {words['unit']}(s) "
             f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
         )
+    _check_peak(peak, kind, dtype, arr.shape[-1], what)
+    _check_counts(arr.shape, words, n_features, n_patches, what)
+    return arr.astype(dtype, copy=copy)
+
+
+def _check_peak(peak: float, kind: str, dtype: str, channels: int, what: str) -> None:
+    """Refuse finite values too large for ``dtype`` (for patches: whose squared distances
+    would overflow it)."""
     if kind == "patches":
         # Squared distances are at most 4 · c · max|x|²: beyond the dtype's range they overflow.
-        limit = math.sqrt(float(np.finfo(dtype).max) / (4 * arr.shape[-1])) / 2
+        limit = math.sqrt(float(np.finfo(dtype).max) / (4 * channels)) / 2
         if peak > limit:
             raise ValueError(
                 f"{what} has values up to {peak:.3g}, too large for {np.dtype(dtype)} patch "
@@ -379,8 +390,6 @@ def check_features(
             f"({limit:.3g}); divide the features by a constant or use dtype='float64' "
             '(with jax.config.update("jax_enable_x64", True)).'
         )
-    _check_counts(arr.shape, words, n_features, n_patches, what)
-    return arr.astype(dtype, copy=copy)
 
 
 def _check_counts(
@@ -429,13 +438,6 @@ def _check_device_features(
             f"{what} contains NaN or infinite values in {rows.size} {words['unit']}(s) "
             f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
         )
-    limit = float(np.finfo(dtype).max)
-    if kind == "patches":
-        limit = math.sqrt(limit / (4 * x.shape[-1])) / 2
-    if float(peak) > limit:
-        raise ValueError(
-            f"{what} has values up to {float(peak):.3g}, too large for {np.dtype(dtype)} "
-            f"(beyond about {limit:.3g}); divide the features by a constant."
-        )
+    _check_peak(float(peak), kind, dtype, x.shape[-1], what)
     _check_counts(x.shape, words, n_features, n_patches, what)
     return x.astype(dtype)

@@ -38,8 +38,10 @@ class DetectorFit(NamedTuple):
     Attributes:
         state: the fitted state (a pytree that holds its config).
         decision_scores: (n,) scores of the training samples: out-of-fold with
-            ``threshold="cross_fit"``, in-sample with MSDE's ``"chi2"``.
-        threshold: the anomaly threshold on the score (a Python float).
+            ``threshold="cross_fit"``, in-sample with MSDE's ``"chi2"``; empty (0,) with
+            ``"none"``.
+        threshold: the anomaly threshold on the score (a Python float; NaN with
+            ``threshold="none"``).
         n_iter: MSDE iterations run on the training samples (0 without a shift).
     """
 

@@ -421,7 +421,8 @@ class FusedDetector(Detector):
         Args:
             X: ``{component name: features}`` (only the patch component's entry is read), or
                 that component's patch features alone.
-            size, sigma: as :meth:`PatchBankDetector.score_maps`.
+            size, sigma: as
+                :meth:`~msde_jax.detectors.patch_bank.PatchBankDetector.score_maps`.
 
         Raises:
             ValueError: no component, or more than one, scores patches.

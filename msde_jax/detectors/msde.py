@@ -3,7 +3,7 @@
 :func:`fit_detector` fits a :class:`DetectorState` (a pytree) and a threshold from normal
 embeddings for a :class:`~msde_jax.detectors.msde_config.DetectorConfig` (re-exported here);
 :func:`score_detector` scores new embeddings under that state and is ``jax.jit``-able (see its
-docstring for the one exception). :class:`MSDEDetector` is the facade over the two
+docstring for the exceptions). :class:`MSDEDetector` is the facade over the two
 (:class:`~msde_jax.detectors.base.Detector`). A fit pads its rows to a bucketed count
 (:func:`fit_rows`), so nearby training sizes share their compiled programs.
 """

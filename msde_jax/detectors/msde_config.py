@@ -56,11 +56,13 @@ class DetectorConfig(BaseConfig):
 
     The shared parameters of :class:`~msde_jax.detectors.config.BaseConfig` and the MSDE
     pipeline's own; the defaults are the inductive detector's, :meth:`paper` is the published
-    preset. Frozen and hashable. It travels inside :class:`DetectorState` as a static pytree
-    node: ``jax.jit(score_detector)(state, x)`` specialises on it (a different config compiles
-    anew) and traces only the arrays. The one pairing it does not refuse, ``threshold="chi2"``
-    with a score other than ``"mahalanobis"``, is refused by :func:`fit_detector`, which
-    computes the threshold; a fitted state can be scored with any score.
+    preset. Frozen and hashable. It travels inside
+    :class:`~msde_jax.detectors.msde.DetectorState` as a static pytree node:
+    ``jax.jit(score_detector)(state, x)`` specialises on it (a different config compiles anew)
+    and traces only the arrays. The one pairing it does not refuse, ``threshold="chi2"`` with
+    a score other than ``"mahalanobis"``, is refused by
+    :func:`~msde_jax.detectors.msde.fit_detector`, which computes the threshold; a fitted
+    state can be scored with any score.
     """
 
     score_params: ClassVar[tuple[str, ...]] = ("score", "score_neighbors", "batch_size")

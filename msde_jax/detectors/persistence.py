@@ -11,7 +11,8 @@ parts, and a static ``config``) is stored as one array per leaf, named by its pa
 
 A ``FusedDetector`` file is one such file: its metadata lists each component's own metadata
 (with its format version, :func:`with_version`, checked when the component is rebuilt) and its
-arrays are the components' prefixed ``<name>/`` plus ``fusion.mean`` / ``fusion.std``.
+arrays are the components' prefixed ``<name>/`` plus ``fusion.mean`` / ``fusion.std``
+(``calibration="zscore"``) or ``fusion.sorted`` (``"rank"``).
 
 Every detector class registers itself here by its class name (:func:`register`), which a file
 stores as ``"detector"``; :func:`load_detector` rebuilds a file as that class. A class is only
@@ -334,6 +335,7 @@ def load_detector(path: str | os.PathLike) -> Any:
     Raises:
         ValueError: not a saved detector, an unknown class, or another format version.
         FileNotFoundError: no such file.
+        PermissionError: the file may not be read.
     """
     meta, arrays = read_npz(path)
     try:
