@@ -44,7 +44,7 @@ _DEVICE_BATCH = 256
 
 def cpu_batch(image_size: int) -> int:
     """The default images per forward pass on a CPU: about one 224-px image's pixels per core
-    this process may run on, at least one image per core and at most 32 in all."""
+    this process may run on, at least one image per core, capped at 32 in all."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows

@@ -90,6 +90,7 @@ def download(
 
     Raises:
         DownloadError: The URL could not be fetched (e.g. no network), or the hash differs.
+        ValueError: no file name can be derived from the URL and ``filename`` is not given.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if filename is None:

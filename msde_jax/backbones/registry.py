@@ -45,7 +45,8 @@ class BackboneSpec:
 
     Attributes:
         build: ``num_classes -> flax module`` returning a :class:`BackboneOutput`.
-        convert: ``(state_dict, num_classes) -> {"params", "batch_stats"}`` variables.
+        convert: ``(state_dict, num_classes) -> {"params"[, "batch_stats"]}`` variables (no
+            ``batch_stats`` for the ViTs).
         normalize: maps RGB in [0, 1] (NHWC) to the network's input.
         default_weights: ``cache_dir -> path`` of the ImageNet weights (may download).
         dim: size of the pooled embedding.

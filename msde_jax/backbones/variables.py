@@ -42,7 +42,8 @@ def load_backbone_variables(
     cache_dir: str | None = None,
     seed: int = 0,
 ) -> tuple[dict, str]:
-    """Flax variables (``{"params", "batch_stats"}``, float32 NumPy) of ``backbone`` built with
+    """Flax variables (``{"params"[, "batch_stats"]}``, float32 arrays: NumPy, or JAX arrays on
+    the default device from the ResNet and ViT converters) of ``backbone`` built with
     ``num_classes=0``, from any ``weights`` that :class:`~msde_jax.Embedder` accepts.
 
     Returns:

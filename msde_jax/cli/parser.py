@@ -109,7 +109,8 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
         choices=FEATURES,
         help="pooled: the last stage's (or each --layers map's) global average; multiscale: "
         "every stage's, concatenated; patches: PatchCore's (grid, grid, c) patch features of "
-        "--layers (default: patches for --detector bank, else pooled)",
+        "--layers (default: pooled for embed; for the other commands patches with the bank "
+        "detector, their default, and pooled with --detector msde)",
     )
     g.add_argument(
         "--layers",

@@ -3,9 +3,10 @@
 Each embedding (any shape: a (d,) vector, or (grid, grid, c) patch features) is stored as one
 ``.npy`` file at ``cache_dir/<config-hash>/<image-hash>.npy``:
 
-- the *config hash* is the SHA-256 of the embedder's :meth:`~msde_jax.embedder.Embedder.config`
-  (backbone, weights, image size, resize mode, features and their layers, dtype) as canonical
-  JSON; each config folder also holds a human-readable ``config.json``;
+- the *config hash* is the first 32 hex digits of the SHA-256 of the embedder's
+  :meth:`~msde_jax.embedder.Embedder.config` (backbone, weights, image size, resize mode,
+  features and their layers, dtype) as canonical JSON; each config folder also holds a
+  human-readable ``config.json``;
 - the *image hash* is the SHA-256 of the config JSON and the image content: a file's bytes for
   a path (so renaming or moving a file keeps its cache entry, editing it does not), or the dtype,
   shape and bytes of an array.

@@ -153,7 +153,8 @@ def load_dataset(
         their slices as arrays, read now, with ``groups``), npz files give lists of arrays.
 
     Raises:
-        FileNotFoundError: ``spec`` is neither a built-in name nor an existing path.
+        FileNotFoundError: ``spec`` is neither a built-in name nor an existing path, or a
+            MedIAnomaly ``data.json`` lists files that ``images/`` does not hold.
         ValueError: the layout is not recognised, a split is missing or empty, an .npz file is
             damaged or holds something else than image stacks (:func:`open_npz`).
     """

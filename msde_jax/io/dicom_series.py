@@ -20,7 +20,7 @@ stacks each series along its own slice normal:
 - **Display**: rows and columns stay as stored (for the usual axial orientation, rows
   anterior → posterior and columns patient right → left: what
   :func:`~msde_jax.io.nifti.read_nifti` shows). The series' own stacking axis is what
-  ``axis="axial"`` stands for in :func:`~msde_jax.io.volumes.read_volumes`; the volume's
+  ``axis="axial"`` stands for in :func:`~msde_jax.io.volume_readers.read_volumes`; the volume's
   ``axis`` field gives the anatomical plane the slices lie closest to.
 
 Every slice of a series must have the same shape and orientation (else an

@@ -256,9 +256,9 @@ def expand_volumes(
 ) -> Inputs:
     """Read the volumes among ``items`` into their kept slices; other items stay as they are.
 
-    A path (``str`` or ``os.PathLike``) that :func:`~msde_jax.io.volumes.is_volume` accepts
+    A path (``str`` or ``os.PathLike``) that :func:`~msde_jax.io.volume_readers.is_volume` accepts
     (a NIfTI file or a DICOM-series folder) is read with
-    :func:`~msde_jax.io.volumes.read_volumes` (a folder may hold several series: one volume
+    :func:`~msde_jax.io.volume_readers.read_volumes` (a folder may hold several series: one volume
     each) and replaced by its slices, in slice order. Volumes that share a name (``t1.nii.gz``
     in one folder per patient) are named with as many of their parent folders as tell them
     apart (``patient001/t1``, ``patient002/t1``), so every slice name is distinct.

@@ -59,8 +59,8 @@ def read_nifti(
     """Read a NIfTI-1 / NIfTI-2 volume as a stack of windowed 2-D slices.
 
     Args:
-        path: a ``.nii`` or ``.nii.gz`` file holding one 3-D volume (a 4-D file whose trailing
-            axes have length 1 is squeezed; a true 4-D series is refused).
+        path: a ``.nii`` or ``.nii.gz`` file holding one 3-D volume or 2-D image (a volume of
+            one slice; trailing axes of length 1 are squeezed, a true 4-D series is refused).
         axis: the slicing plane after RAS+ reorientation, ``"axial"``, ``"coronal"`` or
             ``"sagittal"`` (see the module docstring for the slice order and display).
         window: intensity window percentiles (see :func:`~msde_jax.io.volumes.window_volume`),
@@ -76,7 +76,8 @@ def read_nifti(
         ImportError: nibabel is not installed (``pip install 'msde-jax[nifti]'``).
         ValueError: ``axis`` or ``window`` is not valid.
         ImageReadError: the file is missing, is not readable NIfTI (damaged, truncated, not
-            gzip), is not 3-D, or holds complex / RGB voxels.
+            gzip), has more than three axes longer than 1, holds complex / RGB voxels, or its
+            header claims more voxels than the file holds or than memory allows.
     """
     if axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, got {axis!r}.")

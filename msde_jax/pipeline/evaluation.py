@@ -145,8 +145,9 @@ class EvaluationResult:
         timings: ``{"embed_s", "fit_s", "score_s"}`` wall times in seconds.
         config: what was run, JSON-friendly: dataset source, the three class sizes, the
             embedder's ``config()`` (``{name: config()}`` for a mapping of embedders), the
-            detector's ``get_params()`` (for a fused detector its ``contamination`` and
-            ``{"components": {name: {"class", **get_params()}}}``), ``mode``, ``test_mix``
+            detector's ``get_params()`` (for a fused detector its ``contamination``,
+            ``calibration`` and ``{"components": {name: {"class", **get_params()}}}``),
+            ``volumes`` (volumes per split) for a dataset of volumes, ``mode``, ``test_mix``
             (the share of abnormal test images, scored as one batch) and ``environment``
             (versions, device, code paths and CPU: :func:`msde_jax._platform.environment`).
         volumes: the volume-level results (:class:`VolumeEvaluation`) when both test classes
@@ -540,12 +541,17 @@ def threshold_promise(
     Returns:
         ``{"contamination", "false_positive_rate", "expected_interval": [lo, hi] (rates),
         "kept": bool, "text": one paragraph for the report}``.
+
+    Raises:
+        ValueError: ``rule`` is not ``"cross_fit"`` or ``"chi2"``, or ``n_normal`` < 1.
     """
+    if rule not in ("cross_fit", "chi2"):
+        raise ValueError(f"rule must be 'cross_fit' or 'chi2', got {rule!r}.")
+    if n_normal < 1:
+        raise ValueError(f"n_normal must be at least 1 (test normals), got {n_normal}.")
     lo, hi = (_binomial_quantile(q, n_normal, contamination) for q in (0.025, 0.975))
     rate = fp / n_normal
     kept = lo <= fp <= hi
-    if rule not in ("cross_fit", "chi2"):
-        raise ValueError(f"rule must be 'cross_fit' or 'chi2', got {rule!r}.")
     quantile = (
         "quantile of the training normals' out-of-fold scores"
         if rule == "cross_fit"

@@ -64,7 +64,9 @@ def _safe(text: str) -> str:
 def heatmap_file_names(names: Sequence[str]) -> list[str]:
     """One PNG name per input: ``<index>_<file stem>.png``, safe characters only; the index
     keeps inputs with the same stem (``a/x.png``, ``b/x.png``) apart and the order visible. A
-    volume's slice (``"{volume}:{index:04d}"``) keeps its whole name: ``<i>_<volume>_<index>``."""
+    volume's slice (``"{volume}:{index:04d}"``) keeps its volume's name and slice index:
+    ``<i>_<volume>_<index>`` (of a volume named with its parent folders, to tell same-named
+    volumes apart, only the last part: the index keeps them apart)."""
     width = max(4, len(str(len(names) - 1)))
     out = []
     for i, name in enumerate(names):

@@ -107,8 +107,11 @@ def ensemble(
     - ``"patches"``: the patch memory bank, ``PatchBankDetector()`` on
       ``Embedder(features="patches")`` (:func:`recommended`'s).
 
-    The embedder is a mapping with the same names (every entry runs the backbone on its own;
-    the embedding cache keeps each). Fusion has no heatmaps; the patch component has its own.
+    The embedder is a mapping with the same names: in
+    :func:`~msde_jax.pipeline.evaluation.evaluate` (and ``msde-jax evaluate``) embedders of one
+    backbone share its forward pass (:func:`~msde_jax.embedder.share_network`), and the
+    embedding cache keeps each entry's features. The fused score's heatmaps are its patch
+    component's (``FusedDetector.score_maps``).
 
     Args:
         backbone: the backbone of every part.
@@ -153,7 +156,8 @@ def _fused(
 def candidates(
     backbone: str = "efficientnet_lite0", **embedder_options: Any
 ) -> dict[str, Candidate]:
-    """The fixed list :func:`select` chooses from by default, :data:`RECOMMENDED` first.
+    """The fixed list :func:`~msde_jax.pipeline.selection.select` chooses from by default,
+    :data:`RECOMMENDED` first.
 
     - ``bank:top`` / ``bank:max`` / ``bank:mean``: the patch memory bank (:func:`recommended`),
       an image scored by the mean of its top 10 % patch distances, the largest, or the mean;

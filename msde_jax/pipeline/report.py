@@ -596,7 +596,8 @@ def write_report(
 
     Raises:
         ImportError: matplotlib cannot be imported (:data:`MATPLOTLIB_MISSING`).
-        ValueError: mismatched lengths, non-finite scores, or only one class present.
+        ValueError: mismatched lengths, non-finite scores, only one class present, a NaN
+            threshold, or ``heatmaps`` without an index that ``overlay_indices`` picks.
     """
     positive, score_arr = check_scores(labels, scores)
     if positive.all() or not positive.any():

@@ -101,10 +101,11 @@ def validation_set(
     """Split normals by content and make synthetic anomalies from one held-out half.
 
     The images are ordered by a hash of their content (not their position, so the split does
-    not depend on how a folder is listed); the first ``1 − held_out`` are the fitting part, the
-    rest is halved into clean held-out normals and anomaly sources. From the sources,
-    ``anomalies_per_normal × (number of held-out normals)`` anomalies are made, every kind
-    equally often, the first half with ``anatomy="bright"``, the second ``"dark"``.
+    not depend on how a folder is listed); all but the last ``max(4, round(held_out · n))``
+    are the fitting part, those are halved into clean held-out normals and anomaly sources.
+    From the sources, ``anomalies_per_normal × (number of held-out normals)`` anomalies are
+    made, every kind equally often, the first half with ``anatomy="bright"``, the second
+    ``"dark"``.
 
     They are made at the images' own resolution when all normals share one size (a defect
     then has the resolution a finding in such an image has: a 28-pixel chest X-ray gets
@@ -366,7 +367,7 @@ class Selection:
         name: the chosen candidate's name.
         candidate: the chosen :class:`Candidate` (its detector still an unfitted template).
         auroc: its synthetic-validation AUROC.
-        validation: every candidate's :class:`ValidationResult`.
+        validation: the :class:`ValidationResult` that holds every candidate's score.
     """
 
     name: str
@@ -387,7 +388,7 @@ def select(
 
     Args:
         normals: the training normals.
-        candidates: ``{name: Candidate}``, e.g. :func:`candidates`.
+        candidates: ``{name: Candidate}``, e.g. :func:`~msde_jax.pipeline.presets.candidates`.
         options: passed to :func:`synthetic_validation` (``seed``, ``cache_dir``, …).
 
     Raises:

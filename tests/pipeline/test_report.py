@@ -172,6 +172,10 @@ def test_threshold_promise_kept_or_not_and_said_in_the_report(tmp_path):
     assert not high["kept"]
     assert "score higher" in high["text"]
     assert "score lower" in threshold_promise(0, 300, 0.05)["text"]
+    with pytest.raises(ValueError, match="rule must be 'cross_fit' or 'chi2'"):
+        threshold_promise(0, 0, 0.05, rule="none")  # the rule first, whatever the counts
+    with pytest.raises(ValueError, match="n_normal must be at least 1"):
+        threshold_promise(0, 0, 0.05)
 
     labels = np.r_[np.zeros(100), np.ones(50)]
     scores = np.r_[np.linspace(0, 1, 100), np.linspace(2, 3, 50)]
