@@ -7,8 +7,7 @@ A leaf detector declares what differs, and the base does the rest:
   per field, stored under the field's name as scikit-learn expects), :meth:`Detector.get_params`
   and the ``Args`` of the class docstring are made from its fields;
 * ``fit_function(x, config, *, groups=None) -> DetectorFit`` and
-  ``score_function(state, x) -> scores``: its
-  pure fit and score;
+  ``score_function(state, x) -> scores``: its pure fit and score;
 * ``state_class`` (the fitted state's NamedTuple), ``features`` (``"samples"`` or
   ``"patches"``: which :func:`~msde_jax.detectors.config.check_features` applies),
   ``fitted_scalars`` (the fitted attributes saved beside the state) and ``array_schema`` /
