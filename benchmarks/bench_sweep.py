@@ -35,6 +35,11 @@ GRIDS = {
         dict(k=10, threshold="chi2"),
         dict(mode=["inductive", "transductive"], block_order=["content", "given"]),
     ),
+    "MSDE inductive: step size × tolerance": (
+        MSDEDetector,
+        dict(k=10),
+        dict(step_size=[0.2, 0.33, 0.5], tol=[0.0, 0.01]),
+    ),
     "MSDE no shift: density × k × covariance": (
         MSDEDetector,
         dict(mode="none"),

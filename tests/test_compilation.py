@@ -230,6 +230,28 @@ def test_parameters_a_program_does_not_read_do_not_recompile_it(compiles):
     assert paper.n_iter_ == fitted[0].n_iter_
 
 
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+def test_a_sweep_over_step_size_and_tolerance_shares_the_score_program(compiles, mode):
+    """``DetectorState.for_scoring`` passes the shift's step size and tolerance to the score
+    program as data: fits with other values compile no new fit or score program, and their
+    scores equal those of the state as fitted (the numbers constants in its program)."""
+    from msde_jax.detectors import score_detector
+
+    x, queries = _normals(24, n=70, d=13), _normals(25, 16, d=13)  # d unique to this test
+    MSDEDetector(k=10, mode=mode, threshold="none").fit(x).score_samples(queries)
+    before = compiles.count
+    fitted = [
+        MSDEDetector(k=10, mode=mode, step_size=step_size, tol=tol, threshold="none").fit(x)
+        for step_size, tol in ((0.5, 0.02), (0.9, 0.0))
+    ]
+    scores = [det.score_samples(queries) for det in fitted]
+    assert compiles.count == before, compiles.names[before:]
+    assert fitted[0].state_.shift_numbers is None  # the fitted state keeps the config's
+    for det, got in zip(fitted, scores, strict=True):
+        np.testing.assert_array_equal(got, score_detector(det.state_, queries))
+    assert not np.allclose(scores[0], scores[1])  # the numbers reached the program
+
+
 def test_a_score_is_the_same_under_the_config_that_keys_its_program():
     """Every parameter :meth:`unread_by_score` names at a value other than its default, and
     the scores under the config and under ``config.scoring()`` (its defaults) are equal: none

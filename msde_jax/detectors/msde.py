@@ -83,6 +83,10 @@ class DetectorState(NamedTuple):
             (:func:`fit_rows` says when); the padding rows are never neighbours, weigh
             nothing and count in no statistic. :func:`unpadded` drops them (a saved detector
             holds the real rows only; loading pads them again, :func:`padded`).
+        shift_numbers: (2,) the shift's ``step_size`` and ``tol`` as data, which
+            :meth:`for_scoring` sets (its config then holds their defaults, so a sweep over
+            them shares one score program); ``None`` (a fitted or loaded state): the
+            config's are used.
     """
 
     center: jax.Array
@@ -95,14 +99,21 @@ class DetectorState(NamedTuple):
     train_keys: jax.Array | None
     config: DetectorConfig
     valid: jax.Array | None = None
+    shift_numbers: jax.Array | None = None
 
     def for_scoring(self) -> "DetectorState":
         """The state as its score program is keyed: the config's unread parameters at their
-        defaults (:meth:`~msde_jax.detectors.config.BaseConfig.scoring`), and no
-        ``train_keys`` outside the transductive mode, which alone reads them. The same
-        scores; states that differ only there share one compiled program."""
-        keys = self.train_keys if self.config.mode == "transductive" else None
-        return self._replace(config=self.config.scoring(), train_keys=keys)
+        defaults (:meth:`~msde_jax.detectors.config.BaseConfig.scoring`), no ``train_keys``
+        outside the transductive mode, which alone reads them, and a shift's ``step_size`` and
+        ``tol`` as data (``shift_numbers``; the config's at their defaults). The same scores;
+        states that differ only there share one compiled program."""
+        config, numbers = self.config.scoring(), self.shift_numbers
+        if numbers is None and "step_size" not in config.unread_by_score():
+            numbers = np.asarray([config.step_size, config.tol], self.center.dtype)
+            numbers = jax.device_put(numbers)  # a copy; jnp.asarray compiles per shape
+            config = config.with_defaults(_TRACED_SHIFT)
+        keys = self.train_keys if config.mode == "transductive" else None
+        return self._replace(config=config, train_keys=keys, shift_numbers=numbers)
 
 
 def fit_rows(config: DetectorConfig, n: int) -> int:
@@ -174,18 +185,25 @@ def _density(
     return jnp.zeros_like(w).at[order].set(w)
 
 
-def _shift_kwargs(config: DetectorConfig, n_rows: int) -> dict[str, Any]:
+def _shift_kwargs(
+    config: DetectorConfig, n_rows: int, numbers: jax.Array | None = None
+) -> dict[str, Any]:
+    """The shift's arguments; ``numbers`` (:attr:`DetectorState.shift_numbers`), where given,
+    its step size and tolerance as data instead of the config's."""
+    step_size, tol = (config.step_size, config.tol) if numbers is None else numbers
     return dict(
         k=config.k,
-        step_size=config.step_size,
+        step_size=step_size,
         max_iter=config.max_iter,
-        tol=config.tol,
+        tol=tol,
         batch_size=config.batch(n_rows),
     )
 
 
 # These reach the fit program traced: a new step size, tolerance or ridge does not recompile it.
 _TRACED = ("step_size", "tol", "ridge")
+# And these the score program, through DetectorState.for_scoring.
+_TRACED_SHIFT = ("step_size", "tol")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "n_components"))
@@ -388,7 +406,7 @@ def _score(
             reference=state.reference,
             reference_weights=state.density,
             valid=state.valid,
-            **_shift_kwargs(config, state.reference.shape[0]),
+            **_shift_kwargs(config, state.reference.shape[0], state.shift_numbers),
         )
         points, displacement = res.points, res.displacement
     else:
@@ -422,7 +440,7 @@ def _joint_shift(
         _density(joint, order, config, n_valid),
         neighbors=config.neighbors,
         valid=valid,
-        **_shift_kwargs(config, joint.shape[0]),
+        **_shift_kwargs(config, joint.shape[0], state.shift_numbers),
     )
     return res.points[n_train:], res.displacement[n_train:]
 
@@ -454,8 +472,9 @@ def score_batch(state: DetectorState, x: ArrayLike) -> np.ndarray:
     last in the weight blocks, weigh nothing and are never neighbours (the same scores to
     float32 rounding; batches and cross-fit folds of nearby sizes share the program). Not
     padded (eager for content order) where a fit would not be (:func:`fit_rows`), as when the
-    joint rows need the approximate search. Other modes: :func:`chunked_scores`, whose
-    programs later scoring shares.
+    joint rows need the approximate search. The program is keyed by
+    :meth:`DetectorState.for_scoring`. Other modes: :func:`chunked_scores`, whose programs
+    later scoring shares.
     """
     config = state.config
     if config.mode != "transductive":
@@ -468,7 +487,7 @@ def score_batch(state: DetectorState, x: ArrayLike) -> np.ndarray:
     batch[:m] = np.asarray(jax.device_get(x))
     valid = np.arange(batch.shape[0]) < m
     order = _joint_order(state, batch, valid) if config.content_ordered else None
-    scores = _score_jitted(state, *jax.device_put((batch, order, valid)))
+    scores = _score_jitted(state.for_scoring(), *jax.device_put((batch, order, valid)))
     return np.asarray(scores)[:m]
 
 
