@@ -2,7 +2,9 @@
 
 A user choosing settings fits one detector per setting on the same features, as scikit-learn's
 ``GridSearchCV`` or ``msde-jax ... --select`` do. Settings that a program does not read need
-not compile it again (``BaseConfig.unread_by_score``, ``DetectorConfig.fit_program``). This
+not compile it again (``BaseConfig.unread_by_score``, ``DetectorConfig.fit_program``), nor
+numbers it takes as data (the fit's step size, tolerance and ridge; the score's step size and
+tolerance, ``DetectorState.for_scoring``). This
 fits and scores each setting of a small grid in one process on random features and reports
 the programs built (``msde_jax._compilation.CompileCounter``) and the seconds XLA spent
 compiling them (jax.monitoring's backend compile events), per grid and in all::
