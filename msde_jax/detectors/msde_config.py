@@ -57,7 +57,7 @@ class DetectorConfig(BaseConfig):
     The shared parameters of :class:`~msde_jax.detectors.config.BaseConfig` and the MSDE
     pipeline's own; the defaults are the inductive detector's, :meth:`paper` is the published
     preset. Frozen and hashable. It travels inside
-    :class:`~msde_jax.detectors.msde.DetectorState` as a static pytree node:
+    :class:`~msde_jax.detectors.msde_state.DetectorState` as a static pytree node:
     ``jax.jit(score_detector)(state, x)`` specialises on it (a different config compiles anew)
     and traces only the arrays. The one pairing it does not refuse, ``threshold="chi2"`` with
     a score other than ``"mahalanobis"``, is refused by
