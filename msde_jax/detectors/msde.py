@@ -29,6 +29,7 @@ from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import check_features
 from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit, largest_fold
 from msde_jax.detectors.msde_config import (
+    _FIT_NUMBERS,
     BLOCK_ORDERS,
     MODES,
     NORMALIZATIONS,
@@ -143,10 +144,6 @@ def _shift_kwargs(
     )
 
 
-# These reach the fit program traced: a new step size, tolerance or ridge does not recompile it.
-_TRACED = ("step_size", "tol", "ridge")
-
-
 @functools.partial(jax.jit, static_argnames=("config", "n_components"))
 def _fit_arrays(
     z: jax.Array,
@@ -234,7 +231,7 @@ def _fit_state(
     nc = config.n_components
     if isinstance(nc, int | np.integer):
         nc = int(min(nc, d, n - 1))
-    numbers = {name: np.asarray(getattr(config, name), z.dtype) for name in _TRACED}
+    numbers = {name: np.asarray(getattr(config, name), z.dtype) for name in _FIT_NUMBERS}
     w, reference, n_iter, pca, gaussian = _fit_arrays(
         z,
         order,

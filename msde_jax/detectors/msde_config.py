@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 MODES = ("inductive", "transductive", "none")
+# The numbers the MSDE programs take as data, not in their key: the fit program all three
+# (a new step size, tolerance or ridge does not recompile it), the score program the shift's
+# two (DetectorState.for_scoring).
+_SHIFT_NUMBERS = ("step_size", "tol")
+_FIT_NUMBERS = (*_SHIFT_NUMBERS, "ridge")
 SCORES = ("mahalanobis", "displacement", "knn")
 THRESHOLDS = ("cross_fit", "chi2", "none")
 BLOCK_ORDERS = ("content", "given")
@@ -211,7 +216,7 @@ class DetectorConfig(BaseConfig):
         traced ``step_size``, ``tol`` and ``ridge``; the mode only as shift or no shift, and
         with no shift the shift's and the density weights' parameters too."""
         unread = [*self.fit_only, "score", "score_neighbors", "normalize", "standardize"]
-        unread += ["block_order", "n_components", "dtype", "step_size", "tol", "ridge"]
+        unread += ["block_order", "n_components", "dtype", *_FIT_NUMBERS]
         if self.mode == "none":
             unread += ["k", "max_iter", "neighbors", "batch_size"]
             unread += ["density", "n_neighbors", "index_sum_quirk"]

@@ -8,12 +8,9 @@ import numpy as np
 
 from msde_jax.core.gaussian import GaussianState
 from msde_jax.core.pca import PCAState
-from msde_jax.detectors.msde_config import DetectorConfig
+from msde_jax.detectors.msde_config import _SHIFT_NUMBERS, DetectorConfig
 
 __all__ = ["DetectorState"]
-
-# The shift's numbers the score program takes as data (DetectorState.for_scoring).
-_TRACED_SHIFT = ("step_size", "tol")
 
 
 class DetectorState(NamedTuple):
@@ -70,6 +67,6 @@ class DetectorState(NamedTuple):
         if numbers is None and "step_size" not in config.unread_by_score():
             numbers = np.asarray([config.step_size, config.tol], self.center.dtype)
             numbers = jax.device_put(numbers)  # a copy; jnp.asarray compiles per shape
-            config = config.with_defaults(_TRACED_SHIFT)
+            config = config.with_defaults(_SHIFT_NUMBERS)
         keys = self.train_keys if config.mode == "transductive" else None
         return self._replace(config=config, train_keys=keys, shift_numbers=numbers)
