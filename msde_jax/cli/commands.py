@@ -18,6 +18,16 @@ from typing import Any
 import numpy as np
 
 from msde_jax._memory import MemoryLimitError
+from msde_jax.cli.configuration import (
+    args_detector,
+    args_embedder,
+    backbone_name,
+    configured,
+    embedder_metadata,
+    embedders_from_metadata,
+    given,
+    selected,
+)
 from msde_jax.cli.inputs import (
     UserError,
     command_inputs,
@@ -27,7 +37,6 @@ from msde_jax.cli.inputs import (
     readable,
     usable,
 )
-from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
 from msde_jax.cli.volumes import (
     fit_summary,
     metrics_summary,
@@ -43,92 +52,6 @@ __all__ = ["COMMANDS", "UserError"]
 
 
 # ---------------------------------------------------------------------------- helpers
-def _given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
-    """The options among ``names`` given on the command line, as ``--option`` strings."""
-    # By identity: ``0 in (None, False)`` is true, and --k 0 is given (and refused later).
-    given = [
-        n for n in names if getattr(args, n, None) is not None and getattr(args, n) is not False
-    ]
-    return ["--" + n.replace("_", "-") for n in given]
-
-
-def _detector_kind(args: argparse.Namespace, ndim: int | None = None) -> str:
-    """``"bank"`` or ``"msde"``: ``--detector``, else msde when an MSDE-only option is given
-    or the precomputed features (of ``ndim`` dimensions) are pooled, else the bank."""
-    msde, bank = _given(args, MSDE_OPTIONS), _given(args, BANK_OPTIONS)
-    kind = args.detector
-    if kind is None:
-        pooled = ndim == 2 or args.features in ("pooled", "multiscale")
-        kind = "msde" if msde or pooled else "bank"
-    if kind == "bank" and msde:
-        raise UserError(f"{_are(msde, 'an MSDE option')}: add --detector msde.")
-    if kind == "msde" and bank:
-        raise UserError(f"{_are(bank, 'a memory-bank option')}: use --detector bank.")
-    return kind
-
-
-def _are(options: list[str], what: str) -> str:
-    """``"--k is an MSDE option"`` / ``"--k, --mode are MSDE options"``."""
-    if len(options) == 1:
-        return f"{options[0]} is {what}"
-    return f"{', '.join(options)} are {what.split(' ', 1)[1]}s"
-
-
-def _embedder(args: argparse.Namespace):
-    from msde_jax.embedder import Embedder
-
-    features = args.features
-    if args.command != "embed":
-        kind = _detector_kind(args)
-        if features is None:
-            features = "patches" if kind == "bank" else "pooled"
-        if kind == "bank" and features != "patches":
-            raise UserError(
-                f"--detector bank scores patch features, not --features {features}: drop "
-                "--features, or use --detector msde for pooled features."
-            )
-        if kind == "msde" and features == "patches":
-            raise UserError(
-                "--features patches gives (grid, grid, c) features per image, which the MSDE "
-                "detector cannot use: use --detector bank, or --features pooled."
-            )
-    layers = [n.strip() for value in args.layers or () for n in value.split(",") if n.strip()]
-    return Embedder(
-        args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        features=features or "pooled",
-        layers=layers or None,
-    )
-
-
-def _detector(args: argparse.Namespace, ndim: int | None = None):
-    from msde_jax.detectors.msde import MSDEDetector
-    from msde_jax.detectors.patch_bank import PatchBankDetector
-
-    params: dict[str, Any] = {"contamination": args.contamination, "threshold": args.threshold}
-    if _detector_kind(args, ndim) == "bank":
-        names = {option: option for option in BANK_OPTIONS} | {"bank_size": "size"}
-        params |= {p: getattr(args, o) for o, p in names.items() if getattr(args, o) is not None}
-        return _validated(PatchBankDetector(**params, seed=args.seed))
-    for name in ("mode", "k", "density"):
-        if getattr(args, name) is not None:
-            params[name] = getattr(args, name)
-    detector = MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
-    return _validated(detector)
-
-
-def _validated(detector):
-    """``detector``, once its options are known to be valid (its config builds), so that a bad
-    option is refused before any image is embedded."""
-    try:
-        detector.config()
-    except ValueError as err:
-        raise UserError(str(err)) from err
-    return detector
-
-
 def _check_out(
     path: str, *, option: str = "--out", folder: bool = False, inputs: Sequence[Any] = ()
 ) -> None:
@@ -179,7 +102,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     _check_out(out, inputs=[*args.sources, *input_files(inputs)])
     inputs = inputs.take(usable(inputs, args))
     items, names = inputs.items, inputs.names
-    embedder = _embedder(args)
+    embedder = args_embedder(args)
     emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     config = json.dumps(embedder.config())
     atomic_write(
@@ -212,82 +135,91 @@ def _read_embeddings(path: str) -> tuple[np.ndarray, dict | None]:
     return features, config
 
 
-def cmd_fit(args: argparse.Namespace) -> None:
-    if args.embeddings:
-        if len(args.sources) != 1 or not args.sources[0].endswith(".npz"):
-            raise UserError("--embeddings expects one .npz file with an 'embeddings' array.")
-        _check_out(args.out, inputs=args.sources)
-        features, config = _read_embeddings(args.sources[0])
-        detector = _detector(args, features.ndim)
-        try:
-            detector.fit(features)
-        except MemoryLimitError:
-            raise  # about the machine and the options, not the file's contents
-        except ValueError as err:
-            raise UserError(f"{args.sources[0]}: 'embeddings': {err}") from err
-    else:
-        from msde_jax.pipeline.evaluation import embed
+def _shape_text(features: Any) -> str:
+    """``"14 × 14 × 152"``, or per component for a fused detector's dict of features."""
+    if isinstance(features, dict):
+        return "; ".join(f"{name}: {_shape_text(f)}" for name, f in features.items())
+    return " × ".join(map(str, features.shape[1:]))
 
+
+def _fit_embeddings(args: argparse.Namespace):
+    """``fit --embeddings``: the detector fitted on the file's features, and those features."""
+    if args.select:
+        raise UserError("--select embeds the images with each candidate: drop --embeddings.")
+    if len(args.sources) != 1 or not args.sources[0].endswith(".npz"):
+        raise UserError("--embeddings expects one .npz file with an 'embeddings' array.")
+    _check_out(args.out, inputs=args.sources)
+    features, config = _read_embeddings(args.sources[0])
+    detector = args_detector(args, features.ndim)
+    try:
+        detector.fit(features)
+    except MemoryLimitError:
+        raise  # about the machine and the options, not the file's contents
+    except ValueError as err:
+        raise UserError(f"{args.sources[0]}: 'embeddings': {err}") from err
+    return detector, features, {"embedder": config}
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from msde_jax.pipeline.evaluation import embed
+    from msde_jax.pipeline.volumes import fit_groups, volume_record
+
+    volumes = None
+    if args.embeddings:
+        detector, features, metadata = _fit_embeddings(args)
+    else:
         inputs = command_inputs(args.sources, args)
         _check_out(args.out, inputs=[*args.sources, *input_files(inputs)])
-        _detector(args)  # refuses bad detector options before the embedding
+        if not args.select:
+            configured(args)  # refuses bad detector options before the embedding
         inputs = inputs.take(usable(inputs, args))
-        embedder = _embedder(args)
-        features = embed(embedder, inputs.items, cache_dir=args.cache_dir, what="normal")
-        config = embedder.config()
-        from msde_jax.pipeline.volumes import fit_groups
-
-        detector = _detector(args, features.ndim)
-        detector.fit(features, groups=fit_groups(detector, inputs.groups))
-    metadata: dict[str, Any] = {"embedder": config}
-    volumes = None
-    if not args.embeddings and inputs.groups.has_volumes:
-        from msde_jax.pipeline.volumes import volume_record
-
-        volumes = metadata["volumes"] = volume_record(detector, inputs.groups, axis=args.axis)
+        # --select embeds the normals with every candidate's embedders, then fits the chosen
+        # one on all of them: a cache for this run only embeds them once.
+        with tempfile.TemporaryDirectory(prefix="msde-jax-") as tmp:
+            cache_dir = args.cache_dir or (tmp if args.select else None)
+            if args.select:
+                embedder, detector, name, validation = selected(inputs.items, args, cache_dir)
+                print(
+                    f"configuration: {name} (selected): synthetic-validation AUROC "
+                    f"{validation.scores[name].auroc:.3f} ({validation.summary()}; "
+                    f"{len(validation.scores)} configurations)"
+                )
+            else:
+                embedder, detector = configured(args)
+            features = embed(embedder, inputs.items, cache_dir=cache_dir, what="normal")
+            detector.fit(features, groups=fit_groups(detector, inputs.groups))
+        metadata = embedder_metadata(embedder)
+        if inputs.groups.has_volumes:
+            volumes = metadata["volumes"] = volume_record(detector, inputs.groups, axis=args.axis)
     detector.save(args.out, metadata=metadata)
     print(
-        f"fitted {detector!r} on {features.shape[0]} normal images "
-        f"({' × '.join(map(str, features.shape[1:]))} features); threshold "
-        f"{detector.threshold_:.4g}; saved to {args.out}"
+        f"fitted {detector!r} on {len(detector.decision_scores_)} normal images "
+        f"({_shape_text(features)} features); threshold {detector.threshold_:.4g}; saved to "
+        f"{args.out}"
     )
     if volumes is not None:
         print(fit_summary(volumes))
 
 
-def _load_model(path: str):
+def _load_model(path: str, batch_size: int | None = None):
+    """A model file of ``msde-jax fit``: its detector and its embedder (a fused detector's:
+    the mapping of its components' embedders), checked against each other."""
     from msde_jax.detectors.persistence import load_detector
 
     if not Path(path).exists():
         raise FileNotFoundError(path)
     detector = load_detector(path)
-    if not hasattr(detector, "n_features_in_"):  # a FusedDetector: features per component
-        raise UserError(
-            f"{path} holds a {type(detector).__name__}, which scores a mapping of features "
-            "(one per component): score it from Python (msde_jax.pipeline.evaluation.evaluate)."
-        )
-    config = detector.metadata_.get("embedder")
-    if not config:
-        raise UserError(
-            f"{path} was fitted on precomputed embeddings: it has no backbone to "
-            "embed images with. Score embeddings from Python instead."
-        )
-    needed = ("backbone", "weights", "image_size", "resize", "features", "dtype")
-    if not isinstance(config, dict) or not all(k in config for k in needed):
-        raise UserError(
-            f"{path}: its metadata 'embedder' is not the embedder configuration `msde-jax fit` "
-            f"saves (a JSON object with {', '.join(needed)}); refit the model."
-        )
-    return detector, config
+    return detector, embedders_from_metadata(path, detector, batch_size)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     from msde_jax.detectors.base import no_maps_message
-    from msde_jax.embedder import Embedder
     from msde_jax.pipeline.evaluation import check_heatmaps, embed, heatmaps
     from msde_jax.pipeline.volumes import read_volume_record
 
-    detector, config = _load_model(args.model)
+    detector, embedder = _load_model(args.model, args.batch_size)
     try:
         record = read_volume_record(detector.metadata_)
     except ValueError as err:
@@ -305,21 +237,11 @@ def cmd_score(args: argparse.Namespace) -> None:
             _check_out(str(volume_out), option="--out (its volume CSV)", inputs=[*files, args.out])
     if args.heatmaps:
         _check_out(args.heatmaps, option="--heatmaps", folder=True)
-    try:
-        embedder = Embedder.from_config(config, batch_size=args.batch_size)
-    except (KeyError, TypeError) as err:
-        raise UserError(f"{args.model}: its embedder configuration is invalid ({err!r}).") from err
-    dim = embedder.output_shape[-1]
-    if dim != detector.n_features_in_:
-        raise UserError(
-            f"{args.model}: its detector was fitted on {detector.n_features_in_} features per "
-            f"{'patch' if detector.has_maps else 'image'}, but its embedder ({embedder!r}) "
-            f"gives {dim}: the file's metadata does not match its detector; refit the model."
-        )
     inputs = inputs.take(usable(inputs, args))
     items, names, groups = inputs.items, inputs.names, inputs.groups
     if args.heatmaps:  # their memory, before any image is embedded
-        check_heatmaps(embedder.image_size, len(items))
+        shown = embedder[detector.maps_component] if isinstance(embedder, dict) else embedder
+        check_heatmaps(shown.image_size, len(items))
     features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     scores = detector.score_samples(features)
     labels = (scores > detector.threshold_).astype(int)
@@ -360,27 +282,16 @@ def cmd_score(args: argparse.Namespace) -> None:
 def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     """The embedder and detector ``evaluate`` runs, what to call them, and their synthetic
     validation (``None`` when skipped) with the reason it was skipped."""
-    from msde_jax.pipeline.presets import RECOMMENDED, Candidate, candidates, seeded
-    from msde_jax.pipeline.selection import select, synthetic_validation
+    from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
+    from msde_jax.pipeline.presets import RECOMMENDED, Candidate
+    from msde_jax.pipeline.selection import synthetic_validation
 
     normals = dataset.train_normal
     if args.select:
-        chosen = _given(args, ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS)) + (
-            ["--threshold"] if args.threshold != "cross_fit" else []
-        )
-        if chosen or args.no_validation:
-            drop = ", ".join(chosen + (["--no-validation"] if args.no_validation else []))
-            raise UserError(f"--select chooses the detector and features itself: drop {drop}.")
-        options = {"weights": args.weights, "image_size": args.image_size}
-        pool = candidates(args.backbone, batch_size=args.batch_size, **options)
-        for candidate in pool.values():
-            seeded(candidate.detector, args.seed)
-        selection = select(normals, pool, cache_dir=cache_dir, seed=args.seed)
-        embedder, detector = selection.candidate
-        detector.set_params(contamination=args.contamination)
-        return embedder, detector, f"{selection.name} (selected)", selection.validation, None
-    embedder, detector = _embedder(args), _detector(args)
-    custom = _given(args, ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS))
+        embedder, detector, name, validation = selected(normals, args, cache_dir)
+        return embedder, detector, f"{name} (selected)", validation, None
+    embedder, detector = configured(args)
+    custom = given(args, ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS))
     name = "as given" if custom else f"{RECOMMENDED} (the default rule)"
     if args.paper:
         return embedder, detector, name, None, "transductive scores depend on the batch"
@@ -457,7 +368,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
         threshold=result.threshold,
         images=result.dataset.test_items(),
         names=result.dataset.test_names() if result.dataset.has_volumes else None,
-        title=f"MSDE evaluation — {dataset.name}, {embedder.backbone}, {mode}",
+        title=f"MSDE evaluation — {dataset.name}, {backbone_name(embedder)}, {mode}",
         config=config,
         timings=timings,
         heatmaps=maps,

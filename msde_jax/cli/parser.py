@@ -22,6 +22,7 @@ EXAMPLES = {
   msde-jax fit normals/ --out model.npz
   msde-jax fit normal_scans/ --out model.npz   # NIfTI files, DICOM-series folders: their slices
   msde-jax fit train_normal.npz --out model.npz --paper
+  msde-jax fit normals/ --select --out model.npz   # the label-free choice among candidates
   msde-jax fit embeddings.npz --embeddings --out model.npz   # features already computed""",
     "score": """examples:
   msde-jax score model.npz new_scans/ --out scores.csv
@@ -45,7 +46,7 @@ EXAMPLES = {
 }
 
 
-DETECTORS = ("bank", "msde")
+DETECTORS = ("bank", "msde", "ensemble")
 # Options that only the MSDE detector has (they imply --detector msde) and only the bank has.
 MSDE_OPTIONS = ("paper", "mode", "k", "density")
 BANK_OPTIONS = ("bank_size", "reduce", "foreground", "coreset", "position")
@@ -199,7 +200,10 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         help="bank: PatchCore's patch memory bank on --features patches, an image scored by "
         "the mean of its top 10 %% patch distances (the default, README 'Which mode'); msde: "
         "MSDE → PCA → Gaussian on pooled features (implied by --paper, --mode, --k, --density, "
-        "--features pooled/multiscale and by fitting (n, d) --embeddings)",
+        "--features pooled/multiscale and by fitting (n, d) --embeddings); ensemble: "
+        "msde_jax.pipeline.presets.ensemble(), a Gaussian on the pooled patch layers, cosine "
+        "kNN on the pooled head and the bank, fused by rank calibration (its own features and "
+        "options)",
     )
     g.add_argument(
         "--bank-size",
@@ -301,6 +305,16 @@ def _add_axis_arg(p: argparse.ArgumentParser, *, model: bool = False) -> None:
     )
 
 
+def _add_select_arg(g: argparse._ActionsContainer) -> None:
+    g.add_argument(
+        "--select",
+        action="store_true",
+        help="choose the configuration among msde_jax.pipeline.presets.candidates() by its "
+        "synthetic-validation AUROC on the training normals instead of running the default "
+        "rule (measured not to beat it: README 'Which mode')",
+    )
+
+
 def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit",
@@ -311,13 +325,7 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
     )
     _add_skip_arg(p)
     g = p.add_argument_group("label-free validation")
-    g.add_argument(
-        "--select",
-        action="store_true",
-        help="choose the configuration among msde_jax.pipeline.presets.candidates() by its "
-        "synthetic-validation AUROC instead of running the default rule (measured not to beat "
-        "it: README 'Which mode')",
-    )
+    _add_select_arg(g)
     g.add_argument(
         "--no-validation",
         action="store_true",
@@ -383,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the .npz holds (n, d) embeddings (key 'embeddings'), not images",
     )
+    _add_select_arg(p)
     _add_embedder_args(p)
     _add_detector_args(p)
 
@@ -416,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="also write one heatmap overlay PNG per image (score units, threshold on the "
-        "colour bar) and maps.npz with the raw maps into DIR (patch-bank models); with volumes "
-        "also one montage PNG per volume (volume_*.png)",
+        "colour bar) and maps.npz with the raw maps into DIR (patch-bank and ensemble "
+        "models); with volumes also one montage PNG per volume (volume_*.png)",
     )
 
     p = command(

@@ -229,6 +229,20 @@ class FusedDetector(Detector):
             self.components[name].set_params(**{sub: value})
         return self
 
+    def config(self) -> dict[str, Any]:
+        """The checked parameters: ``contamination``, ``calibration`` and each component's
+        ``config()`` by name. A bad value raises ``ValueError`` (a components argument that is
+        not a mapping of detectors, ``TypeError``) here, before any data is touched."""
+        components = self._checked_components()
+        return {
+            "contamination": self.contamination,
+            "calibration": self.calibration,
+            "components": {
+                name: c.config() if callable(getattr(c, "config", None)) else None
+                for name, c in components.items()
+            },
+        }
+
     # ------------------------------------------------------------------ fit-time vs now
     def _fit_params(self) -> dict[str, Any]:
         # The stats carry no config: the components and contamination of the fit are kept.

@@ -191,30 +191,39 @@ def limit_dataset(dataset: Dataset, *, limit: int | None = None) -> Dataset:
 
 
 def embed(
-    embedder: SupportsEmbed,
+    embedder: SupportsEmbed | Mapping[str, SupportsEmbed],
     items: Sequence[Any],
     *,
     cache_dir: str | os.PathLike | None = None,
     what: str = "input",
     progress: bool = True,
-) -> np.ndarray:
+) -> np.ndarray | dict[str, np.ndarray]:
     """Embeddings of ``items``: (n, d), or (n, grid, grid, c) patch features.
 
     They go through the on-disk cache when ``cache_dir`` is given.
 
     Args:
         embedder: an :class:`~msde_jax.embedder.Embedder` or any object with ``config()`` and
-            ``embed(items)`` (:class:`~msde_jax.io.cache.SupportsEmbed`).
+            ``embed(items)`` (:class:`~msde_jax.io.cache.SupportsEmbed`); or a mapping
+            ``{name: embedder}`` (a :class:`~msde_jax.FusedDetector`'s), whose embedders of
+            one network share its forward pass (:func:`~msde_jax.embedder.share_network`):
+            the embeddings are then a dict keyed like it.
         items: images (paths, PIL images or arrays).
-        cache_dir: an embedding cache folder (:func:`msde_jax.io.cache.embed_cached`).
+        cache_dir: an embedding cache folder (:func:`msde_jax.io.cache.embed_cached`); each
+            embedder caches under its own config hash.
         what: what the images are, for messages (``"train normal"``).
         progress: print the cache summary and the embedding time on stderr.
 
     Raises:
-        ValueError: ``items`` is empty (``"no images in <what>."``).
+        ValueError: ``items`` is empty (``"no images in <what>."``), or the mapping is empty.
     """
     if len(items) == 0:
         raise ValueError(f"no images in {what}.")
+    if isinstance(embedder, Mapping):
+        _check_embedders(embedder)
+        kw = {"cache_dir": cache_dir, "progress": progress}
+        shared = share_network(embedder)
+        return {name: embed(e, items, what=f"{what} ({name})", **kw) for name, e in shared.items()}
     start = time.perf_counter()
     if cache_dir:
         out = embed_cached(embedder, items, cache_dir, progress=progress)
@@ -310,20 +319,11 @@ def embed_dataset(
 
     test_items = dataset.test_items()
 
-    def both(e: SupportsEmbed, label: str) -> tuple[np.ndarray, np.ndarray]:
-        kw = {"cache_dir": cache_dir, "progress": progress}
-        train = embed(e, dataset.train_normal, what=f"train normal{label}", **kw)
-        return train, embed(e, test_items, what=f"test{label}", **kw)
-
-    if isinstance(embedder, Mapping):
-        # Embedders of one network (an ensemble's patch features, pooled layers and head)
-        # run its forward pass once for all of them.
-        shared = share_network(embedder)
-        pairs = {name: both(e, f" ({name})") for name, e in shared.items()}
-        train = {name: pair[0] for name, pair in pairs.items()}
-        test = {name: pair[1] for name, pair in pairs.items()}
-    else:
-        train, test = both(embedder, "")
+    # Embedders of one network (an ensemble's patch features, pooled layers and head) run its
+    # forward pass once for all of them.
+    kw = {"cache_dir": cache_dir, "progress": progress}
+    train = embed(embedder, dataset.train_normal, what="train normal", **kw)
+    test = embed(embedder, test_items, what="test", **kw)
     return EmbeddedDataset(dataset, embedder, train, test, time.perf_counter() - start)
 
 

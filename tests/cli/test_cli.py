@@ -13,6 +13,7 @@ from msde_jax.cli import build_parser, main
 EMBED = ["--weights", "random", "--image-size", "32", "--batch-size", "16"]
 FAST = [*EMBED, "--k", "10"]  # --k: the MSDE detector
 BANK = [*EMBED, "--bank-size", "200"]  # the default detector, a small bank
+SAVED = __import__("pathlib").Path(__file__).parents[1] / "fixtures" / "saved_models"
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +84,13 @@ def test_demo_writes_a_report(tmp_path, capsys, monkeypatch):
 
 def test_default_configuration_is_the_recommended_rule():
     from msde_jax import recommended
-    from msde_jax.cli.commands import _detector, _embedder
+    from msde_jax.cli.configuration import args_detector, args_embedder
 
     args = build_parser().parse_args(["evaluate", "pneumoniamnist", "--out", "r"])
     rule = recommended()
-    assert _embedder(args).config() == rule.embedder.config()
-    assert type(_detector(args)) is type(rule.detector)
-    assert _detector(args).get_params() == rule.detector.get_params()
+    assert args_embedder(args).config() == rule.embedder.config()
+    assert type(args_detector(args)) is type(rule.detector)
+    assert args_detector(args).get_params() == rule.detector.get_params()
 
 
 def _assert_rows_are_the_detectors(model, rows):
@@ -206,6 +207,9 @@ def _check_skip_unreadable(tmp_path, folder, model, capsys):
         (["--select", "--paper"], "--select chooses the detector and features itself: drop"),
         (["--select", "--no-validation"], "drop --no-validation"),
         (["--threshold", "chi2"], "threshold='chi2' does not apply to a memory bank"),
+        (["--detector", "ensemble", "--k", "10"], "ensemble sets its components' features"),
+        (["--detector", "ensemble", "--features", "pooled"], "drop --features"),
+        (["--detector", "ensemble", "--threshold", "chi2"], "does not apply to --detector ens"),
     ],
     ids=[
         "bank-k",
@@ -217,6 +221,9 @@ def _check_skip_unreadable(tmp_path, folder, model, capsys):
         "select-paper",
         "select-novalidation",
         "bank-chi2",
+        "ensemble-k",
+        "ensemble-features",
+        "ensemble-chi2",
     ],
 )
 def test_conflicting_detector_options_are_one_line_errors(tmp_path, capsys, options, message):
@@ -267,6 +274,93 @@ def test_select_validates_every_candidate(tmp_path, capsys):
     _select_demo(tmp_path, capsys, 10)
 
 
+def _only(monkeypatch, *names):
+    """presets.candidates() cut to ``names`` (the full pool: the slow test above)."""
+    from msde_jax.pipeline import presets
+
+    every = presets.candidates
+    monkeypatch.setattr(
+        presets, "candidates", lambda backbone, **o: {n: every(backbone, **o)[n] for n in names}
+    )
+
+
+def test_the_ensemble_is_configured_from_the_options():
+    from msde_jax import FusedDetector
+    from msde_jax.cli.commands import UserError
+    from msde_jax.cli.configuration import configured
+    from msde_jax.pipeline.presets import ensemble
+
+    args = ["fit", "x", "--out", "m.npz", "--detector", "ensemble", *EMBED, "--seed", "3"]
+    embedders, detector = configured(build_parser().parse_args([*args, "--contamination", "0.1"]))
+    want = ensemble(weights="random", image_size=32, batch_size=16)
+    assert {n: e.config() for n, e in embedders.items()} == {
+        n: e.config() for n, e in want.embedder.items()
+    }
+    assert isinstance(detector, FusedDetector)
+    assert (detector.contamination, detector.get_params()["patches__seed"]) == (0.1, 3)
+    with pytest.raises(UserError, match="contamination must be in"):  # before any embedding
+        configured(build_parser().parse_args([*args, "--contamination", "0.9"]))
+
+
+def test_the_ensemble_end_to_end(tmp_path, folder, capsys):
+    """`--detector ensemble` (a fused configuration, which --select may also choose):
+    `evaluate` reports it (it used to fail at its report's title), `fit` saves it with one
+    embedder per component, and `score` scores images and draws heatmaps from its bank."""
+    from msde_jax import Embedder, FusedDetector, load_detector
+    from msde_jax.pipeline.evaluation import embed
+
+    ensemble = [*EMBED, "--detector", "ensemble"]
+    out = tmp_path / "r"
+    # 30 training normals, as the fit below: the two share their compiled programs.
+    assert main(["demo", "--out", str(out), "--limit", "30", *ensemble, "--no-validation"]) == 0
+    assert "configuration: as given: FusedDetector(" in capsys.readouterr().out
+    assert (out / "overlays.png").exists()  # the bank component's heatmaps
+    assert "efficientnet_lite0, fused (" in (out / "report.md").read_text()
+
+    model = tmp_path / "model.npz"
+    fit = ["fit", str(folder / "train" / "normal"), "--out", str(model), *ensemble]
+    assert main([*fit, "--contamination", "0.1"]) == 0
+    assert "(layers: 152; head: 1280; patches: 14 × 14 × 152 features)" in capsys.readouterr().out
+    detector = load_detector(model)
+    assert isinstance(detector, FusedDetector)
+    assert detector.contamination == 0.1
+    configs = detector.metadata_["embedders"]
+    assert set(configs) == {"layers", "head", "patches"}
+
+    scores, heat = tmp_path / "scores.csv", tmp_path / "heat"
+    test = [str(p) for p in sorted((folder / "test" / "abnormal").glob("*.png"))[:8]]
+    assert main(["score", str(model), *test, "--out", str(scores), "--heatmaps", str(heat)]) == 0
+    rows = list(csv.DictReader(scores.read_text().splitlines()))
+    assert [r["path"] for r in rows] == test
+    embedders = {n: Embedder.from_config(c, progress=False) for n, c in configs.items()}
+    want = detector.score_samples(embed(embedders, test, progress=False))
+    np.testing.assert_allclose([float(r["score"]) for r in rows], want, rtol=1e-5)
+    assert [int(r["label"]) for r in rows] == (want > detector.threshold_).astype(int).tolist()
+    with np.load(heat / "maps.npz") as z:
+        assert z["maps"].shape == (8, 32, 32)
+
+
+def test_fit_select_saves_the_chosen_configuration(tmp_path, folder, capsys, monkeypatch):
+    from msde_jax import MSDEDetector
+
+    _only(monkeypatch, "knn:head")  # any of them is saved the same way (the ensemble: above)
+    model = tmp_path / "model.npz"
+    fit = ["fit", str(folder / "train" / "normal"), "--out", str(model), *EMBED, "--select"]
+    assert main(fit) == 0
+    assert "configuration: knn:head (selected): synthetic-validation AUROC" in (
+        capsys.readouterr().out
+    )
+    detector = MSDEDetector.load(model)
+    assert detector.get_params()["score"] == "knn"
+    assert detector.metadata_["embedder"]["features"] == "pooled"
+    assert main([*fit, "--embeddings"]) == 2
+    assert "--select embeds the images with each candidate" in capsys.readouterr().err
+    assert main([*fit, "--k", "10"]) == 2
+    assert "--select chooses the detector and features itself: drop --k" in (
+        capsys.readouterr().err
+    )
+
+
 def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
     path = tmp_path / "d.npz"
     np.savez(path, **pneumonia)
@@ -310,11 +404,11 @@ def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys, monkeypatch
     model = tmp_path / "m.npz"
     assert main(["fit", str(emb), "--embeddings", "--out", str(model), "--k", "10"]) == 0
     assert isinstance(MSDEDetector.load(model), MSDEDetector)
-    from msde_jax.cli.commands import _detector
+    from msde_jax.cli.configuration import args_detector
 
     args_2d = build_parser().parse_args(["fit", str(emb), "--embeddings", "--out", "m.npz"])
-    assert isinstance(_detector(args_2d, ndim=2), MSDEDetector)
-    assert isinstance(_detector(args_2d, ndim=4), PatchBankDetector)
+    assert isinstance(args_detector(args_2d, ndim=2), MSDEDetector)
+    assert isinstance(args_detector(args_2d, ndim=4), PatchBankDetector)
     assert main([*args, "--features", "patches"]) == 0
     args = ["fit", str(emb), "--embeddings", "--out", str(model), "--bank-size", "50"]
     assert main([*args, "--coreset", "greedy"]) == 0
@@ -331,6 +425,10 @@ def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys, monkeypatch
             "no such file or folder",
         ),
         (lambda t, f: ["score", str(t / "garbage.npz"), str(f / "test")], "not a saved"),
+        (  # a FusedDetector saved from Python: no embedders to embed images with
+            lambda t, f: ["score", str(SAVED / "fused.npz"), str(f / "test")],
+            "without an embedder for each in its metadata 'embedders'",
+        ),
         (
             lambda t, f: ["evaluate", str(t / "bare_ds"), "--out", str(t / "r"), *FAST],
             "test/normal: no images",
@@ -340,7 +438,13 @@ def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys, monkeypatch
             "not a readable image",
         ),
     ],
-    ids=["missing-path", "incompatible-model", "empty-class", "unreadable-image"],
+    ids=[
+        "missing-path",
+        "incompatible-model",
+        "fused-from-python",
+        "empty-class",
+        "unreadable-image",
+    ],
 )
 def test_errors_are_one_line_messages(tmp_path, folder, capsys, make_args, message):
     (tmp_path / "garbage.npz").write_bytes(b"garbage")
@@ -412,7 +516,7 @@ def test_report_commands_check_matplotlib_before_embedding(tmp_path, capsys, mon
 
 
 def test_features_and_layers_options(tmp_path, folder, capsys):
-    from msde_jax.cli.commands import _embedder
+    from msde_jax.cli.configuration import args_embedder
     from msde_jax.embedder import FEATURES
 
     parser = build_parser()
@@ -428,8 +532,8 @@ def test_features_and_layers_options(tmp_path, folder, capsys):
         ["embed", "x", "--out", "e.npz", "--backbone", "mobilenet_v2", *EMBED]
         + ["--layers", "features.13, features.16", "--layers", "features.6"]
     )
-    assert _embedder(args).layers == ("features.13", "features.16", "features.6")
-    assert _embedder(args).features == "pooled"  # embed's default
+    assert args_embedder(args).layers == ("features.13", "features.16", "features.6")
+    assert args_embedder(args).features == "pooled"  # embed's default
     # Patch features are (grid, grid, c) per image: only `embed` writes them.
     emb = tmp_path / "patches.npz"
     args = ["embed", str(folder / "train"), "--out", str(emb), *EMBED, "--features", "patches"]
@@ -460,11 +564,11 @@ def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
 
 
 def test_seed_option():
-    from msde_jax.cli.commands import _detector
+    from msde_jax.cli.configuration import args_detector
     from msde_jax.pipeline.presets import candidates, seeded
 
     def detector(*extra):
-        return _detector(build_parser().parse_args(["fit", "x", "--out", "m.npz", *extra]))
+        return args_detector(build_parser().parse_args(["fit", "x", "--out", "m.npz", *extra]))
 
     assert detector().get_params()["seed"] == 0
     assert detector("--seed", "7").get_params()["seed"] == 7
@@ -482,28 +586,30 @@ def test_seed_option():
 
 
 def test_foreground_option_makes_a_masked_bank():
-    from msde_jax.cli.commands import UserError, _detector
+    from msde_jax.cli.commands import UserError
+    from msde_jax.cli.configuration import args_detector
 
     args = build_parser().parse_args(["fit", "x", "--out", "m.npz", "--foreground", "pca"])
-    assert _detector(args).get_params()["foreground"] == "pca"
+    assert args_detector(args).get_params()["foreground"] == "pca"
     default = build_parser().parse_args(["fit", "x", "--out", "m.npz"])
-    assert _detector(default).get_params()["foreground"] is None
+    assert args_detector(default).get_params()["foreground"] is None
     msde = ["fit", "x", "--out", "m.npz", "--foreground", "pca", "--detector", "msde"]
     with pytest.raises(UserError, match="--foreground is a memory-bank option"):
-        _detector(build_parser().parse_args(msde))
+        args_detector(build_parser().parse_args(msde))
 
 
 def test_position_option_reaches_the_bank():
-    from msde_jax.cli.commands import UserError, _detector
+    from msde_jax.cli.commands import UserError
+    from msde_jax.cli.configuration import args_detector
 
     fit = ["fit", "x", "--out", "m.npz"]
-    assert _detector(build_parser().parse_args(fit)).get_params()["position"] == 1.0
-    anywhere = _detector(build_parser().parse_args([*fit, "--position", "0"]))
+    assert args_detector(build_parser().parse_args(fit)).get_params()["position"] == 1.0
+    anywhere = args_detector(build_parser().parse_args([*fit, "--position", "0"]))
     assert anywhere.get_params()["position"] == 0.0
     with pytest.raises(UserError, match="position must be a finite number >= 0, got -2.0"):
-        _detector(build_parser().parse_args([*fit, "--position", "-2"]))
+        args_detector(build_parser().parse_args([*fit, "--position", "-2"]))
     with pytest.raises(UserError, match="--position is a memory-bank option"):
-        _detector(build_parser().parse_args([*fit, "--position", "2", "--detector", "msde"]))
+        args_detector(build_parser().parse_args([*fit, "--position", "2", "--detector", "msde"]))
 
 
 def test_train_backbone_reads_only_the_training_normals_of_a_dataset_folder(folder, capsys):

@@ -1,0 +1,256 @@
+"""What the command-line options configure: an embedder (or one per component) and a detector.
+
+:func:`configured` turns ``--detector`` and its options into a pair ready to fit:
+
+* ``bank``: one :class:`~msde_jax.Embedder` of patch features and a
+  :class:`~msde_jax.PatchBankDetector` (the default rule);
+* ``msde``: one embedder of pooled features and an :class:`~msde_jax.MSDEDetector`;
+* ``ensemble``: :func:`msde_jax.pipeline.presets.ensemble`, a mapping ``{component name:
+  embedder}`` and a :class:`~msde_jax.FusedDetector` of the same names.
+
+:func:`selected` runs ``--select`` instead: the label-free choice among
+:func:`~msde_jax.pipeline.presets.candidates`, any of whose configurations may be fused.
+:func:`embedder_metadata` is what a saved model keeps of its embedders, which ``score`` reads
+back (:func:`embedders_from_metadata`). Bad options raise :class:`UserError` before any image is
+embedded.
+"""
+
+import argparse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from msde_jax.cli.inputs import UserError
+from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
+
+__all__ = [
+    "args_detector",
+    "args_embedder",
+    "configured",
+    "embedder_metadata",
+    "embedders_from_metadata",
+    "given",
+    "selected",
+]
+
+# What a saved model's embedder configuration must hold to rebuild its embedder.
+_EMBEDDER_KEYS = ("backbone", "weights", "image_size", "resize", "features", "dtype")
+
+
+def given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """The options among ``names`` given on the command line, as ``--option`` strings."""
+    # By identity: ``0 in (None, False)`` is true, and --k 0 is given (and refused later).
+    found = [
+        n for n in names if getattr(args, n, None) is not None and getattr(args, n) is not False
+    ]
+    return ["--" + n.replace("_", "-") for n in found]
+
+
+def _are(options: list[str], what: str) -> str:
+    """``"--k is an MSDE option"`` / ``"--k, --mode are MSDE options"``."""
+    if len(options) == 1:
+        return f"{options[0]} is {what}"
+    return f"{', '.join(options)} are {what.split(' ', 1)[1]}s"
+
+
+def detector_kind(args: argparse.Namespace, ndim: int | None = None) -> str:
+    """``"bank"``, ``"msde"`` or ``"ensemble"``: ``--detector``, else msde when an MSDE-only
+    option is given or the precomputed features (of ``ndim`` dimensions) are pooled, else the
+    bank."""
+    msde, bank = given(args, MSDE_OPTIONS), given(args, BANK_OPTIONS)
+    kind = args.detector
+    if kind is None:
+        pooled = ndim == 2 or args.features in ("pooled", "multiscale")
+        kind = "msde" if msde or pooled else "bank"
+    if kind == "bank" and msde:
+        raise UserError(f"{_are(msde, 'an MSDE option')}: add --detector msde.")
+    if kind == "msde" and bank:
+        raise UserError(f"{_are(bank, 'a memory-bank option')}: use --detector bank.")
+    if kind == "ensemble":
+        own = given(args, (*MSDE_OPTIONS, *BANK_OPTIONS, "features", "layers"))
+        if own:
+            raise UserError(
+                f"--detector ensemble sets its components' features and options itself: drop "
+                f"{', '.join(own)}."
+            )
+        if args.threshold != "cross_fit":
+            raise UserError(
+                f"--threshold {args.threshold} does not apply to --detector ensemble: its "
+                "threshold is a quantile of the fused out-of-fold scores (cross_fit)."
+            )
+    return kind
+
+
+def args_embedder(args: argparse.Namespace):
+    """The one :class:`~msde_jax.Embedder` the options give (``bank`` and ``msde``; ``embed``)."""
+    from msde_jax.embedder import Embedder
+
+    features = args.features
+    if args.command != "embed":
+        kind = detector_kind(args)
+        if features is None:
+            features = "patches" if kind == "bank" else "pooled"
+        if kind == "bank" and features != "patches":
+            raise UserError(
+                f"--detector bank scores patch features, not --features {features}: drop "
+                "--features, or use --detector msde for pooled features."
+            )
+        if kind == "msde" and features == "patches":
+            raise UserError(
+                "--features patches gives (grid, grid, c) features per image, which the MSDE "
+                "detector cannot use: use --detector bank, or --features pooled."
+            )
+    layers = [n.strip() for value in args.layers or () for n in value.split(",") if n.strip()]
+    return Embedder(
+        args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        features=features or "pooled",
+        layers=layers or None,
+    )
+
+
+def args_detector(args: argparse.Namespace, ndim: int | None = None):
+    """The one detector ``--detector bank`` / ``msde`` and their options give, validated."""
+    from msde_jax.detectors.msde import MSDEDetector
+    from msde_jax.detectors.patch_bank import PatchBankDetector
+
+    params: dict[str, Any] = {"contamination": args.contamination, "threshold": args.threshold}
+    kind = detector_kind(args, ndim)
+    if kind == "ensemble":
+        raise UserError(
+            "--detector ensemble fuses the features of several embedders: fit it on images, "
+            "not on one --embeddings array."
+        )
+    if kind == "bank":
+        names = {option: option for option in BANK_OPTIONS} | {"bank_size": "size"}
+        params |= {p: getattr(args, o) for o, p in names.items() if getattr(args, o) is not None}
+        return _validated(PatchBankDetector(**params, seed=args.seed))
+    for name in ("mode", "k", "density"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    detector = MSDEDetector.paper(**params) if args.paper else MSDEDetector(**params)
+    return _validated(detector)
+
+
+def _validated(detector):
+    """``detector``, once its options are known to be valid (its config builds), so that a bad
+    option is refused before any image is embedded."""
+    try:
+        detector.config()
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    return detector
+
+
+def _embedder_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"weights": args.weights, "image_size": args.image_size, "batch_size": args.batch_size}
+
+
+def configured(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(embedder, detector)`` as the options give them, unfitted; for ``--detector
+    ensemble`` the embedder is a mapping ``{component name: embedder}`` and the detector a
+    :class:`~msde_jax.FusedDetector` of those names (components seeded with ``--seed``)."""
+    from msde_jax.pipeline.presets import ensemble, seeded
+
+    if detector_kind(args) != "ensemble":
+        return args_embedder(args), args_detector(args)
+    embedders, detector = ensemble(args.backbone, **_embedder_options(args))
+    detector.set_params(contamination=args.contamination)
+    return embedders, _validated(seeded(detector, args.seed))
+
+
+def selected(normals: Sequence[Any], args: argparse.Namespace, cache_dir: str):
+    """``--select``: the candidate of :func:`~msde_jax.pipeline.presets.candidates` with the
+    highest synthetic-validation AUROC on ``normals``, as ``(embedder, detector, name,
+    validation)``; the detector is the candidate's template, unfitted, with
+    ``--contamination``."""
+    from msde_jax.pipeline.presets import candidates, seeded
+    from msde_jax.pipeline.selection import select
+
+    chosen = given(args, ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS)) + (
+        ["--threshold"] if args.threshold != "cross_fit" else []
+    )
+    if getattr(args, "no_validation", False):  # evaluate's and demo's option
+        chosen.append("--no-validation")
+    if chosen:
+        drop = ", ".join(chosen)
+        raise UserError(f"--select chooses the detector and features itself: drop {drop}.")
+    pool = candidates(args.backbone, **_embedder_options(args))
+    for candidate in pool.values():
+        seeded(candidate.detector, args.seed)
+    selection = select(normals, pool, cache_dir=cache_dir, seed=args.seed)
+    embedder, detector = selection.candidate
+    detector.set_params(contamination=args.contamination)
+    return embedder, detector, selection.name, selection.validation
+
+
+def backbone_name(embedder: Any) -> str:
+    """The backbone of an embedder, or of a mapping's (joined when they differ)."""
+    if isinstance(embedder, Mapping):
+        names = dict.fromkeys(getattr(e, "backbone", "?") for e in embedder.values())
+        return "+".join(names)
+    return str(getattr(embedder, "backbone", "?"))
+
+
+def embedder_metadata(embedder: Any) -> dict[str, Any]:
+    """What a saved model keeps of its embedders: ``{"embedder": config}`` for one,
+    ``{"embedders": {name: config}}`` for a fused detector's mapping."""
+    if isinstance(embedder, Mapping):
+        return {"embedders": {name: e.config() for name, e in embedder.items()}}
+    return {"embedder": embedder.config()}
+
+
+def _embedder_from(path: str, config: Any, what: str, batch_size: int | None):
+    from msde_jax.embedder import Embedder
+
+    if not isinstance(config, dict) or not all(k in config for k in _EMBEDDER_KEYS):
+        raise UserError(
+            f"{path}: its metadata {what} is not the embedder configuration `msde-jax fit` "
+            f"saves (a JSON object with {', '.join(_EMBEDDER_KEYS)}); refit the model."
+        )
+    try:
+        return Embedder.from_config(config, batch_size=batch_size)
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{path}: its embedder configuration is invalid ({err!r}).") from err
+
+
+def _check_width(path: str, detector: Any, embedder: Any, what: str = "its detector") -> None:
+    dim = embedder.output_shape[-1]
+    if dim != detector.n_features_in_:
+        raise UserError(
+            f"{path}: {what} was fitted on {detector.n_features_in_} features per "
+            f"{'patch' if detector.has_maps else 'image'}, but its embedder ({embedder!r}) "
+            f"gives {dim}: the file's metadata does not match its detector; refit the model."
+        )
+
+
+def embedders_from_metadata(path: str, detector: Any, batch_size: int | None = None) -> Any:
+    """The embedder (or, for a fused detector, the mapping of embedders) a model saved by
+    ``msde-jax fit`` was fitted with, rebuilt and checked against the detector's widths."""
+    meta = getattr(detector, "metadata_", {})
+    if hasattr(detector, "n_features_in_"):
+        config = meta.get("embedder")
+        if not config:
+            raise UserError(
+                f"{path} was fitted on precomputed embeddings: it has no backbone to "
+                "embed images with. Score embeddings from Python instead."
+            )
+        embedder = _embedder_from(path, config, "'embedder'", batch_size)
+        _check_width(path, detector, embedder)
+        return embedder
+    components = dict(detector.components)  # a FusedDetector: one embedder per component
+    configs = meta.get("embedders")
+    if not isinstance(configs, dict) or set(configs) != set(components):
+        raise UserError(
+            f"{path} holds a {type(detector).__name__} of components "
+            f"{', '.join(map(repr, components))} without an embedder for each in its metadata "
+            "'embedders' (`msde-jax fit` saves them): score it from Python "
+            "(msde_jax.pipeline.evaluation.evaluate), or refit it with `msde-jax fit`."
+        )
+    embedders = {}
+    for name, component in components.items():
+        embedder = _embedder_from(path, configs[name], f"'embedders' {name!r}", batch_size)
+        _check_width(path, component, embedder, f"its component {name!r}")
+        embedders[name] = embedder
+    return embedders
