@@ -172,8 +172,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     else:
         inputs = command_inputs(args.sources, args)
         _check_out(args.out, inputs=[*args.sources, *input_files(inputs)])
-        if not args.select:
-            configured(args)  # refuses bad detector options before the embedding
+        if not args.select:  # bad detector options are refused before the embedding
+            embedder, detector = configured(args)
         inputs = inputs.take(usable(inputs, args))
         # --select embeds the normals with every candidate's embedders, then fits the chosen
         # one on all of them: a cache for this run only embeds them once.
@@ -186,8 +186,6 @@ def cmd_fit(args: argparse.Namespace) -> None:
                     f"{validation.scores[name].auroc:.3f} ({validation.summary()}; "
                     f"{len(validation.scores)} configurations)"
                 )
-            else:
-                embedder, detector = configured(args)
             features = embed(embedder, inputs.items, cache_dir=cache_dir, what="normal")
             detector.fit(features, groups=fit_groups(detector, inputs.groups))
         metadata = embedder_metadata(embedder)
@@ -216,7 +214,7 @@ def _load_model(path: str, batch_size: int | None = None):
 
 def cmd_score(args: argparse.Namespace) -> None:
     from msde_jax.detectors.base import no_maps_message
-    from msde_jax.pipeline.evaluation import check_heatmaps, embed, heatmaps
+    from msde_jax.pipeline.evaluation import check_heatmaps, embed, heatmaps, maps_threshold
     from msde_jax.pipeline.volumes import read_volume_record
 
     detector, embedder = _load_model(args.model, args.batch_size)
@@ -263,7 +261,8 @@ def cmd_score(args: argparse.Namespace) -> None:
 
         images, maps = heatmaps(embedder, detector, items, features=features)
         threshold = detector.threshold_
-        write_heatmaps(args.heatmaps, images, maps, names=names, scores=scores, threshold=threshold)
+        line = {"threshold": threshold, "maps_threshold": maps_threshold(detector)}
+        write_heatmaps(args.heatmaps, images, maps, names=names, scores=scores, **line)
         print(f"wrote {len(names)} heatmaps and maps.npz to {args.heatmaps}", file=sys.stderr)
         if vscores is not None:
             write_volume_montages(
@@ -273,9 +272,9 @@ def cmd_score(args: argparse.Namespace) -> None:
                 groups=groups,
                 names=names,
                 scores=scores,
-                threshold=threshold,
                 vscores=vscores,
                 volume_threshold=vthreshold,
+                **line,
             )
 
 
@@ -310,7 +309,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     import tempfile
 
     from msde_jax.io.datasets import load_dataset
-    from msde_jax.pipeline.evaluation import evaluate, heatmaps, limit_dataset
+    from msde_jax.pipeline.evaluation import evaluate, heatmaps, limit_dataset, maps_threshold
     from msde_jax.pipeline.report import overlay_indices, require_matplotlib, write_report
 
     require_matplotlib()  # a broken install refuses before minutes of embedding
@@ -373,6 +372,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
         timings=timings,
         heatmaps=maps,
         volume_metrics=None if volumes is None else volumes.metrics,
+        maps_threshold=maps_threshold(result.detector),
     )
     print(f"configuration: {name}: {detector!r} on {embedder!r}")
     if validation is None:

@@ -25,7 +25,9 @@ from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
 __all__ = [
     "args_detector",
     "args_embedder",
+    "backbone_name",
     "configured",
+    "detector_kind",
     "embedder_metadata",
     "embedders_from_metadata",
     "given",
@@ -87,6 +89,8 @@ def args_embedder(args: argparse.Namespace):
     features = args.features
     if args.command != "embed":
         kind = detector_kind(args)
+        if kind == "ensemble":
+            raise UserError("--detector ensemble has one embedder per component: see configured().")
         if features is None:
             features = "patches" if kind == "bank" else "pooled"
         if kind == "bank" and features != "patches":
@@ -177,11 +181,11 @@ def selected(normals: Sequence[Any], args: argparse.Namespace, cache_dir: str):
         drop = ", ".join(chosen)
         raise UserError(f"--select chooses the detector and features itself: drop {drop}.")
     pool = candidates(args.backbone, **_embedder_options(args))
-    for candidate in pool.values():
-        seeded(candidate.detector, args.seed)
+    for candidate in pool.values():  # a bad --contamination is refused before any embedding
+        seeded(candidate.detector, args.seed).set_params(contamination=args.contamination)
+        _validated(candidate.detector)
     selection = select(normals, pool, cache_dir=cache_dir, seed=args.seed)
     embedder, detector = selection.candidate
-    detector.set_params(contamination=args.contamination)
     return embedder, detector, selection.name, selection.validation
 
 

@@ -263,9 +263,9 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         type=_seed,
         default=0,
         help="seed of the run's randomness: the memory bank's coreset projection and, for "
-        "evaluate and demo, the synthetic anomalies of the label-free validation (MSDE fits are "
-        "deterministic). A result quoted from one seed is one seed: run three and report the "
-        "mean (default: %(default)s)",
+        "evaluate, demo and --select, the synthetic anomalies of the label-free validation "
+        "(MSDE fits are deterministic). A result quoted from one seed is one seed: run three "
+        "and report the mean (default: %(default)s)",
     )
     g.add_argument(
         "--contamination",

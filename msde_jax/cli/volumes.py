@@ -138,6 +138,7 @@ def write_volume_montages(
     threshold: float,
     vscores: Any,
     volume_threshold: float | None,
+    maps_threshold: float | None = None,
 ) -> None:
     """One montage PNG per volume (:func:`msde_jax.pipeline.heatmaps.write_montages`)."""
     from msde_jax.pipeline.heatmaps import write_montages
@@ -153,6 +154,7 @@ def write_volume_montages(
         scores=scores,
         threshold=threshold,
         volume_threshold=volume_threshold,
+        maps_threshold=maps_threshold,
     )
     print(
         f"wrote {len(vscores.names)} volume montages (volume_*.png) to {out_dir}", file=sys.stderr

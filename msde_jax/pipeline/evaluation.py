@@ -74,6 +74,7 @@ __all__ = [
     "evaluate_embeddings",
     "heatmaps",
     "limit_dataset",
+    "maps_threshold",
     "threshold_promise",
 ]
 
@@ -491,6 +492,17 @@ def heatmaps(
         [embedder.preprocess(item, name=f"image {i}") for i, item in enumerate(items)]
     )
     return images.astype(np.float32, copy=False), maps
+
+
+def maps_threshold(detector: SupportsDetect) -> float | None:
+    """The threshold in the units of ``detector``'s maps where they are not its scores': a
+    :class:`~msde_jax.FusedDetector`'s maps are its patch component's
+    (``maps_component``), in that component's units, so its ``threshold_``; ``None`` for a
+    detector whose maps are in its own image-score units (the patch bank)."""
+    name = getattr(detector, "maps_component", None)
+    if name is None:
+        return None
+    return float(dict(detector.components)[name].threshold_)
 
 
 def check_heatmaps(size: int, n_images: int) -> None:

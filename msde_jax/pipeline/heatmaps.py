@@ -24,6 +24,7 @@ from msde_jax._files import atomic_write
 
 __all__ = [
     "CMAP",
+    "color_bar_line",
     "color_range",
     "draw_overlay",
     "heatmap_file_names",
@@ -34,6 +35,15 @@ __all__ = [
 CMAP = "inferno"
 _ALPHA = 0.45
 _DPI = 110
+
+
+def color_bar_line(threshold: float, maps_threshold: float | None) -> tuple[float, str]:
+    """Where the colour bar marks the threshold, and the maps' units: ``threshold`` in
+    image-score units, or ``maps_threshold`` where the maps are a component's (a fused
+    detector's patch component: its image-score units, not the fused score's)."""
+    if maps_threshold is None:
+        return float(threshold), "image-score units"
+    return float(maps_threshold), "the patch component's units"
 
 
 def color_range(maps: np.ndarray, threshold: float | None = None) -> tuple[float, float]:
@@ -85,6 +95,7 @@ def write_heatmaps(
     names: Sequence[str],
     scores: np.ndarray,
     threshold: float,
+    maps_threshold: float | None = None,
 ) -> list[Path]:
     """Write one overlay PNG per image and ``maps.npz`` into ``out_dir`` (created).
 
@@ -94,11 +105,16 @@ def write_heatmaps(
         maps: (n, H, W) anomaly maps in score units (``detector.score_maps``).
         names: n input names (paths or ``file.npz[i]``), for titles and file names.
         scores: (n,) image scores.
-        threshold: the detector's threshold, marked on the colour bar.
+        threshold: the detector's threshold, which the scores are compared with (and which
+            the colour bar marks, unless ``maps_threshold`` is given).
+        maps_threshold: the threshold in the maps' units where they are not the scores' (a
+            fused detector's maps are its patch component's:
+            :func:`~msde_jax.pipeline.evaluation.maps_threshold`), marked on the colour bar.
 
     Returns:
         The PNG paths, in input order. ``maps.npz`` holds ``maps`` (n, H, W) float32,
-        ``names``, ``files`` (the PNG names), ``scores`` and ``threshold``.
+        ``names``, ``files`` (the PNG names), ``scores``, ``threshold`` and
+        ``maps_threshold`` (the colour bar's line).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -110,7 +126,8 @@ def write_heatmaps(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vmin, vmax = color_range(maps, threshold)
+    line, units = color_bar_line(threshold, maps_threshold)
+    vmin, vmax = color_range(maps, line)
     files = heatmap_file_names(names)
     paths = []
     for image, amap, name, score, file in zip(images, maps, names, scores, files, strict=True):
@@ -123,11 +140,11 @@ def write_heatmaps(
             f"{Path(str(name)).name}\nscore {score:.4g} ({flag} {threshold:.4g})", fontsize=9
         )
         bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-        bar.set_label("patch score (image-score units)", fontsize=8)
-        bar.ax.axhline(threshold, color="cyan", linewidth=2)
+        bar.set_label(f"patch score ({units})", fontsize=8)
+        bar.ax.axhline(line, color="cyan", linewidth=2)
         bar.ax.text(
             1.6,
-            threshold,
+            line,
             " threshold",
             color="black",
             fontsize=7,
@@ -145,6 +162,7 @@ def write_heatmaps(
             files=np.array(files),
             scores=np.asarray(scores, np.float64),
             threshold=np.float64(threshold),
+            maps_threshold=np.float64(line),
         )
 
     atomic_write(out / "maps.npz", save, suffix=".npz")
@@ -163,12 +181,14 @@ def write_montages(
     scores: np.ndarray,
     threshold: float,
     volume_threshold: float | None = None,
+    maps_threshold: float | None = None,
 ) -> list[Path]:
     """Write one montage PNG per volume: the overlays of its slices in a grid.
 
     Each tile is :func:`draw_overlay` of one slice, titled with its name's slice index and its
     score (red above ``threshold``); every tile of every montage shares the colour scale of
-    :func:`color_range` ``(maps, threshold)``, as :func:`write_heatmaps` of the same call.
+    :func:`color_range` ``(maps, threshold)`` (``maps_threshold`` where given), as
+    :func:`write_heatmaps` of the same call.
 
     Args:
         out_dir: the folder (created).
@@ -179,8 +199,9 @@ def write_montages(
         volume_scores: a score per volume (:func:`msde_jax.pipeline.volumes.aggregate`).
         names: n slice names (``"{volume}:{index:04d}"``).
         scores: (n,) slice scores.
-        threshold: the slice threshold, marked on the colour bar.
+        threshold: the slice threshold, marked on the colour bar (unless ``maps_threshold``).
         volume_threshold: the volume threshold, or ``None`` when the model has none.
+        maps_threshold: as :func:`write_heatmaps`'s.
 
     Returns:
         The PNG paths, ``volume_<i>_<name>.png`` in volume order.
@@ -192,7 +213,8 @@ def write_montages(
         raise ValueError("pass one member list, name and score per volume.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vmin, vmax = color_range(maps, threshold)
+    line, units = color_bar_line(threshold, maps_threshold)
+    vmin, vmax = color_range(maps, line)
     width = max(4, len(str(len(members) - 1)))
     paths = []
     for v, (idx, vname, vscore) in enumerate(
@@ -226,8 +248,8 @@ def write_montages(
         )
         if shown is not None:
             bar = fig.colorbar(shown, ax=axes.tolist(), fraction=0.03, pad=0.02)
-            bar.set_label("patch score (image-score units)", fontsize=8)
-            bar.ax.axhline(threshold, color="cyan", linewidth=2)
+            bar.set_label(f"patch score ({units})", fontsize=8)
+            bar.ax.axhline(line, color="cyan", linewidth=2)
         file = out / f"volume_{v:0{width}d}_{_safe(str(vname)) or 'volume'}.png"
         fig.savefig(file, dpi=_DPI)
         paths.append(file)

@@ -18,9 +18,9 @@ a folder that can be read on its own::
 The numbers come from :mod:`msde_jax.core.metrics`
 (:func:`~msde_jax.core.metrics.evaluation_metrics`,
 :func:`~msde_jax.core.metrics.roc_curve`, :func:`~msde_jax.core.metrics.precision_recall_curve`);
-this
-module only draws and writes them. The figures need matplotlib (a dependency of msde-jax),
-imported when :func:`write_report` or :func:`require_matplotlib` runs. Figures are drawn on
+this module and :mod:`msde_jax.pipeline.report_figures` (the figures) only draw and write
+them. The figures need matplotlib (a dependency of msde-jax), imported when
+:func:`write_report` or :func:`require_matplotlib` runs. Figures are drawn on
 ``matplotlib.figure.Figure`` objects with the Agg canvas, without pyplot, so no global state is
 touched and nothing is left open.
 
@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,20 @@ from typing import Any
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax.core.metrics import (
-    check_scores,
-    evaluation_metrics,
-    precision_recall_curve,
-    roc_curve,
-)
-from msde_jax.io.images import to_float
+from msde_jax.core.metrics import check_scores, evaluation_metrics
 from msde_jax.pipeline.evaluation import threshold_promise
+from msde_jax.pipeline.report_figures import (
+    MATPLOTLIB_MISSING,
+    OVERLAYS_PER_ROW,
+    fmt,
+    overlay_indices,
+    plot_grid,
+    plot_histogram,
+    plot_overlays,
+    plot_pr,
+    plot_roc,
+    require_matplotlib,
+)
 
 __all__ = [
     "FILES",
@@ -59,11 +64,6 @@ __all__ = [
     "require_matplotlib",
     "write_report",
 ]
-
-MATPLOTLIB_MISSING = (
-    "the report needs matplotlib, a dependency of msde-jax that is missing or broken here: "
-    "pip install matplotlib"
-)
 
 FILES = (
     "metrics.json",
@@ -75,262 +75,6 @@ FILES = (
     "report.md",
     "report.html",
 )
-OVERLAYS_PER_ROW = 4
-
-# Shared colours: the histogram bars and the grid titles use the same ones for the two classes.
-_NORMAL_COLOR = "tab:blue"
-_ABNORMAL_COLOR = "tab:red"
-_THRESHOLD_COLOR = "black"
-_DPI = 120
-_GRID_PER_ROW = 8
-# Grid tiles larger than this (pixels per side) are subsampled before drawing.
-_GRID_MAX_SIDE = 512
-
-
-# --------------------------------------------------------------------------------------------
-# Figures
-
-
-def require_matplotlib():
-    """``(Figure, FigureCanvasAgg)``, or an ImportError that says how to install matplotlib.
-
-    Callers that compute for a while before writing a report (``msde-jax evaluate``) call it
-    first, so that a broken install refuses up front.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError(MATPLOTLIB_MISSING) from err
-    return Figure, FigureCanvasAgg
-
-
-def _new_figure(size: tuple[float, float]):
-    """A matplotlib Figure on an Agg canvas (no pyplot, no global state)."""
-    Figure, FigureCanvasAgg = require_matplotlib()
-    fig = Figure(figsize=size, dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> None:
-    # zlib level 3 instead of Pillow's 6: as small for these figures, encoded 2-3x faster.
-    fig.savefig(path, dpi=_DPI, facecolor="white", pil_kwargs={"compress_level": 3})
-    fig.clear()
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _plot_roc(path: Path, labels, scores, metrics, title: str) -> None:
-    fpr, tpr, _ = roc_curve(labels, scores)
-    fig = _new_figure((5.2, 5.0))
-    ax = fig.add_subplot()
-    ax.plot(fpr, tpr, color="tab:purple", lw=2, label=f"ROC (AUROC = {metrics['auroc']:.3f})")
-    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="chance (AUROC = 0.5)")
-    ax.plot(
-        metrics["false_positive_rate"],
-        metrics["recall"],
-        "o",
-        color=_THRESHOLD_COLOR,
-        ms=8,
-        label=(
-            f"threshold {_fmt(metrics['threshold'])}: "
-            f"FPR {metrics['false_positive_rate']:.2f}, TPR {metrics['recall']:.2f}"
-        ),
-    )
-    ax.set(
-        xlim=(-0.02, 1.02),
-        ylim=(-0.02, 1.02),
-        xlabel="false positive rate (1 - specificity)",
-        ylabel="true positive rate (sensitivity)",
-        title=textwrap.fill(f"{title}: ROC curve", 55),
-    )
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
-    _save(fig, path)
-
-
-def _plot_pr(path: Path, labels, scores, metrics, title: str) -> None:
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    prevalence = metrics["n_abnormal"] / (metrics["n_abnormal"] + metrics["n_normal"])
-    fig = _new_figure((5.2, 5.0))
-    ax = fig.add_subplot()
-    ax.plot(
-        recall,
-        precision,
-        drawstyle="steps-post",
-        color="tab:green",
-        lw=2,
-        label=f"PR (AP = {metrics['average_precision']:.3f})",
-    )
-    ax.axhline(
-        prevalence, color="gray", ls="--", lw=1, label=f"prevalence baseline = {prevalence:.2f}"
-    )
-    ax.plot(
-        metrics["recall"],
-        metrics["precision"],
-        "o",
-        color=_THRESHOLD_COLOR,
-        ms=8,
-        label=(
-            f"threshold {_fmt(metrics['threshold'])}: "
-            f"recall {metrics['recall']:.2f}, precision {metrics['precision']:.2f}"
-        ),
-    )
-    ax.set(
-        xlim=(-0.02, 1.02),
-        ylim=(-0.02, 1.05),
-        xlabel="recall (sensitivity)",
-        ylabel="precision",
-        title=textwrap.fill(f"{title}: precision-recall curve", 55),
-    )
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=9)
-    _save(fig, path)
-
-
-def _plot_histogram(path: Path, labels, scores, metrics, title: str) -> None:
-    threshold = metrics["threshold"]
-    span = np.r_[scores, threshold] if np.isfinite(threshold) else scores
-    # Distances are often heavy-tailed: a few far outliers would squeeze every other image into
-    # one or two linear bins, so such scores get logarithmic bins and axis.
-    log_axis = bool(span.min() > 0 and span.max() > 20 * np.median(span))
-    if log_axis:
-        bins = np.geomspace(span.min(), span.max(), 41)
-    else:
-        bins = np.histogram_bin_edges(span, bins="auto")
-        if bins.size > 61:  # "auto" can give hundreds of bins for large sets
-            bins = np.histogram_bin_edges(span, bins=60)
-    fig = _new_figure((7.0, 4.2))
-    ax = fig.add_subplot()
-    if log_axis:
-        ax.set_xscale("log")
-    for mask, name, color in (
-        (~labels, "normal", _NORMAL_COLOR),
-        (labels, "abnormal", _ABNORMAL_COLOR),
-    ):
-        ax.hist(
-            scores[mask], bins=bins, color=color, alpha=0.45, label=f"{name} (n = {mask.sum()})"
-        )
-        ax.hist(scores[mask], bins=bins, color=color, histtype="step", lw=1.5)
-    if np.isfinite(threshold):
-        ax.axvline(
-            threshold,
-            color=_THRESHOLD_COLOR,
-            ls="--",
-            lw=1.8,
-            label=f"threshold = {_fmt(threshold)} (score > threshold: abnormal)",
-        )
-    xlabel = "anomaly score (log scale)" if log_axis else "anomaly score"
-    ax.set(
-        xlabel=xlabel, ylabel="number of test images", title=textwrap.fill(f"{title}: scores", 75)
-    )
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(loc="best", fontsize=9)
-    _save(fig, path)
-
-
-def _display_name(item: Any, index: int, names: Sequence[str] | None) -> str:
-    if names is not None:
-        name = str(names[index])
-    elif isinstance(item, str | os.PathLike):
-        name = Path(item).name
-    else:
-        name = f"#{index}"
-    width = 22  # characters per title line at the tile's width
-    if len(name) > 2 * width:
-        name = name[: width - 2] + "..." + name[-(width - 1) :]
-    return "\n".join(name[i : i + width] for i in range(0, len(name), width))
-
-
-def _plot_grid(path: Path, labels, scores, images, names, metrics, title: str) -> None:
-    n = scores.size
-    k = min(_GRID_PER_ROW, n // 2)  # the two rows never show the same image
-    order = np.argsort(scores, kind="mergesort")
-    rows = (("most anomalous (highest scores)", order[::-1][:k]),)
-    rows += (("least anomalous (lowest scores)", order[:k]),)
-    fig = _new_figure((1.7 * _GRID_PER_ROW, 2 * 2.45 + 0.5))
-    fig.suptitle(
-        f"{title}: test images by score (threshold {_fmt(metrics['threshold'])}; title colour = "
-        "true label, blue normal, red abnormal)",
-        fontsize=11,
-    )
-    subfigs = fig.subfigures(2, 1)
-    for subfig, (row_title, indices) in zip(subfigs, rows, strict=True):
-        subfig.suptitle(row_title, fontsize=11, fontweight="bold")
-        axes = subfig.subplots(1, _GRID_PER_ROW)
-        for ax in axes:
-            ax.set_axis_off()
-        for ax, i in zip(axes, indices, strict=False):
-            name = _display_name(images[i], int(i), names)
-            img = to_float(images[i], name=f"image {i}" if names is None else str(names[i]))
-            step = max(1, math.ceil(max(img.shape[:2]) / _GRID_MAX_SIDE))
-            img = img[::step, ::step]
-            if img.shape[-1] == 1:
-                ax.imshow(img[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            else:
-                ax.imshow(img, interpolation="nearest")
-            truth = "abnormal" if labels[i] else "normal"
-            predicted = scores[i] > metrics["threshold"]
-            flag = " (missed)" if labels[i] and not predicted else ""
-            flag = " (false alarm)" if predicted and not labels[i] else flag
-            ax.set_title(
-                f"{name}\nscore {_fmt(scores[i])}\n{truth}{flag}",
-                fontsize=8,
-                color=_ABNORMAL_COLOR if labels[i] else _NORMAL_COLOR,
-            )
-    _save(fig, path)
-
-
-def overlay_indices(scores: ArrayLike, per_row: int = OVERLAYS_PER_ROW) -> np.ndarray:
-    """Test indices the overlay figure shows: the ``per_row`` highest scores, then the
-    ``per_row`` lowest (fewer when there are fewer than ``2 · per_row`` images)."""
-    order = np.argsort(np.asarray(scores), kind="mergesort")
-    k = min(per_row, order.size // 2)
-    return np.r_[order[::-1][:k], order[:k]].astype(int)
-
-
-def _plot_overlays(path: Path, labels, scores, heatmaps, metrics, title: str) -> None:
-    from msde_jax.pipeline.heatmaps import color_range, draw_overlay
-
-    idx = overlay_indices(scores)
-    missing = [int(i) for i in idx if int(i) not in heatmaps]
-    if missing:
-        raise ValueError(
-            f"heatmaps must hold the test images overlay_indices(scores) picks; missing "
-            f"{missing[:8]}."
-        )
-    k = idx.size // 2
-    maps = np.stack([heatmaps[int(i)][1] for i in idx])
-    vmin, vmax = color_range(maps, metrics["threshold"])
-    fig = _new_figure((2.6 * k + 1.2, 2 * 2.9 + 0.6))
-    fig.suptitle(
-        f"{title}: where the score comes from (patch scores, one colour scale; threshold "
-        f"{_fmt(metrics['threshold'])})",
-        fontsize=10,
-    )
-    axes = fig.subplots(2, k, squeeze=False)
-    shown = None
-    for row, (row_title, row_idx) in enumerate((("most anomalous", idx[:k]), ("least", idx[k:]))):
-        for ax, i in zip(axes[row], row_idx, strict=True):
-            image, amap = heatmaps[int(i)]
-            shown = draw_overlay(ax, np.asarray(image), np.asarray(amap), vmin, vmax)
-            truth = "abnormal" if labels[i] else "normal"
-            ax.set_title(
-                f"{row_title}: #{int(i)}\nscore {_fmt(scores[i])}, {truth}",
-                fontsize=8,
-                color=_ABNORMAL_COLOR if labels[i] else _NORMAL_COLOR,
-            )
-    bar = fig.colorbar(shown, ax=axes, fraction=0.03, pad=0.02)
-    bar.set_label("patch score", fontsize=8)
-    bar.ax.axhline(metrics["threshold"], color="cyan", linewidth=2)
-    _save(fig, path)
-
-
 # --------------------------------------------------------------------------------------------
 # Files
 
@@ -403,7 +147,7 @@ def _volume_markdown(volume_metrics: Mapping[str, Any]) -> list[str]:
         if key in volume_metrics:
             value = volume_metrics[key]
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
-            text = "not available" if value is None else _fmt(value) if key == "threshold" else text
+            text = "not available" if value is None else fmt(value) if key == "threshold" else text
             lines.append(f"| {label.replace('image', 'volume')} | {text} |")
     return [*lines, ""]
 
@@ -422,7 +166,7 @@ def _markdown(
     lines += [
         f"{metrics['n_normal'] + metrics['n_abnormal']} test images ({metrics['n_normal']} "
         f"normal, {metrics['n_abnormal']} abnormal). Higher scores are more anomalous; an image "
-        f"is predicted abnormal when its score exceeds {_fmt(metrics['threshold'])}. All numbers "
+        f"is predicted abnormal when its score exceeds {fmt(metrics['threshold'])}. All numbers "
         "are also in [`metrics.json`](metrics.json).",
         "",
         "## Metrics",
@@ -434,7 +178,7 @@ def _markdown(
         value = metrics[key]
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         if key == "threshold":
-            text = _fmt(value)
+            text = fmt(value)
         lines.append(f"| {label} | {text} |")
     lines.append("")
     if promise is not None:
@@ -560,6 +304,7 @@ def write_report(
     timings: Mapping[str, Any] | None = None,
     heatmaps: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     volume_metrics: Mapping[str, Any] | None = None,
+    maps_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Write an evaluation report folder: metrics, curves, histograms, image grid and Markdown.
 
@@ -590,6 +335,9 @@ def write_report(
         volume_metrics: optional volume-level metrics
             (:func:`msde_jax.pipeline.volumes.volume_metrics`), written to ``metrics.json`` as
             ``volume_metrics`` and shown in ``report.md`` after the slice-level ones.
+        maps_threshold: the threshold in the heatmaps' units where they are not the scores'
+            (a fused detector's: :func:`msde_jax.pipeline.evaluation.maps_threshold`), marked on
+            the overlays' colour bar instead of ``threshold``.
 
     Returns:
         The metrics dict of :func:`msde_jax.core.metrics.evaluation_metrics`.
@@ -628,13 +376,14 @@ def write_report(
         json.dump(_jsonable(record), f, indent=2, allow_nan=False)
         f.write("\n")
 
-    _plot_roc(out / "roc.png", positive, score_arr, metrics, title)
-    _plot_pr(out / "pr.png", positive, score_arr, metrics, title)
-    _plot_histogram(out / "histogram.png", positive, score_arr, metrics, title)
+    plot_roc(out / "roc.png", positive, score_arr, metrics, title)
+    plot_pr(out / "pr.png", positive, score_arr, metrics, title)
+    plot_histogram(out / "histogram.png", positive, score_arr, metrics, title)
     if images is not None:
-        _plot_grid(out / "grid.png", positive, score_arr, images, names, metrics, title)
+        plot_grid(out / "grid.png", positive, score_arr, images, names, metrics, title)
     if heatmaps is not None:
-        _plot_overlays(out / "overlays.png", positive, score_arr, heatmaps, metrics, title)
+        overlays = (heatmaps, metrics, title, maps_threshold)
+        plot_overlays(out / "overlays.png", positive, score_arr, *overlays)
     text = _markdown(
         title,
         metrics,

@@ -312,9 +312,19 @@ def synthetic_validation(
             features[key] = (train, synthetic)
         return features[key]
 
+    def embedded_parts(embedders: Mapping[str, SupportsEmbed]) -> dict[str, Any]:
+        # The parts not embedded yet, in one call: those of one network share its forward pass.
+        missing = {part: e for part, e in embedders.items() if _key(e) not in features}
+        if missing:
+            train = embed(missing, normals, what="train normal (validation)", **kw)
+            synthetic = embed(missing, list(vset.anomalies), what="synthetic anomaly", **kw)
+            for part, e in missing.items():
+                features[_key(e)] = (train[part], synthetic[part])
+        return {part: features[_key(e)] for part, e in embedders.items()}
+
     for name, (embedder, template) in candidates.items():
         if isinstance(embedder, Mapping):  # a fused detector: features per component
-            pairs = {part: embedded(e) for part, e in embedder.items()}
+            pairs = embedded_parts(embedder)
             train = {part: pair[0] for part, pair in pairs.items()}
             synthetic = {part: pair[1] for part, pair in pairs.items()}
         else:

@@ -128,6 +128,7 @@ def test_fit_then_score_folders(tmp_path, folder, capsys):
         assert z["maps"].shape == (30, 32, 32)  # the embedder's input side
         assert z["names"][0].endswith("000.png")
         assert z["files"].tolist() == pngs
+        assert z["maps_threshold"] == z["threshold"]  # a bank's maps are in its score's units
     # DICOM files go through the same reader: one overlay each, named after the file.
     import pydicom
 
@@ -338,6 +339,9 @@ def test_the_ensemble_end_to_end(tmp_path, folder, capsys):
     assert [int(r["label"]) for r in rows] == (want > detector.threshold_).astype(int).tolist()
     with np.load(heat / "maps.npz") as z:
         assert z["maps"].shape == (8, 32, 32)
+        # The scores are the fused detector's; the maps and the colour bar its bank's.
+        assert z["threshold"] == detector.threshold_
+        assert z["maps_threshold"] == detector.components["patches"].threshold_ != z["threshold"]
 
 
 def test_fit_select_saves_the_chosen_configuration(tmp_path, folder, capsys, monkeypatch):
@@ -355,6 +359,10 @@ def test_fit_select_saves_the_chosen_configuration(tmp_path, folder, capsys, mon
     assert detector.metadata_["embedder"]["features"] == "pooled"
     assert main([*fit, "--embeddings"]) == 2
     assert "--select embeds the images with each candidate" in capsys.readouterr().err
+    assert main([*fit, "--contamination", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: contamination must be in (0, 0.5]")
+    assert "embedded" not in err  # refused before the selection embeds anything
     assert main([*fit, "--k", "10"]) == 2
     assert "--select chooses the detector and features itself: drop --k" in (
         capsys.readouterr().err

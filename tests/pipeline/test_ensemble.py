@@ -76,3 +76,35 @@ def test_the_preset_on_images_embeds_once_and_maps_from_its_bank(rng):
     assert shown.shape == (2, 32, 32, 3)
     patches = preset.embedder["patches"].embed(images[10:])
     np.testing.assert_allclose(maps, detector.components["patches"].score_maps(patches, size=32))
+
+
+def test_embedding_an_ensemble_runs_its_network_once_per_image_set(rng, monkeypatch):
+    """`embed` of the preset's mapping, and the synthetic validation of the preset, run the
+    backbone once per set of images (not once per component)."""
+    import msde_jax.embedder as embedder_module
+    from msde_jax.pipeline.evaluation import embed
+    from msde_jax.pipeline.selection import synthetic_validation
+
+    passes = []
+    together = embedder_module.embed_together
+
+    def counted(group, items, **kwargs):
+        passes.append(len(items))
+        return together(group, items, **kwargs)
+
+    monkeypatch.setattr(embedder_module, "embed_together", counted)
+    preset = ensemble(weights="random", image_size=32)
+    images = [(rng.random((40, 40)) * 255).astype(np.uint8) for _ in range(12)]
+    features = embed(preset.embedder, images, progress=False)
+    assert passes == [12]
+    assert {n: f.shape for n, f in features.items()} == {
+        "layers": (12, 152),
+        "head": (12, 1280),
+        "patches": (12, 14, 14, 152),
+    }
+    # A threshold the fusion refuses: the candidate is embedded, then fails to fit at once.
+    preset.detector.set_params(layers__threshold="chi2")
+    result = synthetic_validation(images, {"e": preset}, progress=False)
+    assert "threshold='cross_fit'" in result.scores["e"].error
+    assert len(passes) == 3  # one more for the normals, one for the synthetic anomalies
+    assert passes[1] == 12
