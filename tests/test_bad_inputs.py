@@ -947,7 +947,12 @@ def test_score_refuses_models_whose_metadata_does_not_fit(tmp_path, scans, capsy
     cases = {
         "a string": ({"embedder": "resnet18"}, None, "its metadata 'embedder' is not"),
         "missing keys": ({"embedder": {"backbone": "resnet18"}}, None, "a JSON object with"),
-        "fused": ({"embedder": _EMBEDDER}, fused, "holds a FusedDetector, which scores a mapping"),
+        "fused": ({"embedder": _EMBEDDER}, fused, "holds a FusedDetector of components 'a' with"),
+        "fused, other dimension": (
+            {"embedders": {"a": _EMBEDDER}},
+            fused,
+            "its component 'a' was fitted on 4 features per image, but its embedder .* gives 512",
+        ),
         "other dimension": (
             {"embedder": _EMBEDDER},
             None,

@@ -22,9 +22,10 @@ from msde_jax.cli.configuration import (
     args_detector,
     args_embedder,
     backbone_name,
+    build_embedders,
     configured,
+    embedder_configs,
     embedder_metadata,
-    embedders_from_metadata,
     given,
     selected,
 )
@@ -201,15 +202,15 @@ def cmd_fit(args: argparse.Namespace) -> None:
         print(fit_summary(volumes))
 
 
-def _load_model(path: str, batch_size: int | None = None):
-    """A model file of ``msde-jax fit``: its detector and its embedder (a fused detector's:
-    the mapping of its components' embedders), checked against each other."""
+def _load_model(path: str):
+    """A model file of ``msde-jax fit``: its detector and its embedder configuration (a fused
+    detector's: one per component), checked for its form (:func:`build_embedders` builds it)."""
     from msde_jax.detectors.persistence import load_detector
 
     if not Path(path).exists():
         raise FileNotFoundError(path)
     detector = load_detector(path)
-    return detector, embedders_from_metadata(path, detector, batch_size)
+    return detector, embedder_configs(path, detector)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -217,7 +218,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from msde_jax.pipeline.evaluation import check_heatmaps, embed, heatmaps, maps_threshold
     from msde_jax.pipeline.volumes import read_volume_record
 
-    detector, embedder = _load_model(args.model, args.batch_size)
+    detector, configs = _load_model(args.model)
     try:
         record = read_volume_record(detector.metadata_)
     except ValueError as err:
@@ -235,6 +236,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             _check_out(str(volume_out), option="--out (its volume CSV)", inputs=[*files, args.out])
     if args.heatmaps:
         _check_out(args.heatmaps, option="--heatmaps", folder=True)
+    embedder = build_embedders(args.model, detector, configs, args.batch_size)
     inputs = inputs.take(usable(inputs, args))
     items, names, groups = inputs.items, inputs.names, inputs.groups
     if args.heatmaps:  # their memory, before any image is embedded

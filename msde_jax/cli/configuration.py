@@ -11,8 +11,8 @@
 :func:`selected` runs ``--select`` instead: the label-free choice among
 :func:`~msde_jax.pipeline.presets.candidates`, any of whose configurations may be fused.
 :func:`embedder_metadata` is what a saved model keeps of its embedders, which ``score`` reads
-back (:func:`embedders_from_metadata`). Bad options raise :class:`UserError` before any image is
-embedded.
+back (:func:`embedder_configs`, checked before any other work) and rebuilds
+(:func:`build_embedders`). Bad options raise :class:`UserError` before any image is embedded.
 """
 
 import argparse
@@ -28,8 +28,9 @@ __all__ = [
     "backbone_name",
     "configured",
     "detector_kind",
+    "build_embedders",
+    "embedder_configs",
     "embedder_metadata",
-    "embedders_from_metadata",
     "given",
     "selected",
 ]
@@ -205,33 +206,18 @@ def embedder_metadata(embedder: Any) -> dict[str, Any]:
     return {"embedder": embedder.config()}
 
 
-def _embedder_from(path: str, config: Any, what: str, batch_size: int | None):
-    from msde_jax.embedder import Embedder
-
+def _check_config(path: str, config: Any, what: str) -> dict[str, Any]:
     if not isinstance(config, dict) or not all(k in config for k in _EMBEDDER_KEYS):
         raise UserError(
             f"{path}: its metadata {what} is not the embedder configuration `msde-jax fit` "
             f"saves (a JSON object with {', '.join(_EMBEDDER_KEYS)}); refit the model."
         )
-    try:
-        return Embedder.from_config(config, batch_size=batch_size)
-    except (KeyError, TypeError) as err:
-        raise UserError(f"{path}: its embedder configuration is invalid ({err!r}).") from err
+    return config
 
 
-def _check_width(path: str, detector: Any, embedder: Any, what: str = "its detector") -> None:
-    dim = embedder.output_shape[-1]
-    if dim != detector.n_features_in_:
-        raise UserError(
-            f"{path}: {what} was fitted on {detector.n_features_in_} features per "
-            f"{'patch' if detector.has_maps else 'image'}, but its embedder ({embedder!r}) "
-            f"gives {dim}: the file's metadata does not match its detector; refit the model."
-        )
-
-
-def embedders_from_metadata(path: str, detector: Any, batch_size: int | None = None) -> Any:
-    """The embedder (or, for a fused detector, the mapping of embedders) a model saved by
-    ``msde-jax fit`` was fitted with, rebuilt and checked against the detector's widths."""
+def embedder_configs(path: str, detector: Any) -> Any:
+    """The embedder configuration a model saved by ``msde-jax fit`` keeps (for a fused
+    detector, ``{component name: configuration}``), checked for its form; nothing is built."""
     meta = getattr(detector, "metadata_", {})
     if hasattr(detector, "n_features_in_"):
         config = meta.get("embedder")
@@ -240,9 +226,7 @@ def embedders_from_metadata(path: str, detector: Any, batch_size: int | None = N
                 f"{path} was fitted on precomputed embeddings: it has no backbone to "
                 "embed images with. Score embeddings from Python instead."
             )
-        embedder = _embedder_from(path, config, "'embedder'", batch_size)
-        _check_width(path, detector, embedder)
-        return embedder
+        return _check_config(path, config, "'embedder'")
     components = dict(detector.components)  # a FusedDetector: one embedder per component
     configs = meta.get("embedders")
     if not isinstance(configs, dict) or set(configs) != set(components):
@@ -252,9 +236,34 @@ def embedders_from_metadata(path: str, detector: Any, batch_size: int | None = N
             "'embedders' (`msde-jax fit` saves them): score it from Python "
             "(msde_jax.pipeline.evaluation.evaluate), or refit it with `msde-jax fit`."
         )
-    embedders = {}
-    for name, component in components.items():
-        embedder = _embedder_from(path, configs[name], f"'embedders' {name!r}", batch_size)
-        _check_width(path, component, embedder, f"its component {name!r}")
-        embedders[name] = embedder
-    return embedders
+    return {n: _check_config(path, configs[n], f"'embedders' {n!r}") for n in components}
+
+
+def _built(path: str, config: dict[str, Any], detector: Any, what: str, batch_size: int | None):
+    """The embedder of ``config``, checked to give ``detector`` its number of features."""
+    from msde_jax.embedder import Embedder
+
+    try:
+        embedder = Embedder.from_config(config, batch_size=batch_size)
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{path}: its embedder configuration is invalid ({err!r}).") from err
+    dim = embedder.output_shape[-1]
+    if dim != detector.n_features_in_:
+        raise UserError(
+            f"{path}: {what} was fitted on {detector.n_features_in_} features per "
+            f"{'patch' if detector.has_maps else 'image'}, but its embedder ({embedder!r}) "
+            f"gives {dim}: the file's metadata does not match its detector; refit the model."
+        )
+    return embedder
+
+
+def build_embedders(path: str, detector: Any, configs: Any, batch_size: int | None = None):
+    """The embedder (for a fused detector, the mapping of embedders) of
+    :func:`embedder_configs`, each checked against the features its detector was fitted on."""
+    if hasattr(detector, "n_features_in_"):
+        return _built(path, configs, detector, "its detector", batch_size)
+    components = dict(detector.components)
+    return {
+        name: _built(path, config, components[name], f"its component {name!r}", batch_size)
+        for name, config in configs.items()
+    }
