@@ -19,6 +19,7 @@ import numpy as np
 
 from msde_jax._memory import MemoryLimitError
 from msde_jax.cli.configuration import (
+    CONFIGURATION_OPTIONS,
     args_detector,
     args_embedder,
     backbone_name,
@@ -215,7 +216,13 @@ def _load_model(path: str):
 
 def cmd_score(args: argparse.Namespace) -> None:
     from msde_jax.detectors.base import no_maps_message
-    from msde_jax.pipeline.evaluation import check_heatmaps, embed, heatmaps, maps_threshold
+    from msde_jax.pipeline.evaluation import (
+        check_heatmaps,
+        embed,
+        heatmaps,
+        maps_embedder,
+        maps_threshold,
+    )
     from msde_jax.pipeline.volumes import read_volume_record
 
     detector, configs = _load_model(args.model)
@@ -240,8 +247,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     inputs = inputs.take(usable(inputs, args))
     items, names, groups = inputs.items, inputs.names, inputs.groups
     if args.heatmaps:  # their memory, before any image is embedded
-        shown = embedder[detector.maps_component] if isinstance(embedder, dict) else embedder
-        check_heatmaps(shown.image_size, len(items))
+        check_heatmaps(maps_embedder(embedder, detector).image_size, len(items))
     features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     scores = detector.score_samples(features)
     labels = (scores > detector.threshold_).astype(int)
@@ -283,7 +289,6 @@ def cmd_score(args: argparse.Namespace) -> None:
 def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     """The embedder and detector ``evaluate`` runs, what to call them, and their synthetic
     validation (``None`` when skipped) with the reason it was skipped."""
-    from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
     from msde_jax.pipeline.presets import RECOMMENDED, Candidate
     from msde_jax.pipeline.selection import synthetic_validation
 
@@ -292,7 +297,7 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
         embedder, detector, name, validation = selected(normals, args, cache_dir)
         return embedder, detector, f"{name} (selected)", validation, None
     embedder, detector = configured(args)
-    custom = given(args, ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS))
+    custom = given(args, CONFIGURATION_OPTIONS)
     name = "as given" if custom else f"{RECOMMENDED} (the default rule)"
     if args.paper:
         return embedder, detector, name, None, "transductive scores depend on the batch"

@@ -23,17 +23,21 @@ from msde_jax.cli.inputs import UserError
 from msde_jax.cli.parser import BANK_OPTIONS, MSDE_OPTIONS
 
 __all__ = [
+    "CONFIGURATION_OPTIONS",
     "args_detector",
     "args_embedder",
     "backbone_name",
+    "build_embedders",
     "configured",
     "detector_kind",
-    "build_embedders",
     "embedder_configs",
     "embedder_metadata",
     "given",
     "selected",
 ]
+
+# The options that choose the detector and its features (given: not the default rule).
+CONFIGURATION_OPTIONS = ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS)
 
 # What a saved model's embedder configuration must hold to rebuild its embedder.
 _EMBEDDER_KEYS = ("backbone", "weights", "image_size", "resize", "features", "dtype")
@@ -173,9 +177,9 @@ def selected(normals: Sequence[Any], args: argparse.Namespace, cache_dir: str):
     from msde_jax.pipeline.presets import candidates, seeded
     from msde_jax.pipeline.selection import select
 
-    chosen = given(args, ("detector", "features", "layers", *MSDE_OPTIONS, *BANK_OPTIONS)) + (
-        ["--threshold"] if args.threshold != "cross_fit" else []
-    )
+    chosen = given(args, CONFIGURATION_OPTIONS)
+    if args.threshold != "cross_fit":
+        chosen.append("--threshold")
     if getattr(args, "no_validation", False):  # evaluate's and demo's option
         chosen.append("--no-validation")
     if chosen:

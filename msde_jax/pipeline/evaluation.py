@@ -74,6 +74,7 @@ __all__ = [
     "evaluate_embeddings",
     "heatmaps",
     "limit_dataset",
+    "maps_embedder",
     "maps_threshold",
     "threshold_promise",
 ]
@@ -480,10 +481,9 @@ def heatmaps(
     """
     if not getattr(detector, "has_maps", False):
         raise ValueError(no_maps_message(detector))
-    if isinstance(embedder, Mapping):  # a FusedDetector's: its patch component's embedder
-        name = detector.maps_component
-        embedder = embedder[name]
-        features = features[name] if isinstance(features, Mapping) else features
+    if isinstance(features, Mapping):  # a FusedDetector's: its patch component's features
+        features = features[detector.maps_component]
+    embedder = maps_embedder(embedder, detector)
     check_heatmaps(embedder.image_size, len(items))
     if features is None:
         features = embed(embedder, items, cache_dir=cache_dir, what="input", progress=progress)
@@ -492,6 +492,12 @@ def heatmaps(
         [embedder.preprocess(item, name=f"image {i}") for i, item in enumerate(items)]
     )
     return images.astype(np.float32, copy=False), maps
+
+
+def maps_embedder(embedder: Any, detector: SupportsDetect) -> Any:
+    """The embedder whose features give ``detector``'s maps: ``embedder`` itself, or from a
+    :class:`~msde_jax.FusedDetector`'s mapping of embedders its patch component's."""
+    return embedder[detector.maps_component] if isinstance(embedder, Mapping) else embedder
 
 
 def maps_threshold(detector: SupportsDetect) -> float | None:
