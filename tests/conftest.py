@@ -2,10 +2,11 @@
 
 import os
 
-# Two host devices, so data-parallel code paths run on CPU too (must precede importing jax).
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-).strip()
+from testing import xla_flags
+
+# XLA reads its flags when jax starts its backend: they are set before anything imports jax
+# (pytest-xdist's workers inherit them from the controller, which sets them first).
+os.environ["XLA_FLAGS"] = xla_flags()
 
 # The suite does not share compiled programs through the user's cache folder (xdist workers,
 # compilation counts); tests/test_compilation_cache.py turns it on in fresh processes.
