@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from msde_jax.io.dicom import is_dicom, read_dicom  # pydicom itself only when a file needs it
 from msde_jax.io.errors import ImageReadError
@@ -98,6 +98,9 @@ PIXEL_VALUES = {
 }
 
 
+_ORIENTATION = 0x0112  # the EXIF tag viewers rotate an image by
+
+
 def _read_file(path: Path) -> np.ndarray:
     if not path.exists():
         raise ImageReadError(f"{path}: no such file.")
@@ -112,6 +115,8 @@ def _read_file(path: Path) -> np.ndarray:
                     "NIfTI (.nii.gz)."
                 )
             img.load()
+            if img.getexif().get(_ORIENTATION, 1) != 1:  # a rotated photograph: as shown
+                return _from_pil(ImageOps.exif_transpose(img), str(path))
             return _from_pil(img, str(path))
     except Image.DecompressionBombError as err:
         raise ImageReadError(
@@ -128,8 +133,14 @@ def _from_pil(img: Image.Image, name: str) -> np.ndarray:
         return to_float(np.asarray(img).astype(np.uint16), name=name)
     if mode == "I":  # 32-bit integer: 16-bit PNGs often open like this
         arr = np.asarray(img)
-        if arr.min() < 0 or arr.max() > 65535:
-            raise ImageReadError(f"{name}: 32-bit integer pixels outside the 16-bit range.")
+        if arr.min() < 0:  # a signed 16-bit TIFF of CT values, say
+            raise ImageReadError(
+                f"{name}: negative (signed) pixel values, down to {arr.min()}; save the image "
+                "as unsigned 8- or 16-bit or as float in [0, 1], or a CT or MR scan as a "
+                "volume (NIfTI or DICOM), whose values are windowed."
+            )
+        if arr.max() > 65535:
+            raise ImageReadError(f"{name}: 32-bit integer pixels above the 16-bit range.")
         return to_float(arr.astype(np.uint16), name=name)
     if mode == "F":
         return to_float(np.asarray(img, dtype=np.float32), name=name)

@@ -62,7 +62,8 @@ def read_nifti(
         path: a ``.nii`` or ``.nii.gz`` file holding one 3-D volume or 2-D image (a volume of
             one slice; trailing axes of length 1 are squeezed, a true 4-D series is refused).
         axis: the slicing plane after RAS+ reorientation, ``"axial"``, ``"coronal"`` or
-            ``"sagittal"`` (see the module docstring for the slice order and display).
+            ``"sagittal"`` (see the module docstring for the slice order and display). A
+            volume of one slice in another plane is read as that slice (said in its notes).
         window: intensity window percentiles (see :func:`~msde_jax.io.volumes.window_volume`),
             ``None`` for min-max.
         skip_empty: drop empty slices (see :func:`~msde_jax.io.volumes.empty_slices`).
@@ -111,6 +112,12 @@ def read_nifti(
         data = canonical.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter
     except Exception as err:  # truncated data (OSError), unreadable affines…
         raise ImageReadError(f"{name}: not a readable NIfTI volume ({err}).") from err
+    notes = []
+    single = [i for i in range(3) if data.shape[i] == 1]
+    if single and data.shape[_PLANE_AXES[axis][0]] > 1:  # one slice in another plane
+        own = next(plane for plane, axes in _PLANE_AXES.items() if axes[0] == single[0])
+        notes.append(f"one {own} slice: read in its plane, not as {axis} strips of one pixel")
+        axis = own
     s, r, c = _PLANE_AXES[axis]
     stack = data.transpose(s, r, c)[:, ::-1, ::-1]
     # (slice, row, column) → canonical voxel (i, j, k): rows and columns counted backwards.
@@ -127,6 +134,7 @@ def read_nifti(
         axis=axis,
         spacing=(sizes[s], sizes[r], sizes[c]),
         affine=canonical.affine @ to_voxel,
+        notes=notes,
         window=window,
         skip_empty=skip_empty,
     )

@@ -47,6 +47,13 @@ def test_files_png_jpeg_16bit(tmp_path):
     np.testing.assert_allclose(prepare(str(tmp_path / "a.jpg"), 32), prepare(GRAY8, 32), atol=0.03)
     # 16-bit precision is kept, not truncated to 8 bits.
     np.testing.assert_allclose(to_float(tmp_path / "deep.png")[..., 0], deep / 65535, atol=1e-6)
+    # A photograph whose EXIF orientation says "rotate 90° clockwise" is read as shown.
+    turned = Image.fromarray(GRAY8)
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    turned.save(tmp_path / "turned.png", exif=exif.tobytes())
+    shown = to_float(tmp_path / "turned.png")[..., 0]
+    np.testing.assert_allclose(shown, np.rot90(GRAY8, -1) / 255, atol=1e-7)
 
 
 def test_direct_resize_matches_pillow_bilinear():
@@ -96,6 +103,10 @@ def test_bad_files(tmp_path):
         to_float(tmp_path / "stack.tif")
     pages[0].save(tmp_path / "one.tif")
     np.testing.assert_allclose(to_float(tmp_path / "one.tif")[..., 0], GRAY8 / 255, atol=1e-7)
+    signed = (GRAY8.astype(np.int16) * 8 - 1000).astype(np.int16)  # CT values in a TIFF
+    Image.fromarray(signed).save(tmp_path / "ct.tif")
+    with pytest.raises(ImageReadError, match=r"ct\.tif: negative \(signed\) pixel values, down to"):
+        to_float(tmp_path / "ct.tif")
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.bool_])

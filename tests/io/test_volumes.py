@@ -245,6 +245,21 @@ def test_nifti_gz_squeezed_4d_nan_and_one_slice(tmp_path):
     np.testing.assert_array_equal(flat.slices, one.slices)
 
 
+def test_one_slice_in_another_plane_is_read_in_its_plane(tmp_path):
+    """A single sagittal or coronal image (a localizer, a 2-D export) is that one slice, not
+    the requested axis's strips of one pixel stretched to full images."""
+    data = _body((16, 12)).astype(np.float32)
+    sagittal = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], float)
+    vol = read_nifti(_write_nifti(tmp_path / "sag.nii", data, sagittal), skip_empty=False)
+    assert (vol.axis, vol.slices.shape) == ("sagittal", (1, 12, 16))
+    assert vol.notes == ("one sagittal slice: read in its plane, not as axial strips of one pixel",)
+    own = read_nifti(tmp_path / "sag.nii", axis="sagittal", skip_empty=False)
+    np.testing.assert_array_equal(own.slices, vol.slices)
+    assert own.notes == ()
+    coronal = read_nifti(_write_nifti(tmp_path / "cor.nii", data[:, None, :]), skip_empty=False)
+    assert (coronal.axis, coronal.slices.shape) == ("coronal", (1, 12, 16))
+
+
 def test_damaged_nifti_files_are_named(tmp_path):
     good = _write_nifti(tmp_path / "good.nii", _body((8, 16, 16)))
     raw = good.read_bytes()
