@@ -12,7 +12,11 @@ stacks each series along its own slice normal:
 - **Order**: by position along the slice normal, ``ImagePositionPatient · (r × c)`` with ``r``
   and ``c`` the row and column direction cosines of ImageOrientationPatient, increasing. When a
   slice lacks either attribute the series is ordered by InstanceNumber, and without that by
-  file name (a note says which). Two slices at the same position are refused.
+  file name, numbers in names compared as numbers (a note says which). Two slices at the same
+  position are refused.
+- **Other objects**: a DICOM object of the exam that has no slice position and cannot be read
+  as a slice (a structured report, a dose sheet, a colour screenshot) is left out, with a note
+  on each volume; a slice that cannot be read stops the folder, naming the file.
 - **Gaps**: with at least three slices, a step between consecutive positions (or instance
   numbers) larger than 1.5 × the median step means missing slices — about
   ``round(step / median) − 1`` of them. Each gap is recorded in the volume's ``gaps`` and a
@@ -29,6 +33,7 @@ Every slice of a series must have the same shape and orientation (else an
 """
 
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -101,27 +106,44 @@ def _dicom_files(folder: Path) -> list[Path]:
 def is_dicom_series(path: str | os.PathLike) -> bool:
     """Whether a folder holds a DICOM series: slices of a cross-sectional volume.
 
-    True when the folder directly holds DICOM files and the first of them (by name) has
-    ImagePositionPatient and ImageOrientationPatient, as CT, MR and PET slices do and 2-D
-    radiographs (CR, DX) do not. False without pydicom or for anything unreadable.
+    True when the folder directly holds DICOM files and one of them has ImagePositionPatient
+    and ImageOrientationPatient, as CT, MR and PET slices do and 2-D radiographs (CR, DX) do
+    not (the headers are read in name order until one has both: a screenshot or a report
+    beside the slices does not hide them). False without pydicom.
     """
     p = Path(path)
     if not p.is_dir():
         return False
     try:
         pydicom = _pydicom()
-        files = _dicom_files(p)
-        if not files:
-            return False
-        ds = pydicom.dcmread(
-            files[0],
-            stop_before_pixels=True,
-            force=True,
-            specific_tags=["ImagePositionPatient", "ImageOrientationPatient"],
-        )
-    except Exception:  # a predicate: unreadable means "not a series"
+    except ImportError:
         return False
-    return "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
+    for file in _dicom_files(p):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, force=True, specific_tags=_PLACE)
+        except Exception:  # a predicate: an unreadable file is not a slice
+            continue
+        if _is_slice_header(ds):
+            return True
+    return False
+
+
+_PLACE = ["ImagePositionPatient", "ImageOrientationPatient"]
+
+
+def _is_slice_header(ds: Any) -> bool:
+    return all(tag in ds for tag in _PLACE)
+
+
+def _not_a_slice(path: Path) -> bool:
+    """Whether a file is a DICOM object without a slice's place (a report, a screenshot, a
+    dose sheet): a readable header with a SOP class and no position or orientation."""
+    tags = [*_PLACE, "SOPClassUID"]
+    try:
+        ds = _pydicom().dcmread(path, stop_before_pixels=True, force=True, specific_tags=tags)
+    except Exception:
+        return False  # unreadable: its own error stands
+    return "SOPClassUID" in ds and not _is_slice_header(ds)
 
 
 def read_dicom_series(
@@ -149,9 +171,10 @@ def read_dicom_series(
 
     Raises:
         ImportError: pydicom is not installed (``pip install 'msde-jax[dicom]'``).
-        ImageReadError: no DICOM file; a file is unreadable, has no pixel data, is multi-frame
-            or colour; a series mixes slice shapes or orientations, or has two slices at the
-            same position (each message names the file or the series).
+        ImageReadError: no DICOM file; a slice (a file with a slice's position, or any file
+            when none can be read) is unreadable, has no pixel data, is multi-frame or colour;
+            a series mixes slice shapes or orientations, or has two slices at the same position
+            (each message names the file or the series).
 
     Warns:
         SeriesGapWarning: a series has missing slices (also recorded in ``Volume.gaps``).
@@ -174,7 +197,23 @@ def read_dicom_series(
         if not paths:
             raise ImageReadError("read_dicom_series: no files given.")
         root = paths[0].parent
-    slices = [_read_slice(p) for p in paths]
+    slices, others, first_error = [], [], None
+    for path in paths:
+        try:
+            slices.append(_read_slice(path))
+        except ImageReadError as err:
+            if not _not_a_slice(path):
+                raise  # a slice that cannot be read: its series would be wrong
+            others.append(path.name)
+            first_error = first_error or err
+    if not slices:
+        raise first_error
+    skipped = []
+    if others:  # objects of the exam that are not image slices, beside the slices
+        names = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        skipped.append(
+            f"{len(others)} DICOM object(s) without a slice's place or image left out ({names})"
+        )
     groups: dict[str, list[_Slice]] = {}
     for s in slices:
         groups.setdefault(s.series, []).append(s)
@@ -183,6 +222,7 @@ def read_dicom_series(
     for uid in order:
         name = f"{root.name or 'series'}-{uid}" if uid else (root.name or "series")
         volume = _volume(groups[uid], name, str(root), window=window, skip_empty=skip_empty)
+        volume = volume._replace(notes=(*volume.notes, *skipped))
         if volume.gaps:
             missing = ", ".join(f"~{m} after slice {i}" for i, m in volume.gaps)
             warnings.warn(
@@ -229,6 +269,14 @@ def _read_slice(path: Path) -> _Slice:
         pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
         thickness=float(thickness[0]) if thickness is not None else None,
     )
+
+
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key that orders ``IM2`` before ``IM10`` (digit runs as numbers)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(name))
+
+
+_DIGITS = re.compile(r"(\d+)")
 
 
 def _floats(value: Any, n: int) -> np.ndarray | None:
@@ -285,8 +333,9 @@ def _volume(
         keys = None
         if len(slices) > 1:
             notes.append("ordered by file name (no slice positions or instance numbers)")
-    if keys is None:
-        order = np.argsort([s.path for s in slices], kind="stable")
+    if keys is None:  # IM2 before IM10: runs of digits compare as numbers
+        names = [_natural(s.path) for s in slices]
+        order = np.array(sorted(range(len(slices)), key=names.__getitem__), np.intp)
     else:
         order = np.argsort(keys, kind="stable")
     slices = [slices[i] for i in order]

@@ -459,6 +459,45 @@ def test_mixed_series_in_one_folder_give_two_volumes(tmp_path):
     assert len(read_volumes(tmp_path)) == 2
 
 
+def test_objects_that_are_not_slices_are_left_out_with_a_note(tmp_path):
+    """A report or dose sheet beside the slices (no pixels, no slice position), even first by
+    name, neither hides the series nor stops it; a slice that cannot be read still does."""
+    import pydicom
+    from testing import write_dicom
+
+    folder = tmp_path / "exam"
+    _write_series(folder, _body((3, 16, 16)))
+    report = write_dicom(folder / "0_report.dcm", np.zeros((4, 4)), SeriesInstanceUID="9.9.9")
+    ds = pydicom.dcmread(report)
+    del ds.PixelData
+    ds.save_as(report, enforce_file_format=True)
+    assert is_dicom_series(folder)
+    (vol,) = read_volumes(folder)
+    assert vol.n_slices == 3
+    assert vol.notes[-1] == (
+        "1 DICOM object(s) without a slice's place or image left out (0_report.dcm)"
+    )
+    ds = pydicom.dcmread(folder / "s001.dcm")
+    del ds.PixelData
+    ds.save_as(folder / "s001.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match=r"s001\.dcm: DICOM file without pixel data"):
+        read_dicom_series(folder)
+
+
+def test_slices_without_places_are_ordered_by_the_numbers_in_their_names(tmp_path):
+    for n in range(1, 12):  # IM1 … IM11, as an export names them: IM2 comes before IM10
+        _write_slice(
+            tmp_path / f"IM{n}",
+            np.full((8, 8), 1024 + 10 * n),
+            position=None,
+            orientation=None,
+            instance=None,
+        )
+    (vol,) = read_dicom_series(tmp_path, window=None, skip_empty=False)
+    assert vol.notes == ("ordered by file name (no slice positions or instance numbers)",)
+    np.testing.assert_array_equal(np.argsort(vol.slices.mean(axis=(1, 2))), np.arange(11))
+
+
 def test_single_file_series_and_file_lists(tmp_path):
     path = _write_slice(
         tmp_path / "one.dcm", _body((16, 16)) + 1024, position=(0, 0, 0), SliceThickness="1.25"
