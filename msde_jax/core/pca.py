@@ -71,7 +71,8 @@ def _full_pca(x: jax.Array, valid: jax.Array | None = None) -> PCAState:
     pivot = jnp.take_along_axis(vt, jnp.argmax(jnp.abs(vt), axis=1)[:, None], axis=1)
     signs = jnp.where(pivot < 0, -1, 1).astype(vt.dtype)
     variance = s**2 / (count - 1)
-    return PCAState(mean, vt * signs, variance, variance / jnp.sum(variance))
+    total = jnp.sum(variance)  # 0 for constant rows: no direction explains anything
+    return PCAState(mean, vt * signs, variance, variance / jnp.where(total > 0, total, 1))
 
 
 def _truncate(state: PCAState, n_components: int) -> PCAState:

@@ -379,11 +379,21 @@ class Detector:
         self._check_threshold()
         return (self.score_samples(X) > self.threshold_).astype(int)
 
-    def fit_predict(self, X: ArrayLike, y: Any = None) -> np.ndarray:
-        """Fit on ``X`` (every row a normal; ``y`` is ignored) and return ``labels_``: its
-        out-of-fold (or in-sample) 0/1 labels."""
+    def fit_predict(
+        self, X: ArrayLike, y: Any = None, *, groups: ArrayLike | None = None
+    ) -> np.ndarray:
+        """Fit on ``X`` (every row a normal; ``y`` is ignored; ``groups`` as in :meth:`fit`)
+        and return ``labels_``: its out-of-fold (or in-sample) 0/1 labels.
+
+        Raises:
+            ValueError: fitted with ``threshold="none"``, which gives no labels (as
+                :meth:`predict`).
+        """
         del y
-        return self.fit(X).labels_
+        self.fit(X, groups=groups)
+        if math.isnan(self.threshold_):
+            self._check_threshold()  # says why there are no labels
+        return self.labels_
 
     # ------------------------------------------------------------------ persistence
     def _saved_params(self) -> dict[str, Any]:

@@ -279,9 +279,10 @@ class FusedDetector(Detector):
         if not components:
             raise ValueError("FusedDetector needs at least one component.")
         for name in components:
-            if not isinstance(name, str) or not name or "/" in name:
+            if not isinstance(name, str) or not name or "/" in name or "__" in name:
                 raise ValueError(
-                    f"component names must be non-empty strings without '/', got {name!r}."
+                    "component names must be non-empty strings without '/' or '__' (which "
+                    f"set_params reads as <component>__<param>), got {name!r}."
                 )
         if len({id(c) for c in components.values()}) != len(components):
             raise ValueError(
@@ -364,12 +365,14 @@ class FusedDetector(Detector):
                 if isinstance(err, ValueError):
                     raise ValueError(f"component {name!r}: {err}") from err
                 raise
+        self.__dict__.pop("metadata_", None)  # a loaded detector's; this fit is new
         oof = {name: np.asarray(c.decision_scores_) for name, c in components.items()}
         self._fitted_with = {
             "components": components,
             "contamination": self.contamination,
             "calibration": self.calibration,
         }
+        self._component_states = {name: c.state_ for name, c in components.items()}
         if self.calibration == "rank":
             if len(next(iter(oof.values()))) < 3:
                 raise ValueError("calibration='rank' needs at least 3 training samples.")
@@ -382,8 +385,29 @@ class FusedDetector(Detector):
         self._set_scores(scores, quantile_threshold(scores, self.contamination))
         return self
 
-    def _raw_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+    def _check_components_unchanged(self) -> None:
+        """Refuse to score or save with a component refitted, or another detector put in its
+        place, since this detector's fit: its calibration and ``threshold_`` are on the scores
+        of the components it fitted."""
         self._check_fitted()
+        fitted = self._fitted_with["components"]
+        states = getattr(self, "_component_states", {})
+        changed = [
+            name
+            for name, component in dict(self.components).items()
+            if fitted.get(name) is not component
+            or getattr(component, "state_", None) is not states.get(name)
+        ]
+        if changed:
+            which = ", ".join(map(repr, changed))
+            raise ValueError(
+                f"component {which} was refitted or replaced after this FusedDetector's fit, "
+                "whose calibration and threshold_ are on the scores of the components it "
+                "fitted: fit the FusedDetector again (it fits every component)."
+            )
+
+    def _raw_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+        self._check_components_unchanged()
         components = dict(self.components)
         X = self._checked_features(X, list(components))
         scores = {}
@@ -458,6 +482,7 @@ class FusedDetector(Detector):
     # The base's to_arrays / from_arrays / save / load over these hooks: one file, each
     # component's own (meta, arrays) inside it, its arrays prefixed "<name>/".
     def _component_arrays(self) -> dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        self._check_components_unchanged()
         parts = {}
         for name, component in dict(self.components).items():
             try:
@@ -586,6 +611,7 @@ class FusedDetector(Detector):
             "contamination": self.contamination,
             "calibration": self.calibration,
         }
+        self._component_states = {name: c.state_ for name, c in self.components.items()}
         if rank:
             rows = np.asarray(arrays["fusion.sorted"], np.float64)
             self.state_ = rank_calibration(dict(zip(names, rows, strict=True)))

@@ -564,14 +564,14 @@ class PatchBankDetector(Detector):
                 f"file {'holds' if has_rule else 'lacks'} a foreground rule."
             )
         where = self.state_.position
-        if where is not None:  # (size, 2) places in [0, 1], a finite weight > 0
+        if where is not None:  # (size, 2) places in [0, 1], a finite weight ≥ 0 (0: constant)
             places, weight = np.asarray(where.bank), float(where.weight)
             if places.shape != (bank.shape[0], 2) or not (0 <= places.min() and places.max() <= 1):
                 raise ValueError(
                     f"not a valid saved PatchBankDetector: bank positions of shape "
                     f"{places.shape} outside [0, 1] or not one (row, column) per bank row."
                 )
-            if not (math.isfinite(weight) and weight > 0):
+            if not (math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"not a valid saved PatchBankDetector: position weight {weight}.")
         if (where is None) != (self.position == 0):
             raise ValueError(

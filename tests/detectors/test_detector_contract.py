@@ -74,3 +74,31 @@ def test_score_neighbors_beyond_the_training_rows_is_refused_not_padded(rows):
     det.set_params(score_neighbors=38)
     with pytest.raises(ValueError, match="fitted on 37; set a smaller score_neighbors"):
         det.score_samples(rows[37:])
+
+
+def test_fit_predict_without_a_threshold_says_so_and_takes_groups(rows):
+    """scikit-learn's fit_predict: labels, or predict's error when there is no threshold
+    (it returned an empty array), and the groups fit takes."""
+    with pytest.raises(ValueError, match="threshold='none': it ranks samples"):
+        MSDEDetector(mode="none", threshold="none").fit_predict(rows)
+    groups = np.repeat(np.arange(10), 4)
+    det = MSDEDetector(mode="none")
+    labels = det.fit_predict(rows, groups=groups)
+    np.testing.assert_array_equal(
+        labels, MSDEDetector(mode="none").fit(rows, groups=groups).labels_
+    )
+
+
+def test_a_fit_on_constant_rows_saves_a_file_that_loads(tmp_path):
+    """Constant training rows (a blank channel, a test pattern): the PCA explains no variance
+    (its ratios were 0/0 = NaN) and the bank's position weight is 0; both files load."""
+    msde = MSDEDetector(mode="none", n_components=3).fit(np.ones((30, 4), np.float32))
+    assert np.isfinite(np.asarray(msde.state_.pca.explained_variance_ratio)).all()
+    msde.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(
+        MSDEDetector.load(tmp_path / "m.npz").score_samples(np.ones((2, 4))),
+        msde.score_samples(np.ones((2, 4))),
+    )
+    bank = PatchBankDetector(size=20, position=1.0).fit(np.ones((10, 16, 4), np.float32))
+    bank.save(tmp_path / "b.npz")
+    assert PatchBankDetector.load(tmp_path / "b.npz").threshold_ == bank.threshold_

@@ -397,6 +397,30 @@ def test_predict_refuses_a_stale_threshold(fitted, tmp_path):
         det.to_arrays()
 
 
+def test_a_component_refitted_alone_is_refused_and_a_refit_drops_loaded_metadata(
+    fitted, rng, tmp_path
+):
+    """The fused calibration and threshold_ are on the scores of the components as fitted
+    with it: one refitted on its own would be scored on the old statistics."""
+    det, test = fitted
+    det.save(tmp_path / "f.npz", metadata={"embedders": "the old ones"})
+    loaded = load_detector(tmp_path / "f.npz")
+    np.testing.assert_allclose(loaded.score_samples(test), det.score_samples(test), rtol=1e-6)
+    loaded.components["wide"].fit(test["wide"] * 10)
+    for act in (loaded.score_samples, loaded.predict):
+        with pytest.raises(ValueError, match=r"component 'wide' was refitted or replaced"):
+            act(test)
+    with pytest.raises(ValueError, match=r"component 'wide' was refitted or replaced"):
+        loaded.save(tmp_path / "stale.npz")
+    loaded.fit(_features(rng, N_TRAIN))  # the whole detector again: fine, and new
+    assert not hasattr(loaded, "metadata_")
+    loaded.save(tmp_path / "new.npz")
+    assert load_detector(tmp_path / "new.npz").metadata_ == {}
+    # "__" joins a component's name to its parameter: not in a name.
+    with pytest.raises(ValueError, match="without '/' or '__'"):
+        FusedDetector({"x__y": MSDEDetector(**PARAMS)}).fit({"x__y": test["wide"]})
+
+
 # ---------------------------------------------------------------------- evaluation
 class FakeEmbedder:
     """What the pipeline needs from an Embedder: ``config()``, ``embed(items)``, ``backbone``."""
