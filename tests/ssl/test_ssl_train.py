@@ -1,6 +1,6 @@
 """Self-supervised backbone adaptation: training, checkpoints, export, data parallelism.
 
-A tiny configuration (ResNet-18 from scratch at 32 px, 8 PneumoniaMNIST images per step, a
+A tiny configuration (ResNet-18 from scratch at 16 px, 8 PneumoniaMNIST images per step, a
 constant learning rate) shares one compiled step across the tests.
 """
 
@@ -33,7 +33,7 @@ TINY = TrainConfig(
     backbone="resnet18",
     task="cutpaste",
     init="scratch",
-    image_size=32,
+    image_size=16,
     batch_size=8,
     steps=30,
     learning_rate=1e-3,
@@ -92,7 +92,7 @@ def test_adapted_backbone_loads_into_embedder_with_frozen_statistics(trained, no
     assert meta["kind"] == "backbone"
     assert json.loads(meta["training"])["config"]["task"] == "cutpaste"
 
-    embedder = Embedder("resnet18", weights=path, image_size=32, batch_size=8, progress=False)
+    embedder = Embedder("resnet18", weights=path, image_size=16, batch_size=8, progress=False)
     batch = embedder.embed(normals[:8])
     # The same numbers as running the trained variables in inference mode by hand.
     spec = backbone_spec("resnet18")
@@ -102,7 +102,7 @@ def test_adapted_backbone_loads_into_embedder_with_frozen_statistics(trained, no
     # Frozen statistics: one image alone embeds exactly as inside a batch.
     np.testing.assert_allclose(embedder.embed(normals[3:4])[0], batch[3], rtol=1e-5, atol=1e-6)
     # In-memory variables work too, and fingerprint identically to the file.
-    same = Embedder("resnet18", weights=trained.variables, image_size=32, progress=False)
+    same = Embedder("resnet18", weights=trained.variables, image_size=16, progress=False)
     assert same.weights_sha256 == embedder.weights_sha256
     assert embedder.weights_sha256 != Embedder("resnet18", weights="random").weights_sha256
 
@@ -157,14 +157,14 @@ def test_saved_checkpoint_round_trips_and_gives_the_same_next_step(trained, norm
     assert config == TINY
     _assert_trees_equal(state, trained.state)
     step = make_train_step(TINY)
-    batch = prepare_images(normals[:8], 32, progress=False)
+    batch = prepare_images(normals[:8], 16, progress=False)
     a, metrics_a = step(step.replicate(trained.state), batch)
     b, metrics_b = step(step.replicate(state), batch)
     _assert_trees_equal((a, metrics_a), (b, metrics_b))
     with pytest.raises(ValueError, match="not a training checkpoint"):
         load_checkpoint(save_backbone(tmp_path / "b.safetensors", trained.state, TINY))
     with pytest.raises(ValueError, match="is a training checkpoint, not an adapted backbone"):
-        Embedder("resnet18", weights=path, image_size=32, progress=False)
+        Embedder("resnet18", weights=path, image_size=16, progress=False)
     # An AnatPaste run checkpointed before its source images were drawn apart (no "sampling")
     # is not resumed: the two ways of sampling would mix.
     from msde_jax.backbones.weight_files import load_variables, save_variables
@@ -182,8 +182,8 @@ def test_data_parallel_step_matches_one_device(normals):
     assert len(devices) == 2  # conftest forces two host devices
     from msde_jax.backbones.variables import load_backbone_variables
 
-    variables, _ = load_backbone_variables("resnet18", "random", image_size=32)
-    batch = prepare_images(normals[:8], 32, progress=False)
+    variables, _ = load_backbone_variables("resnet18", "random", image_size=16)
+    batch = prepare_images(normals[:8], 16, progress=False)
     # SGD, whose update is proportional to the gradient (Adam's first step is ≈ lr·sign(g),
     # which flips for gradients at rounding level).
     config = dataclasses.replace(TINY, optimizer="sgd", learning_rate=0.1)
@@ -270,7 +270,7 @@ def test_config_errors_name_the_fix():
             check_training_memory(24, dataclasses.replace(TINY, task=task))
     finally:
         ssl_config.check_memory = saved
-    assert seen == [3 * 8 * 32 * 32 * 3 * 4, 2 * 8 * 32 * 32 * 3 * 4]
+    assert seen == [3 * 8 * 16 * 16 * 3 * 4, 2 * 8 * 16 * 16 * 3 * 4]
 
 
 def test_a_diverging_run_is_one_error_line(tmp_path, capsys, monkeypatch):
@@ -298,7 +298,7 @@ def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_
     np.savez(stack, images=normals[:16])
     run = tmp_path / "run"
     args = ["--backbone", "resnet18", "--init", "scratch", "--task", "cutpaste"]
-    args += ["--image-size", "32", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "0"]
+    args += ["--image-size", "16", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "0"]
     args += ["--schedule", "constant", "--head-hidden", "64", "--log-every", "1"]
     assert main(["train-backbone", str(stack), "--out", str(run), "--steps", "2", *args]) == 0
     printed = capsys.readouterr().out
@@ -308,7 +308,7 @@ def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_
     assert "--resume" in capsys.readouterr().err
     emb = tmp_path / "emb.npz"
     weights = str(run / "backbone.safetensors")
-    common = ["--image-size", "32", "--batch-size", "8", "--out", str(emb)]
+    common = ["--image-size", "16", "--batch-size", "8", "--out", str(emb)]
     assert main(["embed", str(stack), "--backbone", "resnet18", "--weights", weights, *common]) == 0
     with np.load(emb) as z:
         assert z["embeddings"].shape == (16, 512)
