@@ -43,9 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         pickle.UnpicklingError,
         OSError,
         FloatingPointError,
+        OverflowError,
     ) as err:
         # ImageReadError is a ValueError; download failures are OSErrors; a training run whose
-        # loss diverged raises FloatingPointError. MSDE_JAX_DEBUG=1
+        # loss diverged raises FloatingPointError; a number too large for an array, an
+        # OverflowError. MSDE_JAX_DEBUG=1
         # shows the traceback instead.
         if os.environ.get("MSDE_JAX_DEBUG"):
             raise

@@ -150,6 +150,18 @@ def _fit_embeddings(args: argparse.Namespace):
         raise UserError("--select embeds the images with each candidate: drop --embeddings.")
     if len(args.sources) != 1 or not args.sources[0].endswith(".npz"):
         raise UserError("--embeddings expects one .npz file with an 'embeddings' array.")
+    from msde_jax.cli.parser import build_parser
+
+    defaults = build_parser().parse_args(["fit", "x.npz", "--out", "y.npz"])
+    embedding = ("backbone", "weights", "image_size", "batch_size", "features", "layers")
+    embedding += ("cache_dir", "axis", "skip_unreadable")
+    ignored = [n for n in embedding if getattr(args, n) != getattr(defaults, n)]
+    if ignored:  # the file's embedder made the features: these would be dropped silently
+        options = ", ".join("--" + n.replace("_", "-") for n in ignored)
+        raise UserError(
+            f"{options}: the features of --embeddings were made by the embedder the file "
+            "records; drop them (or embed the images again with msde-jax embed)."
+        )
     _check_out(args.out, inputs=args.sources)
     features, config = _read_embeddings(args.sources[0])
     detector = args_detector(args, features.ndim)
@@ -299,7 +311,7 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     embedder, detector = configured(args)
     custom = given(args, CONFIGURATION_OPTIONS)
     name = "as given" if custom else f"{RECOMMENDED} (the default rule)"
-    if args.paper:
+    if args.paper and detector.mode == "transductive":  # the preset's, unless --mode says
         return embedder, detector, name, None, "transductive scores depend on the batch"
     if args.no_validation:
         return embedder, detector, name, None, "--no-validation"
@@ -349,7 +361,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
             embedder,
             detector,
             cache_dir=cache_dir,
-            mode_label="paper preset (transductive)" if args.paper else None,
+            mode_label=f"paper preset ({detector.mode})" if args.paper else None,
         )
         maps = None
         if detector.has_maps:  # the report's overlays: embedded again from the cache
@@ -385,7 +397,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     if validation is None:
         print(f"synthetic validation: skipped ({skipped})")
     else:
-        own = next(v for n, v in validation.scores.items() if name.startswith(n))
+        own = validation.scores[name.removesuffix(" (selected)")]  # not a prefix: knn:head
         print(
             f"synthetic-validation AUROC {own.auroc:.3f} ({validation.summary()}; "
             f"{validation.seconds:.0f} s, {len(validation.scores)} configuration(s)"

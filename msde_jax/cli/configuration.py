@@ -16,6 +16,7 @@ back (:func:`embedder_configs`, checked before any other work) and rebuilds
 """
 
 import argparse
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -109,9 +110,12 @@ def args_embedder(args: argparse.Namespace):
                 "detector cannot use: use --detector bank, or --features pooled."
             )
     layers = [n.strip() for value in args.layers or () for n in value.split(",") if n.strip()]
+    weights = args.weights
+    if weights is not None and os.path.isfile(weights):  # a model saved with it scores anywhere
+        weights = os.path.abspath(weights)
     return Embedder(
         args.backbone,
-        weights=args.weights,
+        weights=weights,
         image_size=args.image_size,
         batch_size=args.batch_size,
         features=features or "pooled",

@@ -65,13 +65,14 @@ def _positive_int(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    """An argparse type: an integer of at least 0 (a PRNG seed)."""
+    """An argparse type: an integer in [0, 2**32) (a PRNG seed: JAX's keys hold 32 bits, so a
+    larger one would repeat a smaller one's draws)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text!r}")
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}")
     return value
 
 

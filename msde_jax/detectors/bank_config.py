@@ -19,6 +19,9 @@ __all__ = ["CORESETS", "FOREGROUNDS", "BankConfig"]
 
 FOREGROUNDS = (None, "pca")
 CORESETS = ("greedy", "two_stage")
+# The largest ``position``: a patch's place alone decides its distance well before, and far
+# beyond it the scaled places overflow float32 (an infinite threshold, a file that cannot load).
+MAX_POSITION = 1e4
 
 
 @jax.tree_util.register_static
@@ -125,6 +128,11 @@ class BankConfig(BaseConfig):
         )
         if not (real and math.isfinite(self.position) and self.position >= 0):
             raise ValueError(f"position must be a finite number >= 0, got {self.position!r}.")
+        if self.position > MAX_POSITION:
+            raise ValueError(
+                f"position must be at most {MAX_POSITION:g} (far below, a patch's place alone "
+                f"decides its distance), got {self.position!r}."
+            )
 
     def unread_by_score(self) -> tuple[str, ...]:
         """``fit_only``; the bank's making (``size``, ``projection_dim``, ``seed``, and the

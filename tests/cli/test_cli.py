@@ -253,6 +253,8 @@ def _select_demo(tmp_path, capsys, n_candidates):
     best = max(measured, key=measured.get)  # the first of equals, as select()
     assert config["configuration"] == f"{best} (selected)"
     assert f"configuration: {best} (selected)" in printed
+    # its own AUROC, looked up by name (a prefix matched knn:head for knn:head-cosine)
+    assert f"synthetic-validation AUROC {measured[best]:.3f} (" in printed
     assert f"{n_candidates} configuration(s); msde:head not fitted)" in printed
 
 
@@ -369,6 +371,22 @@ def test_fit_select_saves_the_chosen_configuration(tmp_path, folder, capsys, mon
     )
 
 
+def test_options_that_would_be_ignored_or_wrap_around_are_refused(tmp_path, capsys):
+    """The embedder's options with --embeddings (the file's embedder made the features), and
+    a seed beyond JAX's 32 bits (it repeated a smaller seed's draws)."""
+    fit = ["fit", str(tmp_path / "e.npz"), "--embeddings", "--out", str(tmp_path / "m.npz")]
+    assert main([*fit, "--backbone", "resnet18", "--image-size", "64"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --backbone, --image-size: the features of --embeddings were made by the embedder"
+    )
+    for seed in ("4294967296", "-1"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["demo", "--out", str(tmp_path / "r"), "--seed", seed])
+        assert exit_.value.code == 2
+        assert "expected an integer in [0, 2**32)" in capsys.readouterr().err
+    assert build_parser().parse_args(["demo", "--seed", "4294967295"]).seed == 2**32 - 1
+
+
 def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
     path = tmp_path / "d.npz"
     np.savez(path, **pneumonia)
@@ -378,8 +396,14 @@ def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
         == 0
     )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["mode"].startswith("paper")
+    assert metrics["config"]["mode"].startswith("paper preset (transductive)")
     assert "AUROC" in capsys.readouterr().out
+    # The preset with --mode inductive is what it says (it was labelled transductive).
+    again = ["evaluate", str(path), "--out", str(tmp_path / "i"), "--paper", "--mode", "inductive"]
+    assert main([*again, *FAST, "--no-validation"]) == 0
+    metrics = json.loads((tmp_path / "i" / "metrics.json").read_text())
+    assert metrics["config"]["mode"].startswith("paper preset (inductive)")
+    assert "synthetic validation: skipped (--no-validation)" in capsys.readouterr().out
 
 
 def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys, monkeypatch):
@@ -616,6 +640,10 @@ def test_position_option_reaches_the_bank():
     assert anywhere.get_params()["position"] == 0.0
     with pytest.raises(UserError, match="position must be a finite number >= 0, got -2.0"):
         args_detector(build_parser().parse_args([*fit, "--position", "-2"]))
+    with pytest.raises(
+        UserError, match=r"position must be at most 10000 .*got 1e\+20"
+    ):  # float32 overflowed
+        args_detector(build_parser().parse_args([*fit, "--position", "1e20"]))
     with pytest.raises(UserError, match="--position is a memory-bank option"):
         args_detector(build_parser().parse_args([*fit, "--position", "2", "--detector", "msde"]))
 
@@ -654,3 +682,25 @@ def test_npz_inputs_the_command_line_cannot_read_say_what_it_can(tmp_path, capsy
     assert "--embeddings" in capsys.readouterr().err
     assert main(["embed", str(tmp_path / "one.npz"), str(tmp_path / "one.npz"), *out]) == 2
     assert "must be the command's only input" in capsys.readouterr().err
+
+
+def test_a_weights_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    """A model fitted with `--weights w/b.safetensors` scores from any folder."""
+    import msde_jax.embedder
+    from msde_jax.cli.configuration import args_embedder
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "b.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        ("w/b.safetensors", str(tmp_path / "w" / "b.safetensors")),
+        ("random", "random"),  # not a file: a name
+    ]
+    parsed = [
+        build_parser().parse_args(["fit", "x", "--out", "m", "--weights", w]) for w, _ in cases
+    ]
+    seen = {}
+    monkeypatch.setattr(msde_jax.embedder, "Embedder", lambda backbone, **kw: seen.update(kw))
+    for args, (_, recorded) in zip(parsed, cases, strict=True):
+        args_embedder(args)
+        assert seen["weights"] == recorded
