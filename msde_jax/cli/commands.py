@@ -29,6 +29,7 @@ from msde_jax.cli.configuration import (
     embedder_metadata,
     given,
     selected,
+    volume_ids,
 )
 from msde_jax.cli.inputs import (
     UserError,
@@ -194,7 +195,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="msde-jax-") as tmp:
             cache_dir = args.cache_dir or (tmp if args.select else None)
             if args.select:
-                embedder, detector, name, validation = selected(inputs.items, args, cache_dir)
+                embedder, detector, name, validation = selected(
+                    inputs.items, args, cache_dir, volume_ids(inputs.groups)
+                )
                 print(
                     f"configuration: {name} (selected): synthetic-validation AUROC "
                     f"{validation.scores[name].auroc:.3f} ({validation.summary()}; "
@@ -304,9 +307,9 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     from msde_jax.pipeline.presets import RECOMMENDED, Candidate
     from msde_jax.pipeline.selection import synthetic_validation
 
-    normals = dataset.train_normal
+    normals, groups = dataset.train_normal, volume_ids(dataset.split_groups("train_normal"))
     if args.select:
-        embedder, detector, name, validation = selected(normals, args, cache_dir)
+        embedder, detector, name, validation = selected(normals, args, cache_dir, groups)
         return embedder, detector, f"{name} (selected)", validation, None
     embedder, detector = configured(args)
     custom = given(args, CONFIGURATION_OPTIONS)
@@ -318,7 +321,11 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     if len(normals) < 10:
         return embedder, detector, name, None, "fewer than 10 training normals"
     validation = synthetic_validation(
-        normals, {name: Candidate(embedder, detector)}, cache_dir=cache_dir, seed=args.seed
+        normals,
+        {name: Candidate(embedder, detector)},
+        cache_dir=cache_dir,
+        seed=args.seed,
+        groups=groups,
     )
     return embedder, detector, name, validation, None
 

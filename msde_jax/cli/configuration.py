@@ -173,11 +173,17 @@ def configured(args: argparse.Namespace) -> tuple[Any, Any]:
     return embedders, _validated(seeded(detector, args.seed))
 
 
-def selected(normals: Sequence[Any], args: argparse.Namespace, cache_dir: str):
+def volume_ids(groups: Any) -> Any:
+    """The volume of each item of ``groups`` (:class:`~msde_jax.io.inputs.SliceGroups`) for
+    the synthetic validation's split, ``None`` without volumes (images split one by one)."""
+    return groups.fold_groups() if groups.has_volumes else None
+
+
+def selected(normals: Sequence[Any], args: argparse.Namespace, cache_dir: str, groups: Any = None):
     """``--select``: the candidate of :func:`~msde_jax.pipeline.presets.candidates` with the
-    highest synthetic-validation AUROC on ``normals``, as ``(embedder, detector, name,
-    validation)``; the detector is the candidate's template, unfitted, with
-    ``--contamination``."""
+    highest synthetic-validation AUROC on ``normals`` (``groups``: their volumes, kept whole
+    by the validation's split), as ``(embedder, detector, name, validation)``; the detector
+    is the candidate's template, unfitted, with ``--contamination``."""
     from msde_jax.pipeline.presets import candidates, seeded
     from msde_jax.pipeline.selection import select
 
@@ -193,7 +199,7 @@ def selected(normals: Sequence[Any], args: argparse.Namespace, cache_dir: str):
     for candidate in pool.values():  # a bad --contamination is refused before any embedding
         seeded(candidate.detector, args.seed).set_params(contamination=args.contamination)
         _validated(candidate.detector)
-    selection = select(normals, pool, cache_dir=cache_dir, seed=args.seed)
+    selection = select(normals, pool, cache_dir=cache_dir, seed=args.seed, groups=groups)
     embedder, detector = selection.candidate
     return embedder, detector, selection.name, selection.validation
 

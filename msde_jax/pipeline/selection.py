@@ -97,6 +97,7 @@ def validation_set(
     held_out: float = 0.2,
     anomalies_per_normal: int = 2,
     seed: int = 0,
+    groups: Any = None,
 ) -> ValidationSet:
     """Split normals by content and make synthetic anomalies from one held-out half.
 
@@ -119,6 +120,11 @@ def validation_set(
         held_out: the share of normals held out, in (0, 0.5].
         anomalies_per_normal: synthetic anomalies per clean held-out normal.
         seed: seed of the synthesis (the split depends on content only).
+        groups: one group id per normal (the volume each slice comes from,
+            :meth:`~msde_jax.io.inputs.SliceGroups.fold_groups`): a group's normals stay in
+            one part, so no held-out slice has a neighbour slice in the fitting part. Groups
+            are ordered by their least content key; with fewer than 3 groups the normals are
+            split one by one.
 
     Raises:
         ValueError: fewer than 10 normals, or ``held_out`` outside (0, 0.5].
@@ -143,14 +149,8 @@ def validation_set(
         image = read(i)
         keys.append(_content_key(image))
         shapes.add(image.shape)
-    order = np.argsort(np.concatenate(keys), kind="stable")
     n_out = max(4, round(held_out * n))
-    n_val = n_out // 2
-    fit, val, sources = (
-        np.sort(order[: n - n_out]),
-        np.sort(order[n - n_out : n - n_out + n_val]),
-        np.sort(order[n - n_out + n_val :]),
-    )
+    fit, val, sources = _split(np.concatenate(keys), n_out, groups)
     if len(shapes) == 1:
         images = np.stack([read(i) for i in sources])
     else:  # different sizes or channel counts: one RGB side for all
@@ -167,6 +167,46 @@ def validation_set(
         kinds.append(np.asarray(KINDS)[np.asarray(made.kinds)])
     anomalies = np.round(np.clip(np.concatenate(parts), 0, 1) * 255).astype(np.uint8)
     return ValidationSet(fit, val, sources, anomalies, np.concatenate(kinds))
+
+
+def _split(keys: np.ndarray, n_out: int, groups: Any) -> tuple[np.ndarray, ...]:
+    """(fitting, held-out normal, source) indices: the last ``n_out`` in content order, halved;
+    with ``groups``, whole groups (in the order of their least key) until ``n_out`` is reached."""
+    n = len(keys)
+    ids = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    if ids is not None and ids.max() >= 2:  # 3 groups or more
+        parts = _split_groups(keys, n_out, ids.ravel())
+        if min(map(len, parts)) >= 2:  # else (a group of one slice held out) one by one
+            return parts
+    order = np.argsort(keys, kind="stable")
+    n_val = n_out // 2
+    parts = (order[: n - n_out], order[n - n_out : n - n_out + n_val], order[n - n_out + n_val :])
+    return tuple(np.sort(part) for part in parts)
+
+
+def _split_groups(keys: np.ndarray, n_out: int, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`_split` of whole groups (``ids``: 0 … g − 1, g ≥ 3)."""
+    least = np.full(ids.max() + 1, np.iinfo(keys.dtype).max, keys.dtype)
+    np.minimum.at(least, ids, keys)
+    sizes = np.bincount(ids)
+    out: list[int] = []  # held-out groups, from the end of the content order
+    for g in np.argsort(least, kind="stable")[::-1]:
+        if len(out) >= 2 and sizes[out].sum() >= n_out:
+            break
+        out.append(int(g))
+    out = out[: len(sizes) - 1]  # a group at least is fitted on
+    val_groups: list[int] = []  # the first groups to half the held-out normals, at least one
+    for g in out[:-1]:
+        val_groups.append(g)
+        if sizes[val_groups].sum() >= sizes[out].sum() / 2:
+            break
+    source_groups = [g for g in out if g not in val_groups]
+    member = lambda chosen: np.flatnonzero(np.isin(ids, chosen))  # noqa: E731
+    return (
+        member([g for g in range(len(sizes)) if g not in out]),
+        member(val_groups),
+        member(source_groups),
+    )
 
 
 def _content_key(image: np.ndarray) -> np.ndarray:
@@ -271,6 +311,7 @@ def synthetic_validation(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    groups: Any = None,
 ) -> ValidationResult:
     """The synthetic-validation AUROC of each candidate on these normals (no abnormal images).
 
@@ -287,6 +328,7 @@ def synthetic_validation(
         seed: seed of the synthetic anomalies.
         cache_dir: embedding cache folder (:func:`~msde_jax.pipeline.evaluation.embed`).
         progress: print each candidate's AUROC on stderr as it is measured.
+        groups: one group id per normal (volumes): kept whole (:func:`validation_set`).
 
     Raises:
         ValueError: no candidates, or too few normals. A candidate that refuses to fit (its
@@ -296,7 +338,11 @@ def synthetic_validation(
         raise ValueError("no candidates to validate: pass {name: Candidate(embedder, detector)}.")
     start = time.perf_counter()
     vset = validation_set(
-        normals, fallback_size=_image_size(candidates), held_out=held_out, seed=seed
+        normals,
+        fallback_size=_image_size(candidates),
+        held_out=held_out,
+        seed=seed,
+        groups=groups,
     )
     labels = np.r_[np.zeros(len(vset.normals)), np.ones(len(vset.anomalies))].astype(np.int32)
     kw = {"cache_dir": cache_dir, "progress": progress}

@@ -181,3 +181,28 @@ def test_recommended_is_the_first_candidate():
         for e in (c.embedder.values() if isinstance(c.embedder, dict) else [c.embedder])
     ]
     assert {e.image_size for e in embedders} == {32}
+
+
+def test_the_validation_split_keeps_a_volumes_slices_together():
+    """Neighbouring slices of a volume look alike: one held out while its neighbour is fitted
+    on would flatter the validation (its split was slice by slice)."""
+    from msde_jax.pipeline.selection import _split
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 2**63, 60, dtype=np.uint64)
+    volumes = np.repeat(np.arange(8), [5, 9, 6, 8, 7, 10, 8, 7])
+    fit, val, sources = _split(keys, 12, volumes)
+    assert sorted(np.r_[fit, val, sources].tolist()) == list(range(60))
+    parts = [set(volumes[part].tolist()) for part in (fit, val, sources)]
+    assert all(parts)
+    assert sum(map(len, parts)) == len(set.union(*parts))  # no volume in two parts
+    assert len(val) + len(sources) >= 12
+    # The same split for the same content in any listing order.
+    shuffle = rng.permutation(60)
+    again = _split(keys[shuffle], 12, volumes[shuffle])
+    for a, b in zip((fit, val, sources), again, strict=True):
+        np.testing.assert_array_equal(np.sort(shuffle[b]), a)
+    # Images (no groups), or fewer than 3 volumes: one by one, as before.
+    alone = _split(keys, 12, None)
+    assert [len(part) for part in alone] == [48, 6, 6]
+    np.testing.assert_array_equal(_split(keys, 12, volumes % 2)[1], alone[1])
