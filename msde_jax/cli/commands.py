@@ -250,6 +250,13 @@ def cmd_score(args: argparse.Namespace) -> None:
     axis = args.axis or (record or {}).get("axis") or "axial"
     inputs = command_inputs(args.sources, args, axis=axis)
     with_volumes = inputs.groups.has_volumes
+    fitted_axis = (record or {}).get("axis")
+    if with_volumes and fitted_axis and axis != fitted_axis:
+        print(
+            f"note: the model was fitted on {fitted_axis} slices and scores {axis} ones "
+            "(--axis): its thresholds were set on the other plane's slice scores",
+            file=sys.stderr,
+        )
     volume_out = volume_csv_path(args.out) if args.out and with_volumes else None
     if args.out:
         files = [args.model, *args.sources, *input_files(inputs)]

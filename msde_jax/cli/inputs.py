@@ -56,6 +56,12 @@ def command_inputs(sources: Sequence[str], args: argparse.Namespace, axis: str |
                 "alone (numpy.savez(path, images=...))."
             )
         images = load_images_npz(sources[0])
+        if len(keys) > 1:  # a dataset: said, since its test images are there too
+            print(
+                f"{sources[0]}: a dataset; reading its train_normal images (its test images: "
+                "msde-jax evaluate)",
+                file=sys.stderr,
+            )
         names = [f"{sources[0]}[{i}]" for i in range(len(images))]
         return Inputs(list(images), names, SliceGroups.images(len(images)))
     skip = getattr(args, "skip_unreadable", False)

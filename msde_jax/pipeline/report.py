@@ -312,7 +312,8 @@ def write_report(
     ``histogram.png``, ``grid.png`` (only when ``images`` are given), ``overlays.png`` (only
     with ``heatmaps``), ``report.md``, which shows the metrics, config and timings and embeds
     the figures with relative links, and ``report.html``, the same page with the figures
-    inside it. Existing files of those names are overwritten.
+    inside it. Existing files of those names are removed first (an earlier report's
+    ``overlays.png`` does not stay beside a report without heatmaps); other files are left.
 
     Args:
         out_dir: the folder to write.
@@ -367,6 +368,8 @@ def write_report(
         promise = threshold_promise(metrics["fp"], metrics["n_normal"], contamination, rule=rule)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for name in FILES:  # an earlier report's, in a folder used again: none may be left over
+        (out / name).unlink(missing_ok=True)
     record = {"title": title, "metrics": metrics, "config": config, "timings": timings}
     if promise is not None:
         record["threshold_promise"] = promise

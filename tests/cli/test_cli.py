@@ -387,6 +387,15 @@ def test_options_that_would_be_ignored_or_wrap_around_are_refused(tmp_path, caps
     assert build_parser().parse_args(["demo", "--seed", "4294967295"]).seed == 2**32 - 1
 
 
+def test_embedding_a_dataset_file_says_which_images(tmp_path, pneumonia, capsys):
+    np.savez(tmp_path / "d.npz", **pneumonia)
+    emb = tmp_path / "e.npz"
+    assert main(["embed", str(tmp_path / "d.npz"), "--out", str(emb), *EMBED]) == 0
+    assert "d.npz: a dataset; reading its train_normal images" in capsys.readouterr().err
+    with np.load(emb) as z:
+        assert len(z["embeddings"]) == len(pneumonia["train_normal"])
+
+
 def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
     path = tmp_path / "d.npz"
     np.savez(path, **pneumonia)

@@ -92,6 +92,13 @@ def test_fit_score_evaluate_volumes(tmp_path, capsys, write, suffix):
         assert "0000_a0_0000.png" in pngs
         assert "every slice is empty by the empty-slice rule: all kept" in captured.err
         assert volumes[-1]["volume"] == "z_sparse"
+        # Another plane than the model's: scored, with a note that its thresholds are not
+        # for these slices.
+        one = str(data / "test" / "normal" / "z_sparse.nii")
+        assert main(["score", str(model), one, "--axis", "coronal"]) == 0
+        assert "note: the model was fitted on axial slices and scores coronal ones" in (
+            capsys.readouterr().err
+        )
 
     report = tmp_path / "report"
     args = ["evaluate", str(data), "--out", str(report), *BANK, "--no-validation"]

@@ -78,6 +78,9 @@ def test_write_report(tmp_path, rng):
 
 def test_write_report_without_images(tmp_path, rng):
     labels, scores = labelled_scores(rng, n=30)
+    # A folder used again: an earlier report's grid and overlays are not left beside this one.
+    for name in ("grid.png", "overlays.png"):
+        (tmp_path / name).write_bytes(b"an earlier report's figure")
     write_report(tmp_path, labels=labels, scores=scores, threshold=2.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ("metrics.json", "report.md", "report.html", "roc.png", "pr.png", "histogram.png")
