@@ -52,7 +52,11 @@ class SupportsEmbed(Protocol):
 
 
 def config_key(config: dict[str, Any]) -> str:
-    """The canonical JSON of an embedder config (sorted keys, compact separators)."""
+    """The canonical JSON of an embedder config (sorted keys, compact separators), without
+    the weights' path where their fingerprint (``weights_sha256``) is there: the same weights
+    by another path (relative, absolute, moved) are the same embeddings."""
+    if config.get("weights_sha256") is not None:
+        config = {k: v for k, v in config.items() if k != "weights"}
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
 
 

@@ -54,6 +54,7 @@ from msde_jax.detectors.fused import FusedDetector, SupportsDetect
 from msde_jax.embedder import share_network
 from msde_jax.io.cache import SupportsEmbed, embed_cached
 from msde_jax.io.datasets import Dataset
+from msde_jax.io.inputs import expand_volumes
 from msde_jax.pipeline.volumes import (
     VolumeScores,
     cross_fit_folds,
@@ -225,6 +226,9 @@ def embed(
         _check_embedders(embedder)
         kw = {"cache_dir": cache_dir, "progress": progress}
         shared = share_network(embedder)
+        if cache_dir and any(isinstance(item, str | os.PathLike) for item in items):
+            # The volumes read once: a shared forward pass is reused for the same slices only.
+            items = expand_volumes(items).items
         return {name: embed(e, items, what=f"{what} ({name})", **kw) for name, e in shared.items()}
     start = time.perf_counter()
     if cache_dir:

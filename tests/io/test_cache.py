@@ -315,3 +315,16 @@ def test_a_cache_that_cannot_be_written_still_returns_the_embeddings(tmp_path, a
         out = embed_cached(stub, arrays, tmp_path / "file" / "cache", progress=False)
     assert w[0].filename == __file__
     np.testing.assert_array_equal(out, StubEmbedder().embed(arrays))
+
+
+def test_the_key_follows_the_weights_fingerprint_not_their_path():
+    """The same weights by another path (relative, absolute, the file moved) embed the same,
+    and the command line now records an absolute path: one cache folder for both."""
+    from msde_jax.io.cache import config_key
+
+    config = {"backbone": "resnet18", "weights": "w.safetensors", "weights_sha256": "ab12"}
+    moved = {**config, "weights": "/elsewhere/w.safetensors"}
+    assert config_key(moved) == config_key(config)
+    assert config_key({**config, "weights_sha256": "cd34"}) != config_key(config)
+    unknown = {"backbone": "resnet18", "weights": "a"}  # no fingerprint: the path decides
+    assert config_key(unknown) != config_key({**unknown, "weights": "b"})

@@ -78,7 +78,7 @@ def test_the_preset_on_images_embeds_once_and_maps_from_its_bank(rng):
     np.testing.assert_allclose(maps, detector.components["patches"].score_maps(patches, size=32))
 
 
-def test_embedding_an_ensemble_runs_its_network_once_per_image_set(rng, monkeypatch):
+def test_embedding_an_ensemble_runs_its_network_once_per_image_set(rng, monkeypatch, tmp_path):
     """`embed` of the preset's mapping, and the synthetic validation of the preset, run the
     backbone once per set of images (not once per component)."""
     import msde_jax.embedder as embedder_module
@@ -108,3 +108,12 @@ def test_embedding_an_ensemble_runs_its_network_once_per_image_set(rng, monkeypa
     assert "threshold='cross_fit'" in result.scores["e"].error
     assert len(passes) == 3  # one more for the normals, one for the synthetic anomalies
     assert passes[1] == 12
+    # A volume through the cache: read once, so its slices share the pass (each member read
+    # it again, and the pass ran once per member).
+    import nibabel as nib
+
+    volume = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(rng.random((32, 32, 4)).astype(np.float32) * 100, np.eye(4)), volume)
+    cached = embed(preset.embedder, [volume], cache_dir=tmp_path / "cache", progress=False)
+    assert passes[3:] == [4]  # one pass of its four slices
+    assert {n: f.shape[0] for n, f in cached.items()} == {"layers": 4, "head": 4, "patches": 4}
