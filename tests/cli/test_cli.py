@@ -277,6 +277,29 @@ def test_select_validates_every_candidate(tmp_path, capsys):
     _select_demo(tmp_path, capsys, 10)
 
 
+def test_select_prints_the_chosen_candidates_own_validation_auroc(tmp_path, capsys, monkeypatch):
+    """When knn:head-cosine is chosen, its AUROC is printed, not knn:head's (a name prefix
+    matched the first)."""
+    from msde_jax.pipeline import selection
+
+    _only(monkeypatch, "knn:head", "knn:head-cosine")
+    real = selection.select
+
+    def cosine(normals, candidates, **options):
+        chosen = real(normals, candidates, **options)
+        name = "knn:head-cosine"
+        auroc = chosen.validation.scores[name].auroc
+        return selection.Selection(name, candidates[name], auroc, chosen.validation)
+
+    monkeypatch.setattr(selection, "select", cosine)
+    out = tmp_path / "r"
+    assert main(["demo", "--out", str(out), "--limit", "40", *EMBED, "--select"]) == 0
+    validated = json.loads((out / "metrics.json").read_text())["config"]["synthetic_validation"]
+    own, other = validated["auroc"]["knn:head-cosine"], validated["auroc"]["knn:head"]
+    assert round(own, 3) != round(other, 3)  # else this test could not tell them apart
+    assert f"synthetic-validation AUROC {own:.3f} (" in capsys.readouterr().out
+
+
 def _only(monkeypatch, *names):
     """presets.candidates() cut to ``names`` (the full pool: the slow test above)."""
     from msde_jax.pipeline import presets
