@@ -427,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also write one heatmap overlay PNG per image (score units, threshold on the "
         "colour bar) and maps.npz with the raw maps into DIR (patch-bank and ensemble "
-        "models); with volumes also one montage PNG per volume (volume_*.png)",
+        "models); with volumes also one montage PNG per volume (volume_*.png); a DIR used "
+        "again loses the earlier run's PNGs",
     )
 
     p = command(

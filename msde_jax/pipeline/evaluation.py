@@ -37,6 +37,7 @@ slices are fitted and scored like images (the slice-level metrics), and the resu
 """
 
 import dataclasses
+import numbers
 import os
 import sys
 import time
@@ -182,8 +183,9 @@ def limit_dataset(dataset: Dataset, *, limit: int | None = None) -> Dataset:
             (``"<name>: the test abnormal class is empty."``).
     """
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
             raise ValueError(f"limit must be a positive number of images, got {limit!r}.")
+        limit = int(limit)
         dataset = dataset.subset(
             {field: dataset.split_groups(field).first_inputs(limit) for _, field in _SPLITS}
         )
@@ -255,7 +257,8 @@ def _check_embedders(embedder: SupportsEmbed | Mapping[str, SupportsEmbed]) -> N
 def _check_pairing(
     embedder: SupportsEmbed | Mapping[str, SupportsEmbed], detector: SupportsDetect
 ) -> None:
-    """A mapping of embedders goes with a FusedDetector of the same names, one embedder without."""
+    """A mapping of embedders goes with a FusedDetector of the same names, one embedder
+    without; the detector fits a threshold (checked before any image is embedded)."""
     fused = isinstance(detector, FusedDetector)
     if not isinstance(embedder, Mapping):
         if fused:
@@ -263,16 +266,22 @@ def _check_pairing(
                 "a FusedDetector needs one embedder per component: pass a mapping "
                 f"{{name: embedder}} with the names {', '.join(map(repr, detector.components))}."
             )
-        return
-    if not fused:
+    elif not fused:
         raise ValueError(
             "a mapping of embedders needs a FusedDetector with the same names, got "
             f"{type(detector).__name__}."
         )
-    if set(embedder) != set(detector.components):  # the order may differ: passed by name
+    elif set(embedder) != set(detector.components):  # the order may differ: passed by name
         raise ValueError(
             f"the embedders are named {', '.join(map(repr, embedder))} but the FusedDetector's "
             f"components {', '.join(map(repr, detector.components))}: use the same names."
+        )
+    if getattr(detector, "threshold", None) == "none":
+        raise ValueError(
+            "an evaluation reports metrics at the detector's threshold, and threshold='none' "
+            "fits none: use threshold='cross_fit' (the default) or 'chi2'. For the ranking "
+            "alone, fit the detector, score the test images and use msde_jax.core.metrics."
+            "roc_auc."
         )
 
 
@@ -353,13 +362,6 @@ def evaluate_embeddings(
             other way round; a detector with ``threshold="none"``.
     """
     _check_pairing(embedded.embedder, detector)
-    if getattr(detector, "threshold", None) == "none":
-        raise ValueError(
-            "an evaluation reports metrics at the detector's threshold, and threshold='none' "
-            "fits none: use threshold='cross_fit' (the default) or 'chi2'. For the ranking "
-            "alone, fit the detector, score the test images and use msde_jax.core.metrics."
-            "roc_auc."
-        )
     dataset = embedded.dataset
     timings = {"embed_s": embedded.embed_s}
     start = time.perf_counter()
@@ -581,9 +583,9 @@ def threshold_promise(
         "normals' Gaussian (its square root)"
     )
     text = (
-        f"The threshold is the {1 - contamination:.0%} {quantile}, so about "
-        f"{contamination:.0%} of new normals from the same source should score above it. On "
-        f"these {n_normal} test normals {fp} did ({rate:.1%}); with {n_normal} normals, "
+        f"The threshold is the {100 * (1 - contamination):.4g} % {quantile}, so about "
+        f"{100 * contamination:.4g} % of new normals from the same source should score above "
+        f"it. On these {n_normal} test normals {fp} did ({rate:.1%}); with {n_normal} normals, "
         f"{lo / n_normal:.1%}–{hi / n_normal:.1%} is expected 95 % of the time. "
     )
     if kept:

@@ -14,13 +14,15 @@ at least up to the threshold), so the same colour means the same score in every 
 import math
 import os
 import re
+import zipfile
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 
 from msde_jax._files import atomic_write
+from msde_jax.pipeline.report_figures import literal
 
 __all__ = [
     "CMAP",
@@ -81,10 +83,33 @@ def heatmap_file_names(names: Sequence[str]) -> list[str]:
     out = []
     for i, name in enumerate(names):
         name = str(name)
-        is_slice = re.fullmatch(r"[^/\\]+:\d{4,}", name) is not None
-        stem = _safe(name if is_slice else Path(name).stem) or "image"
+        volume_slice = re.fullmatch(r"(.+):(\d{4,})", name)
+        if volume_slice is not None:
+            stem = _safe(f"{PurePath(volume_slice[1]).name}_{volume_slice[2]}")
+        else:
+            stem = _safe(Path(name).stem)
+        stem = stem or "image"
         out.append(f"{i:0{width}d}_{stem}.png")
     return out
+
+
+_MONTAGE = re.compile(r"volume_\d{4,}_.*\.png")  # write_montages's file names
+
+
+def _remove_earlier_run(out: Path) -> None:
+    """In a folder used again, the PNGs of the run whose ``maps.npz`` is there (the overlays
+    it lists and the volume montages beside them): none may stay beside the new ones."""
+    try:
+        with np.load(out / "maps.npz", allow_pickle=False) as earlier:
+            listed = [str(f) for f in earlier["files"]] if "files" in earlier else []
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # none here, or not ours
+        return
+    for name in listed:
+        if name == Path(name).name and name.endswith(".png"):  # a file of this folder
+            (out / name).unlink(missing_ok=True)
+    for path in out.glob("volume_*.png"):
+        if _MONTAGE.fullmatch(path.name):
+            path.unlink(missing_ok=True)
 
 
 def write_heatmaps(
@@ -98,6 +123,10 @@ def write_heatmaps(
     maps_threshold: float | None = None,
 ) -> list[Path]:
     """Write one overlay PNG per image and ``maps.npz`` into ``out_dir`` (created).
+
+    A folder used again: the earlier run's PNGs (those its ``maps.npz`` lists, and the volume
+    montages of :func:`write_montages`) are removed first, so none is left beside the new
+    ones; other files are left.
 
     Args:
         out_dir: the folder.
@@ -126,6 +155,7 @@ def write_heatmaps(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_run(out)
     line, units = color_bar_line(threshold, maps_threshold)
     vmin, vmax = color_range(maps, line)
     files = heatmap_file_names(names)
@@ -137,7 +167,8 @@ def write_heatmaps(
         shown = draw_overlay(ax, image, amap, vmin, vmax)
         flag = "above" if score > threshold else "below"
         ax.set_title(
-            f"{Path(str(name)).name}\nscore {score:.4g} ({flag} {threshold:.4g})", fontsize=9
+            f"{literal(Path(str(name)).name)}\nscore {score:.4g} ({flag} {threshold:.4g})",
+            fontsize=9,
         )
         bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
         bar.set_label(f"patch score ({units})", fontsize=8)
@@ -231,7 +262,7 @@ def write_montages(
             ax.set_axis_off()
         for ax, i in zip(axes, idx.tolist(), strict=False):
             shown = draw_overlay(ax, images[i], maps[i], vmin, vmax)
-            label = str(names[i]).rpartition(":")[2]
+            label = literal(str(names[i]).rpartition(":")[2])
             above = scores[i] > threshold
             ax.set_title(
                 f"{label}: {scores[i]:.3g}", fontsize=7, color="tab:red" if above else "black"
@@ -242,8 +273,8 @@ def write_montages(
             flag = "above" if vscore > volume_threshold else "below"
             verdict = f"{flag} the volume threshold {volume_threshold:.4g}"
         fig.suptitle(
-            f"{vname}: volume score {vscore:.4g} ({verdict})\n{idx.size} slices; tile titles: "
-            f"slice index: score (red above the slice threshold {threshold:.4g})",
+            f"{literal(vname)}: volume score {vscore:.4g} ({verdict})\n{idx.size} slices; tile "
+            f"titles: slice index: score (red above the slice threshold {threshold:.4g})",
             fontsize=9,
         )
         if shown is not None:

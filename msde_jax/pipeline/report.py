@@ -47,6 +47,7 @@ from msde_jax.pipeline.report_figures import (
     MATPLOTLIB_MISSING,
     OVERLAYS_PER_ROW,
     fmt,
+    literal,
     overlay_indices,
     plot_grid,
     plot_histogram,
@@ -109,7 +110,13 @@ def _md_value(value: Any) -> str:
         text = os.fspath(value)
     else:
         text = json.dumps(_jsonable(value))
-    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+    return "`" + _md_cell(text).replace("`", "'") + "`"
+
+
+def _md_cell(text: Any) -> str:
+    """``text`` inside a Markdown table cell: its ``|`` escaped (``_html`` splits cells on the
+    others only)."""
+    return str(text).replace("|", "\\|")
 
 
 _METRIC_ROWS = (
@@ -187,13 +194,13 @@ def _markdown(
         lines += _volume_markdown(volume_metrics)
     if config:
         lines += ["## Configuration", "", "| Setting | Value |", "| --- | --- |"]
-        lines += [f"| {key} | {_md_value(value)} |" for key, value in config.items()]
+        lines += [f"| {_md_cell(key)} | {_md_value(value)} |" for key, value in config.items()]
         lines.append("")
     if timings:
         lines += ["## Timings", "", "| Step | Seconds |", "| --- | ---: |"]
         for key, value in timings.items():
             text = f"{float(value):.3f}" if isinstance(value, int | float) else _md_value(value)
-            lines.append(f"| {key} | {text} |")
+            lines.append(f"| {_md_cell(key)} | {text} |")
         lines.append("")
     lines += [
         "## Figures",
@@ -243,7 +250,7 @@ def _html(markdown: str, out: Path) -> str:
     def flush_table() -> None:
         if table:
             rows = [r for r in table if not set(r.replace("|", "").strip()) <= set("-: ")]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            cells = [[c.strip() for c in _CELL.split(r.strip()[1:-1])] for r in rows]
             head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
             rest = "".join(
                 "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:]
@@ -278,8 +285,13 @@ def _html(markdown: str, out: Path) -> str:
     )
 
 
+_PROMISED = ("cross_fit", "chi2")  # the threshold rules whose promise the report checks
+_CELL = re.compile(r"(?<!\\)\|")  # a table row's cell separators: its unescaped "|"
+
+
 def _inline(text: str) -> str:
-    """Markdown inline code and links → HTML (escaped; links to files become plain text)."""
+    """Markdown inline code, bold and links → HTML (escaped; links to files become plain
+    text)."""
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text.replace("\\|", "|"))
     parts = re.split(r"(`[^`]*`)", text)
     out = []
@@ -287,7 +299,7 @@ def _inline(text: str) -> str:
         if part.startswith("`") and part.endswith("`") and len(part) > 1:
             out.append(f"<code>{html.escape(part[1:-1])}</code>")
         else:
-            out.append(html.escape(part))
+            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part)))
     return "".join(out)
 
 
@@ -361,10 +373,12 @@ def write_report(
     require_matplotlib()  # fail early, before writing anything, when matplotlib is missing
 
     metrics = evaluation_metrics(positive, score_arr, threshold)
-    detector = (config or {}).get("detector") or {}  # a fused detector's rule: cross_fit
-    contamination, rule = detector.get("contamination"), detector.get("threshold", "cross_fit")
+    detector = (config or {}).get("detector")  # evaluate()'s record of the detector, if any
+    detector = detector if isinstance(detector, Mapping) else {}
+    contamination = detector.get("contamination")
+    rule = detector.get("threshold", "cross_fit")  # a fused detector's rule: cross_fit
     promise = None
-    if isinstance(contamination, int | float) and 0 < contamination < 1 and rule != "none":
+    if isinstance(contamination, int | float) and 0 < contamination < 1 and rule in _PROMISED:
         promise = threshold_promise(metrics["fp"], metrics["n_normal"], contamination, rule=rule)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -379,13 +393,14 @@ def write_report(
         json.dump(_jsonable(record), f, indent=2, allow_nan=False)
         f.write("\n")
 
-    plot_roc(out / "roc.png", positive, score_arr, metrics, title)
-    plot_pr(out / "pr.png", positive, score_arr, metrics, title)
-    plot_histogram(out / "histogram.png", positive, score_arr, metrics, title)
+    drawn = literal(title)  # the figures' titles: a "$" in a dataset's name is not math
+    plot_roc(out / "roc.png", positive, score_arr, metrics, drawn)
+    plot_pr(out / "pr.png", positive, score_arr, metrics, drawn)
+    plot_histogram(out / "histogram.png", positive, score_arr, metrics, drawn)
     if images is not None:
-        plot_grid(out / "grid.png", positive, score_arr, images, names, metrics, title)
+        plot_grid(out / "grid.png", positive, score_arr, images, names, metrics, drawn)
     if heatmaps is not None:
-        overlays = (heatmaps, metrics, title, maps_threshold)
+        overlays = (heatmaps, metrics, drawn, maps_threshold)
         plot_overlays(out / "overlays.png", positive, score_arr, *overlays)
     text = _markdown(
         title,

@@ -24,6 +24,7 @@ __all__ = [
     "MATPLOTLIB_MISSING",
     "OVERLAYS_PER_ROW",
     "fmt",
+    "literal",
     "overlay_indices",
     "plot_grid",
     "plot_histogram",
@@ -197,6 +198,12 @@ def plot_histogram(path: Path, labels, scores, metrics, title: str) -> None:
     _save(fig, path)
 
 
+def literal(text: Any) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` in a file or dataset name would
+    otherwise start math notation (a wrong drawing, or an error when the figure is saved)."""
+    return str(text).replace("$", r"\$")
+
+
 def _display_name(item: Any, index: int, names: Sequence[str] | None) -> str:
     if names is not None:
         name = str(names[index])
@@ -207,7 +214,7 @@ def _display_name(item: Any, index: int, names: Sequence[str] | None) -> str:
     width = 22  # characters per title line at the tile's width
     if len(name) > 2 * width:
         name = name[: width - 2] + "..." + name[-(width - 1) :]
-    return "\n".join(name[i : i + width] for i in range(0, len(name), width))
+    return "\n".join(literal(name[i : i + width]) for i in range(0, len(name), width))
 
 
 def plot_grid(path: Path, labels, scores, images, names, metrics, title: str) -> None:

@@ -112,6 +112,7 @@ def test_limit_applies_per_class(rng):
     assert limited.train_normal == dataset.train_normal[:10]
     assert limited.test_normal == dataset.test_normal[:10]
     assert limit_dataset(dataset) is dataset
+    assert limit_dataset(dataset, limit=np.int64(10)) == limited  # NumPy's integers too
 
 
 @pytest.mark.parametrize(
@@ -177,6 +178,10 @@ def test_one_embedding_serves_several_detectors(rng):
     # A detector without a threshold is refused with what to use ("threshold is NaN" before).
     with pytest.raises(ValueError, match="threshold='none' fits none: use threshold='cross_fit'"):
         evaluate_embeddings(embedded, MSDEDetector(**PARAMS, threshold="none"))
+    counting = FakeEmbedder()  # ... and by evaluate(), before any image is embedded
+    with pytest.raises(ValueError, match="threshold='none' fits none"):
+        evaluate(dataset, counting, MSDEDetector(**PARAMS, threshold="none"), progress=False)
+    assert counting.calls == []
 
 
 def test_heatmaps_refuse_a_detector_without_maps_before_embedding(rng):

@@ -200,3 +200,43 @@ def test_threshold_promise_kept_or_not_and_said_in_the_report(tmp_path):
     none = {"detector": {"contamination": 0.05, "threshold": "none"}}
     write_report(tmp_path / "n", labels=labels, scores=scores, threshold=0.5, config=none)
     assert "threshold_promise" not in json.loads((tmp_path / "n" / "metrics.json").read_text())
+
+
+def test_report_of_odd_names_and_free_form_config(tmp_path, rng):
+    labels, scores = labelled_scores(rng, n=20)
+    images = [rng.random((8, 8)) for _ in range(20)]
+    names = [f"scan_{i}$^$.png" for i in range(20)]  # "$" is not matplotlib's math here
+    config = {
+        "detector": "PatchBankDetector(k=5)",  # free-form, not evaluate()'s record
+        "dataset": "data|v2",
+        "a|b": 1,
+    }
+    write_report(
+        tmp_path, labels=labels, scores=scores, threshold=2.0, images=images, names=names,
+        title="brain $x_{1", config=config,
+    )  # fmt: skip
+    assert set(FILES) - {p.name for p in tmp_path.iterdir()} == {"overlays.png"}
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<tr><td>dataset</td><td><code>data|v2</code></td></tr>" in page  # one cell
+    assert "<tr><td>a|b</td><td><code>1</code></td></tr>" in page
+    assert "<h1>brain $x_{1</h1>" in page
+    # Another threshold rule than the two whose promise is checked: no promise, no error.
+    other = {"detector": {"contamination": 0.05, "threshold": "quantile"}}
+    write_report(tmp_path / "q", labels=labels, scores=scores, threshold=2.0, config=other)
+    assert "threshold_promise" not in json.loads((tmp_path / "q" / "metrics.json").read_text())
+
+
+def test_the_promise_in_words_and_bold_in_the_page(tmp_path):
+    from msde_jax.pipeline.evaluation import threshold_promise
+
+    text = threshold_promise(fp=1, n_normal=200, contamination=0.005)["text"]
+    assert "the 99.5 % quantile" in text
+    assert "about 0.5 % of new normals" in text
+    labels = np.r_[np.zeros(100), np.ones(50)]
+    scores = np.r_[np.linspace(0, 1, 100), np.linspace(2, 3, 50)]
+    config = {"detector": {"contamination": 0.025}}
+    write_report(tmp_path, labels=labels, scores=scores, threshold=0.5, config=config)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "the 97.5 % quantile" in page
+    assert "<strong>Not kept</strong>" in page
+    assert "**" not in page

@@ -209,6 +209,44 @@ def test_montages_one_png_per_volume(tmp_path):
         "0004_b.x_0005.png",
         "0005_scan.png",
     ]
+    # A volume named with its parent folders keeps its whole name and its slice index.
+    assert heatmap_file_names(["p1/t1.v2:0003", "a/ct-1.2.840:0012"]) == [
+        "0000_t1.v2_0003.png",
+        "0001_ct-1.2.840_0012.png",
+    ]
+
+
+def test_heatmaps_in_a_folder_used_again_and_names_drawn_as_written(tmp_path):
+    from msde_jax.pipeline.heatmaps import write_heatmaps, write_montages
+
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 16, 16, 3)).astype(np.float32)
+    maps = rng.random((3, 16, 16)).astype(np.float32)
+    # "$" would start matplotlib's math notation: an error when the figure is saved.
+    names = ["scan_0$^$.png", "v$_{1:0001", "v$_{1:0002"]
+    scores = np.array([0.1, 0.9, 0.2])
+    out = tmp_path / "maps"
+    write_heatmaps(out, images, maps, names=names, scores=scores, threshold=0.5)
+    write_montages(
+        out,
+        images,
+        maps,
+        members=[np.array([1, 2])],
+        volume_names=["v$_{1"],
+        volume_scores=[0.9],
+        names=names,
+        scores=scores,
+        threshold=0.5,
+    )
+    (out / "notes.txt").write_text("the user's")
+    first = {p.name for p in out.iterdir()}
+    assert first == {
+        "0000_scan_0.png", "0001_v___1_0001.png", "0002_v___1_0002.png",
+        "volume_0000_v___1.png", "maps.npz", "notes.txt",
+    }  # fmt: skip
+    # A second, smaller run: none of the first run's PNGs stays beside its own.
+    write_heatmaps(out, images[:1], maps[:1], names=["z.png"], scores=scores[:1], threshold=0.5)
+    assert {p.name for p in out.iterdir()} == {"0000_z.png", "maps.npz", "notes.txt"}
 
 
 def test_fit_groups_are_volumes_when_there_are_enough(capsys):
