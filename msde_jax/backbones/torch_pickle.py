@@ -362,8 +362,11 @@ def _to_numpy(tensor: _Tensor, what: str) -> np.ndarray:
         raise ValueError(f"{what}: storage {tensor.storage.key} has no data")
     # The tensor's dtype, not the storage's: _rebuild_tensor_v3 reads untyped (byte) storages.
     itemsize = tensor.dtype.itemsize
+    # ml_dtypes' types (bfloat16, float8) are gathered as their bits: as_strided does not
+    # know all of them (float8_e5m2's type string, "<f1", is numpy's to parse).
+    carrier = np.dtype(f"u{itemsize}") if tensor.dtype.name in _WIDEN_TO_FLOAT32 else tensor.dtype
     data = raw[: raw.size - raw.size % itemsize].view(
-        tensor.dtype.newbyteorder(">" if tensor.storage.big_endian else "<")
+        carrier.newbyteorder(">" if tensor.storage.big_endian else "<")
     )
     shape, strides = tensor.shape, tensor.strides
     if 0 in shape:
@@ -379,7 +382,8 @@ def _to_numpy(tensor: _Tensor, what: str) -> np.ndarray:
         base = data[tensor.offset :]
         out = np.lib.stride_tricks.as_strided(
             base, shape=shape, strides=tuple(s * base.itemsize for s in strides), writeable=False
-        ).astype(tensor.dtype, order="C")  # a C-contiguous copy in native byte order
+        ).astype(carrier, order="C")  # a C-contiguous copy in native byte order
+        out = out.view(tensor.dtype)
     if out.dtype.name in _WIDEN_TO_FLOAT32:
         out = out.astype(np.float32)
     return out

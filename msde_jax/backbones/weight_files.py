@@ -36,12 +36,26 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         path: The file.
 
     Returns:
-        ``{name: array}``; ``bfloat16`` and float8 tensors are widened to ``float32``.
+        ``{name: array}``; ``bfloat16`` tensors are widened to ``float32``. (float8 tensors
+        cannot be read: the ``safetensors`` library's numpy backend does not know them.)
 
     Raises:
         ImportError: ``safetensors`` is not installed.
-        ValueError: The file is not a valid safetensors file.
+        ValueError: The file is not a valid safetensors file, or holds float8 tensors.
     """
+    return _widened(_read_safetensors(path))
+
+
+def _widened(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """bfloat16 (and float8) arrays as float32, the others as they are."""
+    return {
+        k: v.astype(np.float32) if v.dtype.name in _WIDEN_TO_FLOAT32 else np.array(v)
+        for k, v in arrays.items()
+    }
+
+
+def _read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A ``.safetensors`` file's tensors as stored (see :func:`load_safetensors`)."""
     try:
         from safetensors.numpy import load_file
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -53,11 +67,14 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except OSError:
         raise
     except Exception as err:  # safetensors raises its own SafetensorError
-        raise ValueError(f"{path}: could not read safetensors file ({err})") from err
-    return {
-        k: v.astype(np.float32) if v.dtype.name in _WIDEN_TO_FLOAT32 else np.array(v)
-        for k, v in arrays.items()
-    }
+        hint = ""
+        if "float8" in str(err):
+            hint = (
+                "; float8 tensors cannot be read: save the weights in float32, float16 or "
+                "bfloat16 (e.g. {k: v.float() for k, v in state_dict.items()} in PyTorch)"
+            )
+        raise ValueError(f"{path}: could not read safetensors file ({err}){hint}") from err
+    return arrays
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -170,7 +187,8 @@ def load_variables(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, s
     """Read a file written by :func:`save_variables`.
 
     Returns:
-        ``(variables, metadata)``: the nested tree of numpy arrays and the header metadata.
+        ``(variables, metadata)``: the nested tree of numpy arrays (bfloat16 ones widened to
+        float32) and the header metadata.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -186,13 +204,14 @@ def load_variables(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, s
             f"{path}: not a msde_jax variables file (written by save_variables / "
             "`msde-jax train-backbone`)."
         )
-    flat = load_safetensors(path)
+    flat = _read_safetensors(path)  # the tensors as saved (and summed), widened after the check
     stored = metadata.get("sha256")
     if stored is not None and stored != arrays_checksum(flat):
         raise ValueError(
             f"{path} is damaged: its tensors do not match the checksum saved with them; "
             "restore it from a copy or train again."
         )
+    flat = _widened(flat)
     tree: dict[str, Any] = {}
     for name, array in flat.items():
         *parents, leaf = name.split("/")

@@ -31,6 +31,8 @@ def _reference_state_dict():
         f64=torch.randn(3, generator=gen, dtype=torch.float64),
         f16=torch.randn(4, 2, generator=gen).half(),
         bf16=torch.randn(3, 2, generator=gen).to(torch.bfloat16),
+        f8_e5m2=torch.randn(3, 2, generator=gen).to(torch.float8_e5m2).t(),  # strided too
+        f8_e4m3=torch.randn(4, generator=gen).to(torch.float8_e4m3fn),
         i64=torch.arange(-3, 4),
         i32=torch.arange(5, dtype=torch.int32),
         i8=torch.arange(-4, 4, dtype=torch.int8),
@@ -51,7 +53,7 @@ def _reference_state_dict():
 
 def _expected(tensor):
     tensor = tensor.detach()
-    if tensor.dtype == torch.bfloat16:
+    if tensor.dtype in (torch.bfloat16, torch.float8_e5m2, torch.float8_e4m3fn):
         return tensor.float().numpy()
     if tensor.dtype == torch.uint16:
         return tensor.to(torch.int32).numpy().astype(np.uint16)

@@ -82,6 +82,26 @@ def test_variables_file_round_trip(tmp_path):
     )
     for name, value in expected.items():
         np.testing.assert_array_equal(flat[name], value, err_msg=name)
+    # Half-precision variables load again: bfloat16 widened to float32 after the checksum.
+    half = {"params": {"a": variables["params"]["conv"]["kernel"].astype(ml_dtypes.bfloat16)}}
+    half["params"]["b"] = np.ones(3, np.float16)
+    tree, _ = load_variables(save_variables(tmp_path / "half.safetensors", half, {}))
+    assert tree["params"]["a"].dtype == np.float32
+    np.testing.assert_array_equal(tree["params"]["a"], half["params"]["a"].astype(np.float32))
+    assert tree["params"]["b"].dtype == np.float16
+
+
+def test_float8_safetensors_say_what_to_do(tmp_path):
+    import json
+    import struct
+
+    data = np.arange(4, dtype=np.float32).astype(ml_dtypes.float8_e4m3fn).tobytes()
+    header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}})
+    header = header.encode() + b" " * (-len(header) % 8)
+    path = tmp_path / "f8.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    with pytest.raises(ValueError, match=r"f8.safetensors.*float8 tensors cannot be read: save"):
+        load_safetensors(path)
 
 
 def test_variables_file_errors(tmp_path):
