@@ -56,7 +56,7 @@ _DTYPES = {
     13: np.dtype("<u8"),
 }
 # Typed repeated fields of TensorProto: field number → (wire encoding, the data types it holds).
-_FLOAT_DATA, _INT32_DATA, _INT64_DATA, _DOUBLE_DATA = 4, 5, 7, 10
+_FLOAT_DATA, _INT32_DATA, _INT64_DATA, _DOUBLE_DATA, _UINT64_DATA = 4, 5, 7, 10, 11
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _MAX_VARINT_BYTES = 10
 _ANONYMOUS = re.compile(r"^onnx::")
@@ -190,7 +190,7 @@ def _read_tensor(reader: _Reader, index: int) -> tuple[str, np.ndarray]:
         elif number == 9:
             _expect(reader, number, wire, _LENGTH)
             raw = value
-        elif number in (_FLOAT_DATA, _INT32_DATA, _INT64_DATA, _DOUBLE_DATA):
+        elif number in (_FLOAT_DATA, _INT32_DATA, _INT64_DATA, _DOUBLE_DATA, _UINT64_DATA):
             unpacked = {_FLOAT_DATA: _FIXED32, _DOUBLE_DATA: _FIXED64}.get(number, _VARINT)
             if wire != _LENGTH:
                 _expect(reader, number, wire, unpacked)
@@ -224,8 +224,13 @@ def _read_tensor(reader: _Reader, index: int) -> tuple[str, np.ndarray]:
 
 def _typed_data(reader, name, typed, data_type, dtype, count) -> np.ndarray:
     """A tensor stored in ``float_data`` / ``int32_data`` / ``int64_data`` / ``double_data``
-    (each entry a packed span, or one unpacked value as its wire integer)."""
-    field = {1: _FLOAT_DATA, 11: _DOUBLE_DATA, 7: _INT64_DATA}.get(data_type, _INT32_DATA)
+    / ``uint64_data`` (uint32 and uint64 tensors; each entry a packed span, or one unpacked
+    value as its wire integer)."""
+    fields = {1: _FLOAT_DATA, 11: _DOUBLE_DATA, 7: _INT64_DATA, 12: _UINT64_DATA}
+    field = fields.get(data_type, _UINT64_DATA if data_type == 13 else _INT32_DATA)
+    unsigned = field == _UINT64_DATA  # varints as they are, not as two's complement
+    as_int = (lambda v: v) if unsigned else _int64
+    int_dtype = np.uint64 if unsigned else np.int64
     if set(typed) - {field}:
         raise reader.fail(f"tensor {name!r} stores its values in an unexpected field")
     width = {_FLOAT_DATA: 4, _DOUBLE_DATA: 8}.get(field)
@@ -234,7 +239,7 @@ def _typed_data(reader, name, typed, data_type, dtype, count) -> np.ndarray:
         if isinstance(entry, int) and width:  # a fixed-width float as its bit pattern
             chunks.append(np.array([entry], f"<u{width}").view(f"<f{width}"))
         elif isinstance(entry, int):
-            chunks.append(np.array([_int64(entry)], np.int64))
+            chunks.append(np.array([as_int(entry)], int_dtype))
         elif width:
             start, end = entry
             if (end - start) % width:
@@ -244,8 +249,8 @@ def _typed_data(reader, name, typed, data_type, dtype, count) -> np.ndarray:
             packed = reader.sub(entry, reader.what)
             values = []
             while packed.pos < packed.end:
-                values.append(_int64(packed.varint()))
-            chunks.append(np.array(values, np.int64))
+                values.append(as_int(packed.varint()))
+            chunks.append(np.array(values, int_dtype))
     n = sum(len(c) for c in chunks)
     if n != count:
         raise reader.fail(f"tensor {name!r} claims {count} values but holds {n}")

@@ -31,7 +31,7 @@ def tensor(name, array, *, how="raw", packed_dims=True, extra=b""):
     packed float_data, unpacked float_data (fixed32) or int64_data."""
     array = np.asarray(array)
     code = {"float32": 1, "uint8": 2, "int8": 3, "int32": 6, "int64": 7, "float16": 10}
-    code |= {"float64": 11, "bool": 9}
+    code |= {"float64": 11, "bool": 9, "uint32": 12, "uint64": 13}
     out = b""
     if packed_dims and array.ndim:
         out += field(1, b"".join(varint(d) for d in array.shape))
@@ -47,6 +47,8 @@ def tensor(name, array, *, how="raw", packed_dims=True, extra=b""):
         out += b"".join(varint(4 << 3 | 5) + x.tobytes() for x in flat.astype("<f4"))
     elif how == "int64_data":
         out += field(7, b"".join(varint(int(x)) for x in flat))
+    elif how == "uint64_data":  # uint32 and uint64 tensors' field
+        out += field(11, b"".join(varint(int(x)) for x in flat))
     return out + extra
 
 
@@ -105,6 +107,15 @@ def test_int64_data_and_nodes(tmp_path):
     np.testing.assert_array_equal(graph.initializers["shape"], shape)
     assert graph.nodes[0] == ("/r/Reshape", "Reshape", ("x", "shape"), ("y",))
     assert graph.nodes[1] == ("", "Relu", ("y",), ("z",))
+
+
+def test_unsigned_tensors_in_uint64_data(tmp_path):
+    arrays = {"u64": np.array([7, 2**63 + 5], np.uint64), "u32": np.array([9, 2**32 - 1], "u4")}
+    tensors = [tensor(k, v, how="uint64_data") for k, v in arrays.items()]
+    got = read_onnx(write(tmp_path, model(tensors))).initializers
+    for k, v in arrays.items():
+        assert got[k].dtype == v.dtype, k
+        np.testing.assert_array_equal(got[k], v)
 
 
 def test_every_truncation_is_refused(tmp_path):
