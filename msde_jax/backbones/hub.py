@@ -78,7 +78,10 @@ def download(
     Args:
         url: ``https://``, ``http://`` or ``file://`` URL.
         cache_dir: Where files are kept; default :func:`default_cache_dir`.
-        filename: Name in the cache; default the last component of the URL path.
+        filename: Name in the cache; default the last component of the URL path, after the
+            first 8 hex digits of the URL's sha256 (``1a2b3c4d_model.bin``: two URLs of the
+            same file name are two files) unless that name carries its own hash
+            (``resnet18-f37072fd.pth``).
         sha256_prefix: Expected leading hex digits of the file's sha256.
         check_hash: When ``sha256_prefix`` is not given, check the hash that torchvision file
             names embed (``resnet18-f37072fd.pth`` → ``f37072fd``), like
@@ -95,12 +98,15 @@ def download(
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if filename is None:
         filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+        if filename not in ("", ".", "..") and not _HASH_IN_NAME.search(filename):
+            filename = f"{hashlib.sha256(url.encode()).hexdigest()[:8]}_{filename}"
     if not filename or "/" in filename or filename in (".", ".."):
         raise ValueError(f"cannot derive a cache file name from {url!r}; pass filename=")
     target = cache / filename
     if target.is_file():
         return target
-    if sha256_prefix is None and check_hash:
+    from_name = sha256_prefix is None and check_hash
+    if from_name:
         match = _HASH_IN_NAME.search(filename)
         sha256_prefix = match.group(1) if match else None
 
@@ -144,6 +150,13 @@ def download(
             raise DownloadError(
                 f"{url}: sha256 {digest.hexdigest()[: len(sha256_prefix)]}... does not match the "
                 f"expected prefix {sha256_prefix}; the download is corrupt or the file changed"
+                + (
+                    f" (the prefix is the hex digits in the file name {filename!r}, as "
+                    "torchvision names carry their hash; if this name does not, pass "
+                    "check_hash=False)"
+                    if from_name
+                    else ""
+                )
             )
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -209,7 +222,9 @@ def load_state_dict_from_url(
     Args:
         url: e.g. ``torch_hub_url("resnet18-f37072fd.pth")``.
         cache_dir: Cache directory; default :func:`default_cache_dir`.
-        check_hash: Check the sha256 prefix embedded in the file name.
+        check_hash: Check the sha256 prefix embedded in the file name (default ``True``,
+            where torch's defaults to ``False``; a name whose hex digits are not a hash, such
+            as a date, needs ``False``).
         progress: Show a progress line on stderr.
 
     Returns:

@@ -50,7 +50,7 @@ def test_download_hash_mismatch_leaves_nothing(tmp_path):
     source.parent.mkdir()
     torch.save({"w": torch.ones(3)}, source)
     cache = tmp_path / "cache"
-    with pytest.raises(DownloadError, match="does not match the expected prefix deadbeef"):
+    with pytest.raises(DownloadError, match="prefix deadbeef.*if this name does not, pass check_"):
         download(source.as_uri(), cache_dir=cache, progress=False)
     assert list(cache.iterdir()) == []
     with pytest.raises(DownloadError, match="sha256"):
@@ -58,6 +58,20 @@ def test_download_hash_mismatch_leaves_nothing(tmp_path):
     # Opting out of the name check, like torch.hub's check_hash=False.
     path = download(source.as_uri(), cache_dir=cache, check_hash=False, progress=False)
     assert path.read_bytes() == source.read_bytes()
+
+
+def test_two_urls_of_one_file_name_are_two_cached_files(tmp_path):
+    urls = []
+    for org, value in (("org1", 1.0), ("org2", 2.0)):
+        (tmp_path / org).mkdir()
+        save_file({"w": np.full(2, value, np.float32)}, str(tmp_path / org / "model.safetensors"))
+        urls.append((tmp_path / org / "model.safetensors").as_uri())
+    cache = tmp_path / "cache"
+    first, second = (download(url, cache_dir=cache, progress=False) for url in urls)
+    assert first != second
+    assert first.name.endswith("_model.safetensors")
+    assert load_state_dict(second)["w"].tolist() == [2.0, 2.0]  # not the first URL's file
+    assert download(urls[0], cache_dir=cache, progress=False) == first
 
 
 @pytest.mark.parametrize(
