@@ -96,8 +96,8 @@ def _abstract_variables(module: Any, image_size: int) -> Any:
 
 
 def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
-    """Seeded random variables for ``module`` drawn with NumPy (He-normal kernels, unit scales
-    and variances, zero biases and means): instant, where compiling Flax's initialisers takes
+    """Seeded random variables for ``module`` drawn with NumPy (He-normal kernels, unit scales,
+    layer scales and variances, zero biases and means): instant, where compiling Flax's initialisers takes
     tens of seconds on a CPU. For tests and shape checks; not a trained network."""
     shapes = abstract_variables(module, image_size)
     rng = np.random.default_rng(seed)
@@ -107,8 +107,8 @@ def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
         if leaf.ndim >= 2 and name in ("kernel", "weight"):
             fan_in = int(np.prod(leaf.shape[:-1]))
             return rng.normal(0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
-        if name in ("scale", "var"):
-            return np.ones(leaf.shape, np.float32)
+        if name in ("scale", "var") or name.startswith("layer_scale"):  # (a ViT's 0 would
+            return np.ones(leaf.shape, np.float32)  # make every block the identity)
         if leaf.ndim >= 2:  # token and position embeddings
             return rng.normal(0, 0.02, leaf.shape).astype(np.float32)
         return np.zeros(leaf.shape, np.float32)

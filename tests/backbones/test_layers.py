@@ -28,3 +28,18 @@ def test_depthwise_matches_grouped_conv(k, stride, pad, size):
     got = depthwise_conv(x, w, stride, padding)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_random_vit_variables_let_the_image_through():
+    # Layer scales drawn as 0 made every block the identity: one embedding for every image.
+    import jax
+
+    from msde_jax.backbones.variables import random_variables
+    from msde_jax.backbones.vit import ViT
+
+    vit = ViT(dim=16, depth=1, heads=2, pos_grid=2)
+    variables = random_variables(vit, 28)
+    np.testing.assert_array_equal(variables["params"]["layer_0"]["layer_scale1"], np.ones(16))
+    x = np.random.default_rng(0).normal(size=(2, 28, 28, 3)).astype(np.float32)
+    pooled = np.asarray(jax.jit(vit.apply)(variables, x).pooled)
+    assert np.abs(pooled[0] - pooled[1]).max() > 1e-3
