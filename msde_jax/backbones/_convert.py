@@ -22,11 +22,23 @@ class WeightMappingError(KeyError, ValueError):
         return str(self.args[0])
 
 
+def _host_array(value: Any) -> np.ndarray:
+    """A state dict's value as a NumPy array; a torch tensor's detached, and widened to float32
+    where NumPy has no dtype of its own (bfloat16, float8)."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        value = value.detach().cpu()
+        try:
+            return value.numpy()
+        except TypeError:
+            return value.float().numpy()
+    return np.asarray(value)
+
+
 class StateDict:
     """Read-once view of a ``{name: array}`` state dict that reports what did not match."""
 
     def __init__(self, arrays: Mapping[str, Any], *, network: str):
-        self._arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        self._arrays = {k: _host_array(v) for k, v in arrays.items()}
         self._used: set[str] = set()
         self._missing: list[str] = []
         self.network = network

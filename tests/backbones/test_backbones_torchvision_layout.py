@@ -378,6 +378,20 @@ def test_resnet_matches_torch(depth):
         _assert_close(ours, ref.permute(0, 2, 3, 1))
 
 
+def test_a_state_dict_of_torch_tensors_in_bfloat16_converts():
+    # NumPy has no bfloat16 of its own: np.asarray(tensor) raised a bare TypeError.
+    torch.manual_seed(0)
+    block, layers = _TORCH_RESNETS[18]
+    reference = _randomise(TorchResNet(block, layers, num_classes=10))
+    half = {k: v.to(torch.bfloat16) for k, v in reference.state_dict().items()}
+    expected = {k: v.float().numpy() for k, v in half.items()}
+    got = jax.tree.leaves(convert_resnet(half, depth=18, num_classes=10))
+    want = jax.tree.leaves(convert_resnet(expected, depth=18, num_classes=10))
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def _vit_pair(grid, seed=0):
     torch.manual_seed(seed)
     reference = _randomise(TorchDinov2(dim=32, depth=2, heads=2, grid=grid))
