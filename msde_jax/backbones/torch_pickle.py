@@ -290,9 +290,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED_GLOBALS[module, name]
         except (KeyError, TypeError):
             raise UnsafeCheckpointError(
-                f"{self._source}: refusing to load global '{module}.{name}': only tensors and "
-                "plain containers are allowed in a weights file (was a whole model pickled? "
-                "save model.state_dict() instead)"
+                f"{self._source}: refusing to load global '{module}.{name}': a weights file "
+                "may hold only tensors, numbers, strings and plain containers, since loading "
+                "any other object runs its code. A checkpoint that keeps other objects beside "
+                "the weights (training arguments, NumPy metrics, a whole pickled model) needs "
+                "its weights saved alone, where torch is installed: torch.save(checkpoint"
+                "['state_dict'], 'weights.pth') or torch.save(model.state_dict(), "
+                "'weights.pth')"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:

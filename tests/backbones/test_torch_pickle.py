@@ -284,3 +284,13 @@ def test_legacy_storage_claiming_more_than_the_file_holds(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"legacy.pth: storage .* claims 1000000000000 elements"):
         load_torch_state_dict(path)
+
+
+def test_a_training_checkpoint_with_other_objects_says_how_to_save_the_weights(tmp_path):
+    import argparse
+
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"args": argparse.Namespace(lr=0.1), "state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(pickle.UnpicklingError, match="'argparse.Namespace'") as info:
+        load_state_dict(path)
+    assert "torch.save(checkpoint['state_dict'], 'weights.pth')" in str(info.value)
