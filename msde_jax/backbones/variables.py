@@ -97,8 +97,9 @@ def _abstract_variables(module: Any, image_size: int) -> Any:
 
 def random_variables(module: Any, image_size: int, seed: int = 0) -> Any:
     """Seeded random variables for ``module`` drawn with NumPy (He-normal kernels, unit scales,
-    layer scales and variances, zero biases and means): instant, where compiling Flax's initialisers takes
-    tens of seconds on a CPU. For tests and shape checks; not a trained network."""
+    layer scales and variances, zero biases and means): instant, where compiling Flax's
+    initialisers takes tens of seconds on a CPU. For tests and shape checks; not a trained
+    network."""
     shapes = abstract_variables(module, image_size)
     rng = np.random.default_rng(seed)
 
