@@ -297,7 +297,9 @@ def cutpaste_scar(
 
     A ``width x length`` patch (fractions of the short image side, at least 1 px) is cut from a
     random place, rotated by ``angle`` degrees (uniform) about its centre and pasted, with nearest
-    neighbour sampling, at a random place where its bounding box fits.
+    neighbour sampling, at a random place where its bounding box fits. A scar that would change
+    no pixel by one grey level (1/255) or more, such as one cut from a black background and
+    pasted onto it, is drawn once more (the next 9 uniforms of ``key``), and that one is kept.
 
     Args:
         key: PRNG key.
@@ -311,9 +313,22 @@ def cutpaste_scar(
         ``Augmented`` with a {0, 1} rotated rectangle as mask.
     """
     image = jnp.asarray(image, jnp.float32)
+    u = _uniform(key, (2, 9))
+    first, second = (_scar(v, image, width, length, angle, jitter) for v in u)
+    return _first_visible(image, first, second)
+
+
+def _first_visible(image: jax.Array, first: Augmented, second: Augmented) -> Augmented:
+    """``first`` where it changes some pixel by one grey level (1/255) or more (a change that
+    survives rounding to uint8), else ``second``."""
+    visible = jnp.max(jnp.abs(first.image - image)) >= 1.0 / 255.0
+    return jax.tree.map(lambda a, b: jnp.where(visible, a, b), first, second)
+
+
+def _scar(u, image, width, length, angle, jitter) -> Augmented:
+    """One scar of :func:`cutpaste_scar` from its 9 uniforms ``u``."""
     h, w = image.shape[:2]
     side = min(h, w)
-    u = _uniform(key, (9,))
     scar_w = jnp.clip(_lerp(u[0], width) * side, 1.0, side)
     scar_l = jnp.clip(_lerp(u[1], length) * side, 1.0, side)
     theta = jnp.deg2rad(_lerp(u[2], angle))

@@ -62,6 +62,7 @@ from msde_jax.ssl.augment import (
     Augmented,
     _Bright,
     _Drawn,
+    _first_visible,
     _grid,
     _lerp,
     _opening3x3,
@@ -206,8 +207,9 @@ def opacity(
     fills the gaps of an Otsu mask smaller than that and fades out at its edge. The centre is
     drawn with weights ``s^4``, away from thin parts such as a skull's rim. The image is
     blended towards ``t`` (white or black, 50/50) with peak weight ``a ~ U(weight)``:
-    ``(1 - a p) x + a p t`` with ``p`` the cut profile. At the defaults a mid-grey pixel at the
-    centre moves by 0.15 to 0.3.
+    ``(1 - a p) x + a p t`` with ``p`` the cut profile; where that would change no pixel by
+    one grey level (1/255) or more (a blob over black background blended towards black), ``t``
+    is the other one. At the defaults a mid-grey pixel at the centre moves by 0.15 to 0.3.
 
     Args:
         key: PRNG key.
@@ -240,7 +242,11 @@ def opacity(
     profile = jnp.maximum(1.0 - r2**2, 0.0) ** 2 * soft
     target = (u[4] < 0.5).astype(jnp.float32)
     blend = (_lerp(u[5], weight) * profile)[..., None]
-    return Augmented(jnp.clip((1.0 - blend) * image + blend * target, 0.0, 1.0), profile)
+    first, second = (
+        Augmented(jnp.clip((1.0 - blend) * image + blend * t, 0.0, 1.0), profile)
+        for t in (target, 1.0 - target)
+    )
+    return _first_visible(image, first, second)
 
 
 def gamma_contrast(
@@ -454,6 +460,17 @@ def _check(kinds, anatomy: str) -> tuple[str, ...]:
     return kinds
 
 
+def _check_float(*images: ArrayLike) -> None:
+    """Images in [0, 1] are floats: integer pixels (uint8 0-255) would saturate every kind."""
+    for image in images:
+        dtype = jnp.result_type(image)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"images must be floats in [0, 1], got {dtype} pixels: divide uint8 images by "
+                "255 (msde_jax.io.images.to_float reads any image as floats in [0, 1])."
+            )
+
+
 def synthesize_one(
     key: jax.Array, image: ArrayLike, other: ArrayLike, *, kind: str, anatomy: str = "bright"
 ) -> Augmented:
@@ -471,6 +488,7 @@ def synthesize_one(
         ``Augmented(image, mask)``, see the module docstring for the masks.
     """
     (kind,) = _check((kind,), anatomy)
+    _check_float(image, other)
     return _MAKERS[kind](key, image, other, anatomy)
 
 
@@ -511,12 +529,13 @@ def synthesize(
 
     Raises:
         ValueError: for unknown kinds or anatomy, ``n < 1``, ``batch_size < 1``, or
-            ``normals`` not (N, H, W, C) with N >= 2.
+            ``normals`` not (N, H, W, C) floats with N >= 2.
     """
     kinds = _check(kinds, anatomy)
     shape = jnp.shape(normals)
     if len(shape) != 4 or shape[0] < 2:
         raise ValueError(f"normals must be (N, H, W, C) with N >= 2, got shape {shape}.")
+    _check_float(normals)
     if int(n) < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
     if batch_size is not None and int(batch_size) < 1:
@@ -531,7 +550,7 @@ def synthesize(
 _DRAWS = {
     "anatpaste": lambda h, w: 10,
     "cutpaste": lambda h, w: 8,
-    "scar": lambda h, w: 9,
+    "scar": lambda h, w: 18,  # a second scar where the first is invisible
     "opacity": lambda h, w: 6,
     "gamma": lambda h, w: 2,
     "blur": lambda h, w: 1,

@@ -341,3 +341,24 @@ def test_dark_anatomy_is_the_other_side_and_anatpaste_stays_in_it():
     assert np.all(np.asarray(views)[2:][:, ~dark] == image[~dark])
     with pytest.raises(ValueError, match="anatomy must be one of"):
         anatomy_mask(image, anatomy="lungs")
+
+
+def test_a_scar_that_would_change_nothing_is_drawn_again():
+    from msde_jax.ssl.augment import _Drawn
+
+    image = np.zeros((32, 32, 1), np.float32)
+    image[:, 16:] = 0.8  # black background on the left, "tissue" on the right
+    # Uniforms: width, length, angle, source (row, col), destination (row, col), jitter (2).
+    invisible = [0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1, 0.5, 0.5]  # black cut, pasted on black
+    visible = [0.5, 0.5, 0.5, 0.1, 0.9, 0.1, 0.1, 0.5, 0.5]  # cut from the right
+
+    def make(values):
+        return cutpaste_scar(_Drawn(jnp.asarray(values, jnp.float32)), image, jitter=0.0)
+
+    alone = make(invisible + invisible)
+    np.testing.assert_array_equal(alone.image, image)  # both invisible: the second is kept
+    drawn_again = make(invisible + visible)
+    np.testing.assert_array_equal(drawn_again.image, make(visible + invisible).image)
+    assert np.abs(np.asarray(drawn_again.image) - image).max() >= 1 / 255
+    # A visible first scar is the one kept, whatever the second.
+    np.testing.assert_array_equal(make(visible + visible).image, make(visible + invisible).image)

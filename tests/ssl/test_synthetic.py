@@ -209,6 +209,12 @@ def test_synthesize_validates():
         synthesize(key, normals, 4, batch_size=0)
     with pytest.raises(ValueError, match="kinds must be"):
         synthesize_one(key, normals[0], normals[1], kind="rotation")
+    # uint8 pixels (0-255) would saturate every kind: refused with what to do.
+    pixels = (normals * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match="floats in \\[0, 1\\], got uint8 pixels: divide"):
+        synthesize(key, pixels, 4)
+    with pytest.raises(ValueError, match="got uint8 pixels"):
+        synthesize_one(key, pixels[0], normals[1], kind="blur")
 
 
 @FEW
@@ -364,3 +370,16 @@ def test_both_anatomies_share_one_compiled_program():
         dark = synthesize(jax.random.key(0), normals, 10, anatomy="dark")
     assert count.requested == 0  # the anatomy is traced, not a static argument
     assert not np.array_equal(np.asarray(bright.masks), np.asarray(dark.masks))
+
+
+def test_an_opacity_that_would_change_nothing_takes_the_other_target():
+    from msde_jax.ssl.augment import _Drawn
+
+    towards_black = jnp.asarray([0.5, 0.5, 0.5, 0.0, 0.9, 0.5], jnp.float32)  # u[4] >= 0.5
+    black = np.zeros((SIZE, SIZE, 1), np.float32)
+    out = opacity(_Drawn(towards_black), black)
+    assert np.asarray(out.image).max() > 0.1  # blended towards white instead
+    grey = np.full((SIZE, SIZE, 1), 0.5, np.float32)
+    darker = np.asarray(opacity(_Drawn(towards_black), grey).image)
+    assert darker.max() <= 0.5
+    assert darker.min() < 0.4
