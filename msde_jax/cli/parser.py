@@ -166,7 +166,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         ("weight-decay", float, "weight decay"),
         ("warmup-steps", int, "linear warm-up steps"),
         ("head-hidden", int, "hidden width of the proxy head (0: linear)"),
-        ("seed", int, "seed of head, augmentations and image order"),
+        ("seed", _seed, "seed of head, augmentations and image order"),
         ("checkpoint-every", int, "steps between checkpoints"),
         ("log-every", int, "steps between log records"),
     ):

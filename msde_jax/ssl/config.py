@@ -4,6 +4,7 @@ it fits in memory (:func:`check_training_memory`)."""
 import dataclasses
 import json
 import numbers
+import os
 from dataclasses import dataclass
 
 from msde_jax._memory import Lower, check_memory
@@ -31,7 +32,8 @@ class TrainConfig:
             dark background, e.g. brain MRI) or ``"dark"`` (below it: the lung fields of chest
             radiographs, as the AnatPaste reference code does).
         init: ``"imagenet"`` (the backbone's pretrained weights), ``"scratch"`` (seeded He
-            initialisation), or a path to weights :class:`~msde_jax.Embedder` can read.
+            initialisation), or a path to weights :class:`~msde_jax.Embedder` can read (kept
+            as a string).
         image_size: training resolution (images are resized to image_size²).
         batch_size: clean images per step (each step sees ``batch_size × classes`` views);
             must be a multiple of the number of devices.
@@ -69,6 +71,24 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+        # Plain Python values, as the checkpoints' JSON holds them (a NumPy integer or a Path
+        # would fail there, at the first checkpoint, after the steps before it were trained).
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is int:
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                check(ok, f"{field.name} must be an integer, got {value!r}.")
+                value = int(value)
+            elif field.type is float:
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+                check(ok, f"{field.name} must be a number, got {value!r}.")
+                value = float(value)
+            elif field.name == "init" and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            else:
+                check(isinstance(value, str), f"{field.name} must be a string, got {value!r}.")
+            object.__setattr__(self, field.name, value)
+
         check(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}.")
         check(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
         check(self.anatomy in ANATOMY, f"anatomy must be one of {', '.join(ANATOMY)}.")
@@ -86,9 +106,8 @@ class TrainConfig:
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}.")
         check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}.")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}.")
-        check(
-            isinstance(self.seed, numbers.Integral) and 0 <= self.seed < 2**63,
-            f"seed must be an integer in [0, 2**63), got {self.seed!r}.",
+        check(  # jax.random.key keeps a seed's low 32 bits only
+            0 <= self.seed < 2**32, f"seed must be an integer in [0, 2**32), got {self.seed!r}."
         )
 
     @property

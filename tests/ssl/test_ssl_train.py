@@ -7,6 +7,7 @@ constant learning rate) shares one compiled step across the tests.
 import dataclasses
 import importlib.resources
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -249,9 +250,18 @@ def test_config_errors_name_the_fix():
     for field, value in [("weight_decay", -0.1), ("warmup_steps", -1), ("learning_rate", 0.0)]:
         with pytest.raises(ValueError, match=f"^{field} must be"):
             dataclasses.replace(TINY, **{field: value})
-    for seed in (-1, 2**64, 1.5):
-        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+    for seed in (-1, 2**32, 2**64):  # jax.random.key keeps a seed's low 32 bits only
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
             dataclasses.replace(TINY, seed=seed)
+    for field, value in [("seed", 1.5), ("batch_size", 8.0), ("steps", True)]:
+        with pytest.raises(ValueError, match=f"^{field} must be an integer, got"):
+            dataclasses.replace(TINY, **{field: value})
+    # NumPy numbers and a Path are kept as the plain values the checkpoints' JSON holds (a
+    # NumPy seed failed at the first checkpoint, after training up to it).
+    numpy_values = {"seed": np.int64(3), "batch_size": np.int32(4), "learning_rate": np.float32(1)}
+    plain = dataclasses.replace(TINY, **numpy_values, init=Path("w"))
+    assert TrainConfig.from_json(plain.to_json()) == plain
+    assert (type(plain.seed), type(plain.learning_rate), plain.init) == (int, float, "w")
     # CutPaste makes three views of each image, AnatPaste two: the memory check counts them.
     from msde_jax import _memory
 
