@@ -109,6 +109,10 @@ def _metrics(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Array
     n = np.shape(scores)[0] if np.ndim(scores) else 0
     if tracing or n == 0 or np.shape(labels) != np.shape(scores):
         return _auc_and_ap(labels, scores, jnp.ones(np.shape(scores), bool))
+    if np.result_type(scores) == np.float64 and not jax.config.jax_enable_x64:
+        # float32 would merge scores closer than it resolves into ties: their ranks instead
+        # (both metrics depend on the order and the ties alone; exact up to 2**24 scores).
+        scores = np.unique(np.asarray(scores), return_inverse=True)[1].astype(np.float32)
     size = bucket_rows(n, _LEAST_ROWS)
     valid = np.arange(size) < n
     pad = (0, size - n)
@@ -131,8 +135,10 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
         scores: (n,) scores, higher = more likely positive. Must not contain NaN.
 
     Returns:
-        A scalar in [0, 1] (float32, or float64 for float64 scores). NaN when only one class
-        is present (scikit-learn raises instead; traced code cannot).
+        A scalar in [0, 1], float32 (float64 for float64 scores with x64 enabled; without
+        it, float64 NumPy scores are ranked on the host first, so scores closer than float32
+        resolves stay apart). NaN when only one class is present (scikit-learn raises
+        instead; traced code cannot).
     """
     return _metrics(labels, scores)[0]
 
@@ -150,10 +156,11 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
         scores: (n,) scores, higher = more likely positive. Must not contain NaN.
 
     Returns:
-        A scalar in [0, 1] (float32, or float64 for float64 scores). NaN when only one class
-        is present, for symmetry with :func:`roc_auc` and because a one-class evaluation set is
-        almost always a mistake (scikit-learn returns 1.0 for all-positive labels and warns and
-        returns 0.0 for all-negative ones).
+        A scalar in [0, 1], float32 (float64 for float64 scores with x64 enabled; without
+        it, float64 NumPy scores are ranked on the host first, as for :func:`roc_auc`). NaN
+        when only one class is present, for symmetry with :func:`roc_auc` and because a
+        one-class evaluation set is almost always a mistake (scikit-learn returns 1.0 for
+        all-positive labels and warns and returns 0.0 for all-negative ones).
     """
     return _metrics(labels, scores)[1]
 

@@ -50,6 +50,14 @@ def test_random_scores_float64(x64, rng, ours, reference):
 
 
 @pytest.mark.parametrize(("ours", "reference"), METRICS)
+def test_float64_scores_closer_than_float32_resolves_without_x64(rng, ours, reference):
+    labels = _labels(rng, 300)
+    scores = 1000.0 + 1e-6 * (rng.normal(size=300) + 2 * labels)  # one value in float32
+    assert np.unique(scores.astype(np.float32)).size < 5
+    np.testing.assert_allclose(ours(labels, scores), reference(labels, scores), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("ours", "reference"), METRICS)
 @pytest.mark.parametrize("n_values", [1, 2, 3, 7])
 def test_many_ties(x64, rng, ours, reference, n_values):
     for _ in range(5):
