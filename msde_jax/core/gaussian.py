@@ -120,8 +120,10 @@ def gaussian_fit(
     Returns:
         A :class:`GaussianState`. ``cholesky`` is computed from the data by a QR
         decomposition (accurate in float32 for ill-conditioned data). When the covariance is
-        singular to working precision (``"empirical"`` with n <= d or duplicated rows, any
-        estimator on constant data), ``cholesky`` is that of ``covariance + j·s·I``, with
+        singular to working precision (``"empirical"`` with n <= d or duplicated rows, a
+        shrinkage estimator on constant data; never ``"ridge"`` with ``ridge > 0``, nor a
+        shrinkage estimator that shrinks: their eigenvalues are at least the ridge or the
+        target's share), ``cholesky`` is that of ``covariance + j·s·I``, with
         ``s`` = max(mean variance, 1) and ``j`` the first of :data:`JITTERS` (1e-6, 1e-4,
         1e-2) that is not — finite, never NaN; ``covariance`` itself is returned as estimated.
 
@@ -155,10 +157,12 @@ def gaussian_fit(
     if covariance == "empirical":
         cov = emp_cov
         a = xc / jnp.sqrt(n)
+        floor = jnp.zeros((), x.dtype)
     elif covariance == "ridge":
         ridge = jnp.asarray(ridge, dtype=x.dtype)
         cov = scatter / (n - 1) + ridge * eye
         a = jnp.concatenate([xc / jnp.sqrt(n - 1.0), jnp.sqrt(jnp.maximum(ridge, 0)) * eye])
+        floor = ridge
     else:
         if covariance == "ledoit_wolf":
             shrinkage = _ledoit_wolf_shrinkage(xc, emp_cov, n)
@@ -166,13 +170,14 @@ def gaussian_fit(
             shrinkage = _oas_shrinkage(n, emp_cov)
         cov = _shrink(emp_cov, shrinkage)
         mu = jnp.trace(emp_cov) / d
+        floor = shrinkage * mu
         a = jnp.concatenate(
             [
                 jnp.sqrt(jnp.maximum(1.0 - shrinkage, 0)) * xc / jnp.sqrt(n),
                 jnp.sqrt(jnp.maximum(shrinkage * mu, 0)) * eye,
             ]
         )
-    return GaussianState(mean, cov, _cholesky_from_rows(a, cov))
+    return GaussianState(mean, cov, _cholesky_from_rows(a, cov, floor))
 
 
 # Relative jitters tried in turn when a covariance is singular (rank-deficient data).
@@ -188,23 +193,28 @@ def _lower_factor(a: jax.Array) -> jax.Array:
     return r.T
 
 
-def _singular(chol: jax.Array) -> jax.Array:
+def _singular(chol: jax.Array, floor: jax.Array) -> jax.Array:
+    """Not finite, or, without a positive eigenvalue ``floor`` known, singular to working
+    precision. (With one, ``a`` holds rows ``sqrt(floor)·I``: ``a.T @ a`` is positive definite
+    and its QR factor accurate, however large its condition number.)"""
     diag = jnp.abs(jnp.diagonal(chol))
     eps = jnp.finfo(chol.dtype).eps
-    return ~jnp.all(jnp.isfinite(chol)) | (jnp.min(diag) <= eps * chol.shape[0] * jnp.max(diag))
+    tiny = jnp.min(diag) <= eps * chol.shape[0] * jnp.max(diag)
+    return ~jnp.all(jnp.isfinite(chol)) | (tiny & ~(floor > 0))
 
 
-def _cholesky_from_rows(a: jax.Array, cov: jax.Array) -> jax.Array:
-    """The Cholesky factor of ``a.T @ a`` (= ``cov``); if it is singular to working precision,
-    that of ``cov + j·s·I`` for the first ``j`` of :data:`JITTERS` that is not, with
-    ``s = max(mean variance, 1)`` (rows ``sqrt(j·s)·I`` appended to ``a``)."""
+def _cholesky_from_rows(a: jax.Array, cov: jax.Array, floor: jax.Array) -> jax.Array:
+    """The Cholesky factor of ``a.T @ a`` (= ``cov``, whose eigenvalues are at least ``floor``,
+    the ridge or the shrinkage target's share, when that is positive); if it is singular to
+    working precision, that of ``cov + j·s·I`` for the first ``j`` of :data:`JITTERS` that is
+    not, with ``s = max(mean variance, 1)`` (rows ``sqrt(j·s)·I`` appended to ``a``)."""
     d = cov.shape[0]
     scale = jnp.maximum(jnp.trace(cov) / d, 1.0)
     eye = jnp.eye(d, dtype=cov.dtype)
     chol = _lower_factor(a)
     for jitter in JITTERS:
         chol = lax.cond(
-            _singular(chol),
+            _singular(chol, floor),
             lambda j=jitter: _lower_factor(jnp.concatenate([a, jnp.sqrt(j * scale) * eye])),
             lambda c=chol: c,
         )

@@ -109,10 +109,12 @@ def _metrics(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Array
     n = np.shape(scores)[0] if np.ndim(scores) else 0
     if tracing or n == 0 or np.shape(labels) != np.shape(scores):
         return _auc_and_ap(labels, scores, jnp.ones(np.shape(scores), bool))
-    if np.result_type(scores) == np.float64 and not jax.config.jax_enable_x64:
-        # float32 would merge scores closer than it resolves into ties: their ranks instead
-        # (both metrics depend on the order and the ties alone; exact up to 2**24 scores).
-        scores = np.unique(np.asarray(scores), return_inverse=True)[1].astype(np.float32)
+    if not isinstance(scores, jax.Array) and not jax.config.jax_enable_x64:
+        host = np.asarray(scores)
+        if host.dtype == np.float64:
+            # float32 would merge scores closer than it resolves into ties: their ranks
+            # instead (both metrics depend on the order and ties alone; exact to 2**24 scores).
+            scores = np.unique(host, return_inverse=True)[1].astype(np.float32)
     size = bucket_rows(n, _LEAST_ROWS)
     valid = np.arange(size) < n
     pad = (0, size - n)

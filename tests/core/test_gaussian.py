@@ -202,6 +202,19 @@ def test_float32_mahalanobis_at_condition_number_1e8(rng, name):
     np.testing.assert_allclose(got, ref, rtol=1e-3)
 
 
+def test_ridge_is_the_covariance_plus_ridge_however_ill_conditioned(rng):
+    # Fewer rows than features: the ridge alone holds most directions up, against one of
+    # variance 9e6. The factor is accurate (its rows hold sqrt(ridge)·I), so no jitter may be
+    # added: it was (1e-2 of the mean variance), 97 % off the ridge Gaussian's distances.
+    sd = np.ones(64)
+    sd[0] = 3e3
+    x, t = rng.normal(size=(2, 20, 64)) * sd
+    got = mahalanobis(gaussian_fit(x.astype(np.float32)), t.astype(np.float32))
+    cov, diff = np.cov(x.T) + 1e-4 * np.eye(64), t - x.mean(0)
+    ref = np.sqrt(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["empirical", "ridge", "ledoit_wolf", "oas"])
 @pytest.mark.parametrize("case", ["constant", "duplicated", "n_below_d"])
 def test_singular_covariance_falls_back_to_jitter_never_nan(rng, name, case):
