@@ -101,6 +101,13 @@ def _trace_context() -> str | None:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", context)
 
 
+def _setting() -> tuple[Any, ...]:
+    """What a program found in memory depends on besides its arguments: JAX's trace-time
+    settings (:func:`_trace_context`: x64 mode, default matmul precision, …), the forms traced
+    and the folder of programs. Changed in a process, they find (or make) another program."""
+    return _trace_context(), cpu_paths(), exported_dir()
+
+
 def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """The arguments' tree and each leaf's (shape, dtype, sharding, weak type): what a trace
     sees (a weakly typed float32 times a bfloat16 array is bfloat16, a float32 one float32)."""
@@ -167,12 +174,13 @@ class Exported:
         if any(isinstance(leaf, _Tracer) for leaf in jax.tree.leaves(args)):
             return self.fun  # inside another trace: it inlines the function as it is
         signature = _signature(args)
-        if signature not in self._calls:
+        found = (signature, *_setting())  # as jax.jit: a new x64 mode or precision retraces
+        if found not in self._calls:
             program = self._program(args, signature)
-            self._calls[signature] = (
+            self._calls[found] = (
                 self.fun if program is None else _Guarded(jax.jit(program.call), self.fun)
             )
-        return self._calls[signature]
+        return self._calls[found]
 
     def _program(
         self, args: tuple[Any, ...], signature: tuple[Any, ...] | None = None
@@ -181,9 +189,10 @@ class Exported:
         if folder is None or _trace_context() is None:
             return None
         signature = _signature(args) if signature is None else signature
-        if signature not in self._programs:
-            self._programs[signature] = self._load_or_export(folder, signature, args)
-        return self._programs[signature]
+        found = (signature, *_setting())
+        if found not in self._programs:
+            self._programs[found] = self._load_or_export(folder, signature, args)
+        return self._programs[found]
 
     def _key(self, signature: tuple[Any, ...]) -> str:
         devices = tuple((d.platform, d.device_kind) for d in jax.devices())

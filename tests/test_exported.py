@@ -64,6 +64,18 @@ def test_the_key_holds_the_static_part_and_the_signature(folder):
     np.testing.assert_allclose(scaled, np.sin(x) * 3.0, rtol=1e-6)  # not the 2.0 program
 
 
+def test_a_setting_changed_in_the_process_finds_another_program(folder):
+    # As jax.jit retraces: a program found in memory under x64 off served x64 on (float32).
+    fun = Exported(jax.jit(lambda x: x.astype(float) / 3), "g", static=())
+    x = np.arange(3, dtype=np.int32)
+    assert fun(x).dtype == np.float32
+    with jax.enable_x64(True):
+        assert fun(x).dtype == np.float64
+        assert fun.out_info(x).dtype == np.float64
+    assert fun(x).dtype == np.float32
+    assert len(list(folder.iterdir())) == 2
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_a_damaged_file_is_traced_again_and_rewritten(folder, damage):
     x = np.arange(6, dtype=np.float32)
