@@ -259,6 +259,15 @@ def _check_header(path: Any, member: str | None, header: MemberHeader) -> None:
         )
     if any(s < 0 for s in header.shape):
         raise ArrayFileError(path, f"claims the negative shape {header.shape}; {_RESTORE}.", member)
+    most = np.iinfo(np.intp).max  # of 0-byte elements, or beside a 0, a shape NumPy cannot hold
+    if (
+        len(header.shape) > 64
+        or max(header.shape, default=0) > most
+        or math.prod(header.shape) > most
+    ):
+        raise ArrayFileError(
+            path, f"claims the shape {header.shape}, which NumPy cannot hold; {_RESTORE}.", member
+        )
     if header.dtype.subdtype is not None:
         raise ArrayFileError(
             path, f"claims a sub-array dtype {header.dtype} NumPy never writes; {_RESTORE}.", member
@@ -291,8 +300,10 @@ def _directory_record(f: BinaryIO, size: int) -> tuple[int, int] | None:
     if locator >= 0:
         f.seek(locator)
         record = f.read(20)
-        if record[:4] == b"PK\x06\x07":
-            f.seek(struct.unpack("<Q", record[8:16])[0])
+        if record[:4] == b"PK\x06\x07" and locator >= 56:
+            # Just before the locator, where zipfile reads it (not at the offset the locator
+            # gives: a decoy record there would pass the checks for another directory).
+            f.seek(locator - 56)
             end64 = f.read(56)
             if end64[:4] == b"PK\x06\x06" and len(end64) == 56:
                 members, directory = struct.unpack("<QQ", end64[32:48])

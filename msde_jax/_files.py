@@ -4,6 +4,7 @@ and the checksum of named arrays that saved models and weight files carry."""
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import secrets
 import stat
@@ -13,7 +14,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["arrays_checksum", "atomic_write", "default_cache_dir"]
+__all__ = ["arrays_checksum", "atomic_write", "default_cache_dir", "read_json"]
 
 
 def default_cache_dir() -> Path:
@@ -108,3 +109,12 @@ def arrays_checksum(arrays: Mapping[str, Any]) -> str:
         digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         digest.update(a.tobytes())
     return digest.hexdigest()
+
+
+def read_json(text: str) -> Any:
+    """``json.loads(text)``, every fault a ``ValueError``: a file's JSON nested deeper than
+    Python's recursion limit (damaged or crafted) raises ``RecursionError`` there."""
+    try:
+        return json.loads(text)
+    except RecursionError as err:
+        raise ValueError("JSON nested too deeply to read") from err

@@ -281,6 +281,14 @@ def test_negative_and_sub_array_claims_refused(tmp_path):
     path.write_bytes(npy_bytes(claim((2,), ("<f8", (3,))), bytes(48)))
     with pytest.raises(af.ArrayFileError, match="sub-array"):
         af.load_npy(path)
+    # No bytes claimed, and a shape NumPy cannot hold: the file's error (NumPy's, before).
+    for shape in [(0, 2**64), (0,) * 65]:
+        path.write_bytes(npy_bytes(claim(shape)))
+        with pytest.raises(af.ArrayFileError, match="which NumPy cannot hold"):
+            af.load_npy(path)
+        write_zip(tmp_path / "a.npz", {"x.npy": npy_bytes(claim(shape))})
+        with pytest.raises(af.ArrayFileError, match="member 'x' claims the shape"):
+            af.load_npz(tmp_path / "a.npz")
 
 
 # --------------------------------------------------------------------------- damaged files
@@ -389,6 +397,33 @@ def test_huge_central_directory_refused(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(af.ArrayFileError, match="zip directory of 1 GiB"):
         af.load_npz(path)
+
+
+def test_zip64_directory_read_where_zipfile_reads_it(tmp_path):
+    # A decoy zip64 end record at the offset the locator gives, claiming a small directory,
+    # passed the size checks while zipfile read the real one, just before the locator.
+    buffer = io.BytesIO()
+    np.savez(buffer, a=np.ones(2), b=np.zeros(3))
+    raw = buffer.getvalue()
+    end = raw.rindex(b"PK\x05\x06")
+    count, size, offset = struct.unpack("<HII", raw[end + 10 : end + 20])
+
+    def record(members, directory, at):
+        fields = (b"PK\x06\x06", 44, 45, 45, 0, 0, members, members, directory, at)
+        return struct.pack("<4sQHHIIQQQQ", *fields)
+
+    decoy = record(count, 1, 0)
+    real = record(count, size, offset + len(decoy))
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, offset, 1)  # points at the decoy
+    ones = (b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    data = raw[:offset] + decoy + raw[offset : offset + size] + real + locator
+    data += struct.pack("<4sHHHHIIH", *ones)
+    path = tmp_path / "a.npz"
+    path.write_bytes(data)
+    assert len(zipfile.ZipFile(path).infolist()) == count == 2
+    with open(path, "rb") as f:
+        assert af._directory_record(f, len(data)) == (count, size)  # the real one's
+    assert sorted(af.load_npz(path)) == ["a", "b"]
 
 
 def test_error_is_a_value_error_and_pickles():

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from msde_jax._files import read_json
 from msde_jax._memory import MemoryLimitError
 from msde_jax.cli.configuration import (
     CONFIGURATION_OPTIONS,
@@ -127,7 +128,7 @@ def _read_embeddings(path: str) -> tuple[np.ndarray, dict | None]:
     features, config = arrays["embeddings"], arrays.get("config")
     if config is not None:
         try:
-            config = json.loads(str(config)) if config.ndim == 0 else None
+            config = read_json(str(config)) if config.ndim == 0 else None
         except ValueError:
             config = None
         if not isinstance(config, dict):

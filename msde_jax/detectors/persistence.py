@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from msde_jax._arrays_file import ArrayFileError, load_npz
-from msde_jax._files import arrays_checksum, atomic_write
+from msde_jax._files import arrays_checksum, atomic_write, read_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -159,7 +159,7 @@ def read_npz(
     if "meta" not in files:
         raise ValueError(f"{path} is not a saved {what}: no 'meta' entry.")
     try:
-        meta = json.loads(str(files.pop("meta")))
+        meta = read_json(str(files.pop("meta")))
     except ValueError as err:
         raise ValueError(f"{path} is not a saved {what}: its 'meta' is not JSON.") from err
     if not isinstance(meta, dict):

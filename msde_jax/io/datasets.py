@@ -17,7 +17,6 @@ problem. Its items are file paths (``str``) or NumPy image arrays: anything
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from msde_jax._arrays_file import MemberHeader, load_npz, member_headers
+from msde_jax._files import read_json
 from msde_jax.io.images import IMAGE_SUFFIXES
 from msde_jax.io.inputs import SliceGroups, concat_groups, list_inputs, read_inputs
 from msde_jax.io.volumes import VOLUME_SUFFIXES
@@ -313,8 +313,8 @@ def _from_folders(root: Path, *, axis: str, skip_unreadable: bool) -> Dataset:
 def _from_medianomaly(root: Path) -> Dataset:
     meta_path = root / "data.json"
     try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        meta = read_json(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_path}: not valid JSON ({err}).") from err
     images = root / "images"
     if not images.is_dir():

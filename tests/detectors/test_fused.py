@@ -315,6 +315,10 @@ def test_load_refuses_what_is_not_a_fused_detector(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="is not a saved FusedDetector"):
         FusedDetector.load(tmp_path / "junk.npz")
+    # JSON nested past Python's recursion limit: the file's error (a RecursionError before).
+    np.savez(path, meta=np.array("[" * 100_000))
+    with pytest.raises(ValueError, match="other.npz is not a saved FusedDetector: its 'meta' is"):
+        FusedDetector.load(path)
 
 
 def test_classes_are_looked_up_by_name_only(fitted, tmp_path, monkeypatch):
