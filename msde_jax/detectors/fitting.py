@@ -92,30 +92,64 @@ def chunked_scores(score: Callable[[Any, Any], ArrayLike], state: Any, x: Any) -
 def folds(keys: np.ndarray, n_folds: int, groups: ArrayLike | None = None) -> list[np.ndarray]:
     """The cross-fit folds of n samples, as sorted index arrays.
 
-    Without ``groups``, fold f holds ``order[f::n_folds]`` with ``order`` the samples sorted
-    by their content ``keys``, so the folds do not depend on the row order. With ``groups``
-    (one id per sample, e.g. the volume each slice comes from), whole groups are dealt out the
-    same way, ordered by their smallest key: no sample shares a fold's model with its group.
+    Without ``groups``, the samples sorted by their content ``keys`` are dealt out in turn,
+    fold f the f-th, (f + n_folds)-th, …, so the folds do not depend on the row order; the
+    same content (a scan stored twice) counts as one sample, so its copies share a fold (a
+    copy in the fitting part would score its twin about 0 and pull the threshold down), unless
+    fewer distinct samples than folds leave no other way. With ``groups`` (one id per sample,
+    e.g. the volume each slice comes from), whole groups are dealt out the same way, ordered
+    by their smallest key, groups holding the same content merged: no sample shares a fold's
+    model with its group or its copies.
 
     Raises:
         ValueError: ``groups`` is not one id per sample, or there are fewer groups than folds.
     """
     order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    distinct = np.cumsum(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) - 1
     if groups is None:
-        return [np.sort(order[f::n_folds]) for f in range(n_folds)]
+        if distinct[-1] + 1 < n_folds:  # fewer distinct samples than folds: one by one
+            return [np.sort(order[f::n_folds]) for f in range(n_folds)]
+        return [np.sort(order[distinct % n_folds == f]) for f in range(n_folds)]
     ids = np.asarray(groups)
     if ids.shape != keys.shape:
         raise ValueError(f"groups must hold one id per sample ({keys.size}), got {ids.shape}.")
     names, index = np.unique(ids, return_inverse=True)
+    if distinct[-1] + 1 < keys.size:  # copies of one content: their groups merged
+        content = np.empty_like(distinct)
+        content[order] = distinct
+        names, index = np.unique(_merged(index, content), return_inverse=True)
     if names.size < n_folds:
         raise ValueError(
             f"the cross-fit threshold deals whole groups into n_folds={n_folds} folds, but "
-            f"there are {names.size} groups; pass more groups or lower n_folds."
+            f"there are {names.size} groups (those holding the same content counted as one); "
+            "pass more groups or lower n_folds."
         )
-    first = np.full(names.size, -1)
-    first[index[order[::-1]]] = np.arange(order.size)[::-1]  # each group's first in order
+    first = np.full(names.size, order.size)
+    np.minimum.at(first, index[order], np.arange(order.size))  # each group's first in order
     group_order = np.argsort(first, kind="stable")
     return [np.flatnonzero(np.isin(index, group_order[f::n_folds])) for f in range(n_folds)]
+
+
+def _merged(group: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Group ids (0..g-1, one per sample) with the groups that share a content id merged
+    (connected components of groups linked by identical samples), as the smallest id of
+    each merged group."""
+    parent = np.arange(group.max() + 1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first = {}
+    for g, c in zip(group.tolist(), content.tolist(), strict=True):
+        other = first.setdefault(c, g)
+        if other != g:
+            a, b = root(other), root(g)
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(g) for g in range(parent.size)])[group]
 
 
 def largest_fold(keys: np.ndarray, n_folds: int, groups: ArrayLike | None) -> int:

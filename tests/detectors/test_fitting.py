@@ -39,6 +39,38 @@ def test_folds_of_groups_keep_each_group_together():
         folds(keys, 3, groups[:5])
 
 
+def test_copies_of_one_sample_share_a_fold():
+    # A scan stored twice: dealt into two folds, each copy was scored by a model that saw the
+    # other (out-of-fold score about 0) and the threshold fell (twice the promised false
+    # positives on fresh normals in a review's example).
+    keys = _keys(20, seed=3)
+    copies = np.r_[keys, keys[:6], keys[:2]]  # 6 samples twice, 2 of them three times
+    held = folds(copies, 4)
+    np.testing.assert_array_equal(np.sort(np.concatenate(held)), np.arange(28))
+    fold_of = np.empty(28, int)
+    for f, fold in enumerate(held):
+        fold_of[fold] = f
+    for key in keys[:6]:
+        assert np.unique(fold_of[copies == key]).size == 1
+    assert [fold.size for fold in folds(copies, 4)] == [fold.size for fold in held]
+    # Without copies, the folds are those of the content order, as before.
+    plain = folds(keys, 4)
+    order = np.argsort(keys, kind="stable")
+    for f, fold in enumerate(plain):
+        np.testing.assert_array_equal(fold, np.sort(order[f::4]))
+    # Fewer distinct samples than folds: dealt one by one (no other way).
+    assert all(fold.size == 1 for fold in folds(np.repeat(keys[:1], 3), 3))
+    # Groups holding the same content are merged: copies across volumes share a fold.
+    # Volumes 7 and 8 hold copies of slices of volumes 0 and 1: 0, 1, 7, 8 count as one.
+    groups = np.r_[np.repeat(np.arange(5), 4), np.repeat([7, 8], 4)]
+    held = folds(copies, 3, groups)
+    for key in keys[:6]:
+        samples = np.flatnonzero(copies == key)
+        assert sum(np.isin(samples, fold).any() for fold in held) == 1
+    with pytest.raises(ValueError, match="4 groups .those holding the same content counted"):
+        folds(copies, 5, groups)
+
+
 def test_out_of_fold_scores_score_each_fold_by_the_others():
     held = folds(_keys(10), 2)
     seen = []
