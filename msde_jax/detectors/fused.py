@@ -354,18 +354,17 @@ class FusedDetector(Detector):
         del y
         components = self._checked_components()
         X = self._checked_features(X, list(components))
+        if self.calibration == "rank" and len(next(iter(X.values()))) < 3:
+            raise ValueError("calibration='rank' needs at least 3 training samples.")
+        # No state of the last fit may outlive a failure below, beside components refitted
+        # already (it would score, save and then fail to load): dropped first.
+        for fitted in ("state_", "decision_scores_", "threshold_", "labels_", "metadata_"):
+            self.__dict__.pop(fitted, None)
         for name, component in components.items():
             try:
                 component.fit(X[name], groups=groups)
-            except Exception as err:
-                # Components before this one are refitted already: no state of the last fit
-                # may be kept beside them (it would score, save and then fail to load).
-                for fitted in ("state_", "decision_scores_", "threshold_", "labels_"):
-                    self.__dict__.pop(fitted, None)
-                if isinstance(err, ValueError):
-                    raise ValueError(f"component {name!r}: {err}") from err
-                raise
-        self.__dict__.pop("metadata_", None)  # a loaded detector's; this fit is new
+            except ValueError as err:
+                raise ValueError(f"component {name!r}: {err}") from err
         oof = {name: np.asarray(c.decision_scores_) for name, c in components.items()}
         self._fitted_with = {
             "components": components,
@@ -374,8 +373,6 @@ class FusedDetector(Detector):
         }
         self._component_states = {name: c.state_ for name, c in components.items()}
         if self.calibration == "rank":
-            if len(next(iter(oof.values()))) < 3:
-                raise ValueError("calibration='rank' needs at least 3 training samples.")
             self.state_ = rank_calibration(oof)
             loo = loo_tail_scores(oof)
             scores = np.asarray(jnp.mean(jnp.stack(list(loo.values())), axis=0))
@@ -408,6 +405,14 @@ class FusedDetector(Detector):
 
     def _raw_scores(self, X: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
         self._check_components_unchanged()
+        changed = self.score_changes()
+        if changed:  # the calibration is on each component's fitted score's scale
+            fitted = ", ".join(f"{n}={at_fit!r}" for n, _, at_fit in changed)
+            now = ", ".join(f"{n}={value!r}" for n, value, _ in changed)
+            raise ValueError(
+                f"the calibration was computed for {fitted}, but the components now score with "
+                f"{now}; refit, or set them back (set_params({fitted}))."
+            )
         components = dict(self.components)
         X = self._checked_features(X, list(components))
         scores = {}
@@ -503,11 +508,10 @@ class FusedDetector(Detector):
         arrays = {}
         for name, (_, sub) in self._component_arrays().items():
             arrays.update({f"{name}/{key}": np.asarray(value) for key, value in sub.items()})
+        names = list(dict(self.components))  # the order of the components' records
         if isinstance(self.state_, RankCalibration):
-            names = list(self.state_.sorted)
             arrays["fusion.sorted"] = np.stack([self.state_.sorted[n] for n in names])
             return arrays
-        names = list(self.state_.mean)
         arrays["fusion.mean"] = np.array([self.state_.mean[n] for n in names], np.float64)
         arrays["fusion.std"] = np.array([self.state_.std[n] for n in names], np.float64)
         return arrays

@@ -93,6 +93,26 @@ def test_a_component_failing_to_refit_leaves_the_detector_unfitted(fitted, rng, 
         det.save(tmp_path / "f.npz")
 
 
+def test_a_rank_refit_on_too_few_samples_changes_nothing(rng, train):
+    det = FusedDetector(_components(), calibration="rank").fit(train)
+    states = {name: c.state_ for name, c in det.components.items()}
+    test = _features(rng, 4)
+    before = det.score_samples(test)
+    with pytest.raises(ValueError, match="needs at least 3 training samples"):
+        det.fit(_features(rng, 2))
+    assert all(c.state_ is states[name] for name, c in det.components.items())  # not refitted
+    np.testing.assert_array_equal(det.score_samples(test), before)
+
+
+def test_components_listed_in_another_order_save_their_own_calibration(fitted, tmp_path):
+    det, test = fitted
+    before = det.score_samples(test)
+    det.set_params(components=dict(reversed(list(det.components.items()))))  # the same ones
+    np.testing.assert_array_equal(det.score_samples(test), before)
+    det.save(tmp_path / "f.npz")
+    np.testing.assert_allclose(FusedDetector.load(tmp_path / "f.npz").score_samples(test), before)
+
+
 def test_fit_predict_returns_labels(rng):
     det = FusedDetector(_components())
     np.testing.assert_array_equal(det.fit_predict(_features(rng, N_TRAIN)), det.labels_)
@@ -385,6 +405,8 @@ def test_predict_refuses_a_stale_threshold(fitted, tmp_path):
         r"scores with wide__score='knn'; refit, or set wide__score back",
     ):
         det.predict(test)
+    with pytest.raises(ValueError, match=r"calibration was computed for wide__score='mahal"):
+        det.score_samples(test)  # its z-scores are on the fitted score's scale too
     det.set_params(wide__score="mahalanobis", wide__batch_size=7)  # batch_size: neutral
     np.testing.assert_array_equal(det.predict(test), expected)
     det.save(tmp_path / "ok.npz")
