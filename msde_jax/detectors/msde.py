@@ -8,6 +8,7 @@ docstring for the exceptions). :class:`MSDEDetector` is the facade over the two
 (:func:`fit_rows`), so nearby training sizes share their compiled programs.
 """
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -199,14 +200,23 @@ def _fold_rows(config: DetectorConfig, n: int) -> int:
 
 
 def _fit_state(
-    x: np.ndarray, keys: np.ndarray, config: DetectorConfig, rows: int = 0
+    x: np.ndarray,
+    keys: np.ndarray,
+    config: DetectorConfig,
+    rows: int = 0,
+    search: str | None = None,
 ) -> tuple[DetectorState, int]:
     """Fit on checked raw rows ``x`` with their content ``keys``: the state and the MSDE
     iterations run. Standardising runs on the host (float64 sums: the row order does not change
     the rounding); the rest is one program per padded size, at least ``rows`` (:func:`fit_rows`,
-    :func:`_fit_arrays`, :func:`_fold_rows`)."""
+    :func:`_fit_arrays`, :func:`_fold_rows`). ``search``: the blurring shift's neighbour search
+    where ``neighbors="auto"`` (``None``: chosen for ``n``): a cross-fit's folds search as the
+    whole fit does, so the threshold comes from models of the kind it is applied to."""
     n, d = x.shape
-    pads = _pads(config, n)  # a padded program even where n fills its bucket
+    fit_config = config
+    if search is not None and config.neighbors == "auto":
+        fit_config = dataclasses.replace(config, neighbors=choose_neighbors(search, n))
+    pads = _pads(fit_config, n)  # a padded program even where n fills its bucket
     rows = max(bucket_fit_rows(n), rows) if pads else n
     # no order without a shift: no weight blocks to order (one program for every block order)
     keys = keys if config.content_ordered and config.mode != "none" else None
@@ -237,7 +247,7 @@ def _fit_state(
         order,
         valid,
         numbers,
-        config.fit_program(),
+        fit_config.fit_program(),
         nc if isinstance(nc, int) else None,
     )
     if pca is None:  # a fraction of the variance: its component count is read on the host
@@ -477,7 +487,11 @@ def fit_detector(
             x,
             keys,
             config,
-            functools.partial(_fit_state, rows=_fold_rows(config, x.shape[0])),
+            functools.partial(
+                _fit_state,
+                rows=_fold_rows(config, x.shape[0]),
+                search=choose_neighbors(config.neighbors, x.shape[0]),
+            ),
             score_detector if independent else score_batch,
             batch_independent=independent,
             groups=groups,

@@ -130,7 +130,8 @@ class DetectorConfig(BaseConfig):
         "auto",
         "the blurring shift's neighbour search (fit, and the transductive score): "
         '``"exact"``, ``"approximate"`` (:func:`~msde_jax.core.approximate_knn`\'s tree) or '
-        '``"auto"`` (:func:`~msde_jax.core.mean_shift`).',
+        '``"auto"`` (:func:`~msde_jax.core.mean_shift`: by the rows shifted; a cross-fit\'s '
+        "folds search as the whole fit does).",
     )
 
     @classmethod

@@ -652,3 +652,16 @@ def test_jit_of_a_padded_transductive_state_beyond_the_exact_search_says_what_to
     assert state.valid is not None
     with pytest.raises(ValueError, match="score_batch"):
         jax.jit(score_detector).lower(state, np.zeros((4100, 4), np.float32))
+
+
+def test_the_cross_fit_folds_search_as_the_whole_fit():
+    # neighbors="auto" past 4,096 rows: the whole fit's shift searches approximately, and its
+    # folds (below 4,096 rows each) searched exactly, so the threshold came from models of
+    # another kind than the one it is applied to. Now "auto" is "approximate" throughout.
+    x = np.random.default_rng(8).standard_t(4, size=(4200, 3)).astype(np.float32)
+    params = {"k": 4, "max_iter": 1, "density": "uniform", "n_folds": 2}
+    auto = MSDEDetector(**params).fit(x)
+    approximate = MSDEDetector(**params, neighbors="approximate").fit(x)
+    np.testing.assert_array_equal(auto.decision_scores_, approximate.decision_scores_)
+    assert auto.threshold_ == approximate.threshold_
+    assert auto.get_params()["neighbors"] == auto.state_.config.neighbors == "auto"
