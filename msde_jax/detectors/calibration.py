@@ -8,14 +8,15 @@ its out-of-fold scores on the training normals, o_(1) ≤ … ≤ o_(n), to a *t
     c(s) = −log p(s),        p(s) = (1 + G(s)) / (n + 1),
 
 where G(s) is the number of out-of-fold scores at or above ``s``, interpolated linearly
-between order statistics (G(o_(i)) = n − i + 1, so at an order statistic p is the usual
-conformal p-value (1 + #{o ≥ s}) / (n + 1)). Below o_(1), G = n and c = 0: every score below
-all normals is equally normal. Beyond o_(n) the p-value decays exponentially,
-p(s) = p(o_(n)) · exp(−(s − o_(n)) / β), with β the mean excess of the top ⌈n/10⌉ scores
-over the next one (the maximum-likelihood scale of an exponential tail, as in the
-peaks-over-threshold method), so c grows linearly there and anomalies beyond every normal
-still rank among themselves. c is continuous and non-decreasing in s, strictly increasing
-above o_(1) except across tied scores (where the empirical distribution itself jumps).
+between distinct order statistics (G(o_(i)) = #{o ≥ o_(i)}, n − i + 1 without ties, so at an
+order statistic p is the usual conformal p-value (1 + #{o ≥ s}) / (n + 1), ties included).
+Below o_(1), G = n and c = 0: every score below all normals is equally normal. Beyond o_(n)
+the p-value decays exponentially, p(s) = p(o_(n)) · exp(−(s − o_(n)) / β), with β the mean
+excess of the top ⌈n/10⌉ scores over the next one (the maximum-likelihood scale of an
+exponential tail, as in the peaks-over-threshold method), so c grows linearly there and
+anomalies beyond every normal still rank among themselves. c is continuous and non-decreasing
+in s, strictly increasing above o_(1) except across tied scores (where the empirical
+distribution itself jumps).
 
 Under the null (a new normal's score drawn like the out-of-fold ones) p(s) is a (continuous
 version of the) conformal p-value, so c(s) has about the same law for every component and
@@ -198,7 +199,12 @@ def tail_score(s: ArrayLike, sorted_scores: ArrayLike, scale: ArrayLike) -> jax.
     o = jnp.asarray(sorted_scores)
     s = jnp.asarray(s, o.dtype)
     n = o.shape[0]
-    count = jnp.interp(s, o, jnp.arange(n, 0, -1, dtype=o.dtype))  # G: n at o_(1), 1 at o_(n)
+    # G at o_(i): #{o >= o_(i)}, n - (the first index of o_(i)'s ties), so tied scores share
+    # the conformal count (interpolating n - i would give each tie its own)
+    index = jnp.arange(n)
+    starts = jnp.concatenate([jnp.ones(1, bool), o[1:] != o[:-1]])
+    first = jax.lax.cummax(jnp.where(starts, index, 0))
+    count = jnp.interp(s, o, (n - first).astype(o.dtype))  # n at o_(1), 1 at o_(n) untied
     inside = math.log(n + 1) - jnp.log1p(count)
     beyond = math.log((n + 1) / 2) + (s - o[-1]) / scale
     return jnp.where(s > o[-1], beyond, inside)

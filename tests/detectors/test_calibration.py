@@ -77,6 +77,12 @@ def test_order_statistics_get_conformal_p_values_and_the_tail_is_exponential():
     np.testing.assert_allclose(np.diff(far), [1.0, 1.0], rtol=1e-5)
     # Tied top scores: a finite, steep tail.
     assert 0 < float(tail_scale(np.asarray([0, 1, 1, 1], np.float32))) <= 1e-6
+    # Tied scores share the conformal count #{o ≥ s} (each tie had its own before: at 2.0
+    # below, 3 instead of 5), and between distinct values G is linear again.
+    tied = np.asarray([1.0, 2.0, 2.0, 2.0, 3.0, 4.0], np.float32)
+    counts = {1.0: 6, 2.0: 5, 2.5: 3.5, 3.0: 2, 4.0: 1}
+    got = _c(list(counts), tied)
+    np.testing.assert_allclose(got, [math.log(7 / (1 + g)) for g in counts.values()], atol=1e-6)
 
 
 def test_leave_one_out_is_each_score_against_the_others(rng):
