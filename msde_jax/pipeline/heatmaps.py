@@ -101,8 +101,10 @@ def _remove_earlier_run(out: Path) -> None:
     it lists and the volume montages beside them): none may stay beside the new ones."""
     try:
         with np.load(out / "maps.npz", allow_pickle=False) as earlier:
-            listed = [str(f) for f in earlier["files"]] if "files" in earlier else []
+            listed = [str(f) for f in earlier["files"]] if "files" in earlier else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # none here, or not ours
+        return
+    if listed is None:  # another program's maps.npz: its folder's files are not ours
         return
     for name in listed:
         if name == Path(name).name and name.endswith(".png"):  # a file of this folder
