@@ -82,7 +82,8 @@ def image_hash(item: Any, config_json: str = "") -> str:
         from PIL import Image
 
         if isinstance(item, Image.Image):
-            h.update(f"pil\0{item.mode}\0{item.size}\0".encode())
+            orientation = item.getexif().get(0x0112, 1)  # EXIF rotation: read as shown
+            h.update(f"pil\0{item.mode}\0{item.size}\0{orientation}\0".encode())
             h.update(item.tobytes())
             palette = item.getpalette()  # palette modes: the bytes are indices into it
             if palette is not None:

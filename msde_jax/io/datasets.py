@@ -246,6 +246,17 @@ def _check_stack(path: Path, key: str, header: MemberHeader) -> None:
         )
     if shape[0] == 0:
         raise ValueError(f"{path}: array {key!r} holds no images.")
+    if len(shape) == 3 and shape[2] in (3, 4) and min(shape[:2]) > 4:
+        raise ValueError(  # it would be read as shape[0] images of one row of pixels each
+            f"{path}: array {key!r} of shape {shape} looks like one (H, W, C) image, not a "
+            "stack (n, H, W) of grayscale images; store a stack as (n, H, W, C), e.g. "
+            "image[None] for one image."
+        )
+    if len(shape) == 4 and shape[3] not in (1, 3, 4):
+        raise ValueError(
+            f"{path}: array {key!r} of shape {shape} has {shape[3]} channels; a stack of "
+            "images is (n, H, W) or (n, H, W, C) with C = 1, 3 or 4."
+        )
     if 0 in shape[1:3]:
         raise ValueError(f"{path}: array {key!r} holds images of no pixels (shape {shape}).")
     if not (dtype in (np.uint8, np.uint16, np.bool_) or dtype.kind == "f"):

@@ -56,7 +56,7 @@ def to_float(image: Any, *, name: str = "image") -> np.ndarray:
     if isinstance(image, str | os.PathLike):
         return _read_file(Path(image))
     if isinstance(image, Image.Image):
-        return _from_pil(image, name)
+        return _from_pil(_as_shown(image), name)
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
@@ -115,9 +115,7 @@ def _read_file(path: Path) -> np.ndarray:
                     "NIfTI (.nii.gz)."
                 )
             img.load()
-            if img.getexif().get(_ORIENTATION, 1) != 1:  # a rotated photograph: as shown
-                return _from_pil(ImageOps.exif_transpose(img), str(path))
-            return _from_pil(img, str(path))
+            return _from_pil(_as_shown(img), str(path))
     except Image.DecompressionBombError as err:
         raise ImageReadError(
             f"{path}: refused, too many pixels to decode safely ({err}); downscale it first "
@@ -125,6 +123,14 @@ def _read_file(path: Path) -> np.ndarray:
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err}).") from err
+
+
+def _as_shown(img: Image.Image) -> Image.Image:
+    """A photograph with an EXIF rotation as viewers show it (a file and the PIL image opened
+    from it read alike)."""
+    if img.getexif().get(_ORIENTATION, 1) != 1:
+        return ImageOps.exif_transpose(img)
+    return img
 
 
 def _from_pil(img: Image.Image, name: str) -> np.ndarray:

@@ -102,6 +102,19 @@ def test_npz_missing_key(tmp_path):
     assert "found train_normal, images" in str(err.value)
 
 
+def test_npz_of_one_color_image_or_odd_channels_is_refused(tmp_path):
+    # One (H, W, 3) image was read as H images of one row of W pixels each, and embedded.
+    path = tmp_path / "one.npz"
+    np.savez(path, images=np.zeros((64, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"looks like one \(H, W, C\) image.*image\[None\]"):
+        load_images_npz(path)
+    np.savez(path, images=np.zeros((2, 16, 16, 5), np.uint8))
+    with pytest.raises(ValueError, match="has 5 channels"):
+        load_images_npz(path)
+    np.savez(path, images=np.zeros((1, 64, 48, 3), np.uint8))
+    assert len(load_images_npz(path)) == 1
+
+
 def test_npz_empty_split(tmp_path):
     path = tmp_path / "empty.npz"
     z = np.zeros((2, 4, 4), np.uint8)

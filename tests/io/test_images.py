@@ -54,6 +54,11 @@ def test_files_png_jpeg_16bit(tmp_path):
     turned.save(tmp_path / "turned.png", exif=exif.tobytes())
     shown = to_float(tmp_path / "turned.png")[..., 0]
     np.testing.assert_allclose(shown, np.rot90(GRAY8, -1) / 255, atol=1e-7)
+    with Image.open(tmp_path / "turned.png") as opened:  # the PIL image of it reads alike
+        np.testing.assert_array_equal(to_float(opened)[..., 0], shown)
+    from msde_jax.io.cache import image_hash  # and is not the unrotated pixels' cache entry
+
+    assert image_hash(turned) != image_hash(Image.fromarray(GRAY8))
 
 
 def test_direct_resize_matches_pillow_bilinear():
