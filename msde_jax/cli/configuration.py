@@ -110,12 +110,9 @@ def args_embedder(args: argparse.Namespace):
                 "detector cannot use: use --detector bank, or --features pooled."
             )
     layers = [n.strip() for value in args.layers or () for n in value.split(",") if n.strip()]
-    weights = args.weights
-    if weights is not None and os.path.isfile(weights):  # a model saved with it scores anywhere
-        weights = os.path.abspath(weights)
     return Embedder(
         args.backbone,
-        weights=weights,
+        weights=_weights(args),
         image_size=args.image_size,
         batch_size=args.batch_size,
         features=features or "pooled",
@@ -156,8 +153,16 @@ def _validated(detector):
     return detector
 
 
+def _weights(args: argparse.Namespace) -> str | None:
+    """``--weights``, a file's path made absolute: a model saved with it scores from anywhere."""
+    weights = args.weights
+    if weights is not None and os.path.isfile(weights):
+        weights = os.path.abspath(weights)
+    return weights
+
+
 def _embedder_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"weights": args.weights, "image_size": args.image_size, "batch_size": args.batch_size}
+    return {"weights": _weights(args), "image_size": args.image_size, "batch_size": args.batch_size}
 
 
 def configured(args: argparse.Namespace) -> tuple[Any, Any]:

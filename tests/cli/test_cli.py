@@ -719,7 +719,7 @@ def test_npz_inputs_the_command_line_cannot_read_say_what_it_can(tmp_path, capsy
 def test_a_weights_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
     """A model fitted with `--weights w/b.safetensors` scores from any folder."""
     import msde_jax.embedder
-    from msde_jax.cli.configuration import args_embedder
+    from msde_jax.cli.configuration import _embedder_options, args_embedder
 
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "b.safetensors").write_bytes(b"")
@@ -736,3 +736,5 @@ def test_a_weights_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
     for args, (_, recorded) in zip(parsed, cases, strict=True):
         args_embedder(args)
         assert seen["weights"] == recorded
+        # ... and for the ensemble's and --select's embedders (they kept the relative path)
+        assert _embedder_options(args)["weights"] == recorded
