@@ -60,8 +60,9 @@ def _check_out(
     path: str, *, option: str = "--out", folder: bool = False, inputs: Sequence[Any] = ()
 ) -> None:
     """Refuse, before any work, an output that cannot be written: a file in a missing or
-    read-only folder, a folder where a file goes (or the reverse), or one of the inputs
-    (writing it would replace the input)."""
+    read-only folder, a folder where a file goes (or the reverse), one of the inputs (writing
+    it would replace the input), or a folder inside an input folder (a later run would read
+    what was written there)."""
     import tempfile
 
     out = Path(path)
@@ -86,14 +87,21 @@ def _check_out(
         raise UserError(
             f"{option} {path}: cannot write in {where} ({err.strerror or err})."
         ) from err
-    if not folder:
-        target = out.resolve()
-        for item in inputs:
-            if isinstance(item, str | Path) and Path(item).resolve() == target:
-                raise UserError(
-                    f"{option} {path} is also an input: writing it would replace it; choose "
-                    "another file."
-                )
+    target = out.resolve()
+    for item in inputs:
+        if not isinstance(item, str | Path):
+            continue
+        source = Path(item).resolve()
+        if not folder and source == target:
+            raise UserError(
+                f"{option} {path} is also an input: writing it would replace it; choose "
+                "another file."
+            )
+        if folder and source.is_dir() and (source == target or source in target.parents):
+            raise UserError(  # the next run would read the PNGs written there as inputs
+                f"{option} {path} is inside the input folder {item}: choose a folder outside "
+                "it."
+            )
 
 
 # ---------------------------------------------------------------------------- commands
@@ -102,7 +110,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from msde_jax.pipeline.evaluation import embed
 
     out = args.out if args.out.endswith(".npz") else f"{args.out}.npz"  # as np.savez names it
-    inputs = command_inputs(args.sources, args)
+    inputs = command_inputs(args.sources, args, training=True)
     _check_out(out, inputs=[*args.sources, *input_files(inputs)])
     inputs = inputs.take(usable(inputs, args))
     items, names = inputs.items, inputs.names
@@ -186,7 +194,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.embeddings:
         detector, features, metadata = _fit_embeddings(args)
     else:
-        inputs = command_inputs(args.sources, args)
+        inputs = command_inputs(args.sources, args, training=True)
         _check_out(args.out, inputs=[*args.sources, *input_files(inputs)])
         if not args.select:  # bad detector options are refused before the embedding
             embedder, detector = configured(args)
@@ -265,7 +273,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         if volume_out is not None:
             _check_out(str(volume_out), option="--out (its volume CSV)", inputs=[*files, args.out])
     if args.heatmaps:
-        _check_out(args.heatmaps, option="--heatmaps", folder=True)
+        _check_out(args.heatmaps, option="--heatmaps", folder=True, inputs=args.sources)
     embedder = build_embedders(args.model, detector, configs, args.batch_size)
     inputs = inputs.take(usable(inputs, args))
     items, names, groups = inputs.items, inputs.names, inputs.groups

@@ -25,11 +25,35 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
-def command_inputs(sources: Sequence[str], args: argparse.Namespace, axis: str | None = None):
+def command_inputs(
+    sources: Sequence[str],
+    args: argparse.Namespace,
+    axis: str | None = None,
+    *,
+    training: bool = False,
+):
     """The named 2-D items of the command's inputs (:class:`msde_jax.io.inputs.Inputs`):
     image files (as paths) and the slices of volumes (NIfTI files, DICOM-series folders) from
-    files/folders, or the images of one .npz stack."""
+    files/folders, or the images of one .npz stack. ``training`` (``fit``, ``embed``): one
+    folder laid out as a dataset (``train/``, ``test/`` or ``data.json``) gives its
+    ``train/normal`` folder only, with a note, or is refused: its test images include abnormal
+    ones, which a model of normal images must not learn."""
     from msde_jax.io.inputs import Inputs, SliceGroups, read_inputs
+
+    if training and len(sources) == 1 and _dataset_folder(Path(sources[0])):
+        normal = Path(sources[0]) / "train" / "normal"
+        if not normal.is_dir():
+            raise UserError(
+                f"{sources[0]} is laid out as a dataset (train/, test/ or data.json), and its "
+                "test images include abnormal ones: give the folder of its normal training "
+                "images, or run msde-jax evaluate on the dataset."
+            )
+        print(
+            f"{sources[0]}: a dataset; reading its train/normal folder (its test images: "
+            "msde-jax evaluate)",
+            file=sys.stderr,
+        )
+        sources = [str(normal)]
 
     stacks = [source for source in sources if source.lower().endswith(".npz")]
     if stacks and len(sources) > 1:
@@ -79,6 +103,11 @@ def command_inputs(sources: Sequence[str], args: argparse.Namespace, axis: str |
             "their sub-folders)."
         )
     return inputs
+
+
+def _dataset_folder(path: Path) -> bool:
+    """A folder laid out as a dataset: ``train/`` or ``test/`` sub-folders, or ``data.json``."""
+    return path.is_dir() and any((path / part).exists() for part in ("train", "test", "data.json"))
 
 
 def input_files(inputs) -> list[str]:
@@ -153,9 +182,7 @@ def normal_images(sources: Sequence[str]) -> list:
 
     if len(sources) == 1:
         path = Path(sources[0])
-        layout = path.is_dir() and any(
-            (path / part).exists() for part in ("train", "test", "data.json")
-        )
+        layout = _dataset_folder(path)
         try:
             dataset = load_dataset(sources[0])
         except (ValueError, FileNotFoundError):

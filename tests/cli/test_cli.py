@@ -738,3 +738,49 @@ def test_a_weights_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
         assert seen["weights"] == recorded
         # ... and for the ensemble's and --select's embedders (they kept the relative path)
         assert _embedder_options(args)["weights"] == recorded
+
+
+def test_fit_and_embed_read_a_dataset_folders_normal_training_images_only(tmp_path, capsys):
+    """A dataset folder given to `fit` / `embed` was read whole: its abnormal test images
+    went into the model of normal images."""
+    import argparse
+
+    from msde_jax.cli.commands import UserError
+    from msde_jax.cli.inputs import command_inputs
+
+    for split in ("train/normal", "test/normal", "test/abnormal"):
+        (tmp_path / "ds" / split).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(
+                tmp_path / "ds" / split / f"{i}.png"
+            )
+    args = argparse.Namespace()
+    items = command_inputs([str(tmp_path / "ds")], args, training=True).items
+    assert sorted(items) == [
+        str(tmp_path / "ds" / "train" / "normal" / f"{i}.png") for i in range(2)
+    ]
+    assert "a dataset; reading its train/normal folder" in capsys.readouterr().err
+    assert len(command_inputs([str(tmp_path / "ds")], args).items) == 6  # score: every image
+    (tmp_path / "ds" / "train" / "normal" / "0.png").rename(tmp_path / "ds" / "0.png")
+    (tmp_path / "ds" / "train" / "normal" / "1.png").unlink()
+    (tmp_path / "ds" / "train" / "normal").rmdir()
+    with pytest.raises(UserError, match="laid out as a dataset .* give the folder of its normal"):
+        command_inputs([str(tmp_path / "ds")], args, training=True)
+
+
+def test_heatmaps_folder_inside_an_input_folder_is_refused(tmp_path):
+    """`score scans/ --heatmaps scans/maps`: the next run scored the last run's PNGs."""
+    from msde_jax.cli.commands import UserError, _check_out
+
+    (tmp_path / "scans").mkdir()
+    for maps in ("scans/maps", "scans"):
+        with pytest.raises(UserError, match="inside the input folder"):
+            _check_out(
+                str(tmp_path / maps),
+                option="--heatmaps",
+                folder=True,
+                inputs=[str(tmp_path / "scans")],
+            )
+    _check_out(
+        str(tmp_path / "maps"), option="--heatmaps", folder=True, inputs=[str(tmp_path / "scans")]
+    )
