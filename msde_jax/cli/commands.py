@@ -99,8 +99,7 @@ def _check_out(
             )
         if folder and source.is_dir() and (source == target or source in target.parents):
             raise UserError(  # the next run would read the PNGs written there as inputs
-                f"{option} {path} is inside the input folder {item}: choose a folder outside "
-                "it."
+                f"{option} {path} is inside the input folder {item}: choose a folder outside it."
             )
 
 
