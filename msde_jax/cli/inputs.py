@@ -35,25 +35,31 @@ def command_inputs(
     """The named 2-D items of the command's inputs (:class:`msde_jax.io.inputs.Inputs`):
     image files (as paths) and the slices of volumes (NIfTI files, DICOM-series folders) from
     files/folders, or the images of one .npz stack. ``training`` (``fit``, ``embed``): one
-    folder laid out as a dataset (``train/``, ``test/`` or ``data.json``) gives its
-    ``train/normal`` folder only, with a note, or is refused: its test images include abnormal
-    ones, which a model of normal images must not learn."""
+    folder laid out as a dataset (``train/``, ``test/`` or ``data.json``) gives its normal
+    training images only (``train/normal``, or a MedIAnomaly folder's list), with a note, or is
+    refused: its test images include abnormal ones, which a model of normal images must not
+    learn."""
     from msde_jax.io.inputs import Inputs, SliceGroups, read_inputs
 
     if training and len(sources) == 1 and _dataset_folder(Path(sources[0])):
-        normal = Path(sources[0]) / "train" / "normal"
-        if not normal.is_dir():
+        root = Path(sources[0])
+        if (root / "data.json").is_file():  # MedIAnomaly: its list of normal training images
+            from msde_jax.io.datasets import load_dataset
+
+            sources = [str(item) for item in load_dataset(root).train_normal]
+        elif (root / "train" / "normal").is_dir():
+            sources = [str(root / "train" / "normal")]
+        else:
             raise UserError(
-                f"{sources[0]} is laid out as a dataset (train/, test/ or data.json), and its "
-                "test images include abnormal ones: give the folder of its normal training "
-                "images, or run msde-jax evaluate on the dataset."
+                f"{root} is laid out as a dataset (train/ or test/), and its test images "
+                "include abnormal ones: give the folder of its normal training images, or run "
+                "msde-jax evaluate on the dataset."
             )
         print(
-            f"{sources[0]}: a dataset; reading its train/normal folder (its test images: "
+            f"{root}: a dataset; reading its normal training images (its test images: "
             "msde-jax evaluate)",
             file=sys.stderr,
         )
-        sources = [str(normal)]
 
     stacks = [source for source in sources if source.lower().endswith(".npz")]
     if stacks and len(sources) > 1:

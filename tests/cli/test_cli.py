@@ -759,13 +759,21 @@ def test_fit_and_embed_read_a_dataset_folders_normal_training_images_only(tmp_pa
     assert sorted(items) == [
         str(tmp_path / "ds" / "train" / "normal" / f"{i}.png") for i in range(2)
     ]
-    assert "a dataset; reading its train/normal folder" in capsys.readouterr().err
+    assert "a dataset; reading its normal training images" in capsys.readouterr().err
     assert len(command_inputs([str(tmp_path / "ds")], args).items) == 6  # score: every image
     (tmp_path / "ds" / "train" / "normal" / "0.png").rename(tmp_path / "ds" / "0.png")
     (tmp_path / "ds" / "train" / "normal" / "1.png").unlink()
     (tmp_path / "ds" / "train" / "normal").rmdir()
     with pytest.raises(UserError, match="laid out as a dataset .* give the folder of its normal"):
         command_inputs([str(tmp_path / "ds")], args, training=True)
+    # A MedIAnomaly folder: the normal training images its data.json lists.
+    med = tmp_path / "med"
+    (med / "images").mkdir(parents=True)
+    for name in ("t0.png", "n0.png", "a0.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(med / "images" / name)
+    splits = {"train": {"0": ["t0.png"]}, "test": {"0": ["n0.png"], "1": ["a0.png"]}}
+    (med / "data.json").write_text(json.dumps(splits))
+    assert command_inputs([str(med)], args, training=True).items == [str(med / "images/t0.png")]
 
 
 def test_heatmaps_folder_inside_an_input_folder_is_refused(tmp_path):
