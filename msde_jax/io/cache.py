@@ -5,8 +5,10 @@ Each embedding (any shape: a (d,) vector, or (grid, grid, c) patch features) is 
 
 - the *config hash* is the first 32 hex digits of the SHA-256 of the embedder's
   :meth:`~msde_jax.embedder.Embedder.config` (backbone, weights, image size, resize mode,
-  features and their layers, dtype) as canonical JSON; each config folder also holds a
-  human-readable ``config.json``;
+  features and their layers, dtype) and the readers' version
+  (:data:`~msde_jax.io.images.READER_VERSION`, ``"reader"``) as canonical JSON, so that a
+  package whose readers read a file otherwise does not reuse the embeddings of the earlier
+  reading; each config folder also holds a human-readable ``config.json``;
 - the *image hash* is the SHA-256 of the config JSON and the image content: a file's bytes for
   a path (so renaming or moving a file keeps its cache entry, editing it does not), or the dtype,
   shape and bytes of an array.
@@ -30,7 +32,7 @@ import numpy as np
 
 from msde_jax._arrays_file import ArrayFileError, load_npy
 from msde_jax._files import atomic_write
-from msde_jax.io.images import refuse_one_image
+from msde_jax.io.images import READER_VERSION, refuse_one_image
 from msde_jax.io.inputs import expand_volumes
 
 __all__ = [
@@ -139,7 +141,7 @@ def embed_cached(
     items = list(items)
     if any(isinstance(item, str | os.PathLike) for item in items):
         items = expand_volumes(items, axis=axis).items
-    config = embedder.config()
+    config = {**embedder.config(), "reader": READER_VERSION}
     cfg_json = config_key(config)
     folder = Path(cache_dir) / hashlib.sha256(cfg_json.encode()).hexdigest()[:32]
     write = _Writer(folder)

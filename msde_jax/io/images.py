@@ -25,6 +25,7 @@ from msde_jax.io.errors import ImageReadError
 __all__ = [
     "IMAGE_SUFFIXES",
     "PIXEL_VALUES",
+    "READER_VERSION",
     "RESIZE_MODES",
     "ImageReadError",
     "prepare",
@@ -39,6 +40,11 @@ __all__ = [
 RESIZE_MODES = ("direct", "center_crop")
 # Every file suffix the readers accept (DICOM needs the ``dicom`` extra); folders are listed by it.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+
+# Keys the embedding cache (msde_jax.io.cache): raise it whenever the pixels a given file or
+# array reads as change (decoding, orientation, rescaling, windowing), so that embeddings cached
+# from the earlier reading are made again instead of being reused for the new one.
+READER_VERSION = 1
 
 # ImageNet evaluation crops 224 out of 256: the shorter side is resized to size / 0.875.
 _CROP_RATIO = 0.875

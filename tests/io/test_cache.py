@@ -46,7 +46,7 @@ def test_second_call_embeds_nothing(tmp_path, arrays):
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, StubEmbedder().embed(arrays))
     (folder,) = (tmp_path / "cache").iterdir()
-    assert json.loads((folder / "config.json").read_text()) == stub.config()
+    assert json.loads((folder / "config.json").read_text()) == {**stub.config(), "reader": 1}
     assert len(list(folder.glob("*.npy"))) == 5
     assert not list(folder.glob(".tmp-*"))
 
@@ -70,6 +70,23 @@ def test_config_change_reembeds(tmp_path, arrays):
     assert a.calls == [5]
     assert b.calls == [5]
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+
+
+def test_a_new_reader_version_embeds_files_again(tmp_path, monkeypatch):
+    """Entries cached when the readers read a file otherwise are not reused."""
+    import msde_jax.io.cache as cache
+
+    stub = StubEmbedder()
+    path = tmp_path / "img.png"
+    Image.fromarray(np.full((4, 4), 10, np.uint8)).save(path)
+    embed_cached(stub, [str(path)], tmp_path / "cache", progress=False)
+    embed_cached(stub, [str(path)], tmp_path / "cache", progress=False)
+    assert stub.calls == [1]
+    monkeypatch.setattr(cache, "READER_VERSION", cache.READER_VERSION + 1)
+    embed_cached(stub, [str(path)], tmp_path / "cache", progress=False)
+    assert stub.calls == [1, 1]
+    configs = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/config.json")]
+    assert sorted(c["reader"] for c in configs) == [1, 2]
 
 
 def test_files_keyed_by_content(tmp_path):
