@@ -329,7 +329,7 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
     embedder, detector = configured(args)
     custom = given(args, CONFIGURATION_OPTIONS)
     name = "as given" if custom else f"{RECOMMENDED} (the default rule)"
-    if args.paper and detector.mode == "transductive":  # the preset's, unless --mode says
+    if getattr(detector, "mode", None) == "transductive":  # --paper's, or --mode's
         return embedder, detector, name, None, "transductive scores depend on the batch"
     if args.no_validation:
         return embedder, detector, name, None, "--no-validation"

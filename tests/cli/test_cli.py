@@ -438,6 +438,28 @@ def test_evaluate_npz_dataset(tmp_path, pneumonia, capsys):
     assert "synthetic validation: skipped (--no-validation)" in capsys.readouterr().out
 
 
+def test_a_transductive_mode_skips_the_synthetic_validation(monkeypatch):
+    """Without --paper too: transductive scores depend on the batch the validation makes."""
+    from msde_jax.cli import commands
+    from msde_jax.io.inputs import SliceGroups
+    from msde_jax.pipeline import selection
+
+    class Data:
+        train_normal = [np.zeros((8, 8), np.float32)] * 20
+
+        def split_groups(self, split):
+            return SliceGroups.images(20)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the synthetic validation ran")
+
+    monkeypatch.setattr(selection, "synthetic_validation", never)
+    for extra in (["--mode", "transductive"], ["--paper"]):
+        args = build_parser().parse_args(["evaluate", "d.npz", "--out", "r", *extra])
+        *_, validation, why = commands._configuration(Data(), args, "cache")
+        assert validation is None and why == "transductive scores depend on the batch"
+
+
 def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys, monkeypatch):
     from msde_jax import Embedder, MSDEDetector, PatchBankDetector
 
