@@ -354,7 +354,10 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     from msde_jax.pipeline.report import overlay_indices, require_matplotlib, write_report
 
     require_matplotlib()  # a broken install refuses before minutes of embedding
-    _check_out(args.out, folder=True)
+    splits = [
+        Path(spec, *sub.split("/")) for sub in ("train/normal", "test/normal", "test/abnormal")
+    ]
+    _check_out(args.out, folder=True, inputs=[s for s in splits if s.is_dir()])
     # An empty class is reported before the backbone loads.
     with volume_warnings():
         dataset = load_dataset(

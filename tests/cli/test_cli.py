@@ -798,6 +798,16 @@ def test_fit_and_embed_read_a_dataset_folders_normal_training_images_only(tmp_pa
     assert command_inputs([str(med)], args, training=True).items == [str(med / "images/t0.png")]
 
 
+def test_evaluate_out_inside_a_split_folder_is_refused(tmp_path, capsys):
+    """`evaluate ds --out ds/train/normal/report`: the next run trained on the report's PNGs."""
+    for sub in ("train/normal", "test/normal", "test/abnormal"):
+        (tmp_path / "ds" / sub).mkdir(parents=True)
+    for sub in ("train/normal/report", "test/abnormal"):
+        assert main(["evaluate", str(tmp_path / "ds"), "--out", str(tmp_path / "ds" / sub)]) == 2
+        assert "inside the input folder" in capsys.readouterr().err
+    assert not (tmp_path / "ds" / "train" / "normal" / "report").exists()
+
+
 def test_heatmaps_folder_inside_an_input_folder_is_refused(tmp_path):
     """`score scans/ --heatmaps scans/maps`: the next run scored the last run's PNGs."""
     from msde_jax.cli.commands import UserError, _check_out
