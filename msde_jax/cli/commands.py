@@ -365,17 +365,17 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
         )
     for split in ("train_normal", "test_normal", "test_abnormal"):
         print_volume_notes(dataset.split_groups(split).volumes)
-    if args.skip_unreadable:
+    if args.skip_unreadable:  # --limit counts readable images: the first N that decode
         for why in dataset.skipped:
             print(f"skipped: {why}", file=sys.stderr)
-    dataset = limit_dataset(dataset, limit=args.limit)
-    if args.skip_unreadable:
-        splits = ("train_normal", "test_normal", "test_abnormal")
         kept = {}
-        for field in splits:
+        for field in ("train_normal", "test_normal", "test_abnormal"):
             items = list(getattr(dataset, field))
-            kept[field] = readable(items, [f"{field}: {item_name(i)}" for i in items], args)
-        dataset = limit_dataset(dataset.subset(kept))  # none left empty
+            names = [f"{field}: {item_name(i)}" for i in items]
+            ordinals = dataset.split_groups(field).input_ordinals()
+            kept[field] = readable(items, names, args, limit=args.limit, ordinals=ordinals)
+        dataset = dataset.subset(kept)
+    dataset = limit_dataset(dataset, limit=args.limit)  # and none left empty
     # Without --cache-dir, a cache for this run only: the validation and the evaluation then
     # embed the training normals once.
     with tempfile.TemporaryDirectory(prefix="msde-jax-") as tmp:

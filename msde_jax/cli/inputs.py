@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from msde_jax.cli.volumes import print_volume_notes, volume_warnings
 
 __all__ = [
@@ -133,12 +135,16 @@ def readable(
     *,
     skipped: Sequence[str] = (),
     volume_files: int = 0,
+    limit: int | None = None,
+    ordinals: np.ndarray | None = None,
 ) -> list[int]:
     """The indices of the items to use. With ``--skip-unreadable``, those whose files decode
     as images (each skipped file — and each unreadable volume in ``skipped``, already left out
     — and the count printed on stderr); without it, all of them (the first unreadable file then
     stops the command, named in its error). ``volume_files``: how many volumes were read (for
-    the count of files)."""
+    the count of files). ``limit``: the first ``limit`` readable inputs only (the files after
+    them are not read), an input being an item, or the items of one ``ordinals`` value (a
+    volume's slices: :meth:`~msde_jax.io.inputs.SliceGroups.input_ordinals`)."""
     if not getattr(args, "skip_unreadable", False):
         return list(range(len(items)))
     import os
@@ -147,7 +153,11 @@ def readable(
 
     keep, skipped = [], list(skipped)
     n_files = len(skipped) + volume_files
+    ordinals = np.arange(len(items)) if ordinals is None else ordinals
+    taken: set[int] = set()
     for i, (item, name) in enumerate(zip(items, names, strict=True)):
+        if limit is not None and ordinals[i] not in taken and len(taken) == limit:
+            break
         if isinstance(item, str | os.PathLike):
             n_files += 1
             try:
@@ -156,6 +166,7 @@ def readable(
                 skipped.append(str(err))
                 continue
         keep.append(i)
+        taken.add(int(ordinals[i]))
     for why in skipped:
         print(f"skipped: {why}", file=sys.stderr)
     if skipped:

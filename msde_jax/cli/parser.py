@@ -322,7 +322,7 @@ def _add_evaluation_args(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="use at most this many images per class (quick runs; a volume counts as one, "
-        "kept whole)",
+        "kept whole; with --skip-unreadable, the first N readable ones)",
     )
     _add_skip_arg(p)
     g = p.add_argument_group("label-free validation")

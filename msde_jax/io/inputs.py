@@ -81,16 +81,17 @@ class SliceGroups(NamedTuple):
         renumber[used] = np.arange(used.size)
         return SliceGroups(renumber[volume], position, tuple(self.volumes[v] for v in used))
 
+    def input_ordinals(self) -> np.ndarray:
+        """(n,) int64: which input each item belongs to, counting from 0 in input order, a
+        volume or a 2-D image each counting as one input."""
+        new = np.ones(self.volume.size, bool)
+        new[1:] = (self.volume[1:] < 0) | (self.volume[1:] != self.volume[:-1])
+        return np.cumsum(new, dtype=np.int64) - 1
+
     def first_inputs(self, limit: int) -> np.ndarray:
         """Indices of the items of the first ``limit`` inputs, a volume or a 2-D image each
         counting as one input (a volume is kept whole)."""
-        n = self.volume.size
-        if n == 0:
-            return np.zeros(0, np.int64)
-        new = np.ones(n, bool)
-        new[1:] = (self.volume[1:] < 0) | (self.volume[1:] != self.volume[:-1])
-        ordinal = np.cumsum(new) - 1
-        return np.flatnonzero(ordinal < limit)
+        return np.flatnonzero(self.input_ordinals() < limit)
 
     def item_names(self, items: Sequence[Any]) -> list[str]:
         """A display name per item: ``"{volume}:{index:04d}"`` for a slice, the path of a file,

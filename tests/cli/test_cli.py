@@ -457,7 +457,8 @@ def test_a_transductive_mode_skips_the_synthetic_validation(monkeypatch):
     for extra in (["--mode", "transductive"], ["--paper"]):
         args = build_parser().parse_args(["evaluate", "d.npz", "--out", "r", *extra])
         *_, validation, why = commands._configuration(Data(), args, "cache")
-        assert validation is None and why == "transductive scores depend on the batch"
+        assert validation is None
+        assert why == "transductive scores depend on the batch"
 
 
 def test_embed_cache_and_fit_on_embeddings(tmp_path, folder, capsys, monkeypatch):
@@ -647,6 +648,32 @@ def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
     err = capsys.readouterr().err
     assert "skipped 1 unreadable file(s) of 31" in err
     assert json.loads((out / "metrics.json").read_text())["config"]["test_abnormal"] == 30
+
+
+def test_limit_counts_readable_inputs(tmp_path, capsys):
+    """`--limit N --skip-unreadable`: the first N images that decode, not N files of which the
+    unreadable ones are then dropped (which left fewer than N)."""
+    import argparse
+
+    from msde_jax.cli.inputs import readable
+
+    items = []
+    for i in range(8):
+        path = tmp_path / f"{i}.png"
+        if i in (0, 1, 2, 5):
+            path.write_bytes(b"not a png")
+        else:
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+        items.append(str(path))
+    args = argparse.Namespace(skip_unreadable=True)
+    assert readable(items, items, args, limit=3) == [3, 4, 6]  # 7.png is not read
+    assert "skipped 4 unreadable file(s) of 7" in capsys.readouterr().err
+    assert readable(items, items, args) == [3, 4, 6, 7]
+    # A volume's slices (arrays) count as one input, kept whole.
+    slices = [np.zeros((8, 8), np.float32)] * 3
+    ordinals = np.array([0, 1, 1, 1, 2])
+    mixed = [items[0], *slices, items[3]]
+    assert readable(mixed, ["n"] * 5, args, limit=1, ordinals=ordinals) == [1, 2, 3]
 
 
 def test_seed_option():
