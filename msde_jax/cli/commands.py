@@ -9,6 +9,7 @@ library's ``ValueError``), which :func:`msde_jax.cli.main` prints as one line.
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +43,10 @@ from msde_jax.cli.inputs import (
     usable,
 )
 from msde_jax.cli.volumes import (
+    VOLUME_ARRAYS,
     fit_summary,
+    groups_arrays,
+    groups_from_arrays,
     metrics_summary,
     print_volume_notes,
     volume_csv_path,
@@ -115,24 +119,39 @@ def cmd_embed(args: argparse.Namespace) -> None:
     items, names = inputs.items, inputs.names
     embedder = args_embedder(args)
     emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
-    config = json.dumps(embedder.config())
-    atomic_write(
-        out,
-        lambda f: np.savez(f, embeddings=emb, names=np.array(names), config=np.array(config)),
-        suffix=".npz",
-    )
+    arrays = {"embeddings": emb, "names": np.array(names)}
+    arrays |= {"config": np.array(json.dumps(embedder.config()))}
+    arrays |= groups_arrays(inputs.groups, args.axis)  # fit --embeddings: folds of volumes
+    atomic_write(out, lambda f: np.savez(f, **arrays), suffix=".npz")
     print(f"wrote {emb.shape[0]} × {' × '.join(map(str, emb.shape[1:]))} embeddings to {out}")
 
 
-def _read_embeddings(path: str) -> tuple[np.ndarray, dict | None]:
-    """The ``embeddings`` array of an ``msde-jax embed`` file and its embedder config."""
+def _read_embeddings(path: str) -> tuple[np.ndarray, dict | None, tuple[Any, str] | None]:
+    """The ``embeddings`` array of an ``msde-jax embed`` file, its embedder config, and the
+    volumes its rows are slices of with their axis (:func:`groups_from_arrays`; ``None`` for
+    rows of 2-D images)."""
     from msde_jax.io.datasets import open_npz
 
     with open_npz(path) as z:
         if "embeddings" not in z:
             raise UserError(f"{path} has no 'embeddings' array ({', '.join(z) or 'no arrays'}).")
-        arrays = z.read(["embeddings", "config"])  # within the memory bound together
+        # within the memory bound together
+        arrays = z.read(["embeddings", "config", "names", *VOLUME_ARRAYS])
     features, config = arrays["embeddings"], arrays.get("config")
+    try:
+        volumes = groups_from_arrays(arrays, len(features))
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err
+    names = arrays.get("names")
+    if volumes is None and names is not None and names.dtype.kind == "U":
+        if any(_SLICE_NAME.fullmatch(str(name)) for name in names.reshape(-1)):
+            print(
+                f"note: {path} names slices of volumes but records no volumes (an older "
+                "msde-jax embed wrote it): its rows are fitted as separate images, so a "
+                "volume's slices may fall into different cross-fit folds and the threshold "
+                "errs low; embed the volumes again for folds of volumes.",
+                file=sys.stderr,
+            )
     if config is not None:
         try:
             config = read_json(str(config)) if config.ndim == 0 else None
@@ -143,7 +162,10 @@ def _read_embeddings(path: str) -> tuple[np.ndarray, dict | None]:
                 f"{path}: its 'config' is not the embedder configuration `msde-jax embed` writes "
                 "(a JSON object); embed the images again."
             )
-    return features, config
+    return features, config, volumes
+
+
+_SLICE_NAME = re.compile(r".+:\d{4,}")  # slice_names: "{volume}:{index:04d}"
 
 
 def _shape_text(features: Any) -> str:
@@ -160,6 +182,7 @@ def _fit_embeddings(args: argparse.Namespace):
     if len(args.sources) != 1 or not args.sources[0].endswith(".npz"):
         raise UserError("--embeddings expects one .npz file with an 'embeddings' array.")
     from msde_jax.cli.parser import build_parser
+    from msde_jax.pipeline.volumes import fit_groups
 
     defaults = build_parser().parse_args(["fit", "x.npz", "--out", "y.npz"])
     embedding = ("backbone", "weights", "image_size", "batch_size", "features", "layers")
@@ -172,15 +195,16 @@ def _fit_embeddings(args: argparse.Namespace):
             "records; drop them (or embed the images again with msde-jax embed)."
         )
     _check_out(args.out, inputs=args.sources)
-    features, config = _read_embeddings(args.sources[0])
+    features, config, volumes = _read_embeddings(args.sources[0])
     detector = args_detector(args, features.ndim)
+    groups = None if volumes is None else volumes[0]
     try:
-        detector.fit(features)
+        detector.fit(features, groups=None if groups is None else fit_groups(detector, groups))
     except MemoryLimitError:
         raise  # about the machine and the options, not the file's contents
     except ValueError as err:
         raise UserError(f"{args.sources[0]}: 'embeddings': {err}") from err
-    return detector, features, {"embedder": config}
+    return detector, features, {"embedder": config}, volumes
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -191,7 +215,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     volumes = None
     if args.embeddings:
-        detector, features, metadata = _fit_embeddings(args)
+        detector, features, metadata, read = _fit_embeddings(args)
+        if read is not None:  # the rows are slices of volumes (msde-jax embed recorded them)
+            volumes = metadata["volumes"] = volume_record(detector, read[0], axis=read[1])
     else:
         inputs = command_inputs(args.sources, args, training=True)
         _check_out(args.out, inputs=[*args.sources, *input_files(inputs)])

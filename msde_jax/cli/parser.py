@@ -370,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_skip_arg(p)
     _add_axis_arg(p)
-    p.add_argument("--out", required=True, help="output .npz (embeddings, names, config)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .npz (embeddings, names, config; for volumes' slices also which volume "
+        "each row is a slice of, for fit --embeddings' folds and volume threshold)",
+    )
     _add_embedder_args(p)
 
     p = command(

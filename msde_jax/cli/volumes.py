@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "VOLUME_ARRAYS",
     "fit_summary",
+    "groups_arrays",
+    "groups_from_arrays",
     "metrics_summary",
     "print_volume_notes",
     "volume_csv_path",
@@ -28,6 +31,95 @@ __all__ = [
 ]
 
 VOLUME_COLUMNS = ("volume", "source", "slices_scored", "slices", "score", "label")
+# What `msde-jax embed` writes beside the embeddings of volumes' slices: which volume each row
+# is a slice of, so that `fit --embeddings` keeps a volume's slices in one cross-fit fold.
+VOLUME_ARRAYS = (
+    "volume",  # (n,) int64: the row's volume, -1 for a 2-D image
+    "slice_index",  # (n,) int64: its slice's index along the axis, -1 for a 2-D image
+    "volume_names",  # (v,) str
+    "volume_sources",  # (v,) str: the file or folder each was read from
+    "volume_slices",  # (v,) int64: its slices along the axis, empty ones included
+    "axis",  # () str
+)
+
+
+def groups_arrays(groups: Any, axis: str) -> dict[str, np.ndarray]:
+    """The :data:`VOLUME_ARRAYS` of inputs' :class:`~msde_jax.io.inputs.SliceGroups` (none
+    without volumes)."""
+    if not groups.has_volumes:
+        return {}
+    vols = groups.volumes
+    index = [
+        int(vols[v].indices[p]) if v >= 0 else -1
+        for v, p in zip(groups.volume.tolist(), groups.position.tolist(), strict=True)
+    ]
+    return {
+        "volume": groups.volume.astype(np.int64),
+        "slice_index": np.asarray(index, np.int64),
+        "volume_names": np.array([v.name for v in vols]),
+        "volume_sources": np.array([v.source for v in vols]),
+        "volume_slices": np.array([v.n_slices for v in vols], np.int64),
+        "axis": np.array(axis),
+    }
+
+
+def groups_from_arrays(arrays: Mapping[str, np.ndarray], n: int) -> tuple[Any, str] | None:
+    """The :class:`~msde_jax.io.inputs.SliceGroups` of n embedded rows and their axis from
+    :data:`VOLUME_ARRAYS` (its volumes hold no slices: only their names, sources, slice
+    indices and counts), or ``None`` when the arrays are absent.
+
+    Raises:
+        ValueError: the arrays are not the ones :func:`groups_arrays` writes.
+    """
+    from msde_jax.io.inputs import SliceGroups
+    from msde_jax.io.volumes import Volume
+
+    present = [key for key in VOLUME_ARRAYS if key in arrays]
+    if not present:
+        return None
+    try:
+        if len(present) != len(VOLUME_ARRAYS):
+            raise ValueError(f"it lacks {sorted(set(VOLUME_ARRAYS) - set(present))}")
+        volume, index = (np.asarray(arrays[k]) for k in ("volume", "slice_index"))
+        names, sources = (np.asarray(arrays[k]) for k in ("volume_names", "volume_sources"))
+        counts, axis = np.asarray(arrays["volume_slices"]), np.asarray(arrays["axis"])
+        v = names.size
+        ok = volume.shape == index.shape == (n,) and names.shape == sources.shape == counts.shape
+        ok = ok and v > 0 and names.ndim == 1 and axis.ndim == 0 and axis.dtype.kind == "U"
+        ok = ok and names.dtype.kind == sources.dtype.kind == "U"
+        ok = ok and all(a.dtype.kind == "i" for a in (volume, index, counts))
+        ok = ok and bool(np.all((volume >= -1) & (volume < v)))
+        ok = ok and bool(np.all((index >= 0) == (volume >= 0)))
+        ok = ok and bool(np.all(index[volume >= 0] < counts[volume[volume >= 0]]))
+        if not ok:
+            raise ValueError("its arrays disagree in length, type or range")
+        members = [np.flatnonzero(volume == k) for k in range(v)]
+        if any(m.size == 0 for m in members):
+            raise ValueError("a volume has no row")
+    except ValueError as err:
+        raise ValueError(
+            f"its volume arrays ({', '.join(VOLUME_ARRAYS)}) are not the ones `msde-jax embed` "
+            f"writes ({err}); embed the images again."
+        ) from None
+    position = np.full(n, -1, np.int64)
+    for m in members:
+        position[m] = np.arange(m.size)
+    nan3 = (float("nan"),) * 3
+    vols = tuple(
+        Volume(
+            str(names[k]),
+            str(sources[k]),
+            np.zeros((0, 0, 0), np.float32),
+            index[m].astype(np.int64),
+            int(counts[k]),
+            str(axis),
+            nan3,
+            None,
+            (float("nan"), float("nan")),
+        )
+        for k, m in enumerate(members)
+    )
+    return SliceGroups(volume.astype(np.int64), position, vols), str(axis)
 
 
 @contextlib.contextmanager

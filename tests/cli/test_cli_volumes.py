@@ -146,6 +146,53 @@ def _rows_text(text):
     return list(csv.DictReader(text.strip().splitlines()))
 
 
+def test_fit_on_embeddings_of_volumes_keeps_their_folds(tmp_path, capsys):
+    """`embed` records which volume each row is a slice of, and `fit --embeddings` fits with
+    folds of volumes and stores the volume threshold, as `fit` on the volumes does (its rows
+    were fitted as separate images: a volume's slices in several folds, the threshold low)."""
+    from msde_jax import load_detector
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "normal"
+    folder.mkdir()
+    for i in range(5):
+        write_nifti(folder / f"v{i}.nii.gz", tissue(rng, SHAPE))
+    emb, direct = tmp_path / "emb.npz", tmp_path / "direct.npz"
+    assert main(["embed", str(folder), "--out", str(emb), *EMBED, "--features", "patches"]) == 0
+    with np.load(emb) as z:
+        assert z["volume"].tolist() == np.repeat(np.arange(5), 6).tolist()
+        assert z["slice_index"].tolist() == list(range(6)) * 5
+        assert z["volume_names"].tolist() == [f"v{i}" for i in range(5)]
+        assert z["volume_slices"].tolist() == [6] * 5
+        assert str(z["axis"]) == "axial"
+        arrays = dict(z)
+    assert main(["fit", str(folder), "--out", str(direct), *BANK]) == 0
+
+    def fit(source, out):
+        return main(["fit", str(source), "--embeddings", "--bank-size", "200", "--out", str(out)])
+
+    assert fit(emb, tmp_path / "m.npz") == 0
+    assert "volume threshold " in capsys.readouterr().out
+    want, got = (load_detector(p) for p in (direct, tmp_path / "m.npz"))
+    assert got.threshold_ == pytest.approx(want.threshold_, rel=1e-6)
+    record = {k: v for k, v in got.metadata_["volumes"].items() if k != "threshold"}
+    assert record == {k: v for k, v in want.metadata_["volumes"].items() if k != "threshold"}
+    assert got.metadata_["volumes"]["threshold"] == pytest.approx(
+        want.metadata_["volumes"]["threshold"], rel=1e-6
+    )
+    # A file written before the volume arrays: fitted as images, and said.
+    old = tmp_path / "old.npz"
+    np.savez(old, **{k: arrays[k] for k in ("embeddings", "names", "config")})
+    assert fit(old, tmp_path / "m_old.npz") == 0
+    err = capsys.readouterr().err
+    assert "records no volumes (an older msde-jax embed wrote it)" in err
+    # Arrays that disagree are refused.
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{**arrays, "volume": arrays["volume"][::-1] + 5})
+    assert fit(bad, tmp_path / "m_bad.npz") == 2
+    assert "not the ones `msde-jax embed` writes" in capsys.readouterr().err
+
+
 def test_bad_volume_files_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.nii.gz").write_bytes(b"not a nifti file")
