@@ -101,6 +101,12 @@ def command_inputs(
     with volume_warnings():
         inputs = read_inputs(list(sources), axis=axis, skip_unreadable=skip)
     print_volume_notes(inputs.groups.volumes)
+    if inputs.repeated:
+        shown = ", ".join(inputs.repeated[:3]) + (", …" if len(inputs.repeated) > 3 else "")
+        print(
+            f"note: {len(inputs.repeated)} input(s) given more than once were read once: {shown}",
+            file=sys.stderr,
+        )
     if not inputs.items and not inputs.skipped:
         from msde_jax.io.images import IMAGE_SUFFIXES
         from msde_jax.io.volumes import VOLUME_SUFFIXES

@@ -132,12 +132,15 @@ class Inputs(NamedTuple):
         groups: the :class:`SliceGroups` of the items.
         skipped: with ``skip_unreadable``, the error message of each volume that could not be
             read (and was left out).
+        repeated: the files and folders reached more than once (given twice, or given and
+            found in a folder given), read once (:func:`read_inputs`).
     """
 
     items: list
     names: list[str]
     groups: SliceGroups
     skipped: tuple[str, ...] = ()
+    repeated: tuple[str, ...] = ()
 
     def take(self, keep: Sequence[int] | np.ndarray) -> "Inputs":
         """The inputs ``items[keep]`` (names and groups alike)."""
@@ -147,6 +150,7 @@ class Inputs(NamedTuple):
             [self.names[i] for i in keep],
             self.groups.take(keep),
             self.skipped,
+            self.repeated,
         )
 
 
@@ -163,7 +167,8 @@ def list_inputs(
     files (``.dcm`` or any other name) are not listed again as images; its sub-folders are
     searched. The entries of one folder are sorted by path. A file or folder given directly is
     taken as it is (a folder given directly is searched, even when it is itself a DICOM series:
-    then it is one entry).
+    then it is one entry). A file or folder reached again (given twice, or given and found in a
+    folder given, by the same real path) is listed once, at its first place.
 
     Args:
         sources: a file, a folder, or a sequence of them (concatenated in the given order).
@@ -177,6 +182,13 @@ def list_inputs(
         FileNotFoundError: a source does not exist.
         ValueError: a source is an ``.npz`` file (an array stack, not an image file).
     """
+    return _listed(sources, volumes=volumes)[0]
+
+
+def _listed(
+    sources: str | os.PathLike | Sequence[str | os.PathLike], *, volumes: bool = True
+) -> tuple[list[str], list[str]]:
+    """:func:`list_inputs`, and the entries it left out as repeats."""
     if isinstance(sources, str | os.PathLike):
         sources = [sources]
     out: list[str] = []
@@ -196,7 +208,14 @@ def list_inputs(
             )
         else:
             out.append(str(path))
-    return out
+    first, repeated = {}, []
+    for entry in out:
+        real = os.path.realpath(entry)
+        if real in first:
+            repeated.append(entry)
+        else:
+            first[real] = entry
+    return list(first.values()), repeated
 
 
 def _image_file(path: Path) -> bool:
@@ -337,11 +356,12 @@ def read_inputs(
     window: tuple[float, float] | None = DEFAULT_WINDOW,
     skip_unreadable: bool = False,
 ) -> Inputs:
-    """:func:`list_inputs` then :func:`expand_volumes`: files and folders → named 2-D items.
+    """:func:`list_inputs` then :func:`expand_volumes`: files and folders → named 2-D items
+    (each file and folder once: those reached again are in ``repeated``).
 
     Image files stay paths (read when embedded); volumes are read now, into memory. See those
     two functions for the arguments and errors.
     """
-    return expand_volumes(
-        list_inputs(sources), axis=axis, window=window, skip_unreadable=skip_unreadable
-    )
+    paths, repeated = _listed(sources)
+    inputs = expand_volumes(paths, axis=axis, window=window, skip_unreadable=skip_unreadable)
+    return inputs._replace(repeated=tuple(repeated))

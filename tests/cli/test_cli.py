@@ -676,6 +676,21 @@ def test_limit_counts_readable_inputs(tmp_path, capsys):
     assert readable(mixed, ["n"] * 5, args, limit=1, ordinals=ordinals) == [1, 2, 3]
 
 
+def test_an_input_given_twice_is_read_once_with_a_note(tmp_path, capsys):
+    import argparse
+
+    from msde_jax.cli.inputs import command_inputs
+
+    for i in range(2):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"{i}.png")
+    one = str(tmp_path / "0.png")
+    inputs = command_inputs([str(tmp_path), one], argparse.Namespace())
+    assert inputs.items == [one, str(tmp_path / "1.png")]
+    assert f"note: 1 input(s) given more than once were read once: {one}" in (
+        capsys.readouterr().err
+    )
+
+
 def test_seed_option():
     from msde_jax.cli.configuration import args_detector
     from msde_jax.pipeline.presets import candidates, seeded

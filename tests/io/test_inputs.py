@@ -162,8 +162,13 @@ def test_volumes_that_share_a_file_name_are_named_apart_by_their_folders(tmp_pat
     assert len(set(inputs.names)) == len(inputs.names)
     assert inputs.names[:3] == ["flair:0000", "flair:0001", "a/p1/t1:0000"]
     one = tmp_path / "a" / "p2" / "t1.nii.gz"
-    twice = read_inputs([one, one])  # one file given twice
+    twice = expand_volumes([one, one])  # one file read twice
     assert [v.name for v in twice.groups.volumes] == ["t1#1", "t1#2"]
+    # Given twice, or given and in a folder given: listed and read once, and said.
+    once = read_inputs([one, tmp_path / "a", one])
+    assert [v.name for v in once.groups.volumes] == ["p2/t1", "flair", "p1/t1"]
+    assert once.repeated == (str(one), str(one))
+    assert list_inputs([one, one]) == [str(one)]
 
 
 def test_groups_take_first_inputs_concat_and_names(tmp_path):
