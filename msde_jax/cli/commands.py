@@ -44,6 +44,7 @@ from msde_jax.cli.inputs import (
 )
 from msde_jax.cli.volumes import (
     VOLUME_ARRAYS,
+    fit_note,
     fit_summary,
     groups_arrays,
     groups_from_arrays,
@@ -250,6 +251,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     )
     if volumes is not None:
         print(fit_summary(volumes))
+        if note := fit_note(volumes):
+            print(note, file=sys.stderr)
 
 
 def _load_model(path: str):

@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "VOLUME_ARRAYS",
+    "fit_note",
     "fit_summary",
     "groups_arrays",
     "groups_from_arrays",
@@ -263,6 +264,19 @@ def fit_summary(record: Mapping[str, Any]) -> str:
         f"volume threshold {record['threshold']:.4g}: the {1 - record['contamination']:.0%} "
         f"quantile of the {record['n_volumes']} training volumes' scores ({AGGREGATE}, of "
         "out-of-fold slice scores)"
+    )
+
+
+def fit_note(record: Mapping[str, Any]) -> str | None:
+    """The ``note:`` ``fit`` prints on stderr when the volume threshold comes from fewer than
+    1 / contamination volumes (its quantile then lies between the highest volume scores)."""
+    n, contamination = record["n_volumes"], record["contamination"]
+    if record["threshold"] is None or n * contamination >= 1:
+        return None
+    return (
+        f"note: the volume threshold comes from {n} training volume(s), fewer than "
+        f"1 / contamination = {1 / contamination:.0f}: the quantile lies between the highest "
+        "volume scores, a rough threshold; more normal training volumes make it firmer."
     )
 
 
