@@ -144,7 +144,12 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="run folder: checkpoint, log, backbone")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="use only the first N images (a volume's slices count one each)",
+    )
     g = p.add_argument_group("training")
     g.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="(%(default)s)")
     g.add_argument("--task", default=d.task, choices=tuple(TASKS), help="(%(default)s)")
