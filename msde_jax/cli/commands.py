@@ -379,7 +379,13 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     import tempfile
 
     from msde_jax.io.datasets import load_dataset
-    from msde_jax.pipeline.evaluation import evaluate, heatmaps, limit_dataset, maps_threshold
+    from msde_jax.pipeline.evaluation import (
+        TrainingCopiesWarning,
+        evaluate,
+        heatmaps,
+        limit_dataset,
+        maps_threshold,
+    )
     from msde_jax.pipeline.report import overlay_indices, require_matplotlib, write_report
 
     require_matplotlib()  # a broken install refuses before minutes of embedding
@@ -410,13 +416,14 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="msde-jax-") as tmp:
         cache_dir = args.cache_dir or tmp
         embedder, detector, name, validation, skipped = _configuration(dataset, args, cache_dir)
-        result = evaluate(
-            dataset,
-            embedder,
-            detector,
-            cache_dir=cache_dir,
-            mode_label=f"paper preset ({detector.mode})" if args.paper else None,
-        )
+        with volume_warnings(TrainingCopiesWarning):  # test images that are training images
+            result = evaluate(
+                dataset,
+                embedder,
+                detector,
+                cache_dir=cache_dir,
+                mode_label=f"paper preset ({detector.mode})" if args.paper else None,
+            )
         maps = None
         if detector.has_maps:  # the report's overlays: embedded again from the cache
             shown = overlay_indices(result.scores)

@@ -124,16 +124,18 @@ def groups_from_arrays(arrays: Mapping[str, np.ndarray], n: int) -> tuple[Any, s
 
 
 @contextlib.contextmanager
-def volume_warnings() -> Iterator[None]:
-    """Warnings of the volume readers (a DICOM series with missing slices) as one
-    ``warning: …`` line each on stderr; other warnings pass on."""
+def volume_warnings(*also: type[Warning]) -> Iterator[None]:
+    """Warnings of the volume readers (a DICOM series with missing slices), and those of the
+    categories ``also``, as one ``warning: …`` line each on stderr; other warnings pass on."""
     from msde_jax.io.dicom_series import SeriesGapWarning
 
+    lines = (SeriesGapWarning, *also)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SeriesGapWarning)
+        for category in lines:
+            warnings.simplefilter("always", category)
         yield
     for w in caught:
-        if issubclass(w.category, SeriesGapWarning):
+        if issubclass(w.category, lines):
             print(f"warning: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

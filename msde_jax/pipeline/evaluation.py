@@ -41,6 +41,7 @@ import numbers
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -53,7 +54,7 @@ from msde_jax.core.metrics import evaluation_metrics
 from msde_jax.detectors.base import no_maps_message
 from msde_jax.detectors.fused import FusedDetector, SupportsDetect
 from msde_jax.embedder import share_network
-from msde_jax.io.cache import SupportsEmbed, embed_cached
+from msde_jax.io.cache import SupportsEmbed, embed_cached, image_hash
 from msde_jax.io.datasets import Dataset
 from msde_jax.io.inputs import expand_volumes
 from msde_jax.pipeline.volumes import (
@@ -68,6 +69,7 @@ from msde_jax.pipeline.volumes import (
 __all__ = [
     "EmbeddedDataset",
     "EvaluationResult",
+    "TrainingCopiesWarning",
     "VolumeEvaluation",
     "check_heatmaps",
     "embed",
@@ -78,6 +80,7 @@ __all__ = [
     "limit_dataset",
     "maps_embedder",
     "maps_threshold",
+    "training_copies",
     "threshold_promise",
 ]
 
@@ -152,7 +155,9 @@ class EvaluationResult:
             detector's ``get_params()`` (for a fused detector its ``contamination``,
             ``calibration`` and ``{"components": {name: {"class", **get_params()}}}``),
             ``volumes`` (volumes per split) for a dataset of volumes, ``mode``, ``test_mix``
-            (the share of abnormal test images, scored as one batch) and ``environment``
+            (the share of abnormal test images, scored as one batch),
+            ``test_copies_of_training`` (how many test images are copies of training images:
+            :func:`training_copies`, with a :class:`TrainingCopiesWarning`) and ``environment``
             (versions, device, code paths and CPU: :func:`msde_jax._platform.environment`).
         volumes: the volume-level results (:class:`VolumeEvaluation`) when both test classes
             hold volumes, else ``None``.
@@ -285,6 +290,20 @@ def _check_pairing(
         )
 
 
+class TrainingCopiesWarning(UserWarning):
+    """Test images of an evaluation are copies of training images (:func:`training_copies`)."""
+
+
+def training_copies(dataset: Dataset) -> np.ndarray:
+    """Indices into ``dataset.test_items()`` of the test images whose content equals a
+    training image's (the same file bytes, or the same array: :func:`~msde_jax.io.cache.
+    image_hash`). A detector has seen those: their scores are low, and flatter the metrics of
+    the normal class (or hide an abnormal one) — a split made from a folder with copies."""
+    train = {image_hash(item) for item in dataset.train_normal}
+    test = dataset.test_items()
+    return np.array([i for i, item in enumerate(test) if image_hash(item) in train], np.int64)
+
+
 def _detector_params(detector: SupportsDetect) -> dict[str, Any]:
     """The detector's parameters, JSON-friendly (a fused one's components by name)."""
     if isinstance(detector, FusedDetector):
@@ -387,8 +406,18 @@ def evaluate_embeddings(
         "detector": _detector_params(detector),
         "mode": _mode(detector) if mode_label is None else mode_label,
         "test_mix": f"{n_abnormal / len(labels):.0%} abnormal, scored as one batch",
+        "test_copies_of_training": int(training_copies(dataset).size),
         "environment": environment(),
     }
+    if config["test_copies_of_training"]:
+        warnings.warn(
+            f"{config['test_copies_of_training']} of the {len(labels)} test images are copies "
+            "of training images, which the detector has seen: the metrics count them (see "
+            "msde_jax.pipeline.evaluation.training_copies); take them out of the test split "
+            "for an honest measure.",
+            TrainingCopiesWarning,
+            stacklevel=2,
+        )
     volumes = _volume_evaluation(dataset, detector, scores)
     if dataset.has_volumes:
         config["volumes"] = {

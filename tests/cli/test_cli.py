@@ -639,7 +639,11 @@ def test_features_and_layers_options(tmp_path, folder, capsys):
 
 
 def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
+    import shutil
+
     (folder / "test" / "abnormal" / "zz_broken.png").write_bytes(b"not a png")
+    # a copy of a training image among the test normals: warned about
+    shutil.copy(folder / "train" / "normal" / "000.png", folder / "test" / "normal" / "zz.png")
     out = tmp_path / "r"
     args = ["evaluate", str(folder), "--out", str(out), *FAST, "--no-validation"]
     assert main(args) == 2
@@ -647,7 +651,9 @@ def test_evaluate_skip_unreadable_dataset_files(tmp_path, folder, capsys):
     assert main([*args, "--skip-unreadable"]) == 0
     err = capsys.readouterr().err
     assert "skipped 1 unreadable file(s) of 31" in err
-    assert json.loads((out / "metrics.json").read_text())["config"]["test_abnormal"] == 30
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert (config["test_abnormal"], config["test_copies_of_training"]) == (30, 1)
+    assert "warning: 1 of the 61 test images are copies of training images" in err
 
 
 def test_limit_counts_readable_inputs(tmp_path, capsys):

@@ -12,11 +12,13 @@ from msde_jax.core import average_precision, roc_auc
 from msde_jax.core.metrics import evaluation_metrics
 from msde_jax.io.datasets import Dataset
 from msde_jax.pipeline.evaluation import (
+    TrainingCopiesWarning,
     embed,
     embed_dataset,
     evaluate,
     evaluate_embeddings,
     limit_dataset,
+    training_copies,
 )
 
 DIM = 6
@@ -92,11 +94,26 @@ def test_metrics_are_those_of_the_returned_scores(rng):
         "detector": result.detector.get_params(),
         "mode": "inductive",
         "test_mix": "38% abnormal, scored as one batch",
+        "test_copies_of_training": 0,
     }
     labelled = evaluate(
         dataset, FakeEmbedder(), MSDEDetector(**PARAMS), progress=False, mode_label="custom"
     )
     assert labelled.config["mode"] == "custom"
+
+
+def test_test_images_that_are_training_images_are_counted_and_warned_about(rng):
+    dataset = _dataset(rng)
+    leaked = dataclasses.replace(
+        dataset,
+        test_normal=[*dataset.test_normal[:-2], dataset.train_normal[3].copy()],
+        test_abnormal=[dataset.train_normal[7], *dataset.test_abnormal[1:]],
+    )
+    np.testing.assert_array_equal(training_copies(leaked), [18, 19])
+    assert training_copies(dataset).size == 0
+    with pytest.warns(TrainingCopiesWarning, match="2 of the 31 test images are copies"):
+        result = evaluate(leaked, FakeEmbedder(), MSDEDetector(**PARAMS), progress=False)
+    assert result.config["test_copies_of_training"] == 2
 
 
 def test_limit_applies_per_class(rng):
