@@ -17,7 +17,9 @@ from msde_jax.io.errors import ImageReadError
 __all__ = [
     "INSTALL_HINT",
     "decode_frame",
+    "header_number",
     "is_dicom",
+    "modality_values",
     "read_dicom",
 ]
 
@@ -78,7 +80,9 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     Raises:
         ImportError: pydicom is not installed (``pip install 'msde-jax[dicom]'``).
         ImageReadError: the file is not readable DICOM, has no pixel data, holds several frames
-            or a volume, or has an unsupported photometric interpretation.
+            or a volume, has an unsupported photometric interpretation, or a malformed
+            RescaleSlope / RescaleIntercept, padding tag or ModalityLUTSequence (naming the
+            tag).
     """
     name = os.fspath(path)
     ds, arr = decode_frame(
@@ -87,7 +91,7 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
         "separate 2-D images",
     )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = int(header_number(ds, "SamplesPerPixel", name, 1))
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -97,7 +101,7 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     if samples == 3 or (arr.ndim == 3 and arr.shape[-1] == 3):
         if arr.ndim != 3:
             raise ImageReadError(f"{name}: colour DICOM with unexpected shape {arr.shape}.")
-        bits = int(ds.get("BitsStored", 8) or 8)
+        bits = int(header_number(ds, "BitsStored", name, 8))
         out = arr.astype(np.float64) / _max_value(arr.dtype, bits)
         return np.clip(out, 0, 1).astype(np.float32)
     if arr.ndim != 2:
@@ -106,21 +110,105 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
         )
     if not photometric.startswith("MONOCHROME"):
         raise ImageReadError(f"{name}: unsupported photometric interpretation {photometric!r}.")
-    x = arr.astype(np.float64)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    x = x * slope + intercept
+    x = modality_values(ds, arr, name)  # padding pixels are NaN
+    padding = np.isnan(x)
     window = _window(ds)
     if window is not None:
         centre, width = window
         # DICOM PS3.3 C.11.2.1.2.1 linear VOI function, to [0, 1].
         x = np.clip((x - (centre - 0.5)) / max(width - 1.0, 1e-12) + 0.5, 0.0, 1.0)
+    elif padding.all():
+        x = np.zeros_like(x)
     else:
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
         x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
     if photometric == "MONOCHROME1":
         x = 1.0 - x
-    return x.astype(np.float32)
+    return np.where(padding, 0.0, x).astype(np.float32)  # padding: background
+
+
+def header_number(ds: Any, keyword: str, name: str, default: float) -> float:
+    """A numeric header value, ``default`` when the tag is absent or empty.
+
+    A multi-valued tag whose values agree (``1\\1``, seen in broken exports) gives that value.
+
+    Raises:
+        ImageReadError: the value is not one finite number (text, disagreeing values, NaN),
+            naming the file and the tag.
+    """
+    try:
+        value = ds.get(keyword)
+    except Exception as err:  # pydicom may convert a value lazily, and fail then
+        raise ImageReadError(f"{name}: unreadable {keyword} ({err}); {_FIX_TAG}.") from err
+    items = list(value) if _is_multi(value) else [value]
+    items = [v for v in items if v is not None and str(v).strip() != ""]
+    if not items:
+        return default
+    try:
+        numbers = {float(v) for v in items}
+    except (TypeError, ValueError):
+        numbers = set()
+    if len(numbers) != 1 or not np.isfinite(next(iter(numbers))):
+        shown = "\\".join(str(v) for v in items)
+        raise ImageReadError(f"{name}: {keyword} is '{shown}', not one number; {_FIX_TAG}.")
+    return numbers.pop()
+
+
+_FIX_TAG = "correct or remove the tag (e.g. with pydicom) to read the file"
+
+
+def modality_values(ds: Any, arr: np.ndarray, name: str) -> np.ndarray:
+    """A grayscale frame's stored values through the modality transform, as float64.
+
+    The ModalityLUTSequence when the file has one (``pydicom.pixels.apply_modality_lut``), else
+    ``stored · RescaleSlope + RescaleIntercept`` (1 and 0 when absent; a slope of 0, which
+    would make every pixel one value, is read as 1). Padding — stored values
+    equal to PixelPaddingValue or, with PixelPaddingRangeLimit, between the two inclusive
+    (compared before the transform, as DICOM defines them) — becomes NaN.
+
+    Raises:
+        ImageReadError: a malformed RescaleSlope / RescaleIntercept / padding tag or
+            ModalityLUTSequence, naming the file and the tag.
+    """
+    padding = _padding(ds, arr, name)
+    if ds.get("ModalityLUTSequence"):
+        from pydicom.pixels import apply_modality_lut
+
+        try:
+            x = np.asarray(apply_modality_lut(arr, ds), np.float64)
+        except Exception as err:  # a descriptor or table that does not fit the pixels
+            raise ImageReadError(
+                f"{name}: unreadable ModalityLUTSequence ({err}); {_FIX_TAG}."
+            ) from err
+    else:
+        slope = header_number(ds, "RescaleSlope", name, 1.0) or 1.0  # 0: a writer's slip
+        x = arr.astype(np.float64) * slope + header_number(ds, "RescaleIntercept", name, 0.0)
+    if padding is not None:
+        x[padding] = np.nan
+    return x
+
+
+def _padding(ds: Any, arr: np.ndarray, name: str) -> np.ndarray | None:
+    """Which stored values are padding (PixelPaddingValue, PixelPaddingRangeLimit), or None."""
+    if not np.issubdtype(arr.dtype, np.integer) or "PixelPaddingValue" not in ds:
+        return None
+    value = header_number(ds, "PixelPaddingValue", name, np.nan)
+    if np.isnan(value):
+        return None
+    limit = header_number(ds, "PixelPaddingRangeLimit", name, value)
+    signed = header_number(ds, "PixelRepresentation", name, 0) == 1
+    # US or SS by PixelRepresentation: a value read with the other VR is re-read as 16 bits.
+    value, limit = (_as_16_bits(v, signed) for v in (value, limit))
+    lo, hi = min(value, limit), max(value, limit)
+    return (arr >= lo) & (arr <= hi)
+
+
+def _as_16_bits(value: float, signed: bool) -> float:
+    if signed and value >= 2**15:
+        return value - 2**16
+    if not signed and value < 0:
+        return value + 2**16
+    return value
 
 
 def _max_value(dtype: np.dtype, bits: int, *, apply_lut: bool = False) -> float:

@@ -4,19 +4,35 @@
 slices by SeriesInstanceUID — a folder holding several series gives several volumes — and
 stacks each series along its own slice normal:
 
-- **Values**: the modality rescale (RescaleSlope / RescaleIntercept) is applied slice by slice
-  and MONOCHROME1 slices are negated, so that higher is brighter everywhere; the file's VOI
-  window (WindowCenter / WindowWidth) is ignored: the whole series is windowed by the
-  percentile rule of :func:`~msde_jax.io.volumes.window_volume`, and empty slices are dropped
-  by :func:`~msde_jax.io.volumes.empty_slices`.
-- **Order**: by position along the slice normal, ``ImagePositionPatient · (r × c)`` with ``r``
-  and ``c`` the row and column direction cosines of ImageOrientationPatient, increasing. When a
-  slice lacks either attribute the series is ordered by InstanceNumber, and without that by
-  file name, numbers in names compared as numbers (a note says which). Two slices at the same
-  position are refused.
+- **Values**: the modality transform is applied slice by slice
+  (:func:`~msde_jax.io.dicom.modality_values`: the ModalityLUTSequence, else RescaleSlope /
+  RescaleIntercept) and MONOCHROME1 slices are negated, so that higher is brighter everywhere.
+  Padding (stored values equal to PixelPaddingValue, or between it and PixelPaddingRangeLimit)
+  is background: NaN, outside the intensity window, 0 once windowed, and not counted in the
+  note on non-finite voxels. The file's VOI window (WindowCenter / WindowWidth) is ignored: the
+  whole series is windowed by the percentile rule of
+  :func:`~msde_jax.io.volumes.window_volume`, and empty slices are dropped by
+  :func:`~msde_jax.io.volumes.empty_slices`.
+- **Order**: by position along the slice normal, ``ImagePositionPatient · n`` with ``n = r × c``
+  (``r`` and ``c`` the row and column direction cosines of ImageOrientationPatient) turned
+  towards +R, +A or +S, whichever it is closest to, increasing: axial slices inferior →
+  superior, coronal posterior → anterior, sagittal patient left → right, as
+  :func:`~msde_jax.io.nifti.read_nifti` slices the same anatomy. When no slice has both
+  attributes the series is ordered by InstanceNumber, and without that by file name, numbers
+  in names compared as numbers (a note says which). Two slices at the same position are
+  refused.
 - **Other objects**: a DICOM object of the exam that has no slice position and cannot be read
-  as a slice (a structured report, a dose sheet, a colour screenshot) is left out, with a note
-  on each volume; a slice that cannot be read stops the folder, naming the file.
+  as a slice (a structured report, a colour screenshot), a multi-frame (enhanced) object, and,
+  when some files have a slice's place, a readable image without ImagePositionPatient /
+  ImageOrientationPatient (a secondary capture, a dose sheet) are left out, with a note on
+  each volume naming them.
+- **Series apart**: a series that cannot be read (a slice that cannot be decoded, two slices at
+  one position as in a multi-echo series, mixed shapes or orientations) is left out with a
+  note naming it and why, on each volume of the folder's other series; when no series can be
+  read the first error is raised. A slice that cannot be read and whose series is not known
+  (an unreadable header, no SeriesInstanceUID) stops the folder, naming the file. Three or
+  more series of one slice each with one orientation (an anonymiser that gave each file its
+  own SeriesInstanceUID) get a note saying so on each of their volumes.
 - **Gaps**: with at least three slices, a step between consecutive positions (or instance
   numbers) larger than 1.5 × the median step means missing slices — about
   ``round(step / median) − 1`` of them. Each gap is recorded in the volume's ``gaps`` and a
@@ -28,8 +44,9 @@ stacks each series along its own slice normal:
   ``axis`` field gives the anatomical plane the slices lie closest to.
 
 Every slice of a series must have the same shape and orientation (else an
-:class:`~msde_jax.io.images.ImageReadError` names the series and the odd file). Multi-frame
-(enhanced) DICOM and colour slices are refused.
+:class:`~msde_jax.io.images.ImageReadError` names the series and the odd file: that series is
+left out, or raised when it is the only one). Multi-frame (enhanced) DICOM and colour slices
+are not read.
 """
 
 import os
@@ -42,7 +59,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from msde_jax.io.dicom import INSTALL_HINT, decode_frame, is_dicom
+from msde_jax.io.dicom import INSTALL_HINT, decode_frame, is_dicom, modality_values
 from msde_jax.io.errors import ImageReadError
 from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, make_volume
 
@@ -67,7 +84,8 @@ class SeriesGapWarning(UserWarning):
 
 class _Slice(NamedTuple):
     path: str
-    pixels: np.ndarray  # (H, W) float32, rescaled, MONOCHROME1 negated
+    pixels: np.ndarray  # (H, W) float32, rescaled, MONOCHROME1 negated, padding NaN
+    padding: int  # how many pixels are padding (NaN)
     series: str  # SeriesInstanceUID, "" when absent
     series_number: float
     position: np.ndarray | None  # ImagePositionPatient (3,)
@@ -129,21 +147,17 @@ def is_dicom_series(path: str | os.PathLike) -> bool:
 
 
 _PLACE = ["ImagePositionPatient", "ImageOrientationPatient"]
+# An enhanced (multi-frame) object: its frames' places are in these functional groups.
+_ENHANCED = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
+_HEADER = [*_PLACE, "SOPClassUID", "SeriesInstanceUID", "NumberOfFrames", *_ENHANCED]
+_MULTI_FRAME = (
+    "multi-frame (enhanced) objects are not supported: convert it to single-frame slices or "
+    "to NIfTI (e.g. with dcm2niix) to read it"
+)
 
 
 def _is_slice_header(ds: Any) -> bool:
     return all(tag in ds for tag in _PLACE)
-
-
-def _not_a_slice(path: Path) -> bool:
-    """Whether a file is a DICOM object without a slice's place (a report, a screenshot, a
-    dose sheet): a readable header with a SOP class and no position or orientation."""
-    tags = [*_PLACE, "SOPClassUID"]
-    try:
-        ds = _pydicom().dcmread(path, stop_before_pixels=True, force=True, specific_tags=tags)
-    except Exception:
-        return False  # unreadable: its own error stands
-    return "SOPClassUID" in ds and not _is_slice_header(ds)
 
 
 def read_dicom_series(
@@ -162,19 +176,23 @@ def read_dicom_series(
         skip_empty: drop empty slices (see :func:`~msde_jax.io.volumes.empty_slices`).
 
     Returns:
-        One :class:`~msde_jax.io.volumes.Volume` per SeriesInstanceUID, in SeriesNumber then
-        UID order, named ``"{folder}-{SeriesInstanceUID}"`` (``"{folder}"`` without a UID).
-        Slices are ordered along the slice normal (see the module docstring); spacing is the
-        median step and PixelSpacing; the affine maps (slice, row, column) to RAS+ mm when
-        positions, orientation and PixelSpacing are known and the slice positions lie evenly
-        on a line (within 1 % of a step; a sheared, gantry-tilted stack included).
+        One :class:`~msde_jax.io.volumes.Volume` per readable series (SeriesInstanceUID), in
+        SeriesNumber then UID order, named ``"{folder}-{SeriesInstanceUID}"`` (``"{folder}"``
+        without a UID). Slices are ordered along the slice normal (see the module docstring);
+        spacing is the median step and PixelSpacing; the affine maps (slice, row, column) to
+        RAS+ mm when positions, orientation and PixelSpacing are known and the slice positions
+        lie evenly on a line (within 1 % of a step; a sheared, gantry-tilted stack included).
+
+        A series that cannot be read is left out with a note on the others' volumes (see the
+        module docstring), as are files that are not slices.
 
     Raises:
         ImportError: pydicom is not installed (``pip install 'msde-jax[dicom]'``).
-        ImageReadError: no DICOM file; a slice (a file with a slice's position, or any file
-            when none can be read) is unreadable, has no pixel data, is multi-frame or colour;
-            a series mixes slice shapes or orientations, or has two slices at the same position
-            (each message names the file or the series).
+        ImageReadError: no DICOM file; a file whose header cannot be read; no series can be
+            read: its slice is unreadable, has no pixel data, a malformed rescale, modality LUT
+            or padding tag, or is colour; it mixes slice shapes or orientations, or has two
+            slices at the same position; or the folder holds only objects that are not slices
+            (multi-frame ones included). Each message names the file or the series.
 
     Warns:
         SeriesGapWarning: a series has missing slices (also recorded in ``Volume.gaps``).
@@ -197,32 +215,53 @@ def read_dicom_series(
         if not paths:
             raise ImageReadError("read_dicom_series: no files given.")
         root = paths[0].parent
-    slices, others, first_error = [], [], None
+    folder = root.name or "series"
+    slices: list[_Slice] = []
+    left_out: dict[str, list[str]] = {"other": [], "multi-frame": [], "no place": []}
+    bad: dict[str, ImageReadError] = {}  # series UID → why the series cannot be read
+    first_error = None
     for path in paths:
         try:
             slices.append(_read_slice(path))
+            continue
         except ImageReadError as err:
-            if not _not_a_slice(path):
-                raise  # a slice that cannot be read: its series would be wrong
-            others.append(path.name)
-            first_error = first_error or err
-    if not slices:
-        raise first_error
-    skipped = []
-    if others:  # objects of the exam that are not image slices, beside the slices
-        names = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
-        skipped.append(
-            f"{len(others)} DICOM object(s) without a slice's place or image left out ({names})"
-        )
+            error = err
+        kind, uid = _unread_kind(path)
+        if kind == "slice" and uid:  # a slice of a known series: that series is unreadable
+            bad.setdefault(uid, error)
+        elif kind == "slice":
+            raise error  # a slice of no known series: every series could be wrong
+        else:
+            left_out[kind].append(path.name)
+            first_error = first_error or error
+    if any(s.position is not None and s.orientation is not None for s in slices):
+        # Files without a slice's place beside slices with one: not slices of a volume.
+        left_out["no place"] = [
+            Path(s.path).name for s in slices if s.position is None or s.orientation is None
+        ]
+        slices = [s for s in slices if s.position is not None and s.orientation is not None]
     groups: dict[str, list[_Slice]] = {}
     for s in slices:
         groups.setdefault(s.series, []).append(s)
     order = sorted(groups, key=lambda uid: (min(s.series_number for s in groups[uid]), uid))
     volumes = []
     for uid in order:
-        name = f"{root.name or 'series'}-{uid}" if uid else (root.name or "series")
-        volume = _volume(groups[uid], name, str(root), window=window, skip_empty=skip_empty)
-        volume = volume._replace(notes=(*volume.notes, *skipped))
+        if uid in bad:
+            continue
+        name = f"{folder}-{uid}" if uid else folder
+        try:
+            volume = _volume(groups[uid], name, str(root), window=window, skip_empty=skip_empty)
+        except ImageReadError as err:
+            bad[uid] = err
+            continue
+        volumes.append(volume)
+    if not volumes:
+        raise next(iter(bad.values()), None) or first_error
+    notes = _left_out_notes(left_out, bad, folder)
+    lone = _lone_slices(groups, bad)
+    for k, volume in enumerate(volumes):
+        lone_note = [lone] if lone and volume.n_slices == 1 else []
+        volumes[k] = volume = volume._replace(notes=(*volume.notes, *lone_note, *notes))
         if volume.gaps:
             missing = ", ".join(f"~{m} after slice {i}" for i, m in volume.gaps)
             warnings.warn(
@@ -231,24 +270,88 @@ def read_dicom_series(
                 SeriesGapWarning,
                 stacklevel=2,
             )
-        volumes.append(volume)
     return volumes
+
+
+def _unread_kind(path: Path) -> tuple[str, str]:
+    """What a file that cannot be read as a slice is, from its header: ``("multi-frame", uid)``,
+    ``("other", uid)`` (an object without a slice's place: a report, a screenshot, a dose
+    sheet) or ``("slice", uid)`` (a slice, or a file whose header cannot be read: its own
+    error stands), with its SeriesInstanceUID (``""`` when absent or unreadable)."""
+    try:
+        ds = _pydicom().dcmread(path, stop_before_pixels=True, force=True, specific_tags=_HEADER)
+        uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    except Exception:
+        return "slice", ""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    if frames > 1 or any(k in ds for k in _ENHANCED):
+        return "multi-frame", uid
+    if "SOPClassUID" in ds and not _is_slice_header(ds):
+        return "other", uid
+    return "slice", uid
+
+
+def _left_out_notes(
+    left_out: dict[str, list[str]], bad: dict[str, ImageReadError], folder: str
+) -> list[str]:
+    """The notes on what of the folder was left out, for each volume read from it."""
+    notes = []
+    whats = {
+        "other": "DICOM object(s) without a slice's place or image left out ({})",
+        "multi-frame": (
+            "multi-frame (enhanced) DICOM object(s) left out ({}): they are not supported; "
+            "convert them to single-frame slices or to NIfTI (e.g. with dcm2niix) to read them"
+        ),
+        "no place": (
+            "DICOM image(s) without ImagePositionPatient / ImageOrientationPatient left out "
+            "({}): not slices of a volume (a secondary capture, a dose sheet?)"
+        ),
+    }
+    for kind, what in whats.items():
+        names = left_out[kind]
+        if names:
+            shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+            notes.append(f"{len(names)} {what.format(shown)}")
+    for uid, err in bad.items():
+        name = f"{folder}-{uid}" if uid else folder
+        reason = str(err).removeprefix(f"DICOM series {name}: ").rstrip(".")
+        notes.append(f"DICOM series {name} left out, it cannot be read: {reason}")
+    return notes
+
+
+def _lone_slices(groups: dict[str, list[_Slice]], bad: dict[str, ImageReadError]) -> str:
+    """A note when three or more series of one slice each share an orientation, "" if not: one
+    scan whose files an anonymiser gave a SeriesInstanceUID each looks like that."""
+    lone = [g[0] for uid, g in groups.items() if len(g) == 1 and uid not in bad]
+    if len(lone) < 3 or any(s.orientation is None for s in lone):
+        return ""
+    first = lone[0].orientation
+    if any(np.abs(s.orientation - first).max() > _ORIENTATION_TOL for s in lone):
+        return ""
+    return (
+        f"{len(lone)} series of one slice each with the same orientation in this folder: if "
+        "they are one scan, their SeriesInstanceUIDs were changed file by file (an anonymiser "
+        "can do this); give the files one SeriesInstanceUID to read them as one volume"
+    )
 
 
 def _read_slice(path: Path) -> _Slice:
     name = os.fspath(path)
     if not path.is_file():
         raise ImageReadError(f"{name}: no such file.")
-    ds, arr = decode_frame(name, multi_frame="a series is read from 2-D single-frame slices")
+    ds, arr = decode_frame(name, multi_frame=_MULTI_FRAME)
+    if any(k in ds for k in _ENHANCED):  # one frame, its place in the functional groups
+        raise ImageReadError(f"{name}: an enhanced DICOM object; {_MULTI_FRAME}.")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim != 2 or not photometric.startswith("MONOCHROME"):
         raise ImageReadError(
             f"{name}: a series slice must be a 2-D grayscale image, got {photometric} pixels "
             f"of shape {arr.shape}."
         )
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    x = arr.astype(np.float64) * slope + intercept
+    x = modality_values(ds, arr, name)  # padding is NaN: background, outside the window
     if photometric == "MONOCHROME1":  # higher stored values are darker
         x = -x
     spacing = _floats(ds.get("PixelSpacing"), 2)
@@ -261,6 +364,7 @@ def _read_slice(path: Path) -> _Slice:
     return _Slice(
         path=name,
         pixels=x.astype(np.float32),
+        padding=int(np.isnan(x).sum()),
         series=str(ds.get("SeriesInstanceUID", "") or "").strip(),
         series_number=float(number[0]) if number is not None else np.inf,
         position=_floats(ds.get("ImagePositionPatient"), 3),
@@ -320,6 +424,11 @@ def _volume(
                 )
         normal = np.cross(first[:3], first[3:])
         normal = normal / max(np.linalg.norm(normal), 1e-12)
+        # Towards +R, +A or +S, whichever it is closest to (LPS: −x, −y, +z), as NIfTI's RAS+
+        # slices run: inferior → superior, posterior → anterior, patient left → right.
+        closest = int(np.argmax(np.abs(normal)))
+        if normal[closest] * _LPS_TO_RAS[closest, closest] < 0:
+            normal = -normal
         keys = np.array([s.position @ normal for s in slices])
         unit = "mm"
     elif all(s.instance is not None for s in slices):
@@ -394,4 +503,5 @@ def _volume(
         notes=notes,
         window=window,
         skip_empty=skip_empty,
+        padding=sum(s.padding for s in slices),  # NaN by design: not damage
     )

@@ -44,7 +44,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 # Keys the embedding cache (msde_jax.io.cache): raise it whenever the pixels a given file or
 # array reads as change (decoding, orientation, rescaling, windowing), so that embeddings cached
 # from the earlier reading are made again instead of being reused for the new one.
-READER_VERSION = 1
+READER_VERSION = 2  # 2: DICOM pixel padding, modality LUTs, coronal series order
 
 # ImageNet evaluation crops 224 out of 256: the shorter side is resized to size / 0.875.
 _CROP_RATIO = 0.875

@@ -175,6 +175,7 @@ def make_volume(
     notes: Sequence[str] = (),
     window: tuple[float, float] | None = DEFAULT_WINDOW,
     skip_empty: bool = True,
+    padding: int = 0,
 ) -> Volume:
     """A :class:`Volume` from a raw (n, H, W) stack: windowed, then empty slices dropped.
 
@@ -189,13 +190,15 @@ def make_volume(
         notes: what the reader did, as in :class:`Volume`.
         window: intensity window percentiles (see :func:`window_volume`), ``None`` for min-max.
         skip_empty: drop empty slices (see :func:`empty_slices`); never drops every slice.
+        padding: how many of the NaN voxels are NaN by design (DICOM pixel padding: outside
+            the scanner's field of view), not counted in the note on non-finite voxels.
     """
     stack = np.asarray(stack)
     if stack.ndim != 3 or 0 in stack.shape:
         raise ValueError(f"{name}: expected a non-empty (n, H, W) stack, got shape {stack.shape}.")
     notes = list(notes)
-    n_bad = int(np.size(stack) - np.count_nonzero(np.isfinite(stack)))
-    if n_bad:
+    n_bad = int(np.size(stack) - np.count_nonzero(np.isfinite(stack))) - padding
+    if n_bad > 0:
         notes.append(f"{n_bad} non-finite voxels (NaN / inf) treated as background")
     windowed, (lo, hi) = window_volume(stack, window)
     if hi <= lo:

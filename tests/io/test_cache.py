@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from msde_jax.io.cache import embed_cached, image_hash
+from msde_jax.io.images import READER_VERSION
 
 
 class StubEmbedder:
@@ -46,7 +47,10 @@ def test_second_call_embeds_nothing(tmp_path, arrays):
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, StubEmbedder().embed(arrays))
     (folder,) = (tmp_path / "cache").iterdir()
-    assert json.loads((folder / "config.json").read_text()) == {**stub.config(), "reader": 1}
+    assert json.loads((folder / "config.json").read_text()) == {
+        **stub.config(),
+        "reader": READER_VERSION,
+    }
     assert len(list(folder.glob("*.npy"))) == 5
     assert not list(folder.glob(".tmp-*"))
 
@@ -86,7 +90,7 @@ def test_a_new_reader_version_embeds_files_again(tmp_path, monkeypatch):
     embed_cached(stub, [str(path)], tmp_path / "cache", progress=False)
     assert stub.calls == [1, 1]
     configs = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/config.json")]
-    assert sorted(c["reader"] for c in configs) == [1, 2]
+    assert sorted(c["reader"] for c in configs) == [READER_VERSION, READER_VERSION + 1]
 
 
 def test_files_keyed_by_content(tmp_path):
