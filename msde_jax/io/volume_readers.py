@@ -17,8 +17,8 @@ def is_volume(path: str | os.PathLike) -> bool:
     """Whether a path is a volume the readers accept: a NIfTI file or a DICOM-series folder.
 
     A folder is a DICOM series when :func:`~msde_jax.io.dicom_series.is_dicom_series` says so
-    (its first DICOM file has ImagePositionPatient and ImageOrientationPatient, as CT, MR and
-    PET slices do and 2-D radiographs do not). Without pydicom no folder is a series.
+    (one of the DICOM files it holds has ImagePositionPatient and ImageOrientationPatient, as
+    CT, MR and PET slices do and 2-D radiographs do not). Without pydicom no folder is a series.
     """
     p = Path(path)
     if p.is_dir():
