@@ -130,6 +130,18 @@ def knn(
     n = reference.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of reference points ({n}), got {k}.")
+    # Both sides centred on the (real) reference rows' mean: distances are unchanged, and the
+    # ranking ‖r‖² − 2qᵀr keeps its precision on data far from the origin (raw intensities,
+    # features with a large common offset), where float32 cancellation reordered neighbours.
+    if reference_valid is None:
+        mean = jnp.mean(reference, axis=0, keepdims=True)
+    else:
+        real = jnp.asarray(reference_valid, bool)[:, None]
+        total = jnp.sum(jnp.where(real, reference, 0), axis=0, keepdims=True)
+        mean = total / jnp.maximum(jnp.sum(real), 1).astype(reference.dtype)
+    mean = lax.stop_gradient(mean)  # distances do not depend on it
+    queries = queries - mean
+    reference = queries if self_neighbours else reference - mean
     ref_sqnorm = sq_norms(reference)
     if reference_valid is not None:
         ref_sqnorm = jnp.where(reference_valid, ref_sqnorm, jnp.inf)

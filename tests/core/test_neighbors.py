@@ -35,6 +35,24 @@ def test_matches_sklearn(x64, dtype):
     assert got.distances.dtype == np.dtype(dtype)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_data_far_from_the_origin_keeps_its_neighbours(padded):
+    """float32 ‖r‖² − 2qᵀr at an offset of 1000 reordered neighbours (recall 0.71); the rows
+    are centred on the reference mean first (real rows only), which leaves distances as they
+    are."""
+    x = (_data(4, 300, 16) + 1000).astype(np.float32)
+    queries = (_data(5, 40, 16) + 1000).astype(np.float32)
+    nn = NearestNeighbors(n_neighbors=5).fit(x.astype(np.float64))
+    d_ref, i_ref = nn.kneighbors(queries.astype(np.float64))
+    valid = None
+    if padded:  # padding far away must not move the centre
+        x = np.concatenate([x, np.full((20, 16), -5e4, np.float32)])
+        valid = np.arange(len(x)) < 300
+    got = knn(queries, x, k=5, reference_valid=valid)
+    np.testing.assert_array_equal(got.indices, i_ref)
+    np.testing.assert_allclose(got.distances, d_ref, rtol=1e-4)
+
+
 def test_self_first_with_duplicates():
     x = _data(3, 10, 3)
     x = np.concatenate([x, x])  # every point has an exact twin
