@@ -39,6 +39,7 @@ from msde_jax.cli.inputs import (
     input_files,
     item_name,
     normal_images,
+    print_repeated,
     readable,
     usable,
 )
@@ -140,7 +141,7 @@ def _read_embeddings(path: str) -> tuple[np.ndarray, dict | None, tuple[Any, str
         arrays = z.read(["embeddings", "config", "names", *VOLUME_ARRAYS])
     features, config = arrays["embeddings"], arrays.get("config")
     try:
-        volumes = groups_from_arrays(arrays, len(features))
+        volumes = groups_from_arrays(arrays, features.shape[0] if features.ndim else 0)
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err
     names = arrays.get("names")
@@ -400,6 +401,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
         )
     for split in ("train_normal", "test_normal", "test_abnormal"):
         print_volume_notes(dataset.split_groups(split).volumes)
+    print_repeated(dataset.repeated)
     if args.skip_unreadable:  # --limit counts readable images: the first N that decode
         for why in dataset.skipped:
             print(f"skipped: {why}", file=sys.stderr)

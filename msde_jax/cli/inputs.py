@@ -18,6 +18,7 @@ __all__ = [
     "input_files",
     "item_name",
     "normal_images",
+    "print_repeated",
     "readable",
     "usable",
 ]
@@ -101,12 +102,7 @@ def command_inputs(
     with volume_warnings():
         inputs = read_inputs(list(sources), axis=axis, skip_unreadable=skip)
     print_volume_notes(inputs.groups.volumes)
-    if inputs.repeated:
-        shown = ", ".join(inputs.repeated[:3]) + (", …" if len(inputs.repeated) > 3 else "")
-        print(
-            f"note: {len(inputs.repeated)} input(s) given more than once were read once: {shown}",
-            file=sys.stderr,
-        )
+    print_repeated(inputs.repeated)
     if not inputs.items and not inputs.skipped:
         from msde_jax.io.images import IMAGE_SUFFIXES
         from msde_jax.io.volumes import VOLUME_SUFFIXES
@@ -117,6 +113,16 @@ def command_inputs(
             "their sub-folders)."
         )
     return inputs
+
+
+def print_repeated(repeated: Sequence[str]) -> None:
+    """The ``note:`` on inputs reached more than once, which were read once."""
+    if repeated:
+        shown = ", ".join(repeated[:3]) + (", …" if len(repeated) > 3 else "")
+        print(
+            f"note: {len(repeated)} input(s) given more than once were read once: {shown}",
+            file=sys.stderr,
+        )
 
 
 def _dataset_folder(path: Path) -> bool:
@@ -148,18 +154,19 @@ def readable(
     as images (each skipped file — and each unreadable volume in ``skipped``, already left out
     — and the count printed on stderr); without it, all of them (the first unreadable file then
     stops the command, named in its error). ``volume_files``: how many volumes were read (for
-    the count of files). ``limit``: the first ``limit`` readable inputs only (the files after
-    them are not read), an input being an item, or the items of one ``ordinals`` value (a
-    volume's slices: :meth:`~msde_jax.io.inputs.SliceGroups.input_ordinals`)."""
+    the count of files). ``limit``: the first ``limit`` (readable) inputs only (with
+    ``--skip-unreadable`` the files after them are not read), an input being an item, or the
+    items of one ``ordinals`` value (a volume's slices:
+    :meth:`~msde_jax.io.inputs.SliceGroups.input_ordinals`)."""
+    ordinals = np.arange(len(items)) if ordinals is None else np.asarray(ordinals)
     if not getattr(args, "skip_unreadable", False):
-        return list(range(len(items)))
+        return [int(i) for i in np.flatnonzero(ordinals < (len(items) if limit is None else limit))]
     import os
 
     from msde_jax.io.images import ImageReadError, to_float
 
     keep, skipped = [], list(skipped)
     n_files = len(skipped) + volume_files
-    ordinals = np.arange(len(items)) if ordinals is None else ordinals
     taken: set[int] = set()
     for i, (item, name) in enumerate(zip(items, names, strict=True)):
         if limit is not None and ordinals[i] not in taken and len(taken) == limit:

@@ -126,7 +126,8 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cache-dir",
         default=None,
-        help="cache embeddings here, keyed by backbone, weights and image content",
+        help="cache embeddings here, keyed by backbone, weights, image content and the "
+        "readers' version",
     )
 
 

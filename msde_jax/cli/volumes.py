@@ -270,15 +270,17 @@ def fit_summary(record: Mapping[str, Any]) -> str:
 
 
 def fit_note(record: Mapping[str, Any]) -> str | None:
-    """The ``note:`` ``fit`` prints on stderr when the volume threshold comes from fewer than
-    1 / contamination volumes (its quantile then lies between the highest volume scores)."""
+    """The ``note:`` ``fit`` prints on stderr when the volume threshold's ``1 − contamination``
+    quantile (linear interpolation) lies at or above the second-highest training volume score:
+    with n volumes, when (n − 1) · contamination < 1, i.e. n < 1 + 1 / contamination."""
     n, contamination = record["n_volumes"], record["contamination"]
-    if record["threshold"] is None or n * contamination >= 1:
+    if record["threshold"] is None or (n - 1) * contamination >= 1:
         return None
     return (
-        f"note: the volume threshold comes from {n} training volume(s), fewer than "
-        f"1 / contamination = {1 / contamination:.0f}: the quantile lies between the highest "
-        "volume scores, a rough threshold; more normal training volumes make it firmer."
+        f"note: the volume threshold comes from {n} training volume(s): its "
+        f"{1 - contamination:.0%} quantile lies between the two highest volume scores (with "
+        f"fewer than 1 + 1 / contamination = {1 + 1 / contamination:.3g} volumes), a rough "
+        "threshold; more normal training volumes make it firmer."
     )
 
 

@@ -69,6 +69,8 @@ class Dataset:
             splits of 2-D images only are absent.
         skipped: volumes left out as unreadable (``load_dataset(..., skip_unreadable=True)``),
             one message each.
+        repeated: files and folders of a folder dataset reached twice (a link beside its
+            target) or listed twice in a MedIAnomaly ``data.json``, read once.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Dataset:
     source: str
     groups: dict[str, SliceGroups] = field(default_factory=dict)
     skipped: tuple[str, ...] = ()
+    repeated: tuple[str, ...] = ()
 
     @property
     def has_volumes(self) -> bool:
@@ -292,7 +295,7 @@ def _from_npz(path: Path, *, name: str, source: str) -> Dataset:
 
 
 def _from_folders(root: Path, *, axis: str, skip_unreadable: bool) -> Dataset:
-    splits, groups, skipped = [], {}, []
+    splits, groups, skipped, repeated = [], {}, [], []
     for sub, split in zip(
         ("train/normal", "test/normal", "test/abnormal"), SPLIT_KEYS, strict=True
     ):
@@ -304,6 +307,7 @@ def _from_folders(root: Path, *, axis: str, skip_unreadable: bool) -> Dataset:
             )
         inputs = read_inputs(folder, axis=axis, skip_unreadable=skip_unreadable)
         skipped.extend(inputs.skipped)
+        repeated.extend(inputs.repeated)
         if not inputs.items and inputs.skipped:
             raise ValueError(
                 f"{folder}: every volume was unreadable and skipped ({len(inputs.skipped)}: "
@@ -318,7 +322,14 @@ def _from_folders(root: Path, *, axis: str, skip_unreadable: bool) -> Dataset:
         splits.append(inputs.items)
         if inputs.groups.has_volumes:
             groups[split] = inputs.groups
-    return Dataset(root.name, *splits, source=str(root), groups=groups, skipped=tuple(skipped))
+    return Dataset(
+        root.name,
+        *splits,
+        source=str(root),
+        groups=groups,
+        skipped=tuple(skipped),
+        repeated=tuple(repeated),
+    )
 
 
 def _from_medianomaly(root: Path) -> Dataset:
@@ -330,7 +341,7 @@ def _from_medianomaly(root: Path) -> Dataset:
     images = root / "images"
     if not images.is_dir():
         raise ValueError(f"{root}: a MedIAnomaly folder needs images/ next to data.json.")
-    splits = []
+    splits, repeated = [], []
     for split, label, what in (
         ("train", "0", "normal"),
         ("test", "0", "normal"),
@@ -355,8 +366,13 @@ def _from_medianomaly(root: Path) -> Dataset:
                 f"{meta_path}: {len(absent)} file(s) listed in {split}[{label!r}] are not under "
                 f"{images}, e.g. {absent[0]}."
             )
-        splits.append([str(p) for p in paths])
-    return Dataset(root.name, *splits, source=str(root))
+        once: dict[str, None] = {}
+        for path in map(str, paths):  # a name listed twice: read once
+            if path in once:
+                repeated.append(path)
+            once[path] = None
+        splits.append(list(once))
+    return Dataset(root.name, *splits, source=str(root), repeated=tuple(repeated))
 
 
 def list_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:

@@ -110,8 +110,8 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
         )
     if not photometric.startswith("MONOCHROME"):
         raise ImageReadError(f"{name}: unsupported photometric interpretation {photometric!r}.")
-    x = modality_values(ds, arr, name)  # padding pixels are NaN
-    padding = np.isnan(x)
+    x, padding = modality_values(ds, arr, name)  # padding pixels are NaN
+    padding = np.isnan(x) if padding is None else padding | np.isnan(x)
     window = _window(ds)
     if window is not None:
         centre, width = window
@@ -157,8 +157,9 @@ def header_number(ds: Any, keyword: str, name: str, default: float) -> float:
 _FIX_TAG = "correct or remove the tag (e.g. with pydicom) to read the file"
 
 
-def modality_values(ds: Any, arr: np.ndarray, name: str) -> np.ndarray:
-    """A grayscale frame's stored values through the modality transform, as float64.
+def modality_values(ds: Any, arr: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A grayscale frame's stored values through the modality transform, as float64, and
+    which pixels are padding (``None``: no padding tag).
 
     The ModalityLUTSequence when the file has one (``pydicom.pixels.apply_modality_lut``), else
     ``stored · RescaleSlope + RescaleIntercept`` (1 and 0 when absent; a slope of 0, which
@@ -185,7 +186,7 @@ def modality_values(ds: Any, arr: np.ndarray, name: str) -> np.ndarray:
         x = arr.astype(np.float64) * slope + header_number(ds, "RescaleIntercept", name, 0.0)
     if padding is not None:
         x[padding] = np.nan
-    return x
+    return x, padding
 
 
 def _padding(ds: Any, arr: np.ndarray, name: str) -> np.ndarray | None:

@@ -351,7 +351,7 @@ def _read_slice(path: Path) -> _Slice:
             f"{name}: a series slice must be a 2-D grayscale image, got {photometric} pixels "
             f"of shape {arr.shape}."
         )
-    x = modality_values(ds, arr, name)  # padding is NaN: background, outside the window
+    x, padding = modality_values(ds, arr, name)  # padding: NaN, background, not in the window
     if photometric == "MONOCHROME1":  # higher stored values are darker
         x = -x
     spacing = _floats(ds.get("PixelSpacing"), 2)
@@ -364,7 +364,7 @@ def _read_slice(path: Path) -> _Slice:
     return _Slice(
         path=name,
         pixels=x.astype(np.float32),
-        padding=int(np.isnan(x).sum()),
+        padding=0 if padding is None else int(padding.sum()),
         series=str(ds.get("SeriesInstanceUID", "") or "").strip(),
         series_number=float(number[0]) if number is not None else np.inf,
         position=_floats(ds.get("ImagePositionPatient"), 3),

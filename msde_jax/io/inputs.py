@@ -168,7 +168,8 @@ def list_inputs(
     searched. The entries of one folder are sorted by path. A file or folder given directly is
     taken as it is (a folder given directly is searched, even when it is itself a DICOM series:
     then it is one entry). A file or folder reached again (given twice, or given and found in a
-    folder given, by the same real path) is listed once, at its first place.
+    folder given, by the same real path; a file of a DICOM-series folder listed) is listed once,
+    at its first place.
 
     Args:
         sources: a file, a folder, or a sequence of them (concatenated in the given order).
@@ -208,10 +209,19 @@ def _listed(
             )
         else:
             out.append(str(path))
+    # A DICOM-series folder reads the files it holds: one of them given too is a repeat.
+    folders = [entry for entry in out if os.path.isdir(entry)]
+    files = {os.path.realpath(entry) for entry in out if not os.path.isdir(entry)}
+    in_series = {
+        os.path.realpath(file)
+        for entry in (folders if files else ())
+        for file in Path(entry).iterdir()
+        if os.path.realpath(file) in files and (file.suffix.lower() == ".dcm" or is_dicom(file))
+    }
     first, repeated = {}, []
     for entry in out:
         real = os.path.realpath(entry)
-        if real in first:
+        if real in first or real in in_series:
             repeated.append(entry)
         else:
             first[real] = entry

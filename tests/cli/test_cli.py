@@ -408,6 +408,10 @@ def test_options_that_would_be_ignored_or_wrap_around_are_refused(tmp_path, caps
         assert exit_.value.code == 2
         assert "expected an integer in [0, 2**32)" in capsys.readouterr().err
     assert build_parser().parse_args(["demo", "--seed", "4294967295"]).seed == 2**32 - 1
+    # 0-d embeddings: one line, not a traceback
+    np.savez(tmp_path / "e.npz", embeddings=np.array(1.0, np.float32))
+    assert main(fit) == 2
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_embedding_a_dataset_file_says_which_images(tmp_path, pneumonia, capsys):
@@ -675,6 +679,8 @@ def test_limit_counts_readable_inputs(tmp_path, capsys):
     assert readable(items, items, args, limit=3) == [3, 4, 6]  # 7.png is not read
     assert "skipped 4 unreadable file(s) of 7" in capsys.readouterr().err
     assert readable(items, items, args) == [3, 4, 6, 7]
+    # Without --skip-unreadable: the first N inputs, whatever they hold.
+    assert readable(items, items, argparse.Namespace(), limit=3) == [0, 1, 2]
     # A volume's slices (arrays) count as one input, kept whole.
     slices = [np.zeros((8, 8), np.float32)] * 3
     ordinals = np.array([0, 1, 1, 1, 2])
@@ -695,6 +701,23 @@ def test_an_input_given_twice_is_read_once_with_a_note(tmp_path, capsys):
     assert f"note: 1 input(s) given more than once were read once: {one}" in (
         capsys.readouterr().err
     )
+
+
+def test_the_volume_threshold_note_says_when_its_quantile_is_rough():
+    from msde_jax.cli.volumes import fit_note
+
+    def note(n, contamination):
+        return fit_note({"n_volumes": n, "contamination": contamination, "threshold": 1.0})
+
+    for n, c in ((1, 0.05), (20, 0.05), (2, 0.4), (3, 0.3)):
+        # np.quantile's 1 − c quantile of n scores lies above the second-highest: said
+        scores = np.arange(n, dtype=float)
+        assert n < 2 or np.quantile(scores, 1 - c) > scores[-2]
+        assert f"comes from {n} training volume(s)" in note(n, c)
+    assert note(21, 0.05) is None
+    assert np.quantile(np.arange(21.0), 0.95) == 19.0  # the second-highest: no longer rough
+    assert "1 + 1 / contamination = 21 volumes" in note(5, 0.05)
+    assert fit_note({"n_volumes": 1, "contamination": 0.05, "threshold": None}) is None
 
 
 def test_seed_option():

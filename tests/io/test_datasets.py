@@ -261,3 +261,25 @@ def test_list_images_npz_and_load_images_npz(tmp_path):
         load_images_npz(other)
     with pytest.raises(ValueError, match="no array 'c'; found a, b"):
         load_images_npz(other, "c")
+
+
+def test_repeats_in_a_dataset_are_read_once_and_recorded(tmp_path):
+    """A link beside its target in a split folder, or a name listed twice in data.json."""
+    for sub in ("train/normal", "test/normal", "test/abnormal"):
+        (tmp_path / "ds" / sub).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / "ds" / sub / f"{i}.png")
+    link = tmp_path / "ds" / "train" / "normal" / "z_link.png"
+    link.symlink_to(tmp_path / "ds" / "train" / "normal" / "0.png")
+    dataset = load_dataset(tmp_path / "ds")
+    assert len(dataset.train_normal) == 2
+    assert dataset.repeated == (str(link),)
+    med = tmp_path / "med"
+    (med / "images").mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(med / "images" / name)
+    splits = {"train": {"0": ["a.png", "a.png"]}, "test": {"0": ["b.png"], "1": ["c.png"]}}
+    (med / "data.json").write_text(json.dumps(splits))
+    dataset = load_dataset(med)
+    assert dataset.train_normal == [str(med / "images" / "a.png")]
+    assert dataset.repeated == (str(med / "images" / "a.png"),)

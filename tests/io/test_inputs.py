@@ -171,6 +171,18 @@ def test_volumes_that_share_a_file_name_are_named_apart_by_their_folders(tmp_pat
     assert list_inputs([one, one]) == [str(one)]
 
 
+def test_a_file_of_a_series_given_beside_its_folder_is_read_once(tmp_path):
+    rng = np.random.default_rng(0)
+    series = write_dicom_series(tmp_path / "exam" / "ct", np.round(rng.normal(60, 20, (5, 16, 16))))
+    one = series / "slice002.dcm"
+    for sources in ([tmp_path / "exam", one], [one, series]):
+        inputs = read_inputs(sources)
+        assert len(inputs.items) == 5
+        assert len(inputs.groups.volumes) == 1
+        assert inputs.repeated == (str(one),)
+    assert len(read_inputs([one]).items) == 1  # alone: a 2-D image
+
+
 def test_groups_take_first_inputs_concat_and_names(tmp_path):
     root = _tree(tmp_path / "data")
     inputs = read_inputs(root)
