@@ -157,7 +157,8 @@ def write_dicom_series(folder, volume, *, uid="1.2.826.0.1.3680043.8.498.7", spa
 
 def write_dicom(path: Path, pixels: np.ndarray, *, sop_class: str | None = None, **attrs) -> Path:
     """Save a 2-D uint16 MONOCHROME2 image as a DICOM file (Secondary Capture unless
-    ``sop_class`` is given), with the data elements ``attrs`` set by keyword."""
+    ``sop_class`` is given), with the data elements ``attrs`` set by keyword; float32
+    ``pixels`` are stored as FloatPixelData."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -173,12 +174,16 @@ def write_dicom(path: Path, pixels: np.ndarray, *, sop_class: str | None = None,
     ds.Rows, ds.Columns = pixels.shape[:2]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    if pixels.dtype == np.float32:
+        ds.BitsAllocated = 32
+        ds.FloatPixelData = pixels.tobytes()
+    else:
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
     for key, value in attrs.items():
         setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 

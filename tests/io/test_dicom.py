@@ -444,25 +444,20 @@ def test_dicom_series_and_nifti_of_one_anatomy_give_the_same_slices(tmp_path, pl
 def test_nan_voxels_of_float_slices_are_noted_not_taken_for_padding(tmp_path):
     """Only padding pixels are left out of the note on non-finite voxels: NaN in float pixel
     data (which has no padding) is damage, and said."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import MRImageStorage
 
     rng = np.random.default_rng(0)
     for z in range(4):
         pixels = rng.uniform(10, 100, (16, 16)).astype(np.float32)
         pixels[0, :3] = np.nan
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID, ds.Modality = "1.2.3.4", "MR"
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, z], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.Rows, ds.Columns, ds.SamplesPerPixel = [1, 1], 16, 16, 1
-        ds.PhotometricInterpretation, ds.BitsAllocated = "MONOCHROME2", 32
-        ds.FloatPixelData = pixels.tobytes()
-        ds.save_as(tmp_path / f"s{z}.dcm", enforce_file_format=True)
+        place = {"ImagePositionPatient": [0, 0, z], "ImageOrientationPatient": [1, 0, 0, 0, 1, 0]}
+        write_dicom(
+            tmp_path / f"s{z}.dcm",
+            pixels,
+            sop_class=MRImageStorage,
+            SeriesInstanceUID="1.2.3.4",
+            PixelSpacing=[1, 1],
+            **place,
+        )
     (volume,) = read_dicom_series(tmp_path, skip_empty=False)
     assert "12 non-finite voxels (NaN / inf) treated as background" in volume.notes
