@@ -45,7 +45,8 @@ stacks each series along its own slice normal:
 
 Every slice of a series must have the same shape and orientation (else an
 :class:`~msde_jax.io.images.ImageReadError` names the series and the odd file: that series is
-left out, or raised when it is the only one). Multi-frame (enhanced) DICOM and colour slices
+left out, or raised when it is the only one), except a localizer saved in the series: at most
+2 slices of another orientation beside at least 3 of one are left out, with a note. Multi-frame (enhanced) DICOM and colour slices
 are not read.
 """
 
@@ -395,6 +396,31 @@ def _floats(value: Any, n: int) -> np.ndarray | None:
     return out if out.shape == (n,) and np.isfinite(out).all() else None
 
 
+def _without_localizers(slices: list[_Slice]) -> tuple[list[_Slice], list[str]]:
+    """The slices of a series without those of a stray other orientation (a localizer saved
+    in the series), and a note naming them: when one orientation holds at least 3 slices and
+    each other at most 2, the others are left out; otherwise all are kept (and
+    :func:`_volume` refuses a series of several orientations)."""
+    placed = [s for s in slices if s.orientation is not None and s.position is not None]
+    if len(placed) < len(slices) or len(slices) < 4:
+        return slices, []
+    groups: list[list[_Slice]] = []
+    for s in slices:
+        for group in groups:
+            if np.abs(s.orientation - group[0].orientation).max() <= _ORIENTATION_TOL:
+                group.append(s)
+                break
+        else:
+            groups.append([s])
+    groups.sort(key=len, reverse=True)
+    if len(groups) == 1 or len(groups[0]) < 3 or any(len(g) > 2 for g in groups[1:]):
+        return slices, []
+    odd = [Path(s.path).name for g in groups[1:] for s in g]
+    shown = ", ".join(odd[:3]) + (", …" if len(odd) > 3 else "")
+    note = f"{len(odd)} slice(s) of another orientation left out (a localizer?): {shown}"
+    return groups[0], [note]
+
+
 def _volume(
     slices: list[_Slice],
     name: str,
@@ -403,6 +429,7 @@ def _volume(
     window: tuple[float, float] | None,
     skip_empty: bool,
 ) -> Volume:
+    slices, notes = _without_localizers(slices)
     shapes = Counter(s.pixels.shape for s in slices)
     if len(shapes) > 1:
         usual = shapes.most_common(1)[0][0]
@@ -412,7 +439,6 @@ def _volume(
             f"{odd.pixels.shape[1]} pixels, the others {usual[0]}×{usual[1]}; a series must "
             "have one slice shape."
         )
-    notes = []
     normal = None
     if all(s.position is not None and s.orientation is not None for s in slices):
         first = slices[0].orientation

@@ -313,8 +313,8 @@ def test_a_series_that_cannot_be_read_leaves_the_others_read_with_a_note(tmp_pat
     _series(tmp_path, 4, uid="1.1", name="ct")
     for echo in (1, 2):
         _series(tmp_path, 3, uid="2.2", name=f"echo{echo}_")
-    _series(tmp_path, 3, uid="3.3", name="ax")
-    _series(tmp_path, 1, uid="3.3", orientation=(0, 1, 0, 0, 0, -1), name="scout")
+    _series(tmp_path, 2, uid="3.3", name="ax")  # two orientations, neither a stray localizer
+    _series(tmp_path, 2, uid="3.3", orientation=(0, 1, 0, 0, 0, -1), name="scout")
     _series(tmp_path, 2, uid="4.4", name="nopix")
     ds = pydicom.dcmread(tmp_path / "nopix1.dcm")
     del ds.PixelData

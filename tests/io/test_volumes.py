@@ -540,11 +540,30 @@ def test_inconsistent_series_are_refused_naming_the_file(tmp_path):
     (tmp_path / "same.dcm").unlink()
     _write_slice(
         tmp_path / "scout.dcm",
+        _body((16, 12)) + 1024,
+        position=(0, 0, 9),
+        orientation=(0, 1, 0, 0, 0, -1),
+    )
+    # A localizer saved in the series (another orientation, and here another shape): left
+    # out with a note; the series is read.
+    (volume,) = read_dicom_series(tmp_path)
+    assert volume.n_slices == 3
+    assert "1 slice(s) of another orientation left out (a localizer?): scout.dcm" in volume.notes
+    # Two orientations of 2 slices each: no stray localizer, the series is refused.
+    (tmp_path / "s2.dcm").unlink()
+    _write_slice(
+        tmp_path / "scout.dcm",
         _body((16, 16)) + 1024,
         position=(0, 0, 9),
         orientation=(0, 1, 0, 0, 0, -1),
     )
-    with pytest.raises(ImageReadError, match=r"scout\.dcm has another ImageOrientationPatient"):
+    _write_slice(
+        tmp_path / "scout2.dcm",
+        _body((16, 16)) + 1024,
+        position=(0, 0, 8),
+        orientation=(0, 1, 0, 0, 0, -1),
+    )
+    with pytest.raises(ImageReadError, match=r"has another ImageOrientationPatient"):
         read_dicom_series(tmp_path)
 
 
