@@ -103,6 +103,7 @@ def command_inputs(
         inputs = read_inputs(list(sources), axis=axis, skip_unreadable=skip)
     print_volume_notes(inputs.groups.volumes)
     print_repeated(inputs.repeated)
+    _note_lone_slices(sources, inputs.items)
     if not inputs.items and not inputs.skipped:
         from msde_jax.io.images import IMAGE_SUFFIXES
         from msde_jax.io.volumes import VOLUME_SUFFIXES
@@ -113,6 +114,27 @@ def command_inputs(
             "their sub-folders)."
         )
     return inputs
+
+
+def _note_lone_slices(sources: Sequence[str], items: Sequence[Any]) -> None:
+    """A ``note:`` on DICOM files given one by one that are slices of a series: read as 2-D
+    images, each is scaled alone (its display window, or its own minimum and maximum), not as
+    its series' slices are (one window for the volume) — so not as a model fitted on the
+    series saw them."""
+    from msde_jax.io.dicom import is_dicom
+    from msde_jax.io.dicom_series import is_slice_file
+
+    kept = {str(item) for item in items if isinstance(item, str | Path)}
+    dicom = [s for s in sources if s in kept and (s.lower().endswith(".dcm") or is_dicom(s))]
+    lone = [s for s in dicom if is_slice_file(s)]
+    if lone:
+        shown = ", ".join(lone[:3]) + (", …" if len(lone) > 3 else "")
+        print(
+            f"note: {len(lone)} DICOM slice(s) of a series given as file(s), read as 2-D images "
+            f"each scaled alone ({shown}); give the series' folder to read them as its slices, "
+            "as a model fitted on series reads them.",
+            file=sys.stderr,
+        )
 
 
 def print_repeated(repeated: Sequence[str]) -> None:

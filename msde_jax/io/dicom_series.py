@@ -46,8 +46,8 @@ stacks each series along its own slice normal:
 Every slice of a series must have the same shape and orientation (else an
 :class:`~msde_jax.io.images.ImageReadError` names the series and the odd file: that series is
 left out, or raised when it is the only one), except a localizer saved in the series: at most
-2 slices of another orientation beside at least 3 of one are left out, with a note. Multi-frame (enhanced) DICOM and colour slices
-are not read.
+2 slices of another orientation beside at least 3 of one are left out, with a note.
+Multi-frame (enhanced) DICOM and colour slices are not read.
 """
 
 import os
@@ -68,6 +68,7 @@ __all__ = [
     "GAP_FACTOR",
     "SeriesGapWarning",
     "is_dicom_series",
+    "is_slice_file",
     "read_dicom_series",
 ]
 
@@ -131,20 +132,18 @@ def is_dicom_series(path: str | os.PathLike) -> bool:
     beside the slices does not hide them). False without pydicom.
     """
     p = Path(path)
-    if not p.is_dir():
-        return False
+    return p.is_dir() and any(is_slice_file(file) for file in _dicom_files(p))
+
+
+def is_slice_file(path: str | os.PathLike) -> bool:
+    """Whether a DICOM file has ImagePositionPatient and ImageOrientationPatient: a slice of a
+    cross-sectional series (False for other files, unreadable ones, or without pydicom)."""
     try:
         pydicom = _pydicom()
-    except ImportError:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_PLACE)
+    except Exception:  # a predicate: an unreadable file is not a slice
         return False
-    for file in _dicom_files(p):
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True, force=True, specific_tags=_PLACE)
-        except Exception:  # a predicate: an unreadable file is not a slice
-            continue
-        if _is_slice_header(ds):
-            return True
-    return False
+    return _is_slice_header(ds)
 
 
 _PLACE = ["ImagePositionPatient", "ImageOrientationPatient"]

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from testing import hide_matplotlib
+from testing import hide_matplotlib, write_dicom, write_dicom_series
 
 from msde_jax.cli import build_parser, main
 
@@ -718,6 +718,23 @@ def test_the_volume_threshold_note_says_when_its_quantile_is_rough():
     assert np.quantile(np.arange(21.0), 0.95) == 19.0  # the second-highest: no longer rough
     assert "1 + 1 / contamination = 21 volumes" in note(5, 0.05)
     assert fit_note({"n_volumes": 1, "contamination": 0.05, "threshold": None}) is None
+
+
+def test_a_dicom_slice_given_alone_is_read_as_an_image_with_a_note(tmp_path, capsys):
+    import argparse
+
+    from msde_jax.cli.inputs import command_inputs
+
+    series = write_dicom_series(tmp_path / "ct", np.full((3, 8, 8), 40))
+    radiograph = write_dicom(tmp_path / "dx.dcm", np.full((8, 8), 100))
+    one = str(series / "slice001.dcm")
+    inputs = command_inputs([one, str(radiograph)], argparse.Namespace())
+    assert inputs.items == [one, str(radiograph)]
+    assert "note: 1 DICOM slice(s) of a series given as file(s), read as 2-D images" in (
+        capsys.readouterr().err
+    )
+    command_inputs([str(radiograph)], argparse.Namespace())
+    assert "DICOM slice" not in capsys.readouterr().err
 
 
 def test_seed_option():
