@@ -80,13 +80,19 @@ def nearest_one(
     reference_sqnorm: jax.Array,
     k: int,
     self_index: jax.Array | None = None,
+    centred: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Like :func:`nearest_indices`, also returning the distances (k,), nearest first.
 
     The ``k`` selected distances are recomputed directly as ‖q − r‖, so they carry none of the
     cancellation error of ‖q‖² + ‖r‖² − 2qᵀr; the point itself (``self_index``) is at 0.
+    ``centred``, ``(reference − c, c)``: the neighbours are ranked as ``q − c`` among those
+    rows (``reference_sqnorm`` is then theirs), the distances still measured on ``reference``.
     """
-    idx = nearest_indices(q, reference, reference_sqnorm, k, self_index)
+    if centred is None:
+        idx = nearest_indices(q, reference, reference_sqnorm, k, self_index)
+    else:
+        idx = nearest_indices(q - centred[1], centred[0], reference_sqnorm, k, self_index)
     diff = reference[idx] - q[None, :]
     dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
     if self_index is not None:
@@ -130,31 +136,26 @@ def knn(
     n = reference.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of reference points ({n}), got {k}.")
-    # Both sides centred on the (real) reference rows' mean: distances are unchanged, and the
-    # ranking ‖r‖² − 2qᵀr keeps its precision on data far from the origin (raw intensities,
-    # features with a large common offset), where float32 cancellation reordered neighbours.
+    # Ranked on both sides centred on the (real) reference rows' mean: the ranking
+    # ‖r‖² − 2qᵀr keeps its precision on data far from the origin (raw intensities, features
+    # with a large common offset), where float32 cancellation reordered neighbours. The
+    # distances are measured on the rows as given (:func:`nearest_one`), so they do not
+    # depend on the mean's rounding (nor on the order of the reference rows).
     if reference_valid is None:
         mean = jnp.mean(reference, axis=0, keepdims=True)
     else:
         real = jnp.asarray(reference_valid, bool)[:, None]
         total = jnp.sum(jnp.where(real, reference, 0), axis=0, keepdims=True)
         mean = total / jnp.maximum(jnp.sum(real), 1).astype(reference.dtype)
-    mean = lax.stop_gradient(mean)  # distances do not depend on it
-    queries = queries - mean
-    reference = queries if self_neighbours else reference - mean
-    ref_sqnorm = sq_norms(reference)
+    centred = reference - lax.stop_gradient(mean)
+    ref_sqnorm = sq_norms(centred)
     if reference_valid is not None:
         ref_sqnorm = jnp.where(reference_valid, ref_sqnorm, jnp.inf)
+    ranked = (centred, lax.stop_gradient(mean[0]))
 
-    if self_neighbours:
-        rows = (queries, jnp.arange(queries.shape[0]))
+    def one(row):
+        q, i = row if self_neighbours else (row, None)
+        return nearest_one(q, reference, ref_sqnorm, k, self_index=i, centred=ranked)
 
-        def one(row):
-            return nearest_one(row[0], reference, ref_sqnorm, k, self_index=row[1])
-    else:
-        rows = queries
-
-        def one(q):
-            return nearest_one(q, reference, ref_sqnorm, k)
-
+    rows = (queries, jnp.arange(queries.shape[0])) if self_neighbours else queries
     return Neighbors(*map_rows(one, rows, batch_size))
