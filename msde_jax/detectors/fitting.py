@@ -26,6 +26,7 @@ __all__ = [
     "cross_fit",
     "folds",
     "largest_fold",
+    "merged_groups",
     "one_class_splits",
     "out_of_fold_scores",
     "quantile_threshold",
@@ -118,7 +119,7 @@ def folds(keys: np.ndarray, n_folds: int, groups: ArrayLike | None = None) -> li
     if distinct[-1] + 1 < keys.size:  # copies of one content: their groups merged
         content = np.empty_like(distinct)
         content[order] = distinct
-        names, index = np.unique(_merged(index, content), return_inverse=True)
+        names, index = np.unique(merged_groups(index, content), return_inverse=True)
     if names.size < n_folds:
         raise ValueError(
             f"the cross-fit threshold deals whole groups into n_folds={n_folds} folds, but "
@@ -131,7 +132,7 @@ def folds(keys: np.ndarray, n_folds: int, groups: ArrayLike | None = None) -> li
     return [np.flatnonzero(np.isin(index, group_order[f::n_folds])) for f in range(n_folds)]
 
 
-def _merged(group: np.ndarray, content: np.ndarray) -> np.ndarray:
+def merged_groups(group: np.ndarray, content: np.ndarray) -> np.ndarray:
     """Group ids (0..g-1, one per sample) with the groups that share a content id merged
     (connected components of groups linked by identical samples), as the smallest id of
     each merged group."""

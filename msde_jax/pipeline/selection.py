@@ -51,6 +51,7 @@ import numpy as np
 
 from msde_jax.core.blocks import row_keys
 from msde_jax.core.metrics import roc_auc
+from msde_jax.detectors.fitting import merged_groups
 from msde_jax.detectors.fused import SupportsDetect
 from msde_jax.io.cache import SupportsEmbed
 from msde_jax.io.images import prepare, resize, to_float
@@ -76,7 +77,8 @@ class ValidationSet(NamedTuple):
     Attributes:
         fit: sorted indices (into the normals) of the fitting part.
         normals: sorted indices of the clean held-out normals.
-        sources: sorted indices of the normals the anomalies were made from.
+        sources: indices of the normals the anomalies were made from, in content order (so the
+            anomalies do not depend on the order of the normals).
         anomalies: (n_anomalies, H, W, C) uint8 synthetic anomalies (see
             :func:`validation_set` for their size).
         kinds: (n_anomalies,) the :data:`~msde_jax.ssl.synthetic.KINDS` name of each.
@@ -123,8 +125,10 @@ def validation_set(
         groups: one group id per normal (the volume each slice comes from,
             :meth:`~msde_jax.io.inputs.SliceGroups.fold_groups`): a group's normals stay in
             one part, so no held-out slice has a neighbour slice in the fitting part. Groups
-            are ordered by their least content key; with fewer than 3 groups the normals are
-            split one by one.
+            holding a copy of one image are merged (as are copies without groups), so no
+            held-out normal has its copy in the fitting part; groups are ordered by their least
+            content key. With fewer than 3 groups, or groups too large to hold out two halves
+            of at least 2, the normals are split one by one.
 
     Raises:
         ValueError: fewer than 10 normals, or ``held_out`` outside (0, 0.5].
@@ -150,7 +154,10 @@ def validation_set(
         keys.append(_content_key(image))
         shapes.add(image.shape)
     n_out = max(4, round(held_out * n))
-    fit, val, sources = _split(np.concatenate(keys), n_out, groups)
+    keys = np.concatenate(keys)
+    fit, val, sources = _split(keys, n_out, groups)
+    # The sources in content order: the anomalies do not depend on the order of the normals.
+    sources = sources[np.argsort(keys[sources], kind="stable")]
     if len(shapes) == 1:
         images = np.stack([read(i) for i in sources])
     else:  # different sizes or channel counts: one RGB side for all
@@ -171,12 +178,21 @@ def validation_set(
 
 def _split(keys: np.ndarray, n_out: int, groups: Any) -> tuple[np.ndarray, ...]:
     """(fitting, held-out normal, source) indices: the last ``n_out`` in content order, halved;
-    with ``groups``, whole groups (in the order of their least key) until ``n_out`` is reached."""
+    with ``groups`` or copies of an image, whole groups (groups that share an image's content
+    merged, copies without groups grouped, so copies stay in one part), from the end of the
+    content order (their least key) until ``n_out`` normals are held out and both held-out
+    halves hold at least 2. With fewer than 3 such groups, or groups too large for that, the
+    normals are split one by one in content order."""
     n = len(keys)
-    ids = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    if ids is not None and ids.max() >= 2:  # 3 groups or more
-        parts = _split_groups(keys, n_out, ids.ravel())
-        if min(map(len, parts)) >= 2:  # else (a group of one slice held out) one by one
+    content = np.unique(keys, return_inverse=True)[1].ravel()
+    ids = content
+    if groups is not None:
+        ids = merged_groups(np.unique(np.asarray(groups), return_inverse=True)[1].ravel(), content)
+    ids = np.unique(ids, return_inverse=True)[1].ravel()
+    grouped = ids.max() >= 2 and ids.max() + 1 < n  # 3 groups or more, not one per normal
+    for more in range(n - n_out + 1 if grouped else 0):
+        parts = _split_groups(keys, n_out + more, ids)
+        if min(map(len, parts)) >= 2:
             return parts
     order = np.argsort(keys, kind="stable")
     n_val = n_out // 2
@@ -225,7 +241,8 @@ class CandidateScore(NamedTuple):
             that differs only in score-time parameters, such as ``reduce``).
         score_s: wall time of scoring the validation images.
         error: why the candidate could not be fitted on these normals (e.g. fewer normals
-            than its ``k``), with ``auroc`` NaN; ``None`` when it was measured.
+            than its ``k``) or measured (non-finite scores), with ``auroc`` NaN; ``None`` when
+            it was measured.
     """
 
     auroc: float
@@ -395,6 +412,12 @@ def synthetic_validation(
         t = time.perf_counter()
         s = np.asarray(detector.score_samples(_stack(_take(train, vset.normals), synthetic)))
         score_s = time.perf_counter() - t
+        if not np.isfinite(s).all():  # ranked, NaN would pass for the best candidate
+            why = f"{s.size - int(np.isfinite(s).sum())} of its {s.size} scores are not finite"
+            scores[name] = CandidateScore(math.nan, {}, fit_s, score_s, why)
+            if progress:
+                print(f"synthetic validation: {name}: not measured: {why}", file=sys.stderr)
+            continue
         scores[name] = _score(labels, s, vset, fit_s, score_s)
         if progress:
             print(

@@ -56,6 +56,8 @@ def test_validation_set_splits_by_content(normals):
     assert sorted(39 - reverse.fit) == sorted(v.fit)
     assert sorted(39 - reverse.normals) == sorted(v.normals)
     np.testing.assert_array_equal(validation_set(normals).anomalies, v.anomalies)
+    # ... and so do the anomalies (made from the sources in content order).
+    np.testing.assert_array_equal(reverse.anomalies, v.anomalies)
     other = validation_set(normals, seed=1)
     same = (other.anomalies[:, None] == v.anomalies[None]).all(axis=(2, 3, 4))
     assert not same.any()  # another seed: none of the same anomalies
@@ -63,6 +65,45 @@ def test_validation_set_splits_by_content(normals):
         validation_set(normals[:9])
     with pytest.raises(ValueError, match=r"held_out must be in \(0, 0.5\]"):
         validation_set(normals, held_out=0.7)
+
+
+def test_copies_and_groups_stay_in_one_part_of_the_split(normals):
+    """Copies of an image (each stored twice) fall in one part: a held-out normal with its
+    copy in the fitting part scored 0 against its twin and flattered the validation. Whole
+    volumes stay whole even when a 2-D image beside them is a group of its own."""
+    from msde_jax.pipeline.selection import _split
+
+    twice = [image for image in normals[:20] for _ in range(2)]
+    v = validation_set(twice, held_out=0.225)  # 9 held out: an odd cut fell between copies
+    key = lambda i: twice[i].tobytes()  # noqa: E731
+    fitted = {key(i) for i in v.fit}
+    assert not fitted & {key(i) for i in np.r_[v.normals, v.sources]}
+    assert min(len(v.normals), len(v.sources)) >= 2
+    # 3 volumes of 10 slices and 4 images; the image of the highest key alone would be a
+    # held-out half of 1 (which fell back to slice by slice): more is held out instead.
+    keys = np.r_[100:110, 200:210, 300:310, 50, 60, 70, 1000].astype(np.uint64)
+    groups = np.r_[np.repeat([0, 1, 2], 10), [3, 4, 5, 6]]
+    fit, val, sources = _split(keys, 7, groups)
+    assert min(len(val), len(sources)) >= 2
+    held = set(groups[np.r_[val, sources]].tolist())
+    assert not held & set(groups[fit].tolist())
+
+
+def test_a_candidate_with_non_finite_scores_is_not_measured_nor_chosen(normals):
+    class Broken(MSDEDetector):
+        def score_samples(self, x):
+            return np.full(len(x), np.nan, np.float32)
+
+    pooled = PixelEmbedder(False)
+    pool = {
+        "broken": Candidate(pooled, Broken(mode="none", n_components=8)),
+        "gaussian": Candidate(pooled, MSDEDetector(mode="none", n_components=8)),
+    }
+    chosen = select(normals, pool, progress=False)
+    broken = chosen.validation.scores["broken"]
+    assert np.isnan(broken.auroc)
+    assert broken.error == "12 of its 12 scores are not finite"
+    assert chosen.name == "gaussian"
 
 
 def test_synthetic_auroc_is_the_fitted_copy_on_held_out_images(normals):
