@@ -6,7 +6,7 @@ candidates on a new dataset without abnormal images, :func:`synthetic_validation
 training normals by content into a fitting part (80 %) and two held-out tenths, fits each
 candidate on the fitting part, and scores the first held-out tenth (clean normals) against
 anomalies synthesised from the second at the images' own resolution
-(:func:`msde_jax.ssl.synthetic.synthesize`: every kind, local and global, equally often, half
+(:func:`msde_jax.ssl.synthetic.synthesize`: the kinds in turn, local and global, half
 with ``anatomy="bright"`` and half ``"dark"``, so the set does not depend on the modality).
 Its AUROC is the *synthetic-validation AUROC*; :func:`select` picks the candidate with the
 highest one.
@@ -38,6 +38,7 @@ them.
 
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -57,7 +58,7 @@ from msde_jax.io.cache import SupportsEmbed
 from msde_jax.io.images import prepare, resize, to_float
 from msde_jax.pipeline.evaluation import embed
 from msde_jax.pipeline.presets import Candidate
-from msde_jax.ssl.synthetic import KINDS, synthesize
+from msde_jax.ssl.synthetic import GLOBAL_KINDS, KINDS, LOCAL_KINDS, synthesize
 
 __all__ = [
     "CandidateScore",
@@ -107,8 +108,9 @@ def validation_set(
     not depend on how a folder is listed); all but the last ``max(4, round(held_out · n))``
     are the fitting part, those are halved into clean held-out normals and anomaly sources.
     From the sources, ``anomalies_per_normal × (number of held-out normals)`` anomalies are
-    made, every kind equally often, the first half with ``anatomy="bright"``, the second
-    ``"dark"``.
+    made, each half cycling through the kinds (a half shorter than the cycle takes local and
+    global kinds in turn: anatpaste, gamma, cutpaste, blur, …), the first half with
+    ``anatomy="bright"``, the second ``"dark"``.
 
     They are made at the images' own resolution when all normals share one size (a defect
     then has the resolution a finding in such an image has: a 28-pixel chest X-ray gets
@@ -164,16 +166,26 @@ def validation_set(
         images = np.stack([prepare(normals[i], image_size or fallback_size) for i in sources])
     count = anomalies_per_normal * len(val)
     half = count // 2
+    # Each half cycles through the kinds from the first: a half shorter than the cycle takes
+    # local and global kinds in turn, so a small set holds both.
+    order = KINDS if half >= len(KINDS) else _LOCAL_AND_GLOBAL
     parts, kinds = [], []
     for i, (anatomy, m) in enumerate((("bright", half), ("dark", count - half))):
         if m == 0:
             continue
         key = jax.random.fold_in(jax.random.key(seed), i)  # distinct streams for every seed
-        made = synthesize(key, images, m, anatomy=anatomy)
+        made = synthesize(key, images, m, anatomy=anatomy, kinds=order)
         parts.append(np.asarray(made.images))
         kinds.append(np.asarray(KINDS)[np.asarray(made.kinds)])
     anomalies = np.round(np.clip(np.concatenate(parts), 0, 1) * 255).astype(np.uint8)
     return ValidationSet(fit, val, sources, anomalies, np.concatenate(kinds))
+
+
+# anatpaste, gamma, cutpaste, blur, scar, texture, opacity, elastic, mixture
+_LOCAL_AND_GLOBAL = tuple(
+    kind for pair in itertools.zip_longest(LOCAL_KINDS, GLOBAL_KINDS) for kind in pair if kind
+)
+assert sorted(_LOCAL_AND_GLOBAL) == sorted(KINDS)
 
 
 def _split(keys: np.ndarray, n_out: int, groups: Any) -> tuple[np.ndarray, ...]:
