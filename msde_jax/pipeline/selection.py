@@ -206,6 +206,8 @@ def _split(keys: np.ndarray, n_out: int, groups: Any) -> tuple[np.ndarray, ...]:
         parts = _split_groups(keys, n_out + more, ids)
         if min(map(len, parts)) >= 2:
             return parts
+        if len(parts[1]) + len(parts[2]) < n_out + more:  # every group but one held out
+            break
     order = np.argsort(keys, kind="stable")
     n_val = n_out // 2
     parts = (order[: n - n_out], order[n - n_out : n - n_out + n_val], order[n - n_out + n_val :])
