@@ -123,26 +123,28 @@ def _note_lone_slices(sources: Sequence[str], items: Sequence[Any]) -> None:
     series saw them."""
     from msde_jax.io.dicom import is_dicom
     from msde_jax.io.dicom_series import is_slice_file
+    from msde_jax.io.errors import first_few
 
     kept = {str(item) for item in items if isinstance(item, str | Path)}
     dicom = [s for s in sources if s in kept and (s.lower().endswith(".dcm") or is_dicom(s))]
     lone = [s for s in dicom if is_slice_file(s)]
     if lone:
-        shown = ", ".join(lone[:3]) + (", …" if len(lone) > 3 else "")
         print(
             f"note: {len(lone)} DICOM slice(s) of a series given as file(s), read as 2-D images "
-            f"each scaled alone ({shown}); give the series' folder to read them as its slices, "
-            "as a model fitted on series reads them.",
+            f"each scaled alone ({first_few(lone)}); give the series' folder to read them as its "
+            "slices, as a model fitted on series reads them.",
             file=sys.stderr,
         )
 
 
 def print_repeated(repeated: Sequence[str]) -> None:
     """The ``note:`` on inputs reached more than once, which were read once."""
+    from msde_jax.io.errors import first_few
+
     if repeated:
-        shown = ", ".join(repeated[:3]) + (", …" if len(repeated) > 3 else "")
         print(
-            f"note: {len(repeated)} input(s) given more than once were read once: {shown}",
+            f"note: {len(repeated)} input(s) given more than once were read once: "
+            f"{first_few(repeated)}",
             file=sys.stderr,
         )
 

@@ -147,11 +147,12 @@ def knn(
         real = jnp.asarray(reference_valid, bool)[:, None]
         total = jnp.sum(jnp.where(real, reference, 0), axis=0, keepdims=True)
         mean = total / jnp.maximum(jnp.sum(real), 1).astype(reference.dtype)
-    centred = reference - lax.stop_gradient(mean)
+    mean = lax.stop_gradient(mean)  # the distances do not depend on it
+    centred = reference - mean
     ref_sqnorm = sq_norms(centred)
     if reference_valid is not None:
         ref_sqnorm = jnp.where(reference_valid, ref_sqnorm, jnp.inf)
-    ranked = (centred, lax.stop_gradient(mean[0]))
+    ranked = (centred, mean[0])
 
     def one(row):
         q, i = row if self_neighbours else (row, None)

@@ -110,8 +110,8 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
         )
     if not photometric.startswith("MONOCHROME"):
         raise ImageReadError(f"{name}: unsupported photometric interpretation {photometric!r}.")
-    x, padding = modality_values(ds, arr, name)  # padding pixels are NaN
-    padding = np.isnan(x) if padding is None else padding | np.isnan(x)
+    x, _ = modality_values(ds, arr, name)
+    padding = np.isnan(x)  # padding pixels (and NaN in float pixel data): background
     window = _window(ds)
     if window is not None:
         centre, width = window

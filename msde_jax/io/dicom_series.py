@@ -61,7 +61,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from msde_jax.io.dicom import INSTALL_HINT, decode_frame, is_dicom, modality_values
-from msde_jax.io.errors import ImageReadError
+from msde_jax.io.errors import ImageReadError, first_few
 from msde_jax.io.volumes import DEFAULT_WINDOW, Volume, make_volume
 
 __all__ = [
@@ -313,8 +313,7 @@ def _left_out_notes(
     for kind, what in whats.items():
         names = left_out[kind]
         if names:
-            shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
-            notes.append(f"{len(names)} {what.format(shown)}")
+            notes.append(f"{len(names)} {what.format(first_few(names))}")
     for uid, err in bad.items():
         name = f"{folder}-{uid}" if uid else folder
         reason = str(err).removeprefix(f"DICOM series {name}: ").rstrip(".")
@@ -415,8 +414,7 @@ def _without_localizers(slices: list[_Slice]) -> tuple[list[_Slice], list[str]]:
     if len(groups) == 1 or len(groups[0]) < 3 or any(len(g) > 2 for g in groups[1:]):
         return slices, []
     odd = [Path(s.path).name for g in groups[1:] for s in g]
-    shown = ", ".join(odd[:3]) + (", …" if len(odd) > 3 else "")
-    note = f"{len(odd)} slice(s) of another orientation left out (a localizer?): {shown}"
+    note = f"{len(odd)} slice(s) of another orientation left out (a localizer?): {first_few(odd)}"
     return groups[0], [note]
 
 

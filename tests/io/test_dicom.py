@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import nibabel as nib  # the test extra installs msde-jax[nifti]
 import numpy as np
 import pydicom  # noqa: E402  (the test extra installs msde-jax[dicom])
 import pytest
@@ -406,7 +407,6 @@ def test_dicom_series_and_nifti_of_one_anatomy_give_the_same_slices(tmp_path, pl
     same slices in the same order, same affine (coronal DICOM series once ran anterior →
     posterior, the NIfTI reader's coronal slices posterior → anterior)."""
     ras = SERIES_RNG.integers(100, 1000, (7, 6, 5)).astype(np.float32)  # (R, A, S), 1 mm
-    nib = pytest.importorskip("nibabel")
     nib.save(nib.Nifti1Image(ras, np.eye(4)), tmp_path / "ras.nii")
     flip = np.array([-1.0, -1.0, 1.0])  # LPS ↔ RAS
     u, v = np.array(_PLANES[plane][:3], float), np.array(_PLANES[plane][3:], float)
