@@ -34,7 +34,8 @@ def atomic_write(
     """Write a file so that readers see either the old file or the whole new one, never half.
 
     The content goes to a temporary file in the same folder, is flushed to disk (``fsync``) and
-    renamed over ``path`` (``os.replace``, atomic on POSIX and Windows). On any error, Ctrl-C
+    renamed over ``path`` (``os.replace``, atomic on POSIX and Windows); on POSIX the folder is
+    then flushed too, so that the rename itself survives a power loss. On any error, Ctrl-C
     included, the temporary file is removed and ``path`` is left as it was.
 
     Without ``fsync`` the rename is still atomic for other processes, but a power loss may
@@ -47,7 +48,7 @@ def atomic_write(
         data: the bytes to write, or a function that writes into the open binary file
             (e.g. ``lambda f: np.save(f, array)``).
         suffix: suffix of the temporary file (some writers, like ``np.save``, look at it).
-        fsync: flush the file to disk before the rename (default).
+        fsync: flush the file to disk before the rename, and its folder after it (default).
 
     A new file gets the permissions the umask gives (as ``open`` would), a file written over
     keeps its own, and a symbolic link is written through (its target is replaced, the link
@@ -81,7 +82,24 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if fsync:
+        _fsync_folder(path.parent)
     return given
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the system allows it: POSIX
+    opens folders read-only for this; Windows cannot open them, and some file systems refuse
+    to flush one (the file itself is on disk already either way)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _temporary(path: Path, suffix: str) -> tuple[int, str]:

@@ -93,3 +93,21 @@ def test_a_progress_line_redrawn_shorter_leaves_nothing_behind(monkeypatch):
     assert drawn[2].endswith("\n")
     assert drawn[2].rstrip().endswith("loss 0.1)")
     assert len(drawn[2]) - 1 >= len(drawn[1].rstrip())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX folders can be flushed")
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_rename_is_flushed_with_its_folder(tmp_path, monkeypatch, flush):
+    """With ``fsync`` the file is flushed before the rename and its folder after it (a rename
+    not yet on disk is lost in a power cut); without it neither is."""
+    flushed = []
+    real = os.fsync
+
+    def fsync(fd):
+        flushed.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write(tmp_path / "model.npz", b"x", fsync=flush)
+    assert flushed == ([False, True] if flush else [])
+    assert (tmp_path / "model.npz").read_bytes() == b"x"
