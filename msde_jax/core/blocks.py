@@ -130,7 +130,8 @@ def sq_norms(x: jax.Array) -> jax.Array:
 
 
 def row_keys(x: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row's bytes, (n,) uint64: a key that ignores where the row is.
+    """A 64-bit hash of each row's bytes, (n,) uint64: a key that ignores where the row is
+    (floating-point −0.0 hashed as 0.0, :func:`sample_keys`).
 
     Sorting rows by it scatters them pseudo-randomly (unlike sorting by a coordinate, which
     would put similar rows in the same weight block) and depends only on their values. Rows
@@ -158,7 +159,9 @@ def sample_keys(x: np.ndarray) -> np.ndarray:
     The rolling hash Σⱼ bⱼ pʲ⁺¹ mod 2⁶⁴ of each sample's bytes b (p the 64-bit FNV prime),
     then an avalanche mix. Samples are hashed a block of about 1 MiB at a time (each block
     copied contiguous, widened to uint64 and multiplied by the powers as one integer matrix
-    product, which wraps mod 2⁶⁴ as the sum of products would, with no product array)."""
+    product, which wraps mod 2⁶⁴ as the sum of products would, with no product array).
+    Floating-point values are hashed as ``v + 0.0``: −0.0 as 0.0, which it equals (every
+    other value keeps its bytes), so a copy of a sample whose zeros carry a sign is a copy."""
     n = x.shape[0]
     width = x[0].nbytes if n else 0
     multipliers = np.cumprod(np.full(width, _FNV_PRIME, dtype=np.uint64), dtype=np.uint64)
@@ -166,7 +169,10 @@ def sample_keys(x: np.ndarray) -> np.ndarray:
     step = max(1, _HASH_BLOCK_BYTES // max(width, 1))
     for i in range(0, n, step):
         rows = min(step, n - i)
-        block = np.ascontiguousarray(x[i : i + step]).view(np.uint8).reshape(rows, width)
+        block = np.ascontiguousarray(x[i : i + step])
+        if jax.dtypes.issubdtype(block.dtype, np.inexact):  # bfloat16 included
+            block = block + block.dtype.type(0)  # −0.0 + 0.0 = 0.0; a new contiguous block
+        block = block.view(np.uint8).reshape(rows, width)
         keys[i : i + step] = block.astype(np.uint64) @ multipliers
     with np.errstate(over="ignore"):
         keys ^= keys >> np.uint64(33)

@@ -1,6 +1,7 @@
 """The content hash of rows and samples (msde_jax.core.blocks.row_keys / sample_keys): the
 published formula, whatever the block size, the layout or the dtype."""
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -49,3 +50,13 @@ def test_keys_do_not_depend_on_the_block_or_the_layout(monkeypatch, block_bytes)
     np.testing.assert_array_equal(sample_keys(strided), want)
     np.testing.assert_array_equal(row_keys(x.reshape(37, -1)), want)
     assert len(set(want.tolist())) == 37  # distinct rows, distinct keys
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ml_dtypes.bfloat16])
+def test_negative_zero_is_zero(dtype):
+    """−0.0 equals 0.0, so a sample whose zeros carry a sign is a copy (one cross-fit fold, one
+    training copy) of the sample without; no other value is changed."""
+    x = np.array([[0.0, 1.5, 0.0], [-0.0, 1.5, -0.0], [0.0, -1.5, 0.0]], dtype)
+    keys = row_keys(x)
+    assert keys[0] == keys[1] != keys[2]
+    assert keys.tolist() == [reference_key(np.abs(x[0]))] * 2 + [reference_key(x[2])]
