@@ -24,6 +24,7 @@ import collections
 import io
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
+    "SeveralStateDictsWarning",
     "UnsafeCheckpointError",
     "load_torch_state_dict",
 ]
@@ -52,6 +54,11 @@ _WIDEN_TO_FLOAT32 = (
 class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
     """A checkpoint's pickle names a global outside the state-dict allowlist (a
     ``ValueError`` too, as every other fault of a weights file)."""
+
+
+class SeveralStateDictsWarning(UserWarning):
+    """A checkpoint holds several state dicts equally near its top (a student and a teacher,
+    a model and its moving average): the first was read, the warning names the others."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,22 +412,41 @@ def _materialize(obj: Any, what: str) -> Any:
 
 
 def _find_state_dict(obj: Any, source: str) -> dict[str, np.ndarray]:
-    """The first mapping (breadth first) whose values are all arrays."""
-    queue: collections.deque[Any] = collections.deque([obj])
+    """The first mapping (breadth first) whose values are all arrays; a
+    :class:`SeveralStateDictsWarning` where others lie as near the top (``{"student": …,
+    "teacher": …}``, ``{"model": …, "model_ema": …}``)."""
+    queue: collections.deque[tuple[Any, str, int]] = collections.deque([(obj, "", 0)])
     nearest: Mapping | None = None  # the mapping with the most tensors, for the message
     most = 0
+    found: list[tuple[int, str, Mapping]] = []
     while queue:
-        node = queue.popleft()
+        node, where, depth = queue.popleft()
+        if found and depth > found[0][0]:
+            break  # every mapping as near the top as the first has been seen
         if isinstance(node, Mapping):
             values = list(node.values())
             tensors = sum(isinstance(v, np.ndarray) for v in values)
             if values and tensors == len(values):
-                return {str(k): v for k, v in node.items()}
+                found.append((depth, where, node))
+                continue
             if tensors > most:
                 nearest, most = node, tensors
-            queue.extend(values)
+            queue.extend((v, f"{where}[{k!r}]", depth + 1) for k, v in node.items())
         elif isinstance(node, list | tuple):
-            queue.extend(node)
+            queue.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+    if found:
+        _, where, node = found[0]
+        if len(found) > 1:
+            others = ", ".join(w for _, w, _ in found[1:4]) + (" …" if len(found) > 4 else "")
+            warnings.warn(
+                f"{source}: holds {len(found)} state dicts as near the top; the weights are "
+                f"read from the first, checkpoint{where}, not from {others}. To use another, "
+                "save it on its own (in torch: torch.save(checkpoint[...], 'weights.pth')) or "
+                "convert it with msde_jax.backbones.weight_files.save_variables.",
+                SeveralStateDictsWarning,
+                stacklevel=3,
+            )
+        return {str(k): v for k, v in node.items()}
     if nearest is not None:
         odd = [f"{k!r} ({type(v).__name__})" for k, v in nearest.items()]
         odd = [
@@ -534,7 +560,9 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``, training
     state with epochs and optimizers) are accepted: the result is the first mapping, searched
-    breadth first from the top, whose values are all tensors.
+    breadth first from the top, whose values are all tensors. Where other such mappings lie as
+    near the top (``{"student": ..., "teacher": ...}``, ``{"model": ..., "model_ema": ...}``),
+    a :class:`SeveralStateDictsWarning` names the one read and the others.
 
     Args:
         path: A ``.pth`` / ``.pt`` / ``.bin`` file written by ``torch.save``.

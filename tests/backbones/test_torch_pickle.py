@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from msde_jax.backbones.torch_pickle import UnsafeCheckpointError, load_torch_state_dict
+from msde_jax.backbones.torch_pickle import (
+    SeveralStateDictsWarning,
+    UnsafeCheckpointError,
+    load_torch_state_dict,
+)
 from msde_jax.backbones.weight_files import load_state_dict
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -117,6 +121,28 @@ def test_wrapped_state_dict(save, tmp_path, wrap):
     sd = collections.OrderedDict(w=torch.ones(2, 2), b=torch.zeros(2))
     loaded = load_torch_state_dict(save(wrap(sd), tmp_path / "ckpt.pth"))
     _assert_same(loaded, sd)
+
+
+@pytest.mark.parametrize(
+    ("wrap", "others"),
+    [
+        (lambda a, b: {"student": a, "teacher": b, "epoch": 9}, r"\['teacher'\]"),
+        (lambda a, b: {"meta": {"step": 2}, "nets": [a, b]}, r"\['nets'\]\[1\]"),
+    ],
+    ids=["student-teacher", "list"],
+)
+def test_several_state_dicts_as_near_the_top_are_named(save, tmp_path, wrap, others):
+    """The first is read, and the warning says which and names the others (a teacher's
+    weights read as the student's without a word would be silently other features); a state
+    dict nested deeper than the first is not one of them."""
+    first = collections.OrderedDict(w=torch.ones(2))
+    second = collections.OrderedDict(w=torch.zeros(2))
+    path = save(wrap(first, second), tmp_path / "ckpt.pth")
+    with pytest.warns(SeveralStateDictsWarning, match=f"holds 2 state dicts.* not from {others}"):
+        loaded = load_torch_state_dict(path)
+    _assert_same(loaded, first)
+    deeper = save({"model": first, "extra": {"ema": second}}, tmp_path / "deeper.pth")
+    _assert_same(load_torch_state_dict(deeper), first)  # no warning: the suite's are errors
 
 
 def test_no_state_dict(save, tmp_path):
