@@ -106,15 +106,15 @@ def _metrics(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Array
     ``_LEAST_ROWS``, so metrics of many lengths (validation kinds, test sets) share a few
     compiled programs, up to 1,024 elements one."""
     tracing = any(isinstance(a, jax.core.Tracer) for a in (labels, scores))
-    n = np.shape(scores)[0] if np.ndim(scores) else 0
-    if tracing or n == 0 or np.shape(labels) != np.shape(scores):
-        return _auc_and_ap(labels, scores, jnp.ones(np.shape(scores), bool))
-    if not isinstance(scores, jax.Array) and not jax.config.jax_enable_x64:
-        host = np.asarray(scores)
-        if host.dtype == np.float64:
-            # float32 would merge scores closer than it resolves into ties: their ranks
-            # instead (both metrics depend on the order and ties alone; exact to 2**24 scores).
-            scores = np.unique(host, return_inverse=True)[1].astype(np.float32)
+    if tracing or isinstance(scores, jax.Array):
+        n = np.shape(scores)[0] if np.ndim(scores) else 0
+        if tracing or n == 0 or np.shape(labels) != np.shape(scores):
+            return _auc_and_ap(labels, scores, jnp.ones(np.shape(scores), bool))
+    else:
+        scores = _host_scores(labels, scores)
+        n = scores.shape[0]
+        if n == 0:
+            return _auc_and_ap(labels, scores, np.ones(0, bool))
     size = bucket_rows(n, _LEAST_ROWS)
     valid = np.arange(size) < n
     pad = (0, size - n)
@@ -122,6 +122,37 @@ def _metrics(labels: ArrayLike, scores: ArrayLike) -> tuple[jax.Array, jax.Array
     scores = xp.pad(xp.asarray(scores), pad)
     labels = np.pad(np.asarray(labels) != 0, pad)
     return _auc_and_ap(labels, scores, valid)
+
+
+def _host_scores(labels: ArrayLike, scores: ArrayLike) -> np.ndarray:
+    """Host scores checked (1-D, as long as the labels, no NaN) and, where the device would
+    not keep their order, replaced by their ranks (both metrics depend on the order and the
+    ties alone; float32, as most scores are, while it holds them exactly, to 2²⁴): float64
+    without x64 (float32 would merge scores closer than it resolves), integers beyond int32
+    (JAX would wrap them), and subnormal floats (XLA flushes them to 0)."""
+    host = np.asarray(scores)
+    if host.ndim != 1 or np.shape(labels) != host.shape:
+        raise ValueError(
+            f"labels and scores must be 1-D of the same length, got shapes {np.shape(labels)} "
+            f"and {host.shape}."
+        )
+    inexact = jax.dtypes.issubdtype(host.dtype, np.inexact)
+    if inexact and np.isnan(host).any():
+        raise ValueError(
+            f"scores hold {int(np.isnan(host).sum())} NaN of {host.size}: a NaN has no rank; "
+            "drop those samples or find why their scores are NaN."
+        )
+    if inexact:
+        tiny = float(np.finfo(host.dtype).tiny) if host.dtype.kind == "f" else 0.0
+        ranked = (host.dtype == np.float64 and not jax.config.jax_enable_x64) or bool(
+            np.any((host != 0) & (np.abs(host) < tiny))
+        )
+    else:
+        ranked = host.dtype.kind in "iu" and host.dtype.itemsize >= 4 and host.dtype != np.int32
+    if ranked:
+        ranks = np.unique(host, return_inverse=True)[1].reshape(-1)
+        return ranks.astype(np.float32 if host.size <= 1 << 24 else np.int32)
+    return host
 
 
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
@@ -134,13 +165,19 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
 
     Args:
         labels: (n,) bool or 0/1 labels; non-zero = positive (anomalous).
-        scores: (n,) scores, higher = more likely positive. Must not contain NaN.
+        scores: (n,) scores, higher = more likely positive. Must not contain NaN (NumPy
+            scores with NaN raise ``ValueError``; device arrays are not checked, which would
+            wait for them).
 
     Returns:
-        A scalar in [0, 1], float32 (float64 for float64 scores with x64 enabled; without
-        it, float64 NumPy scores are ranked on the host first, so scores closer than float32
-        resolves stay apart). NaN when only one class is present (scikit-learn raises
-        instead; traced code cannot).
+        A scalar in [0, 1], float32 (float64 for float64 scores with x64 enabled). NumPy scores
+        the device would not keep apart are ranked on the host first: float64 without x64
+        (float32 would merge scores closer than it resolves), integers beyond int32 (JAX
+        would wrap them) and subnormal values (XLA flushes them to 0). NaN when only one class
+        is present, or none (scikit-learn raises instead; traced code cannot).
+
+    Raises:
+        ValueError: NumPy scores that are not 1-D, not as long as the labels, or hold NaN.
     """
     return _metrics(labels, scores)[0]
 
@@ -158,11 +195,12 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> jax.Array:
         scores: (n,) scores, higher = more likely positive. Must not contain NaN.
 
     Returns:
-        A scalar in [0, 1], float32 (float64 for float64 scores with x64 enabled; without
-        it, float64 NumPy scores are ranked on the host first, as for :func:`roc_auc`). NaN
-        when only one class is present, for symmetry with :func:`roc_auc` and because a
-        one-class evaluation set is almost always a mistake (scikit-learn returns 1.0 for
-        all-positive labels and warns and returns 0.0 for all-negative ones).
+        A scalar in [0, 1], float32 (float64 for float64 scores with x64 enabled; NumPy scores
+        the device would not keep apart are ranked on the host first, and faults raised, as
+        for :func:`roc_auc`). NaN when only one class is present, for symmetry with
+        :func:`roc_auc` and because a one-class evaluation set is almost always a mistake
+        (scikit-learn returns 1.0 for all-positive labels and warns and returns 0.0 for
+        all-negative ones).
     """
     return _metrics(labels, scores)[1]
 

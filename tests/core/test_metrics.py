@@ -81,6 +81,33 @@ def test_int_labels_and_int_scores(rng, ours, reference):
     np.testing.assert_allclose(ours(labels.astype(bool), scores), ours(labels, scores), rtol=0)
 
 
+@pytest.mark.parametrize(("ours", "reference"), METRICS)
+@pytest.mark.parametrize(
+    "scores",
+    [
+        np.array([2**31 - 3, 2**31 + 10, 2**31 + 5, 2**32 + 1, 7, 2**40], np.int64),  # JAX wraps
+        np.array([2**32 - 1, 2**31 + 1, 5, 2**31, 0, 1], np.uint32),  # past int32
+        np.array([1e-45, 2e-45, 3e-45, 0, -1e-45, 1e-44], np.float32),  # XLA flushes to 0
+    ],
+    ids=["int64", "uint32", "subnormal"],
+)
+def test_numpy_scores_the_device_would_merge_are_ranked_on_the_host(scores, ours, reference):
+    labels = np.array([0, 1, 0, 1, 1, 0], bool)
+    assert float(ours(labels, scores)) == pytest.approx(reference(labels, scores), rel=1e-6)
+
+
+@pytest.mark.parametrize("ours", [roc_auc, average_precision])
+def test_numpy_faults_are_named(ours):
+    """NaN has no rank (it used to get one, different in float32 and float64), and shapes are
+    named as given, not as padded."""
+    with pytest.raises(ValueError, match="scores hold 1 NaN of 4"):
+        ours(np.array([0, 1, 0, 1]), np.array([0.1, np.nan, 0.3, 0.2], np.float32))
+    with pytest.raises(ValueError, match=r"got shapes \(4, 1\) and \(4, 1\)"):
+        ours(np.zeros((4, 1)), np.zeros((4, 1), np.float32))
+    with pytest.raises(ValueError, match=r"got shapes \(3,\) and \(4,\)"):
+        ours(np.zeros(3), np.zeros(4, np.float32))
+
+
 def test_perfect_and_reversed_ranking():
     labels = np.arange(8) >= 5
     scores = np.arange(8, dtype=np.float32)
