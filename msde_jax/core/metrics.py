@@ -13,6 +13,7 @@ Labels: non-zero = abnormal (the positive class); a higher score means more anom
 """
 
 import math
+import numbers
 from typing import Any
 
 import jax
@@ -367,20 +368,28 @@ def aupro(masks: ArrayLike, maps: ArrayLike, *, max_fpr: float = 0.3, n_steps: i
     large. At a threshold t, PRO(t) is the mean over regions of the share of the region's
     pixels with ``map ≥ t``, and FPR(t) the share of all pixels outside every region with
     ``map ≥ t``; the curve PRO(FPR) from (0, the regions' share above every normal pixel) to
-    FPR ``max_fpr`` (thresholds: up to ``n_steps`` normal pixel values, at quantiles) is
-    integrated by the trapezoid rule and divided by ``max_fpr`` (a random map scores about
-    ``max_fpr / 2``). Tied map values (quantised maps, maps set to 0 outside a foreground) make
-    FPR jump: PRO at ``max_fpr`` is then interpolated between the operating points on either
-    side, as MVTec's evaluation code does.
+    FPR ``max_fpr`` is integrated by the trapezoid rule and divided by ``max_fpr`` (a random
+    map scores about ``max_fpr / 2``). Thresholds: up to ``n_steps`` normal pixel values, at
+    quantiles, each giving the points ``map > t`` and ``map ≥ t``, so that the curve climbs at
+    constant FPR through the region values between two thresholds before FPR moves on, as the
+    curve over every map value does (with ``n_steps`` at least the number of distinct normal
+    values it *is* that curve; fewer thresholds cut across its steps by chords). Tied map
+    values (quantised maps, maps set to 0 outside a foreground) make FPR jump: PRO at
+    ``max_fpr`` is then interpolated between the operating points on either side, as MVTec's
+    evaluation code does.
 
     Args:
         masks: (n, H, W) ground truth, non-zero = anomalous pixel; at least one region.
         maps: (n, H, W) anomaly maps, higher = more anomalous.
         max_fpr: the FPR limit, in (0, 1].
-        n_steps: thresholds on the FPR axis.
+        n_steps: thresholds on the FPR axis, at least 1.
 
     Returns:
         A float in [0, 1].
+
+    Raises:
+        ValueError: shapes that differ or are not (n, H, W), no region or no normal pixel,
+            ``max_fpr`` outside (0, 1], ``n_steps`` not a positive int, or NaN in the maps.
     """
     from scipy import ndimage
 
@@ -391,6 +400,13 @@ def aupro(masks: ArrayLike, maps: ArrayLike, *, max_fpr: float = 0.3, n_steps: i
         )
     if not 0 < max_fpr <= 1:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr!r}.")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}.")
+    if np.isnan(maps).any():
+        raise ValueError(
+            f"maps hold {int(np.isnan(maps).sum())} NaN pixels: a NaN pixel is neither above "
+            "nor below a threshold; find why the maps are NaN."
+        )
     regions = []
     for mask, amap in zip(masks, maps, strict=True):
         labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
@@ -406,14 +422,25 @@ def aupro(masks: ArrayLike, maps: ArrayLike, *, max_fpr: float = 0.3, n_steps: i
     levels = np.quantile(normal, 1.0 - np.linspace(0.0, max_fpr, n_steps), method="nearest")
     beyond = n - math.floor(max_fpr * n) - 1  # normal[beyond]'s FPR is the first > max_fpr
     thresholds = np.unique(np.r_[levels, normal[beyond]] if beyond >= 0 else levels)[::-1]
-    fpr = 1.0 - np.searchsorted(normal, thresholds, side="left") / n
-    pro = np.mean(
-        [1.0 - np.searchsorted(r, thresholds, side="left") / r.size for r in regions], axis=0
-    )
-    # The curve starts above every normal value: FPR 0, the regions' share above them all.
-    strict = np.mean([1.0 - np.searchsorted(r, normal[-1], side="right") / r.size for r in regions])
-    fpr, pro = np.r_[0.0, fpr], np.r_[strict, pro]
+    # Two points per threshold t, map > t and then map ≥ t. Between two adjacent normal values
+    # FPR stays put while PRO climbs through the region values between them: the curve rises
+    # vertically to (FPR(> t), PRO(> t)) before FPR moves on at t (along a diagonal where t
+    # is tied). The first point, above every normal value, is (0, PRO(> max)).
+    points = []
+    for side in ("right", "left"):  # map > t, map ≥ t
+        fpr = 1.0 - np.searchsorted(normal, thresholds, side=side) / n
+        pro = np.mean(
+            [1.0 - np.searchsorted(r, thresholds, side=side) / r.size for r in regions], 0
+        )
+        points.append((fpr, pro))
+    fpr = np.stack([points[0][0], points[1][0]], axis=1).reshape(-1)
+    pro = np.stack([points[0][1], points[1][1]], axis=1).reshape(-1)
     keep = fpr <= max_fpr
+    last = np.flatnonzero(keep)[-1]  # the point just before the curve passes max_fpr
+    end = pro[last]
+    if last + 1 < fpr.size:  # PRO at max_fpr, on the segment that crosses it
+        step = (max_fpr - fpr[last]) / (fpr[last + 1] - fpr[last])
+        end += (pro[last + 1] - pro[last]) * step
     x = np.r_[fpr[keep], max_fpr]
-    y = np.r_[pro[keep], np.interp(max_fpr, fpr, pro)]
+    y = np.r_[pro[keep], end]
     return float(np.trapezoid(y, x) / max_fpr)

@@ -265,8 +265,10 @@ def test_aupro(rng):
     masks[0, 10:19, 10:19] = True
     masks[1, 5:8, 12:14] = True
     maps = rng.random(masks.shape) + 0.8 * masks
-    ours = aupro(masks, maps, n_steps=2000)
-    np.testing.assert_allclose(ours, _aupro_reference(masks, maps, 0.3), atol=2e-3)
+    ours = aupro(masks, maps, n_steps=2000)  # more steps than normal pixels: the whole curve
+    np.testing.assert_allclose(ours, _aupro_reference(masks, maps, 0.3), atol=1e-12)
+    fewer = aupro(masks, maps, n_steps=50)  # chords across the curve's steps
+    assert fewer == pytest.approx(ours, abs=0.01)
     assert aupro(masks, masks.astype(float) + 0.01 * rng.random(masks.shape)) == pytest.approx(1)
     noise = [aupro(masks, rng.random(masks.shape)) for _ in range(5)]
     assert 0.05 < np.mean(noise) < 0.25  # about max_fpr / 2 for a random map
@@ -274,6 +276,27 @@ def test_aupro(rng):
         aupro(np.zeros((1, 4, 4)), rng.random((1, 4, 4)))
     with pytest.raises(ValueError, match="alike"):
         aupro(masks, maps[0])
+    with pytest.raises(ValueError, match="maps hold 1 NaN pixels"):
+        aupro(masks, np.where(np.arange(maps.size).reshape(maps.shape) == 7, np.nan, maps))
+    with pytest.raises(ValueError, match="n_steps must be a positive int"):
+        aupro(masks, maps, n_steps=0)
+
+
+def test_aupro_climbs_between_normal_values():
+    """Normal pixels 0, …, 9 and a one-pixel region at 8.5: at FPR 0.1 (threshold 9) PRO is
+    0, and it reaches 1 before FPR moves on at threshold 8 — a vertical step, not the chord
+    from (0.1, 0) to (0.2, 1) that gave 0.500 and 0.850."""
+    from msde_jax.core.metrics import aupro
+
+    masks = np.zeros((1, 1, 11), bool)
+    masks[0, 0, 10] = True
+    maps = np.r_[np.arange(10.0), 8.5][None, None]
+    assert aupro(masks, maps, max_fpr=0.3) == pytest.approx(2 / 3)  # (0.3 − 0.1) / 0.3
+    assert aupro(masks, maps, max_fpr=1.0) == pytest.approx(0.9)
+    for max_fpr in (0.05, 0.3, 1.0):
+        assert aupro(masks, maps, max_fpr=max_fpr) == pytest.approx(
+            _aupro_reference(masks, maps, max_fpr), abs=1e-12
+        )
 
 
 def test_aupro_interpolates_across_tied_map_values(rng):
