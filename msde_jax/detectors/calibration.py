@@ -61,7 +61,9 @@ __all__ = [
 TAIL_FRACTION = 0.1
 """The share of the largest out-of-fold scores the exponential tail's scale β is fitted to."""
 
-_SCALE_FLOOR = 1e-6  # β is at least this · max(|o_(n)|, 1): tied top scores stay finite
+# β is at least this · max(|o_(n)|, o_(n) − o_(1)) (1 where both are 0): tied top scores stay
+# finite, and scores of any unit get the same tail.
+_SCALE_FLOOR = 1e-6
 
 
 CALIBRATIONS = ("zscore", "rank")
@@ -169,7 +171,8 @@ def tail_scale(sorted_scores: ArrayLike) -> jax.Array:
     """β: the mean excess of the top m = ⌈n/10⌉ scores over the (m + 1)-th largest.
 
     The maximum-likelihood scale of an exponential fitted to the excesses over that threshold;
-    floored at ``1e-6 · max(|o_(n)|, 1)`` so tied top scores give a steep, finite tail.
+    floored at ``1e-6 · max(|o_(n)|, o_(n) − o_(1))`` (``1e-6`` where both are 0) so tied top
+    scores give a steep, finite tail whatever the scores' unit.
 
     Args:
         sorted_scores: (n,) scores sorted ascending, n >= 2.
@@ -180,7 +183,8 @@ def tail_scale(sorted_scores: ArrayLike) -> jax.Array:
     o = jnp.asarray(sorted_scores)
     m = _tail_size(o.shape[0])
     beta = jnp.mean(o[-m:] - o[-m - 1])
-    return jnp.maximum(beta, _SCALE_FLOOR * jnp.maximum(jnp.abs(o[-1]), 1.0))
+    unit = jnp.maximum(jnp.abs(o[-1]), o[-1] - o[0])
+    return jnp.maximum(beta, _SCALE_FLOOR * jnp.where(unit > 0, unit, 1.0))
 
 
 def tail_score(s: ArrayLike, sorted_scores: ArrayLike, scale: ArrayLike) -> jax.Array:
@@ -203,10 +207,16 @@ def tail_score(s: ArrayLike, sorted_scores: ArrayLike, scale: ArrayLike) -> jax.
     # the conformal count (interpolating n - i would give each tie its own)
     index = jnp.arange(n)
     starts = jnp.concatenate([jnp.ones(1, bool), o[1:] != o[:-1]])
-    first = jax.lax.cummax(jnp.where(starts, index, 0))
-    count = jnp.interp(s, o, (n - first).astype(o.dtype))  # n at o_(1), 1 at o_(n) untied
+    counts = (n - jax.lax.cummax(jnp.where(starts, index, 0))).astype(o.dtype)
+    # Interpolated on [0, 1]: jnp.interp takes gaps below ~1e-14 (float32) for zero width, so
+    # scores that small would lose their interpolation on their own scale.
+    # (A product by 1 / span: a division may round apart in a batch and alone on a CPU.)
+    span = o[-1] - o[0]
+    inverse = 1 / jnp.where(span > 0, span, jnp.ones((), o.dtype))
+    count = jnp.interp((s - o[0]) * inverse, (o - o[0]) * inverse, counts)  # n at o_(1) … 1
     inside = math.log(n + 1) - jnp.log1p(count)
-    beyond = math.log((n + 1) / 2) + (s - o[-1]) / scale
+    # p(o_(n)) = (1 + #{o ≥ o_(n)}) / (n + 1), the maximum's ties counted: c is continuous there
+    beyond = math.log(n + 1) - jnp.log1p(counts[-1]) + (s - o[-1]) / scale
     return jnp.where(s > o[-1], beyond, inside)
 
 
@@ -232,7 +242,8 @@ def rank_calibration(scores: Mapping[str, ArrayLike]) -> RankCalibration:
 def _host_tail_scale(o: np.ndarray) -> np.ndarray:
     m = _tail_size(o.size)
     beta = np.mean(o[-m:] - o[-m - 1])
-    return np.asarray(max(beta, _SCALE_FLOOR * max(abs(o[-1]), 1.0)), np.float64)
+    unit = max(abs(o[-1]), o[-1] - o[0])
+    return np.asarray(max(beta, _SCALE_FLOOR * (unit if unit > 0 else 1.0)), np.float64)
 
 
 def _check_names(scores: Mapping[str, Any], calibration: RankCalibration) -> None:
@@ -285,11 +296,21 @@ def loo_tail_scores(scores: Mapping[str, ArrayLike]) -> dict[str, jax.Array]:
     docstring says why this keeps the threshold's false-positive promise).
 
     Args:
-        scores: ``{name: (n,) out-of-fold scores}``, n >= 3.
+        scores: ``{name: (n,) out-of-fold scores}``, 1-D, n >= 3.
 
     Returns:
         ``{name: (n,) tail scores}`` in the given order.
+
+    Raises:
+        ValueError: a component's scores are not 1-D or fewer than 3 (each is calibrated
+            against the other n − 1, and a tail scale needs at least 2 of them).
     """
+    for name, s in scores.items():
+        if np.ndim(s) != 1 or np.shape(s)[0] < 3:
+            raise ValueError(
+                f"component {name!r}: leave-one-out calibration needs 1-D scores of at least 3 "
+                f"samples, got shape {np.shape(s)}."
+            )
     return {name: _loo_one(jnp.asarray(s)) for name, s in scores.items()}
 
 

@@ -85,6 +85,33 @@ def test_order_statistics_get_conformal_p_values_and_the_tail_is_exponential():
     np.testing.assert_allclose(got, [math.log(7 / (1 + g)) for g in counts.values()], atol=1e-6)
 
 
+def test_the_tail_starts_where_a_tied_maximum_leaves_off():
+    """p(o_(n)) counts the maximum's ties, so c has no jump past a tied top score (it jumped by
+    log((1 + k) / 2) past a k-times-tied one)."""
+    o = np.r_[np.arange(18) * 0.5, 10.0, 10.0].astype(np.float32)  # n = 20, 10 twice
+    at, past = _c([10.0, np.nextafter(np.float32(10), np.float32(11))], o)
+    assert at == pytest.approx(math.log(21 / 3), rel=1e-6)
+    assert past == pytest.approx(at, abs=1e-5)
+    np.testing.assert_allclose(_c([13.0], o), at + 3.0 / float(tail_scale(o)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-14, 1e20])
+def test_the_calibration_does_not_depend_on_the_scores_unit(scale):
+    """jnp.interp takes gaps below ~1e-14 for zero width: interpolated on the scores' own
+    scale, tiny scores were a step function (0, 0.095, 0.452 for 0.047, 0.147, 0.526)."""
+    o = np.arange(1.0, 11.0, dtype=np.float32)
+    s = np.asarray([1.5, 2.5, 5.5, 12.0], np.float32)
+    want = _c(s, o)
+    np.testing.assert_allclose(want[:3], np.log(11) - np.log1p([9.5, 8.5, 5.5]), rtol=1e-5)
+    np.testing.assert_allclose(_c(s * np.float32(scale), o * np.float32(scale)), want, rtol=1e-4)
+
+
+def test_leave_one_out_needs_three_scores():
+    for bad in (np.zeros(2, np.float32), np.zeros((4, 1), np.float32)):
+        with pytest.raises(ValueError, match="at least 3 samples"):
+            loo_tail_scores({"a": bad})
+
+
 def test_leave_one_out_is_each_score_against_the_others(rng):
     s = rng.normal(size=9).astype(np.float32)
     loo = np.asarray(loo_tail_scores({"a": s})["a"])
