@@ -10,6 +10,7 @@ scores (with ``threshold="none"``, the fitted state alone)."""
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -180,7 +181,20 @@ def out_of_fold_scores(
 
 
 def quantile_threshold(scores: np.ndarray, contamination: float) -> float:
-    """The ``1 − contamination`` quantile of (out-of-fold) scores of normals."""
+    """The ``1 − contamination`` quantile of (out-of-fold) scores of normals.
+
+    Raises:
+        ValueError: no scores, or NaN among them (a NaN threshold would flag nothing).
+    """
+    scores = np.asarray(scores)
+    if scores.size == 0:
+        raise ValueError("no scores of normals to take the threshold from.")
+    if np.isnan(scores).any():
+        raise ValueError(
+            f"{int(np.isnan(scores).sum())} of the {scores.size} out-of-fold scores of the "
+            "training normals are NaN, so no threshold can be set; look for training samples "
+            "the detector cannot score (constant or extreme features)."
+        )
     return float(np.quantile(scores, 1 - contamination))
 
 
@@ -272,7 +286,7 @@ def one_class_splits(
     labels = np.asarray(y)
     if labels.ndim != 1:
         raise ValueError(f"y must be 1-D labels, got shape {labels.shape}.")
-    if isinstance(n_splits, bool) or not isinstance(n_splits, int) or n_splits < 2:
+    if isinstance(n_splits, bool) or not isinstance(n_splits, numbers.Integral) or n_splits < 2:
         raise ValueError(f"n_splits must be an int >= 2, got {n_splits!r}.")
     rng = np.random.default_rng(seed)
     normal = rng.permutation(np.flatnonzero(labels == 0))

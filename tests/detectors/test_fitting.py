@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from msde_jax import MSDEDetector, PatchBankDetector
-from msde_jax.detectors.fitting import folds, out_of_fold_scores
+from msde_jax.detectors.fitting import folds, out_of_fold_scores, quantile_threshold
 
 
 def _keys(n, seed=0):
@@ -69,6 +69,15 @@ def test_copies_of_one_sample_share_a_fold():
         assert sum(np.isin(samples, fold).any() for fold in held) == 1
     with pytest.raises(ValueError, match="4 groups .those holding the same content counted"):
         folds(copies, 5, groups)
+
+
+def test_a_threshold_needs_scores_and_no_nan():
+    """A NaN among the out-of-fold scores made the threshold NaN, which flags nothing."""
+    assert quantile_threshold(np.arange(101.0), 0.05) == pytest.approx(95.0)
+    with pytest.raises(ValueError, match="1 of the 3 out-of-fold scores .* are NaN"):
+        quantile_threshold(np.array([1.0, np.nan, 2.0]), 0.05)
+    with pytest.raises(ValueError, match="no scores"):
+        quantile_threshold(np.zeros(0), 0.05)
 
 
 def test_out_of_fold_scores_score_each_fold_by_the_others():

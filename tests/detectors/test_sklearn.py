@@ -52,6 +52,12 @@ def test_one_class_splits_fit_normals_only_and_test_both_classes(labelled):
         assert not np.intersect1d(train, test).size
     with pytest.raises(ValueError, match="at least n_splits=3 normals"):
         one_class_splits(np.ones(10), 3)
+    # a NumPy integer (a count from an array) is an int; a bool is not
+    for (a, b), (c, d) in zip(one_class_splits(y, np.int64(3), seed=1), splits, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    with pytest.raises(ValueError, match="must be an int >= 2"):
+        one_class_splits(y, True)
 
 
 def test_grid_search_and_cross_val_score(labelled):
