@@ -176,10 +176,12 @@ def score_bank_maps(
     """Anomaly maps: the patch scores on the (g, g) grid upsampled to ``size`` and blurred.
 
     :func:`score_bank_patches` then :func:`~msde_jax.core.anomaly_maps.upsample_maps` (bilinear,
-    then a
-    Gaussian of σ = 4 · size / 224 pixels unless ``sigma`` is given, as PatchCore). In the
-    units of the patch scores, so of the image score; batch-independent like them. Pure and
-    ``jax.jit``-able with ``size`` and ``sigma`` static.
+    then a Gaussian of σ = 4 · size / 224 pixels unless ``sigma`` is given, as PatchCore). In
+    the units of the patch scores, so of the image score; batch-independent like them. With a
+    foreground rule the patches the image score leaves out (:func:`score_bank_foreground`;
+    none in an image with no foreground patch) are drawn at 0, the nearest a patch can be to
+    the bank, so the map shows where the score comes from. Pure and ``jax.jit``-able with
+    ``size`` and ``sigma`` static.
 
     Args:
         state: a fitted :class:`BankState`.
@@ -190,7 +192,13 @@ def score_bank_maps(
     Returns:
         (m, size, size) maps, higher = more anomalous.
     """
-    return upsample_maps(score_bank_patches(state, x), size, sigma)
+    scores = score_bank_patches(state, x)
+    if state.foreground is not None:
+        flat = scores.reshape(scores.shape[0], -1)
+        mask = score_bank_foreground(state, x).reshape(flat.shape)
+        mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)  # as the image score's reduction
+        scores = jnp.where(mask, flat, 0).reshape(scores.shape)
+    return upsample_maps(scores, size, sigma)
 
 
 def score_bank_detector(state: BankState, x: ArrayLike) -> jax.Array:
@@ -502,9 +510,10 @@ class PatchBankDetector(Detector):
         The patch scores on the feature grid, resized bilinearly to ``size`` × ``size`` and
         blurred by a Gaussian (σ = 4 · size / 224 pixels, PatchCore's 4 at 224, unless
         ``sigma`` is given), in the units of :meth:`score_samples` (a patch's distance to the
-        bank). Pass the embedder's ``image_size``: the maps then lie on the image as the
+        bank; with a foreground rule the background patches the score leaves out are drawn
+        at 0). Pass the embedder's ``image_size``: the maps then lie on the image as the
         embedder saw it (``Embedder.preprocess``). One image alone gets the same map as in any
-        batch.
+        batch (to float rounding in the resize: its patch scores are the same bit for bit).
 
         Args:
             X: (m, g, g, c) patch features (or (m, P, c) with P a square number), as at fit time.

@@ -512,12 +512,18 @@ def heatmaps(
         S the embedder's ``image_size``.
 
     Raises:
-        ValueError: the detector has no maps (before anything is embedded).
+        ValueError: the detector has no maps, or ``features`` are not one row per item (before
+            anything is embedded).
     """
     if not getattr(detector, "has_maps", False):
         raise ValueError(no_maps_message(detector))
     if isinstance(features, Mapping):  # a FusedDetector's: its patch component's features
         features = features[detector.maps_component]
+    if features is not None and len(features) != len(items):
+        raise ValueError(
+            f"features hold {len(features)} rows for {len(items)} items: pass the features "
+            "of exactly these items, in their order."
+        )
     embedder = maps_embedder(embedder, detector)
     check_heatmaps(embedder.image_size, len(items))
     if features is None:

@@ -13,6 +13,10 @@ def test_blur_matches_scipy_with_replicated_borders(rng):
     ref = np.stack([gaussian_filter(a, 2.0, mode="nearest", truncate=4.0) for a in x])
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(gaussian_blur(x, 0.0)), x)
+    # A σ far below a pixel is no blur, however small (one that underflows float32 gave NaN).
+    for tiny in (0.005, 1e-30, 1e-50):
+        np.testing.assert_array_equal(np.asarray(gaussian_blur(x, tiny)), x)
+    np.testing.assert_allclose(np.asarray(gaussian_blur(x, 0.02)), x, rtol=1e-6)
 
 
 def test_upsample_shapes_units_and_sigma(rng):

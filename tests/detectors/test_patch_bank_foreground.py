@@ -70,6 +70,29 @@ def test_the_rule_is_fitted_and_masks_the_background(data, fitted):
     jax.tree.map(np.testing.assert_array_equal, plain.state_.bank, fitted.state_.bank)
 
 
+def test_the_maps_leave_out_the_background_as_the_score_does(data, fitted):
+    """A very odd patch in the air would be the map's hottest spot while the image score
+    ignores it: the map draws the patches the score leaves out at 0."""
+    _, test, disc = data
+    v = np.asarray(fitted.state_.foreground.direction)
+    away = np.random.default_rng(5).normal(size=C)
+    away -= (away @ v) / (v @ v) * v  # across the rule's direction: still in the air's band
+    odd = test[:2].copy()
+    odd[:, 0, 0] += (4.0 * away / np.linalg.norm(away)).astype(np.float32)  # a corner of air
+    fg = fitted.foreground_patches(odd)
+    assert not fg[:, 0, 0].any()
+    maps = fitted.score_maps(odd, size=G, sigma=0)  # the patch grid itself: patch scores
+    patches = fitted.score_patches(odd).reshape(maps.shape)
+    np.testing.assert_array_equal(maps, np.where(fg, patches, 0))
+    assert (patches[:, 0, 0] > patches.reshape(2, -1)[:, 1:].max(axis=1)).all()  # the hottest
+    reduced = [m[f].max() for m, f in zip(maps, fg, strict=True)]
+    fitted.set_params(reduce="max")
+    try:
+        np.testing.assert_allclose(fitted.score_samples(odd), reduced, rtol=1e-6)
+    finally:
+        fitted.set_params(reduce="top")
+
+
 @pytest.mark.parametrize("q", [0.01, 0.05, 0.1, 0.5, 1.0])
 def test_score_is_the_top_q_of_the_foreground_patches(data, fitted, q):
     test = data[1]

@@ -209,3 +209,16 @@ def test_heatmaps_refuse_a_detector_without_maps_before_embedding(rng):
     with pytest.raises(ValueError, match="no spatial resolution"):
         heatmaps(embedder, detector, [np.zeros((2, 3))])
     assert embedder.calls == []
+
+
+def test_heatmaps_refuse_features_of_other_items(rng):
+    """Features of 3 images beside 1 item gave 1 picture and 3 maps, unnoticed until a
+    report's generic count error."""
+    from msde_jax import PatchBankDetector
+    from msde_jax.pipeline.evaluation import heatmaps
+
+    embedder = FakeEmbedder()
+    detector = PatchBankDetector(size=20, n_folds=2).fit(rng.normal(size=(8, 4, 4, 3)))
+    with pytest.raises(ValueError, match="features hold 3 rows for 1 items"):
+        heatmaps(embedder, detector, [np.zeros((8, 8))], features=rng.normal(size=(3, 4, 4, 3)))
+    assert embedder.calls == []
