@@ -1,5 +1,6 @@
-"""Evaluate the brain MRI set from ../shared/data with every detector mode, and show why the
-test mix matters for the published (transductive) pipeline.
+"""Evaluate the brain MRI set from ../shared/data with the MSDE detector's three modes
+(transductive, inductive, none), and show why the test mix matters for the published
+(transductive) pipeline.
 
     python examples/02_brain_mri.py [--data ../shared/data/brain_tumor_mri/brain_tumor_mri.npz]
                                     [--backbone efficientnet_lite0] [--limit 100]

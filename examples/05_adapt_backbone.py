@@ -4,7 +4,8 @@
     python examples/05_adapt_backbone.py --steps 3 --limit 40 --backbone resnet18 --init scratch
 
 Trains on the built-in PneumoniaMNIST normals only (the anomalies are synthetic: AnatPaste),
-resumably into --out, then compares the detector with the ImageNet and the adapted weights.
+resumably into --out, then compares the detector with the starting weights (ImageNet, or
+random ones with --init scratch) and the adapted weights.
 """
 
 import argparse

@@ -49,7 +49,9 @@ def command_inputs(
         if (root / "data.json").is_file():  # MedIAnomaly: its list of normal training images
             from msde_jax.io.datasets import load_dataset
 
-            sources = [str(item) for item in load_dataset(root).train_normal]
+            dataset = load_dataset(root)
+            sources = [str(item) for item in dataset.train_normal]
+            print_repeated([path for path in dataset.repeated if path in set(sources)])
         elif (root / "train" / "normal").is_dir():
             sources = [str(root / "train" / "normal")]
         else:

@@ -256,7 +256,8 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=MODES,
         default=None,
-        help=f"MSDE mode (default: {d['mode']}; --paper implies transductive)",
+        help=f"MSDE mode (default: {d['mode']}; --paper implies transductive, unless --mode "
+        "is given: then the paper preset in that mode)",
     )
     g.add_argument("--k", type=int, default=None, help=f"mean-shift neighbours (default {d['k']})")
     g.add_argument(
@@ -401,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--embeddings",
         action="store_true",
-        help="the .npz holds (n, d) embeddings (key 'embeddings'), not images",
+        help="the .npz holds features (key 'embeddings'), not images: (n, d) embeddings, or "
+        "(n, g, g, c) patch features for the bank (msde-jax embed --features patches)",
     )
     _add_select_arg(p)
     _add_embedder_args(p)

@@ -883,7 +883,21 @@ def test_fit_and_embed_read_a_dataset_folders_normal_training_images_only(tmp_pa
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(med / "images" / name)
     splits = {"train": {"0": ["t0.png"]}, "test": {"0": ["n0.png"], "1": ["a0.png"]}}
     (med / "data.json").write_text(json.dumps(splits))
+    capsys.readouterr()
     assert command_inputs([str(med)], args, training=True).items == [str(med / "images/t0.png")]
+    assert "given more than once" not in capsys.readouterr().err
+    # A training name listed twice is read once, with the note evaluate gives (a test name
+    # listed twice is not fit's business).
+    splits = {
+        "train": {"0": ["t0.png", "t0.png"]},
+        "test": {"0": ["n0.png", "n0.png"], "1": ["a0.png"]},
+    }
+    (med / "data.json").write_text(json.dumps(splits))
+    assert command_inputs([str(med)], args, training=True).items == [str(med / "images/t0.png")]
+    err = capsys.readouterr().err
+    assert "note: 1 input(s) given more than once were read once" in err
+    assert "t0.png" in err
+    assert "n0.png" not in err
 
 
 def test_evaluate_out_inside_a_split_folder_is_refused(tmp_path, capsys):
