@@ -36,7 +36,8 @@ class GaussianState(NamedTuple):
         covariance: (d, d) symmetric covariance (sklearn ``covariance_``).
         cholesky: (d, d) lower-triangular ``L`` with ``L @ L.T == covariance``, or, where
             the covariance is singular to working precision (e.g. ``"empirical"`` with
-            n <= d), that of the covariance plus a jitter (:data:`JITTERS`); always finite.
+            n <= d), that of the covariance plus a jitter (:data:`JITTERS`); finite for
+            finite data (nothing here checks the values: the detectors' inputs are checked).
     """
 
     mean: jax.Array
@@ -125,7 +126,8 @@ def gaussian_fit(
         shrinkage estimator that shrinks: their eigenvalues are at least the ridge or the
         target's share), ``cholesky`` is that of ``covariance + j·s·I``, with
         ``s`` = max(mean variance, 1) and ``j`` the first of :data:`JITTERS` (1e-6, 1e-4,
-        1e-2) that is not — finite, never NaN; ``covariance`` itself is returned as estimated.
+        1e-2) that is not — finite, never NaN, for finite data (a NaN in ``x`` is not
+        refused: it spreads to every field); ``covariance`` itself is returned as estimated.
 
     Raises:
         ValueError: for an unknown ``covariance`` (at trace time).

@@ -364,7 +364,7 @@ def check_features(
         rows = np.nonzero(bad)[0]
         raise ValueError(
             f"{what} contains NaN or infinite values in {rows.size} {words['unit']}(s) "
-            f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
+            f"(first: {rows[:5].tolist()}); remove or impute them first."
         )
     _check_peak(peak, kind, dtype, arr.shape[-1], what)
     _check_counts(arr.shape, words, n_features, n_patches, what)
@@ -436,7 +436,7 @@ def _check_device_features(
         rows = np.nonzero(bad)[0]
         raise ValueError(
             f"{what} contains NaN or infinite values in {rows.size} {words['unit']}(s) "
-            f"(first: {rows[:5].tolist()}); remove or impute them before scoring."
+            f"(first: {rows[:5].tolist()}); remove or impute them first."
         )
     _check_peak(float(peak), kind, dtype, x.shape[-1], what)
     _check_counts(x.shape, words, n_features, n_patches, what)

@@ -227,7 +227,9 @@ def _fit_state(
     if config.standardize:
         center = x[:n].mean(axis=0, dtype=np.float64).astype(x.dtype)
         scale = x[:n].std(axis=0, dtype=np.float64).astype(x.dtype)
-        scale[scale == 0] = 1.0  # constant features, as sklearn's StandardScaler
+        # Constant features, as sklearn's StandardScaler; and those whose spread is subnormal
+        # (below the dtype's smallest normal number), which XLA flushes to 0: x / 0 = NaN.
+        scale[scale < np.finfo(scale.dtype).tiny] = 1.0
     else:
         center, scale = np.zeros(d, x.dtype), np.ones(d, x.dtype)
     z = (x - center) / scale

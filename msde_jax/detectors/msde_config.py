@@ -109,7 +109,9 @@ class DetectorConfig(BaseConfig):
         'then the cosine one, √(2 − 2 cos). ``"none"`` (the default) keeps rows as given.',
     )
     standardize: bool = param(
-        True, "standardise features with the training mean and standard deviation."
+        True,
+        "standardise features with the training mean and standard deviation (a feature "
+        "whose deviation is 0, or below the dtype's smallest normal number, is only centred).",
     )
     score: str = param(
         "mahalanobis",

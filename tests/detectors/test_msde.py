@@ -665,3 +665,18 @@ def test_the_cross_fit_folds_search_as_the_whole_fit():
     np.testing.assert_array_equal(auto.decision_scores_, approximate.decision_scores_)
     assert auto.threshold_ == approximate.threshold_
     assert auto.get_params()["neighbors"] == auto.state_.config.neighbors == "auto"
+
+
+def test_a_feature_constant_but_for_a_subnormal_wiggle_is_a_constant_feature():
+    """Its spread (1.6e-41) is below float32's smallest normal number, which XLA flushes to 0:
+    every score was NaN (0 / 0) and predict called everything normal."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    x[:, 5] = 0.0
+    clean = MSDEDetector(mode="none", threshold="chi2").fit(x)
+    x[0, 5] = np.float32(1e-40)
+    wiggle = MSDEDetector(mode="none", threshold="chi2").fit(x)
+    assert float(wiggle.state_.scale[5]) == 1.0
+    q = rng.normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_allclose(wiggle.score_samples(q), clean.score_samples(q), rtol=1e-6)
+    assert np.isfinite(wiggle.decision_scores_).all()
