@@ -9,6 +9,7 @@ library's ``ValueError``), which :func:`msde_jax.cli.main` prints as one line.
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -310,16 +311,24 @@ def cmd_score(args: argparse.Namespace) -> None:
         check_heatmaps(maps_embedder(embedder, detector).image_size, len(items))
     features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     scores = detector.score_samples(features)
+    thresholded = not math.isnan(detector.threshold_)  # threshold="none": ranking only
     labels = (scores > detector.threshold_).astype(int)
     rows = [
-        [name, f"{float(s):.6g}", int(lab)]
+        [name, f"{float(s):.6g}", int(lab) if thresholded else ""]
         for name, s, lab in zip(names, scores, labels, strict=True)
     ]
     write_csv(args.out, ["path", "score", "label"], rows)
-    if args.out:
+    if not thresholded:
         print(
-            f"scored {len(names)} images ({labels.sum()} above the threshold "
-            f"{detector.threshold_:.4g}); wrote {args.out}"
+            "note: the model has no threshold (fitted with threshold='none'): the label column "
+            "is left empty; the scores rank the images",
+            file=sys.stderr,
+        )
+    if args.out:
+        counted = f"{labels.sum()} above the threshold {detector.threshold_:.4g}"
+        print(
+            f"scored {len(names)} images ({counted if thresholded else 'no threshold'}); "
+            f"wrote {args.out}"
         )
     vscores, vthreshold = None, None
     if groups.has_volumes:

@@ -168,14 +168,14 @@ def write_heatmaps(
         ax = fig.add_subplot()
         shown = draw_overlay(ax, image, amap, vmin, vmax)
         flag = "above" if score > threshold else "below"
-        ax.set_title(
-            f"{literal(Path(str(name)).name)}\nscore {score:.4g} ({flag} {threshold:.4g})",
-            fontsize=9,
-        )
+        verdict = f"{flag} {threshold:.4g}" if np.isfinite(threshold) else "no threshold"
+        ax.set_title(f"{literal(Path(str(name)).name)}\nscore {score:.4g} ({verdict})", fontsize=9)
         bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-        # Named in the bar's label: text beside the line sat on the tick labels.
-        bar.set_label(f"patch score ({units}); cyan line: threshold", fontsize=8)
-        bar.ax.axhline(line, color="cyan", linewidth=2)
+        if np.isfinite(line):  # named in the bar's label: text by the line hid the ticks
+            bar.set_label(f"patch score ({units}); cyan line: threshold", fontsize=8)
+            bar.ax.axhline(line, color="cyan", linewidth=2)
+        else:
+            bar.set_label(f"patch score ({units})", fontsize=8)
         fig.savefig(out / file, dpi=_DPI, bbox_inches="tight")
         paths.append(out / file)
 
@@ -266,15 +266,21 @@ def write_montages(
         else:
             flag = "above" if vscore > volume_threshold else "below"
             verdict = f"{flag} the volume threshold {volume_threshold:.4g}"
+        red = (
+            f"red above the slice threshold {threshold:.4g}"
+            if np.isfinite(threshold)
+            else "no slice threshold"
+        )
         fig.suptitle(
             f"{literal(vname)}: volume score {vscore:.4g} ({verdict})\n{idx.size} slices; tile "
-            f"titles: slice index: score (red above the slice threshold {threshold:.4g})",
+            f"titles: slice index: score ({red})",
             fontsize=9,
         )
         if shown is not None:
             bar = fig.colorbar(shown, ax=axes.tolist(), fraction=0.03, pad=0.02)
             bar.set_label(f"patch score ({units})", fontsize=8)
-            bar.ax.axhline(line, color="cyan", linewidth=2)
+            if np.isfinite(line):
+                bar.ax.axhline(line, color="cyan", linewidth=2)
         file = out / f"volume_{v:0{width}d}_{_safe(str(vname)) or 'volume'}.png"
         fig.savefig(file, dpi=_DPI)
         paths.append(file)

@@ -105,6 +105,29 @@ def _assert_rows_are_the_detectors(model, rows):
     assert [int(r["label"]) for r in rows] == (want > detector.threshold_).astype(int).tolist()
 
 
+def test_score_with_a_model_without_threshold_leaves_the_labels_empty(tmp_path, folder, capsys):
+    """A model fitted with threshold="none" ranks only: every label was 0 ("0 above the
+    threshold nan"), and the heatmaps said "below nan"."""
+    from msde_jax import Embedder, PatchBankDetector
+    from msde_jax.cli.configuration import embedder_metadata
+
+    embedder = Embedder(weights="random", image_size=32, features="patches", progress=False)
+    train = sorted(str(p) for p in (folder / "train" / "normal").glob("*.png"))[:12]
+    detector = PatchBankDetector(threshold="none", size=200).fit(embedder.embed(train))
+    model = tmp_path / "ranks.npz"
+    detector.save(model, metadata=embedder_metadata(embedder))
+    out, heat = tmp_path / "s.csv", tmp_path / "heat"
+    test = str(folder / "test" / "abnormal")
+    assert main(["score", str(model), test, "--out", str(out), "--heatmaps", str(heat)]) == 0
+    captured = capsys.readouterr()
+    assert "(no threshold)" in captured.out
+    assert "the label column is left empty" in captured.err
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 30
+    assert {r["label"] for r in rows} == {""}
+    assert len(list(heat.glob("*.png"))) == 30
+
+
 def test_fit_then_score_folders(tmp_path, folder, capsys):
     from msde_jax import PatchBankDetector, load_detector
 
