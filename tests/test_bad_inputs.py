@@ -173,6 +173,36 @@ def test_edited_model_files(model, tmp_path, capsys, case):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m, a: a.pop("state.train_keys"), "the array 'state.train_keys' is missing"),
+        (
+            lambda m, a: a.update({"state.train_keys": a["state.train_keys"][:, :1].copy()}),
+            "'state.train_keys' has shape \\(40, 1\\), which disagrees",
+        ),
+        (
+            lambda m, a: a.update({"state.train_keys": a["state.train_keys"].astype(np.uint8)}),
+            "'state.train_keys' is uint8",
+        ),
+    ],
+    ids=["missing", "one-column", "uint8"],
+)
+def test_edited_content_keys_of_a_transductive_model(tmp_path, capsys, edit, message):
+    """The joint shift orders its blocks by the training rows' keys: a file without them, or
+    with keys of another shape or width, loaded and then failed while scoring, with a
+    TypeError (a traceback from `msde-jax score`) or a bare NumPy error."""
+    model = tmp_path / "transductive.npz"
+    x = np.random.default_rng(0).normal(size=(40, 6))
+    MSDEDetector(mode="transductive", k=5, n_neighbors=5, n_components=4).fit(x).save(model)
+    path = _edit(edit)(model, tmp_path)
+    with pytest.raises(ValueError, match=message) as err:
+        load_detector(path)
+    assert str(path) in str(err.value)
+    assert main(["score", str(path), str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_edited_bank_files(tmp_path):
     from msde_jax import PatchBankDetector
 

@@ -553,7 +553,7 @@ class MSDEDetector(Detector):
         state.gaussian.mean                   f  k
         state.gaussian.covariance             f  k k
         state.gaussian.cholesky               f  k k
-        state.train_keys                      u  n two
+        state.train_keys                      u4 n 2
     """
 
     @classmethod
@@ -576,6 +576,13 @@ class MSDEDetector(Detector):
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """The saved state, padded again as its fit was (:func:`padded`)."""
         super()._restore(meta, arrays)
+        config = self.state_.config
+        if config.mode == "transductive" and config.content_ordered:
+            if self.state_.train_keys is None:  # the joint shift orders its blocks by them
+                raise ValueError(
+                    "not a saved MSDEDetector: the array 'state.train_keys' is missing (a "
+                    "transductive fit with content-ordered blocks saves it)."
+                )
         self.state_ = padded(self.state_)
 
     def _describe(self, state: DetectorState, shape: tuple[int, ...]) -> dict[str, int]:

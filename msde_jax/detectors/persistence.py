@@ -257,9 +257,10 @@ def check_arrays(
 ) -> None:
     """Refuse arrays of an unexpected name, dtype kind, rank or size before a state is built.
 
-    ``schema`` gives each array's dtype kinds and shape in named dimensions (``""`` for a
-    scalar); a dimension named in ``meta_dims`` takes its value from that metadata entry, the
-    others must merely agree across arrays. ``decision_scores_`` is always expected.
+    ``schema`` gives each array's dtype kinds (or one dtype, such as ``"u4"``) and shape in
+    named dimensions (``""`` for a scalar); a dimension named in ``meta_dims`` takes its value
+    from that metadata entry, a number is that size, the others must merely agree across
+    arrays. ``decision_scores_`` is always expected.
     """
     schema = {**schema, "decision_scores_": ("f", "images")}
     unknown = sorted(set(arrays) - set(schema))
@@ -271,14 +272,16 @@ def check_arrays(
             continue  # a missing one is reported when the state is built
         a = np.asarray(arrays[name])
         named = shape.split()
-        if a.dtype.kind not in kinds or a.ndim != len(named):
+        exact = kinds[1:].isdigit()  # one dtype: "u4"
+        right_type = a.dtype == np.dtype(kinds) if exact else a.dtype.kind in kinds
+        if not right_type or a.ndim != len(named):
             raise ValueError(
                 f"not a valid saved {what}: {name!r} is {a.dtype} of shape "
                 f"{a.shape}, expected {len(named)} axes of kind {kinds!r}."
             )
         check_saved_floats(name, a, where=f"not a valid saved {what}")
         for dim, size in zip(named, a.shape, strict=True):
-            if dims.setdefault(dim, size) != size:
+            if dims.setdefault(dim, int(dim) if dim.isdigit() else size) != size:
                 raise ValueError(
                     f"not a valid saved {what}: {name!r} has shape {a.shape}, "
                     f"which disagrees with the other arrays ({dim} = {dims[dim]})."
