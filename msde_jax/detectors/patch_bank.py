@@ -328,7 +328,8 @@ class PatchBankDetector(Detector):
     The score-time parameters ``reduce``, ``q``, ``score_neighbors`` and ``batch_size`` may
     change after ``fit`` (e.g. ``set_params(reduce="max")``); ``threshold_``,
     ``decision_scores_`` and ``labels_`` stay those of the fitted score, so :meth:`predict`
-    refuses until it is set back or the detector refitted (``batch_size`` changes no score).
+    and :meth:`save` refuse until it is set back or the detector refitted (``batch_size``
+    changes no score).
     Every other parameter (``shift``, ``size``, …) takes effect at the next ``fit``; until then
     scoring uses its fit-time value (in ``state_.config``), and :meth:`save` refuses.
     """
