@@ -477,6 +477,13 @@ class Detector:
             raise ValueError(f"not a saved {cls.__name__}: 'decision_scores_' is missing.")
         params = check_meta(cls.__name__, meta, cls.param_names(), cls.meta_dims.values())
         params = {**cls.absent_params, **params}
+        if params.get("dtype") == "float64" and not jax.config.jax_enable_x64:
+            # its arrays would reach the device as float32, and stay so once x64 is turned on
+            raise ValueError(
+                "saved with dtype='float64', which needs JAX's 64-bit mode, off here: call "
+                'jax.config.update("jax_enable_x64", True) (or set JAX_ENABLE_X64=1) before '
+                "loading it."
+            )
         cls._check_arrays(meta, arrays)
         try:
             det = cls(**params)

@@ -45,6 +45,18 @@ def test_float64_without_64_bit_jax_is_refused_with_the_fix(rows):
             det.fit(x)
 
 
+def test_a_float64_model_is_refused_at_load_without_64_bit_jax(rows, tmp_path):
+    """Loaded without x64 its arrays became float32 and stayed so once x64 was turned on:
+    float32 scores from a float64 model, without a word."""
+    from msde_jax import load_detector
+
+    with jax.enable_x64(True):
+        MSDEDetector(mode="none", dtype="float64").fit(rows).save(tmp_path / "f64.npz")
+        assert load_detector(tmp_path / "f64.npz").state_.center.dtype == np.float64
+    with pytest.raises(ValueError, match="f64.npz: saved with dtype='float64'.*before loading"):
+        load_detector(tmp_path / "f64.npz")
+
+
 def test_a_ragged_list_gets_the_packages_message():
     with pytest.raises(ValueError, match="rows of equal length"):
         MSDEDetector(mode="none").fit([[1.0, 2.0], [3.0]])
