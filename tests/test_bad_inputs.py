@@ -158,6 +158,10 @@ EDITS = {
         "'state.train' has shape \\(40, 2\\), which disagrees",
     ),
     "newer-version": (lambda m, a: m.update(format_version=99), "format version 99"),
+    "zero-scale": (  # loaded, then every score NaN and predict all normal
+        lambda m, a: a.update({"state.scale": a["state.scale"] * 0}),
+        "'state.scale' holds values ≤ 0",
+    ),
 }
 
 

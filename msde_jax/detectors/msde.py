@@ -576,6 +576,12 @@ class MSDEDetector(Detector):
 
     def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """The saved state, padded again as its fit was (:func:`padded`)."""
+        scale = arrays.get("state.scale")  # a missing one is reported with the others
+        if scale is not None and np.any(np.asarray(scale) <= 0):  # a fit writes 1 for constants
+            raise ValueError(
+                "not a valid saved MSDEDetector: 'state.scale' holds values ≤ 0 (features are "
+                "divided by it; a fit writes positive scales)."
+            )
         super()._restore(meta, arrays)
         config = self.state_.config
         if config.mode == "transductive" and config.content_ordered:
