@@ -263,7 +263,8 @@ def fit_summary(record: Mapping[str, Any]) -> str:
     if record["threshold"] is None:
         return f"volume threshold: not available: {record['why']}"
     return (
-        f"volume threshold {record['threshold']:.4g}: the {1 - record['contamination']:.0%} "
+        f"volume threshold {record['threshold']:.4g}: the "
+        f"{100 * (1 - record['contamination']):.4g} % "
         f"quantile of the {record['n_volumes']} training volumes' scores ({AGGREGATE}, of "
         "out-of-fold slice scores)"
     )
@@ -278,7 +279,8 @@ def fit_note(record: Mapping[str, Any]) -> str | None:
         return None
     return (
         f"note: the volume threshold comes from {n} training volume(s): its "
-        f"{1 - contamination:.0%} quantile lies between the two highest volume scores (with "
+        f"{100 * (1 - contamination):.4g} % quantile lies between the two highest volume "
+        "scores (with "
         f"fewer than 1 + 1 / contamination = {1 + 1 / contamination:.3g} volumes), a rough "
         "threshold; more normal training volumes make it firmer."
     )

@@ -520,10 +520,7 @@ def heatmaps(
     if isinstance(features, Mapping):  # a FusedDetector's: its patch component's features
         features = features[detector.maps_component]
     if features is not None and len(features) != len(items):
-        raise ValueError(
-            f"features hold {len(features)} rows for {len(items)} items: pass the features "
-            "of exactly these items, in their order."
-        )
+        raise ValueError(f"features hold {len(features)} rows for {len(items)} items.")
     embedder = maps_embedder(embedder, detector)
     check_heatmaps(embedder.image_size, len(items))
     if features is None:
@@ -584,7 +581,7 @@ def _binomial_quantile(q: float, n: int, p: float) -> float:
 
 
 def threshold_promise(
-    fp: int, n_normal: int, contamination: float, rule: str = "cross_fit"
+    fp: int, n_normal: int, contamination: float, rule: str = "cross_fit", *, transductive=False
 ) -> dict[str, Any]:
     """Whether the false-positive rate on the test normals is what the threshold promised.
 
@@ -595,7 +592,8 @@ def threshold_promise(
     flagged is then about Binomial(n_normal, contamination): the promise holds when ``fp`` lies
     inside that law's central 95 % interval. Outside it, the test normals are not scored like
     the training normals (another site, scanner, protocol or preprocessing, or a differently
-    curated split), which no threshold fitted on training normals alone can see.
+    curated split), which no threshold fitted on training normals alone can see; or, with
+    ``transductive``, the test batch the scores were shifted with.
 
     Returns:
         ``{"contamination", "false_positive_rate", "expected_interval": [lo, hi] (rates),
@@ -640,6 +638,8 @@ def threshold_promise(
                 " With threshold='chi2' it also happens when the Gaussian does not describe "
                 "the normals' scores (the default, 'cross_fit', needs no such assumption)."
             )
+        if transductive:  # the scores depend on the batch: its share of abnormal images
+            text += " Transductive scores also depend on the test batch they were shifted with."
     return {
         "contamination": contamination,
         "false_positive_rate": rate,

@@ -143,9 +143,15 @@ def _volume_markdown(volume_metrics: Mapping[str, Any]) -> list[str]:
         "## Volume-level metrics",
         "",
         f"A volume's score is the {volume_metrics['aggregate']}; a test volume is abnormal when "
-        "it comes from test/abnormal. The volume threshold is the 1 − contamination quantile of "
-        "the training volumes' scores, each the same aggregate of its slices' out-of-fold "
-        "scores.",
+        "it comes from test/abnormal. "
+        + (
+            "The volume threshold is the 1 − contamination quantile of the training volumes' "
+            "scores, each the same aggregate of its slices' out-of-fold scores."
+            if volume_metrics.get("threshold") is not None
+            else "There is no volume threshold: the training normals hold no volume, or the "
+            "detector's training scores are not out of fold (threshold='chi2' or 'none'), so "
+            "no quantile of them promises a false-positive rate."
+        ),
         "",
         "| Metric | Value |",
         "| --- | ---: |",
@@ -379,7 +385,16 @@ def write_report(
     rule = detector.get("threshold", "cross_fit")  # a fused detector's rule: cross_fit
     promise = None
     if isinstance(contamination, int | float) and 0 < contamination < 1 and rule in _PROMISED:
-        promise = threshold_promise(metrics["fp"], metrics["n_normal"], contamination, rule=rule)
+        transductive = detector.get("mode") == "transductive"
+        promise = threshold_promise(
+            metrics["fp"], metrics["n_normal"], contamination, rule=rule, transductive=transductive
+        )
+        if volume_metrics is not None:  # the test normals are slices of a few volumes
+            promise["text"] += (
+                " These normals are slices of volumes, and the slices of one volume are not "
+                "independent: the interval above, which assumes they are, is too narrow; the "
+                "volume-level metrics below count each volume once."
+            )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in FILES:  # an earlier report's, in a folder used again: none may be left over

@@ -226,3 +226,13 @@ def test_bad_volume_files_are_one_line_errors(tmp_path, capsys):
     # A DICOM series is read along its own normal: another plane is refused, by name.
     assert main(["fit", str(series), "--out", str(model), "--axis", "coronal", *BANK]) == 2
     assert "reslicing it to 'coronal' is not supported" in capsys.readouterr().err
+
+
+def test_the_volume_threshold_lines_name_the_quantile_unrounded():
+    """--contamination 0.025 printed "the 98% quantile" (and 0.001 "100%")."""
+    from msde_jax.cli.volumes import fit_note, fit_summary
+
+    record = {"threshold": 3.2, "contamination": 0.025, "n_volumes": 12}
+    assert "the 97.5 % quantile of the 12 training volumes' scores" in fit_summary(record)
+    assert "its 97.5 % quantile lies between" in fit_note(record)
+    assert "the 99.9 % quantile" in fit_summary({**record, "contamination": 0.001})

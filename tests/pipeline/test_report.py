@@ -200,6 +200,46 @@ def test_threshold_promise_kept_or_not_and_said_in_the_report(tmp_path):
     none = {"detector": {"contamination": 0.05, "threshold": "none"}}
     write_report(tmp_path / "n", labels=labels, scores=scores, threshold=0.5, config=none)
     assert "threshold_promise" not in json.loads((tmp_path / "n" / "metrics.json").read_text())
+    # A transductive score depends on its batch, which a missed promise names too.
+    paper = {"detector": {"contamination": 0.05, "mode": "transductive"}}
+    write_report(tmp_path / "t", labels=labels, scores=scores, threshold=0.5, config=paper)
+    text = json.loads((tmp_path / "t" / "metrics.json").read_text())["threshold_promise"]["text"]
+    assert "depend on the test batch" in text
+    assert "depend on the test batch" not in threshold_promise(56, 234, 0.05)["text"]
+
+
+def test_a_volume_report_says_slices_are_not_independent_and_when_no_volume_threshold(tmp_path):
+    """The promise's binomial interval counted 18 slices of 3 volumes as 18 independent
+    normals; and the volume section described a quantile threshold beside 'not available'."""
+    labels = np.r_[np.zeros(100), np.ones(50)]
+    scores = np.r_[np.linspace(0, 1, 100), np.linspace(2, 3, 50)]
+    config = {"detector": {"contamination": 0.05}}
+    volumes = {"aggregate": "mean of the top slices", "auroc": 1.0, "threshold": None}
+    write_report(
+        tmp_path / "v",
+        labels=labels,
+        scores=scores,
+        threshold=0.5,
+        config=config,
+        volume_metrics=volumes,
+    )
+    record = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert "slices of one volume are not independent" in record["threshold_promise"]["text"]
+    report = (tmp_path / "v" / "report.md").read_text()
+    assert "There is no volume threshold" in report
+    assert "The volume threshold is the 1 − contamination quantile" not in report
+    volumes["threshold"] = 2.5
+    write_report(
+        tmp_path / "w",
+        labels=labels,
+        scores=scores,
+        threshold=0.5,
+        config=config,
+        volume_metrics=volumes,
+    )
+    assert "The volume threshold is the 1 − contamination quantile" in (
+        (tmp_path / "w" / "report.md").read_text()
+    )
 
 
 def test_report_of_odd_names_and_free_form_config(tmp_path, rng):
