@@ -581,7 +581,7 @@ def _binomial_quantile(q: float, n: int, p: float) -> float:
 
 
 def threshold_promise(
-    fp: int, n_normal: int, contamination: float, rule: str = "cross_fit", *, transductive=False
+    fp: int, n_normal: int, contamination: float, rule: str = "cross_fit"
 ) -> dict[str, Any]:
     """Whether the false-positive rate on the test normals is what the threshold promised.
 
@@ -592,8 +592,7 @@ def threshold_promise(
     flagged is then about Binomial(n_normal, contamination): the promise holds when ``fp`` lies
     inside that law's central 95 % interval. Outside it, the test normals are not scored like
     the training normals (another site, scanner, protocol or preprocessing, or a differently
-    curated split), which no threshold fitted on training normals alone can see; or, with
-    ``transductive``, the test batch the scores were shifted with.
+    curated split), which no threshold fitted on training normals alone can see.
 
     Returns:
         ``{"contamination", "false_positive_rate", "expected_interval": [lo, hi] (rates),
@@ -638,8 +637,6 @@ def threshold_promise(
                 " With threshold='chi2' it also happens when the Gaussian does not describe "
                 "the normals' scores (the default, 'cross_fit', needs no such assumption)."
             )
-        if transductive:  # the scores depend on the batch: its share of abnormal images
-            text += " Transductive scores also depend on the test batch they were shifted with."
     return {
         "contamination": contamination,
         "false_positive_rate": rate,

@@ -385,10 +385,12 @@ def write_report(
     rule = detector.get("threshold", "cross_fit")  # a fused detector's rule: cross_fit
     promise = None
     if isinstance(contamination, int | float) and 0 < contamination < 1 and rule in _PROMISED:
-        transductive = detector.get("mode") == "transductive"
-        promise = threshold_promise(
-            metrics["fp"], metrics["n_normal"], contamination, rule=rule, transductive=transductive
-        )
+        promise = threshold_promise(metrics["fp"], metrics["n_normal"], contamination, rule=rule)
+        if detector.get("mode") == "transductive" and not promise["kept"]:
+            promise["text"] += (
+                " Transductive scores also depend on the test batch they were shifted with (its "
+                "share of abnormal images), unlike a new normal's scored alone."
+            )
         if volume_metrics is not None:  # the test normals are slices of a few volumes
             promise["text"] += (
                 " These normals are slices of volumes, and the slices of one volume are not "

@@ -175,7 +175,7 @@ def test_fit_on_embeddings_of_volumes_keeps_their_folds(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "volume threshold " in captured.out
     # 5 volumes < 1 / contamination = 20: the 95 % quantile is a rough one, said
-    assert "the volume threshold comes from 5 training volume(s): its 95% quantile" in captured.err
+    assert "the volume threshold comes from 5 training volume(s): its 95 % quantile" in captured.err
     want, got = (load_detector(p) for p in (direct, tmp_path / "m.npz"))
     assert got.threshold_ == pytest.approx(want.threshold_, rel=1e-6)
     record = {k: v for k, v in got.metadata_["volumes"].items() if k != "threshold"}
