@@ -28,6 +28,7 @@ __all__ = [
     "grid_positions",
     "image_scores",
     "patch_scores",
+    "reduced_patches",
     "with_positions",
 ]
 
@@ -345,9 +346,16 @@ def image_scores(
     return jnp.sum(jnp.where(keep, descending, 0.0), axis=-1) / n_top
 
 
+def reduced_patches(mask: ArrayLike) -> jax.Array:
+    """The patches :func:`image_scores` reduces over under ``mask`` (..., P): the masked ones,
+    or all of an image's where none is."""
+    mask = jnp.asarray(mask, bool)
+    return mask | ~jnp.any(mask, axis=-1, keepdims=True)
+
+
 def _masked_image_scores(s: jax.Array, mask: jax.Array, *, reduce: str, q: ArrayLike) -> jax.Array:
     """:func:`image_scores` over the masked patches of each image (all of them where none is)."""
-    mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
+    mask = reduced_patches(mask)
     count = jnp.sum(mask, axis=-1).astype(s.dtype)
     if reduce == "max":
         return jnp.max(jnp.where(mask, s, -jnp.inf), axis=-1)

@@ -31,6 +31,7 @@ from msde_jax.core.memory_bank import (
     grid_positions,
     image_scores,
     patch_scores,
+    reduced_patches,
 )
 from msde_jax.detectors.bank_config import BankConfig
 from msde_jax.detectors.bank_coreset import position_channels, subset_banks
@@ -195,9 +196,8 @@ def score_bank_maps(
     scores = score_bank_patches(state, x)
     if state.foreground is not None:
         flat = scores.reshape(scores.shape[0], -1)
-        mask = score_bank_foreground(state, x).reshape(flat.shape)
-        mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)  # as the image score's reduction
-        scores = jnp.where(mask, flat, 0).reshape(scores.shape)
+        kept = reduced_patches(score_bank_foreground(state, x).reshape(flat.shape))
+        scores = jnp.where(kept, flat, 0).reshape(scores.shape)
     return upsample_maps(scores, size, sigma)
 
 

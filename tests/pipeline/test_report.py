@@ -214,32 +214,18 @@ def test_a_volume_report_says_slices_are_not_independent_and_when_no_volume_thre
     labels = np.r_[np.zeros(100), np.ones(50)]
     scores = np.r_[np.linspace(0, 1, 100), np.linspace(2, 3, 50)]
     config = {"detector": {"contamination": 0.05}}
-    volumes = {"aggregate": "mean of the top slices", "auroc": 1.0, "threshold": None}
-    write_report(
-        tmp_path / "v",
-        labels=labels,
-        scores=scores,
-        threshold=0.5,
-        config=config,
-        volume_metrics=volumes,
-    )
-    record = json.loads((tmp_path / "v" / "metrics.json").read_text())
-    assert "slices of one volume are not independent" in record["threshold_promise"]["text"]
-    report = (tmp_path / "v" / "report.md").read_text()
-    assert "There is no volume threshold" in report
-    assert "The volume threshold is the 1 − contamination quantile" not in report
-    volumes["threshold"] = 2.5
-    write_report(
-        tmp_path / "w",
-        labels=labels,
-        scores=scores,
-        threshold=0.5,
-        config=config,
-        volume_metrics=volumes,
-    )
-    assert "The volume threshold is the 1 − contamination quantile" in (
-        (tmp_path / "w" / "report.md").read_text()
-    )
+    quantile = "The volume threshold is the 1 − contamination quantile"
+    for name, threshold in (("none", None), ("set", 2.5)):
+        volumes = {"aggregate": "mean of the top slices", "auroc": 1.0, "threshold": threshold}
+        out = tmp_path / name
+        write_report(
+            out, labels=labels, scores=scores, threshold=0.5, config=config, volume_metrics=volumes
+        )
+        record = json.loads((out / "metrics.json").read_text())
+        assert "slices of one volume are not independent" in record["threshold_promise"]["text"]
+        report = (out / "report.md").read_text()
+        assert (quantile in report) == (threshold is not None)
+        assert ("There is no volume threshold" in report) == (threshold is None)
 
 
 def test_report_of_odd_names_and_free_form_config(tmp_path, rng):
