@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 __all__ = [
     "bucket_fit_rows",
     "bucket_rows",
+    "centred",
     "chunked_rows",
     "content_order",
     "map_rows",
@@ -122,6 +124,25 @@ def rank_distances(q: jax.Array, reference: jax.Array, reference_sqnorm: jax.Arr
     and GPUs from bfloat16/TF32 passes.
     """
     return reference_sqnorm - 2 * jnp.dot(q, reference.T, precision=lax.Precision.HIGHEST)
+
+
+def centred(x: jax.Array, valid: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
+    """``(x − c, c)``: the rows of ``x`` (n, d) less c (d,), the mean of the real rows
+    (``valid``, (n,) bool; ``None``: all).
+
+    Euclidean distances do not move with c, but their float32 ranking ‖r‖² − 2qᵀr does: on
+    data far from the origin (raw intensities, non-negative features with a large common
+    offset) the cancellation reorders neighbours. Ranking centred rows keeps the terms at the
+    data's spread. c is a constant to gradients (the distances do not depend on it).
+    """
+    if valid is None:
+        mean = jnp.mean(x, axis=0)
+    else:
+        real = jnp.asarray(valid, bool)[:, None]
+        total = jnp.sum(jnp.where(real, x, 0), axis=0)
+        mean = total / jnp.maximum(jnp.sum(real), 1).astype(x.dtype)
+    mean = lax.stop_gradient(mean)
+    return x - mean[None], mean
 
 
 def sq_norms(x: jax.Array) -> jax.Array:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from msde_jax.core.blocks import map_rows, masked_loop, sq_norms
+from msde_jax.core.blocks import centred, map_rows, masked_loop, sq_norms
 from msde_jax.core.fuzzy import fuzzy_degree, fuzzy_graph, fuzzy_simplicial_set, fuzzy_union
 from msde_jax.core.neighbors import knn, nearest_one
 
@@ -172,6 +172,9 @@ def density_weights(
             fuzzy_simplicial_set(knn(x, k=min(n_neighbors, n), batch_size=batch_size))
         )
 
+    # Every block ranks its neighbours by ‖r‖² − 2qᵀr: on rows centred on the real rows'
+    # mean, so float32 keeps the ranking on data far from the origin (no distance moves).
+    x = centred(x, jnp.arange(n) < real)[0]
     if block_size is None:
         block_size = n if n <= 3 * n_neighbors else default_block_size(n_neighbors)
     b = min(block_size, n)

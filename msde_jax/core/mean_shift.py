@@ -18,7 +18,7 @@ from msde_jax.core.approximate_knn import (
     probe_leaves,
     tree_slots,
 )
-from msde_jax.core.blocks import map_rows, masked_loop, sq_norms
+from msde_jax.core.blocks import centred, map_rows, masked_loop, sq_norms
 from msde_jax.core.neighbors import nearest_indices, prune_beyond
 
 __all__ = [
@@ -51,7 +51,7 @@ class MeanShiftResult(NamedTuple):
     converged: jax.Array
 
 
-def shift_one(y, reference, reference_sqnorm, reference_weights, k, previous=None):
+def shift_one(y, reference, reference_sqnorm, reference_weights, k, previous=None, origin=None):
     """The per-point rule: the weighted mean m of y's k nearest reference rows, ‖m − y‖, and
     those rows' indices (k,).
 
@@ -59,12 +59,25 @@ def shift_one(y, reference, reference_sqnorm, reference_weights, k, previous=Non
     bandwidth (as published; a window whose weights are all 0 therefore pulls toward the origin).
     ``previous`` (k,), any k distinct reference rows (the point's neighbours in the last
     iteration), only speeds the search up (:func:`~msde_jax.core.neighbors.prune_beyond`).
+    ``origin`` (d,): where the origin of that rule lies when y and the rows are given centred
+    (:func:`~msde_jax.core.blocks.centred`: −c); ``None``: at 0.
     """
     idx = nearest_indices(y, reference, reference_sqnorm, k, within=previous)
     w = reference_weights[idx]
-    total = jnp.maximum(jnp.sum(w), _MIN_WEIGHT)
-    m = jnp.dot(w, reference[idx], precision=lax.Precision.HIGHEST) / total
+    weighted = jnp.dot(w, reference[idx], precision=lax.Precision.HIGHEST)
+    m = _floored_mean(weighted, jnp.sum(w), origin)
     return m, jnp.linalg.norm(m - y), idx
+
+
+def _floored_mean(weighted, total, origin):
+    """Σ wⱼ rⱼ / max(Σ wⱼ, 1e-6) from the weighted sums (..., d) and weights (...): the weight
+    the floor adds sits at ``origin`` (``None``: 0), so centred coordinates give the rule's
+    mean on the data as given."""
+    floored = jnp.maximum(total, _MIN_WEIGHT)
+    if origin is not None:
+        gap = (floored - total)[..., None]
+        weighted = weighted + gap * origin.reshape((1,) * (weighted.ndim - 1) + (-1,))
+    return weighted / floored[..., None]
 
 
 def move_points(y, m, delta, step_size):
@@ -72,10 +85,10 @@ def move_points(y, m, delta, step_size):
     return jnp.where((delta > _MIN_MOVE)[..., None], y + step_size * (m - y), y)
 
 
-def _window_means(queries, ref, ref_sq, ref_w, k, previous=None):
+def _window_means(queries, ref, ref_sq, ref_w, k, previous=None, origin=None):
     """The rule of :func:`shift_one` for a block of queries (b, d) against the rows ``ref``
     (c, d): each query's k nearest rows by ``ref_sq − 2 qᵀr``, their weighted mean m, ‖m − q‖,
-    and their positions (b, k) (``previous`` as in :func:`shift_one`).
+    and their positions (b, k) (``previous`` and ``origin`` as in :func:`shift_one`).
 
     The windows' weights form a dense (b × c) matrix, so one matrix product gives every mean;
     on a CPU that is far faster than gathering k rows per query while c is small.
@@ -86,8 +99,8 @@ def _window_means(queries, ref, ref_sq, ref_w, k, previous=None):
     pos = lax.top_k(-score, k)[1]
     rows = jnp.arange(pos.shape[0])[:, None]
     window = jnp.zeros_like(score).at[rows, pos].set(ref_w[pos])
-    total = jnp.maximum(jnp.sum(window, axis=-1), _MIN_WEIGHT)
-    m = jnp.dot(window, ref, precision=lax.Precision.HIGHEST) / total[:, None]
+    weighted = jnp.dot(window, ref, precision=lax.Precision.HIGHEST)
+    m = _floored_mean(weighted, jnp.sum(window, axis=-1), origin)
     return m, jnp.linalg.norm(m - queries, axis=-1), pos
 
 
@@ -104,7 +117,7 @@ def _masked_sq_norms(y, valid):
     return sqn if valid is None else jnp.where(valid, sqn, jnp.inf)
 
 
-def _blurring(x, weights, k, step_size, max_iter, tol, batch_size, valid=None):
+def _blurring(x, weights, k, step_size, max_iter, tol, batch_size, valid=None, origin=None):
     count = x.shape[0] if valid is None else jnp.sum(valid).astype(x.dtype)
 
     def mean_real(delta):
@@ -118,11 +131,11 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size, valid=None):
         y, disp, it, _, previous = state
         sqn = _masked_sq_norms(y, valid)
         if batch_size is None:  # all rows at once (small n): one dense block
-            m, delta, idx = _window_means(y, y, sqn, weights, k, previous)
+            m, delta, idx = _window_means(y, y, sqn, weights, k, previous, origin)
         else:
 
             def one(row):
-                return shift_one(row[0], y, sqn, weights, k, row[1])
+                return shift_one(row[0], y, sqn, weights, k, row[1], origin)
 
             m, delta, idx = map_rows(one, (y, previous), batch_size)
         y = move_points(y, m, delta, step_size)
@@ -134,7 +147,9 @@ def _blurring(x, weights, k, step_size, max_iter, tol, batch_size, valid=None):
     return MeanShiftResult(*masked_loop(cond, body, init, max_iter)[:4])
 
 
-def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, probes, batch_size):
+def _blurring_partitioned(
+    x, weights, k, step_size, max_iter, tol, leaf_size, probes, batch_size, origin=None
+):
     """The blurring shift with each point's window sought among its leaf's probed leaves.
 
     The tree (:func:`~msde_jax.core.approximate_knn.tree_slots`) is built once, on the unshifted
@@ -155,7 +170,7 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
 
     def shift_leaf(values, sqn, queries, probe, previous):
         ref, ref_sq, ref_w = (candidates(a, probe) for a in (values, sqn, w_leaf))
-        return _window_means(queries, ref, ref_sq, ref_w, k, previous)
+        return _window_means(queries, ref, ref_sq, ref_w, k, previous, origin)
 
     def cond(state):
         _, _, it, converged, _ = state
@@ -182,7 +197,9 @@ def _blurring_partitioned(x, weights, k, step_size, max_iter, tol, leaf_size, pr
     return MeanShiftResult(*masked_loop(cond, body, init, max_iter)[:4])
 
 
-def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, batch_size, valid):
+def _inductive(
+    x, reference, reference_weights, k, step_size, max_iter, tol, batch_size, valid, origin=None
+):
     ref_sqnorm = _masked_sq_norms(reference, valid)
 
     def one(q):
@@ -192,7 +209,9 @@ def _inductive(x, reference, reference_weights, k, step_size, max_iter, tol, bat
 
         def body(state):
             y, disp, it, _, previous = state
-            m, delta, idx = shift_one(y, reference, ref_sqnorm, reference_weights, k, previous)
+            m, delta, idx = shift_one(
+                y, reference, ref_sqnorm, reference_weights, k, previous, origin
+            )
             return move_points(y, m, delta, step_size), disp + delta, it + 1, delta < tol, idx
 
         init = (q, jnp.zeros((), q.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
@@ -229,6 +248,11 @@ def mean_shift(
         mᵢ = Σ_{j∈Nᵢ} wⱼ yⱼ / max(Σ_{j∈Nᵢ} wⱼ, 1e-6),   yᵢ ← yᵢ + η (mᵢ − yᵢ),
 
     (no move where ‖mᵢ − yᵢ‖ ≤ 1e-6) and accumulates the displacement Dᵢ += ‖mᵢ − yᵢ‖.
+    The neighbours are ranked and the means taken on the points centred on their mean (the
+    reference's, in inductive mode), and each point's result is where it started plus its
+    movement: float32 keeps the ranking on data far from the origin, and a point that never
+    moves comes back bit for bit (the rule and its floor are unchanged: a window whose
+    weights are all 0 still pulls toward the origin of the data as given).
 
     * ``reference=None`` — the paper's **blurring** shift: the neighbours Nᵢ are the k nearest
       current points (yᵢ itself included), rebuilt every iteration, and all points stop
@@ -279,15 +303,19 @@ def mean_shift(
         k = min(k, x.shape[0])
         check_tree(leaf_size, probes)
         if search == "exact":
-            return _blurring(x, w, k, step_size, max_iter, tol, batch_size, valid)
+            xc, c = centred(x, valid)
+            moved = _blurring(xc, w, k, step_size, max_iter, tol, batch_size, valid, -c)
+            return _moved(x, xc, moved)
         if valid is not None:
             raise ValueError(
                 "valid (padding rows) is supported by the exact search only: pass "
                 "neighbors='exact' or drop the padding."
             )
-        return _blurring_partitioned(
-            x, w, k, step_size, max_iter, tol, leaf_size, probes, batch_size
+        xc, c = centred(x)
+        moved = _blurring_partitioned(
+            xc, w, k, step_size, max_iter, tol, leaf_size, probes, batch_size, -c
         )
+        return _moved(x, xc, moved)
     if neighbors == "approximate":
         raise ValueError(
             "the approximate search is for the blurring shift (every point searched among all "
@@ -306,7 +334,17 @@ def mean_shift(
         else jnp.asarray(reference_weights, x.dtype)
     )
     k = min(k, reference.shape[0])
-    return _inductive(x, reference, rw, k, step_size, max_iter, tol, batch_size, valid)
+    reference, c = centred(reference, valid)
+    xc = x - c[None]
+    moved = _inductive(xc, reference, rw, k, step_size, max_iter, tol, batch_size, valid, -c)
+    return _moved(x, xc, moved)
+
+
+def _moved(x: jax.Array, xc: jax.Array, result: MeanShiftResult) -> MeanShiftResult:
+    """``result`` of a shift run on the centred points ``xc`` (:func:`centred`), its points
+    put back where ``x`` is: x plus their movement, so a point that never moved is ``x``
+    itself, bit for bit."""
+    return result._replace(points=x + (result.points - xc))
 
 
 NEIGHBOR_SEARCHES = ("auto", "exact", "approximate")

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from msde_jax.core.blocks import map_rows, rank_distances, sq_norms
+from msde_jax.core.blocks import centred, map_rows, rank_distances, sq_norms
 
 __all__ = [
     "Neighbors",
@@ -80,19 +80,19 @@ def nearest_one(
     reference_sqnorm: jax.Array,
     k: int,
     self_index: jax.Array | None = None,
-    centred: tuple[jax.Array, jax.Array] | None = None,
+    ranked: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Like :func:`nearest_indices`, also returning the distances (k,), nearest first.
 
     The ``k`` selected distances are recomputed directly as ‖q − r‖, so they carry none of the
     cancellation error of ‖q‖² + ‖r‖² − 2qᵀr; the point itself (``self_index``) is at 0.
-    ``centred``, ``(reference − c, c)``: the neighbours are ranked as ``q − c`` among those
+    ``ranked``, ``(reference − c, c)``: the neighbours are ranked as ``q − c`` among those
     rows (``reference_sqnorm`` is then theirs), the distances still measured on ``reference``.
     """
-    if centred is None:
+    if ranked is None:
         idx = nearest_indices(q, reference, reference_sqnorm, k, self_index)
     else:
-        idx = nearest_indices(q - centred[1], centred[0], reference_sqnorm, k, self_index)
+        idx = nearest_indices(q - ranked[1], ranked[0], reference_sqnorm, k, self_index)
     diff = reference[idx] - q[None, :]
     dist = jnp.sqrt(jnp.sum(diff * diff, axis=-1))
     if self_index is not None:
@@ -136,27 +136,19 @@ def knn(
     n = reference.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of reference points ({n}), got {k}.")
-    # Ranked on both sides centred on the (real) reference rows' mean: the ranking
-    # ‖r‖² − 2qᵀr keeps its precision on data far from the origin (raw intensities, features
-    # with a large common offset), where float32 cancellation reordered neighbours. The
+    # Ranked on both sides centred on the (real) reference rows' mean (:func:`centred`):
+    # float32 cancellation no longer reorders neighbours of data far from the origin. The
     # distances are measured on the rows as given (:func:`nearest_one`), so they do not
     # depend on the mean's rounding (nor on the order of the reference rows).
-    if reference_valid is None:
-        mean = jnp.mean(reference, axis=0, keepdims=True)
-    else:
-        real = jnp.asarray(reference_valid, bool)[:, None]
-        total = jnp.sum(jnp.where(real, reference, 0), axis=0, keepdims=True)
-        mean = total / jnp.maximum(jnp.sum(real), 1).astype(reference.dtype)
-    mean = lax.stop_gradient(mean)  # the distances do not depend on it
-    centred = reference - mean
-    ref_sqnorm = sq_norms(centred)
+    centred_rows, mean = centred(reference, reference_valid)
+    ref_sqnorm = sq_norms(centred_rows)
     if reference_valid is not None:
         ref_sqnorm = jnp.where(reference_valid, ref_sqnorm, jnp.inf)
-    ranked = (centred, mean[0])
+    ranked = (centred_rows, mean)
 
     def one(row):
         q, i = row if self_neighbours else (row, None)
-        return nearest_one(q, reference, ref_sqnorm, k, self_index=i, centred=ranked)
+        return nearest_one(q, reference, ref_sqnorm, k, self_index=i, ranked=ranked)
 
     rows = (queries, jnp.arange(queries.shape[0])) if self_neighbours else queries
     return Neighbors(*map_rows(one, rows, batch_size))

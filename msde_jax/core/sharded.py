@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 from jax.typing import ArrayLike
 
-from msde_jax.core.blocks import map_rows, masked_loop, sq_norms
+from msde_jax.core.blocks import centred, map_rows, masked_loop, sq_norms
 from msde_jax.core.mean_shift import MeanShiftResult, first_windows, move_points, shift_one
 from msde_jax.core.neighbors import Neighbors, nearest_one
 
@@ -119,19 +119,22 @@ def sharded_knn(
     rows = _pad(jnp.arange(m, dtype=jnp.int32), mesh.size)
     padded = _pad(queries, mesh.size)
 
-    def local(q, row, ref):
-        ref_sq = sq_norms(ref)
+    ranked = centred(reference)  # ranked centred, as knn ranks
+
+    def local(q, row, ref, ranked):
+        ref_sq = sq_norms(ranked[0])
 
         def one(args):
             qi, i = args
-            return nearest_one(qi, ref, ref_sq, k, self_index=i if self_neighbours else None)
+            self_index = i if self_neighbours else None
+            return nearest_one(qi, ref, ref_sq, k, self_index=self_index, ranked=ranked)
 
         return map_rows(one, (q, row), batch_size)
 
-    spec = PartitionSpec(axis)
+    spec, whole = PartitionSpec(axis), PartitionSpec()
     dist, idx = jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, spec, PartitionSpec()), out_specs=(spec, spec)
-    )(padded, rows, reference)
+        local, mesh=mesh, in_specs=(spec, spec, whole, whole), out_specs=(spec, spec)
+    )(padded, rows, reference, ranked)
     return Neighbors(dist[:m], idx[:m])
 
 
@@ -173,9 +176,10 @@ def sharded_mean_shift(
     step_size = jnp.asarray(step_size, x.dtype)
     tol = jnp.asarray(tol, x.dtype)
     valid = _pad(jnp.ones(n, bool), mesh.size)
-    xp, wp = _pad(x, mesh.size), _pad(w, mesh.size)
+    xc, c = centred(x)  # as mean_shift: centred, then put back where x is
+    xp, wp = _pad(xc, mesh.size), _pad(w, mesh.size)
 
-    def local(y0, w_local, ok):
+    def local(y0, w_local, ok, origin):
         w_all = lax.all_gather(w_local, axis, tiled=True)
         ok_all = lax.all_gather(ok, axis, tiled=True)
 
@@ -189,7 +193,7 @@ def sharded_mean_shift(
             sqn = jnp.where(ok_all, sq_norms(y_all), jnp.inf)
 
             def one(row):
-                return shift_one(row[0], y_all, sqn, w_all, k, row[1])
+                return shift_one(row[0], y_all, sqn, w_all, k, row[1], origin)
 
             m, delta, idx = map_rows(one, (y, previous), batch_size)
             delta = jnp.where(ok, delta, 0.0)
@@ -205,8 +209,8 @@ def sharded_mean_shift(
     points, disp, n_iter, converged = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(spec, spec, spec),
+        in_specs=(spec, spec, spec, PartitionSpec()),
         out_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
         check_vma=False,
-    )(xp, wp, valid)
-    return MeanShiftResult(points[:n], disp[:n], n_iter, converged)
+    )(xp, wp, valid, -c)
+    return MeanShiftResult(x + (points[:n] - xc), disp[:n], n_iter, converged)

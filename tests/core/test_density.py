@@ -82,6 +82,22 @@ def test_float32_close_to_float64(x64):
     assert np.mean(np.abs(w32 - w64) < 1e-3) > 0.95
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_msde_weights_far_from_the_origin(padded):
+    """At an offset of 1000, float32 ranking of uncentred rows changed weights by up to 2.5
+    (helper review, twenty-fourth session); each block now ranks rows centred on the real
+    rows' mean, so the weights are those at the origin (padding far away changes nothing)."""
+    x = _blobs(19, 230, 16).astype(np.float32)
+    want = np.asarray(density_weights(x))
+    far = x + np.float32(1000)
+    n_valid = None
+    if padded:
+        far = np.concatenate([far, np.full((20, 16), -5e4, np.float32)])
+        n_valid = 230
+    got = np.asarray(density_weights(far, n_valid=n_valid, block_size=100))[:230]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_unknown_method():
     with pytest.raises(ValueError, match="method must be one of"):
         density_weights(np.zeros((5, 2)), method="knn")

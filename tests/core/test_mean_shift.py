@@ -76,6 +76,43 @@ def test_zero_weights_follow_the_published_floor(x64):
     np.testing.assert_allclose(got.points, x * (1 - 0.33), atol=1e-12)
 
 
+def test_zero_weights_pull_toward_the_origin_of_the_data_as_given(x64):
+    """The shift runs on centred points; the floor's weight still sits at the data's origin,
+    not at their mean (inductive and blurring, dense and per-point blocks)."""
+    x = _blobs(4, 20) + 50.0
+    for batch_size in (None, 3):
+        got = mean_shift(x, np.zeros(20), k=5, max_iter=1, batch_size=batch_size)
+        np.testing.assert_allclose(got.points, x * (1 - 0.33), atol=1e-9)
+    got = mean_shift(x[:4], reference=x, reference_weights=np.zeros(20), k=5, max_iter=1)
+    np.testing.assert_allclose(got.points, x[:4] * (1 - 0.33), atol=1e-9)
+    # half the floor: windows of weight 5e-7 end halfway between their mean and the origin
+    got = mean_shift(x, np.full(20, 1e-7), k=5, max_iter=1)
+    want = mean_shift(x, np.ones(20), k=5, max_iter=1)
+    np.testing.assert_allclose(got.points - x, (want.points - x + 0.33 * (0 - x)) / 2, atol=1e-9)
+
+
+@pytest.mark.parametrize("how", ["dense", "blocks", "approximate", "inductive"])
+def test_data_far_from_the_origin_shift_as_at_the_origin(how):
+    """float32 ‖r‖² − 2qᵀr on rows offset by 1000 picked other neighbours (one iteration's
+    displacement off by up to 2.1, inductive 4.3; helper review, twenty-fourth session): the
+    shifts rank and average centred points, so an offset moves the result only by the
+    input's own rounding (ulp(1000) = 6e-5) carried through the iterations."""
+    x, w = _blobs(5, 300, 16).astype(np.float32), _weights(5, 300).astype(np.float32)
+    far = x + np.float32(1000)
+    if how == "inductive":
+        near = mean_shift(x[:60], reference=x, reference_weights=w, k=20)
+        got = mean_shift(far[:60], reference=far, reference_weights=w, k=20)
+    else:
+        search = {"approximate": dict(neighbors="approximate", leaf_size=64)}.get(how, {})
+        batch = {"blocks": dict(batch_size=32)}.get(how, {})
+        near = mean_shift(x, w, k=20, **search, **batch)
+        got = mean_shift(far, w, k=20, **search, **batch)
+    # 8 iterations of float32 rounding on displacements of 5–11: within 1e-3 relative
+    np.testing.assert_allclose(got.displacement, near.displacement, rtol=1e-3)
+    np.testing.assert_allclose(got.points - 1000, near.points, atol=5e-3)
+    np.testing.assert_array_equal(got.n_iter, near.n_iter)
+
+
 @settings(max_examples=10)
 @given(seed=st.integers(0, 2**16), inductive=st.booleans())
 def test_output_inside_bounding_box_of_reference(seed, inductive):

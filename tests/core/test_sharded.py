@@ -73,6 +73,21 @@ def test_sharded_blurring_shift_matches_one_device(mesh):
     assert bool(got.converged) == bool(want.converged)
 
 
+def test_sharded_search_and_shift_far_from_the_origin(mesh):
+    """As on one device, rows far from the origin are ranked centred: an offset of 1000
+    changes neither the neighbours nor the shift beyond the input's rounding."""
+    x, w = _data(61, d=16, seed=4)
+    far = x + np.float32(1000)
+    near = knn(x, k=6)
+    got = sharded_knn(far, k=6, mesh=mesh)
+    np.testing.assert_array_equal(got.indices, near.indices)
+    np.testing.assert_allclose(got.distances, near.distances, atol=1e-3)
+    near = mean_shift(x, w, k=10, max_iter=3, tol=0.0)
+    got = sharded_mean_shift(far, w, mesh=mesh, k=10, max_iter=3, tol=0.0, batch_size=8)
+    np.testing.assert_allclose(got.displacement, near.displacement, atol=2e-3)
+    np.testing.assert_allclose(got.points - 1000, near.points, atol=2e-3)
+
+
 def test_row_sharded_inductive_shift_matches_one_device(mesh):
     x, w = _data(80, seed=2)
     queries = _data(13, seed=3)[0]
