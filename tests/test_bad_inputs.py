@@ -606,6 +606,27 @@ def test_patch_features_of_any_real_dtype_and_out_of_range_float64():
         PatchBankDetector(size=20, n_folds=2).fit(x + 1j)
 
 
+def test_bfloat16_features_are_numbers_on_the_host_and_on_the_device():
+    """NumPy's issubdtype does not know ml_dtypes' bfloat16 as a number: a bfloat16 NumPy
+    array was refused ("must hold numbers") by fit and scoring, and a jax.Array by fit, while
+    scoring the jax.Array worked (helper review). Both now score as their float32 values."""
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    from msde_jax import PatchBankDetector
+
+    rng = np.random.default_rng(5)
+    samples = rng.normal(size=(30, 4)).astype(ml_dtypes.bfloat16)
+    patches = rng.normal(size=(8, 4, 3)).astype(ml_dtypes.bfloat16)
+    for detector, x in (
+        (MSDEDetector(mode="none", k=5, n_folds=2), samples),
+        (PatchBankDetector(size=20, n_folds=2), patches),
+    ):
+        want = detector.fit(x.astype(np.float32)).score_samples(x[:3].astype(np.float32))
+        for passed in (x, jnp.asarray(x)):
+            np.testing.assert_array_equal(detector.fit(passed).score_samples(passed[:3]), want)
+
+
 @pytest.mark.parametrize(
     ("values", "kind", "dtype"),
     [

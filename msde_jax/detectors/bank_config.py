@@ -9,10 +9,16 @@ import math
 from typing import ClassVar
 
 import jax
-import numpy as np
 
 from msde_jax.core.memory_bank import REDUCTIONS
-from msde_jax.detectors.config import BaseConfig, check_choice, check_int, param
+from msde_jax.detectors.config import (
+    BaseConfig,
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    param,
+)
 
 __all__ = ["CORESETS", "FOREGROUNDS", "BankConfig"]
 
@@ -108,8 +114,7 @@ class BankConfig(BaseConfig):
         check_int("seed", self.seed, low=0)
         check_choice("coreset", self.coreset, CORESETS)
         check_int("chunk_patches", self.chunk_patches)
-        if not isinstance(self.shift, bool | np.bool_):
-            raise ValueError(f"shift must be True or False, got {self.shift!r}.")
+        check_bool("shift", self.shift)
         check_choice("reduce", self.reduce, REDUCTIONS)
         check_choice("foreground", self.foreground, FOREGROUNDS)
         if self.threshold == "chi2":
@@ -121,13 +126,9 @@ class BankConfig(BaseConfig):
         check_choice("threshold", self.threshold, ("cross_fit", "none"))
         if self.projection_dim is not None:
             check_int("projection_dim", self.projection_dim)
-        if not 0 < self.q <= 1:
-            raise ValueError(f"q must be in (0, 1], got {self.q!r}.")
-        real = isinstance(self.position, int | float | np.number) and not isinstance(
-            self.position, bool
-        )
-        if not (real and math.isfinite(self.position) and self.position >= 0):
-            raise ValueError(f"position must be a finite number >= 0, got {self.position!r}.")
+        check_real("q", self.q, "in (0, 1]", lambda v: 0 < v <= 1)
+        finite = "a finite number >= 0"
+        check_real("position", self.position, finite, lambda v: math.isfinite(v) and v >= 0)
         if self.position > MAX_POSITION:
             raise ValueError(
                 f"position must be at most {MAX_POSITION:g} (far below, a patch's place alone "

@@ -10,8 +10,9 @@ a field with its default and its documentation (:func:`param`): the facades' con
 
 import dataclasses
 import math
+import numbers
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Self
 
 import jax
@@ -88,6 +89,20 @@ def check_int(name: str, value: Any, *, low: int = 1) -> None:
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
         kind = "a positive int" if low == 1 else f"an int >= {low}"
         raise ValueError(f"{name} must be {kind}, got {value!r}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Refuse anything but True or False (a string such as ``"False"`` is truthy)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+
+
+def check_real(name: str, value: Any, within: str, ok: Callable[[float], bool]) -> None:
+    """Refuse anything but a real number (not a bool; NumPy scalars are) for which ``ok``
+    holds, saying where it must be (``within``, e.g. ``"in (0, 1]"``)."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    if not (real and ok(float(value))):
+        raise ValueError(f"{name} must be {within}, got {value!r}.")
 
 
 def auto_batch(batch_size: int | None, n_rows: int, *, device: Any = None) -> int | None:
@@ -188,12 +203,9 @@ class BaseConfig:
                 raise ValueError(
                     f"batch_size must be a positive int or None, got {self.batch_size!r}."
                 ) from None
-        if not 0 < self.step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1], got {self.step_size!r}.")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol!r}.")
-        if not 0 < self.contamination <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}.")
+        check_real("step_size", self.step_size, "in (0, 1]", lambda v: 0 < v <= 1)
+        check_real("tol", self.tol, ">= 0", lambda v: v >= 0)
+        check_real("contamination", self.contamination, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
 
     def batch(self, n_rows: int) -> int | None:
         """Rows per kNN block against ``n_rows`` rows: ``batch_size``, else chosen for the
@@ -339,7 +351,9 @@ def check_features(
         arr = np.asarray(x)
     except Exception as err:  # ragged lists and the like
         raise ValueError(f"{what} {words['not_array']}: {err}") from err
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+    # jax's issubdtype knows ml_dtypes' floats (bfloat16) as numbers; NumPy's does not
+    numeric = jax.dtypes.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+    if arr.dtype == object or not numeric:
         raise ValueError(f"{what} must hold numbers, got dtype {arr.dtype}.")
     if np.iscomplexobj(arr):
         raise ValueError(

@@ -23,6 +23,7 @@ from msde_jax.detectors.config import score_chunk
 
 __all__ = [
     "DetectorFit",
+    "check_groups",
     "chunked_scores",
     "cross_fit",
     "folds",
@@ -113,9 +114,7 @@ def folds(keys: np.ndarray, n_folds: int, groups: ArrayLike | None = None) -> li
         if distinct[-1] + 1 < n_folds:  # fewer distinct samples than folds: one by one
             return [np.sort(order[f::n_folds]) for f in range(n_folds)]
         return [np.sort(order[distinct % n_folds == f]) for f in range(n_folds)]
-    ids = np.asarray(groups)
-    if ids.shape != keys.shape:
-        raise ValueError(f"groups must hold one id per sample ({keys.size}), got {ids.shape}.")
+    ids = check_groups(groups, keys.size)
     names, index = np.unique(ids, return_inverse=True)
     if distinct[-1] + 1 < keys.size:  # copies of one content: their groups merged
         content = np.empty_like(distinct)
@@ -152,6 +151,14 @@ def merged_groups(group: np.ndarray, content: np.ndarray) -> np.ndarray:
             a, b = root(other), root(g)
             parent[max(a, b)] = min(a, b)
     return np.array([root(g) for g in range(parent.size)])[group]
+
+
+def check_groups(groups: ArrayLike, n: int) -> np.ndarray:
+    """``groups`` as an array, refused unless it holds one id per sample of the ``n``."""
+    ids = np.asarray(groups)
+    if ids.shape != (n,):
+        raise ValueError(f"groups must hold one id per sample ({n}), got {ids.shape}.")
+    return ids
 
 
 def largest_fold(keys: np.ndarray, n_folds: int, groups: ArrayLike | None) -> int:

@@ -53,6 +53,7 @@ from msde_jax.detectors.calibration import (
     rank_calibration,
     z_scores,
 )
+from msde_jax.detectors.config import check_real
 from msde_jax.detectors.fitting import quantile_threshold
 from msde_jax.detectors.persistence import check_saved_floats, detector_from_arrays, with_version
 
@@ -84,8 +85,7 @@ class SupportsDetect(Protocol):
 
 
 def _check_contamination(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 0.5:
-        raise ValueError(f"contamination must be in (0, 0.5], got {value!r}.")
+    check_real("contamination", value, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
 
 
 def _check_calibration(value: Any) -> None:

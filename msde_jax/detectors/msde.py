@@ -28,7 +28,13 @@ from msde_jax.core.neighbors import knn
 from msde_jax.core.pca import PCAState, pca_fit, pca_transform
 from msde_jax.detectors.base import Detector
 from msde_jax.detectors.config import check_features
-from msde_jax.detectors.fitting import DetectorFit, chunked_scores, cross_fit, largest_fold
+from msde_jax.detectors.fitting import (
+    DetectorFit,
+    check_groups,
+    chunked_scores,
+    cross_fit,
+    largest_fold,
+)
 from msde_jax.detectors.msde_config import (
     _FIT_NUMBERS,
     BLOCK_ORDERS,
@@ -481,6 +487,8 @@ def fit_detector(
     x = check_features(x, dtype=config.dtype)
     config.check_n_samples(x.shape[0])
     keys = sample_keys(x)  # hashed once: the content-ordered blocks and the folds use them
+    if groups is not None:  # checked even where no fold reads them: a wrong list is a mistake
+        check_groups(groups, x.shape[0])
     if groups is not None and config.threshold == "cross_fit":
         config.check_n_samples(x.shape[0], largest_fold(keys, config.n_folds, groups))
     if config.threshold != "chi2":  # "cross_fit", or "none": the state alone

@@ -13,7 +13,14 @@ import numpy as np
 
 from msde_jax.core.gaussian import COVARIANCE_ESTIMATORS
 from msde_jax.core.mean_shift import NEIGHBOR_SEARCHES
-from msde_jax.detectors.config import BaseConfig, check_choice, check_int, param
+from msde_jax.detectors.config import (
+    BaseConfig,
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    param,
+)
 
 __all__ = [
     "BLOCK_ORDERS",
@@ -154,11 +161,13 @@ class DetectorConfig(BaseConfig):
         check_int("n_folds", self.n_folds)
         if self.n_folds < 2 and self.threshold == "cross_fit":
             raise ValueError("threshold='cross_fit' needs n_folds >= 2.")
-        if not self.ridge >= 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge!r}.")
+        check_real("ridge", self.ridge, ">= 0", lambda v: v >= 0)
+        for name in ("standardize", "index_sum_quirk"):
+            check_bool(name, getattr(self, name))
         nc = self.n_components
-        if isinstance(nc, bool) or not (
-            (isinstance(nc, int | np.integer) and nc >= 1) or (isinstance(nc, float) and 0 < nc < 1)
+        if isinstance(nc, bool | np.bool_) or not (
+            (isinstance(nc, int | np.integer) and nc >= 1)
+            or (isinstance(nc, float | np.floating) and 0 < nc < 1)
         ):
             raise ValueError(
                 f"n_components must be a positive int or a float in (0, 1), got {nc!r}."
@@ -256,6 +265,12 @@ class DetectorConfig(BaseConfig):
                 f"pass more normal samples{smaller}."
             )
         if self.threshold == "cross_fit":
+            if n < self.n_folds:
+                raise ValueError(
+                    f"threshold='cross_fit' needs at least n_folds={self.n_folds} training "
+                    f"samples (one fold each), got {n}; pass more normal samples or lower "
+                    "n_folds."
+                )
             held = math.ceil(n / self.n_folds) if largest_fold is None else largest_fold
             if n - held < need:
                 grouped = "" if largest_fold is None else " (groups make the folds uneven)"

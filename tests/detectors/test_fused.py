@@ -213,11 +213,15 @@ def test_component_checks():
         FusedDetector({"a/b": MSDEDetector(**PARAMS)}).fit({"a/b": x["a"]})
     with pytest.raises(ValueError, match=r"contamination must be in \(0, 0.5\]"):
         FusedDetector(_components(), contamination=0.7).fit(x)
+    with pytest.raises(ValueError, match=r"contamination must be in \(0, 0.5\], got True"):
+        FusedDetector(_components(), contamination=True).fit(x)
     with pytest.raises(NotFittedError, match="not fitted"):
         FusedDetector(_components()).score_samples(x)
 
 
 def test_params_and_repr():
+    # a NumPy float is a number (was refused, "must be in (0, 0.5], got np.float32(0.1)")
+    assert FusedDetector(_components(), contamination=np.float32(0.1)).config()["contamination"] > 0
     det = FusedDetector(_components(), contamination=0.1)
     params = det.get_params()
     assert params["contamination"] == 0.1

@@ -305,6 +305,8 @@ def test_params():
     assert params["k"] == 7
     assert params["mode"] == "inductive"
     assert MSDEDetector(**params).get_params() == params
+    # NumPy scalars are numbers: a fraction of variance as np.float32 (was refused)
+    assert MSDEDetector(n_components=np.float32(0.5)).config().n_components == 0.5
     assert det.set_params(k=9, mode="none") is det
     assert (det.k, det.mode) == (9, "none")
     assert repr(det) == "MSDEDetector(mode='none', k=9)"
@@ -329,6 +331,17 @@ def test_params():
         ({"mode": "transductive", "score": "knn"}, "score='knn' measures the distance"),
         ({"threshold": "chi2", "score": "knn"}, "applies to score='mahalanobis' only"),
         ({"score": "knn", "score_neighbors": 0}, "score_neighbors must be a positive int"),
+        # values of the wrong type: a truthy string standardised silently, and a string or
+        # None number failed inside fit with a bare TypeError (helper review)
+        ({"standardize": "False"}, "standardize must be True or False, got 'False'"),
+        ({"index_sum_quirk": "no"}, "index_sum_quirk must be True or False"),
+        ({"contamination": "0.1"}, r"contamination must be in \(0, 0.5\], got '0.1'"),
+        ({"ridge": None}, "ridge must be >= 0, got None"),
+        ({"step_size": True}, "step_size must be in"),
+        ({"tol": float("nan")}, "tol must be >= 0"),
+        # more folds than samples: an empty fold (a bare reshape error when transductive)
+        ({"n_folds": 200, "k": 5}, r"needs at least n_folds=200 training samples \(one fold"),
+        ({"n_folds": 200, "k": 5, "mode": "transductive"}, "needs at least n_folds=200"),
     ],
 )
 def test_bad_parameters(data, params, match):
@@ -680,3 +693,12 @@ def test_a_feature_constant_but_for_a_subnormal_wiggle_is_a_constant_feature():
     q = rng.normal(size=(3, 6)).astype(np.float32)
     np.testing.assert_allclose(wiggle.score_samples(q), clean.score_samples(q), rtol=1e-6)
     assert np.isfinite(wiggle.decision_scores_).all()
+
+
+def test_groups_are_checked_whatever_the_threshold(data):
+    """A groups list of the wrong length was accepted without a word by threshold='chi2' and
+    'none' (which read no folds) and refused by 'cross_fit'."""
+    train = data[0][:40]
+    for threshold in ("chi2", "none", "cross_fit"):
+        with pytest.raises(ValueError, match=r"groups must hold one id per sample \(40\)"):
+            MSDEDetector(mode="none", k=5, threshold=threshold).fit(train, groups=np.zeros(39))

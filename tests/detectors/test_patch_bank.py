@@ -554,6 +554,8 @@ def test_bad_input(fitted, train, test_x):
         ({"position": -1.0}, "position must be a finite number >= 0, got -1.0"),
         ({"position": float("nan")}, "position must be a finite number >= 0"),
         ({"position": True}, "position must be a finite number >= 0, got True"),
+        ({"q": True}, "q must be in"),
+        ({"q": "0.1"}, r"q must be in \(0, 1\], got '0.1'"),
     ],
 )
 def test_bad_parameters(train, params, match):

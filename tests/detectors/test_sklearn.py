@@ -60,6 +60,19 @@ def test_one_class_splits_fit_normals_only_and_test_both_classes(labelled):
         one_class_splits(y, True)
 
 
+def test_the_readme_search_fits_its_best_detector_on_the_normals(labelled):
+    """README's recipe: with scikit-learn's default refit, `best_estimator_` is fitted on the
+    anomalies too (`fit` ignores y); refit=False and a fit on the normals keep them out."""
+    x, y = labelled
+    grid = dict(param_grid={"k": [5, 10]}, scoring=AUROC, cv=one_class_splits(y, 3))
+    default = GridSearchCV(MSDEDetector(max_iter=2), **grid).fit(x, y)
+    assert default.best_estimator_.decision_scores_.size == y.size  # anomalies included
+    search = GridSearchCV(MSDEDetector(max_iter=2), **grid, refit=False).fit(x, y)
+    best = MSDEDetector(max_iter=2, **search.best_params_).fit(x[y == 0])
+    assert best.decision_scores_.size == (y == 0).sum()
+    assert roc_auc_score(y, best.decision_function(x)) > 0.9
+
+
 def test_grid_search_and_cross_val_score(labelled):
     x, y = labelled
     search = GridSearchCV(
@@ -85,6 +98,7 @@ def test_clone_and_tags():
     assert get_tags(MSDEDetector()).estimator_type == "outlier_detector"
     assert get_tags(MSDEDetector()).target_tags.required is False
     assert get_tags(PatchBankDetector()).input_tags.two_d_array is False
+    assert get_tags(PatchBankDetector()).input_tags.three_d_array is True
     assert get_tags(FusedDetector({"a": MSDEDetector()})).input_tags.dict is True
 
 
