@@ -8,8 +8,8 @@ one process serve the next, and on a GPU XLA's autotuning results with them. At 
 * ``MSDE_JAX_COMPILATION_CACHE=/some/folder`` moves it; ``MSDE_JAX_COMPILATION_CACHE=off``
   (or ``0``, ``false``, ``no``, empty) leaves JAX's cache alone;
 * a cache the user set up (``JAX_COMPILATION_CACHE_DIR`` or
-  ``jax.config.update("jax_compilation_cache_dir", ...)`` before importing msde_jax) is kept as
-  it is.
+  ``jax.config.update("jax_compilation_cache_dir", ...)`` before importing msde_jax), or
+  turned off (``JAX_ENABLE_COMPILATION_CACHE=false``), is kept as it is.
 
 JAX reads an entry only under its key (a hash of the program, the backend, JAX's version and
 flags), and an entry it cannot read is recompiled with a warning
@@ -45,17 +45,19 @@ def compilation_cache_dir() -> Path | None:
         return default_cache_dir() / "xla"
     if value.strip().lower() in _OFF:
         return None
-    return Path(value).expanduser()
+    return Path(value.strip()).expanduser()  # a stray space is not a folder name
 
 
 def enable_compilation_cache() -> Path | None:
     """Turn JAX's persistent compilation cache on in :func:`compilation_cache_dir`, unless it
     is turned off or the user configured one; returns the folder in use by msde_jax, or
     ``None`` when it left JAX's settings alone."""
-    if jax.config.jax_compilation_cache_dir is not None or os.environ.get(
-        "JAX_COMPILATION_CACHE_DIR"
+    if (
+        jax.config.jax_compilation_cache_dir is not None
+        or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or not jax.config.jax_enable_compilation_cache
     ):
-        return None  # the user's own cache
+        return None  # the user's own cache, or the user turned JAX's cache off
     folder = compilation_cache_dir()
     if folder is None:
         return None

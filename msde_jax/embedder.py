@@ -159,6 +159,9 @@ class Embedder:
             raise ValueError(f"features must be one of {FEATURES}, got {features!r}.")
         if resize not in _images.RESIZE_MODES:
             raise ValueError(f"resize must be one of {_images.RESIZE_MODES}, got {resize!r}.")
+        if not _is_int(image_size):  # 32.0 failed inside Flax; np.int64 could not be saved
+            raise ValueError(f"image_size must be an int, got {image_size!r}.")
+        image_size = int(image_size)
         if image_size < 16 or image_size % spec.patch:
             raise ValueError(
                 f"image_size={image_size} does not fit {backbone}: use at least 16"

@@ -89,17 +89,22 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     assert compilation_cache_dir() == tmp_path / "home" / "xla"
     monkeypatch.setenv(COMPILATION_CACHE_ENV, str(tmp_path / "elsewhere"))
     assert compilation_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv(COMPILATION_CACHE_ENV, f" {tmp_path / 'elsewhere'}\n")  # not ' /…'
+    assert compilation_cache_dir() == tmp_path / "elsewhere"
     for off in ("off", "0", "false", "", "No"):
         monkeypatch.setenv(COMPILATION_CACHE_ENV, off)
         assert compilation_cache_dir() is None
 
 
-@pytest.mark.parametrize("setting", ["off", "user"])
+@pytest.mark.parametrize("setting", ["off", "jax_off", "user"])
 def test_turned_off_or_the_users_own_cache_is_left_alone(tmp_path, setting):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MSDE_JAX_CACHE": str(tmp_path / "home")}
     env.pop(COMPILATION_CACHE_ENV, None)
     if setting == "off":
         env[COMPILATION_CACHE_ENV] = "off"
+        expected = "None"
+    elif setting == "jax_off":  # JAX's own switch: msde_jax wrote its folder all the same
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
         expected = "None"
     else:
         env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")

@@ -522,6 +522,11 @@ def test_flip_embeds_the_mirrored_images():
     assert "flip=True" in repr(mirror)
     with pytest.raises(ValueError, match="flip must be True or False"):
         Embedder("resnet18", weights="random", flip=1)
+    # image_size: 32.0 failed inside Flax, np.int64(32) made a config JSON cannot hold
+    for size in (32.0, "32", True):
+        with pytest.raises(ValueError, match="image_size must be an int"):
+            Embedder("resnet18", weights="random", image_size=size)
+    assert type(Embedder("resnet18", weights="random", image_size=np.int64(32)).image_size) is int
 
 
 def test_embed_together_is_one_pass_equal_to_each_embedder(monkeypatch):

@@ -148,7 +148,10 @@ class Detector:
         the patch bank 3-D or 4-D patch features, a fused detector a mapping."""
         from sklearn.utils import InputTags, Tags, TargetTags
 
-        inputs = {"samples": InputTags(), "patches": InputTags(two_d_array=False, three_d_array=True)}
+        inputs = {
+            "samples": InputTags(),
+            "patches": InputTags(two_d_array=False, three_d_array=True),
+        }
         return Tags(
             estimator_type="outlier_detector",
             target_tags=TargetTags(required=False),

@@ -32,6 +32,7 @@ import numpy as np
 
 from msde_jax._arrays_file import ArrayFileError, load_npy
 from msde_jax._files import atomic_write
+from msde_jax.io.errors import ImageReadError
 from msde_jax.io.images import READER_VERSION, refuse_one_image
 from msde_jax.io.inputs import expand_volumes
 
@@ -76,9 +77,14 @@ def image_hash(item: Any, config_json: str = "") -> str:
     h.update(b"\0")
     if isinstance(item, str | os.PathLike):
         h.update(b"file\0")
-        with open(item, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
+        try:
+            with open(item, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except FileNotFoundError as err:  # as reading the image would say it, cache or none
+            raise ImageReadError(f"{item}: no such file.") from err
+        except OSError as err:  # a folder, a file that cannot be read
+            raise ImageReadError(f"{item}: not a readable image ({err}).") from err
         return h.hexdigest()
     try:
         from PIL import Image

@@ -10,6 +10,7 @@ recognises them and :func:`rgb_from_pixels` makes the same floats there.
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from msde_jax.io.errors import ImageReadError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "EightBitsWarning",
     "PIXEL_VALUES",
     "READER_VERSION",
     "RESIZE_MODES",
@@ -44,7 +46,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 # Keys the embedding cache (msde_jax.io.cache): raise it whenever the pixels a given file or
 # array reads as change (decoding, orientation, rescaling, windowing), so that embeddings cached
 # from the earlier reading are made again instead of being reused for the new one.
-READER_VERSION = 2  # 2: DICOM pixel padding, modality LUTs, coronal series order
+READER_VERSION = 3  # 2: DICOM pixel padding, modality LUTs, coronal series order; 3: center_crop
+# resamples only the centre box (pixels move by float rounding), MPO JPEGs read (their first image)
 
 # ImageNet evaluation crops 224 out of 256: the shorter side is resized to size / 0.875.
 _CROP_RATIO = 0.875
@@ -114,13 +117,18 @@ def _read_file(path: Path) -> np.ndarray:
         return to_float(read_dicom(path), name=str(path))
     try:
         with Image.open(path) as img:  # reads the header only: a bomb is refused here
-            if getattr(img, "n_frames", 1) > 1:  # a TIFF stack: never just its first page
+            # A TIFF stack: never just its first page. An MPO (a JPEG from a phone camera
+            # with a second, e.g. a depth or gain map, image) is its first: the photograph.
+            if getattr(img, "n_frames", 1) > 1 and img.format != "MPO":
                 raise ImageReadError(
                     f"{path}: holds {img.n_frames} pages (frames); only 2-D images are "
                     "supported — save the pages you want as separate images, or a volume as "
                     "NIfTI (.nii.gz)."
                 )
+            eight_bits = _colour_16_bit_png(img)
             img.load()
+            if eight_bits:
+                _warn_eight_bits(path)
             return _from_pil(_as_shown(img), str(path))
     except Image.DecompressionBombError as err:
         raise ImageReadError(
@@ -129,6 +137,30 @@ def _read_file(path: Path) -> np.ndarray:
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageReadError(f"{path}: not a readable image ({err}).") from err
+
+
+class EightBitsWarning(UserWarning):
+    """A 16-bit colour or grey + alpha PNG was read at 8 bits per channel."""
+
+
+def _colour_16_bit_png(img: Image.Image) -> bool:
+    """Whether Pillow will decode ``img`` (opened, not loaded) from 16 bits per channel to 8:
+    it keeps 16 bits for single-channel PNGs only (mode ``I;16``)."""
+    if img.format != "PNG" or not img.tile:
+        return False
+    rawmode = img.tile[0][3]
+    rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
+    return isinstance(rawmode, str) and rawmode.endswith(";16B") and not img.mode.startswith("I")
+
+
+def _warn_eight_bits(path: Path) -> None:
+    warnings.warn(
+        f"{path}: a 16-bit colour (or grey + alpha) PNG, read at 8 bits per channel (Pillow "
+        "keeps 16 bits for single-channel PNGs only); to keep the depth of a grey scan, save "
+        "it as a single-channel 16-bit PNG.",
+        EightBitsWarning,
+        stacklevel=3,
+    )
 
 
 def _as_shown(img: Image.Image) -> Image.Image:
@@ -171,20 +203,23 @@ def resize(image: np.ndarray, size: int, *, mode: str = "direct") -> np.ndarray:
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}.")
     h, w = image.shape[:2]
-    if mode == "direct":
-        target = (size, size)
-    else:
+    box = None
+    if mode == "center_crop":
+        # The centre size × size of the image resized to `target`, as the box of the source
+        # it samples: only that box is resampled (a 1 × 20,000 strip would otherwise be
+        # resized whole to 256 × 5,120,000 first), with the same scale and sample positions.
         short = round(size / _CROP_RATIO)
         target = (max(size, round(w * short / min(h, w))), max(size, round(h * short / min(h, w))))
+        sx, sy = w / target[0], h / target[1]
+        left, top = (target[0] - size) // 2, (target[1] - size) // 2
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
     channels = [
-        np.asarray(Image.fromarray(image[..., c], mode="F").resize(target, Image.BILINEAR))
+        np.asarray(
+            Image.fromarray(image[..., c], mode="F").resize((size, size), Image.BILINEAR, box)
+        )
         for c in range(image.shape[-1])
     ]
-    out = np.stack(channels, axis=-1)
-    if mode == "center_crop":
-        top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
-        out = out[top : top + size, left : left + size]
-    return out
+    return np.stack(channels, axis=-1)
 
 
 def prepare(image: Any, size: int, *, mode: str = "direct", name: str = "image") -> np.ndarray:

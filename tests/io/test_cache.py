@@ -349,3 +349,16 @@ def test_the_key_follows_the_weights_fingerprint_not_their_path():
     assert config_key({**config, "weights_sha256": "cd34"}) != config_key(config)
     unknown = {"backbone": "resnet18", "weights": "a"}  # no fingerprint: the path decides
     assert config_key(unknown) != config_key({**unknown, "weights": "b"})
+
+
+def test_a_missing_file_or_a_folder_is_an_image_read_error_with_or_without_the_cache(tmp_path):
+    """With a cache, hashing the input raised a bare FileNotFoundError / IsADirectoryError
+    where reading it without one raises ImageReadError (helper review): the same error now."""
+    from msde_jax.io.images import ImageReadError
+
+    (tmp_path / "folder").mkdir()
+    for item, message in ((tmp_path / "missing.png", "no such file"), (tmp_path / "folder", "")):
+        with pytest.raises(ImageReadError, match=f"{item.name}: {message}"):
+            image_hash(str(item))
+        with pytest.raises(ImageReadError, match=f"{item.name}: {message}"):
+            embed_cached(StubEmbedder(), [str(item)], cache_dir=tmp_path / "cache")

@@ -75,6 +75,85 @@ def test_center_crop_keeps_aspect():
     assert out[:, 0, 0].max() < 0.1
 
 
+def _crop_of_the_whole(image, size):
+    """center_crop as specified: the whole image resized (short side size / 0.875), then the
+    centre size × size cut out."""
+    h, w = image.shape[:2]
+    short = round(size / 0.875)
+    target = (max(size, round(w * short / min(h, w))), max(size, round(h * short / min(h, w))))
+    out = np.asarray(Image.fromarray(image, mode="F").resize(target, Image.BILINEAR))
+    top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
+    return out[top : top + size, left : left + size]
+
+
+@pytest.mark.parametrize("shape", [(300, 400), (37, 91), (1000, 333), (5, 7), (1, 2000)])
+def test_center_crop_resamples_only_its_box(shape, monkeypatch):
+    """Only the centre box is resampled, with the values of cropping the whole resize: a
+    1 × n strip was resized whole to 256 × 256·n first (1.2 GB for n = 1,600, helper review)."""
+    image = np.random.default_rng(1).random(shape).astype(np.float32)
+    want = _crop_of_the_whole(image, 64)
+    sizes = []
+    original = Image.Image.resize
+
+    def recorded(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return original(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recorded)
+    got = resize(image[..., None], 64, mode="center_crop")[..., 0]
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert sizes == [(64, 64)]
+
+
+def test_a_phone_jpeg_with_a_second_image_is_its_first(tmp_path):
+    """An MPO (a JPEG carrying a second image: a depth or gain map) was refused as a stack
+    of pages; it is read as its first image, the photograph."""
+    rgb = (np.random.default_rng(2).random((30, 40, 3)) * 255).astype(np.uint8)
+    first, second = Image.fromarray(rgb), Image.fromarray(255 - rgb)
+    first.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[second])
+    with Image.open(tmp_path / "photo.jpg") as img:
+        assert img.format == "MPO"
+        want = np.asarray(img.convert("RGB")) / 255
+    np.testing.assert_allclose(to_float(tmp_path / "photo.jpg"), want, atol=1e-7)
+
+
+def _png16(path, pixels, colour_type):
+    """A 16-bit PNG written by hand (Pillow writes 16 bits for one channel only)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    h, w = pixels.shape[:2]
+    rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_colour_pngs_say_they_are_read_at_8_bits(tmp_path):
+    """Pillow decodes 16-bit RGB and grey + alpha PNGs at 8 bits: 12-bit data fell to 16 grey
+    levels without a word (helper review). A warning says so; 16-bit grey keeps its depth."""
+    from msde_jax.io.images import EightBitsWarning
+
+    pixels = np.random.default_rng(3).integers(0, 4096, (6, 7, 3))
+    _png16(tmp_path / "rgb.png", pixels, 2)
+    _png16(tmp_path / "la.png", pixels[..., :2], 4)
+    _png16(tmp_path / "grey.png", pixels[..., 0], 0)
+    for name in ("rgb.png", "la.png"):
+        with pytest.warns(EightBitsWarning, match=f"{name}: a 16-bit colour"):
+            to_float(tmp_path / name)
+    grey = to_float(tmp_path / "grey.png")  # no warning (the suite's warnings are errors)
+    np.testing.assert_allclose(grey[..., 0], pixels[..., 0] / 65535, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     ("image", "match"),
     [
