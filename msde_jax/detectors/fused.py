@@ -206,8 +206,8 @@ class FusedDetector(Detector):
         """``components``, ``contamination`` and ``calibration``; with ``deep``, also
         ``<name>__<param>``."""
         params = super().get_params()
-        if deep:
-            for name, component in dict(self.components).items():
+        if deep and isinstance(self.components, Mapping):  # else fit says what is wrong
+            for name, component in self.components.items():
                 for key, value in component.get_params().items():
                     params[f"{name}__{key}"] = value
         return params
@@ -266,7 +266,8 @@ class FusedDetector(Detector):
             for name in ("contamination", "calibration")
             if getattr(self, name) != defaults[name].default
         )
-        return f"FusedDetector({dict(self.components)!r}{extra})"
+        shown = dict(self.components) if isinstance(self.components, Mapping) else self.components
+        return f"FusedDetector({shown!r}{extra})"
 
     # ------------------------------------------------------------------ checks
     def _checked_components(self) -> dict[str, SupportsDetect]:

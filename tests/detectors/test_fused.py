@@ -217,6 +217,12 @@ def test_component_checks():
         FusedDetector(_components(), contamination=True).fit(x)
     with pytest.raises(NotFittedError, match="not fitted"):
         FusedDetector(_components()).score_samples(x)
+    # components of the wrong kind: repr and get_params show them (they raised), fit refuses
+    wrong = FusedDetector([MSDEDetector(**PARAMS)])
+    assert repr(wrong) == f"FusedDetector([{MSDEDetector(**PARAMS)!r}])"
+    assert wrong.get_params()["components"] == wrong.components
+    with pytest.raises(TypeError, match="components must be a mapping"):
+        wrong.fit(x)
 
 
 def test_params_and_repr():
