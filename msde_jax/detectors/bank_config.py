@@ -139,9 +139,10 @@ class BankConfig(BaseConfig):
         """``fit_only``; the bank's making (``size``, ``projection_dim``, ``seed``, and the
         MSDE shift of ``shift=True``), ``dtype``, and ``position`` and ``foreground``, whose
         scale and rule the state's arrays carry: a bank scores with ``reduce``, ``q``,
-        ``score_neighbors`` and ``batch_size`` alone."""
+        ``score_neighbors`` and ``batch_size`` alone (``q`` with ``reduce="top"`` only)."""
         making = ["size", "projection_dim", "seed", "shift", "k", "step_size", "max_iter", "tol"]
-        return (*self.fit_only, *making, "density", "dtype", "position", "foreground")
+        top = () if self.reduce == "top" else ("q",)
+        return (*self.fit_only, *making, "density", "dtype", "position", "foreground", *top)
 
     def projection(self, n_channels: int) -> int | None:
         """The coreset's projection dimension for ``n_channels``: ``None`` (exact) when

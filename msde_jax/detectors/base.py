@@ -223,8 +223,11 @@ class Detector:
 
     def score_changes(self) -> list[tuple[str, Any, Any]]:
         """``(name, now, at fit)`` of each score-time parameter changed since ``fit`` (those
-        that change the score's value: ``threshold_`` is on the fitted score's scale)."""
-        names = [n for n in self.score_params if n not in self.neutral_params]
+        that change the score's value: ``threshold_`` is on the fitted score's scale), less
+        those the score now computed does not read (``score_neighbors`` of a Mahalanobis
+        score, ``q`` of a ``reduce="max"`` bank)."""
+        unread = set(self.config_class(**self._scoring_params()).unread_by_score())
+        names = [n for n in self.score_params if n not in (*self.neutral_params, *unread)]
         return self._changed_since_fit(names)
 
     def _check_threshold(self) -> None:

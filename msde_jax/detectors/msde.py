@@ -538,7 +538,8 @@ class MSDEDetector(Detector):
     after ``fit`` (e.g. ``set_params(score="displacement")``); ``threshold_``,
     ``decision_scores_`` and ``labels_`` stay those of the fitted score, so :meth:`predict`
     and :meth:`save` refuse until it is set back or the detector refitted (``batch_size``
-    changes no score).
+    changes no score; :meth:`predict` also takes a ``score_neighbors`` that the score does
+    not read, i.e. of any score but ``"knn"``).
     Every other parameter takes effect at the next ``fit``; until then scoring uses its
     fit-time value (in ``state_.config``), and :meth:`save` refuses.
     """

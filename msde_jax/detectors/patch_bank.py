@@ -329,7 +329,8 @@ class PatchBankDetector(Detector):
     change after ``fit`` (e.g. ``set_params(reduce="max")``); ``threshold_``,
     ``decision_scores_`` and ``labels_`` stay those of the fitted score, so :meth:`predict`
     and :meth:`save` refuse until it is set back or the detector refitted (``batch_size``
-    changes no score).
+    changes no score; :meth:`predict` also takes a ``q`` that the score does not read, i.e.
+    with ``reduce`` other than ``"top"``).
     Every other parameter (``shift``, ``size``, …) takes effect at the next ``fit``; until then
     scoring uses its fit-time value (in ``state_.config``), and :meth:`save` refuses.
     """

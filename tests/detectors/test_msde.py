@@ -475,6 +475,9 @@ def test_predict_refuses_a_threshold_of_another_score(data):
         det.predict(test)
     det.set_params(score="mahalanobis", batch_size=7)  # batch_size changes no score
     np.testing.assert_array_equal(det.predict(test), labels)
+    # nor does a parameter the Mahalanobis score never reads (predict refused it)
+    det.set_params(score_neighbors=4)
+    np.testing.assert_array_equal(det.predict(test), labels)
     knn = MSDEDetector(k=10, score="knn", n_folds=3).fit(train)
     with pytest.raises(ValueError, match="computed for score_neighbors=1"):
         knn.set_params(score_neighbors=3).predict(test)

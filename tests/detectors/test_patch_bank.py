@@ -401,6 +401,10 @@ def test_predict_refuses_a_threshold_of_another_score(train, test_x, fitted, par
     # batch_size changes no score: predicting with another one is fine.
     det.set_params(batch_size=5)
     np.testing.assert_array_equal(det.predict(test_x), fitted.predict(test_x))
+    # nor does q where the image score is the maximum, which never reads it
+    maximum = PatchBankDetector(**{**fitted.get_params(), "reduce": "max"}).fit(train)
+    labels = maximum.predict(test_x)
+    np.testing.assert_array_equal(maximum.set_params(q=0.9).predict(test_x), labels)
 
 
 def test_fit_time_parameters_apply_at_the_next_fit(tmp_path, train, test_x, fitted):
