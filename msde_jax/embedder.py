@@ -179,6 +179,8 @@ class Embedder:
         self.flip = flip
         self.dtype = check_dtype(dtype)
         self.devices = list(devices) if devices is not None else jax.local_devices()
+        if not self.devices or len(set(self.devices)) != len(self.devices):
+            raise ValueError(f"devices must be distinct devices, at least one: {self.devices}")
         n_dev = len(self.devices)
         if batch_size is None:  # CPU "devices" share the host's cores: no more per device
             cpu = cpu_paths(self.devices[0])

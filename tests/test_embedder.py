@@ -576,3 +576,11 @@ def test_embed_together_is_one_pass_equal_to_each_embedder(monkeypatch):
     assert shared["other"].__class__ is Embedder  # alone on its network: left as it is
     assert shared["layers"].config() == embedders["layers"].config()
     assert shared["head"].dim == embedders["head"].dim
+
+
+def test_devices_must_be_distinct_and_at_least_one():
+    """devices=[] raised an IndexError and [d, d] a safe_zip error (helper review)."""
+    device = jax.devices()[0]
+    for devices in ([], [device, device]):
+        with pytest.raises(ValueError, match="devices must be distinct devices, at least one"):
+            Embedder("resnet18", weights="random", image_size=32, devices=devices)

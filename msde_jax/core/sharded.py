@@ -6,7 +6,9 @@ points up to float rounding of differently blocked matrix products), on any numb
 including a number that does not divide the rows: the rows are padded to a multiple of the mesh
 size and the padding is masked (it is never anyone's neighbour) and dropped. On several hosts
 the same code runs on a mesh of all processes' devices after ``jax.distributed.initialize()``
-(README, "Many devices and hosts").
+(README, "Many devices and hosts"); a result may then span the hosts: read it with
+``jax.experimental.multihost_utils.process_allgather``. An input placed on devices other than
+the mesh's is copied to the mesh, as the one-device functions take any placement.
 """
 
 from collections.abc import Callable, Sequence
@@ -17,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
 from msde_jax.core.blocks import centred, map_rows, masked_loop, sq_norms
@@ -53,6 +55,15 @@ def _pad(x: jax.Array, multiple: int) -> jax.Array:
     return jnp.pad(x, ((0, extra),) + ((0, 0),) * (x.ndim - 1)) if extra else x
 
 
+def _on(mesh: Mesh, x: Any) -> Any:
+    """``x`` where ``mesh``'s programs can read it: a ``jax.Array`` on devices other than the
+    mesh's (one device, say, as a one-device function accepts it) is copied to the mesh,
+    replicated; anything else (NumPy, ``None``, an array on the mesh) is left as it is."""
+    if isinstance(x, jax.Array) and x.sharding.device_set != set(mesh.devices.flat):
+        return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+    return x
+
+
 def row_sharded(fn: Callable[[jax.Array], Any], mesh: Mesh) -> Callable[[ArrayLike], Any]:
     """Wrap a row-wise function ``fn(x) -> pytree of (m, ...) arrays`` so that its rows are
     split across ``mesh``'s devices.
@@ -75,7 +86,7 @@ def row_sharded(fn: Callable[[jax.Array], Any], mesh: Mesh) -> Callable[[ArrayLi
     )
 
     def run(x: ArrayLike) -> Any:
-        x = jnp.asarray(x)
+        x = jnp.asarray(_on(mesh, x))
         m = x.shape[0]
         extra = -m % mesh.size
         if extra:
@@ -85,7 +96,6 @@ def row_sharded(fn: Callable[[jax.Array], Any], mesh: Mesh) -> Callable[[ArrayLi
     return run
 
 
-@partial(jax.jit, static_argnames=("k", "mesh", "batch_size"))
 def sharded_knn(
     queries: ArrayLike,
     reference: ArrayLike | None = None,
@@ -108,6 +118,21 @@ def sharded_knn(
     Returns:
         ``Neighbors(distances (m, k), indices (m, k))``, as :func:`~msde_jax.core.knn`.
     """
+    return _sharded_knn(
+        _on(mesh, queries), _on(mesh, reference), k=k, mesh=mesh, batch_size=batch_size
+    )
+
+
+@partial(jax.jit, static_argnames=("k", "mesh", "batch_size"))
+def _sharded_knn(
+    queries: ArrayLike,
+    reference: ArrayLike | None = None,
+    *,
+    k: int,
+    mesh: Mesh,
+    batch_size: int | None = None,
+) -> Neighbors:
+    """The body of :func:`sharded_knn`, its inputs on the mesh's devices."""
     axis = _axis(mesh)
     queries = jnp.asarray(queries)
     m = queries.shape[0]
@@ -138,7 +163,6 @@ def sharded_knn(
     return Neighbors(dist[:m], idx[:m])
 
 
-@partial(jax.jit, static_argnames=("mesh", "k", "max_iter", "batch_size"))
 def sharded_mean_shift(
     x: ArrayLike,
     weights: ArrayLike | None = None,
@@ -168,6 +192,32 @@ def sharded_mean_shift(
     Returns:
         :class:`~msde_jax.core.MeanShiftResult`, as the one-device blurring shift.
     """
+    x, weights = _on(mesh, x), _on(mesh, weights)
+    return _sharded_mean_shift(
+        x,
+        weights,
+        mesh=mesh,
+        k=k,
+        step_size=step_size,
+        max_iter=max_iter,
+        tol=tol,
+        batch_size=batch_size,
+    )
+
+
+@partial(jax.jit, static_argnames=("mesh", "k", "max_iter", "batch_size"))
+def _sharded_mean_shift(
+    x: ArrayLike,
+    weights: ArrayLike | None = None,
+    *,
+    mesh: Mesh,
+    k: int = 50,
+    step_size: float | ArrayLike = 0.33,
+    max_iter: int = 8,
+    tol: float | ArrayLike = 0.01,
+    batch_size: int | None = None,
+) -> MeanShiftResult:
+    """The body of :func:`sharded_mean_shift`, its inputs on the mesh's devices."""
     axis = _axis(mesh)
     x = jnp.asarray(x)
     n = x.shape[0]

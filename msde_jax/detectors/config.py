@@ -120,7 +120,9 @@ def auto_batch(batch_size: int | None, n_rows: int, *, device: Any = None) -> in
     device = device if device is not None else jax.devices()[0]
     if cpu_paths(device):
         return None if n_rows <= _AUTO_BATCH_ROWS else _AUTO_BATCH
-    free = device_free_memory(device) or _DEVICE_FALLBACK_FREE
+    free = device_free_memory(device)
+    if free is None:  # not reported (0 bytes free is a full device, not an unknown one)
+        free = _DEVICE_FALLBACK_FREE
     rows = free // _DEVICE_SHARE // (_DEVICE_BUFFERS * 4 * max(n_rows, 1))
     if rows >= n_rows:
         return None

@@ -27,7 +27,7 @@ from msde_jax.core.mean_shift import choose_neighbors, mean_shift
 from msde_jax.core.neighbors import knn
 from msde_jax.core.pca import PCAState, pca_fit, pca_transform
 from msde_jax.detectors.base import Detector
-from msde_jax.detectors.config import check_features
+from msde_jax.detectors.config import check_features, score_chunk
 from msde_jax.detectors.fitting import (
     DetectorFit,
     check_groups,
@@ -612,7 +612,8 @@ class MSDEDetector(Detector):
         on the device), the PCA's QR factorisation (one more n × d copy; the SVD is then of a
         d × d factor) and the kNN distance blocks of the shift (rows per block × n, with its
         top-k, × 2). Scoring m rows: three copies and the blocks against the reference rows
-        (the n training rows; n + m, all shifted together, in the transductive mode)."""
+        (the n training rows, for a chunk of at most ``score_chunk(1)`` rows at a time; n + m,
+        all shifted together, in the transductive mode)."""
         if len(shape) != 2 or min(shape) < 1:
             return {}, []
         n, d = shape
@@ -628,6 +629,8 @@ class MSDEDetector(Detector):
         lower = [Lower("the number of images", n)]
         if config.mode != "none" or (state is not None and config.score == "knn"):
             rows = reference if config.mode == "transductive" or state is None else n
+            if state is not None and config.mode != "transductive":
+                rows = min(rows, score_chunk(1))  # scored a chunk at a time (chunked_scores)
             block = min(config.batch(reference) or rows, rows)
             needs["kNN distance blocks"] = 2 * block * reference * 4
             if needs["kNN distance blocks"] > needs["features"]:

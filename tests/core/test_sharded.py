@@ -139,3 +139,19 @@ def test_four_devices_give_the_one_device_answers(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = run_python("-c", script, tmp_path / "data.npz", env=env)
     assert out.stdout.strip().endswith("ok")
+
+
+def test_an_array_on_one_device_is_taken_as_the_one_device_functions_take_it(mesh):
+    """An input committed to one device (even one of the mesh's) was refused by the jitted
+    sharded functions ("incompatible devices"), while knn and mean_shift take it (helper
+    review): it is copied to the mesh."""
+    x, w = _data(13, seed=5)
+    placed = jax.device_put(x, jax.devices()[1])
+    want = knn(x, k=4)
+    np.testing.assert_array_equal(sharded_knn(placed, k=4, mesh=mesh).indices, want.indices)
+    got = sharded_knn(placed, jax.device_put(x, jax.devices()[0]), k=4, mesh=mesh)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    shifted = sharded_mean_shift(placed, jax.device_put(w, jax.devices()[1]), mesh=mesh, k=4)
+    np.testing.assert_allclose(shifted.points, mean_shift(x, w, k=4).points, atol=1e-5)
+    double = row_sharded(lambda q: 2 * q, mesh)(placed)
+    np.testing.assert_array_equal(double, 2 * x)

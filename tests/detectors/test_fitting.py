@@ -139,3 +139,5 @@ def test_block_sizes_follow_the_backend_and_its_free_memory():
     assert 16 * rows * 500_000 <= (80 << 30) // 4 < 16 * (rows + 256) * 500_000
     assert auto_batch(None, 10**7, device=_FakeDevice("tpu", free=1 << 20)) == 256  # at least
     assert auto_batch(None, 50_000, device=_FakeDevice("gpu")) == 1280  # 4 GiB assumed
+    # a full device (0 bytes free) is not an unknown one: the smallest block (was 4 GiB's)
+    assert auto_batch(None, 50_000, device=_FakeDevice("gpu", free=0)) == 256

@@ -705,3 +705,18 @@ def test_groups_are_checked_whatever_the_threshold(data):
     for threshold in ("chi2", "none", "cross_fit"):
         with pytest.raises(ValueError, match=r"groups must hold one id per sample \(40\)"):
             MSDEDetector(mode="none", k=5, threshold=threshold).fit(train, groups=np.zeros(39))
+
+
+def test_the_scoring_memory_estimate_counts_one_chunk_of_queries(data):
+    """Scoring runs in chunks of score_chunk(1) rows (chunked_scores), but the estimate
+    counted kNN blocks against the reference for all m queries at once: 781 MiB for 100,000
+    rows whose scoring grew the process by 77 MiB, and a refusal where it fitted (helper
+    review). It now grows with m only through the features' copies."""
+    from msde_jax.detectors.config import score_chunk
+
+    det = MSDEDetector(k=10, threshold="chi2").fit(data[0])
+    blocks = [
+        det._memory_needed((m, D), det.state_)[0]["kNN distance blocks"] for m in (10**5, 10**6)
+    ]
+    reference = det.state_.reference.shape[0]  # the training rows, padded to their bucket
+    assert blocks[0] == blocks[1] == 2 * score_chunk(1) * reference * 4
