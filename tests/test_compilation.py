@@ -234,7 +234,11 @@ def test_parameters_a_program_does_not_read_do_not_recompile_it(compiles):
 def test_a_sweep_over_step_size_and_tolerance_shares_the_score_program(compiles, mode):
     """``DetectorState.for_scoring`` passes the shift's step size and tolerance to the score
     program as data: fits with other values compile no new fit or score program, and their
-    scores equal those of the state as fitted (the numbers constants in its program)."""
+    scores equal those of the state as fitted (the numbers constants in its program), but
+    for rounding: XLA may fold a constant otherwise than a traced value, and a point at the
+    boundary of the per-point stopping rule (‖m − y‖ < tol) then runs one iteration more or
+    less (since the shift runs on centred points, one of these 16 scores moves by 1.5e-4 in
+    one test order and 4.8e-7 in another; bit-identical before)."""
     from msde_jax.detectors import score_detector
 
     x, queries = _normals(24, n=70, d=13), _normals(25, 16, d=13)  # d unique to this test
@@ -248,8 +252,8 @@ def test_a_sweep_over_step_size_and_tolerance_shares_the_score_program(compiles,
     assert compiles.count == before, compiles.names[before:]
     assert fitted[0].state_.shift_numbers is None  # the fitted state keeps the config's
     for det, got in zip(fitted, scores, strict=True):
-        np.testing.assert_array_equal(got, score_detector(det.state_, queries))
-    assert not np.allclose(scores[0], scores[1])  # the numbers reached the program
+        np.testing.assert_allclose(got, score_detector(det.state_, queries), atol=1e-3)
+    assert not np.allclose(scores[0], scores[1], atol=1e-2)  # the numbers reached the program
 
 
 def test_a_score_is_the_same_under_the_config_that_keys_its_program():
