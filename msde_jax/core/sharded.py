@@ -12,7 +12,7 @@ the mesh's is copied to the mesh, as the one-device functions take any placement
 """
 
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import partial, wraps
 from typing import Any
 
 import jax
@@ -64,6 +64,18 @@ def _on(mesh: Mesh, x: Any) -> Any:
     return x
 
 
+def _mesh_inputs(jitted: Callable[..., Any]) -> Callable[..., Any]:
+    """``jitted(*args, mesh=mesh, **kwargs)`` with every argument first put where the mesh's
+    program can read it (:func:`_on`): jit refuses an array committed to other devices."""
+
+    @wraps(jitted)
+    def run(*args: Any, mesh: Mesh, **kwargs: Any) -> Any:
+        args = tuple(_on(mesh, a) for a in args)
+        return jitted(*args, mesh=mesh, **{k: _on(mesh, v) for k, v in kwargs.items()})
+
+    return run
+
+
 def row_sharded(fn: Callable[[jax.Array], Any], mesh: Mesh) -> Callable[[ArrayLike], Any]:
     """Wrap a row-wise function ``fn(x) -> pytree of (m, ...) arrays`` so that its rows are
     split across ``mesh``'s devices.
@@ -96,6 +108,8 @@ def row_sharded(fn: Callable[[jax.Array], Any], mesh: Mesh) -> Callable[[ArrayLi
     return run
 
 
+@_mesh_inputs
+@partial(jax.jit, static_argnames=("k", "mesh", "batch_size"))
 def sharded_knn(
     queries: ArrayLike,
     reference: ArrayLike | None = None,
@@ -118,21 +132,6 @@ def sharded_knn(
     Returns:
         ``Neighbors(distances (m, k), indices (m, k))``, as :func:`~msde_jax.core.knn`.
     """
-    return _sharded_knn(
-        _on(mesh, queries), _on(mesh, reference), k=k, mesh=mesh, batch_size=batch_size
-    )
-
-
-@partial(jax.jit, static_argnames=("k", "mesh", "batch_size"))
-def _sharded_knn(
-    queries: ArrayLike,
-    reference: ArrayLike | None = None,
-    *,
-    k: int,
-    mesh: Mesh,
-    batch_size: int | None = None,
-) -> Neighbors:
-    """The body of :func:`sharded_knn`, its inputs on the mesh's devices."""
     axis = _axis(mesh)
     queries = jnp.asarray(queries)
     m = queries.shape[0]
@@ -163,6 +162,8 @@ def _sharded_knn(
     return Neighbors(dist[:m], idx[:m])
 
 
+@_mesh_inputs
+@partial(jax.jit, static_argnames=("mesh", "k", "max_iter", "batch_size"))
 def sharded_mean_shift(
     x: ArrayLike,
     weights: ArrayLike | None = None,
@@ -192,32 +193,6 @@ def sharded_mean_shift(
     Returns:
         :class:`~msde_jax.core.MeanShiftResult`, as the one-device blurring shift.
     """
-    x, weights = _on(mesh, x), _on(mesh, weights)
-    return _sharded_mean_shift(
-        x,
-        weights,
-        mesh=mesh,
-        k=k,
-        step_size=step_size,
-        max_iter=max_iter,
-        tol=tol,
-        batch_size=batch_size,
-    )
-
-
-@partial(jax.jit, static_argnames=("mesh", "k", "max_iter", "batch_size"))
-def _sharded_mean_shift(
-    x: ArrayLike,
-    weights: ArrayLike | None = None,
-    *,
-    mesh: Mesh,
-    k: int = 50,
-    step_size: float | ArrayLike = 0.33,
-    max_iter: int = 8,
-    tol: float | ArrayLike = 0.01,
-    batch_size: int | None = None,
-) -> MeanShiftResult:
-    """The body of :func:`sharded_mean_shift`, its inputs on the mesh's devices."""
     axis = _axis(mesh)
     x = jnp.asarray(x)
     n = x.shape[0]
