@@ -139,6 +139,8 @@ def main() -> None:
             normals = list(dataset.train_normal)
             vsets = {seed: validation_set(normals, seed=seed) for seed in args.seeds}
         imagenet = measure_arm(args, dataset, vsets)
+        # as it is measured: a run stopped by its time limit (benchmarks/gpu.sh) keeps it
+        print(f"{name}: ImageNet arm {json.dumps(imagenet, default=float)}", flush=True)
         config = TrainConfig(
             backbone=args.backbone,
             task=args.task,
