@@ -305,7 +305,7 @@ def mean_shift(
         if search == "exact":
             xc, c = centred(x, valid)
             moved = _blurring(xc, w, k, step_size, max_iter, tol, batch_size, valid, -c)
-            return _moved(x, xc, moved)
+            return from_centred(x, xc, moved)
         if valid is not None:
             raise ValueError(
                 "valid (padding rows) is supported by the exact search only: pass "
@@ -315,7 +315,7 @@ def mean_shift(
         moved = _blurring_partitioned(
             xc, w, k, step_size, max_iter, tol, leaf_size, probes, batch_size, -c
         )
-        return _moved(x, xc, moved)
+        return from_centred(x, xc, moved)
     if neighbors == "approximate":
         raise ValueError(
             "the approximate search is for the blurring shift (every point searched among all "
@@ -337,10 +337,10 @@ def mean_shift(
     reference, c = centred(reference, valid)
     xc = x - c[None]
     moved = _inductive(xc, reference, rw, k, step_size, max_iter, tol, batch_size, valid, -c)
-    return _moved(x, xc, moved)
+    return from_centred(x, xc, moved)
 
 
-def _moved(x: jax.Array, xc: jax.Array, result: MeanShiftResult) -> MeanShiftResult:
+def from_centred(x: jax.Array, xc: jax.Array, result: MeanShiftResult) -> MeanShiftResult:
     """``result`` of a shift run on the centred points ``xc`` (:func:`centred`), its points
     put back where ``x`` is: x plus their movement, so a point that never moved is ``x``
     itself, bit for bit."""

@@ -23,7 +23,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
 from msde_jax.core.blocks import centred, map_rows, masked_loop, sq_norms
-from msde_jax.core.mean_shift import MeanShiftResult, first_windows, move_points, shift_one
+from msde_jax.core.mean_shift import (
+    MeanShiftResult,
+    first_windows,
+    from_centred,
+    move_points,
+    shift_one,
+)
 from msde_jax.core.neighbors import Neighbors, nearest_one
 
 __all__ = [
@@ -238,4 +244,4 @@ def sharded_mean_shift(
         out_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
         check_vma=False,
     )(xp, wp, valid, -c)
-    return MeanShiftResult(x + (points[:n] - xc), disp[:n], n_iter, converged)
+    return from_centred(x, xc, MeanShiftResult(points[:n], disp[:n], n_iter, converged))
