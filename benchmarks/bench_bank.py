@@ -6,6 +6,14 @@
 * kcenter_greedy — choose ``--select`` of ``--n`` points (d = ``--d``), in the full space and
   on a ``--projection-dim`` random projection; baseline: the same greedy loop in NumPy
   (one matrix-vector product per step, float32).
+* the cross-fit banks' searches — ``--select`` of ``--subset-rows`` rows in ``--subsets``
+  subsets (all rows, then ``--subsets`` − 1 folds each leaving out its share), three ways: one
+  program whose step is one (S, d) × (d, n) product (the accelerator form of
+  :func:`msde_jax.core.kcenter_greedy_subsets`), one program whose step is S matrix-vector
+  products (its CPU form), and each subset searched on its own rows padded to
+  :func:`msde_jax.core.blocks.bucket_fit_rows` (what the patch bank does on a CPU), each on
+  a 128-dimensional projection, as the bank's searches;
+  ``--subsets 0`` skips it.
 * patch_scores — ``--images`` × ``--patches`` test patches against the first ``--bank`` rows
   of the coreset, k = 1; baseline: ``sklearn.neighbors.NearestNeighbors(n_neighbors=1)`` fit
   + kneighbors, brute force and scikit-learn's default algorithm choice.
@@ -60,6 +68,46 @@ def numpy_greedy(x, n_select):
     return chosen
 
 
+def subset_searches(x, n, n_subsets, n_select, dim):
+    """Rows of the table for the three forms of the cross-fit banks' searches (module doc)."""
+    from msde_jax._platform import PATHS_ENV
+    from msde_jax.core.blocks import bucket_fit_rows
+    from msde_jax.core.coreset import _greedy
+
+    x = x[:n]
+    valid = np.ones((n_subsets, n), bool)
+    for s in range(1, n_subsets):  # fold s leaves out every (n_subsets - 1)-th block of rows
+        valid[s, (np.arange(n) // 196) % (n_subsets - 1) == s - 1] = False
+    starts = jnp.asarray(np.argmax(valid, axis=1), jnp.int32)
+    label = f"{n_subsets} searches, {n_select} of {n} rows and of its folds, projection_dim={dim}"
+    out, found = [], {}
+    for form, paths in (("one product per step", "accelerator"), ("S products", "cpu")):
+        os.environ[PATHS_ENV] = paths  # read when the program is traced
+        search = jax.jit(lambda a, v, s: _greedy(a, n_select, v, s, dim, None, None))
+        fn, compile_s = aot(search, jnp.asarray(x), jnp.asarray(valid), starts)
+        run_s, found[form] = best_of(fn, 1)
+        out.append((f"{label}: one program, {form}", compile_s, run_s, n_select))
+        print(f"  {out[-1][0]}: done", flush=True)
+    os.environ.pop(PATHS_ENV)
+    compile_s, run_s, alone = 0.0, 0.0, []
+    search = jax.jit(
+        lambda a, m: mj.core.kcenter_greedy(a, n_select, projection_dim=dim, n_valid=m)
+    )
+    for mask in valid:
+        own = x[mask]
+        count = own.shape[0]
+        padded = np.zeros((bucket_fit_rows(count), x.shape[1]), x.dtype)
+        padded[:count] = own
+        fn, c = aot(search, jnp.asarray(padded), jnp.asarray(count, jnp.int32))
+        r, chosen = best_of(fn, 1)
+        compile_s, run_s = compile_s + c, run_s + r
+        alone.append(np.flatnonzero(mask)[np.asarray(chosen)])
+    out.append((f"{label}: each on its own rows", compile_s, run_s, n_select))
+    same = [np.mean(np.asarray(found[f]) == np.stack(alone)) for f in found]
+    print(f"  {out[-1][0]}: done; the same picks as the programs' at {min(same):.1%}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000)
@@ -71,6 +119,8 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=2048, help="query rows per block")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--subsets", type=int, default=6, help="final fit + folds (0 skips)")
+    parser.add_argument("--subset-rows", type=int, default=25_000)
     parser.add_argument(
         "--numpy-select",
         type=int,
@@ -132,6 +182,9 @@ def main() -> None:
         f"projected {covering_radius(projected):.3f}",
         flush=True,
     )
+
+    if args.subsets:
+        rows += subset_searches(x, args.subset_rows, args.subsets, args.select, 128)
 
     bank = mj.core.MemoryBank(
         xj[exact[: args.bank]], jnp.ones(args.bank), jnp.asarray(exact[: args.bank], jnp.int32)

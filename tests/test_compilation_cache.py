@@ -51,7 +51,9 @@ def _evaluate(cache: Path, out: Path, **env: str) -> tuple[int, int, set[str]]:
 # What a default `msde-jax evaluate` may compile (README "Compilation"): the two-stage coreset's
 # first stage for the full set's chunks and for the validation's (two programs) and its second
 # stage, for the final bank and the folds' and for the validation's final bank alone (two, on
-# the same number of picks: five chunks of `size`); one scoring program
+# an accelerator, on the same number of picks: five chunks of `size`; on a CPU each bank
+# searches its own picks, padded: here the two final banks share one program, the folds'
+# banks another); one scoring program
 # per chunk size; AUROCs by bucketed length; the embedder, the synthetic anomalies and the maps;
 # and the random key of the coreset's projection and its matrix (drawn once, so that no search
 # program compiles a random-number generator). Host arrays reach the device by copies, which

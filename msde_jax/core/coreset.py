@@ -155,11 +155,13 @@ def kcenter_greedy_subsets(
 
     Search s runs over the rows where ``valid[s]`` holds, starting from the first of them, and
     gives the rows :func:`kcenter_greedy` gives on ``x[valid[s]]`` from its row 0 (as indices
-    into ``x``; equal up to float rounding, which may reorder near-ties). All searches share
-    each pass over ``x``: a step multiplies x (n, d) by the S newest rows (d, S) instead of S
-    separate matrix-vector passes (on 2 CPU cores six searches cost 2.5× one, not 6×). The
-    cross-fit folds of a memory bank and its final fit (S = folds + 1) run this way as one
-    compiled program.
+    into ``x``; equal up to float rounding, which may reorder near-ties). All searches run in
+    one compiled program and share each step: on an accelerator one product of x (n, d) with
+    the S newest rows (d, S); on a CPU S matrix-vector products, since XLA's CPU product with
+    so few columns is slower than they are (:mod:`msde_jax._platform`). A memory bank's
+    cross-fit folds and final fit (S = folds + 1) run this way on an accelerator; on a CPU
+    each subset's search on its own rows is faster still, since every step reads the rows it
+    searches (``benchmarks/bench_bank.py``).
 
     Rows are centred on the mean of the rows valid in any subset (for the cancellation error,
     as in :func:`kcenter_greedy`); memory beyond ``x`` is O(S · n).
@@ -257,9 +259,8 @@ def _greedy(
     """The greedy searches of S subsets (``valid`` (S, n)) from ``starts`` (S,): (S, n_select).
 
     A projection is made feature-major, (projection_dim, n), so that each step's product
-    ``v @ columns`` gives the (S, n) distances in the layout the running minimum keeps (on 2
-    CPU cores the six searches of a brain MRI bank over 26,624 rows: 2.1 s against 3.0 s
-    from the row-major copy); without one, ``x.T`` is a view XLA folds into the product."""
+    ``v @ columns`` gives the (S, n) distances in the layout the running minimum keeps;
+    without one, ``x.T`` is a view XLA folds into the product."""
     if projection_dim is None:
         columns = x.T
     else:
@@ -270,11 +271,18 @@ def _greedy(
     centred_sqnorm = jnp.sum(jnp.square(columns - mean[:, None]), axis=0)
     n = x.shape[0]
     rows = lax.broadcasted_iota(jnp.int32, valid.shape, 1)
+    # On a CPU, S matrix-vector products rather than one (S, d) × (d, n) product: XLA's CPU
+    # product of so few rows is slower than its S matrix-vector passes (the products alone,
+    # S = 6 over 128 × 26,624 columns on 2 cores: 1.1 ms a step against 1.9 ms).
+    per_subset = valid.shape[0] > 1 and cpu_paths()
 
     def pass_from(centres):
         v = columns[:, centres].T - mean[None]  # (S, d)
         # (xᵢ − μ)ᵀv = xᵢᵀv − μᵀv: the product runs on the columns themselves, never copied.
-        dots = jnp.dot(v, columns, precision=lax.Precision.HIGHEST)  # (S, n)
+        if per_subset:
+            dots = jnp.stack([jnp.dot(u, columns, precision=lax.Precision.HIGHEST) for u in v])
+        else:
+            dots = jnp.dot(v, columns, precision=lax.Precision.HIGHEST)  # (S, n)
         dots = dots - jnp.dot(v, mean, precision=lax.Precision.HIGHEST)[:, None]
         return jnp.maximum(centred_sqnorm[None] + sq_norms(v)[:, None] - 2 * dots, 0.0)
 

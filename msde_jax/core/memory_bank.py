@@ -197,8 +197,9 @@ def bank_fit_subsets(
     Bank s is the bank :func:`bank_fit` fits on the rows where ``valid[s]`` holds (in their
     order), up to float rounding: the coreset searches share every pass over the patches
     (:func:`~msde_jax.core.kcenter_greedy_subsets`) and the shifts of the S banks run
-    vectorised. A memory bank's final fit and its cross-fit folds (S = folds + 1) share one
-    program this way, and the six searches of five folds cost 2.5× one on 2 CPU cores, not 6×.
+    vectorised. On an accelerator a memory bank's final fit and its cross-fit folds
+    (S = folds + 1) share one program this way; on a CPU
+    :class:`~msde_jax.detectors.PatchBankDetector` fits each on its own rows instead.
 
     Args:
         patches: (N, c) patches, or (n_images, P, c) (flattened to (n_images·P, c)).

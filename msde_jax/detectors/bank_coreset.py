@@ -154,13 +154,19 @@ def _banks(
     rows each bank took, as indices into ``rows``; each bank keeps the first ``channels``
     columns of its rows (the features, without appended positions).
 
-    When every subset has more rows than the bank holds, all the searches run as one program
-    over the rows padded to ``padded`` (:func:`~msde_jax.core.bank_fit_subsets`): the subsets
-    share each pass over the rows, and nearby N share the program. Otherwise each subset is
-    fitted on its own by :func:`~msde_jax.core.bank_fit` (a bank of all its rows where it has
-    no more than ``size``)."""
+    On an accelerator, when every subset has more rows than the bank holds, all the searches
+    run as one program over the rows padded to ``padded``
+    (:func:`~msde_jax.core.bank_fit_subsets`): the subsets share each pass over the rows, and
+    nearby N share the program. Otherwise each subset is fitted on its own rows by
+    :func:`~msde_jax.core.bank_fit` (a bank of all its rows where it has no more than
+    ``size``), padded to :func:`~msde_jax.core.blocks.bucket_fit_rows` so that nearby sizes
+    share a program: a greedy step is a pass over the rows from memory, and on a CPU a
+    subset's own rows cost less than a shared pass over all of them (the six searches of a
+    brain MRI bank, 25,000 and 5 × 20,000 of 26,624 rows, on 2 cores, one run each: 6.5 s
+    against 7.9 s shared, 10.6 s as one product per step). Both ways give the same banks up
+    to float rounding."""
     counts = [int(mask.sum()) for mask in inside]
-    if config.size < min(counts):
+    if config.size < min(counts) and not cpu_paths():
         n, c = rows.shape
         valid = np.zeros((len(inside), padded), bool)
         valid[:, :n] = inside
@@ -174,7 +180,13 @@ def _banks(
     banks, picked = [], []
     for mask, count in zip(inside, counts, strict=True):
         batch = config.batch(min(config.size, count))
-        bank = bank_fit(rows[mask], batch_size=batch, **fit)
+        own, n_valid = rows[mask], None
+        if config.size < count:  # padding the search never picks
+            n_valid = count
+            own = np.concatenate(
+                [own, np.zeros((bucket_fit_rows(count) - count, own.shape[1]), own.dtype)]
+            )
+        bank = bank_fit(own, batch_size=batch, n_valid=n_valid, **fit)
         if rows.shape[-1] > channels:  # the positions served the search only
             bank = bank._replace(bank=jax.device_put(np.asarray(bank.bank)[:, :channels]))
         banks.append(bank)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from msde_jax._platform import PATHS_ENV
 from msde_jax.core import (
     kcenter_greedy,
     kcenter_greedy_batched,
@@ -214,6 +215,38 @@ def test_subsets_equal_separate_searches(x64, dtype, projection_dim):
         rows = np.flatnonzero(valid[s])
         alone = kcenter_greedy(x[rows], 25, projection_dim=projection_dim)
         np.testing.assert_array_equal(got[s], rows[np.asarray(alone)])
+
+
+def _products_with(closed, shape):
+    """The (lhs shape) of every dot_general in ``closed`` (nested jaxprs too) whose right
+    operand has ``shape``."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general" and eqn.invars[1].aval.shape == shape:
+                found.append(eqn.invars[0].aval.shape)
+            for value in eqn.params.values():
+                for inner in value if isinstance(value, tuple | list) else (value,):
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+                    elif hasattr(inner, "jaxpr") and hasattr(inner.jaxpr, "eqns"):
+                        walk(inner.jaxpr)
+
+    walk(closed.jaxpr)
+    return found
+
+
+@pytest.mark.parametrize(("paths", "want"), [("cpu", [(6,)] * 3), ("accelerator", [(3, 6)])])
+def test_a_subsets_step_is_a_product_per_subset_on_a_cpu(monkeypatch, paths, want):
+    """Each greedy step's distances to the S newest rows: S matrix-vector products on a CPU
+    (faster there than one product with S columns, ``benchmarks/bench_bank.py``), one (S, d)
+    × (d, n) product on an accelerator (``MSDE_JAX_PATHS``, read when the program is traced)."""
+    monkeypatch.setenv(PATHS_ENV, paths)
+    x = _data(4, 240, 6).astype(np.float32)
+    valid = np.random.default_rng(0).random((3, 240)) < 0.7
+    closed = jax.make_jaxpr(lambda a, v: kcenter_greedy_subsets.__wrapped__(a, 5, v))(x, valid)
+    assert _products_with(closed, (6, 240)) == want
 
 
 def test_subsets_refuse_a_bad_mask():

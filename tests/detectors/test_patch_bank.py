@@ -18,6 +18,7 @@ from msde_jax.core.blocks import content_order, sample_keys
 from msde_jax.detectors import (
     BankConfig,
     BankState,
+    bank_coreset,
     fit_bank_detector,
     patch_bank,
     score_bank_detector,
@@ -310,6 +311,27 @@ def test_two_stage_is_greedy_over_the_folds_picks(train, chunk_patches):
         fold_bank, _ = bank_of(np.concatenate(picks[:f] + picks[f + 1 :]))
         want = image_scores(patch_scores(fold_bank, train[held]), reduce="top", q=0.1)
         np.testing.assert_allclose(det.decision_scores_[held], want, rtol=1e-6)
+
+
+def test_on_a_cpu_each_bank_is_searched_on_its_own_rows(train, test_x, monkeypatch):
+    """On a CPU the final bank and each fold's are searched on their own picks
+    (``bank_fit``, padded to a bucket), on an accelerator in one program
+    (``bank_fit_subsets``): the same banks and scores either way."""
+    calls = []
+    joint = bank_coreset.bank_fit_subsets
+    monkeypatch.setattr(
+        bank_coreset, "bank_fit_subsets", lambda *a, **k: calls.append(1) or joint(*a, **k)
+    )
+    params = {"size": 6, "projection_dim": 2, "n_folds": 3, "position": 0}  # 6 < a fold's 12
+    fitted = {}
+    for on_cpu in (False, True):
+        monkeypatch.setattr(bank_coreset, "cpu_paths", lambda on_cpu=on_cpu: on_cpu)
+        fitted[on_cpu] = PatchBankDetector(**params).fit(train)
+        assert len(calls) == 1  # the accelerator's fit only
+    own, shared = fitted[True], fitted[False]
+    np.testing.assert_array_equal(own.state_.bank.indices, shared.state_.bank.indices)
+    np.testing.assert_allclose(own.decision_scores_, shared.decision_scores_, rtol=1e-6)
+    np.testing.assert_allclose(own.score_samples(test_x), shared.score_samples(test_x), rtol=1e-6)
 
 
 @settings(max_examples=10)
