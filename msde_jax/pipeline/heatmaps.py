@@ -250,7 +250,8 @@ def write_montages(
         rows = max(1, math.ceil(idx.size / cols))
         fig = Figure(figsize=(1.6 * cols + 1.0, 1.75 * rows + 0.9))
         FigureCanvasAgg(fig)
-        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).reshape(-1)
+        no_ticks = {"xticks": [], "yticks": []}  # hidden anyway; not laid out for nothing
+        axes = fig.subplots(rows, cols, squeeze=False, subplot_kw=no_ticks).reshape(-1)
         shown = None
         for ax in axes:
             ax.set_axis_off()

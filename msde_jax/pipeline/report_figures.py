@@ -49,6 +49,9 @@ _DPI = 120
 _GRID_PER_ROW = 8
 # Grid tiles larger than this (pixels per side) are subsampled before drawing.
 _GRID_MAX_SIDE = 512
+# Image axes are drawn without their axis; made without ticks too, the layout does not measure
+# them (pixel for pixel the same figures, drawn in about half the time).
+_NO_TICKS = {"xticks": [], "yticks": []}
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +235,7 @@ def plot_grid(path: Path, labels, scores, images, names, metrics, title: str) ->
     subfigs = fig.subfigures(2, 1)
     for subfig, (row_title, indices) in zip(subfigs, rows, strict=True):
         subfig.suptitle(row_title, fontsize=11, fontweight="bold")
-        axes = subfig.subplots(1, _GRID_PER_ROW)
+        axes = subfig.subplots(1, _GRID_PER_ROW, subplot_kw=_NO_TICKS)
         for ax in axes:
             ax.set_axis_off()
         for ax, i in zip(axes, indices, strict=False):
@@ -286,7 +289,7 @@ def plot_overlays(
         f"{fmt(line)}, {units})",
         fontsize=10,
     )
-    axes = fig.subplots(2, k, squeeze=False)
+    axes = fig.subplots(2, k, squeeze=False, subplot_kw=_NO_TICKS)
     shown = None
     for row, (row_title, row_idx) in enumerate((("most anomalous", idx[:k]), ("least", idx[k:]))):
         for ax, i in zip(axes[row], row_idx, strict=True):
