@@ -1,6 +1,7 @@
 """knn against scikit-learn, plus chunking, permutation and jit invariances."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -8,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
 
 from msde_jax.core import knn
-from msde_jax.core.neighbors import prune_beyond
+from msde_jax.core.neighbors import least_index, prune_beyond
 
 N, D = 37, 4
 
@@ -153,3 +154,39 @@ def test_pruning_keeps_the_top_k(seed, levels, nan):
     np.testing.assert_array_equal(pruned[gone], np.inf)
     np.testing.assert_array_equal(pruned[~gone], score[~gone])
     assert gone[0].sum() == 35
+
+
+_SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1.0, -1.0, 1e-45, -1e-45, 2.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.sampled_from(_SPECIAL), min_size=1, max_size=9),
+    dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
+)
+def test_least_index_is_top_ks_choice(values, dtype):
+    """k = 1 selects by one reduction: the index lax.top_k(-score, 1) gives, ties, signed
+    zeros, infinities and NaNs of either sign included (top_k orders floats totally)."""
+    score = jnp.asarray(np.array(values, np.float32), dtype)
+    want = int(jax.lax.top_k(-score, 1)[1][0])
+    assert int(least_index(score)) == want
+    assert int(jax.jit(least_index)(score)) == want
+
+
+def test_least_index_refuses_integers():
+    with pytest.raises(TypeError, match="ranks floats"):
+        least_index(jnp.arange(3))
+
+
+def test_one_neighbour_is_the_first_of_k(x64):
+    """knn(k=1) (one reduction per query) gives the first neighbour of knn(k=3) (top_k), with
+    exact duplicates in the reference (ties go to the lower row) and padding masked."""
+    x = _data(5, 60, 3)
+    x[40:50] = x[:10]  # duplicates: the lower row is the neighbour
+    queries = np.concatenate([_data(6, 20, 3), x[:10]])
+    valid = np.arange(60) < 55
+    one = knn(queries, x, k=1, reference_valid=valid)
+    three = knn(queries, x, k=3, reference_valid=valid)
+    np.testing.assert_array_equal(one.indices[:, 0], three.indices[:, 0])
+    np.testing.assert_array_equal(one.distances[:, 0], three.distances[:, 0])
+    assert (np.asarray(one.indices) < 55).all()
