@@ -180,12 +180,9 @@ def _banks(
     banks, picked = [], []
     for mask, count in zip(inside, counts, strict=True):
         batch = config.batch(min(config.size, count))
-        own, n_valid = rows[mask], None
-        if config.size < count:  # padding the search never picks
-            n_valid = count
-            own = np.concatenate(
-                [own, np.zeros((bucket_fit_rows(count) - count, own.shape[1]), own.dtype)]
-            )
+        n_valid = count if config.size < count else None  # then padded: never picked
+        own = np.zeros((bucket_fit_rows(count) if n_valid else count, *rows.shape[1:]), rows.dtype)
+        np.compress(mask, rows, axis=0, out=own[:count])  # one copy of the subset's rows
         bank = bank_fit(own, batch_size=batch, n_valid=n_valid, **fit)
         if rows.shape[-1] > channels:  # the positions served the search only
             bank = bank._replace(bank=jax.device_put(np.asarray(bank.bank)[:, :channels]))
