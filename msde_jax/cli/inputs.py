@@ -37,34 +37,14 @@ def command_inputs(
 ):
     """The named 2-D items of the command's inputs (:class:`msde_jax.io.inputs.Inputs`):
     image files (as paths) and the slices of volumes (NIfTI files, DICOM-series folders) from
-    files/folders, or the images of one .npz stack. ``training`` (``fit``, ``embed``): one
-    folder laid out as a dataset (``train/``, ``test/`` or ``data.json``) gives its normal
-    training images only (``train/normal``, or a MedIAnomaly folder's list), with a note, or is
-    refused: its test images include abnormal ones, which a model of normal images must not
-    learn."""
+    files/folders, or the images of one .npz stack. ``training`` (``fit``, ``embed``,
+    ``train-backbone``): each folder laid out as a dataset (``train/``, ``test/`` or
+    ``data.json``), alone or among other sources, gives its normal training images only
+    (:func:`_training_sources`)."""
     from msde_jax.io.inputs import Inputs, SliceGroups, read_inputs
 
-    if training and len(sources) == 1 and _dataset_folder(Path(sources[0])):
-        root = Path(sources[0])
-        if (root / "data.json").is_file():  # MedIAnomaly: its list of normal training images
-            from msde_jax.io.datasets import load_dataset
-
-            dataset = load_dataset(root)
-            sources = [str(item) for item in dataset.train_normal]
-            print_repeated([path for path in dataset.repeated if path in set(sources)])
-        elif (root / "train" / "normal").is_dir():
-            sources = [str(root / "train" / "normal")]
-        else:
-            raise UserError(
-                f"{root} is laid out as a dataset (train/ or test/), and its test images "
-                "include abnormal ones: give the folder of its normal training images, or run "
-                "msde-jax evaluate on the dataset."
-            )
-        print(
-            f"{root}: a dataset; reading its normal training images (its test images: "
-            "msde-jax evaluate)",
-            file=sys.stderr,
-        )
+    if training:
+        sources = [path for source in sources for path in _training_sources(source)]
 
     stacks = [source for source in sources if source.lower().endswith(".npz")]
     if stacks and len(sources) > 1:
@@ -151,6 +131,36 @@ def print_repeated(repeated: Sequence[str]) -> None:
         )
 
 
+def _training_sources(source: str) -> list[str]:
+    """``[source]``, or where it is a folder laid out as a dataset its normal training images
+    (``train/normal``, or a MedIAnomaly folder's list), with a note; such a folder without
+    them is refused: its test images include abnormal ones, which a model of normal images
+    must not learn."""
+    root = Path(source)
+    if not _dataset_folder(root):
+        return [source]
+    if (root / "data.json").is_file():  # MedIAnomaly: its list of normal training images
+        from msde_jax.io.datasets import load_dataset
+
+        dataset = load_dataset(root)
+        sources = [str(item) for item in dataset.train_normal]
+        print_repeated([path for path in dataset.repeated if path in set(sources)])
+    elif (root / "train" / "normal").is_dir():
+        sources = [str(root / "train" / "normal")]
+    else:
+        raise UserError(
+            f"{root} is laid out as a dataset (train/ or test/), and its test images include "
+            "abnormal ones: give the folder of its normal training images, or run msde-jax "
+            "evaluate on the dataset."
+        )
+    print(
+        f"{root}: a dataset; reading its normal training images (its test images: "
+        "msde-jax evaluate)",
+        file=sys.stderr,
+    )
+    return sources
+
+
 def _dataset_folder(path: Path) -> bool:
     """A folder laid out as a dataset: ``train/`` or ``test/`` sub-folders, or ``data.json``."""
     return path.is_dir() and any((path / part).exists() for part in ("train", "test", "data.json"))
@@ -231,9 +241,10 @@ def normal_images(sources: Sequence[str]) -> list:
     """A dataset's train/normal split when given one dataset spec, else the images named.
 
     A folder laid out as a dataset (``train/`` or ``test/`` sub-folders, or ``data.json``) is
-    never read whole: its test images include abnormal ones. Without its test splits (all that
-    training needs is ``train/normal``) its ``train/normal`` folder is read; otherwise the
-    dataset's error is raised."""
+    never read whole: its test images include abnormal ones. Alone, without its test splits
+    (all that training needs is ``train/normal``) its ``train/normal`` folder is read, and
+    otherwise the dataset's error is raised; among other sources it gives its normal training
+    images (:func:`command_inputs` with ``training``)."""
     from msde_jax.io.datasets import load_dataset
 
     if len(sources) == 1:
@@ -250,4 +261,4 @@ def normal_images(sources: Sequence[str]) -> list:
         else:
             print(f"{dataset.name}: using its train/normal split", file=sys.stderr)
             return list(dataset.train_normal)
-    return command_inputs(sources, argparse.Namespace()).items
+    return command_inputs(sources, argparse.Namespace(), training=True).items

@@ -832,6 +832,31 @@ def test_train_backbone_reads_only_the_training_normals_of_a_dataset_folder(fold
     assert len(normal_images([str(folder / "test")])) == 30  # a plain folder of images
 
 
+def test_a_dataset_folder_among_other_sources_gives_its_training_normals_only(tmp_path, capsys):
+    """`train-backbone ds extra` (and `fit` / `embed`) read every image below ds, its
+    abnormal test images included, when ds was not the only source."""
+    import argparse
+
+    from msde_jax.cli.inputs import command_inputs, normal_images
+
+    def pngs(folder, n):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+        return [str(folder / f"{i}.png") for i in range(n)]
+
+    train = pngs(tmp_path / "ds" / "train" / "normal", 2)
+    pngs(tmp_path / "ds" / "test" / "normal", 2)
+    pngs(tmp_path / "ds" / "test" / "abnormal", 2)
+    extra = pngs(tmp_path / "extra", 2)
+    sources = [str(tmp_path / "ds"), str(tmp_path / "extra")]
+    assert sorted(normal_images(sources)) == sorted(train + extra)
+    assert "a dataset; reading its normal training images" in capsys.readouterr().err
+    items = command_inputs(sources[::-1], argparse.Namespace(), training=True).items
+    assert sorted(items) == sorted(train + extra)
+    assert len(command_inputs(sources, argparse.Namespace()).items) == 8  # score: every image
+
+
 def test_npz_inputs_the_command_line_cannot_read_say_what_it_can(tmp_path, capsys):
     """Advice the user can follow on the command line (not "say which one to read", nor a
     Python function to call)."""
