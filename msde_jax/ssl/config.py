@@ -3,6 +3,7 @@ it fits in memory (:func:`check_training_memory`)."""
 
 import dataclasses
 import json
+import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -104,8 +105,14 @@ class TrainConfig:
             check(getattr(self, name) >= 1, f"{name} must be at least 1.")
         for name in ("warmup_steps", "head_hidden"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)!r}.")
-        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}.")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+        check(
+            0 < self.learning_rate < math.inf,
+            f"learning_rate must be a finite number > 0, got {self.learning_rate!r}.",
+        )
+        check(
+            0 <= self.weight_decay < math.inf,
+            f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}.",
+        )
         check(  # jax.random.key keeps a seed's low 32 bits only
             0 <= self.seed < 2**32, f"seed must be an integer in [0, 2**32), got {self.seed!r}."
         )

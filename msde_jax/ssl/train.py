@@ -439,14 +439,24 @@ def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
         )
 
 
-def _finite(pending: list[StepMetrics], done: int) -> list[StepMetrics]:
+def _finite(
+    pending: list[StepMetrics], done: int, state: TrainState | None = None
+) -> list[StepMetrics]:
     """The metrics of the steps since the last record, fetched as floats, or an error if the
-    loss is no longer finite (before it is logged or checkpointed)."""
+    loss is no longer finite (before it is logged or checkpointed); with ``state``, also if
+    its parameters or statistics are not (a loss is computed before its step's update, so
+    the last update is seen only there: before a checkpoint or the backbone is saved)."""
     fetched = [StepMetrics(float(m.loss), float(m.accuracy)) for m in pending]
+    bad = None
     if fetched and not all(math.isfinite(m.loss) for m in fetched):
+        bad = f"the loss became {fetched[-1].loss}"
+    elif state is not None:
+        leaves = jax.tree.leaves((state.params, state.batch_stats))
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+        bad = None if not leaves or bool(finite) else "the weights became NaN or infinite"
+    if bad is not None:
         raise FloatingPointError(
-            f"the loss became {fetched[-1].loss} by step {done}: lower the learning rate and "
-            "train into a new output folder."
+            f"{bad} by step {done}: lower the learning rate and train into a new output folder."
         )
     return fetched
 
@@ -607,7 +617,7 @@ def train_backbone(
                     stop = True
             bar.update(1, status)
             if checkpoint or (ckpt is not None and stop):
-                pending = _finite(pending, done)
+                pending = _finite(pending, done, state)
                 save_checkpoint(ckpt, state, config, data=fingerprint, pending=pending)
                 saved_step = done
             if stop:
@@ -628,7 +638,7 @@ def train_backbone(
         raise
     bar.close()
     if ckpt is not None:
-        pending = _finite(pending, int(state.step))
+        pending = _finite(pending, int(state.step), state)
         save_checkpoint(ckpt, state, config, data=fingerprint, pending=pending)
         if int(state.step) == config.steps:
             final = history[-1] if history else {}

@@ -25,7 +25,14 @@ from msde_jax.ssl import (
     train_backbone,
 )
 from msde_jax.ssl.config import check_training_memory
-from msde_jax.ssl.train import batch_indices, init_state, other_indices, prepare_images
+from msde_jax.ssl.train import (
+    BACKBONE,
+    CHECKPOINT,
+    batch_indices,
+    init_state,
+    other_indices,
+    prepare_images,
+)
 
 # One worker runs this file under pytest-xdist (`--dist loadfile` in pyproject.toml), so the
 # compiled step is shared by every test.
@@ -247,7 +254,14 @@ def test_config_errors_name_the_fix():
         make_train_step(dataclasses.replace(TINY, batch_size=7))
     with pytest.raises(ValueError, match="at least 2 normal images"):
         train_backbone(np.zeros((1, 28, 28), np.uint8), TINY, progress=False)
-    for field, value in [("weight_decay", -0.1), ("warmup_steps", -1), ("learning_rate", 0.0)]:
+    for field, value in [
+        ("weight_decay", -0.1),
+        ("warmup_steps", -1),
+        ("learning_rate", 0.0),
+        ("learning_rate", np.inf),  # accepted before: its run saved NaN weights
+        ("learning_rate", np.nan),
+        ("weight_decay", np.inf),
+    ]:
         with pytest.raises(ValueError, match=f"^{field} must be"):
             dataclasses.replace(TINY, **{field: value})
     for seed in (-1, 2**32, 2**64):  # jax.random.key keeps a seed's low 32 bits only
@@ -301,6 +315,30 @@ def test_a_diverging_run_is_one_error_line(tmp_path, capsys, monkeypatch):
     assert len(err) == 2  # the line naming the run, then the error
     assert err[0].startswith("training on 4 normal images")
     assert err[1] == "error: the loss became nan by step 2: lower the learning rate."
+
+
+def test_weights_that_are_not_finite_are_never_saved(normals, tmp_path, monkeypatch):
+    """A loss is computed before its step's update, so the last update of a diverging run
+    was saved unchecked: a backbone file the Embedder then refused as NaN."""
+    from msde_jax.ssl import train as ssl_train
+
+    real = ssl_train.make_train_step
+
+    class Corrupting:  # the real step, whose update turns the weights to NaN
+        def __init__(self, *args, **kwargs):
+            self.step = real(*args, **kwargs)
+            self.devices, self.replicate = self.step.devices, self.step.replicate
+
+        def __call__(self, state, *args):
+            state, metrics = self.step(state, *args)
+            return state._replace(params=jax.tree.map(lambda p: p * np.nan, state.params)), metrics
+
+    monkeypatch.setattr(ssl_train, "make_train_step", Corrupting)
+    config = dataclasses.replace(TINY, steps=1)  # its loss is finite, its update is not
+    with pytest.raises(FloatingPointError, match="weights became NaN or infinite by step 1"):
+        train_backbone(normals, config, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / BACKBONE).exists()
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
 
 
 def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_path, capsys):
