@@ -41,6 +41,7 @@ import dataclasses
 import itertools
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -52,7 +53,7 @@ import numpy as np
 
 from msde_jax.core.blocks import row_keys
 from msde_jax.core.metrics import roc_auc
-from msde_jax.detectors.fitting import merged_groups
+from msde_jax.detectors.fitting import check_groups, merged_groups
 from msde_jax.detectors.fused import SupportsDetect
 from msde_jax.io.cache import SupportsEmbed
 from msde_jax.io.images import prepare, resize, to_float
@@ -132,12 +133,22 @@ def validation_set(
             content key. With fewer than 3 groups, or groups too large to hold out two halves
             of at least 2, the normals are split one by one.
 
+    With fewer than 3 groups (or distinct images), held-out normals share theirs with the
+    fitting part; a ``note:`` on stderr says so (the AUROC is then optimistic).
+
     Raises:
-        ValueError: fewer than 10 normals, or ``held_out`` outside (0, 0.5].
+        ValueError: fewer than 10 normals, ``held_out`` outside (0, 0.5],
+            ``anomalies_per_normal`` below 1, or ``groups`` not one id per normal.
     """
     n = len(normals)
     if not 0 < held_out <= 0.5:
         raise ValueError(f"held_out must be in (0, 0.5], got {held_out!r}.")
+    if not isinstance(anomalies_per_normal, numbers.Integral) or anomalies_per_normal < 1:
+        raise ValueError(
+            f"anomalies_per_normal must be an integer of at least 1, got {anomalies_per_normal!r}."
+        )
+    if groups is not None:
+        groups = check_groups(groups, n)
     if n < 10:
         raise ValueError(
             f"synthetic validation needs at least 10 training normals (a fitting part and two "
@@ -158,6 +169,7 @@ def validation_set(
     n_out = max(4, round(held_out * n))
     keys = np.concatenate(keys)
     fit, val, sources = _split(keys, n_out, groups)
+    _note_shared(keys, groups, fit, np.concatenate([val, sources]))
     # The sources in content order: the anomalies do not depend on the order of the normals.
     sources = sources[np.argsort(keys[sources], kind="stable")]
     if len(shapes) == 1:
@@ -196,11 +208,7 @@ def _split(keys: np.ndarray, n_out: int, groups: Any) -> tuple[np.ndarray, ...]:
     halves hold at least 2. With fewer than 3 such groups, or groups too large for that, the
     normals are split one by one in content order."""
     n = len(keys)
-    content = np.unique(keys, return_inverse=True)[1].ravel()
-    ids = content
-    if groups is not None:
-        ids = merged_groups(np.unique(np.asarray(groups), return_inverse=True)[1].ravel(), content)
-    ids = np.unique(ids, return_inverse=True)[1].ravel()
+    ids = _group_ids(keys, groups)
     grouped = ids.max() >= 2 and ids.max() + 1 < n  # 3 groups or more, not one per normal
     for more in range(n - n_out + 1 if grouped else 0):
         parts = _split_groups(keys, n_out + more, ids)
@@ -212,6 +220,32 @@ def _split(keys: np.ndarray, n_out: int, groups: Any) -> tuple[np.ndarray, ...]:
     n_val = n_out // 2
     parts = (order[: n - n_out], order[n - n_out : n - n_out + n_val], order[n - n_out + n_val :])
     return tuple(np.sort(part) for part in parts)
+
+
+def _group_ids(keys: np.ndarray, groups: Any) -> np.ndarray:
+    """0 … g − 1 per normal: its group (``groups`` merged where they share an image's
+    content), or without ``groups`` its content (copies of an image share one id)."""
+    ids = np.unique(keys, return_inverse=True)[1].ravel()
+    if groups is not None:
+        ids = merged_groups(np.unique(np.asarray(groups), return_inverse=True)[1].ravel(), ids)
+    return np.unique(ids, return_inverse=True)[1].ravel()
+
+
+def _note_shared(keys: np.ndarray, groups: Any, fit: np.ndarray, held: np.ndarray) -> None:
+    """A ``note:`` on stderr when held-out normals share a group or an image's content with
+    the fitting part (:func:`_split` splits one by one when there are too few groups): their
+    synthetic-validation scores are then optimistic."""
+    ids = _group_ids(keys, groups)
+    shared = np.isin(ids[held], ids[fit]).sum()
+    if shared:
+        what = "groups (volumes)" if groups is not None else "distinct images"
+        print(
+            f"note: synthetic validation: the {len(keys)} training normals hold "
+            f"{ids.max() + 1} {what}, too few to hold out whole ones: {shared} of the "
+            f"{held.size} held-out normals share theirs with the fitting part, so the "
+            "synthetic-validation AUROC is optimistic.",
+            file=sys.stderr,
+        )
 
 
 def _split_groups(keys: np.ndarray, n_out: int, ids: np.ndarray) -> tuple[np.ndarray, ...]:

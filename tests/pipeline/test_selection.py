@@ -68,6 +68,32 @@ def test_validation_set_splits_by_content(normals):
         validation_set(normals, held_out=0.7)
 
 
+def test_too_few_groups_or_images_to_hold_out_whole_ones_say_so(normals, capsys):
+    """Twelve copies of one image, two images, or two volumes: the split falls back to one by
+    one, so held-out normals have a copy (or their volume) in the fitting part, and the
+    synthetic AUROC was 1.000 without a word. Whole groups are split without a note."""
+    for twelve, groups in (
+        ([normals[0]] * 12, None),
+        ([normals[i % 2] for i in range(12)], None),
+        (normals[:12], np.repeat([0, 1], 6)),
+    ):
+        validation_set(twelve, groups=groups)
+        err = capsys.readouterr().err
+        assert "note: synthetic validation: the 12 training normals hold " in err
+        assert "so the synthetic-validation AUROC is optimistic" in err
+    validation_set(normals[:12], groups=np.repeat([0, 1, 2, 3], 3))
+    validation_set(normals[:12])
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_validation_set_refuses_bad_groups_and_counts(normals):
+    with pytest.raises(ValueError, match=r"groups must hold one id per sample \(12\)"):
+        validation_set(normals[:12], groups=np.arange(5))
+    for count in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="anomalies_per_normal must be an integer of at"):
+            validation_set(normals[:12], anomalies_per_normal=count)
+
+
 def test_copies_and_groups_stay_in_one_part_of_the_split(normals):
     """Copies of an image (each stored twice) fall in one part: a held-out normal with its
     copy in the fitting part scored 0 against its twin and flattered the validation. Whole
