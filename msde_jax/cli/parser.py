@@ -144,7 +144,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         "train/normal split), image files, folders, or an .npz image stack",
     )
     p.add_argument("--out", required=True, help="run folder: checkpoint, log, backbone")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (without a checkpoint there: a note, and step 0)",
+    )
     p.add_argument(
         "--limit",
         type=_positive_int,

@@ -496,7 +496,8 @@ def train_backbone(
         out_dir: folder for ``checkpoint.safetensors`` (every ``checkpoint_every`` steps),
             ``train_log.jsonl`` and, at the end, ``backbone.safetensors``. ``None`` keeps
             everything in memory.
-        resume: continue from ``out_dir``'s checkpoint (same configuration required) — the
+        resume: continue from ``out_dir``'s checkpoint (same configuration required; without
+            one, a note says that training starts at step 0) — the
             remaining steps, and the log records, are exactly those of an uninterrupted run.
             Without it an existing checkpoint is an error, and so, without a checkpoint to
             continue from, is an earlier run's ``backbone.safetensors`` or
@@ -512,6 +513,11 @@ def train_backbone(
     """
     out = Path(out_dir) if out_dir is not None else None
     ckpt = out / CHECKPOINT if out is not None else None
+    if resume and ckpt is None:
+        raise ValueError("resume=True continues the checkpoint in out_dir: give out_dir.")
+    if resume and not ckpt.exists():  # a restart script may always pass it: not an error
+        note = f"note: {out} holds no checkpoint to resume: training starts at step 0."
+        print(note, file=sys.stderr)
     if ckpt is not None and ckpt.exists() and not resume:
         raise FileExistsError(
             f"{ckpt} exists: pass resume=True (command line: --resume) to continue that run, "

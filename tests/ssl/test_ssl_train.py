@@ -341,6 +341,19 @@ def test_weights_that_are_not_finite_are_never_saved(normals, tmp_path, monkeypa
     assert not (tmp_path / "run" / CHECKPOINT).exists()
 
 
+def test_resume_without_a_checkpoint_says_training_starts_over(normals, tmp_path, capsys):
+    """`--resume` into a folder without a checkpoint (a typo in --out) started a new run
+    without a word; without a folder at all it was ignored."""
+    with pytest.raises(ValueError, match="resume=True continues the checkpoint in out_dir"):
+        train_backbone(normals, TINY, resume=True, progress=False)
+    config = dataclasses.replace(TINY, steps=1)
+    result = train_backbone(normals, config, out_dir=tmp_path / "new", resume=True, progress=False)
+    assert int(result.state.step) == 1
+    assert f"note: {tmp_path / 'new'} holds no checkpoint to resume: training starts at step 0" in (
+        capsys.readouterr().err
+    )
+
+
 def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_path, capsys):
     stack = tmp_path / "normals.npz"
     np.savez(stack, images=normals[:16])
