@@ -461,13 +461,25 @@ def _check(kinds, anatomy: str) -> tuple[str, ...]:
 
 
 def _check_float(*images: ArrayLike) -> None:
-    """Images in [0, 1] are floats: integer pixels (uint8 0-255) would saturate every kind."""
+    """Images in [0, 1] are floats: integer pixels (uint8 0-255) would saturate every kind,
+    and so would floats on that scale, refused where the values are known (not under a
+    trace): above 2 or below −1 (a resampled image may overshoot [0, 1] a little), or not
+    finite."""
     for image in images:
         dtype = jnp.result_type(image)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(
                 f"images must be floats in [0, 1], got {dtype} pixels: divide uint8 images by "
                 "255 (msde_jax.io.images.to_float reads any image as floats in [0, 1])."
+            )
+        if isinstance(image, jax.core.Tracer) or not jnp.size(image):
+            continue
+        lo, hi = (float(v) for v in jax.device_get((jnp.min(image), jnp.max(image))))
+        if not (-1.0 <= lo and hi <= 2.0):  # NaN fails too
+            raise ValueError(
+                f"images must be floats in [0, 1], got values from {lo:.4g} to {hi:.4g}: "
+                "divide 0-255 images by 255 (msde_jax.io.images.to_float reads any image as "
+                "floats in [0, 1])."
             )
 
 

@@ -215,6 +215,16 @@ def test_synthesize_validates():
         synthesize(key, pixels, 4)
     with pytest.raises(ValueError, match="got uint8 pixels"):
         synthesize_one(key, pixels[0], normals[1], kind="blur")
+    # ... and so would floats on that scale (99 % of such anomalies came out white), or NaN.
+    scaled = pixels.astype(np.float32)
+    with pytest.raises(ValueError, match="got values from 0 to 2[0-9][0-9]: divide 0-255"):
+        synthesize(key, scaled, 4)
+    with pytest.raises(ValueError, match="got values from"):
+        synthesize_one(key, normals[0], scaled[1], kind="blur")
+    with pytest.raises(ValueError, match="got values from"):
+        synthesize(key, np.where(normals > 0.5, np.nan, normals), 4)
+    overshoot = np.clip(normals * 1.05 - 0.02, -0.02, 1.03)  # a resampled image: accepted
+    assert synthesize(key, overshoot, 4).images.shape[0] == 4
 
 
 @FEW
