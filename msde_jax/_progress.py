@@ -15,9 +15,19 @@ class Progress:
     is printed at most every 10 s, and always at the end. ``enabled=False`` prints nothing.
     """
 
-    def __init__(self, total: int, label: str, *, unit: str = "images", enabled: bool = True):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        *,
+        unit: str = "images",
+        enabled: bool = True,
+        done: int = 0,
+    ):
+        """``done``: units already done before this line started (a resumed run's steps);
+        they count toward ``done/total`` but not toward the rate."""
         self.total, self.label, self.unit, self.enabled = total, label, unit, enabled
-        self.done = 0
+        self.done = self._initial = done
         self.status = ""
         self._start = self._last = time.perf_counter()
         self._tty = sys.stderr.isatty()
@@ -40,7 +50,7 @@ class Progress:
 
     def _write(self, end: str) -> None:
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        rate = self.done / elapsed
+        rate = (self.done - self._initial) / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         tail = f", {eta:.0f} s left" if self.done < self.total and eta != float("inf") else ""
         tail += f", {self.status}" if self.status else ""

@@ -115,7 +115,9 @@ class TrainResult(NamedTuple):
         variables: the adapted backbone's ``{"params", "batch_stats"}`` (NumPy), ready for
             ``Embedder(config.backbone, weights=variables)``.
         state: the final :class:`TrainState`.
-        history: one ``{"step", "loss", "accuracy", "learning_rate", "seconds"}`` per log.
+        history: one ``{"step", "loss", "accuracy", "learning_rate", "seconds"}`` per log;
+            ``seconds`` of training since the run began (a resumed run's go on from its
+            last record's).
         config: the :class:`TrainConfig` trained with.
     """
 
@@ -582,11 +584,15 @@ def train_backbone(
         f"training {config.backbone} ({config.task})",
         unit="steps",
         enabled=progress,
+        done=start_step,
     )
-    bar.done = start_step
     # fetched from the device only when logged or checkpointed
     pending = [StepMetrics(loss, accuracy) for loss, accuracy in pending_sums]
-    started = time.perf_counter()
+    # A record's seconds count the training time of the whole run: a resumed run goes on
+    # from its last kept record's (the time between the checkpoint and that record, and the
+    # interruption, are not counted).
+    resumed_s = history[-1].get("seconds", 0.0) if history else 0.0
+    started = time.perf_counter() - (resumed_s if isinstance(resumed_s, int | float) else 0.0)
     stop = False
     saved_step = start_step
     try:

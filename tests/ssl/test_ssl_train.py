@@ -421,6 +421,21 @@ def test_a_resumed_log_is_the_uninterrupted_one(normals, tmp_path, capsys):
     assert drop_time(resumed.history) == drop_time(straight.history)
     log = (tmp_path / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in log] == resumed.history
+    # The seconds go on from the record kept (they started again from 0 after the resume).
+    seconds = [h["seconds"] for h in resumed.history]
+    assert seconds == sorted(seconds)
+
+
+def test_a_resumed_progress_line_rates_this_sessions_steps_only(monkeypatch, capsys):
+    """Resumed at 900 of 1,000 steps, the line divided 900 + the new steps by the new
+    seconds: a rate of hundreds and an ETA of 0."""
+    from msde_jax import _progress
+
+    clock = iter([0.0, 10.0, 10.0])  # start; the update; the line it writes
+    monkeypatch.setattr(_progress.time, "perf_counter", lambda: next(clock))
+    bar = _progress.Progress(1000, "training", unit="steps", done=900)
+    bar.update(10)
+    assert "training: 910/1000 steps (1.0/s, 90 s left)" in capsys.readouterr().err
 
 
 def test_an_earlier_run_is_never_overwritten(normals, tmp_path, capsys):
