@@ -517,7 +517,10 @@ def cmd_train_backbone(args: argparse.Namespace) -> None:
 
     _check_out(args.out, folder=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.anatomy is not None and args.task == "cutpaste":
+        print("note: --anatomy is AnatPaste's; CutPaste pastes anywhere: ignored", file=sys.stderr)
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    config = TrainConfig(**given)
     items = normal_images(args.sources)[: args.limit]
     print(f"training on {len(items)} normal images: {config}", file=sys.stderr)
     start = time.perf_counter()

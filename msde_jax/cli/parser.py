@@ -160,10 +160,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task", default=d.task, choices=tuple(TASKS), help="(%(default)s)")
     g.add_argument(
         "--anatomy",
-        default=d.anatomy,
+        default=None,
         choices=ANATOMY,
         help="where AnatPaste pastes: bright tissue (MRI) or dark lung fields (chest X-ray) "
-        "(%(default)s)",
+        f"({d.anatomy}; not read by cutpaste)",
     )
     g.add_argument(
         "--init", default=d.init, help="imagenet, scratch, or a weights file (%(default)s)"

@@ -432,7 +432,8 @@ _OPTIONS = ["batch_size (--batch-size)", "image_size (--image-size)"]
 
 def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
     a, b = dataclasses.asdict(saved), dataclasses.asdict(config)
-    differ = [k for k in a if a[k] != b[k] and k not in _RESUMABLE]
+    unread = ("anatomy",) if config.task == "cutpaste" else ()  # CutPaste pastes anywhere
+    differ = [k for k in a if a[k] != b[k] and k not in (*_RESUMABLE, *unread)]
     if differ:
         raise ValueError(
             f"{path} was written with a different configuration ("

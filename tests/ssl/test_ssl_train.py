@@ -144,7 +144,9 @@ def test_checkpoint_resume_takes_the_same_steps(normals, trained, tmp_path):
     with pytest.raises(ValueError, match="learning_rate"):
         train_backbone(normals, changed, out_dir=tmp_path, resume=True, progress=False)
 
-    resumed = train_backbone(normals, config, out_dir=tmp_path, resume=True, progress=False)
+    # CutPaste reads no anatomy: resuming with another is the same run (it was refused).
+    other_anatomy = dataclasses.replace(config, anatomy="dark")
+    resumed = train_backbone(normals, other_anatomy, out_dir=tmp_path, resume=True, progress=False)
     straight = train_backbone(normals, config, progress=False)
     _assert_trees_equal(resumed.state, straight.state)
 
@@ -361,8 +363,11 @@ def test_command_line_trains_then_embeds_with_the_adapted_backbone(normals, tmp_
     args = ["--backbone", "resnet18", "--init", "scratch", "--task", "cutpaste"]
     args += ["--image-size", "16", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "0"]
     args += ["--schedule", "constant", "--head-hidden", "64", "--log-every", "1"]
+    args += ["--anatomy", "dark"]  # AnatPaste's: a note says CutPaste ignores it
     assert main(["train-backbone", str(stack), "--out", str(run), "--steps", "2", *args]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "note: --anatomy is AnatPaste's; CutPaste pastes anywhere: ignored" in captured.err
+    printed = captured.out
     assert "--weights" in printed
     assert "backbone.safetensors" in printed
     assert main(["train-backbone", str(stack), "--out", str(run), "--steps", "2", *args]) == 2
