@@ -1,18 +1,25 @@
-"""The configuration of a self-supervised adaptation run: :class:`TrainConfig`, and whether
-it fits in memory (:func:`check_training_memory`)."""
+"""The configuration of a self-supervised adaptation run: :class:`TrainConfig`, whether
+it fits in memory (:func:`check_training_memory`), and the training set as it is held there
+(:func:`prepare_images`)."""
 
 import dataclasses
 import json
 import math
 import numbers
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from msde_jax._memory import Lower, check_memory
+from msde_jax._progress import Progress
 from msde_jax.backbones.registry import BACKBONES, backbone_spec
+from msde_jax.io import images as _images
 from msde_jax.ssl.augment import ANATOMY, TASKS
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "check_training_memory"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "check_training_memory", "prepare_images"]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -154,3 +161,20 @@ def check_training_memory(n_images: int, config: TrainConfig) -> None:
         lower.append(Lower("batch_size (--batch-size)", config.batch_size))
     step = f"training on {n_images} images at {config.image_size} px"
     check_memory(step, needs, lower=lower)
+
+
+def prepare_images(
+    images: Iterable[Any] | np.ndarray, image_size: int, *, progress: bool = True
+) -> np.ndarray:
+    """Read and resize images (paths, PIL images or arrays) to (n, S, S, 3) uint8 RGB, the
+    compact form a training set is held in memory."""
+    items = list(images)
+    out = np.empty((len(items), image_size, image_size, 3), np.uint8)
+    bar = Progress(len(items), "reading images", enabled=progress and len(items) > 256)
+    for i, item in enumerate(items):
+        name = os.fspath(item) if isinstance(item, str | os.PathLike) else f"image {i}"
+        x = _images.prepare(item, image_size, name=name)
+        out[i] = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        bar.update(1)
+    bar.close()
+    return out

@@ -474,7 +474,8 @@ def _check_float(*images: ArrayLike) -> None:
             )
         if isinstance(image, jax.core.Tracer) or not jnp.size(image):
             continue
-        lo, hi = (float(v) for v in jax.device_get((jnp.min(image), jnp.max(image))))
+        xp = jnp if isinstance(image, jax.Array) else np  # NumPy's compile no program
+        lo, hi = (float(v) for v in jax.device_get((xp.min(image), xp.max(image))))
         if not (-1.0 <= lo and hi <= 2.0):  # NaN fails too
             raise ValueError(
                 f"images must be floats in [0, 1], got values from {lo:.4g} to {hi:.4g}: "

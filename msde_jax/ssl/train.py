@@ -50,9 +50,8 @@ from msde_jax._progress import Progress
 from msde_jax.backbones import weight_files
 from msde_jax.backbones.registry import backbone_spec
 from msde_jax.backbones.variables import abstract_variables, load_backbone_variables
-from msde_jax.io import images as _images
 from msde_jax.ssl.augment import make_views
-from msde_jax.ssl.config import TrainConfig, check_training_memory
+from msde_jax.ssl.config import TrainConfig, check_training_memory, prepare_images
 
 __all__ = [
     "BACKBONE",
@@ -410,23 +409,6 @@ def save_backbone(
 
 
 # ------------------------------------------------------------------------------- the loop
-def prepare_images(
-    images: Iterable[Any] | np.ndarray, image_size: int, *, progress: bool = True
-) -> np.ndarray:
-    """Read and resize images (paths, PIL images or arrays) to (n, S, S, 3) uint8 RGB, the
-    compact form a training set is held in memory."""
-    items = list(images)
-    out = np.empty((len(items), image_size, image_size, 3), np.uint8)
-    bar = Progress(len(items), "reading images", enabled=progress and len(items) > 256)
-    for i, item in enumerate(items):
-        name = os.fspath(item) if isinstance(item, str | os.PathLike) else f"image {i}"
-        x = _images.prepare(item, image_size, name=name)
-        out[i] = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-        bar.update(1)
-    bar.close()
-    return out
-
-
 _OPTIONS = ["batch_size (--batch-size)", "image_size (--image-size)"]
 
 
@@ -453,15 +435,18 @@ def _finite(
     bad = None
     if fetched and not all(math.isfinite(m.loss) for m in fetched):
         bad = f"the loss became {fetched[-1].loss}"
-    elif state is not None:
-        leaves = jax.tree.leaves((state.params, state.batch_stats))
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-        bad = None if not leaves or bool(finite) else "the weights became NaN or infinite"
+    elif state is not None and not _all_finite((state.params, state.batch_stats)):
+        bad = "the weights became NaN or infinite"
     if bad is not None:
         raise FloatingPointError(
             f"{bad} by step {done}: lower the learning rate and train into a new output folder."
         )
     return fetched
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _log_records(path: Path) -> list[dict]:
@@ -580,18 +565,11 @@ def train_backbone(
 
     lr = learning_rate_schedule(config)
     start_step = int(state.step)
-    bar = Progress(
-        config.steps,
-        f"training {config.backbone} ({config.task})",
-        unit="steps",
-        enabled=progress,
-        done=start_step,
-    )
+    label = f"training {config.backbone} ({config.task})"
+    bar = Progress(config.steps, label, unit="steps", enabled=progress, done=start_step)
     # fetched from the device only when logged or checkpointed
     pending = [StepMetrics(loss, accuracy) for loss, accuracy in pending_sums]
-    # A record's seconds count the training time of the whole run: a resumed run goes on
-    # from its last kept record's (the time between the checkpoint and that record, and the
-    # interruption, are not counted).
+    # A record's seconds count the whole run's training: a resumed run's go on from its last.
     resumed_s = history[-1].get("seconds", 0.0) if history else 0.0
     started = time.perf_counter() - (resumed_s if isinstance(resumed_s, int | float) else 0.0)
     stop = False
