@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of msde_jax (issue 21) in one go, in at most 6 minutes on one H100/H200
 # (the stage timeouts add up to 5 min 40 s and the probes' to 20 s; a stage that fails or times
-# out says so and the next one runs), writing their tables to gpu_results.md in $OUT (the device tool's output folder)
-# or in benchmarks/. Run from the repository root on a machine with jax[cuda], flax, optax,
-# numpy, scipy, pillow and safetensors installed (nothing is downloaded; weights are random
-# where speed does not depend on them):
+# out says so and the next one runs), writing their tables to gpu_results.md in $OUT (the
+# device tool's output folder) or in benchmarks/. Run from the repository root on a machine
+# with jax[cuda], flax, optax, numpy, scipy, pillow and safetensors installed (nothing is
+# downloaded; weights are random where speed does not depend on them):
 #
 #     bash benchmarks/gpu.sh                    # DATA=path/to/brain_tumor_mri.npz by default
 #     QUICK=1 bash benchmarks/gpu.sh            # tiny sizes: checks that the script runs
