@@ -27,6 +27,7 @@ from msde_jax.cli.configuration import (
     args_embedder,
     backbone_name,
     build_embedders,
+    check_training_count,
     configured,
     embedder_configs,
     embedder_metadata,
@@ -227,6 +228,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
         if not args.select:  # bad detector options are refused before the embedding
             embedder, detector = configured(args)
         inputs = inputs.take(usable(inputs, args))
+        if not args.select:
+            check_training_count(embedder, detector, len(inputs.items))
         # --select embeds the normals with every candidate's embedders, then fits the chosen
         # one on all of them: a cache for this run only embeds them once.
         with tempfile.TemporaryDirectory(prefix="msde-jax-") as tmp:
@@ -238,7 +241,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
                 print(
                     f"configuration: {name} (selected): synthetic-validation AUROC "
                     f"{validation.scores[name].auroc:.3f} ({validation.summary()}; "
-                    f"{len(validation.scores)} configurations)"
+                    f"{len(validation.scores)} configurations{_unmeasured(validation)})"
                 )
             features = embed(embedder, inputs.items, cache_dir=cache_dir, what="normal")
             detector.fit(features, groups=fit_groups(detector, inputs.groups))
@@ -255,6 +258,17 @@ def cmd_fit(args: argparse.Namespace) -> None:
         print(fit_summary(volumes))
         if note := fit_note(volumes):
             print(note, file=sys.stderr)
+
+
+def _unmeasured(validation: Any) -> str:
+    """``"; msde:head not fitted"`` for each candidate the synthetic validation could not fit
+    (or ``not measured``: fitted, its scores not finite); the reasons were printed as each
+    failed."""
+    return "".join(
+        f"; {name} not {'fitted' if score.score_s == 0 else 'measured'}"  # never scored
+        for name, score in validation.scores.items()
+        if score.error
+    )
 
 
 def _load_model(path: str):
@@ -366,6 +380,7 @@ def _configuration(dataset, args: argparse.Namespace, cache_dir: str):
         embedder, detector, name, validation = selected(normals, args, cache_dir, groups)
         return embedder, detector, f"{name} (selected)", validation, None
     embedder, detector = configured(args)
+    check_training_count(embedder, detector, len(normals))
     custom = given(args, CONFIGURATION_OPTIONS)
     name = "as given" if custom else f"{RECOMMENDED} (the default rule)"
     if getattr(detector, "mode", None) == "transductive":  # --paper's, or --mode's
@@ -473,8 +488,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
         print(
             f"synthetic-validation AUROC {own.auroc:.3f} ({validation.summary()}; "
             f"{validation.seconds:.0f} s, {len(validation.scores)} configuration(s)"
-            + "".join(f"; {n} not fitted" for n, v in validation.scores.items() if v.error)
-            + ")"
+            f"{_unmeasured(validation)})"
         )
     slices = " slices" if result.dataset.has_volumes else ""
     print(

@@ -16,6 +16,7 @@ back (:func:`embedder_configs`, checked before any other work) and rebuilds
 """
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,10 +30,12 @@ __all__ = [
     "args_embedder",
     "backbone_name",
     "build_embedders",
+    "check_training_count",
     "configured",
     "detector_kind",
     "embedder_configs",
     "embedder_metadata",
+    "fit_options",
     "given",
     "selected",
 ]
@@ -126,6 +129,13 @@ def args_detector(args: argparse.Namespace, ndim: int | None = None):
     from msde_jax.detectors.patch_bank import PatchBankDetector
 
     params: dict[str, Any] = {"contamination": args.contamination, "threshold": args.threshold}
+    if args.n_folds is not None:
+        if args.threshold != "cross_fit":
+            raise UserError(
+                f"--n-folds sets the folds of the cross-fit threshold; --threshold "
+                f"{args.threshold} has none: drop one of them."
+            )
+        params["n_folds"] = args.n_folds
     kind = detector_kind(args, ndim)
     if kind == "ensemble":
         raise UserError(
@@ -174,8 +184,42 @@ def configured(args: argparse.Namespace) -> tuple[Any, Any]:
     if detector_kind(args) != "ensemble":
         return args_embedder(args), args_detector(args)
     embedders, detector = ensemble(args.backbone, **_embedder_options(args))
-    detector.set_params(contamination=args.contamination)
-    return embedders, _validated(seeded(detector, args.seed))
+    return embedders, _validated(seeded(fit_options(detector, args), args.seed))
+
+
+def fit_options(detector: Any, args: argparse.Namespace) -> Any:
+    """``detector`` with ``--contamination`` and, where given, ``--n-folds`` set: a
+    :class:`~msde_jax.FusedDetector`'s folds are its components' (each cross-fits its own
+    out-of-fold scores)."""
+    params: dict[str, Any] = {"contamination": args.contamination}
+    if args.n_folds is not None:
+        components = getattr(detector, "components", None)
+        if isinstance(components, Mapping):
+            params |= {f"{name}__n_folds": args.n_folds for name in components}
+        else:
+            params["n_folds"] = args.n_folds
+    return detector.set_params(**params)
+
+
+def check_training_count(embedder: Any, detector: Any, n_images: int) -> None:
+    """Refuse ``n_images`` training images, before any is embedded, where the fit would refuse
+    them after the embedding: too few for the folds of the cross-fit threshold, or for the
+    neighbours of the smallest fold's model. With volumes the folds hold whole volumes, so
+    uneven folds are checked again by the fit."""
+    components = getattr(detector, "components", None)
+    pairs = components.items() if isinstance(components, Mapping) else [(None, detector)]
+    for name, component in pairs:
+        config = component.config()
+        try:
+            if hasattr(config, "check_n_images"):  # a patch bank: its patches count
+                shape = (embedder if name is None else embedder[name]).output_shape
+                config.check_n_images(n_images, math.prod(shape[:-1]))
+            else:
+                config.check_n_samples(n_images)
+        except ValueError as err:
+            where = "" if name is None else f"component {name!r}: "
+            option = " (--n-folds)" if "n_folds" in str(err) else ""
+            raise UserError(f"{where}{err}{option}") from err
 
 
 def volume_ids(groups: Any) -> Any:
@@ -202,8 +246,7 @@ def selected(normals: Sequence[Any], args: argparse.Namespace, cache_dir: str, g
         raise UserError(f"--select chooses the detector and features itself: drop {drop}.")
     pool = candidates(args.backbone, **_embedder_options(args))
     for candidate in pool.values():  # a bad --contamination is refused before any embedding
-        seeded(candidate.detector, args.seed).set_params(contamination=args.contamination)
-        _validated(candidate.detector)
+        _validated(seeded(fit_options(candidate.detector, args), args.seed))
     selection = select(normals, pool, cache_dir=cache_dir, seed=args.seed, groups=groups)
     embedder, detector = selection.candidate
     return embedder, detector, selection.name, selection.validation

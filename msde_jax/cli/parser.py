@@ -292,6 +292,14 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         help="cross_fit (default): a quantile of out-of-fold scores of the normals; chi2: "
         "msde only",
     )
+    g.add_argument(
+        "--n-folds",
+        type=int,
+        default=None,
+        help="folds of the cross-fit threshold: each training image is scored by a model "
+        "fitted on the other folds; fewer suit a few normal images, more leave each fold's "
+        f"model more of them (default {d['n_folds']}, at least 2)",
+    )
 
 
 def _add_skip_arg(p: argparse.ArgumentParser) -> None:

@@ -351,6 +351,49 @@ def test_the_ensemble_is_configured_from_the_options():
         configured(build_parser().parse_args([*args, "--contamination", "0.9"]))
 
 
+def test_n_folds_sets_the_folds_of_every_detector():
+    """--n-folds: the folds of the cross-fit threshold (the errors about too few images said
+    "lower n_folds", which the command line had no option for)."""
+    from msde_jax.cli.commands import UserError
+    from msde_jax.cli.configuration import configured
+
+    def folds(*options):
+        args = build_parser().parse_args(["fit", "x", "--out", "m.npz", *EMBED, *options])
+        return configured(args)[1].get_params()
+
+    assert folds()["n_folds"] == 5  # the detectors' default
+    assert folds("--n-folds", "3")["n_folds"] == 3
+    assert folds("--n-folds", "3", "--detector", "msde")["n_folds"] == 3
+    fused = folds("--n-folds", "3", "--detector", "ensemble")
+    assert {fused[f"{n}__n_folds"] for n in ("layers", "head", "patches")} == {3}
+    with pytest.raises(UserError, match="n_folds must be an int >= 2, got 1"):
+        folds("--n-folds", "1")
+    with pytest.raises(UserError, match="--threshold chi2 has none: drop one"):
+        folds("--n-folds", "3", "--detector", "msde", "--threshold", "chi2")
+
+
+def test_too_few_training_images_are_refused_before_the_embedding(tmp_path, folder, capsys):
+    """fit and evaluate refused 4 normal images for 5 folds only after embedding them."""
+    normal = folder / "train" / "normal"
+    for extra in sorted(normal.glob("*.png"))[4:]:
+        extra.unlink()
+    model = str(tmp_path / "m.npz")
+    for options in (BANK, [*EMBED, "--detector", "msde"], [*EMBED, "--detector", "ensemble"]):
+        assert main(["fit", str(normal), "--out", model, *options]) == 2
+        err = capsys.readouterr().err
+        assert "embed" not in err  # neither "embedding" progress nor "embedded N images"
+    assert "component 'layers': threshold='cross_fit' needs at least n_folds=5" in err
+    assert err.rstrip().endswith("lower n_folds. (--n-folds)")
+    assert main(["evaluate", str(folder), "--out", str(tmp_path / "r"), *BANK]) == 2
+    assert "needs at least n_folds=5 training images (one fold each), got 4" in (
+        capsys.readouterr().err
+    )
+    assert main(["fit", str(normal), "--out", model, *BANK, "--n-folds", "2"]) == 0
+    assert "fitted PatchBankDetector(size=200, n_folds=2) on 4 normal images" in (
+        capsys.readouterr().out
+    )
+
+
 def test_the_ensemble_end_to_end(tmp_path, folder, capsys):
     """`--detector ensemble` (a fused configuration, which --select may also choose):
     `evaluate` reports it (it used to fail at its report's title), `fit` saves it with one
@@ -395,12 +438,17 @@ def test_the_ensemble_end_to_end(tmp_path, folder, capsys):
 def test_fit_select_saves_the_chosen_configuration(tmp_path, folder, capsys, monkeypatch):
     from msde_jax import MSDEDetector
 
-    _only(monkeypatch, "knn:head")  # any of them is saved the same way (the ensemble: above)
+    # any of them is saved the same way (the ensemble: above); msde:head's k = 50 neighbours
+    # are more than the 27 fitting normals, so it is not fitted (fit said nothing of it)
+    _only(monkeypatch, "knn:head", "msde:head")
     model = tmp_path / "model.npz"
     fit = ["fit", str(folder / "train" / "normal"), "--out", str(model), *EMBED, "--select"]
     assert main(fit) == 0
-    assert "configuration: knn:head (selected): synthetic-validation AUROC" in (
-        capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "configuration: knn:head (selected): synthetic-validation AUROC" in out
+    assert (
+        "3 held-out normals vs 6 synthetic anomalies; 2 configurations; msde:head not fitted)"
+        in out
     )
     detector = MSDEDetector.load(model)
     assert detector.get_params()["score"] == "knn"
@@ -472,10 +520,10 @@ def test_a_transductive_mode_skips_the_synthetic_validation(monkeypatch):
     from msde_jax.pipeline import selection
 
     class Data:
-        train_normal = [np.zeros((8, 8), np.float32)] * 20
+        train_normal = [np.zeros((8, 8), np.float32)] * 80  # enough for k = 50 and 5 folds
 
         def split_groups(self, split):
-            return SliceGroups.images(20)
+            return SliceGroups.images(80)
 
     def never(*args, **kwargs):
         raise AssertionError("the synthetic validation ran")
@@ -566,7 +614,8 @@ def test_errors_are_one_line_messages(tmp_path, folder, capsys, make_args, messa
         (tmp_path / "bare_ds" / split / cls).mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "bare_ds/train/normal/a.png")
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    for i in range(15):  # enough for --k 10 and 5 folds: the count is checked before reading
+        (tmp_path / "bad" / f"x{i:02d}.png").write_bytes(b"not a png")
     assert main(make_args(tmp_path, folder)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:")
