@@ -573,6 +573,23 @@ def test_fused_detector_input_errors_name_the_component(fused_model):
         FusedDetector([MSDEDetector(**params)]).fit({"a": rng.normal(size=(9, 4))})
     with pytest.raises(TypeError, match="component 'a' \\(int\\) is not a detector"):
         FusedDetector({"a": 3}).fit({"a": rng.normal(size=(9, 4))})
+
+    class Facade:  # fit and score_samples, but no state_ for fusion to read, nor save
+        threshold = "cross_fit"
+
+        def fit(self, X, y=None):
+            return self
+
+        def score_samples(self, X):
+            return np.zeros(len(X))
+
+    with pytest.raises(TypeError, match="component 'a' \\(Facade\\) is not a detector"):
+        FusedDetector({"a": Facade()}).fit({"a": rng.normal(size=(9, 4))})
+    # one sample as a vector, ragged lists: named, not read as rows of features
+    with pytest.raises(ValueError, match=r"component 'a': .* got shape \(4,\) \(one sample"):
+        fused.score_samples({"a": rng.normal(size=4), "b": rng.normal(size=3)})
+    with pytest.raises(ValueError, match="component 'a': features must be an array"):
+        fused.score_samples({"a": [[1.0, 2.0], [3.0]], "b": rng.normal(size=(2, 3))})
     with pytest.raises(ValueError, match="contamination must be in"):
         FusedDetector({"a": MSDEDetector(**params)}, contamination="x").fit({"a": np.zeros((9, 4))})
 

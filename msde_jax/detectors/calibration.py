@@ -142,8 +142,9 @@ def z_scores(scores: Mapping[str, ArrayLike], stats: FusionStats) -> dict[str, j
         ``{name: (m,) z-scores}``.
     """
     _check_stats_names(scores, stats)
+    # A product by 1 / σ: a division may round apart in a batch and alone on a CPU.
     return {
-        name: (jnp.asarray(scores[name]) - stats.mean[name]) / stats.std[name]
+        name: (jnp.asarray(scores[name]) - stats.mean[name]) * (1 / stats.std[name])
         for name in stats.mean
     }
 
@@ -216,7 +217,7 @@ def tail_score(s: ArrayLike, sorted_scores: ArrayLike, scale: ArrayLike) -> jax.
     count = jnp.interp((s - o[0]) * inverse, (o - o[0]) * inverse, counts)  # n at o_(1) … 1
     inside = math.log(n + 1) - jnp.log1p(count)
     # p(o_(n)) = (1 + #{o ≥ o_(n)}) / (n + 1), the maximum's ties counted: c is continuous there
-    beyond = math.log(n + 1) - jnp.log1p(counts[-1]) + (s - o[-1]) / scale
+    beyond = math.log(n + 1) - jnp.log1p(counts[-1]) + (s - o[-1]) * (1 / scale)
     return jnp.where(s > o[-1], beyond, inside)
 
 

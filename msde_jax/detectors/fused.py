@@ -72,7 +72,10 @@ __all__ = [
 
 
 class SupportsDetect(Protocol):
-    """What fusion and :func:`msde_jax.pipeline.evaluation.evaluate` need from a detector facade."""
+    """What :func:`msde_jax.pipeline.evaluation.evaluate` needs from a detector facade. A
+    :class:`FusedDetector`'s components are msde_jax detectors (:class:`Detector`
+    subclasses): fusion also reads their fitted ``state_``, passes ``groups`` to their ``fit``,
+    saves them and checks their score-time parameters."""
 
     decision_scores_: np.ndarray
     threshold_: float
@@ -96,12 +99,20 @@ def _check_calibration(value: Any) -> None:
         )
 
 
-def _rows(x: Any) -> int:
+def _rows(name: str, x: Any) -> int:
+    """The samples of component ``name``'s features ``x``: its first axis, of 2 or more."""
     shape = getattr(x, "shape", None)
     if shape is None:
-        shape = np.shape(x)
-    if len(shape) == 0:
-        raise ValueError("features must have one row per sample, got a scalar.")
+        try:
+            shape = np.shape(x)
+        except ValueError as err:  # ragged nested lists
+            raise ValueError(f"component {name!r}: features must be an array: {err}") from err
+    if len(shape) < 2:
+        one = " (one sample: reshape it to (1, d))" if len(shape) == 1 else ""
+        raise ValueError(
+            f"component {name!r}: features must have one row per sample, got shape "
+            f"{tuple(shape)}{one}."
+        )
     return int(shape[0])
 
 
@@ -252,6 +263,8 @@ class FusedDetector(Detector):
         """Each component's score-time parameters changed since ``fit``, as
         ``<name>__<param>``: the fused threshold and statistics are on the scale of each
         component's fitted score."""
+        if hasattr(self, "state_"):  # predict asks: a component replaced has none to compare
+            self._check_components_unchanged()
         return [
             (f"{name}__{param}", now, at_fit)
             for name, component in dict(self.components).items()
@@ -291,7 +304,7 @@ class FusedDetector(Detector):
                 "other: give each name its own detector."
             )
         for name, component in components.items():
-            if not all(callable(getattr(component, m, None)) for m in ("fit", "score_samples")):
+            if not isinstance(component, Detector):  # its state_, save, score_changes
                 raise TypeError(
                     f"component {name!r} ({type(component).__name__}) is not a detector: "
                     "give MSDEDetector, PatchBankDetector, …"
@@ -326,7 +339,7 @@ class FusedDetector(Detector):
                 f"X must have one entry per component ({', '.join(map(repr, names))}): "
                 f"{'; '.join(parts)}."
             )
-        rows = {name: _rows(X[name]) for name in names}
+        rows = {name: _rows(name, X[name]) for name in names}
         if len(set(rows.values())) > 1:
             counts = ", ".join(f"{name}: {n}" for name, n in rows.items())
             raise ValueError(f"every component's features need the same number of rows: {counts}.")

@@ -123,10 +123,13 @@ def test_leave_one_out_is_each_score_against_the_others(rng):
 def test_fused_rank_scores_are_jit_able_and_batch_independent(rng):
     cal = rank_calibration({"a": rng.normal(size=30), "b": rng.gamma(2.0, size=30)})
     assert isinstance(cal, RankCalibration)
-    x = {"a": rng.normal(size=7).astype(np.float32), "b": rng.gamma(2.0, size=7).astype(np.float32)}
+    # 64 scores, many beyond the largest normal's (the exponential tail's division)
+    a, b = rng.normal(size=64) * 3, rng.gamma(2.0, size=64) * 3
+    x = {"a": a.astype(np.float32), "b": b.astype(np.float32)}
+    assert (x["a"] > cal.sorted["a"][-1]).sum() > 5
     batch = np.asarray(fuse_scores(x, cal))
     np.testing.assert_allclose(np.asarray(jax.jit(fuse_scores)(x, cal)), batch, rtol=1e-6)
-    for i in range(7):
+    for i in range(64):
         alone = np.asarray(fuse_scores({k: v[i : i + 1] for k, v in x.items()}, cal))
         assert alone[0] == batch[i]
 
