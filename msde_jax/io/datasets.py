@@ -175,10 +175,30 @@ def load_dataset(
             raise ValueError(f"{path}: not an .npz file or a dataset folder; {_LAYOUTS}.")
         return _from_npz(path, name=path.stem, source=str(path))
     if (path / "data.json").is_file():
-        return _from_medianomaly(path)
+        return _both_labels_refused(_from_medianomaly(path))
     if (path / "train").is_dir() or (path / "test").is_dir():
-        return _from_folders(path, axis=axis, skip_unreadable=skip_unreadable)
+        return _both_labels_refused(_from_folders(path, axis=axis, skip_unreadable=skip_unreadable))
     raise ValueError(f"{path}: no train/ and test/ sub-folders and no data.json; {_LAYOUTS}.")
+
+
+def _both_labels_refused(dataset: Dataset) -> Dataset:
+    """``dataset``, unless a file is among both its normal and its abnormal test images (a
+    name in both lists, or a link in one class folder to a file of the other): its label
+    would be both, and the metrics would count it twice."""
+
+    def files(items: Sequence[Any]) -> dict[str, str]:
+        paths = (item for item in items if isinstance(item, str | os.PathLike))
+        return {os.path.realpath(path): str(path) for path in paths}
+
+    normal, abnormal = files(dataset.test_normal), files(dataset.test_abnormal)
+    both = [abnormal[real] for real in abnormal if real in normal]
+    if both:
+        raise ValueError(
+            f"{dataset.source}: {len(both)} file(s) are both normal and abnormal test images, "
+            f"e.g. {both[0]} (the same file as {normal[os.path.realpath(both[0])]}); give each "
+            "test image one label."
+        )
+    return dataset
 
 
 def _builtin(name: str) -> Dataset:
@@ -249,7 +269,7 @@ def _check_stack(path: Path, key: str, header: MemberHeader) -> None:
         )
     if shape[0] == 0:
         raise ValueError(f"{path}: array {key!r} holds no images.")
-    if len(shape) == 3 and shape[2] in (3, 4) and min(shape[:2]) > 4:
+    if len(shape) == 3 and shape[2] in (1, 3, 4) and min(shape[:2]) > 4:
         raise ValueError(  # it would be read as shape[0] images of one row of pixels each
             f"{path}: array {key!r} of shape {shape} looks like one (H, W, C) image, not a "
             "stack (n, H, W) of grayscale images; store a stack as (n, H, W, C), e.g. "
@@ -262,19 +282,24 @@ def _check_stack(path: Path, key: str, header: MemberHeader) -> None:
         )
     if 0 in shape[1:3]:
         raise ValueError(f"{path}: array {key!r} holds images of no pixels (shape {shape}).")
-    if not (dtype in (np.uint8, np.uint16, np.bool_) or dtype.kind == "f"):
+    native = dtype.newbyteorder("=")  # a big-endian stack is read in the machine's order
+    if not (native in (np.uint8, np.uint16, np.bool_) or dtype.kind == "f"):
         raise ValueError(
             f"{path}: array {key!r} is {dtype}; images are uint8, uint16, bool or float in [0, 1]."
         )
 
 
-def _check_pixels(path: Path, key: str, arr: np.ndarray) -> None:
-    """Refuse float pixels outside [0, 1] (or NaN), once the stack is read."""
+def _check_pixels(path: Path, key: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (swapped in place, no copy), once read; float
+    pixels outside [0, 1] (or NaN) refused."""
+    if not arr.dtype.isnative:
+        arr = arr.byteswap(inplace=True).view(arr.dtype.newbyteorder("="))
     if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and 0 <= arr.min() <= arr.max() <= 1):
         raise ValueError(
             f"{path}: array {key!r} holds float pixels outside [0, 1] (or NaN); scale the images "
             "to [0, 1] or store them as uint8 / uint16."
         )
+    return arr
 
 
 def _from_npz(path: Path, *, name: str, source: str) -> Dataset:
@@ -289,8 +314,7 @@ def _from_npz(path: Path, *, name: str, source: str) -> Dataset:
         for key in SPLIT_KEYS:  # shapes and dtypes from the headers, before any pixel is read
             _check_stack(path, key, data.headers[key])
         splits = data.read(SPLIT_KEYS)  # the three splits count against the bound together
-    for key, arr in splits.items():
-        _check_pixels(path, key, arr)
+    splits = {key: _check_pixels(path, key, arr) for key, arr in splits.items()}
     return Dataset(name, *(list(splits[k]) for k in SPLIT_KEYS), source=source)
 
 
@@ -423,5 +447,4 @@ def load_images_npz(path: str | os.PathLike, key: str | None = None) -> list[np.
             raise ValueError(f"{path}: no array {key!r}; found {', '.join(keys) or 'none'}.")
         _check_stack(path, key, data.headers[key])
         arr = data[key]
-    _check_pixels(path, key, arr)
-    return list(arr)
+    return list(_check_pixels(path, key, arr))

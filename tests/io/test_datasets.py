@@ -113,6 +113,24 @@ def test_npz_of_one_color_image_or_odd_channels_is_refused(tmp_path):
         load_images_npz(path)
     np.savez(path, images=np.zeros((1, 64, 48, 3), np.uint8))
     assert len(load_images_npz(path)) == 1
+    np.savez(path, images=np.zeros((28, 28, 1), np.uint8))  # one gray image, channel kept
+    with pytest.raises(ValueError, match=r"looks like one \(H, W, C\) image"):
+        load_images_npz(path)
+
+
+def test_npz_of_big_endian_pixels_is_read_in_the_machines_order(tmp_path):
+    """'>u2' was refused as "is >u2; images are uint8, uint16, …"."""
+    stack = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8) * 500
+    path = tmp_path / "be.npz"
+    np.savez(path, images=stack.astype(">u2"))
+    read = load_images_npz(path)
+    assert all(image.dtype == np.uint16 and image.dtype.isnative for image in read)
+    np.testing.assert_array_equal(np.stack(read), stack)
+    splits = {k: stack.astype(">u2") for k in ("train_normal", "test_normal", "test_abnormal")}
+    np.savez(tmp_path / "ds.npz", **splits)
+    dataset = load_dataset(tmp_path / "ds.npz")
+    np.testing.assert_array_equal(np.stack(dataset.test_abnormal), stack)
+    assert dataset.test_abnormal[0].dtype.isnative
 
 
 def test_npz_empty_split(tmp_path):
@@ -283,3 +301,21 @@ def test_repeats_in_a_dataset_are_read_once_and_recorded(tmp_path):
     dataset = load_dataset(med)
     assert dataset.train_normal == [str(med / "images" / "a.png")]
     assert dataset.repeated == (str(med / "images" / "a.png"),)
+
+
+def test_a_file_that_is_both_a_normal_and_an_abnormal_test_image_is_refused(tmp_path):
+    """Both labels, no note: a name in both test lists of data.json, or a link in
+    test/abnormal to a file of test/normal (repeats were read once within a list only)."""
+    root = _folder_dataset(tmp_path / "ds")
+    (root / "test/abnormal/n1_link.png").symlink_to(root / "test/normal/n1.png")
+    with pytest.raises(
+        ValueError, match=r"1 file\(s\) are both normal and abnormal test .*n1_link"
+    ):
+        load_dataset(root)
+    med = tmp_path / "med"
+    for name in ("t.png", "b.png", "c.png"):
+        _png(med / "images" / name)
+    splits = {"train": {"0": ["t.png"]}, "test": {"0": ["b.png", "c.png"], "1": ["c.png"]}}
+    (med / "data.json").write_text(json.dumps(splits))
+    with pytest.raises(ValueError, match="give each test image one label"):
+        load_dataset(med)
