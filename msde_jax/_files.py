@@ -14,7 +14,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["arrays_checksum", "atomic_write", "default_cache_dir", "read_json"]
+__all__ = ["arrays_checksum", "atomic_write", "default_cache_dir", "read_json", "shown"]
+
+
+def shown(text: Any) -> str:
+    """``str(text)`` with the bytes of a file name that are not UTF-8 (which Python decodes to
+    lone surrogates, e.g. a Latin-1 ``caf\xe9.png``) as U+FFFD, so it can be drawn, printed
+    or written as UTF-8 text."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def default_cache_dir() -> Path:

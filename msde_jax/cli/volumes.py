@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from msde_jax._files import shown
+
 __all__ = [
     "VOLUME_ARRAYS",
     "fit_note",
@@ -155,8 +157,12 @@ def volume_csv_path(out: str) -> Path:
 
 
 def write_csv(out: str | Path | None, header: Sequence[str], rows: list[list[Any]]) -> None:
-    """CSV rows to a file, or to stdout when ``out`` is None."""
-    f = open(out, "w", newline="") if out else sys.stdout  # noqa: SIM115
+    """CSV rows to a file, or to stdout when ``out`` is None. UTF-8; a path whose name is not
+    (e.g. Latin-1) keeps its bytes in a file, and shows them as U+FFFD on stdout."""
+    if out:
+        f = open(out, "w", newline="", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    else:
+        f, rows = sys.stdout, [[shown(c) if isinstance(c, str) else c for c in r] for r in rows]
     try:
         writer = csv.writer(f)
         writer.writerow(header)

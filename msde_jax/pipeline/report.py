@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from jax.typing import ArrayLike
 
+from msde_jax._files import shown
 from msde_jax.core.metrics import check_scores, evaluation_metrics
 from msde_jax.pipeline.evaluation import threshold_promise
 from msde_jax.pipeline.report_figures import (
@@ -429,6 +430,7 @@ def write_report(
         volume_metrics=volume_metrics,
         promise=promise,
     )
+    text = shown(text)  # a dataset folder's name that is not UTF-8
     (out / "report.md").write_text(text + "\n", encoding="utf-8")
     (out / "report.html").write_text(_html(text, out), encoding="utf-8")
     return metrics

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from jax.typing import ArrayLike
 
+from msde_jax._files import shown
 from msde_jax.core.metrics import precision_recall_curve, roc_curve
 from msde_jax.io.images import to_float
 
@@ -203,8 +204,9 @@ def plot_histogram(path: Path, labels, scores, metrics, title: str) -> None:
 
 def literal(text: Any) -> str:
     """``text`` as matplotlib draws it literally: a ``$`` in a file or dataset name would
-    otherwise start math notation (a wrong drawing, or an error when the figure is saved)."""
-    return str(text).replace("$", r"\$")
+    otherwise start math notation (a wrong drawing, or an error when the figure is saved);
+    a name's bytes that are not UTF-8 as U+FFFD (:func:`~msde_jax._files.shown`)."""
+    return shown(text).replace("$", r"\$")
 
 
 def _display_name(item: Any, index: int, names: Sequence[str] | None) -> str:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -1023,3 +1024,23 @@ def test_heatmaps_folder_inside_an_input_folder_is_refused(tmp_path):
     _check_out(
         str(tmp_path / "maps"), option="--heatmaps", folder=True, inputs=[str(tmp_path / "scans")]
     )
+
+
+def test_file_names_that_are_not_utf8_are_scored_and_reported(tmp_path, folder, capsys):
+    """A Latin-1 name (caf\xe9.png, read as 'caf\udce9.png') stopped `score --out` after its
+    header and `evaluate` at its grid; the CSV keeps the name's bytes, the report shows U+FFFD."""
+    raw = os.fsencode(folder)
+    for sub in (b"train/normal", b"test/normal", b"test/abnormal"):
+        first = sorted(os.listdir(os.path.join(raw, sub)))[0]
+        os.rename(os.path.join(raw, sub, first), os.path.join(raw, sub, b"caf\xe9.png"))
+    out = tmp_path / "r"
+    assert main(["evaluate", str(folder), "--out", str(out), *BANK, "--no-validation"]) == 0
+    assert (out / "grid.png").exists()
+    model, scores = tmp_path / "m.npz", tmp_path / "s.csv"
+    assert main(["fit", str(folder / "train" / "normal"), "--out", str(model), *BANK]) == 0
+    test = str(folder / "test" / "normal")
+    assert main(["score", str(model), test, "--out", str(scores)]) == 0
+    assert b"/caf\xe9.png," in scores.read_bytes()  # the file's name, as the disk has it
+    capsys.readouterr()
+    assert main(["score", str(model), test]) == 0
+    assert "/caf\ufffd.png," in capsys.readouterr().out
