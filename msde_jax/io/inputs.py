@@ -201,7 +201,7 @@ def _listed(
             out.extend(_walk(path))
         elif path.is_dir():
             found = (here / name for here, files in _folders(path) for name in files)
-            out.extend(str(p) for p in sorted(found) if p.is_file() and _image_file(p))
+            out.extend(str(p) for p in sorted(found) if _listed_file(p, _image_file(p)))
         elif path.suffix.lower() == ".npz":
             raise ValueError(
                 f"{path}: an .npz file is an array stack, not an image file; read it with "
@@ -234,6 +234,12 @@ def _image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path)
 
 
+def _listed_file(path: Path, named: bool) -> bool:
+    """Whether a folder's entry ``path`` whose name is an input's (``named``) is listed: a
+    file, or a link to a file that is gone (then unreadable by name, not silently left out)."""
+    return named and (path.is_file() or (path.is_symlink() and not path.exists()))
+
+
 def _folders(root: Path) -> Iterator[tuple[Path, list[str]]]:
     """``root`` and every folder below it, each with the names of its files.
 
@@ -241,7 +247,8 @@ def _folders(root: Path) -> Iterator[tuple[Path, list[str]]]:
     ``.ipynb_checkpoints``) are never images of the dataset and are left out. Symbolic links
     to folders are followed (datasets are often assembled from links), each real folder once,
     under its own path where it lies below ``root``: a second link to it, or a link back up
-    the tree, is not walked again.
+    the tree (to ``root`` or a folder above it, which holds ``root``'s siblings: a dataset's
+    other splits), is not walked.
     """
     base, seen = os.path.realpath(root), set()
     for folder, dirs, files in os.walk(root, followlinks=True):
@@ -252,7 +259,8 @@ def _folders(root: Path) -> Iterator[tuple[Path, list[str]]]:
         lies_below = not any(
             part.startswith(".") for part in Path(os.path.relpath(real, base)).parts
         )
-        if real in seen or (through_link and lies_below):
+        above = real != base and os.path.commonpath([real, base]) == real
+        if real in seen or (through_link and (lies_below or above)):
             dirs[:] = []
             continue
         seen.add(real)
@@ -272,7 +280,7 @@ def _walk(root: Path) -> list[str]:
                 continue  # the series' index, or one of its files
             if series and is_dicom(path):
                 continue  # one of its files under another name
-            if path.is_file() and (is_nifti(path) or _image_file(path)):  # no dangling link
+            if _listed_file(path, is_nifti(path) or _image_file(path)):
                 found.append(path)
     return [str(p) for p in sorted(found)]
 

@@ -8,7 +8,7 @@ from PIL import Image
 from testing import tissue, write_dicom_series, write_nifti
 
 from msde_jax.io.datasets import list_images, load_dataset
-from msde_jax.io.images import ImageReadError
+from msde_jax.io.images import ImageReadError, to_float
 from msde_jax.io.inputs import (
     SliceGroups,
     concat_groups,
@@ -91,10 +91,17 @@ def test_symbolic_links_to_folders_are_followed_once(tmp_path):
     (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # a loop
     _png(root / "z_real" / "c.png")
     (root / "a_alias").symlink_to(root / "z_real", target_is_directory=True)  # walked first
-    (root / "broken.png").symlink_to(tmp_path / "nowhere.png")  # a dangling link: no image
-    expected = [str(root / p) for p in ("a.png", "linked/x.png", "z_real/c.png")]
+    # above root: its siblings (a dataset's other splits) were walked as root's
+    _png(tmp_path / "sibling" / "s.png")
+    (root / "sub" / "top").symlink_to(tmp_path, target_is_directory=True)
+    # a link to a file that is gone: listed, and unreadable by name (it was left out silently)
+    (root / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    paths = ("a.png", "broken.png", "linked/x.png", "z_real/c.png")
+    expected = [str(root / p) for p in paths]
     assert list_images(root) == expected
     assert list_inputs(root) == expected
+    with pytest.raises(ImageReadError, match="broken.png: no such file"):
+        to_float(expected[1])
 
 
 def test_read_inputs_names_slices_and_groups_them(tmp_path):
