@@ -125,7 +125,7 @@ def _read_file(path: Path) -> np.ndarray:
                     "supported — save the pages you want as separate images, or a volume as "
                     "NIfTI (.nii.gz)."
                 )
-            eight_bits = _colour_16_bit_png(img)
+            eight_bits = _colour_16_bit(img)
             img.load()
             if eight_bits:
                 _warn_eight_bits(path)
@@ -140,24 +140,25 @@ def _read_file(path: Path) -> np.ndarray:
 
 
 class EightBitsWarning(UserWarning):
-    """A 16-bit colour or grey + alpha PNG was read at 8 bits per channel."""
+    """A 16-bit colour or grey + alpha PNG or TIFF was read at 8 bits per channel."""
 
 
-def _colour_16_bit_png(img: Image.Image) -> bool:
+def _colour_16_bit(img: Image.Image) -> bool:
     """Whether Pillow will decode ``img`` (opened, not loaded) from 16 bits per channel to 8:
-    it keeps 16 bits for single-channel PNGs only (mode ``I;16``)."""
-    if img.format != "PNG" or not img.tile:
+    it keeps 16 bits for single-channel PNGs and TIFFs only (mode ``I;16`` or ``I``)."""
+    if img.format not in ("PNG", "TIFF") or not img.tile:
         return False
     rawmode = img.tile[0][3]
     rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
-    return isinstance(rawmode, str) and rawmode.endswith(";16B") and not img.mode.startswith("I")
+    sixteen = isinstance(rawmode, str) and rawmode.endswith((";16B", ";16L", ";16N"))
+    return sixteen and not img.mode.startswith("I")
 
 
 def _warn_eight_bits(path: Path) -> None:
     warnings.warn(
-        f"{path}: a 16-bit colour (or grey + alpha) PNG, read at 8 bits per channel (Pillow "
-        "keeps 16 bits for single-channel PNGs only); to keep the depth of a grey scan, save "
-        "it as a single-channel 16-bit PNG.",
+        f"{path}: a 16-bit colour (or grey + alpha) PNG or TIFF, read at 8 bits per channel "
+        "(Pillow keeps 16 bits for single-channel images only); to keep the depth of a grey "
+        "scan, save it as a single-channel 16-bit PNG.",
         EightBitsWarning,
         stacklevel=3,
     )
@@ -177,11 +178,15 @@ def _from_pil(img: Image.Image, name: str) -> np.ndarray:
         return to_float(np.asarray(img).astype(np.uint16), name=name)
     if mode == "I":  # 32-bit integer: 16-bit PNGs often open like this
         arr = np.asarray(img)
-        if arr.min() < 0:  # a signed 16-bit TIFF of CT values, say
+        # a TIFF of signed integers (SampleFormat 2): CT values, say, even where none is < 0
+        signed = img.format == "TIFF" and 2 in np.atleast_1d(img.tag_v2.get(339, 1))
+        if arr.min() < 0 or signed:
+            what = "a TIFF of signed integers"
+            if arr.min() < 0:
+                what = f"negative (signed) pixel values, down to {arr.min()}"
             raise ImageReadError(
-                f"{name}: negative (signed) pixel values, down to {arr.min()}; save the image "
-                "as unsigned 8- or 16-bit or as float in [0, 1], or a CT or MR scan as a "
-                "volume (NIfTI or DICOM), whose values are windowed."
+                f"{name}: {what}; save the image as unsigned 8- or 16-bit or as float in [0, 1], "
+                "or a CT or MR scan as a volume (NIfTI or DICOM), whose values are windowed."
             )
         if arr.max() > 65535:
             raise ImageReadError(f"{name}: 32-bit integer pixels above the 16-bit range.")

@@ -147,7 +147,8 @@ def test_16_bit_colour_pngs_say_they_are_read_at_8_bits(tmp_path):
     _png16(tmp_path / "rgb.png", pixels, 2)
     _png16(tmp_path / "la.png", pixels[..., :2], 4)
     _png16(tmp_path / "grey.png", pixels[..., 0], 0)
-    for name in ("rgb.png", "la.png"):
+    _tiff_rgb16(tmp_path / "rgb.tif", pixels)
+    for name in ("rgb.png", "la.png", "rgb.tif"):
         with pytest.warns(EightBitsWarning, match=f"{name}: a 16-bit colour"):
             to_float(tmp_path / name)
     grey = to_float(tmp_path / "grey.png")  # no warning (the suite's warnings are errors)
@@ -191,6 +192,39 @@ def test_bad_files(tmp_path):
     Image.fromarray(signed).save(tmp_path / "ct.tif")
     with pytest.raises(ImageReadError, match=r"ct\.tif: negative \(signed\) pixel values, down to"):
         to_float(tmp_path / "ct.tif")
+    # signed even where no value is below 0 (it was divided by 65535 as if unsigned)
+    Image.fromarray(np.abs(signed).astype(np.int16)).save(tmp_path / "positive_ct.tif")
+    with pytest.raises(ImageReadError, match=r"positive_ct\.tif: a TIFF of signed integers"):
+        to_float(tmp_path / "positive_ct.tif")
+
+
+def _tiff_rgb16(path, pixels):
+    """An uncompressed 16-bit RGB TIFF written by hand (Pillow writes none)."""
+    import struct
+
+    h, w, _ = pixels.shape
+    data = pixels.astype("<u2").tobytes()
+    entries = [  # tag, type (3 short, 4 long), count, value or offset
+        (256, 3, 1, w),
+        (257, 3, 1, h),
+        (258, 3, 3, 8 + 2 + 10 * 12 + 4),  # BitsPerSample 16, 16, 16 after the IFD
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, 8 + 2 + 10 * 12 + 4 + 6),  # the pixels after BitsPerSample
+        (277, 3, 1, 3),
+        (278, 3, 1, h),
+        (279, 4, 1, len(data)),
+        (284, 3, 1, 1),
+    ]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        packed = (
+            struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        )
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    path.write_bytes(
+        b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x10\0" * 3 + data
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.bool_])
