@@ -23,7 +23,7 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import jax
 import numpy as np
@@ -44,7 +44,23 @@ from msde_jax.detectors.persistence import (
     write_detector_file,
 )
 
-__all__ = ["Detector", "NotFittedError", "no_maps_message"]
+__all__ = ["Detector", "NotFittedError", "SupportsDetect", "no_maps_message"]
+
+
+class SupportsDetect(Protocol):
+    """What :func:`msde_jax.pipeline.evaluation.evaluate` needs from a detector facade. A
+    :class:`~msde_jax.FusedDetector`'s components are msde_jax detectors (:class:`Detector`
+    subclasses): fusion also reads their fitted ``state_``, passes ``groups`` to their ``fit``,
+    saves them and checks their score-time parameters."""
+
+    decision_scores_: np.ndarray
+    threshold_: float
+
+    def fit(self, X: Any, y: Any = None) -> Any: ...
+
+    def score_samples(self, X: Any) -> np.ndarray: ...
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]: ...
 
 
 def no_maps_message(detector: Any) -> str:

@@ -34,13 +34,13 @@ normals' scores), so the threshold keeps its false-positive promise.
 
 import inspect
 from collections.abc import Mapping
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from msde_jax.detectors.base import Detector
+from msde_jax.detectors.base import Detector, SupportsDetect
 from msde_jax.detectors.calibration import (
     CALIBRATIONS,
     STD_FLOOR,
@@ -69,22 +69,6 @@ __all__ = [
     "fusion_stats",
     "z_scores",
 ]
-
-
-class SupportsDetect(Protocol):
-    """What :func:`msde_jax.pipeline.evaluation.evaluate` needs from a detector facade. A
-    :class:`FusedDetector`'s components are msde_jax detectors (:class:`Detector`
-    subclasses): fusion also reads their fitted ``state_``, passes ``groups`` to their ``fit``,
-    saves them and checks their score-time parameters."""
-
-    decision_scores_: np.ndarray
-    threshold_: float
-
-    def fit(self, X: Any, y: Any = None) -> Any: ...
-
-    def score_samples(self, X: Any) -> np.ndarray: ...
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]: ...
 
 
 def _check_contamination(value: Any) -> None:
