@@ -267,7 +267,7 @@ class Detector:
             )
 
     def _set_scores(self, decision_scores: np.ndarray, threshold: float) -> None:
-        self.decision_scores_ = np.asarray(decision_scores)
+        self.decision_scores_ = np.array(decision_scores)  # its own: labels_ follow from it
         self.threshold_ = float(threshold)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
 
@@ -469,7 +469,8 @@ class Detector:
             "threshold_": self.threshold_ if math.isfinite(self.threshold_) else None,
             "metadata": dict(getattr(self, "metadata_", {})),
         }
-        arrays = {**self._fitted_arrays(), "decision_scores_": np.asarray(self.decision_scores_)}
+        scores = np.array(self.decision_scores_)  # a copy: editing it leaves labels_ true
+        arrays = {**self._fitted_arrays(), "decision_scores_": scores}
         return meta, arrays
 
     @classmethod
@@ -512,7 +513,7 @@ class Detector:
             det._restore(meta, arrays)
         except (KeyError, TypeError) as err:  # a scalar the state needs is missing or odd
             raise ValueError(f"not a valid saved {cls.__name__}: {err!r}.") from err
-        threshold = meta["threshold_"]  # null: fitted with threshold="none"
+        threshold = meta.get("threshold_")  # null: fitted with threshold="none"
         det._set_scores(arrays["decision_scores_"], math.nan if threshold is None else threshold)
         det.metadata_ = dict(meta.get("metadata", {}))
         return det
@@ -529,6 +530,13 @@ class Detector:
                 the features); :meth:`load` returns them as ``metadata_``. ``None`` keeps
                 those of a loaded detector (``metadata_``; none after a refit).
         """
+        if metadata is not None and not (
+            isinstance(metadata, dict) and all(isinstance(key, str) for key in metadata)
+        ):  # load refuses anything else: the file would not load
+            raise TypeError(
+                "metadata must be a dict with string keys (a JSON object), got "
+                f"{type(metadata).__name__}; e.g. metadata={{'embedder': embedder.config()}}."
+            )
         meta, arrays = self.to_arrays()
         if metadata is not None:
             meta["metadata"] = metadata

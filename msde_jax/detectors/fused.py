@@ -211,12 +211,13 @@ class FusedDetector(Detector):
         """Set ``components``, ``contamination``, ``calibration`` or a component's
         ``<name>__<param>``."""
         nested = {key: value for key, value in params.items() if "__" in key}
+        components = params.get("components", self.components)  # new ones first, as Pipeline
         for key in nested:
-            if key.partition("__")[0] not in dict(self.components):
+            if key.partition("__")[0] not in dict(components):
                 raise ValueError(
                     f"Unknown parameter {key!r} for FusedDetector; valid ones: "
                     f"{', '.join(self.param_names())}, <component>__<param> for components "
-                    f"{', '.join(map(repr, self.components))}."
+                    f"{', '.join(map(repr, components))}."
                 )
         super().set_params(**{key: value for key, value in params.items() if key not in nested})
         for key, value in nested.items():

@@ -114,3 +114,37 @@ def test_a_fit_on_constant_rows_saves_a_file_that_loads(tmp_path):
     bank = PatchBankDetector(size=20, position=1.0).fit(np.ones((10, 16, 4), np.float32))
     bank.save(tmp_path / "b.npz")
     assert PatchBankDetector.load(tmp_path / "b.npz").threshold_ == bank.threshold_
+
+
+def test_metadata_that_would_not_load_is_refused_at_save(rows, tmp_path):
+    """save(metadata=[...]) wrote a file that every loader refused."""
+    det = MSDEDetector(mode="none").fit(rows)
+    for bad in (["efficientnet_lite0"], "resnet18", {1: (2, 3)}):
+        with pytest.raises(TypeError, match="metadata must be a dict with string keys"):
+            det.save(tmp_path / "m.npz", metadata=bad)
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_missing_threshold_entry_is_a_message_not_a_key_error(rows):
+    for threshold in ("none", "cross_fit"):
+        meta, arrays = MSDEDetector(mode="none", threshold=threshold).fit(rows).to_arrays()
+        del meta["threshold_"]
+        if threshold == "none":  # it is null there anyway
+            assert np.isnan(MSDEDetector.from_arrays(meta, arrays).threshold_)
+        else:
+            with pytest.raises(ValueError, match="threshold_"):
+                MSDEDetector.from_arrays(meta, arrays)
+
+
+def test_arrays_given_and_taken_are_copies(rows):
+    """Editing to_arrays()'s scores zeroed the detector's decision_scores_ (labels_ kept the
+    old count), and from_arrays kept the caller's array."""
+    det = MSDEDetector(mode="none").fit(rows)
+    kept = det.decision_scores_.copy()
+    meta, arrays = det.to_arrays()
+    arrays["decision_scores_"][:] = 0
+    np.testing.assert_array_equal(det.decision_scores_, kept)
+    given = det.to_arrays()[1]
+    loaded = MSDEDetector.from_arrays(meta, given)
+    given["decision_scores_"][:] = 7
+    np.testing.assert_array_equal(loaded.decision_scores_, kept)

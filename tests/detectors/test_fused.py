@@ -247,6 +247,10 @@ def test_params_and_repr():
     assert repr(det).startswith("FusedDetector({'wide': MSDEDetector(")
     assert repr(det).endswith(", contamination=0.2)")
     assert "contamination" not in repr(FusedDetector({"a": MSDEDetector()}))
+    # new components and their parameters in one call, as scikit-learn's Pipeline takes them
+    det.set_params(components={"x": MSDEDetector(**PARAMS)}, x__k=5)
+    assert list(det.components) == ["x"]
+    assert det.components["x"].k == 5
 
 
 # ---------------------------------------------------------------------- persistence
