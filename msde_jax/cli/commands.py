@@ -260,6 +260,19 @@ def cmd_fit(args: argparse.Namespace) -> None:
             print(note, file=sys.stderr)
 
 
+def _note_images_for_volumes(record: dict | None, groups: Any) -> None:
+    """A ``note:`` on 2-D images scored by a model fitted on volumes' slices: each is scaled
+    alone, not windowed as its volume's slices are, so the model's thresholds may not fit."""
+    n_images = int(np.sum(groups.volume < 0))
+    if record is not None and n_images:
+        print(
+            f"note: the model was fitted on volumes' slices; {n_images} input(s) are 2-D "
+            "images, scored as slices but each scaled alone (not windowed as a volume's slices "
+            "are): its thresholds were set on slices",
+            file=sys.stderr,
+        )
+
+
 def _unmeasured(validation: Any) -> str:
     """``"; msde:head not fitted"`` for each candidate the synthetic validation could not fit
     (or ``not measured``: fitted, its scores not finite); the reasons were printed as each
@@ -321,6 +334,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     embedder = build_embedders(args.model, detector, configs, args.batch_size)
     inputs = inputs.take(usable(inputs, args))
     items, names, groups = inputs.items, inputs.names, inputs.groups
+    _note_images_for_volumes(record, groups)
     if args.heatmaps:  # their memory, before any image is embedded
         check_heatmaps(maps_embedder(embedder, detector).image_size, len(items))
     features = embed(embedder, items, cache_dir=args.cache_dir, what="input")
@@ -347,6 +361,13 @@ def cmd_score(args: argparse.Namespace) -> None:
     vscores, vthreshold = None, None
     if groups.has_volumes:
         vscores, vthreshold = write_volume_scores(args.model, record, scores, groups, volume_out)
+    elif args.out and volume_csv_path(args.out).is_file():  # not left to contradict args.out
+        volume_csv_path(args.out).unlink()
+        print(
+            f"note: removed {volume_csv_path(args.out)}, an earlier run's volume scores (these "
+            "inputs hold no volume)",
+            file=sys.stderr,
+        )
     if args.heatmaps:
         from msde_jax.pipeline.heatmaps import write_heatmaps
 

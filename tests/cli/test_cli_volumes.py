@@ -99,6 +99,19 @@ def test_fit_score_evaluate_volumes(tmp_path, capsys, write, suffix):
         assert "note: the model was fitted on axial slices and scores coronal ones" in (
             capsys.readouterr().err
         )
+        # A 2-D image, into the CSV of the volumes above: their volume CSV is not left to
+        # contradict it, and the image is scored with a note (it was silent).
+        from PIL import Image
+
+        png = tmp_path / "image.png"
+        image = tissue(np.random.default_rng(1), (1, 32, 32))[0] // 2
+        Image.fromarray(image.astype(np.uint8)).save(png)
+        assert main(["score", str(model), str(png), "--out", str(scores)]) == 0
+        err = capsys.readouterr().err
+        assert "note: the model was fitted on volumes' slices; 1 input(s) are 2-D images" in err
+        assert "note: removed " in err
+        assert not (tmp_path / "scores_volumes.csv").exists()
+        assert [r["path"] for r in _rows(scores)] == [str(png)]
 
     report = tmp_path / "report"
     args = ["evaluate", str(data), "--out", str(report), *BANK, "--no-validation"]
