@@ -139,16 +139,20 @@ def write_nifti(path, volume):
     return path
 
 
-def write_dicom_series(folder, volume, *, uid="1.2.826.0.1.3680043.8.498.7", spacing=2.5):
+def write_dicom_series(
+    folder, volume, *, uid="1.2.826.0.1.3680043.8.498.7", spacing=2.5, coronal=False
+):
     """Save a (slices, H, W) volume as an axial CT series: one file per slice, stored values
-    HU + 1024 (rescale intercept −1024), ImagePositionPatient z = spacing · slice."""
+    HU + 1024 (rescale intercept −1024), ImagePositionPatient z = spacing · slice; with
+    ``coronal``, as coronal slices (rows along x, columns down z, stacked along y)."""
     folder.mkdir(parents=True, exist_ok=True)
     for n, pixels in enumerate(volume):
         write_dicom_slice(
             folder / f"slice{n:03d}.dcm",
             np.asarray(pixels, np.int64) + 1024,
             series=uid,
-            position=(0, 0, spacing * n),
+            position=(0, spacing * n, 0) if coronal else (0, 0, spacing * n),
+            orientation=(1, 0, 0, 0, 0, -1) if coronal else (1, 0, 0, 0, 1, 0),
             instance=n + 1,
             pixel_spacing=("0.8", "0.8"),
         )

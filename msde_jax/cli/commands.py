@@ -115,6 +115,7 @@ def _check_out(
 def cmd_embed(args: argparse.Namespace) -> None:
     from msde_jax._files import atomic_write
     from msde_jax.pipeline.evaluation import embed
+    from msde_jax.pipeline.volumes import slice_plane
 
     out = args.out if args.out.endswith(".npz") else f"{args.out}.npz"  # as np.savez names it
     inputs = command_inputs(args.sources, args, training=True)
@@ -125,7 +126,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     arrays = {"embeddings": emb, "names": np.array(names)}
     arrays |= {"config": np.array(json.dumps(embedder.config()))}
-    arrays |= groups_arrays(inputs.groups, args.axis)  # fit --embeddings: folds of volumes
+    # fit --embeddings: folds of volumes, and their plane (a DICOM series' own)
+    arrays |= groups_arrays(inputs.groups, slice_plane(inputs.groups, args.axis))
     atomic_write(out, lambda f: np.savez(f, **arrays), suffix=".npz")
     print(f"wrote {emb.shape[0]} × {' × '.join(map(str, emb.shape[1:]))} embeddings to {out}")
 
@@ -215,7 +217,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     import tempfile
 
     from msde_jax.pipeline.evaluation import embed
-    from msde_jax.pipeline.volumes import fit_groups, volume_record
+    from msde_jax.pipeline.volumes import fit_groups, slice_plane, volume_record
 
     volumes = None
     if args.embeddings:
@@ -247,7 +249,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
             detector.fit(features, groups=fit_groups(detector, inputs.groups))
         metadata = embedder_metadata(embedder)
         if inputs.groups.has_volumes:
-            volumes = metadata["volumes"] = volume_record(detector, inputs.groups, axis=args.axis)
+            plane = slice_plane(inputs.groups, args.axis)  # a DICOM series' own
+            volumes = metadata["volumes"] = volume_record(detector, inputs.groups, axis=plane)
     detector.save(args.out, metadata=metadata)
     print(
         f"fitted {detector!r} on {len(detector.decision_scores_)} normal images "
@@ -317,10 +320,12 @@ def cmd_score(args: argparse.Namespace) -> None:
     inputs = command_inputs(args.sources, args, axis=axis)
     with_volumes = inputs.groups.has_volumes
     fitted_axis = (record or {}).get("axis")
-    if with_volumes and fitted_axis and axis != fitted_axis:
+    planes = {v.axis for v in inputs.groups.volumes} - {fitted_axis, "unknown"}
+    if with_volumes and fitted_axis and planes:  # the planes read, a DICOM series' own
         print(
-            f"note: the model was fitted on {fitted_axis} slices and scores {axis} ones "
-            "(--axis): its thresholds were set on the other plane's slice scores",
+            f"note: the model was fitted on {fitted_axis} slices and scores "
+            f"{', '.join(sorted(planes))} ones: its thresholds were set on the other plane's "
+            "slice scores",
             file=sys.stderr,
         )
     volume_out = volume_csv_path(args.out) if args.out and with_volumes else None

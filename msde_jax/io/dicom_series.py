@@ -37,9 +37,12 @@ stacks each series along its own slice normal:
   numbers) larger than 1.5 × the median step means missing slices — about
   ``round(step / median) − 1`` of them. Each gap is recorded in the volume's ``gaps`` and a
   :class:`SeriesGapWarning` names the series.
-- **Display**: rows and columns stay as stored (for the usual axial orientation, rows
-  anterior → posterior and columns patient right → left: what
-  :func:`~msde_jax.io.nifti.read_nifti` shows). The series' own stacking axis is what
+- **Display**: rows and columns run as the plane's usual orientation has them (axial: rows
+  anterior → posterior, columns patient right → left; coronal: rows superior → inferior,
+  columns right → left; sagittal: rows superior → inferior, columns anterior → posterior), what
+  :func:`~msde_jax.io.nifti.read_nifti` shows: a series stored otherwise (prone, feet first,
+  rows along the columns' axis) is flipped or transposed in the plane, its affine and spacing
+  with it. The series' own stacking axis is what
   ``axis="axial"`` stands for in :func:`~msde_jax.io.volume_readers.read_volumes`; the volume's
   ``axis`` field gives the anatomical plane the slices lie closest to.
 
@@ -374,6 +377,46 @@ def _read_slice(path: Path) -> _Slice:
     )
 
 
+# Per plane, the LPS axis and sign that the column index and the row index run along in the
+# plane's usual orientation (axial (1,0,0,0,1,0), coronal (1,0,0,0,0,-1), sagittal
+# (0,1,0,0,0,-1)), which read_nifti's slices show too.
+_DISPLAY = {"axial": ((0, 1), (1, 1)), "coronal": ((0, 1), (2, -1)), "sagittal": ((1, 1), (2, -1))}
+
+
+def _as_displayed(
+    pixels: np.ndarray,
+    orientation: np.ndarray,
+    axis: str,
+    affine: np.ndarray | None,
+    spacing: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float]]:
+    """The (n, rows, cols) ``pixels`` of a series in ``axis``'s plane transposed and flipped
+    in the plane so that columns and rows run as the plane's usual orientation has them (a
+    prone, feet-first or transposed series as a standard one: as NIfTI shows the anatomy),
+    with the affine (voxel → RAS mm) and the (row, column) spacing to match."""
+    (col_axis, col_sign), (row_axis, row_sign) = _DISPLAY[axis]
+    along_row, down_column = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    affine = None if affine is None else affine.copy()
+    if (
+        int(np.argmax(np.abs(along_row))) == row_axis != col_axis == np.argmax(np.abs(down_column))
+    ):  # transposed: rows run where columns should
+        pixels, spacing = pixels.transpose(0, 2, 1), spacing[::-1]
+        along_row, down_column = down_column, along_row
+        if affine is not None:
+            affine[:, [1, 2]] = affine[:, [2, 1]]
+    flips = (
+        (2, along_row[col_axis] * col_sign < 0),  # columns run the other way
+        (1, down_column[row_axis] * row_sign < 0),  # rows do
+    )
+    for dim, flip in flips:
+        if flip:
+            pixels = np.flip(pixels, axis=dim)
+            if affine is not None:  # voxel 0 is now the other end
+                affine[:3, 3] += (pixels.shape[dim] - 1) * affine[:3, dim]
+                affine[:3, dim] *= -1
+    return np.ascontiguousarray(pixels), affine, spacing
+
+
 def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
     """A sort key that orders ``IM2`` before ``IM10`` (digit runs as numbers)."""
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(name))
@@ -515,8 +558,13 @@ def _volume(
         if normal is None
         else ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
     )
+    pixels = np.stack([s.pixels for s in slices])
+    if axis != "unknown":  # shown as the plane's usual orientation shows it, as NIfTI is
+        pixels, affine, (row_mm, col_mm) = _as_displayed(
+            pixels, ref.orientation, axis, affine, (row_mm, col_mm)
+        )
     return make_volume(
-        np.stack([s.pixels for s in slices]),
+        pixels,
         name=name,
         source=source,
         axis=axis,

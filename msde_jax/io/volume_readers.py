@@ -38,16 +38,20 @@ def read_volumes(
     Args:
         path: a ``.nii`` / ``.nii.gz`` file or a folder of DICOM files.
         axis: the slicing plane for NIfTI. A DICOM series is always stacked along its own
-            slice normal, which ``"axial"`` (the default) stands for; other planes are refused.
+            slice normal, which ``"axial"`` (the default) stands for; another plane is taken
+            where it is the series' own (``Volume.axis``), and refused otherwise.
         window: intensity window percentiles (see :func:`~msde_jax.io.volumes.window_volume`).
         skip_empty: drop empty slices (see :func:`~msde_jax.io.volumes.empty_slices`).
     """
     p = Path(path)
     if p.is_dir():
-        if axis != "axial":
+        volumes = read_dicom_series(p, window=window, skip_empty=skip_empty)
+        other = [v.axis for v in volumes if axis not in ("axial", v.axis)]
+        if other:
             raise ValueError(
-                f"{p}: a DICOM series is stacked along its own slice normal (axis='axial'); "
-                f"reslicing it to {axis!r} is not supported."
+                f"{p}: a DICOM series is stacked along its own slice normal ({other[0]} slices "
+                f"here); reslicing it to {axis!r} is not supported: read it with axis='axial' "
+                "(its own plane)."
             )
-        return read_dicom_series(p, window=window, skip_empty=skip_empty)
+        return volumes
     return [read_nifti(p, axis=axis, window=window, skip_empty=skip_empty)]

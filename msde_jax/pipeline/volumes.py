@@ -109,6 +109,13 @@ def volume_threshold(
     return quantile_threshold(volume_scores(decision_scores, groups).scores, contamination)
 
 
+def slice_plane(groups: SliceGroups, axis: str) -> str:
+    """The plane the slices of ``groups``' volumes lie in: the most frequent of their known
+    planes (``Volume.axis``: a DICOM series' own, whatever ``axis`` was given), else ``axis``."""
+    planes = [v.axis for v in groups.volumes if v.axis in ("axial", "coronal", "sagittal")]
+    return max(dict.fromkeys(planes), key=planes.count) if planes else axis
+
+
 def volume_record(detector: Any, groups: SliceGroups, *, axis: str) -> dict[str, Any]:
     """What a model fitted on volumes keeps about them (``metadata["volumes"]``), JSON-able.
 

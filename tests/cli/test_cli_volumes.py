@@ -237,8 +237,43 @@ def test_bad_volume_files_are_one_line_errors(tmp_path, capsys):
     assert "broken.nii.gz" in err
     assert "none of the 1 files could be read" in err
     # A DICOM series is read along its own normal: another plane is refused, by name.
+    series = write_dicom_series(tmp_path / "good", tissue(np.random.default_rng(0), SHAPE))
     assert main(["fit", str(series), "--out", str(model), "--axis", "coronal", *BANK]) == 2
-    assert "reslicing it to 'coronal' is not supported" in capsys.readouterr().err
+    assert "(axial slices here); reslicing it to 'coronal' is not supported" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_model_records_the_plane_its_slices_lie_in(tmp_path, capsys):
+    """Fitted on coronal DICOM series, a model recorded --axis's default 'axial' and then cut
+    NIfTI volumes axially without a word; a model fitted on coronal NIfTI refused a coronal
+    series."""
+    from msde_jax import load_detector
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        uid = f"1.2.826.0.1.3680043.8.498.9{i}"
+        write_dicom_series(tmp_path / "cor" / f"s{i}", tissue(rng, SHAPE), uid=uid, coronal=True)
+    nifti = write_nifti(tmp_path / "v.nii.gz", tissue(rng, SHAPE))
+    model = tmp_path / "m.npz"
+    fit = ["fit", "--out", str(model), "--n-folds", "3", *BANK]
+    assert main([*fit[:1], str(tmp_path / "cor"), *fit[1:]]) == 0
+    assert load_detector(model).metadata_["volumes"]["axis"] == "coronal"
+    assert main(["score", str(model), str(tmp_path / "cor" / "s0"), str(nifti)]) == 0
+    err = capsys.readouterr().err
+    assert "note: the model was fitted on" not in err  # both read as coronal slices
+    # fit --embeddings reads the plane `embed` recorded
+    emb, from_emb = str(tmp_path / "e.npz"), tmp_path / "n.npz"
+    assert (
+        main(["embed", str(tmp_path / "cor"), "--out", emb, *EMBED, "--features", "patches"]) == 0
+    )
+    assert main(["fit", emb, "--embeddings", "--out", str(from_emb), *fit[3:5], *BANK[-2:]]) == 0
+    assert load_detector(from_emb).metadata_["volumes"]["axis"] == "coronal"
+    assert main(["score", str(model), str(tmp_path / "cor" / "s1"), "--axis", "axial"]) == 0
+    assert "note: the model was fitted on" not in capsys.readouterr().err  # its own plane
+    axial = write_dicom_series(tmp_path / "ax", tissue(rng, SHAPE))
+    assert main(["score", str(model), str(axial), "--axis", "axial"]) == 0
+    assert "fitted on coronal slices and scores axial ones" in capsys.readouterr().err
 
 
 def test_the_volume_threshold_lines_name_the_quantile_unrounded():

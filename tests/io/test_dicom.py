@@ -401,15 +401,19 @@ _PLANES = {
 }
 
 
+@pytest.mark.parametrize("stored", ["standard", "prone", "columns flipped", "transposed"])
 @pytest.mark.parametrize("plane", list(_PLANES))
-def test_dicom_series_and_nifti_of_one_anatomy_give_the_same_slices(tmp_path, plane):
+def test_dicom_series_and_nifti_of_one_anatomy_give_the_same_slices(tmp_path, plane, stored):
     """The same RAS+ volume as NIfTI (identity affine) and as a DICOM series in each plane:
     same slices in the same order, same affine (coronal DICOM series once ran anterior →
-    posterior, the NIfTI reader's coronal slices posterior → anterior)."""
+    posterior, the NIfTI reader's coronal slices posterior → anterior). Stored otherwise than
+    the plane's usual orientation (prone: rows and columns reversed; feet first: columns; or
+    rows along the columns' axis), a series was read as stored: rotated or mirrored."""
     ras = SERIES_RNG.integers(100, 1000, (7, 6, 5)).astype(np.float32)  # (R, A, S), 1 mm
     nib.save(nib.Nifti1Image(ras, np.eye(4)), tmp_path / "ras.nii")
     flip = np.array([-1.0, -1.0, 1.0])  # LPS ↔ RAS
     u, v = np.array(_PLANES[plane][:3], float), np.array(_PLANES[plane][3:], float)
+    u, v = {"standard": (u, v), "prone": (-u, -v), "columns flipped": (-u, v)}.get(stored, (v, u))
     w = np.cross(u, v)
     sizes = [ras.shape[int(np.argmax(np.abs(d)))] for d in (u, v, w)]
     # The RAS voxel of pixel (0, 0) of slice 0: the low end of each axis that runs up in RAS.
@@ -430,7 +434,7 @@ def test_dicom_series_and_nifti_of_one_anatomy_give_the_same_slices(tmp_path, pl
             folder / f"x{names[s]}.dcm",
             pixels + 1024,
             position=tuple(origin),
-            orientation=_PLANES[plane],
+            orientation=(*u, *v),
             instance=sizes[2] - s,  # contradicts the positions, which win
             pixel_spacing=("1", "1"),
         )
