@@ -139,6 +139,7 @@ def test_fit_at_an_absurd_image_size_is_refused_before_allocating(tmp_path, scan
     # Issue 24: (32, 100000, 100000, 3) float32 input batches, 3.49 TiB each.
     argv = ["fit", str(scans), "--weights", "random", "--backbone", "resnet18"]
     argv += ["--image-size", "100000", "--batch-size", "32", "--out", str(tmp_path / "m.npz")]
+    argv += ["--n-folds", "2"]  # 2 images: enough folds
     status, err = _run_cli(argv, tmp_path)
     assert status == 2, err
     assert err.count("\n") == 1, err
@@ -313,6 +314,7 @@ def test_out_of_memory_in_the_forward_pass_fit_and_score(tmp_path, scans, capsys
         self._forward = _exhausted
 
     embed = ["--weights", "random", "--backbone", "resnet18", "--image-size", "32"]
+    embed += ["--n-folds", "2"]  # 2 images: enough folds
     with monkeypatch.context() as patch:
         patch.setattr(Embedder, "__init__", exhausted_forward)
         assert main(["fit", str(scans), *embed, "--out", str(tmp_path / "m.npz")]) == 2
