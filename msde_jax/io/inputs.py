@@ -109,7 +109,8 @@ class SliceGroups(NamedTuple):
 
 
 def concat_groups(*groups: SliceGroups) -> SliceGroups:
-    """The groups of the concatenated items of several lists (volumes renumbered)."""
+    """The groups of the concatenated items of several lists (volumes renumbered, and named
+    apart where two lists hold volumes of one name: ``p3/t1``, ``p4/t1``)."""
     volume, position, volumes = [], [], []
     for g in groups:
         volume.append(np.where(g.volume >= 0, g.volume + len(volumes), -1))
@@ -118,7 +119,7 @@ def concat_groups(*groups: SliceGroups) -> SliceGroups:
     if not groups:
         return SliceGroups.images(0)
     return SliceGroups(
-        np.concatenate(volume).astype(np.int64), np.concatenate(position), tuple(volumes)
+        np.concatenate(volume).astype(np.int64), np.concatenate(position), _named_apart(volumes)
     )
 
 

@@ -260,6 +260,15 @@ def test_load_dataset_of_volumes_keeps_the_groups(tmp_path):
     assert ds.test_names()[-1].endswith("z.png")
     assert ds.test_names()[0] == "test_normal0:0000"
     assert "train_normal_volumes=3" in repr(ds)
+    # one name in both test classes (one folder per patient): named apart in the test set,
+    # as within one folder (both were "t1:0000" in the report)
+    for split, patient in (("test/normal", "p3"), ("test/abnormal", "p4")):
+        (root / split / patient).mkdir()
+        write_nifti(root / split / patient / "t1.nii.gz", tissue(RNG, (4, 16, 16)))
+    names = load_dataset(root).test_names()
+    assert "p3/t1:0000" in names
+    assert "p4/t1:0000" in names
+    assert len(set(names)) == len(names)
     limited = limit_dataset(ds, limit=2)  # two inputs per class, volumes kept whole
     assert (len(limited.train_normal), len(limited.test_normal)) == (8, 4)
     assert len(limited.test_abnormal) == 8
