@@ -49,7 +49,8 @@ class TrainConfig:
         learning_rate: peak learning rate.
         optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9, as CutPaste trained).
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
-        warmup_steps: linear warm-up from 0 to ``learning_rate``.
+        warmup_steps: linear warm-up from 0 to ``learning_rate`` (half of ``steps`` where
+            it is not below ``steps``).
         schedule: ``"cosine"`` (decay to 0 at ``steps``) or ``"constant"``.
         head_hidden: width of the head's hidden layer (0: a linear head).
         seed: seeds the head, the augmentations and the image order.

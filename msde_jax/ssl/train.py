@@ -141,8 +141,10 @@ class ProxyHead(nn.Module):
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    """Linear warm-up to ``learning_rate``, then cosine decay to 0 at ``steps`` (or constant)."""
-    warmup = min(config.warmup_steps, max(config.steps - 1, 0))
+    """Linear warm-up to ``learning_rate``, then cosine decay to 0 at ``steps`` (or constant).
+    A warm-up of ``steps`` or more (the default 50 in a short run) takes half the steps
+    instead, so that the run still decays (it ended at the peak learning rate)."""
+    warmup = config.warmup_steps if config.warmup_steps < config.steps else config.steps // 2
     if config.schedule == "constant":
         if warmup == 0:
             return optax.constant_schedule(config.learning_rate)

@@ -459,3 +459,18 @@ def test_an_earlier_run_is_never_overwritten(normals, tmp_path, capsys):
     for resume in (False, True):
         with pytest.raises(FileExistsError, match="holds backbone.safetensors and train_log"):
             train_backbone(normals, config, out_dir=run, resume=resume, progress=False)
+
+
+def test_a_warm_up_as_long_as_the_run_takes_half_of_it():
+    """The default 50 warm-up steps in a 20-step run ended at the peak learning rate."""
+    from msde_jax.ssl.train import learning_rate_schedule
+
+    peak = 1e-3
+    lr = learning_rate_schedule(TrainConfig(steps=20, warmup_steps=50, learning_rate=peak))
+    assert float(lr(0)) == 0.0
+    assert float(lr(10)) == pytest.approx(peak)  # half the steps: the peak
+    assert float(lr(19)) < 0.05 * peak  # then the cosine decays toward 0 at step 20
+    kept = learning_rate_schedule(TrainConfig(steps=20, warmup_steps=5, learning_rate=peak))
+    assert float(kept(5)) == pytest.approx(peak)  # a shorter warm-up is kept as given
+    flat = TrainConfig(steps=20, warmup_steps=20, learning_rate=peak, schedule="constant")
+    assert float(learning_rate_schedule(flat)(5)) == pytest.approx(peak / 2)
