@@ -172,6 +172,8 @@ class Embedder:
             raise ValueError(f"flip must be True or False, got {flip!r}.")
         if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+        if not _is_int(num_workers) or num_workers < 0:  # failed only once embedding began
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}.")
         layers = check_layers(backbone, features, layers, grid, aggregate)
         self.backbone, self.image_size, self.resize = backbone, image_size, resize
         self.features, self.progress, self.num_workers = features, progress, num_workers
@@ -397,10 +399,10 @@ class Embedder:
             inputs = _inputs.expand_volumes(items, axis=axis)
             items, names = inputs.items, inputs.names
         n = len(items)
-        out = {key: np.empty((n, *shape), np.float32) for key, shape in shapes.items()}
         if n == 0:
-            return out
-        self.check_memory(n)
+            return {key: np.empty((0, *shape), np.float32) for key, shape in shapes.items()}
+        self.check_memory(n)  # before the output is allocated
+        out = {key: np.empty((n, *shape), np.float32) for key, shape in shapes.items()}
         bs = self.batch_size
         batches = [items[i : i + bs] for i in range(0, n, bs)]
         progress = Progress(n, f"embedding ({self.backbone})", enabled=self.progress and n > bs)

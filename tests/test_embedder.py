@@ -205,9 +205,23 @@ def test_weights_from_a_state_dict_path_or_default_agree():
     random = Embedder("efficientnet_lite0", weights="random", **kwargs)
     assert random.config()["weights_sha256"] != default.config()["weights_sha256"]
     assert not np.allclose(random.embed(IMAGES[:2]), out)
+    # torch tensors in bfloat16, or needing grad: converted, then the fingerprint failed
+    import torch
+
+    state = load_torch_state_dict(path)
+    for tensors in (
+        {k: torch.from_numpy(np.array(v)).to(torch.bfloat16) for k, v in state.items()},
+        {
+            k: torch.from_numpy(np.array(v)).requires_grad_(v.dtype.kind == "f")
+            for k, v in state.items()
+        },
+    ):
+        assert len(Embedder("efficientnet_lite0", weights=tensors, **kwargs).embed(IMAGES[:1])) == 1
 
 
 def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0, got '2'"):
+        Embedder("efficientnet_lite0", weights="random", num_workers="2")
     with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
         Embedder("vgg")
     with pytest.raises(ValueError, match="multiple of 14"):

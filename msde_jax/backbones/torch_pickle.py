@@ -584,8 +584,12 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         else:
             obj = _load_legacy(path)
         obj = _materialize(obj, source)
-    except (UnsafeCheckpointError, ValueError, OSError):
+    except UnsafeCheckpointError:
         raise
+    except (ValueError, OSError) as err:  # ours name the file; pickle's and zipfile's do not
+        if source in str(err):
+            raise
+        raise ValueError(f"{path}: could not read torch checkpoint ({err!r})") from err
     except Exception as err:  # malformed pickles raise anything from EOFError to TypeError
         raise ValueError(f"{path}: could not read torch checkpoint ({err!r})") from err
     return _find_state_dict(obj, source)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msde_jax.backbones._convert import WeightMappingError
+from msde_jax.backbones._convert import WeightMappingError, _host_array
 from msde_jax.backbones.registry import backbone_spec
 from msde_jax.backbones.weight_files import (
     VARIABLES_FORMAT,
@@ -200,7 +200,7 @@ def _fingerprint(state_dict: Mapping[str, Any]) -> str:
     """sha256 of a state dict's names, shapes, dtypes and values (which weights, exactly)."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
-        arr = np.ascontiguousarray(state_dict[name])
+        arr = np.ascontiguousarray(_host_array(state_dict[name]))  # torch bf16 / grad too
         digest.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()[:16]

@@ -67,6 +67,8 @@ def to_float(image: Any, *, name: str = "image") -> np.ndarray:
     if isinstance(image, Image.Image):
         return _from_pil(_as_shown(image), name)
     arr = np.asarray(image)
+    if not arr.dtype.isnative:  # big-endian pixels: the same values in the machine's order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     if arr.ndim == 2:

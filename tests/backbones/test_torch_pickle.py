@@ -282,9 +282,21 @@ def test_out_of_bounds_strides_are_rejected(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"this is not a checkpoint\n", bytes(range(256)) * 4], ids=str
+    "content",
+    [
+        b"",
+        b"this is not a checkpoint\n",
+        bytes(range(256)) * 4,
+        # after a legacy file's magic number: a flipped protocol byte (pickle's "unsupported
+        # pickle protocol: 253"), a string that is not UTF-8 (UnicodeDecodeError)
+        pickle.dumps(_LEGACY_MAGIC, protocol=2) + b"\x80\xfd",
+        pickle.dumps(_LEGACY_MAGIC, protocol=2) + b"\x80\x02X\x02\x00\x00\x00\xe9\xe9.",
+    ],
+    ids=str,
 )
 def test_garbage_file_raises_value_error(tmp_path, content):
+    """Every unreadable file is a ValueError naming it (pickle's own ValueErrors, and
+    UnicodeDecodeError, escaped without the path)."""
     path = tmp_path / "garbage.pth"
     path.write_bytes(content)
     with pytest.raises(ValueError, match="garbage.pth"):
