@@ -4,6 +4,12 @@ Neighbours (exact in row blocks, :mod:`~msde_jax.core.approximate_knn`'s tree, a
 :mod:`~msde_jax.core.sharded` versions over a device mesh), the fuzzy graph and density
 weights, the MSDE mean shift, the coreset and patch memory bank with its foreground mask, PCA,
 the Gaussian, metrics and anomaly maps. No I/O, no classes with hidden state.
+
+Rows must be finite: the functions run jitted and check nothing on the host, and one NaN or
+infinite row reaches every other row through the mean the distances are centred on (wrong
+neighbours, NaN shifts, a coreset index out of range). The detectors refuse non-finite
+features before they get here; check your own arrays the same way (``jnp.isfinite(x).all()``).
+Integer rows are computed as floats.
 """
 
 from msde_jax.core.approximate_knn import approximate_knn

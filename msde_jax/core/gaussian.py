@@ -162,8 +162,9 @@ def gaussian_fit(
         floor = jnp.zeros((), x.dtype)
     elif covariance == "ridge":
         ridge = jnp.asarray(ridge, dtype=x.dtype)
-        cov = scatter / (n - 1) + ridge * eye
-        a = jnp.concatenate([xc / jnp.sqrt(n - 1.0), jnp.sqrt(jnp.maximum(ridge, 0)) * eye])
+        dof = jnp.maximum(n - 1, 1)  # one row: a zero scatter, not 0 / 0
+        cov = scatter / dof + ridge * eye
+        a = jnp.concatenate([xc / jnp.sqrt(dof), jnp.sqrt(jnp.maximum(ridge, 0)) * eye])
         floor = ridge
     else:
         if covariance == "ledoit_wolf":

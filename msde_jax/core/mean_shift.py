@@ -293,6 +293,8 @@ def mean_shift(
         :class:`MeanShiftResult` ``(points, displacement, n_iter, converged)``.
     """
     x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # step_size and tol would truncate to 0
+        x = x.astype(jnp.result_type(float))
     step_size = jnp.asarray(step_size, x.dtype)
     tol = jnp.asarray(tol, x.dtype)
     search = choose_neighbors(neighbors, x.shape[0])  # checks ``neighbors`` for both shifts

@@ -331,6 +331,8 @@ def image_scores(
         (n_images,) image scores.
     """
     s = jnp.asarray(scores)
+    if not jnp.issubdtype(s.dtype, jnp.floating):  # q would truncate to 0 ("top" as "max")
+        s = s.astype(jnp.result_type(float))
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}.")
     if mask is not None:

@@ -142,7 +142,10 @@ def sharded_knn(
     queries = jnp.asarray(queries)
     m = queries.shape[0]
     self_neighbours = reference is None
-    reference = queries if self_neighbours else jnp.asarray(reference, queries.dtype)
+    # one dtype for both, as knn ranks them (a float reference was truncated to int queries)
+    dtype = jnp.result_type(queries, *(() if self_neighbours else (reference,)), float)
+    queries = queries.astype(dtype)
+    reference = queries if self_neighbours else jnp.asarray(reference, dtype)
     n = reference.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of reference points ({n}), got {k}.")
@@ -201,6 +204,8 @@ def sharded_mean_shift(
     """
     axis = _axis(mesh)
     x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # step_size and tol would truncate to 0
+        x = x.astype(jnp.result_type(float))
     n = x.shape[0]
     k = min(k, n)
     w = jnp.ones(n, x.dtype) if weights is None else jnp.asarray(weights, x.dtype)

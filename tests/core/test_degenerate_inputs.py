@@ -45,3 +45,21 @@ def test_weights_and_shift_stay_finite(kind, seed, exponent, method):
     result = mean_shift(x, w, k=5, max_iter=3)
     assert np.isfinite(np.asarray(result.points)).all()
     assert np.isfinite(np.asarray(result.displacement)).all()
+
+
+def test_integer_points_shift_and_score_as_their_floats():
+    """step_size, tol and q were cast to an integer input's dtype: 0 (no shift; "top" as
+    "max"); one row fitted a Gaussian of NaN (n − 1 = 0)."""
+    from msde_jax.core import gaussian_fit, image_scores, mahalanobis
+
+    x = np.random.default_rng(0).integers(-20, 20, (N, D)).astype(np.int32)
+    as_int, as_float = (
+        mean_shift(x, k=5, max_iter=3),
+        mean_shift(x.astype(np.float32), k=5, max_iter=3),
+    )
+    np.testing.assert_allclose(as_int.points, as_float.points, rtol=1e-6, atol=1e-5)
+    assert float(np.abs(np.asarray(as_int.points) - x).max()) > 0.1  # it moved
+    patch = np.array([[10, 8, 6, 1]], np.int32)
+    assert float(image_scores(patch, reduce="top", q=0.5)[0]) == 9.0  # the top 2, not the max
+    one = gaussian_fit(np.ones((1, D), np.float32), covariance="ridge")
+    assert np.isfinite(np.asarray(mahalanobis(one, np.zeros((1, D), np.float32)))).all()

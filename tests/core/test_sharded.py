@@ -41,6 +41,16 @@ def test_sharded_knn_matches_one_device(mesh, n):
         np.testing.assert_allclose(got.distances, want.distances, rtol=1e-6, atol=1e-6)
 
 
+def test_sharded_knn_of_integer_queries_and_a_float_reference_matches_one_device(mesh):
+    """The reference was cast to the queries' dtype: a float reference truncated to int."""
+    x, _ = _data(40)
+    queries, reference = np.round(x[:12] * 4).astype(np.int32), x * 4
+    got = sharded_knn(queries, reference, k=3, mesh=mesh)
+    want = knn(queries, reference, k=3)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.distances, want.distances, rtol=1e-6, atol=1e-6)
+
+
 def _smallest_neighbour_gap(x, w, k, max_iter):
     """Over the reference blurring shift's first ``max_iter`` iterations (float64), the smallest
     gap between any point's k-th and (k+1)-th squared neighbour distance."""
