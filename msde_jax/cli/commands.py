@@ -366,11 +366,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     vscores, vthreshold = None, None
     if groups.has_volumes:
         vscores, vthreshold = write_volume_scores(args.model, record, scores, groups, volume_out)
-    elif args.out and volume_csv_path(args.out).is_file():  # not left to contradict args.out
-        volume_csv_path(args.out).unlink()
+    elif args.out and (stale := volume_csv_path(args.out)).is_file():  # would contradict it
+        stale.unlink()
         print(
-            f"note: removed {volume_csv_path(args.out)}, an earlier run's volume scores (these "
-            "inputs hold no volume)",
+            f"note: removed {stale}, an earlier run's volume scores (these inputs hold no volume)",
             file=sys.stderr,
         )
     if args.heatmaps:

@@ -397,9 +397,8 @@ def _as_displayed(
     (col_axis, col_sign), (row_axis, row_sign) = _DISPLAY[axis]
     along_row, down_column = np.asarray(orientation[:3]), np.asarray(orientation[3:])
     affine = None if affine is None else affine.copy()
-    if (
-        int(np.argmax(np.abs(along_row))) == row_axis != col_axis == np.argmax(np.abs(down_column))
-    ):  # transposed: rows run where columns should
+    rows_first = int(np.argmax(np.abs(along_row))) == row_axis
+    if rows_first and int(np.argmax(np.abs(down_column))) == col_axis:  # transposed
         pixels, spacing = pixels.transpose(0, 2, 1), spacing[::-1]
         along_row, down_column = down_column, along_row
         if affine is not None:
