@@ -477,7 +477,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
             )
         maps = None
         if detector.has_maps:  # the report's overlays: embedded again from the cache
-            shown = overlay_indices(result.scores)
+            shown = overlay_indices(result.scores, labels=result.labels)
             items = [result.dataset.test_items()[i] for i in shown]
             images, heat = heatmaps(embedder, detector, items, cache_dir=cache_dir)
             maps = {int(i): (images[j], heat[j]) for j, i in enumerate(shown)}
@@ -504,6 +504,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
         heatmaps=maps,
         volume_metrics=None if volumes is None else volumes.metrics,
         maps_threshold=maps_threshold(result.detector),
+        normals_from_volumes=result.dataset.split_groups("test_normal").has_volumes,
     )
     print(f"configuration: {name}: {detector!r} on {embedder!r}")
     if validation is None:

@@ -8,6 +8,7 @@ volume-level metrics ``evaluate`` prints. The numbers come from :mod:`msde_jax.p
 
 import contextlib
 import csv
+import io
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from msde_jax._files import shown
+from msde_jax._files import atomic_write, shown
 
 __all__ = [
     "VOLUME_ARRAYS",
@@ -157,19 +158,19 @@ def volume_csv_path(out: str) -> Path:
 
 
 def write_csv(out: str | Path | None, header: Sequence[str], rows: list[list[Any]]) -> None:
-    """CSV rows to a file, or to stdout when ``out`` is None. UTF-8; a path whose name is not
-    (e.g. Latin-1) keeps its bytes in a file, and shows them as U+FFFD on stdout."""
+    """CSV rows to a file, whole or not at all (:func:`~msde_jax._files.atomic_write`), or to
+    stdout when ``out`` is None. UTF-8; a path whose name is not (e.g. Latin-1) keeps its bytes
+    in a file, and shows them as U+FFFD on stdout."""
+    if not out:
+        rows = [[shown(c) if isinstance(c, str) else c for c in r] for r in rows]
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
     if out:
-        f = open(out, "w", newline="", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        atomic_write(out, text.getvalue().encode("utf-8", "surrogateescape"), fsync=False)
     else:
-        f, rows = sys.stdout, [[shown(c) if isinstance(c, str) else c for c in r] for r in rows]
-    try:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    finally:
-        if out:
-            f.close()
+        sys.stdout.write(text.getvalue())
 
 
 def write_volume_scores(

@@ -34,6 +34,8 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,12 @@ from msde_jax._files import shown
 from msde_jax.core.metrics import check_scores, evaluation_metrics
 from msde_jax.pipeline.evaluation import threshold_promise
 from msde_jax.pipeline.report_figures import (
+    GRID_PER_ROW,
     MATPLOTLIB_MISSING,
     OVERLAYS_PER_ROW,
     fmt,
     literal,
+    missing_heatmaps,
     overlay_indices,
     plot_grid,
     plot_histogram,
@@ -105,8 +109,8 @@ def _md_value(value: Any) -> str:
         text = json.dumps(value)
     elif isinstance(value, int):
         text = str(value)
-    elif isinstance(value, float):
-        text = f"{value:.4f}" if math.isfinite(value) else str(value)
+    elif isinstance(value, float):  # 4 significant digits: a ridge of 1e-05 is not 0.0000
+        text = f"{value:.4g}" if math.isfinite(value) else str(value)
     elif isinstance(value, str | os.PathLike):
         text = os.fspath(value)
     else:
@@ -115,9 +119,13 @@ def _md_value(value: Any) -> str:
 
 
 def _md_cell(text: Any) -> str:
-    """``text`` inside a Markdown table cell: its ``|`` escaped (``_html`` splits cells on the
-    others only)."""
-    return str(text).replace("|", "\\|")
+    """``text`` inside a Markdown table cell: on one line (every character ``str.splitlines``
+    breaks at as a space) and its ``|`` escaped (``_html`` splits cells on the others only)."""
+    return _one_line(text).replace("|", "\\|")
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).splitlines()) if str(text).splitlines() else ""
 
 
 _METRIC_ROWS = (
@@ -171,12 +179,12 @@ def _markdown(
     metrics: dict[str, Any],
     config: Mapping[str, Any] | None,
     timings: Mapping[str, Any] | None,
-    with_grid: bool,
-    with_overlays: bool = False,
+    grid: int,
+    overlays: int = 0,
     volume_metrics: Mapping[str, Any] | None = None,
     promise: Mapping[str, Any] | None = None,
 ) -> str:
-    lines = [f"# {title}", ""]
+    lines = [f"# {_one_line(title)}", ""]
     lines += [
         f"{metrics['n_normal'] + metrics['n_abnormal']} test images ({metrics['n_normal']} "
         f"normal, {metrics['n_abnormal']} abnormal). Higher scores are more anomalous; an image "
@@ -229,19 +237,20 @@ def _markdown(
         "![Score histograms of normal and abnormal test images](histogram.png)",
         "",
     ]
-    if with_grid:
+    if grid:
         lines += [
             "### Most and least anomalous test images",
             "",
-            "![The 8 most and 8 least anomalous test images](grid.png)",
+            f"![The {grid} most and {grid} least anomalous test images](grid.png)",
             "",
         ]
-    if with_overlays:
+    if overlays:
         lines += [
             "### Where in the image",
             "",
             "Anomaly heatmaps (patch scores, one colour scale; the threshold is the cyan line on "
-            "the colour bar) over the 4 most and 4 least anomalous test images.",
+            f"the colour bar) over the {overlays} most and {overlays} least anomalous test "
+            "images.",
             "",
             "![Heatmaps of the most and least anomalous test images](overlays.png)",
             "",
@@ -273,10 +282,9 @@ def _html(markdown: str, out: Path) -> str:
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("!["):
-            alt, _, target = line[2:].partition("](")
-            data = base64.b64encode((out / target.rstrip(")")).read_bytes()).decode("ascii")
-            body.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+        elif (figure := _FIGURE.fullmatch(line)) and figure[2] in FILES:  # ours, nothing else
+            data = base64.b64encode((out / figure[2]).read_bytes()).decode("ascii")
+            body.append(f'<img alt="{html.escape(figure[1])}" src="data:image/png;base64,{data}">')
         elif line.strip():
             body.append(f"<p>{_inline(line)}</p>")
     flush_table()
@@ -294,20 +302,27 @@ def _html(markdown: str, out: Path) -> str:
 
 _PROMISED = ("cross_fit", "chi2")  # the threshold rules whose promise the report checks
 _CELL = re.compile(r"(?<!\\)\|")  # a table row's cell separators: its unescaped "|"
+_FIGURE = re.compile(r"!\[([^\]]*)\]\(([\w.]+)\)")  # a line that is one of our figures
+# a code span, or a link outside one (whose text may hold code spans)
+_TOKEN = re.compile(r"(`[^`]*`)|\[((?:[^\]`]|`[^`]*`)*)\]\([^)]*\)")
 
 
 def _inline(text: str) -> str:
     """Markdown inline code, bold and links → HTML (escaped; links to files become plain
-    text)."""
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text.replace("\\|", "|"))
-    parts = re.split(r"(`[^`]*`)", text)
-    out = []
-    for part in parts:
-        if part.startswith("`") and part.endswith("`") and len(part) > 1:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-        else:
-            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part)))
+    text; code is shown as written, brackets and all)."""
+    text = text.replace("\\|", "|")
+    out, end = [], 0
+    for token in _TOKEN.finditer(text):
+        out.append(_plain(text[end : token.start()]))
+        code, link = token.groups()
+        out.append(f"<code>{html.escape(code[1:-1])}</code>" if code else _inline(link))
+        end = token.end()
+    out.append(_plain(text[end:]))
     return "".join(out)
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
 
 def write_report(
@@ -324,6 +339,7 @@ def write_report(
     heatmaps: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     volume_metrics: Mapping[str, Any] | None = None,
     maps_threshold: float | None = None,
+    normals_from_volumes: bool | None = None,
 ) -> dict[str, Any]:
     """Write an evaluation report folder: metrics, curves, histograms, image grid and Markdown.
 
@@ -331,8 +347,11 @@ def write_report(
     ``histogram.png``, ``grid.png`` (only when ``images`` are given), ``overlays.png`` (only
     with ``heatmaps``), ``report.md``, which shows the metrics, config and timings and embeds
     the figures with relative links, and ``report.html``, the same page with the figures
-    inside it. Existing files of those names are removed first (an earlier report's
-    ``overlays.png`` does not stay beside a report without heatmaps); other files are left.
+    inside it. The files are written to a temporary folder inside ``out_dir`` and moved into
+    place once all of them are: a report that fails part-way (an image that cannot be read)
+    leaves the folder as it was. Then existing files of those names are removed (an earlier
+    report's ``overlays.png`` does not stay beside a report without heatmaps); other files are
+    left.
 
     Args:
         out_dir: the folder to write.
@@ -349,8 +368,8 @@ def write_report(
             are converted; anything else is written as its ``str``).
         timings: optional ``{step: seconds}``.
         heatmaps: optional ``{test index: (image, map)}`` for at least the indices
-            :func:`overlay_indices` ``(scores)`` picks: the image (H, W, 3) in [0, 1] as the
-            embedder saw it and its (H, W) anomaly map
+            :func:`overlay_indices` ``(scores, labels=labels)`` picks: the image (H, W, 3)
+            in [0, 1] as the embedder saw it and its (H, W) anomaly map
             (:func:`msde_jax.pipeline.evaluation.heatmaps`).
         volume_metrics: optional volume-level metrics
             (:func:`msde_jax.pipeline.volumes.volume_metrics`), written to ``metrics.json`` as
@@ -358,6 +377,9 @@ def write_report(
         maps_threshold: the threshold in the heatmaps' units where they are not the scores'
             (a fused detector's: :func:`msde_jax.pipeline.evaluation.maps_threshold`), marked on
             the overlays' colour bar instead of ``threshold``.
+        normals_from_volumes: whether the normal test images are slices of volumes, whose
+            false-positive interval (counting the slices as independent) is then said to be
+            too narrow; default: whether ``volume_metrics`` are given.
 
     Returns:
         The metrics dict of :func:`msde_jax.core.metrics.evaluation_metrics`.
@@ -377,6 +399,8 @@ def write_report(
         raise ValueError(f"got {len(images)} images for {score_arr.size} scores.")
     if names is not None and len(names) != score_arr.size:
         raise ValueError(f"got {len(names)} names for {score_arr.size} scores.")
+    if heatmaps is not None:
+        missing_heatmaps(overlay_indices(score_arr, labels=positive), heatmaps)
     require_matplotlib()  # fail early, before writing anything, when matplotlib is missing
 
     metrics = evaluation_metrics(positive, score_arr, threshold)
@@ -392,45 +416,55 @@ def write_report(
                 " Transductive scores also depend on the test batch they were shifted with (its "
                 "share of abnormal images), unlike a new normal's scored alone."
             )
-        if volume_metrics is not None:  # the test normals are slices of a few volumes
+        if volume_metrics is not None if normals_from_volumes is None else normals_from_volumes:
             promise["text"] += (
                 " These normals are slices of volumes, and the slices of one volume are not "
-                "independent: the interval above, which assumes they are, is too narrow; the "
-                "volume-level metrics below count each volume once."
+                "independent: the interval above, which assumes they are, is too narrow"
+                + (
+                    "; the volume-level metrics below count each volume once."
+                    * bool(volume_metrics)
+                )
+                + "."[: not volume_metrics]
             )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in FILES:  # an earlier report's, in a folder used again: none may be left over
-        (out / name).unlink(missing_ok=True)
     record = {"title": title, "metrics": metrics, "config": config, "timings": timings}
     if promise is not None:
         record["threshold_promise"] = promise
     if volume_metrics is not None:
         record["volume_metrics"] = dict(volume_metrics)
-    with open(out / "metrics.json", "w", encoding="utf-8") as f:
-        json.dump(_jsonable(record), f, indent=2, allow_nan=False)
-        f.write("\n")
-
-    drawn = literal(title)  # the figures' titles: a "$" in a dataset's name is not math
-    plot_roc(out / "roc.png", positive, score_arr, metrics, drawn)
-    plot_pr(out / "pr.png", positive, score_arr, metrics, drawn)
-    plot_histogram(out / "histogram.png", positive, score_arr, metrics, drawn)
-    if images is not None:
-        plot_grid(out / "grid.png", positive, score_arr, images, names, metrics, drawn)
-    if heatmaps is not None:
-        overlays = (heatmaps, metrics, drawn, maps_threshold)
-        plot_overlays(out / "overlays.png", positive, score_arr, *overlays)
+    n, drawn = score_arr.size, literal(title)  # the figures' titles: a "$" is not math
     text = _markdown(
         title,
         metrics,
         config,
         timings,
-        with_grid=images is not None,
-        with_overlays=heatmaps is not None,
+        grid=0 if images is None else min(GRID_PER_ROW, n // 2),
+        overlays=0 if heatmaps is None else min(OVERLAYS_PER_ROW, n // 2),
         volume_metrics=volume_metrics,
         promise=promise,
     )
     text = shown(text)  # a dataset folder's name that is not UTF-8
-    (out / "report.md").write_text(text + "\n", encoding="utf-8")
-    (out / "report.html").write_text(_html(text, out), encoding="utf-8")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))  # moved into out when whole
+    try:
+        with open(staging / "metrics.json", "w", encoding="utf-8") as f:
+            json.dump(_jsonable(record), f, indent=2, allow_nan=False)
+            f.write("\n")
+        plot_roc(staging / "roc.png", positive, score_arr, metrics, drawn)
+        plot_pr(staging / "pr.png", positive, score_arr, metrics, drawn)
+        plot_histogram(staging / "histogram.png", positive, score_arr, metrics, drawn)
+        if images is not None:
+            plot_grid(staging / "grid.png", positive, score_arr, images, names, metrics, drawn)
+        if heatmaps is not None:
+            overlays = (heatmaps, metrics, drawn, maps_threshold)
+            plot_overlays(staging / "overlays.png", positive, score_arr, *overlays)
+        (staging / "report.md").write_text(text + "\n", encoding="utf-8")
+        (staging / "report.html").write_text(_html(text, staging), encoding="utf-8")
+        for name in FILES:  # an earlier report's, in a folder used again: none may be left over
+            (out / name).unlink(missing_ok=True)
+        for name in sorted(os.listdir(staging), key="metrics.json".__eq__):  # metrics last
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return metrics

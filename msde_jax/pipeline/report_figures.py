@@ -10,7 +10,7 @@ Markdown and HTML pages.
 import math
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,19 @@ from msde_jax.core.metrics import precision_recall_curve, roc_curve
 from msde_jax.io.images import to_float
 
 __all__ = [
+    "GRID_PER_ROW",
     "MATPLOTLIB_MISSING",
     "OVERLAYS_PER_ROW",
     "fmt",
     "literal",
+    "missing_heatmaps",
     "overlay_indices",
     "plot_grid",
     "plot_histogram",
     "plot_overlays",
     "plot_pr",
     "plot_roc",
+    "ranked",
     "require_matplotlib",
 ]
 
@@ -47,7 +50,7 @@ _NORMAL_COLOR = "tab:blue"
 _ABNORMAL_COLOR = "tab:red"
 _THRESHOLD_COLOR = "black"
 _DPI = 120
-_GRID_PER_ROW = 8
+GRID_PER_ROW = 8
 # Grid tiles larger than this (pixels per side) are subsampled before drawing.
 _GRID_MAX_SIDE = 512
 # Image axes are drawn without their axis; made without ticks too, the layout does not measure
@@ -223,12 +226,9 @@ def _display_name(item: Any, index: int, names: Sequence[str] | None) -> str:
 
 
 def plot_grid(path: Path, labels, scores, images, names, metrics, title: str) -> None:
-    n = scores.size
-    k = min(_GRID_PER_ROW, n // 2)  # the two rows never show the same image
-    order = np.argsort(scores, kind="mergesort")
-    rows = (("most anomalous (highest scores)", order[::-1][:k]),)
-    rows += (("least anomalous (lowest scores)", order[:k]),)
-    fig = _new_figure((1.7 * _GRID_PER_ROW, 2 * 2.45 + 0.5))
+    most, least = ranked(scores, labels, GRID_PER_ROW)
+    rows = (("most anomalous (highest scores)", most), ("least anomalous (lowest scores)", least))
+    fig = _new_figure((1.7 * GRID_PER_ROW, 2 * 2.45 + 0.5))
     fig.suptitle(
         f"{title}: test images by score (threshold {fmt(metrics['threshold'])}; title colour = "
         "true label, blue normal, red abnormal)",
@@ -237,7 +237,7 @@ def plot_grid(path: Path, labels, scores, images, names, metrics, title: str) ->
     subfigs = fig.subfigures(2, 1)
     for subfig, (row_title, indices) in zip(subfigs, rows, strict=True):
         subfig.suptitle(row_title, fontsize=11, fontweight="bold")
-        axes = subfig.subplots(1, _GRID_PER_ROW, subplot_kw=_NO_TICKS)
+        axes = subfig.subplots(1, GRID_PER_ROW, subplot_kw=_NO_TICKS)
         for ax in axes:
             ax.set_axis_off()
         for ax, i in zip(axes, indices, strict=False):
@@ -261,12 +261,42 @@ def plot_grid(path: Path, labels, scores, images, names, metrics, title: str) ->
     _save(fig, path)
 
 
-def overlay_indices(scores: ArrayLike, per_row: int = OVERLAYS_PER_ROW) -> np.ndarray:
+def ranked(
+    scores: ArrayLike, labels: ArrayLike | None, per_row: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(most, least): the test indices of the ``per_row`` highest scores and of the ``per_row``
+    lowest, fewer when there are fewer than ``2 · per_row`` images, never one image in both.
+
+    Ties are broken against the detector where ``labels`` are given: normal images first among
+    the highest scores, abnormal first among the lowest, so that a detector giving many images
+    one score does not look as if it separated them (by position, the test normals that come
+    first would fill the bottom row)."""
+    scores = np.asarray(scores, np.float64)
+    k = min(per_row, scores.size // 2)
+    abnormal = np.zeros(scores.size) if labels is None else (np.asarray(labels) != 0) * 1.0
+    most = np.lexsort((abnormal, -scores))[:k]
+    rest = np.lexsort((-abnormal, scores))
+    least = rest[~np.isin(rest, most)][:k]
+    return most.astype(int), least.astype(int)
+
+
+def overlay_indices(
+    scores: ArrayLike, per_row: int = OVERLAYS_PER_ROW, *, labels: ArrayLike | None = None
+) -> np.ndarray:
     """Test indices the overlay figure shows: the ``per_row`` highest scores, then the
-    ``per_row`` lowest (fewer when there are fewer than ``2 · per_row`` images)."""
-    order = np.argsort(np.asarray(scores), kind="mergesort")
-    k = min(per_row, order.size // 2)
-    return np.r_[order[::-1][:k], order[:k]].astype(int)
+    ``per_row`` lowest (fewer when there are fewer than ``2 · per_row`` images), ties broken
+    as :func:`ranked` does with ``labels`` (give the same ``labels`` as the report)."""
+    return np.concatenate(ranked(scores, labels, per_row))
+
+
+def missing_heatmaps(indices: np.ndarray, heatmaps: Mapping[int, Any]) -> None:
+    """Refuse ``heatmaps`` without one of the test ``indices`` the overlays show."""
+    missing = [int(i) for i in indices if int(i) not in heatmaps]
+    if missing:
+        raise ValueError(
+            "heatmaps must hold the test images overlay_indices(scores, labels=labels) picks; "
+            f"missing {missing[:8]}."
+        )
 
 
 def plot_overlays(
@@ -274,13 +304,8 @@ def plot_overlays(
 ) -> None:
     from msde_jax.pipeline.heatmaps import color_bar_line, color_range, draw_overlay
 
-    idx = overlay_indices(scores)
-    missing = [int(i) for i in idx if int(i) not in heatmaps]
-    if missing:
-        raise ValueError(
-            f"heatmaps must hold the test images overlay_indices(scores) picks; missing "
-            f"{missing[:8]}."
-        )
+    idx = overlay_indices(scores, labels=labels)
+    missing_heatmaps(idx, heatmaps)
     k = idx.size // 2
     maps = np.stack([heatmaps[int(i)][1] for i in idx])
     line, units = color_bar_line(metrics["threshold"], maps_threshold)

@@ -266,3 +266,89 @@ def test_the_promise_in_words_and_bold_in_the_page(tmp_path):
     assert "the 97.5 % quantile" in page
     assert "<strong>Not kept</strong>" in page
     assert "**" not in page
+
+
+def test_a_report_that_fails_part_way_leaves_the_earlier_one(tmp_path, rng):
+    """The earlier report's files were removed and a fresh metrics.json and three curves
+    written before a grid image failed to read: a folder with no report.md at all."""
+    labels, scores = labelled_scores(rng, n=20)
+    write_report(tmp_path, labels=labels, scores=scores, threshold=2.0, title="first")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    images = [rng.random((8, 8)) for _ in range(20)]
+    images[int(np.argmax(scores))] = np.full((8, 8), 3.0)  # shown in the grid, unreadable
+    with pytest.raises(ValueError, match="must lie in"):
+        write_report(
+            tmp_path, labels=labels, scores=scores, threshold=1.0, images=images, title="second"
+        )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no staging left
+
+
+def test_tied_scores_do_not_look_separated(tmp_path, rng):
+    """Ties went by position: a detector giving every image one score (AUROC 0.5) showed
+    abnormal images as the most anomalous and normals as the least, normals coming first."""
+    from msde_jax.pipeline.report_figures import ranked
+
+    labels = np.r_[np.zeros(10, bool), np.ones(10, bool)]
+    scores = np.ones(20)
+    most, least = ranked(scores, labels, 8)
+    assert not labels[most].any()
+    assert labels[least].all()
+    assert overlay_indices(scores, labels=labels).tolist() == [*most[:4], *least[:4]]
+    # A class too small to fill its row: the rows still never share an image.
+    labels = np.r_[np.zeros(3, bool), np.ones(1, bool)]
+    most, least = ranked(np.ones(4), labels, 8)
+    assert most.tolist() == [0, 1]
+    assert least.tolist() == [3, 2]
+    # The grid's captions count what the figures hold: 2 and 2 of 4 test images.
+    write_report(
+        tmp_path,
+        labels=labels,
+        scores=np.arange(4.0),
+        threshold=1.0,
+        images=[0.5 * np.ones((8, 8))] * 4,
+    )
+    assert (
+        "![The 2 most and 2 least anomalous test images](grid.png)"
+        in (tmp_path / "report.md").read_text()
+    )
+
+
+def test_the_page_shows_values_as_written(tmp_path, rng):
+    """Link syntax inside a code span was taken out ("brain[2](T1)" became "brain2"); a line
+    break in a value cut the table, and a line starting "![" was read as a file to embed."""
+    labels, scores = labelled_scores(rng, n=10)
+    config = {
+        "dataset": "/data/brain[2](T1)/scans",
+        "note": "site A\nsite B\u2028and C",
+        "trap": "x\n![e](missing.png)",
+        "ridge": 1e-05,
+        "contamination": 0.05,
+    }
+    write_report(tmp_path, labels=labels, scores=scores, threshold=1.0, config=config)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<td>dataset</td><td><code>/data/brain[2](T1)/scans</code></td>" in page
+    assert "<td>note</td><td><code>site A site B and C</code></td>" in page
+    assert "<td>trap</td><td><code>x ![e](missing.png)</code></td>" in page
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| ridge | `1e-05` |" in text
+    assert "| contamination | `0.05` |" in text
+    assert "all numbers are also in metrics.json" in page.lower().replace("<code>", "").replace(
+        "</code>", ""
+    )
+
+
+def test_normals_from_volumes_without_volume_metrics_say_so(tmp_path):
+    """Volumes among the test normals only (abnormal 2-D images): no volume metrics, and the
+    slices were counted as independent normals without a word."""
+    labels = np.r_[np.zeros(100), np.ones(50)]
+    scores = np.r_[np.linspace(0, 1, 100), np.linspace(2, 3, 50)]
+    config = {"detector": {"contamination": 0.05}}
+    for flag in (False, True):
+        write_report(
+            tmp_path / str(flag), labels=labels, scores=scores, threshold=0.5, config=config,
+            normals_from_volumes=flag,
+        )  # fmt: skip
+        record = json.loads((tmp_path / str(flag) / "metrics.json").read_text())
+        text = record["threshold_promise"]["text"]
+        assert ("slices of one volume are not independent" in text) == flag
+        assert "volume-level metrics below" not in text
