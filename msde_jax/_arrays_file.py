@@ -229,6 +229,8 @@ def _read_header(stream: BinaryIO, path: Any, member: str | None) -> tuple[Any, 
             shape, fortran_order, dtype = reader(
                 io.BytesIO(length_bytes + text), max_header_size=_MAX_HEADER_BYTES
             )
+            if not all(type(s) is int for s in shape):  # NumPy's reader lets (True, 2) by
+                raise ValueError(f"shape is not valid: {shape!r}")
     # TokenError: NumPy's second try, for headers Python 2 wrote, tokenizes the text.
     except (ValueError, TypeError, SyntaxError, RecursionError, tokenize.TokenError) as err:
         raise fail(f"has an unreadable .npy header ({_reason(err)})") from err
@@ -271,6 +273,13 @@ def _check_header(path: Any, member: str | None, header: MemberHeader) -> None:
     if header.dtype.subdtype is not None:
         raise ArrayFileError(
             path, f"claims a sub-array dtype {header.dtype} NumPy never writes; {_RESTORE}.", member
+        )
+    if header.dtype.itemsize == 0 and math.prod(header.shape) > 0:  # any count, in 0 bytes
+        raise ArrayFileError(
+            path,
+            f"claims {math.prod(header.shape)} elements of the 0-byte dtype {header.dtype}, "
+            f"which NumPy never writes; {_RESTORE}.",
+            member,
         )
     stored = header.file_size - header.offset
     if header.nbytes != stored:

@@ -5,8 +5,9 @@ one process serve the next, and on a GPU XLA's autotuning results with them. At 
 :func:`enable_compilation_cache` points JAX's cache at ``$MSDE_JAX_CACHE/xla`` (default
 ``~/.cache/msde_jax/xla``) and caches every program, however short its compilation:
 
-* ``MSDE_JAX_COMPILATION_CACHE=/some/folder`` moves it; ``MSDE_JAX_COMPILATION_CACHE=off``
-  (or ``0``, ``false``, ``no``, empty) leaves JAX's cache alone;
+* ``MSDE_JAX_COMPILATION_CACHE=/some/folder`` moves it (a relative folder is taken from the
+  working folder at import); ``MSDE_JAX_COMPILATION_CACHE=off`` (or ``0``, ``false``, ``no``,
+  empty) leaves JAX's cache alone, and ``on`` (``1``, ``true``, ``yes``) is the default;
 * a cache the user set up (``JAX_COMPILATION_CACHE_DIR`` or
   ``jax.config.update("jax_compilation_cache_dir", ...)`` before importing msde_jax), or
   turned off (``JAX_ENABLE_COMPILATION_CACHE=false``), is kept as it is.
@@ -36,12 +37,14 @@ __all__ = [
 
 COMPILATION_CACHE_ENV = "MSDE_JAX_COMPILATION_CACHE"
 _OFF = {"", "0", "off", "false", "no", "none"}
+_ON = {"1", "on", "true", "yes"}  # the default folder, not a folder named "1"
+_enabled: Path | None = None  # the folder enable_compilation_cache gave JAX
 
 
 def compilation_cache_dir() -> Path | None:
     """The folder msde_jax would use for compiled programs, or ``None`` when turned off."""
     value = os.environ.get(COMPILATION_CACHE_ENV)
-    if value is None:
+    if value is None or value.strip().lower() in _ON:
         return default_cache_dir() / "xla"
     if value.strip().lower() in _OFF:
         return None
@@ -61,22 +64,28 @@ def enable_compilation_cache() -> Path | None:
     folder = compilation_cache_dir()
     if folder is None:
         return None
+    folder = folder.absolute()  # a relative folder: the one at import, whatever the cwd later
     jax.config.update("jax_compilation_cache_dir", str(folder))
     # Every program: a run compiles dozens of sub-second programs that add up.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     # With it, XLA's own caches (on a GPU: the autotuning results and compiled kernels).
     jax.config.update("jax_persistent_cache_enable_xla_caches", "all")
+    global _enabled
+    _enabled = folder
     return folder
 
 
 def managed_cache_dir() -> Path | None:
     """The compilation cache folder when it is msde_jax's (:func:`enable_compilation_cache`
-    set it up and JAX still uses it), else ``None``."""
-    folder = compilation_cache_dir()
-    if folder is None or jax.config.jax_compilation_cache_dir != str(folder):
+    set it up, and JAX still uses it and has not been turned off since), else ``None``."""
+    if (
+        _enabled is None
+        or not jax.config.jax_enable_compilation_cache
+        or jax.config.jax_compilation_cache_dir != str(_enabled)
+    ):
         return None
-    return folder
+    return _enabled
 
 
 # jax.monitoring's events: every request to compile (a cache hit included), and the hits.

@@ -46,8 +46,9 @@ def atomic_write(
     included, the temporary file is removed and ``path`` is left as it was.
 
     Without ``fsync`` the rename is still atomic for other processes, but a power loss may
-    leave an empty or short file: fit for entries that are checked and recomputed on load
-    (the embedding cache), not for models, checkpoints or weights.
+    leave an empty, short or zero-filled file: fit for files that are recomputed when found
+    damaged (the embedding cache) or written again by the next run (reports, score tables),
+    not for models, checkpoints or weights.
 
     Args:
         path: the file to write; its folder must exist (else ``FileNotFoundError`` naming the

@@ -98,6 +98,28 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
         assert compilation_cache_dir() is None
 
 
+def test_on_is_the_default_folder_a_relative_one_is_kept_and_jax_off_turns_exports_off(
+    tmp_path,
+):
+    """MSDE_JAX_COMPILATION_CACHE=1 made a folder named "1" in the working folder, which a
+    chdir then moved; turning JAX's cache off after import left exported programs on."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MSDE_JAX_CACHE": str(tmp_path / "home")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    code = (
+        "import os, jax, msde_jax; from msde_jax._compilation import managed_cache_dir as m; "
+        "os.chdir('/'); a = m(); jax.config.update('jax_enable_compilation_cache', False); "
+        "print(a, m(), jax.config.jax_compilation_cache_dir)"
+    )
+    for value, expected in (("1", tmp_path / "home" / "xla"), ("Yes", tmp_path / "home" / "xla"),
+                            ("rel", tmp_path / "rel")):  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True,
+            env={**env, COMPILATION_CACHE_ENV: value}, cwd=tmp_path, check=True,
+        ).stdout.split()  # fmt: skip
+        assert out == [str(expected), "None", str(expected)]
+    assert not (tmp_path / "1").exists()
+
+
 @pytest.mark.parametrize("setting", ["off", "jax_off", "user"])
 def test_turned_off_or_the_users_own_cache_is_left_alone(tmp_path, setting):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MSDE_JAX_CACHE": str(tmp_path / "home")}

@@ -291,6 +291,22 @@ def test_negative_and_sub_array_claims_refused(tmp_path):
             af.load_npz(tmp_path / "a.npz")
 
 
+def test_bool_shapes_and_zero_byte_elements_refused(tmp_path):
+    """NumPy's header reader takes (True, 2) for a shape (bool is an int), and the reshape
+    then raised a bare TypeError; 2**62 elements of a 0-byte dtype loaded, as 0 bytes."""
+    path = tmp_path / "a.npy"
+    for version in ((1, 0), (2, 0)):
+        path.write_bytes(npy_bytes(claim((True, 2)), bytes(16), version=version))
+        with pytest.raises(af.ArrayFileError, match="unreadable .npy header"):
+            af.load_npy(path)
+    for descr, shape in (("|V0", (2**62,)), ("|S0", (2**40,))):
+        path.write_bytes(npy_bytes(claim(shape, descr)))
+        with pytest.raises(af.ArrayFileError, match="0-byte dtype"):
+            af.load_npy(path)
+    path.write_bytes(npy_bytes(claim((0,), "|V0")))  # no element: nothing claimed
+    assert af.load_npy(path).shape == (0,)
+
+
 # --------------------------------------------------------------------------- damaged files
 
 

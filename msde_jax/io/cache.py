@@ -160,6 +160,11 @@ def embed_cached(
         return np.zeros((0, *shape), np.float32)
     expected = getattr(embedder, "output_shape", None)
     expected = None if expected is None else tuple(int(s) for s in expected)
+    # A file changed between its hashing and its reading would be cached under the old
+    # content's key: its state before hashing is compared after embedding.
+    before = {
+        i: _state(item) for i, item in enumerate(items) if isinstance(item, str | os.PathLike)
+    }
     paths = [folder / f"{image_hash(item, cfg_json)}.npy" for item in items]
     found = {
         i: entry for i, path in enumerate(paths) if (entry := _entry(path, expected)) is not None
@@ -170,7 +175,7 @@ def embed_cached(
             f"embedding cache {folder}: {len(found)}/{len(items)} cached, {len(missing)} to embed",
             file=sys.stderr,
         )
-    _embed_into(embedder, items, missing, paths, found, write)
+    _embed_into(embedder, items, missing, paths, found, write, before)
     shapes = {found[i].shape for i in range(len(items))}
     if len(shapes) > 1:
         # Entries that disagree (an embedder without output_shape to check them against):
@@ -184,7 +189,7 @@ def embed_cached(
                 f"embedding cache {folder}: {len(stale)} entries of another shape, embedded again",
                 file=sys.stderr,
             )
-        _embed_into(embedder, items, stale, paths, found, write)
+        _embed_into(embedder, items, stale, paths, found, write, before)
         shapes = {found[i].shape for i in range(len(items))}
         if len(shapes) > 1:
             raise ValueError(
@@ -222,8 +227,11 @@ def _embed_into(
     paths: list[Path],
     found: dict[int, np.ndarray],
     write: "_Writer",
+    before: dict[int, tuple[int, ...] | None],
 ) -> None:
-    """Embed ``items[indices]`` in one call, store them in ``found`` and cache them."""
+    """Embed ``items[indices]`` in one call, store them in ``found`` and cache them, but for
+    files whose state (:func:`_state`) is no longer ``before``'s: changed since they were
+    hashed, their embeddings may be of other bytes than their keys'."""
     if not indices:
         return
     new = np.asarray(embedder.embed([items[i] for i in indices]), np.float32)
@@ -235,16 +243,29 @@ def _embed_into(
     written: set[Path] = set()
     for row, i in zip(new, indices, strict=True):
         found[i] = row
+        if i in before and _state(items[i]) != before[i]:
+            continue
         if paths[i] not in written:  # the same image twice in one call
             row32 = np.ascontiguousarray(row, np.float32)
             write(paths[i], lambda f, r=row32: np.save(f, r, allow_pickle=False))
             written.add(paths[i])
 
 
+def _state(path: Any) -> tuple[int, ...] | None:
+    """A file's inode, size and modification time (``None`` if it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class _Writer:
     """Writes the files of one cache folder (made at the first write) until one write fails:
-    that is warned about once, and nothing more is written. No fsync per file: a damaged entry
-    is detected on load and embedded again."""
+    that is warned about once, and nothing more is written. No fsync per file: an empty or
+    short entry is detected on load and embedded again; one whose data a power loss left
+    zero-filled at its full size is not (no checksum is kept): after a power loss, delete the
+    cache folder."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.failed, self.made = folder, False, False

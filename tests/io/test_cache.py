@@ -112,6 +112,26 @@ def test_files_keyed_by_content(tmp_path):
     assert out[2, 0] == pytest.approx(99.0)
 
 
+def test_a_file_rewritten_while_embedding_is_not_cached_under_its_old_content(tmp_path):
+    """A file rewritten between its hashing and its reading was cached under the old bytes'
+    key: every later run given the old bytes got the new bytes' embedding."""
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((4, 4), 79, np.uint8)).save(path)
+
+    class Rewriting(StubEmbedder):
+        def embed(self, items):
+            Image.fromarray(np.full((4, 4), 78, np.uint8)).save(path)  # a sync, mid-run
+            return super().embed(items)
+
+    out = embed_cached(Rewriting(), [str(path)], tmp_path / "cache", progress=False)
+    assert out[0, 0] == pytest.approx(78.0)  # what was read
+    Image.fromarray(np.full((4, 4), 79, np.uint8)).save(path)  # the old bytes again
+    stub = StubEmbedder()
+    out = embed_cached(stub, [str(path)], tmp_path / "cache", progress=False)
+    assert stub.calls == [1]  # not served the other bytes' embedding
+    assert out[0, 0] == pytest.approx(79.0)
+
+
 def test_hash_depends_on_dtype_and_shape():
     x = np.zeros((4, 4), np.uint8)
     assert image_hash(x) != image_hash(x.astype(np.uint16))
