@@ -278,18 +278,23 @@ def fit_summary(record: Mapping[str, Any]) -> str:
 
 
 def fit_note(record: Mapping[str, Any]) -> str | None:
-    """The ``note:`` ``fit`` prints on stderr when the volume threshold's ``1 − contamination``
-    quantile (linear interpolation) lies at or above the second-highest training volume score:
-    with n volumes, when (n − 1) · contamination < 1, i.e. n < 1 + 1 / contamination."""
+    """The ``note:`` ``fit`` prints on stderr when too few training volumes keep the volume
+    threshold's promise: with n < 1 / contamination − 1 of them, the threshold is the highest
+    volume score (:func:`~msde_jax.detectors.fitting.quantile_threshold`), which a new normal
+    volume exceeds with probability 1 / (n + 1), more than ``contamination``."""
+    from msde_jax.detectors.fitting import threshold_rank
+
     n, contamination = record["n_volumes"], record["contamination"]
-    if record["threshold"] is None or (n - 1) * contamination >= 1:
+    if record["threshold"] is None or (n + 1) * (1 - contamination) - 1e-9 <= threshold_rank(
+        n, contamination
+    ):
         return None
     return (
-        f"note: the volume threshold comes from {n} training volume(s): its "
-        f"{100 * (1 - contamination):.4g} % quantile lies between the two highest volume "
-        "scores (with "
-        f"fewer than 1 + 1 / contamination = {1 + 1 / contamination:.3g} volumes), a rough "
-        "threshold; more normal training volumes make it firmer."
+        f"note: the volume threshold comes from {n} training volume(s): it is the highest of "
+        f"their scores, which about 1 / {n + 1} = {100 / (n + 1):.3g} % of new normal volumes "
+        f"exceed, more than the {100 * contamination:.4g} % contamination promises (that "
+        f"takes at least 1 / contamination − 1 = {1 / contamination - 1:.3g} volumes); more "
+        "normal training volumes make it firmer."
     )
 
 

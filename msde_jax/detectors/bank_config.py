@@ -12,6 +12,7 @@ import jax
 
 from msde_jax.core.memory_bank import REDUCTIONS
 from msde_jax.detectors.config import (
+    UNEVEN,
     BaseConfig,
     check_bool,
     check_choice,
@@ -111,7 +112,8 @@ class BankConfig(BaseConfig):
         super().__post_init__()
         check_int("size", self.size)
         check_int("n_folds", self.n_folds, low=2)
-        check_int("seed", self.seed, low=0)
+        # jax.random.key keeps 32 bits: 2**32 would draw what 0 draws
+        check_int("seed", self.seed, low=0, high=2**32 - 1)
         check_choice("coreset", self.coreset, CORESETS)
         check_int("chunk_patches", self.chunk_patches)
         check_bool("shift", self.shift)
@@ -155,21 +157,23 @@ class BankConfig(BaseConfig):
     ) -> None:
         """Refuse too few training images for the folds, the shift's k and ``score_neighbors``;
         ``largest_fold``: the most images a cross-fit fold holds out (uneven with groups),
-        default ⌈n_images / n_folds⌉."""
+        default ⌈n_images / n_folds⌉ (more where copies of one image, or with groups a
+        volume's slices, share a fold)."""
         if n_images < self.n_folds:
             raise ValueError(
                 f"threshold={self.threshold!r} needs at least n_folds={self.n_folds} training "
                 f"images (one fold each), got {n_images}; pass more normal images or lower "
                 "n_folds."
             )
-        held = math.ceil(n_images / self.n_folds) if largest_fold is None else largest_fold
+        even = math.ceil(n_images / self.n_folds)
+        held = even if largest_fold is None else largest_fold
         smallest = n_images - held
         rows = min(self.size, smallest * n_patches)
         need, fix = self.score_neighbors, "score_neighbors"
         if self.shift and self.k > need:
             need, fix = self.k, "k"
         if rows < need:
-            grouped = "" if largest_fold is None else "; groups make the folds uneven"
+            grouped = "" if held <= even else f"; {UNEVEN}"
             raise ValueError(
                 f"The smallest cross-fit bank has {rows} patches ({smallest} images of "
                 f"{n_patches} patches, at most size={self.size}{grouped}), fewer than the "

@@ -25,6 +25,7 @@ from msde_jax._platform import cpu_paths
 from msde_jax.core.density import METHODS
 
 __all__ = [
+    "UNEVEN",
     "BaseConfig",
     "auto_batch",
     "score_chunk",
@@ -38,6 +39,10 @@ __all__ = [
 
 # On a CPU, above this many rows the kNN searches run in blocks of 256 rows (memory
 # O(block · n); a block that stays in cache is faster there).
+# Why a cross-fit fold may hold out more than ⌈n / n_folds⌉ samples (the size checks' words).
+UNEVEN = (
+    "copies of one sample, and with groups a volume's slices, share a fold: the folds are uneven"
+)
 _AUTO_BATCH_ROWS = 1024
 _AUTO_BATCH = 256
 # On an accelerator, a block's (rows × n) float32 distances and the top-k's work space (about
@@ -84,10 +89,16 @@ def check_choice(name: str, value: Any, options: tuple) -> None:
         )
 
 
-def check_int(name: str, value: Any, *, low: int = 1) -> None:
-    """Refuse anything but an int (not a bool) of at least ``low``."""
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+def check_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> None:
+    """Refuse anything but an int (not a bool) of at least ``low`` (and at most ``high``)."""
+    if (
+        not isinstance(value, int | np.integer)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
         kind = "a positive int" if low == 1 else f"an int >= {low}"
+        kind += "" if high is None else f" and <= {high}"
         raise ValueError(f"{name} must be {kind}, got {value!r}.")
 
 

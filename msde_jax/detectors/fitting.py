@@ -6,7 +6,7 @@ keys (:func:`~msde_jax.core.blocks.sample_keys`, computed once per fit) and its 
 ``score(state, x)``; :func:`cross_fit` turns the two into a :class:`DetectorFit` whose
 threshold needs no abnormal sample: each training sample is scored by a model fitted on the
 other folds, and the threshold is the ``1 − contamination`` quantile of those out-of-fold
-scores (with ``threshold="none"``, the fitted state alone)."""
+scores (:func:`quantile_threshold`; with ``threshold="none"``, the fitted state alone)."""
 
 import functools
 import math
@@ -32,6 +32,7 @@ __all__ = [
     "one_class_splits",
     "out_of_fold_scores",
     "quantile_threshold",
+    "threshold_rank",
 ]
 
 
@@ -187,22 +188,38 @@ def out_of_fold_scores(
     return scores
 
 
+def threshold_rank(n: int, contamination: float) -> int:
+    """The rank (1-based, ascending) of :func:`quantile_threshold` among ``n`` scores:
+    ⌈(n + 1)(1 − contamination)⌉, at most ``n``."""
+    # The tolerance: 20 · 0.95 is 19.000000000000004 in some orders of rounding, not 20.
+    return max(1, min(n, math.ceil((n + 1) * (1.0 - contamination) - 1e-9)))
+
+
 def quantile_threshold(scores: np.ndarray, contamination: float) -> float:
-    """The ``1 − contamination`` quantile of (out-of-fold) scores of normals.
+    """The ``1 − contamination`` quantile of n (out-of-fold) scores of normals, taken as their
+    ⌈(n + 1)(1 − contamination)⌉-th smallest (:func:`threshold_rank`): the conformal quantile,
+    which a new normal exchangeable with them exceeds with probability at most
+    ``contamination`` (NumPy's default, linear one is exceeded with probability about
+    (1 + (n − 1) · contamination) / (n + 1): 0.091 for 20 normals at 0.05). With fewer than
+    1 / contamination − 1 normals (19 at 0.05) no rank keeps that promise: the threshold is the
+    largest score, which a new normal exceeds with probability 1 / (n + 1).
 
     Raises:
-        ValueError: no scores, or NaN among them (a NaN threshold would flag nothing).
+        ValueError: no scores, or non-finite ones (a NaN threshold would flag nothing, an
+            infinite one nothing or everything).
     """
     scores = np.asarray(scores)
     if scores.size == 0:
         raise ValueError("no scores of normals to take the threshold from.")
-    if np.isnan(scores).any():
+    bad = ~np.isfinite(scores)
+    if bad.any():
         raise ValueError(
-            f"{int(np.isnan(scores).sum())} of the {scores.size} out-of-fold scores of the "
-            "training normals are NaN, so no threshold can be set; look for training samples "
-            "the detector cannot score (constant or extreme features)."
+            f"{int(bad.sum())} of the {scores.size} out-of-fold scores of the training normals "
+            "are NaN or infinite, so no threshold can be set; look for training samples the "
+            "detector cannot score (constant or extreme features)."
         )
-    return float(np.quantile(scores, 1 - contamination))
+    k = threshold_rank(scores.size, contamination)
+    return float(np.partition(scores.ravel(), k - 1)[k - 1])
 
 
 def cross_fit(

@@ -489,7 +489,7 @@ def fit_detector(
     keys = sample_keys(x)  # hashed once: the content-ordered blocks and the folds use them
     if groups is not None:  # checked even where no fold reads them: a wrong list is a mistake
         check_groups(groups, x.shape[0])
-    if groups is not None and config.threshold == "cross_fit":
+    if config.threshold == "cross_fit":  # copies of one sample share a fold: maybe uneven
         config.check_n_samples(x.shape[0], largest_fold(keys, config.n_folds, groups))
     if config.threshold != "chi2":  # "cross_fit", or "none": the state alone
         independent = config.mode != "transductive"

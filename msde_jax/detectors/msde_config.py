@@ -14,6 +14,7 @@ import numpy as np
 from msde_jax.core.gaussian import COVARIANCE_ESTIMATORS
 from msde_jax.core.mean_shift import NEIGHBOR_SEARCHES
 from msde_jax.detectors.config import (
+    UNEVEN,
     BaseConfig,
     check_bool,
     check_choice,
@@ -161,7 +162,8 @@ class DetectorConfig(BaseConfig):
         check_int("n_folds", self.n_folds)
         if self.n_folds < 2 and self.threshold == "cross_fit":
             raise ValueError("threshold='cross_fit' needs n_folds >= 2.")
-        check_real("ridge", self.ridge, ">= 0", lambda v: v >= 0)
+        largest = float(np.finfo(np.float32).max)  # beyond: inf in float32, NaN scores
+        check_real("ridge", self.ridge, "finite, >= 0 and <= 3.4e38", lambda v: 0 <= v <= largest)
         for name in ("standardize", "index_sum_quirk"):
             check_bool(name, getattr(self, name))
         nc = self.n_components
@@ -246,7 +248,8 @@ class DetectorConfig(BaseConfig):
     ) -> None:
         """Refuse ``n`` training rows if too few to fit (k neighbours, components, folds);
         ``largest_fold``: the most rows a cross-fit fold holds out (uneven with groups),
-        default ⌈n / n_folds⌉; ``scoring``: refuse a ``score_neighbors`` set after a fit on
+        default ⌈n / n_folds⌉ (more where copies of one sample, or with groups a volume's
+        slices, share a fold); ``scoring``: refuse a ``score_neighbors`` set after a fit on
         ``n`` rows, which has no more neighbours to give."""
         need = self.min_samples
         reason, fix = self._min_samples_reason()
@@ -271,9 +274,10 @@ class DetectorConfig(BaseConfig):
                     f"samples (one fold each), got {n}; pass more normal samples or lower "
                     "n_folds."
                 )
-            held = math.ceil(n / self.n_folds) if largest_fold is None else largest_fold
+            even = math.ceil(n / self.n_folds)
+            held = even if largest_fold is None else largest_fold
             if n - held < need:
-                grouped = "" if largest_fold is None else " (groups make the folds uneven)"
+                grouped = "" if held <= even else f" ({UNEVEN})"
                 chi2 = ", or use threshold='chi2'" if self.score == "mahalanobis" else ""
                 raise ValueError(
                     f"threshold='cross_fit' fits a fold on as few as {n - held} of the {n} "

@@ -306,9 +306,9 @@ def fit_bank_detector(
     if config.position > 0 and x.ndim == 3:
         _square_grid(x.shape[1])
     keys = sample_keys(x)
-    if groups is not None:  # the folds shape the bank even without a threshold
-        n_patches = math.prod(x.shape[1:-1])
-        config.check_n_images(x.shape[0], n_patches, largest_fold(keys, config.n_folds, groups))
+    # The folds shape the bank even without a threshold; copies of one image share a fold.
+    n_patches = math.prod(x.shape[1:-1])
+    config.check_n_images(x.shape[0], n_patches, largest_fold(keys, config.n_folds, groups))
     return cross_fit(x, keys, config, _fit_states, score_bank_detector, groups=groups, joint=True)
 
 

@@ -776,20 +776,21 @@ def test_an_input_given_twice_is_read_once_with_a_note(tmp_path, capsys):
     )
 
 
-def test_the_volume_threshold_note_says_when_its_quantile_is_rough():
+def test_the_volume_threshold_note_says_when_too_few_volumes_keep_the_promise():
     from msde_jax.cli.volumes import fit_note
+    from msde_jax.detectors.fitting import quantile_threshold
 
     def note(n, contamination):
         return fit_note({"n_volumes": n, "contamination": contamination, "threshold": 1.0})
 
-    for n, c in ((1, 0.05), (20, 0.05), (2, 0.4), (3, 0.3)):
-        # np.quantile's 1 − c quantile of n scores lies above the second-highest: said
+    for n, c in ((1, 0.05), (18, 0.05), (1, 0.4), (2, 0.3)):
+        # fewer than 1 / c − 1 volumes: the threshold is the highest score, said
         scores = np.arange(n, dtype=float)
-        assert n < 2 or np.quantile(scores, 1 - c) > scores[-2]
-        assert f"comes from {n} training volume(s)" in note(n, c)
-    assert note(21, 0.05) is None
-    assert np.quantile(np.arange(21.0), 0.95) == 19.0  # the second-highest: no longer rough
-    assert "1 + 1 / contamination = 21 volumes" in note(5, 0.05)
+        assert quantile_threshold(scores, c) == scores[-1]
+        assert f"comes from {n} training volume(s): it is the highest" in note(n, c)
+    assert note(19, 0.05) is None  # rank ⌈20 · 0.95⌉ = 19: exceeded with 1 / 20, as promised
+    assert note(2, 0.4) is None  # rank 2 of 2: exceeded with 1 / 3 < 0.4
+    assert "1 / contamination − 1 = 19 volumes" in note(5, 0.05)
     assert fit_note({"n_volumes": 1, "contamination": 0.05, "threshold": None}) is None
 
 

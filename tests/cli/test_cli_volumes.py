@@ -187,8 +187,8 @@ def test_fit_on_embeddings_of_volumes_keeps_their_folds(tmp_path, capsys):
     assert fit(emb, tmp_path / "m.npz") == 0
     captured = capsys.readouterr()
     assert "volume threshold " in captured.out
-    # 5 volumes < 1 / contamination = 20: the 95 % quantile is a rough one, said
-    assert "the volume threshold comes from 5 training volume(s): its 95 % quantile" in captured.err
+    # 5 volumes < 1 / contamination − 1 = 19: the highest score, flagging 1 / 6, said
+    assert "comes from 5 training volume(s): it is the highest of their scores" in captured.err
     want, got = (load_detector(p) for p in (direct, tmp_path / "m.npz"))
     assert got.threshold_ == pytest.approx(want.threshold_, rel=1e-6)
     record = {k: v for k, v in got.metadata_["volumes"].items() if k != "threshold"}
@@ -282,5 +282,5 @@ def test_the_volume_threshold_lines_name_the_quantile_unrounded():
 
     record = {"threshold": 3.2, "contamination": 0.025, "n_volumes": 12}
     assert "the 97.5 % quantile of the 12 training volumes' scores" in fit_summary(record)
-    assert "its 97.5 % quantile lies between" in fit_note(record)
+    assert "more than the 2.5 % contamination promises" in fit_note(record)
     assert "the 99.9 % quantile" in fit_summary({**record, "contamination": 0.001})

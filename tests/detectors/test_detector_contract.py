@@ -69,12 +69,28 @@ def test_uneven_group_folds_too_small_for_the_neighbours_are_refused(rows):
     groups = np.r_[np.zeros(30, int), np.arange(1, 11)]
     det = MSDEDetector(mode="none", score="knn", score_neighbors=15)
     det.fit(rows)  # equal folds: 32 training rows each
-    with pytest.raises(ValueError, match=r"as few as 9 of the 40 .*groups make the folds uneven"):
+    with pytest.raises(ValueError, match=r"as few as 9 of the 40 .*the folds are uneven"):
         det.fit(rows, groups=groups)
     bank = PatchBankDetector(score_neighbors=15, n_folds=2)
     patches = rows.reshape(10, 2, 2, 4)
-    with pytest.raises(ValueError, match="groups make the folds uneven"):
+    with pytest.raises(ValueError, match="the folds are uneven"):
         bank.fit(patches, groups=np.r_[np.zeros(8, int), 1, 2])  # a fold of 2 images
+
+
+def test_copies_of_one_sample_make_uneven_folds_the_size_check_sees(rows):
+    """Copies share a fold: 32 copies of one row among 40 left a fold model 7 rows, which the
+    check (⌈40 / 5⌉ held out) did not see: the kNN score averaged padding rows in, and the
+    bank failed deep inside with the core's message about k."""
+    copies = np.r_[np.repeat(rows[:1], 32, axis=0), rows[1:9]]
+    det = MSDEDetector(mode="none", score="knn", score_neighbors=20)
+    with pytest.raises(ValueError, match=r"as few as \d of the 40 .*copies of one sample"):
+        det.fit(copies)
+    with pytest.raises(ValueError, match=r"as few as \d of the 40 .*copies of one sample"):
+        MSDEDetector(k=20).fit(copies)
+    bank = PatchBankDetector(score_neighbors=20)
+    patches = copies.reshape(40, 1, 1, -1)
+    with pytest.raises(ValueError, match=r"smallest cross-fit bank .*copies of one sample"):
+        bank.fit(patches)
 
 
 def test_score_neighbors_beyond_the_training_rows_is_refused_not_padded(rows):

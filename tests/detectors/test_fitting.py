@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from msde_jax import MSDEDetector, PatchBankDetector
-from msde_jax.detectors.fitting import folds, out_of_fold_scores, quantile_threshold
+from msde_jax.detectors.fitting import (
+    folds,
+    out_of_fold_scores,
+    quantile_threshold,
+    threshold_rank,
+)
 
 
 def _keys(n, seed=0):
@@ -72,10 +77,13 @@ def test_copies_of_one_sample_share_a_fold():
 
 
 def test_a_threshold_needs_scores_and_no_nan():
-    """A NaN among the out-of-fold scores made the threshold NaN, which flags nothing."""
-    assert quantile_threshold(np.arange(101.0), 0.05) == pytest.approx(95.0)
+    """A NaN among the out-of-fold scores made the threshold NaN, which flags nothing; two
+    infinite ones made it NaN too (np.quantile between them), which predict then took for
+    threshold='none'."""
     with pytest.raises(ValueError, match="1 of the 3 out-of-fold scores .* are NaN"):
         quantile_threshold(np.array([1.0, np.nan, 2.0]), 0.05)
+    with pytest.raises(ValueError, match="2 of the 40 out-of-fold scores .* NaN or infinite"):
+        quantile_threshold(np.r_[np.arange(38.0), np.inf, np.inf], 0.05)
     with pytest.raises(ValueError, match="no scores"):
         quantile_threshold(np.zeros(0), 0.05)
 
@@ -141,3 +149,21 @@ def test_block_sizes_follow_the_backend_and_its_free_memory():
     assert auto_batch(None, 50_000, device=_FakeDevice("gpu")) == 1280  # 4 GiB assumed
     # a full device (0 bytes free) is not an unknown one: the smallest block (was 4 GiB's)
     assert auto_batch(None, 50_000, device=_FakeDevice("gpu", free=0)) == 256
+
+
+def test_the_threshold_is_the_conformal_quantile_and_keeps_its_promise(rng):
+    """np.quantile's linear 95 % quantile of n exchangeable scores is exceeded by a new one
+    with probability (1 + (n − 1) · 0.05) / (n + 1): 0.091 at n = 20, 0.121 at n = 10, not
+    the 0.05 promised; the ⌈(n + 1)(1 − c)⌉-th smallest is exceeded with at most c."""
+    assert quantile_threshold(np.arange(101.0), 0.05) == 96.0  # rank ⌈102 · 0.95⌉ = 97
+    assert [threshold_rank(n, 0.05) for n in (1, 10, 18, 19, 20, 476)] == [1, 10, 18, 19, 20, 454]
+    assert threshold_rank(99, 0.1) == 90  # 100 · 0.9 = 90 exactly, not 91
+    for n in (10, 20, 40, 100):
+        train = rng.random((4000, n))
+        thresholds = np.array([quantile_threshold(t, 0.05) for t in train])
+        rate = np.mean(rng.random(4000) > thresholds)  # one fresh normal per training set
+        exact = 1 - threshold_rank(n, 0.05) / (n + 1)  # rank-based: any continuous law
+        assert rate == pytest.approx(exact, abs=0.012)
+        assert exact <= 0.05 or n < 19  # too few for the promise: the largest score
+        linear = np.mean(rng.random(4000) > np.quantile(train, 0.95, axis=1))
+        assert linear > exact + 0.004 * (n <= 40)

@@ -24,7 +24,7 @@ from msde_jax.detectors import (
     score_bank_detector,
     score_bank_patches,
 )
-from msde_jax.detectors.fitting import folds
+from msde_jax.detectors.fitting import folds, quantile_threshold
 
 G, C = 3, 4  # a 3 × 3 patch grid, channels
 P = G * G
@@ -125,7 +125,7 @@ def test_decision_scores_are_out_of_fold(train, fitted):
         bank = _core_bank(train[rest], config)
         want = image_scores(patch_scores(bank, train[held], k=2), reduce="top", q=0.1)
         np.testing.assert_allclose(fitted.decision_scores_[held], want, rtol=1e-6)
-    assert fitted.threshold_ == pytest.approx(np.quantile(fitted.decision_scores_, 0.95))
+    assert fitted.threshold_ == quantile_threshold(fitted.decision_scores_, 0.05)
     np.testing.assert_array_equal(fitted.labels_, fitted.decision_scores_ > fitted.threshold_)
 
 
@@ -578,6 +578,7 @@ def test_bad_input(fitted, train, test_x):
         ({"coreset": "random"}, "coreset='random' is not valid"),
         ({"chunk_patches": 0}, "chunk_patches must be a positive int"),
         ({"position": -1.0}, "position must be a finite number >= 0, got -1.0"),
+        ({"seed": 2**32}, "seed must be an int >= 0 and <= 4294967295"),  # drew what 0 draws
         ({"position": float("nan")}, "position must be a finite number >= 0"),
         ({"position": True}, "position must be a finite number >= 0, got True"),
         ({"q": True}, "q must be in"),

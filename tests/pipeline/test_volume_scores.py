@@ -6,6 +6,7 @@ import pytest
 
 from msde_jax import MSDEDetector
 from msde_jax.core.metrics import evaluation_metrics
+from msde_jax.detectors.fitting import quantile_threshold
 from msde_jax.io.datasets import Dataset
 from msde_jax.io.inputs import SliceGroups, concat_groups
 from msde_jax.io.volumes import Volume
@@ -88,7 +89,8 @@ def test_volume_scores_gather_slices_and_leave_images_out():
     assert vs.scores.tolist() == [5.0, 4.0]  # the image's 100 belongs to no volume
     with pytest.raises(ValueError, match="got 2 scores for 6 items"):
         volume_scores([1.0, 2.0], groups)
-    assert volume_threshold([1.0, 5.0, 2.0, 100.0, 4.0, 3.0], groups, 0.5) == 4.5
+    # two volumes at contamination 0.5: rank ⌈3 · 0.5⌉ = 2, the higher (linear: 4.5)
+    assert volume_threshold([1.0, 5.0, 2.0, 100.0, 4.0, 3.0], groups, 0.5) == 5.0
     with pytest.raises(ValueError, match="no volumes"):
         volume_threshold([1.0], SliceGroups.images(1), 0.1)
 
@@ -118,7 +120,7 @@ def test_evaluate_reports_volume_level_metrics(rng):
     np.testing.assert_allclose(vols.scores.scores, expected)
     oof = result.detector.decision_scores_
     train_scores = [aggregate(oof[5 * v : 5 * v + 5]) for v in range(8)]
-    assert vols.threshold == pytest.approx(np.quantile(train_scores, 1 - 0.05))  # contamination
+    assert vols.threshold == pytest.approx(quantile_threshold(train_scores, 0.05))
     assert vols.metrics == {
         **evaluation_metrics(vols.labels, vols.scores.scores, vols.threshold),
         "aggregate": "mean of the top max(1, ceil(0.1 n)) slice scores, n = slices scored",
