@@ -62,8 +62,10 @@ def gaussian_blur(maps: ArrayLike, sigma: float) -> jax.Array:
     """Blur (m, H, W) maps by a Gaussian of standard deviation ``sigma`` pixels (separable,
     4σ radius but at most max(H, W), borders replicated); ``sigma`` below 0.01 pixels returns
     them unchanged (its float32 kernel is exactly 0, 1, 0; a σ that underflows float32 would
-    make it 0 / 0)."""
+    make it 0 / 0). Integer maps are blurred as float32 (a kernel in their type is 0)."""
     maps = jnp.asarray(maps)
+    if not jnp.issubdtype(maps.dtype, jnp.floating):
+        maps = maps.astype(jnp.float32)
     if sigma < _NO_BLUR:
         return maps
     k = _kernel(sigma, max(maps.shape[1:])).astype(maps.dtype)

@@ -502,7 +502,9 @@ def heatmaps(
             embedders (the patch component's is used).
         detector: a fitted detector with maps (``has_maps``: :class:`~msde_jax.PatchBankDetector`,
             or a ``FusedDetector`` with one such component, whose maps these are).
-        items: the images (paths, PIL images or arrays).
+        items: the images (paths, PIL images or arrays); a volume's path stands for its kept
+            axial slices, as in :func:`embed` (their names: ``expand_volumes(items).names``,
+            :func:`~msde_jax.io.inputs.expand_volumes`).
         cache_dir: embedding cache folder.
         features: the items' features, when already embedded.
         progress: print the embedding progress on stderr.
@@ -519,6 +521,8 @@ def heatmaps(
         raise ValueError(no_maps_message(detector))
     if isinstance(features, Mapping):  # a FusedDetector's: its patch component's features
         features = features[detector.maps_component]
+    if any(isinstance(item, str | os.PathLike) for item in items):  # read once, as embed does
+        items = expand_volumes(list(items)).items
     if features is not None and len(features) != len(items):
         raise ValueError(f"features hold {len(features)} rows for {len(items)} items.")
     embedder = maps_embedder(embedder, detector)

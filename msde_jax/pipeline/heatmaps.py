@@ -30,6 +30,7 @@ __all__ = [
     "color_range",
     "draw_overlay",
     "heatmap_file_names",
+    "overlay_inputs",
     "write_heatmaps",
     "write_montages",
 ]
@@ -56,9 +57,43 @@ def color_range(maps: np.ndarray, threshold: float | None = None) -> tuple[float
     return lo, hi if hi > lo else lo + 1.0
 
 
+def overlay_inputs(images: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, maps)`` as (n, H, W, 3) float32 in [0, 1] and (n, H, W) float32 maps, checked:
+    grey (n, H, W) or (n, H, W, 1) images repeated to RGB, integer ones scaled by their
+    type's maximum (uint8 by 255).
+
+    Raises:
+        ValueError: no image; images of another shape, or floats outside [0, 1]; maps not of
+            the images' height and width (``score_maps(features, size=image side)``), or not
+            finite.
+    """
+    images, maps = np.asarray(images), np.asarray(maps, np.float32)
+    images = images[..., None] if images.ndim == 3 else images
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise ValueError(
+            f"images of shape {images.shape}: pass (n, H, W, 3), (n, H, W, 1) or (n, H, W) "
+            "images, n ≥ 1 (as Embedder.preprocess gives them)."
+        )
+    if np.issubdtype(images.dtype, np.integer):
+        images = images / np.float32(np.iinfo(images.dtype).max)
+    images = np.broadcast_to(images, (*images.shape[:3], 3)).astype(np.float32, copy=False)
+    if not (images.min() >= 0 and images.max() <= 1):  # NaN fails too
+        raise ValueError("float images must lie in [0, 1] (as Embedder.preprocess gives them).")
+    if maps.shape != images.shape[:3]:
+        raise ValueError(
+            f"maps of shape {maps.shape} for images of shape {images.shape}: pass one map of "
+            "the image's height and width per image (score_maps(features, size=image side))."
+        )
+    if not np.isfinite(maps).all():
+        raise ValueError("the maps hold NaN or infinite values.")
+    return images, maps
+
+
 def draw_overlay(ax: Any, image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float) -> Any:
-    """Draw ``image`` (H, W, 3) in [0, 1] in grey scale or colour and ``amap`` (H, W) over it;
-    returns the map's ``AxesImage`` (for a colour bar)."""
+    """Draw ``image`` (H, W, 3) in [0, 1] in grey scale or colour and ``amap`` (H, W) over it
+    (checked as :func:`overlay_inputs` checks them); returns the map's ``AxesImage`` (for a
+    colour bar)."""
+    (image,), (amap,) = overlay_inputs(np.asarray(image)[None], np.asarray(amap)[None])
     gray = np.allclose(image[..., 0], image[..., 1]) and np.allclose(image[..., 0], image[..., 2])
     if gray:
         ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -132,7 +167,8 @@ def write_heatmaps(
 
     Args:
         out_dir: the folder.
-        images: (n, H, W, 3) images in [0, 1] as the embedder saw them.
+        images: (n, H, W, 3) images in [0, 1] as the embedder saw them (or as
+            :func:`overlay_inputs` reads them: grey, integer).
         maps: (n, H, W) anomaly maps in score units (``detector.score_maps``).
         names: n input names (paths or ``file.npz[i]``), for titles and file names.
         scores: (n,) image scores.
@@ -155,6 +191,7 @@ def write_heatmaps(
             f"got {len(images)} images, {len(maps)} maps, {len(names)} names and "
             f"{len(scores)} scores; pass one of each per image."
         )
+    images, maps = overlay_inputs(images, maps)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_earlier_run(out)
@@ -236,6 +273,7 @@ def write_montages(
 
     if not (len(members) == len(volume_names) == len(volume_scores)):
         raise ValueError("pass one member list, name and score per volume.")
+    images, maps = overlay_inputs(images, maps)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     line, units = color_bar_line(threshold, maps_threshold)

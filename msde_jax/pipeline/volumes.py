@@ -135,9 +135,10 @@ def volume_record(detector: Any, groups: SliceGroups, *, axis: str) -> dict[str,
     }
     rule = getattr(detector, "threshold", "cross_fit")
     if rule != "cross_fit":
+        scores = "no training scores" if rule == "none" else "in-sample training scores"
         record["why"] = (
-            f"the detector's threshold={rule!r} gives in-sample training scores, not out-of-fold "
-            "ones; fit with --threshold cross_fit for a volume threshold"
+            f"the detector's threshold={rule!r} gives {scores}, not out-of-fold ones; fit "
+            "with --threshold cross_fit for a volume threshold"
         )
         return record
     record["threshold"] = volume_threshold(

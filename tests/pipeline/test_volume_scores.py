@@ -277,3 +277,12 @@ def test_fit_groups_are_volumes_when_there_are_enough(capsys):
     assert fit_groups(fused, groups) is None  # 8 groups < 9 folds of one component
     fused.components["b"].set_params(n_folds=4, threshold="chi2")  # in-sample scores
     assert fit_groups(fused, groups) is None
+
+
+def test_a_model_without_training_scores_is_said_to_have_none(rng):
+    """threshold='none' was said to give "in-sample training scores": it gives none."""
+    train, groups = _split(rng, [f"t{i}" for i in range(8)], 0.0)
+    x = FakeEmbedder().embed(train)
+    record = volume_record(MSDEDetector(threshold="none", **PARAMS).fit(x), groups, axis="axial")
+    assert record["threshold"] is None
+    assert "threshold='none' gives no training scores" in record["why"]
