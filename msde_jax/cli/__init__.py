@@ -33,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         if os.environ.get("MSDE_JAX_DEBUG"):
             raise
-        print(f"error: no such file or folder: {err.filename or err}", file=sys.stderr)
+        said = err.filename is None and "no such file" in str(err)  # a message of ours
+        text = str(err) if said else f"no such file or folder: {err.filename or err}"
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except (
         UserError,

@@ -316,6 +316,13 @@ def cmd_score(args: argparse.Namespace) -> None:
         raise UserError(f"{args.model}: {err}") from err
     if args.heatmaps and not detector.has_maps:
         raise UserError(no_maps_message(detector))
+    if getattr(detector, "mode", None) == "transductive":  # --paper: not one image at a time
+        print(
+            "note: the model is transductive (the paper's preset): an image's score depends on "
+            "the other images of this call, and the threshold was set on batches of normals; "
+            "for images scored alone, fit without --paper",
+            file=sys.stderr,
+        )
     axis = args.axis or (record or {}).get("axis") or "axial"
     inputs = command_inputs(args.sources, args, axis=axis)
     with_volumes = inputs.groups.has_volumes

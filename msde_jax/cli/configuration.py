@@ -65,16 +65,29 @@ def _are(options: list[str], what: str) -> str:
 
 def detector_kind(args: argparse.Namespace, ndim: int | None = None) -> str:
     """``"bank"``, ``"msde"`` or ``"ensemble"``: ``--detector``, else msde when an MSDE-only
-    option is given or the precomputed features (of ``ndim`` dimensions) are pooled, else the
-    bank."""
+    option (``--threshold chi2`` included) is given or the precomputed features (of ``ndim``
+    dimensions) are pooled, else the bank."""
     msde, bank = given(args, MSDE_OPTIONS), given(args, BANK_OPTIONS)
+    if msde and bank:  # each alone would send the user to the other detector, and back
+        raise UserError(
+            f"{_are(msde, 'an MSDE option')} and {_are(bank, 'a memory-bank option')}: a "
+            "detector is one or the other; drop one set."
+        )
     kind = args.detector
+    pooled = ndim == 2 or args.features in ("pooled", "multiscale")
     if kind is None:
-        pooled = ndim == 2 or args.features in ("pooled", "multiscale")
-        kind = "msde" if msde or pooled else "bank"
+        chi2 = getattr(args, "threshold", None) == "chi2"  # the χ² law: MSDE's Gaussian only
+        kind = "msde" if msde or pooled or chi2 else "bank"
     if kind == "bank" and msde:
         raise UserError(f"{_are(msde, 'an MSDE option')}: add --detector msde.")
     if kind == "msde" and bank:
+        if args.detector is None and pooled:  # the features chose MSDE: the bank cannot use them
+            what = "these embeddings are pooled" if ndim == 2 else f"--features {args.features}"
+            raise UserError(
+                f"{_are(bank, 'a memory-bank option')}, and the bank scores patch features, "
+                f"not pooled ones ({what}): drop {', '.join(bank)}"
+                + ("." if ndim == 2 else ", or --features.")
+            )
         raise UserError(f"{_are(bank, 'a memory-bank option')}: use --detector bank.")
     if kind == "ensemble":
         own = given(args, (*MSDE_OPTIONS, *BANK_OPTIONS, "features", "layers"))
@@ -146,6 +159,12 @@ def args_detector(args: argparse.Namespace, ndim: int | None = None):
         names = {option: option for option in BANK_OPTIONS} | {"bank_size": "size"}
         params |= {p: getattr(args, o) for o, p in names.items() if getattr(args, o) is not None}
         return _validated(PatchBankDetector(**params, seed=args.seed))
+    shift = given(args, ("k", "density"))
+    if args.mode == "none" and shift:
+        raise UserError(
+            f"--mode none fits no mean shift, which {', '.join(shift)} set"
+            f"{'s' * (len(shift) == 1)}: drop {', '.join(shift)}, or pick another --mode."
+        )
     for name in ("mode", "k", "density"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
@@ -155,12 +174,21 @@ def args_detector(args: argparse.Namespace, ndim: int | None = None):
 
 def _validated(detector):
     """``detector``, once its options are known to be valid (its config builds), so that a bad
-    option is refused before any image is embedded."""
+    option is refused before any image is embedded; the message names the option (``size``
+    is ``--bank-size``)."""
     try:
         detector.config()
     except ValueError as err:
-        raise UserError(str(err)) from err
+        text = str(err)
+        name = text.split(" ", 1)[0].split("=", 1)[0]
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        known = name in _FLAGS or name in (*MSDE_OPTIONS, *BANK_OPTIONS, "contamination")
+        raise UserError(f"{flag}: {text}" if known else text) from err
     return detector
+
+
+# A detector parameter's option where the names differ.
+_FLAGS = {"size": "--bank-size", "n_folds": "--n-folds", "threshold": "--threshold"}
 
 
 def _weights(args: argparse.Namespace) -> str | None:

@@ -64,6 +64,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _path(text: str) -> str:
+    """An argparse type: a path, not empty (``--out ''`` wrote into the working folder,
+    ``--heatmaps ''`` turned heatmaps off, ``--cache-dir ''`` used no cache, all silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
 def _seed(text: str) -> int:
     """An argparse type: an integer in [0, 2**32) (a PRNG seed: JAX's keys hold 32 bits, so a
     larger one would repeat a smaller one's draws)."""
@@ -90,6 +98,7 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--weights",
+        type=_path,
         default=None,
         help="a .pth / .safetensors / .onnx file instead of the default pretrained weights",
     )
@@ -125,6 +134,7 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--cache-dir",
+        type=_path,
         default=None,
         help="cache embeddings here, keyed by backbone, weights, image content and the "
         "readers' version",
@@ -143,7 +153,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         help="normal images: a dataset ('pneumoniamnist', a dataset .npz or folder: its "
         "train/normal split), image files, folders, or an .npz image stack",
     )
-    p.add_argument("--out", required=True, help="run folder: checkpoint, log, backbone")
+    p.add_argument("--out", type=_path, required=True, help="run folder: checkpoint, log, backbone")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -166,7 +176,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         f"({d.anatomy}; not read by cutpaste)",
     )
     g.add_argument(
-        "--init", default=d.init, help="imagenet, scratch, or a weights file (%(default)s)"
+        "--init",
+        type=_path,
+        default=d.init,
+        help="imagenet, scratch, or a weights file (%(default)s)",
     )
     for name, type_, help_ in (
         ("image-size", int, "training resolution"),
@@ -290,7 +303,7 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         choices=[t for t in THRESHOLDS if t != "none"],  # a saved model predicts
         default=d["threshold"],
         help="cross_fit (default): a quantile of out-of-fold scores of the normals; chi2: "
-        "msde only",
+        "msde only (chosen by it without --detector)",
     )
     g.add_argument(
         "--n-folds",
@@ -377,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "demo", "Run the whole pipeline on the built-in PneumoniaMNIST split and write a report."
     )
-    p.add_argument("--out", default="msde_demo_report", help="report folder")
+    p.add_argument("--out", type=_path, default="msde_demo_report", help="report folder")
     _add_evaluation_args(p)
 
     p = command("embed", "Compute (and cache) embeddings of images.")
@@ -391,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_axis_arg(p)
     p.add_argument(
         "--out",
+        type=_path,
         required=True,
         help="output .npz (embeddings, names, config; for volumes' slices also which volume "
         "each row is a slice of, for fit --embeddings' folds and volume threshold)",
@@ -410,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_skip_arg(p)
     _add_axis_arg(p)
-    p.add_argument("--out", required=True, help="model file to write (.npz)")
+    p.add_argument("--out", type=_path, required=True, help="model file to write (.npz)")
     p.add_argument(
         "--embeddings",
         action="store_true",
@@ -432,11 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_axis_arg(p, model=True)
     p.add_argument(
         "--out",
+        type=_path,
         default=None,
         help="CSV file of slice/image scores; with volumes also <name>_volumes.csv beside it "
         "(default: both to stdout, the volume table after a blank line)",
     )
-    p.add_argument("--cache-dir", default=None, help="embedding cache folder")
+    p.add_argument("--cache-dir", type=_path, default=None, help="embedding cache folder")
     p.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -448,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--heatmaps",
+        type=_path,
         default=None,
         metavar="DIR",
         help="also write one heatmap overlay PNG per image (score units, threshold on the "
@@ -462,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         "test images, report AUROC, AP and F1 with plots.",
     )
     p.add_argument("dataset", help="dataset: .npz, folder, MedIAnomaly folder, or 'pneumoniamnist'")
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--out", type=_path, required=True, help="report folder")
     _add_axis_arg(p)
     _add_evaluation_args(p)
 

@@ -29,7 +29,7 @@ import numpy as np
 from msde_jax._arrays_file import MemberHeader, load_npz, member_headers
 from msde_jax._files import read_json
 from msde_jax.io.images import IMAGE_SUFFIXES
-from msde_jax.io.inputs import SliceGroups, concat_groups, list_inputs, read_inputs
+from msde_jax.io.inputs import BUILTIN, SliceGroups, concat_groups, list_inputs, read_inputs
 from msde_jax.io.volumes import VOLUME_SUFFIXES
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 SPLIT_KEYS = ("train_normal", "test_normal", "test_abnormal")
-BUILTIN = ("pneumoniamnist",)
 
 _LAYOUTS = (
     "accepted datasets: 'pneumoniamnist' (built in); an .npz file with arrays "

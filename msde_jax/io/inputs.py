@@ -36,6 +36,9 @@ __all__ = [
     "read_inputs",
 ]
 
+# The built-in datasets' names (:mod:`msde_jax.io.datasets` reads them; here, a hint).
+BUILTIN = ("pneumoniamnist",)
+
 
 class SliceGroups(NamedTuple):
     """Which volume each of n items is a slice of.
@@ -197,7 +200,14 @@ def _listed(
     for src in sources:
         path = Path(src)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder.")
+            builtin = str(src).removeprefix("builtin:") in BUILTIN
+            hint = (
+                " ('pneumoniamnist' names the built-in dataset, which evaluate, demo and "
+                "train-backbone read; this command takes image files and folders)"
+                if builtin
+                else ""
+            )
+            raise FileNotFoundError(f"{path}: no such file or folder{hint}.")
         if path.is_dir() and volumes:
             out.extend(_walk(path))
         elif path.is_dir():

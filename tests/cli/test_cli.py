@@ -183,6 +183,15 @@ def test_fit_then_score_with_the_msde_detector(tmp_path, folder, capsys):
     assert main(["score", str(model), str(folder / "test"), "--heatmaps", str(heat)]) == 2
     assert "no spatial resolution, so there are no heatmaps" in capsys.readouterr().err
     assert not heat.exists()
+    assert main(["score", str(model), str(folder / "test")]) == 0
+    assert "transductive" not in capsys.readouterr().err
+    # The paper preset's scores depend on the batch: score said nothing of it.
+    paper = tmp_path / "paper.npz"
+    assert (
+        main(["fit", str(folder / "train" / "normal"), "--out", str(paper), "--paper", *FAST]) == 0
+    )
+    assert main(["score", str(paper), str(folder / "test")]) == 0
+    assert "note: the model is transductive (the paper's preset)" in capsys.readouterr().err
     _check_skip_unreadable(tmp_path, folder, model, capsys)
 
 
@@ -231,7 +240,11 @@ def _check_skip_unreadable(tmp_path, folder, model, capsys):
         (["--features", "patches", "--k", "10"], "--detector bank, or --features pooled"),
         (["--select", "--paper"], "--select chooses the detector and features itself: drop"),
         (["--select", "--no-validation"], "drop --no-validation"),
-        (["--threshold", "chi2"], "threshold='chi2' does not apply to a memory bank"),
+        (["--detector", "bank", "--threshold", "chi2"], "--threshold: threshold='chi2' does not"),
+        (["--paper", "--bank-size", "10"], "--bank-size is a memory-bank option: a detector is"),
+        (["--features", "pooled", "--bank-size", "9"], "drop --bank-size, or --features."),
+        (["--mode", "none", "--k", "5"], "--mode none fits no mean shift, which --k sets"),
+        (["--bank-size", "0"], "--bank-size: size must be a positive int"),
         (["--detector", "ensemble", "--k", "10"], "ensemble sets its components' features"),
         (["--detector", "ensemble", "--features", "pooled"], "drop --features"),
         (["--detector", "ensemble", "--threshold", "chi2"], "does not apply to --detector ens"),
@@ -246,6 +259,10 @@ def _check_skip_unreadable(tmp_path, folder, model, capsys):
         "select-paper",
         "select-novalidation",
         "bank-chi2",
+        "paper-size",
+        "pooled-size",
+        "none-k",
+        "size-0",
         "ensemble-k",
         "ensemble-features",
         "ensemble-chi2",
@@ -1045,3 +1062,29 @@ def test_file_names_that_are_not_utf8_are_scored_and_reported(tmp_path, folder, 
     capsys.readouterr()
     assert main(["score", str(model), test]) == 0
     assert "/caf\ufffd.png," in capsys.readouterr().out
+
+
+def test_chi2_chooses_msde_and_empty_paths_are_refused(tmp_path, capsys):
+    """--threshold chi2 (MSDE only) with no --detector was refused as a bank option; an empty
+    --out wrote into the working folder and an empty --heatmaps turned heatmaps off."""
+    from msde_jax.cli.configuration import args_detector
+    from msde_jax.cli.parser import build_parser
+
+    args = build_parser().parse_args(["fit", "x", "--out", "m.npz", "--threshold", "chi2"])
+    assert type(args_detector(args)).__name__ == "MSDEDetector"
+    for argv in (
+        ["evaluate", "pneumoniamnist", "--out", ""],
+        ["score", "m.npz", "x", "--heatmaps", " "],
+        ["fit", "x", "--out", "m.npz", "--cache-dir", ""],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert "expected a path, got" in capsys.readouterr().err
+
+
+def test_a_builtin_name_where_files_are_read_says_so(tmp_path, capsys):
+    assert main(["fit", "pneumoniamnist", "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("no such file or folder") == 1
+    assert "names the built-in dataset, which evaluate, demo and train-backbone read" in err
