@@ -435,7 +435,7 @@ class Embedder:
             pending = [pool.submit(load, i * bs, b) for i, b in enumerate(batches[:2])]
             running = None  # the batch in the network: fetched after the next one is dispatched
             for i, batch in enumerate(batches):
-                x = pending[i].result()
+                x, pending[i] = pending[i].result(), None  # a done future holds its batch
                 if i + 2 < len(batches):
                     pending.append(pool.submit(load, (i + 2) * bs, batches[i + 2]))
                 x = jax.device_put(x, self._batch_sharding)
@@ -504,28 +504,28 @@ class Embedder:
         buffers — on the host for a CPU, else on the first device.
 
         Raises:
-            MemoryLimitError: a ``ValueError`` saying how far to lower ``batch_size``,
-                ``image_size`` or, when the embeddings themselves are too large, the number of
-                images (and ``grid`` for patch features).
+            MemoryLimitError: a ``ValueError`` saying how far to lower each of the number of
+                images, ``batch_size``, ``image_size`` (and ``grid``) that alone would fit.
         """
         step = f"embedding {n_images} images ({self.backbone}, {self.image_size} px)"
-        rough = self.memory_needed(n_images, exact=False)
-        host, n_dev = rough["host"], len(self.devices)
-        if host["embeddings"] * 2 > sum(host.values()):
-            lower = [Lower("the number of images", n_images)]
-            if self.features == "patches":
-                lower.append(Lower("grid", self.grid, 2))
-        else:
-            lower = [
-                Lower("batch_size (--batch-size)", self.batch_size, 1, len(self.devices)),
-                Lower("image_size (--image-size)", self.image_size, 2, 16),
-            ]
-        # The host's buffers first, before compiling (advice scaled with the device's rough
-        # share, where it is the host's memory too).
-        first = self.devices[0]
+        rough, n_dev = self.memory_needed(n_images, exact=False), len(self.devices)
+        patch = backbone_spec(self.backbone).patch  # a ViT's sizes are multiples of its patch
+        batch = ("input batches", "input batch", "network activations", "network output")
+        side = (*batch[:3], "images being resized")  # the parts an image's side sizes
+        lower = [  # each with the parts it sizes: what does not shrink with it stays
+            Lower("the number of images", n_images, scales=("embeddings",)),
+            Lower("batch_size (--batch-size)", self.batch_size, 1, n_dev, batch, n_dev),
+            Lower("image_size (--image-size)", self.image_size, 2, -(-16 // patch) * patch,
+                  side, patch),
+        ]  # fmt: skip
+        if self.features == "patches":
+            lower.append(Lower("grid", self.grid, 2, scales=("embeddings",)))
+        # The host's buffers first, before compiling (the advice sized with the device's rough
+        # parts too, where they are the host's memory).
+        host, first = rough["host"], self.devices[0]
         on_host = is_host(first)
-        rough_total = sum(host.values()) + on_host * n_dev * sum(rough["device"].values())
-        check_memory(step, host, lower=lower, advise_for=rough_total)
+        scaled = {k: v * n_dev for k, v in rough["device"].items()} if on_host else {}
+        check_memory(step, host, lower=lower, advise_from={**host, **scaled})
         device = self.memory_needed(n_images)["device"]
         if on_host:
             check_memory(step, {**host, **{k: v * n_dev for k, v in device.items()}}, lower=lower)

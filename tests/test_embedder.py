@@ -80,6 +80,26 @@ def test_compiles_once_for_any_number_of_images():
     assert emb._forward.fun._cache_size() <= before + 1
 
 
+def test_batches_read_are_let_go_once_embedded():
+    """Every batch read stayed alive (its done future) until embed returned: 64 images at 2
+    a batch held 32 input batches, not the 3 that memory_needed counts."""
+    import tracemalloc
+
+    emb = Embedder("resnet18", weights="random", image_size=32, batch_size=2, progress=False)
+    rng = np.random.default_rng(0)
+    images = [rng.random((32, 32, 3), dtype=np.float32) for _ in range(64)]
+    emb.embed(images[:2])  # compiled
+    peaks = {}
+    for n in (8, 64):
+        tracemalloc.start()
+        emb.embed(images[:n])
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    batch = 2 * 32 * 32 * 3 * 4  # bytes of one float32 input batch
+    grown = peaks[64] - peaks[8] - 56 * 512 * 4  # beyond the 56 more output rows
+    assert grown < 8 * batch, (peaks, batch)  # it was 28 batches more
+
+
 def test_embedders_of_one_configuration_share_the_compiled_network():
     """A second embedder of the same backbone, read-out and devices compiles nothing, also
     with other weights (they are an argument of the program), and still embeds with its own;
