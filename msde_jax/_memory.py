@@ -82,14 +82,21 @@ class Lower(NamedTuple):
     Attributes:
         name: how a user sets it, e.g. ``"batch_size (--batch-size)"``.
         value: its value now.
-        power: the step's memory grows as ``value ** power`` (1: a count; 2: a side).
+        power: the parts it sizes grow as ``value ** power`` (1: a count; 2: a side).
         minimum: its smallest valid value (no advice to go below it).
+        scales: the parts of the estimate (keys of :func:`check_memory`'s ``needs``, or of its
+            ``advise_from``) that it sizes; the others stay as they are whatever its value.
+            ``None``: every part.
+        multiple: its valid values are multiples of this (a ViT's patch side; the devices a
+            batch is split over); the advice is rounded down to one.
     """
 
     name: str
     value: int
     power: float = 1.0
     minimum: int = 1
+    scales: tuple[str, ...] | None = None
+    multiple: int = 1
 
 
 def is_host(device: Any) -> bool:
@@ -126,19 +133,21 @@ def check_memory(
     *,
     lower: Sequence[Lower] = (),
     device: Any = None,
-    advise_for: int | None = None,
+    advise_from: Mapping[str, int] | None = None,
 ) -> None:
     """Refuse a step whose estimated memory exceeds the budget, before it allocates anything.
 
     Args:
         step: what is checked, for the message (``"embedding (resnet18)"``).
         needs: the estimate's parts, ``{what: bytes}`` (zero parts are left out of messages).
-        lower: the options that size the step; the message says how far to lower each:
-            ``value · (budget / need) ** (1 / power)``, floored (the estimate scaled as that
-            option alone scales it).
+        lower: the options that size the step; the message says how far to lower each alone
+            for the estimate to fit: the largest valid value ``v`` (at least ``minimum``, a
+            ``multiple``) with ``fixed + scaled · (v / value) ** power ≤ budget``, ``scaled``
+            the parts the option ``scales`` and ``fixed`` the others; an option that cannot
+            make it fit is left out (none: the message says so).
         device: the ``jax.Device`` whose memory the parts take (``None`` or a CPU: the host's).
-        advise_for: the total to scale the advice from, when the step will need more than
-            ``needs`` (a first check of the parts known before compiling); default the sum.
+        advise_from: the parts to size the advice from, when the step will need more than
+            ``needs`` (a first check of the parts known before compiling); default ``needs``.
 
     Raises:
         MemoryLimitError: the estimate exceeds :func:`memory_budget`.
@@ -149,7 +158,7 @@ def check_memory(
         return
     parts = ", ".join(f"{k} {human_bytes(int(v))}" for k, v in needs.items() if v)
     where = "host" if is_host(device) else "device"
-    advice = _advice(lower, budget / max(needed, advise_for or 0))
+    advice = _advice(lower, needs if advise_from is None else advise_from, budget)
     raise MemoryLimitError(
         f"{step} needs about {human_bytes(needed)} of {where} memory ({parts}), more than the "
         f"{human_bytes(budget)} {what}; {advice}.",
@@ -159,10 +168,17 @@ def check_memory(
     )
 
 
-def _advice(lower: Sequence[Lower], ratio: float) -> str:
+def _advice(lower: Sequence[Lower], parts: Mapping[str, int], budget: int) -> str:
     fits, too_small = [], []
+    total = sum(int(v) for v in parts.values())
     for option in lower:
-        value = math.floor(option.value * ratio ** (1 / option.power))
+        names = parts if option.scales is None else option.scales
+        scaled = sum(int(parts.get(name, 0)) for name in names)
+        room = budget - (total - scaled)  # what the parts it sizes may take
+        value = 0
+        if scaled > 0 and room > 0:
+            value = math.floor(option.value * (room / scaled) ** (1 / option.power) + 1e-9)
+            value = min(value, option.value - 1) // option.multiple * option.multiple
         if value >= option.minimum:
             fits.append(f"{option.name} from {option.value} to at most {value}")
         else:

@@ -170,6 +170,33 @@ def test_check_memory_says_how_far_to_lower_each_option(budget):
         mem.check_memory("a step", {"a": 10**9}, lower=lower[1:])
 
 
+def test_the_advice_fits_what_each_option_sizes_and_is_valid(budget):
+    """The advice scaled the whole estimate by each option: lowering the batch size "to at
+    most 7" left the embeddings as they were, and still did not fit; a ViT was told an image
+    size that is no multiple of its patch, and 12 images on 8 devices became 16."""
+    budget(1000)
+    needs = {"embeddings": 600, "batches": 800}
+    lower = [
+        mem.Lower("batch_size", 8, 1, 2, ("batches",), 2),
+        mem.Lower("the number of images", 100, scales=("embeddings",)),
+        mem.Lower("image_size", 224, 2, 28, ("batches",), 14),
+    ]
+    with pytest.raises(mem.MemoryLimitError) as err:
+        mem.check_memory("a step", needs, lower=lower)
+    # batches may take 1000 − 600 = 400 of 800: batch 4 (a multiple of 2), image side
+    # 224 · √0.5 = 158.4 → 154 (a multiple of 14); images: 1000 − 800 = 200 of 600 → 33
+    assert str(err.value).endswith(
+        "lower batch_size from 8 to at most 4 or the number of images from 100 to at most 33 "
+        "or image_size from 224 to at most 154."
+    )
+    with pytest.raises(mem.MemoryLimitError) as err:  # the embeddings alone exceed the budget
+        mem.check_memory("a step", {"embeddings": 1200, "batches": 800}, lower=lower)
+    assert "the number of images from 100 to at most 16." in str(err.value)
+    assert "batch_size" not in str(err.value)
+    with pytest.raises(mem.MemoryLimitError, match="even the smallest batch_size or image_size"):
+        mem.check_memory("a step", {"embeddings": 1200, "batches": 800}, lower=[lower[0], lower[2]])
+
+
 class _Accelerator:
     platform, device_kind = "gpu", "a test GPU"
 
@@ -219,9 +246,13 @@ def test_embedding_estimate_uses_the_compiled_program(budget):
     budget(total // 4)
     with pytest.raises(ValueError, match="network activations") as err:
         emb.check_memory(20)
-    suggested = int(str(err.value).split("batch_size (--batch-size) from 8 to at most ")[1][0])
-    assert 1 <= suggested < 8
-    assert "image_size (--image-size) from 64 to at most" in str(err.value)
+    # Each option's advice scales the parts it sizes only: a batch of n_dev images (the
+    # least) would still not fit here when n_dev = 2, and is then not offered.
+    message = str(err.value)
+    if "batch_size" in message:
+        suggested = int(message.split("batch_size (--batch-size) from 8 to at most ")[1][0])
+        assert 1 <= suggested < 8
+    assert "image_size (--image-size) from 64 to at most" in message
     with pytest.raises(ValueError, match="embedding 20 images"):
         emb.embed(np.zeros((20, 8, 8), np.uint8))  # refused before any image is read
 

@@ -155,11 +155,13 @@ def check_training_memory(n_images: int, config: TrainConfig) -> None:
         "image being resized": 3 * image * 4,
         "views of a batch": config.num_classes * config.batch_size * image * 4,
     }
-    lower = [Lower("image_size (--image-size)", config.image_size, 2, 16)]
-    if needs["training images (uint8)"] >= needs["views of a batch"]:
-        lower.append(Lower("the number of images (--limit)", n_images, 1, 2))  # 2 at least
-    else:
-        lower.append(Lower("batch_size (--batch-size)", config.batch_size))
+    patch = backbone_spec(config.backbone).patch  # a ViT's sizes are multiples of its patch
+    lower = [  # each with the parts it sizes
+        Lower("image_size (--image-size)", config.image_size, 2, -(-16 // patch) * patch,
+              None, patch),
+        Lower("the number of images (--limit)", n_images, 1, 2, ("training images (uint8)",)),
+        Lower("batch_size (--batch-size)", config.batch_size, scales=("views of a batch",)),
+    ]  # fmt: skip
     step = f"training on {n_images} images at {config.image_size} px"
     check_memory(step, needs, lower=lower)
 
