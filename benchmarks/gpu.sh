@@ -16,14 +16,19 @@
 #                                               # bucket: what they compile (≤ 90 s)
 #     SWEEP=1 bash benchmarks/gpu.sh            # plus stage 10, what a hyperparameter sweep
 #                                               # compiles (≤ 90 s)
+#     CORE=0 SCALE=1 bash benchmarks/gpu.sh     # the optional stages named, without 1–6: a
+#                                               # device command runs at most 600 s, so each
+#                                               # optional group beyond 1–6 wants a call of
+#                                               # its own
 #     MSDE_JAX_PATHS=accelerator QUICK=1 bash benchmarks/gpu.sh  # on a CPU: the accelerator
 #          # code paths, a dry run before a GPU is lent (stage 6 times out: XLA's grouped
 #          # convolutions are slow on a CPU)
 #
 # Stage 1 needs the brain MRI set (33 MB) in .gpu_data/, and the device machine the wheels it
 # lacks: `bash benchmarks/gpu_prepare.sh` puts both in place (ignored through
-# .git/info/exclude) and prints the device call that carries and installs them. Every stage times
-# compilation apart from the run (the benchmarks warm up first, or say which run is cold).
+# .git/info/exclude) and prints the device call that carries and installs them. Stages time
+# compilation apart from the run (the benchmarks warm up first, or say which run is cold),
+# except 3 and 7, whose one fit includes its compilation (their titles say so).
 # Targets (H200): evaluate brain MRI ≤ 20 s cold, ≤ 8 s with the compile cache warm; MSDE fit at
 # n = 100,000, d = 512 ≤ 5 s; Mahalanobis scoring ≥ 10,000,000 rows/s and inductive MSDE
 # ≥ 200,000 rows/s against a 10,000-row reference; embedding ≥ 10,000 images/s in bfloat16;
@@ -73,6 +78,7 @@ stage() {  # stage SECONDS TITLE COMMAND...: run with a timeout, report a failur
   # them; its own limit (it starts the GPU: a hung driver must not take the stages' time)
   timeout 15 "$PY" -c 'import json; from msde_jax._platform import environment
 print("environment:", json.dumps(environment()))'
+  if [[ "${CORE:-1}" != 0 ]]; then
   stage 95 "1. msde-jax evaluate (default rule, validation), empty compile cache then warm" \
     "$PY" benchmarks/bench_compile.py "${EVAL[@]}"
   stage 45 "1b. the same, cold, XLA_FLAGS=--xla_gpu_autotune_level=0 (what autotuning costs)" \
@@ -81,7 +87,7 @@ print("environment:", json.dumps(environment()))'
   # its cold runs start a second JAX process beside this one: both must fit on the device
   stage 60 "2. MSDE fit (density weights + 8-iteration blurring shift, d = 512), warm and cold" \
     env XLA_PYTHON_CLIENT_MEM_FRACTION=.45 "$PY" benchmarks/bench_published.py --stacks ours --no-check --n $FIT_N --repeat 2
-  stage 35 "3. MSDE fit and peak host memory at n = $BIG_N" \
+  stage 35 "3. MSDE fit (compilation included) and peak host memory at n = $BIG_N" \
     "$PY" benchmarks/bench_scale.py memory --n "$BIG_N"
   stage 45 "4. Scoring throughput against a 10,000-point reference; patch bank" \
     "$PY" benchmarks/bench_scale.py scoring --reference 10000 --queries "$QUERIES" $BANK
@@ -92,8 +98,9 @@ print("environment:", json.dumps(environment()))'
       "$PY" benchmarks/bench_embed.py --backbones efficientnet_lite0 --random-weights \
       --batch-size "$BATCH" --dtype "$dtype"
   done
+  fi
   if [[ -n "${SCALE:-}" ]]; then
-    stage 150 "7. Default PatchBankDetector fit, threshold included, $SCALE_N synthetic images" \
+    stage 150 "7. Default PatchBankDetector fit, threshold and compilation included, $SCALE_N synthetic images" \
       "$PY" benchmarks/bench_bank_growth.py --synthetic --images "$SCALE_N" --repeats 1 \
       --limit-test 1000
     # chunk_patches is not chosen per backend (it changes the bank, not only the speed): what
