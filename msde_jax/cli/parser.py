@@ -166,7 +166,13 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         help="use only the first N images (a volume's slices count one each)",
     )
     g = p.add_argument_group("training")
-    g.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help="(%(default)s)")
+    g.add_argument(
+        "--backbone",
+        default=d.backbone,
+        choices=BACKBONES,
+        help="(%(default)s; the other commands' default is efficientnet_lite0: fit the adapted "
+        "weights with the same --backbone)",
+    )
     g.add_argument("--task", default=d.task, choices=tuple(TASKS), help="(%(default)s)")
     g.add_argument(
         "--anatomy",
@@ -187,7 +193,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         ("steps", int, "optimisation steps"),
         ("lr", float, "peak learning rate"),
         ("weight-decay", float, "weight decay"),
-        ("warmup-steps", int, "linear warm-up steps"),
+        ("warmup-steps", int, "linear warm-up steps (at least --steps: half of them)"),
         ("head-hidden", int, "hidden width of the proxy head (0: linear)"),
         ("seed", _seed, "seed of head, augmentations and image order"),
         ("checkpoint-every", int, "steps between checkpoints"),
