@@ -27,6 +27,7 @@ from msde_jax.cli.configuration import (
     args_embedder,
     backbone_name,
     build_embedders,
+    check_detector_options,
     check_training_count,
     configured,
     embedder_configs,
@@ -118,11 +119,11 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from msde_jax.pipeline.volumes import slice_plane
 
     out = args.out if args.out.endswith(".npz") else f"{args.out}.npz"  # as np.savez names it
+    embedder = args_embedder(args)  # bad options refused before the inputs are read
     inputs = command_inputs(args.sources, args, training=True)
     _check_out(out, inputs=[*args.sources, *input_files(inputs)])
     inputs = inputs.take(usable(inputs, args))
     items, names = inputs.items, inputs.names
-    embedder = args_embedder(args)
     emb = embed(embedder, items, cache_dir=args.cache_dir, what="input")
     arrays = {"embeddings": emb, "names": np.array(names)}
     arrays |= {"config": np.array(json.dumps(embedder.config()))}
@@ -225,6 +226,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         if read is not None:  # the rows are slices of volumes (msde-jax embed recorded them)
             volumes = metadata["volumes"] = volume_record(detector, read[0], axis=read[1])
     else:
+        check_detector_options(args)  # before the inputs (volumes) are read
         inputs = command_inputs(args.sources, args, training=True)
         _check_out(args.out, inputs=[*args.sources, *input_files(inputs)])
         if not args.select:  # bad detector options are refused before the embedding
@@ -446,6 +448,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     from msde_jax.pipeline.report import overlay_indices, require_matplotlib, write_report
 
     require_matplotlib()  # a broken install refuses before minutes of embedding
+    check_detector_options(args)  # and bad options before the dataset is read
     splits = [
         Path(spec, *sub.split("/")) for sub in ("train/normal", "test/normal", "test/abnormal")
     ]

@@ -30,6 +30,7 @@ __all__ = [
     "args_embedder",
     "backbone_name",
     "build_embedders",
+    "check_detector_options",
     "check_training_count",
     "configured",
     "detector_kind",
@@ -102,6 +103,13 @@ def detector_kind(args: argparse.Namespace, ndim: int | None = None) -> str:
                 "threshold is a quantile of the fused out-of-fold scores (cross_fit)."
             )
     return kind
+
+
+def check_detector_options(args: argparse.Namespace) -> None:
+    """Refuse bad detector options before any input is read or any weights load: the
+    detector alone is built (``--select`` chooses its own)."""
+    if not getattr(args, "select", False) and detector_kind(args) != "ensemble":
+        args_detector(args)
 
 
 def args_embedder(args: argparse.Namespace):

@@ -1088,3 +1088,17 @@ def test_a_builtin_name_where_files_are_read_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("no such file or folder") == 1
     assert "names the built-in dataset, which evaluate, demo and train-backbone read" in err
+
+
+def test_bad_options_are_refused_before_any_input_is_read(tmp_path, capsys):
+    """The inputs (volumes: minutes) were read before a bad option was refused."""
+    missing = str(tmp_path / "not_read")
+    for argv, message in (
+        (["fit", missing, "--out", str(tmp_path / "m.npz"), "--bank-size", "0"], "--bank-size:"),
+        (["evaluate", missing, "--out", str(tmp_path / "r"), "--k", "0"], "--k: k must be"),
+        (["embed", missing, "--out", str(tmp_path / "e"), "--image-size", "15"], "image_size=15"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert "no such file" not in err
