@@ -446,7 +446,10 @@ def main() -> None:
             row["published"] = time_published(x, repeat)
         if "ours" in stacks:
             options = ours_options(n, args)
-            row["ours"] = {**time_ours(x, options, args.repeat), "batch_size": options["batch_size"]}
+            row["ours"] = {
+                **time_ours(x, options, args.repeat),
+                "batch_size": options["batch_size"],
+            }
             # the warm figure before the cold process: a stage that times out keeps it
             print(f"  n={n} warm: {json.dumps(row['ours'], default=float)}", flush=True)
         for stack in stacks if not args.no_cold else ():

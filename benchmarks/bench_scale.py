@@ -69,7 +69,6 @@ def memory(args) -> None:
     import jax
 
     import msde_jax as mj
-
     from msde_jax.detectors.config import auto_batch
 
     x = mixture(args.n, args.d)
@@ -255,7 +254,7 @@ def crossover(args) -> None:
             print(f"n={n}: batch_size {batch}", flush=True)
             seconds = {
                 search: best(
-                    lambda search=search, x=x, w=w: (
+                    lambda search=search, x=x, w=w, batch=batch: (
                         mj.core.mean_shift(
                             x, w, k=50, tol=0.0, batch_size=batch, neighbors=search
                         ).points
