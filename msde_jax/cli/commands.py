@@ -529,9 +529,19 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
     slices = " slices" if result.dataset.has_volumes else ""
     print(
         f"{dataset.name}{slices}: AUROC {metrics['auroc']:.3f}  AP "
-        f"{metrics['average_precision']:.3f}  F1 {metrics['f1']:.3f} at threshold "
-        f"{result.threshold:.4g}  [{mode}; {result.config['test_mix']}]"
+        f"{metrics['average_precision']:.3f}  F1 {metrics['f1']:.3f} (sensitivity "
+        f"{metrics['recall']:.3f}, false-positive rate {metrics['false_positive_rate']:.3f}) at "
+        f"threshold {result.threshold:.4g}  [{mode}; {result.config['test_mix']}]"
     )
+    promise = json.loads((Path(args.out) / "metrics.json").read_text()).get("threshold_promise")
+    if promise is not None and not promise["kept"]:  # said in the report: said here too
+        low, high = promise["expected_interval"]
+        print(
+            f"warning: the threshold flagged {promise['false_positive_rate']:.1%} of the test "
+            f"normals, outside the {low:.1%}–{high:.1%} expected at contamination "
+            f"{promise['contamination']:g} (see {Path(args.out) / 'report.md'})",
+            file=sys.stderr,
+        )
     if volumes is not None:
         print(metrics_summary(dataset.name, volumes.metrics))
     elif result.dataset.has_volumes:
@@ -540,7 +550,7 @@ def _evaluate(spec: str, args: argparse.Namespace) -> None:
             "must both hold volumes)"
         )
     print(
-        f"report written to {args.out}/report.md  "
+        f"report written to {Path(args.out) / 'report.md'}  "
         f"(embed {timings['embed_s']:.1f} s, fit {timings['fit_s']:.1f} s, "
         f"score {timings['score_s']:.1f} s)"
     )

@@ -321,8 +321,10 @@ def embedder_configs(path: str, detector: Any) -> Any:
         config = meta.get("embedder")
         if not config:
             raise UserError(
-                f"{path} was fitted on precomputed embeddings: it has no backbone to "
-                "embed images with. Score embeddings from Python instead."
+                f"{path} holds no embedder configuration to embed images with: it was fitted "
+                "on precomputed embeddings (`fit --embeddings`), or saved from Python without "
+                "one (save it with metadata={'embedder': embedder.config()}); or score "
+                "embeddings from Python."
             )
         return _check_config(path, config, "'embedder'")
     components = dict(detector.components)  # a FusedDetector: one embedder per component

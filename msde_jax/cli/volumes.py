@@ -225,7 +225,9 @@ def write_volume_scores(
     write_csv(out, VOLUME_COLUMNS, rows)
     if out is not None:
         above = "" if threshold is None else f"; {sum(labels)} above the threshold {threshold:.4g}"
-        print(f"scored {len(rows)} volumes ({AGGREGATE}{above}); wrote {out}")
+        print(
+            f"scored {len(rows)} volume{'s' * (len(rows) != 1)} ({AGGREGATE}{above}); wrote {out}"
+        )
     return vscores, threshold
 
 

@@ -126,8 +126,7 @@ class VolumeEvaluation(NamedTuple):
         threshold: the training volumes' threshold
             (:func:`~msde_jax.pipeline.volumes.volume_threshold`), or ``None`` when the training
             normals hold no volume or the detector's training scores are not out of fold.
-        metrics: :func:`~msde_jax.pipeline.volumes.volume_metrics` of labels, scores and
-            threshold.
+        metrics: :func:`~msde_jax.pipeline.volumes.volume_metrics` of labels, scores, threshold.
     """
 
     scores: VolumeScores
@@ -370,8 +369,7 @@ def evaluate_embeddings(
         embedded: from :func:`embed_dataset`.
         detector: an :class:`~msde_jax.detectors.msde.MSDEDetector` or another detector facade
             (fitted in place); a :class:`~msde_jax.detectors.fused.FusedDetector` with the
-            embedders'
-            names when ``embedded`` comes from a mapping of embedders.
+            embedders' names when ``embedded`` comes from a mapping of embedders.
         mode_label: how ``config["mode"]`` names the detector's mode (default:
             ``detector.mode``; ``"fused (<name>: <mode>, …)"`` for a fused detector), e.g.
             ``"paper preset (transductive)"``.
@@ -478,6 +476,8 @@ def evaluate(
     _check_embedders(embedder)
     _check_pairing(embedder, detector)
     embedded = embed_dataset(dataset, embedder, limit=limit, cache_dir=cache_dir, progress=progress)
+    if progress:  # a fit with its cross-fit folds can take a minute
+        print(f"fitting and scoring {detector!r}", file=sys.stderr)
     return evaluate_embeddings(embedded, detector, mode_label=mode_label)
 
 

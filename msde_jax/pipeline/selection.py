@@ -315,9 +315,11 @@ class ValidationResult:
     seconds: float
 
     def summary(self) -> str:
-        """Its sizes in words: ``"47 held-out normals vs 94 synthetic anomalies"``."""
+        """Its sizes in words: ``"47 held-out normals vs 94 synthetic anomalies"``, and
+        ``", few: a rough AUROC"`` beside fewer than 20 normals."""
         v = self.validation
-        return f"{len(v.normals)} held-out normals vs {len(v.anomalies)} synthetic anomalies"
+        rough = ", few: a rough AUROC" if len(v.normals) < 20 else ""
+        return f"{len(v.normals)} held-out normals vs {len(v.anomalies)} synthetic anomalies{rough}"
 
 
 def _key(embedder: SupportsEmbed | Mapping[str, SupportsEmbed]) -> str:
@@ -443,6 +445,8 @@ def synthetic_validation(
         fit_key = _fit_key(embedder, template)
         fit_s = 0.0
         if fit_key not in fits:
+            if progress:  # a fit can take a minute
+                print(f"synthetic validation: fitting {name}", file=sys.stderr)
             t = time.perf_counter()
             try:
                 fits[fit_key] = _quick_copy(template).fit(_take(train, vset.fit))

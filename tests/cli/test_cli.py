@@ -465,8 +465,8 @@ def test_fit_select_saves_the_chosen_configuration(tmp_path, folder, capsys, mon
     out = capsys.readouterr().out
     assert "configuration: knn:head (selected): synthetic-validation AUROC" in out
     assert (
-        "3 held-out normals vs 6 synthetic anomalies; 2 configurations; msde:head not fitted)"
-        in out
+        "3 held-out normals vs 6 synthetic anomalies, few: a rough AUROC; 2 configurations; "
+        "msde:head not fitted)" in out
     )
     detector = MSDEDetector.load(model)
     assert detector.get_params()["score"] == "knn"
@@ -475,7 +475,7 @@ def test_fit_select_saves_the_chosen_configuration(tmp_path, folder, capsys, mon
     assert "--select embeds the images with each candidate" in capsys.readouterr().err
     assert main([*fit, "--contamination", "0.9"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: contamination must be in (0, 0.5]")
+    assert err.startswith("error: --contamination: contamination must be in (0, 0.5]")
     assert "embedded" not in err  # refused before the selection embeds anything
     assert main([*fit, "--k", "10"]) == 2
     assert "--select chooses the detector and features itself: drop --k" in (
@@ -1102,3 +1102,37 @@ def test_bad_options_are_refused_before_any_input_is_read(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err, err
         assert "no such file" not in err
+
+
+def test_a_model_saved_without_its_embedder_says_how_to_save_it(tmp_path, capsys):
+    """A model saved from Python without metadata was said to be "fitted on precomputed
+    embeddings", though fitted on images through an Embedder."""
+    from msde_jax import PatchBankDetector
+
+    x = np.random.default_rng(0).normal(size=(10, 2, 2, 4)).astype(np.float32)
+    PatchBankDetector(size=20, n_folds=2).fit(x).save(tmp_path / "m.npz")
+    assert main(["score", str(tmp_path / "m.npz"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no embedder configuration" in err
+    assert "metadata={'embedder': embedder.config()}" in err
+
+
+def test_evaluate_prints_sensitivity_and_warns_of_a_promise_not_kept(tmp_path, folder, capsys):
+    """F1 0 at a good AUROC hid a threshold that flagged nothing; a missed false-positive
+    promise was said only inside report.md."""
+    import shutil
+
+    shifted = tmp_path / "shifted"  # test normals that are not like the training normals
+    shutil.copytree(folder, shifted)
+    shutil.rmtree(shifted / "test" / "normal")
+    shutil.copytree(folder / "test" / "abnormal", shifted / "test" / "normal")
+    out = tmp_path / "r"
+    argv = ["evaluate", str(shifted), "--out", str(out), "--no-validation", *FAST]
+    assert main([*argv, "--n-folds", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "(sensitivity " in captured.out
+    assert ", false-positive rate " in captured.out
+    assert f"report written to {out / 'report.md'}" in captured.out
+    record = json.loads((out / "metrics.json").read_text())["threshold_promise"]
+    assert ("warning: the threshold flagged" in captured.err) == (not record["kept"])
+    assert not record["kept"]  # the "normals" are pneumonia images: far above 5 %

@@ -222,3 +222,11 @@ def test_heatmaps_refuse_features_of_other_items(rng):
     with pytest.raises(ValueError, match="features hold 3 rows for 1 items"):
         heatmaps(embedder, detector, [np.zeros((8, 8))], features=rng.normal(size=(3, 4, 4, 3)))
     assert embedder.calls == []
+
+
+def test_evaluate_says_when_it_fits(rng, capsys):
+    """Stderr stayed silent through the fit and its cross-fit folds (a minute on real data)."""
+    evaluate(_dataset(rng), FakeEmbedder(), MSDEDetector(**PARAMS), progress=True)
+    assert "fitting and scoring MSDEDetector(" in capsys.readouterr().err
+    evaluate(_dataset(rng), FakeEmbedder(), MSDEDetector(**PARAMS), progress=False)
+    assert capsys.readouterr().err == ""

@@ -149,7 +149,7 @@ def test_synthetic_auroc_is_the_fitted_copy_on_held_out_images(normals):
     }
     result = synthetic_validation(normals, pool, progress=False)
     assert list(result.scores) == ["gaussian", "top", "max", "folds"]
-    assert result.summary() == "4 held-out normals vs 8 synthetic anomalies"
+    assert result.summary() == "4 held-out normals vs 8 synthetic anomalies, few: a rough AUROC"
     assert patches.calls == [40, 8]  # one embedding per embedder, shared by both banks
     assert result.scores["max"].fit_s == 0.0  # differs only in reduce: shares the fit
     for template in (gaussian, bank_top, bank_max, bank_3):
