@@ -61,7 +61,7 @@ def _edited_array(model, tmp_path):
     ("damage", "message"),
     [
         (_truncated, "is not a saved MSDEDetector or is damaged"),
-        (_flipped, "damaged"),
+        (_flipped, "Bad CRC-32"),
         (_renamed_png, "is not a saved MSDEDetector or is damaged"),
         (_edited_array, "do not match the checksum"),
     ],
@@ -143,7 +143,7 @@ EDITS = {
     ),
     "negative-dim": (lambda m, a: m.update(n_features_in_=-3), "must be a positive integer"),
     "metadata-str": (lambda m, a: m.update(metadata="x"), "'metadata' is not an object"),
-    "missing-scalar": (lambda m, a: m.pop("n_iter_"), "KeyError"),
+    "missing-scalar": (lambda m, a: m.pop("n_iter_"), r"KeyError\('n_iter_'\)"),
     "extra-array": (lambda m, a: a.update(extra=np.zeros(3)), "unexpected arrays \\['extra'\\]"),
     "int-array": (
         lambda m, a: a.update({"state.center": a["state.center"].astype(np.int64)}),

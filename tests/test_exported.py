@@ -179,3 +179,22 @@ def test_without_the_file_format_it_warns_once_and_still_computes(folder, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Exported(_counted()[0], "f")(np.ones((5, 4), np.float32), np.float32(0))
+
+
+@pytest.mark.parametrize("change", ["source", "versions", "paths"])
+def test_a_new_package_source_versions_or_code_paths_trace_anew(folder, monkeypatch, change):
+    """The key holds the package's source, the versions that shape a trace and the code
+    paths: a file written before an upgrade (or for the other paths) is never run after it."""
+    x, y = np.ones((3, 4), np.float32), np.float32(0.5)
+    Exported(_counted()[0], "f", static=2.0)(x, y)
+    assert len(list(folder.iterdir())) == 1
+    if change == "source":
+        monkeypatch.setattr(_exported, "_SOURCE_HASH", "another source")
+    elif change == "versions":
+        monkeypatch.setattr(_exported, "_versions", lambda: ("jax==0.0.0",))
+    else:
+        monkeypatch.setenv("MSDE_JAX_PATHS", "accelerator" if _exported.cpu_paths() else "cpu")
+    fresh, traces = _counted()
+    Exported(fresh, "f", static=2.0)(x, y)
+    assert traces == [1]  # traced, not read from the earlier file
+    assert len(list(folder.iterdir())) == 2

@@ -164,3 +164,24 @@ def test_arrays_given_and_taken_are_copies(rows):
     loaded = MSDEDetector.from_arrays(meta, given)
     given["decision_scores_"][:] = 7
     np.testing.assert_array_equal(loaded.decision_scores_, kept)
+
+
+def test_a_save_interrupted_part_way_leaves_the_earlier_file(rows, tmp_path, monkeypatch):
+    """Saving goes through a temporary file renamed into place: a save that fails while
+    writing leaves the earlier model whole and no temporary file beside it."""
+    from msde_jax.detectors import persistence
+
+    path = tmp_path / "model.npz"
+    det = MSDEDetector(mode="none").fit(rows)
+    det.save(path)
+    before = path.read_bytes()
+
+    def broken(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(persistence.np, "savez", broken)
+    with pytest.raises(OSError, match="disk full"):
+        MSDEDetector(mode="none", k=7).fit(rows).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]

@@ -62,7 +62,7 @@ def test_the_rule_is_fitted_and_masks_the_background(data, fitted):
     assert bool(fg.active)
     mask = fitted.foreground_patches(test)
     np.testing.assert_array_equal(mask, np.broadcast_to(disc, mask.shape))
-    assert PatchBankDetector().fit  # the default has no rule:
+    assert PatchBankDetector().foreground is None  # the default has no rule:
     plain = PatchBankDetector(size=60, projection_dim=None, n_folds=3).fit(train)
     assert plain.state_.foreground is None
     assert plain.foreground_patches(test).all()
@@ -86,22 +86,24 @@ def test_the_maps_leave_out_the_background_as_the_score_does(data, fitted):
     np.testing.assert_array_equal(maps, np.where(fg, patches, 0))
     assert (patches[:, 0, 0] > patches.reshape(2, -1)[:, 1:].max(axis=1)).all()  # the hottest
     reduced = [m[f].max() for m, f in zip(maps, fg, strict=True)]
+    saved = fitted.get_params()  # the shared fixture, as it was
     fitted.set_params(reduce="max")
     try:
         np.testing.assert_allclose(fitted.score_samples(odd), reduced, rtol=1e-6)
     finally:
-        fitted.set_params(reduce="top")
+        fitted.set_params(**saved)
 
 
 @pytest.mark.parametrize("q", [0.01, 0.05, 0.1, 0.5, 1.0])
 def test_score_is_the_top_q_of_the_foreground_patches(data, fitted, q):
     test = data[1]
+    saved = fitted.get_params()
     fitted.set_params(q=q)
     try:
         expected = reference(fitted.score_patches(test), fitted.foreground_patches(test), q)
         np.testing.assert_allclose(fitted.score_samples(test), expected, rtol=1e-6)
     finally:
-        fitted.set_params(q=0.1)
+        fitted.set_params(**saved)
 
 
 def test_the_mask_raises_the_share_of_an_odd_patch(data, fitted):
@@ -109,11 +111,12 @@ def test_the_mask_raises_the_share_of_an_odd_patch(data, fitted):
     the abnormal images exceed the unmasked ones by more than the normals' do."""
     train, test, _ = data
     plain = PatchBankDetector(size=60, projection_dim=None, n_folds=3, reduce="mean").fit(train)
+    saved = fitted.get_params()
     fitted.set_params(reduce="mean")
     try:
         masked = fitted.score_samples(test)
     finally:
-        fitted.set_params(reduce="top")
+        fitted.set_params(**saved)
     gap_masked = masked[4:].min() - masked[:4].max()
     unmasked = plain.score_samples(test)
     gap_plain = unmasked[4:].min() - unmasked[:4].max()
