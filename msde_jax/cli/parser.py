@@ -193,7 +193,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         ("steps", int, "optimisation steps"),
         ("lr", float, "peak learning rate"),
         ("weight-decay", float, "weight decay"),
-        ("warmup-steps", int, "linear warm-up steps (at least --steps: half of them)"),
+        ("warmup-steps", int, "linear warm-up steps (--steps or more: half the steps)"),
         ("head-hidden", int, "hidden width of the proxy head (0: linear)"),
         ("seed", _seed, "seed of head, augmentations and image order"),
         ("checkpoint-every", int, "steps between checkpoints"),

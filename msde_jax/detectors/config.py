@@ -37,12 +37,12 @@ __all__ = [
     "parameter_docs",
 ]
 
-# On a CPU, above this many rows the kNN searches run in blocks of 256 rows (memory
-# O(block · n); a block that stays in cache is faster there).
 # Why a cross-fit fold may hold out more than ⌈n / n_folds⌉ samples (the size checks' words).
 UNEVEN = (
     "copies of one sample, and with groups a volume's slices, share a fold: the folds are uneven"
 )
+# On a CPU, above this many rows the kNN searches run in blocks of 256 rows (memory
+# O(block · n); a block that stays in cache is faster there).
 _AUTO_BATCH_ROWS = 1024
 _AUTO_BATCH = 256
 # On an accelerator, a block's (rows × n) float32 distances and the top-k's work space (about

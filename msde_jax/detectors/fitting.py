@@ -191,7 +191,8 @@ def out_of_fold_scores(
 def threshold_rank(n: int, contamination: float) -> int:
     """The rank (1-based, ascending) of :func:`quantile_threshold` among ``n`` scores:
     ⌈(n + 1)(1 − contamination)⌉, at most ``n``."""
-    # The tolerance: 20 · 0.95 is 19.000000000000004 in some orders of rounding, not 20.
+    # The tolerance: an integer (n + 1)(1 − c) may come out above it in floats (100 · (1 −
+    # 0.45) is 55.00000000000001, whose ceiling would be 56, not 55).
     return max(1, min(n, math.ceil((n + 1) * (1.0 - contamination) - 1e-9)))
 
 
