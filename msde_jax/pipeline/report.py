@@ -125,7 +125,7 @@ def _md_cell(text: Any) -> str:
 
 
 def _one_line(text: Any) -> str:
-    return " ".join(str(text).splitlines()) if str(text).splitlines() else ""
+    return " ".join(str(text).splitlines())
 
 
 _METRIC_ROWS = (
@@ -422,9 +422,9 @@ def write_report(
                 "independent: the interval above, which assumes they are, is too narrow"
                 + (
                     "; the volume-level metrics below count each volume once."
-                    * bool(volume_metrics)
+                    if volume_metrics
+                    else "."
                 )
-                + "."[: not volume_metrics]
             )
     record = {"title": title, "metrics": metrics, "config": config, "timings": timings}
     if promise is not None:
